@@ -1,0 +1,125 @@
+"""`moe-suite`: the suite's one command line.
+
+Commands are registered, not hard-wired: each module in `COMMAND_MODULES` has a
+`register(cli: CommandTable)` that adds its commands, e.g.
+
+    def register(cli):
+        p = cli.group("bench", "benchmarks").command("chat", "time the chat app", _bench_chat)
+        p.add_argument("--turns", type=positive_int, default=8)
+
+A handler gets the parsed `argparse.Namespace` and returns an exit status (None = 0); it does its
+heavy imports (torch, gradio) itself, so that `moe-suite --help` stays quick. A ValueError from a
+handler is reported as a usage error, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+# Modules with a `register(cli)`; an app adds its own line here.
+COMMAND_MODULES: tuple[str, ...] = ("apps.lab",)
+
+
+class CommandTable:
+    """Where registrars add commands: at the top level, or inside a named group like `bench`."""
+
+    def __init__(self, subparsers: argparse._SubParsersAction):
+        self._subparsers = subparsers
+        self._groups: dict[str, CommandTable] = {}
+
+    def command(self, name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
+        """Add `name`, run by `handler`; returns its parser for the command's arguments."""
+        parser = self._subparsers.add_parser(name, help=help, description=help)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    def group(self, name: str, help: str) -> CommandTable:
+        """The group of sub-commands `name` (created on first use; later `help`s are ignored)."""
+        if name not in self._groups:
+            parser = self._subparsers.add_parser(name, help=help, description=help)
+            self._groups[name] = CommandTable(
+                parser.add_subparsers(title="commands", metavar="COMMAND", required=True))
+        return self._groups[name]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from apps.server import serve
+
+    serve(host=args.host, port=args.port)
+
+
+def _bench_moe(args: argparse.Namespace) -> None:
+    from core.moe.bench import BenchConfig, run
+
+    result = run(BenchConfig(tokens=args.tokens, dim=args.dim, hidden_dim=args.hidden_dim,
+                             num_experts=args.num_experts, top_k=args.top_k, rounds=args.rounds,
+                             warmup=args.warmup, bf16=args.bf16, seed=args.seed))
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"MoE forward+backward: {result['tokens']} tokens, dim {result['dim']}, hidden "
+          f"{result['hidden_dim']}, {result['num_experts']} experts, top-{result['top_k']}"
+          f"{', bf16' if result['bf16'] else ''}; median of {result['rounds']} rounds")
+    print(f"{'candidate':<34}{'median ms':>10}{'x dense':>9}")
+    for name, ms in result["median_ms"].items():
+        print(f"{name:<34}{ms:>10.1f}{result['ratio_to_dense'][name]:>9.3f}")
+    for name, error in result["failed"].items():
+        print(f"{name:<34} failed: {error}")
+    print(result["machine"])
+
+
+def _register_suite(cli: CommandTable) -> None:
+    from apps.server import DEFAULT_HOST, DEFAULT_PORT  # light: fastapi only, no gradio or torch
+
+    p = cli.command("serve", "serve the hub, health probes and every app's page", _serve)
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
+
+    p = cli.group("bench", "benchmarks").command(
+        "moe", "time MoELayer against a dense block and transformers' Mixtral MoE block", _bench_moe)
+    p.add_argument("--tokens", type=positive_int, default=8192)
+    p.add_argument("--dim", type=positive_int, default=512)
+    p.add_argument("--hidden-dim", type=positive_int, default=1024)
+    p.add_argument("--num-experts", type=positive_int, default=64)
+    p.add_argument("--top-k", type=positive_int, default=2)
+    p.add_argument("--rounds", type=positive_int, default=7, help="timed rounds (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument("--bf16", action="store_true", help="run under bf16 autocast")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moe-suite", description="MoE Suite: a Mixture-of-Experts core and the apps built on it.")
+    cli = CommandTable(parser.add_subparsers(title="commands", metavar="COMMAND", required=True))
+    _register_suite(cli)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(cli)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except ValueError as exc:
+        print(f"moe-suite: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

