@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 Handler = Callable[[argparse.Namespace], int | None]
 
 # Modules with a `register(cli)`; an app adds its own line here.
-COMMAND_MODULES: tuple[str, ...] = ("apps.lab",)
+COMMAND_MODULES: tuple[str, ...] = ("apps.lab", "core.cli_commands", "core.training.cli")
 
 
 class CommandTable:

@@ -9,6 +9,7 @@ Shape legend: B samples, C = 3 colour channels, H = W = image side, T tokens.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -109,13 +110,21 @@ class ShapeWorld:
         side = cfg.image_size
         self._xy_2HW = (np.mgrid[0:side, 0:side][::-1] + 0.5) / side  # pixel centres (x, y) in [0, 1]
 
+    @property
+    def num_captions(self) -> int:
+        """How many different scenes (so captions) there are, jitter and noise aside."""
+        one = len(SHAPES) * len(COLOURS) * len(POSITIONS) * len(SIZES)
+        two = len(_PAIRS) * math.perm(len(SHAPES), 2) * math.perm(len(COLOURS), 2) * len(SIZES) ** 2
+        return one + (two if self.cfg.max_shapes == 2 else 0)
+
     def scene(self, rng: np.random.Generator) -> Scene:
         n = int(rng.integers(1, self.cfg.max_shapes + 1))
         positions = (rng.choice(POSITIONS),) if n == 1 else _PAIRS[rng.integers(len(_PAIRS))]
         kinds = rng.choice(SHAPES, n, replace=False)
         colours = rng.choice(list(COLOURS), n, replace=False)
         sizes = rng.choice(SIZES, n)
-        return tuple(Shape(str(k), str(c), str(p), str(s)) for k, c, p, s in zip(kinds, colours, positions, sizes))
+        return tuple(Shape(str(k), str(c), str(p), str(s))
+                     for k, c, p, s in zip(kinds, colours, positions, sizes))
 
     def render(self, scene: Scene, rng: np.random.Generator) -> np.ndarray:
         """[C, H, W] float32 in [0, 1]: shapes painted over a dark, noisy background."""
@@ -139,6 +148,8 @@ class ShapeWorld:
 
     def captions(self, n: int, seed: int | Sequence[int], distinct: bool = False) -> CaptionSet:
         """`n` images with their captions; `distinct`: no caption twice (for retrieval benchmarks)."""
+        if distinct and n > self.num_captions:
+            raise ValueError(f"asked for {n} distinct captions; this world has {self.num_captions}")
         rng = np.random.default_rng(seed)
         scenes: list[Scene] = []
         seen: set[str] = set()

@@ -1,0 +1,122 @@
+"""Model registry: a model kind name -> its config dataclass, its builder and a synthetic batch.
+
+Checkpoints name their kind, and `load_checkpoint` rebuilds the model from here. The suite's own
+entries name their classes as "module:attribute" strings, imported on first use: importing the
+registry does not import every model (MONAI, transformers), and a model whose module fails to
+import breaks only its own kind. Adding a model is one line:
+
+    register("vision_stream", "core.vision:VisionStreamConfig", "core.vision:VisionStream", _vision_inputs)
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+# A synthetic batch for a config: (config, batch size, generator) -> positional forward arguments.
+InputFn = Callable[[Any, int, torch.Generator], tuple]
+
+
+def _resolve(ref: str | Callable) -> Any:
+    """A "package.module:attribute" reference, imported; anything else is returned as it is."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    config: str | type               # config dataclass, or "module:Class"
+    build: str | Callable            # config -> nn.Module, or "module:function"
+    inputs: InputFn | None = None    # synthetic forward arguments (calibration, timing); None = none known
+
+    @property
+    def config_class(self) -> type:
+        return _resolve(self.config)
+
+    def build_model(self, config: Any) -> nn.Module:
+        return _resolve(self.build)(config)
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(kind: str, config: str | type, build: str | Callable, inputs: InputFn | None = None) -> None:
+    """Make `kind` loadable: `build(config)` must rebuild the model whose weights a checkpoint holds."""
+    if kind in MODELS:
+        raise ValueError(f"model kind {kind!r} is already registered")
+    MODELS[kind] = ModelSpec(config, build, inputs)
+
+
+def spec(kind: str) -> ModelSpec:
+    try:
+        return MODELS[kind]
+    except KeyError:
+        raise ValueError(f"unknown model kind {kind!r}; registered: {', '.join(sorted(MODELS))}") from None
+
+
+def check_config(kind: str, config: Any) -> None:
+    """Raise unless `config` is an instance of `kind`'s config dataclass."""
+    config_class = spec(kind).config_class
+    if not isinstance(config, config_class):
+        raise ValueError(f"kind {kind!r} takes a {config_class.__name__}, got a {type(config).__name__}")
+
+
+def build(kind: str, config: Any) -> nn.Module:
+    """A freshly initialised model of `kind`."""
+    check_config(kind, config)
+    return spec(kind).build_model(config)
+
+
+def synthetic_inputs(kind: str, config: Any, batch_size: int, generator: torch.Generator) -> tuple:
+    """Random forward arguments for a model of `kind`, shaped by its config."""
+    inputs = spec(kind).inputs
+    if inputs is None:
+        raise ValueError(f"model kind {kind!r} has no synthetic inputs; supply calibration data")
+    return inputs(config, batch_size, generator)
+
+
+def _task_ids(num_tasks: int, batch_size: int, g: torch.Generator) -> torch.Tensor | None:
+    """One random task per sample for task-aware gates, None for task-free ones."""
+    return torch.randint(num_tasks, (batch_size,), generator=g) if num_tasks else None
+
+
+def _moe_inputs(cfg, B: int, g: torch.Generator) -> tuple:
+    return torch.randn(B, 16, cfg.dim, generator=g), _task_ids(cfg.num_tasks, B, g)
+
+
+def _text_inputs(cfg, B: int, g: torch.Generator) -> tuple:
+    T = min(16, cfg.max_positions)
+    input_ids_BT = torch.randint(cfg.vocab_size, (B, T), generator=g)
+    return input_ids_BT, torch.ones_like(input_ids_BT), _task_ids(cfg.num_tasks, B, g)
+
+
+def _vision_inputs(cfg, B: int, g: torch.Generator) -> tuple:
+    # Two tokens along every axis: the smallest input with more than one token.
+    images = torch.randn(B, cfg.in_channels, *(2 * cfg.stride,) * cfg.spatial_dims, generator=g)
+    return images, _task_ids(cfg.num_tasks, B, g)
+
+
+def _audio_inputs(cfg, B: int, g: torch.Generator) -> tuple:
+    length = 16  # tokens wanted; walking the conv stack backwards gives the samples that make them
+    for k, s in zip(reversed(cfg.kernel_sizes), reversed(cfg.strides)):
+        length = (length - 1) * s + k
+    shape = (B, length) if cfg.in_channels == 1 else (B, cfg.in_channels, length)
+    return torch.randn(*shape, generator=g), _task_ids(cfg.num_tasks, B, g)
+
+
+def _fusion_inputs(cfg, B: int, g: torch.Generator) -> tuple:
+    tokens = {m: torch.randn(B, 8, cfg.dim, generator=g) for m in cfg.modalities}
+    return tokens, None, _task_ids(cfg.num_tasks, B, g)
+
+
+register("moe_layer", "core.moe:MoEConfig", "core.moe:MoELayer", _moe_inputs)
+register("text_stream", "core.text:TextStreamConfig", "core.text:from_scratch", _text_inputs)
+register("vision_stream", "core.vision:VisionStreamConfig", "core.vision:VisionStream", _vision_inputs)
+register("audio_stream", "core.audio:AudioStreamConfig", "core.audio:AudioStream", _audio_inputs)
+register("fusion", "core.fusion:FusionConfig", "core.fusion:DynamicFusion", _fusion_inputs)
