@@ -33,7 +33,7 @@ def _resolve(ref: str | Callable) -> Any:
 class ModelSpec:
     config: str | type               # config dataclass, or "module:Class"
     build: str | Callable            # config -> nn.Module, or "module:function"
-    inputs: InputFn | None = None    # synthetic forward arguments (calibration, timing); None = none known
+    inputs: str | InputFn | None = None  # synthetic forward arguments (calibration, timing); None = none known
 
     @property
     def config_class(self) -> type:
@@ -46,7 +46,7 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register(kind: str, config: str | type, build: str | Callable, inputs: InputFn | None = None) -> None:
+def register(kind: str, config: str | type, build: str | Callable, inputs: str | InputFn | None = None) -> None:
     """Make `kind` loadable: `build(config)` must rebuild the model whose weights a checkpoint holds."""
     if kind in MODELS:
         raise ValueError(f"model kind {kind!r} is already registered")
@@ -78,7 +78,7 @@ def synthetic_inputs(kind: str, config: Any, batch_size: int, generator: torch.G
     inputs = spec(kind).inputs
     if inputs is None:
         raise ValueError(f"model kind {kind!r} has no synthetic inputs; supply calibration data")
-    return inputs(config, batch_size, generator)
+    return _resolve(inputs)(config, batch_size, generator)
 
 
 def _task_ids(num_tasks: int, batch_size: int, g: torch.Generator) -> torch.Tensor | None:
@@ -120,3 +120,5 @@ register("text_stream", "core.text:TextStreamConfig", "core.text:from_scratch", 
 register("vision_stream", "core.vision:VisionStreamConfig", "core.vision:VisionStream", _vision_inputs)
 register("audio_stream", "core.audio:AudioStreamConfig", "core.audio:AudioStream", _audio_inputs)
 register("fusion", "core.fusion:FusionConfig", "core.fusion:DynamicFusion", _fusion_inputs)
+register("shape_world_core", "core.training.config:TrainConfig", "core.training.loop:build_model",
+         "core.training.loop:calibration_inputs")

@@ -136,6 +136,10 @@ def run(bc: BenchConfig) -> dict:
             times[name].append(time.perf_counter() - t0)
     median = {name: statistics.median(ts) for name, ts in times.items()}
     dense = median["dense"]
+    moe = cands["moe_dropless"]
+    total_params = sum(p.numel() for p in moe.parameters())
+    active_params = total_params - sum(p.numel() for p in moe.experts.parameters()) * (
+        1 - bc.top_k / bc.num_experts)
     return {
         "benchmark": "moe_forward_backward",
         "tokens": bc.tokens, "dim": bc.dim, "hidden_dim": bc.hidden_dim,
@@ -143,6 +147,9 @@ def run(bc: BenchConfig) -> dict:
         "median_ms": {k: round(v * 1000, 1) for k, v in median.items()},
         "ratio_to_dense": {k: round(v / dense, 3) for k, v in median.items()},
         "failed": failed,
+        "moe_total_params": total_params,
+        "moe_active_params_per_token": int(active_params),
+        "moe_active_param_fraction": round(active_params / total_params, 4),
         "balance_after_training": {k: round(v, 4) for k, v in balance_comparison().items()},
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),

@@ -27,7 +27,6 @@ import torch
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from core import registry
 from core.checkpoint import TRAIN_STATE, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from core.data import ShapeWorld, make_tokenizer
 from core.model import MultimodalCore
@@ -36,7 +35,7 @@ from core.moe import update_expert_biases
 from .config import STAGES, TrainConfig
 from .stages import Objectives, StepOutput, add_training_heads, make_batch
 
-KIND = "shape_world_core"  # the checkpoint kind of the trained core: TrainConfig -> build_model
+KIND = "shape_world_core"  # the checkpoint kind of the trained core (registered in core/registry.py)
 
 
 def build_model(cfg: TrainConfig) -> MultimodalCore:
@@ -50,7 +49,11 @@ def build_model(cfg: TrainConfig) -> MultimodalCore:
     return core
 
 
-registry.register(KIND, TrainConfig, build_model)
+def calibration_inputs(cfg: TrainConfig, batch_size: int, g: torch.Generator) -> tuple:
+    """Forward arguments (text, images, audio, task) of a shape world batch, e.g. for core.compress."""
+    seed = int(torch.randint(2**31, (1,), generator=g))
+    batch = make_batch("align", ShapeWorld(cfg.data), make_tokenizer(cfg.tokenizer), batch_size, seed)
+    return batch.text, batch.images, None, cfg.finetune_task
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -92,7 +95,8 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
     def restart(self, stage: str, step: int) -> None:
-        """Drop what a stage restarting at `step` will log again, and the later stages built on it."""
+        """Drop what a stage training on from `step` will log again, and the later stages' records
+        (their weights came from the stage's old state)."""
         index = STAGES.index(stage)
         kept = [r for r in self.records() if STAGES.index(r["stage"]) < index
                 or (r["stage"] == stage and r["step"] <= step)]
@@ -162,7 +166,8 @@ class Trainer:
             start = 0
             seed = np.random.SeedSequence([cfg.seed, STAGES.index(stage)]).generate_state(1).item()
             torch.manual_seed(seed)  # masks and dropout: the same whichever stages ran before in this process
-        self.metrics.restart(stage, start)
+        if start < total:
+            self.metrics.restart(stage, start)
 
         began = time.perf_counter()
         window = MetricWindow()
