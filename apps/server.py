@@ -30,6 +30,9 @@ class App:
 APPS: list[App] = [
     App("lab", "MoE Lab", "Configure one MoE layer, train it on a token stream and watch its "
         "expert load, balance, dropped tokens and loss.", page="apps.lab.page:build"),
+    App("chat", "Customer-service assistant", "A bank's support chat: MoE intent recognition, slot filling "
+        "with confirmation, knowledge answers with sources, hand-off to a human.",
+        page="apps.customer_service.page:build", api="apps.customer_service.api:router"),
 ]
 
 

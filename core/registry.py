@@ -122,3 +122,5 @@ register("audio_stream", "core.audio:AudioStreamConfig", "core.audio:AudioStream
 register("fusion", "core.fusion:FusionConfig", "core.fusion:DynamicFusion", _fusion_inputs)
 register("shape_world_core", "core.training.config:TrainConfig", "core.training.loop:build_model",
          "core.training.loop:calibration_inputs")
+register("text_classifier", "core.text.classifier:ClassifierConfig", "core.text.classifier:SentenceClassifier",
+         "core.text.classifier:synthetic_inputs")

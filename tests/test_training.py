@@ -149,6 +149,9 @@ def test_config_overlays_partial_dicts():
     cfg = TrainConfig.from_dict({"model": {"fusion": {"strategy": "concat"}}, "align_steps": 5})
     assert cfg.model.fusion.strategy == "concat" and cfg.align_steps == 5
     assert replace(cfg.model, fusion=TrainConfig().model.fusion) == TrainConfig().model
+    minilm = TrainConfig.from_dict({"tokenizer": "minilm", "model": {"fusion": {"strategy": "concat"}}})
+    assert minilm.model.text_init == "minilm" and minilm.model.dim == 384
+    assert minilm.model.fusion.strategy == "concat"
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
         TrainConfig.from_dict({"steps": 5})
     with pytest.raises(ValueError, match="unknown task"):
@@ -160,11 +163,18 @@ def test_cli_train_json(tmp_path, capsys):
     config.write_text("batch_size: 4\nbf16: false\nprogress: false\neval_pairs: 8\n"
                       "model: {dim: 32, text: {dim: 32}, vision: {out_dim: 32}, fusion: {dim: 32}}\n")
     out = tmp_path / "run"
-    assert cli.main(["train", "--stage", "pretrain", "--out", str(out), "--steps", "2",
-                     "--config", str(config), "--json"]) == 0
+    args = ["train", "--out", str(out), "--steps", "2", "--config", str(config), "--json"]
+    assert cli.main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["pretrain"]["steps"] == 2 and math.isfinite(result["pretrain"]["loss"])
-    assert (out / "pretrain" / "checkpoint" / "model.safetensors").is_file()
+    assert list(result) == list(STAGES) and result["align"]["steps"] == 2
+    assert all(math.isfinite(result[stage]["loss"]) for stage in STAGES)
+    assert (out / "finetune" / "checkpoint" / "model.safetensors").is_file()
+
+    assert cli.main([*args, "--resume"]) == 0  # every stage is done: nothing trains, nothing is lost
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [again[stage]["init"] for stage in STAGES] == [f"{stage} step 2" for stage in STAGES]
+    assert all(again[stage]["loss"] == result[stage]["loss"] for stage in STAGES)
+    assert len(loop.MetricsLog(out / "metrics.jsonl").records()) == 3
 
     config.write_text("batch_size: 1\n")
     assert cli.main(["train", "--out", str(out), "--config", str(config)]) == 2

@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    ".config": ("STAGES", "TrainConfig", "shape_world_core"),
-    ".loop": ("KIND", "MetricsLog", "Trainer", "build_model", "lr_at", "make_optimizer"),
+    ".config": ("STAGES", "TrainConfig", "default_core", "minilm_core", "shape_world_core"),
+    ".loop": ("KIND", "MetricsLog", "Trainer", "build_model", "calibration_inputs", "lr_at", "make_optimizer"),
     ".stages": ("Batch", "Objectives", "StepOutput", "add_training_heads", "make_batch", "mask_patches",
                 "mask_tokens"),
 }

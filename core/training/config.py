@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from core.data import ANSWERS, ShapeWorld, ShapeWorldConfig, WordTokenizer
+from core.data import ANSWERS, TOKENIZERS, ShapeWorld, ShapeWorldConfig, WordTokenizer
 from core.fusion import FusionConfig
 from core.model import MultimodalCoreConfig, config_from_dict
 from core.tasks import task_id
@@ -31,9 +31,22 @@ def shape_world_core(dim: int = 64) -> MultimodalCoreConfig:
     )
 
 
+def minilm_core() -> MultimodalCoreConfig:
+    """The full-width core: all-MiniLM-L6-v2 upcycled into the text stream, the default 2D Swin,
+    no audio stream, fusion heads over the VQA answers."""
+    return MultimodalCoreConfig(text=TextStreamConfig(), text_init="minilm",
+                                vision=VisionStreamConfig(spatial_dims=2, in_channels=3), audio=None,
+                                fusion=FusionConfig(num_classes=len(ANSWERS)))
+
+
+def default_core(tokenizer: str) -> MultimodalCoreConfig:
+    """The core a tokenizer goes with: MiniLM's WordPiece -> minilm_core(), words -> shape_world_core()."""
+    return minilm_core() if tokenizer == "minilm" else shape_world_core()
+
+
 @dataclass
 class TrainConfig:
-    model: MultimodalCoreConfig = field(default_factory=shape_world_core)
+    model: MultimodalCoreConfig | None = None  # None: default_core(tokenizer)
     data: ShapeWorldConfig = field(default_factory=ShapeWorldConfig)
     tokenizer: str = "word"          # "word": shape world's vocabulary; "minilm": MiniLM's WordPiece
     # Schedule, shared by the stages; each stage starts a fresh optimizer.
@@ -55,9 +68,9 @@ class TrainConfig:
     ckpt_every: int = 100            # steps between train-state checkpoints (the last step always saves)
     progress: bool = True            # tqdm progress bars
     # The task id every MoE gate routes under, per stage (core.tasks.TASKS).
-    pretrain_task: str = "captioning"
+    pretrain_task: str = "captioning"  # shape world is captioned images
     align_task: str = "retrieval"    # CLIP-style alignment is image-text retrieval
-    finetune_task: str = "captioning"
+    finetune_task: str = "captioning"  # of the suite's tasks, the nearest to answering about an image
     # Stage 1: masked-token prediction (text) and masked-patch reconstruction (vision, SimMIM).
     mask_prob: float = 0.15          # share of real text tokens replaced by [MASK]
     patch_mask_ratio: float = 0.5    # share of image squares blanked out
@@ -72,6 +85,10 @@ class TrainConfig:
     eval_questions: int = 256        # VQA questions for answer accuracy
 
     def __post_init__(self) -> None:
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
+        if self.model is None:
+            self.model = default_core(self.tokenizer)
         for stage in STAGES:
             if self.steps(stage) < 1:
                 raise ValueError(f"{stage}_steps must be >= 1, got {self.steps(stage)}")
@@ -112,20 +129,21 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """Keys left out keep their defaults, at any depth: {"model": {"fusion": {"strategy": "concat"}}}
-        changes the fusion strategy of the default model and nothing else."""
+        changes the fusion strategy of the tokenizer's default core and nothing else."""
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
-        default = cls()
-        model = _overlay(default.model.to_dict(), values.get("model", {}))
-        data = _overlay(asdict(default.data), values.get("data", {}))
-        return cls(**{**values, "model": MultimodalCoreConfig.from_dict(model),
-                      "data": config_from_dict(ShapeWorldConfig, data)})
+        base = default_core(values.get("tokenizer", cls.tokenizer)).to_dict()
+        model = MultimodalCoreConfig.from_dict(_overlay(base, values.get("model") or {}))
+        data = _overlay(asdict(ShapeWorldConfig()), values.get("data") or {})
+        return cls(**{**values, "model": model, "data": config_from_dict(ShapeWorldConfig, data)})
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
         """From a .json or .yaml/.yml file holding a dict of TrainConfig fields."""
         path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
             import yaml

@@ -6,8 +6,8 @@ pretrain  each stream alone, self-supervised. Text: masked-token prediction (BER
           pixel target needs no augmentations or negatives, which a small batch could not supply.
 align     L = l1 * InfoNCE(image, caption) with a learned temperature
             + l2 * captioning (a one-layer decoder reads the image tokens)
-            + l3 * image-text matching (a head on the fused vector tells true pairs from shuffled ones;
-                   of the three, only this term trains the cross-modal attention and fusion)
+            + l3 * image-text matching (a head on the fused vector tells true pairs from mismatched
+                   ones; of the three, only this term trains the cross-modal attention and fusion)
 finetune  visual question answering: a head on the fused vector picks the answer.
 
 Shape legend: B batch, T text tokens, S image tokens, N chosen tokens, V vocabulary, C channels,
@@ -16,6 +16,7 @@ H, W image size, h, w its grid of masking squares, D shared width, A answer clas
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +50,12 @@ class Batch:
 @dataclass
 class StepOutput:
     loss: torch.Tensor               # scalar to minimise: the weighted terms plus every MoE aux loss
-    terms: dict[str, torch.Tensor]   # detached scalars to log, "aux" among them
+    terms: dict[str, torch.Tensor]   # detached scalars to log: "loss" (that total), each term, "aux"
     stats: dict[str, MoEStats]       # MoE layer name -> its stats this step
 
 
-def make_batch(stage: str, world: ShapeWorld, tokenizer: Tokenizer, n: int, seed) -> Batch:
+def make_batch(stage: str, world: ShapeWorld, tokenizer: Tokenizer, n: int,
+               seed: int | Sequence[int]) -> Batch:
     """Captioned images for pretrain and align, questions about images for finetune."""
     if stage == "finetune":
         vqa = world.vqa(n, seed)

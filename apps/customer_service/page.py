@@ -1,0 +1,148 @@
+"""The assistant's page: chat with the bank's assistant and see how each turn was understood
+(intent, confidence, sources, expert activations); retrain it on your own intents and knowledge.
+
+The page and the JSON API share one assistant per process (`assistant.shared_assistant`).
+"""
+from __future__ import annotations
+
+import tempfile
+import uuid
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+from matplotlib.figure import Figure
+
+from apps.settings import cache_dir
+
+from .assistant import Reply, shared_assistant
+
+MAX_UNZIPPED_BYTES = 50 * 1024 * 1024  # a knowledge zip may expand to at most this much
+
+INTRO = """\
+# Customer-service assistant
+A fictional bank's support assistant: an MoE intent model picks the intent, the dialogue fills slots
+and asks before acting (the actions are demo mocks that change nothing), and knowledge answers quote
+the help articles they come from. Ask for an agent to be handed to a human.
+"""
+
+
+def new_session_id() -> str:
+    return f"web-{uuid.uuid4().hex[:16]}"
+
+
+def experts_figure(experts: dict[int, dict[int, float]]) -> Figure:
+    """One bar chart per MoE layer: the experts that fired for the message and their mean gate weights."""
+    fig = Figure(figsize=(6, 2.6), layout="constrained")
+    if not experts:
+        fig.text(0.5, 0.5, "no expert activations for this turn", ha="center", va="center")
+        return fig
+    axes = fig.subplots(1, len(experts), sharey=True, squeeze=False)[0]
+    for ax, (layer, weights) in zip(axes, sorted(experts.items())):
+        ax.bar([str(e) for e in weights], list(weights.values()), color="tab:blue")
+        ax.set(title=f"layer {layer}", xlabel="expert")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("mean gate weight")
+    return fig
+
+
+def turn_details(reply: Reply) -> str:
+    """The turn's intent, confidence, latency, hand-off state and sources as Markdown."""
+    text = (f"**intent** `{reply.intent or 'not understood'}` · **confidence** {reply.confidence:.2f} · "
+            f"{reply.latency_ms:.0f} ms")
+    if reply.handoff:
+        text += "\n\n**handed to a human agent**"
+    if reply.sources:
+        text += "\n\n**sources**\n" + "\n".join(f"- [{s.id}] {s.title} (score {s.score:.3f})"
+                                                for s in reply.sources)
+    return text
+
+
+def respond(message: str, chat: list[dict], session_id: str) -> tuple[list[dict], str, str, Figure]:
+    """Send `message` in `session_id`: the updated chat, an empty textbox, the details and the chart."""
+    try:
+        reply = shared_assistant().reply(session_id, message)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    chat = chat + [{"role": "user", "content": message}, {"role": "assistant", "content": reply.text}]
+    return chat, "", turn_details(reply), experts_figure(reply.experts)
+
+
+def _knowledge_source(upload: Path, folder: Path) -> Path:
+    """A knowledge upload as load_knowledge reads it: a zip is unpacked into `folder`, a file kept."""
+    if upload.suffix.lower() != ".zip":
+        return upload
+    with zipfile.ZipFile(upload) as archive:
+        if sum(i.file_size for i in archive.infolist()) > MAX_UNZIPPED_BYTES:
+            raise ValueError(f"the zip expands to over {MAX_UNZIPPED_BYTES // 2**20} MB")
+        archive.extractall(folder)  # zipfile drops absolute paths and ".." from member names
+    return folder
+
+
+def retrain(intents_file: str | None, knowledge_file: str | None) -> str:
+    """Train an intent model on the uploaded intents and/or index the uploaded knowledge, then switch
+    the shared assistant (page and API) to them until the server restarts."""
+    if not intents_file and not knowledge_file:
+        raise gr.Error("Upload an intents file, a knowledge file or both.")
+    # Imported here: torch, faiss and the MiniLM weights are only needed for retraining.
+    from data_connectors.knowledge import load_knowledge
+
+    from .intents import DEFAULT_TRAIN, IntentModel, load_intent_data
+    from .retrieval import KnowledgeIndex
+
+    model = index = None
+    done = []
+    try:
+        if intents_file:
+            texts, labels = load_intent_data(intents_file)
+            model, result = IntentModel.train(texts, labels, DEFAULT_TRAIN)
+            accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.1%}"
+            done.append(f"intent model ({len(set(labels))} intents, {len(texts)} examples, held-out "
+                        f"accuracy {accuracy})")
+        if knowledge_file:
+            with tempfile.TemporaryDirectory() as tmp:
+                docs = load_knowledge(_knowledge_source(Path(knowledge_file), Path(tmp)))
+                index = KnowledgeIndex.build(docs, cache_dir() / "chat" / "uploaded-index")
+            done.append(f"knowledge index ({len(docs)} documents, {len(index)} chunks)")
+    except (ValueError, zipfile.BadZipFile) as exc:
+        raise gr.Error(str(exc)) from None
+    shared_assistant().use(intent_model=model, index=index)
+    return "Now answering with the new " + " and ".join(done) + ", until the server restarts."
+
+
+def build() -> gr.Blocks:
+    """The assistant's page as a Gradio Blocks app (the server mounts it at /chat)."""
+    with gr.Blocks(title="Customer-service assistant") as page:
+        gr.Markdown(INTRO)
+        with gr.Tab("Chat"):
+            session = gr.State(new_session_id)  # one conversation per browser tab
+            with gr.Row():
+                with gr.Column(scale=3):
+                    chat = gr.Chatbot(label="conversation", height=460)
+                    message = gr.Textbox(placeholder="e.g. I lost my debit card", show_label=False)
+                    with gr.Row():
+                        send = gr.Button("Send", variant="primary")
+                        restart = gr.Button("New conversation")
+                with gr.Column(scale=2):
+                    details = gr.Markdown("Each turn's intent, confidence and sources appear here.")
+                    chart = gr.Plot(label="expert activations (mean gate weight per expert)")
+            gr.Examples(["block my card", "what are the fees for a current account?",
+                         "and for business accounts?", "I want to talk to a human"], inputs=message)
+        with gr.Tab("Retrain"):
+            gr.Markdown("Upload your own intents (CSV `text,label` or YAML `intents:`) and/or knowledge "
+                        "(a Markdown, text, CSV or JSONL file, or a zip of a folder of them). Training the intent "
+                        "model takes a few minutes on a CPU; page and API switch to the result.")
+            with gr.Row():
+                intents_file = gr.File(label="intents (.csv, .yaml)", file_types=[".csv", ".yaml", ".yml"],
+                                       type="filepath")
+                knowledge_file = gr.File(label="knowledge (file or .zip)", type="filepath")
+            train = gr.Button("Retrain", variant="primary")
+            status = gr.Markdown()
+
+        outputs = [chat, message, details, chart]
+        send.click(respond, [message, chat, session], outputs, api_name="chat")
+        message.submit(respond, [message, chat, session], outputs, api_name=False)
+        restart.click(lambda: (new_session_id(), [], "", None), outputs=[session, chat, details, chart],
+                      api_name=False)
+        train.click(retrain, [intents_file, knowledge_file], status, api_name="retrain")
+    return page

@@ -1,0 +1,168 @@
+"""Intent recognition (apps.customer_service.intents, core.text.classifier) on tiny from-scratch streams.
+
+Every model here is a 2-layer, 32-wide stream trained on templated sentences the tests write: seconds.
+"""
+import json
+import random
+
+import pytest
+
+from apps.cli import main
+from apps.customer_service.intents import OOS, IntentModel, IntentTrainConfig, load_intent_data, macro_f1
+from core.bench.upcycle import UpcycleBenchConfig, run
+from core.text.classifier import TrainConfig
+from core.text.config import TextStreamConfig
+
+TINY = dict(dim=32, num_layers=2, num_heads=2, ffn_dim=64, max_positions=64, moe_layers=(1,),
+            num_experts=4, top_k=2, dropout=0.0)
+TRAIN = TrainConfig(epochs=20, batch_size=16, lr=3e-3, head_lr=3e-3)
+
+# Four intents, each told by its key phrases; templates are split between training and held-out rows.
+PHRASES = {
+    "balance": ["my balance", "the money left", "my available funds", "what I have in the bank"],
+    "lost_card": ["my lost card", "a stolen card", "the card I misplaced", "my missing debit card"],
+    "transfer": ["a bank transfer", "sending money abroad", "paying my landlord", "a wire to my sister"],
+    "password": ["my forgotten password", "a new PIN", "the locked app login", "resetting my passcode"],
+}
+TRAIN_TEMPLATES = ["I need help with {}", "tell me about {}", "question about {}", "{} please",
+                   "can you check {}", "something is wrong with {}"]
+HELD_OUT_TEMPLATES = ["hello, I have a problem with {}", "what about {} today", "{}"]
+NONSENSE = ["purple elephants dance on saturn", "quantum banana orchestra", "seventeen violins eat gravel",
+            "the moon tastes of cheddar", "zebra crossing philosophy lecture", "volcano knitting contest"]
+
+
+def _rows(templates: list[str]) -> tuple[list[str], list[str]]:
+    pairs = [(t.format(p), intent) for intent, phrases in PHRASES.items() for p in phrases for t in templates]
+    random.Random(0).shuffle(pairs)
+    return [t for t, _ in pairs], [y for _, y in pairs]
+
+
+def _write_csv(path, texts: list[str], labels: list[str], header: str = "text,label") -> None:
+    lines = [header] + [f'"{t}",{y}' for t, y in zip(texts, labels)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _config(**train) -> IntentTrainConfig:
+    return IntentTrainConfig(train=TrainConfig(**{**TRAIN.__dict__, **train}),
+                             stream=TextStreamConfig(**TINY), upcycle=False)
+
+
+@pytest.fixture(scope="module")
+def thresholded() -> IntentModel:
+    """Trained without oos rows: out of scope comes from the calibrated threshold."""
+    return IntentModel.train(*_rows(TRAIN_TEMPLATES), _config())[0]
+
+
+def test_learns_templated_intents(thresholded):
+    texts, labels = _rows(HELD_OUT_TEMPLATES)
+    metrics = thresholded.evaluate(texts, labels)
+    assert metrics["closed_set_accuracy"] > 0.9
+    assert metrics["oos_recall"] is None and metrics["oos_rows"] == 0 and metrics["rows"] == len(texts)
+
+
+def test_threshold_flags_nonsense_more_than_in_scope(thresholded):
+    assert thresholded.oos_threshold is not None
+    in_scope = [p.is_oos for p in thresholded.predict(_rows(HELD_OUT_TEMPLATES)[0])]
+    nonsense = [p.is_oos for p in thresholded.predict(NONSENSE)]
+    assert sum(nonsense) / len(nonsense) > sum(in_scope) / len(in_scope)
+    assert all(p.label == OOS for p in thresholded.predict(NONSENSE) if p.is_oos)
+
+
+def test_oos_rows_train_an_extra_class():
+    texts, labels = _rows(TRAIN_TEMPLATES)
+    oos = [f"{a} {b}" for a in NONSENSE for b in ("today", "again", "maybe")]
+    model, _ = IntentModel.train(texts + oos, labels + [OOS] * len(oos), _config())
+    assert model.oos_threshold is None and OOS in model.labels
+    metrics = model.evaluate(NONSENSE + _rows(HELD_OUT_TEMPLATES)[0][:12],
+                             [OOS] * len(NONSENSE) + _rows(HELD_OUT_TEMPLATES)[1][:12])
+    assert metrics["oos_recall"] > 0.8 and metrics["in_scope_accuracy"] > 0.8
+
+
+def test_predict_reports_experts_with_weights(thresholded):
+    [p] = thresholded.predict(["I need help with my balance"], top=2)
+    assert p.label == "balance" and [label for label, _ in p.top][0] == "balance" and len(p.top) == 2
+    assert 0 < p.confidence <= 1 and p.confidence == p.top[0][1]
+    assert list(p.experts) == [1]  # the one MoE layer
+    weights = p.experts[1]
+    assert len(weights) >= 2 and all(0 <= e < 4 and 0 < w <= 1 for e, w in weights.items())
+
+
+def test_save_load_round_trip_predicts_identically(thresholded, tmp_path):
+    thresholded.save(tmp_path / "model")
+    loaded = IntentModel.load(tmp_path / "model")
+    texts = _rows(HELD_OUT_TEMPLATES)[0][:8] + NONSENSE
+    assert loaded.oos_threshold == thresholded.oos_threshold
+    for a, b in zip(thresholded.predict(texts), loaded.predict(texts)):
+        assert (a.label, a.top, a.experts) == (b.label, b.top, b.experts)
+
+
+def test_cli_train_eval_round_trip(tmp_path, capsys):
+    _write_csv(tmp_path / "train.csv", *_rows(TRAIN_TEMPLATES))
+    _write_csv(tmp_path / "test.csv", *_rows(HELD_OUT_TEMPLATES))
+    stream = json.dumps({**TINY, "moe_layers": list(TINY["moe_layers"])})
+    assert main(["chat", "train-intents", "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"),
+                 "--from-scratch", "--stream", stream, "--epochs", "20", "--batch-size", "16",
+                 "--lr", "3e-3", "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["labels"] == 4 and trained["oos_threshold"] is not None
+    assert main(["chat", "eval-intents", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "test.csv"),
+                 "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"accuracy", "in_scope_accuracy", "oos_recall", "macro_f1", "rows", "oos_rows"} <= metrics.keys()
+    assert metrics["closed_set_accuracy"] > 0.9 and metrics["oos_recall"] is None
+    assert main(["chat", "eval-intents", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "no.csv")]) == 2
+    assert "no.csv: no such file" in capsys.readouterr().err
+
+
+# ---- data files ----
+
+def test_csv_accepts_category_column_in_any_order(tmp_path):
+    (tmp_path / "b.csv").write_text('category,text\nbalance,"what is my balance, please"\n\nlost,card gone\n')
+    assert load_intent_data(tmp_path / "b.csv") == (["what is my balance, please", "card gone"], ["balance", "lost"])
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"text,intent\nhi,greet\n", "line 1: the header needs a `text` and a `label`"),
+    (b"text,label\n", "a header but no rows"),
+    (b"text,label\nhi,greet\nhello,\n", "line 3: empty `text` or `label`"),
+    (b"text,label\nhi,greet,extra\n", "line 2: 3 fields"),
+    ("text,label\ncaf\u00e9,x\n".encode("latin-1"), "not UTF-8"),
+])
+def test_csv_errors_name_file_and_line(tmp_path, content, message):
+    (tmp_path / "bad.csv").write_bytes(content)
+    with pytest.raises(ValueError, match="bad.csv") as err:
+        load_intent_data(tmp_path / "bad.csv")
+    assert message in str(err.value)
+
+
+def test_yaml_mapping_and_list_forms_agree(tmp_path):
+    (tmp_path / "a.yaml").write_text("intents:\n  greet: [hi, hello]\n  oos: [weather]\n")
+    (tmp_path / "b.yml").write_text("intents:\n  - name: greet\n    examples: [hi, hello]\n"
+                                    "  - name: oos\n    examples: [weather]\n")
+    expected = (["hi", "hello", "weather"], ["greet", "greet", OOS])
+    assert load_intent_data(tmp_path / "a.yaml") == load_intent_data(tmp_path / "b.yml") == expected
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("a.yaml", "greet: [hi]\n", "top-level `intents:`"),
+    ("b.yaml", "intents:\n  greet: []\n", "intent 'greet' needs a non-empty list"),
+    ("c.yaml", "intents:\n  - name: greet\n", "needs `name` and `examples`"),
+    ("d.yaml", "intents: [unclosed\n", "invalid YAML"),
+    ("e.txt", "hi\n", "expected a .csv or .yaml"),
+])
+def test_yaml_and_suffix_errors(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")) as err:
+        load_intent_data(tmp_path / name)
+    assert message in str(err.value)
+
+
+def test_macro_f1():
+    assert macro_f1(["a", "a", "b", "b"], ["a", "a", "b", "b"]) == 1.0
+    assert macro_f1(["a", "a", "b", "b"], ["a", "b", "b", "b"]) == pytest.approx((2 / 3 + 4 / 5) / 2)
+
+
+def test_bench_upcycle_needs_train_and_test_csv(tmp_path):
+    with pytest.raises(ValueError, match="needs train.csv and test.csv"):
+        run(UpcycleBenchConfig(data=tmp_path))
