@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 Handler = Callable[[argparse.Namespace], int | None]
 
 # Modules with a `register(cli)`; an app adds its own line here.
-COMMAND_MODULES: tuple[str, ...] = ("apps.lab", "core.cli_commands", "core.training.cli", "apps.customer_service",
-                                   "apps.customer_service.retrieval_cli", "core.bench.cli",
-                                   "apps.customer_service.chat_cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "apps.lab", "core.cli_commands", "core.training.cli", "core.bench.cli", "apps.customer_service",
+)
 
 
 class CommandTable:

@@ -1,9 +1,13 @@
-"""Customer-service assistant: intent recognition with out-of-scope detection (see `intents`).
+"""Customer-service assistant: intents with out-of-scope detection (`intents`), knowledge retrieval
+(`retrieval`), multi-turn dialogue (`dialogue`, `store`, `actions`), joined in `assistant` and served
+by `api` (HTTP), `page` (Gradio) and `lc` (LangChain).
 
-Light to import: this module only registers the `moe-suite chat` commands and `moe-suite bench upcycle`.
+Light to import: this module only registers the `moe-suite chat` commands, `moe-suite bench upcycle`
+and `moe-suite bench chat`; their handlers (`cli`) import torch and FAISS when they run.
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +18,8 @@ if TYPE_CHECKING:
 
 
 def register(cli: CommandTable) -> None:
-    """Add `chat train-intents`, `chat eval-intents` and `bench upcycle` (see apps.cli)."""
+    """Add the `chat` commands (train-intents, eval-intents, index, eval-retrieval, ask) and
+    `bench upcycle`, `bench chat` (see apps.cli)."""
     from . import cli as handlers
 
     chat = cli.group("chat", "customer-service assistant")
@@ -44,7 +49,30 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
-    p = cli.group("bench", "benchmarks").command(
+
+    p = chat.command("index", "build a knowledge index (FAISS + chunk metadata) from a knowledge base; "
+                              "an existing index at --out is replaced only once the new one is complete",
+                     handlers.index)
+    p.add_argument("--kb", required=True, help="knowledge file or folder (.md .txt .csv .jsonl)")
+    p.add_argument("--out", required=True, help="index folder to write")
+    p.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=True,
+                   help="also rank with BM25 and fuse the rankings (default: on)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = chat.command("eval-retrieval", "recall@1, recall@5 and MRR@10 of an index on labelled queries",
+                     handlers.eval_retrieval)
+    p.add_argument("--index", required=True, help="index folder written by `chat index`")
+    p.add_argument("--queries", required=True, help="CSV with columns query,id (the expected document)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = chat.command(
+        "ask", "send one message to the default bank's assistant and print its reply", handlers.ask)
+    p.add_argument("message", help="the customer's message")
+    p.add_argument("--session", default="cli", help="conversation id, kept between calls (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    bench = cli.group("bench", "benchmarks")
+    p = bench.command(
         "upcycle", "upcycled MiniLM stream vs the same stream from scratch, same budget, on an intent task",
         handlers.bench_upcycle)
     p.add_argument("--data", type=Path, default=None,
@@ -52,4 +80,17 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="training steps of each model")
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = bench.command("chat", "the assistant's turn latency (intent, state, retrieval, reply) and its "
+                      "throughput over the HTTP API", handlers.bench_chat)
+    p.add_argument("--passages", type=positive_int, default=None,
+                   help="knowledge-base documents: the bank KB plus synthetic ones (default 10000)")
+    p.add_argument("--turns", type=positive_int, default=None, help="timed in-process turns (default 200)")
+    p.add_argument("--clients", type=positive_int, default=None, help="concurrent HTTP clients (default 32)")
+    p.add_argument("--seconds", type=float, default=None, help="how long the HTTP clients run (default 20)")
+    p.add_argument("--index-cache", type=Path, default=None,
+                   help="folder keeping the benchmark's index (default: <cache>/bench/chat-index)")
+    p.add_argument("--intent-model", type=Path, default=None,
+                   help="intent checkpoint folder (default: the bank's, trained into the cache on first use)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")

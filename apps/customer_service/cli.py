@@ -1,9 +1,11 @@
-"""Handlers of the `moe-suite chat ...` commands and of `moe-suite bench upcycle` (torch loads here)."""
+"""Handlers of the `moe-suite chat ...` commands and of `moe-suite bench upcycle` and `bench chat`
+(torch loads here)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 
@@ -76,3 +78,64 @@ def bench_upcycle(args: argparse.Namespace) -> None:
         for init in ("upcycled", "scratch"):
             print(f"  {init:<9} test accuracy {result[f'{init}_accuracy']:.4f}  "
                   f"({result[f'{init}_seconds']:.0f} s)")
+
+
+def bench_chat(args: argparse.Namespace) -> None:
+    from .bench import ChatBenchConfig, run
+
+    names = ("passages", "turns", "clients", "seconds", "index_cache", "intent_model")
+    result = run(ChatBenchConfig(**{k: getattr(args, k) for k in names if getattr(args, k) is not None}))
+    if args.json:
+        print(json.dumps(result))
+        return
+    built = ("from the cache" if result["index_build_seconds"] is None
+             else f"built in {result['index_build_seconds']} s")
+    print(f"{result['passages']} passages (index {built}); {result['machine']}")
+    print(f"turn   median {result['turn_median_ms']} ms, p95 {result['turn_p95_ms']} ms over {result['turns']} "
+          f"turns (intent {result['intent_median_ms']} ms, search {result['search_median_ms']} ms)")
+    print(f"HTTP   {result['http_turns_per_second']} turns/s with {result['http_clients']} clients: "
+          f"{result['http_turns']} turns in {result['http_seconds']} s, {result['http_errors']} errors; "
+          f"p50 {result['http_p50_ms']} ms, p95 {result['http_p95_ms']} ms, p99 {result['http_p99_ms']} ms")
+
+
+def index(args: argparse.Namespace) -> None:
+    from data_connectors.knowledge import load_knowledge
+
+    from .retrieval import IndexConfig, KnowledgeIndex
+
+    start = time.perf_counter()
+    docs = load_knowledge(args.kb)  # a bad file fails here, before the index folder is touched
+    manifest = KnowledgeIndex.build(docs, args.out, IndexConfig(hybrid=args.hybrid)).manifest
+    summary = {"out": str(args.out), "documents": manifest["documents"], "chunks": manifest["count"],
+               "dims": manifest["dims"], "index": manifest["index"], "hybrid": args.hybrid,
+               "model": manifest["model"], "seconds": round(time.perf_counter() - start, 2)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print("\n".join(f"{name:<11}{value}" for name, value in summary.items()))
+
+
+def eval_retrieval(args: argparse.Namespace) -> None:
+    from data_connectors.knowledge import load_queries
+
+    from .retrieval import KnowledgeIndex, evaluate
+
+    metrics = evaluate(KnowledgeIndex.load(args.index), load_queries(args.queries))
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print("\n".join(f"{name:<12}{value:.4g}" for name, value in metrics.items()))
+
+
+def ask(args: argparse.Namespace) -> None:
+    from .assistant import Assistant
+
+    reply = Assistant.default().reply(args.session, args.message)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(reply), ensure_ascii=False))
+        return
+    print(reply.text)
+    sources = ", ".join(f"{s.title} [{s.id}]" for s in reply.sources)
+    print(f"\n[intent {reply.intent or 'not understood'}, confidence {reply.confidence:.2f}"
+          f"{', sources: ' + sources if sources else ''}{', handed to a human agent' if reply.handoff else ''}"
+          f", {reply.latency_ms:.0f} ms]")
