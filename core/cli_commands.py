@@ -48,13 +48,16 @@ def _megabytes(file: Path) -> float:
 
 
 def _compress(args: argparse.Namespace) -> None:
+    from core import registry
     from core.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
     from core.compress import compress_model
 
     model, info = load_checkpoint(args.checkpoint)
     batches = _calibration_batches(args, info.kind, info.config)
     keep = args.keep_experts if args.keep_experts is not None else args.keep_fraction
-    compressed, report = compress_model(model, batches, keep_experts=keep, quantize=not args.no_quantize)
+    compressed, report = compress_model(
+        model, batches, keep_experts=keep, quantize=not args.no_quantize,
+        evaluate=lambda m: registry.task_metrics(info.kind, m, info.config))
     metadata = {**info.metadata, "compressed_from": str(info.path), "compression": report.to_dict()}
     out = save_checkpoint(compressed, args.out, kind=info.kind, config=info.config, metadata=metadata)
 
@@ -63,7 +66,9 @@ def _compress(args: argparse.Namespace) -> None:
         "experts_before": report.experts_before, "experts_after": report.experts_after,
         "size_mb_before": _megabytes(info.path / WEIGHTS), "size_mb_after": _megabytes(out / WEIGHTS),
         "latency_ms_before": report.latency_ms_before, "latency_ms_after": report.latency_ms_after,
-        "output_rel_error": report.output_rel_error, "notes": report.notes,
+        "output_rel_error": report.output_rel_error,
+        "task_metrics_before": report.quality_before, "task_metrics_after": report.quality_after,
+        "notes": report.notes,
     }
     if args.json:
         print(json.dumps(result))
@@ -74,6 +79,8 @@ def _compress(args: argparse.Namespace) -> None:
     for label, key in (("size on disk (MB)", "size_mb"), ("latency (ms)", "latency_ms")):
         print(f"{label:<22}{result[key + '_before']:>10.3f}{result[key + '_after']:>10.3f}")
     print(f"{'output rel. error':<22}{'':>10}{result['output_rel_error']:>10.4f}")
+    for name, before in report.quality_before.items():
+        print(f"{name:<22}{before:>10.3f}{report.quality_after[name]:>10.3f}")
     for note in report.notes:
         print(f"note: {note}")
 

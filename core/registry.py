@@ -34,6 +34,7 @@ class ModelSpec:
     config: str | type               # config dataclass, or "module:Class"
     build: str | Callable            # config -> nn.Module, or "module:function"
     inputs: str | InputFn | None = None  # synthetic forward arguments (calibration, timing); None = none known
+    evaluate: str | Callable | None = None  # (model, config) -> task metrics on held-out data; None = none known
 
     @property
     def config_class(self) -> type:
@@ -46,11 +47,12 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register(kind: str, config: str | type, build: str | Callable, inputs: str | InputFn | None = None) -> None:
+def register(kind: str, config: str | type, build: str | Callable, inputs: str | InputFn | None = None,
+             evaluate: str | Callable | None = None) -> None:
     """Make `kind` loadable: `build(config)` must rebuild the model whose weights a checkpoint holds."""
     if kind in MODELS:
         raise ValueError(f"model kind {kind!r} is already registered")
-    MODELS[kind] = ModelSpec(config, build, inputs)
+    MODELS[kind] = ModelSpec(config, build, inputs, evaluate)
 
 
 def spec(kind: str) -> ModelSpec:
@@ -79,6 +81,12 @@ def synthetic_inputs(kind: str, config: Any, batch_size: int, generator: torch.G
     if inputs is None:
         raise ValueError(f"model kind {kind!r} has no synthetic inputs; supply calibration data")
     return _resolve(inputs)(config, batch_size, generator)
+
+
+def task_metrics(kind: str, model: nn.Module, config: Any) -> dict[str, float]:
+    """Task metrics of a model of `kind` on its held-out data ({} when the kind has no evaluation)."""
+    evaluate = spec(kind).evaluate
+    return _resolve(evaluate)(model, config) if evaluate is not None else {}
 
 
 def _task_ids(num_tasks: int, batch_size: int, g: torch.Generator) -> torch.Tensor | None:
@@ -121,6 +129,6 @@ register("vision_stream", "core.vision:VisionStreamConfig", "core.vision:VisionS
 register("audio_stream", "core.audio:AudioStreamConfig", "core.audio:AudioStream", _audio_inputs)
 register("fusion", "core.fusion:FusionConfig", "core.fusion:DynamicFusion", _fusion_inputs)
 register("shape_world_core", "core.training.config:TrainConfig", "core.training.loop:build_model",
-         "core.training.loop:calibration_inputs")
+         "core.training.loop:calibration_inputs", "core.training.loop:held_out_metrics")
 register("text_classifier", "core.text.classifier:ClassifierConfig", "core.text.classifier:SentenceClassifier",
          "core.text.classifier:synthetic_inputs")

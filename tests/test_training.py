@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from apps import cli
+from core import registry
 from core.checkpoint import load_checkpoint
 from core.data import ANSWERS, COLOURS, POSITIONS, SHAPES, SIZES, ShapeWorld, ShapeWorldConfig, WordTokenizer
 from core.model import MultimodalCore
@@ -141,6 +142,10 @@ def test_alignment_makes_retrieval_work(tmp_path):
     assert after["image_to_text_r1"] >= 3 * chance and after["text_to_image_r1"] >= 3 * chance
     losses = logged_losses(tmp_path, "align")
     assert losses[-1] < losses[0]
+    # The registry's task evaluation (used by `moe-suite compress`) sees the same trained model.
+    metrics = registry.task_metrics(loop.KIND, trainer.model, cfg)
+    assert metrics["image_to_text_r1"] == pytest.approx(after["image_to_text_r1"])
+    assert 0 <= metrics["vqa_accuracy"] <= 1
 
 
 # Config and command line.

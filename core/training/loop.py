@@ -56,6 +56,21 @@ def calibration_inputs(cfg: TrainConfig, batch_size: int, g: torch.Generator) ->
     return batch.text, batch.images, None, cfg.finetune_task
 
 
+@torch.no_grad()
+def held_out_metrics(model: MultimodalCore, cfg: TrainConfig) -> dict[str, float]:
+    """Image-text recall@1 and visual-question accuracy on held-out shape world data."""
+    tokenizer, world = make_tokenizer(cfg.tokenizer), ShapeWorld(cfg.data)
+    device = next(model.parameters()).device
+    objectives = Objectives(model, tokenizer, cfg)
+    was_training = model.training
+    model.eval()
+    metrics = objectives.retrieval(world, device)
+    metrics.pop("temperature")
+    metrics["vqa_accuracy"] = objectives.vqa_accuracy(world, device)
+    model.train(was_training)
+    return metrics
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW, decaying matrices and embeddings only (not biases, norms or the temperature)."""
     params = [p for p in model.parameters() if p.requires_grad]
