@@ -1,39 +1,25 @@
 """The chat API end to end through a real uvicorn server on a free loopback port (the assistant is
-test_dialogue's, with stand-in models, injected by overriding the `shared_assistant` dependency);
+chat_fakes', with stand-in models, injected by overriding the `shared_assistant` dependency);
 also the `chat ask` command and the page's parts."""
 import json
-import socket
-import threading
-import time
 import zipfile
 
 import gradio as gr
 import httpx
 import pytest
-import uvicorn
 from chat_fakes import EXPERTS, make_assistant
 
-from apps import cli, server
+from apps import cli
 from apps.customer_service import api, page
 from apps.customer_service.assistant import Assistant, shared_assistant
+from apps.customer_service.bench import serve_in_thread
 
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory) -> str:
-    app = server.create_app([server.App("chat", "Chat", "test", api="apps.customer_service.api:router")])
-    assistant = make_assistant(tmp_path_factory.mktemp("chat") / "chat.sqlite3")
-    app.dependency_overrides[shared_assistant] = lambda: assistant
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    uv.should_exit = True
-    thread.join(5)
+    url, stop = serve_in_thread(make_assistant(tmp_path_factory.mktemp("chat") / "chat.sqlite3"))
+    yield url
+    stop()
 
 
 @pytest.fixture
