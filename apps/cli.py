@@ -17,7 +17,7 @@ import argparse
 import importlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -47,6 +47,12 @@ class CommandTable:
             self._groups[name] = CommandTable(
                 parser.add_subparsers(title="commands", metavar="COMMAND", required=True))
         return self._groups[name]
+
+
+def given_flags(args: argparse.Namespace, names: Iterable[str]) -> dict:
+    """The flags among `names` given on the command line (declared with default=argparse.SUPPRESS,
+    an absent flag leaves no attribute), so a config's own defaults apply to the others."""
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
 def positive_int(text: str) -> int:

@@ -9,6 +9,8 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from apps.cli import given_flags
+
 if TYPE_CHECKING:
     from apps.cli import CommandTable
 
@@ -41,7 +43,7 @@ _TRAIN_FLAGS: tuple[tuple[str, type, str], ...] = (
 def _train(args: argparse.Namespace) -> None:
     from .session import LabConfig, LabSession
 
-    given = {name: getattr(args, name) for name, _, _ in _TRAIN_FLAGS if hasattr(args, name)}
+    given = given_flags(args, (name for name, _, _ in _TRAIN_FLAGS))
     summary = LabSession(LabConfig.from_flat(given)).train().summary()
     if args.json:
         print(json.dumps(summary))

@@ -9,21 +9,16 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from apps.cli import positive_int
+from apps.cli import given_flags, positive_int
 
 if TYPE_CHECKING:
     from apps.cli import CommandTable
 
 
-def _given(args: argparse.Namespace, *names: str) -> dict:
-    """The flags among `names` given on the command line; the others keep the config's defaults."""
-    return {name: getattr(args, name) for name in names if hasattr(args, name)}
-
-
 def _bench_lm(args: argparse.Namespace) -> None:
     from .lm import LMBenchConfig, run
 
-    result = run(LMBenchConfig(**_given(args, "steps", "seed")))
+    result = run(LMBenchConfig(**given_flags(args, ("steps", "seed"))))
     if args.json:
         print(json.dumps(result))
         return
@@ -42,7 +37,7 @@ def _bench_lm(args: argparse.Namespace) -> None:
 def _bench_fusion(args: argparse.Namespace) -> None:
     from .fusion import FusionBenchConfig, run
 
-    result = run(FusionBenchConfig(**_given(args, "steps", "seeds")))
+    result = run(FusionBenchConfig(**given_flags(args, ("steps", "seeds"))))
     if args.json:
         print(json.dumps(result))
         return
