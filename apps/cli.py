@@ -24,6 +24,7 @@ Handler = Callable[[argparse.Namespace], int | None]
 # Modules with a `register(cli)`; an app adds its own line here.
 COMMAND_MODULES: tuple[str, ...] = (
     "apps.lab", "core.cli_commands", "core.training.cli", "core.bench.cli", "apps.customer_service",
+    "apps.medical_imaging", "apps.video_generation",
 )
 
 
