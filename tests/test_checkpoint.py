@@ -117,7 +117,7 @@ def _edit_header(**changes):
     (lambda ckpt: (ckpt / "config.json").write_text("{not json"), "corrupt JSON"),
     (_corrupt_weights, "corrupt or unreadable"),
     (_drop_a_tensor, "missing: router.expert_bias_E"),
-    (_edit_header(format_version=2), "newer"),
+    (_edit_header(format_version=3), "newer"),
     (_edit_header(format="something-else"), "not a moe-suite-checkpoint file"),
     (_edit_header(kind="no_such_model"), "unknown model kind"),
     (_edit_header(config={**MoEConfig(**TINY).to_dict(), "future_field": 1}), "future_field"),
@@ -217,3 +217,38 @@ def test_train_state_errors_name_the_path(tmp_path):
     with pytest.raises(CheckpointError, match="corrupt") as error:
         load_train_state(ckpt)
     assert str(ckpt) in str(error.value)
+
+
+def _seeded_tiny_lm(cfg: TinyLMConfig) -> TinyLM:
+    torch.manual_seed(123)
+    return TinyLM(cfg)
+
+
+def test_delta_checkpoint_stores_only_changes_and_restores_the_model(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.MODELS, "tiny_lm", registry.ModelSpec(
+        TinyLMConfig, TinyLM, _tiny_lm_inputs, base=_seeded_tiny_lm))
+    cfg = TinyLMConfig()
+    model = _seeded_tiny_lm(cfg)
+    with torch.no_grad():  # "fine-tune" the last MoE layer only
+        for p in model.moes[1].parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    torch.manual_seed(7)
+    before = torch.rand(3)
+    torch.manual_seed(7)
+    ckpt = save_checkpoint(model, tmp_path / "delta", kind="tiny_lm", config=cfg, delta=True)
+    assert torch.equal(torch.rand(3), before), "building the base must not move the caller's RNG"
+
+    stored = load_file(ckpt / "model.safetensors")
+    assert stored and all(name.startswith("moes.1.") for name in stored)
+    assert all(t.dtype == torch.float16 for t in stored.values() if t.is_floating_point())
+    assert json.loads((ckpt / "config.json").read_text())["format_version"] == 2
+
+    loaded, info = load_checkpoint(ckpt)
+    assert info.delta
+    for name, t in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], t, atol=1e-4, rtol=0)  # float16 differences
+
+
+def test_delta_needs_a_registered_base(tmp_path, tiny_lm):
+    with pytest.raises(ValueError, match="registers no base"):
+        save_checkpoint(tiny_lm, tmp_path / "d", kind="tiny_lm", config=TinyLMConfig(), delta=True)

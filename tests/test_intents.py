@@ -166,3 +166,14 @@ def test_macro_f1():
 def test_bench_upcycle_needs_train_and_test_csv(tmp_path):
     with pytest.raises(ValueError, match="needs train.csv and test.csv"):
         run(UpcycleBenchConfig(data=tmp_path))
+
+
+def test_shipped_default_model_is_current_and_loads_without_training(monkeypatch, tmp_path):
+    from apps.customer_service import intents
+
+    monkeypatch.setenv("MOE_SUITE_CACHE", str(tmp_path))  # nothing cached: must come from assets/
+    monkeypatch.setattr(intents.IntentModel, "train", None)  # and never train
+    model = intents.load_default_intent_model()
+    [lost, weather] = model.predict(["I lost my debit card yesterday", "what is the capital of Peru"])
+    assert lost.label == "card_lost_stolen" and lost.confidence > 0.5
+    assert weather.label == OOS

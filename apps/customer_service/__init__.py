@@ -39,6 +39,8 @@ def register(cli: CommandTable) -> None:
                    help="without oos rows: share of held-out in-scope rows the threshold keeps")
     p.add_argument("--stream", default=None, help='JSON overrides of the stream config, e.g. \'{"top_k": 1}\'')
     p.add_argument("--from-scratch", action="store_true", help="random stream instead of upcycled MiniLM")
+    p.add_argument("--full", action="store_true",
+                   help="store every weight (default for an upcycled model: only its changes from MiniLM)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")

@@ -32,7 +32,7 @@ def _stream_config(overrides: str | None):
 def train_intents(args: argparse.Namespace) -> None:
     from core.text.classifier import TrainConfig
 
-    from .intents import IntentModel, IntentTrainConfig, load_intent_data
+    from .intents import IntentModel, IntentTrainConfig, file_sha256, load_intent_data
 
     texts, labels = load_intent_data(args.data)
     cfg = IntentTrainConfig(
@@ -41,8 +41,10 @@ def train_intents(args: argparse.Namespace) -> None:
         stream=_stream_config(args.stream), upcycle=not args.from_scratch,
         val_fraction=args.val_fraction, in_scope_recall=args.in_scope_recall)
     model, result = IntentModel.train(texts, labels, cfg)
-    model.save(args.out, {"data": str(Path(args.data).resolve()), "train": dataclasses.asdict(cfg.train),
-                          "upcycle": cfg.upcycle, "val_accuracy": result.val_accuracy})
+    model.save(args.out, {"data": Path(args.data).name, "data_sha256": file_sha256(args.data),
+                          "train": dataclasses.asdict(cfg.train), "upcycle": cfg.upcycle,
+                          "val_accuracy": result.val_accuracy},
+               delta=cfg.upcycle and not args.full)
     summary = {"out": str(args.out), "rows": len(texts), "labels": len(model.labels), "steps": result.steps,
                "seconds": round(result.seconds, 1), "train_loss": round(result.train_loss, 4),
                "val_accuracy": result.val_accuracy, "oos_threshold": model.oos_threshold,

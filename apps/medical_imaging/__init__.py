@@ -1,11 +1,103 @@
-"""CT nodule diagnosis: DICOM folders (and radiology reports) in, lung nodules found and rated out."""
+"""CT nodule diagnosis: DICOM folders (and radiology reports) in, lung nodules found and rated out.
+
+Modules: `report` (reads free-text reports), `detection` (lung candidates + the 3D Swin MoE rater fused
+with the report), `pipeline` (one study -> findings), `batch` (folders of studies, resumable, sharded),
+`evaluation` (FROC / CPM), `overlays` (PNG key slices), `structured_report` (DICOM SR), `bench`,
+`page` (Gradio) and `api` (FastAPI). MED-IO's `synth` makes synthetic studies; MED-MALIG's
+`malignancy` rates nodules.
+
+Light to import: this module only registers the `medical` commands and `bench medical`; their
+handlers (`cli`) import torch, MONAI and pydicom when they run.
+"""
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from apps.cli import positive_int
 
 if TYPE_CHECKING:
     from apps.cli import CommandTable
 
 
 def register(cli: CommandTable) -> None:
-    """Add the `medical` commands (see apps.cli)."""
+    """Add the `medical` commands (see apps.cli) and `bench medical`."""
+    from . import cli as handlers
+
+    med = cli.group("medical", "CT lung-nodule diagnosis (research software, not a medical device)")
+
+    p = med.command("diagnose", "find and rate lung nodules in a folder tree of DICOM studies (resumable batch)",
+                    handlers.diagnose)
+    p.add_argument("input", type=Path, help="folder tree of DICOM files (each series is one study), or one "
+                                            "NIfTI/MetaImage file")
+    p.add_argument("--out", required=True, type=Path, help="output folder (findings.csv, errors.csv, studies/)")
+    p.add_argument("--reports", type=Path, default=None,
+                   help="folder of free-text reports named <study folder>.txt, <StudyInstanceUID>.txt or "
+                        "<SeriesInstanceUID>.txt (default: image only)")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes (default: 1)")
+    p.add_argument("--detector", type=Path, default=None,
+                   help="detector checkpoint folder (default: the shipped assets/medical_imaging/detector)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="keep findings with probability >= this (default: the detector's operating point)")
+    p.add_argument("--anonymize", action="store_true", help="replace study keys with hashes in the outputs")
+    p.add_argument("--sr", action="store_true", help="also write a DICOM Structured Report per study")
+    p.add_argument("--no-overlays", action="store_true", help="skip the PNG key-slice overlays")
+    p.add_argument("--merge", action="store_true",
+                   help="only rebuild findings.csv and errors.csv from the finished studies in --out")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = med.command("eval-detection", "FROC sensitivities and CPM (LUNA16 rules) of findings against a truth CSV",
+                    handlers.eval_detection)
+    p.add_argument("--pred", required=True, type=Path, help="findings.csv (study,x_mm,y_mm,z_mm,probability)")
+    p.add_argument("--truth", required=True, type=Path, help="truth.csv (study,x_mm,y_mm,z_mm,diameter_mm)")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="a second findings.csv on the same studies (e.g. image only) to compare against")
+    p.add_argument("--scans", type=positive_int, default=None,
+                   help="number of scans (default: studies named in the truth or the predictions)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = med.command("train-detector", "train the nodule detector on synthetic studies (made in memory)",
+                    handlers.train_detector)
+    p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
+    p.add_argument("--studies", type=positive_int, default=40, help="synthetic training studies")
+    p.add_argument("--val-studies", type=positive_int, default=12, help="held-out synthetic studies (other seed)")
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = med.command("eval-detector", "FROC of the detector on held-out synthetic studies, fused vs image only",
+                    handlers.eval_detector)
+    p.add_argument("--detector", type=Path, default=None, help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--studies", type=positive_int, default=12)
+    p.add_argument("--seed", type=int, default=1000, help="first synthetic study index (held out from training)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = med.command("read-report", "structured nodule mentions (size, lobe, negation) from a free-text report",
+                    handlers.read_report)
+    p.add_argument("report", type=Path, help="a report text file")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = med.command("synth", "write synthetic CT studies as DICOM, their reports and truth.csv", handlers.synth)
+    p.add_argument("--n", required=True, type=positive_int, help="number of studies")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=positive_int, nargs=3, default=None, metavar=("SLICES", "ROWS", "COLUMNS"),
+                   help="volume shape (default: the generator's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    try:  # TEMP while MED-MALIG writes it; removed before hand-over
+        from . import malignancy_cli  # MED-MALIG's train/eval/cv-malignancy commands
+    except ImportError:
+        malignancy_cli = None
+    if malignancy_cli is not None:
+        malignancy_cli.register(cli)
+
+    p = cli.group("bench", "benchmarks").command(
+        "medical", "DICOM load (ours vs MONAI LoadImage), pipeline seconds per study, studies per hour",
+        handlers.bench_medical)
+    p.add_argument("--shape", type=positive_int, nargs=3, default=None, metavar=("SLICES", "ROWS", "COLUMNS"),
+                   help="study size for the load and pipeline timings (default 150 512 512)")
+    p.add_argument("--repeats", type=positive_int, default=None, help="interleaved load repeats (default 3)")
+    p.add_argument("--batch-studies", type=positive_int, default=None, help="small studies in the batch run")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")

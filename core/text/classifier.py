@@ -75,6 +75,11 @@ def new_classifier(cfg: ClassifierConfig, upcycle: bool = True, seed: int = 0) -
     return SentenceClassifier(cfg, upcycle_minilm(cfg.stream) if upcycle else None)
 
 
+def upcycled_base(cfg: ClassifierConfig) -> SentenceClassifier:
+    """The classifier as training starts it (seed 0): what its delta checkpoints are stored against."""
+    return new_classifier(cfg, upcycle=True, seed=0)
+
+
 def synthetic_inputs(cfg: ClassifierConfig, B: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Random forward arguments for the registry (calibration, timing)."""
     input_ids_BT = torch.randint(cfg.stream.vocab_size, (B, min(16, cfg.max_length)), generator=g)
@@ -290,9 +295,11 @@ def calibrate_threshold(confidence_N: torch.Tensor, keep: float) -> float:
 
 # ---- checkpoints ----
 
-def save_classifier(model: SentenceClassifier, path: str | Path, metadata: dict | None = None) -> Path:
-    """The classifier as a core.checkpoint folder (config.json + model.safetensors)."""
-    return save_checkpoint(model, path, kind=KIND, config=model.cfg, metadata=metadata)
+def save_classifier(model: SentenceClassifier, path: str | Path, metadata: dict | None = None,
+                    delta: bool = False) -> Path:
+    """The classifier as a core.checkpoint folder (config.json + model.safetensors); with `delta`,
+    only its changes from the upcycled MiniLM it started from (a fraction of the size)."""
+    return save_checkpoint(model, path, kind=KIND, config=model.cfg, metadata=metadata, delta=delta)
 
 
 def load_classifier(path: str | Path) -> tuple[SentenceClassifier, dict]:

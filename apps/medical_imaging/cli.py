@@ -1,0 +1,97 @@
+"""Handlers of the `moe-suite medical ...` commands and `moe-suite bench medical` (torch loads here)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _emit(args: argparse.Namespace, summary: dict, lines: list[str]) -> None:
+    print(json.dumps(summary) if args.json else "\n".join(lines))
+
+
+def eval_detection(args: argparse.Namespace) -> None:
+    from .evaluation import compare, froc, read_predictions, read_truth
+
+    truth = read_truth(args.truth)
+    result = froc(read_predictions(args.pred), truth, n_scans=args.scans)
+    summary = result.to_dict()
+    lines = [f"CPM {result.cpm:.4f} over {result.n_scans} scans, {result.n_nodules} nodules, "
+             f"{result.n_predictions} predictions"]
+    lines += [f"  sensitivity at {r:>5} FP/scan: {s:.4f}" for r, s in result.sensitivity_at.items()]
+    if args.baseline is not None:
+        base = froc(read_predictions(args.baseline), truth, n_scans=args.scans or result.n_scans)
+        both = compare(result, base)
+        summary.update(baseline=both["image_only"], cpm_gain=both["cpm_gain"],
+                       sensitivity_at_1fp_gain=both["sensitivity_at_1fp_gain"])
+        lines.append(f"baseline CPM {base.cpm:.4f}; gain {both['cpm_gain']:+.4f}")
+    _emit(args, summary, lines)
+
+
+def read_report(args: argparse.Namespace) -> None:
+    from .report import read_report as read
+
+    try:
+        text = Path(args.report).read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise ValueError(f"{args.report}: cannot read ({err.strerror})") from None
+    reading = read(text, embed=False)
+    summary = {"mentions": [m.to_dict() for m in reading.mentions], "sentences": len(reading.sentences)}
+    lines = [f"{len(reading.sentences)} sentences, {len(reading.mentions)} nodule mentions"]
+    lines += [f"  {'NEGATED ' if m.negated else ''}{m.size_mm or '?'} mm, {m.lobe or 'lobe ?'}: {m.sentence}"
+              for m in reading.mentions]
+    _emit(args, summary, lines)
+
+
+def synth(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from .synth import SynthConfig, write_dataset
+
+    cfg = SynthConfig()
+    if args.size is not None:
+        cfg = dataclasses.replace(cfg, shape=tuple(args.size))
+    truth = write_dataset(args.out, args.n, seed=args.seed, cfg=cfg)
+    summary = {"out": str(args.out), "studies": args.n, "truth": str(truth)}
+    _emit(args, summary, [f"wrote {args.n} studies to {args.out}; truth in {truth}"])
+
+
+def train_detector(args: argparse.Namespace) -> None:
+    from .detection import DetectorTrainConfig, train_detector as train
+
+    cfg = DetectorTrainConfig(train_studies=args.studies, val_studies=args.val_studies, seed=args.seed)
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    summary = train(cfg, args.out)
+    _emit(args, summary, [f"{k:<28}{v}" for k, v in summary.items()])
+
+
+def eval_detector(args: argparse.Namespace) -> None:
+    from .detection import evaluate_on_synth, load_detector
+
+    detector = load_detector(args.detector)
+    summary = evaluate_on_synth(detector, first=args.seed, n=args.studies)
+    _emit(args, summary, [f"{k:<28}{v}" for k, v in summary.items()])
+
+
+def diagnose(args: argparse.Namespace) -> int:
+    from .batch import BatchConfig, merge, run_batch
+
+    if args.merge:
+        summary = merge(args.out)
+    else:
+        cfg = BatchConfig(input=args.input, out=args.out, reports=args.reports, workers=args.workers,
+                          detector=args.detector, threshold=args.threshold, anonymize=args.anonymize,
+                          sr=args.sr, overlays=not args.no_overlays)
+        summary = run_batch(cfg)
+    _emit(args, summary, [f"{k:<16}{v}" for k, v in summary.items()])
+    return 0
+
+
+def bench_medical(args: argparse.Namespace) -> None:
+    from .bench import MedicalBenchConfig, run
+
+    given = {"shape": tuple(args.shape) if args.shape else None, "repeats": args.repeats,
+             "batch_studies": args.batch_studies}
+    result = run(MedicalBenchConfig(**{k: v for k, v in given.items() if v is not None}))
+    _emit(args, result, [f"{k:<34}{v}" for k, v in result.items()])

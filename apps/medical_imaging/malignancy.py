@@ -1,0 +1,583 @@
+"""Lung-nodule malignancy: a 3D classifier on the core's vision stream (task "malignancy").
+
+    model = load_default_malignancy_model()
+    cube = crop_around(hu_ZYX, spacing_zyx, center_ijk, model.cfg.crop_mm)     # 1 mm isotropic HU cube
+    p = model.predict_hu([(cube, (1.0, 1.0, 1.0))], diameters_mm=[8.5])        # P(malignant) per crop
+
+Input definition (train and inference run the same code, `MalignancyModel.prepare`):
+  1. the CT around the nodule centre, resampled to 1 mm isotropic by MONAI's `Spacing` (bilinear), cut to a
+     `crop_mm`^3 cube centred on the nodule (outside the scan: -1000 HU, air);
+  2. a box around the nodule is kept and the rest set to -1000 HU: along z (the slice axis) |dz| <= d/2 +
+     `slab_margin_mm`, in-plane |dy|, |dx| <= max(`context_mm`, d/2 + 4 mm), d the nodule diameter (given by the
+     caller, e.g. the detector or nodules.csv, else estimated from the image by `estimate_diameter_mm`). The
+     LIDC crops this model learns from stop along z at the nodule's extent; the box gives a full CT the same
+     field of view, so a crop from a whole scan looks like a training crop;
+  3. HU window [hu_min, hu_max] scaled to [0, 1] (MONAI `ScaleIntensityRange`, clipped).
+Image only: no mask channel, no radiologist rating. Size is visible to the network (isotropic voxels) and
+through the box.
+
+Training folders are laid out like LIDC `lidc-nodule-crops`: `nodules.csv` (patient_id, nodule_id, label column
+Diagnosis_value 0/1 or Diagnosis Malign/Benign; optional coordX/Y/Z world centre in LPS mm and diameter_mm) and
+`image/<patient_id>_R_<nodule_id>.nii.gz` in HU (optional `nodule_mask/` of the same name: only used to find the
+centre when no coordinates are given). Research software, not a medical device.
+
+Shape legend: N crops, B batch, S cube side (voxels = mm).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from apps.settings import cache_dir
+from core import registry
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.tasks import task_id
+from core.vision.swin import VisionStream, VisionStreamConfig
+
+KIND = "malignancy_classifier"          # the checkpoint kind (registered below)
+TASK = "malignancy"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "medical_imaging" / "malignancy" / "model"
+AIR_HU = -1000.0
+LABEL_WORDS = {"malign": 1, "malignant": 1, "benign": 0}
+
+
+class CropFolderError(ValueError):
+    """A crops folder that is missing a file or a column, or holds an unreadable one."""
+
+
+@dataclass
+class MalignancyConfig:
+    # input (see the module docstring)
+    crop_mm: int = 32                # cube side in mm = voxels at 1 mm; a multiple of 32 (the vision stream's stride)
+    hu_min: float = -1000.0          # HU window scaled to [0, 1]
+    hu_max: float = 400.0
+    slab_margin_mm: float = 2.0      # kept beyond the nodule's radius along z
+    context_mm: float = 12.0         # in-plane half-width kept around the centre (at least d/2 + 4 mm)
+    # network: the core's vision stream in 3D, MoE MLPs in the last stage, gates told the task
+    embed_dim: int = 12              # stage-0 width (stages: 12, 24, 48, 96; features 192)
+    depths: tuple[int, ...] = (1, 1, 1, 1)
+    num_heads: tuple[int, ...] = (1, 2, 4, 8)
+    out_dim: int = 96                # the stream's token width here (the head's input)
+    num_experts: int = 4
+    top_k: int = 2
+    drop_path: float = 0.1
+    dropout: float = 0.3             # before the linear head
+    # training
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3                 # AdamW peak, cosine decay after a 1-epoch warm-up
+    weight_decay: float = 0.05
+    aux_coef: float = 1.0            # weight of the MoE balance loss (already scaled by the stream's balance_coef)
+    augment: bool = True             # flips, axial rot90, small affine, intensity jitter (MONAI)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.crop_mm <= 0 or self.crop_mm % 32:
+            raise ValueError(f"crop_mm must be a positive multiple of 32 (the vision stream's stride), got {self.crop_mm}")
+        if self.hu_max <= self.hu_min:
+            raise ValueError(f"hu_max ({self.hu_max}) must exceed hu_min ({self.hu_min})")
+
+    def stream_config(self) -> VisionStreamConfig:
+        return VisionStreamConfig(spatial_dims=3, in_channels=1, embed_dim=self.embed_dim, depths=self.depths,
+                                  num_heads=self.num_heads, drop_path=self.drop_path, out_dim=self.out_dim,
+                                  num_experts=self.num_experts, top_k=self.top_k,
+                                  capacity_factor=0.0)  # dropless: a crop's score must not depend on its batch
+
+    def input_key(self) -> str:
+        """The preprocessing fields, as text: part of the cache key of prepared cubes."""
+        return json.dumps([self.crop_mm, self.hu_min, self.hu_max, self.slab_margin_mm, self.context_mm, 2])
+
+
+# ---- crops ----
+
+def crop_around(hu_ZYX: np.ndarray, spacing_zyx: Sequence[float], center_ijk: Sequence[float],
+                size_mm: float, pad_hu: float = AIR_HU) -> np.ndarray:
+    """A 1 mm isotropic HU cube [S, S, S] (S = round(size_mm)) of `hu_ZYX` centred on voxel `center_ijk`.
+
+    Resampled by MONAI's Spacing (bilinear) from a sub-volume a little larger than the cube; voxel S // 2 along
+    each axis is the centre (to 0.5 mm); outside the volume is `pad_hu`.
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
+    hu = np.asarray(hu_ZYX, dtype=np.float32)
+    spacing = np.asarray(spacing_zyx, dtype=np.float64)
+    if hu.ndim != 3 or min(hu.shape) < 1:
+        raise ValueError(f"crop_around: expected a 3D volume hu_ZYX, got shape {hu.shape}")
+    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise ValueError(f"crop_around: spacing_zyx must be 3 positive numbers, got {tuple(spacing_zyx)}")
+    center_zyx = np.asarray(center_ijk, dtype=np.float64)[::-1]
+    if center_zyx.shape != (3,) or not np.all(np.isfinite(center_zyx)):
+        raise ValueError(f"crop_around: center_ijk must be 3 finite numbers, got {tuple(center_ijk)}")
+    side = int(round(size_mm))
+    if side < 1:
+        raise ValueError(f"crop_around: size_mm must be >= 1, got {size_mm}")
+    # The sub-volume: the cube plus 2 mm, in source voxels, padded with air where it leaves the scan.
+    half_vox = np.ceil((side / 2 + 2) / spacing).astype(int)
+    lo = np.floor(center_zyx).astype(int) - half_vox
+    sub = _cut(hu, lo, 2 * half_vox + 1, pad_hu)
+    image = MetaTensor(torch.from_numpy(sub)[None], affine=torch.diag(torch.tensor([*spacing, 1.0])))
+    iso = Spacing(pixdim=(1.0, 1.0, 1.0), mode="bilinear", padding_mode="border")(image)
+    center_mm = np.append((center_zyx - lo) * spacing, 1.0)
+    center_iso = (np.linalg.inv(np.asarray(iso.affine, dtype=np.float64)) @ center_mm)[:3]
+    start = np.round(center_iso).astype(int) - side // 2
+    return _cut(np.asarray(iso[0], dtype=np.float32), start, np.array([side] * 3), pad_hu)
+
+
+def _cut(volume: np.ndarray, start: np.ndarray, size: np.ndarray, fill: float) -> np.ndarray:
+    """volume[start : start + size] along each axis, `fill` where that leaves the volume."""
+    out = np.full(tuple(int(s) for s in size), fill, dtype=np.float32)
+    src = tuple(slice(max(0, a), min(n, a + s)) for a, s, n in zip(start, size, volume.shape))
+    dst = tuple(slice(sl.start - a, sl.stop - a) for sl, a in zip(src, start))
+    if all(sl.stop > sl.start for sl in src):
+        out[dst] = volume[src]
+    return out
+
+
+def estimate_diameter_mm(cube_hu: np.ndarray, threshold_hu: float = -500.0, reach_mm: int = 3) -> float:
+    """The nodule's diameter in a 1 mm HU cube centred on it: the equivalent-sphere diameter of the
+    connected region above `threshold_hu` that touches the centre (within `reach_mm`), clipped to [3, S]."""
+    from scipy import ndimage
+
+    side = cube_hu.shape[0]
+    labels, _ = ndimage.label(cube_hu > threshold_hu)
+    c = side // 2
+    near = labels[c - reach_mm:c + reach_mm + 1, c - reach_mm:c + reach_mm + 1, c - reach_mm:c + reach_mm + 1]
+    ids = near[near > 0]
+    if ids.size == 0:
+        return 3.0
+    region = np.count_nonzero(labels == np.bincount(ids).argmax())
+    return float(np.clip((6.0 * region / math.pi) ** (1 / 3), 3.0, side))
+
+
+def finish_cube(cube_hu: np.ndarray, diameter_mm: float | None, cfg: MalignancyConfig) -> np.ndarray:
+    """Step 2 and 3 of the input definition: the nodule box kept (rest air), HU window to [0, 1]."""
+    from monai.transforms import ScaleIntensityRange
+
+    side = cube_hu.shape[0]
+    if cube_hu.shape != (side, side, side) or side != cfg.crop_mm:
+        raise ValueError(f"expected a {cfg.crop_mm}^3 cube, got {cube_hu.shape}")
+    d = estimate_diameter_mm(cube_hu) if diameter_mm is None or not np.isfinite(diameter_mm) else float(diameter_mm)
+    half_z = min(max(d / 2 + cfg.slab_margin_mm, 2.0), side / 2)
+    half_yx = min(max(cfg.context_mm, d / 2 + 4.0), side / 2)
+    offset = np.abs(np.arange(side) - side // 2)
+    keep = ((offset <= half_z)[:, None, None] & (offset <= half_yx)[None, :, None]
+            & (offset <= half_yx)[None, None, :])
+    boxed = np.where(keep, cube_hu, AIR_HU).astype(np.float32)
+    window = ScaleIntensityRange(a_min=cfg.hu_min, a_max=cfg.hu_max, b_min=0.0, b_max=1.0, clip=True)
+    return np.asarray(window(boxed), dtype=np.float32)
+
+
+# ---- crops folders ----
+
+@dataclass
+class CropSet:
+    """Prepared crops of a folder: model inputs, labels and who they came from."""
+    cubes: np.ndarray                # [N, S, S, S] float32 in [0, 1], the model's input definition
+    labels: np.ndarray               # [N] int64, 1 = malignant
+    patient_ids: list[str]
+    names: list[str]                 # image file names
+    diameters_mm: np.ndarray         # [N] the diameter the box used (csv, else estimated)
+
+
+def _read_table(folder: Path) -> list[dict]:
+    table = folder / "nodules.csv"
+    if not table.is_file():
+        raise CropFolderError(f"{folder}: no nodules.csv (expected the lidc-nodule-crops layout: nodules.csv "
+                              "and image/<patient_id>_R_<nodule_id>.nii.gz)")
+    try:
+        with table.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = set(reader.fieldnames or ())
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CropFolderError(f"{table}: unreadable CSV ({exc})") from None
+    missing = {"patient_id", "nodule_id"} - columns
+    if missing:
+        raise CropFolderError(f"{table}: missing column(s) {', '.join(sorted(missing))}")
+    if not columns & {"Diagnosis_value", "Diagnosis"}:
+        raise CropFolderError(f"{table}: missing the label column (Diagnosis_value 0/1 or Diagnosis Malign/Benign)")
+    if not rows:
+        raise CropFolderError(f"{table}: no rows")
+    return rows
+
+
+def _label(row: dict, table: Path, line: int) -> int:
+    value = (row.get("Diagnosis_value") or "").strip()
+    if value in ("0", "1", "0.0", "1.0"):
+        return int(float(value))
+    word = (row.get("Diagnosis") or "").strip().lower()
+    if word in LABEL_WORDS:
+        return LABEL_WORDS[word]
+    raise CropFolderError(f"{table} line {line}: no usable label (Diagnosis_value {value!r}, "
+                          f"Diagnosis {row.get('Diagnosis')!r}); expected 0/1 or Malign/Benign")
+
+
+def _number(row: dict, key: str) -> float | None:
+    try:
+        value = float(row.get(key) or "nan")
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def load_nifti_zyx(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """(hu_ZYX, spacing_zyx, affine_ras) of a NIfTI/MetaImage file, via MONAI's LoadImage and Orientation
+    to LPS (so axis i increases toward the patient's left, j posterior, k superior: the DICOM convention)."""
+    from monai.transforms import LoadImage, Orientation
+
+    try:
+        image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    except Exception as exc:  # MONAI wraps every reader failure in its own types
+        raise CropFolderError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise CropFolderError(f"{path}: expected a single-channel 3D volume, got shape {tuple(image.shape)}")
+    image = Orientation(axcodes="LPS")(image)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    spacing_ijk = np.linalg.norm(affine[:3, :3], axis=0)
+    hu_ZYX = np.ascontiguousarray(np.asarray(image[0], dtype=np.float32).transpose(2, 1, 0))
+    return hu_ZYX, tuple(float(s) for s in spacing_ijk[::-1]), affine
+
+
+def _centre_ijk(row: dict, hu_ZYX: np.ndarray, affine: np.ndarray, mask_path: Path) -> np.ndarray:
+    """The nodule centre in voxels: nodules.csv's world centre (LPS mm), else the mask's centroid, else the
+    middle of the crop."""
+    shape_ijk = np.array(hu_ZYX.shape[::-1])
+    xyz = [_number(row, k) for k in ("coordX", "coordY", "coordZ")]
+    if None not in xyz:
+        ras = np.array([-xyz[0], -xyz[1], xyz[2], 1.0])
+        ijk = (np.linalg.inv(affine) @ ras)[:3]
+        if np.all(ijk >= -0.5) and np.all(ijk <= shape_ijk - 0.5):
+            return ijk
+    if mask_path.is_file():
+        mask_ZYX = load_nifti_zyx(mask_path)[0]
+        if mask_ZYX.shape == hu_ZYX.shape and np.any(mask_ZYX > 0):
+            return np.argwhere(mask_ZYX > 0).mean(axis=0)[::-1]
+    return (shape_ijk - 1) / 2
+
+
+def _cache_file(folder: Path, rows: list[dict], cfg: MalignancyConfig) -> Path:
+    table = folder / "nodules.csv"
+    stat = table.stat()
+    key = json.dumps([str(folder.resolve()), stat.st_size, stat.st_mtime_ns, len(rows), cfg.input_key()])
+    return cache_dir() / "medical" / f"malignancy-crops-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def load_crops(folder: str | Path, cfg: MalignancyConfig | None = None, use_cache: bool = True,
+               progress: Callable[[int, int], None] | None = None) -> CropSet:
+    """Every nodule of a folder laid out like lidc-nodule-crops, prepared as the model's input.
+
+    Prepared cubes are cached under cache_dir()/medical (keyed by the folder, its nodules.csv and the input
+    settings), so a second call is quick. Raises CropFolderError naming the missing file or column.
+    """
+    cfg = cfg or MalignancyConfig()
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CropFolderError(f"{folder}: no such folder")
+    rows = _read_table(folder)
+    table = folder / "nodules.csv"
+    labels, patients, names = [], [], []
+    for line, row in enumerate(rows, start=2):
+        patient, nodule = row["patient_id"].strip(), row["nodule_id"].strip()
+        if not patient or not nodule:
+            raise CropFolderError(f"{table} line {line}: empty patient_id or nodule_id")
+        name = f"{patient}_R_{nodule}.nii.gz"
+        if not (folder / "image" / name).is_file():
+            raise CropFolderError(f"{folder / 'image' / name}: missing (named by {table.name} line {line})")
+        labels.append(_label(row, table, line))
+        patients.append(patient)
+        names.append(name)
+    cache = _cache_file(folder, rows, cfg)
+    if use_cache and cache.is_file():
+        with np.load(cache) as saved:
+            if list(saved["names"]) == names:
+                return CropSet(saved["cubes"].astype(np.float32), np.array(labels, dtype=np.int64), patients,
+                               names, saved["diameters_mm"])
+    cubes, diameters = [], []
+    for n, (row, name) in enumerate(zip(rows, names)):
+        hu_ZYX, spacing_zyx, affine = load_nifti_zyx(folder / "image" / name)
+        centre = _centre_ijk(row, hu_ZYX, affine, folder / "nodule_mask" / name)
+        cube_hu = crop_around(hu_ZYX, spacing_zyx, centre, cfg.crop_mm)
+        d = _number(row, "diameter_mm")
+        d = estimate_diameter_mm(cube_hu) if d is None or d <= 0 else d
+        cubes.append(finish_cube(cube_hu, d, cfg))
+        diameters.append(d)
+        if progress:
+            progress(n + 1, len(rows))
+    crops = CropSet(np.stack(cubes), np.array(labels, dtype=np.int64), patients, names,
+                    np.array(diameters, dtype=np.float32))
+    if use_cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.stem + ".tmp.npz")
+        np.savez(tmp, cubes=crops.cubes.astype(np.float16), names=np.array(names), diameters_mm=crops.diameters_mm)
+        tmp.replace(cache)
+    return crops
+
+
+# ---- the model ----
+
+class MalignancyModel(nn.Module):
+    """forward(cubes [B, 1, S, S, S]) -> (logits [B], MoE aux loss); predict_hu for HU crops."""
+
+    def __init__(self, cfg: MalignancyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.stream = VisionStream(cfg.stream_config())
+        self.head = nn.Sequential(nn.LayerNorm(cfg.out_dim), nn.Dropout(cfg.dropout), nn.Linear(cfg.out_dim, 1))
+        # The operating point: P(malignant) >= threshold is called malignant (saved with the weights).
+        self.register_buffer("threshold", torch.tensor(0.5))
+        self.task = task_id(TASK)
+
+    def forward(self, cubes_B1SSS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.stream(cubes_B1SSS, self.task)
+        return self.head(out.pooled).squeeze(-1), out.aux_loss
+
+    def prepare(self, hu_ZYX: np.ndarray, spacing_zyx: Sequence[float], diameter_mm: float | None = None) -> np.ndarray:
+        """The model's input [S, S, S] from a HU crop centred on a nodule (any spacing and size)."""
+        hu = np.asarray(hu_ZYX, dtype=np.float32)
+        if hu.ndim != 3:
+            raise ValueError(f"expected a 3D HU crop (z, y, x), got shape {hu.shape}")
+        cube_hu = crop_around(hu, spacing_zyx, [s // 2 for s in hu.shape[::-1]], self.cfg.crop_mm)
+        return finish_cube(cube_hu, diameter_mm, self.cfg)
+
+    @torch.no_grad()
+    def predict_cubes(self, cubes_NSSS: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """P(malignant) [N] of prepared cubes."""
+        was_training = self.training
+        self.eval()
+        try:
+            probs = []
+            for i in range(0, len(cubes_NSSS), batch_size):
+                batch = torch.as_tensor(np.asarray(cubes_NSSS[i:i + batch_size], dtype=np.float32))[:, None]
+                probs.append(torch.sigmoid(self(batch)[0]).numpy())
+            return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
+        finally:
+            self.train(was_training)
+
+    def predict_hu(self, crops: list[tuple[np.ndarray, tuple[float, float, float]]],
+                   diameters_mm: Sequence[float | None] | None = None) -> np.ndarray:
+        """P(malignant) per (hu_ZYX crop centred on a nodule, its spacing_zyx). `diameters_mm`: the nodules'
+        diameters if known (e.g. from the detector); unknown ones are estimated from the image."""
+        if diameters_mm is not None and len(diameters_mm) != len(crops):
+            raise ValueError(f"got {len(diameters_mm)} diameters for {len(crops)} crops")
+        diameters = list(diameters_mm) if diameters_mm is not None else [None] * len(crops)
+        cubes = [self.prepare(hu, spacing, d) for (hu, spacing), d in zip(crops, diameters)]
+        if not cubes:
+            return np.zeros(0, dtype=np.float32)
+        return self.predict_cubes(np.stack(cubes))
+
+    def save(self, path: str | Path, metadata: dict | None = None) -> Path:
+        return save_checkpoint(self, path, kind=KIND, config=self.cfg, metadata=metadata)
+
+
+def _synthetic_inputs(cfg: MalignancyConfig, B: int, g: torch.Generator) -> tuple:
+    return (torch.rand(B, 1, cfg.crop_mm, cfg.crop_mm, cfg.crop_mm, generator=g),)
+
+
+def _register() -> None:
+    if KIND not in registry.MODELS:
+        registry.register(KIND, MalignancyConfig, MalignancyModel, _synthetic_inputs)
+
+
+_register()
+
+
+def load_model(path: str | Path) -> MalignancyModel:
+    model, info = load_checkpoint(path)
+    if info.kind != KIND:
+        raise ValueError(f"{path}: a {info.kind!r} checkpoint, not a malignancy model ({KIND!r})")
+    return model.eval()
+
+
+def load_default_malignancy_model() -> MalignancyModel:
+    """The shipped model (assets/medical_imaging/malignancy/model; see its MODEL_CARD.md)."""
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        raise FileNotFoundError(f"{DEFAULT_MODEL_DIR}: the default malignancy model is missing; rebuild it with "
+                                "`moe-suite medical train-malignancy` (command in the model card)")
+    return load_model(DEFAULT_MODEL_DIR)
+
+
+# ---- training ----
+
+def _augmenter(seed: int):
+    from monai.transforms import (Compose, RandAffine, RandFlip, RandGaussianNoise, RandRotate90,
+                                  RandScaleIntensity, RandShiftIntensity)
+
+    aug = Compose([
+        RandFlip(prob=0.5, spatial_axis=0), RandFlip(prob=0.5, spatial_axis=1), RandFlip(prob=0.5, spatial_axis=2),
+        RandRotate90(prob=0.75, spatial_axes=(1, 2)),          # in the axial plane: z is the box's slab axis
+        RandAffine(prob=0.5, rotate_range=(0.2, 0.2, 0.2), scale_range=(0.1, 0.1, 0.1),
+                   translate_range=(1.5, 1.5, 1.5), padding_mode="zeros"),
+        RandScaleIntensity(factors=0.1, prob=0.5), RandShiftIntensity(offsets=0.05, prob=0.5),
+        RandGaussianNoise(prob=0.3, std=0.02),
+    ])
+    aug.set_random_state(seed=seed)
+    return aug
+
+
+@dataclass
+class TrainResult:
+    seconds: float
+    steps: int
+    history: list[dict] = field(default_factory=list)   # per epoch: loss (and val_auc when validating)
+
+
+def train(cubes_NSSS: np.ndarray, labels_N: np.ndarray, cfg: MalignancyConfig,
+          val: tuple[np.ndarray, np.ndarray] | None = None,
+          log: Callable[[str], None] | None = None) -> tuple[MalignancyModel, TrainResult]:
+    """A MalignancyModel trained on prepared cubes; class-balanced BCE (+ MoE balance loss), AdamW, cosine."""
+    labels_N = np.asarray(labels_N, dtype=np.int64)
+    if len(cubes_NSSS) != len(labels_N) or len(labels_N) == 0:
+        raise ValueError(f"need as many labels as cubes (> 0), got {len(cubes_NSSS)} cubes, {len(labels_N)} labels")
+    n_pos = int(labels_N.sum())
+    if n_pos == 0 or n_pos == len(labels_N):
+        raise ValueError("training needs both malignant and benign crops")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = MalignancyModel(cfg)
+    aug = _augmenter(cfg.seed) if cfg.augment else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(labels_N) / cfg.batch_size)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(steps_per_epoch, total // 4 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    pos_weight = torch.tensor((len(labels_N) - n_pos) / n_pos)
+    result, start, step = TrainResult(0.0, 0), time.perf_counter(), 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        order, losses = rng.permutation(len(labels_N)), []
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            batch = torch.as_tensor(np.asarray(cubes_NSSS[idx], dtype=np.float32))[:, None]
+            if aug is not None:
+                batch = torch.stack([torch.as_tensor(aug(x)) for x in batch])
+            target = torch.as_tensor(labels_N[idx], dtype=torch.float32)
+            logits, aux = model(batch)
+            loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight) + cfg.aux_coef * aux
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(float(loss))
+        entry = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4)}
+        if val is not None:
+            entry["val_auc"] = round(auc(model.predict_cubes(val[0]), val[1]), 4)
+        result.history.append(entry)
+        if log:
+            log(json.dumps(entry))
+    model.eval()
+    result.seconds, result.steps = time.perf_counter() - start, step
+    return model, result
+
+
+# ---- metrics ----
+
+def auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """ROC AUC by ranks (Mann-Whitney U): P(score of a random positive > a random negative), ties count 1/2."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"auc: scores and labels must be 1D and of one length, got {s.shape} and {y.shape}")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("auc: needs at least one positive and one negative")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average rank over each run of tied scores
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """auc, accuracy, sensitivity, specificity at `threshold`, n, n_malignant."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(bool)
+    called = probs >= threshold
+    tp, tn = int(np.sum(called & labels)), int(np.sum(~called & ~labels))
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    return {
+        "auc": round(auc(probs, labels), 4) if n_pos and n_neg else None,
+        "accuracy": round((tp + tn) / len(labels), 4) if len(labels) else None,
+        "sensitivity": round(tp / n_pos, 4) if n_pos else None,
+        "specificity": round(tn / n_neg, 4) if n_neg else None,
+        "n": int(len(labels)), "n_malignant": n_pos, "threshold": round(float(threshold), 4),
+    }
+
+
+def evaluate(model: MalignancyModel, folder: str | Path, limit: int | None = None) -> dict:
+    """Metrics of `model` on a crops folder (at the model's saved threshold); `limit` takes the first N crops."""
+    crops = load_crops(folder, model.cfg)
+    cubes, labels = crops.cubes[:limit], crops.labels[:limit]
+    return binary_metrics(model.predict_cubes(cubes), labels, float(model.threshold))
+
+
+def patient_folds(patient_ids: Sequence[str], labels: Sequence[int], folds: int, seed: int = 0) -> np.ndarray:
+    """Fold number [N] per crop: whole patients per fold, stratified by whether a patient has a malignant nodule
+    (patients of each kind shuffled, then dealt round-robin)."""
+    patient_ids, labels = list(patient_ids), np.asarray(labels)
+    worst: dict[str, int] = {}
+    for p, y in zip(patient_ids, labels):
+        worst[p] = max(worst.get(p, 0), int(y))
+    if folds < 2 or folds > len(worst):
+        raise ValueError(f"folds must be between 2 and the number of patients ({len(worst)}), got {folds}")
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    dealt = 0
+    for kind in (1, 0):
+        group = sorted(p for p, y in worst.items() if y == kind)
+        for p in rng.permutation(group):
+            fold_of[str(p)] = dealt % folds
+            dealt += 1
+    return np.array([fold_of[p] for p in patient_ids])
+
+
+def cross_validate(folder: str | Path, folds: int = 5, cfg: MalignancyConfig | None = None,
+                   log: Callable[[str], None] | None = None) -> dict:
+    """Patient-level k-fold CV: per-fold AUC, pooled out-of-fold metrics (threshold 0.5), and the AUC of the
+    diameter alone as a reference."""
+    cfg = cfg or MalignancyConfig()
+    start = time.perf_counter()
+    crops = load_crops(folder, cfg)
+    fold_N = patient_folds(crops.patient_ids, crops.labels, folds, cfg.seed)
+    probs = np.zeros(len(crops.labels))
+    per_fold = []
+    for k in range(folds):
+        test = fold_N == k
+        model, result = train(crops.cubes[~test], crops.labels[~test], cfg)
+        probs[test] = model.predict_cubes(crops.cubes[test])
+        fold_auc = auc(probs[test], crops.labels[test])
+        per_fold.append(round(fold_auc, 4))
+        train_patients = {p for p, t in zip(crops.patient_ids, test) if not t}
+        assert not train_patients & {p for p, t in zip(crops.patient_ids, test) if t}
+        if log:
+            log(json.dumps({"fold": k, "auc": round(fold_auc, 4), "n_test": int(test.sum()),
+                            "train_seconds": round(result.seconds, 1)}))
+    pooled = binary_metrics(probs, crops.labels, 0.5)
+    return {
+        "auc_mean": round(float(np.mean(per_fold)), 4), "auc_std": round(float(np.std(per_fold)), 4),
+        "auc_per_fold": per_fold, "auc_pooled": pooled["auc"], "accuracy": pooled["accuracy"],
+        "sensitivity": pooled["sensitivity"], "specificity": pooled["specificity"], "threshold": 0.5,
+        "n": pooled["n"], "n_malignant": pooled["n_malignant"], "n_patients": len(set(crops.patient_ids)),
+        "folds": folds, "epochs": cfg.epochs, "diameter_only_auc": round(auc(crops.diameters_mm, crops.labels), 4),
+        "seconds": round(time.perf_counter() - start, 1), "config": dataclasses.asdict(cfg),
+    }

@@ -1,0 +1,192 @@
+"""Reading a free-text radiology report: nodule mentions (size, lobe, negation) and their embeddings.
+
+    reading = read_report("6 mm nodule in the right upper lobe. No nodule in the left lung.")
+    reading.mentions          # [Mention(size_mm=6.0, lobe="right upper lobe", negated=False, ...), ...]
+    reading.embeddings_MD     # [M, 384] the text stream's sentence vectors of the mentions (for fusion)
+
+Rules find what rules do well: numbers and units ("8 x 6 mm", "1.2 cm"), lobe names and their
+abbreviations, and negation cues with a scope ("no nodule", "without", "has resolved", "no longer
+seen"; "no change" is not a negation). Each clause that names a nodule-like finding is one mention.
+The meaning of the whole clause reaches the detector as the core's text stream (MiniLM-shaped, MoE
+FFNs, task "report_reading") sentence vector, which the fusion network learns to use. An empty or
+absent report gives no mentions, and the detector then runs on the image alone.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+LOBES = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe")
+EMBED_DIM = 384  # the text stream's width
+
+_NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+                 "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20}
+_NUM = r"(?:\d+(?:[.,]\d+)?|" + "|".join(_NUMBER_WORDS) + r")"
+_UNIT = r"(mm|cm|millimet(?:er|re)s?|centimet(?:er|re)s?)\b"
+# "8 mm", "8mm", "1.2 cm", "8 x 6 mm", "8 x 6 x 5 mm", "8 by 6 mm", "eight millimeter"
+_SIZE = re.compile(rf"\b({_NUM}(?:\s*(?:x|×|by|\*)\s*{_NUM}){{0,2}})\s*-?\s*{_UNIT}", re.I)
+_FINDING = re.compile(r"\b(nodul\w*|micronodul\w*|opacit\w*|lesion\w*|mass(?:es)?|ground[- ]glass|ggos?|"
+                      r"part[- ]solid|granulom\w*|densit(?:y|ies)|spot\w*)\b", re.I)
+_ABBREV = {"rul": "right upper lobe", "rml": "right middle lobe", "rll": "right lower lobe",
+           "lul": "left upper lobe", "lll": "left lower lobe"}
+_LOBE_PATTERNS = (
+    (re.compile(r"\b(right|left)\s+(upper|middle|lower)\s+lobes?\b", re.I), lambda m: (m[1], m[2])),
+    (re.compile(r"\b(upper|middle|lower)\s+lobes?\s+of\s+the\s+(right|left)\b", re.I), lambda m: (m[2], m[1])),
+    (re.compile(r"\b(right|left)\s+(?:lung\s+)?(apex|apical|base|basal|basilar)\b", re.I),
+     lambda m: (m[1], "upper" if m[2].lower().startswith("ap") else "lower")),
+    (re.compile(r"\b(RUL|RML|RLL|LUL|LLL)\b", re.I), lambda m: tuple(_ABBREV[m[1].lower()].split()[:2])),
+    (re.compile(r"\blingul\w*\b", re.I), lambda m: ("left", "upper")),
+)
+_SIDE = re.compile(r"\b(right|left)\b(?!\s+(?:ventricle|atri\w+|kidney|adrenal|breast|hilum|hilar))", re.I)
+# Cues that negate a finding named after them in the same clause ...
+_NEG_BEFORE = re.compile(r"\b(no|not|without|negative\s+for|free\s+of|absence\s+of|absent|rather\s+than|"
+                         r"resolution\s+of|resolved|ruled?\s+out|neither|nor|clear\s+of)\b", re.I)
+# ... or after it ("the nodule has resolved", "is no longer seen", "is not identified").
+_NEG_AFTER = re.compile(r"\b(resolved|no\s+longer|not\s+(?:seen|identified|visuali[sz]ed|present|appreciated|"
+                        r"demonstrated|evident|detected)|(?:is|are|was|were)\s+absent|disappeared|gone)\b", re.I)
+# "no change", "not changed", "no significant growth": about the finding's course, not its existence.
+_PSEUDO_NEG = re.compile(r"\b(?:no|not|without)\s+(?:\w+\s+){0,2}?(?:change\w*|growth|increase\w*|enlarg\w*|"
+                         r"interval|significant\s+change|concerning\s+features?|calcification|spiculation|"
+                         r"cavitation|suspicious)\b", re.I)
+_CLAUSE_SPLIT = re.compile(r";|\s+(?:but|however|whereas|while)\s+|,\s+(?:and\s+)?(?=(?:an?|the|another|"
+                           r"a\s+second|a\s+third|no|one|two)\b)|\s+and\s+(?=(?:an?|another|no)\s)", re.I)
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])|\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)])\s)")
+
+
+@dataclass
+class Mention:
+    sentence: str                 # the clause naming the finding
+    sentence_index: int           # index of its sentence in the report
+    size_mm: float | None         # mean of the given dimensions, in mm (None: no size given)
+    lobe: str | None              # one of LOBES (None: not given or only the side)
+    side: str | None              # "right" | "left" | None
+    negated: bool                 # the clause says the finding is absent or gone
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ReportReading:
+    sentences: list[str]
+    mentions: list[Mention]
+    embeddings_MD: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBED_DIM), np.float32))
+
+    @property
+    def empty(self) -> bool:
+        return not self.mentions
+
+
+def split_sentences(text: str) -> list[str]:
+    text = re.sub(r"[ \t\r\f\v]+", " ", text or "").strip()
+    parts = _SENTENCE_SPLIT.split(text)
+    return [p.strip(" \n-*•") for p in parts if p and p.strip(" \n-*•")]
+
+
+def _number(token: str) -> float:
+    token = token.lower().replace(",", ".")
+    return float(_NUMBER_WORDS.get(token, token))
+
+
+def parse_size_mm(match: re.Match) -> float:
+    """Mean of the dimensions of a size match, in mm."""
+    dims = [_number(t) for t in re.split(r"\s*(?:x|×|by|\*)\s*", match[1], flags=re.I) if t]
+    scale = 10.0 if match[2].lower().startswith(("cm", "centi")) else 1.0
+    return float(np.mean(dims)) * scale
+
+
+def parse_lobe(clause: str) -> tuple[str | None, str | None]:
+    """(lobe, side) named in a clause; the first lobe named wins."""
+    found = []
+    for pattern, to_parts in _LOBE_PATTERNS:
+        for m in pattern.finditer(clause):
+            side, part = (s.lower() for s in to_parts(m))
+            if side == "left" and part == "middle":
+                part = "upper"  # the left lung has no middle lobe; the lingula belongs to the upper
+            found.append((m.start(), f"{side} {part} lobe", side))
+    if found:
+        _, lobe, side = min(found)
+        return lobe, side
+    m = _SIDE.search(clause)
+    return None, (m[1].lower() if m else None)
+
+
+def is_negated(clause: str, finding_start: int, finding_end: int) -> bool:
+    """Whether the finding at clause[finding_start:finding_end] is negated by a cue in its scope: one
+    before it within the clause (pseudo-negations like "no change" excluded), or one after it."""
+    before = _PSEUDO_NEG.sub(" ", clause[:finding_start])
+    if any(len(before[m.end():].split()) <= 6 for m in _NEG_BEFORE.finditer(before)):
+        return True
+    return bool(_NEG_AFTER.search(_PSEUDO_NEG.sub(" ", clause[finding_end:])))
+
+
+def _clauses(sentence: str) -> list[str]:
+    return [c.strip(" ,") for c in _CLAUSE_SPLIT.split(sentence) if c and c.strip(" ,")]
+
+
+def find_mentions(text: str) -> tuple[list[str], list[Mention]]:
+    """(sentences, mentions) of a report; one mention per size in a finding clause (or one, unsized)."""
+    sentences = split_sentences(text)
+    mentions: list[Mention] = []
+    for s_i, sentence in enumerate(sentences):
+        for clause in _clauses(sentence):
+            finding = _FINDING.search(clause)
+            if finding is None:
+                continue
+            negated = is_negated(clause, finding.start(), finding.end())
+            sizes = list(_SIZE.finditer(clause))
+            if len(sizes) <= 1:
+                lobe, side = parse_lobe(clause)
+                size = parse_size_mm(sizes[0]) if sizes else None
+                mentions.append(Mention(clause, s_i, size, lobe, side, negated))
+                continue
+            # Several sizes in one clause ("6 mm in the RUL and 4 mm in the LLL"): each size takes the
+            # text up to the next size, falling back to the whole clause for its lobe.
+            for n, m in enumerate(sizes):
+                end = sizes[n + 1].start() if n + 1 < len(sizes) else len(clause)
+                lobe, side = parse_lobe(clause[m.start():end])
+                if lobe is None and side is None:
+                    lobe, side = parse_lobe(clause)
+                mentions.append(Mention(clause, s_i, parse_size_mm(m), lobe, side, negated))
+    return sentences, mentions
+
+
+@functools.cache
+def _text_stream():
+    """The core's text stream, upcycled from MiniLM (copy mode: the output is MiniLM's whatever the
+    routing, so it needs no checkpoint of its own), in eval mode."""
+    import torch
+
+    from core.text import upcycle_minilm
+    from core.text.classifier import default_stream
+
+    torch.manual_seed(0)
+    return upcycle_minilm(default_stream()).eval()
+
+
+def embed_sentences(texts: list[str]) -> np.ndarray:
+    """[N, 384] L2-normalised text-stream sentence vectors (task "report_reading")."""
+    if not texts:
+        return np.zeros((0, EMBED_DIM), np.float32)
+    import torch
+
+    from core.tasks import task_id
+    from core.text import tokenize
+
+    model = _text_stream()
+    batch = tokenize(texts, 64)
+    with torch.no_grad():
+        out = model(batch.input_ids, batch.attention_mask, task_id=task_id("report_reading"))
+    return torch.nn.functional.normalize(out.pooled, dim=-1).numpy().astype(np.float32)
+
+
+def read_report(text: str | None, embed: bool = True) -> ReportReading:
+    """Mentions of a report (None or blank: no mentions), with the sentence vectors when `embed`."""
+    sentences, mentions = find_mentions(text or "")
+    reading = ReportReading(sentences, mentions)
+    if embed and mentions:
+        reading.embeddings_MD = embed_sentences([m.sentence for m in mentions])
+    return reading

@@ -1,0 +1,402 @@
+"""Shot analysis measured from pixels: shot boundaries, and per-shot descriptors (brightness,
+dominant colours, motion, camera movement) that hold for any footage, synthetic or real.
+
+    shots = detect_shots(frames_FHW3, fps)          # hard cuts and gradual transitions (fades)
+    desc = describe_shot(frames_FHW3[s.start_frame:s.end_frame], fps)
+    desc.phrase()  # "a bright scene, mostly green and blue, camera pans left, strong motion"
+
+Boundary detection: per frame pair, the HSV-histogram distance (what changed in content) plus the
+mean absolute grey-level difference (where it changed). A hard cut is a spike of that score far
+above its local baseline (median + k * MAD over a sliding window, so a busy shot raises its own
+bar), above an absolute floor; a gradual transition is a run of raised scores whose two ends differ
+like a cut and whose middle frame is a blend of its ends (which motion is not). Boundaries closer
+than a minimum shot length keep the stronger one.
+
+Descriptors: brightness from Lab L; dominant colours by k-means in Lab, named from lightness,
+chroma and hue; motion and camera from Farneback optical flow on downscaled grey frames, the
+camera taken as the global (median) translation and radial scale of the flow field, motion as
+what is left once the camera's part is removed.
+
+Shape legend: F frames, H height, W width; small frames are the downscaled analysis copies.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class ShotConfig:
+    analysis_width: int = 96         # frames are downscaled to this width for boundary scores
+    hist_bins: tuple[int, int, int] = (16, 4, 4)  # H, S, V bins of the colour histogram
+    pixel_weight: float = 2.0        # weight of the grey-level difference (in [0, 1]) in the score
+    window: int = 12                 # frames each side of a pair in its local baseline
+    mad_k: float = 6.0               # a cut's score exceeds median + mad_k * MAD of its window
+    ratio: float = 2.5               # ... and ratio * that median
+    cut_floor: float = 0.35          # ... and this absolute score (hist distance + weighted pixel diff)
+    gradual: bool = True             # also look for fades and dissolves
+    gradual_min_frames: int = 3      # a gradual transition spans at least this many frame pairs
+    gradual_max_s: float = 2.0       # ... and at most this long
+    gradual_floor: float = 0.04      # per-pair score that counts as "changing" inside a transition
+    gradual_end_dist: float = 0.45   # score between the two ends of a gradual transition
+    blend_tolerance: float = 0.35    # middle frame's deviation from the blend of the ends / their distance
+    min_shot_s: float = 0.3          # shots shorter than this are merged into a neighbour
+
+
+@dataclass
+class Shot:
+    start_frame: int                 # first frame of the shot
+    end_frame: int                   # one past its last frame
+    start_s: float
+    end_s: float
+    transition: str = "start"        # how the shot begins: "start", "cut" or "gradual"
+
+    @property
+    def frames(self) -> int:
+        return self.end_frame - self.start_frame
+
+
+def _check_frames(frames_FHW3: np.ndarray) -> None:
+    if not isinstance(frames_FHW3, np.ndarray) or frames_FHW3.ndim != 4 or frames_FHW3.shape[-1] != 3:
+        shape = getattr(frames_FHW3, "shape", None)
+        raise ValueError(f"frames must be an array [frames, height, width, 3] (RGB), got shape {shape}")
+    if frames_FHW3.shape[0] == 0:
+        raise ValueError("frames: the clip has no frames")
+
+
+def _small(frame_HW3: np.ndarray, width: int) -> np.ndarray:
+    h, w = frame_HW3.shape[:2]
+    if w <= width:
+        return frame_HW3
+    return cv2.resize(frame_HW3, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+
+
+def frame_signatures(frames_FHW3: np.ndarray, cfg: ShotConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: normalised HSV histogram [F, bins] and small grey image [F, h, w] in [0, 1]."""
+    hists, greys = [], []
+    for frame in frames_FHW3:
+        small = np.ascontiguousarray(_small(frame, cfg.analysis_width))
+        hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+        hist = cv2.calcHist([hsv], [0, 1, 2], None, list(cfg.hist_bins), [0, 180, 0, 256, 0, 256]).ravel()
+        hists.append(hist / max(hist.sum(), 1.0))
+        greys.append(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0)
+    return np.stack(hists), np.stack(greys)
+
+
+def _pair_score(hist_a, hist_b, grey_a, grey_b, cfg: ShotConfig) -> float:
+    return 0.5 * float(np.abs(hist_a - hist_b).sum()) + cfg.pixel_weight * float(np.abs(grey_a - grey_b).mean())
+
+
+def boundary_scores(frames_FHW3: np.ndarray, cfg: ShotConfig | None = None) -> np.ndarray:
+    """scores[i] for i >= 1: how much frame i differs from frame i - 1 (scores[0] = 0)."""
+    cfg = cfg or ShotConfig()
+    _check_frames(frames_FHW3)
+    hist_FB, grey_Fhw = frame_signatures(frames_FHW3, cfg)
+    return _scores(hist_FB, grey_Fhw, cfg)
+
+
+def _scores(hist_FB: np.ndarray, grey_Fhw: np.ndarray, cfg: ShotConfig) -> np.ndarray:
+    scores_F = np.zeros(len(hist_FB), dtype=np.float64)
+    if len(hist_FB) > 1:
+        scores_F[1:] = (0.5 * np.abs(np.diff(hist_FB, axis=0)).sum(axis=1)
+                        + cfg.pixel_weight * np.abs(np.diff(grey_Fhw, axis=0)).mean(axis=(1, 2)))
+    return scores_F
+
+
+def _local_baseline(scores_F: np.ndarray, i: int, cfg: ShotConfig) -> tuple[float, float]:
+    """Median and MAD of the pair scores around pair i (pair i itself and its neighbours excluded)."""
+    lo, hi = max(1, i - cfg.window), min(len(scores_F), i + cfg.window + 1)
+    around = np.concatenate([scores_F[lo:max(lo, i - 1)], scores_F[min(hi, i + 2):hi]])
+    if around.size == 0:
+        return 0.0, 0.0
+    med = float(np.median(around))
+    return med, float(np.median(np.abs(around - med)))
+
+
+def _hard_cuts(scores_F: np.ndarray, cfg: ShotConfig) -> list[tuple[int, float]]:
+    cuts = []
+    for i in range(1, len(scores_F)):
+        s = scores_F[i]
+        if s < cfg.cut_floor:
+            continue
+        med, mad = _local_baseline(scores_F, i, cfg)
+        if s > med + cfg.mad_k * mad and s > cfg.ratio * med:
+            cuts.append((i, float(s)))
+    return cuts
+
+
+def _gradual(hist_FB, grey_Fhw, scores_F, fps: float, taken: set[int], cfg: ShotConfig) -> list[tuple[int, float]]:
+    """Runs of raised scores whose ends differ like a cut and whose middle is a blend of the ends."""
+    found, F = [], len(scores_F)
+    max_len = max(cfg.gradual_min_frames, int(round(cfg.gradual_max_s * fps)))
+    i = 1
+    while i < F:
+        if scores_F[i] < cfg.gradual_floor or i in taken:
+            i += 1
+            continue
+        j = i
+        while j + 1 < F and scores_F[j + 1] >= cfg.gradual_floor and j + 1 not in taken:
+            j += 1
+        a, b = i - 1, j  # the last frame before the run and the first after it
+        n = j - i + 1
+        if cfg.gradual_min_frames <= n <= max_len:
+            # The run must stand above the scores just outside it (a steady pan does not).
+            outside = np.concatenate([scores_F[max(1, a - cfg.window):a + 1], scores_F[b + 1:b + 1 + cfg.window]])
+            base = float(np.median(outside)) if outside.size else 0.0
+            inside = float(np.median(scores_F[i:j + 1]))
+            ends = _pair_score(hist_FB[a], hist_FB[b], grey_Fhw[a], grey_Fhw[b], cfg)
+            if inside > 2.0 * base and ends >= cfg.gradual_end_dist:
+                m = (a + b) // 2
+                t = (m - a) / (b - a)
+                blend = (1 - t) * grey_Fhw[a] + t * grey_Fhw[b]
+                spread = float(np.abs(grey_Fhw[a] - grey_Fhw[b]).mean())
+                deviation = float(np.abs(grey_Fhw[m] - blend).mean())
+                if spread > 0 and deviation / spread < cfg.blend_tolerance:
+                    found.append(((a + b + 1) // 2, ends))
+        i = j + 1
+    return found
+
+
+def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = None) -> list[Shot]:
+    """The shots of a clip, in order, covering every frame: Shot(start_frame, end_frame (exclusive),
+    start_s, end_s, transition)."""
+    cfg = cfg or ShotConfig()
+    _check_frames(frames_FHW3)
+    if not fps or fps <= 0 or not math.isfinite(fps):
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    hist_FB, grey_Fhw = frame_signatures(frames_FHW3, cfg)
+    scores_F = _scores(hist_FB, grey_Fhw, cfg)
+    cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, cfg)]
+    if cfg.gradual:
+        near_cut = {k for i, _, _ in cuts for k in range(i - 1, i + 2)}
+        cuts += [(i, s, "gradual") for i, s in _gradual(hist_FB, grey_Fhw, scores_F, fps, near_cut, cfg)]
+    bounds = _enforce_min_length(sorted(cuts), len(frames_FHW3), max(1, int(round(cfg.min_shot_s * fps))))
+    starts = [(0, "start")] + [(i, kind) for i, _, kind in bounds]
+    ends = [i for i, _ in starts[1:]] + [len(frames_FHW3)]
+    return [Shot(s, e, s / fps, e / fps, kind) for (s, kind), e in zip(starts, ends)]
+
+
+def _enforce_min_length(bounds: list[tuple[int, float, str]], F: int, min_len: int) -> list[tuple[int, float, str]]:
+    """Drop the weaker of two boundaries closer than min_len frames, and boundaries within
+    min_len of either end of the clip."""
+    kept: list[tuple[int, float, str]] = []
+    for b in sorted(bounds, key=lambda x: -x[1]):  # strongest first
+        if b[0] < min_len or F - b[0] < min_len:
+            continue
+        if all(abs(b[0] - k[0]) >= min_len for k in kept):
+            kept.append(b)
+    return sorted(kept)
+
+
+# ---- descriptors measured from pixels ----
+
+@dataclass
+class DescribeConfig:
+    max_frames: int = 16             # frames sampled evenly from the shot for colours and flow
+    flow_width: int = 160            # frames are downscaled to this width for optical flow
+    flow_pairs_per_s: float = 10.0   # flow is measured between frames 1/this seconds apart
+    kmeans_k: int = 5                # colour clusters in Lab
+    colour_pixels: int = 6000        # pixels sampled for k-means
+    min_colour_share: float = 0.12   # colours covering less of the frame are not named
+    pan_thresh: float = 0.05         # camera translation (frame widths per second) that counts as a pan
+    zoom_thresh: float = 0.05        # radial scale change per second that counts as a zoom
+    still_thresh: float = 0.01       # object motion (frame widths per second) below this is "still"
+
+
+# Colour names by hue angle in Lab (a*, b*) for chromatic clusters: (upper bound in degrees, name).
+_HUE_NAMES = ((25, "pink"), (50, "red"), (75, "orange"), (100, "yellow"), (165, "green"),
+              (235, "cyan"), (300, "blue"), (335, "purple"), (360, "pink"))
+
+
+def colour_name(rgb: tuple[float, float, float] | np.ndarray) -> str:
+    """A plain colour name for an RGB triple (0-255): greys by lightness, others by Lab hue angle."""
+    px = np.asarray(rgb, dtype=np.float32).reshape(1, 1, 3) / 255.0
+    L, a, b = cv2.cvtColor(px, cv2.COLOR_RGB2Lab).reshape(3)
+    return _lab_name(float(L), float(a), float(b))
+
+
+def _lab_name(L: float, a: float, b: float) -> str:
+    chroma = math.hypot(a, b)
+    if chroma < 12 or (L < 22 and chroma < 20):
+        return "black" if L < 22 else "white" if L > 85 else "grey"
+    hue = math.degrees(math.atan2(b, a)) % 360
+    name = next(n for bound, n in _HUE_NAMES if hue < bound)
+    if name in ("orange", "red", "yellow") and L < 45 and chroma < 50:
+        return "brown"
+    if name == "red" and L > 70:
+        return "pink"
+    return name
+
+
+def brightness_word(level: float) -> str:
+    """Words for mean lightness in [0, 1]."""
+    return "dark" if level < 0.25 else "dim" if level < 0.42 else "bright" if level > 0.62 else "moderately lit"
+
+
+def dominant_colours(frames_FHW3: np.ndarray, cfg: DescribeConfig | None = None,
+                     seed: int = 0) -> list[tuple[str, float]]:
+    """[(colour name, share of pixels)], largest first: k-means in Lab over sampled pixels, clusters
+    named and merged by name; names under `min_colour_share` are left out."""
+    cfg = cfg or DescribeConfig()
+    rng = np.random.default_rng(seed)
+    sample_F = _sample(frames_FHW3, cfg.max_frames)
+    lab = [cv2.cvtColor(_small(f, cfg.flow_width).astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab).reshape(-1, 3)
+           for f in sample_F]
+    lab_N3 = np.concatenate(lab)
+    lab_N3 = lab_N3[rng.choice(len(lab_N3), size=min(cfg.colour_pixels, len(lab_N3)), replace=False)]
+    k = min(cfg.kmeans_k, len(np.unique(lab_N3.round(1), axis=0)))
+    if k <= 1:
+        centres, labels = lab_N3.mean(axis=0, keepdims=True), np.zeros(len(lab_N3), dtype=np.int32)
+    else:
+        cv2.setRNGSeed(seed)
+        criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
+        _, labels, centres = cv2.kmeans(lab_N3.astype(np.float32), k, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+        labels = labels.ravel()
+    shares: dict[str, float] = {}
+    for c, centre in enumerate(centres):
+        name = _lab_name(*map(float, centre))
+        shares[name] = shares.get(name, 0.0) + float((labels == c).mean())
+    ranked = sorted(shares.items(), key=lambda kv: -kv[1])
+    named = [(n, round(s, 3)) for n, s in ranked if s >= cfg.min_colour_share]
+    return named or [(ranked[0][0], round(ranked[0][1], 3))]
+
+
+def _sample(frames_FHW3: np.ndarray, n: int) -> np.ndarray:
+    idx = np.unique(np.linspace(0, len(frames_FHW3) - 1, min(n, len(frames_FHW3))).round().astype(int))
+    return frames_FHW3[idx]
+
+
+@dataclass
+class FlowSummary:
+    pan_x: float                     # camera translation of the content, frame widths per second (+ right)
+    pan_y: float                     # ... frame heights per second (+ down)
+    zoom: float                      # radial scale change of the content per second (+ = growing)
+    motion: float                    # object motion left after the camera's part, frame widths per second
+    motion_x: float                  # mean direction of that motion (+ right), frame widths per second
+    motion_y: float                  # (+ down)
+    coherence: float                 # |mean motion vector| / mean |motion| over moving pixels, 0..1
+
+
+def flow_summary(frames_FHW3: np.ndarray, fps: float, cfg: DescribeConfig | None = None) -> FlowSummary:
+    """Camera (global translation and zoom) and object motion from Farneback flow between sampled frames."""
+    cfg = cfg or DescribeConfig()
+    F = len(frames_FHW3)
+    if F < 2:
+        return FlowSummary(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    # Pairs `step` frames apart (about a tenth of a second: slow motion moves whole pixels, fast
+    # motion stays within Farneback's pyramid reach), spread over the shot.
+    step = min(F - 1, max(1, round(fps / cfg.flow_pairs_per_s)))
+    pairs = min(cfg.max_frames, F - step)
+    starts = np.unique(np.linspace(0, F - 1 - step, pairs).round().astype(int))
+    rows = []
+    for s in starts:
+        a = cv2.cvtColor(np.ascontiguousarray(_small(frames_FHW3[s], cfg.flow_width)), cv2.COLOR_RGB2GRAY)
+        b = cv2.cvtColor(np.ascontiguousarray(_small(frames_FHW3[s + step], cfg.flow_width)), cv2.COLOR_RGB2GRAY)
+        flow_hw2 = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        rows.append(_pair_motion(flow_hw2))
+    tx, ty, zoom, resid, rx, ry, coh = np.median(np.array(rows), axis=0)
+    w, h = a.shape[1], a.shape[0]
+    per_s = fps / step
+    return FlowSummary(pan_x=float(tx / w * per_s), pan_y=float(ty / h * per_s), zoom=float(zoom * per_s),
+                       motion=float(resid / w * per_s), motion_x=float(rx / w * per_s), motion_y=float(ry / w * per_s),
+                       coherence=float(coh))
+
+
+def _pair_motion(flow_hw2: np.ndarray) -> tuple[float, ...]:
+    """(tx, ty, zoom, residual magnitude, residual mean x, y, coherence) of one flow field, in pixels."""
+    h, w = flow_hw2.shape[:2]
+    u, v = flow_hw2[..., 0], flow_hw2[..., 1]
+    tx, ty = float(np.median(u)), float(np.median(v))
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = xs - (w - 1) / 2, ys - (h - 1) / 2
+    r2 = dx * dx + dy * dy
+    far = r2 > (0.15 * min(h, w)) ** 2  # the centre says nothing about zoom
+    radial = ((u - tx) * dx + (v - ty) * dy) / np.maximum(r2, 1.0)
+    zoom = float(np.median(radial[far])) if far.any() else 0.0
+    ru, rv = u - tx - zoom * dx, v - ty - zoom * dy
+    mag = np.hypot(ru, rv)
+    moving = mag > max(0.5, 3 * float(np.median(mag)))
+    if moving.mean() < 0.002:
+        return tx, ty, zoom, 0.0, 0.0, 0.0, 0.0
+    mean_u, mean_v = float(ru[moving].mean()), float(rv[moving].mean())
+    coherence = math.hypot(mean_u, mean_v) / max(float(mag[moving].mean()), 1e-6)
+    # Motion amount: the moving pixels' mean speed weighted by how much of the frame moves.
+    return tx, ty, zoom, float(mag[moving].mean() * moving.mean()), mean_u, mean_v, coherence
+
+
+def _direction(x: float, y: float) -> str:
+    """right/left/up/down for an image-space vector (+y down)."""
+    if abs(x) >= abs(y):
+        return "right" if x > 0 else "left"
+    return "down" if y > 0 else "up"
+
+
+@dataclass
+class ShotDescriptors:
+    brightness: float                # mean Lab lightness, 0..1
+    brightness_word: str             # dark / dim / moderately lit / bright
+    colours: list[tuple[str, float]]  # dominant colours, (name, share of pixels), largest first
+    camera: str                      # static / pan_left / pan_right / tilt_up / tilt_down / zoom_in / zoom_out
+    motion_amount: float             # object motion, frame widths per second (camera removed)
+    motion_word: str                 # still / slight / moderate / strong
+    motion_direction: str            # left / right / up / down / mixed / none
+    flow: FlowSummary = field(repr=False)
+
+    def phrase(self) -> str:
+        """The descriptors in words, e.g. "a bright scene, mostly green and blue, camera pans left,
+        strong motion to the right"."""
+        names = [n for n, _ in self.colours[:3]]
+        colours = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        camera = {"static": "static camera", "pan_left": "camera pans left", "pan_right": "camera pans right",
+                  "tilt_up": "camera tilts up", "tilt_down": "camera tilts down",
+                  "zoom_in": "camera zooms in", "zoom_out": "camera zooms out"}[self.camera]
+        if self.motion_word == "still":
+            motion = "no motion"
+        elif self.motion_direction in ("mixed", "none"):
+            motion = f"{self.motion_word} motion"
+        else:
+            motion = f"{self.motion_word} motion to the {self.motion_direction}" if self.motion_direction in (
+                "left", "right") else f"{self.motion_word} motion {self.motion_direction}wards"
+        return f"a {self.brightness_word} scene, mostly {colours}, {camera}, {motion}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["colours"] = [{"name": n, "share": s} for n, s in self.colours]
+        return d
+
+
+def camera_movement(flow: FlowSummary, cfg: DescribeConfig | None = None) -> str:
+    """Camera class from the global flow. Content moving right means the camera pans left."""
+    cfg = cfg or DescribeConfig()
+    if abs(flow.zoom) >= cfg.zoom_thresh and abs(flow.zoom) >= 0.5 * max(abs(flow.pan_x), abs(flow.pan_y)):
+        return "zoom_in" if flow.zoom > 0 else "zoom_out"
+    if max(abs(flow.pan_x), abs(flow.pan_y)) >= cfg.pan_thresh:
+        if abs(flow.pan_x) >= abs(flow.pan_y):
+            return "pan_left" if flow.pan_x > 0 else "pan_right"
+        return "tilt_up" if flow.pan_y > 0 else "tilt_down"
+    return "static"
+
+
+def describe_shot(frames_FHW3: np.ndarray, fps: float, cfg: DescribeConfig | None = None) -> ShotDescriptors:
+    """Brightness, dominant colours, camera movement and object motion of one shot, from its pixels."""
+    cfg = cfg or DescribeConfig()
+    _check_frames(frames_FHW3)
+    sample_F = _sample(frames_FHW3, cfg.max_frames)
+    lightness = float(np.mean([cv2.cvtColor(_small(f, cfg.flow_width), cv2.COLOR_RGB2Lab)[..., 0].mean()
+                               for f in sample_F]) / 255.0)
+    flow = flow_summary(frames_FHW3, fps, cfg)
+    amount = flow.motion
+    word = ("still" if amount < cfg.still_thresh else "slight" if amount < 0.04
+            else "moderate" if amount < 0.12 else "strong")
+    if word == "still":
+        direction = "none"
+    elif flow.coherence < 0.5:
+        direction = "mixed"
+    else:
+        direction = _direction(flow.motion_x, flow.motion_y)
+    return ShotDescriptors(brightness=round(lightness, 3), brightness_word=brightness_word(lightness),
+                           colours=dominant_colours(frames_FHW3, cfg), camera=camera_movement(flow, cfg),
+                           motion_amount=round(amount, 4), motion_word=word, motion_direction=direction, flow=flow)
