@@ -64,6 +64,21 @@ class Reply:
     latency_ms: float                     # wall time of the whole turn
 
 
+def _share_text_trunk(intent_model: IntentClassifier, index: Searcher) -> int:
+    """Let the knowledge search reuse the intent model's pass through the MiniLM layers they share
+    (core.text.trunk): a knowledge turn reads its message through those layers once. Returns the
+    number of layers shared; 0 for models that are not text streams or share nothing."""
+    stream = getattr(getattr(intent_model, "classifier", None), "stream", None)
+    embedder_model = getattr(getattr(index, "embedder", None), "model", None)
+    if stream is None or embedder_model is None:
+        return 0
+    from core.text import TextStream, share_trunk
+
+    if isinstance(stream, TextStream) and isinstance(embedder_model, TextStream):
+        return share_trunk(stream, embedder_model)
+    return 0
+
+
 class Assistant:
     """The dialogue over a session store; safe to share between threads."""
 
@@ -71,6 +86,7 @@ class Assistant:
                  actions: ActionRegistry, dialogue_config: DialogueConfig,
                  chat_model: BaseChatModel | None = None, max_message_chars: int = MAX_MESSAGE_CHARS):
         self.store = store
+        _share_text_trunk(intent_model, index)
         self.dialogue = DialogueManager(intent_model, index, actions, dialogue_config, chat_model)
         self.max_message_chars = max_message_chars
         self._locks: dict[str, threading.Lock] = {}  # session id -> its turn lock
@@ -92,6 +108,7 @@ class Assistant:
         """Swap in a new intent model and/or knowledge index (e.g. retrained on uploads); turns
         already running finish with the old ones."""
         d = self.dialogue
+        _share_text_trunk(intent_model or d.intent_model, index or d.index)
         self.dialogue = DialogueManager(intent_model or d.intent_model, index or d.index, d.actions, d.config,
                                         d.chat_model)
 

@@ -9,9 +9,10 @@
 from .config import TextStreamConfig
 from .model import TextOutput, TextStream
 from .tokenizer import TokenBatch, load_tokenizer, minilm_path, tokenize
+from .trunk import PrefixCache, share_trunk
 from .upcycle import from_scratch, upcycle_minilm
 
 __all__ = [
     "TextStreamConfig", "TextStream", "TextOutput", "upcycle_minilm", "from_scratch",
-    "tokenize", "load_tokenizer", "TokenBatch", "minilm_path",
+    "tokenize", "load_tokenizer", "TokenBatch", "minilm_path", "share_trunk", "PrefixCache",
 ]

@@ -106,6 +106,7 @@ class TextStream(nn.Module):
         self.embed = Embeddings(cfg)
         moe_ids = set(cfg.moe_layer_ids)
         self.layers = nn.ModuleList(Block(cfg, moe=i in moe_ids) for i in range(cfg.num_layers))
+        self.prefix_cache = None  # a core.text.trunk.PrefixCache when this stream shares its lower layers
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -132,12 +133,18 @@ class TextStream(nn.Module):
         real_N = keep_BT.flatten().nonzero().squeeze(1)  # flat indices of the real tokens
         task_N = None if task_id is None else _task_per_token(task_id, B, T, real_N)
 
-        x_BTD = self.embed(input_ids)
+        cache = self.prefix_cache if not (self.training or torch.is_grad_enabled()) else None
+        key = cache.key(input_ids, attention_mask) if cache is not None else None
+        cached_BTD = cache.get(key) if cache is not None else None
+        start = 0 if cached_BTD is None else cache.layers
+        x_BTD = self.embed(input_ids) if cached_BTD is None else cached_BTD
         stats = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers[start:], start):
             x_BTD, layer_stats = layer(x_BTD, keep_BT[:, None, None, :], real_N, task_N)
             if layer_stats is not None:
                 stats.append(layer_stats)
+            if cache is not None and cached_BTD is None and i == cache.layers - 1:
+                cache.put(key, x_BTD)
 
         mask_BT1 = keep_BT.unsqueeze(-1).to(x_BTD.dtype)
         pooled_BD = (x_BTD * mask_BT1).sum(dim=1) / mask_BT1.sum(dim=1).clamp_min(1e-9)
