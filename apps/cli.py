@@ -18,13 +18,14 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int | None]
 
 # Modules with a `register(cli)`; an app adds its own line here.
 COMMAND_MODULES: tuple[str, ...] = (
     "apps.lab", "core.cli_commands", "core.training.cli", "core.bench.cli", "apps.customer_service",
-    "apps.medical_imaging", "apps.video_generation",
+    "apps.medical_imaging", "apps.video_generation", "apps.suite_cli",
 )
 
 
@@ -67,7 +68,7 @@ def positive_int(text: str) -> int:
 def _serve(args: argparse.Namespace) -> None:
     from apps.server import serve
 
-    serve(host=args.host, port=args.port)
+    serve(config=args.config, **given_flags(args, ("host", "port")))
 
 
 def _bench_moe(args: argparse.Namespace) -> None:
@@ -91,11 +92,12 @@ def _bench_moe(args: argparse.Namespace) -> None:
 
 
 def _register_suite(cli: CommandTable) -> None:
-    from apps.server import DEFAULT_HOST, DEFAULT_PORT  # light: fastapi only, no gradio or torch
-
-    p = cli.command("serve", "serve the hub, health probes and every app's page", _serve)
-    p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
+    p = cli.command("serve", "serve the hub, health probes and every app's page and API", _serve)
+    p.add_argument("--config", type=Path, default=None,
+                   help="TOML settings file (default: $MOE_SUITE_CONFIG; see moe-suite.example.toml)")
+    # SUPPRESS: an absent flag leaves the settings file's / MOE_SUITE_HOST's value (default 127.0.0.1:7860)
+    p.add_argument("--host", default=argparse.SUPPRESS, help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=argparse.SUPPRESS, help="port (default: 7860)")
 
     p = cli.group("bench", "benchmarks").command(
         "moe", "time MoELayer against a dense block and transformers' Mixtral MoE block", _bench_moe)

@@ -6,12 +6,14 @@ Frames are uint8 RGB numpy arrays, [F, H, W, 3] for a clip and [H, W, 3] for one
     write_video(frames_FHW3, "out.mp4", fps=24)                  # H.264 yuv420p MP4, plays in every browser
     write_preview(frames_FHW3, "out.gif")                        # small animated GIF (or .png/.jpg thumbnail)
 
-Encoding (measured, 72 frames of 1920x1080, 2 shared CPU cores, see data_connectors/VIDEO.md):
-the ffmpeg binary packaged by the imageio-ffmpeg wheel with libx264 `-preset ultrafast` took about 1.0 s,
-libvpx-vp9 `-deadline realtime -cpu-used 8` 1.7 s, OpenCV's own VP8 writer 3.4 s and its VP9 writer 9.9 s.
-So `codec="auto"` means H.264 for .mp4 and VP9 (ffmpeg, realtime) for .webm; "vp8" is OpenCV's writer, kept
-as the path that needs no ffmpeg binary. Odd widths/heights are padded by one edge pixel (yuv420p needs even
-sides). Every write goes to a temporary file beside the target and is renamed into place when complete.
+Encoding, measured here (72 frames of 1920x1080, 2 CPU cores shared with other users, 2026-11-29; rerun
+with `bench_encoding()`): the ffmpeg binary packaged by the imageio-ffmpeg wheel, fed raw yuv420p, took
+0.65-0.8 s with libx264 `-preset ultrafast` and 0.8-1.2 s with libvpx-vp9 `-deadline realtime -cpu-used 8`;
+OpenCV's own writers took 2.9-5.7 s (VP8) and 9.9 s (VP9), and OpenCV has no H.264 encoder. So
+`codec="auto"` means H.264 (yuv420p, faststart) for .mp4, the default for every caller, and VP9 via ffmpeg
+for .webm; "vp8" is OpenCV's writer, kept as the path that needs no ffmpeg binary. Odd widths/heights are
+padded by one edge pixel (yuv420p needs even sides). Every write goes to a temporary file beside the target
+and is renamed into place when complete.
 
 Reading uses OpenCV's FFmpeg backend (it decodes H.264, VP8 and VP9); when OpenCV cannot open or decode a
 file, the packaged ffmpeg is tried before giving up. Every problem raises VideoError naming the file.
@@ -101,16 +103,13 @@ def _fourcc(cap: cv2.VideoCapture) -> str:
 
 
 def _open_cv(path: Path) -> cv2.VideoCapture | None:
-    """An OpenCV capture that has a decodable first frame (rewound), or None."""
+    """An OpenCV capture at the first frame, if OpenCV can decode that frame, else None."""
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    if not cap.isOpened():
-        return None
-    ok = cap.grab()
+    ok = cap.isOpened() and cap.grab()
+    cap.release()
     if not ok:
-        cap.release()
         return None
-    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-    return cap
+    return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)  # reopened rather than seeking back (exact on any codec)
 
 
 def _check_fps(path: Path, fps: float) -> float:

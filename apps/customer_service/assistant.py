@@ -29,6 +29,7 @@ from .store import HandoffTicket, SessionStore, Turn, check_session_id
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
+SESSION_LOCK_STRIPES = 256  # turns of sessions sharing a stripe are serialised too (harmless, rare)
 MAX_MESSAGE_CHARS = 2_000  # longer messages are refused, not cut: a cut message could change meaning
 
 
@@ -89,8 +90,9 @@ class Assistant:
         _share_text_trunk(intent_model, index)
         self.dialogue = DialogueManager(intent_model, index, actions, dialogue_config, chat_model)
         self.max_message_chars = max_message_chars
-        self._locks: dict[str, threading.Lock] = {}  # session id -> its turn lock
-        self._locks_guard = threading.Lock()
+        # Turn locks striped by session id: bounded memory however many session ids arrive (a dict
+        # of one lock per id grew by one entry per distinct id, refused ones included).
+        self._locks = [threading.Lock() for _ in range(SESSION_LOCK_STRIPES)]
 
     @classmethod
     def default(cls, chat_model: BaseChatModel | None = None) -> Assistant:
@@ -113,8 +115,7 @@ class Assistant:
                                         d.chat_model)
 
     def _session_lock(self, session_id: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(session_id, threading.Lock())
+        return self._locks[hash(session_id) % len(self._locks)]
 
     def reply(self, session_id: str, message: str) -> Reply:
         """Answer `message` in session `session_id` (created on its first message)."""

@@ -23,9 +23,7 @@ import json
 import multiprocessing
 import os
 import platform
-import socket
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -177,42 +175,27 @@ def time_turns(assistant: Assistant, turns: int, warmup: int) -> dict[str, float
               for session_id, message in itertools.islice(conversation_turns("turn"), turns)]
     finally:
         assistant.use(intents.inner, search.inner)
-    return {"turns": len(ms), "turn_median_ms": _percentile(ms, 50), "turn_p95_ms": _percentile(ms, 95),
-            "intent_median_ms": _percentile(intents.ms, 50), "search_median_ms": _percentile(search.ms, 50)}
+    return {"turns": len(ms), "turn_median_ms": percentile(ms, 50), "turn_p95_ms": percentile(ms, 95),
+            "intent_median_ms": percentile(intents.ms, 50), "search_median_ms": percentile(search.ms, 50)}
 
 
 # ---- 2. throughput over HTTP ----
 
 def serve_in_thread(assistant: Assistant) -> tuple[str, Callable[[], None]]:
     """The server's chat API (no page) serving `assistant` on a free loopback port: (base URL, stop)."""
-    import uvicorn
-
     from apps import server
+    from apps.settings import Settings
+    from apps.web.runner import serve_in_thread as serve_app
 
     from .assistant import shared_assistant
 
     apps = [dataclasses.replace(a, page=None) for a in server.APPS if a.name == "chat"]
-    app = server.create_app(apps)
+    app = server.create_app(apps, Settings(rate_limit_per_minute=0))  # one client address: no rate limit
     app.dependency_overrides[shared_assistant] = lambda: assistant
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the benchmark's server did not start")
-        time.sleep(0.02)
-
-    def stop() -> None:
-        uv.should_exit = True
-        thread.join(10)
-
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
+    return serve_app(app)
 
 
-async def _send_turns(url: str, clients: int, seconds: float, max_turns: int) -> dict:
+async def send_turns(url: str, clients: int, seconds: float, max_turns: int) -> dict:
     """`clients` concurrent clients posting conversation turns until `seconds` pass or `max_turns` are sent."""
     sent = itertools.count()
     latencies_ms: list[float] = []
@@ -242,7 +225,7 @@ async def _send_turns(url: str, clients: int, seconds: float, max_turns: int) ->
 
 
 def _clients_process(url: str, clients: int, seconds: float, max_turns: int) -> dict:
-    return asyncio.run(_send_turns(url, clients, seconds, max_turns))
+    return asyncio.run(send_turns(url, clients, seconds, max_turns))
 
 
 def time_http(assistant: Assistant, clients: int, seconds: float, max_turns: int) -> dict[str, float | int]:
@@ -256,13 +239,13 @@ def time_http(assistant: Assistant, clients: int, seconds: float, max_turns: int
     ms = sent["latencies_ms"]
     return {"http_clients": clients, "http_seconds": round(sent["seconds"], 2), "http_turns": len(ms),
             "http_turns_per_second": round(len(ms) / sent["seconds"], 2), "http_errors": sent["errors"],
-            "http_p50_ms": _percentile(ms, 50), "http_p95_ms": _percentile(ms, 95),
-            "http_p99_ms": _percentile(ms, 99)}
+            "http_p50_ms": percentile(ms, 50), "http_p95_ms": percentile(ms, 95),
+            "http_p99_ms": percentile(ms, 99)}
 
 
 # ---- the benchmark ----
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values else None
 
 

@@ -14,6 +14,7 @@ import gradio as gr
 from matplotlib.figure import Figure
 
 from apps.settings import cache_dir
+from data_connectors.archive import safe_extract_zip
 
 from .assistant import Reply, shared_assistant
 
@@ -72,10 +73,8 @@ def _knowledge_source(upload: Path, folder: Path) -> Path:
     """A knowledge upload as load_knowledge reads it: a zip is unpacked into `folder`, a file kept."""
     if upload.suffix.lower() != ".zip":
         return upload
-    with zipfile.ZipFile(upload) as archive:
-        if sum(i.file_size for i in archive.infolist()) > MAX_UNZIPPED_BYTES:
-            raise ValueError(f"the zip expands to over {MAX_UNZIPPED_BYTES // 2**20} MB")
-        archive.extractall(folder)  # zipfile drops absolute paths and ".." from member names
+    # refuses escaping members, links, bombs (declared and actual sizes) with a ValueError
+    safe_extract_zip(upload, folder, max_total_bytes=MAX_UNZIPPED_BYTES)
     return folder
 
 

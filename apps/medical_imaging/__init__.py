@@ -37,7 +37,7 @@ def register(cli: CommandTable) -> None:
                         "<SeriesInstanceUID>.txt (default: image only)")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes (default: 1)")
     p.add_argument("--detector", type=Path, default=None,
-                   help="detector checkpoint folder (default: the shipped assets/medical_imaging/detector)")
+                   help="detector checkpoint folder (default: the shipped assets/medical_imaging/detector/model)")
     p.add_argument("--threshold", type=float, default=None,
                    help="keep findings with probability >= this (default: the detector's operating point)")
     p.add_argument("--anonymize", action="store_true", help="replace study keys with hashes in the outputs")
@@ -86,12 +86,9 @@ def register(cli: CommandTable) -> None:
                    help="volume shape (default: the generator's)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
-    try:  # TEMP while MED-MALIG writes it; removed before hand-over
-        from . import malignancy_cli  # MED-MALIG's train/eval/cv-malignancy commands
-    except ImportError:
-        malignancy_cli = None
-    if malignancy_cli is not None:
-        malignancy_cli.register(cli)
+    from . import malignancy_cli  # MED-MALIG's train/eval/cv-malignancy commands
+
+    malignancy_cli.register(cli)
 
     p = cli.group("bench", "benchmarks").command(
         "medical", "DICOM load (ours vs MONAI LoadImage), pipeline seconds per study, studies per hour",
@@ -100,4 +97,5 @@ def register(cli: CommandTable) -> None:
                    help="study size for the load and pipeline timings (default 150 512 512)")
     p.add_argument("--repeats", type=positive_int, default=None, help="interleaved load repeats (default 3)")
     p.add_argument("--batch-studies", type=positive_int, default=None, help="small studies in the batch run")
+    p.add_argument("--detector", type=Path, default=None, help="detector checkpoint (default: the shipped one)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")

@@ -50,7 +50,10 @@ def synth(args: argparse.Namespace) -> None:
 
     cfg = SynthConfig()
     if args.size is not None:
-        cfg = dataclasses.replace(cfg, shape=tuple(args.size))
+        # same body in mm: the spacing scales with the requested shape
+        shape = tuple(args.size)
+        spacing = tuple(s * n / m for s, n, m in zip(cfg.spacing_zyx, cfg.shape_zyx, shape))
+        cfg = dataclasses.replace(cfg, shape_zyx=shape, spacing_zyx=spacing)
     truth = write_dataset(args.out, args.n, seed=args.seed, cfg=cfg)
     summary = {"out": str(args.out), "studies": args.n, "truth": str(truth)}
     _emit(args, summary, [f"wrote {args.n} studies to {args.out}; truth in {truth}"])
@@ -70,7 +73,7 @@ def eval_detector(args: argparse.Namespace) -> None:
     from .detection import evaluate_on_synth, load_detector
 
     detector = load_detector(args.detector)
-    summary = evaluate_on_synth(detector, first=args.seed, n=args.studies)
+    summary = evaluate_on_synth(detector, n=args.studies, seed=args.seed)
     _emit(args, summary, [f"{k:<28}{v}" for k, v in summary.items()])
 
 
@@ -92,6 +95,6 @@ def bench_medical(args: argparse.Namespace) -> None:
     from .bench import MedicalBenchConfig, run
 
     given = {"shape": tuple(args.shape) if args.shape else None, "repeats": args.repeats,
-             "batch_studies": args.batch_studies}
+             "batch_studies": args.batch_studies, "detector": args.detector}
     result = run(MedicalBenchConfig(**{k: v for k, v in given.items() if v is not None}))
     _emit(args, result, [f"{k:<34}{v}" for k, v in result.items()])

@@ -13,8 +13,8 @@ Input definition (train and inference run the same code, `MalignancyModel.prepar
      LIDC crops this model learns from stop along z at the nodule's extent; the box gives a full CT the same
      field of view, so a crop from a whole scan looks like a training crop;
   3. HU window [hu_min, hu_max] scaled to [0, 1] (MONAI `ScaleIntensityRange`, clipped).
-Image only: no mask channel, no radiologist rating. Size is visible to the network (isotropic voxels) and
-through the box.
+No mask channel, no radiologist rating. Size is visible to the network (isotropic voxels) and through the box;
+with `diameter_input` the head also gets log(d) (the diameter the box used).
 
 Training folders are laid out like LIDC `lidc-nodule-crops`: `nodules.csv` (patient_id, nodule_id, label column
 Diagnosis_value 0/1 or Diagnosis Malign/Benign; optional coordX/Y/Z world centre in LPS mm and diameter_mm) and
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from apps.settings import cache_dir
 from core import registry
-from core.checkpoint import load_checkpoint, save_checkpoint
+from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.tasks import task_id
 from core.vision.swin import VisionStream, VisionStreamConfig
 
@@ -74,18 +74,21 @@ class MalignancyConfig:
     top_k: int = 2
     drop_path: float = 0.1
     dropout: float = 0.3             # before the linear head
+    diameter_input: bool = False     # also feed log(diameter) to the head (a learned size term added to the logit)
     # training
     epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-3                 # AdamW peak, cosine decay after a 1-epoch warm-up
     weight_decay: float = 0.05
+    size_lr_mult: float = 30.0       # lr multiplier of the diameter term (diameter_input)
     aux_coef: float = 1.0            # weight of the MoE balance loss (already scaled by the stream's balance_coef)
     augment: bool = True             # flips, axial rot90, small affine, intensity jitter (MONAI)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.crop_mm <= 0 or self.crop_mm % 32:
-            raise ValueError(f"crop_mm must be a positive multiple of 32 (the vision stream's stride), got {self.crop_mm}")
+            raise ValueError(f"crop_mm must be a positive multiple of 32 (the vision stream's stride), "
+                             f"got {self.crop_mm}")
         if self.hu_max <= self.hu_min:
             raise ValueError(f"hu_max ({self.hu_max}) must exceed hu_min ({self.hu_min})")
 
@@ -162,6 +165,13 @@ def estimate_diameter_mm(cube_hu: np.ndarray, threshold_hu: float = -500.0, reac
     return float(np.clip((6.0 * region / math.pi) ** (1 / 3), 3.0, side))
 
 
+def resolve_diameter(cube_hu: np.ndarray, diameter_mm: float | None) -> float:
+    """`diameter_mm` when it is a positive number, else the estimate from the 1 mm HU cube."""
+    if diameter_mm is None or not np.isfinite(diameter_mm) or diameter_mm <= 0:
+        return estimate_diameter_mm(cube_hu)
+    return float(diameter_mm)
+
+
 def finish_cube(cube_hu: np.ndarray, diameter_mm: float | None, cfg: MalignancyConfig) -> np.ndarray:
     """Step 2 and 3 of the input definition: the nodule box kept (rest air), HU window to [0, 1]."""
     from monai.transforms import ScaleIntensityRange
@@ -169,7 +179,7 @@ def finish_cube(cube_hu: np.ndarray, diameter_mm: float | None, cfg: MalignancyC
     side = cube_hu.shape[0]
     if cube_hu.shape != (side, side, side) or side != cfg.crop_mm:
         raise ValueError(f"expected a {cfg.crop_mm}^3 cube, got {cube_hu.shape}")
-    d = estimate_diameter_mm(cube_hu) if diameter_mm is None or not np.isfinite(diameter_mm) else float(diameter_mm)
+    d = resolve_diameter(cube_hu, diameter_mm)
     half_z = min(max(d / 2 + cfg.slab_margin_mm, 2.0), side / 2)
     half_yx = min(max(cfg.context_mm, d / 2 + 4.0), side / 2)
     offset = np.abs(np.arange(side) - side // 2)
@@ -233,18 +243,23 @@ def _number(row: dict, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+_LOADERS: list = []  # one MONAI LoadImage, made on first use (making one probes every reader)
+
+
 def load_nifti_zyx(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     """(hu_ZYX, spacing_zyx, affine_ras) of a NIfTI/MetaImage file, via MONAI's LoadImage and Orientation
     to LPS (so axis i increases toward the patient's left, j posterior, k superior: the DICOM convention)."""
     from monai.transforms import LoadImage, Orientation
 
+    if not _LOADERS:
+        _LOADERS.append(LoadImage(image_only=True, ensure_channel_first=True))
     try:
-        image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+        image = _LOADERS[0](str(path))
     except Exception as exc:  # MONAI wraps every reader failure in its own types
         raise CropFolderError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
     if image.ndim != 4 or image.shape[0] != 1:
         raise CropFolderError(f"{path}: expected a single-channel 3D volume, got shape {tuple(image.shape)}")
-    image = Orientation(axcodes="LPS")(image)
+    image = Orientation(axcodes="LPS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)  # affine is RAS
     affine = np.asarray(image.affine, dtype=np.float64)
     spacing_ijk = np.linalg.norm(affine[:3, :3], axis=0)
     hu_ZYX = np.ascontiguousarray(np.asarray(image[0], dtype=np.float32).transpose(2, 1, 0))
@@ -310,8 +325,7 @@ def load_crops(folder: str | Path, cfg: MalignancyConfig | None = None, use_cach
         hu_ZYX, spacing_zyx, affine = load_nifti_zyx(folder / "image" / name)
         centre = _centre_ijk(row, hu_ZYX, affine, folder / "nodule_mask" / name)
         cube_hu = crop_around(hu_ZYX, spacing_zyx, centre, cfg.crop_mm)
-        d = _number(row, "diameter_mm")
-        d = estimate_diameter_mm(cube_hu) if d is None or d <= 0 else d
+        d = resolve_diameter(cube_hu, _number(row, "diameter_mm"))
         cubes.append(finish_cube(cube_hu, d, cfg))
         diameters.append(d)
         if progress:
@@ -337,31 +351,45 @@ class MalignancyModel(nn.Module):
         self.stream = VisionStream(cfg.stream_config())
         self.head = nn.Sequential(nn.LayerNorm(cfg.out_dim), nn.Dropout(cfg.dropout), nn.Linear(cfg.out_dim, 1))
         # The operating point: P(malignant) >= threshold is called malignant (saved with the weights).
+        # log(d / 8 mm) -> a logit term, when the config feeds the diameter to the head
+        self.size_term = nn.Linear(1, 1) if cfg.diameter_input else None
         self.register_buffer("threshold", torch.tensor(0.5))
         self.task = task_id(TASK)
 
-    def forward(self, cubes_B1SSS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, cubes_B1SSS: torch.Tensor, diameters_B: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.stream(cubes_B1SSS, self.task)
-        return self.head(out.pooled).squeeze(-1), out.aux_loss
+        logits_B = self.head(out.pooled).squeeze(-1)
+        if self.size_term is not None:
+            if diameters_B is None:
+                raise ValueError("this malignancy model takes the nodule diameters (diameter_input=True)")
+            logits_B = logits_B + self.size_term(torch.log(diameters_B.clamp(min=1.0) / 8.0)[:, None]).squeeze(-1)
+        return logits_B, out.aux_loss
 
-    def prepare(self, hu_ZYX: np.ndarray, spacing_zyx: Sequence[float], diameter_mm: float | None = None) -> np.ndarray:
-        """The model's input [S, S, S] from a HU crop centred on a nodule (any spacing and size)."""
+    def prepare(self, hu_ZYX: np.ndarray, spacing_zyx: Sequence[float], diameter_mm: float | None = None
+                ) -> tuple[np.ndarray, float]:
+        """The model's input [S, S, S] from a HU crop centred on a nodule (any spacing and size), and the
+        diameter it used (`diameter_mm`, else estimated from the crop)."""
         hu = np.asarray(hu_ZYX, dtype=np.float32)
         if hu.ndim != 3:
             raise ValueError(f"expected a 3D HU crop (z, y, x), got shape {hu.shape}")
         cube_hu = crop_around(hu, spacing_zyx, [s // 2 for s in hu.shape[::-1]], self.cfg.crop_mm)
-        return finish_cube(cube_hu, diameter_mm, self.cfg)
+        d = resolve_diameter(cube_hu, diameter_mm)
+        return finish_cube(cube_hu, d, self.cfg), d
 
     @torch.no_grad()
-    def predict_cubes(self, cubes_NSSS: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """P(malignant) [N] of prepared cubes."""
+    def predict_cubes(self, cubes_NSSS: np.ndarray, diameters_N: np.ndarray | None = None,
+                      batch_size: int = 64) -> np.ndarray:
+        """P(malignant) [N] of prepared cubes (and their diameters, for a model with diameter_input)."""
         was_training = self.training
         self.eval()
         try:
             probs = []
             for i in range(0, len(cubes_NSSS), batch_size):
                 batch = torch.as_tensor(np.asarray(cubes_NSSS[i:i + batch_size], dtype=np.float32))[:, None]
-                probs.append(torch.sigmoid(self(batch)[0]).numpy())
+                d = None if diameters_N is None else torch.as_tensor(
+                    np.asarray(diameters_N[i:i + batch_size], dtype=np.float32))
+                probs.append(torch.sigmoid(self(batch, d)[0]).numpy())
             return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
         finally:
             self.train(was_training)
@@ -373,17 +401,18 @@ class MalignancyModel(nn.Module):
         if diameters_mm is not None and len(diameters_mm) != len(crops):
             raise ValueError(f"got {len(diameters_mm)} diameters for {len(crops)} crops")
         diameters = list(diameters_mm) if diameters_mm is not None else [None] * len(crops)
-        cubes = [self.prepare(hu, spacing, d) for (hu, spacing), d in zip(crops, diameters)]
-        if not cubes:
+        prepared = [self.prepare(hu, spacing, d) for (hu, spacing), d in zip(crops, diameters)]
+        if not prepared:
             return np.zeros(0, dtype=np.float32)
-        return self.predict_cubes(np.stack(cubes))
+        return self.predict_cubes(np.stack([c for c, _ in prepared]), np.array([d for _, d in prepared]))
 
     def save(self, path: str | Path, metadata: dict | None = None) -> Path:
         return save_checkpoint(self, path, kind=KIND, config=self.cfg, metadata=metadata)
 
 
 def _synthetic_inputs(cfg: MalignancyConfig, B: int, g: torch.Generator) -> tuple:
-    return (torch.rand(B, 1, cfg.crop_mm, cfg.crop_mm, cfg.crop_mm, generator=g),)
+    return (torch.rand(B, 1, cfg.crop_mm, cfg.crop_mm, cfg.crop_mm, generator=g),
+            3.0 + 20.0 * torch.rand(B, generator=g))
 
 
 def _register() -> None:
@@ -397,14 +426,14 @@ _register()
 def load_model(path: str | Path) -> MalignancyModel:
     model, info = load_checkpoint(path)
     if info.kind != KIND:
-        raise ValueError(f"{path}: a {info.kind!r} checkpoint, not a malignancy model ({KIND!r})")
+        raise CheckpointError(f"{path}: a {info.kind!r} checkpoint, not a malignancy model ({KIND!r})")
     return model.eval()
 
 
 def load_default_malignancy_model() -> MalignancyModel:
     """The shipped model (assets/medical_imaging/malignancy/model; see its MODEL_CARD.md)."""
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():
-        raise FileNotFoundError(f"{DEFAULT_MODEL_DIR}: the default malignancy model is missing; rebuild it with "
+        raise CheckpointError(f"{DEFAULT_MODEL_DIR}: the default malignancy model is missing; rebuild it with "
                                 "`moe-suite medical train-malignancy` (command in the model card)")
     return load_model(DEFAULT_MODEL_DIR)
 
@@ -435,9 +464,10 @@ class TrainResult:
 
 
 def train(cubes_NSSS: np.ndarray, labels_N: np.ndarray, cfg: MalignancyConfig,
-          val: tuple[np.ndarray, np.ndarray] | None = None,
+          diameters_N: np.ndarray | None = None, val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
           log: Callable[[str], None] | None = None) -> tuple[MalignancyModel, TrainResult]:
-    """A MalignancyModel trained on prepared cubes; class-balanced BCE (+ MoE balance loss), AdamW, cosine."""
+    """A MalignancyModel trained on prepared cubes (and their diameters, needed with cfg.diameter_input);
+    class-balanced BCE (+ MoE balance loss), AdamW, cosine. val: (cubes, labels, diameters) scored per epoch."""
     labels_N = np.asarray(labels_N, dtype=np.int64)
     if len(cubes_NSSS) != len(labels_N) or len(labels_N) == 0:
         raise ValueError(f"need as many labels as cubes (> 0), got {len(cubes_NSSS)} cubes, {len(labels_N)} labels")
@@ -448,12 +478,23 @@ def train(cubes_NSSS: np.ndarray, labels_N: np.ndarray, cfg: MalignancyConfig,
     rng = np.random.default_rng(cfg.seed)
     model = MalignancyModel(cfg)
     aug = _augmenter(cfg.seed) if cfg.augment else None
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The size term is one weight and a bias: at the network's lr, Adam would move it by < 0.3 in a whole run,
+    # too little for a logit term; it gets its own, larger lr and no weight decay.
+    size = list(model.size_term.parameters()) if model.size_term is not None else []
+    rest = [p for p in model.parameters() if all(p is not q for q in size)]
+    groups = [{"params": rest}] + ([{"params": size, "lr": cfg.lr * cfg.size_lr_mult, "weight_decay": 0.0}]
+                                   if size else [])
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(labels_N) / cfg.batch_size)
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(steps_per_epoch, total // 4 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+
+    def lr_scale(s: int) -> float:  # linear warm-up, then cosine to 0
+        if s < warmup:
+            return (s + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_scale)
     pos_weight = torch.tensor((len(labels_N) - n_pos) / n_pos)
     result, start, step = TrainResult(0.0, 0), time.perf_counter(), 0
     for epoch in range(cfg.epochs):
@@ -465,7 +506,8 @@ def train(cubes_NSSS: np.ndarray, labels_N: np.ndarray, cfg: MalignancyConfig,
             if aug is not None:
                 batch = torch.stack([torch.as_tensor(aug(x)) for x in batch])
             target = torch.as_tensor(labels_N[idx], dtype=torch.float32)
-            logits, aux = model(batch)
+            d = None if diameters_N is None else torch.as_tensor(np.asarray(diameters_N[idx], dtype=np.float32))
+            logits, aux = model(batch, d)
             loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight) + cfg.aux_coef * aux
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -473,10 +515,10 @@ def train(cubes_NSSS: np.ndarray, labels_N: np.ndarray, cfg: MalignancyConfig,
             opt.step()
             sched.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
         entry = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4)}
         if val is not None:
-            entry["val_auc"] = round(auc(model.predict_cubes(val[0]), val[1]), 4)
+            entry["val_auc"] = round(auc(model.predict_cubes(val[0], val[2]), val[1]), 4)
         result.history.append(entry)
         if log:
             log(json.dumps(entry))
@@ -527,8 +569,8 @@ def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> d
 def evaluate(model: MalignancyModel, folder: str | Path, limit: int | None = None) -> dict:
     """Metrics of `model` on a crops folder (at the model's saved threshold); `limit` takes the first N crops."""
     crops = load_crops(folder, model.cfg)
-    cubes, labels = crops.cubes[:limit], crops.labels[:limit]
-    return binary_metrics(model.predict_cubes(cubes), labels, float(model.threshold))
+    probs = model.predict_cubes(crops.cubes[:limit], crops.diameters_mm[:limit])
+    return binary_metrics(probs, crops.labels[:limit], float(model.threshold))
 
 
 def patient_folds(patient_ids: Sequence[str], labels: Sequence[int], folds: int, seed: int = 0) -> np.ndarray:
@@ -563,12 +605,14 @@ def cross_validate(folder: str | Path, folds: int = 5, cfg: MalignancyConfig | N
     per_fold = []
     for k in range(folds):
         test = fold_N == k
-        model, result = train(crops.cubes[~test], crops.labels[~test], cfg)
-        probs[test] = model.predict_cubes(crops.cubes[test])
+        shared = ({p for p, t in zip(crops.patient_ids, test) if t}
+                  & {p for p, t in zip(crops.patient_ids, test) if not t})
+        if shared:  # patient_folds guarantees this; a patient on both sides would inflate the AUC
+            raise RuntimeError(f"fold {k}: patients in both train and test: {sorted(shared)[:5]}")
+        model, result = train(crops.cubes[~test], crops.labels[~test], cfg, crops.diameters_mm[~test])
+        probs[test] = model.predict_cubes(crops.cubes[test], crops.diameters_mm[test])
         fold_auc = auc(probs[test], crops.labels[test])
         per_fold.append(round(fold_auc, 4))
-        train_patients = {p for p, t in zip(crops.patient_ids, test) if not t}
-        assert not train_patients & {p for p, t in zip(crops.patient_ids, test) if t}
         if log:
             log(json.dumps({"fold": k, "auc": round(fold_auc, 4), "n_test": int(test.sum()),
                             "train_seconds": round(result.seconds, 1)}))

@@ -53,6 +53,8 @@ _PSEUDO_NEG = re.compile(r"\b(?:no|not|without)\s+(?:\w+\s+){0,2}?(?:change\w*|g
                          r"cavitation|suspicious)\b", re.I)
 _CLAUSE_SPLIT = re.compile(r";|\s+(?:but|however|whereas|while)\s+|,\s+(?:and\s+)?(?=(?:an?|the|another|"
                            r"a\s+second|a\s+third|no|one|two)\b)|\s+and\s+(?=(?:an?|another|no)\s)", re.I)
+# "The right middle lobe is clear": a lobe reported free of findings, though no finding is named.
+_CLEAR = re.compile(r"\b(?:is|are|remains?|appears?)\s+(?:otherwise\s+)?clear\b", re.I)
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])|\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)])\s)")
 
 
@@ -82,6 +84,8 @@ class ReportReading:
 
 def split_sentences(text: str) -> list[str]:
     text = re.sub(r"[ \t\r\f\v]+", " ", text or "").strip()
+    # A line ending in a colon is a section header ("FINDINGS:"): its own sentence.
+    text = re.sub(r"^([^\n.]{1,40}:)[ ]*\n", r"\1\n\n", text, flags=re.M)
     parts = _SENTENCE_SPLIT.split(text)
     return [p.strip(" \n-*•") for p in parts if p and p.strip(" \n-*•")]
 
@@ -135,6 +139,9 @@ def find_mentions(text: str) -> tuple[list[str], list[Mention]]:
         for clause in _clauses(sentence):
             finding = _FINDING.search(clause)
             if finding is None:
+                lobe, side = parse_lobe(clause)
+                if lobe is not None and _CLEAR.search(clause):
+                    mentions.append(Mention(clause, s_i, None, lobe, side, True))
                 continue
             negated = is_negated(clause, finding.start(), finding.end())
             sizes = list(_SIZE.finditer(clause))

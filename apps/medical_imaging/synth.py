@@ -85,12 +85,26 @@ class SynthStudy:
 # ---------------------------------------------------------------------------------------------- anatomy
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cell: int) -> np.ndarray:
-    """Low-frequency noise in [-1, 1]-ish: a coarse random grid upsampled linearly."""
-    from scipy.ndimage import zoom
-    coarse = rng.standard_normal([max(2, s // cell + 2) for s in shape]).astype(np.float32)
-    up = zoom(coarse, [(s + cell) / c for s, c in zip(shape, coarse.shape)], order=1)
-    return up[tuple(slice(0, s) for s in shape)]
+def _interp_matrix(n_out: int, n_in: int, cell: float) -> np.ndarray:
+    """(n_out, n_in) linear-interpolation weights: output sample t sits at t / cell on the coarse grid."""
+    pos = np.arange(n_out) / cell
+    lo = np.minimum(np.floor(pos).astype(int), n_in - 2)
+    frac = (pos - lo).astype(np.float32)
+    m = np.zeros((n_out, n_in), dtype=np.float32)
+    m[np.arange(n_out), lo] = 1 - frac
+    m[np.arange(n_out), lo + 1] = frac
+    return m
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], cell_zyx) -> np.ndarray:
+    """Low-frequency noise (std ~0.6) of the given shape: a coarse random grid with one sample per cell
+    (in voxels, per axis) interpolated linearly, separably (three small matrix products)."""
+    coarse_shape = [int(math.ceil(s / c)) + 2 for s, c in zip(shape, cell_zyx)]
+    out = rng.standard_normal(coarse_shape, dtype=np.float32)
+    mz, my, mx = (_interp_matrix(s, n, c) for s, n, c in zip(shape, coarse_shape, cell_zyx))
+    out = out @ mx.T                                   # (cz, cy, W)
+    out = np.einsum("yc,zcx->zyx", my, out)            # (cz, H, W)
+    return np.tensordot(mz, out, axes=1)               # (D, H, W)
 
 
 def _lung_masks(X, Y, Z, scale: float, z_lo: float, z_hi: float) -> tuple[np.ndarray, np.ndarray]:
@@ -248,6 +262,65 @@ def _report(rng: np.random.Generator, cfg: SynthConfig, nodules: list[SynthNodul
 # ---------------------------------------------------------------------------------------------- study
 
 
+def _torso(rng: np.random.Generator, X2, Y2, z_col, scale: float) -> np.ndarray:
+    """Air, skin fat, soft tissue, vertebra, aorta (constant along z), then ribs and sternum: hu_ZYX float32.
+    X2 (1, W), Y2 (H, 1), z_col (D, 1): body-centred mm."""
+    D, H, W = len(z_col), len(Y2), X2.shape[1]
+    a, b = 160.0 * scale, 112.0 * scale
+    rho = np.sqrt((X2 / a) ** 2 + (Y2 / b) ** 2)                         # (H, W), 1 at the skin
+    plane = np.full((H, W), -1000.0, dtype=np.float32)
+    plane[rho < 1] = 40.0
+    plane[(rho < 1) & (rho > 1 - 14 / b)] = -100.0                       # subcutaneous fat
+    r_vert = np.sqrt(X2 ** 2 + (Y2 - 0.72 * b) ** 2)
+    plane[r_vert < 17 * scale] = 350.0                                   # cancellous bone
+    plane[(r_vert < 17 * scale) & (r_vert > 14 * scale)] = 950.0         # cortex
+    plane[((X2 - 22 * scale) ** 2 + (Y2 - 0.45 * b) ** 2) < (12 * scale) ** 2] = 45.0   # aorta
+    hu = np.broadcast_to(plane, (D, H, W)).copy()
+    # ribs (sloping arcs in a shell, skipping the anterior midline) and sternum: only their few pixels in 3D
+    theta = np.arctan2(Y2, X2) + np.zeros_like(X2)                       # (H, W), -pi/2 anterior
+    jj, ii = np.nonzero((rho > 0.8) & (rho < 0.87) & (np.abs(theta + np.pi / 2) > 0.3))
+    on = np.mod(z_col + 20 * np.cos(theta[jj, ii]) + rng.uniform(0, 25), 25.0) < 9
+    hu[:, jj, ii] = np.where(on, 650.0, hu[:, jj, ii])
+    jj, ii = np.nonzero(((X2 / 14) ** 2 + ((Y2 + b * 0.9) / 8) ** 2) < 1)
+    hu[:, jj, ii] = np.where(np.mod(z_col, 40) < 30, 450.0, hu[:, jj, ii])
+    return hu
+
+
+def _render_vessel(hu, lung, p0, p1, r: float, o, spacing_xyz) -> None:
+    """Blend a tube (segment p0-p1, radius r mm, body-centred) of blood (40 HU) into hu_ZYX, inside the lung."""
+    shape_xyz = np.array(hu.shape[::-1])
+    bx = _box((p0 + p1) / 2, np.linalg.norm(p1 - p0) / 2 + r + 2, o, spacing_xyz, shape_xyz)
+    gx, gy, gz = (o[n] + spacing_xyz[n] * np.arange(bx[n].start, bx[n].stop) for n in range(3))
+    P = np.stack(np.meshgrid(gz, gy, gx, indexing="ij")[::-1], axis=-1)   # (z, y, x, 3) as xyz
+    seg = p1 - p0
+    t = np.clip(((P - p0) @ seg) / (seg @ seg), 0, 1)
+    dist = np.linalg.norm(P - (p0 + t[..., None] * seg), axis=-1)
+    w = np.clip((r - dist) / max(0.5, 0.4 * min(spacing_xyz[:2])) + 0.5, 0, 1).astype(np.float32)
+    _paint(hu, w * lung[bx[2], bx[1], bx[0]], 40.0, bx)
+
+
+def _render_nodule(rng: np.random.Generator, hu, c, r: float, solid: bool, o, spacing_xyz) -> None:
+    """Blend a nodule centred at c (body-centred mm), radius r: solid (-60..80 HU, lobulated, sharp) or
+    ground-glass (-650..-400 HU, fuzzy edge, patchy)."""
+    shape_xyz = np.array(hu.shape[::-1])
+    bx = _box(c, r * 1.6 + 4, o, spacing_xyz, shape_xyz)
+    gx, gy, gz = (o[n] + spacing_xyz[n] * np.arange(bx[n].start, bx[n].stop) - c[n] for n in range(3))
+    dX, dY, dZ = gx[None, None, :], gy[None, :, None], gz[:, None, None]
+    dist = np.sqrt(dX ** 2 + dY ** 2 + dZ ** 2) + 1e-6
+    r_eff = np.full_like(dist, r)
+    for _ in range(3 if solid else 2):                      # lobulation: low-order shape modes
+        v = rng.standard_normal(3)
+        v /= np.linalg.norm(v)
+        cos = (dX * v[0] + dY * v[1] + dZ * v[2]) / dist
+        r_eff += r * rng.uniform(0.0, 0.25 if solid else 0.12) * (cos ** 2 - 1 / 3)
+    edge = 0.3 * min(spacing_xyz[:2]) + (0.0 if solid else 1.2)   # partial volume (+ the fuzzy rim of a GGN)
+    w = 1 / (1 + np.exp(-(r_eff - dist) / edge))
+    value = rng.uniform(-60, 80) if solid else rng.uniform(-650, -400)
+    if not solid:
+        w = w * (0.85 + 0.25 * _smooth_noise(rng, w.shape, (2.0, 2.0, 2.0)).clip(-0.6, 0.6))
+    _paint(hu, w.astype(np.float32), value, bx)
+
+
 def _uid(*parts) -> str:
     from pydicom.uid import generate_uid
     return generate_uid(entropy_srcs=["moe-suite-synth", *map(str, parts)])
@@ -275,48 +348,23 @@ def make_study(index: int, seed: int = 0, cfg: SynthConfig | None = None) -> Syn
     z_lo = -min(75.0, 0.9 * half_z) + rng.uniform(-5, 5)                # lung base (dome rim) ...
     z_hi = z_lo + min(175.0 * scale, 1.95 * half_z)                      # ... and apex
 
-    a, b = 160.0 * scale, 112.0 * scale
-    rho = np.sqrt((X / a) ** 2 + (Y / b) ** 2)                           # (1, H, W), 1 at the skin
-    hu = np.full((D, H, W), -1000.0, dtype=np.float32)
-    body = np.broadcast_to(rho < 1, (D, H, W))
-    hu[body] = 40.0
-    hu[np.broadcast_to((rho < 1) & (rho > 1 - 14 / b), (D, H, W))] = -100.0   # subcutaneous fat
-    theta = np.arctan2(Y, X)                                             # -pi/2 anterior
-    ribs = (rho > 0.8) & (rho < 0.87) & (np.abs(theta + np.pi / 2) > 0.3) \
-        & (np.mod(Z + 20 * np.cos(theta) + rng.uniform(0, 25), 25.0) < 9)
-    hu[ribs] = 650.0
-    sternum = (((X / 14) ** 2 + ((Y + b * 0.9) / 8) ** 2) < 1) & (np.mod(Z, 40) < 30)
-    hu[np.broadcast_to(sternum, (D, H, W))] = 450.0
-    r_vert = np.sqrt(X ** 2 + (Y - 0.72 * b) ** 2)
-    hu[np.broadcast_to(r_vert < 17 * scale, (D, H, W))] = 350.0           # cancellous bone
-    hu[np.broadcast_to((r_vert < 17 * scale) & (r_vert > 14 * scale), (D, H, W))] = 950.0  # cortex
-    aorta = ((X - 22 * scale) ** 2 + (Y - 0.45 * b) ** 2) < (12 * scale) ** 2
-    hu[np.broadcast_to(aorta, (D, H, W))] = 45.0
-
+    hu = _torso(rng, X[0], Y[0], Z[:, :, 0], scale)
     right, left = _lung_masks(X, Y, Z, scale, z_lo, z_hi)
     lung = right | left
-    hu[lung] = -850.0 + 35.0 * _smooth_noise(rng, (D, H, W), 4)[lung]
+    texture = _smooth_noise(rng, (D, H, W), (8.0 / sz, 8.0 / sy, 8.0 / sx))   # ~8 mm blobs
+    texture *= 55.0
+    texture -= 850.0
+    np.copyto(hu, texture, where=lung)
+    del texture
 
-    spacing_xyz, shape_xyz = np.array([sx, sy, sz]), np.array([W, H, D])
+    spacing_xyz = np.array([sx, sy, sz])
 
     def in_lung(p) -> bool:
         i, j, k = np.round((np.asarray(p) - o) / spacing_xyz).astype(int)
         return bool(0 <= i < W and 0 <= j < H and 0 <= k < D and lung[k, j, i])
 
-    zc = (z_lo + min(z_hi, half_z)) / 2
-    vessel_w = np.zeros((D, H, W), dtype=np.float32)
-    for p0, p1, r in _vessel_segments(rng, cfg, in_lung, scale, zc):
-        bx = _box((p0 + p1) / 2, np.linalg.norm(p1 - p0) / 2 + r + 2, o, spacing_xyz, shape_xyz)
-        gx, gy, gz = (o[n] + spacing_xyz[n] * np.arange(bx[n].start, bx[n].stop) for n in range(3))
-        P = np.stack(np.meshgrid(gz, gy, gx, indexing="ij")[::-1], axis=-1)   # (z, y, x, 3) as xyz
-        seg = p1 - p0
-        t = np.clip(((P - p0) @ seg) / (seg @ seg), 0, 1)
-        dist = np.linalg.norm(P - (p0 + t[..., None] * seg), axis=-1)
-        w = np.clip((r - dist) / max(0.5, 0.4 * min(sx, sy)) + 0.5, 0, 1).astype(np.float32)
-        region = vessel_w[bx[2], bx[1], bx[0]]
-        np.maximum(region, w, out=region)
-    vessel_w *= lung
-    hu += vessel_w * (40.0 - hu)
+    for p0, p1, r in _vessel_segments(rng, cfg, in_lung, scale, (z_lo + min(z_hi, half_z)) / 2):
+        _render_vessel(hu, lung, p0, p1, r, o, spacing_xyz)
 
     # nodules: centres inside a lung, well separated, the sphere mostly inside the lung
     n_nod = int(rng.integers(cfg.nodules_per_study[0], cfg.nodules_per_study[1] + 1))
@@ -335,34 +383,18 @@ def make_study(index: int, seed: int = 0, cfg: SynthConfig | None = None) -> Syn
             r = diam / 2
             ok = sum(in_lung(c + r * dv) for dv in dirs) >= len(dirs) - 3
             if ok and all(np.linalg.norm(c - pc) > r + pr + 6 for pc, pr, _ in placed):
-                placed.append((c, r, kind))
+                placed.append((c, r, kind))   # no room after 200 tries (tiny lungs only): the nodule is dropped
                 break
-        else:
-            diam = 0.0   # no room for it: dropped (rare, tiny lungs only)
     for c, r, kind in placed:
-        solid = kind == "solid"
-        reach = r * 1.6 + 4
-        bx = _box(c, reach, o, spacing_xyz, shape_xyz)
-        gx, gy, gz = (o[n] + spacing_xyz[n] * np.arange(bx[n].start, bx[n].stop) - c[n] for n in range(3))
-        dX, dY, dZ = gx[None, None, :], gy[None, :, None], gz[:, None, None]
-        dist = np.sqrt(dX ** 2 + dY ** 2 + dZ ** 2) + 1e-6
-        r_eff = np.full_like(dist, r)
-        for _ in range(3 if solid else 2):                      # lobulation: low-order shape modes
-            v = rng.standard_normal(3)
-            v /= np.linalg.norm(v)
-            cos = (dX * v[0] + dY * v[1] + dZ * v[2]) / dist
-            r_eff += r * rng.uniform(0.0, 0.25 if solid else 0.12) * (cos ** 2 - 1 / 3)
-        edge = 0.3 * min(sx, sy) + (0.0 if solid else 1.2)
-        w = 1 / (1 + np.exp(-(r_eff - dist) / edge))
-        value = rng.uniform(-60, 80) if solid else rng.uniform(-650, -400)
-        if not solid:
-            w = w * (0.85 + 0.15 * _smooth_noise(rng, w.shape, 2).clip(-1, 1))
-        _paint(hu, w.astype(np.float32), value, bx)
+        _render_nodule(rng, hu, c, r, kind == "solid", o, spacing_xyz)
 
-    hu += rng.normal(0, cfg.noise_hu, size=hu.shape).astype(np.float32)
-    hu = np.clip(np.round(hu), -1024, 3071).astype(np.float32)
+    noise = rng.standard_normal(hu.shape, dtype=np.float32)
+    noise *= cfg.noise_hu
+    hu += noise
+    del noise
+    np.round(hu, out=hu)
+    np.clip(hu, -1024, 3071, out=hu)
 
-    inv_lobe = lambda c: _lobe(c[0], c[1], c[2], scale, z_lo, z_hi)  # noqa: E731
     nodules = []
     for n, (c, r, kind) in enumerate(placed):
         xyz = c + body_c
@@ -375,7 +407,7 @@ def make_study(index: int, seed: int = 0, cfg: SynthConfig | None = None) -> Syn
             reported = float(max(2.0, round(2 * r + err)))
         nodules.append(SynthNodule(nodule_id=n, center_xyz=tuple(float(v) for v in xyz),
                                    center_ijk=tuple(float(v) for v in ijk), diameter_mm=round(2 * r, 2), kind=kind,
-                                   lobe=inv_lobe(c), mentioned=mentioned, negated=negated,
+                                   lobe=_lobe(*c, scale, z_lo, z_hi), mentioned=mentioned, negated=negated,
                                    reported_diameter_mm=reported))
     occupied = {n.lobe for n in nodules}
     false_mentions = []
@@ -384,6 +416,10 @@ def make_study(index: int, seed: int = 0, cfg: SynthConfig | None = None) -> Syn
         if free:
             false_mentions.append((str(rng.choice(free)), float(round(np.exp(rng.uniform(np.log(4), np.log(15)))))))
     report = "" if rng.random() < cfg.p_no_report else _report(rng, cfg, nodules, false_mentions)
+    if not report:   # nothing was said about anything
+        false_mentions = []
+        for n in nodules:
+            n.mentioned, n.negated, n.reported_diameter_mm = False, False, None
     study_id = f"synth-{index:04d}"
     return SynthStudy(study_id=study_id, hu_ZYX=hu, spacing_zyx=(float(sz), float(sy), float(sx)), affine=affine,
                       nodules=nodules, report=report, series_uid=_uid(seed, index, "series"),

@@ -8,8 +8,8 @@ dominant colours, motion, camera movement) that hold for any footage, synthetic 
 Boundary detection: per frame pair, the HSV-histogram distance (what changed in content) plus the
 mean absolute grey-level difference (where it changed). A hard cut is a spike of that score far
 above its local baseline (median + k * MAD over a sliding window, so a busy shot raises its own
-bar), above an absolute floor; a gradual transition is a run of raised scores whose two ends differ
-like a cut and whose middle frame is a blend of its ends (which motion is not). Boundaries closer
+bar), above an absolute floor; a gradual transition is a window whose two end frames differ like
+a cut and whose inner frames are blends of its ends (which motion and camera moves are not). Boundaries closer
 than a minimum shot length keep the stronger one.
 
 Descriptors: brightness from Lab L; dominant colours by k-means in Lab, named from lightness,
@@ -35,14 +35,14 @@ class ShotConfig:
     pixel_weight: float = 2.0        # weight of the grey-level difference (in [0, 1]) in the score
     window: int = 12                 # frames each side of a pair in its local baseline
     mad_k: float = 6.0               # a cut's score exceeds median + mad_k * MAD of its window
-    ratio: float = 2.5               # ... and ratio * that median
-    cut_floor: float = 0.35          # ... and this absolute score (hist distance + weighted pixel diff)
+    ratio: float = 3.0               # ... and ratio * that median
+    cut_floor: float = 0.08          # ... and this absolute score (hist distance + weighted pixel diff)
+    peak_ratio: float = 2.5          # ... and this times every other score within a minimum shot length
     gradual: bool = True             # also look for fades and dissolves
-    gradual_min_frames: int = 3      # a gradual transition spans at least this many frame pairs
+    gradual_min_frames: int = 4      # a gradual transition spans at least this many frames
     gradual_max_s: float = 2.0       # ... and at most this long
-    gradual_floor: float = 0.04      # per-pair score that counts as "changing" inside a transition
-    gradual_end_dist: float = 0.45   # score between the two ends of a gradual transition
-    blend_tolerance: float = 0.35    # middle frame's deviation from the blend of the ends / their distance
+    gradual_end_dist: float = 0.3    # score between the two ends of a gradual transition
+    blend_tolerance: float = 0.2     # inner frames' deviation from the blend of the ends / their distance
     min_shot_s: float = 0.3          # shots shorter than this are merged into a neighbour
 
 
@@ -116,48 +116,58 @@ def _local_baseline(scores_F: np.ndarray, i: int, cfg: ShotConfig) -> tuple[floa
     return med, float(np.median(np.abs(around - med)))
 
 
-def _hard_cuts(scores_F: np.ndarray, cfg: ShotConfig) -> list[tuple[int, float]]:
-    cuts = []
+def _hard_cuts(scores_F: np.ndarray, min_len: int, cfg: ShotConfig) -> list[tuple[int, float]]:
+    """Pairs whose score stands out of its window, and out-scores by `peak_ratio` every other pair
+    closer than a shot's minimum length (renderer jitter and flicker make lone bumps, not peaks)."""
+    candidates = []
     for i in range(1, len(scores_F)):
         s = scores_F[i]
         if s < cfg.cut_floor:
             continue
         med, mad = _local_baseline(scores_F, i, cfg)
         if s > med + cfg.mad_k * mad and s > cfg.ratio * med:
-            cuts.append((i, float(s)))
+            candidates.append(i)
+    others_F = scores_F.copy()
+    others_F[candidates] = 0.0  # two cuts of a short flash do not silence each other
+    cuts = []
+    for i in candidates:
+        near = np.concatenate([others_F[max(1, i - min_len + 1):i], others_F[i + 1:i + min_len]])
+        if near.size == 0 or scores_F[i] > cfg.peak_ratio * near.max():
+            cuts.append((i, float(scores_F[i])))
     return cuts
 
 
-def _gradual(hist_FB, grey_Fhw, scores_F, fps: float, taken: set[int], cfg: ShotConfig) -> list[tuple[int, float]]:
-    """Runs of raised scores whose ends differ like a cut and whose middle is a blend of the ends."""
-    found, F = [], len(scores_F)
-    max_len = max(cfg.gradual_min_frames, int(round(cfg.gradual_max_s * fps)))
-    i = 1
-    while i < F:
-        if scores_F[i] < cfg.gradual_floor or i in taken:
-            i += 1
+def _gradual(grey_Fhw: np.ndarray, hist_FB: np.ndarray, fps: float, cfg: ShotConfig) -> list[tuple[int, float, int]]:
+    """Gradual transitions as (centre frame, strength, half-width): windows [c - k, c + k] whose two
+    end frames differ like a cut while the frames between are blends of the ends (a dissolve or
+    fade is linear in the pixels; motion and camera moves are not). Non-maximum suppressed."""
+    F = len(grey_Fhw)
+    max_k = max(2, int(round(cfg.gradual_max_s * fps / 2)))
+    widths = sorted({k for k in (2, 3, 5, 8, 12, 18, 27) if k <= max_k} | {max_k})
+    found = []
+    for k in widths:
+        if 2 * k < cfg.gradual_min_frames:
             continue
-        j = i
-        while j + 1 < F and scores_F[j + 1] >= cfg.gradual_floor and j + 1 not in taken:
-            j += 1
-        a, b = i - 1, j  # the last frame before the run and the first after it
-        n = j - i + 1
-        if cfg.gradual_min_frames <= n <= max_len:
-            # The run must stand above the scores just outside it (a steady pan does not).
-            outside = np.concatenate([scores_F[max(1, a - cfg.window):a + 1], scores_F[b + 1:b + 1 + cfg.window]])
-            base = float(np.median(outside)) if outside.size else 0.0
-            inside = float(np.median(scores_F[i:j + 1]))
+        for c in range(k, F - k):
+            a, b = c - k, c + k
             ends = _pair_score(hist_FB[a], hist_FB[b], grey_Fhw[a], grey_Fhw[b], cfg)
-            if inside > 2.0 * base and ends >= cfg.gradual_end_dist:
-                m = (a + b) // 2
+            if ends < cfg.gradual_end_dist:
+                continue
+            spread = float(np.abs(grey_Fhw[a] - grey_Fhw[b]).mean())
+            if spread < 1e-3:
+                continue
+            worst = 0.0
+            for m in {c - k // 2, c, c + k // 2}:
                 t = (m - a) / (b - a)
                 blend = (1 - t) * grey_Fhw[a] + t * grey_Fhw[b]
-                spread = float(np.abs(grey_Fhw[a] - grey_Fhw[b]).mean())
-                deviation = float(np.abs(grey_Fhw[m] - blend).mean())
-                if spread > 0 and deviation / spread < cfg.blend_tolerance:
-                    found.append(((a + b + 1) // 2, ends))
-        i = j + 1
-    return found
+                worst = max(worst, float(np.abs(grey_Fhw[m] - blend).mean()) / spread)
+            if worst < cfg.blend_tolerance:
+                found.append((c, ends * (1 - worst), k))
+    kept: list[tuple[int, float, int]] = []
+    for cand in sorted(found, key=lambda x: (-x[1], -x[2])):
+        if all(abs(cand[0] - c) > max(cand[2], k) for c, _, k in kept):
+            kept.append(cand)
+    return sorted(kept)
 
 
 def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = None) -> list[Shot]:
@@ -169,14 +179,35 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
         raise ValueError(f"fps must be a positive number, got {fps}")
     hist_FB, grey_Fhw = frame_signatures(frames_FHW3, cfg)
     scores_F = _scores(hist_FB, grey_Fhw, cfg)
-    cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, cfg)]
+    min_len = max(1, int(round(cfg.min_shot_s * fps)))
+    cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, min_len, cfg)]
     if cfg.gradual:
-        near_cut = {k for i, _, _ in cuts for k in range(i - 1, i + 2)}
-        cuts += [(i, s, "gradual") for i, s in _gradual(hist_FB, grey_Fhw, scores_F, fps, near_cut, cfg)]
-    bounds = _enforce_min_length(sorted(cuts), len(frames_FHW3), max(1, int(round(cfg.min_shot_s * fps))))
+        spans = _merge_fades(_gradual(grey_Fhw, hist_FB, fps, cfg), grey_Fhw, int(round(cfg.gradual_max_s * fps)))
+        # A "cut" inside (or at the edge of) a gradual transition is one of its steps.
+        cuts = [c for c in cuts if not any(a <= c[0] <= b + 1 for a, b, _ in spans)]
+        cuts += [((a + b) // 2, s + 1.0, "gradual") for a, b, s in spans]  # transitions outrank cuts nearby
+    bounds = _enforce_min_length(sorted(cuts), len(frames_FHW3), min_len)
     starts = [(0, "start")] + [(i, kind) for i, _, kind in bounds]
     ends = [i for i, _ in starts[1:]] + [len(frames_FHW3)]
     return [Shot(s, e, s / fps, e / fps, kind) for (s, kind), e in zip(starts, ends)]
+
+
+def _merge_fades(gradual: list[tuple[int, float, int]], grey_Fhw: np.ndarray, max_gap: int
+                 ) -> list[tuple[int, int, float]]:
+    """Gradual transitions (centre, strength, half-width) as spans (first, last frame, strength). A
+    fade out to a flat frame (black, white) and the fade in after it are one transition: spans at
+    most max_gap apart with a flat frame between are joined."""
+    out: list[tuple[int, int, float]] = []
+    for c, strength, k in sorted(gradual):
+        a, b = c - k, c + k
+        if out and a - out[-1][1] <= max_gap:
+            between = grey_Fhw[out[-1][0]:b + 1]
+            if between.std(axis=(1, 2)).min() < 0.02:
+                prev = out.pop()
+                out.append((prev[0], b, max(prev[2], strength)))
+                continue
+        out.append((a, b, strength))
+    return out
 
 
 def _enforce_min_length(bounds: list[tuple[int, float, str]], F: int, min_len: int) -> list[tuple[int, float, str]]:
@@ -203,7 +234,7 @@ class DescribeConfig:
     min_colour_share: float = 0.12   # colours covering less of the frame are not named
     pan_thresh: float = 0.05         # camera translation (frame widths per second) that counts as a pan
     zoom_thresh: float = 0.05        # radial scale change per second that counts as a zoom
-    still_thresh: float = 0.01       # object motion (frame widths per second) below this is "still"
+    still_thresh: float = 0.005      # object motion (frame widths per second) below this is "still"
 
 
 # Colour names by hue angle in Lab (a*, b*) for chromatic clusters: (upper bound in degrees, name).
@@ -277,7 +308,7 @@ class FlowSummary:
     motion: float                    # object motion left after the camera's part, frame widths per second
     motion_x: float                  # mean direction of that motion (+ right), frame widths per second
     motion_y: float                  # (+ down)
-    coherence: float                 # |mean motion vector| / mean |motion| over moving pixels, 0..1
+    coherence: float                 # |mean motion vector| / mean |motion|, 0..1 (1 = all one way)
 
 
 def flow_summary(frames_FHW3: np.ndarray, fps: float, cfg: DescribeConfig | None = None) -> FlowSummary:
@@ -296,8 +327,12 @@ def flow_summary(frames_FHW3: np.ndarray, fps: float, cfg: DescribeConfig | None
         a = cv2.cvtColor(np.ascontiguousarray(_small(frames_FHW3[s], cfg.flow_width)), cv2.COLOR_RGB2GRAY)
         b = cv2.cvtColor(np.ascontiguousarray(_small(frames_FHW3[s + step], cfg.flow_width)), cv2.COLOR_RGB2GRAY)
         flow_hw2 = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-        rows.append(_pair_motion(flow_hw2))
-    tx, ty, zoom, resid, rx, ry, coh = np.median(np.array(rows), axis=0)
+        rows.append(_pair_motion(a, b, flow_hw2))
+    rows_P7 = np.array(rows)
+    # Camera: the median pair (robust to a few bad pairs); object motion: the mean over pairs.
+    tx, ty, zoom = np.median(rows_P7[:, :3], axis=0)
+    resid, rx, ry = rows_P7[:, 3:6].mean(axis=0)
+    coh = float(np.hypot(rx, ry) / max(float(rows_P7[:, 6].mean()), 1e-6))
     w, h = a.shape[1], a.shape[0]
     per_s = fps / step
     return FlowSummary(pan_x=float(tx / w * per_s), pan_y=float(ty / h * per_s), zoom=float(zoom * per_s),
@@ -305,26 +340,51 @@ def flow_summary(frames_FHW3: np.ndarray, fps: float, cfg: DescribeConfig | None
                        coherence=float(coh))
 
 
-def _pair_motion(flow_hw2: np.ndarray) -> tuple[float, ...]:
-    """(tx, ty, zoom, residual magnitude, residual mean x, y, coherence) of one flow field, in pixels."""
+def camera_model(a_hw: np.ndarray, b_hw: np.ndarray) -> tuple[float, float, float]:
+    """(tx, ty, zoom) of the camera between two grey frames, in pixels and relative scale change:
+    corners tracked with pyramidal Lucas-Kanade, a similarity transform fitted with RANSAC. The fit
+    counts as the camera only when its inliers spread over the frame (a lone moving object's corners
+    do not); otherwise the camera is taken as still (flat backgrounds carry no camera evidence)."""
+    h, w = a_hw.shape
+    pts = cv2.goodFeaturesToTrack(a_hw, maxCorners=200, qualityLevel=0.01, minDistance=4)
+    if pts is None or len(pts) < 8:
+        return 0.0, 0.0, 0.0
+    nxt, status, _ = cv2.calcOpticalFlowPyrLK(a_hw, b_hw, pts, None, winSize=(15, 15), maxLevel=3)
+    good = status.ravel() == 1
+    src, dst = pts[good].reshape(-1, 2), nxt[good].reshape(-1, 2)
+    if len(src) < 8:
+        return 0.0, 0.0, 0.0
+    m, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
+    if m is None:
+        return 0.0, 0.0, 0.0
+    inl = src[inliers.ravel() == 1]
+    if len(inl) < max(8, 0.3 * len(src)) or inl[:, 0].std() < 0.2 * w or inl[:, 1].std() < 0.12 * h:
+        return 0.0, 0.0, 0.0
+    scale = float(np.hypot(m[0, 0], m[1, 0]))
+    # Translation of the frame centre (the similarity's own translation is about the origin).
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    tx = float(m[0, 0] * cx + m[0, 1] * cy + m[0, 2] - cx)
+    ty = float(m[1, 0] * cx + m[1, 1] * cy + m[1, 2] - cy)
+    return tx, ty, scale - 1.0
+
+
+def _pair_motion(a_hw: np.ndarray, b_hw: np.ndarray, flow_hw2: np.ndarray) -> tuple[float, ...]:
+    """(tx, ty, zoom, residual speed, residual mean x, y, residual speed) of one frame pair, in pixels."""
     h, w = flow_hw2.shape[:2]
     u, v = flow_hw2[..., 0], flow_hw2[..., 1]
-    tx, ty = float(np.median(u)), float(np.median(v))
+    tx, ty, zoom = camera_model(a_hw, b_hw)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     dx, dy = xs - (w - 1) / 2, ys - (h - 1) / 2
-    r2 = dx * dx + dy * dy
-    far = r2 > (0.15 * min(h, w)) ** 2  # the centre says nothing about zoom
-    radial = ((u - tx) * dx + (v - ty) * dy) / np.maximum(r2, 1.0)
-    zoom = float(np.median(radial[far])) if far.any() else 0.0
     ru, rv = u - tx - zoom * dx, v - ty - zoom * dy
     mag = np.hypot(ru, rv)
     moving = mag > max(0.5, 3 * float(np.median(mag)))
     if moving.mean() < 0.002:
         return tx, ty, zoom, 0.0, 0.0, 0.0, 0.0
-    mean_u, mean_v = float(ru[moving].mean()), float(rv[moving].mean())
-    coherence = math.hypot(mean_u, mean_v) / max(float(mag[moving].mean()), 1e-6)
-    # Motion amount: the moving pixels' mean speed weighted by how much of the frame moves.
-    return tx, ty, zoom, float(mag[moving].mean() * moving.mean()), mean_u, mean_v, coherence
+    # Speeds are the moving pixels' means weighted by how much of the frame moves, so that they
+    # average over pairs; the last entry is the mean speed, the denominator of the coherence.
+    share = float(moving.mean())
+    speed = float(mag[moving].mean()) * share
+    return tx, ty, zoom, speed, float(ru[moving].mean()) * share, float(rv[moving].mean()) * share, speed
 
 
 def _direction(x: float, y: float) -> str:

@@ -15,7 +15,7 @@ camera but predicts layout and sprites itself.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
@@ -173,7 +173,8 @@ def shape_noun(shape: str) -> str:
 def caption_scene(scene: Scene) -> str:
     """The canonical reference caption of one shot, e.g.
     "a red circle moves left and a blue 7 grows on the beach; the camera pans right."."""
-    objs = " and ".join(f"a {o.colour} {shape_noun(o.shape)} {MOTION_PHRASES[o.motion]}" for o in scene.objects)
+    objs = " and ".join(f"{'an' if o.colour[0] in 'aeiou' else 'a'} {o.colour} {shape_noun(o.shape)} "
+                        f"{MOTION_PHRASES[o.motion]}" for o in scene.objects)
     return f"{objs} {BACKGROUND_PHRASES[scene.background]}; {CAMERA_PHRASES[scene.camera]}."
 
 
@@ -181,38 +182,38 @@ def caption_scene(scene: Scene) -> str:
 # The label vocabulary of a span is "<attribute>:<value>" (see script_to_prompt_spans).
 _WORDS: dict[str, dict[str, tuple[list[str], list[str]]]] = {
     "shape": {
-        "circle": (["circle", "ball", "round dot"], ["disc", "sphere"]),
+        "circle": (["circle", "ball", "round dot", "orb"], ["disc", "sphere"]),
         "square": (["square", "box", "block"], ["cube", "tile"]),
-        "triangle": (["triangle", "pyramid"], ["wedge", "three-sided shape"]),
-        "star": (["star", "five-pointed star"], ["starburst", "twinkling star"]),
-        "diamond": (["diamond", "rhombus"], ["lozenge", "gem"]),
+        "triangle": (["triangle", "pyramid", "triangular shape"], ["wedge", "three-sided shape"]),
+        "star": (["star", "five-pointed star", "star shape"], ["starburst", "twinkling star"]),
+        "diamond": (["diamond", "rhombus", "diamond shape"], ["lozenge", "gem"]),
         "heart": (["heart", "love heart"], ["valentine heart", "heart shape"]),
         **{d: ([f"digit {d}", f"number {d}", w], [f"numeral {d}", f"figure {w}"])
            for d, w in zip(DIGITS, DIGIT_WORDS)},
     },
     "colour": {
-        "red": (["red", "scarlet"], ["crimson", "ruby"]),
-        "orange": (["orange", "tangerine"], ["amber", "apricot"]),
-        "yellow": (["yellow", "golden"], ["lemon", "canary yellow"]),
-        "green": (["green", "emerald"], ["lime green", "leafy green"]),
+        "red": (["red", "scarlet", "cherry red"], ["crimson", "ruby"]),
+        "orange": (["orange", "tangerine", "peach"], ["amber", "apricot"]),
+        "yellow": (["yellow", "golden", "mustard"], ["lemon", "canary yellow"]),
+        "green": (["green", "emerald", "olive"], ["lime green", "leafy green"]),
         "cyan": (["cyan", "turquoise"], ["aqua", "teal"]),
-        "blue": (["blue", "navy"], ["cobalt", "azure"]),
-        "purple": (["purple", "violet"], ["lilac", "magenta"]),
-        "pink": (["pink", "rose"], ["salmon pink", "fuchsia"]),
-        "white": (["white", "snowy"], ["ivory", "pale white"]),
+        "blue": (["blue", "navy", "sapphire"], ["cobalt", "azure"]),
+        "purple": (["purple", "violet", "plum"], ["lilac", "magenta"]),
+        "pink": (["pink", "rose", "blush pink"], ["salmon pink", "fuchsia"]),
+        "white": (["white", "snowy", "milky white"], ["ivory", "pale white"]),
     },
     "motion": {
-        "left": (["moves left", "slides to the left", "goes left", "rolls left"],
+        "left": (["moves left", "slides to the left", "goes left", "rolls left", "glides left"],
                  ["drifting leftwards", "travelling to the left"]),
-        "right": (["moves right", "slides to the right", "goes right", "rolls right"],
+        "right": (["moves right", "slides to the right", "goes right", "rolls right", "glides right"],
                   ["drifting rightwards", "travelling to the right"]),
-        "up": (["moves up", "rises", "goes upward", "floats up"], ["climbing upwards", "ascending"]),
-        "down": (["moves down", "falls", "sinks", "drops down"], ["descending", "coming downwards"]),
-        "still": (["stays still", "does not move", "sits still"], ["standing motionless", "remaining in place"]),
-        "grow": (["grows", "gets bigger", "expands"], ["swelling in size", "getting larger"]),
-        "shrink": (["shrinks", "gets smaller", "contracts"], ["dwindling", "getting tinier"]),
-        "rotate": (["rotates", "spins", "turns around"], ["twirling", "revolving"]),
-        "bounce": (["bounces", "hops", "jumps up and down"], ["bouncing", "leaping repeatedly"]),
+        "up": (["moves up", "rises", "goes upward", "floats up", "flies up"], ["climbing upwards", "ascending"]),
+        "down": (["moves down", "falls", "sinks", "drops down", "heads down"], ["descending", "coming downwards"]),
+        "still": (["stays still", "does not move", "sits still", "stays put"], ["standing motionless", "remaining in place"]),
+        "grow": (["grows", "gets bigger", "expands", "becomes big"], ["swelling in size", "getting larger"]),
+        "shrink": (["shrinks", "gets smaller", "contracts", "shrinks down"], ["dwindling", "getting tinier"]),
+        "rotate": (["rotates", "spins", "turns around", "spins around"], ["twirling", "revolving"]),
+        "bounce": (["bounces", "hops", "jumps up and down", "bounces around"], ["bouncing", "leaping repeatedly"]),
     },
     "background": {
         "beach": (["on the beach", "on a sandy beach", "by the sea"], ["at the seaside", "on the shore"]),
@@ -233,11 +234,16 @@ _WORDS: dict[str, dict[str, tuple[list[str], list[str]]]] = {
               for s in STYLES_IN_PROMPTS},
 }
 _SECONDS_WORDS = {1.0: "one", 2.0: "two", 3.0: "three", 4.0: "four"}
-_JOINERS = (["then", "after that", "next,", "cut to"], ["later on,", "followed by", "and afterwards"])
-_OBJECT_JOINERS = (["and", "while", "and also"], ["together with", "alongside"])
-_ARTICLES = (["a", "one"], ["a single", "some"])
+_JOINERS = (["then", "after that", "next,", "cut to", "and then", "subsequently", "new scene:", "in the next shot",
+             "switch to", "and next", "the scene changes:"],
+            ["later on,", "followed by", "and afterwards"])
+_OBJECT_JOINERS = (["and", "while", "and also", "plus", "as well as"], ["together with", "alongside"])
+_ARTICLES = (["a", "the"], ["a single", "some"])
 _STATES = {  # scene-level sentence frames: {objects} {background} {camera}
-    "train": ["{objects} {background}{camera}", "{background}, {objects}{camera}"],
+    "train": ["{objects} {background}{camera}", "{background}, {objects}{camera}",
+              "there is {objects} {background}{camera}", "{background} you can see {objects}{camera}",
+              "show {objects} {background}{camera}", "a shot of {objects} {background}{camera}",
+              "{objects}, {background}{camera}"],
     "test": ["we see {objects} {background}{camera}", "{background} there is {objects}{camera}"],
 }
 
@@ -391,7 +397,7 @@ def camera_transform(camera: str, frames: int) -> tuple[np.ndarray, np.ndarray]:
 def _gradient(h: int, w: int, top: tuple, bottom: tuple) -> np.ndarray:
     t_H1 = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None]
     col_H3 = (1 - t_H1) * np.array(top, np.float32) + t_H1 * np.array(bottom, np.float32)
-    return np.broadcast_to(col_H3[:, None, :], (h, w, 3)).astype(np.uint8)
+    return np.ascontiguousarray(np.broadcast_to(col_H3[:, None, :], (h, w, 3)), dtype=np.uint8)
 
 
 def render_background(name: str, size_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -468,8 +474,8 @@ def sprite_mask(shape: str, size: int, angle: float = 0.0) -> np.ndarray:
     if shape == "circle":
         cv2.circle(img, (int(c * scale), int(c * scale)), int(r * scale), 255, -1, cv2.LINE_AA, 3)
     elif shape in DIGITS:
-        font, thick = cv2.FONT_HERSHEY_SIMPLEX, max(1, int(size / 7))
-        fs = cv2.getFontScaleFromHeight(font, int(size * 0.8), thick)
+        font, thick = cv2.FONT_HERSHEY_SIMPLEX, max(2, int(size / 5))
+        fs = cv2.getFontScaleFromHeight(font, int(size * 0.62), thick)
         (tw, th), _ = cv2.getTextSize(shape, font, fs, thick)
         cv2.putText(img, shape, (int(c - tw / 2), int(c + th / 2)), font, fs, 255, thick, cv2.LINE_AA)
     else:
@@ -493,15 +499,19 @@ def composite(frame: np.ndarray, rgba_ss4: np.ndarray, cx: float, cy: float, hal
     interp = cv2.INTER_LINEAR if side > rgba_ss4.shape[0] else cv2.INTER_AREA
     sprite = cv2.resize(rgba_ss4, (side, side), interpolation=interp)
     sprite = sprite[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
-    alpha = sprite[..., 3:4]
-    region = frame[fy0:fy1, fx0:fx1].astype(np.float32)
-    frame[fy0:fy1, fx0:fx1] = (region * (1 - alpha) + sprite[..., :3] * 255.0 * alpha).astype(np.uint8)
+    # out = sprite + (frame - sprite) * (1 - alpha), in place on one float buffer (fewer passes)
+    rgb = sprite[..., :3] * 255.0
+    buf = frame[fy0:fy1, fx0:fx1].astype(np.float32)
+    buf -= rgb
+    buf *= 1.0 - sprite[..., 3:4]
+    buf += rgb
+    frame[fy0:fy1, fx0:fx1] = buf
 
 
 def render_sprite(shape: str, colour: str, size: int = 48, angle: float = 0.0) -> np.ndarray:
     """Ground-truth RGBA sprite [size, size, 4] float32 in [0, 1]: colour fill with a dark outline."""
     cov = sprite_mask(shape, size, angle)
-    k = max(3, (size // 16) * 2 + 1)
+    k = max(3, (size // 40) * 2 + 1)   # outline about 5% of the sprite
     inner = cv2.erode(cov, np.ones((k, k), np.uint8))
     rgb = np.array(COLOURS[colour], np.float32) / 255.0
     out_rgb = np.array(OUTLINE_RGB, np.float32) / 255.0

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged as a field.
-_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "color_message"}  # uvicorn adds color_message, the msg with ANSI colours
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,7 +35,7 @@ class JsonFormatter(logging.Formatter):
         out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage(),
-            "request_id": request_id_var.get()}
+            "request_id": getattr(record, "request_id", None) or request_id_var.get()}
         out |= {k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS and not k.startswith("_")}
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
@@ -46,8 +47,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(f"{k}={v}" for k, v in vars(record).items()
-                         if k not in _RECORD_FIELDS and not k.startswith("_"))
-        rid = request_id_var.get()
+                         if k not in _RECORD_FIELDS and k != "request_id" and not k.startswith("_"))
+        rid = getattr(record, "request_id", None) or request_id_var.get()
         line = (f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname.lower():<7} "
                 f"{record.name}: {record.getMessage()}{' ' + extra if extra else ''}{f' [{rid}]' if rid else ''}")
         return line + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")

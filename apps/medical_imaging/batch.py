@@ -1,0 +1,328 @@
+"""Batch diagnosis of a folder tree of studies: resumable, fault-tolerant, parallel and shardable.
+
+    summary = run_batch(BatchConfig(input=Path("pacs_export"), out=Path("results"), reports=Path("reports")))
+
+Layout of `out`:
+    studies/<key>/findings.json, overlays/*.png, [sr.dcm], done.json   one folder per finished study
+    failed/<key>.json                                                  why a study failed (retried next run)
+    findings.csv   study,series_uid,nodule_id,x_mm,y_mm,z_mm,i,j,k,diameter_mm,probability,malignancy
+    errors.csv     study,source,stage,message       failed studies and skipped unreadable files
+
+Each DICOM series is one study; its key is its folder relative to the input (plus the series UID's tail
+when a folder holds several series); --anonymize replaces keys and UIDs by salted-free SHA-256 prefixes.
+A study's files are written into a temporary folder that is renamed into place with done.json inside, so a
+crash or kill never leaves a half-written study that counts as done: a rerun skips exactly the finished
+ones and findings.csv is rebuilt from them. Under torchrun (RANK / WORLD_SIZE set) rank r takes the
+studies i % WORLD_SIZE == r and rank 0 merges once every rank is done; `diagnose --merge` does it by hand.
+Logs never name patients: only keys, counts and error reasons.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+FINDINGS_COLUMNS = ("study", "series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "i", "j", "k", "diameter_mm",
+                    "probability", "malignancy")
+ERRORS_COLUMNS = ("study", "source", "stage", "message")
+DONE = "done.json"
+
+
+@dataclass
+class BatchConfig:
+    input: Path                       # folder tree of DICOM studies (or one NIfTI / MetaImage file)
+    out: Path
+    reports: Path | None = None       # folder of <study folder | StudyInstanceUID | SeriesInstanceUID>.txt
+    workers: int = 1                  # processes; 1 = in this process
+    detector: Path | None = None      # detector checkpoint (None: the shipped one)
+    threshold: float | None = None    # findings kept at P(nodule) >= this (None: the detector's default)
+    anonymize: bool = False
+    sr: bool = False
+    overlays: bool = True
+    progress: bool = True             # tqdm bar on stderr
+
+
+@dataclass
+class StudyEntry:
+    key: str                          # output name (hashed when anonymizing)
+    source: str                       # folder or file, relative to the input (hashed when anonymizing)
+    path: Path                        # the series' folder or the volume file
+    series_uid: str
+    study_uid: str
+    files: list[Path]
+    report: Path | None
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "study"
+
+
+def _find_report(reports: Path | None, names: list[str]) -> Path | None:
+    if reports is None:
+        return None
+    for name in names:
+        if name:
+            path = reports / f"{name}.txt"
+            if path.is_file():
+                return path
+    return None
+
+
+def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
+    """The studies under cfg.input and the errors found while looking (folders without DICOM, unreadable
+    files); both sorted, so every rank of a sharded run sees the same list."""
+    from data_connectors.dicom import VOLUME_SUFFIXES, scan_folder
+
+    root = Path(cfg.input)
+    if cfg.reports is not None and not Path(cfg.reports).is_dir():
+        raise ValueError(f"--reports {cfg.reports}: not a folder")
+    if root.is_file():
+        if not root.name.lower().endswith(VOLUME_SUFFIXES):
+            raise ValueError(f"{root}: give a folder of DICOM studies or a {'/'.join(VOLUME_SUFFIXES)} file")
+        stem = root.name.split(".")[0]
+        key = _hash(stem) if cfg.anonymize else _safe(stem)
+        return [StudyEntry(key, key if cfg.anonymize else root.name, root, "", "", [root],
+                           _find_report(cfg.reports, [stem]))], []
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder")
+    scan = scan_folder(root)
+    entries, errors = [], []
+    by_folder: dict[Path, list] = {}
+    for series in scan.series:
+        by_folder.setdefault(series.files[0].parent, []).append(series)
+    for folder, group in sorted(by_folder.items()):
+        rel = folder.relative_to(root).as_posix()
+        rel = rel if rel != "." else root.name
+        for series in group:
+            name = rel if len(group) == 1 else f"{rel}#{series.series_uid[-12:]}"
+            key = _hash(name) if cfg.anonymize else _safe(name.replace("/", "__"))
+            report = _find_report(cfg.reports, [folder.name, rel.replace("/", "__"), series.study_uid,
+                                                series.series_uid])
+            entries.append(StudyEntry(key, key if cfg.anonymize else name, folder, series.series_uid,
+                                      series.study_uid, series.files, report))
+    series_folders = set(by_folder)
+    skipped_by_folder: dict[Path, list] = {}
+    for path, reason in scan.skipped:
+        skipped_by_folder.setdefault(path.parent, []).append((path, reason))
+    for folder, items in sorted(skipped_by_folder.items()):
+        rel = folder.relative_to(root).as_posix()
+        label = _hash(rel) if cfg.anonymize else rel
+        if folder not in series_folders:
+            reasons = "; ".join(sorted({r for _, r in items}))[:300]
+            errors.append({"study": label, "source": label, "stage": "scan",
+                           "message": f"no DICOM series in this folder ({len(items)} files skipped: {reasons})"})
+        else:
+            for path, reason in items:
+                if reason.startswith("not DICOM"):
+                    continue   # stray text or thumbnails beside the slices
+                errors.append({"study": label, "source": _hash(path.name) if cfg.anonymize else f"{rel}/{path.name}",
+                               "stage": "scan", "message": f"file skipped: {reason}"})
+    return sorted(entries, key=lambda e: e.key), errors
+
+
+# ---------------------------------------------------------------------------------------------- one study
+
+_MODELS = None   # per process: loaded on first use
+
+
+def _models(cfg: BatchConfig):
+    global _MODELS
+    if _MODELS is None:
+        from .pipeline import Models
+        _MODELS = Models.load(cfg.detector)
+    return _MODELS
+
+
+def _clean(message: str, entry: StudyEntry, cfg: BatchConfig) -> str:
+    """An error message without the input's paths when anonymizing (folder names may name patients)."""
+    if cfg.anonymize:
+        message = message.replace(str(entry.path), f"<{entry.key}>").replace(str(cfg.input), "<input>")
+        for f in entry.files:
+            message = message.replace(f.name, "<file>")
+    return message
+
+
+def process_study(entry: StudyEntry, cfg: BatchConfig) -> dict:
+    """Diagnose one study into out/studies/<key>/ (atomically). Returns a status row; never raises for a
+    bad study (the reason lands in out/failed/<key>.json)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from data_connectors.dicom import SeriesInfo, load_series, load_volume
+
+    from .pipeline import diagnose, write_study
+
+    out = Path(cfg.out)
+    final = out / "studies" / entry.key
+    failed = out / "failed" / f"{entry.key}.json"
+    start = time.perf_counter()
+    stage = "load"
+    try:
+        if entry.series_uid:
+            volume = load_series(SeriesInfo(entry.series_uid, entry.study_uid, entry.files, "CT", ""))
+        else:
+            volume = load_volume(entry.path)
+        stage = "report"
+        report = entry.report.read_text(encoding="utf-8", errors="replace") if entry.report else None
+        stage = "diagnose"
+        result = diagnose(volume, report, _models(cfg), cfg.threshold)
+        stage = "write"
+        series_uid = _hash(volume.series_uid) if cfg.anonymize else volume.series_uid
+        study_uid = _hash(volume.study_uid) if cfg.anonymize else volume.study_uid
+        tmp = out / "studies" / f".{entry.key}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            write_study(result, volume, tmp, entry.key, series_uid, study_uid, overlays=cfg.overlays, sr=cfg.sr,
+                        anonymize=cfg.anonymize)
+            rows = [{"study": entry.key, "series_uid": series_uid, "nodule_id": f.nodule_id,
+                     "x_mm": f.x_mm, "y_mm": f.y_mm, "z_mm": f.z_mm, "i": f.i, "j": f.j, "k": f.k,
+                     "diameter_mm": f.diameter_mm, "probability": f.probability,
+                     "malignancy": "" if f.malignancy is None else f.malignancy} for f in result.findings]
+            (tmp / DONE).write_text(json.dumps({"study": entry.key, "source": entry.source, "rows": rows,
+                                                "report": entry.report is not None,
+                                                "seconds": round(time.perf_counter() - start, 3)}) + "\n")
+            if final.exists():
+                shutil.rmtree(final)      # an unfinished or stale folder (no done.json)
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        failed.unlink(missing_ok=True)
+        return {"study": entry.key, "status": "done", "findings": len(rows),
+                "seconds": round(time.perf_counter() - start, 3)}
+    except (ValueError, OSError, RuntimeError, MemoryError, IndexError, KeyError, TypeError) as exc:
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        message = _clean(f"{type(exc).__name__}: {exc}", entry, cfg)
+        tmp_failed = failed.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
+        tmp_failed.write_text(json.dumps({"study": entry.key, "source": entry.source, "stage": stage,
+                                          "message": message}) + "\n")
+        tmp_failed.replace(failed)
+        return {"study": entry.key, "status": "failed", "stage": stage, "message": message}
+
+
+def _init_worker(cfg: BatchConfig) -> None:
+    import torch
+    torch.set_num_threads(1)
+    _models(cfg)
+
+
+def _process_in_worker(entry: StudyEntry, cfg: BatchConfig) -> dict:
+    return process_study(entry, cfg)
+
+
+# ---------------------------------------------------------------------------------------------- merge
+
+
+def _write_csv_atomic(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def merge(out: str | Path, scan_errors: list[dict] | None = None) -> dict:
+    """Rebuild findings.csv and errors.csv from the finished studies and failure records under `out`."""
+    out = Path(out)
+    if not out.is_dir():
+        raise ValueError(f"{out}: no such output folder")
+    rows, done = [], 0
+    for marker in sorted((out / "studies").glob(f"*/{DONE}")):
+        rows += json.loads(marker.read_text())["rows"]
+        done += 1
+    errors = [json.loads(p.read_text()) for p in sorted((out / "failed").glob("*.json"))] \
+        if (out / "failed").is_dir() else []
+    scan_file = out / "scan_errors.json"
+    if scan_errors is not None:
+        scan_file.write_text(json.dumps(scan_errors) + "\n")
+    elif scan_file.is_file():
+        scan_errors = json.loads(scan_file.read_text())
+    errors += scan_errors or []
+    _write_csv_atomic(out / "findings.csv", FINDINGS_COLUMNS, rows)
+    _write_csv_atomic(out / "errors.csv", ERRORS_COLUMNS, errors)
+    return {"out": str(out), "studies_done": done, "findings": len(rows), "errors": len(errors),
+            "findings_csv": str(out / "findings.csv"), "errors_csv": str(out / "errors.csv")}
+
+
+# ---------------------------------------------------------------------------------------------- batch
+
+
+def _shard() -> tuple[int, int]:
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} / WORLD_SIZE={world}: not a valid shard")
+    return rank, world
+
+
+def _barrier(world: int) -> None:
+    """Wait for every rank (torch.distributed over gloo, as torchrun sets it up)."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()
+
+
+def run_batch(cfg: BatchConfig) -> dict:
+    """Diagnose every unfinished study under cfg.input (this rank's share); merge the CSVs."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    out = Path(cfg.out)
+    (out / "studies").mkdir(parents=True, exist_ok=True)
+    entries, scan_errors = discover(cfg)
+    rank, world = _shard()
+    mine = [e for n, e in enumerate(entries) if n % world == rank]
+    todo = [e for e in mine if not (out / "studies" / e.key / DONE).is_file()]
+    for stale in (out / "studies").glob(".*.tmp-*"):   # a killed run's half-written study
+        shutil.rmtree(stale, ignore_errors=True)
+    results = []
+    bar = tqdm(total=len(todo), desc=f"studies (rank {rank}/{world})" if world > 1 else "studies",
+               unit="study", disable=not cfg.progress, file=sys.stderr)
+    if cfg.workers <= 1 or len(todo) <= 1:
+        for entry in todo:
+            results.append(process_study(entry, cfg))
+            bar.update()
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(cfg,)) as pool:
+            futures = {pool.submit(_process_in_worker, e, cfg): e for e in todo}
+            for future in as_completed(futures):
+                try:
+                    results.append(future.result())
+                except BrokenProcessPool as exc:   # a worker died (killed, out of memory): rerun resumes
+                    results.append({"study": futures[future].key, "status": "failed", "stage": "worker",
+                                    "message": f"worker process died ({exc}); rerun to retry"})
+                bar.update()
+    bar.close()
+    for r in results:
+        if r["status"] == "failed":
+            print(f"study {r['study']}: failed at {r['stage']}: {r['message']}", file=sys.stderr)
+    _barrier(world)
+    summary = {"studies": len(entries), "this_rank": len(mine), "skipped_done": len(mine) - len(todo),
+               "processed": sum(r["status"] == "done" for r in results),
+               "failed": sum(r["status"] == "failed" for r in results), "rank": rank, "world_size": world}
+    if rank == 0:
+        summary.update(merge(out, scan_errors))
+    seconds = time.perf_counter() - start
+    summary["seconds"] = round(seconds, 2)
+    summary["studies_per_hour"] = round(3600 * summary["processed"] / seconds, 1) if summary["processed"] else 0.0
+    return summary

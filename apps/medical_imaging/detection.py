@@ -1,0 +1,742 @@
+"""Lung-nodule detection: candidates over the lungs, rated by a 3D Swin MoE fused with the report.
+
+    detector = load_detector()                       # the shipped checkpoint (assets/medical_imaging/detector)
+    detections = detector.detect(hu_ZYX, affine, reading)   # reading: report.ReportReading or None
+
+1. Resample the volume to an isotropic `grid_mm` grid (MONAI `Spacing`, affine kept).
+2. Lung mask: smoothed HU below `lung_hu`, air components not touching the in-plane border, holes
+   filled slice by slice and closed, so vessels and juxtapleural nodules are inside.
+3. Candidates: scale-normalised Laplacian-of-Gaussian maxima (a ball of radius r answers most at
+   sigma = r / sqrt(3)) inside the dilated lungs, strongest first, suppressed within each other's radius.
+4. Rating: each candidate's `patch`^3 crop goes through the core's VisionStream (3D, task
+   "nodule_detection"); the report's mentions (text-stream sentence vector + how well the mention's lobe,
+   side and size fit the candidate) are text tokens; CrossModalAttention mixes the two and a linear head
+   gives the nodule logit, added to a linear "blob prior" on the candidate's measurements (blob strength,
+   scale, centre HU, position), which is fitted first by logistic regression and then frozen; the head
+   starts at zero, so training begins at the prior and the networks learn what image and report add.
+   Without a report the same network runs on the image tokens alone (trained with the report dropped at
+   random, so both paths are learned). The epoch kept is the best on held-out studies (ties: the later),
+   epoch 0 (the prior alone) included.
+
+Shape legend: B candidates, M report mentions, P patch side, F feature width, D fusion width.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core import registry
+from core.fusion.cross_modal import CrossModalAttention
+from core.tasks import task_id
+from core.vision.swin import VisionStream, VisionStreamConfig
+
+from .report import EMBED_DIM, LOBES, Mention, ReportReading
+
+KIND = "nodule_detector"
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "assets" / "medical_imaging" / "detector" / "model"
+HU_RANGE = (-1000.0, 400.0)   # patches are clipped to this window and scaled to [0, 1]
+CACHE_VERSION = 1             # bump when candidate generation changes
+CAND_FEATURES = 8
+PAIR_FEATURES = 24
+
+
+def tiny_vision() -> VisionStreamConfig:
+    """A small 3D Swin with MoE MLPs in its last stage: cheap on two CPU cores."""
+    return VisionStreamConfig(spatial_dims=3, in_channels=1, embed_dim=12, depths=(1, 1, 1, 1),
+                              num_heads=(1, 2, 4, 8), out_dim=64, moe_stages=(3,), num_experts=4, top_k=2)
+
+
+@dataclass
+class DetectorConfig:
+    grid_mm: float = 2.0              # isotropic spacing candidates and patches are taken on
+    patch: int = 32                   # patch side P in grid voxels (a multiple of the Swin's stride 32)
+    lung_hu: float = -400.0           # air/lung below this (after smoothing)
+    sigmas_mm: tuple[float, ...] = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 9.0)  # LoG scales: radii ~2..16 mm
+    blob_hu_max: float = -550.0       # HU ceiling of the image blobs are measured on
+    min_response: float = 5.0         # blob measure (HU, scale-normalised) a candidate needs
+    max_candidates: int = 160         # strongest candidates kept per scan
+    vision: VisionStreamConfig = field(default_factory=tiny_vision)
+    dim: int = 64                     # fusion width D (= vision.out_dim)
+    heads: int = 4                    # cross-modal attention heads
+    mention_dim: int = 16             # bottleneck width of a report mention's sentence vector
+    dropout: float = 0.2              # before the head
+    threshold: float = 0.3            # default operating point for reported findings
+
+    def __post_init__(self) -> None:
+        if self.patch % self.vision.stride:
+            raise ValueError(f"patch {self.patch} must be a multiple of the vision stride {self.vision.stride}")
+        if self.vision.out_dim != self.dim:
+            raise ValueError(f"vision.out_dim ({self.vision.out_dim}) must equal dim ({self.dim})")
+
+
+# ---------------------------------------------------------------------------------------------- grid + lungs
+
+
+@dataclass
+class Grid:
+    hu_ZYX: np.ndarray                # float32 on the isotropic grid
+    affine: np.ndarray                # 4x4: grid (i, j, k, 1) -> patient (x, y, z, 1)
+    lung_ZYX: np.ndarray              # bool lung mask (filled)
+    search_ZYX: np.ndarray            # bool region where candidate centres may lie
+    lung_box: tuple[np.ndarray, np.ndarray]   # (lo, hi) of the lung mask, grid (k, j, i)
+    midline_i: float                  # grid column between the two lungs
+
+
+def resample(hu_ZYX: np.ndarray, affine: np.ndarray, grid_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The volume on an isotropic grid (MONAI Spacing, bilinear) and that grid's (i, j, k) affine."""
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
+    perm = np.eye(4)[[2, 1, 0, 3]]                   # (k, j, i) <-> (i, j, k)
+    affine_kji = affine @ perm                       # array axes (k, j, i) -> patient mm
+    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(hu_ZYX, dtype=np.float32))[None],
+                       affine=torch.from_numpy(affine_kji))
+    out = Spacing(pixdim=(grid_mm,) * 3, mode="bilinear", padding_mode="border")(image)
+    return out[0].numpy().astype(np.float32), out.affine.numpy().astype(np.float64) @ perm
+
+
+def lung_mask(hu_ZYX: np.ndarray, lung_hu: float, grid_mm: float, closing_mm: float = 10.0) -> np.ndarray:
+    """Both lungs, filled: air below lung_hu not connected to the in-plane border, big components only."""
+    from scipy import ndimage as ndi
+
+    air = ndi.gaussian_filter(hu_ZYX, 1.0) < lung_hu
+    labels, n = ndi.label(air)
+    if n == 0:
+        return np.zeros_like(air)
+    border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(),
+                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    sizes[border] = 0
+    min_voxels = max(50_000 / grid_mm ** 3, 0.05 * sizes.max())     # 50 ml, or a twentieth of the biggest
+    mask = np.isin(labels, np.flatnonzero(sizes >= min_voxels))
+    if not mask.any():
+        return mask
+    # Closing with a ball of closing_mm (dilate, then erode) through distance transforms: exact for a
+    # Euclidean ball and far cheaper than a structuring element of that size.
+    r = closing_mm / grid_mm
+    pad = int(np.ceil(r)) + 1
+    dilated = ndi.distance_transform_edt(~np.pad(mask, pad)) <= r
+    mask = (ndi.distance_transform_edt(dilated) > r)[pad:-pad, pad:-pad, pad:-pad]
+    for k in range(mask.shape[0]):
+        mask[k] = ndi.binary_fill_holes(mask[k])
+    return mask
+
+
+def prepare_grid(hu_ZYX: np.ndarray, affine: np.ndarray, cfg: DetectorConfig) -> Grid:
+    from scipy import ndimage as ndi
+
+    hu, grid_affine = resample(hu_ZYX, affine, cfg.grid_mm)
+    lung = lung_mask(hu, cfg.lung_hu, cfg.grid_mm)
+    search = lung
+    if lung.any():
+        where = np.argwhere(lung)
+        box = (where.min(0).astype(float), where.max(0).astype(float))
+        cols = where[:, 2]
+        # the midline: the emptiest column between the lungs' outer edges (the mediastinum)
+        lo, hi = np.percentile(cols, [5, 95])
+        hist = np.bincount(cols, minlength=hu.shape[2]).astype(float)
+        mid_range = np.arange(int(lo + 0.25 * (hi - lo)), int(lo + 0.75 * (hi - lo)) + 1)
+        midline = float(mid_range[np.argmin(hist[mid_range])]) if len(mid_range) else float(cols.mean())
+    else:
+        box = (np.zeros(3), np.array(hu.shape, float) - 1)
+        midline = hu.shape[2] / 2
+    return Grid(hu, grid_affine, lung, search, box, midline)
+
+
+# ---------------------------------------------------------------------------------------------- candidates
+
+
+@dataclass
+class Candidate:
+    kji: np.ndarray                   # grid voxel (k, j, i), int
+    response: float                   # scale-normalised LoG response (HU)
+    diameter_mm: float                # from the best LoG scale: 2 * sqrt(3) * sigma
+    center_hu: float                  # smoothed HU at the centre
+
+
+def largest_eigenvalue(a00, a11, a22, a01, a02, a12) -> np.ndarray:
+    """Largest eigenvalue of many symmetric 3x3 matrices, in closed form (trigonometric solution of the
+    characteristic cubic): vectorised, unlike a LAPACK call per matrix."""
+    q = (a00 + a11 + a22) / 3
+    p1 = a01 ** 2 + a02 ** 2 + a12 ** 2
+    p = np.sqrt(((a00 - q) ** 2 + (a11 - q) ** 2 + (a22 - q) ** 2 + 2 * p1) / 6)
+    safe = np.where(p > 1e-12, p, 1.0)
+    b00, b11, b22 = (a00 - q) / safe, (a11 - q) / safe, (a22 - q) / safe
+    b01, b02, b12 = a01 / safe, a02 / safe, a12 / safe
+    det = b00 * (b11 * b22 - b12 ** 2) - b01 * (b01 * b22 - b12 * b02) + b02 * (b01 * b12 - b11 * b02)
+    phi = np.arccos(np.clip(det / 2, -1, 1)) / 3
+    return np.where(p > 1e-12, q + 2 * p * np.cos(phi), q)
+
+
+def blob_response(hu_ZYX: np.ndarray, mask_ZYX: np.ndarray, sigma_vox: float) -> np.ndarray:
+    """Scale-normalised bright-blob measure at one scale: sigma^2 * -lambda_max of the Hessian where all
+    three eigenvalues are negative (a ball), near 0 for tubes (vessels: one eigenvalue ~ 0) and sheets."""
+    from scipy import ndimage as ndi
+
+    g = ndi.gaussian_filter(hu_ZYX, sigma_vox)
+    grads = np.gradient(g)
+    idx = np.nonzero(mask_ZYX)
+    h = {}
+    for a in range(3):
+        second = np.gradient(grads[a])
+        for b in range(a, 3):
+            h[a, b] = second[b][idx].astype(np.float64)
+    lam_max = largest_eigenvalue(h[0, 0], h[1, 1], h[2, 2], h[0, 1], h[0, 2], h[1, 2])
+    out = np.zeros(hu_ZYX.shape, np.float32)
+    out[idx] = np.maximum(0.0, -lam_max) * sigma_vox ** 2
+    return out
+
+
+def find_candidates(grid: Grid, cfg: DetectorConfig) -> list[Candidate]:
+    from scipy import ndimage as ndi
+
+    # Outside the lungs is set to lung parenchyma, so the chest wall, heart and bone make no blobs; the
+    # ceiling at blob_hu_max gives ground-glass nodules (-700..-400 HU) nearly the contrast of solid ones.
+    hu = np.where(grid.lung_ZYX, np.clip(grid.hu_ZYX, HU_RANGE[0], cfg.blob_hu_max), -850.0).astype(np.float32)
+    best = np.zeros(hu.shape, dtype=np.float32)
+    best_s = np.zeros(hu.shape, dtype=np.int8)
+    for s, sigma_mm in enumerate(cfg.sigmas_mm):
+        response = blob_response(hu, grid.search_ZYX, sigma_mm / cfg.grid_mm)
+        better = response > best
+        best[better], best_s[better] = response[better], s
+    peaks = (best == ndi.maximum_filter(best, size=3)) & grid.search_ZYX & (best >= cfg.min_response)
+    kji_N3 = np.argwhere(peaks)
+    kji_N3 = kji_N3[np.argsort(-best[peaks], kind="stable")]
+    smooth = ndi.gaussian_filter(grid.hu_ZYX, 0.7)
+    kept: list[Candidate] = []
+    for kji in kji_N3:
+        sigma_mm = cfg.sigmas_mm[best_s[tuple(kji)]]
+        if any(np.linalg.norm(kji - c.kji) < max(1.5, 0.8 * c.diameter_mm / 2 / cfg.grid_mm) for c in kept):
+            continue
+        kept.append(Candidate(kji, float(best[tuple(kji)]), 2 * math.sqrt(3) * sigma_mm, float(smooth[tuple(kji)])))
+        if len(kept) == cfg.max_candidates:
+            break
+    return kept
+
+
+def crop_patch(hu_ZYX: np.ndarray, kji: np.ndarray, P: int) -> np.ndarray:
+    """The P^3 crop centred on kji (padded with air), HU clipped and scaled to [0, 1]."""
+    lo = np.asarray(kji) - P // 2
+    out = np.full((P, P, P), HU_RANGE[0], dtype=np.float32)
+    src = tuple(slice(max(0, a), min(n, a + P)) for a, n in zip(lo, hu_ZYX.shape))
+    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo))
+    out[dst] = hu_ZYX[src]
+    return (np.clip(out, *HU_RANGE) - HU_RANGE[0]) / (HU_RANGE[1] - HU_RANGE[0])
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+
+
+def position(grid: Grid, kji: np.ndarray) -> tuple[float, float, float]:
+    """(side, height, depth) of a grid voxel within the lungs: side < 0 right lung, > 0 left (patient);
+    height 0 at the lung base .. 1 at the apex; depth -1 anterior .. 1 posterior."""
+    lo, hi = grid.lung_box
+    patient = grid.affine @ np.array([kji[2], kji[1], kji[0], 1.0])
+    mid = grid.affine @ np.array([grid.midline_i, kji[1], kji[0], 1.0])
+    side = float(np.sign(patient[0] - mid[0]))                     # LPS: x grows to the patient's left
+    # height along patient z (superior), depth along patient y (posterior), whatever the grid's axes
+    corners = np.array([grid.affine @ np.array([i, j, k, 1.0]) for k in (lo[0], hi[0])
+                        for j in (lo[1], hi[1]) for i in (lo[2], hi[2])])
+    z_lo, z_hi = corners[:, 2].min(), corners[:, 2].max()
+    y_lo, y_hi = corners[:, 1].min(), corners[:, 1].max()
+    height = float(np.clip((patient[2] - z_lo) / max(z_hi - z_lo, 1e-6), 0, 1))
+    depth = float(np.clip(2 * (patient[1] - y_lo) / max(y_hi - y_lo, 1e-6) - 1, -1, 1))
+    return side, height, depth
+
+
+def estimate_lobe(side: float, height: float, depth: float) -> str:
+    """A coarse lobe from position: the oblique fissure runs from posterior-superior to anterior-inferior;
+    on the right the horizontal fissure separates the middle lobe."""
+    lower = height < 0.25 + 0.4 * (depth + 1) / 2
+    if side < 0:
+        return "right lower lobe" if lower else ("right middle lobe" if height < 0.55 else "right upper lobe")
+    return "left lower lobe" if lower else "left upper lobe"
+
+
+def candidate_features(c: Candidate, pos: tuple[float, float, float]) -> np.ndarray:
+    side, height, depth = pos
+    # The blob measure is by far the strongest cue, and its useful range is narrow: given both on a log
+    # scale and linearly (in units where a linear model's weights stay near 1).
+    return np.array([math.log(max(c.response, 1e-3) / 20.0), math.log(c.diameter_mm / 8.0),
+                     (c.center_hu + 400) / 500.0, side, height, depth, 1.0, c.response / 10.0], dtype=np.float32)
+
+
+def pair_features(c: Candidate, pos: tuple[float, float, float], m: Mention) -> np.ndarray:
+    """How well a report mention fits a candidate: lobe, side and size agreement, and the negation."""
+    side, height, depth = pos
+    cand_lobe = estimate_lobe(side, height, depth)
+    m_side = m.side or (m.lobe.split()[0] if m.lobe else None)
+    lobe_1h = [float(m.lobe == lobe) for lobe in LOBES] + [float(m.lobe is None)]
+    cand_1h = [float(cand_lobe == lobe) for lobe in LOBES]
+    side_1h = [float(m_side == "right"), float(m_side == "left"), float(m_side is None)]
+    side_match = 0.0 if m_side is None else float((m_side == "left") == (side > 0))
+    lobe_match = 0.0 if m.lobe is None else float(m.lobe == cand_lobe)
+    if m.size_mm:
+        ratio = math.log(max(c.diameter_mm, 1.0) / max(m.size_mm, 1.0))
+        size = [1.0, float(np.clip(ratio, -2, 2)), float(min(abs(ratio), 2.0))]
+    else:
+        size = [0.0, 0.0, 0.0]
+    return np.array(lobe_1h + cand_1h + side_1h + [side_match, lobe_match, float(m.negated)] + size
+                    + [side, height, depth, 1.0], dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- network
+
+
+class NoduleRater(nn.Module):
+    """forward(patches [B, 1, P, P, P], cand [B, 8], text [B, M, 384 + 24] | None, text_mask [B, M] | None)
+    -> (logits [B], aux_loss): the image tokens attend to the report tokens (when given) in the core's
+    CrossModalAttention; the head reads the fused image tokens."""
+
+    def __init__(self, cfg: DetectorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionStream(cfg.vision)
+        self.cand = nn.Sequential(nn.Linear(CAND_FEATURES, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
+        # A mention token: its sentence vector through a narrow bottleneck (a few hundred labelled nodules
+        # cannot fit 384 free directions), joined with the explicit lobe / side / size / negation fit.
+        self.mention = nn.Linear(EMBED_DIM, cfg.mention_dim)
+        self.text = nn.Sequential(nn.Linear(cfg.mention_dim + PAIR_FEATURES, cfg.dim), nn.GELU(),
+                                  nn.Linear(cfg.dim, cfg.dim))
+        self.fusion = CrossModalAttention(cfg.dim, cfg.heads, modalities=("text", "vision"))
+        self.head = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Dropout(cfg.dropout), nn.Linear(cfg.dim, 1))
+        # A direct path from the blob measurements (fitted first, then frozen: see fit_prior); the head starts
+        # at zero, so the networks begin exactly at the prior and learn what the image and report add.
+        self.prior = nn.Linear(CAND_FEATURES, 1)
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def encode(self, patches: torch.Tensor, cand_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image tokens [B, T + 1, D]: Swin tokens + a candidate-feature token, the blob prior logit [B],
+        the MoE aux loss)."""
+        out = self.vision(patches, task_id("nodule_detection"))
+        vision_BTD = torch.cat([out.tokens, self.cand(cand_BF)[:, None]], dim=1)
+        return vision_BTD, self.prior(cand_BF).squeeze(-1), out.aux_loss
+
+    def fuse(self, vision_BTD: torch.Tensor, prior_B: torch.Tensor, text_BMF: torch.Tensor | None = None,
+             text_mask_BM: torch.Tensor | None = None) -> torch.Tensor:
+        """Nodule logits [B] from image tokens, attending to the report tokens when there are any."""
+        tokens, masks = {"vision": vision_BTD}, {}
+        if text_BMF is not None and text_BMF.shape[1] > 0:
+            emb_BMD, pair_BMP = text_BMF.split([EMBED_DIM, PAIR_FEATURES], dim=-1)
+            tokens["text"] = self.text(torch.cat([self.mention(emb_BMD), pair_BMP], dim=-1))
+            if text_mask_BM is not None:
+                masks["text"] = text_mask_BM
+        fused = self.fusion(tokens, masks)["vision"]
+        return self.head(fused.mean(dim=1)).squeeze(-1) + prior_B
+
+    def forward(self, patches: torch.Tensor, cand_BF: torch.Tensor, text_BMF: torch.Tensor | None = None,
+                text_mask_BM: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        vision_BTD, prior_B, aux = self.encode(patches, cand_BF)
+        return self.fuse(vision_BTD, prior_B, text_BMF, text_mask_BM), aux
+
+
+def _rater_inputs(cfg: DetectorConfig, B: int, g: torch.Generator) -> tuple:
+    return (torch.rand(B, 1, cfg.patch, cfg.patch, cfg.patch, generator=g), torch.randn(B, CAND_FEATURES, generator=g),
+            torch.randn(B, 2, EMBED_DIM + PAIR_FEATURES, generator=g))
+
+
+if KIND not in registry.MODELS:
+    registry.register(KIND, DetectorConfig, NoduleRater, _rater_inputs)
+
+
+# ---------------------------------------------------------------------------------------------- detector
+
+
+@dataclass
+class Detection:
+    kji_grid: np.ndarray
+    xyz_mm: tuple[float, float, float]
+    diameter_mm: float
+    probability: float
+    probability_image_only: float
+    lobe: str                         # estimated from position
+    mention: int | None               # index of the report mention that fits best (None: no mention)
+    candidate: Candidate = field(repr=False, default=None)
+
+
+@dataclass
+class CandidateSet:
+    """Everything about one scan's candidates that does not depend on the rater (cacheable)."""
+    grid: Grid
+    candidates: list[Candidate]
+    positions: list[tuple[float, float, float]]
+    patches_BP3: np.ndarray           # [B, P, P, P] float16
+    cand_BF: np.ndarray               # [B, 8]
+
+
+def candidate_set(hu_ZYX: np.ndarray, affine: np.ndarray, cfg: DetectorConfig) -> CandidateSet:
+    grid = prepare_grid(hu_ZYX, affine, cfg)
+    cands = find_candidates(grid, cfg)
+    positions = [position(grid, c.kji) for c in cands]
+    patches = np.stack([crop_patch(grid.hu_ZYX, c.kji, cfg.patch) for c in cands]).astype(np.float16) \
+        if cands else np.zeros((0, cfg.patch, cfg.patch, cfg.patch), np.float16)
+    feats = np.stack([candidate_features(c, p) for c, p in zip(cands, positions)]) if cands \
+        else np.zeros((0, CAND_FEATURES), np.float32)
+    return CandidateSet(grid, cands, positions, patches, feats)
+
+
+def text_inputs(cs: CandidateSet, reading: ReportReading | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """[B, M, 384 + 24] report tokens per candidate (mention vector + fit features), or None without mentions."""
+    if reading is None or reading.empty:
+        return None
+    emb_MD = reading.embeddings_MD
+    if emb_MD.shape[0] != len(reading.mentions):
+        from .report import embed_sentences
+        emb_MD = embed_sentences([m.sentence for m in reading.mentions])
+    rows = []
+    for c, pos in zip(cs.candidates, cs.positions):
+        rows.append(np.stack([np.concatenate([emb_MD[n], pair_features(c, pos, m)])
+                              for n, m in enumerate(reading.mentions)]))
+    return np.stack(rows).astype(np.float32) if rows else np.zeros((0, len(reading.mentions), EMBED_DIM + PAIR_FEATURES), np.float32)
+
+
+class NoduleDetector:
+    def __init__(self, model: NoduleRater, metadata: dict | None = None):
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.metadata = metadata or {}
+
+    @torch.no_grad()
+    def rate(self, cs: CandidateSet, text_BMF: np.ndarray | None, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """(P(nodule) with the report, P(nodule) from the image alone) per candidate; the image tokens
+        are computed once for both."""
+        fused, image = [], []
+        for s in range(0, len(cs.candidates), batch):
+            patches = torch.from_numpy(cs.patches_BP3[s:s + batch].astype(np.float32))[:, None]
+            vision_BTD, prior_B, _ = self.model.encode(patches, torch.from_numpy(cs.cand_BF[s:s + batch]))
+            image.append(torch.sigmoid(self.model.fuse(vision_BTD, prior_B)).numpy())
+            fused.append(image[-1] if text_BMF is None else torch.sigmoid(self.model.fuse(
+                vision_BTD, prior_B, torch.from_numpy(text_BMF[s:s + batch]))).numpy())
+        if not image:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        return np.concatenate(fused), np.concatenate(image)
+
+    def detect(self, hu_ZYX: np.ndarray, affine: np.ndarray, reading: ReportReading | None = None,
+               threshold: float | None = 0.0) -> list[Detection]:
+        """All candidates rated (threshold 0.0), or those at or above `threshold` (None: the model's
+        operating point), most probable first."""
+        cs = candidate_set(hu_ZYX, affine, self.cfg)
+        return self.detect_candidates(cs, reading, self.cfg.threshold if threshold is None else threshold)
+
+    def detect_candidates(self, cs: CandidateSet, reading: ReportReading | None,
+                          threshold: float = 0.0) -> list[Detection]:
+        p_fused, p_image = self.rate(cs, text_inputs(cs, reading))
+        out = []
+        for n, c in enumerate(cs.candidates):
+            if p_fused[n] < threshold:
+                continue
+            xyz = (cs.grid.affine @ np.array([c.kji[2], c.kji[1], c.kji[0], 1.0]))[:3]
+            lobe = estimate_lobe(*cs.positions[n])
+            out.append(Detection(c.kji, tuple(float(v) for v in xyz), round(c.diameter_mm, 1), float(p_fused[n]),
+                                 float(p_image[n]), lobe, _best_mention(c, cs.positions[n], reading), c))
+        return sorted(out, key=lambda d: -d.probability)
+
+
+def _best_mention(c: Candidate, pos, reading: ReportReading | None) -> int | None:
+    """The positive mention that fits the candidate: same side, then same lobe, then closest size."""
+    if reading is None:
+        return None
+    best, best_score = None, 0.0
+    for n, m in enumerate(reading.mentions):
+        if m.negated:
+            continue
+        f = pair_features(c, pos, m)
+        side_match, lobe_match = f[14], f[15]
+        if (m.side or m.lobe) and not side_match:
+            continue
+        score = 1.0 + 2.0 * lobe_match + (1.0 - min(abs(f[19]), 1.0) if f[17] else 0.0)
+        if score > best_score:
+            best, best_score = n, score
+    return best
+
+
+def load_detector(path: str | Path | None = None) -> NoduleDetector:
+    """The detector checkpoint at `path` (default: the shipped assets/medical_imaging/detector/model)."""
+    from core.checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(path) if path is not None else DEFAULT_DIR
+    model, info = load_checkpoint(path)
+    if info.kind != KIND:
+        raise CheckpointError(f"{path}: a {info.kind!r} checkpoint, not a {KIND!r}")
+    return NoduleDetector(model, info.metadata)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class DetectorTrainConfig:
+    train_studies: int = 40           # synthetic studies (make_study index 0..N-1, seed `seed`)
+    val_studies: int = 12             # held-out studies: seed `seed + 1` (a different stream)
+    seed: int = 0
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    p_drop_report: float = 0.35       # rows trained without their report, so the image path learns too
+    negatives: int = 24               # negative candidates per scan and epoch (half the strongest, half random)
+    pos_repeat: int = 4               # each positive candidate seen this many times per epoch (shifted, flipped)
+    workers: int = 2                  # processes preparing the synthetic studies' candidates
+    eval_every: int = 4               # epochs between held-out evaluations (and at the end)
+    model: DetectorConfig = field(default_factory=DetectorConfig)
+
+
+@dataclass
+class ScanCache:
+    study_id: str
+    cs: CandidateSet
+    labels_B: np.ndarray              # 1 = within a true nodule's radius
+    reading: ReportReading
+    truth: list                       # evaluation.Nodule
+    report_text: str = ""
+
+
+def labels_for(cs: CandidateSet, nodules, cfg: DetectorConfig) -> np.ndarray:
+    """1 for candidates within a true nodule's radius of its centre (LUNA16's hit rule)."""
+    labels = np.zeros(len(cs.candidates), np.float32)
+    for n, c in enumerate(cs.candidates):
+        xyz = (cs.grid.affine @ np.array([c.kji[2], c.kji[1], c.kji[0], 1.0]))[:3]
+        labels[n] = float(any(np.linalg.norm(xyz - np.array(t.center_xyz)) <= t.diameter_mm / 2 for t in nodules))
+    return labels
+
+
+def _cache_file(index: int, seed: int, cfg: DetectorConfig, synth_cfg) -> Path:
+    """Where a synthetic study's candidates are kept: keyed by everything that shapes them."""
+    import hashlib
+
+    from apps.settings import cache_dir
+
+    key = json.dumps([index, seed, cfg.grid_mm, cfg.patch, cfg.lung_hu, list(cfg.sigmas_mm), cfg.blob_hu_max,
+                      cfg.min_response, cfg.max_candidates, repr(synth_cfg), CACHE_VERSION])
+    return cache_dir() / "medical" / "candidates" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pkl"
+
+
+def synth_scan(index: int, seed: int, cfg: DetectorConfig, synth_cfg=None, cache: bool = True) -> ScanCache:
+    """One synthetic study's candidate set, labelled, with its report reading; computed in memory and
+    kept in the cache folder (apps.settings.cache_dir) for the next training run."""
+    import pickle
+
+    from .evaluation import Nodule
+    from .report import read_report
+    from .synth import make_study
+
+    torch.set_num_threads(1)
+    path = _cache_file(index, seed, cfg, synth_cfg)
+    if cache and path.is_file():
+        try:
+            with open(path, "rb") as f:
+                scan = pickle.load(f)
+            scan.reading = read_report(scan.report_text)     # the reader may have changed since
+            scan.cs.cand_BF = np.stack([candidate_features(c, p) for c, p in zip(scan.cs.candidates,
+                                                                                scan.cs.positions)]) \
+                if scan.cs.candidates else scan.cs.cand_BF          # and the features derived from them
+            return scan
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+            pass   # unreadable: recompute
+    study = make_study(index, seed, synth_cfg)
+    cs = candidate_set(study.hu_ZYX, study.affine, cfg)
+    cs.grid.hu_ZYX = cs.grid.hu_ZYX.astype(np.float16)        # kept for nothing but geometry: halve it
+    truth = [Nodule(study.study_id, t.center_xyz, t.diameter_mm) for t in study.nodules]
+    scan = ScanCache(study.study_id, cs, labels_for(cs, study.nodules, cfg), read_report(study.report), truth,
+                     study.report)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            pickle.dump(scan, f)
+        tmp.replace(path)
+    return scan
+
+
+def synth_scans(first: int, n: int, seed: int, cfg: DetectorConfig, synth_cfg=None, workers: int = 1) -> list[ScanCache]:
+    """synth_scan for studies first .. first + n - 1, in `workers` processes."""
+    args = [(i, seed, cfg, synth_cfg) for i in range(first, first + n)]
+    if workers <= 1:
+        return [synth_scan(*a) for a in args]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(synth_scan, *zip(*args)))
+
+
+def _epoch_rows(scans: list[ScanCache], rng: np.random.Generator, negatives: int,
+                pos_repeat: int = 1) -> list[tuple[int, int]]:
+    """(scan, candidate) rows of one epoch: every positive, the strongest negatives and random others
+    (negatives / 2 each, fresh draw per epoch): the full candidate lists would cost 10x more per epoch."""
+    rows = []
+    for s, scan in enumerate(scans):
+        pos = np.flatnonzero(scan.labels_B > 0)
+        neg = np.flatnonzero(scan.labels_B == 0)          # candidates come strongest first
+        hard = neg[:negatives // 2]
+        rest = neg[negatives // 2:]
+        easy = rng.choice(rest, size=min(len(rest), negatives - len(hard)), replace=False) if len(rest) else rest
+        rows += [(s, int(b)) for b in np.concatenate([np.repeat(pos, pos_repeat), hard, easy])]
+    return rows
+
+
+def _batches(scans: list[ScanCache], texts: list, rng: np.random.Generator, batch_size: int, p_drop: float,
+             negatives: int, pos_repeat: int = 1):
+    """Shuffled training batches of one epoch; the report tokens padded to the batch's max M."""
+    rows = _epoch_rows(scans, rng, negatives, pos_repeat)
+    order = rng.permutation(len(rows))
+    for start in range(0, len(order), batch_size):
+        chosen = [rows[i] for i in order[start:start + batch_size]]
+        patches = np.stack([scans[s].cs.patches_BP3[b] for s, b in chosen]).astype(np.float32)
+        flips = rng.random((len(chosen), 3)) < 0.5
+        shifts = rng.integers(-2, 3, size=(len(chosen), 3))   # +-2 voxels: the candidate is never exactly centred
+        for r, f in enumerate(flips):
+            axes = tuple(a for a, on in enumerate(f) if on)
+            if axes:
+                patches[r] = np.flip(patches[r], axes)
+            patches[r] = np.roll(patches[r], tuple(shifts[r]), axis=(0, 1, 2))
+        cand = np.stack([scans[s].cs.cand_BF[b] for s, b in chosen])
+        y = np.array([scans[s].labels_B[b] for s, b in chosen], np.float32)
+        M = max((texts[s].shape[1] for s, _ in chosen if texts[s] is not None), default=0)
+        text = np.zeros((len(chosen), max(M, 1), EMBED_DIM + PAIR_FEATURES), np.float32)
+        mask = np.zeros((len(chosen), max(M, 1)), bool)
+        for r, (s, b) in enumerate(chosen):
+            if texts[s] is not None and rng.random() >= p_drop:
+                m = texts[s].shape[1]
+                text[r, :m], mask[r, :m] = texts[s][b], True
+        yield (torch.from_numpy(np.ascontiguousarray(patches))[:, None], torch.from_numpy(cand),
+               torch.from_numpy(text), torch.from_numpy(mask), torch.from_numpy(y))
+
+
+def evaluate_scans(detector: NoduleDetector, scans: list[ScanCache]) -> dict:
+    """FROC of the fused and the image-only ratings over cached scans, plus candidate recall."""
+    from .evaluation import Prediction, froc, match
+
+    fused, image, truth = [], [], []
+    for scan in scans:
+        for d in detector.detect_candidates(scan.cs, scan.reading):
+            fused.append(Prediction(scan.study_id, d.xyz_mm, d.probability))
+            image.append(Prediction(scan.study_id, d.xyz_mm, d.probability_image_only))
+        truth += scan.truth
+    n_scans = len(scans)
+    r_fused, r_image = froc(fused, truth, n_scans), froc(image, truth, n_scans)
+    # candidate recall: share of true nodules hit by any candidate (the ceiling of sensitivity)
+    _, is_tp, _ = match([Prediction(p.study, p.xyz_mm, 1.0) for p in fused], truth)
+    # the operating point: the lowest fused probability that keeps false positives at <= 1 per scan
+    prob_P, tp_P, ignored_P = match(fused, truth)
+    order = np.argsort(-prob_P[~ignored_P], kind="stable")
+    fp_cum = np.cumsum(~tp_P[~ignored_P][order])
+    within = np.flatnonzero(fp_cum <= n_scans)
+    threshold = float(prob_P[~ignored_P][order][within[-1]]) if len(within) else 1.0
+    return {"scans": n_scans, "nodules": len(truth), "candidates_per_scan": round(len(fused) / n_scans, 1),
+            "candidate_recall": round(int(is_tp.sum()) / max(1, len(truth)), 4),
+            "threshold_at_1fp_per_scan": round(threshold, 4),
+            "cpm_fused": round(r_fused.cpm, 4), "cpm_image_only": round(r_image.cpm, 4),
+            "sensitivity_at_1fp_fused": round(r_fused.sensitivity_at[1.0], 4),
+            "sensitivity_at_1fp_image_only": round(r_image.sensitivity_at[1.0], 4),
+            "froc_fused": {str(k): round(v, 4) for k, v in r_fused.sensitivity_at.items()},
+            "froc_image_only": {str(k): round(v, 4) for k, v in r_image.sensitivity_at.items()}}
+
+
+def fit_prior(model: NoduleRater, scans: list[ScanCache], pos_weight: float = 10.0) -> None:
+    """Start the blob prior as a (class-weighted) logistic regression on the candidates' measurements:
+    the networks then learn what the image and the report add to them."""
+    X = torch.from_numpy(np.concatenate([s.cs.cand_BF for s in scans]))
+    y = torch.from_numpy(np.concatenate([s.labels_B for s in scans]))
+    w, b = torch.zeros(X.shape[1], requires_grad=True), torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(X @ w + b, y, pos_weight=torch.tensor(pos_weight)) \
+            + 1e-4 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        model.prior.weight.copy_(w[None])
+        model.prior.bias.copy_(b - math.log(pos_weight))   # undo the class weight's shift of the odds
+    model.prior.requires_grad_(False)
+
+
+def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log=print) -> dict:
+    """Train the rater on synthetic studies; save the best epoch (by held-out fused CPM) to `out`."""
+    from core.checkpoint import save_checkpoint
+    from core.moe import update_expert_biases
+
+    start = time.perf_counter()
+    torch.manual_seed(tcfg.seed)
+    rng = np.random.default_rng(tcfg.seed)
+    cfg = tcfg.model
+    train = synth_scans(0, tcfg.train_studies, tcfg.seed, cfg, workers=tcfg.workers)
+    val = synth_scans(0, tcfg.val_studies, tcfg.seed + 1, cfg, workers=tcfg.workers)
+    prep_seconds = time.perf_counter() - start
+    log(f"candidates ready in {prep_seconds:.0f} s: {sum(len(s.cs.candidates) for s in train)} train, "
+        f"{sum(int(s.labels_B.sum()) for s in train)} positive")
+    model = NoduleRater(cfg)
+    fit_prior(model, train)
+    detector = NoduleDetector(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
+                            weight_decay=tcfg.weight_decay)
+    texts = [text_inputs(scan.cs, scan.reading) for scan in train]
+    n_rows = len(_epoch_rows(train, np.random.default_rng(0), tcfg.negatives, tcfg.pos_repeat))
+    total = tcfg.epochs * math.ceil(n_rows / tcfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.lr, total_steps=max(total, 1), pct_start=0.15)
+    n_pos = float(sum(s.labels_B.sum() for s in train)) * tcfg.pos_repeat
+    pos_weight = torch.tensor(max(1.0, (n_rows - n_pos) / max(1.0, n_pos)) ** 0.5)
+    model.eval()
+    best_metrics = evaluate_scans(detector, val)        # epoch 0: the blob prior alone
+    best, best_state = best_metrics["cpm_fused"], {k: v.clone() for k, v in model.state_dict().items()}
+    history = [{"epoch": 0, **{k: best_metrics[k] for k in ("cpm_fused", "cpm_image_only", "sensitivity_at_1fp_fused",
+                                                            "sensitivity_at_1fp_image_only")}}]
+    log(str(history[-1]))
+    for epoch in range(tcfg.epochs):
+        model.train()
+        losses = []
+        for patches, cand, text, mask, y in _batches(train, texts, rng, tcfg.batch_size, tcfg.p_drop_report,
+                                                     tcfg.negatives, tcfg.pos_repeat):
+            logits, aux = model(patches, cand, text, mask)
+            loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight) + aux
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            update_expert_biases(model)
+            losses.append(loss.item())
+        model.eval()
+        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
+                        "seconds": round(time.perf_counter() - start, 1)})
+        if (epoch + 1) % tcfg.eval_every and epoch + 1 != tcfg.epochs:
+            log(str(history[-1]))
+            continue
+        metrics = evaluate_scans(detector, val)
+        history[-1].update({k: metrics[k] for k in ("cpm_fused", "cpm_image_only", "sensitivity_at_1fp_fused",
+                                                    "sensitivity_at_1fp_image_only")})
+        log(str(history[-1]))
+        if metrics["cpm_fused"] >= best:   # ties go to the more trained model
+            best, best_state, best_metrics = metrics["cpm_fused"], {k: v.clone() for k, v in model.state_dict().items()}, metrics
+    model.load_state_dict(best_state)
+    cfg.threshold = best_metrics["threshold_at_1fp_per_scan"]   # the default operating point of findings
+    summary = {"train_studies": tcfg.train_studies, "val_studies": tcfg.val_studies, "seed": tcfg.seed,
+               "epochs": tcfg.epochs, "seconds": round(time.perf_counter() - start, 1),
+               "parameters": sum(p.numel() for p in model.parameters()), **best_metrics, "history": history}
+    if out is not None:
+        train_cfg = dataclasses.asdict(tcfg)
+        train_cfg.pop("model")
+        save_checkpoint(model, out, kind=KIND, config=cfg, metadata={"train": train_cfg, "held_out": best_metrics})
+        summary["out"] = str(out)
+    return summary
+
+
+def evaluate_on_synth(detector: NoduleDetector, first: int = 0, n: int = 12, seed: int = 1000,
+                      workers: int = 2) -> dict:
+    """FROC, fused vs image only, on synthetic studies never trained on (another seed)."""
+    return {"seed": seed, **evaluate_scans(detector, synth_scans(first, n, seed, detector.cfg, workers=workers))}

@@ -1,0 +1,195 @@
+"""One study in, its findings out: detection (image + optional report), malignancy, the files.
+
+    models = Models.load()                                   # detector + malignancy model (None if missing)
+    result = diagnose(volume, report_text, models)           # StudyResult: findings, mentions, timings
+    write_study(result, volume, out_dir, overlays=True, sr=False)   # findings.json, PNGs, optional SR
+
+Research software, not a medical device: every output says so (DISCLAIMER).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .detection import NoduleDetector, load_detector
+from .report import ReportReading, read_report
+
+DISCLAIMER = ("Research software, not a medical device: not for diagnosis or treatment decisions. "
+              "Findings must be reviewed by a qualified radiologist.")
+
+
+@dataclass
+class Finding:
+    nodule_id: int
+    x_mm: float
+    y_mm: float
+    z_mm: float
+    i: float                          # voxel indices in the study's own volume (see data_connectors.dicom)
+    j: float
+    k: float
+    diameter_mm: float
+    probability: float                # P(nodule), report fused when a report was given
+    probability_image_only: float
+    malignancy: float | None          # P(malignant), None when the malignancy model is unavailable
+    malignancy_note: str
+    lobe: str                         # estimated from the position in the lungs
+    kind: str                         # "solid" | "ground_glass" (from the centre's HU)
+    key_slices: list[int]             # k indices through the nodule, centre first
+    report_sentence: str | None       # the report clause that agrees with this finding
+
+
+@dataclass
+class StudyResult:
+    findings: list[Finding]
+    mentions: list[dict]
+    report_given: bool
+    candidates: int
+    seconds: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Models:
+    """The detector and the malignancy model, loaded once per process."""
+
+    def __init__(self, detector: NoduleDetector, malignancy=None, malignancy_error: str | None = None):
+        self.detector = detector
+        self.malignancy = malignancy
+        self.malignancy_error = malignancy_error
+
+    @classmethod
+    def load(cls, detector_path: str | Path | None = None) -> Models:
+        detector = load_detector(detector_path)
+        try:
+            from .malignancy import load_default_malignancy_model
+            malignancy, error = load_default_malignancy_model(), None
+        except (ImportError, FileNotFoundError, ValueError) as exc:
+            malignancy, error = None, f"malignancy model unavailable ({type(exc).__name__}: {exc})"
+        return cls(detector, malignancy, error)
+
+
+def _malignancy(models: Models, hu_ZYX: np.ndarray, spacing_zyx, findings: list[Finding]) -> None:
+    if not findings:
+        return
+    if models.malignancy is None:
+        for f in findings:
+            f.malignancy_note = models.malignancy_error or "malignancy model unavailable"
+        return
+    from .malignancy import crop_around
+
+    size = models.malignancy.cfg.crop_mm + 8
+    crops = [(crop_around(hu_ZYX, spacing_zyx, (f.i, f.j, f.k), size), (1.0, 1.0, 1.0)) for f in findings]
+    probs = models.malignancy.predict_hu(crops, [f.diameter_mm for f in findings])
+    threshold = float(models.malignancy.threshold)
+    for f, p in zip(findings, probs):
+        f.malignancy = round(float(p), 4)
+        call = "suspicious" if p >= threshold else "likely benign"
+        f.malignancy_note = (f"{call}: P(malignant) {p:.2f} (operating point {threshold:.2f}) from the 3D "
+                             f"malignancy model on a {models.malignancy.cfg.crop_mm} mm crop; "
+                             f"{f.kind.replace('_', '-')} nodule, {f.diameter_mm:.0f} mm, {f.lobe}")
+
+
+def diagnose(volume, report_text: str | None, models: Models, threshold: float | None = None) -> StudyResult:
+    """Findings of one CTVolume (data_connectors.dicom) with its optional report text."""
+    t0 = time.perf_counter()
+    reading: ReportReading = read_report(report_text)
+    t1 = time.perf_counter()
+    detector = models.detector
+    from .detection import candidate_set
+    cs = candidate_set(volume.hu_ZYX, volume.affine, detector.cfg)
+    t2 = time.perf_counter()
+    threshold = detector.cfg.threshold if threshold is None else threshold
+    detections = detector.detect_candidates(cs, reading, threshold)
+    t3 = time.perf_counter()
+    ijk_N3 = volume.to_voxel(np.array([d.xyz_mm for d in detections])) if detections else np.zeros((0, 3))
+    spacing_z = float(volume.spacing_zyx[0])
+    findings = []
+    for n, (d, ijk) in enumerate(zip(detections, ijk_N3)):
+        k_c = int(np.clip(round(ijk[2]), 0, volume.hu_ZYX.shape[0] - 1))
+        half = max(0, int(d.diameter_mm / 2 / spacing_z))
+        around = [k for k in (k_c - half // 2, k_c + half // 2) if k != k_c and 0 <= k < volume.hu_ZYX.shape[0]]
+        sentence = reading.mentions[d.mention].sentence if d.mention is not None else None
+        findings.append(Finding(
+            nodule_id=n, x_mm=round(d.xyz_mm[0], 2), y_mm=round(d.xyz_mm[1], 2), z_mm=round(d.xyz_mm[2], 2),
+            i=round(float(ijk[0]), 2), j=round(float(ijk[1]), 2), k=round(float(ijk[2]), 2),
+            diameter_mm=float(d.diameter_mm), probability=round(d.probability, 4),
+            probability_image_only=round(d.probability_image_only, 4), malignancy=None, malignancy_note="",
+            lobe=d.lobe, kind="solid" if d.candidate.center_hu > -300 else "ground_glass",
+            key_slices=[k_c, *around], report_sentence=sentence))
+    _malignancy(models, volume.hu_ZYX, volume.spacing_zyx, findings)
+    t4 = time.perf_counter()
+    warnings = list(getattr(volume, "warnings", []))
+    if not cs.grid.lung_ZYX.any():
+        warnings.append("no lungs found (no large air-filled region inside the body): no candidates")
+    return StudyResult(findings, [m.to_dict() for m in reading.mentions], bool((report_text or "").strip()),
+                       len(cs.candidates), {"report": round(t1 - t0, 3), "candidates": round(t2 - t1, 3),
+                                            "rating": round(t3 - t2, 3), "malignancy": round(t4 - t3, 3),
+                                            "total": round(t4 - t0, 3)}, warnings)
+
+
+def findings_json(result: StudyResult, study: str, series_uid: str, study_uid: str, shape, spacing_zyx) -> dict:
+    return {"disclaimer": DISCLAIMER, "study": study, "series_uid": series_uid, "study_uid": study_uid,
+            "shape_zyx": list(shape), "spacing_zyx": [float(s) for s in spacing_zyx],
+            "report_given": result.report_given, "report_mentions": result.mentions,
+            "candidates": result.candidates, "findings": [asdict(f) for f in result.findings],
+            "warnings": result.warnings, "seconds": result.seconds}
+
+
+def write_study(result: StudyResult, volume, folder: Path, study: str, series_uid: str, study_uid: str,
+                overlays: bool = True, sr: bool = False, anonymize: bool = False) -> list[Path]:
+    """findings.json, key-slice PNGs (overlays/) and optionally sr.dcm into `folder` (which must exist)."""
+    written = []
+    doc = findings_json(result, study, series_uid, study_uid, volume.hu_ZYX.shape, volume.spacing_zyx)
+    if overlays:
+        from .overlays import write_overlays
+        doc["overlays"] = [p.name for p in write_overlays(volume.hu_ZYX, volume.spacing_zyx, result.findings,
+                                                         folder / "overlays")]
+    if sr:
+        from .structured_report import write_sr
+        written.append(write_sr(volume, result, folder / "sr.dcm", anonymized_id=study if anonymize else None))
+    path = folder / "findings.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    written.append(path)
+    return written
+
+
+_SHARED: Models | None = None
+
+
+def shared_models() -> Models:
+    """One Models per process, for the page and the API."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = Models.load()
+    return _SHARED
+
+
+MAX_UNZIPPED_BYTES = 2 * 1024 ** 3   # an uploaded zip may expand to at most this much
+
+
+def load_upload(zip_path: str | Path):
+    """The CT volume in an uploaded zip of DICOM files (or of one NIfTI / MetaImage file), extracted safely
+    (data_connectors.archive) into a temporary folder that is removed afterwards. Several series: the
+    CT series with the most slices is taken (and a warning says so)."""
+    import tempfile
+
+    from data_connectors.archive import safe_extract_zip
+    from data_connectors.dicom import VOLUME_SUFFIXES, DicomReadError, load_series, load_volume, scan_folder
+
+    with tempfile.TemporaryDirectory(prefix="medical-upload-") as tmp:
+        files = safe_extract_zip(zip_path, tmp, max_total_bytes=MAX_UNZIPPED_BYTES)
+        images = [f for f in files if f.name.lower().endswith(VOLUME_SUFFIXES)]
+        if len(images) == 1:
+            return load_volume(images[0])
+        scan = scan_folder(tmp)
+        ct = [s for s in scan.series if s.modality.upper() == "CT"] or scan.series
+        if not ct:
+            raise DicomReadError(f"the zip holds no DICOM series ({len(scan.skipped)} files skipped)")
+        series = max(ct, key=lambda s: len(s.files))
+        volume = load_series(series)
+        if len(ct) > 1:
+            volume.warnings.append(f"the zip holds {len(ct)} series; diagnosed the largest ({len(series.files)} slices)")
+        return volume

@@ -1,0 +1,83 @@
+"""HTTP API of the video studio (mounted by apps/server.py at /api/v1/video).
+
+    POST /generate  {"prompt": "...", "seconds": 3, "resolution": "360p", "fps": 24, "style": null}
+        -> {"id", "video_url", "preview_url" (absolute URLs), "script", "cut_frames", "experts", "timings", ...}
+    GET  /files/{name}  -> the video (video/mp4) or preview (image/gif)
+
+Limits are the studio's (studio.py); a request outside them gets 422 with the message. Generation
+runs in a worker thread, one at a time (the machine has few cores), and files live in the cache
+folder (apps.settings.cache_dir() / "video"), keeping the newest MAX_FILES.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from .studio import MAX_FPS, MAX_PROMPT_CHARS, MAX_SECONDS, MIN_FPS, MIN_SECONDS
+
+MAX_FILES = 200
+_NAME = re.compile(r"^[0-9a-f]{32}(\.preview\.gif|\.mp4|\.webm)$")
+_lock = asyncio.Lock()
+
+router = APIRouter(tags=["video"])
+
+
+class GenerateRequest(BaseModel):
+    prompt: str = Field(..., max_length=MAX_PROMPT_CHARS * 5, description=f"1..{MAX_PROMPT_CHARS} characters")
+    seconds: float = Field(3.0, description=f"{MIN_SECONDS}..{MAX_SECONDS}")
+    resolution: str = Field("360p", description="360p, 720p or 1080p")
+    fps: int = Field(24, description=f"{MIN_FPS}..{MAX_FPS}")
+    style: str | None = Field(None, description="style name or description")
+    format: str = Field("mp4", description="mp4 (H.264) or webm (VP9)")
+
+
+def files_dir() -> Path:
+    from apps.settings import cache_dir
+    folder = Path(cache_dir()) / "video"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _prune(folder: Path) -> None:
+    files = sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: p.stat().st_mtime)
+    for old in files[:-MAX_FILES]:
+        old.unlink(missing_ok=True)
+
+
+@router.post("/generate")
+async def generate(req: GenerateRequest, request: Request) -> dict:
+    from .studio import generate_video
+
+    if req.format not in ("mp4", "webm"):
+        raise HTTPException(422, f"format must be mp4 or webm, got {req.format!r}")
+    folder = files_dir()
+    vid = uuid.uuid4().hex
+    out = folder / f"{vid}.{req.format}"
+    async with _lock:
+        try:
+            result = await asyncio.to_thread(generate_video, req.prompt, seconds=req.seconds,
+                                             resolution=req.resolution, fps=req.fps, style=req.style, out=out)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+    _prune(folder)
+    body = result.to_dict()
+    body.pop("path"), body.pop("preview_path")
+    return {"id": vid, "video_url": str(request.url_for("files", name=out.name)),
+            "preview_url": str(request.url_for("files", name=result.preview_path.name)), **body}
+
+
+@router.get("/files/{name}")
+async def files(name: str) -> FileResponse:
+    if not _NAME.match(name):
+        raise HTTPException(404, "no such file")
+    path = files_dir() / name
+    if not path.is_file():
+        raise HTTPException(404, "no such file")
+    media = {".mp4": "video/mp4", ".webm": "video/webm", ".gif": "image/gif"}[path.suffix]
+    return FileResponse(path, media_type=media)

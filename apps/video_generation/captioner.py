@@ -1,0 +1,794 @@
+"""Captioning per shot (task "captioning"): a vision encoder reads a few frames of a shot at once
+(a convolutional stem, then transformer blocks whose feed-forward layers are core MoE experts routed
+with the "captioning" task id), and a small text decoder whose feed-forward blocks are MoE experts
+too (visual-language experts) writes the caption while cross-attending to the visual tokens. Attribute heads (objects' shape, colour, motion; background,
+camera) read the same tokens through learned queries: one for the scene and one per colour, so
+each object is bound to the query of its colour (the world's objects in a scene have distinct
+colours), which needs no object ordering.
+
+    shots = caption_video("clip.mp4")         # [ShotCaption(start_s, end_s, caption, attributes, ...)]
+
+The model is trained on the synthetic world (world.render_scene clips, world.caption_scene
+captions, train split). On footage that does not look like that world (low confidence, or frame
+statistics far from the training frames') the caption is built from what shots.describe_shot
+measures in the pixels only: brightness, dominant colours, camera movement and motion. It never
+claims synthetic-world objects in such footage.
+
+Shape legend: B clips, T sampled frames per clip, C input channels per frame (RGB + difference to
+the previous sampled frame), H, W model input size, M visual tokens (one per stride x stride
+block), L caption tokens, D model width, O object slots.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core import registry
+from core.moe import MoEConfig, MoELayer
+from core.tasks import NUM_TASKS, task_id
+
+from . import world
+from .shots import ShotConfig, ShotDescriptors, describe_shot, detect_shots
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "video_generation" / "captioner"
+KIND = "video_captioner"
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+NONE_SHAPE = "none"
+
+
+def caption_vocab() -> tuple[str, ...]:
+    """Every word world.caption_scene can write, plus ; and . and the special tokens."""
+    words: set[str] = {"a", "an", "and", "digit", ";", "."}
+    words.update(world.COLOURS)
+    words.update(world.SHAPES)
+    for phrases in (world.MOTION_PHRASES, world.BACKGROUND_PHRASES, world.CAMERA_PHRASES):
+        for phrase in phrases.values():
+            words.update(phrase.split())
+    return (PAD, BOS, EOS) + tuple(sorted(words))
+
+
+def tokenize(caption: str) -> list[str]:
+    return caption.replace(";", " ;").replace(".", " .").split()
+
+
+def detokenize(words: list[str]) -> str:
+    return " ".join(words).replace(" ;", ";").replace(" .", ".")
+
+
+@dataclass
+class CaptionerConfig:
+    frames: int = 4                  # frames sampled evenly from a shot (first and last included)
+    height: int = 96                 # model input size; multiples of the stem's stride
+    width: int = 160
+    dim: int = 128                   # shared token width D
+    patch: int = 4                   # the stem's first conv: patch x patch, stride patch (digits are
+                                     # a few pixels thick, so no detail is thrown away before it)
+    stem_widths: tuple[int, ...] = (48, 64, 96)  # stem widths: the patch conv, then stride-2 convs; a last one to dim
+    vision_layers: int = 2           # MoE transformer blocks over the visual tokens
+    vision_experts: int = 4          # routed experts per vision block
+    heads: int = 4
+    decoder_layers: int = 2
+    num_experts: int = 6             # visual-language experts per decoder layer
+    top_k: int = 2
+    expert_hidden: int = 192         # hidden width of each decoder expert
+    max_len: int = 40                # caption tokens, <bos> and <eos> included
+    max_objects: int = world.MAX_OBJECTS   # objects a world scene holds (the heads have one slot per colour)
+    vocab: tuple[str, ...] = ()      # caption words; () = caption_vocab()
+    shapes: tuple[str, ...] = ()     # class lists of the heads; () = the world's
+    colours: tuple[str, ...] = ()
+    motions: tuple[str, ...] = ()
+    backgrounds: tuple[str, ...] = ()
+    cameras: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.vocab = tuple(self.vocab) or caption_vocab()
+        self.shapes = tuple(self.shapes) or world.SHAPES + (NONE_SHAPE,)
+        self.colours = tuple(self.colours) or tuple(world.COLOURS)
+        self.motions = tuple(self.motions) or world.MOTIONS
+        self.backgrounds = tuple(self.backgrounds) or world.BACKGROUNDS
+        self.cameras = tuple(self.cameras) or world.CAMERAS
+        if self.height % self.stride or self.width % self.stride:
+            raise ValueError(f"height and width must be multiples of {self.stride}, got {self.height}x{self.width}")
+        if self.frames < 2:
+            raise ValueError(f"frames must be >= 2 (motion needs time), got {self.frames}")
+
+    @property
+    def stride(self) -> int:
+        return self.patch * 2 ** len(self.stem_widths)
+
+    @property
+    def tokens(self) -> int:
+        return (self.height // self.stride) * (self.width // self.stride)
+
+    def moe(self, experts: int, hidden: int) -> MoEConfig:
+        return MoEConfig(dim=self.dim, hidden_dim=hidden, num_experts=experts, top_k=self.top_k,
+                         num_shared_experts=1, capacity_factor=0.0, num_tasks=NUM_TASKS)
+
+
+class VisionBlock(nn.Module):
+    """Pre-norm self-attention over the visual tokens, then MoE feed-forward (visual experts)."""
+
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+        self.attn = nn.MultiheadAttention(cfg.dim, cfg.heads, batch_first=True)
+        self.moe = MoELayer(cfg.moe(cfg.vision_experts, cfg.expert_hidden))
+
+    def forward(self, x_BMD, task):
+        h = self.norm1(x_BMD)
+        x_BMD = x_BMD + self.attn(h, h, h, need_weights=False)[0]
+        y_BMD, stats = self.moe(self.norm2(x_BMD), task)
+        return x_BMD + y_BMD, stats
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm: causal self-attention, cross-attention to the visual memory, MoE feed-forward."""
+
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__()
+        d = cfg.dim
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = nn.MultiheadAttention(d, cfg.heads, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d, cfg.heads, batch_first=True)
+        self.moe = MoELayer(cfg.moe(cfg.num_experts, cfg.expert_hidden))
+
+    def forward(self, x_BLD, memory_BMD, causal_LL, task):
+        h = self.norm1(x_BLD)
+        x_BLD = x_BLD + self.self_attn(h, h, h, attn_mask=causal_LL, need_weights=False)[0]
+        h = self.norm2(x_BLD)
+        x_BLD = x_BLD + self.cross_attn(h, memory_BMD, memory_BMD, need_weights=False)[0]
+        y_BLD, stats = self.moe(self.norm3(x_BLD), task)
+        return x_BLD + y_BLD, stats
+
+
+@dataclass
+class CaptionerOutput:
+    logits: dict[str, torch.Tensor]  # head name -> [B, classes] or [B, O, classes]
+    memory_BMD: torch.Tensor
+    aux_loss: torch.Tensor
+    vision_stats: list
+
+
+class CaptionModel(nn.Module):
+    """(frames [B, T, 6, H, W], measured features [B, K]) -> visual memory and attribute logits;
+    decode(memory, tokens) -> word logits."""
+
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        # Early fusion: the T sampled frames and their differences enter as one 6T-channel image,
+        # so one pass per shot sees the motion.
+        convs, c_in = [], 6 * cfg.frames
+        for i, c_out in enumerate(cfg.stem_widths + (d,)):
+            conv = nn.Conv2d(c_in, c_out, cfg.patch, stride=cfg.patch) if i == 0 else \
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+            convs += [conv, nn.GroupNorm(8, c_out), nn.GELU()]
+            c_in = c_out
+        self.stem = nn.Sequential(*convs)
+        self.pos_MD = nn.Parameter(torch.randn(cfg.tokens, d) * 0.02)
+        self.colour_proj = nn.Sequential(nn.Linear(cfg.frames * COLOUR_FEATURES, d), nn.GELU(), nn.Linear(d, d))
+        self.colour_id_OD = nn.Parameter(torch.randn(len(cfg.colours), d) * 0.02)
+        self.motion_proj = nn.Sequential(nn.Linear((cfg.frames - 1) * MOTION_FEATURES, d), nn.GELU(), nn.Linear(d, d))
+        self.vision_blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.vision_layers))
+        self.memory_norm = nn.LayerNorm(d)
+        # Attribute heads: one learned query for the scene, one per colour (its object's shape, or
+        # "none", and its motion).
+        self.queries_QD = nn.Parameter(torch.randn(1 + len(cfg.colours), d) * 0.02)
+        self.query_attn = nn.MultiheadAttention(d, cfg.heads, batch_first=True)
+        self.query_mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.heads = nn.ModuleDict({
+            "background": nn.Linear(d, len(cfg.backgrounds)), "camera": nn.Linear(d, len(cfg.cameras)),
+            "shape": nn.Linear(d, len(cfg.shapes)), "motion": nn.Linear(d, len(cfg.motions))})
+        self.embed = nn.Embedding(len(cfg.vocab), d)
+        nn.init.normal_(self.embed.weight, std=0.02)  # tied to the output layer: keep first logits small
+        self.word_pos_LD = nn.Parameter(torch.randn(cfg.max_len, d) * 0.02)
+        self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
+        self.out_norm = nn.LayerNorm(d)
+
+    @property
+    def task(self) -> int:
+        return task_id("captioning")
+
+    def encode(self, frames_BTCHW: torch.Tensor, measured_BK: torch.Tensor) -> CaptionerOutput:
+        B, cfg = frames_BTCHW.shape[0], self.cfg
+        x_BMD = self.stem(frames_BTCHW.flatten(1, 2)).flatten(2).transpose(1, 2) + self.pos_MD
+        # Measured tokens: one per colour (its region's track) and one for the global motion.
+        n_col = len(cfg.colours) * cfg.frames * COLOUR_FEATURES
+        colour_BOD = self.colour_proj(measured_BK[:, :n_col].view(B, len(cfg.colours), -1))
+        motion_B1D = self.motion_proj(measured_BK[:, n_col:])[:, None]
+        x_BMD = torch.cat([x_BMD, colour_BOD + self.colour_id_OD, motion_B1D], dim=1)
+        aux, stats = x_BMD.new_zeros(()), []
+        for block in self.vision_blocks:
+            x_BMD, s = block(x_BMD, self.task)
+            aux, stats = aux + s.aux_loss, stats + [s]
+        memory_BMD = self.memory_norm(x_BMD)
+        q_BQD = self.queries_QD.expand(B, -1, -1) + torch.cat([motion_B1D, colour_BOD], dim=1)
+        q_BQD = q_BQD + self.query_attn(q_BQD, memory_BMD, memory_BMD, need_weights=False)[0]
+        q_BQD = q_BQD + self.query_mlp(q_BQD)
+        scene_BD, colours_BOD = q_BQD[:, 0], q_BQD[:, 1:]
+        logits = {name: self.heads[name](scene_BD) for name in ("background", "camera")}
+        logits.update({name: self.heads[name](colours_BOD) for name in ("shape", "motion")})
+        return CaptionerOutput(logits, memory_BMD, aux, stats)
+
+    def decode(self, memory_BMD: torch.Tensor, tokens_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Word logits [B, L, vocab], the MoE aux loss and the decoder layers' MoE stats."""
+        L = tokens_BL.shape[1]
+        x_BLD = self.embed(tokens_BL) + self.word_pos_LD[:L]
+        causal_LL = torch.triu(torch.ones(L, L, dtype=torch.bool, device=tokens_BL.device), 1)
+        aux, stats = memory_BMD.new_zeros(()), []
+        for block in self.blocks:
+            x_BLD, s = block(x_BLD, memory_BMD, causal_LL, self.task)
+            aux, stats = aux + s.aux_loss, stats + [s]
+        return self.out_norm(x_BLD) @ self.embed.weight.T, aux, stats
+
+    def forward(self, frames_BTCHW: torch.Tensor, measured_BK: torch.Tensor, tokens_BL: torch.Tensor):
+        enc = self.encode(frames_BTCHW, measured_BK)
+        word_logits, aux, _ = self.decode(enc.memory_BMD, tokens_BL)
+        return enc, word_logits, enc.aux_loss + aux
+
+
+if KIND not in registry.MODELS:
+    registry.register(KIND, CaptionerConfig, CaptionModel)
+
+
+# ---- data ----
+
+def sample_indices(frames: int, n: int) -> np.ndarray:
+    """n frame indices spread evenly over a shot of `frames` frames, first and last included."""
+    return np.linspace(0, frames - 1, n).round().astype(int)
+
+
+COLOUR_FEATURES = 4                  # per colour and frame: area share, centre x, centre y, spread
+MOTION_FEATURES = 4                  # per frame pair: shift x, shift y, peak response, log scale
+COLOUR_DE = 30.0                     # Lab distance within which a pixel counts as a palette colour
+FG_CONTRAST = 30                     # |pixel - neighbourhood median| (any channel) of a foreground pixel
+
+
+def colour_tracks(rgb_THW3: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:
+    """[colours, T * COLOUR_FEATURES]: for each palette colour, where its foreground pixels are in
+    each frame (area share x 10, centre x and y relative to the middle, spread), from uint8 frames."""
+    T, H, W = rgb_THW3.shape[:3]
+    small = rgb_THW3
+    lab_THW3 = np.stack([cv2.cvtColor(f.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab) for f in small])
+    # Foreground: pixels unlike the median of their neighbourhood (small regions, not backdrops).
+    k = 2 * (min(H, W) // 4) + 1
+    fg_THW = np.stack([np.abs(f.astype(np.int16) - cv2.medianBlur(f, k)).max(axis=-1) > FG_CONTRAST for f in small])
+    target_C3 = cv2.cvtColor(np.array(palette, np.float32).reshape(1, -1, 3) / 255.0, cv2.COLOR_RGB2Lab)[0]
+    dist_CTHW = np.linalg.norm(lab_THW3[None] - target_C3[:, None, None, None], axis=-1)
+    mask_CTHW = ((dist_CTHW < COLOUR_DE) & fg_THW[None]).astype(np.float32)
+    h, w = mask_CTHW.shape[2:]
+    ys, xs = np.arange(h, dtype=np.float32) / h - 0.5, np.arange(w, dtype=np.float32) / w - 0.5
+    n_CT = mask_CTHW.sum(axis=(2, 3))
+    safe_CT = np.maximum(n_CT, 1.0)
+    px_CTW, py_CTH = mask_CTHW.sum(axis=2) / safe_CT[..., None], mask_CTHW.sum(axis=3) / safe_CT[..., None]
+    cx_CT, cy_CT = px_CTW @ xs, py_CTH @ ys
+    var_CT = px_CTW @ xs ** 2 - cx_CT ** 2 + py_CTH @ ys ** 2 - cy_CT ** 2
+    out_CTF = np.stack([10.0 * n_CT / (h * w), cx_CT, cy_CT, np.sqrt(np.maximum(var_CT, 0.0))], axis=-1)
+    return out_CTF.reshape(len(palette), -1).astype(np.float32)
+
+
+def global_motion(grey_THW: np.ndarray) -> np.ndarray:
+    """[(T - 1) * MOTION_FEATURES]: per consecutive pair, the global shift (phase correlation, as
+    frame fractions), its peak response, and the log scale change (phase correlation in log-polar)."""
+    T, H, W = grey_THW.shape
+    win = cv2.createHanningWindow((W, H), cv2.CV_32F)
+    centre, radius = (W / 2, H / 2), min(H, W) / 2
+    polar = [cv2.warpPolar(g, (W, H), centre, radius, cv2.WARP_POLAR_LOG) for g in grey_THW]
+    out = []
+    for t in range(T - 1):
+        (dx, dy), response = cv2.phaseCorrelate(grey_THW[t], grey_THW[t + 1], win)
+        (_, dr), _ = cv2.phaseCorrelate(polar[t], polar[t + 1])
+        out += [dx / W * 10, dy / H * 10, response, dr / W * math.log(radius) * 10]
+    return np.array(out, np.float32)
+
+
+def sample_frames(frames_FHW3: np.ndarray, cfg: CaptionerConfig) -> np.ndarray:
+    """[T, H, W, 3] uint8: the frames the model looks at, resized to its input size."""
+    picked = frames_FHW3[sample_indices(len(frames_FHW3), cfg.frames)]
+    return np.stack([cv2.resize(f, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA) for f in picked])
+
+
+def measured_features(rgb_THW3: np.ndarray, cfg: CaptionerConfig) -> np.ndarray:
+    """[K] float32: every palette colour's region track (colour_tracks), then the global motion
+    (global_motion), from sampled frames (uint8)."""
+    palette = [world.COLOURS[c] for c in cfg.colours]
+    grey = rgb_THW3.astype(np.float32).mean(axis=-1) / 255.0
+    return np.concatenate([colour_tracks(rgb_THW3, palette).ravel(), global_motion(grey)])
+
+
+def frames_tensor(rgb_BTHW3: np.ndarray) -> torch.Tensor:
+    """[B, T, 6, H, W] float32: RGB in [0, 1] and the difference to the previous sampled frame
+    (zeros for the first)."""
+    rgb = torch.from_numpy(rgb_BTHW3).float().div_(255.0)
+    diff = torch.zeros_like(rgb)
+    diff[:, 1:] = rgb[:, 1:] - rgb[:, :-1]
+    return torch.cat([rgb, diff], dim=-1).permute(0, 1, 4, 2, 3).contiguous()
+
+
+def model_input(clips: list[np.ndarray], cfg: CaptionerConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frames [B, T, 6, H, W], measured features [B, K]) of clips [F, H, W, 3] uint8."""
+    rgb = [sample_frames(c, cfg) for c in clips]
+    return frames_tensor(np.stack(rgb)), torch.from_numpy(np.stack([measured_features(r, cfg) for r in rgb]))
+
+
+def canonical(scene: world.Scene) -> world.Scene:
+    """The scene with its objects in a fixed order (by colour), the order the model names them in:
+    which object a script lists first is not visible in the pixels."""
+    objects = sorted(scene.objects, key=lambda o: list(world.COLOURS).index(o.colour))
+    return world.Scene(objects, scene.background, scene.camera, scene.seconds)
+
+
+def encode_caption(caption: str, cfg: CaptionerConfig) -> list[int]:
+    index = {w: i for i, w in enumerate(cfg.vocab)}
+    ids = [index[BOS]] + [index[w] for w in tokenize(caption)] + [index[EOS]]
+    if len(ids) > cfg.max_len:
+        raise ValueError(f"caption of {len(ids)} tokens exceeds max_len {cfg.max_len}: {caption!r}")
+    return ids + [index[PAD]] * (cfg.max_len - len(ids))
+
+
+def targets(scene: world.Scene, cfg: CaptionerConfig) -> dict[str, np.ndarray]:
+    scene = canonical(scene)
+    shape = np.full(len(cfg.colours), cfg.shapes.index(NONE_SHAPE))   # per colour: its object's shape
+    motion = np.full(len(cfg.colours), -100)                         # ... and motion (ignored if none)
+    for o in scene.objects:
+        shape[cfg.colours.index(o.colour)] = cfg.shapes.index(o.shape)
+        motion[cfg.colours.index(o.colour)] = cfg.motions.index(o.motion)
+    return {"background": np.int64(cfg.backgrounds.index(scene.background)),
+            "camera": np.int64(cfg.cameras.index(scene.camera)), "shape": shape, "motion": motion,
+            "tokens": np.array(encode_caption(world.caption_scene(scene), cfg))}
+
+
+def render_clip(scene: world.Scene, rng: np.random.Generator, cfg: CaptionerConfig) -> np.ndarray:
+    """A rendered shot of `scene` at a random length and a 16:9 size somewhat above the model's
+    input, as the captioner meets them (often exactly the frames the model samples: cheap to render)."""
+    frames = cfg.frames if rng.random() < 0.6 else int(rng.integers(cfg.frames + 1, 25))
+    height = int(round(cfg.height * float(rng.choice([1.125, 1.5, 1.875]))))
+    return world.render_scene(scene, frames, (height, int(round(height * 16 / 9))), seed=int(rng.integers(1 << 30)))
+
+
+@dataclass
+class ClipPool:
+    """Rendered training clips kept as model-sized uint8 frames with their measured features and
+    targets: rendering and measuring cost more than a training step, so steps reuse them."""
+    rgb_NTHW3: np.ndarray
+    measured_NK: np.ndarray
+    targets: dict[str, np.ndarray]
+
+    @classmethod
+    def render(cls, rng: np.random.Generator, n: int, cfg: CaptionerConfig, split: str = "train") -> ClipPool:
+        scenes = [world.sample_scene(rng, split) for _ in range(n)]
+        rgb = np.stack([sample_frames(render_clip(s, rng, cfg), cfg) for s in scenes])
+        measured = np.stack([measured_features(r, cfg) for r in rgb])
+        t = [targets(s, cfg) for s in scenes]
+        return cls(rgb, measured, {k: np.stack([d[k] for d in t]) for k in t[0]})
+
+    def batch(self, idx: np.ndarray):
+        return (frames_tensor(self.rgb_NTHW3[idx]), torch.from_numpy(self.measured_NK[idx]),
+                {k: torch.from_numpy(v[idx]) for k, v in self.targets.items()})
+
+
+def make_batch(rng: np.random.Generator, n: int, cfg: CaptionerConfig, split: str = "train"):
+    """(frames [n, T, 6, H, W], measured [n, K], targets dict of tensors) of freshly rendered clips."""
+    return ClipPool.render(rng, n, cfg, split).batch(np.arange(n))
+
+
+def clip_statistics(inputs_BTCHW: torch.Tensor) -> np.ndarray:
+    """[B, 5] per-clip frame statistics that tell rendered-world frames from other footage: edge
+    energy, share of near-flat pixels, mean and spread of brightness, mean saturation."""
+    rgb = inputs_BTCHW[:, :, :3]
+    grey = rgb.mean(dim=2)                                                   # [B, T, H, W]
+    gx = (grey[..., :, 1:] - grey[..., :, :-1]).abs()
+    gy = (grey[..., 1:, :] - grey[..., :-1, :]).abs()
+    edge = gx.mean(dim=(1, 2, 3)) + gy.mean(dim=(1, 2, 3))
+    flat = ((gx[..., 1:, :] < 0.01) & (gy[..., :, 1:] < 0.01)).float().mean(dim=(1, 2, 3))
+    sat = (rgb.max(dim=2).values - rgb.min(dim=2).values).mean(dim=(1, 2, 3))
+    return torch.stack([edge, flat, grey.mean(dim=(1, 2, 3)), grey.std(dim=(2, 3)).mean(1), sat], 1).numpy()
+
+
+# ---- training ----
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    caption_weight: float = 1.0      # decoder loss weight (the heads' losses have weight 1 each)
+    eval_clips: int = 200            # held-out clips (test split) scored at the end
+    seed: int = 0
+    log_every: int = 25
+    pool: int = 2000                 # training clips rendered once and reused (0: fresh clips every step)
+    init: str | None = None          # start from this captioner checkpoint's weights (None: from scratch)
+
+
+def losses(enc: CaptionerOutput, word_logits: torch.Tensor, tgt: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {name: F.cross_entropy(enc.logits[name], tgt[name]) for name in ("background", "camera")}
+    for name in ("shape", "motion"):
+        out[name] = F.cross_entropy(enc.logits[name].flatten(0, 1), tgt[name].flatten(), ignore_index=-100)
+    tokens = tgt["tokens"]
+    out["caption"] = F.cross_entropy(word_logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=0)
+    return out
+
+
+def train_captioner(out: str | Path | None, steps: int = TrainConfig.steps, *,
+                    batch_size: int = TrainConfig.batch_size, seed: int = 0, eval_clips: int = TrainConfig.eval_clips,
+                    cfg: CaptionerConfig | None = None, train: TrainConfig | None = None,
+                    progress=None) -> tuple[CaptionModel, dict]:
+    """Train a captioner on freshly rendered world clips (train split), score it on held-out clips
+    (test split: object combinations never seen in training) and, when `out` is given, save it
+    there as a checkpoint with the metrics and the training frames' statistics. Returns (model, metrics)."""
+    from core.checkpoint import save_checkpoint
+
+    cfg = cfg or CaptionerConfig()
+    tc = train or TrainConfig(steps=steps, batch_size=batch_size, seed=seed, eval_clips=eval_clips)
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    model = CaptionModel(cfg)
+    if tc.init:
+        from core.checkpoint import load_checkpoint
+
+        start_model, info = load_checkpoint(tc.init)
+        if info.kind != KIND or info.config != cfg:
+            raise ValueError(f"{tc.init}: not a {KIND} checkpoint with this config")
+        model.load_state_dict(start_model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / tc.warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / max(1, tc.steps)))))
+    stats_rows, start, history = [], time.time(), []
+    pool = ClipPool.render(rng, tc.pool, cfg) if tc.pool else None
+    if pool is not None:
+        log.info("captioner: %d training clips rendered in %.0f s", tc.pool, time.time() - start)
+    model.train()
+    for step in range(tc.steps):
+        if pool is None:
+            x, m, tgt = make_batch(rng, tc.batch_size, cfg)
+        else:
+            x, m, tgt = pool.batch(rng.integers(len(pool.rgb_NTHW3), size=tc.batch_size))
+        if len(stats_rows) < 40:
+            stats_rows.append(clip_statistics(x))
+        enc, word_logits, aux = model(x, m, tgt["tokens"])
+        parts = losses(enc, word_logits, tgt)
+        loss = sum(parts.values()) + (tc.caption_weight - 1) * parts["caption"] + aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % tc.log_every == 0 or step == tc.steps - 1:
+            row = {"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - start, 1),
+                   **{k: round(v.item(), 4) for k, v in parts.items()}}
+            history.append(row)
+            log.info("captioner %s", row)
+            if progress is not None:
+                progress(row)
+    model.eval()
+    stats_NS = np.concatenate(stats_rows)
+    captioner = Captioner(model, ood_mean=stats_NS.mean(0), ood_std=stats_NS.std(0) + 1e-6)
+    metrics = evaluate_captioner(captioner, tc.eval_clips, seed=tc.seed + 1) if tc.eval_clips else {}
+    metrics.update(train_seconds=round(time.time() - start, 1), steps=tc.steps, batch_size=tc.batch_size,
+                   first_loss=history[0]["loss"] if history else None,
+                   final_loss=history[-1]["loss"] if history else None)
+    if out is not None:
+        save_checkpoint(model, out, kind=KIND, config=cfg, metadata={
+            "metrics": metrics, "train": asdict(tc), "history": history[-5:],
+            "ood_mean": captioner.ood_mean.tolist(), "ood_std": captioner.ood_std.tolist()})
+    return model, metrics
+
+
+# ---- inference ----
+
+@dataclass
+class Prediction:
+    caption: str                     # the decoder's caption
+    attributes: dict                 # from the heads: objects [{shape, colour, motion}], background, camera
+    confidence: float                # smallest top-class probability over the heads that were used
+    in_distribution: bool            # frame statistics within the training frames' range, and the
+                                     # frames close to the world's rendering of the predicted background
+    experts: dict[str, dict[int, float]]  # MoE layer -> {expert: share of its tokens' assignments}
+
+
+def _expert_shares(stats_list, names: list[str]) -> dict[str, dict[int, float]]:
+    out = {}
+    for name, s in zip(names, stats_list):
+        load = s.expert_load.float()
+        out[name] = {int(e): round(float(v / load.sum()), 3) for e, v in enumerate(load) if v > 0}
+    return out
+
+
+class Captioner:
+    """A trained CaptionModel with what inference needs: out-of-distribution statistics."""
+
+    def __init__(self, model: CaptionModel, ood_mean: np.ndarray | None = None, ood_std: np.ndarray | None = None,
+                 ood_z: float = 6.0, min_confidence: float = 0.6, max_background_error: float = 12.0,
+                 metadata: dict | None = None):
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.ood_mean, self.ood_std, self.ood_z = ood_mean, ood_std, ood_z
+        self.min_confidence = min_confidence
+        self.max_background_error = max_background_error
+        self.metadata = metadata or {}
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_MODEL_DIR) -> Captioner:
+        from core.checkpoint import load_checkpoint
+
+        model, info = load_checkpoint(path)
+        if info.kind != KIND:
+            raise ValueError(f"{path}: a {info.kind} checkpoint, not a {KIND}")
+        md = info.metadata
+        return cls(model, np.array(md["ood_mean"]), np.array(md["ood_std"]), metadata=md)
+
+    @torch.no_grad()
+    def predict(self, clips: list[np.ndarray]) -> list[Prediction]:
+        """One Prediction per clip (frames [F, H, W, 3] uint8 RGB, F >= 1)."""
+        if not clips:
+            return []
+        cfg = self.cfg
+        rgb = [sample_frames(c, cfg) for c in clips]
+        x = frames_tensor(np.stack(rgb))
+        enc = self.model.encode(x, torch.from_numpy(np.stack([measured_features(r, cfg) for r in rgb])))
+        probs = {k: v.softmax(-1) for k, v in enc.logits.items()}
+        tokens_BL, dec_stats = self._greedy(enc.memory_BMD)
+        ood = self._ood_flags(x)
+        names = [f"vision.{i}" for i in range(len(enc.vision_stats))]
+        names += [f"decoder.{i}" for i in range(len(dec_stats))]
+        preds = []
+        for b in range(len(clips)):
+            conf = [probs[k][b].max() for k in ("background", "camera")]
+            objects = []
+            for c, colour in enumerate(cfg.colours):
+                shape = cfg.shapes[int(probs["shape"][b, c].argmax())]
+                conf.append(probs["shape"][b, c].max())
+                if shape != NONE_SHAPE:
+                    objects.append({"shape": shape, "colour": colour,
+                                    "motion": cfg.motions[int(probs["motion"][b, c].argmax())]})
+                    conf.append(probs["motion"][b, c].max())
+            words = [cfg.vocab[i] for i in tokens_BL[b].tolist()]
+            words = words[1:words.index(EOS)] if EOS in words else words[1:]
+            bg_err = background_error(rgb[b], cfg.backgrounds[int(probs["background"][b].argmax())],
+                                      cfg.cameras[int(probs["camera"][b].argmax())])
+            preds.append(Prediction(
+                caption=detokenize([w for w in words if w != PAD]),
+                attributes={"objects": objects, "background": cfg.backgrounds[int(probs["background"][b].argmax())],
+                            "camera": cfg.cameras[int(probs["camera"][b].argmax())]},
+                confidence=round(float(min(conf)), 4),
+                in_distribution=bool(not ood[b] and bg_err <= self.max_background_error),
+                experts=_expert_shares(list(enc.vision_stats) + dec_stats, names)))
+        return preds
+
+    def _greedy(self, memory_BMD: torch.Tensor) -> tuple[torch.Tensor, list]:
+        cfg = self.cfg
+        bos, eos = cfg.vocab.index(BOS), cfg.vocab.index(EOS)
+        tokens_BL = torch.full((memory_BMD.shape[0], 1), bos, dtype=torch.long)
+        done = torch.zeros(memory_BMD.shape[0], dtype=torch.bool)
+        stats = []
+        for _ in range(cfg.max_len - 1):
+            logits, _, stats = self.model.decode(memory_BMD, tokens_BL)
+            nxt = logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.zeros_like(nxt), nxt)
+            tokens_BL = torch.cat([tokens_BL, nxt[:, None]], 1)
+            done |= nxt == eos
+            if done.all():
+                break
+        return tokens_BL, stats
+
+    def _ood_flags(self, x: torch.Tensor) -> np.ndarray:
+        if self.ood_mean is None:
+            return np.zeros(len(x), dtype=bool)
+        z = np.abs((clip_statistics(x) - self.ood_mean) / self.ood_std)
+        return (z > self.ood_z).any(axis=1)
+
+
+def background_error(rgb_THW3: np.ndarray, background: str, camera: str) -> float:
+    """Median absolute difference (grey levels) between sampled frames and the world's rendering of
+    `background` under `camera`: small for the rendered world (its objects are small), large for
+    footage from anywhere else, whatever the model's confidence."""
+    T, H, W = rgb_THW3.shape[:3]
+    plate = world.background_plate(background, (H, W), 0)
+    scale_T, shift_T = world.camera_transform(camera, T)
+    errs = [np.median(np.abs(f.astype(np.int16) - world.camera_view(plate, (H, W), sc, sh).astype(np.int16)))
+            for f, sc, sh in zip(rgb_THW3, scale_T, shift_T)]
+    return float(np.median(errs))
+
+
+def load_default_captioner() -> Captioner | None:
+    """The shipped captioner (assets/video_generation/captioner), or None when it is absent."""
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        return None
+    return Captioner.load(DEFAULT_MODEL_DIR)
+
+
+_SHARED: dict[str, Captioner | None] = {}
+
+
+def shared_captioner() -> Captioner | None:
+    """One loaded default captioner per process."""
+    if "default" not in _SHARED:
+        _SHARED["default"] = load_default_captioner()
+    return _SHARED["default"]
+
+
+# ---- evaluation on held-out world clips ----
+
+def attribute_matches(pred: dict, scene: world.Scene) -> tuple[int, int]:
+    """(correct, total) over the object count, background, camera and each true object's colour,
+    shape and motion. A true object is matched to the predicted object of its colour (colours are
+    distinct within a scene); with none, its colour, shape and motion all count as wrong."""
+    correct = int(len(pred["objects"]) == len(scene.objects)) + int(pred["background"] == scene.background)
+    correct += int(pred["camera"] == scene.camera)
+    by_colour = {p["colour"]: p for p in pred["objects"]}
+    for o in scene.objects:
+        p = by_colour.get(o.colour)
+        if p is not None:
+            correct += 1 + (p["shape"] == o.shape) + (p["motion"] == o.motion)
+    return correct, 3 + 3 * len(scene.objects)
+
+
+def reference_captions(scene: world.Scene) -> list[str]:
+    """The reference captions of a shot: caption_scene with its objects in every order (which order
+    a caption names the objects in is not visible, so every order is equally right)."""
+    return [world.caption_scene(world.Scene(list(p), scene.background, scene.camera, scene.seconds))
+            for p in itertools.permutations(scene.objects)]
+
+
+def evaluate_captioner(captioner: Captioner, clips: int = 200, seed: int = 1, batch: int = 25) -> dict:
+    """Attribute accuracy, exact-caption rate and BLEU-4 on held-out clips (test split)."""
+    from .evaluation import corpus_bleu
+
+    rng = np.random.default_rng(seed)
+    correct = total = exact = 0
+    hyps, refs = [], []
+    for start in range(0, clips, batch):
+        scenes = [world.sample_scene(rng, "test") for _ in range(min(batch, clips - start))]
+        preds = captioner.predict([render_clip(s, rng, captioner.cfg) for s in scenes])
+        for p, s in zip(preds, scenes):
+            c, t = attribute_matches(p.attributes, s)
+            correct, total = correct + c, total + t
+            r = reference_captions(s)
+            exact += p.caption in r
+            hyps.append(tokenize(p.caption))
+            refs.append([tokenize(x) for x in r])
+    return {"caption_attribute_accuracy": round(correct / max(total, 1), 4),
+            "caption_exact_match": round(exact / max(clips, 1), 4),
+            "bleu4": round(corpus_bleu(hyps, refs), 4), "eval_clips": clips}
+
+
+# ---- captioning footage ----
+
+@dataclass
+class ShotCaption:
+    index: int
+    start_frame: int
+    end_frame: int                   # exclusive
+    start_s: float
+    end_s: float
+    caption: str
+    source: str                      # "world model" (synthetic-world captioner) or "measured" (pixels only)
+    confidence: float                # the world model's confidence (0 when there is no model)
+    attributes: dict                 # world attributes when source is "world model"; "measured" always
+    experts: dict = field(default_factory=dict)  # MoE layer -> {expert: share}
+    transition: str = "start"        # how the shot begins: start / cut / gradual
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+MAX_CAPTION_FRAMES = 4500            # frames read from a file (3 min at 25 fps); longer clips are cut short
+ANALYSIS_SIDE = 160                  # frames are read with their longer side at most this
+
+
+def caption_video(path_or_frames, fps: float | None = None, *, captioner: Captioner | None = None,
+                  max_frames: int = MAX_CAPTION_FRAMES, use_model: bool = True) -> list[ShotCaption]:
+    """Shots of a clip (a video file, or frames [F, H, W, 3] uint8 RGB with their fps), each with
+    its time stamps and caption. Files are read downscaled (longer side ANALYSIS_SIDE) and at most
+    `max_frames` frames, which bounds memory; a longer clip's tail is left out, with a warning."""
+    if isinstance(path_or_frames, np.ndarray):
+        frames_FHW3 = path_or_frames
+        if fps is None:
+            raise ValueError("fps is required when frames are given instead of a file")
+        if frames_FHW3.ndim != 4 or frames_FHW3.shape[-1] != 3 or frames_FHW3.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 [frames, height, width, 3], got {frames_FHW3.dtype} "
+                             f"{frames_FHW3.shape}")
+        if len(frames_FHW3) > max_frames:
+            raise ValueError(f"{len(frames_FHW3)} frames exceed max_frames={max_frames}")
+    else:
+        from data_connectors.video import probe_video, read_video
+
+        info = probe_video(path_or_frames)
+        frames_FHW3, file_fps = read_video(path_or_frames, max_frames=max_frames, max_side=ANALYSIS_SIDE)
+        fps = fps or file_fps
+        if info.frames > max_frames:
+            log.warning("%s: captioning the first %d of %d frames", path_or_frames, max_frames, info.frames)
+    if not fps or fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    shots = detect_shots(frames_FHW3, fps, ShotConfig())
+    if use_model and captioner is None:
+        captioner = shared_captioner()
+    clips = [frames_FHW3[s.start_frame:s.end_frame] for s in shots]
+    preds = captioner.predict(clips) if (use_model and captioner is not None) else [None] * len(shots)
+    out = []
+    for i, (shot, clip, pred) in enumerate(zip(shots, clips, preds)):
+        measured = describe_shot(clip, fps)
+        trusted = pred is not None and pred.in_distribution and pred.confidence >= captioner.min_confidence
+        attributes = {"measured": measured.to_dict()}
+        if trusted:
+            attributes.update(pred.attributes)
+        out.append(ShotCaption(
+            index=i, start_frame=shot.start_frame, end_frame=shot.end_frame, start_s=round(shot.start_s, 3),
+            end_s=round(shot.end_s, 3), caption=pred.caption if trusted else measured_caption(measured),
+            source="world model" if trusted else "measured", confidence=pred.confidence if pred else 0.0,
+            attributes=attributes, experts=pred.experts if pred else {}, transition=shot.transition))
+    return out
+
+
+def measured_caption(d: ShotDescriptors) -> str:
+    return d.phrase() + "."
+
+
+def bench_caption_fps(seconds: float = 4.0, fps: int = 24, resolution: str = "360p", repeats: int = 1) -> dict:
+    """Frames per second of caption_video on a rendered world clip at `resolution` (two shots),
+    counting shot detection, descriptors and the model (frames handed over in memory; decoding a
+    file is the reader's cost and not counted)."""
+    heights = {"360p": 360, "720p": 720, "1080p": 1080}
+    if resolution not in heights:
+        raise ValueError(f"resolution must be one of {', '.join(heights)}, got {resolution!r}")
+    h = heights[resolution]
+    size_hw = (h, h * 16 // 9)
+    rng = np.random.default_rng(0)
+    script = world.Script([world.sample_scene(rng), world.sample_scene(rng)])
+    for scene in script.scenes:
+        scene.seconds = seconds / 2
+    frames_FHW3, _ = world.render_script(script, fps, size_hw)
+    captioner = shared_captioner()
+    caption_video(frames_FHW3[:8], fps, captioner=captioner)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        shots = caption_video(frames_FHW3, fps, captioner=captioner)
+        times.append(time.perf_counter() - t)
+    best = min(times)
+    return {"caption_fps": round(len(frames_FHW3) / best, 1), "caption_seconds": round(best, 3),
+            "frames": len(frames_FHW3), "resolution": resolution, "shots": len(shots),
+            "model": "shipped" if captioner is not None else "none (measured captions only)",
+            "threads": torch.get_num_threads()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m apps.video_generation.captioner --out DIR --steps N [--json]: train and save a captioner."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--eval-clips", type=int, default=TrainConfig.eval_clips)
+    p.add_argument("--pool", type=int, default=TrainConfig.pool, help="training clips rendered once and reused")
+    p.add_argument("--init", default=None, help="captioner checkpoint to continue training from")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, eval_clips=args.eval_clips,
+                        pool=args.pool, init=args.init, lr=args.lr)
+    _, metrics = train_captioner(args.out, train=train)
+    print(json.dumps(metrics) if args.json else metrics)
+
+
+if __name__ == "__main__":
+    main()

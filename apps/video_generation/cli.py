@@ -1,0 +1,114 @@
+"""Handlers of the `moe-suite video ...` commands (registered in apps/video_generation/__init__.py).
+Each imports torch and the models itself, so that `moe-suite --help` stays quick."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def _print(args: argparse.Namespace, summary: dict, text: str) -> None:
+    print(json.dumps(summary) if args.json else text)
+
+
+def generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from .studio import generate_video
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    result = generate_video(args.prompt, seconds=args.seconds, resolution=args.resolution, fps=args.fps,
+                            style=args.style, out=args.out)
+    from .world import caption_scene
+    lines = [f"{result.path} ({result.frames} frames, {result.size_hw[1]}x{result.size_hw[0]} at {result.fps} fps), "
+             f"preview {result.preview_path}"]
+    bounds = [0] + result.cut_frames + [result.frames]
+    for i, scene in enumerate(result.script.scenes):
+        lines.append(f"  scene {i + 1} frames {bounds[i]}-{bounds[i + 1] - 1}: {caption_scene(scene)}")
+    if result.script.style:
+        lines.append(f"  style: {result.script.style} {result.style_experts}")
+    lines.append("  " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
+    _print(args, result.to_dict(), "\n".join(lines))
+
+
+def train_planner(args: argparse.Namespace) -> None:
+    import torch
+
+    from .planner import (Planner, PlannerConfig, PlannerTrainConfig, evaluate_planner, heldout_sets,
+                          save_planner, train_planner)
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    tcfg = PlannerTrainConfig(train_prompts=args.prompts, steps=args.steps, batch_size=args.batch_size,
+                              lr=args.lr, seed=args.seed)
+    log = (lambda s: None) if args.json else print
+    model = train_planner(PlannerConfig(), tcfg, log=log)
+    metrics = {name: evaluate_planner(Planner(model), *data)
+               for name, data in heldout_sets(args.eval_prompts, args.seed + 1).items()}
+    path = save_planner(model, args.out, metadata={"train": vars(tcfg), "eval": metrics})
+    summary = {"out": str(path), "train_seconds": round(time.perf_counter() - t0, 1), **metrics}
+    _print(args, summary, json.dumps(summary, indent=2))
+
+
+def eval_planner(args: argparse.Namespace) -> None:
+    import torch
+
+    from .planner import evaluate_planner, heldout_sets, load_planner
+
+    torch.set_num_threads(args.threads)
+    planner = load_planner(args.model)
+    t0 = time.perf_counter()
+    metrics = {name: evaluate_planner(planner, *data) for name, data in heldout_sets(args.prompts, args.seed).items()}
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    _print(args, metrics, json.dumps(metrics, indent=2))
+
+
+def train_generator(args: argparse.Namespace) -> None:
+    import torch
+
+    from .generator import (Generator, GeneratorConfig, GeneratorTrainConfig, evaluate_generator,
+                            save_generator, train_generator)
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    tcfg = GeneratorTrainConfig(layout_steps=args.layout_steps, sprite_steps=args.sprite_steps, seed=args.seed)
+    model = train_generator(GeneratorConfig(), tcfg, log=(lambda s: None) if args.json else print)
+    metrics = evaluate_generator(Generator(model), n_scenes=args.eval_scenes, seed=args.seed + 1)
+    path = save_generator(model, args.out, metadata={"train": vars(tcfg), "eval": metrics})
+    summary = {"out": str(path), "train_seconds": round(time.perf_counter() - t0, 1), **metrics}
+    _print(args, summary, json.dumps(summary, indent=2))
+
+
+def eval_generator(args: argparse.Namespace) -> None:
+    from .generator import evaluate_generator, load_generator
+
+    metrics = evaluate_generator(load_generator(args.model), n_scenes=args.scenes, seed=args.seed)
+    _print(args, metrics, json.dumps(metrics, indent=2))
+
+
+def caption(args: argparse.Namespace) -> None:
+    from .captioner import caption_video
+
+    if not Path(args.file).is_file():
+        raise ValueError(f"{args.file}: no such file")
+    shots = caption_video(args.file)
+    rows = [s.to_dict() for s in shots]
+    text = "\n".join(f"{s.start_s:7.2f}-{s.end_s:7.2f} s  {s.caption}  ({s.source})" for s in shots)
+    _print(args, {"file": str(args.file), "shots": rows}, text)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate as run
+
+    result = run(args.prompts, args.clips, args.seed, resolution=args.resolution, fps=args.fps,
+                 log=(lambda s: None) if args.json else print)
+    _print(args, result, json.dumps(result, indent=2))
+
+
+def bench(args: argparse.Namespace) -> None:
+    from .bench import bench_video
+
+    result = bench_video(runs=args.runs, seconds=args.seconds, resolution=args.resolution, fps=args.fps,
+                         extras=not args.no_extras)
+    _print(args, result, json.dumps(result, indent=2))

@@ -1,0 +1,238 @@
+"""The video studio's page: generate a clip from a script, caption an uploaded clip shot by shot,
+restyle an image or a clip. The server mounts it at /video.
+
+Heavy imports (torch, the models) happen inside the handlers, on first use.
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import cv2
+import gradio as gr
+import numpy as np
+from matplotlib.figure import Figure
+
+from apps.settings import cache_dir
+
+from . import world
+
+INTRO = """\
+# Video studio
+Type a short script and get a playable clip (the suite's own planner and generator, trained on a
+synthetic world of shapes and digits); upload a clip and get a caption per shot with time stamps;
+restyle an image or a clip by a style name, a description or a reference picture.
+"""
+RESOLUTIONS = ["360p", "720p", "1080p"]
+CAPTION_COLUMNS = ["shot", "start (s)", "end (s)", "caption", "from", "confidence"]
+EXPERT_COLUMNS = ["scene", "start (s)", "end (s)", "what the planner put there", "experts"]
+
+
+def _out_dir() -> Path:
+    folder = cache_dir() / "video-page"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _new_path(suffix: str) -> Path:
+    return _out_dir() / f"{uuid.uuid4().hex[:12]}{suffix}"
+
+
+def timeline_figure(scenes: list[world.Scene], cut_frames: list[int], fps: float, total_frames: int) -> Figure:
+    """Scenes as coloured bars along the time axis, cuts as vertical lines, each scene labelled."""
+    fig = Figure(figsize=(8, 1.6), layout="constrained")
+    ax = fig.subplots()
+    bounds = [0] + list(cut_frames) + [total_frames]
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        ax.barh(0, (b - a) / fps, left=a / fps, color=palette[i % len(palette)], alpha=0.55, edgecolor="black")
+        label = f"{i + 1}: " + ", ".join(f"{o.colour} {world.shape_noun(o.shape)}" for o in scenes[i].objects) \
+            if i < len(scenes) else f"{i + 1}"
+        ax.text((a + b) / 2 / fps, 0, label, ha="center", va="center", fontsize=8)
+    for c in cut_frames:
+        ax.axvline(c / fps, color="black", linewidth=2)
+        ax.text(c / fps, 0.48, f"cut {c / fps:.2f}s", ha="center", va="bottom", fontsize=7)
+    ax.set(xlim=(0, total_frames / fps), ylim=(-0.5, 0.75), yticks=[], xlabel="seconds")
+    return fig
+
+
+def _experts_text(experts) -> str:
+    """One scene's experts as text, whatever form the studio reports them in."""
+    if isinstance(experts, dict):
+        parts = []
+        for name, value in experts.items():
+            if isinstance(value, dict):
+                top = sorted(value.items(), key=lambda kv: -kv[1])[:3]
+                parts.append(f"{name}: " + ", ".join(f"#{e} ({w:.2f})" for e, w in top))
+            else:
+                parts.append(f"{name}: {value}")
+        return "; ".join(parts)
+    if isinstance(experts, (list, tuple)):
+        return ", ".join(map(str, experts))
+    return str(experts) if experts is not None else ""
+
+
+def _scene_experts(result) -> list:
+    for name in ("experts", "scene_experts", "experts_per_scene"):
+        value = getattr(result, name, None)
+        if value is not None:
+            return list(value)
+    return []
+
+
+def generate(prompt: str, seconds: float, resolution: str, fps: float, style: str,
+             progress=gr.Progress()) -> tuple[str, Figure, list[list], str]:
+    """Prompt -> (video path, timeline figure, experts table rows, details markdown)."""
+    from .studio import generate_video
+
+    if not prompt or not prompt.strip():
+        raise gr.Error("Type a script, e.g. 'a red ball rolls left on a beach, then a blue square rises at night'.")
+    progress(0.1, desc="planning and rendering")
+    try:
+        result = generate_video(prompt, seconds=float(seconds), resolution=resolution, fps=int(fps),
+                                style=style or None, out=_new_path(".mp4"))
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    progress(0.9, desc="drawing the timeline")
+    scenes = list(result.script.scenes)
+    cuts = [int(c) for c in getattr(result, "cut_frames", [])]
+    from data_connectors.video import probe_video
+
+    info = probe_video(result.path)
+    bounds = [0] + cuts + [info.frames]
+    experts = _scene_experts(result)
+    rows = [[i + 1, round(a / info.fps, 2), round(b / info.fps, 2), world.caption_scene(scene),
+             _experts_text(experts[i]) if i < len(experts) else ""]
+            for i, (scene, a, b) in enumerate(zip(scenes, bounds[:-1], bounds[1:]))]
+    timings = getattr(result, "timings", None) or {}
+    details = f"**{len(scenes)} scene(s)**, {info.frames} frames at {info.fps:g} fps, {info.width}x{info.height}"
+    if timings:
+        details += " · " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items() if isinstance(v, (int, float)))
+    return str(result.path), timeline_figure(scenes, cuts, info.fps, info.frames), rows, details
+
+
+def thumbnail_strip(frames_FHW3: np.ndarray, shots, height: int = 90) -> np.ndarray:
+    """The middle frame of each shot side by side, each stamped with its start time."""
+    tiles = []
+    for s in shots:
+        frame = frames_FHW3[(s.start_frame + s.end_frame - 1) // 2]
+        w = max(1, round(frame.shape[1] * height / frame.shape[0]))
+        tile = cv2.resize(frame, (w, height), interpolation=cv2.INTER_AREA)
+        cv2.putText(tile, f"{s.start_s:.1f}s", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        tiles.append(np.pad(tile, ((0, 0), (0, 3), (0, 0))))
+    return np.concatenate(tiles, axis=1) if tiles else np.zeros((height, height, 3), np.uint8)
+
+
+def caption(video: str | None, progress=gr.Progress()) -> tuple[list[list], np.ndarray, str]:
+    """Uploaded clip -> (per-shot caption rows, thumbnail strip, summary)."""
+    from data_connectors.video import probe_video, read_video
+
+    from .captioner import ANALYSIS_SIDE, MAX_CAPTION_FRAMES, caption_video
+
+    if not video:
+        raise gr.Error("Upload a clip first.")
+    progress(0.05, desc="reading the clip")
+    try:
+        info = probe_video(video)
+        frames, fps = read_video(video, max_frames=MAX_CAPTION_FRAMES, max_side=ANALYSIS_SIDE)
+        progress(0.3, desc="finding shots and captioning them")
+        shots = caption_video(frames, fps)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    rows = [[s.index + 1, s.start_s, s.end_s, s.caption, s.source, round(s.confidence, 2)] for s in shots]
+    summary = f"**{len(shots)} shot(s)** in {len(frames) / fps:.1f} s"
+    if info.frames > len(frames):
+        summary += f" (the first {len(frames)} of {info.frames} frames)"
+    return rows, thumbnail_strip(frames, shots), summary
+
+
+def stylize(upload: str | None, style_name: str, description: str, reference: str | None,
+            progress=gr.Progress()) -> tuple[str | None, str | None, str]:
+    """Image or clip + a style (reference image > description > name) -> (image, video, details)."""
+    from .style import stylize_file
+
+    if not upload:
+        raise gr.Error("Upload an image or a clip to restyle.")
+    style = reference or (description.strip() if description and description.strip() else None) or style_name
+    if not style:
+        raise gr.Error("Pick a style name, describe a style or upload a reference picture.")
+    src = Path(upload)
+    is_image = src.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+    progress(0.1, desc="restyling")
+    try:
+        result = stylize_file(src, style, _new_path(".png" if is_image else ".mp4"))
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    path, info = result if isinstance(result, tuple) else (result, None)
+    details = ""
+    if info is not None:
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(info.weights.items(), key=lambda kv: -kv[1]))
+        details = f"routed by **{info.source}** to: {weights}"
+    return (str(path), None, details) if is_image else (None, str(path), details)
+
+
+def _style_names() -> list[str]:
+    try:
+        from .style import STYLE_NAMES
+        return list(STYLE_NAMES)
+    except ImportError:
+        return []
+
+
+def build() -> gr.Blocks:
+    """The video studio as a Gradio Blocks app (the server mounts it at /video)."""
+    with gr.Blocks(title="Video studio") as page:
+        gr.Markdown(INTRO)
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    prompt = gr.Textbox(label="script", lines=3,
+                                        placeholder="a red ball rolls left on a beach, then cut to a blue "
+                                                    "square rising at night, in watercolor style")
+                    with gr.Row():
+                        seconds = gr.Slider(1, 16, value=4, step=0.5, label="seconds")
+                        fps = gr.Slider(8, 30, value=24, step=1, label="fps")
+                    with gr.Row():
+                        resolution = gr.Dropdown(RESOLUTIONS, value="360p", label="resolution")
+                        style = gr.Dropdown([""] + _style_names(), value="", label="style (optional)")
+                    go = gr.Button("Generate", variant="primary")
+                with gr.Column(scale=3):
+                    video = gr.Video(label="clip", autoplay=True)
+                    timeline = gr.Plot(label="timeline: scenes and cuts")
+                    details = gr.Markdown()
+            experts = gr.Dataframe(headers=EXPERT_COLUMNS, label="which experts handled each scene",
+                                   interactive=False)
+            gr.Examples(["a red ball rolls left on a beach, then cut to a blue square rising at night",
+                         "a yellow star spins in the sky while the camera zooms in",
+                         "a green digit 7 grows on the grass, then a pink heart falls at sunset"], inputs=prompt)
+            go.click(generate, [prompt, seconds, resolution, fps, style], [video, timeline, experts, details],
+                     api_name="generate")
+        with gr.Tab("Caption"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    clip = gr.Video(label="clip to caption", sources=["upload"])
+                    run_caption = gr.Button("Caption", variant="primary")
+                with gr.Column(scale=3):
+                    summary = gr.Markdown("Each shot gets its time stamps and a caption.")
+                    strip = gr.Image(label="shots (middle frame of each)", type="numpy", interactive=False)
+            table = gr.Dataframe(headers=CAPTION_COLUMNS, label="captions per shot", interactive=False, wrap=True)
+            run_caption.click(caption, [clip], [table, strip, summary], api_name="caption")
+        with gr.Tab("Stylize"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    upload = gr.File(label="image or clip", type="filepath",
+                                     file_types=[".png", ".jpg", ".jpeg", ".mp4", ".webm", ".mov", ".avi"])
+                    names = _style_names()
+                    style_name = gr.Dropdown(names, value=names[0] if names else None, label="style")
+                    description = gr.Textbox(label="or describe a style", placeholder="e.g. soft pastel watercolour")
+                    reference = gr.Image(label="or a reference picture", type="filepath")
+                    run_style = gr.Button("Restyle", variant="primary")
+                with gr.Column(scale=3):
+                    styled_image = gr.Image(label="result", type="filepath", interactive=False)
+                    styled_video = gr.Video(label="result")
+                    style_details = gr.Markdown()
+            run_style.click(stylize, [upload, style_name, description, reference],
+                            [styled_image, styled_video, style_details], api_name="stylize")
+    return page
+

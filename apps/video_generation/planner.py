@@ -1,0 +1,658 @@
+"""Prompt -> Script: the core's text stream reads the prompt, text experts tag it, time-axis experts
+lay out the timeline.
+
+    planner = load_planner()                       # shipped checkpoint (assets/video_generation/planner)
+    plan = planner.plan("a red ball rolls left on a beach, then a blue square rises at night", seconds=3)
+    plan.script, plan.cut_seconds, plan.experts    # Script, [s], per-scene routing
+
+Model (all parts but the stream are trained by `moe-suite video train-planner`):
+1. The core's TextStream with all-MiniLM-L6-v2's weights (dense FFNs), frozen, gives contextual token states.
+2. ScriptReader: one attention block whose FFN is a task-aware MoE layer (task "text_to_video": the
+   text experts), then per-token heads: scene start, object start, and per attribute (shape, colour,
+   motion, background, camera, style, seconds) a "none" logit plus value logits from a learned metric
+   between the token and each value's prototype phrase (how unseen synonyms find their value).
+   Decoding: scenes open at predicted starts (one background per scene; a scene naming no object is
+   merged), object mentions are anchored on shape words, each attribute comes from its most confident token.
+3. TimeAxis: T time-slot tokens (learned time embeddings) cross-attend to the scene tokens
+   (pooled reader states + the stated-length evidence) through MoE layers routed per slot
+   (the time-axis experts); each slot predicts which scene it shows, so cut times are the expected
+   boundaries between scenes.
+
+Shape legend: B batch, T tokens, D width, S time slots, K scenes (max_scenes), E experts.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core import registry
+from core.moe import MoEConfig, MoELayer, MoEStats
+from core.tasks import NUM_TASKS, task_id
+
+from . import world
+from .generator import one_torch_thread
+from .world import Scene, SceneObject, Script
+
+KIND = "video_planner"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "assets" / "video_generation" / "planner"
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "shape": world.SHAPES, "colour": tuple(world.COLOURS), "motion": world.MOTIONS,
+    "background": world.BACKGROUNDS, "camera": world.CAMERAS, "style": world.STYLES_IN_PROMPTS,
+    "seconds": tuple(f"{s:g}" for s in world.SCENE_SECONDS),
+}
+OBJECT_ATTRS = ("shape", "colour", "motion")
+MAX_TOKENS = 256
+START_POS_WEIGHT = 5.0
+MIN_SCENE_SHARE = 0.25   # each scene lasts at least this fraction of an even split of the video
+# Scene-start probability that opens a new scene. Chosen on new train-phrasing prompts (never on the held-out
+# sets); a stray start is cheap because a "scene" that names no object is merged into the next one.
+SCENE_THRESHOLD = 0.5
+
+
+@dataclass
+class PlannerConfig:
+    text_dim: int = 384          # width of the text stream's token states (MiniLM)
+    dim: int = 128               # reader / time-axis width D
+    num_heads: int = 4
+    num_experts: int = 6         # text experts in the reader's MoE FFN
+    top_k: int = 2
+    expert_hidden: int = 256     # hidden width of each expert
+    time_slots: int = 24         # time tokens S per video
+    time_layers: int = 2         # cross-attention + MoE blocks over the time slots
+    time_experts: int = 4        # time-axis experts per block
+    time_top_k: int = 1
+    max_scenes: int = world.MAX_SCENES
+    dropout: float = 0.1
+    metric_dim: int = 128        # width of the learned metric that compares tokens with value prototypes
+
+
+def _moe(dim: int, hidden: int, experts: int, top_k: int) -> MoELayer:
+    return MoELayer(MoEConfig(dim=dim, hidden_dim=hidden, num_experts=experts, top_k=top_k,
+                              capacity_factor=0.0, num_tasks=NUM_TASKS, balance_coef=0.01))
+
+
+def prototype_phrases() -> list[str]:
+    """One plain phrase per attribute value, in ATTRIBUTES order: their text-stream embeddings are the
+    prototypes every token is compared with (how unseen synonyms find their value)."""
+    plain = {"shape": [world.shape_noun(s) for s in world.SHAPES], "colour": list(world.COLOURS),
+             "motion": [world.MOTION_PHRASES[m] for m in world.MOTIONS],
+             "background": [world.BACKGROUND_PHRASES[b] for b in world.BACKGROUNDS],
+             "camera": [world.CAMERA_PHRASES[c] for c in world.CAMERAS],
+             "style": [f"{s} style" for s in world.STYLES_IN_PROMPTS],
+             "seconds": [f"for {s} seconds" for s in ATTRIBUTES["seconds"]]}
+    return [p for a in ATTRIBUTES for p in plain[a]]
+
+
+class ScriptReader(nn.Module):
+    """Token states [B, T, text_dim] -> per-token logits for structure and attributes.
+
+    Besides the token states, the reader sees each token's cosine similarity to every attribute
+    value's prototype (buffer proto_VD, the frozen stream's embedding of a plain phrase for the value)."""
+
+    def __init__(self, cfg: PlannerConfig):
+        super().__init__()
+        n_values = sum(len(v) for v in ATTRIBUTES.values())
+        self.register_buffer("proto_VD", torch.zeros(n_values, cfg.text_dim))
+        self.sim_proj = nn.Linear(n_values, cfg.dim)
+        self.proj = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.LayerNorm(cfg.dim))
+        self.attn = nn.MultiheadAttention(cfg.dim, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+        self.moe = _moe(cfg.dim, cfg.expert_hidden, cfg.num_experts, cfg.top_k)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.starts = nn.Linear(cfg.dim, 2)  # [scene start, object start] logits
+        self.heads = nn.ModuleDict({a: nn.Linear(cfg.dim, 1) for a in ATTRIBUTES})  # "none" logit per attribute
+        # Values are chosen by a learned metric: scale * cosine(M h_token, M h_prototype). Synonyms never seen in
+        # training land near their value's prototype in the stream's space, and M keeps that geometry.
+        self.metric = nn.Linear(cfg.text_dim, cfg.metric_dim)
+        self.log_scale = nn.Parameter(torch.full((len(ATTRIBUTES),), float(np.log(15.0))))
+        offsets = np.cumsum([0] + [len(v) for v in ATTRIBUTES.values()])
+        self.value_slices = {a: (int(offsets[i]), int(offsets[i + 1])) for i, a in enumerate(ATTRIBUTES)}
+
+    def forward(self, h_BTd: torch.Tensor, mask_BT: torch.Tensor, task: int
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], MoEStats]:
+        sim_BTV = F.normalize(h_BTd, dim=-1) @ F.normalize(self.proto_VD, dim=-1).T
+        x_BTD = self.proj(h_BTd) + self.sim_proj(sim_BTV)
+        a_BTD, _ = self.attn(x_BTD, x_BTD, x_BTD, key_padding_mask=~mask_BT, need_weights=False)
+        x_BTD = self.norm1(x_BTD + self.drop(a_BTD))
+        y_BTD, stats = self.moe(x_BTD, task)
+        x_BTD = self.norm2(x_BTD + self.drop(y_BTD))
+        tok_BTM = F.normalize(self.metric(h_BTd), dim=-1)
+        proto_VM = F.normalize(self.metric(self.proto_VD), dim=-1)
+        logits = {}
+        for i, (a, head) in enumerate(self.heads.items()):
+            lo, hi = self.value_slices[a]
+            values_BTC = self.log_scale[i].exp() * tok_BTM @ proto_VM[lo:hi].T
+            logits[a] = torch.cat([head(x_BTD), values_BTC], -1)  # [none, values...]
+        return x_BTD, self.starts(x_BTD), logits, stats
+
+
+class TimeAxis(nn.Module):
+    """Scene tokens [B, K, D] -> per-slot scene logits [B, S, K] via time-axis experts."""
+
+    def __init__(self, cfg: PlannerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.slot_emb_SD = nn.Parameter(torch.randn(cfg.time_slots, cfg.dim) * 0.02)
+        self.scene_pos_KD = nn.Parameter(torch.randn(cfg.max_scenes, cfg.dim) * 0.02)
+        self.seconds_in = nn.Linear(len(ATTRIBUTES["seconds"]) + 1, cfg.dim)
+        self.cross = nn.ModuleList(nn.MultiheadAttention(cfg.dim, cfg.num_heads, batch_first=True)
+                                   for _ in range(cfg.time_layers))
+        self.moes = nn.ModuleList(_moe(cfg.dim, cfg.expert_hidden, cfg.time_experts, cfg.time_top_k)
+                                  for _ in range(cfg.time_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(cfg.dim) for _ in range(2 * cfg.time_layers))
+        self.head = nn.Linear(cfg.dim, cfg.max_scenes)
+
+    def forward(self, scene_BKD: torch.Tensor, seconds_BKC: torch.Tensor, scene_mask_BK: torch.Tensor,
+                task: int) -> tuple[torch.Tensor, list[MoEStats]]:
+        B, K = scene_mask_BK.shape
+        mem_BKD = scene_BKD + self.scene_pos_KD[:K] + self.seconds_in(seconds_BKC)
+        x_BSD = self.slot_emb_SD.expand(B, -1, -1)
+        stats = []
+        for i, (cross, moe) in enumerate(zip(self.cross, self.moes)):
+            a_BSD, _ = cross(x_BSD, mem_BKD, mem_BKD, key_padding_mask=~scene_mask_BK, need_weights=False)
+            x_BSD = self.norms[2 * i](x_BSD + a_BSD)
+            y_BSD, st = moe(x_BSD, task)
+            x_BSD = self.norms[2 * i + 1](x_BSD + y_BSD)
+            stats.append(st)
+        logits_BSK = self.head(x_BSD)[..., :K].masked_fill(~scene_mask_BK[:, None, :], -1e4)
+        return logits_BSK, stats
+
+
+class PlannerModel(nn.Module):
+    """The trained part of the planner (the text stream it reads is frozen and built separately)."""
+
+    def __init__(self, cfg: PlannerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.reader = ScriptReader(cfg)
+        self.time_axis = TimeAxis(cfg)
+
+    def scene_tokens(self, x_BTD: torch.Tensor, scene_id_BT: torch.Tensor, seconds_logits_BTC: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean reader state per scene [B, K, D], the stated-length evidence per scene [B, K, C+1]
+        (seconds distribution of the scene's most confident token) and the scene mask [B, K]."""
+        K = self.cfg.max_scenes
+        onehot_BTK = F.one_hot(scene_id_BT.clamp(min=0, max=K - 1), K).float() * (scene_id_BT >= 0)[..., None]
+        count_BK = onehot_BTK.sum(1)
+        scene_BKD = torch.einsum("btk,btd->bkd", onehot_BTK, x_BTD) / count_BK.clamp(min=1)[..., None]
+        p_BTC = seconds_logits_BTC.softmax(-1).detach()
+        # the token most sure a length is stated, per scene
+        conf_BTK = (1 - p_BTC[..., 0])[..., None] * onehot_BTK - (1 - onehot_BTK)
+        best_BK = conf_BTK.argmax(1)
+        seconds_BKC = torch.gather(p_BTC, 1, best_BK[..., None].expand(-1, -1, p_BTC.shape[-1]))
+        return scene_BKD, seconds_BKC, count_BK > 0
+
+
+def build_planner(cfg: PlannerConfig) -> PlannerModel:
+    return PlannerModel(cfg)
+
+
+if KIND not in registry.MODELS:
+    registry.register(KIND, PlannerConfig, build_planner)
+
+
+# ---------------------------------------------------------------- the frozen text stream
+
+@functools.cache
+def text_stream():
+    """The core's text stream with MiniLM's weights (dense FFNs: the routed text experts live in the
+    trained reader), frozen, in eval mode. Loaded once per process."""
+    from core.text import TextStreamConfig, upcycle_minilm
+    stream = upcycle_minilm(TextStreamConfig(moe_layers=(), dropout=0.0)).eval()
+    for p in stream.parameters():
+        p.requires_grad_(False)
+    return stream
+
+
+def encode_prompts(texts: list[str], batch_size: int = 64) -> tuple[list[torch.Tensor], list[list[tuple[int, int]]]]:
+    """Token states [T_i, text_dim] of each text (special tokens included) and each token's
+    character offsets."""
+    from core.text import load_tokenizer
+    tok = load_tokenizer()
+    stream = text_stream()
+    states, offsets = [], []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=MAX_TOKENS,
+                      return_offsets_mapping=True, return_tensors="pt")
+            out = stream(enc["input_ids"], enc["attention_mask"], task_id=task_id("text_to_video"))
+            for b in range(enc["input_ids"].shape[0]):
+                n = int(enc["attention_mask"][b].sum())
+                states.append(out.hidden[b, :n].clone())
+                offsets.append([tuple(map(int, o)) for o in enc["offset_mapping"][b, :n].tolist()])
+    return states, offsets
+
+
+def prototypes() -> torch.Tensor:
+    """[V, text_dim]: mean token state of each prototype phrase (special tokens left out)."""
+    states, _ = encode_prompts(prototype_phrases())
+    return torch.stack([h[1:-1].mean(0) for h in states])
+
+
+# ---------------------------------------------------------------- labels from world prompts
+
+@dataclass
+class Example:
+    states_Td: torch.Tensor
+    starts_T2: torch.Tensor          # [T, 2] float: scene start, object start
+    attrs: dict[str, torch.Tensor]   # attribute -> [T] long (0 = none)
+    scene_id_T: torch.Tensor         # [T] long, -1 for special tokens
+    slots_S: torch.Tensor            # [S] long: the scene each time slot shows
+    script: Script
+
+
+def _covered(offsets: list[tuple[int, int]], start: int, end: int) -> list[int]:
+    return [i for i, (a, b) in enumerate(offsets) if b > a and a >= start and b <= end]
+
+
+def scene_ids_from_starts(scene_start_T: np.ndarray, special_T: np.ndarray) -> np.ndarray:
+    """Scene index per token: tokens from one scene start to the next; before the first, scene 0."""
+    ids = np.maximum(np.cumsum(scene_start_T > 0) - 1, 0).astype(np.int64)
+    ids[special_T] = -1
+    return ids
+
+
+def slot_targets(seconds: list[float], slots: int) -> np.ndarray:
+    """The scene shown at the centre of each of `slots` equal time slots."""
+    bounds = np.cumsum(seconds) / np.sum(seconds)
+    centres = (np.arange(slots) + 0.5) / slots
+    return np.searchsorted(bounds, centres, side="right").clip(max=len(seconds) - 1)
+
+
+def make_examples(scripts: list[Script], texts: list[str], spans: list[list[tuple[int, int, str]]],
+                  cfg: PlannerConfig) -> list[Example]:
+    states, offsets = encode_prompts(texts)
+    out = []
+    for script, text_spans, h, offs in zip(scripts, spans, states, offsets):
+        T = len(offs)
+        starts = np.zeros((T, 2), np.float32)
+        attrs = {a: np.zeros(T, np.int64) for a in ATTRIBUTES}
+        special = np.array([b <= a for a, b in offs])
+        for s0, s1, label in text_spans:
+            toks = _covered(offs, s0, s1)
+            if not toks:
+                continue
+            if label in ("scene", "object"):
+                starts[toks[0], 0 if label == "scene" else 1] = 1.0
+            else:
+                attr, value = label.split(":", 1)
+                attrs[attr][toks] = ATTRIBUTES[attr].index(value) + 1
+        scene_id = scene_ids_from_starts(starts[:, 0], special)
+        out.append(Example(h, torch.from_numpy(starts), {a: torch.from_numpy(v) for a, v in attrs.items()},
+                           torch.from_numpy(scene_id),
+                           torch.from_numpy(slot_targets([s.seconds for s in script.scenes], cfg.time_slots)),
+                           script))
+    return out
+
+
+def synthetic_examples(n: int, seed: int, script_split: str, phrase_split: str, cfg: PlannerConfig
+                       ) -> list[Example]:
+    """n random scripts from world.sample_script(script_split) phrased with world's phrase_split templates."""
+    rng = np.random.default_rng(seed)
+    scripts = [world.sample_script(rng, script_split) for _ in range(n)]
+    pairs = [world.script_to_prompt_spans(s, rng, phrase_split) for s in scripts]
+    return make_examples(scripts, [p[0] for p in pairs], [p[1] for p in pairs], cfg)
+
+
+def collate(batch: list[Example]) -> dict[str, torch.Tensor]:
+    T = max(e.states_Td.shape[0] for e in batch)
+    B = len(batch)
+    pad = lambda t, v: F.pad(t, (0, 0) * (t.dim() - 1) + (0, T - t.shape[0]), value=v)  # noqa: E731
+    return {
+        "states": torch.stack([pad(e.states_Td.float(), 0.0) for e in batch]),
+        "mask": torch.stack([pad(torch.ones(e.states_Td.shape[0], dtype=torch.bool), False) for e in batch]),
+        "starts": torch.stack([pad(e.starts_T2, 0.0) for e in batch]),
+        "scene_id": torch.stack([pad(e.scene_id_T, -1) for e in batch]),
+        "slots": torch.stack([e.slots_S for e in batch]),
+        **{f"attr_{a}": torch.stack([pad(e.attrs[a], -100) for e in batch]) for a in ATTRIBUTES},
+    }
+
+
+# ---------------------------------------------------------------- training
+
+@dataclass
+class PlannerTrainConfig:
+    train_prompts: int = 1500    # synthetic training prompts (train scripts, train phrasing)
+    steps: int = 900
+    batch_size: int = 24
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+
+
+def planner_loss(model: PlannerModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    task = task_id("text_to_video")
+    mask_BT = batch["mask"]
+    x_BTD, starts_BT2, logits, stats = model.reader(batch["states"], mask_BT, task)
+    # starts are rare (a few per prompt): weigh them up, or the head learns "first token only"
+    loss_starts = F.binary_cross_entropy_with_logits(starts_BT2[mask_BT], batch["starts"][mask_BT],
+                                                     pos_weight=torch.tensor(START_POS_WEIGHT))
+    loss_attr = sum(F.cross_entropy(logits[a].flatten(0, 1), batch[f"attr_{a}"].flatten(), ignore_index=-100)
+                    for a in ATTRIBUTES) / len(ATTRIBUTES)
+    # time axis, teacher-forced on the gold scene segmentation
+    scene_BKD, seconds_BKC, scene_mask_BK = model.scene_tokens(x_BTD, batch["scene_id"], logits["seconds"])
+    slot_logits_BSK, t_stats = model.time_axis(scene_BKD, seconds_BKC, scene_mask_BK, task)
+    loss_time = F.cross_entropy(slot_logits_BSK.flatten(0, 1), batch["slots"].flatten())
+    aux = stats.aux_loss + sum(s.aux_loss for s in t_stats)
+    loss = loss_starts + loss_attr + loss_time + aux
+    return loss, {"starts": loss_starts.item(), "attributes": loss_attr.item(), "time": loss_time.item()}
+
+
+def train_planner(cfg: PlannerConfig, tcfg: PlannerTrainConfig, log=print,
+                  examples: list[Example] | None = None) -> PlannerModel:
+    """Train reader and time axis on synthetic prompts (train scripts, train phrasing only)."""
+    torch.manual_seed(tcfg.seed)
+    if examples is None:
+        t0 = time.perf_counter()
+        examples = synthetic_examples(tcfg.train_prompts, tcfg.seed, "train", "train", cfg)
+        log(f"encoded {len(examples)} training prompts in {time.perf_counter() - t0:.1f} s")
+    model = PlannerModel(cfg).train()
+    model.reader.proto_VD.copy_(prototypes())
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, tcfg.lr, total_steps=tcfg.steps, pct_start=0.1)
+    g = np.random.default_rng(tcfg.seed)
+    for step in range(tcfg.steps):
+        idx = g.choice(len(examples), size=min(tcfg.batch_size, len(examples)), replace=False)
+        loss, parts = planner_loss(model, collate([examples[i] for i in idx]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == tcfg.steps - 1:
+            log(f"step {step:5d} loss {loss.item():.4f} " + " ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+    return model.eval()
+
+
+# ---------------------------------------------------------------- inference
+
+@dataclass
+class SceneExperts:
+    """Which experts handled one scene: expert id -> mean gate weight over the scene's tokens/slots."""
+    text_experts: dict[int, float]
+    time_experts: dict[int, float]
+
+
+@dataclass
+class Plan:
+    script: Script
+    cut_seconds: list[float]                    # where scenes 2..n start
+    experts: list[SceneExperts]
+    confidence: list[dict[str, float]]          # per scene: attribute -> probability of the chosen value
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _expert_share(stats: MoEStats, rows: torch.Tensor, E: int) -> dict[int, float]:
+    """Mean gate weight each expert got over the token rows `rows` (indices into stats.expert_idx)."""
+    if rows.numel() == 0:
+        return {}
+    idx_RK, w_RK = stats.expert_idx[rows], stats.gate_weight[rows]
+    share_E = torch.zeros(E).index_add_(0, idx_RK.flatten(), w_RK.flatten().float()) / rows.numel()
+    return {int(e): round(float(v), 4) for e, v in enumerate(share_E) if v > 0}
+
+
+class Planner:
+    """A loaded planner: the frozen text stream plus the trained reader and time axis."""
+
+    def __init__(self, model: PlannerModel, scene_threshold: float = SCENE_THRESHOLD):
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.scene_threshold = scene_threshold
+
+    def plan(self, prompt: str, seconds: float, style: str | None = None) -> Plan:
+        """Read `prompt` and lay out a Script lasting `seconds` in total; `style` overrides one
+        named in the prompt. Runs on one torch thread (see generator.one_torch_thread)."""
+        with one_torch_thread():
+            return self._plan(prompt, seconds, style)
+
+    def _plan(self, prompt: str, seconds: float, style: str | None) -> Plan:
+        t0 = time.perf_counter()
+        states, offsets = encode_prompts([prompt])
+        t1 = time.perf_counter()
+        h_1Td = states[0][None].float()
+        T = h_1Td.shape[1]
+        mask_1T = torch.ones(1, T, dtype=torch.bool)
+        task = task_id("text_to_video")
+        x_1TD, starts_1T2, logits, stats = self.model.reader(h_1Td, mask_1T, task)
+        special_T = np.array([b <= a for a, b in offsets[0]])
+        p_start_T2 = torch.sigmoid(starts_1T2[0]).numpy()
+        probs = {a: logits[a][0].softmax(-1).numpy() for a in ATTRIBUTES}
+
+        scene_start_T = (p_start_T2[:, 0] > self.scene_threshold) & ~special_T
+        # at most max_scenes: keep the most confident starts
+        if scene_start_T.sum() > self.cfg.max_scenes:
+            keep = np.argsort(-np.where(scene_start_T, p_start_T2[:, 0], -1))[:self.cfg.max_scenes]
+            scene_start_T = np.zeros(T, bool)
+            scene_start_T[keep] = True
+        # a "scene" naming no object is a stray start (e.g. "on a lawn, | the red box ..."): merge it
+        shape_conf_T = 1 - probs["shape"][:, 0]
+        starts, i = list(np.flatnonzero(scene_start_T)), 0
+        while len(starts) > 1 and i < len(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else T
+            if shape_conf_T[starts[i]:end].max() < 0.5:
+                starts.pop(i + 1 if i + 1 < len(starts) else i)  # merge into the next (last: previous) scene
+                continue
+            i += 1
+        starts = self._split_double_backgrounds(starts, T, p_start_T2[:, 0], shape_conf_T,
+                                                1 - probs["background"][:, 0])
+        scene_start_T = np.zeros(T, bool)
+        scene_start_T[starts] = True
+        scene_id_T = scene_ids_from_starts(scene_start_T.astype(int), special_T)
+        n_scenes = int(scene_id_T.max()) + 1 if (scene_id_T >= 0).any() else 1
+        scenes, confidence = [], []
+        for k in range(n_scenes):
+            toks = np.flatnonzero(scene_id_T == k)
+            scene, conf = self._read_scene(toks, p_start_T2[:, 1], probs)
+            scenes.append(scene)
+            confidence.append(conf)
+        style_name = style
+        if style_name is None:
+            p_style = probs["style"][~special_T]
+            best = np.unravel_index(np.argmax(p_style[:, 1:]), p_style[:, 1:].shape)
+            if p_style[best[0], best[1] + 1] > 0.5:
+                style_name = ATTRIBUTES["style"][best[1]]
+
+        # time axis
+        scene_id_1T = torch.from_numpy(scene_id_T)[None]
+        scene_1KD, seconds_1KC, scene_mask_1K = self.model.scene_tokens(x_1TD, scene_id_1T, logits["seconds"])
+        scene_mask_1K[:, n_scenes:] = False
+        scene_mask_1K[:, :n_scenes] = True
+        slot_logits_1SK, t_stats = self.model.time_axis(scene_1KD, seconds_1KC, scene_mask_1K, task)
+        p_SK = slot_logits_1SK[0].softmax(-1)[:, :n_scenes]
+        # fraction of the video before scene k = mean over slots of P(slot shows a scene < k)
+        before_K = torch.cat([torch.zeros(1), p_SK.cumsum(-1).mean(0)[:-1]]).numpy()
+        # no scene shorter than a quarter of an even share: a flash of a few frames reads as a glitch
+        fractions = np.diff(np.append(before_K, 1.0)).clip(min=MIN_SCENE_SHARE / n_scenes)
+        fractions = fractions / fractions.sum()
+        for scene, frac in zip(scenes, fractions):
+            scene.seconds = float(seconds * frac)
+        cut_seconds = [float(c) for c in np.cumsum([s.seconds for s in scenes])[:-1]]
+
+        # experts per scene: text experts over the scene's tokens, time experts over its slots
+        slot_scene_S = p_SK.argmax(-1)
+        experts = []
+        for k in range(n_scenes):
+            rows = torch.from_numpy(np.flatnonzero(scene_id_T == k))
+            slot_rows = torch.nonzero(slot_scene_S == k).flatten()
+            time_share: dict[int, float] = {}
+            for layer, st in enumerate(t_stats):
+                for e, w in _expert_share(st, slot_rows, self.cfg.time_experts).items():
+                    time_share[layer * self.cfg.time_experts + e] = w
+            experts.append(SceneExperts(_expert_share(stats, rows, self.cfg.num_experts), time_share))
+        t2 = time.perf_counter()
+        return Plan(Script(scenes, style_name), cut_seconds, experts, confidence,
+                    {"text_stream_ms": 1e3 * (t1 - t0), "experts_ms": 1e3 * (t2 - t1)})
+
+    def _split_double_backgrounds(self, starts: list[int], T: int, p_start_T: np.ndarray, shape_conf_T: np.ndarray,
+                                  bg_conf_T: np.ndarray) -> list[int]:
+        """One background per scene: a scene naming two backgrounds (with objects on both sides) is split
+        where the scene-start head is most confident between the two background phrases."""
+        starts = sorted(starts)
+        changed = True
+        while changed and len(starts) < self.cfg.max_scenes:
+            changed = False
+            for a, b in zip(starts, starts[1:] + [T]):
+                runs = _runs(np.flatnonzero(bg_conf_T[a:b] > 0.5) + a)
+                if len(runs) < 2:
+                    continue
+                lo, hi = runs[0][1] + 1, runs[1][0]
+                if hi <= lo:
+                    continue
+                cut = lo + int(np.argmax(p_start_T[lo:hi + 1]))
+                if shape_conf_T[a:cut].max(initial=0) > 0.5 and shape_conf_T[cut:b].max(initial=0) > 0.5:
+                    starts = sorted(starts + [cut])
+                    changed = True
+                    break
+        return starts
+
+    @staticmethod
+    def _object_spans(toks: np.ndarray, p_obj_T: np.ndarray, probs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Split a scene's tokens into object mentions. Each mention is anchored on the tokens the shape
+        head tags ("figure three"); between two mentions the boundary is the last predicted object start,
+        else the start of the colour words just before the next mention's shape."""
+        if toks.size == 0:
+            return [toks]
+        shape_on = probs["shape"][toks, 0] < 0.5
+        colour_on = probs["colour"][toks, 0] < 0.5
+        obj_on = p_obj_T[toks] > 0.5
+        runs: list[list[int]] = []
+        for j in np.flatnonzero(shape_on):
+            # a new mention needs a colour word or a predicted object start since the last shape word;
+            # otherwise this shape word belongs to the current mention ("figure | three", "swelling in size")
+            if runs and not (colour_on[runs[-1][1] + 1:j + 1].any() or obj_on[runs[-1][1] + 1:j + 1].any()):
+                runs[-1][1] = j
+            else:
+                runs.append([j, j])
+        runs = runs[:world.MAX_OBJECTS]
+        if len(runs) <= 1:
+            return [toks]
+        bounds = [0]
+        for prev, run in zip(runs[:-1], runs[1:]):
+            lo, hi = prev[1] + 1, run[0]
+            starts = [j for j in range(lo, hi + 1) if p_obj_T[toks[j]] > 0.5]
+            b = starts[-1] if starts else hi
+            while not starts and b - 1 >= lo and colour_on[b - 1]:
+                b -= 1
+            bounds.append(b)
+        bounds.append(len(toks))
+        return [toks[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _read_scene(self, toks: np.ndarray, p_obj_T: np.ndarray, probs: dict[str, np.ndarray]
+                    ) -> tuple[Scene, dict[str, float]]:
+        def best(attr: str, rows: np.ndarray) -> tuple[str | None, float]:
+            if rows.size == 0:
+                return None, 0.0
+            p_RC = probs[attr][rows, 1:]
+            r, c = np.unravel_index(np.argmax(p_RC), p_RC.shape)
+            return ATTRIBUTES[attr][c], float(p_RC[r, c])
+
+        objects, conf = [], {}
+        for i, rows in enumerate(self._object_spans(toks, p_obj_T, probs)):
+            values = {attr: best(attr, rows) for attr in OBJECT_ATTRS}
+            shape = values["shape"][0] or "circle"
+            motion = values["motion"][0] or "still"
+            if motion == "rotate" and shape in world.ROTATION_INVARIANT:
+                motion = "still"
+            objects.append(SceneObject(shape, values["colour"][0] or "white", motion))
+            for attr, (_, p) in values.items():
+                conf[f"object{i}_{attr}"] = round(p, 4)
+        background, p_bg = best("background", toks)
+        camera, p_cam = best("camera", toks)
+        conf.update(background=round(p_bg, 4), camera=round(p_cam, 4))
+        seconds, p_sec = best("seconds", toks)
+        scene = Scene(objects, background if background and p_bg > 0.3 else "studio",
+                      camera if camera and p_cam > 0.5 else "static",
+                      float(seconds) if seconds and p_sec > 0.5 else world.DEFAULT_SCENE_SECONDS)
+        return scene, conf
+
+
+def _runs(idx: np.ndarray) -> list[list[int]]:
+    """Sorted indices -> [first, last] of each run of consecutive indices."""
+    runs: list[list[int]] = []
+    for j in idx.tolist():
+        if runs and j == runs[-1][1] + 1:
+            runs[-1][1] = j
+        else:
+            runs.append([j, j])
+    return runs
+
+
+# ---------------------------------------------------------------- evaluation, save, load
+
+def evaluate_planner(planner: Planner, scripts: list[Script], prompts: list[str]) -> dict[str, float]:
+    """Accuracy per attribute of planned scripts against the true ones (scenes and objects matched
+    by order; a missing scene or object counts as wrong), scene-count accuracy, exact-script rate and
+    the mean absolute error of the cut times (seconds, when the scene count is right)."""
+    hits: dict[str, list[float]] = {k: [] for k in
+                                    ("scene_count", "object_count", "shape", "colour", "motion", "background",
+                                     "camera", "style", "script_exact")}
+    cut_err = []
+    for script, prompt in zip(scripts, prompts):
+        total = sum(s.seconds for s in script.scenes)
+        plan = planner.plan(prompt, total)
+        got = plan.script
+        hits["scene_count"].append(len(got.scenes) == len(script.scenes))
+        hits["style"].append(got.style == script.style)
+        exact = len(got.scenes) == len(script.scenes) and got.style == script.style
+        for k, scene in enumerate(script.scenes):
+            g = got.scenes[k] if k < len(got.scenes) else None
+            hits["background"].append(g is not None and g.background == scene.background)
+            hits["camera"].append(g is not None and g.camera == scene.camera)
+            hits["object_count"].append(g is not None and len(g.objects) == len(scene.objects))
+            exact &= g is not None and (g.background, g.camera, len(g.objects)) == (
+                scene.background, scene.camera, len(scene.objects))
+            for i, obj in enumerate(scene.objects):
+                go = g.objects[i] if g is not None and i < len(g.objects) else None
+                for attr in OBJECT_ATTRS:
+                    ok = go is not None and getattr(go, attr) == getattr(obj, attr)
+                    hits[attr].append(ok)
+                    exact &= ok
+        hits["script_exact"].append(exact)
+        if len(got.scenes) == len(script.scenes) and len(script.scenes) > 1:
+            true_cuts = np.cumsum([s.seconds for s in script.scenes])[:-1]
+            cut_err.append(float(np.abs(np.array(plan.cut_seconds) - true_cuts).mean()))
+    out = {f"{k}_accuracy": round(float(np.mean(v)), 4) for k, v in hits.items() if v}
+    out["cut_mae_seconds"] = round(float(np.mean(cut_err)), 4) if cut_err else 0.0
+    out["prompts"] = len(prompts)
+    return out
+
+
+def heldout_sets(n: int, seed: int) -> dict[str, tuple[list[Script], list[str]]]:
+    """Evaluation sets: train phrasing (new prompts), held-out phrasing, and held-out phrasing of
+    held-out (shape, colour, motion) combinations."""
+    sets = {}
+    for name, script_split, phrase_split, s in (("train_phrasing", "train", "train", 1),
+                                                 ("heldout_phrasing", "train", "test", 2),
+                                                 ("heldout_combos", "test", "test", 3)):
+        rng = np.random.default_rng(seed * 1000 + s)
+        scripts = [world.sample_script(rng, script_split) for _ in range(n)]
+        sets[name] = (scripts, [world.script_to_prompt(sc, rng, phrase_split) for sc in scripts])
+    return sets
+
+
+def save_planner(model: PlannerModel, path: str | Path, metadata: dict | None = None) -> Path:
+    from core.checkpoint import save_checkpoint
+    return save_checkpoint(model, path, kind=KIND, config=model.cfg, metadata=metadata)
+
+
+@functools.cache
+def _load(path: str) -> Planner:
+    from core.checkpoint import load_checkpoint
+    model, _ = load_checkpoint(path)
+    return Planner(model)
+
+
+def load_planner(path: str | Path | None = None) -> Planner:
+    """The planner checkpoint at `path` (default: the shipped one), cached per process."""
+    path = Path(path) if path is not None else DEFAULT_PATH
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no planner checkpoint at {path}; build it with `moe-suite video train-planner`")
+    return _load(str(path.resolve()))
+

@@ -1,0 +1,173 @@
+"""Text to video, end to end: prompt -> plan (planner.py) -> frames (generator.py) -> optional style
+(style.py) -> browser-playable file and preview (data_connectors.video).
+
+    result = generate_video("a red ball rolls left on a beach, then a blue square rises at night",
+                            seconds=3, resolution="1080p", fps=24, out=Path("clip.mp4"))
+    result.path, result.preview_path, result.script, result.cut_frames, result.experts, result.timings
+
+Limits (ValueError naming the field when broken): prompt 1..2000 characters, seconds 0.5..20,
+fps 8..30, resolution one of RESOLUTIONS, output .mp4 (H.264) or .webm (VP9).
+Without a style, frames stream straight into the encoder (ffmpeg runs alongside generation);
+a style needs the whole clip first (stylize_frames keeps the look steady across frames).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .world import Script
+
+RESOLUTIONS: dict[str, tuple[int, int]] = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
+MAX_PROMPT_CHARS = 2000
+MIN_SECONDS, MAX_SECONDS = 0.5, 20.0
+MIN_FPS, MAX_FPS = 8, 30
+SUFFIXES = (".mp4", ".webm")
+PREVIEW_SIDE = 320
+
+
+class GenerationError(ValueError):
+    """A request outside the studio's documented limits."""
+
+
+@dataclass
+class GenerationResult:
+    path: Path                        # the video file
+    preview_path: Path                # animated GIF preview beside it
+    script: Script                    # what the planner decided (scene seconds included)
+    cut_frames: list[int]             # first frame of scenes 2..n
+    experts: list[dict]               # per scene: {"text_experts": {id: weight}, "time_experts": {id: weight}}
+    timings: dict[str, float]         # seconds: planning, generation, style, encoding, preview, total
+    fps: int = 24
+    size_hw: tuple[int, int] = (360, 640)
+    frames: int = 0
+    style_experts: dict[str, float] = field(default_factory=dict)   # style expert -> weight, if styled
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "preview_path": str(self.preview_path), "script": self.script.to_dict(),
+                "cut_frames": self.cut_frames, "experts": self.experts, "timings": self.timings,
+                "fps": self.fps, "width": self.size_hw[1], "height": self.size_hw[0], "frames": self.frames,
+                "style_experts": self.style_experts}
+
+
+def check_request(prompt: str, seconds: float, resolution: str, fps: int, out: Path | str) -> Path:
+    """Validate a request against the documented limits; returns `out` as a Path."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise GenerationError("prompt is empty: describe the video, e.g. 'a red ball rolls left on a beach'")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise GenerationError(f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError):
+        raise GenerationError(f"seconds must be a number, got {seconds!r}") from None
+    if not (MIN_SECONDS <= seconds <= MAX_SECONDS):  # also rejects nan
+        raise GenerationError(f"seconds must be in {MIN_SECONDS}..{MAX_SECONDS}, got {seconds}")
+    if resolution not in RESOLUTIONS:
+        raise GenerationError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (MIN_FPS <= fps <= MAX_FPS) \
+            or int(fps) != fps:
+        raise GenerationError(f"fps must be a whole number in {MIN_FPS}..{MAX_FPS}, got {fps!r}")
+    out = Path(out)
+    if out.suffix.lower() not in SUFFIXES:
+        raise GenerationError(f"out {out} must end in {' or '.join(SUFFIXES)}")
+    if not out.parent.is_dir():
+        raise GenerationError(f"out folder {out.parent} does not exist")
+    return out
+
+
+def preview_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".preview.gif")
+
+
+class _Tap:
+    """Passes frames through, timing the producer and keeping small copies for the preview."""
+
+    def __init__(self, frames: Iterator[np.ndarray], total: int, keep: int = 48):
+        self.frames, self.seconds, self.small = frames, 0.0, []
+        self.every = max(1, total // keep)
+        self.count = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                frame = next(self.frames)
+            except StopIteration:
+                self.seconds += time.perf_counter() - t0
+                return
+            if self.count % self.every == 0:
+                h, w = frame.shape[:2]
+                s = PREVIEW_SIDE / max(h, w)
+                self.small.append(cv2.resize(frame, (max(2, round(w * s)), max(2, round(h * s))),
+                                             interpolation=cv2.INTER_AREA))
+            self.count += 1
+            self.seconds += time.perf_counter() - t0
+            yield frame
+
+
+def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p", fps: int = 24,
+                   style: str | None = None, out: Path | str, apply_style: bool = True, planner=None,
+                   generator=None) -> GenerationResult:
+    """Prompt -> a playable video at `out` (.mp4 or .webm) and a GIF preview beside it.
+
+    style: a style name or description (VID-STYLE's stylize_frames); None uses the style the prompt
+    names, if any. apply_style=False plans the style but renders without it (for pixel checks).
+    planner / generator: loaded models (default: the shipped checkpoints)."""
+    from data_connectors.video import write_preview, write_video
+
+    from .generator import load_generator
+    from .planner import load_planner, text_stream
+    from .world import scene_frame_counts
+
+    out = check_request(prompt, seconds, resolution, fps, out)
+    if style is not None and (not isinstance(style, str) or not style.strip()):
+        raise GenerationError(f"style must be a non-empty name or description, got {style!r}")
+    fps = int(fps)
+    size_hw = RESOLUTIONS[resolution]
+    t0 = time.perf_counter()
+    planner = planner or load_planner()
+    generator = generator or load_generator()
+    text_stream()  # MiniLM, loaded once per process: counted as loading, not planning
+    t_load = time.perf_counter()
+    plan = planner.plan(prompt, float(seconds), style=style)
+    t_plan = time.perf_counter()
+
+    frames_it, cuts = generator.script_frames(plan.script, fps, size_hw)
+    total = sum(scene_frame_counts(plan.script, fps))
+    timings = {"load_s": t_load - t0, "planning_s": t_plan - t_load}
+    style_weights: dict[str, float] = {}
+    if plan.script.style is None or not apply_style:
+        tap = _Tap(iter(frames_it), total)
+        t1 = time.perf_counter()
+        write_video(tap, out, fps)
+        timings["generation_s"] = tap.seconds
+        timings["encoding_s"] = time.perf_counter() - t1 - tap.seconds
+        small = tap.small
+    else:
+        from .style import stylize_frames
+        t1 = time.perf_counter()
+        frames_FHW3 = np.stack(list(frames_it))
+        timings["generation_s"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        styled = stylize_frames(frames_FHW3, plan.script.style)
+        style_weights = dict(styled.weights)
+        timings["style_s"] = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        write_video(styled.frames, out, fps)
+        timings["encoding_s"] = time.perf_counter() - t3
+        tap = _Tap(iter(styled.frames), len(styled.frames))
+        for _ in tap:
+            pass
+        small = tap.small
+    t4 = time.perf_counter()
+    preview = write_preview(np.stack(small), preview_path_for(out), fps=min(fps, 12))
+    timings["preview_s"] = time.perf_counter() - t4
+    timings["total_s"] = time.perf_counter() - t0
+    experts = [{"text_experts": e.text_experts, "time_experts": e.time_experts} for e in plan.experts]
+    return GenerationResult(out, preview, plan.script, cuts, experts,
+                            {k: round(v, 4) for k, v in timings.items()}, fps, size_hw, total, style_weights)
+

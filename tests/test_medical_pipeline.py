@@ -1,0 +1,159 @@
+"""End-to-end batch diagnosis on tiny synthetic DICOM studies: outputs, resume, bad studies, anonymizing,
+sharding, the SR and the CLI. The detector here is an untrained tiny one (mechanics, not accuracy)."""
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from apps.medical_imaging.batch import DONE, FINDINGS_COLUMNS, BatchConfig, run_batch
+from apps.medical_imaging.pipeline import DISCLAIMER
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    import torch
+
+    from core.checkpoint import save_checkpoint
+    from apps.medical_imaging.detection import KIND, DetectorConfig, NoduleRater
+    from apps.medical_imaging.synth import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("med")
+    cfg = SynthConfig(shape_zyx=(20, 40, 40), spacing_zyx=(8.0, 8.6, 8.6), nodules_per_study=(1, 2),
+                      p_no_report=0.0)
+    truth = write_dataset(root / "data", 3, seed=3, cfg=cfg)
+    torch.manual_seed(0)
+    det_cfg = DetectorConfig(grid_mm=6.0, sigmas_mm=(4.0, 8.0), max_candidates=4, threshold=0.0)
+    save_checkpoint(NoduleRater(det_cfg), root / "detector", kind=KIND, config=det_cfg)
+    return root, truth
+
+
+def _config(root, out, **kw):
+    return BatchConfig(input=root / "data" / "studies", out=out, reports=root / "data" / "reports",
+                       detector=root / "detector", progress=False, **kw)
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_batch_outputs_and_resume(dataset, tmp_path):
+    root, truth = dataset
+    out = tmp_path / "out"
+    summary = run_batch(_config(root, out))
+    assert (summary["studies"], summary["processed"], summary["failed"]) == (3, 3, 0)
+    with open(out / "findings.csv", newline="") as f:
+        assert tuple(next(csv.reader(f))) == FINDINGS_COLUMNS
+    rows = _rows(out / "findings.csv")
+    assert {r["study"] for r in rows} == {"synth-0000", "synth-0001", "synth-0002"}
+    doc = json.loads((out / "studies" / "synth-0001" / "findings.json").read_text())
+    assert doc["disclaimer"] == DISCLAIMER and doc["report_given"] and doc["findings"]
+    first = doc["findings"][0]
+    assert first["malignancy"] is None or 0 <= first["malignancy"] <= 1
+    assert first["key_slices"] and (out / "studies" / "synth-0001" / "overlays" / doc["overlays"][0]).is_file()
+    # an interrupted run: one study lost its done marker, a half-written temp folder lies around
+    before = {k: (out / "studies" / k / "findings.json").stat().st_mtime_ns for k in ("synth-0000", "synth-0002")}
+    (out / "studies" / "synth-0001" / DONE).unlink()
+    (out / "studies" / ".synth-0001.tmp-dead").mkdir()
+    again = run_batch(_config(root, out))
+    assert (again["processed"], again["skipped_done"]) == (1, 2)
+    assert not (out / "studies" / ".synth-0001.tmp-dead").exists()
+    assert {k: (out / "studies" / k / "findings.json").stat().st_mtime_ns for k in before} == before
+    assert len(_rows(out / "findings.csv")) == len(rows)
+
+
+def test_bad_studies_are_reported_and_the_rest_finishes(dataset, tmp_path):
+    root, _ = dataset
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    (data / "studies" / "no_dicom").mkdir()
+    (data / "studies" / "no_dicom" / "notes.txt").write_text("not an image")
+    broken = data / "studies" / "broken"
+    broken.mkdir()
+    good = sorted((data / "studies" / "synth-0000").glob("*.dcm"))[0].read_bytes()
+    (broken / "0001.dcm").write_bytes(good[:400])              # truncated inside its header
+    one_slice = data / "studies" / "one_slice"
+    one_slice.mkdir()
+    (one_slice / "0001.dcm").write_bytes(good)                  # a second series? no: same UIDs as synth-0000
+    ds = pydicom.dcmread(one_slice / "0001.dcm")
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(one_slice / "0001.dcm")
+    out = tmp_path / "out"
+    cfg = BatchConfig(input=data / "studies", out=out, reports=data / "reports", detector=root / "detector",
+                      progress=False)
+    summary = run_batch(cfg)
+    assert summary["processed"] == 3 and summary["failed"] == 1
+    errors = {r["study"]: r for r in _rows(out / "errors.csv")}
+    assert "no DICOM series" in errors["no_dicom"]["message"]
+    assert "broken" in errors and "one_slice" in errors
+    assert errors["one_slice"]["stage"] == "load"
+    assert {r["study"] for r in _rows(out / "findings.csv")} == {"synth-0000", "synth-0001", "synth-0002"}
+
+
+def test_anonymize_sr_shard_and_cli(dataset, tmp_path, monkeypatch, capsys):
+    from apps.cli import main
+
+    root, _ = dataset
+    out = tmp_path / "anon"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr("apps.medical_imaging.batch._barrier", lambda world: None)
+    summary = run_batch(_config(root, out, anonymize=True, sr=True))
+    assert summary["this_rank"] == 1 and summary["processed"] == 1   # rank 1 of 2 takes every second study
+    monkeypatch.setenv("RANK", "0")
+    assert main(["medical", "diagnose", str(root / "data" / "studies"), "--out", str(out), "--reports",
+                 str(root / "data" / "reports"), "--detector", str(root / "detector"), "--anonymize", "--sr",
+                 "--json"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["processed"] == 2 and last["studies_done"] == 3     # rank 0's two, merged with rank 1's
+    text = (out / "findings.csv").read_text() + "".join(p.read_text() for p in out.rglob("*.json"))
+    assert "synth-000" not in text and "SYNTH" not in text
+    key = _rows(out / "findings.csv")[0]["study"]
+    sr = pydicom.dcmread(out / "studies" / key / "sr.dcm")
+    assert sr.Modality == "SR" and str(sr.PatientID) == key
+
+
+
+def _zip_folder(folder, path, extra=None):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for f in sorted(folder.glob("*.dcm")):
+            z.write(f, f"study/{f.name}")
+        if extra:
+            z.writestr(*extra)
+    return path
+
+
+def test_api_and_page(dataset, tmp_path, monkeypatch):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from apps.medical_imaging import api, page, pipeline
+
+    root, _ = dataset
+    monkeypatch.setattr(pipeline, "_SHARED", pipeline.Models.load(root / "detector"))
+    study = _zip_folder(root / "data" / "studies" / "synth-0000", tmp_path / "study.zip")
+    app = FastAPI()
+    app.include_router(api.router, prefix="/api/v1/medical")
+    client = TestClient(app)
+    report = (root / "data" / "reports" / "synth-0000.txt").read_text()
+    r = client.post("/api/v1/medical/diagnose", files={"file": ("study.zip", study.read_bytes())},
+                    data={"report": report})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["disclaimer"] == DISCLAIMER and body["report_given"] and body["shape_zyx"] == [20, 40, 40]
+    evil = _zip_folder(root / "data" / "studies" / "synth-0000", tmp_path / "evil.zip", ("../escape.txt", "x"))
+    assert client.post("/api/v1/medical/diagnose", files={"file": ("e.zip", evil.read_bytes())}).status_code == 400
+    assert client.post("/api/v1/medical/diagnose", files={"file": ("x.zip", b"not a zip")}).status_code == 422
+    monkeypatch.setattr(api, "MAX_UPLOAD_BYTES", 1000)
+    assert client.post("/api/v1/medical/diagnose", files={"file": ("s.zip", study.read_bytes())}).status_code == 413
+
+    assert page.build() is not None
+    state, slider, image, table, explanation, download, status = page.analyse(str(study), "", 0.0)
+    assert image.ndim == 3 and image.shape[2] == 3 and len(table) == len(state["findings"])
+    assert "image only" in status and Path(download).is_file()
+    assert page.show_slice(state, 0).shape == image.shape

@@ -1,0 +1,64 @@
+"""BLEU-4, the pixel attribute checker, cut matching and `video eval` (apps/video_generation/evaluation.py)."""
+import math
+
+import pytest
+
+from apps.video_generation import world
+from apps.video_generation.evaluation import check_scene, corpus_bleu, cut_hits, evaluate
+
+
+def test_bleu_known_answers():
+    same = "a red circle moves left on the beach ; the camera is static .".split()
+    assert corpus_bleu([same], [[same]]) == pytest.approx(1.0)
+    # Clipped precisions 5/6, 3/5, 2/4, 1/3; hypothesis 6 words, reference 7: brevity exp(1 - 7/6).
+    hyp, ref = "a b c d e f".split(), "a b c d x f g".split()
+    assert corpus_bleu([hyp], [[ref]]) == pytest.approx(math.exp(1 - 7 / 6) * (1 / 12) ** 0.25)
+    # Longer than the reference: no brevity penalty; repeated words are clipped to the reference count.
+    hyp, ref = "the the the cat sat on mat".split(), "the cat sat on the mat".split()
+    # 1-grams: the x3 clipped to 2, cat, sat, on, mat -> 6/7; 2-grams: the cat, cat sat, sat on -> 3/6;
+    # 3-grams: the cat sat, cat sat on -> 2/5; 4-grams: the cat sat on -> 1/4.
+    assert corpus_bleu([hyp], [[ref]]) == pytest.approx((6 / 7 * 3 / 6 * 2 / 5 * 1 / 4) ** 0.25)
+    assert corpus_bleu([["a", "b", "c"]], [[["x", "y", "z", "w"]]]) == 0.0
+
+
+def test_bleu_is_corpus_level_and_takes_several_references():
+    a, b = "p q r s t".split(), "u v w x y".split()
+    # Counts are summed over the corpus before dividing (not an average of sentence scores).
+    score = corpus_bleu([a, b], [[a], ["u v w k y".split()]])
+    assert score == pytest.approx(((5 + 4) / 10 * (4 + 2) / 8 * (3 + 1) / 6 * (2 + 0) / 4) ** 0.25)
+    # A second reference can only add matches; the closest reference length sets the brevity.
+    assert corpus_bleu([b], [["u v w k y".split(), b]]) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        corpus_bleu([a], [])
+
+
+def test_cut_hits_match_each_found_cut_once():
+    assert cut_hits([24, 48], [25, 47]) == (2, 0)
+    assert cut_hits([24, 48], [27, 48, 60]) == (1, 2)   # 27 is 3 frames off
+    assert cut_hits([24, 25], [24]) == (1, 0)           # one found cut serves one planned cut
+
+
+def _scene(motion="left", colour="red", camera="static", background="sky"):
+    return world.Scene([world.SceneObject("square", colour, motion)], background, camera, 2.0)
+
+
+def test_pixel_checker_confirms_truth_and_rejects_wrong_scripts():
+    for scene in (_scene(), _scene("grow", "yellow", "pan_left", "night"), _scene("bounce", "blue", "zoom_in", "grass")):
+        frames = world.render_scene(scene, 24, (90, 160), seed=3)
+        assert check_scene(frames, scene) == {"background": True, "colours": True, "motion": True}, scene
+    frames = world.render_scene(_scene(), 24, (90, 160))
+    assert not check_scene(frames, _scene("right"))["motion"]
+    assert not check_scene(frames, _scene(colour="green"))["colours"]
+    assert not check_scene(frames, _scene(camera="pan_right"))["motion"]  # the camera changes the path
+    assert not check_scene(frames, _scene(background="beach"))["background"]
+
+
+def test_evaluate_at_tiny_size_returns_every_key():
+    out = evaluate(n_prompts=0, n_clips=4, seed=0)
+    for key in ("cut_accuracy_rendered", "false_cuts_per_clip_rendered", "checker_pass_rate_on_ground_truth",
+                "seconds", "seed"):
+        assert key in out, key
+    assert 0.0 <= out["cut_accuracy_rendered"] <= 1.0
+    assert ("caption_attribute_accuracy" in out and "bleu4" in out) or out["captioner"].startswith("skipped")
+    with pytest.raises(ValueError, match="n_clips"):
+        evaluate(n_prompts=0, n_clips=-1, seed=0)
