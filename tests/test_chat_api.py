@@ -126,9 +126,26 @@ def test_retrain_tab_switches_the_assistant_to_uploads(tmp_path, monkeypatch):
     (tmp_path / "intents.yaml").write_text("intents:\n  hello: [hi, hello, hey]\n  bye: [bye, ciao, farewell]\n")
     with zipfile.ZipFile(tmp_path / "kb.zip", "w") as kb:
         kb.writestr("kb/pets.md", "# Pets\n## Dogs\nDogs are allowed in branches.\n")
-    status = page.retrain(str(tmp_path / "intents.yaml"), str(tmp_path / "kb.zip"))
+    status = list(page.retrain(str(tmp_path / "intents.yaml"), str(tmp_path / "kb.zip")))[-1]
     assert "2 intents" in status and "1 documents" in status
     assert assistant.dialogue.intent_model.labels == ("bye", "hello")
     assert assistant.dialogue.index.search("dogs", k=1)[0].id.startswith("pets")
     with pytest.raises(gr.Error):
-        page.retrain(None, None)
+        list(page.retrain(None, None))
+
+
+def test_cancelled_retrain_stops_before_training_and_keeps_the_models(tmp_path, monkeypatch):
+    from apps.customer_service import intents
+
+    def never(*args, **kwargs):
+        raise AssertionError("training ran after the cancel")
+
+    monkeypatch.setattr(intents.IntentModel, "train", never)
+    assistant = make_assistant(tmp_path / "c.sqlite3")
+    monkeypatch.setattr(page, "shared_assistant", lambda: assistant)
+    before = assistant.dialogue.intent_model
+    (tmp_path / "intents.yaml").write_text("intents:\n  hello: [hi, hello]\n  bye: [bye, ciao]\n")
+    job = page.retrain(str(tmp_path / "intents.yaml"), None)
+    assert next(job).startswith("Training the intent model")
+    job.close()  # what the page's Cancel button does to the running event
+    assert assistant.dialogue.intent_model is before

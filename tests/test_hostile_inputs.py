@@ -231,7 +231,7 @@ def test_zip_bomb_in_the_chat_knowledge_upload(tmp_path):
     bomb = _zip(tmp_path / "bomb.zip", {f"kb/{n}.md": b"\0" * (20 << 20) for n in range(3)})  # 60 MB in ~180 KB
     assert bomb.stat().st_size < 1 << 20
     with pytest.raises(gr.Error, match="expands to over 50 MB|more than the limit of 52428800"):
-        chat_page.retrain(None, str(bomb))
+        list(chat_page.retrain(None, str(bomb)))
 
 
 def test_zip_with_lying_sizes_in_the_chat_knowledge_upload(tmp_path):
@@ -239,7 +239,7 @@ def test_zip_with_lying_sizes_in_the_chat_knowledge_upload(tmp_path):
     the CRC check refuses it."""
     path = _lying_zip(tmp_path / "liar.zip")
     with pytest.raises(gr.Error):
-        chat_page.retrain(None, str(path))
+        list(chat_page.retrain(None, str(path)))
     assert sum(p.stat().st_size for p in tmp_path.rglob("a.md")) <= 1024
 
 

@@ -153,7 +153,7 @@ def test_patient_folds_keep_patients_together():
 
 def test_forward_backward_reaches_the_task_gates():
     model = MalignancyModel(MalignancyConfig(**TINY))
-    logits, aux = model(torch.rand(2, 1, 32, 32, 32))
+    logits, aux = model(torch.rand(2, 1, 32, 32, 32), torch.tensor([5.0, 15.0]))
     assert logits.shape == (2,) and torch.isfinite(aux)
     (logits.sum() + aux).backward()
     moe = model.stream.moe_mlps()
@@ -162,7 +162,7 @@ def test_forward_backward_reaches_the_task_gates():
 
 
 def test_diameter_input_changes_the_logit():
-    model = MalignancyModel(MalignancyConfig(**TINY, diameter_input=True)).eval()
+    model = MalignancyModel(MalignancyConfig(**TINY)).eval()
     cubes = torch.rand(2, 1, 32, 32, 32)
     with pytest.raises(ValueError, match="diameter"):
         model(cubes)
@@ -178,13 +178,13 @@ def test_training_learns_synthetic_blobs_and_round_trips(tmp_path):
     write_crops(tmp_path / "crops", 24, seed=3)
     cfg = MalignancyConfig(**TINY, epochs=4, batch_size=8, lr=3e-3, augment=True)
     crops = load_crops(tmp_path / "crops", cfg)
-    model, result = mal.train(crops.cubes[:16], crops.labels[:16], cfg)
+    model, result = mal.train(crops.cubes[:16], crops.labels[:16], cfg, crops.diameters_mm[:16])
     assert result.steps == 4 * 2
-    held_out = model.predict_cubes(crops.cubes[16:])
+    held_out = model.predict_cubes(crops.cubes[16:], crops.diameters_mm[16:])
     assert auc(held_out, crops.labels[16:]) >= 0.85
     model.save(tmp_path / "model")
     loaded = mal.load_model(tmp_path / "model")
-    np.testing.assert_allclose(loaded.predict_cubes(crops.cubes[16:]), held_out, atol=1e-5)
+    np.testing.assert_allclose(loaded.predict_cubes(crops.cubes[16:], crops.diameters_mm[16:]), held_out, atol=1e-5)
 
     # The CLI on the same folder: one JSON object as the last stdout line.
     from apps.cli import CommandTable

@@ -64,7 +64,9 @@ def test_rater_checkpoint_round_trip_and_report_changes_the_score(tmp_path):
 
     torch.manual_seed(0)
     cfg = DetectorConfig(max_candidates=4)
-    save_checkpoint(NoduleRater(cfg), tmp_path / "det", kind=KIND, config=cfg)
+    model = NoduleRater(cfg)
+    torch.nn.init.normal_(model.head[-1].weight)     # the head starts at zero (the prior alone): wake it
+    save_checkpoint(model, tmp_path / "det", kind=KIND, config=cfg)
     detector = load_detector(tmp_path / "det")
     hu, affine = _phantom()
     reading = read_report("There is a 12 mm nodule in the right upper lobe.")

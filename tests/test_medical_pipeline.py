@@ -26,7 +26,9 @@ def dataset(tmp_path_factory):
     truth = write_dataset(root / "data", 3, seed=3, cfg=cfg)
     torch.manual_seed(0)
     det_cfg = DetectorConfig(grid_mm=6.0, sigmas_mm=(4.0, 8.0), max_candidates=4, threshold=0.0)
-    save_checkpoint(NoduleRater(det_cfg), root / "detector", kind=KIND, config=det_cfg)
+    model = NoduleRater(det_cfg)
+    torch.nn.init.normal_(model.head[-1].weight)
+    save_checkpoint(model, root / "detector", kind=KIND, config=det_cfg)
     return root, truth
 
 

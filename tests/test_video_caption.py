@@ -1,5 +1,6 @@
 """The captioner (apps/video_generation/captioner.py): vocabulary, a tiny training run, captioning
 of rendered and real clips, bad input."""
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -8,7 +9,7 @@ from apps.video_generation import captioner as cap
 from apps.video_generation import world
 
 TINY = dict(frames=4, height=32, width=48, dim=32, patch=4, stem_widths=(8, 16), vision_layers=1, vision_experts=2,
-            heads=2, decoder_layers=1, num_experts=2, top_k=1, expert_hidden=32)
+            heads=2, decoder_layers=1, num_experts=2, top_k=1, expert_hidden=32, crop=16, crop_widths=(8, 16))
 
 
 def test_every_world_caption_fits_the_vocabulary():
@@ -25,13 +26,43 @@ def test_every_world_caption_fits_the_vocabulary():
 def test_model_shapes_and_moe_routing():
     cfg = cap.CaptionerConfig(**TINY)
     model = cap.CaptionModel(cfg)
-    x, m, tgt = cap.make_batch(np.random.default_rng(0), 3, cfg)
+    x, m, crops, tgt = cap.make_batch(np.random.default_rng(0), 3, cfg)
     assert x.shape == (3, 4, 6, 32, 48) and m.shape == (3, len(world.COLOURS) * 4 * 4 + 3 * 4)
-    enc, word_logits, aux = model(x, m, tgt["tokens"])
+    assert crops.shape == (3, len(world.COLOURS), 4, cap.CROP_CHANNELS, 16, 16)
+    enc, word_logits, aux = model(x, m, tgt["tokens"], crops)
     assert enc.logits["shape"].shape == (3, len(world.COLOURS), len(cfg.shapes))
     assert word_logits.shape == (3, cfg.max_len, len(cfg.vocab)) and aux.ndim == 0
     with pytest.raises(ValueError, match="multiples"):
         cap.CaptionerConfig(height=30)
+
+
+def test_object_crops_cut_out_each_object_scale_normalised():
+    cfg = cap.CaptionerConfig()
+    crops = {}
+    for size_hw in ((96, 160), (192, 320)):
+        scene = world.Scene([world.SceneObject("7", "blue", "still"), world.SceneObject("square", "red", "left")],
+                            "grass", "static", 1.0)
+        rgb = cap.sample_frames(world.render_scene(scene, 4, size_hw, seed=1), cfg)
+        _, crops[size_hw] = cap.measured_features(rgb, cfg)
+    c = crops[(96, 160)]
+    blue, red = cfg.colours.index("blue"), cfg.colours.index("red")
+    present = c[:, :, 0].reshape(len(cfg.colours), -1).max(1) > 0
+    assert present[blue] and present[red], present
+    assert not any(present[cfg.colours.index(k)] for k in ("yellow", "cyan", "white")), present
+    # The silhouette fills the crop's middle (bounding box x CROP_MARGIN), not a corner.
+    mask = c[blue, 0, 0] > 127
+    ys, xs = np.nonzero(mask)
+    assert abs(xs.mean() - 11.5) < 4 and abs(ys.mean() - 11.5) < 4 and 0.03 < mask.mean() < 0.6
+    # A square's crop is mostly filled; a thin digit's is not: the crop shows the shape.
+    assert (c[red, 0, 0] > 127).mean() > (c[blue, 0, 0] > 127).mean() + 0.15
+    # Rendered twice as large, the sampled frames are the same size: crops agree closely.
+    # (compared a pixel loose: strokes one pixel wide fall either side of the threshold)
+    a, b = (cv2.dilate((m[blue, 0, 0] > 127).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+            for m in crops.values())
+    assert (a & b).sum() / (a | b).sum() > 0.7
+    # Wrong shapes differ: the digit's crop against the square's.
+    square = cv2.dilate((c[red, 0, 0] > 127).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    assert (a & square).sum() / (a | square).sum() < 0.5
 
 
 def test_tiny_training_run_learns_the_background():
@@ -39,9 +70,9 @@ def test_tiny_training_run_learns_the_background():
     cfg = cap.CaptionerConfig(**TINY)
     train = cap.TrainConfig(steps=60, batch_size=8, lr=3e-3, warmup=5, eval_clips=0, log_every=59, pool=0)
     model, metrics = cap.train_captioner(None, cfg=cfg, train=train)
-    x, m, tgt = cap.make_batch(np.random.default_rng(123), 48, cfg)
+    x, m, crops, tgt = cap.make_batch(np.random.default_rng(123), 48, cfg)
     with torch.no_grad():
-        acc = (model.encode(x, m).logits["background"].argmax(-1) == tgt["background"]).float().mean().item()
+        acc = (model.encode(x, m, crops).logits["background"].argmax(-1) == tgt["background"]).float().mean().item()
     assert acc > 0.3, acc  # chance is 1/6
     assert metrics["final_loss"] < 0.8 * metrics["first_loss"]
 

@@ -62,3 +62,17 @@ def test_evaluate_at_tiny_size_returns_every_key():
     assert ("caption_attribute_accuracy" in out and "bleu4" in out) or out["captioner"].startswith("skipped")
     with pytest.raises(ValueError, match="n_clips"):
         evaluate(n_prompts=0, n_clips=-1, seed=0)
+
+
+def test_generated_videos_are_checked_unstyled(monkeypatch):
+    from apps.video_generation import evaluation
+
+    calls = []
+
+    def fake_generate(prompt, **kwargs):
+        calls.append(kwargs)
+        raise FileNotFoundError("no generator checkpoint in this test")
+
+    monkeypatch.setattr(evaluation, "_generator", lambda: (fake_generate, None))
+    out = evaluate(n_prompts=1, n_clips=0, seed=0)
+    assert out["generation"].startswith("skipped") and calls and calls[0]["apply_style"] is False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import tempfile
 import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
@@ -78,9 +79,11 @@ def _knowledge_source(upload: Path, folder: Path) -> Path:
     return folder
 
 
-def retrain(intents_file: str | None, knowledge_file: str | None) -> str:
+def retrain(intents_file: str | None, knowledge_file: str | None,
+            progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[str]:
     """Train an intent model on the uploaded intents and/or index the uploaded knowledge, then switch
-    the shared assistant (page and API) to them until the server restarts."""
+    the shared assistant (page and API) to them until the server restarts. A generator: cancelling
+    it (the page's Cancel button) stops it at the next step, before the switch."""
     if not intents_file and not knowledge_file:
         raise gr.Error("Upload an intents file, a knowledge file or both.")
     # Imported here: torch, faiss and the MiniLM weights are only needed for retraining.
@@ -94,19 +97,22 @@ def retrain(intents_file: str | None, knowledge_file: str | None) -> str:
     try:
         if intents_file:
             texts, labels = load_intent_data(intents_file)
+            yield f"Training the intent model on {len(texts)} examples..."
             model, result = IntentModel.train(texts, labels, DEFAULT_TRAIN)
             accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.1%}"
             done.append(f"intent model ({len(set(labels))} intents, {len(texts)} examples, held-out "
                         f"accuracy {accuracy})")
         if knowledge_file:
+            yield "Indexing the knowledge..."
             with tempfile.TemporaryDirectory() as tmp:
                 docs = load_knowledge(_knowledge_source(Path(knowledge_file), Path(tmp)))
                 index = KnowledgeIndex.build(docs, cache_dir() / "chat" / "uploaded-index")
             done.append(f"knowledge index ({len(docs)} documents, {len(index)} chunks)")
     except (ValueError, zipfile.BadZipFile) as exc:
         raise gr.Error(str(exc)) from None
+    yield "Switching the assistant to the new " + " and ".join(done) + "..."
     shared_assistant().use(intent_model=model, index=index)
-    return "Now answering with the new " + " and ".join(done) + ", until the server restarts."
+    yield "Now answering with the new " + " and ".join(done) + ", until the server restarts."
 
 
 def build() -> gr.Blocks:
@@ -135,7 +141,9 @@ def build() -> gr.Blocks:
                 intents_file = gr.File(label="intents (.csv, .yaml)", file_types=[".csv", ".yaml", ".yml"],
                                        type="filepath")
                 knowledge_file = gr.File(label="knowledge (file or .zip)", type="filepath")
-            train = gr.Button("Retrain", variant="primary")
+            with gr.Row():
+                train = gr.Button("Retrain", variant="primary")
+                cancel = gr.Button("Cancel")
             status = gr.Markdown()
 
         outputs = [chat, message, details, chart]
@@ -143,5 +151,7 @@ def build() -> gr.Blocks:
         message.submit(respond, [message, chat, session], outputs, api_name=False)
         restart.click(lambda: (new_session_id(), [], "", None), outputs=[session, chat, details, chart],
                       api_name=False)
-        train.click(retrain, [intents_file, knowledge_file], status, api_name="retrain")
+        training = train.click(retrain, [intents_file, knowledge_file], status, api_name="retrain")
+        cancel.click(lambda: "Cancelled: the assistant keeps its current models.", None, status,
+                     cancels=[training], api_name=False)
     return page

@@ -107,8 +107,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed-dim", type=positive_int, default=s, help="vision stream stage-0 width")
     p.add_argument("--crop-mm", type=positive_int, default=s, help="input cube side in mm (multiple of 32)")
     p.add_argument("--seed", type=int, default=s)
-    p.add_argument("--diameter-input", action="store_true", default=s,
-                   help="also feed the nodule diameter (nodules.csv's, else estimated) to the head")
+    p.add_argument("--diameter-input", action=argparse.BooleanOptionalAction, default=s,
+                   help="feed the nodule diameter (nodules.csv's, else estimated) to the head (default: on)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

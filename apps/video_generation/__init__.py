@@ -8,6 +8,7 @@ Light to import: this module only registers the commands; handlers (cli.py) impo
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,8 +20,14 @@ if TYPE_CHECKING:
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "video_generation"
 
 
+def _train_captioner(args: argparse.Namespace) -> None:
+    from .captioner import main
+
+    main(args.options)
+
+
 def register(cli: CommandTable) -> None:
-    """Add `video generate|train-planner|eval-planner|train-generator|eval-generator|caption|eval|stylize|
+    """Add `video generate|train-captioner|train-planner|eval-planner|train-generator|eval-generator|caption|eval|stylize|
     style-bench` and `bench video` (see apps.cli)."""
     from . import cli as handlers
     from .style_cli import add_stylize_command
@@ -36,6 +43,11 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--out", required=True, type=Path, help="output .mp4 (H.264) or .webm (VP9)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = video.command("train-captioner", "train the shot captioner on rendered world clips and save it; options: "
+                                         "--out --steps --batch-size --eval-clips --pool --init --lr --seed --json",
+                      _train_captioner)
+    p.add_argument("options", nargs=argparse.REMAINDER, help="passed to the captioner's trainer (see above)")
 
     p = video.command("train-planner", "train the prompt planner on synthetic prompts, evaluate it on held-out "
                                        "phrasing and combinations, save it", handlers.train_planner)
