@@ -55,3 +55,29 @@ def test_video_generates_a_clip_that_plays(page, suite_url):
     page.wait_for_function("() => document.querySelector('video').currentTime > 0.2", timeout=30_000)
     assert page.get_by_text("which experts handled each scene").count() >= 1
     shot(page, "video")
+
+
+def test_medical_diagnoses_a_synthetic_study_and_marks_the_nodule(page, suite_url, tmp_path):
+    import re
+    import zipfile
+
+    from apps.medical_imaging.synth import make_study, write_study_dicom
+
+    study = next(s for s in (make_study(i, seed=11) for i in range(20))
+                 if s.nodules and max(n.diameter_mm for n in s.nodules) >= 10)
+    folder = write_study_dicom(study, tmp_path / "study")
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(folder.rglob("*.dcm")):
+            z.write(f, f"study/{f.name}")
+    page.goto(suite_url + "/medical/")
+    page.locator("input[type=file]").first.set_input_files(str(archive))
+    page.get_by_label("report (optional)").fill(study.report or "")
+    page.get_by_role("button", name="Find nodules", exact=True).click()
+    status = page.get_by_text(re.compile(r"\d+ findings from \d+ candidates"))
+    status.wait_for(timeout=120_000)
+    assert int(status.inner_text().split()[0]) >= 1, status.inner_text()
+    image = page.locator(".block", has=page.get_by_text("findings circled")).locator("img")
+    image.wait_for()
+    assert image.evaluate("img => img.complete && img.naturalWidth > 100")
+    shot(page, "medical")

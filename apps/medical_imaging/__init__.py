@@ -11,7 +11,6 @@ handlers (`cli`) import torch, MONAI and pydicom when they run.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -119,6 +119,8 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
         rel = folder.relative_to(root).as_posix()
         label = _hash(rel) if cfg.anonymize else rel
         if folder not in series_folders:
+            if any(folder in f.parents for f in series_folders):
+                continue   # stray files (README, CSV) above the studies, not a study of their own
             reasons = "; ".join(sorted({r for _, r in items}))[:300]
             errors.append({"study": label, "source": label, "stage": "scan",
                            "message": f"no DICOM series in this folder ({len(items)} files skipped: {reasons})"})

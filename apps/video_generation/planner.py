@@ -9,8 +9,10 @@ Model (all parts but the stream are trained by `moe-suite video train-planner`):
 1. The core's TextStream with all-MiniLM-L6-v2's weights (dense FFNs), frozen, gives contextual token states.
 2. ScriptReader: one attention block whose FFN is a task-aware MoE layer (task "text_to_video": the
    text experts), then per-token heads: scene start, object start, and per attribute (shape, colour,
-   motion, background, camera, style, seconds) a "none" logit plus value logits from a learned metric
-   between the token and each value's prototype phrase (how unseen synonyms find their value).
+   motion, background, camera, style, seconds) a "none" logit plus value logits: the stream's cosine
+   between the token and the value's prototype phrases (several plain descriptions per value), through a
+   low-rank learned correction that starts at zero - so words never seen in training keep the nearest-phrase
+   prior. Training prompts are partly augmented (filler words, dropped function words).
    Decoding: scenes open at predicted starts (one background per scene; a scene naming no object is
    merged), object mentions are anchored on shape words, each attribute comes from its most confident token.
 3. TimeAxis: T time-slot tokens (learned time embeddings) cross-attend to the scene tokens
