@@ -57,10 +57,12 @@ APPS: list[App] = [
         load="apps.customer_service.assistant:shared_assistant"),
     App("medical", "CT nodule diagnosis", "DICOM studies (and radiology reports) in, lung nodules found, "
         "located and rated for malignancy out; research software, not a medical device.",
-        page="apps.medical_imaging.page:build", api="apps.medical_imaging.api:router"),
+        page="apps.medical_imaging.page:build", api="apps.medical_imaging.api:router",
+        load="apps.medical_imaging.pipeline:shared_models"),
     App("video", "Video studio", "Text-to-video with time-axis experts, a caption per shot with time "
         "stamps, and style experts for clips and images.",
-        page="apps.video_generation.page:build", api="apps.video_generation.api:router"),
+        page="apps.video_generation.page:build", api="apps.video_generation.api:router",
+        load="apps.video_generation.studio:load_models"),
 ]
 
 

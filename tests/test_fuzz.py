@@ -111,3 +111,41 @@ def test_safe_filename_is_one_plain_component(name):
     out = safe_filename(name)
     assert out and "/" not in out and "\\" not in out and "\x00" not in out and out not in (".", "..")
     assert len(out.encode("utf-8", "surrogatepass")) <= 200 and not out.startswith(".")
+
+
+# ---- the DICOM reader: damaged files give DicomReadError (or a volume), never another exception ----
+
+def _seed_series() -> list[bytes]:
+    """A tiny valid CT series (4 slices of 16 x 16) as bytes, written once for every example."""
+    from apps.medical_imaging.synth import SynthConfig, make_study, write_study_dicom
+
+    folder = _tmp / "dicom-seed"
+    if not folder.exists():
+        cfg = SynthConfig(shape_zyx=(4, 16, 16), spacing_zyx=(5.0, 20.0, 20.0), nodules_per_study=(0, 0))
+        write_study_dicom(make_study(0, seed=0, cfg=cfg), folder)
+    return [p.read_bytes() for p in sorted(folder.rglob("*.dcm"))]
+
+
+mutations = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**20), st.binary(min_size=1, max_size=8)),
+                     min_size=1, max_size=6)
+
+
+@given(edits=mutations, cut=st.one_of(st.none(), st.integers(0, 2**20)))
+def test_dicom_reader_refuses_damaged_files_cleanly(edits, cut):
+    from data_connectors.dicom import DicomReadError, load_volume
+
+    files = [bytearray(b) for b in _seed_series()]
+    for which, offset, data in edits:  # overwrite bytes anywhere (header, tags, pixel data)
+        f = files[which]
+        at = offset % len(f)
+        f[at:at + len(data)] = data
+    if cut is not None:  # and truncate one file
+        files[cut % len(files)] = files[cut % len(files)][: cut % len(files[cut % len(files)])]
+    with tempfile.TemporaryDirectory(dir=_tmp) as folder:
+        for n, f in enumerate(files):
+            Path(folder, f"{n}.dcm").write_bytes(bytes(f))
+        try:
+            volume = load_volume(folder)
+        except DicomReadError:
+            return
+        assert volume.hu_ZYX.ndim == 3 and volume.hu_ZYX.size > 0

@@ -96,5 +96,8 @@ def register(cli: CommandTable) -> None:
                    help="study size for the load and pipeline timings (default 150 512 512)")
     p.add_argument("--repeats", type=positive_int, default=None, help="interleaved load repeats (default 3)")
     p.add_argument("--batch-studies", type=positive_int, default=None, help="small studies in the batch run")
+    p.add_argument("--batch-shape", type=positive_int, nargs=3, default=None, metavar=("SLICES", "ROWS", "COLUMNS"),
+                   help="size of the batch run's studies (default: the synthetic generator's, 64 128 128)")
+    p.add_argument("--batch-workers", type=positive_int, default=None, help="worker processes (default 2)")
     p.add_argument("--detector", type=Path, default=None, help="detector checkpoint (default: the shipped one)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")

@@ -204,13 +204,18 @@ def process_study(entry: StudyEntry, cfg: BatchConfig) -> dict:
         return {"study": entry.key, "status": "done", "findings": len(rows),
                 "seconds": round(time.perf_counter() - start, 3)}
     except (ValueError, OSError, RuntimeError, MemoryError, IndexError, KeyError, TypeError) as exc:
-        failed.parent.mkdir(parents=True, exist_ok=True)
-        message = _clean(f"{type(exc).__name__}: {exc}", entry, cfg)
-        tmp_failed = failed.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
-        tmp_failed.write_text(json.dumps({"study": entry.key, "source": entry.source, "stage": stage,
-                                          "message": message}) + "\n")
-        tmp_failed.replace(failed)
-        return {"study": entry.key, "status": "failed", "stage": stage, "message": message}
+        return _record_failure(entry, cfg, stage, _clean(f"{type(exc).__name__}: {exc}", entry, cfg))
+
+
+def _record_failure(entry: StudyEntry, cfg: BatchConfig, stage: str, message: str) -> dict:
+    """Write out/failed/<key>.json (atomically; errors.csv is built from these) and return the status row."""
+    failed = Path(cfg.out) / "failed" / f"{entry.key}.json"
+    failed.parent.mkdir(parents=True, exist_ok=True)
+    tmp_failed = failed.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
+    tmp_failed.write_text(json.dumps({"study": entry.key, "source": entry.source, "stage": stage,
+                                      "message": message}) + "\n")
+    tmp_failed.replace(failed)
+    return {"study": entry.key, "status": "failed", "stage": stage, "message": message}
 
 
 def _init_worker(cfg: BatchConfig) -> None:
@@ -292,6 +297,8 @@ def run_batch(cfg: BatchConfig) -> dict:
     todo = [e for e in mine if not (out / "studies" / e.key / DONE).is_file()]
     for stale in (out / "studies").glob(".*.tmp-*"):   # a killed run's half-written study
         shutil.rmtree(stale, ignore_errors=True)
+    if todo:
+        _models(cfg)  # here first: a detector that cannot load is one clear error, not N dead workers
     results = []
     bar = tqdm(total=len(todo), desc=f"studies (rank {rank}/{world})" if world > 1 else "studies",
                unit="study", disable=not cfg.progress, file=sys.stderr)
@@ -311,8 +318,9 @@ def run_batch(cfg: BatchConfig) -> dict:
                 try:
                     results.append(future.result())
                 except BrokenProcessPool as exc:   # a worker died (killed, out of memory): rerun resumes
-                    results.append({"study": futures[future].key, "status": "failed", "stage": "worker",
-                                    "message": f"worker process died ({exc}); rerun to retry"})
+                    entry = futures[future]
+                    results.append(_record_failure(entry, cfg, "worker", f"worker process died ({exc}); "
+                                                                         "rerun to retry"))
                 bar.update()
     bar.close()
     for r in results:

@@ -7,7 +7,9 @@ other tenants, the process CPU time what the work itself costs.
 """
 from __future__ import annotations
 
+import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -21,8 +23,23 @@ class MedicalBenchConfig:
     repeats: int = 3                   # interleaved load repeats of each reader (median reported)
     batch_studies: int = 4             # small default-size synthetic studies in the batch run
     batch_workers: int = 2
+    batch_shape: tuple[int, int, int] | None = None  # batch studies' slices, rows, columns (None: SynthConfig's)
     seed: int = 0
     detector: Path | None = None       # default: the shipped detector
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (MB), from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))], 3)
 
 
 def _timed(fn):
@@ -70,13 +87,22 @@ def run(cfg: MedicalBenchConfig) -> dict:
                       pipeline_findings=len(res.findings))
 
         data = tmp / "batch"
-        write_dataset(data, cfg.batch_studies, seed=cfg.seed + 1)
+        batch_cfg = SynthConfig(shape_zyx=tuple(cfg.batch_shape)) if cfg.batch_shape else SynthConfig()
+        write_dataset(data, cfg.batch_studies, seed=cfg.seed + 1, cfg=batch_cfg)
+        rss_before = _rss_mb()
         summary, wall, _ = _timed(lambda: run_batch(BatchConfig(
             input=data / "studies", out=tmp / "batch-out", reports=data / "reports", workers=cfg.batch_workers,
             detector=cfg.detector, progress=False)))
+        study_s = sorted(json.loads(p.read_text())["seconds"]
+                         for p in (tmp / "batch-out" / "studies").glob("*/done.json"))
         result.update(batch_studies=cfg.batch_studies, batch_workers=cfg.batch_workers,
                       batch_seconds=round(wall, 1), batch_failed=summary["failed"],
+                      batch_errors=summary.get("errors", 0),
                       studies_per_hour=round(3600 * summary["processed"] / wall, 1),
-                      batch_study_shape_zyx=list(SynthConfig().shape_zyx))
+                      batch_study_shape_zyx=list(batch_cfg.shape_zyx),
+                      study_p50_s=_percentile(study_s, 50), study_p95_s=_percentile(study_s, 95),
+                      study_p99_s=_percentile(study_s, 99),
+                      batch_rss_before_mb=rss_before, batch_rss_after_mb=_rss_mb(),
+                      batch_worker_peak_rss_mb=round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1))
     result["machine"] += f", {os.getloadavg()[0]:.1f} at end"
     return result

@@ -95,6 +95,8 @@ def bench_medical(args: argparse.Namespace) -> None:
     from .bench import MedicalBenchConfig, run
 
     given = {"shape": tuple(args.shape) if args.shape else None, "repeats": args.repeats,
-             "batch_studies": args.batch_studies, "detector": args.detector}
+             "batch_studies": args.batch_studies, "detector": args.detector,
+             "batch_shape": tuple(args.batch_shape) if args.batch_shape else None,
+             "batch_workers": args.batch_workers}
     result = run(MedicalBenchConfig(**{k: v for k, v in given.items() if v is not None}))
     _emit(args, result, [f"{k:<34}{v}" for k, v in result.items()])

@@ -48,6 +48,8 @@ HU_RANGE = (-1000.0, 400.0)   # patches are clipped to this window and scaled to
 CACHE_VERSION = 1             # bump when candidate generation changes
 CAND_FEATURES = 8
 PAIR_FEATURES = 24
+QUAD_FEATURES = 6             # products of the blob measurements (see quad_features)
+REPORT_FEATURES = 8           # a candidate's best fit to the report's mentions (see report_features)
 
 
 def tiny_vision() -> VisionStreamConfig:
@@ -71,6 +73,7 @@ class DetectorConfig:
     mention_dim: int = 16             # bottleneck width of a report mention's sentence vector
     dropout: float = 0.2              # before the head
     threshold: float = 0.3            # default operating point for reported findings
+    extra_priors: bool = True         # frozen logistic priors on blob-measure products and on report fit
 
     def __post_init__(self) -> None:
         if self.patch % self.vision.stride:
@@ -291,6 +294,37 @@ def pair_features(c: Candidate, pos: tuple[float, float, float], m: Mention) -> 
                     + [side, height, depth, 1.0], dtype=np.float32)
 
 
+def quad_features(cand_BF: torch.Tensor) -> torch.Tensor:
+    """[B, 6] products of the blob measurements: a big blob is a nodule when its centre is dense and a
+    vessel junction or a fissure crossing when it is not, which a linear prior cannot say."""
+    resp, diam, hu = cand_BF[:, 0], cand_BF[:, 1], cand_BF[:, 2]
+    return torch.stack([diam * hu, resp * diam, resp * hu, diam ** 2, hu ** 2, resp ** 2], dim=-1)
+
+
+def report_features(pair_BMP: torch.Tensor, mask_BM: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, 8] how well a candidate fits the report as a whole, from the per-mention fit features (see
+    pair_features): the best side / lobe / size agreement over the positive mentions, the same over the
+    negated ones, and whether the report names any nodule at all."""
+    valid_BM = torch.ones(pair_BMP.shape[:2], dtype=torch.bool) if mask_BM is None else mask_BM.bool()
+    side, lobe, negated = pair_BMP[..., 14], pair_BMP[..., 15], pair_BMP[..., 16]
+    has_size, abs_ratio = pair_BMP[..., 17], pair_BMP[..., 19]
+    no_lobe = pair_BMP[..., 5]
+    no_place = no_lobe * pair_BMP[..., 13]          # "a 6 mm nodule": neither lobe nor side
+    size_fit = torch.where(has_size > 0, torch.exp(-2.0 * abs_ratio), torch.full_like(abs_ratio, 0.5))
+    region = torch.maximum(torch.maximum(lobe, 0.5 * side), 0.25 * no_place)
+    pos = valid_BM & (negated == 0)
+    neg = valid_BM & (negated > 0)
+
+    def best(x_BM: torch.Tensor, keep_BM: torch.Tensor) -> torch.Tensor:
+        return torch.where(keep_BM, x_BM, torch.zeros_like(x_BM)).amax(dim=1) if x_BM.shape[1] else x_BM.sum(1)
+
+    any_pos = pos.any(dim=1).float()
+    return torch.stack([best(side, pos), best(lobe, pos), best(region * size_fit, pos),
+                        best(lobe * size_fit, pos), best(side * size_fit, pos),
+                        best(torch.maximum(lobe, side * no_lobe), neg), any_pos,
+                        pos.float().sum(dim=1) / 4.0], dim=-1)
+
+
 # ---------------------------------------------------------------------------------------------- network
 
 
@@ -314,6 +348,12 @@ class NoduleRater(nn.Module):
         # A direct path from the blob measurements (fitted first, then frozen: see fit_prior); the head starts
         # at zero, so the networks begin exactly at the prior and learn what the image and report add.
         self.prior = nn.Linear(CAND_FEATURES, 1)
+        if cfg.extra_priors:   # likewise fitted first and frozen: products of the measurements, report fit
+            self.prior_quad = nn.Linear(QUAD_FEATURES, 1)
+            self.report_prior = nn.Linear(REPORT_FEATURES, 1)
+            for layer in (self.prior_quad, self.report_prior):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
@@ -322,7 +362,14 @@ class NoduleRater(nn.Module):
         the MoE aux loss)."""
         out = self.vision(patches, task_id("nodule_detection"))
         vision_BTD = torch.cat([out.tokens, self.cand(cand_BF)[:, None]], dim=1)
-        return vision_BTD, self.prior(cand_BF).squeeze(-1), out.aux_loss
+        return vision_BTD, self.blob_prior(cand_BF), out.aux_loss
+
+    def blob_prior(self, cand_BF: torch.Tensor) -> torch.Tensor:
+        """[B] the frozen prior logit from the candidate's measurements."""
+        logit = self.prior(cand_BF).squeeze(-1)
+        if self.cfg.extra_priors:
+            logit = logit + self.prior_quad(quad_features(cand_BF)).squeeze(-1)
+        return logit
 
     def fuse(self, vision_BTD: torch.Tensor, prior_B: torch.Tensor, text_BMF: torch.Tensor | None = None,
              text_mask_BM: torch.Tensor | None = None) -> torch.Tensor:
@@ -333,6 +380,10 @@ class NoduleRater(nn.Module):
             tokens["text"] = self.text(torch.cat([self.mention(emb_BMD), pair_BMP], dim=-1))
             if text_mask_BM is not None:
                 masks["text"] = text_mask_BM
+            if self.cfg.extra_priors:
+                # rows whose report was dropped (all masked) get the report prior's no-mention value
+                report_B = self.report_prior(report_features(pair_BMP, text_mask_BM)).squeeze(-1)
+                prior_B = prior_B + (report_B if text_mask_BM is None else report_B * text_mask_BM.any(1))
         fused = self.fusion(tokens, masks)["vision"]
         return self.head(fused.mean(dim=1)).squeeze(-1) + prior_B
 
@@ -645,26 +696,54 @@ def evaluate_scans(detector: NoduleDetector, scans: list[ScanCache]) -> dict:
             "froc_image_only": {str(k): round(v, 4) for k, v in r_image.sensitivity_at.items()}}
 
 
-def fit_prior(model: NoduleRater, scans: list[ScanCache], pos_weight: float = 10.0) -> None:
-    """Start the blob prior as a (class-weighted) logistic regression on the candidates' measurements:
-    the networks then learn what the image and the report add to them."""
-    X = torch.from_numpy(np.concatenate([s.cs.cand_BF for s in scans]))
-    y = torch.from_numpy(np.concatenate([s.labels_B for s in scans]))
+def _logistic(X: torch.Tensor, y: torch.Tensor, offset: torch.Tensor, pos_weight: float,
+              l2: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, bias) of a class-weighted, L2-regularised logistic regression on top of `offset` logits."""
     w, b = torch.zeros(X.shape[1], requires_grad=True), torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=200)
+    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(X @ w + b, y, pos_weight=torch.tensor(pos_weight)) \
-            + 1e-4 * (w ** 2).sum()
+        loss = F.binary_cross_entropy_with_logits(offset + X @ w + b, y, pos_weight=torch.tensor(pos_weight)) \
+            + l2 * (w ** 2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def fit_prior(model: NoduleRater, scans: list[ScanCache], texts: list | None = None,
+              pos_weight: float = 10.0) -> None:
+    """Start the priors as (class-weighted) logistic regressions, then freeze them: first on the
+    candidates' measurements (and their products), then the report fit on top of that, over the scans
+    whose report names nodules. The networks then learn what the image and the report add to them."""
+    cand_BF = torch.from_numpy(np.concatenate([s.cs.cand_BF for s in scans]))
+    y = torch.from_numpy(np.concatenate([s.labels_B for s in scans]))
+    extra = model.cfg.extra_priors
+    X = torch.cat([cand_BF, quad_features(cand_BF)], dim=1) if extra else cand_BF
+    w, b = _logistic(X, y, torch.zeros(len(y)), pos_weight)
+    shift = math.log(pos_weight)                    # undo the class weight's shift of the odds
     with torch.no_grad():
-        model.prior.weight.copy_(w[None])
-        model.prior.bias.copy_(b - math.log(pos_weight))   # undo the class weight's shift of the odds
+        model.prior.weight.copy_(w[None, :CAND_FEATURES])
+        model.prior.bias.copy_(b - shift)
+        if extra:
+            model.prior_quad.weight.copy_(w[None, CAND_FEATURES:])
+            model.prior_quad.bias.zero_()
     model.prior.requires_grad_(False)
+    if not extra:
+        return
+    model.prior_quad.requires_grad_(False)
+    rows = [(s, t) for s, t in zip(scans, texts or []) if t is not None and len(s.labels_B)]
+    if rows:
+        with torch.no_grad():
+            offset = torch.cat([model.blob_prior(torch.from_numpy(s.cs.cand_BF)) for s, _ in rows]) + shift
+            R = torch.cat([report_features(torch.from_numpy(t[..., EMBED_DIM:])) for _, t in rows])
+        w, b = _logistic(R, torch.from_numpy(np.concatenate([s.labels_B for s, _ in rows])), offset, pos_weight)
+        with torch.no_grad():
+            model.report_prior.weight.copy_(w[None])
+            model.report_prior.bias.copy_(b)
+    model.report_prior.requires_grad_(False)
 
 
 def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log=print) -> dict:
@@ -682,11 +761,11 @@ def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log
     log(f"candidates ready in {prep_seconds:.0f} s: {sum(len(s.cs.candidates) for s in train)} train, "
         f"{sum(int(s.labels_B.sum()) for s in train)} positive")
     model = NoduleRater(cfg)
-    fit_prior(model, train)
+    texts = [text_inputs(scan.cs, scan.reading) for scan in train]
+    fit_prior(model, train, texts)
     detector = NoduleDetector(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
                             weight_decay=tcfg.weight_decay)
-    texts = [text_inputs(scan.cs, scan.reading) for scan in train]
     n_rows = len(_epoch_rows(train, np.random.default_rng(0), tcfg.negatives, tcfg.pos_repeat))
     total = tcfg.epochs * math.ceil(n_rows / tcfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.lr, total_steps=max(total, 1), pct_start=0.15)

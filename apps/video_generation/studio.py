@@ -109,6 +109,16 @@ class _Tap:
             yield frame
 
 
+def load_models() -> None:
+    """Load the shipped planner, generator and text stream once per process (the server's `load`)."""
+    from .generator import load_generator
+    from .planner import load_planner, text_stream
+
+    load_planner()
+    load_generator()
+    text_stream()
+
+
 def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p", fps: int = 24,
                    style: str | None = None, out: Path | str, apply_style: bool = True, planner=None,
                    generator=None) -> GenerationResult:
