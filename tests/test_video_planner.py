@@ -42,47 +42,6 @@ def test_examples_label_tokens_from_spans():
     assert ex.slots_S.tolist() == [0] * 12 + [1] * 12
 
 
-def test_augment_prompt_keeps_labelled_words_aligned():
-    rng = np.random.default_rng(0)
-    changed = 0
-    for _ in range(20):
-        text, spans = world.script_to_prompt_spans(world.sample_script(rng), rng, "train")
-        aug, aug_spans = P.augment_prompt(text, spans, rng, p_fill=0.5, p_drop=0.5)
-        changed += aug != text
-        assert [lab for *_, lab in aug_spans] == [lab for *_, lab in spans]
-        for (a, b, lab), (c, d, _) in zip(spans, aug_spans):
-            if ":" in lab:
-                assert aug[c:d] == text[a:b]
-            else:  # scene/object spans still end on the same words
-                assert aug[c:d].split()[-1:] == text[a:b].split()[-1:]
-    assert changed >= 15
-
-
-def test_max_over_phrases_and_phrase_table():
-    sim_BTP = torch.tensor([[[0.1, 0.9, 0.3], [0.5, -0.2, 0.4]]])
-    index_VQ = P._phrase_index([0, 0, 1])
-    assert index_VQ.tolist() == [[0, 1], [2, -1]]
-    assert torch.allclose(P.max_over_phrases(sim_BTP, index_VQ), torch.tensor([[[0.9, 0.3], [0.5, 0.4]]]))
-    phrases, value_of = P.prototype_phrases()
-    assert len(phrases) == len(value_of) and max(value_of) + 1 == sum(len(v) for v in P.ATTRIBUTES.values())
-    assert all(P.VALUE_PHRASES[a][v] for a, vals in P.ATTRIBUTES.items() for v in vals)
-
-
-def test_untrained_metric_is_the_nearest_phrase_prior():
-    """M = I + up @ down with up = 0: before training, value logits are scale x the plain cosine prior."""
-    cfg = P.PlannerConfig(dim=32, expert_hidden=32, num_heads=2, num_experts=2, time_experts=2, time_slots=8,
-                          time_layers=1)
-    torch.manual_seed(0)
-    reader = P.ScriptReader(cfg).eval()
-    reader.proto_PD.copy_(torch.randn_like(reader.proto_PD))
-    h_BTd = torch.randn(2, 5, cfg.text_dim)
-    _, _, logits, _ = reader(h_BTd, torch.ones(2, 5, dtype=torch.bool), 0)
-    prior_BTV = P.max_over_phrases(torch.nn.functional.normalize(h_BTd, dim=-1)
-                                   @ torch.nn.functional.normalize(reader.proto_PD, dim=-1).T, reader.phrase_index_VQ)
-    lo, hi = reader.value_slices["colour"]
-    assert torch.allclose(logits["colour"][..., 1:], 15.0 * prior_BTV[..., lo:hi], atol=1e-4)
-
-
 def test_tiny_training_run_learns():
     cfg = P.PlannerConfig(dim=32, expert_hidden=32, num_heads=2, num_experts=2, time_experts=2, time_slots=8,
                           time_layers=1)

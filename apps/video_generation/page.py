@@ -196,7 +196,9 @@ def build() -> gr.Blocks:
                     with gr.Row():
                         resolution = gr.Dropdown(RESOLUTIONS, value="360p", label="resolution")
                         style = gr.Dropdown([""] + _style_names(), value="", label="style (optional)")
-                    go = gr.Button("Generate", variant="primary")
+                    with gr.Row():
+                        go = gr.Button("Generate", variant="primary")
+                        stop_generate = gr.Button("Cancel")
                 with gr.Column(scale=3):
                     video = gr.Video(label="clip", autoplay=True)
                     timeline = gr.Plot(label="timeline: scenes and cuts")
@@ -206,18 +208,22 @@ def build() -> gr.Blocks:
             gr.Examples(["a red ball rolls left on a beach, then cut to a blue square rising at night",
                          "a yellow star spins in the sky while the camera zooms in",
                          "a green digit 7 grows on the grass, then a pink heart falls at sunset"], inputs=prompt)
-            go.click(generate, [prompt, seconds, resolution, fps, style], [video, timeline, experts, details],
-                     api_name="generate")
+            generating = go.click(generate, [prompt, seconds, resolution, fps, style],
+                                  [video, timeline, experts, details], api_name="generate")
+            stop_generate.click(None, cancels=[generating], api_name=False)
         with gr.Tab("Caption"):
             with gr.Row():
                 with gr.Column(scale=2):
                     clip = gr.Video(label="clip to caption", sources=["upload"])
-                    run_caption = gr.Button("Caption", variant="primary")
+                    with gr.Row():
+                        run_caption = gr.Button("Caption", variant="primary")
+                        stop_caption = gr.Button("Cancel")
                 with gr.Column(scale=3):
                     summary = gr.Markdown("Each shot gets its time stamps and a caption.")
                     strip = gr.Image(label="shots (middle frame of each)", type="numpy", interactive=False)
             table = gr.Dataframe(headers=CAPTION_COLUMNS, label="captions per shot", interactive=False, wrap=True)
-            run_caption.click(caption, [clip], [table, strip, summary], api_name="caption")
+            captioning = run_caption.click(caption, [clip], [table, strip, summary], api_name="caption")
+            stop_caption.click(None, cancels=[captioning], api_name=False)
         with gr.Tab("Stylize"):
             with gr.Row():
                 with gr.Column(scale=2):
@@ -227,12 +233,15 @@ def build() -> gr.Blocks:
                     style_name = gr.Dropdown(names, value=names[0] if names else None, label="style")
                     description = gr.Textbox(label="or describe a style", placeholder="e.g. soft pastel watercolour")
                     reference = gr.Image(label="or a reference picture", type="filepath")
-                    run_style = gr.Button("Restyle", variant="primary")
+                    with gr.Row():
+                        run_style = gr.Button("Restyle", variant="primary")
+                        stop_style = gr.Button("Cancel")
                 with gr.Column(scale=3):
                     styled_image = gr.Image(label="result", type="filepath", interactive=False)
                     styled_video = gr.Video(label="result")
                     style_details = gr.Markdown()
-            run_style.click(stylize, [upload, style_name, description, reference],
-                            [styled_image, styled_video, style_details], api_name="stylize")
+            styling = run_style.click(stylize, [upload, style_name, description, reference],
+                                      [styled_image, styled_video, style_details], api_name="stylize")
+            stop_style.click(None, cancels=[styling], api_name=False)
     return page
 

@@ -9,10 +9,8 @@ Model (all parts but the stream are trained by `moe-suite video train-planner`):
 1. The core's TextStream with all-MiniLM-L6-v2's weights (dense FFNs), frozen, gives contextual token states.
 2. ScriptReader: one attention block whose FFN is a task-aware MoE layer (task "text_to_video": the
    text experts), then per-token heads: scene start, object start, and per attribute (shape, colour,
-   motion, background, camera, style, seconds) a "none" logit plus value logits: the stream's cosine
-   between the token and the value's prototype phrases (several plain descriptions per value), through a
-   low-rank learned correction that starts at zero - so words never seen in training keep the nearest-phrase
-   prior. Training prompts are partly augmented (filler words, dropped function words).
+   motion, background, camera, style, seconds) a "none" logit plus value logits from a learned metric
+   between the token and each value's prototype phrase (how unseen synonyms find their value).
    Decoding: scenes open at predicted starts (one background per scene; a scene naming no object is
    merged), object mentions are anchored on shape words, each attribute comes from its most confident token.
 3. TimeAxis: T time-slot tokens (learned time embeddings) cross-attend to the scene tokens
@@ -25,7 +23,6 @@ Shape legend: B batch, T tokens, D width, S time slots, K scenes (max_scenes), E
 from __future__ import annotations
 
 import functools
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +70,7 @@ class PlannerConfig:
     time_top_k: int = 1
     max_scenes: int = world.MAX_SCENES
     dropout: float = 0.1
-    metric_rank: int = 16        # rank of the learned correction to the token/prototype metric (0 = plain prior)
+    metric_dim: int = 128        # width of the learned metric that compares tokens with value prototypes
 
 
 def _moe(dim: int, hidden: int, experts: int, top_k: int) -> MoELayer:
@@ -81,102 +78,28 @@ def _moe(dim: int, hidden: int, experts: int, top_k: int) -> MoELayer:
                               capacity_factor=0.0, num_tasks=NUM_TASKS, balance_coef=0.01))
 
 
-# Several plain descriptions per value (written for this planner, generic English, deliberately not the
-# world's prompt templates): the frozen stream's embeddings of these phrases are the value prototypes, the prior
-# every token is compared with. A value's similarity is the max over its phrases.
-_DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-VALUE_PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
-    "shape": {
-        "circle": ("circle", "a round object", "round shape", "ball"),
-        "square": ("square", "square shape", "four-sided block"),
-        "triangle": ("triangle", "triangle shape", "pointed triangular form"),
-        "star": ("star", "star shape", "pointed star"),
-        "diamond": ("diamond", "diamond shape", "rhombus"),
-        "heart": ("heart", "heart symbol", "love heart"),
-        **{d: (f"digit {d}", f"the number {w}", f"{w}") for d, w in zip(world.DIGITS, _DIGIT_NAMES)},
-    },
-    "colour": {
-        "red": ("red", "the colour red", "deep red", "bright red"),
-        "orange": ("orange", "the colour orange", "bright orange", "yellowish orange"),
-        "yellow": ("yellow", "the colour yellow", "bright yellow", "sunny yellow"),
-        "green": ("green", "the colour green", "bright green", "grass green"),
-        "cyan": ("cyan", "the colour cyan", "blue green", "greenish blue"),
-        "blue": ("blue", "the colour blue", "deep blue", "dark blue"),
-        "purple": ("purple", "the colour purple", "violet", "reddish purple"),
-        "pink": ("pink", "the colour pink", "light pink", "hot pink"),
-        "white": ("white", "the colour white", "pure white", "off-white"),
-    },
-    "motion": {
-        "left": ("moves left", "moving to the left side", "goes in the left direction"),
-        "right": ("moves right", "moving to the right side", "goes in the right direction"),
-        "up": ("moves up", "goes higher", "moving upward"),
-        "down": ("moves down", "goes lower", "moving down toward the ground"),
-        "still": ("stays still", "stationary", "not moving at all", "at rest"),
-        "grow": ("grows", "grows bigger", "enlarges", "increasing scale"),
-        "shrink": ("shrinks", "gets smaller", "reduces", "decreasing scale"),
-        "rotate": ("rotates", "spins", "turning in a circle", "rotating"),
-        "bounce": ("bounces", "hops up and down", "springs"),
-    },
-    "background": {
-        "beach": ("on the beach", "sand and sea", "by the ocean"),
-        "night": ("at night", "in the dark", "night time"),
-        "grass": ("on the grass", "on green grass", "in a park"),
-        "sky": ("in the sky", "high in the sky", "among the clouds"),
-        "studio": ("in the studio", "indoors in front of a backdrop", "studio backdrop"),
-        "sunset": ("at sunset", "in the evening", "orange evening light"),
-    },
-    "camera": {
-        "static": ("the camera is static", "fixed camera", "the camera does not move"),
-        "pan_left": ("the camera pans left", "camera turns to the left", "panning to the left"),
-        "pan_right": ("the camera pans right", "camera turns to the right", "panning to the right"),
-        "zoom_in": ("the camera zooms in", "zoom in", "magnifying the view"),
-        "zoom_out": ("the camera zooms out", "zoom out", "widening the view"),
-    },
-    "style": {s: (f"{s} style", f"in the style of {s}", s) for s in world.STYLES_IN_PROMPTS},
-    "seconds": {s: (f"for {s} seconds",) for s in ATTRIBUTES["seconds"]},
-}
-
-
-def prototype_phrases() -> tuple[list[str], list[int]]:
-    """Every value's prototype phrases, in ATTRIBUTES order, and the value index (into the concatenated
-    value list) of each phrase."""
-    phrases, value_of = [], []
-    v = 0
-    for attr, values in ATTRIBUTES.items():
-        for value in values:
-            for phrase in VALUE_PHRASES[attr][value]:
-                phrases.append(phrase)
-                value_of.append(v)
-            v += 1
-    return phrases, value_of
-
-
-def _phrase_index(value_of: list[int]) -> torch.Tensor:
-    """[V, Pmax] phrase indices per value, padded with -1."""
-    n_values = max(value_of) + 1
-    per = [[p for p, v in enumerate(value_of) if v == i] for i in range(n_values)]
-    width = max(len(x) for x in per)
-    return torch.tensor([x + [-1] * (width - len(x)) for x in per])
-
-
-def max_over_phrases(sim_BTP: torch.Tensor, index_VQ: torch.Tensor) -> torch.Tensor:
-    """[B, T, P] similarity to each phrase -> [B, T, V] best similarity over each value's phrases."""
-    gathered_BTVQ = sim_BTP[..., index_VQ.clamp(min=0)]
-    return gathered_BTVQ.masked_fill(index_VQ < 0, -2.0).amax(-1)
+def prototype_phrases() -> list[str]:
+    """One plain phrase per attribute value, in ATTRIBUTES order: their text-stream embeddings are the
+    prototypes every token is compared with (how unseen synonyms find their value)."""
+    plain = {"shape": [world.shape_noun(s) for s in world.SHAPES], "colour": list(world.COLOURS),
+             "motion": [world.MOTION_PHRASES[m] for m in world.MOTIONS],
+             "background": [world.BACKGROUND_PHRASES[b] for b in world.BACKGROUNDS],
+             "camera": [world.CAMERA_PHRASES[c] for c in world.CAMERAS],
+             "style": [f"{s} style" for s in world.STYLES_IN_PROMPTS],
+             "seconds": [f"for {s} seconds" for s in ATTRIBUTES["seconds"]]}
+    return [p for a in ATTRIBUTES for p in plain[a]]
 
 
 class ScriptReader(nn.Module):
     """Token states [B, T, text_dim] -> per-token logits for structure and attributes.
 
-    Besides the token states, the reader sees each token's cosine similarity to every attribute value
-    (max over the value's prototype phrases, buffer proto_PD: the frozen stream's embeddings of VALUE_PHRASES)."""
+    Besides the token states, the reader sees each token's cosine similarity to every attribute
+    value's prototype (buffer proto_VD, the frozen stream's embedding of a plain phrase for the value)."""
 
     def __init__(self, cfg: PlannerConfig):
         super().__init__()
-        phrases, value_of = prototype_phrases()
         n_values = sum(len(v) for v in ATTRIBUTES.values())
-        self.register_buffer("proto_PD", torch.zeros(len(phrases), cfg.text_dim))
-        self.register_buffer("phrase_index_VQ", _phrase_index(value_of), persistent=False)
+        self.register_buffer("proto_VD", torch.zeros(n_values, cfg.text_dim))
         self.sim_proj = nn.Linear(n_values, cfg.dim)
         self.proj = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.LayerNorm(cfg.dim))
         self.attn = nn.MultiheadAttention(cfg.dim, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
@@ -185,34 +108,28 @@ class ScriptReader(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.starts = nn.Linear(cfg.dim, 2)  # [scene start, object start] logits
         self.heads = nn.ModuleDict({a: nn.Linear(cfg.dim, 1) for a in ATTRIBUTES})  # "none" logit per attribute
-        # Values are chosen by a metric anchored on the stream's own geometry: scale * cosine(M h_token,
-        # M h_phrase) with M = I + up @ down (rank metric_rank, up starts at zero, so training starts from the
-        # plain nearest-phrase prior). A full learned metric fits the training words and loses the synonyms
-        # the stream already places near their value; a small low-rank correction keeps them.
-        self.metric_down = nn.Linear(cfg.text_dim, cfg.metric_rank, bias=False)
-        self.metric_up = nn.Linear(cfg.metric_rank, cfg.text_dim, bias=False)
-        nn.init.zeros_(self.metric_up.weight)
+        # Values are chosen by a learned metric: scale * cosine(M h_token, M h_prototype). Synonyms never seen in
+        # training land near their value's prototype in the stream's space, and M keeps that geometry.
+        self.metric = nn.Linear(cfg.text_dim, cfg.metric_dim)
         self.log_scale = nn.Parameter(torch.full((len(ATTRIBUTES),), float(np.log(15.0))))
         offsets = np.cumsum([0] + [len(v) for v in ATTRIBUTES.values()])
         self.value_slices = {a: (int(offsets[i]), int(offsets[i + 1])) for i, a in enumerate(ATTRIBUTES)}
 
-    def metric(self, h_Nd: torch.Tensor) -> torch.Tensor:
-        return F.normalize(h_Nd + self.metric_up(self.metric_down(h_Nd)), dim=-1)
-
     def forward(self, h_BTd: torch.Tensor, mask_BT: torch.Tensor, task: int
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], MoEStats]:
-        sim_BTV = max_over_phrases(F.normalize(h_BTd, dim=-1) @ F.normalize(self.proto_PD, dim=-1).T,
-                                   self.phrase_index_VQ)
+        sim_BTV = F.normalize(h_BTd, dim=-1) @ F.normalize(self.proto_VD, dim=-1).T
         x_BTD = self.proj(h_BTd) + self.sim_proj(sim_BTV)
         a_BTD, _ = self.attn(x_BTD, x_BTD, x_BTD, key_padding_mask=~mask_BT, need_weights=False)
         x_BTD = self.norm1(x_BTD + self.drop(a_BTD))
         y_BTD, stats = self.moe(x_BTD, task)
         x_BTD = self.norm2(x_BTD + self.drop(y_BTD))
-        msim_BTV = max_over_phrases(self.metric(h_BTd) @ self.metric(self.proto_PD).T, self.phrase_index_VQ)
+        tok_BTM = F.normalize(self.metric(h_BTd), dim=-1)
+        proto_VM = F.normalize(self.metric(self.proto_VD), dim=-1)
         logits = {}
         for i, (a, head) in enumerate(self.heads.items()):
             lo, hi = self.value_slices[a]
-            logits[a] = torch.cat([head(x_BTD), self.log_scale[i].exp() * msim_BTV[..., lo:hi]], -1)  # [none, values]
+            values_BTC = self.log_scale[i].exp() * tok_BTM @ proto_VM[lo:hi].T
+            logits[a] = torch.cat([head(x_BTD), values_BTC], -1)  # [none, values...]
         return x_BTD, self.starts(x_BTD), logits, stats
 
 
@@ -314,8 +231,8 @@ def encode_prompts(texts: list[str], batch_size: int = 64) -> tuple[list[torch.T
 
 
 def prototypes() -> torch.Tensor:
-    """[P, text_dim]: mean token state of each prototype phrase (special tokens left out)."""
-    states, _ = encode_prompts(prototype_phrases()[0])
+    """[V, text_dim]: mean token state of each prototype phrase (special tokens left out)."""
+    states, _ = encode_prompts(prototype_phrases())
     return torch.stack([h[1:-1].mean(0) for h in states])
 
 
@@ -375,51 +292,12 @@ def make_examples(scripts: list[Script], texts: list[str], spans: list[list[tupl
     return out
 
 
-# Augmentation of training prompts (applied to the world's *train* phrasing only): words the reader has to
-# learn to ignore and function words it must not rely on, so that other people's sentence frames still parse.
-FILLER_WORDS = ("please", "just", "really", "okay", "so", "very", "slowly", "here", "now", "simply", "also",
-                "kind of", "basically", "nice", "cute", "old", "shiny")
-FUNCTION_WORDS = frozenset({"a", "an", "the", "is", "there", "of", "you", "can", "see", "show", "and"})
-
-
-def augment_prompt(text: str, spans: list[tuple[int, int, str]], rng: np.random.Generator,
-                   p_fill: float = 0.1, p_drop: float = 0.3) -> tuple[str, list[tuple[int, int, str]]]:
-    """Insert random filler words before unlabelled words and drop some function words, keeping the
-    labelled spans aligned. Attribute words themselves are never touched."""
-    labelled = np.zeros(len(text) + 1, bool)
-    for s0, s1, label in spans:
-        if ":" in label:
-            labelled[s0:s1] = True
-    pieces, new_pos, n = [], np.zeros(len(text) + 1, np.int64), 0
-    for m in re.finditer(r"\S+|\s+", text):
-        a, b = m.span()
-        piece = m.group()
-        if not piece.isspace() and not labelled[a:b].any():
-            if rng.random() < p_fill:
-                filler = _pick_str(rng, FILLER_WORDS) + " "
-                pieces.append(filler)
-                n += len(filler)
-            if piece.lower() in FUNCTION_WORDS and rng.random() < p_drop:
-                piece = ""
-        new_pos[a:b] = n + np.minimum(np.arange(b - a), len(piece))
-        pieces.append(piece)
-        n += len(piece)
-    new_pos[len(text)] = n
-    return "".join(pieces), [(int(new_pos[s0]), int(new_pos[s1]), label) for s0, s1, label in spans]
-
-
-def _pick_str(rng: np.random.Generator, options: tuple[str, ...]) -> str:
-    return options[int(rng.integers(len(options)))]
-
-
-def synthetic_examples(n: int, seed: int, script_split: str, phrase_split: str, cfg: PlannerConfig,
-                       augment: float = 0.0) -> list[Example]:
-    """n random scripts from world.sample_script(script_split) phrased with world's phrase_split templates;
-    a fraction `augment` of the prompts go through augment_prompt."""
+def synthetic_examples(n: int, seed: int, script_split: str, phrase_split: str, cfg: PlannerConfig
+                       ) -> list[Example]:
+    """n random scripts from world.sample_script(script_split) phrased with world's phrase_split templates."""
     rng = np.random.default_rng(seed)
     scripts = [world.sample_script(rng, script_split) for _ in range(n)]
     pairs = [world.script_to_prompt_spans(s, rng, phrase_split) for s in scripts]
-    pairs = [augment_prompt(t, sp, rng) if rng.random() < augment else (t, sp) for t, sp in pairs]
     return make_examples(scripts, [p[0] for p in pairs], [p[1] for p in pairs], cfg)
 
 
@@ -446,7 +324,6 @@ class PlannerTrainConfig:
     batch_size: int = 24
     lr: float = 2e-3
     weight_decay: float = 0.01
-    augment: float = 0.5         # fraction of training prompts passed through augment_prompt
     seed: int = 0
 
 
@@ -474,10 +351,10 @@ def train_planner(cfg: PlannerConfig, tcfg: PlannerTrainConfig, log=print,
     torch.manual_seed(tcfg.seed)
     if examples is None:
         t0 = time.perf_counter()
-        examples = synthetic_examples(tcfg.train_prompts, tcfg.seed, "train", "train", cfg, augment=tcfg.augment)
+        examples = synthetic_examples(tcfg.train_prompts, tcfg.seed, "train", "train", cfg)
         log(f"encoded {len(examples)} training prompts in {time.perf_counter() - t0:.1f} s")
     model = PlannerModel(cfg).train()
-    model.reader.proto_PD.copy_(prototypes())
+    model.reader.proto_VD.copy_(prototypes())
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, tcfg.lr, total_steps=tcfg.steps, pct_start=0.1)
     g = np.random.default_rng(tcfg.seed)
