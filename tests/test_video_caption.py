@@ -115,7 +115,7 @@ def test_shipped_model_captions_held_out_world_clips():
     assert sum(p.attributes["camera"] == s.camera for p, s in zip(preds, scenes)) >= 5
     right = sum(cap.attribute_matches(p.attributes, s)[0] for p, s in zip(preds, scenes))
     total = sum(cap.attribute_matches(p.attributes, s)[1] for p, s in zip(preds, scenes))
-    assert right / total >= 0.4
+    assert right / total >= 0.6  # measured 0.80 (41 of 51); the model before object crops: 0.54 held out
     assert all(p.in_distribution and p.caption.endswith(".") for p in preds)
     shots = cap.caption_video(frames[0], 12.0)
     assert len(shots) == 1 and shots[0].experts and shots[0].caption

@@ -1,14 +1,14 @@
 """Captioning per shot (task "captioning"): a vision encoder reads a few frames of a shot at once
 (a convolutional stem, then transformer blocks whose feed-forward layers are core MoE experts routed
 with the "captioning" task id), and a small text decoder whose feed-forward blocks are MoE experts
-too (visual-language experts) writes the caption while cross-attending to the visual tokens. Attribute heads (objects' shape, colour, motion; background,
-camera) read the same tokens through learned queries: one for the scene and one per colour, so
-each object is bound to the query of its colour (the world's objects in a scene have distinct
-colours), which needs no object ordering. Each colour's token also carries object crops: its
-largest foreground region in each sampled frame, cut out square around its bounding box (scale
-normalised) and read by a small conv net, since at stride 32 an object is about one visual token,
-too coarse to tell a digit's shape (a linear probe on those token blocks: 9 % held-out shape
-accuracy; on the 24 x 24 crops: 79 %).
+too (visual-language experts) writes the caption while cross-attending to the visual tokens.
+Attribute heads (objects' shape, colour, motion; background, camera) read the same tokens through
+learned queries: one for the scene and one per colour, so each object is bound to the query of its
+colour (the world's objects in a scene have distinct colours), which needs no object ordering.
+Each colour's token also carries object crops: its largest foreground region in each sampled
+frame, cut out square around its bounding box (scale normalised) and read by a small conv net,
+since at stride 32 an object is about one visual token, too coarse to tell a digit's shape (a
+linear probe on those token blocks: 9 % held-out shape accuracy; on the 24 x 24 crops: 79 %).
 
     shots = caption_video("clip.mp4")         # [ShotCaption(start_s, end_s, caption, attributes, ...)]
 

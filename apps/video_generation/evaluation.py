@@ -135,9 +135,9 @@ def background_of(frames_FHW3: np.ndarray, camera: str) -> str:
 
 def check_scene(frames_FHW3: np.ndarray, scene) -> dict[str, bool]:
     """Pixel checks of one scene's frames against what the scene says: the background is the
-    nearest rendered one, every object's colour is there, and each moves along the path its motion and the camera give (left/right/up/down/bounce
-    by its centre, grow/shrink by its area; still and rotate both keep centre and area, so the
-    checker does not tell them apart)."""
+    nearest rendered one, every object's colour is there, and each moves along the path its motion
+    and the camera give (left/right/up/down/bounce by its centre, grow/shrink by its area; still
+    and rotate both keep centre and area, so the checker does not tell them apart)."""
     colours_ok = motion_ok = True
     background_ok = background_of(frames_FHW3, scene.camera) == scene.background
     for obj in scene.objects:
