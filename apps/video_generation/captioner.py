@@ -817,7 +817,13 @@ def caption_video(path_or_frames, fps: float | None = None, *, captioner: Captio
     if use_model and captioner is None:
         captioner = shared_captioner()
     clips = [frames_FHW3[s.start_frame:s.end_frame] for s in shots]
-    preds = captioner.predict(clips) if (use_model and captioner is not None) else [None] * len(shots)
+    if use_model and captioner is not None:
+        from .generator import one_torch_thread
+
+        with one_torch_thread():  # small forwards: one thread (see one_torch_thread)
+            preds = captioner.predict(clips)
+    else:
+        preds = [None] * len(shots)
     out = []
     for i, (shot, clip, pred) in enumerate(zip(shots, clips, preds)):
         measured = describe_shot(clip, fps)
