@@ -27,6 +27,8 @@ silent 2D "volume" hides an incomplete export. Messages name files and series UI
 """
 from __future__ import annotations
 
+import functools
+
 import logging
 import math
 import os
@@ -151,21 +153,24 @@ def scan_folder(root: str | Path) -> FolderScan:
                 continue
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True, force=not preamble, specific_tags=_SCAN_TAGS)
+                sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+                is_index = sop == _DICOMDIR_CLASS or str(ds.get("SOPClassUID", "")) == _DICOMDIR_CLASS
+                uid = str(ds.get("SeriesInstanceUID", "") or "")
+                study_modality_description = (str(ds.get("StudyInstanceUID", "") or ""),
+                                              str(ds.get("Modality", "") or ""),
+                                              str(ds.get("SeriesDescription", "") or ""))
             except Exception as exc:  # noqa: BLE001 - whatever the parser trips on, the file is skipped, not the scan
                 skipped.append((path, f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
                 continue
-            sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
-            if sop == _DICOMDIR_CLASS or str(ds.get("SOPClassUID", "")) == _DICOMDIR_CLASS:
+            if is_index:
                 skipped.append((path, "DICOMDIR index file"))
                 continue
-            uid = str(ds.get("SeriesInstanceUID", "") or "")
             if not uid:
                 skipped.append((path, "unreadable DICOM header: truncated or corrupt (no SeriesInstanceUID)"
                                 if preamble else "not DICOM (no DICM preamble, no DICOM header)"))
                 continue
             groups[uid].append(path)
-            meta.setdefault(uid, (str(ds.get("StudyInstanceUID", "") or ""), str(ds.get("Modality", "") or ""),
-                                  str(ds.get("SeriesDescription", "") or "")))
+            meta.setdefault(uid, study_modality_description)
     series = [SeriesInfo(uid, meta[uid][0], sorted(files), meta[uid][1], meta[uid][2])
               for uid, files in sorted(groups.items())]
     return FolderScan(series, skipped)
@@ -209,8 +214,30 @@ def _group_item(ds, frame: int, seq: str):
     return None
 
 
+# What pydicom and int()/float() raise on damaged elements (fuzzing found each of these).
+_MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, NotImplementedError)
+
+
+def _malformed_is_read_error(read):
+    """`read(ds, path)` with any error of a damaged element raised as a DicomReadError naming the file."""
+    @functools.wraps(read)
+    def guarded(ds, path: Path):
+        try:
+            return read(ds, path)
+        except DicomReadError:
+            raise
+        except _MALFORMED as exc:
+            raise DicomReadError(f"{path}: malformed DICOM element ({type(exc).__name__}: {exc})") from exc
+    return guarded
+
+
+@_malformed_is_read_error
 def _frames_of(ds, path: Path) -> list[_Frame]:
     """The frames of one dataset (one for a classic CT file, NumberOfFrames for an enhanced one)."""
+    return _read_frames(ds, path)
+
+
+def _read_frames(ds, path: Path) -> list[_Frame]:
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomReadError(f"{path}: no pixel data in this file")
     shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
@@ -277,6 +304,7 @@ def _read(path: Path):
 _NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")   # implicit / explicit VR little endian
 
 
+@_malformed_is_read_error
 def _pixels(ds, path: Path) -> np.ndarray:
     """Stored values, (frames, rows, cols) or (rows, cols), decoded (pylibjpeg/RLE for compressed syntaxes).
 
@@ -332,6 +360,20 @@ def _keep_consistent(frames: list[_Frame], uid: str, warnings: list[str]) -> lis
 
 def load_series(series: SeriesInfo, *, allow_single_slice: bool = False, threads: int | None = None) -> CTVolume:
     """The series as a CT volume in HU on a uniform orthogonal grid (see the module docstring).
+
+    Any damaged element is a DicomReadError naming the file, or the series where no one file is to blame.
+    """
+    try:
+        return _load_series(series, allow_single_slice=allow_single_slice, threads=threads)
+    except DicomReadError:
+        raise
+    except _MALFORMED as exc:
+        raise DicomReadError(f"series {series.series_uid}: malformed DICOM element "
+                             f"({type(exc).__name__}: {exc})") from exc
+
+
+def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, threads: int | None = None) -> CTVolume:
+    """load_series without the guard.
 
     threads: read files in parallel (default 1: pydicom parsing holds the GIL, so threads only pay off when
     file reads are slow, e.g. network storage).

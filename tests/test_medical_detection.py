@@ -63,9 +63,10 @@ def test_rater_checkpoint_round_trip_and_report_changes_the_score(tmp_path):
     from core.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    cfg = DetectorConfig(max_candidates=4)
+    cfg = DetectorConfig(max_candidates=4, extra_priors=True)
     model = NoduleRater(cfg)
     torch.nn.init.normal_(model.head[-1].weight)     # the head starts at zero (the prior alone): wake it
+    torch.nn.init.normal_(model.prior_quad.weight)
     save_checkpoint(model, tmp_path / "det", kind=KIND, config=cfg)
     detector = load_detector(tmp_path / "det")
     hu, affine = _phantom()
@@ -75,3 +76,78 @@ def test_rater_checkpoint_round_trip_and_report_changes_the_score(tmp_path):
     assert [d.probability for d in a] == pytest.approx([d.probability for d in b])
     assert any(abs(d.probability - d.probability_image_only) > 1e-6 for d in a)
     assert all(d.probability == d.probability_image_only for d in detector.detect(hu, affine, None))
+
+
+def _ball_patch(tubes: bool) -> torch.Tensor:
+    """A 32^3 patch (2 mm voxels, window-scaled) of lung with a 12 mm ball at the centre, optionally with
+    three vessels leaving it (a junction)."""
+    from apps.medical_imaging.detection import HU_RANGE
+
+    hu = np.full((32, 32, 32), -850.0, np.float32)
+    z, y, x = np.mgrid[:32, :32, :32] - 16
+    hu[z ** 2 + y ** 2 + x ** 2 <= 9] = 40.0
+    if tubes:
+        hu[(y ** 2 + x ** 2 <= 2)] = 40.0
+        hu[(z ** 2 + x ** 2 <= 2) & (y > 0)] = 40.0
+    return torch.from_numpy((np.clip(hu, *HU_RANGE) - HU_RANGE[0]) / (HU_RANGE[1] - HU_RANGE[0]))[None, None]
+
+
+def test_shape_features_tell_an_isolated_ball_from_a_junction():
+    from apps.medical_imaging.detection import shape_features
+
+    cand = torch.zeros(2, 8)
+    cand[:, 1] = float(np.log(12 / 8))                             # log(diameter / 8 mm)
+    f = shape_features(torch.cat([_ball_patch(False), _ball_patch(True)]), cand)
+    assert f.shape == (2, 5)
+    assert f[0, 2] == 0 and f[1, 2] > 0.05                        # dense shell: only the junction
+    assert f[0, 1] > f[1, 1]                                       # more inside-vs-shell contrast alone
+
+
+def test_report_features_reward_lobe_and_size_agreement_and_see_negation():
+    from apps.medical_imaging.detection import report_features
+
+    hu, affine = _phantom()
+    cs = candidate_set(hu, affine, DetectorConfig(max_candidates=1))
+    c, pos = cs.candidates[0], cs.positions[0]
+    lobe = estimate_lobe(*pos)
+    size = round(c.diameter_mm)
+
+    def feats(text: str) -> torch.Tensor:
+        t = torch.from_numpy(text_inputs(cs, read_report(text))[..., 384:])
+        return report_features(t)[0]
+
+    fit = feats(f"A {size} mm nodule in the {lobe}.")
+    wrong_size = feats(f"A {size * 4} mm nodule in the {lobe}.")
+    other_side = feats("A 12 mm nodule in the left upper lobe.")
+    negated = feats(f"No nodule in the {lobe}.")
+    assert fit[1] == 1 and fit[3] > 0.8 and wrong_size[3] < 0.2 * fit[3]
+    assert other_side[0] == 0 and other_side[1] == 0 and other_side[6] == 1
+    assert negated[5] == 1 and negated[6] == 0
+
+
+def test_fit_prior_learns_measurements_and_report_then_freezes():
+    from types import SimpleNamespace
+
+    from apps.medical_imaging.detection import fit_prior, report_features
+
+    rng = np.random.default_rng(0)
+    cfg = DetectorConfig(max_candidates=4, extra_priors=True)
+    scans, texts = [], []
+    for _ in range(4):
+        y = (np.arange(30) < 4).astype(np.float32)
+        cand = rng.normal(0, 1, (30, 8)).astype(np.float32)
+        cand[:, 0] += 1.5 * y                                      # positives: stronger blobs
+        patches = rng.random((30, 32, 32, 32)).astype(np.float16) * 0.1
+        text = np.zeros((30, 1, 384 + 24), np.float32)
+        text[:, 0, 384 + 15] = y                                   # the report's lobe fits the positives
+        text[:, 0, 384 + 13] = 1.0
+        scans.append(SimpleNamespace(cs=SimpleNamespace(cand_BF=cand, patches_BP3=patches), labels_B=y))
+        texts.append(text)
+    model = NoduleRater(cfg)
+    fit_prior(model, scans, texts)
+    assert not any(p.requires_grad for p in (*model.prior.parameters(), *model.report_prior.parameters()))
+    cand, patches = torch.from_numpy(scans[0].cs.cand_BF), torch.from_numpy(scans[0].cs.patches_BP3)[:, None]
+    prior = model.blob_prior(cand, patches)
+    fused = prior + model.report_prior(report_features(torch.from_numpy(texts[0][..., 384:]))).squeeze(-1)
+    y = scans[0].labels_B > 0
+    assert prior[y].mean() > prior[~y].mean() and fused[y].min() > fused[~y].max()

@@ -11,9 +11,12 @@
 4. Rating: each candidate's `patch`^3 crop goes through the core's VisionStream (3D, task
    "nodule_detection"); the report's mentions (text-stream sentence vector + how well the mention's lobe,
    side and size fit the candidate) are text tokens; CrossModalAttention mixes the two and a linear head
-   gives the nodule logit, added to a linear "blob prior" on the candidate's measurements (blob strength,
-   scale, centre HU, position), which is fitted first by logistic regression and then frozen; the head
-   starts at zero, so training begins at the prior and the networks learn what image and report add.
+   gives the nodule logit, added to frozen priors fitted first by logistic regression: a "blob prior" on
+   the candidate's measurements (blob strength, scale, centre HU, position), their products and the ball
+   against the shell around it in the patch (an isolated nodule sits in lung, a vessel junction has
+   vessels leaving it), and, with a report, a "report prior" on the candidate's best lobe / side / size
+   fit to the positive and negated mentions. The head starts at zero, so training begins at the priors
+   and the networks learn what image and report add.
    Without a report the same network runs on the image tokens alone (trained with the report dropped at
    random, so both paths are learned). The epoch kept is the best on held-out studies (ties: the later),
    epoch 0 (the prior alone) included.
@@ -49,6 +52,7 @@ CACHE_VERSION = 1             # bump when candidate generation changes
 CAND_FEATURES = 8
 PAIR_FEATURES = 24
 QUAD_FEATURES = 6             # products of the blob measurements (see quad_features)
+SHAPE_FEATURES = 5            # inside vs shell of the candidate's ball in its patch (see shape_features)
 REPORT_FEATURES = 8           # a candidate's best fit to the report's mentions (see report_features)
 
 
@@ -73,7 +77,8 @@ class DetectorConfig:
     mention_dim: int = 16             # bottleneck width of a report mention's sentence vector
     dropout: float = 0.2              # before the head
     threshold: float = 0.3            # default operating point for reported findings
-    extra_priors: bool = True         # frozen logistic priors on blob-measure products and on report fit
+    extra_priors: bool = False        # frozen logistic priors on measurement products, ball-vs-shell and report
+                                      # fit (off: checkpoints from before they existed; training turns it on)
 
     def __post_init__(self) -> None:
         if self.patch % self.vision.stride:
@@ -301,6 +306,29 @@ def quad_features(cand_BF: torch.Tensor) -> torch.Tensor:
     return torch.stack([diam * hu, resp * diam, resp * hu, diam ** 2, hu ** 2, resp ** 2], dim=-1)
 
 
+def shape_features(patches_B1P3: torch.Tensor, cand_BF: torch.Tensor) -> torch.Tensor:
+    """[B, 5] the candidate's ball against the shell around it, from its patch (HU window scaled to
+    [0, 1]): mean inside, inside minus shell, the share of the shell denser than -500 HU (vessels leaving a
+    junction, a wall; an isolated nodule's shell is all lung) and the inside's spread, at the blob's radius
+    (the patch is on the `grid_mm` = 2 mm grid, hence the 4 mm per voxel of diameter)."""
+    P = patches_B1P3.shape[-1]
+    x = patches_B1P3.reshape(len(patches_B1P3), -1).float()
+    ax = torch.arange(P, dtype=torch.float32) - P // 2
+    rho = (ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2).sqrt().reshape(-1)
+    r_B = (8.0 * torch.exp(cand_BF[:, 1]) / 4.0).clamp(1.0, P / 4)[:, None]            # radius in voxels
+    inner = (rho[None] <= torch.maximum(0.7 * r_B, torch.ones_like(r_B))).float()
+    shell = ((rho[None] > 1.3 * r_B + 0.5) & (rho[None] <= 2.0 * r_B + 2.5)).float()
+
+    def mean(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return (w * v).sum(1) / w.sum(1).clamp_min(1.0)
+
+    dense = (x > (-500.0 - HU_RANGE[0]) / (HU_RANGE[1] - HU_RANGE[0])).float()
+    m_in, m_shell = mean(inner, x), mean(shell, x)
+    spread = (mean(inner, x ** 2) - m_in ** 2).clamp_min(0).sqrt()
+    return torch.stack([4 * m_in - 1, 4 * (m_in - m_shell), 2 * mean(shell, dense), 10 * spread,
+                        2 * mean(shell, dense) * (4 * m_in - 1)], dim=-1)
+
+
 def report_features(pair_BMP: torch.Tensor, mask_BM: torch.Tensor | None = None) -> torch.Tensor:
     """[B, 8] how well a candidate fits the report as a whole, from the per-mention fit features (see
     pair_features): the best side / lobe / size agreement over the positive mentions, the same over the
@@ -349,7 +377,7 @@ class NoduleRater(nn.Module):
         # at zero, so the networks begin exactly at the prior and learn what the image and report add.
         self.prior = nn.Linear(CAND_FEATURES, 1)
         if cfg.extra_priors:   # likewise fitted first and frozen: products of the measurements, report fit
-            self.prior_quad = nn.Linear(QUAD_FEATURES, 1)
+            self.prior_quad = nn.Linear(QUAD_FEATURES + SHAPE_FEATURES, 1)
             self.report_prior = nn.Linear(REPORT_FEATURES, 1)
             for layer in (self.prior_quad, self.report_prior):
                 nn.init.zeros_(layer.weight)
@@ -362,13 +390,14 @@ class NoduleRater(nn.Module):
         the MoE aux loss)."""
         out = self.vision(patches, task_id("nodule_detection"))
         vision_BTD = torch.cat([out.tokens, self.cand(cand_BF)[:, None]], dim=1)
-        return vision_BTD, self.blob_prior(cand_BF), out.aux_loss
+        return vision_BTD, self.blob_prior(cand_BF, patches), out.aux_loss
 
-    def blob_prior(self, cand_BF: torch.Tensor) -> torch.Tensor:
-        """[B] the frozen prior logit from the candidate's measurements."""
+    def blob_prior(self, cand_BF: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """[B] the frozen prior logit from the candidate's measurements (and its patch's ball vs shell)."""
         logit = self.prior(cand_BF).squeeze(-1)
         if self.cfg.extra_priors:
-            logit = logit + self.prior_quad(quad_features(cand_BF)).squeeze(-1)
+            extra_BF = torch.cat([quad_features(cand_BF), shape_features(patches, cand_BF)], dim=1)
+            logit = logit + self.prior_quad(extra_BF).squeeze(-1)
         return logit
 
     def fuse(self, vision_BTD: torch.Tensor, prior_B: torch.Tensor, text_BMF: torch.Tensor | None = None,
@@ -540,8 +569,8 @@ class DetectorTrainConfig:
     negatives: int = 24               # negative candidates per scan and epoch (half the strongest, half random)
     pos_repeat: int = 4               # each positive candidate seen this many times per epoch (shifted, flipped)
     workers: int = 2                  # processes preparing the synthetic studies' candidates
-    eval_every: int = 4               # epochs between held-out evaluations (and at the end)
-    model: DetectorConfig = field(default_factory=DetectorConfig)
+    eval_every: int = 3               # epochs between validation evaluations (and at the end)
+    model: DetectorConfig = field(default_factory=lambda: DetectorConfig(extra_priors=True))
 
 
 @dataclass
@@ -721,7 +750,12 @@ def fit_prior(model: NoduleRater, scans: list[ScanCache], texts: list | None = N
     cand_BF = torch.from_numpy(np.concatenate([s.cs.cand_BF for s in scans]))
     y = torch.from_numpy(np.concatenate([s.labels_B for s in scans]))
     extra = model.cfg.extra_priors
-    X = torch.cat([cand_BF, quad_features(cand_BF)], dim=1) if extra else cand_BF
+    if extra:
+        shape_BF = torch.cat([shape_features(torch.from_numpy(s.cs.patches_BP3), torch.from_numpy(s.cs.cand_BF))
+                              for s in scans])
+        X = torch.cat([cand_BF, quad_features(cand_BF), shape_BF], dim=1)
+    else:
+        X = cand_BF
     w, b = _logistic(X, y, torch.zeros(len(y)), pos_weight)
     shift = math.log(pos_weight)                    # undo the class weight's shift of the odds
     with torch.no_grad():
@@ -737,7 +771,8 @@ def fit_prior(model: NoduleRater, scans: list[ScanCache], texts: list | None = N
     rows = [(s, t) for s, t in zip(scans, texts or []) if t is not None and len(s.labels_B)]
     if rows:
         with torch.no_grad():
-            offset = torch.cat([model.blob_prior(torch.from_numpy(s.cs.cand_BF)) for s, _ in rows]) + shift
+            offset = torch.cat([model.blob_prior(torch.from_numpy(s.cs.cand_BF), torch.from_numpy(s.cs.patches_BP3))
+                                for s, _ in rows]) + shift
             R = torch.cat([report_features(torch.from_numpy(t[..., EMBED_DIM:])) for _, t in rows])
         w, b = _logistic(R, torch.from_numpy(np.concatenate([s.labels_B for s, _ in rows])), offset, pos_weight)
         with torch.no_grad():
@@ -771,12 +806,23 @@ def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.lr, total_steps=max(total, 1), pct_start=0.15)
     n_pos = float(sum(s.labels_B.sum() for s in train)) * tcfg.pos_repeat
     pos_weight = torch.tensor(max(1.0, (n_rows - n_pos) / max(1.0, n_pos)) ** 0.5)
+    train_cfg = dataclasses.asdict(tcfg)
+    train_cfg.pop("model")
+
+    def save(metrics: dict) -> None:
+        """The model as it is now, its operating point the validation probability at 1 FP per scan."""
+        cfg.threshold = metrics["threshold_at_1fp_per_scan"]
+        if out is not None:
+            save_checkpoint(model, out, kind=KIND, config=cfg, metadata={"train": train_cfg, "validation": metrics,
+                                                                        "history": history})
+
     model.eval()
-    best_metrics = evaluate_scans(detector, val)        # epoch 0: the blob prior alone
+    best_metrics = evaluate_scans(detector, val)        # epoch 0: the priors alone
     best, best_state = best_metrics["cpm_fused"], {k: v.clone() for k, v in model.state_dict().items()}
     history = [{"epoch": 0, **{k: best_metrics[k] for k in ("cpm_fused", "cpm_image_only", "sensitivity_at_1fp_fused",
                                                             "sensitivity_at_1fp_image_only")}}]
     log(str(history[-1]))
+    save(best_metrics)
     for epoch in range(tcfg.epochs):
         model.train()
         losses = []
@@ -802,15 +848,13 @@ def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log
         log(str(history[-1]))
         if metrics["cpm_fused"] >= best:   # ties go to the more trained model
             best, best_state, best_metrics = metrics["cpm_fused"], {k: v.clone() for k, v in model.state_dict().items()}, metrics
+            save(best_metrics)             # a long run stopped early still leaves its best epoch
     model.load_state_dict(best_state)
-    cfg.threshold = best_metrics["threshold_at_1fp_per_scan"]   # the default operating point of findings
+    save(best_metrics)
     summary = {"train_studies": tcfg.train_studies, "val_studies": tcfg.val_studies, "seed": tcfg.seed,
                "epochs": tcfg.epochs, "seconds": round(time.perf_counter() - start, 1),
                "parameters": sum(p.numel() for p in model.parameters()), **best_metrics, "history": history}
     if out is not None:
-        train_cfg = dataclasses.asdict(tcfg)
-        train_cfg.pop("model")
-        save_checkpoint(model, out, kind=KIND, config=cfg, metadata={"train": train_cfg, "held_out": best_metrics})
         summary["out"] = str(out)
     return summary
 
