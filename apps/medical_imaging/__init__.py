@@ -11,6 +11,8 @@ handlers (`cli`) import torch, MONAI and pydicom when they run.
 """
 from __future__ import annotations
 
+import argparse
+
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,13 @@ from apps.cli import positive_int
 
 if TYPE_CHECKING:
     from apps.cli import CommandTable
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def register(cli: CommandTable) -> None:
@@ -61,7 +70,8 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     p.add_argument("--studies", type=positive_int, default=40, help="synthetic training studies")
     p.add_argument("--val-studies", type=positive_int, default=12, help="held-out synthetic studies (other seed)")
-    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--epochs", type=_non_negative_int, default=None,
+                   help="network epochs; 0 fits and freezes the priors only (the shipped detector)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
