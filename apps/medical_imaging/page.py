@@ -51,14 +51,16 @@ def _results_zip(doc: dict, volume, findings: list, folder: Path) -> Path:
     return path
 
 
-def analyse(upload: str | None, report: str, threshold: float):
+def analyse(upload: str | None, report: str, threshold: float, progress=gr.Progress()):
     """Run the pipeline on an upload: (state, slider, image, table, explanation, download)."""
     if not upload:
         raise gr.Error("Upload a zip of the study's DICOM files first.")
     from .pipeline import diagnose, findings_json, load_upload, shared_models
 
     try:
+        progress(0.1, desc="reading the study")
         volume = load_upload(upload)
+        progress(0.4, desc="finding and rating nodules")
         result = diagnose(volume, report, shared_models(), threshold)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
@@ -95,7 +97,9 @@ def build() -> gr.Blocks:
                 report = gr.Textbox(label="report (optional)", lines=6,
                                     placeholder="e.g. There is a 7 mm nodule in the right upper lobe.")
                 threshold = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="operating point: P(nodule) at least")
-                run = gr.Button("Find nodules", variant="primary")
+                with gr.Row():
+                    run = gr.Button("Find nodules", variant="primary")
+                    stop = gr.Button("Cancel")
                 status = gr.Markdown()
                 download = gr.File(label="results (findings.json + overlays)")
             with gr.Column(scale=3):
@@ -103,7 +107,8 @@ def build() -> gr.Blocks:
                 slider = gr.Slider(0, 1, value=0, step=1, label="slice k")
         table = gr.Dataframe(headers=COLUMNS, label="findings", interactive=False)
         explanation = gr.Markdown()
-        run.click(analyse, [upload, report, threshold],
-                  [state, slider, image, table, explanation, download, status], api_name="diagnose")
+        diagnosing = run.click(analyse, [upload, report, threshold],
+                               [state, slider, image, table, explanation, download, status], api_name="diagnose")
+        stop.click(None, cancels=[diagnosing], api_name=False)
         slider.change(show_slice, [state, slider], image, api_name=False)
     return page
