@@ -151,3 +151,86 @@ def test_fit_prior_learns_measurements_and_report_then_freezes():
     fused = prior + model.report_prior(report_features(torch.from_numpy(texts[0][..., 384:]))).squeeze(-1)
     y = scans[0].labels_B > 0
     assert prior[y].mean() > prior[~y].mean() and fused[y].min() > fused[~y].max()
+
+
+def test_tree_ensemble_matches_sklearn():
+    sklearn = pytest.importorskip("sklearn.ensemble")
+    from apps.medical_imaging.detection import TreeEnsemble
+
+    rng = np.random.default_rng(0)
+    X = rng.random((800, 5)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] * X[:, 2] + 0.3 * rng.random(800) > 0.9).astype(int)
+    clf = sklearn.HistGradientBoostingClassifier(max_iter=20, max_leaf_nodes=7, random_state=0).fit(X, y)
+    trees = TreeEnsemble(*TreeEnsemble.shape_of(clf))
+    trees.load_sklearn(clf)
+    assert np.allclose(trees(torch.from_numpy(X)).numpy(), clf.decision_function(X), atol=1e-5)
+
+
+def test_per_scale_peaks_keep_a_small_ball_beside_a_vessel_with_a_subvoxel_centre():
+    """A 5 mm ball 5 mm from a vessel's side: the maximum over scales merges them into one larger blob
+    between the two; the per-scale maxima keep the ball, centred within its radius."""
+    from apps.medical_imaging.detection import find_candidates, prepare_grid
+
+    hu = np.full((40, 64, 64), 40.0, np.float32)
+    hu[4:36, 8:56, 6:30] = -850.0
+    hu[4:36, 8:56, 34:58] = -850.0
+    z, y, x = np.mgrid[:40, :64, :64].astype(np.float32)
+    ball_c = np.array([20.3, 30.4, 17.6])                          # off the voxel grid (2 mm voxels)
+    hu[np.sqrt(((np.stack([z, y, x], -1) - ball_c) ** 2).sum(-1)) <= 1.25] = 40.0
+    hu[((y - 30) ** 2 + (x - 22) ** 2 <= 1.5) & (z >= 6) & (z < 34)] = 40.0   # a vessel along z
+    hu += np.random.default_rng(1).normal(0, 5, hu.shape).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    cfg = DetectorConfig(per_scale_peaks=True, subvoxel=True, max_candidates=30)
+    grid = prepare_grid(hu, affine, cfg)
+    cands = find_candidates(grid, cfg)
+    dist = [np.linalg.norm(c.center - ball_c) * 2.0 for c in cands]                  # mm
+    best = cands[int(np.argmin(dist))]
+    assert min(dist) <= 2.5                                        # within the 5 mm ball's radius
+    assert best.diameter_mm <= 10 and best.scales_S.shape == (len(cfg.sigmas_mm),)
+    assert best.kji_f is not None and np.abs(best.kji_f - best.kji).max() <= 0.5
+
+
+def test_mention_rank_lifts_the_best_candidate_of_the_named_lobe():
+    from apps.medical_imaging.detection import mention_rank_features
+
+    pair = torch.zeros(4, 2, 24)
+    pair[:, :, 13] = 0.0                                           # both mentions name a side ...
+    pair[:, 0, 15] = torch.tensor([1.0, 1.0, 0.0, 1.0])            # mention 0's lobe holds candidates 0, 1, 3
+    pair[:, 1, 16] = 1.0                                           # mention 1 is negated (ignored)
+    pair[:, 1, 5] = 1.0
+    logits = torch.tensor([0.5, 2.0, 3.0, -1.0])
+    f = mention_rank_features(logits, pair)
+    assert f[1, 0] == 0 and f[0, 0] == pytest.approx(np.log(2)) and f[3, 0] == pytest.approx(np.log(3))
+    assert f[2, 0] == 6.0 and f[2, 2] == -10.0                     # not in the lobe: sentinels
+    assert f[1, 2] == 0 and f[0, 2] == pytest.approx(-1.5)
+    assert mention_rank_features(logits, torch.zeros(4, 0, 24)).shape == (4, 3)
+
+
+def test_tree_rater_round_trip_without_a_swin_pass(tmp_path):
+    """The boosted-tree detector (rich features, network off) rates from cand_BF alone, reads the report
+    through its report stage and comes back bit-identical from its checkpoint."""
+    pytest.importorskip("sklearn")
+    from types import SimpleNamespace
+
+    from core.checkpoint import save_checkpoint
+    from apps.medical_imaging.detection import DetectorTrainConfig, fit_trees
+
+    hu, affine = _phantom()
+    cfg = DetectorConfig(per_scale_peaks=True, subvoxel=True, rich_features=True, network=False, max_candidates=12)
+    cs = candidate_set(hu, affine, cfg)
+    assert cs.cand_BF.shape == (len(cs.candidates), cfg.cand_features)
+    reading = read_report("A 12 mm nodule in the right upper lobe.")
+    labels = np.zeros(len(cs.candidates), np.float32)
+    labels[0] = 1.0
+    scans = [SimpleNamespace(cs=cs, labels_B=labels) for _ in range(4)]
+    texts = [text_inputs(cs, reading), None, text_inputs(cs, reading), text_inputs(cs, reading)]
+    tcfg = DetectorTrainConfig(tree_iters=5, tree_min_leaf=1, folds=2)
+    model = fit_trees(cfg, tcfg, scans, texts)
+    save_checkpoint(model, tmp_path / "det", kind=KIND, config=cfg)
+    detector = load_detector(tmp_path / "det")
+    cs.patches_BP3 = cs.patches_BP3[:, :0, :0, :0]                 # no patches needed: no Swin pass
+    a = detector.detect_candidates(cs, reading)
+    assert a[0].candidate is cs.candidates[0]                      # the labelled ball rates first
+    again = load_detector(tmp_path / "det").detect_candidates(cs, reading)
+    assert [d.probability for d in a] == [d.probability for d in again]
+    assert all(d.probability == d.probability_image_only for d in detector.detect_candidates(cs, None))

@@ -80,3 +80,56 @@ def test_shipped_planner_on_held_out_phrasing_and_combos():
     assert train["shape_accuracy"] >= 0.9 and train["scene_count_accuracy"] >= 0.85
     held = P.evaluate_planner(planner, *sets["heldout_combos"])
     assert held["scene_count_accuracy"] >= 0.6 and held["shape_accuracy"] >= 0.35 and held["motion_accuracy"] >= 0.3
+
+
+def test_colour_names_are_grounded_in_rgb():
+    from apps.video_generation import colour_names as cn
+    names = list(world.COLOURS)
+    assert names[int(cn.colour_affinity("navy").argmax())] == "blue"          # dark, but blue by hue
+    assert names[int(cn.colour_affinity("Forest-Green").argmax())] == "green"
+    assert names[int(cn.colour_affinity("snow").argmax())] == "white"
+    assert cn.colour_affinity("charcoal") is None                           # grey: no world colour
+    assert cn.colour_affinity("ballpoint") is None                          # not a colour name
+    spans = cn.word_colour_evidence("a lime green box and a tan dog")
+    assert [("a lime green box and a tan dog"[a:b]) for a, b, _ in spans] == ["lime green", "tan"]
+
+
+def test_value_evidence_leaves_a_window_out_of_its_own_exemplars():
+    text = "a red ball moves left"
+    _, offsets = P.encode_prompts([text])
+    phrases = ["ball", "orb", "moves left"]
+    ex_XD = P.embed_phrases(phrases)
+    circle, left = P.ATTRIBUTES["shape"].index("circle"), P.N_VALUES - 1  # any two distinct value slots
+    values_X = torch.tensor([circle, circle, left])
+    (seen_TV,) = P.value_evidence([text], offsets, ex_XD, values_X, P.N_VALUES, 3)
+    (own_out_TV,) = P.value_evidence([text], offsets, ex_XD, values_X, P.N_VALUES, 3, exemplar_texts=phrases)
+    ball = [t for t, (a, b) in enumerate(offsets[0]) if text[a:b] == "ball"][0]
+    assert seen_TV[ball, circle] == pytest.approx(1.0, abs=1e-4)            # "ball" is an exemplar
+    assert 0.2 < own_out_TV[ball, circle] < 0.99                             # only "orb" left to match
+    assert seen_TV[0].abs().sum() == 0                                       # [CLS] has no word
+
+
+def test_word_noise_keeps_every_value_span_on_its_words():
+    rng = np.random.default_rng(0)
+    changed = 0
+    for _ in range(50):
+        text, spans = world.script_to_prompt_spans(world.sample_script(rng), rng)
+        noisy, moved = P.add_word_noise(text, spans, rng, 0.3)
+        changed += noisy != text
+        for (a, b, label), (c, d, label2) in zip(spans, moved):
+            assert label == label2
+            if label not in ("scene", "object"):
+                assert noisy[c:d] == text[a:b]
+            else:   # a mention starts on a word and still holds its values
+                assert c == 0 or noisy[c - 1] == " "
+                inner = [(y0, y1) for (x0, x1, lab), (y0, y1, _) in zip(spans, moved)
+                         if lab not in ("scene", "object") and a <= x0 and x1 <= b]
+                assert all(c <= y0 and y1 <= d for y0, y1 in inner)
+    assert changed > 40
+
+
+def test_objects_of_one_scene_get_distinct_colours():
+    red, blue = P.ATTRIBUTES["colour"].index("red"), P.ATTRIBUTES["colour"].index("blue")
+    p_a, p_b = np.full(9, 0.01), np.full(9, 0.01)
+    p_a[red], p_b[red], p_b[blue] = 0.9, 0.6, 0.3      # both would say red; the surer one keeps it
+    assert [c for c, _ in P._distinct_colours([p_b, p_a, None])] == ["blue", "red", None]

@@ -151,3 +151,11 @@ def test_real_footage(shared_dataset):
     d = describe_shot(frames, fps)
     assert d.camera == "static" and "green" in [n for n, _ in d.colours[:2]]
     assert d.brightness_word in ("moderately lit", "bright") and d.motion_word in ("slight", "moderate")
+
+
+def test_a_hard_cut_beside_a_zoom_is_not_taken_for_a_dissolve():
+    # a zoom over a smooth backdrop is nearly a blend of its end frames; the jump at the cut is not
+    a = world.render_scene(_scene("2", "blue", "still", "grass", "zoom_out"), 48, SIZE)
+    b = world.render_scene(_scene("9", "orange", "rotate", "studio", "zoom_in"), 48, SIZE)
+    shots = detect_shots(np.concatenate([a, b]), 24.0)
+    assert [(s.start_frame, s.transition) for s in shots[1:]] == [(48, "cut")]

@@ -1,5 +1,7 @@
 """The synthetic world: rendering puts the right things in the right places, motions and cameras move
 them the right way, cuts land where planned, splits and phrasings keep their held-out promises."""
+import re
+
 import numpy as np
 import pytest
 
@@ -90,6 +92,30 @@ def test_test_phrasing_uses_words_training_never_sees():
     assert "followed by" in test or "later on" in test
 
 
+def _phrase_words(split: str) -> set[str]:
+    lists = [world.phrase_words(a, v, split) for a in world._WORDS for v in world._WORDS[a]]
+    lists += [world.phrase_options(o, split) for o in (world._JOINERS, world._OBJECT_JOINERS, world._ARTICLES)]
+    return {w for phrases in lists for p in phrases for w in re.findall(r"[a-z0-9'-]+", p.lower())}
+
+
+# Words both the held-out and the training phrasings use: function words, the values' own names and digits.
+_SHARED_WORDS = {"a", "the", "to", "in", "on", "at", "and", "is", "with", "by", "as", "after", "there", "goes", "see",
+                 "shot", "panning", "moving", "dark", "camera", "shape", "up", "down", "left", "right",
+                 *world.COLOURS, *world.SHAPES, *world.DIGIT_WORDS, *world.BACKGROUNDS, *world.STYLES_IN_PROMPTS}
+
+
+def test_held_out_and_validation_words_are_never_training_words():
+    train, val, test = _phrase_words("train"), _phrase_words("val"), _phrase_words("test")
+    assert test & (train | val) <= _SHARED_WORDS, sorted(test & (train | val) - _SHARED_WORDS)
+    for attr, values in world._WORDS.items():
+        for value in values:
+            fit, held = world.phrase_words(attr, value, "train"), world.phrase_words(attr, value, "val")
+            assert fit and held and not set(fit) & set(held) or len(values[value][0]) < 4, (attr, value)
+            assert not set(world.phrase_words(attr, value, "test")) & set(fit + held) - {""}
+    with pytest.raises(ValueError, match="split"):
+        world.phrase_words("colour", "red", "dev")
+
+
 def test_prompt_spans_label_what_they_cover():
     rng = np.random.default_rng(2)
     script = world.sample_script(rng)
@@ -99,7 +125,7 @@ def test_prompt_spans_label_what_they_cover():
     assert labels.count("object") == sum(len(s.objects) for s in script.scenes)
     for a, b, lab in spans:
         if lab.startswith("colour:"):
-            assert text[a:b] in world._WORDS["colour"][lab.split(":")[1]][0]
+            assert text[a:b] in world.phrase_words("colour", lab.split(":")[1], "train")
 
 
 def test_caption_and_validation():

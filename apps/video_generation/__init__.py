@@ -52,10 +52,12 @@ def register(cli: CommandTable) -> None:
     p = video.command("train-planner", "train the prompt planner on synthetic prompts, evaluate it on held-out "
                                        "phrasing and combinations, save it", handlers.train_planner)
     p.add_argument("--out", type=Path, default=ASSETS / "planner", help="checkpoint folder (default: the shipped one)")
-    p.add_argument("--prompts", type=positive_int, default=1500, help="training prompts")
-    p.add_argument("--steps", type=positive_int, default=900)
+    p.add_argument("--prompts", type=positive_int, default=3000, help="training prompts")
+    p.add_argument("--steps", type=positive_int, default=1500)
     p.add_argument("--batch-size", type=positive_int, default=24)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--word-noise", type=float, default=0.1,
+                   help="random-word noise on half the prompts, per word (0 turns it off)")
     p.add_argument("--eval-prompts", type=positive_int, default=200, help="prompts per evaluation set")
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0)

@@ -9,6 +9,14 @@ Each colour's token also carries object crops: its largest foreground region in 
 frame, cut out square around its bounding box (scale normalised) and read by a small conv net,
 since at stride 32 an object is about one visual token, too coarse to tell a digit's shape (a
 linear probe on those token blocks: 9 % held-out shape accuracy; on the 24 x 24 crops: 79 %).
+The colour masks the crops come from keep foreground pixels only (unlike their neighbourhood and
+their row: backdrops vary from row to row), give each pixel to its nearest palette colour, and
+drop line-like regions (shorelines, horizons), so background patches are seldom taken for objects.
+
+The caption is the heads' decision put into words (world.caption_scene of the predicted scene),
+so caption and attributes never disagree; the decoder's own greedy caption is kept beside it
+(Prediction.decoder_caption): it named the objects worse than the heads (5 % exact captions
+against 65 % for the heads' scene, on the same held-out clips).
 
     shots = caption_video("clip.mp4")         # [ShotCaption(start_s, end_s, caption, attributes, ...)]
 
@@ -93,6 +101,12 @@ class CaptionerConfig:
                                      # and resized to crop x crop (0: none); the stride-32 tokens are too
                                      # coarse to tell a digit's shape (an object is about one token)
     crop_widths: tuple[int, ...] = (16, 32, 64)  # crop encoder: conv widths (stride 1, then stride 2)
+    crop_candidates: int = 4         # regions per colour and frame cut out (largest first): a backdrop patch
+                                     # of an object's colour (a cloud, the sun) can be larger than the object,
+                                     # so the crop encoder weighs the candidates by a learned objectness
+    crop_changes: bool = True        # per colour and frame pair: how its crop changed (silhouette IoU,
+                                     # log size ratio), which the crop encoder's mean over frames loses
+                                     # (rotation keeps a region's place and area)
     vocab: tuple[str, ...] = ()      # caption words; () = caption_vocab()
     shapes: tuple[str, ...] = ()     # class lists of the heads; () = the world's
     colours: tuple[str, ...] = ()
@@ -162,12 +176,16 @@ class DecoderBlock(nn.Module):
 
 
 class CropEncoder(nn.Module):
-    """Object crops [B, O, T, CROP_CHANNELS, S, S] -> one token per colour [B, O, D]: a small conv
-    net on every crop that holds its colour (absent ones stay zero and are skipped), averaged over
-    the frames where the colour was seen."""
+    """Object crops [B, O, T * K, CROP_CHANNELS, S, S] (K candidate regions per colour and frame) and
+    their geometry [B, O, T * K, GEOMETRY_FEATURES] -> one token per colour [B, O, D]: a small conv
+    net on every crop that holds its colour (absent ones stay zero and are skipped) plus an MLP of
+    the candidate's place, size, change to the next frame and frame index; per frame the candidates
+    are weighed by a learned objectness (softmax), then averaged over the frames where the colour
+    was seen. With K = 1 this is the plain mean over frames."""
 
     def __init__(self, cfg: CaptionerConfig):
         super().__init__()
+        self.candidates = cfg.crop_candidates
         layers, c_in = [], CROP_CHANNELS
         for i, c_out in enumerate(cfg.crop_widths):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1), nn.GroupNorm(4, c_out),
@@ -177,16 +195,35 @@ class CropEncoder(nn.Module):
         side = cfg.crop // 2 ** (len(cfg.crop_widths) - 1)
         self.proj = nn.Sequential(nn.Flatten(), nn.Linear(c_in * side * side, cfg.dim), nn.GELU(),
                                   nn.Linear(cfg.dim, cfg.dim))
+        if self.candidates > 1:
+            self.geometry = nn.Sequential(nn.Linear(GEOMETRY_FEATURES + cfg.frames, cfg.dim), nn.GELU(),
+                                          nn.Linear(cfg.dim, cfg.dim))
+            self.objectness = nn.Linear(cfg.dim, 1)
+            nn.init.zeros_(self.objectness.weight)   # starts as the plain mean over candidates
+            nn.init.zeros_(self.objectness.bias)
 
-    def forward(self, crops_BOTCSS: torch.Tensor) -> torch.Tensor:
-        B, O, T = crops_BOTCSS.shape[:3]
-        flat_NCSS = crops_BOTCSS.flatten(0, 2)
+    def forward(self, crops_BONCSS: torch.Tensor, geometry_BONG: torch.Tensor | None = None) -> torch.Tensor:
+        B, O, N = crops_BONCSS.shape[:3]
+        T, K = N // self.candidates, self.candidates
+        flat_NCSS = crops_BONCSS.flatten(0, 2)
         seen_N = flat_NCSS[:, 0].flatten(1).amax(1) > 0          # the colour's mask is not empty
         tok_ND = flat_NCSS.new_zeros(len(flat_NCSS), self.proj[-1].out_features)
         if seen_N.any():
             tok_ND = tok_ND.index_put((seen_N.nonzero()[:, 0],), self.proj(self.convs(flat_NCSS[seen_N])))
-        seen_BOT1 = seen_N.view(B, O, T, 1).float()
-        return (tok_ND.view(B, O, T, -1) * seen_BOT1).sum(2) / seen_BOT1.sum(2).clamp_min(1.0)
+        seen_BOTK = seen_N.view(B, O, T, K)
+        tok_BOTKD = tok_ND.view(B, O, T, K, -1)
+        if K > 1:
+            frame_TT = torch.eye(T, device=tok_ND.device)
+            when_BOTKT = frame_TT[None, None, :, None].expand(B, O, T, K, T)
+            geo_BOTKD = self.geometry(torch.cat([geometry_BONG.view(B, O, T, K, -1), when_BOTKT], -1))
+            tok_BOTKD = tok_BOTKD + geo_BOTKD * seen_BOTK[..., None]
+            logit_BOTK = self.objectness(tok_BOTKD)[..., 0].masked_fill(~seen_BOTK, -1e4)
+            w_BOTK = logit_BOTK.softmax(-1) * seen_BOTK
+            frame_BOTD = (tok_BOTKD * w_BOTK[..., None]).sum(3)
+        else:
+            frame_BOTD = tok_BOTKD[:, :, :, 0]
+        seen_BOT1 = seen_BOTK.any(-1, keepdim=True).float()
+        return (frame_BOTD * seen_BOT1).sum(2) / seen_BOT1.sum(2).clamp_min(1.0)
 
 
 @dataclass
@@ -219,6 +256,8 @@ class CaptionModel(nn.Module):
         self.colour_id_OD = nn.Parameter(torch.randn(len(cfg.colours), d) * 0.02)
         self.motion_proj = nn.Sequential(nn.Linear((cfg.frames - 1) * MOTION_FEATURES, d), nn.GELU(), nn.Linear(d, d))
         self.crop_encoder = CropEncoder(cfg) if cfg.crop else None
+        self.change_proj = nn.Sequential(nn.Linear((cfg.frames - 1) * CHANGE_FEATURES, d), nn.GELU(),
+                                         nn.Linear(d, d)) if cfg.crop and cfg.crop_changes else None
         self.vision_blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.vision_layers))
         self.memory_norm = nn.LayerNorm(d)
         # Attribute heads: one learned query for the scene, one per colour (its object's shape, or
@@ -246,11 +285,18 @@ class CaptionModel(nn.Module):
         # Measured tokens: one per colour (its region's track and crops) and one for the global motion.
         n_col = len(cfg.colours) * cfg.frames * COLOUR_FEATURES
         colour_BOD = self.colour_proj(measured_BK[:, :n_col].view(B, len(cfg.colours), -1))
+        if self.crop_encoder is not None and crops_BOTCSS is None:
+            raise ValueError("this captioner needs object crops (object_crops) with its frames")
+        n_mot = (cfg.frames - 1) * MOTION_FEATURES
+        n_chg = len(cfg.colours) * (cfg.frames - 1) * CHANGE_FEATURES if self.change_proj is not None else 0
         if self.crop_encoder is not None:
-            if crops_BOTCSS is None:
-                raise ValueError("this captioner needs object crops (object_crops) with its frames")
-            colour_BOD = colour_BOD + self.crop_encoder(crops_BOTCSS)
-        motion_B1D = self.motion_proj(measured_BK[:, n_col:])[:, None]
+            geometry = measured_BK[:, n_col + n_mot + n_chg:].reshape(B, len(cfg.colours), -1, GEOMETRY_FEATURES) \
+                if cfg.crop_candidates > 1 else None
+            colour_BOD = colour_BOD + self.crop_encoder(crops_BOTCSS, geometry)
+        motion_B1D = self.motion_proj(measured_BK[:, n_col:n_col + n_mot])[:, None]
+        if self.change_proj is not None:
+            colour_BOD = colour_BOD + self.change_proj(
+                measured_BK[:, n_col + n_mot:n_col + n_mot + n_chg].view(B, len(cfg.colours), -1))
         x_BMD = torch.cat([x_BMD, colour_BOD + self.colour_id_OD, motion_B1D], dim=1)
         aux, stats = x_BMD.new_zeros(()), []
         for block in self.vision_blocks:
@@ -296,6 +342,9 @@ def sample_indices(frames: int, n: int) -> np.ndarray:
 
 COLOUR_FEATURES = 4                  # per colour and frame: area share, centre x, centre y, spread
 MOTION_FEATURES = 4                  # per frame pair: shift x, shift y, peak response, log scale
+CHANGE_FEATURES = 2                  # per colour and frame pair: crop silhouette IoU, log region size ratio
+GEOMETRY_FEATURES = 5                # per crop candidate: centre x, y, log size, and its change to the next
+                                     # frame (silhouette IoU with its best match there, log size ratio)
 COLOUR_DE = 30.0                     # Lab distance within which a pixel counts as a palette colour
 FG_CONTRAST = 30                     # |pixel - neighbourhood median| (any channel) of a foreground pixel
 
@@ -321,44 +370,124 @@ CROP_MARGIN = 1.3                    # crop side / the region's longer bounding-
 
 
 def colour_masks(rgb_THW3: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:
-    """[colours, T, H, W] bool: foreground pixels (unlike the median of their neighbourhood, so
-    small regions rather than backdrops) within COLOUR_DE (Lab) of each palette colour."""
+    """[colours, T, H, W] bool: foreground pixels (unlike the median of their neighbourhood and
+    of their row, so small regions rather than backdrops) whose nearest palette colour (Lab) is
+    within COLOUR_DE, so a pixel belongs to one colour at most (a blue object is not also
+    purple), less the line-like regions (line_like: horizons, shorelines, foam) no object forms."""
     T, H, W = rgb_THW3.shape[:3]
     lab_THW3 = np.stack([cv2.cvtColor(f.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab) for f in rgb_THW3])
     k = 2 * (min(H, W) // 4) + 1
     fg_THW = np.stack([np.abs(f.astype(np.int16) - cv2.medianBlur(f, k)).max(axis=-1) > FG_CONTRAST
                        for f in rgb_THW3])
+    # Backdrops vary mostly from row to row (horizons, shores, gradients): a foreground pixel also
+    # differs from its row's median, which an object narrower than half the frame leaves unchanged.
+    row_THW13 = np.median(rgb_THW3, axis=2, keepdims=True)
+    fg_THW &= np.abs(rgb_THW3.astype(np.float32) - row_THW13).max(axis=-1) > FG_CONTRAST
     target_C3 = cv2.cvtColor(np.array(palette, np.float32).reshape(1, -1, 3) / 255.0, cv2.COLOR_RGB2Lab)[0]
     dist_CTHW = np.linalg.norm(lab_THW3[None] - target_C3[:, None, None, None], axis=-1)
-    return (dist_CTHW < COLOUR_DE) & fg_THW[None]
+    nearest_THW = dist_CTHW.argmin(0)
+    fg_THW &= dist_CTHW.min(0) < COLOUR_DE
+    masks_CTHW = (nearest_THW[None] == np.arange(len(palette))[:, None, None, None]) & fg_THW[None]
+    for c, t in zip(*np.nonzero(masks_CTHW.any(axis=(2, 3)))):
+        masks_CTHW[c, t] &= ~line_like(masks_CTHW[c, t])
+    return masks_CTHW
 
 
-def object_crops(rgb_THW3: np.ndarray, masks_CTHW: np.ndarray, side: int) -> np.ndarray:
-    """[colours, T, CROP_CHANNELS, side, side] uint8: per colour and frame, a square crop around
-    the colour's largest connected region (CROP_MARGIN x its bounding box, so scale is normalised
-    and the silhouette fills the crop): the colour's mask and the grey frame. Zeros where the colour
-    is absent."""
+LINE_SPAN = 0.6                      # a region longer than this share of the frame's longer side is no object
+LINE_THICKNESS = 2.0                 # pixels: a region thinner than this on average (area / length) ...
+LINE_ELONGATION = 4.0                # ... and this many times longer than wide is a line
+LINE_MIN_LENGTH = 12                 # ... and longer than this many pixels (at the model's input size)
+
+
+def line_like(mask_HW: np.ndarray) -> np.ndarray:
+    """[H, W] bool: the pixels of `mask_HW`'s connected regions that are lines or frame-spanning
+    bands (a shoreline, a horizon, foam), which the colour masks would otherwise take for objects,
+    or join to an object touching them."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask_HW.astype(np.uint8), connectivity=8)
+    if n < 2:
+        return np.zeros_like(mask_HW, dtype=bool)
+    w, h, area = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT], stats[:, cv2.CC_STAT_AREA]
+    long, short = np.maximum(w, h), np.maximum(np.minimum(w, h), 1)
+    drop = (long > LINE_SPAN * max(mask_HW.shape)) | (
+        (area / np.maximum(long, 1) < LINE_THICKNESS) & (long >= LINE_ELONGATION * short) & (long > LINE_MIN_LENGTH))
+    drop[0] = False
+    return drop[labels]
+
+
+def object_crops(rgb_THW3: np.ndarray, masks_CTHW: np.ndarray, side: int,
+                 candidates: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[colours, T, K, CROP_CHANNELS, side, side] uint8: per colour and frame, square crops around
+    the colour's K = `candidates` largest connected regions (CROP_MARGIN x its bounding box, so
+    scale is normalised and the silhouette fills the crop): the region's mask and the grey frame.
+    Zeros where there is no such region. Also [colours, T, K] float32, each region's longer
+    bounding-box side in pixels (0: none), and [colours, T, K, 2] its centre (x, y) in pixels."""
     C, T, H, W = masks_CTHW.shape
-    out = np.zeros((C, T, CROP_CHANNELS, side, side), np.uint8)
+    out = np.zeros((C, T, candidates, CROP_CHANNELS, side, side), np.uint8)
+    sizes_CTK = np.zeros((C, T, candidates), np.float32)
+    centres_CTK2 = np.zeros((C, T, candidates, 2), np.float32)
     if side == 0:
-        return out
+        return out, sizes_CTK, centres_CTK2
     grey_THW = rgb_THW3.mean(axis=-1).astype(np.uint8)
     for c, t in zip(*np.nonzero(masks_CTHW.any(axis=(2, 3)))):
         mask = masks_CTHW[c, t].astype(np.uint8)
-        # Join a region's pieces (a digit's strokes, an outline's gaps) before picking the largest.
+        # Join a region's pieces (a digit's strokes, an outline's gaps) before ranking them.
         n, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.dilate(mask, np.ones((3, 3), np.uint8)))
-        if n < 2:
-            continue
-        best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        x, y, w, h = stats[best, :4]
-        half = max(w, h) * CROP_MARGIN / 2
-        cx, cy = x + w / 2, y + h / 2
-        # Affine crop: the square [cx - half, cx + half] -> [0, side]; outside the frame is zero.
-        a = side / (2 * half)
-        m = np.array([[a, 0, -a * (cx - half)], [0, a, -a * (cy - half)]], np.float32)
-        region = (labels == best).astype(np.uint8) * mask * 255
-        out[c, t, 0] = cv2.warpAffine(region, m, (side, side), flags=cv2.INTER_AREA if a < 1 else cv2.INTER_LINEAR)
-        out[c, t, 1] = cv2.warpAffine(grey_THW[t], m, (side, side), flags=cv2.INTER_LINEAR)
+        for k, best in enumerate(1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")[:candidates]):
+            x, y, w, h = stats[best, :4]
+            half = max(w, h) * CROP_MARGIN / 2
+            sizes_CTK[c, t, k] = max(w, h)
+            cx, cy = x + w / 2, y + h / 2
+            centres_CTK2[c, t, k] = cx, cy
+            # Affine crop: the square [cx - half, cx + half] -> [0, side]; outside the frame is zero.
+            a = side / (2 * half)
+            m = np.array([[a, 0, -a * (cx - half)], [0, a, -a * (cy - half)]], np.float32)
+            region = (labels == best).astype(np.uint8) * mask * 255
+            interp = cv2.INTER_AREA if a < 1 else cv2.INTER_LINEAR
+            out[c, t, k, 0] = cv2.warpAffine(region, m, (side, side), flags=interp)
+            out[c, t, k, 1] = cv2.warpAffine(grey_THW[t], m, (side, side), flags=cv2.INTER_LINEAR)
+    return out, sizes_CTK, centres_CTK2
+
+
+def _silhouettes(crops_CTKCSS: np.ndarray) -> np.ndarray:
+    return crops_CTKCSS[:, :, :, 0].reshape(*crops_CTKCSS.shape[:3], -1) > 127
+
+
+def crop_changes(crops_CTKCSS: np.ndarray, sizes_CTK: np.ndarray) -> np.ndarray:
+    """[colours, (T - 1) * CHANGE_FEATURES]: per colour and consecutive frame pair, the IoU of its
+    largest region's two crop silhouettes (scale normalised, so a still, growing or moving object
+    scores high and a rotating one low) and the log ratio of the region's size; zeros where either
+    frame lacks it."""
+    sil_CTN, sizes_CT = _silhouettes(crops_CTKCSS)[:, :, 0], sizes_CTK[:, :, 0]
+    a, b = sil_CTN[:, :-1], sil_CTN[:, 1:]
+    inter, union = (a & b).sum(-1), (a | b).sum(-1)
+    both = (sizes_CT[:, :-1] > 0) & (sizes_CT[:, 1:] > 0)
+    iou = np.where(both, inter / np.maximum(union, 1), 0.0)
+    ratio = np.where(both, np.log(np.maximum(sizes_CT[:, 1:], 1) / np.maximum(sizes_CT[:, :-1], 1)), 0.0)
+    return np.stack([iou, ratio], axis=-1).reshape(len(crops_CTKCSS), -1).astype(np.float32)
+
+
+def candidate_geometry(crops_CTKCSS: np.ndarray, sizes_CTK: np.ndarray, centres_CTK2: np.ndarray,
+                       size_hw: tuple[int, int]) -> np.ndarray:
+    """[colours, T, K, GEOMETRY_FEATURES] float32 per crop candidate: centre x and y (frame
+    fractions from the middle), log size (of the frame's shorter side), and towards the next
+    frame the silhouette IoU with its best-matching candidate there and the log size ratio to it
+    (zeros in the last frame, or with no candidate there)."""
+    H, W = size_hw
+    C, T, K = sizes_CTK.shape
+    there_CTK = sizes_CTK > 0
+    out = np.zeros((C, T, K, GEOMETRY_FEATURES), np.float32)
+    out[..., 0] = np.where(there_CTK, centres_CTK2[..., 0] / W - 0.5, 0.0)
+    out[..., 1] = np.where(there_CTK, centres_CTK2[..., 1] / H - 0.5, 0.0)
+    out[..., 2] = np.where(there_CTK, np.log(np.maximum(sizes_CTK, 1) / min(H, W)), 0.0)
+    sil_CTKN = _silhouettes(crops_CTKCSS)
+    a_CTKN, b_CTKN = sil_CTKN[:, :-1, :, None], sil_CTKN[:, 1:, None]      # [C, T-1, K, 1|K, N]
+    iou_CTKK = (a_CTKN & b_CTKN).sum(-1) / np.maximum((a_CTKN | b_CTKN).sum(-1), 1)
+    iou_CTKK = np.where(there_CTK[:, 1:, None], iou_CTKK, -1.0)
+    match_CTK = iou_CTKK.argmax(-1)
+    ok_CTK = there_CTK[:, :-1] & (iou_CTKK.max(-1) >= 0)
+    next_size_CTK = np.take_along_axis(sizes_CTK[:, 1:], match_CTK, axis=-1)
+    out[:, :-1, :, 3] = np.where(ok_CTK, iou_CTKK.max(-1), 0.0)
+    out[:, :-1, :, 4] = np.where(ok_CTK, np.log(np.maximum(next_size_CTK, 1) / np.maximum(sizes_CTK[:, :-1], 1)), 0.0)
     return out
 
 
@@ -384,14 +513,21 @@ def sample_frames(frames_FHW3: np.ndarray, cfg: CaptionerConfig) -> np.ndarray:
 
 
 def measured_features(rgb_THW3: np.ndarray, cfg: CaptionerConfig) -> tuple[np.ndarray, np.ndarray]:
-    """From sampled frames (uint8): [K] float32, every palette colour's region track (colour_tracks)
-    then the global motion (global_motion); and the object crops [colours, T, CROP_CHANNELS, S, S]
-    uint8 (object_crops; S = 0 when the model takes none)."""
+    """From sampled frames (uint8): a float32 vector, every palette colour's region track
+    (colour_tracks), the global motion (global_motion), then (crop_changes models) every colour's
+    crop changes, then (crop_candidates > 1) every crop candidate's geometry (candidate_geometry);
+    and the object crops [colours, T * K, CROP_CHANNELS, S, S] uint8 (object_crops, K candidates
+    per frame; S = 0 when the model takes none)."""
     palette = [world.COLOURS[c] for c in cfg.colours]
     grey = rgb_THW3.astype(np.float32).mean(axis=-1) / 255.0
     masks_CTHW = colour_masks(rgb_THW3, palette)
-    crops = object_crops(rgb_THW3, masks_CTHW, cfg.crop)
-    return np.concatenate([colour_tracks(rgb_THW3, palette, masks_CTHW).ravel(), global_motion(grey)]), crops
+    crops, sizes, centres = object_crops(rgb_THW3, masks_CTHW, cfg.crop, cfg.crop_candidates)
+    parts = [colour_tracks(rgb_THW3, palette, masks_CTHW).ravel(), global_motion(grey)]
+    if cfg.crop and cfg.crop_changes:
+        parts.append(crop_changes(crops, sizes).ravel())
+    if cfg.crop and cfg.crop_candidates > 1:
+        parts.append(candidate_geometry(crops, sizes, centres, rgb_THW3.shape[1:3]).ravel())
+    return np.concatenate(parts), crops.reshape(len(palette), -1, *crops.shape[3:])
 
 
 def crops_tensor(crops_BOTCSS: np.ndarray) -> torch.Tensor:
@@ -590,12 +726,14 @@ def train_captioner(out: str | Path | None, steps: int = TrainConfig.steps, *,
 
 @dataclass
 class Prediction:
-    caption: str                     # the decoder's caption
+    caption: str                     # the caption of the heads' decisions (world.caption_scene), so
+                                     # caption and attributes always agree
     attributes: dict                 # from the heads: objects [{shape, colour, motion}], background, camera
     confidence: float                # smallest top-class probability over the heads that were used
     in_distribution: bool            # frame statistics within the training frames' range, and the
                                      # frames close to the world's rendering of the predicted background
     experts: dict[str, dict[int, float]]  # MoE layer -> {expert: share of its tokens' assignments}
+    decoder_caption: str = ""        # the text decoder's own greedy caption (free text, for comparison)
 
 
 def _expert_shares(stats_list, names: list[str]) -> dict[str, dict[int, float]]:
@@ -646,27 +784,47 @@ class Captioner:
         names += [f"decoder.{i}" for i in range(len(dec_stats))]
         preds = []
         for b in range(len(clips)):
-            conf = [probs[k][b].max() for k in ("background", "camera")]
-            objects = []
-            for c, colour in enumerate(cfg.colours):
-                shape = cfg.shapes[int(probs["shape"][b, c].argmax())]
-                conf.append(probs["shape"][b, c].max())
-                if shape != NONE_SHAPE:
-                    objects.append({"shape": shape, "colour": colour,
-                                    "motion": cfg.motions[int(probs["motion"][b, c].argmax())]})
-                    conf.append(probs["motion"][b, c].max())
+            scene, conf = self._scene(probs, b)
             words = [cfg.vocab[i] for i in tokens_BL[b].tolist()]
             words = words[1:words.index(EOS)] if EOS in words else words[1:]
-            bg_err = background_error(rgb[b], cfg.backgrounds[int(probs["background"][b].argmax())],
-                                      cfg.cameras[int(probs["camera"][b].argmax())])
+            bg_err = background_error(rgb[b], scene.background, scene.camera)
             preds.append(Prediction(
-                caption=detokenize([w for w in words if w != PAD]),
-                attributes={"objects": objects, "background": cfg.backgrounds[int(probs["background"][b].argmax())],
-                            "camera": cfg.cameras[int(probs["camera"][b].argmax())]},
-                confidence=round(float(min(conf)), 4),
+                caption=world.caption_scene(scene),
+                attributes={"objects": [asdict(o) for o in scene.objects], "background": scene.background,
+                            "camera": scene.camera},
+                confidence=round(conf, 4),
                 in_distribution=bool(not ood[b] and bg_err <= self.max_background_error),
-                experts=_expert_shares(list(enc.vision_stats) + dec_stats, names)))
+                experts=_expert_shares(list(enc.vision_stats) + dec_stats, names),
+                decoder_caption=detokenize([w for w in words if w != PAD])))
         return preds
+
+    def _scene(self, probs: dict[str, torch.Tensor], b: int) -> tuple[world.Scene, float]:
+        """The heads' decisions for clip b as a world Scene (objects in colour order) and its
+        confidence (the smallest top-class probability over the heads used). A world scene holds
+        1 to max_objects objects: the colours most likely to hold one fill it when the heads'
+        own count falls outside."""
+        cfg = self.cfg
+        none = cfg.shapes.index(NONE_SHAPE)
+        shape_OS, motion_OM = probs["shape"][b], probs["motion"][b]
+        p_object_O = 1.0 - shape_OS[:, none]
+        # Each colour's best shape other than "none", and whether the head's top class is an object.
+        shape_O = shape_OS.clone()
+        shape_O[:, none] = -1.0
+        best_O = shape_O.argmax(-1)
+        wanted = [c for c in range(len(cfg.colours)) if int(shape_OS[c].argmax()) != none]
+        if not 1 <= len(wanted) <= cfg.max_objects:
+            ranked = p_object_O.argsort(descending=True).tolist()
+            wanted = ranked[:min(max(len(wanted), 1), cfg.max_objects)]
+        conf = [float(probs["background"][b].max()), float(probs["camera"][b].max())]
+        conf += [float(shape_OS[c].max()) for c in range(len(cfg.colours)) if c not in wanted]
+        objects = []
+        for c in sorted(wanted):
+            objects.append(world.SceneObject(cfg.shapes[int(best_O[c])], cfg.colours[c],
+                                             cfg.motions[int(motion_OM[c].argmax())]))
+            conf += [float(shape_OS[c, best_O[c]]), float(motion_OM[c].max())]
+        scene = world.Scene(objects, cfg.backgrounds[int(probs["background"][b].argmax())],
+                            cfg.cameras[int(probs["camera"][b].argmax())])
+        return scene, min(conf)
 
     def _greedy(self, memory_BMD: torch.Tensor) -> tuple[torch.Tensor, list]:
         cfg = self.cfg
@@ -885,8 +1043,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init", default=None, help="captioner checkpoint to continue training from")
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: one by default)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, eval_clips=args.eval_clips,
                         pool=args.pool, init=args.init, lr=args.lr)

@@ -61,6 +61,9 @@ COLOUR_DE = 28.0                     # Lab distance within which a pixel has an 
 MIN_AREA = 0.0002                    # share of the frame an object's colour must cover to be present
 PATH_TOL = 0.08                      # mean centroid error (frame fractions) allowed along the path
 LOG_AREA_TOL = 0.5                   # allowed error of log(area at end / area at start)
+ANCHOR_AREA_SHARE = 0.3              # a frame anchors the path once area / expected area reaches this share of its median
+MIN_PART = 0.25                      # colour regions smaller than this share of the largest are not the object,
+MIN_REGION = 0.0001                  # ... nor those under this share of the frame (a few pixels)
 
 
 def _lab(rgb_HW3: np.ndarray) -> np.ndarray:
@@ -75,6 +78,18 @@ def _background_frames(scene, idx: np.ndarray, frames: int, size_hw: tuple[int, 
     return [world.camera_view(plate, size_hw, scale_F[f], shift_F[f]) for f in idx]
 
 
+def _object_regions(mask_HW: np.ndarray) -> np.ndarray:
+    """The parts of a colour mask that can be the object: connected regions at least MIN_PART of the
+    largest one and MIN_REGION of the frame. Specks of the same colour (stars, foam, cloud edges) are
+    left out; so is an object while it is still a speck itself (that frame counts as not seen)."""
+    n, labels_HW, stats, _ = cv2.connectedComponentsWithStats(mask_HW.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return mask_HW
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.flatnonzero(areas >= max(MIN_PART * areas.max(), MIN_REGION * mask_HW.size)) + 1
+    return np.isin(labels_HW, keep)
+
+
 def object_track(frames_FHW3: np.ndarray, scene, colour: str) -> np.ndarray | None:
     """[CHECK_FRAMES, 3] measured (centre x, centre y as frame fractions, area share) of the
     foreground pixels of `colour`, or None when the colour is absent from too many frames."""
@@ -85,7 +100,7 @@ def object_track(frames_FHW3: np.ndarray, scene, colour: str) -> np.ndarray | No
     for f, bg in zip(idx, _background_frames(scene, idx, F, (H, W))):
         lab = _lab(frames_FHW3[f])
         fg = np.linalg.norm(lab - _lab(bg), axis=2) > FG_DE
-        mask = fg & (np.linalg.norm(lab - target, axis=2) < COLOUR_DE)
+        mask = _object_regions(fg & (np.linalg.norm(lab - target, axis=2) < COLOUR_DE))
         area = float(mask.mean())
         if area < MIN_AREA:
             missing += 1
@@ -98,16 +113,17 @@ def object_track(frames_FHW3: np.ndarray, scene, colour: str) -> np.ndarray | No
     return np.array(rows)
 
 
-def expected_track(obj, scene, frames: int, start_xy: tuple[float, float]) -> np.ndarray:
+def expected_track(obj, scene, frames: int, anchor_xy: tuple[float, float], anchor: int = 0) -> np.ndarray:
     """[CHECK_FRAMES, 3] where the world's geometry puts `obj` on screen (x, y fractions, squared
-    relative size), its path shifted to start where the object was measured in the first frame
-    (objects start at random places)."""
+    relative size), its path shifted so that at sampled frame `anchor` it is where it was measured
+    there (objects start at random places)."""
     idx = np.linspace(0, frames - 1, min(CHECK_FRAMES, frames)).round().astype(int)
     scale_F, shift_F = world.camera_transform(scene.camera, frames)
     lay = world.object_layout(obj.motion, frames, (0.5, 0.5), len(scene.objects))
-    # The measured start, back through the camera, in world coordinates; the path moves there.
-    dx = (start_xy[0] - 0.5) / scale_F[0] + 0.5 + shift_F[0] - lay.cx_F[0]
-    dy = (start_xy[1] - 0.5) / scale_F[0] + 0.5 - lay.cy_F[0]
+    # The measured point, back through the camera, in world coordinates; the path moves there.
+    f0 = idx[anchor]
+    dx = (anchor_xy[0] - 0.5) / scale_F[f0] + 0.5 + shift_F[f0] - lay.cx_F[f0]
+    dy = (anchor_xy[1] - 0.5) / scale_F[f0] + 0.5 - lay.cy_F[f0]
     rows = []
     for f in idx:
         sx, sy, half = world.to_screen(lay.cx_F[f] + dx, lay.cy_F[f] + dy, lay.size_F[f], (1, 1),
@@ -133,6 +149,12 @@ def background_of(frames_FHW3: np.ndarray, camera: str) -> str:
     return best
 
 
+def _robust_slope(t_N: np.ndarray, y_N: np.ndarray) -> float:
+    """Median of the slopes between every pair of points (Theil-Sen)."""
+    i, j = np.triu_indices(len(t_N), k=1)
+    return float(np.median((y_N[j] - y_N[i]) / (t_N[j] - t_N[i])))
+
+
 def check_scene(frames_FHW3: np.ndarray, scene) -> dict[str, bool]:
     """Pixel checks of one scene's frames against what the scene says: the background is the
     nearest rendered one, every object's colour is there, and each moves along the path its motion
@@ -146,9 +168,14 @@ def check_scene(frames_FHW3: np.ndarray, scene) -> dict[str, bool]:
             colours_ok = motion_ok = False
             continue
         seen = ~np.isnan(track[:, 0])
-        first = int(np.argmax(seen))
-        want = expected_track(obj, scene, len(frames_FHW3), (track[first, 0], track[first, 1]))
-        path_err = float(np.nanmean(np.hypot(track[seen, 0] - want[seen, 0], track[seen, 1] - want[seen, 1])))
+        # The path is anchored on the first frame where the measured area fits the expected one (its share of the
+        # median ratio of the two): in earlier frames a growing object may still be a speck, and a star of its
+        # colour is taken for it.
+        size_F = expected_track(obj, scene, len(frames_FHW3), (0.5, 0.5))[:, 2]
+        ratio_F = np.where(seen, track[:, 2] / size_F, 0.0)
+        anchor = int(np.argmax(seen & (ratio_F >= ANCHOR_AREA_SHARE * np.median(ratio_F[seen]))))
+        want = expected_track(obj, scene, len(frames_FHW3), (track[anchor, 0], track[anchor, 1]), anchor)
+        path_err = float(np.mean(np.hypot(track[seen, 0] - want[seen, 0], track[seen, 1] - want[seen, 1])))
         # Growth only between frames where the object lies wholly inside the picture.
         aspect = frames_FHW3.shape[1] / frames_FHW3.shape[2]
         half_x, half_y = np.sqrt(want[:, 2]) * aspect, np.sqrt(want[:, 2])
@@ -156,9 +183,10 @@ def check_scene(frames_FHW3: np.ndarray, scene) -> dict[str, bool]:
             want[:, 1] + half_y < 1)
         got_growth = want_growth = 0.0
         if inside.sum() >= 2:
-            a, b = int(np.argmax(inside)), len(inside) - 1 - int(np.argmax(inside[::-1]))
-            got_growth = math.log(track[b, 2] / track[a, 2])
-            want_growth = math.log(want[b, 2] / want[a, 2])
+            t = np.flatnonzero(inside)
+            # Theil-Sen slopes: one frame where another object covers part of this one does not decide the growth
+            got_growth = _robust_slope(t, np.log(np.maximum(track[t, 2], 1e-9))) * (t[-1] - t[0])
+            want_growth = _robust_slope(t, np.log(want[t, 2])) * (t[-1] - t[0])
         if path_err > PATH_TOL or abs(got_growth - want_growth) > LOG_AREA_TOL:
             motion_ok = False
     return {"background": background_ok, "colours": colours_ok, "motion": motion_ok}

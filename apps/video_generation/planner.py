@@ -9,8 +9,12 @@ Model (all parts but the stream are trained by `moe-suite video train-planner`):
 1. The core's TextStream with all-MiniLM-L6-v2's weights (dense FFNs), frozen, gives contextual token states.
 2. ScriptReader: one attention block whose FFN is a task-aware MoE layer (task "text_to_video": the
    text experts), then per-token heads: scene start, object start, and per attribute (shape, colour,
-   motion, background, camera, style, seconds) a "none" logit plus value logits from a learned metric
-   between the token and each value's prototype phrase (how unseen synonyms find their value).
+   motion, background, camera, style, seconds) a "none" logit plus value logits. A value's logit adds
+   a learned metric between the token and the value's prototype phrase and the token's *value evidence*:
+   how close the word windows around it (1-3 words, each embedded alone by the stream) come to the
+   training phrases of the value, and for colours an RGB colour-name lexicon (colour_names.py). The
+   evidence is what carries words never seen in training; training hides some value words' own states
+   and adds random words to half the prompts, so that the reader learns to use it and the context.
    Decoding: scenes open at predicted starts (one background per scene; a scene naming no object is
    merged), object mentions are anchored on shape words, each attribute comes from its most confident token.
 3. TimeAxis: T time-slot tokens (learned time embeddings) cross-attend to the scene tokens
@@ -18,13 +22,15 @@ Model (all parts but the stream are trained by `moe-suite video train-planner`):
    (the time-axis experts); each slot predicts which scene it shows, so cut times are the expected
    boundaries between scenes.
 
-Shape legend: B batch, T tokens, D width, S time slots, K scenes (max_scenes), E experts.
+Shape legend: B batch, T tokens, D width, S time slots, K scenes (max_scenes), E experts, V attribute
+values (all attributes), C colours, X exemplar phrases.
 """
 from __future__ import annotations
 
 import functools
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +42,7 @@ from core import registry
 from core.moe import MoEConfig, MoELayer, MoEStats
 from core.tasks import NUM_TASKS, task_id
 
-from . import world
+from . import colour_names, world
 from .generator import one_torch_thread
 from .world import Scene, SceneObject, Script
 
@@ -47,6 +53,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "background": world.BACKGROUNDS, "camera": world.CAMERAS, "style": world.STYLES_IN_PROMPTS,
     "seconds": tuple(f"{s:g}" for s in world.SCENE_SECONDS),
 }
+N_VALUES = sum(len(v) for v in ATTRIBUTES.values())
 OBJECT_ATTRS = ("shape", "colour", "motion")
 MAX_TOKENS = 256
 START_POS_WEIGHT = 5.0
@@ -71,6 +78,9 @@ class PlannerConfig:
     max_scenes: int = world.MAX_SCENES
     dropout: float = 0.1
     metric_dim: int = 128        # width of the learned metric that compares tokens with value prototypes
+    window_words: int = 3        # word windows of 1..window_words words are embedded alone (value evidence)
+    state_dropout: float = 0.3   # training: share of value-word tokens whose own state is hidden from the reader
+    exemplars: int = 0           # exemplar phrases stored with the model (set by train_planner)
 
 
 def _moe(dim: int, hidden: int, experts: int, top_k: int) -> MoELayer:
@@ -91,16 +101,25 @@ def prototype_phrases() -> list[str]:
 
 
 class ScriptReader(nn.Module):
-    """Token states [B, T, text_dim] -> per-token logits for structure and attributes.
+    """Token states [B, T, text_dim] and value evidence [B, T, V] -> per-token logits for structure and
+    attributes.
 
-    Besides the token states, the reader sees each token's cosine similarity to every attribute
-    value's prototype (buffer proto_VD, the frozen stream's embedding of a plain phrase for the value)."""
+    Value evidence (see value_evidence) is how close the word windows around a token, embedded alone, come
+    to the training phrases of every value, plus the RGB colour lexicon for colour words. It is what carries
+    words never seen in training: the reader's own token states only know the words it was trained on, so
+    in training some value words' states are hidden (state_dropout) and the reader must read them from
+    their evidence and their context."""
 
     def __init__(self, cfg: PlannerConfig):
         super().__init__()
+        self.cfg = cfg
         n_values = sum(len(v) for v in ATTRIBUTES.values())
+        n_colours = len(ATTRIBUTES["colour"])
         self.register_buffer("proto_VD", torch.zeros(n_values, cfg.text_dim))
-        self.sim_proj = nn.Linear(n_values, cfg.dim)
+        # the exemplar phrases' embeddings and values: the evidence a loaded model computes is its own
+        self.register_buffer("exemplar_XD", torch.zeros(cfg.exemplars, cfg.text_dim))
+        self.register_buffer("exemplar_value_X", torch.zeros(cfg.exemplars, dtype=torch.long))
+        self.evidence_proj = nn.Linear(n_values + n_colours, cfg.dim)
         self.proj = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.LayerNorm(cfg.dim))
         self.attn = nn.MultiheadAttention(cfg.dim, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
         self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
@@ -108,17 +127,22 @@ class ScriptReader(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.starts = nn.Linear(cfg.dim, 2)  # [scene start, object start] logits
         self.heads = nn.ModuleDict({a: nn.Linear(cfg.dim, 1) for a in ATTRIBUTES})  # "none" logit per attribute
-        # Values are chosen by a learned metric: scale * cosine(M h_token, M h_prototype). Synonyms never seen in
-        # training land near their value's prototype in the stream's space, and M keeps that geometry.
+        # Values: a learned metric between the token and each value's prototype, plus the evidence with a
+        # learned weight per attribute (and, for colours, the lexicon's).
         self.metric = nn.Linear(cfg.text_dim, cfg.metric_dim)
         self.log_scale = nn.Parameter(torch.full((len(ATTRIBUTES),), float(np.log(15.0))))
+        self.evidence_scale = nn.Parameter(torch.full((len(ATTRIBUTES),), 10.0))
+        self.lexicon_scale = nn.Parameter(torch.tensor(5.0))
         offsets = np.cumsum([0] + [len(v) for v in ATTRIBUTES.values()])
         self.value_slices = {a: (int(offsets[i]), int(offsets[i + 1])) for i, a in enumerate(ATTRIBUTES)}
 
-    def forward(self, h_BTd: torch.Tensor, mask_BT: torch.Tensor, task: int
+    def forward(self, h_BTd: torch.Tensor, mask_BT: torch.Tensor, task: int, evidence_BTV: torch.Tensor,
+                lexicon_BTC: torch.Tensor, hide_BT: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], MoEStats]:
-        sim_BTV = F.normalize(h_BTd, dim=-1) @ F.normalize(self.proto_VD, dim=-1).T
-        x_BTD = self.proj(h_BTd) + self.sim_proj(sim_BTV)
+        """hide_BT (training): tokens whose own state is replaced by zeros, their evidence kept."""
+        if hide_BT is not None:
+            h_BTd = h_BTd.masked_fill(hide_BT[..., None], 0.0)
+        x_BTD = self.proj(h_BTd) + self.evidence_proj(torch.cat([evidence_BTV, lexicon_BTC], -1))
         a_BTD, _ = self.attn(x_BTD, x_BTD, x_BTD, key_padding_mask=~mask_BT, need_weights=False)
         x_BTD = self.norm1(x_BTD + self.drop(a_BTD))
         y_BTD, stats = self.moe(x_BTD, task)
@@ -128,7 +152,10 @@ class ScriptReader(nn.Module):
         logits = {}
         for i, (a, head) in enumerate(self.heads.items()):
             lo, hi = self.value_slices[a]
-            values_BTC = self.log_scale[i].exp() * tok_BTM @ proto_VM[lo:hi].T
+            values_BTC = self.log_scale[i].exp() * tok_BTM @ proto_VM[lo:hi].T + \
+                self.evidence_scale[i] * evidence_BTV[..., lo:hi]
+            if a == "colour":
+                values_BTC = values_BTC + self.lexicon_scale * lexicon_BTC
             logits[a] = torch.cat([head(x_BTD), values_BTC], -1)  # [none, values...]
         return x_BTD, self.starts(x_BTD), logits, stats
 
@@ -236,6 +263,107 @@ def prototypes() -> torch.Tensor:
     return torch.stack([h[1:-1].mean(0) for h in states])
 
 
+# ---------------------------------------------------------------- value evidence from word windows
+
+_WORD = re.compile(r"[A-Za-z0-9]+(?:['-][A-Za-z0-9]+)*")
+
+
+def exemplar_phrases() -> tuple[list[str], list[int]]:
+    """Every training phrase of every value (world's "train" words, never its "val" or "test" words) and
+    each value's plain prototype phrase, with the value's index in ATTRIBUTES order."""
+    phrases, value_idx = [], []
+    plain = prototype_phrases()
+    v = 0
+    for attr, values in ATTRIBUTES.items():
+        for value in values:
+            words = world.phrase_words(attr, value, "train") if attr in world.PHRASED_ATTRIBUTES else []
+            for phrase in dict.fromkeys([plain[v], *words]):
+                if phrase:
+                    phrases.append(phrase)
+                    value_idx.append(v)
+            v += 1
+    return phrases, value_idx
+
+
+@functools.cache
+def exemplars() -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """exemplar_phrases() with their embeddings [X, text_dim] and value indices [X] (computed once)."""
+    phrases, value_idx = exemplar_phrases()
+    return phrases, embed_phrases(phrases), torch.tensor(value_idx)
+
+
+def embed_phrases(phrases: list[str]) -> torch.Tensor:
+    """[N, text_dim] unit vectors: each phrase embedded alone (mean of its token states)."""
+    states, _ = encode_prompts(phrases, batch_size=256)
+    return F.normalize(torch.stack([h[1:-1].mean(0) if len(h) > 2 else h.mean(0) for h in states]), dim=-1)
+
+
+def _word_windows(text: str, max_words: int) -> tuple[list[tuple[int, int, str]], list[tuple[int, int]]]:
+    """(first word, last word, text) of every run of 1..max_words consecutive words, and the words'
+    character spans."""
+    words = [(m.start(), m.end()) for m in _WORD.finditer(text)]
+    return [(i, j, text[words[i][0]:words[j][1]]) for i in range(len(words))
+            for j in range(i, min(i + max_words, len(words)))], words
+
+
+def value_evidence(texts: list[str], offsets: list[list[tuple[int, int]]], exemplar_XD: torch.Tensor,
+                   exemplar_value_X: torch.Tensor, n_values: int, max_words: int,
+                   exemplar_texts: list[str] | None = None) -> list[torch.Tensor]:
+    """Per text, [T, n_values]: for each token, the best cosine between any window of 1..max_words words
+    holding it (embedded alone) and any exemplar of each value (0 when none is positive). With
+    exemplar_texts (training), a window never counts its own text as an exemplar, so training prompts see
+    the evidence that words outside the exemplars get."""
+    per_text = [_word_windows(t, max_words) for t in texts]
+    unique = list(dict.fromkeys(w for windows, _ in per_text for *_, w in windows))
+    if not unique:
+        return [torch.zeros(len(o), n_values) for o in offsets]
+    cos_WX = embed_phrases(unique) @ exemplar_XD.T
+    if exemplar_texts is not None:
+        where = {}
+        for x, phrase in enumerate(exemplar_texts):
+            where.setdefault(phrase.lower(), []).append(x)
+        for w, phrase in enumerate(unique):
+            for x in where.get(phrase.lower(), ()):
+                cos_WX[w, x] = -1.0
+    best_WV = torch.full((len(unique), n_values), -1.0).scatter_reduce(
+        1, exemplar_value_X.expand(len(unique), -1), cos_WX, reduce="amax").clamp(min=0.0)
+    row = {phrase: i for i, phrase in enumerate(unique)}
+    out = []
+    for (windows, words), offs in zip(per_text, offsets):
+        word_best_NV = torch.zeros(len(words), n_values)
+        for i, j, phrase in windows:
+            word_best_NV[i:j + 1] = torch.maximum(word_best_NV[i:j + 1], best_WV[row[phrase]])
+        ev_TV = torch.zeros(len(offs), n_values)
+        for t, (a, b) in enumerate(offs):
+            k = _word_of(words, a, b)
+            if k is not None:
+                ev_TV[t] = word_best_NV[k]
+        out.append(ev_TV)
+    return out
+
+
+def _word_of(words: list[tuple[int, int]], a: int, b: int) -> int | None:
+    """The word holding the character span [a, b) (a token), or None (special tokens, punctuation)."""
+    if b <= a:
+        return None
+    for k, (ws, we) in enumerate(words):
+        if ws <= a and b <= we:
+            return k
+    return None
+
+
+def lexicon_evidence(texts: list[str], offsets: list[list[tuple[int, int]]]) -> list[torch.Tensor]:
+    """Per text, [T, colours]: the RGB lexicon's affinity of the colour name each token is part of."""
+    out = []
+    for text, offs in zip(texts, offsets):
+        lex_TC = torch.zeros(len(offs), len(ATTRIBUTES["colour"]))
+        for s0, s1, aff_C in colour_names.word_colour_evidence(text):
+            for t in _covered(offs, s0, s1):
+                lex_TC[t] = torch.from_numpy(aff_C)
+        out.append(lex_TC)
+    return out
+
+
 # ---------------------------------------------------------------- labels from world prompts
 
 @dataclass
@@ -246,6 +374,8 @@ class Example:
     scene_id_T: torch.Tensor         # [T] long, -1 for special tokens
     slots_S: torch.Tensor            # [S] long: the scene each time slot shows
     script: Script
+    evidence_TV: torch.Tensor        # [T, V] value evidence (value_evidence, own text left out)
+    lexicon_TC: torch.Tensor         # [T, C] colour lexicon affinity
 
 
 def _covered(offsets: list[tuple[int, int]], start: int, end: int) -> list[int]:
@@ -269,8 +399,11 @@ def slot_targets(seconds: list[float], slots: int) -> np.ndarray:
 def make_examples(scripts: list[Script], texts: list[str], spans: list[list[tuple[int, int, str]]],
                   cfg: PlannerConfig) -> list[Example]:
     states, offsets = encode_prompts(texts)
+    phrases, exemplar_XD, exemplar_value_X = exemplars()
+    evidence = value_evidence(texts, offsets, exemplar_XD, exemplar_value_X, N_VALUES, cfg.window_words, phrases)
+    lexicon = lexicon_evidence(texts, offsets)
     out = []
-    for script, text_spans, h, offs in zip(scripts, spans, states, offsets):
+    for script, text_spans, h, offs, ev_TV, lex_TC in zip(scripts, spans, states, offsets, evidence, lexicon):
         T = len(offs)
         starts = np.zeros((T, 2), np.float32)
         attrs = {a: np.zeros(T, np.int64) for a in ATTRIBUTES}
@@ -288,16 +421,56 @@ def make_examples(scripts: list[Script], texts: list[str], spans: list[list[tupl
         out.append(Example(h, torch.from_numpy(starts), {a: torch.from_numpy(v) for a, v in attrs.items()},
                            torch.from_numpy(scene_id),
                            torch.from_numpy(slot_targets([s.seconds for s in script.scenes], cfg.time_slots)),
-                           script))
+                           script, ev_TV, lex_TC))
     return out
 
 
-def synthetic_examples(n: int, seed: int, script_split: str, phrase_split: str, cfg: PlannerConfig
-                       ) -> list[Example]:
-    """n random scripts from world.sample_script(script_split) phrased with world's phrase_split templates."""
+@functools.cache
+def noise_words() -> tuple[str, ...]:
+    """Whole lower-case words of the tokenizer's vocabulary (3-10 letters): random words for augmentation."""
+    from core.text import load_tokenizer
+    return tuple(sorted(w for w in load_tokenizer().get_vocab() if w.isalpha() and w.islower() and 3 <= len(w) <= 10))
+
+
+def add_word_noise(text: str, spans: list[tuple[int, int, str]], rng: np.random.Generator, p: float
+                   ) -> tuple[str, list[tuple[int, int, str]]]:
+    """Insert random words between words, and replace words that name no value, each with probability p,
+    shifting the labelled spans. The reader learns to find scenes and objects around words it has never
+    seen (joiners, frames, articles), not only around the ones it was trained on."""
+    value_spans = [(a, b) for a, b, label in spans if label not in ("scene", "object")]
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    vocab = noise_words()
+    edits = []   # (start, end, replacement): sorted, disjoint
+    for a, b in words:
+        if rng.random() < p and not any(va < a < vb for va, vb in value_spans):
+            edits.append((a, a, vocab[rng.integers(len(vocab))] + " "))
+        inside = any(va < b and a < vb for va, vb in value_spans)
+        if not inside and text[a:b].isalpha() and rng.random() < p:
+            edits.append((a, b, vocab[rng.integers(len(vocab))]))
+
+    def moved(i: int, end: bool) -> int:
+        shift = 0
+        for a, b, rep in edits:
+            if b < i or (b == i and (a < b or not end)):
+                shift += len(rep) - (b - a)
+        return i + shift
+    out, last = [], 0
+    for a, b, rep in edits:
+        out += [text[last:a], rep]
+        last = b
+    out.append(text[last:])
+    return "".join(out), [(moved(a, False), moved(b, True), label) for a, b, label in spans]
+
+
+def synthetic_examples(n: int, seed: int, script_split: str, phrase_split: str, cfg: PlannerConfig,
+                       noise: float = 0.0) -> list[Example]:
+    """n random scripts from world.sample_script(script_split) phrased with world's phrase_split templates;
+    `noise` > 0: half the prompts get add_word_noise(p=noise)."""
     rng = np.random.default_rng(seed)
     scripts = [world.sample_script(rng, script_split) for _ in range(n)]
     pairs = [world.script_to_prompt_spans(s, rng, phrase_split) for s in scripts]
+    if noise > 0:
+        pairs = [add_word_noise(*pair, rng, noise) if rng.random() < 0.5 else pair for pair in pairs]
     return make_examples(scripts, [p[0] for p in pairs], [p[1] for p in pairs], cfg)
 
 
@@ -309,6 +482,8 @@ def collate(batch: list[Example]) -> dict[str, torch.Tensor]:
         "states": torch.stack([pad(e.states_Td.float(), 0.0) for e in batch]),
         "mask": torch.stack([pad(torch.ones(e.states_Td.shape[0], dtype=torch.bool), False) for e in batch]),
         "starts": torch.stack([pad(e.starts_T2, 0.0) for e in batch]),
+        "evidence": torch.stack([pad(e.evidence_TV, 0.0) for e in batch]),
+        "lexicon": torch.stack([pad(e.lexicon_TC, 0.0) for e in batch]),
         "scene_id": torch.stack([pad(e.scene_id_T, -1) for e in batch]),
         "slots": torch.stack([e.slots_S for e in batch]),
         **{f"attr_{a}": torch.stack([pad(e.attrs[a], -100) for e in batch]) for a in ATTRIBUTES},
@@ -319,18 +494,24 @@ def collate(batch: list[Example]) -> dict[str, torch.Tensor]:
 
 @dataclass
 class PlannerTrainConfig:
-    train_prompts: int = 1500    # synthetic training prompts (train scripts, train phrasing)
-    steps: int = 900
+    train_prompts: int = 3000    # synthetic training prompts (train scripts, train phrasing)
+    steps: int = 1500
     batch_size: int = 24
     lr: float = 2e-3
     weight_decay: float = 0.01
+    word_noise: float = 0.1      # add_word_noise probability on half the training prompts (0: none)
     seed: int = 0
 
 
 def planner_loss(model: PlannerModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     task = task_id("text_to_video")
     mask_BT = batch["mask"]
-    x_BTD, starts_BT2, logits, stats = model.reader(batch["states"], mask_BT, task)
+    hide_BT = None
+    if model.training and model.cfg.state_dropout > 0:
+        value_word_BT = torch.stack([batch[f"attr_{a}"] > 0 for a in ATTRIBUTES]).any(0)
+        hide_BT = value_word_BT & (torch.rand(value_word_BT.shape) < model.cfg.state_dropout)
+    x_BTD, starts_BT2, logits, stats = model.reader(batch["states"], mask_BT, task, batch["evidence"],
+                                                    batch["lexicon"], hide_BT)
     # starts are rare (a few per prompt): weigh them up, or the head learns "first token only"
     loss_starts = F.binary_cross_entropy_with_logits(starts_BT2[mask_BT], batch["starts"][mask_BT],
                                                      pos_weight=torch.tensor(START_POS_WEIGHT))
@@ -351,10 +532,14 @@ def train_planner(cfg: PlannerConfig, tcfg: PlannerTrainConfig, log=print,
     torch.manual_seed(tcfg.seed)
     if examples is None:
         t0 = time.perf_counter()
-        examples = synthetic_examples(tcfg.train_prompts, tcfg.seed, "train", "train", cfg)
+        examples = synthetic_examples(tcfg.train_prompts, tcfg.seed, "train", "train", cfg, tcfg.word_noise)
         log(f"encoded {len(examples)} training prompts in {time.perf_counter() - t0:.1f} s")
+    _, exemplar_XD, exemplar_value_X = exemplars()
+    cfg = replace(cfg, exemplars=len(exemplar_value_X))
     model = PlannerModel(cfg).train()
     model.reader.proto_VD.copy_(prototypes())
+    model.reader.exemplar_XD.copy_(exemplar_XD)
+    model.reader.exemplar_value_X.copy_(exemplar_value_X)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, tcfg.lr, total_steps=tcfg.steps, pct_start=0.1)
     g = np.random.default_rng(tcfg.seed)
@@ -415,12 +600,16 @@ class Planner:
     def _plan(self, prompt: str, seconds: float, style: str | None) -> Plan:
         t0 = time.perf_counter()
         states, offsets = encode_prompts([prompt])
+        reader = self.model.reader
+        evidence_1TV = value_evidence([prompt], offsets, reader.exemplar_XD, reader.exemplar_value_X, N_VALUES,
+                                      self.cfg.window_words)[0][None]
+        lexicon_1TC = lexicon_evidence([prompt], offsets)[0][None]
         t1 = time.perf_counter()
         h_1Td = states[0][None].float()
         T = h_1Td.shape[1]
         mask_1T = torch.ones(1, T, dtype=torch.bool)
         task = task_id("text_to_video")
-        x_1TD, starts_1T2, logits, stats = self.model.reader(h_1Td, mask_1T, task)
+        x_1TD, starts_1T2, logits, stats = reader(h_1Td, mask_1T, task, evidence_1TV, lexicon_1TC)
         special_T = np.array([b <= a for a, b in offsets[0]])
         p_start_T2 = torch.sigmoid(starts_1T2[0]).numpy()
         probs = {a: logits[a][0].softmax(-1).numpy() for a in ATTRIBUTES}
@@ -554,8 +743,11 @@ class Planner:
             return ATTRIBUTES[attr][c], float(p_RC[r, c])
 
         objects, conf = [], {}
-        for i, rows in enumerate(self._object_spans(toks, p_obj_T, probs)):
-            values = {attr: best(attr, rows) for attr in OBJECT_ATTRS}
+        spans = self._object_spans(toks, p_obj_T, probs)
+        colours = _distinct_colours([probs["colour"][rows, 1:].max(0) if rows.size else None for rows in spans])
+        for i, rows in enumerate(spans):
+            values = {attr: best(attr, rows) for attr in ("shape", "motion")}
+            values["colour"] = colours[i]
             shape = values["shape"][0] or "circle"
             motion = values["motion"][0] or "still"
             if motion == "rotate" and shape in world.ROTATION_INVARIANT:
@@ -571,6 +763,22 @@ class Planner:
                       camera if camera and p_cam > 0.5 else "static",
                       float(seconds) if seconds and p_sec > 0.5 else world.DEFAULT_SCENE_SECONDS)
         return scene, conf
+
+
+def _distinct_colours(p_OC: list[np.ndarray | None]) -> list[tuple[str | None, float]]:
+    """One colour per object mention, no two alike (a world scene never repeats a colour, and the captioner
+    reads one object per colour): the most confident mention chooses first, the others take their best
+    colour still free. p_OC[i]: the mention's colour probabilities, None for an empty mention."""
+    out: list[tuple[str | None, float]] = [(None, 0.0)] * len(p_OC)
+    taken: set[int] = set()
+    order = sorted((i for i, p in enumerate(p_OC) if p is not None), key=lambda i: -float(p_OC[i].max()))
+    for i in order:
+        for c in np.argsort(-p_OC[i]):
+            if int(c) not in taken:
+                taken.add(int(c))
+                out[i] = (ATTRIBUTES["colour"][int(c)], float(p_OC[i][c]))
+                break
+    return out
 
 
 def _runs(idx: np.ndarray) -> list[list[int]]:
@@ -625,10 +833,12 @@ def evaluate_planner(planner: Planner, scripts: list[Script], prompts: list[str]
 
 
 def heldout_sets(n: int, seed: int) -> dict[str, tuple[list[Script], list[str]]]:
-    """Evaluation sets: train phrasing (new prompts), held-out phrasing, and held-out phrasing of
-    held-out (shape, colour, motion) combinations."""
+    """Evaluation sets: train phrasing (new prompts), validation phrasing (train words held out of
+    fitting: for choosing models), held-out phrasing, and held-out phrasing of held-out (shape, colour,
+    motion) combinations."""
     sets = {}
     for name, script_split, phrase_split, s in (("train_phrasing", "train", "train", 1),
+                                                 ("val_phrasing", "train", "val", 4),
                                                  ("heldout_phrasing", "train", "test", 2),
                                                  ("heldout_combos", "test", "test", 3)):
         rng = np.random.default_rng(seed * 1000 + s)

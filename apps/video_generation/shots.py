@@ -36,13 +36,14 @@ class ShotConfig:
     window: int = 12                 # frames each side of a pair in its local baseline
     mad_k: float = 6.0               # a cut's score exceeds median + mad_k * MAD of its window
     ratio: float = 3.0               # ... and ratio * that median
-    cut_floor: float = 0.08          # ... and this absolute score (hist distance + weighted pixel diff)
+    cut_floor: float = 0.05          # ... and this absolute score (hist distance + weighted pixel diff)
     peak_ratio: float = 2.5          # ... and this times every other score within a minimum shot length
     gradual: bool = True             # also look for fades and dissolves
     gradual_min_frames: int = 4      # a gradual transition spans at least this many frames
     gradual_max_s: float = 2.0       # ... and at most this long
     gradual_end_dist: float = 0.3    # score between the two ends of a gradual transition
     blend_tolerance: float = 0.2     # inner frames' deviation from the blend of the ends / their distance
+    cut_in_gradual: float = 0.5      # a one-frame grey jump this share of a gradual span's whole change: a cut
     min_shot_s: float = 0.3          # shots shorter than this are merged into a neighbour
 
 
@@ -183,6 +184,13 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
     cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, min_len, cfg)]
     if cfg.gradual:
         spans = _merge_fades(_gradual(grey_Fhw, hist_FB, fps, cfg), grey_Fhw, int(round(cfg.gradual_max_s * fps)))
+        # A dissolve or fade changes the pixels a step at a time: a "span" holding one jump about as large as the
+        # whole change from its first to its last frame is a hard cut beside a smooth camera move.
+        def one_jump(a: int, b: int) -> bool:
+            whole = float(np.abs(grey_Fhw[min(b + 1, len(grey_Fhw) - 1)] - grey_Fhw[max(a - 1, 0)]).mean())
+            return any(a <= i <= b + 1 and float(np.abs(grey_Fhw[i] - grey_Fhw[i - 1]).mean()) >= cfg.cut_in_gradual
+                       * whole for i, _, _ in cuts)
+        spans = [(a, b, st) for a, b, st in spans if not one_jump(a, b)]
         # A "cut" inside (or at the edge of) a gradual transition is one of its steps.
         cuts = [c for c in cuts if not any(a <= c[0] <= b + 1 for a, b, _ in spans)]
         cuts += [((a + b) // 2, s + 1.0, "gradual") for a, b, s in spans]  # transitions outrank cuts nearby

@@ -178,74 +178,152 @@ def caption_scene(scene: Scene) -> str:
     return f"{objs} {BACKGROUND_PHRASES[scene.background]}; {CAMERA_PHRASES[scene.camera]}."
 
 
-# Phrasings. Each attribute value has train words and test words (never in training prompts).
+# Phrasings. Each attribute value has train words and test words (never in training prompts); the train
+# words are split again into fit and validation words (phrase_options), so that a planner can be chosen on
+# words it was not fitted on without ever looking at the test words.
 # The label vocabulary of a span is "<attribute>:<value>" (see script_to_prompt_spans).
 _WORDS: dict[str, dict[str, tuple[list[str], list[str]]]] = {
     "shape": {
-        "circle": (["circle", "ball", "round dot", "orb"], ["disc", "sphere"]),
-        "square": (["square", "box", "block"], ["cube", "tile"]),
-        "triangle": (["triangle", "pyramid", "triangular shape"], ["wedge", "three-sided shape"]),
-        "star": (["star", "five-pointed star", "star shape"], ["starburst", "twinkling star"]),
-        "diamond": (["diamond", "rhombus", "diamond shape"], ["lozenge", "gem"]),
-        "heart": (["heart", "love heart"], ["valentine heart", "heart shape"]),
-        **{d: ([f"digit {d}", f"number {d}", w], [f"numeral {d}", f"figure {w}"])
+        "circle": (["circle", "ball", "round dot", "orb", "dot", "bubble", "globe", "round blob", "marble",
+                    "spot", "coin", "pearl"], ["disc", "sphere"]),
+        "square": (["square", "box", "block", "crate", "brick", "square shape", "quad", "boxy shape",
+                    "square panel"], ["cube", "tile"]),
+        "triangle": (["triangle", "pyramid", "triangular shape", "arrowhead", "delta shape", "triangular sign",
+                      "tent shape", "cone"], ["wedge", "three-sided shape"]),
+        "star": (["star", "five-pointed star", "star shape", "little star", "sparkle", "star icon", "pointy star",
+                  "shining star"], ["starburst", "twinkling star"]),
+        "diamond": (["diamond", "rhombus", "diamond shape", "kite", "rhomboid",
+                     "card-suit diamond", "jewel", "kite shape"], ["lozenge", "gem"]),
+        "heart": (["heart", "love heart", "love symbol", "heart icon", "little heart", "heart sign"],
+                  ["valentine heart", "heart shape"]),
+        **{d: ([f"digit {d}", f"number {d}", w, d, f"digit {w}", f"number {w}", f"the character {d}",
+                f"{w} symbol"], [f"numeral {d}", f"figure {w}"])
            for d, w in zip(DIGITS, DIGIT_WORDS)},
     },
     "colour": {
-        "red": (["red", "scarlet", "cherry red"], ["crimson", "ruby"]),
-        "orange": (["orange", "tangerine", "peach"], ["amber", "apricot"]),
-        "yellow": (["yellow", "golden", "mustard"], ["lemon", "canary yellow"]),
-        "green": (["green", "emerald", "olive"], ["lime green", "leafy green"]),
-        "cyan": (["cyan", "turquoise"], ["aqua", "teal"]),
-        "blue": (["blue", "navy", "sapphire"], ["cobalt", "azure"]),
-        "purple": (["purple", "violet", "plum"], ["lilac", "magenta"]),
-        "pink": (["pink", "rose", "blush pink"], ["salmon pink", "fuchsia"]),
-        "white": (["white", "snowy", "milky white"], ["ivory", "pale white"]),
+        "red": (["red", "scarlet", "cherry red", "blood red", "brick red", "tomato red", "vermilion", "cardinal red",
+                 "fire-engine red", "strawberry red"], ["crimson", "ruby"]),
+        "orange": (["orange", "tangerine", "peach", "pumpkin", "carrot orange", "copper", "rust", "marigold",
+                    "burnt orange"], ["amber", "apricot"]),
+        "yellow": (["yellow", "golden", "mustard", "sunflower yellow", "banana yellow", "butter yellow", "saffron",
+                    "gold", "buttercup"], ["lemon", "canary yellow"]),
+        "green": (["green", "emerald", "olive", "grass green", "forest green", "mint", "jade", "sage", "pea green",
+                   "kelly green"], ["lime green", "leafy green"]),
+        "cyan": (["cyan", "turquoise", "light turquoise", "bright cyan", "electric cyan", "seafoam", "deep turquoise",
+                  "cyan tint"], ["aqua", "teal"]),
+        "blue": (["blue", "navy", "sapphire", "royal blue", "indigo", "ultramarine", "denim", "midnight blue",
+                  "ocean blue", "dark blue"], ["cobalt", "azure"]),
+        "purple": (["purple", "violet", "plum", "lavender", "mauve", "grape", "amethyst", "eggplant", "orchid"],
+                   ["lilac", "magenta"]),
+        "pink": (["pink", "rose", "blush pink", "hot pink", "bubblegum pink", "flamingo pink", "coral pink",
+                  "baby pink", "cerise"], ["salmon pink", "fuchsia"]),
+        "white": (["white", "snowy", "milky white", "snow white", "pearl white", "chalk white", "cream", "bone white",
+                   "alabaster", "off-white"], ["ivory", "pale white"]),
     },
     "motion": {
-        "left": (["moves left", "slides to the left", "goes left", "rolls left", "glides left"],
+        "left": (["moves left", "slides to the left", "goes left", "rolls left", "glides left", "heads left",
+                  "runs to the left", "shifts left", "sails left", "crosses to the left", "scoots left"],
                  ["drifting leftwards", "travelling to the left"]),
-        "right": (["moves right", "slides to the right", "goes right", "rolls right", "glides right"],
+        "right": (["moves right", "slides to the right", "goes right", "rolls right", "glides right", "heads right",
+                   "runs to the right", "shifts right", "sails right", "crosses to the right", "scoots right"],
                   ["drifting rightwards", "travelling to the right"]),
-        "up": (["moves up", "rises", "goes upward", "floats up", "flies up"], ["climbing upwards", "ascending"]),
-        "down": (["moves down", "falls", "sinks", "drops down", "heads down"], ["descending", "coming downwards"]),
-        "still": (["stays still", "does not move", "sits still", "stays put"], ["standing motionless", "remaining in place"]),
-        "grow": (["grows", "gets bigger", "expands", "becomes big"], ["swelling in size", "getting larger"]),
-        "shrink": (["shrinks", "gets smaller", "contracts", "shrinks down"], ["dwindling", "getting tinier"]),
-        "rotate": (["rotates", "spins", "turns around", "spins around"], ["twirling", "revolving"]),
-        "bounce": (["bounces", "hops", "jumps up and down", "bounces around"], ["bouncing", "leaping repeatedly"]),
+        "up": (["moves up", "rises", "goes upward", "floats up", "flies up", "lifts off", "soars", "goes up",
+                "shoots up", "heads upward", "rises upward"], ["climbing upwards", "ascending"]),
+        "down": (["moves down", "falls", "sinks", "drops down", "heads down", "goes down", "drops", "tumbles down",
+                  "slides down", "plunges", "falls down"], ["descending", "coming downwards"]),
+        "still": (["stays still", "does not move", "sits still", "stays put", "is stationary", "rests", "holds still",
+                   "stays in the same spot", "is frozen", "never moves", "stays where it is"],
+                  ["standing motionless", "remaining in place"]),
+        "grow": (["grows", "gets bigger", "expands", "becomes big", "enlarges", "inflates", "magnifies", "balloons",
+                  "gets huge", "becomes bigger", "widens"], ["swelling in size", "getting larger"]),
+        "shrink": (["shrinks", "gets smaller", "contracts", "shrinks down", "becomes small", "narrows",
+                    "deflates", "gets little", "diminishes", "reduces", "compresses"], ["dwindling", "getting tinier"]),
+        "rotate": (["rotates", "spins", "turns around", "spins around", "whirls", "turns in circles", "pivots",
+                    "goes round and round", "swivels", "twists around", "cartwheels"], ["twirling", "revolving"]),
+        "bounce": (["bounces", "hops", "jumps up and down", "bounces around", "jumps", "springs", "skips",
+                    "bobs up and down", "pogoes", "rebounds", "hops around"], ["bouncing", "leaping repeatedly"]),
     },
     "background": {
-        "beach": (["on the beach", "on a sandy beach", "by the sea"], ["at the seaside", "on the shore"]),
-        "night": (["at night", "under the night sky", "in the dark night"], ["after dark", "beneath the stars"]),
-        "grass": (["on the grass", "in a meadow", "on a lawn"], ["in a green field", "on the grassland"]),
-        "sky": (["in the sky", "among the clouds", "in the blue sky"], ["up in the air", "against a cloudy sky"]),
-        "studio": (["in the studio", "on a grey backdrop", "in a photo studio"], ["on a plain stage", "in a studio room"]),
-        "sunset": (["at sunset", "at dusk", "in the evening glow"], ["as the sun goes down", "at twilight"]),
+        "beach": (["on the beach", "on a sandy beach", "by the sea", "on the sand", "near the ocean", "by the waves",
+                   "on a tropical beach", "at the coast", "next to the sea"], ["at the seaside", "on the shore"]),
+        "night": (["at night", "under the night sky", "in the dark night", "at midnight", "in the night",
+                   "at nighttime", "under the moon", "in the moonlight", "late at night"],
+                  ["after dark", "beneath the stars"]),
+        "grass": (["on the grass", "in a meadow", "on a lawn", "on lush grass", "in the park", "on the turf",
+                   "in a pasture", "on a grassy hill", "in the garden"], ["in a green field", "on the grassland"]),
+        "sky": (["in the sky", "among the clouds", "in the blue sky", "high in the sky", "in the open sky",
+                 "through the clouds", "above the clouds", "in the heavens"], ["up in the air", "against a cloudy sky"]),
+        "studio": (["in the studio", "on a grey backdrop", "in a photo studio", "on a gray background",
+                    "on a neutral backdrop", "in a film studio", "on a seamless backdrop", "on a studio set"],
+                   ["on a plain stage", "in a studio room"]),
+        "sunset": (["at sunset", "at dusk", "in the evening glow", "at sundown", "in the evening", "during sunset",
+                    "in the late evening light", "at the end of the day", "as evening falls"],
+                   ["as the sun goes down", "at twilight"]),
     },
     "camera": {
-        "static": (["", "with a static camera", "the camera stays fixed"], ["", "shot on a tripod"]),
-        "pan_left": (["the camera pans left", "panning left"], ["the view sweeps to the left", "camera panning leftward"]),
-        "pan_right": (["the camera pans right", "panning right"], ["the view sweeps to the right", "camera panning rightward"]),
-        "zoom_in": (["the camera zooms in", "zooming in"], ["the camera pushes in", "moving closer with the camera"]),
-        "zoom_out": (["the camera zooms out", "zooming out"], ["the camera pulls back", "moving away with the camera"]),
+        "static": (["", "with a static camera", "the camera stays fixed", "the camera does not move", "fixed camera",
+                    "locked-off shot", "the camera is still", "stationary camera"], ["", "shot on a tripod"]),
+        "pan_left": (["the camera pans left", "panning left", "pan left", "the camera swings left",
+                      "camera pans to the left", "the camera turns left", "with a pan to the left",
+                      "the shot pans left"], ["the view sweeps to the left", "camera panning leftward"]),
+        "pan_right": (["the camera pans right", "panning right", "pan right", "the camera swings right",
+                       "camera pans to the right", "the camera turns right", "with a pan to the right",
+                       "the shot pans right"], ["the view sweeps to the right", "camera panning rightward"]),
+        "zoom_in": (["the camera zooms in", "zooming in", "zoom in", "the camera moves in", "with a zoom in",
+                     "the shot tightens", "the lens zooms in", "dolly in"],
+                    ["the camera pushes in", "moving closer with the camera"]),
+        "zoom_out": (["the camera zooms out", "zooming out", "zoom out", "the camera moves out", "with a zoom out",
+                      "the shot widens", "the lens zooms out", "dolly out"],
+                     ["the camera pulls back", "moving away with the camera"]),
     },
-    "style": {s: ([f"in {s} style", f"{s} style"], [f"rendered as a {s}", f"looking like a {s}"])
+    "style": {s: ([f"in {s} style", f"{s} style", f"in the style of {s}", f"{s}-style"],
+                  [f"rendered as a {s}", f"looking like a {s}"])
               for s in STYLES_IN_PROMPTS},
 }
+PHRASED_ATTRIBUTES: tuple[str, ...] = tuple(_WORDS)   # attributes phrase_words knows
 _SECONDS_WORDS = {1.0: "one", 2.0: "two", 3.0: "three", 4.0: "four"}
 _JOINERS = (["then", "after that", "next,", "cut to", "and then", "subsequently", "new scene:", "in the next shot",
-             "switch to", "and next", "the scene changes:"],
+             "switch to", "and next", "the scene changes:", "then the film cuts to", "after this,", "next up,",
+             "once that ends,", "and now", "in another shot", "change to", "then comes", "after which",
+             "and finally", "then it cuts to"],
             ["later on,", "followed by", "and afterwards"])
-_OBJECT_JOINERS = (["and", "while", "and also", "plus", "as well as"], ["together with", "alongside"])
-_ARTICLES = (["a", "the"], ["a single", "some"])
+_OBJECT_JOINERS = (["and", "while", "and also", "plus", "as well as", "next to", "beside", "and another",
+                    "near"], ["together with", "alongside"])
+_ARTICLES = (["a", "the", "a small", "a big", "a little", "a bright", "a shiny", "an"], ["a single", "some"])
 _STATES = {  # scene-level sentence frames: {objects} {background} {camera}
     "train": ["{objects} {background}{camera}", "{background}, {objects}{camera}",
               "there is {objects} {background}{camera}", "{background} you can see {objects}{camera}",
               "show {objects} {background}{camera}", "a shot of {objects} {background}{camera}",
-              "{objects}, {background}{camera}"],
+              "{objects}, {background}{camera}", "i want {objects} {background}{camera}",
+              "make a video where {objects} {background}{camera}", "picture {objects} {background}{camera}",
+              "{background}: {objects}{camera}", "imagine {objects} {background}{camera}",
+              "a clip of {objects} {background}{camera}", "here {objects} {background}{camera}",
+              "scene: {objects} {background}{camera}", "please show {objects} {background}{camera}",
+              "a video in which {objects} {background}{camera}", "{background} {objects}{camera}",
+              "display {objects} {background}{camera}", "it shows {objects} {background}{camera}"],
     "test": ["we see {objects} {background}{camera}", "{background} there is {objects}{camera}"],
 }
+_MANNER = ["slowly", "quickly", "gently", "steadily", "smoothly"]   # optional words after a motion (train only)
+SPLITS = ("train", "val", "test")
+
+
+def phrase_options(options: tuple[list[str], list[str]], split: str) -> list[str]:
+    """The phrasings of one kind a split may use. "test": the held-out list. The train list is split again:
+    every fourth entry (from the fourth on) is a "val" phrasing, the rest are "train" phrasings; a list too
+    short to spare one gives "val" all of it."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "test":
+        return options[1]
+    val = [w for i, w in enumerate(options[0]) if i % 4 == 3]
+    if split == "val":
+        return val or options[0]
+    return [w for i, w in enumerate(options[0]) if i % 4 != 3]
+
+
+def phrase_words(attribute: str, value: str, split: str) -> list[str]:
+    """The words a split uses for one attribute value, e.g. phrase_words("colour", "red", "test")."""
+    return phrase_options(_WORDS[attribute][value], split)
 
 
 def _pick(rng: np.random.Generator, options: list[str]) -> str:
@@ -262,7 +340,7 @@ class _Builder:
     def add(self, piece: str, label: str | None = None) -> None:
         if not piece:
             return
-        if self.text and not self.text.endswith(" ") and not piece.startswith((",", ".", ";")):
+        if self.text and not self.text.endswith(" ") and not piece.startswith((",", ".", ";", ":")):
             self.text += " "
         start = len(self.text)
         self.text += piece
@@ -274,32 +352,37 @@ def script_to_prompt_spans(script: Script, rng: np.random.Generator,
                            split: str = "train") -> tuple[str, list[tuple[int, int, str]]]:
     """A prompt for `script` and its labelled character spans, (start, end, label) with labels
     "<attribute>:<value>", "scene" (a whole scene's text, in order), "object" (one object's mention,
-    in order) and "seconds:<n>" (a stated scene length). The planner trains on these."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    k = 0 if split == "train" else 1
+    in order) and "seconds:<n>" (a stated scene length). The planner trains on these. `split` picks the
+    phrasings (phrase_options): "train" and "val" share sentence frames but not words; "test" uses words,
+    frames and joiners that neither ever uses. Train and val prompts also get optional manner words."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    frames = _STATES["test" if split == "test" else "train"]
     b = _Builder()
     for si, scene in enumerate(script.scenes):
         if si:
-            b.add(_pick(rng, _JOINERS[k]))
+            b.add(_pick(rng, phrase_options(_JOINERS, split)))
         scene_start = len(b.text) + (1 if b.text else 0)
-        frame = _pick(rng, _STATES[split])
+        frame = _pick(rng, frames)
         # Fill the frame in order of its placeholders.
         for part in re.split(r"(\{\w+\})", frame):
             if part == "{objects}":
                 for oi, obj in enumerate(scene.objects):
                     if oi:
-                        b.add(_pick(rng, _OBJECT_JOINERS[k]))
+                        b.add(_pick(rng, phrase_options(_OBJECT_JOINERS, split)))
                     obj_start = len(b.text) + (1 if b.text else 0)
-                    b.add(_pick(rng, _ARTICLES[k]))
-                    b.add(_pick(rng, _WORDS["colour"][obj.colour][k]), f"colour:{obj.colour}")
-                    b.add(_pick(rng, _WORDS["shape"][obj.shape][k]), f"shape:{obj.shape}")
-                    b.add(_pick(rng, _WORDS["motion"][obj.motion][k]), f"motion:{obj.motion}")
+                    b.add(_pick(rng, phrase_options(_ARTICLES, split)))
+                    b.add(_pick(rng, phrase_words("colour", obj.colour, split)), f"colour:{obj.colour}")
+                    b.add(_pick(rng, phrase_words("shape", obj.shape, split)), f"shape:{obj.shape}")
+                    b.add(_pick(rng, phrase_words("motion", obj.motion, split)), f"motion:{obj.motion}")
+                    if split != "test" and rng.random() < 0.15:
+                        b.add(_pick(rng, _MANNER))
                     b.spans.append((obj_start, len(b.text), "object"))
             elif part == "{background}":
-                b.add(_pick(rng, _WORDS["background"][scene.background][k]), f"background:{scene.background}")
+                b.add(_pick(rng, phrase_words("background", scene.background, split)),
+                      f"background:{scene.background}")
             elif part == "{camera}":
-                words = _pick(rng, _WORDS["camera"][scene.camera][k])
+                words = _pick(rng, phrase_words("camera", scene.camera, split))
                 if words:
                     b.add(",")
                     b.add(words, f"camera:{scene.camera}")
@@ -317,12 +400,13 @@ def script_to_prompt_spans(script: Script, rng: np.random.Generator,
             b.add(",")
     if script.style:
         b.add(",")
-        b.add(_pick(rng, _WORDS["style"][script.style][k]), f"style:{script.style}")
+        b.add(_pick(rng, phrase_words("style", script.style, split)), f"style:{script.style}")
     return b.text, b.spans
 
 
 def script_to_prompt(script: Script, rng: np.random.Generator, split: str = "train") -> str:
-    """A natural-language prompt for `script`; "test" uses words and sentence frames never used in training."""
+    """A natural-language prompt for `script`; "test" uses words and sentence frames never used in training
+    (nor in "val"), "val" words never used in "train"."""
     return script_to_prompt_spans(script, rng, split)[0]
 
 
