@@ -234,3 +234,61 @@ def test_tree_rater_round_trip_without_a_swin_pass(tmp_path):
     again = load_detector(tmp_path / "det").detect_candidates(cs, reading)
     assert [d.probability for d in a] == [d.probability for d in again]
     assert all(d.probability == d.probability_image_only for d in detector.detect_candidates(cs, None))
+
+
+def _faint_ball_phantom():
+    """Two air 'lungs' (2 mm voxels): three 12 mm solid balls in the right one, and one faint 6 mm
+    ground-glass ball (-600 HU) in the left one, which a 3-candidate cap leaves out."""
+    hu = np.full((48, 64, 64), 40.0, np.float32)
+    hu[6:42, 8:56, 6:28] = -850.0
+    hu[6:42, 8:56, 36:58] = -850.0
+    z, y, x = np.mgrid[:48, :64, :64]
+    for c in ((14, 20, 16), (24, 36, 16), (34, 20, 16)):
+        hu[(z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= 9] = 40.0
+    hu[(z - 24) ** 2 + (y - 30) ** 2 + (x - 47) ** 2 <= 2.25] = -600.0
+    hu += np.random.default_rng(2).normal(0, 5, hu.shape).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-64, -64, -48)
+    return hu, affine
+
+
+def test_report_guided_search_adds_the_mentioned_faint_ball_and_leaves_image_only_alone():
+    from apps.medical_imaging.detection import NoduleDetector, guided_candidates
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig(per_scale_peaks=True, subvoxel=True, rich_features=True, network=False, max_candidates=3,
+                         report_guided=1, guided_stage=True, image_trees=(1, 1, 0), report_stage=True)
+    model = NoduleRater(cfg)          # image trees all zero: every logit ties, the strongest fitting maximum wins
+    hu, affine = _faint_ball_phantom()
+    cs = candidate_set(hu, affine, cfg, reserve=True)
+    assert len(cs.candidates) == 3 and all(c.center[2] < 32 for c in cs.candidates)   # the right lung's balls
+    assert len(cs.reserve["kji"]) > 0
+
+    full = guided_candidates(cs, read_report("A 6 mm ground-glass nodule in the left lung."), model, cfg)
+    assert len(full.candidates) == 4 and full.guided_B.tolist() == [False, False, False, True]
+    assert np.linalg.norm(full.candidates[3].center - np.array([24, 30, 47])) <= 1.5
+    assert full.cand_BF.shape == (4, cfg.cand_features)
+    for text in ("No nodule in the left lung.", "A 6 mm nodule."):
+        assert guided_candidates(cs, read_report(text), model, cfg) is cs      # negated; no place to search
+
+    detector = NoduleDetector(model)
+    reading = read_report("A 6 mm ground-glass nodule in the left lung.")
+    with_report = detector.detect_candidates(cs, reading)
+    image_only = detector.detect_candidates(cs, None)
+    assert len(with_report) == 4 and len(image_only) == 3
+    assert all(d.candidate is not full.candidates[3] for d in image_only)
+    detector.cfg.report_guided = 0                                 # the flag off: the scan's own candidates only
+    assert len(detector.detect_candidates(cs, reading)) == 3
+
+
+def test_guided_features_say_how_well_own_candidates_answer_the_mention():
+    from apps.medical_imaging.detection import guided_features
+
+    pair = torch.zeros(3, 1, 24)
+    pair[:, 0, 15] = 1.0                                           # all three in the mention's lobe, no size
+    logits = torch.tensor([2.0, -1.0, -3.0])
+    f = guided_features(logits, pair, torch.tensor([False, False, True]))
+    assert f[:, 0].tolist() == [0.0, 0.0, 1.0]
+    assert f[2, 1] == pytest.approx(2.0 / 5.0) and f[0, 1] == 0   # the best own candidate of the lobe: logit 2
+    f = guided_features(logits, pair, torch.tensor([True, True, True]))
+    assert f[0, 1] == pytest.approx(-10.0 / 5.0)                   # no own candidate answers the mention

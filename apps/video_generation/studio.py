@@ -110,13 +110,16 @@ class _Tap:
 
 
 def load_models() -> None:
-    """Load the shipped planner, generator and text stream once per process (the server's `load`)."""
+    """Load the shipped planner, generator, text stream and colour-name table once per process (the
+    server's `load`), so that the first request pays none of it."""
+    from .colour_names import colour_affinity
     from .generator import load_generator
     from .planner import load_planner, text_stream
 
     load_planner()
     load_generator()
     text_stream()
+    colour_affinity("red")
 
 
 def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p", fps: int = 24,
