@@ -61,7 +61,6 @@ QUAD_FEATURES = 6             # products of the blob measurements (see quad_feat
 SHAPE_FEATURES = 5            # inside vs shell of the candidate's ball in its patch (see shape_features)
 REPORT_FEATURES = 8           # a candidate's best fit to the report's mentions (see report_features)
 RANK_FEATURES = 3             # where a candidate ranks among those a mention could mean (see mention_rank_features)
-GUIDED_FEATURES = 2           # report-guided candidates (see guided_features)
 PROFILE_RADII = (1.0, 2.0, 3.0, 4.5, 6.5, 9.5, 13.5)   # outer radii (grid voxels) of the patch's radial shells
 
 
@@ -100,13 +99,6 @@ class DetectorConfig:
                                       # ranks) rates the scan's candidates together (see NoduleRater.report_stage)
     nms: float = 0.0                  # after rating, drop a candidate within nms x the radius of a better-rated one
                                       # (by the image rating; 0: keep all): a structure answers at several scales
-    report_guided: int = 0            # with a report stage: per positive mention, add up to this many candidates
-                                      # from the maxima beyond max_candidates (`reserve`) in the mentioned lobe /
-                                      # side whose size fits, best by image rating (0: off; see guided_candidates)
-    reserve: int = 2000               # maxima beyond the kept candidates a report-guided search looks through
-    guided_stage: bool = False        # the report stage also reads GUIDED_FEATURES (whether a candidate was added by
-                                      # the report-guided search; how well the scan's own candidates already answer
-                                      # its mention); False: checkpoints fitted before the search existed
 
     @property
     def cand_features(self) -> int:
@@ -307,15 +299,25 @@ def _parabola_offset(r_ZYX: np.ndarray, kji: np.ndarray) -> np.ndarray:
     return off
 
 
-def find_candidates_per_scale(grid: Grid, cfg: DetectorConfig, reserve: dict | None = None) -> list[Candidate]:
+def find_candidates_per_scale(grid: Grid, cfg: DetectorConfig) -> list[Candidate]:
     """Maxima of each scale's blob measure (not of their maximum: there a vessel's larger-scale answer
     swallows a small nodule beside it), strongest first; one suppresses another within max(1.5 voxels,
     0.8 x the smaller of the two radii), so a blob's answers at neighbouring scales merge but a small
-    blob next to a big one stays. Each keeps its measures at all scales (features for the rater).
-    reserve: a dict, filled with the maxima beyond the kept ones (see reserve_peaks)."""
+    blob next to a big one stays. Each keeps its measures at all scales (features for the rater)."""
     from scipy import ndimage as ndi
 
-    blob_SZYX, tube_SZYX, P_N5 = blob_stack(grid, cfg)
+    hu = np.where(grid.lung_ZYX, np.clip(grid.hu_ZYX, HU_RANGE[0], cfg.blob_hu_max), -850.0).astype(np.float32)
+    S = len(cfg.sigmas_mm)
+    blob_SZYX = np.zeros((S,) + hu.shape, np.float32)
+    tube_SZYX = np.zeros((S,) + hu.shape, np.float32)
+    peaks = []
+    for s, sigma_mm in enumerate(cfg.sigmas_mm):
+        blob_SZYX[s], tube_SZYX[s] = blob_response(hu, grid.search_ZYX, sigma_mm / cfg.grid_mm, tube=True)
+        r = blob_SZYX[s]
+        kji_N3 = np.argwhere((r == ndi.maximum_filter(r, size=3)) & grid.search_ZYX & (r >= cfg.min_response))
+        peaks.append(np.c_[kji_N3, np.full(len(kji_N3), s), r[tuple(kji_N3.T)]])
+    P_N5 = np.concatenate(peaks) if peaks else np.zeros((0, 5))
+    P_N5 = P_N5[np.argsort(-P_N5[:, 4], kind="stable")]
     smooth = ndi.gaussian_filter(grid.hu_ZYX, 0.7)
     radius_S = np.array([math.sqrt(3) * s / cfg.grid_mm for s in cfg.sigmas_mm])   # blob radius, voxels
     kept: list[Candidate] = []
@@ -334,65 +336,7 @@ def find_candidates_per_scale(grid: Grid, cfg: DetectorConfig, reserve: dict | N
         kept_kji[n], kept_r[n] = kji, radius_S[s]
         if len(kept) == cfg.max_candidates:
             break
-    if reserve is not None:
-        reserve.update(reserve_peaks(P_N5, kept_kji[:len(kept)], kept_r[:len(kept)], blob_SZYX, tube_SZYX,
-                                     smooth, cfg))
     return kept
-
-
-def blob_stack(grid: Grid, cfg: DetectorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(blob measure [S, Z, Y, X], tube measure [S, Z, Y, X], the maxima of each scale [N, 5] as rows
-    (k, j, i, scale, measure), strongest first) on the blob image: HU capped at blob_hu_max, outside the
-    lungs set to lung parenchyma (no blobs from the chest wall, heart, bone)."""
-    from scipy import ndimage as ndi
-
-    hu_ZYX = grid.hu_ZYX.astype(np.float32, copy=False)        # float16 in cached candidate sets
-    hu = np.where(grid.lung_ZYX, np.clip(hu_ZYX, HU_RANGE[0], cfg.blob_hu_max), -850.0).astype(np.float32)
-    S = len(cfg.sigmas_mm)
-    blob_SZYX = np.zeros((S,) + hu.shape, np.float32)
-    tube_SZYX = np.zeros((S,) + hu.shape, np.float32)
-    peaks = []
-    for s, sigma_mm in enumerate(cfg.sigmas_mm):
-        blob_SZYX[s], tube_SZYX[s] = blob_response(hu, grid.search_ZYX, sigma_mm / cfg.grid_mm, tube=True)
-        r = blob_SZYX[s]
-        kji_N3 = np.argwhere((r == ndi.maximum_filter(r, size=3)) & grid.search_ZYX & (r >= cfg.min_response))
-        peaks.append(np.c_[kji_N3, np.full(len(kji_N3), s), r[tuple(kji_N3.T)]])
-    P_N5 = np.concatenate(peaks) if peaks else np.zeros((0, 5))
-    return blob_SZYX, tube_SZYX, P_N5[np.argsort(-P_N5[:, 4], kind="stable")]
-
-
-def reserve_peaks(P_N5: np.ndarray, kept_K3: np.ndarray, kept_r_K: np.ndarray, blob_SZYX: np.ndarray,
-                  tube_SZYX: np.ndarray, smooth_ZYX: np.ndarray, cfg: DetectorConfig) -> dict:
-    """The next `cfg.reserve` maxima beyond the kept candidates (those no kept candidate suppresses, not
-    suppressed among themselves: a report-guided search picks a few of them), as arrays: kji [R, 3],
-    sub-voxel kji_f [R, 3], scale [R], measure [R], centre HU [R], blob and tube measures at every scale
-    [R, S]. A 4-6 mm ground-glass nodule often ranks far below the strongest vessel junctions."""
-    S = len(cfg.sigmas_mm)
-    radius_S = np.array([math.sqrt(3) * s / cfg.grid_mm for s in cfg.sigmas_mm])
-    P = P_N5[:cfg.max_candidates * 4 + 4 * cfg.reserve]        # the strongest only: bounded cost
-    kji, s = P[:, :3].astype(int), P[:, 3].astype(int)
-    free = np.ones(len(P), bool)
-    for start in range(0, len(kept_K3), 64):                   # chunked [N, 64] distances to the kept ones
-        d_NK = np.linalg.norm(kji[:, None, :] - kept_K3[None, start:start + 64], axis=2)
-        free &= ~np.any(d_NK < np.maximum(1.5, 0.8 * np.minimum(kept_r_K[None, start:start + 64],
-                                                                 radius_S[s][:, None])), axis=1)
-    kji, s, resp = kji[free][:cfg.reserve], s[free][:cfg.reserve], P[free, 4][:cfg.reserve]
-    off = np.zeros((len(kji), 3))
-    if cfg.subvoxel and len(kji):                              # vectorised _parabola_offset
-        f0 = blob_SZYX[(s,) + tuple(kji.T)]
-        for a in range(3):
-            inside = (kji[:, a] > 0) & (kji[:, a] < blob_SZYX.shape[a + 1] - 1)
-            lo, hi = kji.copy(), kji.copy()
-            lo[:, a] = np.maximum(lo[:, a] - 1, 0)
-            hi[:, a] = np.minimum(hi[:, a] + 1, blob_SZYX.shape[a + 1] - 1)
-            fm, fp = blob_SZYX[(s,) + tuple(lo.T)], blob_SZYX[(s,) + tuple(hi.T)]
-            den = fm - 2 * f0 + fp
-            ok = inside & (den < -1e-6)
-            off[ok, a] = np.clip(0.5 * (fm - fp)[ok] / den[ok], -0.5, 0.5)
-    at = (slice(None),) + tuple(kji.T)
-    return {"kji": kji, "kji_f": kji + off, "scale": s, "response": resp.astype(np.float32),
-            "center_hu": smooth_ZYX[tuple(kji.T)].astype(np.float32),
-            "scales": blob_SZYX[at].T.reshape(len(kji), S).copy(), "tubes": tube_SZYX[at].T.reshape(len(kji), S).copy()}
 
 
 def crop_patch(hu_ZYX: np.ndarray, kji: np.ndarray, P: int) -> np.ndarray:
@@ -513,21 +457,17 @@ def radial_profile(patches_BP3: np.ndarray) -> np.ndarray:
                            (x_BN > cut[1]).astype(np.float32) @ onehot_NR], axis=1)
 
 
-def image_features(cands: list[Candidate], cand_BF: np.ndarray, patches_BP3: np.ndarray,
-                   rank_B: np.ndarray | None = None, top_response: float | None = None) -> np.ndarray:
+def image_features(cands: list[Candidate], cand_BF: np.ndarray, patches_BP3: np.ndarray) -> np.ndarray:
     """[B, rich_feature_count] what the tree rater reads beyond the 8 classic measurements: their products,
     the ball against its shell, the blob and tube measures at every scale (a ball answers at one scale and
     is no tube; a vessel answers as a tube over a range of scales), the candidate's rank in its scan and
-    strength against the scan's strongest, and the radial profile of its patch. rank_B / top_response:
-    the candidates' ranks and the scan's strongest measure when `cands` is not the scan's list from its top."""
+    strength against the scan's strongest, and the radial profile of its patch."""
     cand = torch.from_numpy(cand_BF[:, :CAND_FEATURES])
     patches = torch.from_numpy(patches_BP3)[:, None]
     resp_B = np.array([c.response for c in cands], np.float32)
-    rank_B = np.arange(len(cands), dtype=np.float32) if rank_B is None else rank_B.astype(np.float32)
-    top = resp_B.max() if top_response is None else top_response
     parts = [quad_features(cand).numpy(), shape_features(patches, cand).numpy(),
              np.log1p(np.stack([c.scales_S for c in cands])), np.log1p(np.stack([c.tubes_S for c in cands])),
-             (rank_B / 100.0)[:, None], (resp_B / top)[:, None],
+             (np.arange(len(cands), dtype=np.float32) / 100.0)[:, None], (resp_B / resp_B.max())[:, None],
              radial_profile(patches_BP3)]
     return np.concatenate(parts, axis=1).astype(np.float32)
 
@@ -556,35 +496,6 @@ def report_features(pair_BMP: torch.Tensor, mask_BM: torch.Tensor | None = None)
                         pos.float().sum(dim=1) / 4.0], dim=-1)
 
 
-def mention_sets(pair_BMP: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """([B, M] bool, [B, M] bool): the candidates each positive mention could mean (same lobe; same side
-    when it names only a side; any when neither), and those of them whose size also fits (factor 2)."""
-    side, lobe, negated = pair_BMP[..., 14], pair_BMP[..., 15], pair_BMP[..., 16]
-    has_lobe, has_side = pair_BMP[..., 5] == 0, pair_BMP[..., 13] == 0
-    region_BM = (negated == 0) & torch.where(has_lobe, lobe > 0, torch.where(has_side, side > 0,
-                                                                              torch.ones_like(side, dtype=torch.bool)))
-    size_BM = region_BM & ((pair_BMP[..., 17] == 0) | (pair_BMP[..., 19] < math.log(2.0)))
-    return region_BM, size_BM
-
-
-def guided_features(image_logit_B: torch.Tensor, pair_BMP: torch.Tensor, guided_B: torch.Tensor) -> torch.Tensor:
-    """[B, 2] for the report stage: whether the candidate was added by the report-guided search, and (for
-    those) how well the scan's own candidates already answer the mentions it fits: the lowest, over those
-    mentions, of the best image logit among the scan's own candidates that fit the mention too (-10 when
-    none does), scaled by 1/5. A mention whose named lobe already holds a convincing nodule of its size
-    does not need a faint one found for it."""
-    B, M = pair_BMP.shape[:2]
-    guided = guided_B.float()
-    if B == 0 or M == 0:
-        return torch.stack([guided, torch.zeros(B)], dim=-1)
-    _, size_BM = mention_sets(pair_BMP)
-    own_BM = size_BM & ~guided_B.bool()[:, None]
-    best_M = torch.where(own_BM, image_logit_B.float()[:, None], torch.full((B, M), -10.0)).amax(0).clamp(-10, 10)
-    answered_B = torch.where(size_BM, best_M[None].expand(B, M), torch.full((B, M), 1e4)).amin(1)
-    answered_B = torch.where(answered_B > 1e3, torch.full_like(answered_B, -10.0), answered_B)
-    return torch.stack([guided, guided * answered_B / 5.0], dim=-1)
-
-
 def mention_rank_features(image_logit_B: torch.Tensor, pair_BMP: torch.Tensor,
                           rival_B: torch.Tensor | None = None) -> torch.Tensor:
     """[B, 3] over ONE scan's candidates: where a candidate ranks, by its image logit, among the candidates
@@ -596,7 +507,11 @@ def mention_rank_features(image_logit_B: torch.Tensor, pair_BMP: torch.Tensor,
     B, M = pair_BMP.shape[:2]
     if B == 0 or M == 0:
         return torch.tensor([6.0, 6.0, -10.0]).expand(B, 3).clone()
-    region_BM, size_BM = mention_sets(pair_BMP)
+    side, lobe, negated = pair_BMP[..., 14], pair_BMP[..., 15], pair_BMP[..., 16]
+    has_lobe, has_side = pair_BMP[..., 5] == 0, pair_BMP[..., 13] == 0
+    region_BM = (negated == 0) & torch.where(has_lobe, lobe > 0, torch.where(has_side, side > 0,
+                                                                              torch.ones_like(side, dtype=torch.bool)))
+    size_BM = region_BM & ((pair_BMP[..., 17] == 0) | (pair_BMP[..., 19] < math.log(2.0)))
     logit = image_logit_B.float()
     rival = torch.ones(B, dtype=torch.bool) if rival_B is None else rival_B.bool()
     higher_BB = ((logit[None, :] > logit[:, None]) & rival[None, :]).float()   # [c, c']: rival c' rates above c
@@ -689,8 +604,7 @@ class NoduleRater(nn.Module):
         # boosted trees over cand_BF, then a logistic stage over (image logit, report fit, mention ranks):
         # both fitted and frozen (see fit_trees)
         self.image_trees = TreeEnsemble(*cfg.image_trees) if cfg.image_trees[0] else None
-        self.report_linear = nn.Linear(1 + REPORT_FEATURES + RANK_FEATURES + GUIDED_FEATURES * cfg.guided_stage,
-                                       1) if cfg.report_stage else None
+        self.report_linear = nn.Linear(1 + REPORT_FEATURES + RANK_FEATURES, 1) if cfg.report_stage else None
         if cfg.extra_priors:   # likewise fitted first and frozen: products of the measurements, report fit
             self.prior_quad = nn.Linear(QUAD_FEATURES + SHAPE_FEATURES, 1)
             self.report_prior = nn.Linear(REPORT_FEATURES, 1)
@@ -736,14 +650,11 @@ class NoduleRater(nn.Module):
         return self.head(fused.mean(dim=1)).squeeze(-1) + prior_B
 
     def report_stage(self, image_logit_B: torch.Tensor, pair_BMP: torch.Tensor,
-                     rival_B: torch.Tensor | None = None, guided_B: torch.Tensor | None = None) -> torch.Tensor:
+                     rival_B: torch.Tensor | None = None) -> torch.Tensor:
         """[B] the report-fused logit of ONE scan's candidates (all of them: the mention ranks compare them)
         from their image logits, the report fit and the mention ranks."""
         x_BF = torch.cat([image_logit_B[:, None].float(), report_features(pair_BMP),
                           mention_rank_features(image_logit_B, pair_BMP, rival_B)], dim=1)
-        if self.cfg.guided_stage:
-            guided_B = torch.zeros(len(x_BF), dtype=torch.bool) if guided_B is None else guided_B
-            x_BF = torch.cat([x_BF, guided_features(image_logit_B, pair_BMP, guided_B)], dim=1)
         return self.report_linear(x_BF).squeeze(-1)
 
     def forward(self, patches: torch.Tensor, cand_BF: torch.Tensor, text_BMF: torch.Tensor | None = None,
@@ -785,15 +696,11 @@ class CandidateSet:
     positions: list[tuple[float, float, float]]
     patches_BP3: np.ndarray           # [B, P, P, P] float16
     cand_BF: np.ndarray               # [B, cfg.cand_features]: the 8 classic measurements first
-    reserve: dict | None = None       # the maxima beyond the candidates (reserve_peaks), for a report-guided search
-    guided_B: np.ndarray | None = None   # [B] bool: added by a report-guided search (guided_candidates)
 
 
-def candidate_set(hu_ZYX: np.ndarray, affine: np.ndarray, cfg: DetectorConfig, reserve: bool = False) -> CandidateSet:
-    """The scan's candidates; with `reserve` (per_scale_peaks) also the maxima beyond them (see reserve_peaks)."""
+def candidate_set(hu_ZYX: np.ndarray, affine: np.ndarray, cfg: DetectorConfig) -> CandidateSet:
     grid = prepare_grid(hu_ZYX, affine, cfg)
-    found = {} if reserve and cfg.per_scale_peaks else None
-    cands = find_candidates_per_scale(grid, cfg, found) if found is not None else find_candidates(grid, cfg)
+    cands = find_candidates(grid, cfg)
     positions = [position(grid, c.kji) for c in cands]
     patches = np.stack([crop_patch(grid.hu_ZYX, c.kji, cfg.patch) for c in cands]).astype(np.float16) \
         if cands else np.zeros((0, cfg.patch, cfg.patch, cfg.patch), np.float16)
@@ -804,105 +711,7 @@ def candidate_set(hu_ZYX: np.ndarray, affine: np.ndarray, cfg: DetectorConfig, r
             raise ValueError("rich_features needs per_scale_peaks (the per-scale measures of each candidate)")
         extra = image_features(cands, feats, patches) if cands else np.zeros((0, cfg.cand_features - CAND_FEATURES))
         feats = np.concatenate([feats, extra], axis=1).astype(np.float32)
-    return CandidateSet(grid, cands, positions, patches, feats, found)
-
-
-def attach_reserve(cs: CandidateSet, cfg: DetectorConfig) -> CandidateSet:
-    """cs with its reserve maxima recomputed from its grid (for candidate sets cached without them)."""
-    from scipy import ndimage as ndi
-
-    blob_SZYX, tube_SZYX, P_N5 = blob_stack(cs.grid, cfg)
-    kept_K3 = np.array([c.kji for c in cs.candidates], float).reshape(-1, 3)
-    kept_r_K = np.array([c.diameter_mm / 2 / cfg.grid_mm for c in cs.candidates])
-    smooth = ndi.gaussian_filter(cs.grid.hu_ZYX.astype(np.float32), 0.7)
-    cs.reserve = reserve_peaks(P_N5, kept_K3, kept_r_K, blob_SZYX, tube_SZYX, smooth, cfg)
-    return cs
-
-
-def positions_of(grid: Grid, kji_N3: np.ndarray) -> np.ndarray:
-    """[N, 3] (side, height, depth) of many grid voxels at once (see position)."""
-    lo, hi = grid.lung_box
-    ones = np.ones(len(kji_N3))
-    patient = np.c_[kji_N3[:, 2], kji_N3[:, 1], kji_N3[:, 0], ones] @ grid.affine.T
-    mid = np.c_[np.full(len(kji_N3), grid.midline_i), kji_N3[:, 1], kji_N3[:, 0], ones] @ grid.affine.T
-    corners = np.array([grid.affine @ np.array([i, j, k, 1.0]) for k in (lo[0], hi[0])
-                        for j in (lo[1], hi[1]) for i in (lo[2], hi[2])])
-    z_lo, z_hi = corners[:, 2].min(), corners[:, 2].max()
-    y_lo, y_hi = corners[:, 1].min(), corners[:, 1].max()
-    return np.c_[np.sign(patient[:, 0] - mid[:, 0]),
-                 np.clip((patient[:, 2] - z_lo) / max(z_hi - z_lo, 1e-6), 0, 1),
-                 np.clip(2 * (patient[:, 1] - y_lo) / max(y_hi - y_lo, 1e-6) - 1, -1, 1)]
-
-
-def mention_fits(m: Mention, lobe_N: list[str], side_N: np.ndarray, diameter_N: np.ndarray) -> np.ndarray:
-    """[N] bool: the candidates a positive mention could mean: its lobe (or side, when it names only a
-    side; anywhere when neither), and a size within a factor 2 when it gives one."""
-    m_side = m.side or (m.lobe.split()[0] if m.lobe else None)
-    if m.lobe is not None:
-        ok = np.array([lobe == m.lobe for lobe in lobe_N], bool)
-    elif m_side is not None:
-        ok = (side_N > 0) == (m_side == "left")
-    else:
-        ok = np.ones(len(side_N), bool)
-    if m.size_mm:
-        ok &= np.abs(np.log(np.maximum(diameter_N, 1.0) / max(m.size_mm, 1.0))) < math.log(2.0)
-    return ok
-
-
-def guided_candidates(cs: CandidateSet, reading: ReportReading, model: "NoduleRater", cfg: DetectorConfig,
-                      per_mention_pool: int = 300) -> CandidateSet:
-    """cs plus, per positive mention, up to cfg.report_guided candidates from its reserve maxima: those in
-    the mentioned lobe / side whose size fits (the strongest `per_mention_pool` of them), rated by the
-    image trees, best first, none within 1.5 x the radius of a kept or already chosen one. The report
-    names a nodule the top candidates may have missed (a faint ground-glass nodule ranks below hundreds of
-    vessel junctions); among the few maxima that fit what it says, the image rating picks the likeliest."""
-    res = cs.reserve
-    mentions = [m for m in reading.mentions if not m.negated and (m.lobe or m.side)]   # a place to search
-    if not res or not len(res["kji"]) or not mentions or not cs.candidates:
-        return cs
-    pos_N3 = positions_of(cs.grid, res["kji"])
-    lobe_N = [estimate_lobe(*p) for p in pos_N3]
-    diameter_N = 2 * math.sqrt(3) * np.asarray(cfg.sigmas_mm)[res["scale"]]
-    fits_MN = np.stack([mention_fits(m, lobe_N, pos_N3[:, 0], diameter_N) for m in mentions])
-    for row in fits_MN:                                        # the strongest of each mention's pool only
-        row[np.flatnonzero(row)[per_mention_pool:]] = False
-    pool = np.flatnonzero(fits_MN.any(0))
-    if not len(pool):
-        return cs
-    cands = [Candidate(res["kji"][n], float(res["response"][n]), float(diameter_N[n]), float(res["center_hu"][n]),
-                       res["kji_f"][n] if cfg.subvoxel else None, res["scales"][n], res["tubes"][n]) for n in pool]
-    positions = [tuple(float(v) for v in pos_N3[n]) for n in pool]
-    hu_ZYX = cs.grid.hu_ZYX.astype(np.float32, copy=False)    # float16 in cached candidate sets
-    patches = np.stack([crop_patch(hu_ZYX, c.kji, cfg.patch) for c in cands]).astype(np.float16)
-    feats = np.stack([candidate_features(c, p) for c, p in zip(cands, positions)])
-    extra = image_features(cands, feats, patches, rank_B=len(cs.candidates) + pool.astype(np.float32),
-                           top_response=cs.candidates[0].response)
-    feats = np.concatenate([feats, extra], axis=1).astype(np.float32)
-    with torch.no_grad():
-        logit_P = model.blob_prior(torch.from_numpy(feats), None).numpy()
-    centre = [c.center for c in cs.candidates]
-    radius = [c.diameter_mm / 2 / cfg.grid_mm for c in cs.candidates]
-    chosen: list[int] = []
-    for fits_N in fits_MN:
-        taken = 0
-        for p in np.argsort(-np.where(fits_N[pool], logit_P, -np.inf), kind="stable"):
-            if not fits_N[pool[p]] or taken == cfg.report_guided:
-                break
-            c = cands[p]
-            if p not in chosen and any(np.linalg.norm(c.center - q) < max(1.5, 1.5 * r)
-                                       for q, r in zip(centre, radius)):
-                continue
-            taken += 1
-            if p not in chosen:
-                chosen.append(p)
-                centre.append(c.center)
-                radius.append(c.diameter_mm / 2 / cfg.grid_mm)
-    if not chosen:
-        return cs
-    out_patches = cs.patches_BP3 if cs.patches_BP3.shape[1] == 0 else np.concatenate([cs.patches_BP3, patches[chosen]])
-    return CandidateSet(cs.grid, cs.candidates + [cands[p] for p in chosen], cs.positions + [positions[p] for p in chosen],
-                        out_patches, np.concatenate([cs.cand_BF, feats[chosen]]), res,
-                        np.r_[np.zeros(len(cs.candidates), bool), np.ones(len(chosen), bool)])
+    return CandidateSet(grid, cands, positions, patches, feats)
 
 
 def text_inputs(cs: CandidateSet, reading: ReportReading | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -949,31 +758,19 @@ class NoduleDetector:
         if trees and text_BMF is not None:
             rival_B = suppress(cs.candidates, image_B.numpy(), self.cfg.nms / self.cfg.grid_mm) if self.cfg.nms > 0 \
                 else None
-            guided_B = getattr(cs, "guided_B", None)
             fused_B = self.model.report_stage(image_B, torch.from_numpy(text_BMF[..., EMBED_DIM:]),
-                                              None if rival_B is None else torch.from_numpy(rival_B),
-                                              None if guided_B is None else torch.from_numpy(guided_B))
+                                              None if rival_B is None else torch.from_numpy(rival_B))
         return torch.sigmoid(fused_B).numpy(), torch.sigmoid(image_B).numpy()
 
     def detect(self, hu_ZYX: np.ndarray, affine: np.ndarray, reading: ReportReading | None = None,
                threshold: float | None = 0.0) -> list[Detection]:
         """All candidates rated (threshold 0.0), or those at or above `threshold` (None: the model's
         operating point), most probable first."""
-        cs = candidate_set(hu_ZYX, affine, self.cfg, reserve=self.guided(reading))
+        cs = candidate_set(hu_ZYX, affine, self.cfg)
         return self.detect_candidates(cs, reading, self.cfg.threshold if threshold is None else threshold)
-
-    def guided(self, reading: ReportReading | None) -> bool:
-        """Whether a report-guided search runs for this reading: on in the config, a report stage to rate
-        what it adds, and a positive mention to guide it."""
-        return bool(self.cfg.report_guided and self.model.report_linear is not None and reading is not None
-                    and any(not m.negated and (m.lobe or m.side) for m in reading.mentions))
 
     def detect_candidates(self, cs: CandidateSet, reading: ReportReading | None,
                           threshold: float = 0.0) -> list[Detection]:
-        if self.guided(reading):
-            if getattr(cs, "reserve", None) is None:
-                attach_reserve(cs, self.cfg)
-            cs = guided_candidates(cs, reading, self.model, self.cfg)
         p_fused, p_image = self.rate(cs, text_inputs(cs, reading))
         keep = suppress(cs.candidates, p_image, self.cfg.nms / self.cfg.grid_mm) if self.cfg.nms > 0 \
             else np.ones(len(p_fused), bool)
@@ -1193,12 +990,8 @@ def evaluate_scans(detector: NoduleDetector, scans: list[ScanCache]) -> dict:
 
     fused, image, truth = [], [], []
     for scan in scans:
-        found = detector.detect_candidates(scan.cs, scan.reading)
-        for d in found:
+        for d in detector.detect_candidates(scan.cs, scan.reading):
             fused.append(Prediction(scan.study_id, d.xyz_mm, d.probability))
-        if detector.guided(scan.reading):   # image only: the scan's own candidates, no report-guided ones
-            found = detector.detect_candidates(scan.cs, None)
-        for d in found:
             image.append(Prediction(scan.study_id, d.xyz_mm, d.probability_image_only))
         truth += scan.truth
     n_scans = len(scans)
@@ -1286,37 +1079,11 @@ def _tree_classifier(iters: int, lr: float, leaves: int, min_leaf: int, seed: in
 
 
 def report_stage_inputs(image_logit_B: np.ndarray, text_BMF: np.ndarray, cands: list[Candidate],
-                        cfg: DetectorConfig, guided_B: np.ndarray | None = None) -> np.ndarray:
-    """[B, 1 + REPORT_FEATURES + RANK_FEATURES (+ GUIDED_FEATURES)] what the report stage reads for one
-    scan (see report_stage)."""
+                        cfg: DetectorConfig) -> np.ndarray:
+    """[B, 1 + REPORT_FEATURES + RANK_FEATURES] what the report stage reads for one scan (see report_stage)."""
     logit, pair = torch.from_numpy(image_logit_B).float(), torch.from_numpy(text_BMF[..., EMBED_DIM:])
     rival = torch.from_numpy(suppress(cands, image_logit_B, cfg.nms / cfg.grid_mm)) if cfg.nms > 0 else None
-    parts = [logit[:, None], report_features(pair), mention_rank_features(logit, pair, rival)]
-    if cfg.guided_stage:
-        guided = torch.zeros(len(logit), dtype=torch.bool) if guided_B is None else torch.from_numpy(guided_B)
-        parts.append(guided_features(logit, pair, guided))
-    return torch.cat(parts, 1).numpy()
-
-
-def guided_training_rows(model: "NoduleRater", cfg: DetectorConfig, scan: "ScanCache", oof_B: np.ndarray,
-                         text_BMF: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(report-stage inputs, labels) of a training scan with its report-guided candidates added: the scan's
-    own candidates keep their out-of-fold image logits, the guided ones get the image trees' logits (they
-    were not among the candidates the trees were fitted on)."""
-    cs = scan.cs
-    if getattr(cs, "reserve", None) is None:
-        attach_reserve(cs, cfg)
-    full = guided_candidates(cs, scan.reading, model, cfg)
-    if full is cs:
-        return report_stage_inputs(oof_B, text_BMF, cs.candidates, cfg), scan.labels_B
-    extra = full.cand_BF[len(cs.candidates):]
-    with torch.no_grad():
-        logit_B = np.r_[oof_B, model.blob_prior(torch.from_numpy(extra), None).numpy()]
-    from types import SimpleNamespace
-
-    truth = [SimpleNamespace(center_xyz=t.xyz_mm, diameter_mm=t.diameter_mm) for t in scan.truth]   # evaluation.Nodule
-    labels_B = np.r_[scan.labels_B, labels_for(full, truth, cfg)[len(cs.candidates):]]
-    return report_stage_inputs(logit_B, text_inputs(full, scan.reading), full.candidates, cfg, full.guided_B), labels_B
+    return torch.cat([logit[:, None], report_features(pair), mention_rank_features(logit, pair, rival)], 1).numpy()
 
 
 def fit_trees(model_cfg: DetectorConfig, tcfg: DetectorTrainConfig, scans: list[ScanCache],
@@ -1334,15 +1101,11 @@ def fit_trees(model_cfg: DetectorConfig, tcfg: DetectorTrainConfig, scans: list[
         held = scan_N % tcfg.folds == f
         part = _tree_classifier(tcfg.tree_iters, tcfg.tree_lr, tcfg.tree_leaves, tcfg.tree_min_leaf, tcfg.seed)
         oof[held] = part.fit(X[~held], y[~held]).decision_function(X[held])
-    has_text = [n for n, (s, t) in enumerate(zip(scans, texts)) if t is not None and len(s.labels_B)]
-    model_cfg.image_trees, model_cfg.report_stage = TreeEnsemble.shape_of(image), bool(has_text)
+    rows = [(report_stage_inputs(oof[scan_N == n], t, s.cs.candidates, model_cfg), s.labels_B)
+            for n, (s, t) in enumerate(zip(scans, texts)) if t is not None and len(s.labels_B)]
+    model_cfg.image_trees, model_cfg.report_stage = TreeEnsemble.shape_of(image), bool(rows)
     model = NoduleRater(model_cfg)
     model.image_trees.load_sklearn(image)
-    if model_cfg.report_guided and model_cfg.guided_stage:    # the guided candidates are chosen by the fitted trees
-        rows = [guided_training_rows(model, model_cfg, scans[n], oof[scan_N == n], texts[n]) for n in has_text]
-    else:
-        rows = [(report_stage_inputs(oof[scan_N == n], texts[n], scans[n].cs.candidates, model_cfg), scans[n].labels_B)
-                for n in has_text]
     if rows:
         R = torch.from_numpy(np.concatenate([r for r, _ in rows])).float()
         w, b = _logistic(R, torch.from_numpy(np.concatenate([l for _, l in rows])).float(), torch.zeros(len(R)),
