@@ -52,8 +52,8 @@ def register(cli: CommandTable) -> None:
     p = video.command("train-planner", "train the prompt planner on synthetic prompts, evaluate it on held-out "
                                        "phrasing and combinations, save it", handlers.train_planner)
     p.add_argument("--out", type=Path, default=ASSETS / "planner", help="checkpoint folder (default: the shipped one)")
-    p.add_argument("--prompts", type=positive_int, default=3000, help="training prompts")
-    p.add_argument("--steps", type=positive_int, default=1500)
+    p.add_argument("--prompts", type=positive_int, default=6000, help="training prompts")
+    p.add_argument("--steps", type=positive_int, default=2500)
     p.add_argument("--batch-size", type=positive_int, default=24)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--word-noise", type=float, default=0.1,

@@ -219,6 +219,8 @@ def cut_hits(planned: list[int], found: list[int], tolerance: int = 2) -> tuple[
 def _rendered_cuts(n: int, rng: np.random.Generator, fps: float, size_hw) -> dict:
     from .shots import detect_shots
 
+    if n == 0:
+        return {"cut_accuracy_rendered": None, "false_cuts_per_clip_rendered": None, "rendered_clips": 0}
     hits = planned = extra = 0
     for _ in range(n):
         script = world.sample_script(rng, "test", max_scenes=world.MAX_SCENES)

@@ -494,8 +494,8 @@ def collate(batch: list[Example]) -> dict[str, torch.Tensor]:
 
 @dataclass
 class PlannerTrainConfig:
-    train_prompts: int = 3000    # synthetic training prompts (train scripts, train phrasing)
-    steps: int = 1500
+    train_prompts: int = 6000    # synthetic training prompts (train scripts, train phrasing)
+    steps: int = 2500
     batch_size: int = 24
     lr: float = 2e-3
     weight_decay: float = 0.01
