@@ -76,3 +76,42 @@ def test_generated_videos_are_checked_unstyled(monkeypatch):
     monkeypatch.setattr(evaluation, "_generator", lambda: (fake_generate, None))
     out = evaluate(n_prompts=1, n_clips=0, seed=0)
     assert out["generation"].startswith("skipped") and calls and calls[0]["apply_style"] is False
+
+
+def test_train_wording_diagnostic_separates_wording_from_the_chain(monkeypatch):
+    """Every held-out script is generated twice, once per wording; a fake studio that reads only the training
+    wording right shows up as planner_exact_train_wording 1 against planner_exact 0, and the checker
+    confirms its train-wording videos but not the others."""
+    from types import SimpleNamespace
+
+    from apps.video_generation import captioner, evaluation
+    from data_connectors.video import write_video
+
+    written: dict[str, tuple[world.Script, str]] = {}
+    real = world.script_to_prompt
+
+    def recording(script, rng, split="train"):
+        prompt = real(script, rng, split)
+        written[prompt] = (script, split)
+        return prompt
+
+    def fake_generate(prompt, seconds, resolution, fps, out, apply_style):
+        script, split = written[prompt]
+        if split != "train":   # misread: every object takes another colour
+            names = list(world.COLOURS)
+            script = world.Script([world.Scene([world.SceneObject(
+                o.shape, names[(names.index(o.colour) + 4) % len(names)], o.motion) for o in s.objects],
+                s.background, s.camera, s.seconds) for s in script.scenes])
+        frames, cuts = world.render_script(script, fps, (90, 160))
+        write_video(frames, out, fps)
+        return SimpleNamespace(path=out, script=script, cut_frames=cuts)
+
+    monkeypatch.setattr(world, "script_to_prompt", recording)
+    monkeypatch.setattr(evaluation, "_generator", lambda: (fake_generate, None))
+    monkeypatch.setattr(captioner, "shared_captioner", lambda: None)
+    out = evaluate(n_prompts=2, n_clips=0, seed=0, fps=8)
+    assert sorted(split for _, split in written.values()) == ["test", "test", "train", "train"]
+    assert out["planner_exact_train_wording"] == 1.0 and out["planner_exact"] == 0.0
+    assert out["consistency_checker_train_wording"] > out["consistency_checker"] == 0.0
+    # no captioner here: the joint figure (captioner and checker) is 0 for both wordings, yet reported
+    assert out["text_video_consistency_train_wording"] == out["text_video_consistency"] == 0.0

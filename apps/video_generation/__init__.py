@@ -94,7 +94,9 @@ def register(cli: CommandTable) -> None:
 
     p = video.command("eval", "the studio on held-out synthetic prompts and clips: text-video consistency, "
                               "caption attribute accuracy, BLEU-4, cut accuracy", handlers.evaluate)
-    p.add_argument("--prompts", type=int, default=20, help="held-out prompts to generate and check")
+    p.add_argument("--prompts", type=int, default=20,
+                   help="held-out scripts to generate and check; each is generated twice, in held-out and in "
+                        "training wording (the *_train_wording keys)")
     p.add_argument("--clips", type=int, default=200, help="held-out rendered clips to caption")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", default="360p")

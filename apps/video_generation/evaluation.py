@@ -251,70 +251,108 @@ def _generator():
     return generate_video, None
 
 
-def _generated(n_prompts: int, rng: np.random.Generator, captioner, resolution: str, fps: int, log) -> dict:
-    """Generate videos from held-out prompts and check each against the script it was written from."""
-    import tempfile
+def _plan_matches(got, want) -> bool:
+    """The planner's script names the true one: scene count, and per scene its objects (shape, colour,
+    motion; in any order), background and camera. Scene lengths and style are left out."""
+    if len(got.scenes) != len(want.scenes):
+        return False
+    return all(sorted((o.shape, o.colour, o.motion) for o in g.objects) ==
+               sorted((o.shape, o.colour, o.motion) for o in w.objects) and
+               (g.background, g.camera) == (w.background, w.camera) for g, w in zip(got.scenes, want.scenes))
+
+
+def _judge(generate_video, script, prompt: str, out, captioner, resolution: str, fps: int) -> dict | None:
+    """Generate a video from `prompt` and check it against `script` (the script the prompt was written
+    from); None when the studio refuses the prompt. FileNotFoundError (no checkpoint) is passed on."""
     import time
-    from pathlib import Path
 
     from data_connectors.video import read_video
 
     from .captioner import caption_video
+    from .shots import detect_shots
+
+    t = time.perf_counter()
+    total = float(sum(s.seconds for s in script.scenes))
+    try:
+        # Unstyled: the style is planned but not painted, so pixels can be checked.
+        result = generate_video(prompt, seconds=total, resolution=resolution, fps=fps, out=out, apply_style=False)
+    except ValueError:
+        return None
+    seconds = time.perf_counter() - t
+    frames, file_fps = read_video(result.path, max_side=320)
+    shots = caption_video(frames, file_fps, captioner=captioner) if captioner is not None else None
+    found = [s.start_frame for s in detect_shots(frames, file_fps)[1:]]
+    plan = list(getattr(result, "cut_frames", []) or [])
+    hits, extra = cut_hits(plan, found)
+    bounds = [0] + found + [len(frames)]
+    same_count = len(bounds) - 1 == len(script.scenes)
+    cap_ok = chk_ok = same_count
+    plan_ok = len(bounds) - 1 == len(result.script.scenes)
+    if plan_ok:  # the generator's fidelity to its own plan (planner errors left out)
+        plan_ok = all(all(check_scene(frames[bounds[k]:bounds[k + 1]], scene).values())
+                      for k, scene in enumerate(result.script.scenes))
+    if same_count:
+        for k, scene in enumerate(script.scenes):
+            seg = frames[bounds[k]:bounds[k + 1]]
+            chk_ok = chk_ok and all(check_scene(seg, scene).values())
+            cap_ok = cap_ok and shots is not None and shots[k].source == "world model" and \
+                _scene_matches(shots[k].attributes, scene)
+    return {"seconds": seconds, "same_count": same_count, "captioner": cap_ok, "checker": chk_ok,
+            "both": cap_ok and chk_ok, "fidelity": plan_ok, "planner_exact": _plan_matches(result.script, script),
+            "hits": hits, "planned": len(plan), "extra": extra}
+
+
+def _generated(n_prompts: int, rng: np.random.Generator, captioner, resolution: str, fps: int, log,
+               seed: int = 0) -> dict:
+    """Generate videos from held-out prompts and check each against the script it was written from.
+    Each held-out script is generated twice: phrased with the held-out wording (the headline figures)
+    and with the training wording (keys ending in _train_wording), so that a wording failure of the
+    planner is told apart from failures of the rest of the chain (generator, shots, captioner, checker)."""
+    import tempfile
+    from pathlib import Path
 
     generate_video, why = _generator()
     if generate_video is None:
         return {"generation": why}
-    both = by_captioner = by_checker = by_plan = count_ok = hits = planned = extra = 0
-    seconds = []
+    # Its own generator: the held-out prompts stay those of `rng` alone, whatever is measured beside them.
+    train_rng = np.random.default_rng([seed, 1])
+    runs: dict[str, list[dict | None]] = {"test": [], "train": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n_prompts):
             script = world.sample_script(rng, "test")
-            prompt = world.script_to_prompt(script, rng, "test")
-            total = float(sum(s.seconds for s in script.scenes))
-            t = time.perf_counter()
-            try:
-                # Unstyled: the style is planned but not painted, so pixels can be checked.
-                result = generate_video(prompt, seconds=total, resolution=resolution, fps=fps,
-                                        out=Path(tmp) / f"clip{i}.mp4", apply_style=False)
-            except FileNotFoundError as exc:  # no planner / generator checkpoint here
-                return {"generation": f"skipped: {exc}"}
-            except ValueError as exc:  # the studio refused the prompt: counts as inconsistent
-                log(f"prompt {i}: generation refused: {exc}")
-                continue
-            seconds.append(time.perf_counter() - t)
-            frames, file_fps = read_video(result.path, max_side=320)
-            shots = caption_video(frames, file_fps, captioner=captioner) if captioner is not None else None
-            from .shots import detect_shots
-            found = [s.start_frame for s in detect_shots(frames, file_fps)[1:]]
-            plan = list(getattr(result, "cut_frames", []) or [])
-            h, e = cut_hits(plan, found)
-            hits, planned, extra = hits + h, planned + len(plan), extra + e
-            bounds = [0] + found + [len(frames)]
-            same_count = len(bounds) - 1 == len(script.scenes)
-            count_ok += same_count
-            cap_ok = chk_ok = same_count
-            plan_ok = len(bounds) - 1 == len(result.script.scenes)
-            if plan_ok:  # the generator's fidelity to its own plan (planner errors left out)
-                plan_ok = all(all(check_scene(frames[bounds[k]:bounds[k + 1]], scene).values())
-                              for k, scene in enumerate(result.script.scenes))
-            by_plan += plan_ok
-            if same_count:
-                for k, scene in enumerate(script.scenes):
-                    seg = frames[bounds[k]:bounds[k + 1]]
-                    chk_ok = chk_ok and all(check_scene(seg, scene).values())
-                    cap_ok = cap_ok and shots is not None and shots[k].source == "world model" and \
-                        _scene_matches(shots[k].attributes, scene)
-            by_checker += chk_ok
-            by_captioner += cap_ok
-            both += cap_ok and chk_ok
-            log(f"prompt {i}: {prompt!r}: scenes {'ok' if same_count else 'wrong count'}, "
-                f"captioner {'ok' if cap_ok else 'no'}, checker {'ok' if chk_ok else 'no'}")
+            prompts = {"test": world.script_to_prompt(script, rng, "test"),
+                       "train": world.script_to_prompt(script, train_rng, "train")}
+            for wording, prompt in prompts.items():
+                try:
+                    r = _judge(generate_video, script, prompt, Path(tmp) / f"clip{i}_{wording}.mp4", captioner,
+                               resolution, fps)
+                except FileNotFoundError as exc:  # no planner / generator checkpoint here
+                    return {"generation": f"skipped: {exc}"}
+                runs[wording].append(r)
+                if r is None:  # the studio refused the prompt: counts as inconsistent
+                    log(f"prompt {i} ({wording} wording): generation refused: {prompt!r}")
+                else:
+                    log(f"prompt {i} ({wording} wording): {prompt!r}: scenes "
+                        f"{'ok' if r['same_count'] else 'wrong count'}, captioner {'ok' if r['captioner'] else 'no'}, "
+                        f"checker {'ok' if r['checker'] else 'no'}, plan {'exact' if r['planner_exact'] else 'wrong'}")
     n = max(n_prompts, 1)
-    return {"generation": "ok", "text_video_consistency": round(both / n, 4),
-            "consistency_captioner": round(by_captioner / n, 4), "consistency_checker": round(by_checker / n, 4),
-            "generator_fidelity_to_plan": round(by_plan / n, 4),
-            "scene_count_accuracy": round(count_ok / n, 4), "cut_accuracy": round(hits / max(planned, 1), 4),
+
+    def share(wording: str, key: str) -> float:
+        return round(sum(bool(r and r[key]) for r in runs[wording]) / n, 4)
+
+    done = [r for r in runs["test"] if r is not None]
+    hits, planned, extra = (sum(r[k] for r in done) for k in ("hits", "planned", "extra"))
+    seconds = [r["seconds"] for wording in runs for r in runs[wording] if r is not None]
+    return {"generation": "ok", "text_video_consistency": share("test", "both"),
+            "consistency_captioner": share("test", "captioner"), "consistency_checker": share("test", "checker"),
+            "generator_fidelity_to_plan": share("test", "fidelity"), "planner_exact": share("test", "planner_exact"),
+            "scene_count_accuracy": share("test", "same_count"), "cut_accuracy": round(hits / max(planned, 1), 4),
             "planned_cuts": planned, "false_cuts_per_video": round(extra / n, 3),
+            "text_video_consistency_train_wording": share("train", "both"),
+            "consistency_captioner_train_wording": share("train", "captioner"),
+            "consistency_checker_train_wording": share("train", "checker"),
+            "planner_exact_train_wording": share("train", "planner_exact"),
+            "scene_count_accuracy_train_wording": share("train", "same_count"),
             "generate_seconds_mean": round(float(np.mean(seconds)), 3) if seconds else None,
             "resolution": resolution, "fps": fps}
 
@@ -326,7 +364,17 @@ def evaluate(n_prompts: int = 20, n_clips: int = 200, seed: int = 0, *, resoluti
     every scene's objects, colours, motion, background and camera, both the captioner and the
     pixel checker confirm), caption_attribute_accuracy, caption_exact_match and bleu4 (captioner on
     rendered held-out clips), cut_accuracy (planned cuts of generated videos found within 2 frames),
-    cut_accuracy_rendered (the same on rendered held-out scripts), plus their parts."""
+    cut_accuracy_rendered (the same on rendered held-out scripts), plus their parts:
+    consistency_captioner / consistency_checker (each judge alone), planner_exact (the planner's script
+    names the true one), generator_fidelity_to_plan (the checker confirms the planner's own script),
+    scene_count_accuracy (shots found = scenes).
+    text_video_consistency_train_wording: the same check on the same held-out (shape, colour, motion)
+    combinations phrased with the TRAINING wording (world.script_to_prompt(script, rng, "train")); with
+    planner_exact_train_wording, consistency_captioner_train_wording, consistency_checker_train_wording
+    and scene_count_accuracy_train_wording. The gap between text_video_consistency and
+    text_video_consistency_train_wording is what unseen wording costs; what the train-wording figure
+    misses is lost in the rest of the chain (generator, shot detection, captioner, checker). Each of the
+    n_prompts scripts is generated once per wording (2 * n_prompts videos)."""
     import time
 
     from .captioner import evaluate_captioner, shared_captioner
@@ -347,6 +395,6 @@ def evaluate(n_prompts: int = 20, n_clips: int = 200, seed: int = 0, *, resoluti
     out.update(_rendered_cuts(n_cut, rng, 24.0, (180, 320)))
     out["checker_pass_rate_on_ground_truth"] = _checker_reliability(max(1, n_clips // 10), rng, 12.0, (180, 320))
     if n_prompts:
-        out.update(_generated(n_prompts, rng, captioner, resolution, fps, log))
+        out.update(_generated(n_prompts, rng, captioner, resolution, fps, log, seed))
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out

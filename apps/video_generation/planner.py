@@ -15,8 +15,12 @@ Model (all parts but the stream are trained by `moe-suite video train-planner`):
    training phrases of the value, and for colours an RGB colour-name lexicon (colour_names.py). The
    evidence is what carries words never seen in training; training hides some value words' own states
    and adds random words to half the prompts, so that the reader learns to use it and the context.
-   Decoding: scenes open at predicted starts (one background per scene; a scene naming no object is
-   merged), object mentions are anchored on shape words, each attribute comes from its most confident token.
+   Decoding (DecodeConfig; chosen on the validation wording): the probabilities of the reader are averaged
+   with those of a second pass that hides every word's own state (evidence and context only); scenes open
+   at predicted starts (one background per scene; a scene naming neither a shape nor a colour is merged);
+   object mentions are cut at predicted object starts and between coloured shape words, stray pieces
+   merged; a camera move is taken when it beats "static" and passes a low minimum; each other attribute
+   comes from its most confident token.
 3. TimeAxis: T time-slot tokens (learned time embeddings) cross-attend to the scene tokens
    (pooled reader states + the stated-length evidence) through MoE layers routed per slot
    (the time-axis experts); each slot predicts which scene it shows, so cut times are the expected
@@ -61,6 +65,16 @@ MIN_SCENE_SHARE = 0.25   # each scene lasts at least this fraction of an even sp
 # Scene-start probability that opens a new scene. Chosen on new train-phrasing prompts (never on the held-out
 # sets); a stray start is cheap because a "scene" that names no object is merged into the next one.
 SCENE_THRESHOLD = 0.5
+
+
+@dataclass
+class DecodeConfig:
+    """How per-token probabilities become a Script (code, not learned). Thresholds chosen on the
+    validation wording (world's "val" phrasings), never on the held-out ("test") wording."""
+    scene_threshold: float = SCENE_THRESHOLD  # scene-start probability that opens a scene
+    camera_min: float = 0.05      # a camera move needs this probability on some token of its scene ...
+    camera_margin: float = 0.0    # ... and to beat the scene's best "static" probability by this much
+    evidence_pass_weight: float = 0.25   # weight of the evidence-only reader pass in the probabilities (0: off)
 
 
 @dataclass
@@ -586,10 +600,17 @@ def _expert_share(stats: MoEStats, rows: torch.Tensor, E: int) -> dict[int, floa
 class Planner:
     """A loaded planner: the frozen text stream plus the trained reader and time axis."""
 
-    def __init__(self, model: PlannerModel, scene_threshold: float = SCENE_THRESHOLD):
+    def __init__(self, model: PlannerModel, scene_threshold: float | None = None,
+                 decode: DecodeConfig | None = None):
         self.model = model.eval()
         self.cfg = model.cfg
-        self.scene_threshold = scene_threshold
+        self.decode = decode or DecodeConfig()
+        if scene_threshold is not None:
+            self.decode = replace(self.decode, scene_threshold=scene_threshold)
+
+    @property
+    def scene_threshold(self) -> float:
+        return self.decode.scene_threshold
 
     def plan(self, prompt: str, seconds: float, style: str | None = None) -> Plan:
         """Read `prompt` and lay out a Script lasting `seconds` in total; `style` overrides one
@@ -613,6 +634,14 @@ class Planner:
         special_T = np.array([b <= a for a, b in offsets[0]])
         p_start_T2 = torch.sigmoid(starts_1T2[0]).numpy()
         probs = {a: logits[a][0].softmax(-1).numpy() for a in ATTRIBUTES}
+        w = self.decode.evidence_pass_weight
+        if w > 0:
+            # A second pass with every word's own state hidden: words read from their evidence and context
+            # alone (what state dropout trains for), which an unseen word's misleading own state cannot sway.
+            hide_1T = torch.from_numpy(~special_T)[None]
+            _, starts_ev_1T2, logits_ev, _ = reader(h_1Td, mask_1T, task, evidence_1TV, lexicon_1TC, hide_1T)
+            p_start_T2 = (1 - w) * p_start_T2 + w * torch.sigmoid(starts_ev_1T2[0]).numpy()
+            probs = {a: (1 - w) * probs[a] + w * logits_ev[a][0].softmax(-1).numpy() for a in ATTRIBUTES}
 
         scene_start_T = (p_start_T2[:, 0] > self.scene_threshold) & ~special_T
         # at most max_scenes: keep the most confident starts
@@ -620,16 +649,11 @@ class Planner:
             keep = np.argsort(-np.where(scene_start_T, p_start_T2[:, 0], -1))[:self.cfg.max_scenes]
             scene_start_T = np.zeros(T, bool)
             scene_start_T[keep] = True
-        # a "scene" naming no object is a stray start (e.g. "on a lawn, | the red box ..."): merge it
-        shape_conf_T = 1 - probs["shape"][:, 0]
-        starts, i = list(np.flatnonzero(scene_start_T)), 0
-        while len(starts) > 1 and i < len(starts):
-            end = starts[i + 1] if i + 1 < len(starts) else T
-            if shape_conf_T[starts[i]:end].max() < 0.5:
-                starts.pop(i + 1 if i + 1 < len(starts) else i)  # merge into the next (last: previous) scene
-                continue
-            i += 1
-        starts = self._split_double_backgrounds(starts, T, p_start_T2[:, 0], shape_conf_T,
+        # a "scene" naming no object (no shape word, nor a colour word: an unseen shape word still comes with
+        # its colour) is a stray start (e.g. "on a lawn, | the red box ..."): merge it
+        object_conf_T = np.maximum(1 - probs["shape"][:, 0], 1 - probs["colour"][:, 0])
+        starts = _merge_objectless_scenes(list(np.flatnonzero(scene_start_T)), T, object_conf_T)
+        starts = self._split_double_backgrounds(starts, T, p_start_T2[:, 0], object_conf_T,
                                                 1 - probs["background"][:, 0])
         scene_start_T = np.zeros(T, bool)
         scene_start_T[starts] = True
@@ -679,7 +703,7 @@ class Planner:
         return Plan(Script(scenes, style_name), cut_seconds, experts, confidence,
                     {"text_stream_ms": 1e3 * (t1 - t0), "experts_ms": 1e3 * (t2 - t1)})
 
-    def _split_double_backgrounds(self, starts: list[int], T: int, p_start_T: np.ndarray, shape_conf_T: np.ndarray,
+    def _split_double_backgrounds(self, starts: list[int], T: int, p_start_T: np.ndarray, object_conf_T: np.ndarray,
                                   bg_conf_T: np.ndarray) -> list[int]:
         """One background per scene: a scene naming two backgrounds (with objects on both sides) is split
         where the scene-start head is most confident between the two background phrases."""
@@ -695,43 +719,98 @@ class Planner:
                 if hi <= lo:
                     continue
                 cut = lo + int(np.argmax(p_start_T[lo:hi + 1]))
-                if shape_conf_T[a:cut].max(initial=0) > 0.5 and shape_conf_T[cut:b].max(initial=0) > 0.5:
+                if object_conf_T[a:cut].max(initial=0) > 0.5 and object_conf_T[cut:b].max(initial=0) > 0.5:
                     starts = sorted(starts + [cut])
                     changed = True
                     break
         return starts
 
     @staticmethod
-    def _object_spans(toks: np.ndarray, p_obj_T: np.ndarray, probs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Split a scene's tokens into object mentions. Each mention is anchored on the tokens the shape
-        head tags ("figure three"); between two mentions the boundary is the last predicted object start,
-        else the start of the colour words just before the next mention's shape."""
+    def _object_spans(toks: np.ndarray, p_obj_T: np.ndarray, probs: dict[str, np.ndarray]
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Split a scene's tokens into object mentions: [(rows, shape_rows)], shape_rows being the rows the
+        mention's shape is read from. Mentions are cut at predicted object starts and, between two runs of
+        shape words with colour words but no predicted start between them, before those colour words
+        ("a red ball a blue box"). Then pieces are merged: a piece naming neither a shape nor a colour
+        (a stray start: "dolly | out") joins the previous mention; a colour-only piece joins a shape-only
+        piece right after it ("a red | ball"); a shape word with neither colour nor motion cut off only by
+        colour words is a modifier of the next mention ("a single | blue box": not the digit 1), whose shape
+        it does not vote on. A piece naming a colour but no known shape word stays a mention (an unseen shape
+        word: its shape is the best guess over its rows)."""
         if toks.size == 0:
-            return [toks]
+            return [(toks, toks)]
+        n = len(toks)
         shape_on = probs["shape"][toks, 0] < 0.5
         colour_on = probs["colour"][toks, 0] < 0.5
+        motion_on = probs["motion"][toks, 0] < 0.5
         obj_on = p_obj_T[toks] > 0.5
         runs: list[list[int]] = []
         for j in np.flatnonzero(shape_on):
-            # a new mention needs a colour word or a predicted object start since the last shape word;
-            # otherwise this shape word belongs to the current mention ("figure | three", "swelling in size")
+            # a new shape run needs a colour word or a predicted object start since the last shape word;
+            # otherwise this shape word belongs to the current run ("figure | three", "swelling in size")
             if runs and not (colour_on[runs[-1][1] + 1:j + 1].any() or obj_on[runs[-1][1] + 1:j + 1].any()):
                 runs[-1][1] = j
             else:
                 runs.append([j, j])
-        runs = runs[:world.MAX_OBJECTS]
-        if len(runs) <= 1:
-            return [toks]
-        bounds = [0]
+        cuts = {int(j): False for j in np.flatnonzero(obj_on) if j > 0}   # cut -> made by colour words only
         for prev, run in zip(runs[:-1], runs[1:]):
-            lo, hi = prev[1] + 1, run[0]
-            starts = [j for j in range(lo, hi + 1) if p_obj_T[toks[j]] > 0.5]
-            b = starts[-1] if starts else hi
-            while not starts and b - 1 >= lo and colour_on[b - 1]:
+            if any(prev[1] < j <= run[0] for j in cuts):
+                continue
+            b = run[0]
+            while b - 1 > prev[1] and colour_on[b - 1]:
                 b -= 1
-            bounds.append(b)
-        bounds.append(len(toks))
-        return [toks[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            cuts[b] = True
+        bounds = [0] + sorted(cuts) + [n]
+        pieces = [[a, b, a] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]   # [start, end, shape rows from]
+        colour_cut = [cuts.get(a, False) for a, _, _ in pieces]
+
+        def has(on: np.ndarray, piece: list[int]) -> bool:   # shape words count from the piece's shape rows
+            return bool(on[piece[2] if on is shape_on else piece[0]:piece[1]].any())
+
+        i = 0
+        while i < len(pieces) and len(pieces) > 1:
+            cur = pieces[i]
+            nxt = pieces[i + 1] if i + 1 < len(pieces) else None
+            if not has(shape_on, cur) and not has(colour_on, cur):
+                if i == 0:   # leading words (a frame: "make a video where") join the next piece
+                    nxt[0] = cur[0]
+                else:
+                    pieces[i - 1][1] = cur[1]
+                pieces.pop(i)
+                colour_cut.pop(i)
+                i = max(i - 1, 0)
+                continue
+            if nxt is not None and has(colour_on, cur) and not has(shape_on, cur) and has(shape_on, nxt) \
+                    and not has(colour_on, nxt):
+                cur[1] = nxt[1]
+                pieces.pop(i + 1)
+                colour_cut.pop(i + 1)
+                continue
+            if nxt is not None and colour_cut[i + 1] and has(shape_on, cur) and not has(colour_on, cur) \
+                    and not has(motion_on, cur) and has(colour_on, nxt):
+                nxt[0], nxt[2] = cur[0], nxt[0]
+                pieces.pop(i)
+                colour_cut.pop(i)
+                continue
+            i += 1
+        while len(pieces) > world.MAX_OBJECTS:   # at most MAX_OBJECTS: the last ones are one mention
+            pieces[-2][1] = pieces[-1][1]
+            pieces.pop()
+        return [(toks[a:b], toks[c:b]) for a, b, c in pieces]
+
+    def _camera(self, p_RC: np.ndarray) -> tuple[str, float]:
+        """A scene's camera from its tokens' camera probabilities [R, cameras] (none left out): the most
+        likely move when some token gives it at least camera_min and it beats the best "static" token
+        by camera_margin; else static (a prompt naming no camera means a static one)."""
+        if p_RC.size == 0:
+            return "static", 0.0
+        best_C = p_RC.max(0)
+        static = ATTRIBUTES["camera"].index("static")
+        moves = [c for c in range(len(best_C)) if c != static]
+        c = max(moves, key=lambda c: best_C[c])
+        if best_C[c] >= self.decode.camera_min and best_C[c] >= best_C[static] + self.decode.camera_margin:
+            return ATTRIBUTES["camera"][c], float(best_C[c])
+        return "static", float(best_C[static])
 
     def _read_scene(self, toks: np.ndarray, p_obj_T: np.ndarray, probs: dict[str, np.ndarray]
                     ) -> tuple[Scene, dict[str, float]]:
@@ -744,9 +823,15 @@ class Planner:
 
         objects, conf = [], {}
         spans = self._object_spans(toks, p_obj_T, probs)
-        colours = _distinct_colours([probs["colour"][rows, 1:].max(0) if rows.size else None for rows in spans])
-        for i, rows in enumerate(spans):
-            values = {attr: best(attr, rows) for attr in ("shape", "motion")}
+        colours = _distinct_colours([probs["colour"][rows, 1:].max(0) if rows.size else None for rows, _ in spans])
+        for i, (rows, shape_rows) in enumerate(spans):
+            if not (probs["shape"][shape_rows, 0] < 0.5).any():
+                # no known shape word (an unseen one): guess from the rows that name nothing else
+                free = np.ones(len(shape_rows), bool)
+                for attr in ("colour", "motion", "background", "camera", "seconds", "style"):
+                    free &= probs[attr][shape_rows, 0] >= 0.5
+                shape_rows = shape_rows[free] if free.any() else shape_rows
+            values = {"shape": best("shape", shape_rows), "motion": best("motion", rows)}
             values["colour"] = colours[i]
             shape = values["shape"][0] or "circle"
             motion = values["motion"][0] or "still"
@@ -756,13 +841,26 @@ class Planner:
             for attr, (_, p) in values.items():
                 conf[f"object{i}_{attr}"] = round(p, 4)
         background, p_bg = best("background", toks)
-        camera, p_cam = best("camera", toks)
+        camera, p_cam = self._camera(probs["camera"][toks, 1:])
         conf.update(background=round(p_bg, 4), camera=round(p_cam, 4))
         seconds, p_sec = best("seconds", toks)
-        scene = Scene(objects, background if background and p_bg > 0.3 else "studio",
-                      camera if camera and p_cam > 0.5 else "static",
+        scene = Scene(objects, background if background and p_bg > 0.3 else "studio", camera,
                       float(seconds) if seconds and p_sec > 0.5 else world.DEFAULT_SCENE_SECONDS)
         return scene, conf
+
+
+def _merge_objectless_scenes(starts: list[int], T: int, object_conf_T: np.ndarray) -> list[int]:
+    """Scene starts without those whose scene names no object (object_conf_T: per token, how sure it names
+    a shape or a colour; a scene needs one token over 0.5): such a scene is merged into the next one (the
+    last into the previous one)."""
+    starts, i = list(starts), 0
+    while len(starts) > 1 and i < len(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else T
+        if object_conf_T[starts[i]:end].max() < 0.5:
+            starts.pop(i + 1 if i + 1 < len(starts) else i)  # merge into the next (last: previous) scene
+            continue
+        i += 1
+    return starts
 
 
 def _distinct_colours(p_OC: list[np.ndarray | None]) -> list[tuple[str | None, float]]:

@@ -1,0 +1,127 @@
+"""The planner's decoding (per-token probabilities -> objects, scenes, camera): synthetic probabilities, no
+model, so each rule is checked on its own; plus the evidence-only reader pass on a tiny untrained model."""
+import numpy as np
+import pytest
+import torch
+
+from apps.video_generation import planner as P
+
+ON, OFF = 0.05, 0.95   # "none" probability of a token that names / does not name an attribute
+
+
+def tokens(*words: tuple[str, dict[str, str]]) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """(token rows, probs, p_object_start) for words given as (text, {attribute: value, "start": "object"})."""
+    T = len(words)
+    probs = {}
+    for attr, values in P.ATTRIBUTES.items():
+        p = np.zeros((T, len(values) + 1))
+        for t, (_, tags) in enumerate(words):
+            if attr in tags:
+                p[t, 0] = ON
+                p[t, 1 + values.index(tags[attr])] = 1 - ON
+            else:
+                p[t, 0] = OFF
+                p[t, 1:] = (1 - OFF) / len(values)
+        probs[attr] = p
+    p_obj = np.array([0.9 if tags.get("start") == "object" else 0.01 for _, tags in words])
+    return np.arange(T), probs, p_obj
+
+
+def read(words, decode=None):
+    toks, probs, p_obj = tokens(*words)
+    planner = P.Planner.__new__(P.Planner)   # decoding only: no model needed
+    planner.decode = decode or P.DecodeConfig()
+    scene, _ = planner._read_scene(toks, p_obj, probs)
+    return scene
+
+
+def triples(scene):
+    return [(o.shape, o.colour, o.motion) for o in scene.objects]
+
+
+def test_an_article_read_as_a_digit_does_not_make_an_object():
+    # "a single blue box moves left": "single" tagged as the digit 1, but it names no colour and no motion
+    scene = read([("a", {"start": "object"}), ("single", {"shape": "1"}), ("blue", {"colour": "blue"}),
+                  ("box", {"shape": "square"}), ("moves", {"motion": "left"}), ("left", {"motion": "left"})])
+    assert triples(scene) == [("square", "blue", "left")]
+
+
+def test_two_coloured_objects_without_a_predicted_start_are_two_mentions():
+    scene = read([("a", {"start": "object"}), ("red", {"colour": "red"}), ("ball", {"shape": "circle"}),
+                  ("rises", {"motion": "up"}), ("with", {}), ("a", {}), ("blue", {"colour": "blue"}),
+                  ("box", {"shape": "square"}), ("falls", {"motion": "down"})])
+    assert triples(scene) == [("circle", "red", "up"), ("square", "blue", "down")]
+
+
+def test_an_unseen_shape_word_keeps_its_object():
+    # "a red crate rolls left plus a blue ball rises": "crate" unread (no shape tag) but coloured and started;
+    # its shape is a guess from words naming nothing else, never the stated length "for 4 seconds"
+    words = [("a", {"start": "object"}), ("red", {"colour": "red"}), ("crate", {}), ("rolls", {"motion": "left"}),
+             ("plus", {}), ("a", {"start": "object"}), ("blue", {"colour": "blue"}), ("ball", {"shape": "circle"}),
+             ("rises", {"motion": "up"}), ("for", {}), ("4", {"seconds": "4"}), ("seconds", {"seconds": "4"})]
+    toks, probs, p_obj = tokens(*words)
+    probs["shape"][2, 1 + P.ATTRIBUTES["shape"].index("square")] = 0.04    # weak guess on "crate"
+    probs["shape"][10, 1 + P.ATTRIBUTES["shape"].index("4")] = 0.049     # the length's digit, stronger
+    planner = P.Planner.__new__(P.Planner)
+    planner.decode = P.DecodeConfig()
+    scene, _ = planner._read_scene(toks, p_obj, probs)
+    assert triples(scene) == [("square", "red", "left"), ("circle", "blue", "up")]
+
+
+def test_stray_starts_and_split_mentions_are_merged():
+    # "a red | ball moves left, dolly | out": a start inside the mention and one on the camera words
+    scene = read([("a", {"start": "object"}), ("red", {"colour": "red"}),
+                  ("ball", {"shape": "circle", "start": "object"}), ("moves", {"motion": "left"}),
+                  ("left", {"motion": "left"}), ("dolly", {"start": "object"}), ("out", {"camera": "zoom_out"})])
+    assert triples(scene) == [("circle", "red", "left")] and scene.camera == "zoom_out"
+
+
+def test_camera_move_needs_its_minimum_and_to_beat_static():
+    cams = P.ATTRIBUTES["camera"]
+    planner = P.Planner.__new__(P.Planner)
+    planner.decode = P.DecodeConfig(camera_min=0.05, camera_margin=0.0)
+
+    def cam(static: float, zoom_in: float) -> str:
+        p_RC = np.zeros((2, len(cams)))
+        p_RC[0, cams.index("static")] = static
+        p_RC[1, cams.index("zoom_in")] = zoom_in
+        return planner._camera(p_RC)[0]
+
+    assert cam(0.0, 0.3) == "zoom_in"          # unsure, but the only move named and no sign of a still camera
+    assert cam(0.0, 0.02) == "static"          # below the minimum: nothing named, a static camera
+    assert cam(0.6, 0.3) == "static"           # "static" is the stronger reading
+    planner.decode = P.DecodeConfig(camera_min=0.5)
+    assert cam(0.0, 0.3) == "static"           # the old fixed threshold
+    assert planner._camera(np.zeros((0, len(cams))))[0] == "static"
+
+
+def test_objectless_scenes_merge_but_coloured_ones_stay():
+    conf_T = np.array([0.0, 0.9, 0.0, 0.0, 0.0, 0.7, 0.0, 0.0])   # objects at tokens 1 and 5
+    # 3..4 names nothing: it joins the next scene (which then starts at 3)
+    assert P._merge_objectless_scenes([1, 3, 5], 8, conf_T) == [1, 3]
+    assert P._merge_objectless_scenes([1, 5, 7], 8, conf_T) == [1, 5]   # the last names nothing: joins the previous
+    assert P._merge_objectless_scenes([1], 8, conf_T) == [1]
+
+
+def test_evidence_pass_hides_every_word_state():
+    cfg = P.PlannerConfig(dim=32, expert_hidden=32, num_heads=2, num_experts=2, time_experts=2, time_slots=8,
+                          time_layers=1, metric_dim=16)
+    torch.manual_seed(0)
+    model = P.PlannerModel(cfg)
+    hides = []
+    forward = model.reader.forward
+
+    def spy(*args, **kwargs):
+        hides.append(args[5] if len(args) > 5 else kwargs.get("hide_BT"))
+        return forward(*args, **kwargs)
+
+    model.reader.forward = spy
+    prompt = "a red ball moves left"
+    T = len(P.encode_prompts([prompt])[1][0])
+    P.Planner(model, decode=P.DecodeConfig(evidence_pass_weight=0.0)).plan(prompt, 2.0)
+    assert hides == [None]
+    hides.clear()
+    plan = P.Planner(model, decode=P.DecodeConfig(evidence_pass_weight=0.25)).plan(prompt, 2.0)
+    assert hides[0] is None and hides[1].shape == (1, T)
+    assert hides[1][0, 1:-1].all() and not hides[1][0, 0] and not hides[1][0, -1]   # words hidden, [CLS]/[SEP] not
+    assert sum(s.seconds for s in plan.script.scenes) == pytest.approx(2.0)
