@@ -56,7 +56,12 @@ def test_lobe_geometry_and_report_fit():
     assert f_right[14] == 1.0 and f_left[14] == 0.0              # side agreement
     assert f_left[16] == 1.0 and f_right[16] == 0.0              # negation flag
     assert text_inputs(cs, read_report("")) is None
-    assert text_inputs(cs, reading).shape == (len(cs.candidates), 2, 384 + 24)
+    assert text_inputs(cs, reading).shape == (len(cs.candidates), 2, 384 + 26)
+    assert f_right[24] == 0.0 and f_right[25] == 1.0             # no density stated: any candidate fits
+    ggo = read_report("A 12 mm ground-glass nodule in the right upper lobe.").mentions[0]
+    solid = read_report("A 12 mm solid nodule in the right upper lobe.").mentions[0]
+    assert c.center_hu > -200                                     # the phantom's ball is soft tissue
+    assert pair_features(c, pos, ggo)[24:].tolist() == [1.0, 0.0] and pair_features(c, pos, solid)[24:].tolist() == [1.0, 1.0]
 
 
 def test_rater_checkpoint_round_trip_and_report_changes_the_score(tmp_path):
@@ -138,7 +143,7 @@ def test_fit_prior_learns_measurements_and_report_then_freezes():
         cand = rng.normal(0, 1, (30, 8)).astype(np.float32)
         cand[:, 0] += 1.5 * y                                      # positives: stronger blobs
         patches = rng.random((30, 32, 32, 32)).astype(np.float16) * 0.1
-        text = np.zeros((30, 1, 384 + 24), np.float32)
+        text = np.zeros((30, 1, 384 + 26), np.float32)
         text[:, 0, 384 + 15] = y                                   # the report's lobe fits the positives
         text[:, 0, 384 + 13] = 1.0
         scans.append(SimpleNamespace(cs=SimpleNamespace(cand_BF=cand, patches_BP3=patches), labels_B=y))
@@ -193,7 +198,7 @@ def test_per_scale_peaks_keep_a_small_ball_beside_a_vessel_with_a_subvoxel_centr
 def test_mention_rank_lifts_the_best_candidate_of_the_named_lobe():
     from apps.medical_imaging.detection import mention_rank_features
 
-    pair = torch.zeros(4, 2, 24)
+    pair = torch.zeros(4, 2, 26)
     pair[:, :, 13] = 0.0                                           # both mentions name a side ...
     pair[:, 0, 15] = torch.tensor([1.0, 1.0, 0.0, 1.0])            # mention 0's lobe holds candidates 0, 1, 3
     pair[:, 1, 16] = 1.0                                           # mention 1 is negated (ignored)
@@ -203,7 +208,11 @@ def test_mention_rank_lifts_the_best_candidate_of_the_named_lobe():
     assert f[1, 0] == 0 and f[0, 0] == pytest.approx(np.log(2)) and f[3, 0] == pytest.approx(np.log(3))
     assert f[2, 0] == 6.0 and f[2, 2] == -10.0                     # not in the lobe: sentinels
     assert f[1, 2] == 0 and f[0, 2] == pytest.approx(-1.5)
-    assert mention_rank_features(logits, torch.zeros(4, 0, 24)).shape == (4, 3)
+    assert (f[:, 3] == 6.0).all()                                  # no candidate fits mention 0's density
+    pair[:, 0, 25] = torch.tensor([1.0, 0.0, 1.0, 1.0])            # ... now 0, 2, 3 do (candidate 1 is too dense)
+    f = mention_rank_features(logits, pair)
+    assert f[0, 3] == 0 and f[3, 3] == pytest.approx(np.log(2)) and f[2, 3] == 6.0 and f[1, 3] == 6.0
+    assert mention_rank_features(logits, torch.zeros(4, 0, 26)).shape == (4, 4)
 
 
 def test_tree_rater_round_trip_without_a_swin_pass(tmp_path):

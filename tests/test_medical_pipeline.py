@@ -159,3 +159,21 @@ def test_api_and_page(dataset, tmp_path, monkeypatch):
     assert image.ndim == 3 and image.shape[2] == 3 and len(table) == len(state["findings"])
     assert "image only" in status and Path(download).is_file()
     assert page.show_slice(state, 0).shape == image.shape
+
+
+def test_shipped_models_find_the_readers_nodule_in_the_real_lidc_series(shared_dataset):
+    """The real partial LIDC-IDRI-0001 series (no report): the shipped detector's top finding lies within the
+    readers' nodule (their centre and diameter from the LIDC XML), rated a likely nodule."""
+    import numpy as np
+
+    from apps.medical_imaging.pipeline import diagnose, shared_models
+    from data_connectors.dicom import load_volume
+
+    root = shared_dataset("lidc-ct-subset")
+    vol = load_volume(sorted({p.parent for p in root.glob("LIDC-IDRI-0001/**/*.dcm")})[0])
+    row = next(r for r in csv.DictReader(open(root / "nodules.csv")) if r["seriesuid"] == vol.series_uid)
+    centre = np.array([float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])])
+    result = diagnose(vol, None, shared_models())
+    top = result.findings[0]
+    assert np.linalg.norm(np.array([top.x_mm, top.y_mm, top.z_mm]) - centre) <= float(row["diameter_mm"]) / 2
+    assert top.probability > 0.5 and 0.5 < top.diameter_mm / float(row["diameter_mm"]) < 2

@@ -61,3 +61,21 @@ def test_a_lobe_reported_clear_is_a_negated_mention():
     m = _one("The right middle lobe is clear.")
     assert (m.lobe, m.negated, m.size_mm) == ("right middle lobe", True, None)
     assert find_mentions("The lungs are clear.")[1] == []
+
+
+@pytest.mark.parametrize("text,density", [
+    ("Ground-glass opacity measuring 8 x 6 mm, RML.", "subsolid"),
+    ("A 6 mm GGO in the right upper lobe.", "subsolid"),
+    ("Part-solid nodule of 12 mm in the LUL.", "subsolid"),
+    ("A nonsolid nodule measuring 7 mm in the left lower lobe.", "subsolid"),
+    ("A 1.2 cm solid nodule is seen in the left lower lobe.", "solid"),
+    ("Calcified 5 mm granuloma in the RLL.", "solid"),
+    ("There is a 6 mm nodule in the right upper lobe.", None),
+])
+def test_stated_density(text, density):
+    assert _one(text).density == density
+
+
+def test_each_size_takes_its_own_density():
+    _, mentions = find_mentions("A 6 mm ground-glass nodule in the RUL and a 9 mm solid nodule in the LLL.")
+    assert [(m.size_mm, m.density) for m in mentions] == [(6.0, "subsolid"), (9.0, "solid")]

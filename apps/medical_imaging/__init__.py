@@ -72,7 +72,20 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--val-studies", type=positive_int, default=12, help="held-out synthetic studies (other seed)")
     p.add_argument("--epochs", type=_non_negative_int, default=None,
                    help="network epochs; 0 fits and freezes the priors only (the shipped detector)")
+    p.add_argument("--network-feature", type=Path, default=None, metavar="DIR",
+                   help="a train-patch-network folder: its Swin's patch logit becomes an input of the image trees")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = med.command("train-patch-network", "train the Swin patch rater whose logit the detector's trees read "
+                    "(out-of-fold logits for the trees, then one network on all studies)", handlers.train_patch_network)
+    p.add_argument("--out", required=True, type=Path, help="folder to write (network.safetensors, oof.npz, config.json)")
+    p.add_argument("--studies", type=positive_int, default=200, help="synthetic training studies (seed --seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=_non_negative_int, default=4, help="out-of-fold networks (by study)")
+    p.add_argument("--epochs", type=positive_int, default=24)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (hours on two CPU cores, minutes on a GPU)")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes making the studies' candidates")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     p = med.command("eval-detector", "FROC of the detector on held-out synthetic studies, fused vs image only",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,7 +66,27 @@ def train_detector(args: argparse.Namespace) -> None:
     cfg = DetectorTrainConfig(train_studies=args.studies, val_studies=args.val_studies, seed=args.seed)
     if args.epochs is not None:
         cfg.epochs = args.epochs
+    if args.network_feature is not None:
+        from core.vision.swin import VisionStreamConfig
+
+        from .patch_network import load_patch_network
+
+        vision = load_patch_network(args.network_feature)[2]["vision"]
+        vision = VisionStreamConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vision.items()})
+        cfg.model = dataclasses.replace(cfg.model, network_feature=True, vision=vision, dim=vision.out_dim)
+        cfg.patch_network = str(args.network_feature)
     summary = train(cfg, args.out)
+    _emit(args, summary, [f"{k:<28}{v}" for k, v in summary.items()])
+
+
+def train_patch_network(args: argparse.Namespace) -> None:
+    from .detection import DetectorTrainConfig
+    from .patch_network import PatchNetworkConfig, patch_vision, train_patch_network as train
+
+    model = dataclasses.replace(DetectorTrainConfig().model, network_feature=True, vision=patch_vision())
+    pcfg = PatchNetworkConfig(studies=args.studies, seed=args.seed, folds=args.folds, epochs=args.epochs,
+                              device=args.device, workers=args.workers)
+    summary = train(model, pcfg, args.out)
     _emit(args, summary, [f"{k:<28}{v}" for k, v in summary.items()])
 
 

@@ -10,10 +10,12 @@
    sigma = r / sqrt(3)) inside the lungs, strongest first, suppressed within each other's radius; with
    `per_scale_peaks` the maxima of each scale (suppressed within the smaller radius, so a small nodule
    beside a vessel keeps its own candidate), sub-voxel centres and the measures at every scale.
-4. Rating, shipped checkpoint (`rich_features`, `network` off): boosted trees (fitted with sklearn, kept
-   as TreeEnsemble buffers) over 58 image features per candidate give the image logit; with a report, a
-   logistic report stage over (image logit, report fit, where the candidate ranks among those a mention
-   could mean) gives the fused logit; non-maximum suppression by the image rating drops duplicates.
+4. Rating, shipped checkpoint (`rich_features`, `network_feature`, `network` off): the core's VisionStream
+   (3D Swin, task "nodule_detection") reads each candidate's `patch`^3 crop and gives a nodule logit
+   (patch_network.py trains it); boosted trees (fitted with sklearn, kept as TreeEnsemble buffers) over
+   58 image features per candidate and that logit give the image logit; with a report, a logistic report
+   stage over (image logit, report fit incl. the stated density, where the candidate ranks among those a
+   mention could mean) gives the fused logit; non-maximum suppression by the image rating drops duplicates.
    Rating, networks (`network` on, older checkpoints): each candidate's `patch`^3 crop goes through the
    core's VisionStream (3D, task "nodule_detection"); the report's mentions (text-stream sentence vector + how well the mention's lobe,
    side and size fit the candidate) are text tokens; CrossModalAttention mixes the two and a linear head
@@ -56,11 +58,16 @@ DEFAULT_DIR = Path(__file__).resolve().parents[2] / "assets" / "medical_imaging"
 HU_RANGE = (-1000.0, 400.0)   # patches are clipped to this window and scaled to [0, 1]
 CACHE_VERSION = 2             # bump when candidate generation changes
 CAND_FEATURES = 8
-PAIR_FEATURES = 24
+PAIR_FEATURES = 26
 QUAD_FEATURES = 6             # products of the blob measurements (see quad_features)
 SHAPE_FEATURES = 5            # inside vs shell of the candidate's ball in its patch (see shape_features)
-REPORT_FEATURES = 8           # a candidate's best fit to the report's mentions (see report_features)
-RANK_FEATURES = 3             # where a candidate ranks among those a mention could mean (see mention_rank_features)
+REPORT_FEATURES = 9           # a candidate's best fit to the report's mentions (see report_features)
+RANK_FEATURES = 4             # where a candidate ranks among those a mention could mean (see mention_rank_features)
+# A candidate's smoothed centre HU that fits a mention's stated density: ground-glass nodules centre at
+# -740..-510 HU on the 2 mm grid, solid ones (small ones lose density to partial volume) at -610 and above
+# (candidates of 40 synthetic training studies, 1st-99th percentiles); vessel junctions mostly above -400.
+SUBSOLID_MAX_HU = -480.0
+SOLID_MIN_HU = -650.0
 PROFILE_RADII = (1.0, 2.0, 3.0, 4.5, 6.5, 9.5, 13.5)   # outer radii (grid voxels) of the patch's radial shells
 
 
@@ -99,6 +106,8 @@ class DetectorConfig:
                                       # ranks) rates the scan's candidates together (see NoduleRater.report_stage)
     nms: float = 0.0                  # after rating, drop a candidate within nms x the radius of a better-rated one
                                       # (by the image rating; 0: keep all): a structure answers at several scales
+    network_feature: bool = False     # the Swin rates each candidate's patch alone (patch_network.py: trained first,
+                                      # then frozen) and its logit is one more input of the image trees
 
     @property
     def cand_features(self) -> int:
@@ -401,8 +410,11 @@ def pair_features(c: Candidate, pos: tuple[float, float, float], m: Mention) -> 
         size = [1.0, float(np.clip(ratio, -2, 2)), float(min(abs(ratio), 2.0))]
     else:
         size = [0.0, 0.0, 0.0]
+    density_fit = {None: 1.0, "subsolid": float(c.center_hu <= SUBSOLID_MAX_HU),
+                   "solid": float(c.center_hu >= SOLID_MIN_HU)}[m.density]
     return np.array(lobe_1h + cand_1h + side_1h + [side_match, lobe_match, float(m.negated)] + size
-                    + [side, height, depth, 1.0], dtype=np.float32)
+                    + [side, height, depth, 1.0, float(m.density is not None), density_fit],
+                    dtype=np.float32)
 
 
 def quad_features(cand_BF: torch.Tensor) -> torch.Tensor:
@@ -473,9 +485,9 @@ def image_features(cands: list[Candidate], cand_BF: np.ndarray, patches_BP3: np.
 
 
 def report_features(pair_BMP: torch.Tensor, mask_BM: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, 8] how well a candidate fits the report as a whole, from the per-mention fit features (see
-    pair_features): the best side / lobe / size agreement over the positive mentions, the same over the
-    negated ones, and whether the report names any nodule at all."""
+    """[B, 9] how well a candidate fits the report as a whole, from the per-mention fit features (see
+    pair_features): the best side / lobe / size agreement over the positive mentions (last: with the
+    stated density too), the same over the negated ones, and whether the report names any nodule at all."""
     valid_BM = torch.ones(pair_BMP.shape[:2], dtype=torch.bool) if mask_BM is None else mask_BM.bool()
     side, lobe, negated = pair_BMP[..., 14], pair_BMP[..., 15], pair_BMP[..., 16]
     has_size, abs_ratio = pair_BMP[..., 17], pair_BMP[..., 19]
@@ -493,20 +505,22 @@ def report_features(pair_BMP: torch.Tensor, mask_BM: torch.Tensor | None = None)
     return torch.stack([best(side, pos), best(lobe, pos), best(region * size_fit, pos),
                         best(lobe * size_fit, pos), best(side * size_fit, pos),
                         best(torch.maximum(lobe, side * no_lobe), neg), any_pos,
-                        pos.float().sum(dim=1) / 4.0], dim=-1)
+                        pos.float().sum(dim=1) / 4.0, best(region * size_fit * pair_BMP[..., 25], pos)], dim=-1)
 
 
 def mention_rank_features(image_logit_B: torch.Tensor, pair_BMP: torch.Tensor,
                           rival_B: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, 3] over ONE scan's candidates: where a candidate ranks, by its image logit, among the candidates
+    """[B, 4] over ONE scan's candidates: where a candidate ranks, by its image logit, among the candidates
     a positive mention could mean (same lobe; same side when the mention names only a side; any when it
     names neither): log(1 + rank) among those, the same among those whose size also fits (within a
-    factor 2), and its logit minus the best of them; sentinels (6, 6, -10) when no mention could mean it.
+    factor 2), its logit minus the best of them, and log(1 + rank) among those whose size and stated
+    density (ground-glass or solid, SUBSOLID_MAX_HU / SOLID_MIN_HU) fit; sentinels (6, 6, -10, 6) when no
+    mention could mean it.
     "A 6 mm nodule in the RUL" then lifts the most nodule-like 6 mm blob of the RUL, not all of them.
     rival_B: the candidates that count as rivals (those surviving suppression; default all)."""
     B, M = pair_BMP.shape[:2]
     if B == 0 or M == 0:
-        return torch.tensor([6.0, 6.0, -10.0]).expand(B, 3).clone()
+        return torch.tensor([6.0, 6.0, -10.0, 6.0]).expand(B, 4).clone()
     side, lobe, negated = pair_BMP[..., 14], pair_BMP[..., 15], pair_BMP[..., 16]
     has_lobe, has_side = pair_BMP[..., 5] == 0, pair_BMP[..., 13] == 0
     region_BM = (negated == 0) & torch.where(has_lobe, lobe > 0, torch.where(has_side, side > 0,
@@ -524,7 +538,9 @@ def mention_rank_features(image_logit_B: torch.Tensor, pair_BMP: torch.Tensor,
     best_M = torch.where(region_BM & rival[:, None], logit[:, None],
                          torch.full_like(region_BM, -1e4, dtype=torch.float32)).amax(0)
     gap_BM = torch.where(region_BM, logit[:, None] - best_M[None], torch.full((B, M), -10.0))
-    return torch.stack([rank(region_BM), rank(size_BM), gap_BM.amax(dim=1).clamp(min=-10.0)], dim=-1)
+    density_BM = size_BM & (pair_BMP[..., 25] > 0)
+    return torch.stack([rank(region_BM), rank(size_BM), gap_BM.amax(dim=1).clamp(min=-10.0), rank(density_BM)],
+                       dim=-1)
 
 
 class TreeEnsemble(nn.Module):
@@ -582,7 +598,7 @@ class TreeEnsemble(nn.Module):
 
 
 class NoduleRater(nn.Module):
-    """forward(patches [B, 1, P, P, P], cand [B, 8], text [B, M, 384 + 24] | None, text_mask [B, M] | None)
+    """forward(patches [B, 1, P, P, P], cand [B, 8], text [B, M, 384 + 26] | None, text_mask [B, M] | None)
     -> (logits [B], aux_loss): the image tokens attend to the report tokens (when given) in the core's
     CrossModalAttention; the head reads the fused image tokens."""
 
@@ -613,6 +629,8 @@ class NoduleRater(nn.Module):
                 nn.init.zeros_(layer.bias)
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
+        # network_feature: the vision stream rates a patch alone through this head (see patch_logit)
+        self.patch_head = nn.Linear(cfg.dim, 1) if cfg.network_feature else None
 
     def encode(self, patches: torch.Tensor, cand_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image tokens [B, T + 1, D]: Swin tokens + a candidate-feature token, the blob prior logit [B],
@@ -621,11 +639,25 @@ class NoduleRater(nn.Module):
         vision_BTD = torch.cat([out.tokens, self.cand(cand_BF[:, :CAND_FEATURES])[:, None]], dim=1)
         return vision_BTD, self.blob_prior(cand_BF, patches), out.aux_loss
 
+    def patch_logit(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B] the vision stream's nodule logit for each patch [B, 1, P, P, P] alone, MoE aux loss)."""
+        out = self.vision(patches, task_id("nodule_detection"))
+        return self.patch_head(out.pooled).squeeze(-1), out.aux_loss
+
+    def tree_inputs(self, cand_BF: torch.Tensor, network_B: torch.Tensor | None) -> torch.Tensor:
+        """[B, F] what the image trees read: the candidate's features, then (network_feature) the patch logit."""
+        if not self.cfg.network_feature:
+            return cand_BF
+        if network_B is None:
+            raise ValueError("this detector's trees read the patch network's logit: pass it (patch_logit)")
+        return torch.cat([cand_BF, network_B[:, None].to(cand_BF.dtype)], dim=1)
+
     def blob_prior(self, cand_BF: torch.Tensor, patches: torch.Tensor | None) -> torch.Tensor:
         """[B] the frozen prior logit from the candidate's measurements (and its patch's ball vs shell);
-        the image trees when fitted (they read the whole cand_BF, patches unused)."""
+        the image trees when fitted (they read the whole cand_BF and, with network_feature, the patch logit)."""
         if self.image_trees is not None:
-            return self.image_trees(cand_BF)
+            network_B = self.patch_logit(patches)[0] if self.cfg.network_feature else None
+            return self.image_trees(self.tree_inputs(cand_BF, network_B))
         cand_BF = cand_BF[:, :CAND_FEATURES]
         logit = self.prior(cand_BF).squeeze(-1)
         if self.cfg.extra_priors:
@@ -715,7 +747,7 @@ def candidate_set(hu_ZYX: np.ndarray, affine: np.ndarray, cfg: DetectorConfig) -
 
 
 def text_inputs(cs: CandidateSet, reading: ReportReading | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """[B, M, 384 + 24] report tokens per candidate (mention vector + fit features), or None without mentions."""
+    """[B, M, 384 + 26] report tokens per candidate (mention vector + fit features), or None without mentions."""
     if reading is None or reading.empty:
         return None
     emb_MD = reading.embeddings_MD
@@ -743,8 +775,9 @@ class NoduleDetector:
         if not cs.candidates:
             return np.zeros(0, np.float32), np.zeros(0, np.float32)
         trees = self.model.report_linear is not None
-        if not self.cfg.network and self.model.image_trees is not None:   # the trees alone: no Swin pass
-            image_B = self.model.blob_prior(torch.from_numpy(cs.cand_BF), None)
+        if not self.cfg.network and self.model.image_trees is not None:   # the trees (and the patch logit)
+            network_B = self.patch_logits(cs.patches_BP3, batch) if self.cfg.network_feature else None
+            image_B = self.model.image_trees(self.model.tree_inputs(torch.from_numpy(cs.cand_BF), network_B))
             fused_B = image_B
         else:
             fused, image = [], []
@@ -761,6 +794,13 @@ class NoduleDetector:
             fused_B = self.model.report_stage(image_B, torch.from_numpy(text_BMF[..., EMBED_DIM:]),
                                               None if rival_B is None else torch.from_numpy(rival_B))
         return torch.sigmoid(fused_B).numpy(), torch.sigmoid(image_B).numpy()
+
+    @torch.no_grad()
+    def patch_logits(self, patches_BP3: np.ndarray, batch: int = 64) -> torch.Tensor:
+        """[B] the patch network's logit per candidate patch (network_feature), in batches."""
+        out = [self.model.patch_logit(torch.from_numpy(patches_BP3[s:s + batch].astype(np.float32))[:, None])[0]
+               for s in range(0, len(patches_BP3), batch)]
+        return torch.cat(out) if out else torch.zeros(0)
 
     def detect(self, hu_ZYX: np.ndarray, affine: np.ndarray, reading: ReportReading | None = None,
                threshold: float | None = 0.0) -> list[Detection]:
@@ -857,6 +897,8 @@ class DetectorTrainConfig:
     tree_min_leaf: int = 20           # candidates per leaf, at least
     report_l2: float = 1e-3           # L2 weight of the logistic report stage
     folds: int = 5                    # out-of-fold image logits (by scan) the report stage learns on
+    patch_network: str | None = None  # with model.network_feature: a train-patch-network folder (its network and
+                                      # out-of-fold logits of these training studies)
     model: DetectorConfig = field(default_factory=lambda: DetectorConfig(
         extra_priors=True, per_scale_peaks=True, subvoxel=True, rich_features=True, network=False,
         max_candidates=200, nms=1.0))
@@ -889,7 +931,7 @@ def _cache_file(index: int, seed: int, cfg: DetectorConfig, synth_cfg) -> Path:
 
     key = json.dumps([index, seed, cfg.grid_mm, cfg.patch, cfg.lung_hu, list(cfg.sigmas_mm), cfg.blob_hu_max,
                       cfg.min_response, cfg.max_candidates, cfg.per_scale_peaks, cfg.subvoxel, cfg.rich_features,
-                      cfg.network, repr(synth_cfg), CACHE_VERSION])
+                      cfg.network, repr(synth_cfg), CACHE_VERSION] + (["network_feature"] if cfg.network_feature else []))
     return cache_dir() / "medical" / "candidates" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pkl"
 
 
@@ -915,7 +957,7 @@ def synth_scan(index: int, seed: int, cfg: DetectorConfig, synth_cfg=None, cache
     study = make_study(index, seed, synth_cfg)
     cs = candidate_set(study.hu_ZYX, study.affine, cfg)
     cs.grid.hu_ZYX = cs.grid.hu_ZYX.astype(np.float16)        # kept for nothing but geometry: halve it
-    if cfg.rich_features and not cfg.network:                  # the trees read cand_BF only: 10 MB a study less
+    if cfg.rich_features and not (cfg.network or cfg.network_feature):  # the trees read cand_BF only: 10 MB less
         cs.patches_BP3 = cs.patches_BP3[:, :0, :0, :0]
     truth = [Nodule(study.study_id, t.center_xyz, t.diameter_mm) for t in study.nodules]
     scan = ScanCache(study.study_id, cs, labels_for(cs, study.nodules, cfg), read_report(study.report), truth,
@@ -1087,12 +1129,16 @@ def report_stage_inputs(image_logit_B: np.ndarray, text_BMF: np.ndarray, cands: 
 
 
 def fit_trees(model_cfg: DetectorConfig, tcfg: DetectorTrainConfig, scans: list[ScanCache],
-              texts: list) -> NoduleRater:
+              texts: list, network_logits: list[np.ndarray] | None = None) -> NoduleRater:
     """A rater whose image prior is boosted trees (sklearn, training only; the trees are then buffers of
-    the module) on every candidate's cand_BF, and whose report stage is a logistic regression, on the
+    the module) on every candidate's cand_BF (and, with network_feature, the patch network's out-of-fold
+    logit: `network_logits`, one array per scan), and whose report stage is a logistic regression, on the
     scans with a report, over the candidates' out-of-fold image logits (by scan, so it sees logits as an
     unseen scan gets them), the report fit and the mention ranks. Sets model_cfg.image_trees / report_stage."""
-    X = np.concatenate([s.cs.cand_BF for s in scans])
+    if model_cfg.network_feature != (network_logits is not None):
+        raise ValueError("network_logits are needed exactly when model_cfg.network_feature is on")
+    X = np.concatenate([s.cs.cand_BF if network_logits is None else np.concatenate(
+        [s.cs.cand_BF, net[:, None].astype(np.float32)], axis=1) for s, net in zip(scans, network_logits or scans)])
     y = np.concatenate([s.labels_B for s in scans]).astype(int)
     scan_N = np.concatenate([np.full(len(s.labels_B), n) for n, s in enumerate(scans)])
     image = _tree_classifier(tcfg.tree_iters, tcfg.tree_lr, tcfg.tree_leaves, tcfg.tree_min_leaf, tcfg.seed).fit(X, y)
@@ -1119,7 +1165,7 @@ def fit_trees(model_cfg: DetectorConfig, tcfg: DetectorTrainConfig, scans: list[
 def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log=print) -> dict:
     """Train the rater on synthetic studies; save the best epoch (by held-out fused CPM) to `out`."""
     from core.checkpoint import save_checkpoint
-    from core.moe import update_expert_biases
+    from core.moe import moe_train_step
 
     start = time.perf_counter()
     torch.manual_seed(tcfg.seed)
@@ -1131,8 +1177,25 @@ def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log
     log(f"candidates ready in {prep_seconds:.0f} s: {sum(len(s.cs.candidates) for s in train)} train, "
         f"{sum(int(s.labels_B.sum()) for s in train)} positive")
     texts = [text_inputs(scan.cs, scan.reading) for scan in train]
+    network, network_logits = None, None
+    if cfg.network_feature:
+        from .patch_network import load_patch_network, oof_logits_for
+
+        if tcfg.patch_network is None or not cfg.rich_features:
+            raise ValueError("network_feature needs rich_features and a train-patch-network folder (patch_network)")
+        network, oof, info = load_patch_network(tcfg.patch_network)
+        if (info["train"]["studies"], info["train"]["seed"]) < (tcfg.train_studies, tcfg.seed):
+            raise ValueError(f"{tcfg.patch_network}: trained on {info['train']['studies']} studies of seed "
+                             f"{info['train']['seed']}, fewer than these {tcfg.train_studies} of seed {tcfg.seed}")
+        network_logits = [oof_logits_for(oof, n, np.stack([c.center for c in s.cs.candidates]) if s.cs.candidates
+                                         else np.zeros((0, 3))) for n, s in enumerate(train)]
     if cfg.rich_features:
-        model = fit_trees(cfg, tcfg, train, texts)
+        model = fit_trees(cfg, tcfg, train, texts, network_logits)
+        if network is not None:
+            missing = set(network) - set(model.state_dict())
+            if missing:
+                raise ValueError(f"{tcfg.patch_network}: weights this detector has no place for: {sorted(missing)[:3]}")
+            model.load_state_dict(network, strict=False)
         log(f"trees fitted in {time.perf_counter() - start - prep_seconds:.0f} s: image {cfg.image_trees} "
             f"(nodes, trees, depth), report stage {cfg.report_stage}")
     else:
@@ -1151,6 +1214,8 @@ def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log
     pos_weight = torch.tensor(max(1.0, (n_rows - n_pos) / max(1.0, n_pos)) ** 0.5)
     train_cfg = dataclasses.asdict(tcfg)
     train_cfg.pop("model")
+    if network is not None:   # what the patch network was, not where it lay on the training machine
+        train_cfg["patch_network"] = {"train": info["train"], **info["summary"]}
 
     def save(metrics: dict) -> None:
         """The model as it is now, its operating point the validation probability at 1 FP per scan."""
@@ -1173,12 +1238,7 @@ def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log
                                                      tcfg.negatives, tcfg.pos_repeat):
             logits, aux = model(patches, cand, text, mask)
             loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight) + aux
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            update_expert_biases(model)
-            losses.append(loss.item())
+            losses.append(moe_train_step(model, loss, opt, sched))
         model.eval()
         history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
                         "seconds": round(time.perf_counter() - start, 1)})

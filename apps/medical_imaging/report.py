@@ -58,6 +58,18 @@ _CLEAR = re.compile(r"\b(?:is|are|remains?|appears?)\s+(?:otherwise\s+)?clear\b"
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])|\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)])\s)")
 
 
+# Density a clause gives its finding (Fleischner / Lung-RADS terms); subsolid is tried first ("part-solid").
+_SUBSOLID = re.compile(r"\b(ground[- ]?glass|ggos?|ggns?|sub-?solid|non-?solid|part[- ]?solid|semi-?solid)\b", re.I)
+_SOLID = re.compile(r"\b(solid|soft[- ]tissue(?:\s+density)?|calcifi\w*)\b", re.I)
+
+
+def parse_density(clause: str) -> str | None:
+    """"subsolid" (ground-glass, part-solid, nonsolid), "solid", or None when the clause does not say."""
+    if _SUBSOLID.search(clause):
+        return "subsolid"
+    return "solid" if _SOLID.search(clause) else None
+
+
 @dataclass
 class Mention:
     sentence: str                 # the clause naming the finding
@@ -66,6 +78,7 @@ class Mention:
     lobe: str | None              # one of LOBES (None: not given or only the side)
     side: str | None              # "right" | "left" | None
     negated: bool                 # the clause says the finding is absent or gone
+    density: str | None = None    # "subsolid" | "solid" | None (not said): see parse_density
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,7 +161,7 @@ def find_mentions(text: str) -> tuple[list[str], list[Mention]]:
             if len(sizes) <= 1:
                 lobe, side = parse_lobe(clause)
                 size = parse_size_mm(sizes[0]) if sizes else None
-                mentions.append(Mention(clause, s_i, size, lobe, side, negated))
+                mentions.append(Mention(clause, s_i, size, lobe, side, negated, parse_density(clause)))
                 continue
             # Several sizes in one clause ("6 mm in the RUL and 4 mm in the LLL"): each size takes the
             # text up to the next size, falling back to the whole clause for its lobe.
@@ -157,7 +170,8 @@ def find_mentions(text: str) -> tuple[list[str], list[Mention]]:
                 lobe, side = parse_lobe(clause[m.start():end])
                 if lobe is None and side is None:
                     lobe, side = parse_lobe(clause)
-                mentions.append(Mention(clause, s_i, parse_size_mm(m), lobe, side, negated))
+                mentions.append(Mention(clause, s_i, parse_size_mm(m), lobe, side, negated,
+                                        parse_density(clause[m.start():end]) or parse_density(clause)))
     return sentences, mentions
 
 

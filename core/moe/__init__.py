@@ -7,10 +7,10 @@
 """
 from .config import MoEConfig
 from .experts import FeedForward, GroupedExperts, grouped_ffn
-from .layer import DenseFFN, MoELayer, MoEStats, update_expert_biases
+from .layer import DenseFFN, MoELayer, MoEStats, moe_train_step, update_expert_biases
 from .router import DynamicRouter, RouterOutput
 
 __all__ = [
     "MoEConfig", "MoELayer", "MoEStats", "DenseFFN", "DynamicRouter", "RouterOutput",
-    "GroupedExperts", "FeedForward", "grouped_ffn", "update_expert_biases",
+    "GroupedExperts", "FeedForward", "grouped_ffn", "update_expert_biases", "moe_train_step",
 ]

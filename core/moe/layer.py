@@ -158,3 +158,16 @@ def update_expert_biases(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, MoELayer):
             module.update_bias()
+
+
+def moe_train_step(model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> float:
+    """One optimisation step of a model holding MoE layers: backward, optimizer (and scheduler) step, then
+    the aux-free bias update, which must come after the weights moved. Returns the loss as a float."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    update_expert_biases(model)
+    return loss.item()

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from core.moe import MoEStats, update_expert_biases
+from core.moe import MoEStats, moe_train_step
 from core.tasks import task_id
 
 from .config import TextStreamConfig
@@ -206,12 +206,7 @@ def train_classifier(model: SentenceClassifier, texts: list[str], labels: list[s
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits_BC, out = model(input_ids_BT, mask_BT)
             loss = F.cross_entropy(logits_BC.float(), label_ids[rows]) + out.aux_loss.float()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            update_expert_biases(model)
-            losses.append(loss.item())
+            losses.append(moe_train_step(model, loss, optimizer, schedule))
             step += 1
             if step == total_steps:
                 break
