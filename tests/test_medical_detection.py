@@ -243,3 +243,30 @@ def test_tree_rater_round_trip_without_a_swin_pass(tmp_path):
     again = load_detector(tmp_path / "det").detect_candidates(cs, reading)
     assert [d.probability for d in a] == [d.probability for d in again]
     assert all(d.probability == d.probability_image_only for d in detector.detect_candidates(cs, None))
+
+
+def test_scan_cache_round_trips_as_plain_arrays(tmp_path):
+    """The training cache holds arrays and strings only (no pickle) and gives back the same candidates."""
+    import zipfile
+
+    from apps.medical_imaging.detection import ScanCache, load_scan, save_scan
+    from apps.medical_imaging.evaluation import Nodule
+
+    hu, affine = _phantom()
+    cs = candidate_set(hu, affine, DetectorConfig(per_scale_peaks=True, subvoxel=True, rich_features=True,
+                                                  max_candidates=8))
+    text = "A 12 mm ground-glass nodule in the right upper lobe."
+    scan = ScanCache("synth-0007", cs, np.arange(len(cs.candidates), dtype=np.float32) % 2, read_report(text),
+                     [Nodule("synth-0007", (1.0, 2.0, 3.0), 12.0)], text)
+    save_scan(scan, tmp_path / "scan.npz")
+    back = load_scan(tmp_path / "scan.npz")
+    assert back.study_id == "synth-0007" and back.report_text == text and back.reading.mentions[0].density == "subsolid"
+    assert back.truth == scan.truth and np.array_equal(back.labels_B, scan.labels_B)
+    assert np.array_equal(back.cs.cand_BF, cs.cand_BF) and np.array_equal(back.cs.patches_BP3, cs.patches_BP3)
+    assert back.cs.positions == [tuple(p) for p in cs.positions] and back.cs.grid.midline_i == cs.grid.midline_i
+    for a, b in zip(back.cs.candidates, cs.candidates):
+        assert np.array_equal(a.kji, b.kji) and np.allclose(a.center, b.center) and a.center_hu == b.center_hu
+        assert np.array_equal(a.scales_S, b.scales_S) and np.array_equal(a.tubes_S, b.tubes_S)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises((ValueError, OSError, zipfile.BadZipFile)):
+        load_scan(tmp_path / "bad.npz")

@@ -932,13 +932,64 @@ def _cache_file(index: int, seed: int, cfg: DetectorConfig, synth_cfg) -> Path:
     key = json.dumps([index, seed, cfg.grid_mm, cfg.patch, cfg.lung_hu, list(cfg.sigmas_mm), cfg.blob_hu_max,
                       cfg.min_response, cfg.max_candidates, cfg.per_scale_peaks, cfg.subvoxel, cfg.rich_features,
                       cfg.network, repr(synth_cfg), CACHE_VERSION] + (["network_feature"] if cfg.network_feature else []))
-    return cache_dir() / "medical" / "candidates" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pkl"
+    return cache_dir() / "medical" / "candidates" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+
+
+def save_scan(scan: ScanCache, path: Path) -> None:
+    """Write a ScanCache as a plain .npz (arrays and strings only: loading runs no code), atomically.
+    The report reading is not kept: load_scan reads the report text again."""
+    cs, cands = scan.cs, scan.cs.candidates
+    S = len(cands[0].scales_S) if cands and cands[0].scales_S is not None else 0
+    arrays = {
+        "study_id": np.array(scan.study_id), "report_text": np.array(scan.report_text), "labels_B": scan.labels_B,
+        "truth_xyz_N3": np.array([t.xyz_mm for t in scan.truth], np.float64).reshape(-1, 3),
+        "truth_diameter_N": np.array([t.diameter_mm for t in scan.truth], np.float64),
+        "grid_hu_ZYX": cs.grid.hu_ZYX, "grid_affine": cs.grid.affine, "grid_lung_ZYX": cs.grid.lung_ZYX,
+        "grid_search_ZYX": cs.grid.search_ZYX, "grid_lung_box": np.stack(cs.grid.lung_box),
+        "grid_midline_i": np.array(cs.grid.midline_i),
+        "kji_B3": np.array([c.kji for c in cands], np.int64).reshape(-1, 3),
+        "response_B": np.array([c.response for c in cands]), "diameter_B": np.array([c.diameter_mm for c in cands]),
+        "center_hu_B": np.array([c.center_hu for c in cands]),
+        "kji_f_B3": np.array([c.kji_f if c.kji_f is not None else np.full(3, np.nan) for c in cands]).reshape(-1, 3),
+        "scales_BS": np.array([c.scales_S if c.scales_S is not None else np.full(S, np.nan) for c in cands]
+                              ).reshape(len(cands), S),
+        "tubes_BS": np.array([c.tubes_S if c.tubes_S is not None else np.full(S, np.nan) for c in cands]
+                             ).reshape(len(cands), S),
+        "positions_B3": np.array(cs.positions, np.float64).reshape(-1, 3),
+        "patches_BP3": cs.patches_BP3, "cand_BF": cs.cand_BF,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_scan(path: Path) -> ScanCache:
+    """The ScanCache save_scan wrote (ValueError / OSError / KeyError when the file is damaged)."""
+    from .evaluation import Nodule
+    from .report import read_report
+
+    with np.load(path, allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    study_id, report_text = str(a["study_id"]), str(a["report_text"])
+
+    def optional(row: np.ndarray) -> np.ndarray | None:
+        return None if row.size == 0 or np.isnan(row).all() else row
+
+    cands = [Candidate(kji, float(r), float(d), float(h), optional(f), optional(sc), optional(tu))
+             for kji, r, d, h, f, sc, tu in zip(a["kji_B3"], a["response_B"], a["diameter_B"], a["center_hu_B"],
+                                               a["kji_f_B3"], a["scales_BS"], a["tubes_BS"])]
+    grid = Grid(a["grid_hu_ZYX"], a["grid_affine"], a["grid_lung_ZYX"], a["grid_search_ZYX"],
+                (a["grid_lung_box"][0], a["grid_lung_box"][1]), float(a["grid_midline_i"]))
+    cs = CandidateSet(grid, cands, [tuple(p) for p in a["positions_B3"].tolist()], a["patches_BP3"], a["cand_BF"])
+    truth = [Nodule(study_id, tuple(xyz), float(d)) for xyz, d in zip(a["truth_xyz_N3"].tolist(), a["truth_diameter_N"])]
+    return ScanCache(study_id, cs, a["labels_B"], read_report(report_text), truth, report_text)
 
 
 def synth_scan(index: int, seed: int, cfg: DetectorConfig, synth_cfg=None, cache: bool = True) -> ScanCache:
     """One synthetic study's candidate set, labelled, with its report reading; computed in memory and
-    kept in the cache folder (apps.settings.cache_dir) for the next training run."""
-    import pickle
+    kept in the cache folder (apps.settings.cache_dir, as .npz: see save_scan) for the next training run."""
+    import zipfile
 
     from .evaluation import Nodule
     from .report import read_report
@@ -948,11 +999,8 @@ def synth_scan(index: int, seed: int, cfg: DetectorConfig, synth_cfg=None, cache
     path = _cache_file(index, seed, cfg, synth_cfg)
     if cache and path.is_file():
         try:
-            with open(path, "rb") as f:
-                scan = pickle.load(f)
-            scan.reading = read_report(scan.report_text)     # the reader may have changed since
-            return scan
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+            return load_scan(path)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass   # unreadable: recompute
     study = make_study(index, seed, synth_cfg)
     cs = candidate_set(study.hu_ZYX, study.affine, cfg)
@@ -963,11 +1011,7 @@ def synth_scan(index: int, seed: int, cfg: DetectorConfig, synth_cfg=None, cache
     scan = ScanCache(study.study_id, cs, labels_for(cs, study.nodules, cfg), read_report(study.report), truth,
                      study.report)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            pickle.dump(scan, f)
-        tmp.replace(path)
+        save_scan(scan, path)
     return scan
 
 
