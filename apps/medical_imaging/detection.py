@@ -1228,6 +1228,8 @@ def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log
         if tcfg.patch_network is None or not cfg.rich_features:
             raise ValueError("network_feature needs rich_features and a train-patch-network folder (patch_network)")
         network, oof, info = load_patch_network(tcfg.patch_network)
+        if info["train"]["folds"] < 2:
+            raise ValueError(f"{tcfg.patch_network}: trained without out-of-fold logits (folds 0); the trees need them")
         if (info["train"]["studies"], info["train"]["seed"]) < (tcfg.train_studies, tcfg.seed):
             raise ValueError(f"{tcfg.patch_network}: trained on {info['train']['studies']} studies of seed "
                              f"{info['train']['seed']}, fewer than these {tcfg.train_studies} of seed {tcfg.seed}")
