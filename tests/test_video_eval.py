@@ -1,6 +1,7 @@
 """BLEU-4, the pixel attribute checker, cut matching and `video eval` (apps/video_generation/evaluation.py)."""
 import math
 
+import numpy as np
 import pytest
 
 from apps.video_generation import world
@@ -51,6 +52,33 @@ def test_pixel_checker_confirms_truth_and_rejects_wrong_scripts():
     assert not check_scene(frames, _scene(colour="green"))["colours"]
     assert not check_scene(frames, _scene(camera="pan_right"))["motion"]  # the camera changes the path
     assert not check_scene(frames, _scene(background="beach"))["background"]
+
+
+def test_pixel_checker_confirms_white_objects_by_the_foam_of_a_resized_beach():
+    """Rendered at twice the checked size and shrunk (as `video eval` reads 360p clips at 320 wide), the
+    beach's foam lines land a pixel off the checker's own rendering; the old pixel-to-pixel comparison took
+    them for a white object and rejected all three true scenes."""
+    import cv2
+
+    def shrunk(scene, seed):
+        frames = world.render_scene(scene, 24, (180, 320), seed)
+        return np.stack([cv2.resize(f, (160, 90), interpolation=cv2.INTER_AREA) for f in frames])
+
+    white = world.SceneObject("7", "white", "still")
+    cases = ((world.Scene([world.SceneObject("0", "white", "grow")], "beach", "static"), 0),
+             (world.Scene([world.SceneObject("diamond", "white", "still")], "beach", "zoom_in"), 1),
+             (world.Scene([white, world.SceneObject("square", "yellow", "still")], "beach", "pan_left"), 1))
+    for scene, seed in cases:
+        assert check_scene(shrunk(scene, seed), scene) == {"background": True, "colours": True, "motion": True}, scene
+    # ... and still rejects what the frames do not show.
+    frames = shrunk(*cases[2])
+    for wrong in (world.Scene([white, world.SceneObject("square", "yellow", "left")], "beach", "pan_left"),
+                  world.Scene([white, world.SceneObject("square", "yellow", "still")], "beach", "static"),
+                  world.Scene([world.SceneObject("7", "white", "up"), world.SceneObject("square", "yellow", "still")],
+                              "beach", "pan_left")):
+        assert not check_scene(frames, wrong)["motion"], wrong
+    assert not check_scene(frames, world.Scene([world.SceneObject("7", "pink", "still")], "beach", "pan_left"))[
+        "colours"]
 
 
 def test_evaluate_at_tiny_size_returns_every_key():

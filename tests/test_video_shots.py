@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from apps.video_generation import world
-from apps.video_generation.shots import (DescribeConfig, FlowSummary, camera_movement, colour_name,
+from apps.video_generation.shots import (DescribeConfig, FlowSummary, ShotConfig, camera_movement, colour_name,
                                          describe_shot, detect_shots, dominant_colours)
 
 SIZE = (72, 128)
@@ -29,6 +29,19 @@ def test_no_cut_inside_moving_shots():
     for camera, bg in (("pan_right", "grass"), ("zoom_out", "sunset"), ("zoom_in", "night")):
         frames = world.render_scene(_scene("4", "cyan", "bounce", bg, camera), 72, SIZE)
         assert len(detect_shots(frames, 24.0)) == 1, camera
+
+
+def test_cut_that_keeps_the_backdrop_is_found_by_the_compensated_difference():
+    # The zoom out ends where the pan starts: at the cut only a large bouncing square gives way to a small heart.
+    script = world.Script([_scene("square", "pink", "bounce", "studio", "zoom_out", 3.0),
+                           _scene("heart", "purple", "up", "studio", "pan_left", 3.0)])
+    frames, cuts = world.render_script(script, 12, (180, 320))
+    assert [s.start_frame for s in detect_shots(frames, 12.0)[1:]] == cuts == [36]
+    # The histogram and grey-level score alone miss it (what the compensated difference adds) ...
+    assert len(detect_shots(frames, 12.0, ShotConfig(still_backdrop=False))) == 1
+    # ... and the same motions without a cut stay one shot.
+    for scene in script.scenes:
+        assert len(detect_shots(world.render_scene(scene, 72, (180, 320)), 12.0)) == 1, scene
 
 
 def _fade_through_black(a, b, n):

@@ -10,7 +10,9 @@ mean absolute grey-level difference (where it changed). A hard cut is a spike of
 above its local baseline (median + k * MAD over a sliding window, so a busy shot raises its own
 bar), above an absolute floor; a gradual transition is a window whose two end frames differ like
 a cut and whose inner frames are blends of its ends (which motion and camera moves are not). Boundaries closer
-than a minimum shot length keep the stronger one.
+than a minimum shot length keep the stronger one. A cut between two shots of one set (the same backdrop, the
+camera where it was) changes only the objects, too little of the frame for that score: a second score, the
+motion-compensated difference (what no move of a few pixels explains), finds it with the same peak test.
 
 Descriptors: brightness from Lab L; dominant colours by k-means in Lab, named from lightness,
 chroma and hue; motion and camera from Farneback optical flow on downscaled grey frames, the
@@ -45,6 +47,10 @@ class ShotConfig:
     blend_tolerance: float = 0.2     # inner frames' deviation from the blend of the ends / their distance
     cut_in_gradual: float = 0.5      # a one-frame grey jump this share of a gradual span's whole change: a cut
     min_shot_s: float = 0.3          # shots shorter than this are merged into a neighbour
+    still_backdrop: bool = True      # also look for cuts that change only the objects, not the backdrop
+    shift_radius: int = 2            # ... by a motion-compensated difference: pixels (at analysis_width) a
+                                     # thing may move between frames and still count as the same thing
+    shift_floor: float = 0.0005      # ... a cut's compensated difference (grey levels in [0, 1]) is above this
 
 
 @dataclass
@@ -107,6 +113,23 @@ def _scores(hist_FB: np.ndarray, grey_Fhw: np.ndarray, cfg: ShotConfig) -> np.nd
     return scores_F
 
 
+def compensated_scores(grey_Fhw: np.ndarray, radius: int) -> np.ndarray:
+    """scores[i] for i >= 1: the grey-level change from frame i - 1 to frame i that no motion of up
+    to `radius` pixels explains, both ways (what appears and what disappears): how far each pixel
+    lies outside the range its neighbourhood held in the other frame, averaged. Objects that move
+    and a camera that pans or zooms score near zero; an object that vanishes while another appears
+    elsewhere over the same backdrop (a cut between two shots of one set) does not."""
+    k = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    lo_Fhw = np.stack([cv2.erode(g, k) for g in grey_Fhw])
+    hi_Fhw = np.stack([cv2.dilate(g, k) for g in grey_Fhw])
+    outside = lambda g, lo, hi: (np.maximum(lo - g, 0.0) + np.maximum(g - hi, 0.0)).mean(axis=(1, 2))  # noqa: E731
+    scores_F = np.zeros(len(grey_Fhw), dtype=np.float64)
+    if len(grey_Fhw) > 1:
+        scores_F[1:] = 0.5 * (outside(grey_Fhw[1:], lo_Fhw[:-1], hi_Fhw[:-1]) +
+                              outside(grey_Fhw[:-1], lo_Fhw[1:], hi_Fhw[1:]))
+    return scores_F
+
+
 def _local_baseline(scores_F: np.ndarray, i: int, cfg: ShotConfig) -> tuple[float, float]:
     """Median and MAD of the pair scores around pair i (pair i itself and its neighbours excluded)."""
     lo, hi = max(1, i - cfg.window), min(len(scores_F), i + cfg.window + 1)
@@ -117,19 +140,24 @@ def _local_baseline(scores_F: np.ndarray, i: int, cfg: ShotConfig) -> tuple[floa
     return med, float(np.median(np.abs(around - med)))
 
 
-def _hard_cuts(scores_F: np.ndarray, min_len: int, cfg: ShotConfig) -> list[tuple[int, float]]:
+def _hard_cuts(scores_F: np.ndarray, min_len: int, cfg: ShotConfig, floor: float | None = None,
+               flashes: bool = True) -> list[tuple[int, float]]:
     """Pairs whose score stands out of its window, and out-scores by `peak_ratio` every other pair
-    closer than a shot's minimum length (renderer jitter and flicker make lone bumps, not peaks)."""
+    closer than a shot's minimum length (renderer jitter and flicker make lone bumps, not peaks);
+    `floor` (default cfg.cut_floor) is the least score of a cut. With `flashes`, two such pairs
+    close together are both kept (the two cuts of a short flash)."""
+    floor = cfg.cut_floor if floor is None else floor
     candidates = []
     for i in range(1, len(scores_F)):
         s = scores_F[i]
-        if s < cfg.cut_floor:
+        if s < floor:
             continue
         med, mad = _local_baseline(scores_F, i, cfg)
         if s > med + cfg.mad_k * mad and s > cfg.ratio * med:
             candidates.append(i)
     others_F = scores_F.copy()
-    others_F[candidates] = 0.0  # two cuts of a short flash do not silence each other
+    if flashes:
+        others_F[candidates] = 0.0  # two cuts of a short flash do not silence each other
     cuts = []
     for i in candidates:
         near = np.concatenate([others_F[max(1, i - min_len + 1):i], others_F[i + 1:i + min_len]])
@@ -182,6 +210,11 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
     scores_F = _scores(hist_FB, grey_Fhw, cfg)
     min_len = max(1, int(round(cfg.min_shot_s * fps)))
     cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, min_len, cfg)]
+    if cfg.still_backdrop:
+        # Ranked by their plain score, so where both find a cut the first one's frame is kept, and of two
+        # neighbouring candidates (a fast move right after the cut) the one the frames' content changes most at.
+        cuts += [(i, float(scores_F[i]), "cut") for i, _ in _hard_cuts(
+            compensated_scores(grey_Fhw, cfg.shift_radius), min_len, cfg, cfg.shift_floor, flashes=False)]
     if cfg.gradual:
         spans = _merge_fades(_gradual(grey_Fhw, hist_FB, fps, cfg), grey_Fhw, int(round(cfg.gradual_max_s * fps)))
         # A dissolve or fade changes the pixels a step at a time: a "span" holding one jump about as large as the
