@@ -797,10 +797,12 @@ class NoduleDetector:
 
     @torch.no_grad()
     def patch_logits(self, patches_BP3: np.ndarray, batch: int = 64) -> torch.Tensor:
-        """[B] the patch network's logit per candidate patch (network_feature), in batches."""
-        out = [self.model.patch_logit(torch.from_numpy(patches_BP3[s:s + batch].astype(np.float32))[:, None])[0]
-               for s in range(0, len(patches_BP3), batch)]
-        return torch.cat(out) if out else torch.zeros(0)
+        """[B] the patch network's logit per candidate patch (network_feature), in batches, in bfloat16 as it was
+        trained and gave the out-of-fold logits the trees were fitted on (1.5x faster on CPU than float32)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = [self.model.patch_logit(torch.from_numpy(patches_BP3[s:s + batch].astype(np.float32))[:, None])[0]
+                   for s in range(0, len(patches_BP3), batch)]
+        return torch.cat(out).float() if out else torch.zeros(0)
 
     def detect(self, hu_ZYX: np.ndarray, affine: np.ndarray, reading: ReportReading | None = None,
                threshold: float | None = 0.0) -> list[Detection]:
