@@ -83,7 +83,7 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--studies", type=positive_int, default=200, help="synthetic training studies (seed --seed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=_non_negative_int, default=4, help="out-of-fold networks (by study)")
-    p.add_argument("--epochs", type=positive_int, default=24)
+    p.add_argument("--epochs", type=positive_int, default=16)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (hours on two CPU cores, minutes on a GPU)")
     p.add_argument("--workers", type=positive_int, default=1, help="processes making the studies' candidates")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
