@@ -67,13 +67,9 @@ def train_detector(args: argparse.Namespace) -> None:
     if args.epochs is not None:
         cfg.epochs = args.epochs
     if args.network_feature is not None:
-        from core.vision.swin import VisionStreamConfig
+        from .patch_network import with_patch_network
 
-        from .patch_network import load_patch_network
-
-        vision = load_patch_network(args.network_feature)[2]["vision"]
-        vision = VisionStreamConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vision.items()})
-        cfg.model = dataclasses.replace(cfg.model, network_feature=True, vision=vision, dim=vision.out_dim)
+        cfg.model = with_patch_network(cfg.model, args.network_feature)
         cfg.patch_network = str(args.network_feature)
     summary = train(cfg, args.out)
     _emit(args, summary, [f"{k:<28}{v}" for k, v in summary.items()])

@@ -644,6 +644,19 @@ class NoduleRater(nn.Module):
         out = self.vision(patches, task_id("nodule_detection"))
         return self.patch_head(out.pooled).squeeze(-1), out.aux_loss
 
+    @torch.no_grad()
+    def patch_logits(self, patches_NP3: np.ndarray, batch: int = 64) -> torch.Tensor:
+        """[N] the patch logit of each patch [N, P, P, P] (float16 or float32, on the CPU), in batches on the
+        model's device, in bfloat16 as the patch network was trained and gave the out-of-fold logits the
+        trees were fitted on (on CPU also 1.5x faster than float32)."""
+        device = next(self.parameters()).device
+        out = []
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            for s in range(0, len(patches_NP3), batch):
+                x = torch.from_numpy(patches_NP3[s:s + batch]).to(device).float()[:, None]
+                out.append(self.patch_logit(x)[0].float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
     def tree_inputs(self, cand_BF: torch.Tensor, network_B: torch.Tensor | None) -> torch.Tensor:
         """[B, F] what the image trees read: the candidate's features, then (network_feature) the patch logit."""
         if not self.cfg.network_feature:
@@ -776,7 +789,7 @@ class NoduleDetector:
             return np.zeros(0, np.float32), np.zeros(0, np.float32)
         trees = self.model.report_linear is not None
         if not self.cfg.network and self.model.image_trees is not None:   # the trees (and the patch logit)
-            network_B = self.patch_logits(cs.patches_BP3, batch) if self.cfg.network_feature else None
+            network_B = self.model.patch_logits(cs.patches_BP3, batch) if self.cfg.network_feature else None
             image_B = self.model.image_trees(self.model.tree_inputs(torch.from_numpy(cs.cand_BF), network_B))
             fused_B = image_B
         else:
@@ -794,15 +807,6 @@ class NoduleDetector:
             fused_B = self.model.report_stage(image_B, torch.from_numpy(text_BMF[..., EMBED_DIM:]),
                                               None if rival_B is None else torch.from_numpy(rival_B))
         return torch.sigmoid(fused_B).numpy(), torch.sigmoid(image_B).numpy()
-
-    @torch.no_grad()
-    def patch_logits(self, patches_BP3: np.ndarray, batch: int = 64) -> torch.Tensor:
-        """[B] the patch network's logit per candidate patch (network_feature), in batches, in bfloat16 as it was
-        trained and gave the out-of-fold logits the trees were fitted on (1.5x faster on CPU than float32)."""
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = [self.model.patch_logit(torch.from_numpy(patches_BP3[s:s + batch].astype(np.float32))[:, None])[0]
-                   for s in range(0, len(patches_BP3), batch)]
-        return torch.cat(out).float() if out else torch.zeros(0)
 
     def detect(self, hu_ZYX: np.ndarray, affine: np.ndarray, reading: ReportReading | None = None,
                threshold: float | None = 0.0) -> list[Detection]:
@@ -1017,16 +1021,20 @@ def synth_scan(index: int, seed: int, cfg: DetectorConfig, synth_cfg=None, cache
     return scan
 
 
-def synth_scans(first: int, n: int, seed: int, cfg: DetectorConfig, synth_cfg=None, workers: int = 1) -> list[ScanCache]:
-    """synth_scan for studies first .. first + n - 1, in `workers` processes."""
-    args = [(i, seed, cfg, synth_cfg) for i in range(first, first + n)]
+def map_studies(fn, args: list[tuple], workers: int = 1) -> list:
+    """[fn(*a) for a in args], in `workers` spawned processes when workers > 1 (fn must be importable)."""
     if workers <= 1:
-        return [synth_scan(*a) for a in args]
+        return [fn(*a) for a in args]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(synth_scan, *zip(*args)))
+        return list(pool.map(fn, *zip(*args)))
+
+
+def synth_scans(first: int, n: int, seed: int, cfg: DetectorConfig, synth_cfg=None, workers: int = 1) -> list[ScanCache]:
+    """synth_scan for studies first .. first + n - 1, in `workers` processes."""
+    return map_studies(synth_scan, [(i, seed, cfg, synth_cfg) for i in range(first, first + n)], workers)
 
 
 def _epoch_rows(scans: list[ScanCache], rng: np.random.Generator, negatives: int,
@@ -1183,8 +1191,9 @@ def fit_trees(model_cfg: DetectorConfig, tcfg: DetectorTrainConfig, scans: list[
     unseen scan gets them), the report fit and the mention ranks. Sets model_cfg.image_trees / report_stage."""
     if model_cfg.network_feature != (network_logits is not None):
         raise ValueError("network_logits are needed exactly when model_cfg.network_feature is on")
-    X = np.concatenate([s.cs.cand_BF if network_logits is None else np.concatenate(
-        [s.cs.cand_BF, net[:, None].astype(np.float32)], axis=1) for s, net in zip(scans, network_logits or scans)])
+    X = np.concatenate([s.cs.cand_BF for s in scans])
+    if network_logits is not None:
+        X = np.concatenate([X, np.concatenate(network_logits)[:, None].astype(np.float32)], axis=1)
     y = np.concatenate([s.labels_B for s in scans]).astype(int)
     scan_N = np.concatenate([np.full(len(s.labels_B), n) for n, s in enumerate(scans)])
     image = _tree_classifier(tcfg.tree_iters, tcfg.tree_lr, tcfg.tree_leaves, tcfg.tree_min_leaf, tcfg.seed).fit(X, y)
@@ -1240,10 +1249,9 @@ def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log
     if cfg.rich_features:
         model = fit_trees(cfg, tcfg, train, texts, network_logits)
         if network is not None:
-            missing = set(network) - set(model.state_dict())
-            if missing:
-                raise ValueError(f"{tcfg.patch_network}: weights this detector has no place for: {sorted(missing)[:3]}")
-            model.load_state_dict(network, strict=False)
+            unexpected = model.load_state_dict(network, strict=False).unexpected_keys
+            if unexpected:
+                raise ValueError(f"{tcfg.patch_network}: weights this detector has no place for: {unexpected[:3]}")
         log(f"trees fitted in {time.perf_counter() - start - prep_seconds:.0f} s: image {cfg.image_trees} "
             f"(nodes, trees, depth), report stage {cfg.report_stage}")
     else:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from core.vision.swin import VisionStreamConfig
 
-from .detection import DetectorConfig, NoduleRater, candidate_set, labels_for
+from .detection import DetectorConfig, NoduleRater, candidate_set, labels_for, map_studies
 
 NETWORK_FILE = "network.safetensors"
 OOF_FILE = "oof.npz"
@@ -87,15 +87,7 @@ def _study_patches(index: int, seed: int, cfg: DetectorConfig, synth_cfg=None
 def patch_set(studies: int, seed: int, cfg: DetectorConfig, workers: int = 1, synth_cfg=None) -> PatchSet:
     """The candidate patches of synthetic studies 0..studies-1 (no report reading: the network reads none);
     synth_cfg: the generator's settings (None: its defaults, which the detector is trained on)."""
-    args = [(i, seed, cfg, synth_cfg) for i in range(studies)]
-    if workers <= 1:
-        parts = [_study_patches(*a) for a in args]
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            parts = list(pool.map(_study_patches, *zip(*args)))
+    parts = map_studies(_study_patches, [(i, seed, cfg, synth_cfg) for i in range(studies)], workers)
     return PatchSet(np.concatenate([p for p, _, _ in parts]), np.concatenate([lab for _, lab, _ in parts]),
                     np.concatenate([np.full(len(lab), i) for i, (_, lab, _) in enumerate(parts)]),
                     np.concatenate([c for _, _, c in parts]))
@@ -164,21 +156,10 @@ def train_one(cfg: DetectorConfig, data: PatchSet, rows: np.ndarray, pcfg: Patch
     return model.eval()
 
 
-@torch.no_grad()
-def predict(model: NoduleRater, patches_NP3: np.ndarray, device: str = "cpu", batch: int = 1024) -> np.ndarray:
-    """[N] patch logits, in bfloat16 as the detector computes them."""
-    out = []
-    for s in range(0, len(patches_NP3), batch):
-        x = torch.from_numpy(patches_NP3[s:s + batch]).to(device).float()[:, None]
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-            out.append(model.patch_logit(x)[0].float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-
-
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
+    from .malignancy import auc
 
-    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
+    return auc(s, y) if 0 < y.sum() < len(y) else float("nan")
 
 
 def train_patch_network(cfg: DetectorConfig, pcfg: PatchNetworkConfig, out: str | Path, log=print,
@@ -199,7 +180,7 @@ def train_patch_network(cfg: DetectorConfig, pcfg: PatchNetworkConfig, out: str 
         held = data.scan_N % pcfg.folds == f
         log(f"fold {f + 1}/{pcfg.folds}: {int((~held).sum())} training candidates")
         model = train_one(cfg, data, np.flatnonzero(~held), pcfg, pcfg.seed + 1 + f, log)
-        oof[held] = predict(model, data.patches_NP3[held], pcfg.device)
+        oof[held] = model.patch_logits(data.patches_NP3[held], batch=1024).numpy()
         fold_auc.append(round(_auc(data.label_N[held], oof[held]), 4))
         log(f"fold {f + 1}: out-of-fold AUC {fold_auc[-1]}")
     log("all scans")
@@ -215,6 +196,18 @@ def train_patch_network(cfg: DetectorConfig, pcfg: PatchNetworkConfig, out: str 
     (out / CONFIG_FILE).write_text(json.dumps({"train": dataclasses.asdict(pcfg), "vision": dataclasses.asdict(
         cfg.vision), "summary": summary}, indent=2))
     return summary
+
+
+def with_patch_network(cfg: DetectorConfig, folder: str | Path) -> DetectorConfig:
+    """`cfg` set up for the patch network in `folder` (network_feature on, its vision stream's config),
+    reading only the folder's config.json."""
+    from core.model import config_from_dict
+
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; run `moe-suite medical train-patch-network --out {folder}`")
+    vision = config_from_dict(VisionStreamConfig, json.loads(path.read_text())["vision"])
+    return dataclasses.replace(cfg, network_feature=True, vision=vision, dim=vision.out_dim)
 
 
 def load_patch_network(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray], dict]:
