@@ -40,8 +40,6 @@ def train_planner(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    if not 0.0 <= args.word_noise < 1.0:
-        raise ValueError(f"--word-noise must be in [0, 1), got {args.word_noise}")
     tcfg = PlannerTrainConfig(train_prompts=args.prompts, steps=args.steps, batch_size=args.batch_size,
                               lr=args.lr, word_noise=args.word_noise, seed=args.seed)
     log = (lambda s: None) if args.json else print

@@ -125,16 +125,26 @@ def _object_regions(mask_HW: np.ndarray) -> np.ndarray:
     return np.isin(labels_HW, keep)
 
 
-def object_track(frames_FHW3: np.ndarray, scene, colour: str) -> np.ndarray | None:
-    """[CHECK_FRAMES, 3] measured (centre x, centre y as frame fractions, area share) of the
-    foreground pixels of `colour`, or None when the colour is absent from too many frames."""
+def _check_frames(frames_FHW3: np.ndarray, scene) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """(the CHECK_FRAMES sampled frame indices, (frame, rendered backdrop) in Lab at each): what every
+    object of a scene is tracked against, computed once per scene."""
     F, H, W = frames_FHW3.shape[:3]
     idx = np.linspace(0, F - 1, min(CHECK_FRAMES, F)).round().astype(int)
+    backdrops = _background_frames(scene, idx, F, (H, W), backdrop_seed(frames_FHW3, scene, idx))
+    return idx, [(_lab(frames_FHW3[f]), _lab(bg)) for f, bg in zip(idx, backdrops)]
+
+
+def object_track(frames_FHW3: np.ndarray, scene, colour: str,
+                 checked: tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]] | None = None) -> np.ndarray | None:
+    """[CHECK_FRAMES, 3] measured (centre x, centre y as frame fractions, area share) of the
+    foreground pixels of `colour`, or None when the colour is absent from too many frames.
+    checked: _check_frames(frames_FHW3, scene), when the caller has it already."""
+    H, W = frames_FHW3.shape[1:3]
+    idx, labs = checked or _check_frames(frames_FHW3, scene)
     target = _lab(np.array(world.COLOURS[colour], np.uint8).reshape(1, 1, 3))[0, 0]
     rows, missing = [], 0
-    for f, bg in zip(idx, _background_frames(scene, idx, F, (H, W), backdrop_seed(frames_FHW3, scene, idx))):
-        lab = _lab(frames_FHW3[f])
-        fg = foreground(lab, _lab(bg))
+    for lab, bg_lab in labs:
+        fg = foreground(lab, bg_lab)
         mask = _object_regions(fg & (np.linalg.norm(lab - target, axis=2) < COLOUR_DE))
         area = float(mask.mean())
         if area < MIN_AREA:
@@ -197,8 +207,9 @@ def check_scene(frames_FHW3: np.ndarray, scene) -> dict[str, bool]:
     and rotate both keep centre and area, so the checker does not tell them apart)."""
     colours_ok = motion_ok = True
     background_ok = background_of(frames_FHW3, scene.camera) == scene.background
+    checked = _check_frames(frames_FHW3, scene) if scene.objects else None
     for obj in scene.objects:
-        track = object_track(frames_FHW3, scene, obj.colour)
+        track = object_track(frames_FHW3, scene, obj.colour, checked)
         if track is None:
             colours_ok = motion_ok = False
             continue
@@ -286,14 +297,16 @@ def _generator():
     return generate_video, None
 
 
+def _same_content(a, b) -> bool:
+    """Two scenes show the same: objects (shape, colour, motion; in any order), background and camera."""
+    return sorted((o.shape, o.colour, o.motion) for o in a.objects) == \
+        sorted((o.shape, o.colour, o.motion) for o in b.objects) and (a.background, a.camera) == (b.background, b.camera)
+
+
 def _plan_matches(got, want) -> bool:
-    """The planner's script names the true one: scene count, and per scene its objects (shape, colour,
-    motion; in any order), background and camera. Scene lengths and style are left out."""
-    if len(got.scenes) != len(want.scenes):
-        return False
-    return all(sorted((o.shape, o.colour, o.motion) for o in g.objects) ==
-               sorted((o.shape, o.colour, o.motion) for o in w.objects) and
-               (g.background, g.camera) == (w.background, w.camera) for g, w in zip(got.scenes, want.scenes))
+    """The planner's script names the true one: scene count, and per scene its content (_same_content).
+    Scene lengths and style are left out."""
+    return len(got.scenes) == len(want.scenes) and all(_same_content(g, w) for g, w in zip(got.scenes, want.scenes))
 
 
 def _judge(generate_video, script, prompt: str, out, captioner, resolution: str, fps: int) -> dict | None:
@@ -323,13 +336,17 @@ def _judge(generate_video, script, prompt: str, out, captioner, resolution: str,
     same_count = len(bounds) - 1 == len(script.scenes)
     cap_ok = chk_ok = same_count
     plan_ok = len(bounds) - 1 == len(result.script.scenes)
+    planned_checks = []
     if plan_ok:  # the generator's fidelity to its own plan (planner errors left out)
-        plan_ok = all(all(check_scene(frames[bounds[k]:bounds[k + 1]], scene).values())
-                      for k, scene in enumerate(result.script.scenes))
+        planned_checks = [all(check_scene(frames[bounds[k]:bounds[k + 1]], scene).values())
+                          for k, scene in enumerate(result.script.scenes)]
+        plan_ok = all(planned_checks)
     if same_count:
         for k, scene in enumerate(script.scenes):
             seg = frames[bounds[k]:bounds[k + 1]]
-            chk_ok = chk_ok and all(check_scene(seg, scene).values())
+            # a scene the planner read right was checked just above (the checker reads no scene length)
+            same = planned_checks and _same_content(result.script.scenes[k], scene)
+            chk_ok = chk_ok and (planned_checks[k] if same else all(check_scene(seg, scene).values()))
             cap_ok = cap_ok and shots is not None and shots[k].source == "world model" and \
                 _scene_matches(shots[k].attributes, scene)
     return {"seconds": seconds, "same_count": same_count, "captioner": cap_ok, "checker": chk_ok,

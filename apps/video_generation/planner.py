@@ -127,7 +127,7 @@ class ScriptReader(nn.Module):
     def __init__(self, cfg: PlannerConfig):
         super().__init__()
         self.cfg = cfg
-        n_values = sum(len(v) for v in ATTRIBUTES.values())
+        n_values = N_VALUES
         n_colours = len(ATTRIBUTES["colour"])
         self.register_buffer("proto_VD", torch.zeros(n_values, cfg.text_dim))
         # the exemplar phrases' embeddings and values: the evidence a loaded model computes is its own
@@ -348,22 +348,10 @@ def value_evidence(texts: list[str], offsets: list[list[tuple[int, int]]], exemp
         for i, j, phrase in windows:
             word_best_NV[i:j + 1] = torch.maximum(word_best_NV[i:j + 1], best_WV[row[phrase]])
         ev_TV = torch.zeros(len(offs), n_values)
-        for t, (a, b) in enumerate(offs):
-            k = _word_of(words, a, b)
-            if k is not None:
-                ev_TV[t] = word_best_NV[k]
+        for k, (ws, we) in enumerate(words):          # each token takes the evidence of the word holding it
+            ev_TV[_covered(offs, ws, we)] = word_best_NV[k]
         out.append(ev_TV)
     return out
-
-
-def _word_of(words: list[tuple[int, int]], a: int, b: int) -> int | None:
-    """The word holding the character span [a, b) (a token), or None (special tokens, punctuation)."""
-    if b <= a:
-        return None
-    for k, (ws, we) in enumerate(words):
-        if ws <= a and b <= we:
-            return k
-    return None
 
 
 def lexicon_evidence(texts: list[str], offsets: list[list[tuple[int, int]]]) -> list[torch.Tensor]:
@@ -515,6 +503,10 @@ class PlannerTrainConfig:
     weight_decay: float = 0.01
     word_noise: float = 0.1      # add_word_noise probability on half the training prompts (0: none)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.word_noise < 1.0:
+            raise ValueError(f"--word-noise must be in [0, 1), got {self.word_noise}")
 
 
 def planner_loss(model: PlannerModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
