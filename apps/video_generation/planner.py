@@ -273,8 +273,13 @@ def encode_prompts(texts: list[str], batch_size: int = 64) -> tuple[list[torch.T
 
 def prototypes() -> torch.Tensor:
     """[V, text_dim]: mean token state of each prototype phrase (special tokens left out)."""
-    states, _ = encode_prompts(prototype_phrases())
-    return torch.stack([h[1:-1].mean(0) for h in states])
+    return _phrase_means(prototype_phrases())
+
+
+def _phrase_means(phrases: list[str], batch_size: int = 64) -> torch.Tensor:
+    """[N, text_dim]: each phrase encoded alone, the mean of its token states (special tokens left out)."""
+    states, _ = encode_prompts(phrases, batch_size=batch_size)
+    return torch.stack([h[1:-1].mean(0) if len(h) > 2 else h.mean(0) for h in states])
 
 
 # ---------------------------------------------------------------- value evidence from word windows
@@ -308,8 +313,7 @@ def exemplars() -> tuple[list[str], torch.Tensor, torch.Tensor]:
 
 def embed_phrases(phrases: list[str]) -> torch.Tensor:
     """[N, text_dim] unit vectors: each phrase embedded alone (mean of its token states)."""
-    states, _ = encode_prompts(phrases, batch_size=256)
-    return F.normalize(torch.stack([h[1:-1].mean(0) if len(h) > 2 else h.mean(0) for h in states]), dim=-1)
+    return F.normalize(_phrase_means(phrases, batch_size=256), dim=-1)
 
 
 def _word_windows(text: str, max_words: int) -> tuple[list[tuple[int, int, str]], list[tuple[int, int]]]:
