@@ -43,6 +43,25 @@ def test_candidates_find_the_ball_before_the_tube():
     assert cs.patches_BP3.shape[1:] == (32, 32, 32) and cs.cand_BF.shape == (len(cs.candidates), 8)
 
 
+def test_lung_mask_keeps_a_large_nodule_on_the_pleura_and_never_bridges_the_lungs():
+    """Two lungs 20 mm apart (2 mm voxels, the grid's own) and a 24 mm solid nodule bulging from the chest
+    wall: the mask's closing fills the nodule back in (a 10 mm closing, the old default, left its centre
+    outside the lung), but closes each side on its own, so the mediastinum between the lungs stays out
+    (one 15 mm closing of both would fill a gap narrower than 30 mm)."""
+    from apps.medical_imaging.detection import lung_mask
+
+    hu = np.full((56, 80, 100), 40.0, np.float32)
+    hu[6:50, 8:72, 6:45] = -850.0               # one lung
+    hu[6:50, 8:72, 55:94] = -850.0              # the other, 10 voxels away
+    z, y, x = np.mgrid[:56, :80, :100]
+    centre = (28, 40, 10)                        # 4 voxels (8 mm) inside the first lung's outer wall
+    hu[(z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= 6 ** 2] = 40.0
+    mask = lung_mask(hu, -400.0, 2.0)
+    assert mask[centre]
+    assert not mask[10:46, 12:68, 47:53].any()
+    assert not lung_mask(hu, -400.0, 2.0, closing_mm=10.0)[centre]
+
+
 def test_lobe_geometry_and_report_fit():
     assert estimate_lobe(-1, 0.9, 0.0) == "right upper lobe"
     assert estimate_lobe(-1, 0.45, -0.8) == "right middle lobe"

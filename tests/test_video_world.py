@@ -62,6 +62,24 @@ def test_backgrounds_look_distinct():
     assert d.min() > 20
 
 
+@pytest.mark.parametrize("background,level", [("sky", 200), ("night", 50)])
+def test_backdrop_is_the_same_at_every_resolution(background, level):
+    """A 1080p plate shrunk to 360p has the clouds and stars of the 360p plate of its seed, not those of
+    another seed: the checker re-renders a clip's backdrop at the size it checks."""
+    import cv2
+
+    def bright(img):   # clouds and stars (a shrunk star is spread over up to 4 pixels), within a pixel
+        return cv2.dilate((img.min(-1) > level).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+
+    small = world.render_background(background, (360, 960), seed=1)
+    shrunk = cv2.resize(world.render_background(background, (1080, 2880), seed=1), (960, 360),
+                        interpolation=cv2.INTER_AREA)
+    other = world.render_background(background, (360, 960), seed=2)
+    marks = (small.min(-1) > 200) & (np.abs(np.arange(960) - 0.85 * 960) > 40)[None, :]   # moon left out
+    assert bright(shrunk)[marks].mean() > 0.9
+    assert bright(other)[marks].mean() < 0.5
+
+
 def test_cuts_land_at_planned_frames():
     script = Script([Scene([SceneObject("circle", "red", "left")], "beach", "static", 1.0),
                      Scene([SceneObject("triangle", "blue", "up")], "night", "static", 0.5),

@@ -56,7 +56,7 @@ from .report import EMBED_DIM, LOBES, Mention, ReportReading
 KIND = "nodule_detector"
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "assets" / "medical_imaging" / "detector" / "model"
 HU_RANGE = (-1000.0, 400.0)   # patches are clipped to this window and scaled to [0, 1]
-CACHE_VERSION = 2             # bump when candidate generation changes
+CACHE_VERSION = 3             # bump when candidate generation changes
 CAND_FEATURES = 8
 PAIR_FEATURES = 26
 QUAD_FEATURES = 6             # products of the blob measurements (see quad_features)
@@ -82,6 +82,8 @@ class DetectorConfig:
     grid_mm: float = 2.0              # isotropic spacing candidates and patches are taken on
     patch: int = 32                   # patch side P in grid voxels (a multiple of the Swin's stride 32)
     lung_hu: float = -400.0           # air/lung below this (after smoothing)
+    lung_closing_mm: float = 15.0     # radius of the lung mask's closing: a nodule on the pleura up to ~2x this
+                                      # wide is filled back into the lung (10 before 2026-11-30)
     sigmas_mm: tuple[float, ...] = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 9.0)  # LoG scales: radii ~2..16 mm
     blob_hu_max: float = -550.0       # HU ceiling of the image blobs are measured on
     min_response: float = 5.0         # blob measure (HU, scale-normalised) a candidate needs
@@ -147,8 +149,29 @@ def resample(hu_ZYX: np.ndarray, affine: np.ndarray, grid_mm: float) -> tuple[np
     return out[0].numpy().astype(np.float32), out.affine.numpy().astype(np.float64) @ perm
 
 
-def lung_mask(hu_ZYX: np.ndarray, lung_hu: float, grid_mm: float, closing_mm: float = 10.0) -> np.ndarray:
-    """Both lungs, filled: air below lung_hu not connected to the in-plane border, big components only."""
+def midline_column(mask_ZYX: np.ndarray) -> float:
+    """The mediastinum's column: the emptiest column of the mask between the lungs' outer edges."""
+    cols = np.argwhere(mask_ZYX)[:, 2]
+    lo, hi = np.percentile(cols, [5, 95])
+    hist = np.bincount(cols, minlength=mask_ZYX.shape[2]).astype(float)
+    mid_range = np.arange(int(lo + 0.25 * (hi - lo)), int(lo + 0.75 * (hi - lo)) + 1)
+    return float(mid_range[np.argmin(hist[mid_range])]) if len(mid_range) else float(cols.mean())
+
+
+def _closing(mask_ZYX: np.ndarray, r: float) -> np.ndarray:
+    """Closing with a ball of radius r voxels (dilate, then erode) through distance transforms: exact for a
+    Euclidean ball and far cheaper than a structuring element of that size."""
+    from scipy import ndimage as ndi
+
+    pad = int(np.ceil(r)) + 1
+    dilated = ndi.distance_transform_edt(~np.pad(mask_ZYX, pad)) <= r
+    return (ndi.distance_transform_edt(dilated) > r)[pad:-pad, pad:-pad, pad:-pad]
+
+
+def lung_mask(hu_ZYX: np.ndarray, lung_hu: float, grid_mm: float, closing_mm: float = 15.0) -> np.ndarray:
+    """Both lungs, filled: air below lung_hu not connected to the in-plane border, big components only,
+    closed with a ball of closing_mm (a nodule on the pleura is filled back in), each side of the midline
+    on its own (the closing never bridges the mediastinum between the lungs)."""
     from scipy import ndimage as ndi
 
     air = ndi.gaussian_filter(hu_ZYX, 1.0) < lung_hu
@@ -164,32 +187,21 @@ def lung_mask(hu_ZYX: np.ndarray, lung_hu: float, grid_mm: float, closing_mm: fl
     mask = np.isin(labels, np.flatnonzero(sizes >= min_voxels))
     if not mask.any():
         return mask
-    # Closing with a ball of closing_mm (dilate, then erode) through distance transforms: exact for a
-    # Euclidean ball and far cheaper than a structuring element of that size.
-    r = closing_mm / grid_mm
-    pad = int(np.ceil(r)) + 1
-    dilated = ndi.distance_transform_edt(~np.pad(mask, pad)) <= r
-    mask = (ndi.distance_transform_edt(dilated) > r)[pad:-pad, pad:-pad, pad:-pad]
+    low_side_X = np.arange(mask.shape[2]) < int(midline_column(mask))
+    mask = _closing(mask & low_side_X, closing_mm / grid_mm) | _closing(mask & ~low_side_X, closing_mm / grid_mm)
     for k in range(mask.shape[0]):
         mask[k] = ndi.binary_fill_holes(mask[k])
     return mask
 
 
 def prepare_grid(hu_ZYX: np.ndarray, affine: np.ndarray, cfg: DetectorConfig) -> Grid:
-    from scipy import ndimage as ndi
-
     hu, grid_affine = resample(hu_ZYX, affine, cfg.grid_mm)
-    lung = lung_mask(hu, cfg.lung_hu, cfg.grid_mm)
+    lung = lung_mask(hu, cfg.lung_hu, cfg.grid_mm, cfg.lung_closing_mm)
     search = lung
     if lung.any():
         where = np.argwhere(lung)
         box = (where.min(0).astype(float), where.max(0).astype(float))
-        cols = where[:, 2]
-        # the midline: the emptiest column between the lungs' outer edges (the mediastinum)
-        lo, hi = np.percentile(cols, [5, 95])
-        hist = np.bincount(cols, minlength=hu.shape[2]).astype(float)
-        mid_range = np.arange(int(lo + 0.25 * (hi - lo)), int(lo + 0.75 * (hi - lo)) + 1)
-        midline = float(mid_range[np.argmin(hist[mid_range])]) if len(mid_range) else float(cols.mean())
+        midline = midline_column(lung)
     else:
         box = (np.zeros(3), np.array(hu.shape, float) - 1)
         midline = hu.shape[2] / 2
@@ -935,7 +947,7 @@ def _cache_file(index: int, seed: int, cfg: DetectorConfig, synth_cfg) -> Path:
 
     from apps.settings import cache_dir
 
-    key = json.dumps([index, seed, cfg.grid_mm, cfg.patch, cfg.lung_hu, list(cfg.sigmas_mm), cfg.blob_hu_max,
+    key = json.dumps([index, seed, cfg.grid_mm, cfg.patch, cfg.lung_hu, cfg.lung_closing_mm, list(cfg.sigmas_mm), cfg.blob_hu_max,
                       cfg.min_response, cfg.max_candidates, cfg.per_scale_peaks, cfg.subvoxel, cfg.rich_features,
                       cfg.network, repr(synth_cfg), CACHE_VERSION] + (["network_feature"] if cfg.network_feature else []))
     return cache_dir() / "medical" / "candidates" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"

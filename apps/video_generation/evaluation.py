@@ -85,10 +85,8 @@ def backdrop_seed(frames_FHW3: np.ndarray, scene, idx: np.ndarray) -> int:
     """Of the seeds the world gives a script's backdrops (scene i of a script: seed i), the one whose
     stars and clouds the sampled frames match best (median absolute difference, which the objects
     hardly move). With another seed, clouds of the scene's own backdrop would be foreground as large
-    as a white object, and be tracked instead of it. The world draws clouds in proportion to the
-    plate's size, so a clip rendered at twice the checked size keeps them about in place (mean grey
-    difference 3-5 against 5-8 for another seed, 360p sky plates checked at 180p); from 1080p the
-    plate holds more clouds, no seed matches, and they stay foreground noise as before."""
+    as a white object, and be tracked instead of it. The world places clouds and stars in fractions of
+    the plate, so a clip rendered at any size keeps them in place at the checked size."""
     F, H, W = frames_FHW3.shape[:3]
     best, best_err = 0, np.inf
     for seed in range(world.MAX_SCENES):

@@ -484,8 +484,16 @@ def _gradient(h: int, w: int, top: tuple, bottom: tuple) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(col_H3[:, None, :], (h, w, 3)), dtype=np.uint8)
 
 
+# Stars and clouds per canvas: a fixed count at positions drawn in fractions of the canvas, so one seed gives
+# the same backdrop at every resolution. The counts are those the captioner's training renders (108-180 px
+# high) had when they grew with the canvas; a 360p plate then had 6 clouds and 115 stars, 1080p 18 and 1036.
+NIGHT_STARS = 25
+SKY_CLOUDS = 3
+
+
 def render_background(name: str, size_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """A background canvas [H, W, 3] with a distinct look; callers render it wider for pans."""
+    """A background canvas [H, W, 3] with a distinct look, the same at any resolution (up to resampling);
+    callers render it wider for pans."""
     _check("background", name, BACKGROUNDS)
     h, w = size_hw
     rng = np.random.default_rng(seed)
@@ -500,9 +508,9 @@ def render_background(name: str, size_hw: tuple[int, int], seed: int = 0) -> np.
             cv2.line(img, (0, y), (w, y), (230, 240, 250), max(1, h // 180), cv2.LINE_AA)
     elif name == "night":
         img = _gradient(h, w, (5, 10, 40), (20, 30, 80))
-        n = max(20, (h * w) // 3000)
-        xs, ys = rng.integers(0, w, n), rng.integers(0, int(0.8 * h), n)
-        img[ys, xs] = (255, 255, 230)
+        dot = max(1, round(h / 360))   # one pixel at 360p, grown with the frame
+        for x, y in zip(rng.random(NIGHT_STARS) * w, rng.random(NIGHT_STARS) * 0.8 * h):
+            img[int(y):int(y) + dot, int(x):int(x) + dot] = (255, 255, 230)
         cv2.circle(img, (int(0.85 * w), int(0.15 * h)), max(2, h // 14), (240, 240, 210), -1, cv2.LINE_AA)
     elif name == "grass":
         img = _gradient(h, w, (60, 160, 60), (30, 110, 30))
@@ -512,9 +520,9 @@ def render_background(name: str, size_hw: tuple[int, int], seed: int = 0) -> np.
         img = np.clip(img.astype(np.float32) + stripes[..., None], 0, 255).astype(np.uint8)
     elif name == "sky":
         img = _gradient(h, w, (70, 140, 230), (170, 210, 250))
-        for _ in range(max(3, w // 160)):
-            cx, cy = int(rng.integers(0, w)), int(rng.integers(0, int(0.7 * h)))
-            r = max(3, int(rng.integers(h // 20, h // 10 + 2)))
+        for _ in range(SKY_CLOUDS):
+            cx, cy = int(rng.random() * w), int(rng.random() * 0.7 * h)
+            r = max(3, int(h * rng.uniform(0.05, 0.1)))
             for dx in (-r, 0, r):
                 cv2.circle(img, (cx + dx, cy + (0 if dx else -r // 2)), r, (250, 250, 255), -1, cv2.LINE_AA)
     elif name == "studio":
