@@ -163,9 +163,15 @@ def _closing(mask_ZYX: np.ndarray, r: float) -> np.ndarray:
     Euclidean ball and far cheaper than a structuring element of that size."""
     from scipy import ndimage as ndi
 
+    out = np.zeros_like(mask_ZYX)
+    if not mask_ZYX.any():
+        return out
+    where = np.argwhere(mask_ZYX)
+    box = tuple(slice(lo, hi + 1) for lo, hi in zip(where.min(0), where.max(0)))   # the closing stays inside it
     pad = int(np.ceil(r)) + 1
-    dilated = ndi.distance_transform_edt(~np.pad(mask_ZYX, pad)) <= r
-    return (ndi.distance_transform_edt(dilated) > r)[pad:-pad, pad:-pad, pad:-pad]
+    dilated = ndi.distance_transform_edt(~np.pad(mask_ZYX[box], pad)) <= r
+    out[box] = (ndi.distance_transform_edt(dilated) > r)[pad:-pad, pad:-pad, pad:-pad]
+    return out
 
 
 def lung_mask(hu_ZYX: np.ndarray, lung_hu: float, grid_mm: float, closing_mm: float = 15.0) -> np.ndarray:
