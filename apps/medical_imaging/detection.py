@@ -953,9 +953,9 @@ def _cache_file(index: int, seed: int, cfg: DetectorConfig, synth_cfg) -> Path:
 
     from apps.settings import cache_dir
 
-    key = json.dumps([index, seed, cfg.grid_mm, cfg.patch, cfg.lung_hu, cfg.lung_closing_mm, list(cfg.sigmas_mm), cfg.blob_hu_max,
-                      cfg.min_response, cfg.max_candidates, cfg.per_scale_peaks, cfg.subvoxel, cfg.rich_features,
-                      cfg.network, repr(synth_cfg), CACHE_VERSION] + (["network_feature"] if cfg.network_feature else []))
+    key = json.dumps([index, seed, cfg.grid_mm, cfg.patch, cfg.lung_hu, cfg.lung_closing_mm, list(cfg.sigmas_mm),
+                      cfg.blob_hu_max, cfg.min_response, cfg.max_candidates, cfg.per_scale_peaks, cfg.subvoxel,
+                      cfg.rich_features, cfg.network, repr(synth_cfg), CACHE_VERSION] + (["network_feature"] if cfg.network_feature else []))
     return cache_dir() / "medical" / "candidates" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
 
 
