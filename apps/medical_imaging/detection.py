@@ -278,15 +278,20 @@ def blob_response(hu_ZYX: np.ndarray, mask_ZYX: np.ndarray, sigma_vox: float,
     return out, tubes
 
 
+def blob_image(grid: Grid, cfg: DetectorConfig) -> np.ndarray:
+    """The image blobs are measured on: outside the lungs set to lung parenchyma, so the chest wall, heart
+    and bone make no blobs; the ceiling at blob_hu_max gives ground-glass nodules (-700..-400 HU) nearly the
+    contrast of solid ones."""
+    return np.where(grid.lung_ZYX, np.clip(grid.hu_ZYX, HU_RANGE[0], cfg.blob_hu_max), -850.0).astype(np.float32)
+
+
 def find_candidates(grid: Grid, cfg: DetectorConfig) -> list[Candidate]:
     from scipy import ndimage as ndi
 
     if cfg.per_scale_peaks:
         return find_candidates_per_scale(grid, cfg)
 
-    # Outside the lungs is set to lung parenchyma, so the chest wall, heart and bone make no blobs; the
-    # ceiling at blob_hu_max gives ground-glass nodules (-700..-400 HU) nearly the contrast of solid ones.
-    hu = np.where(grid.lung_ZYX, np.clip(grid.hu_ZYX, HU_RANGE[0], cfg.blob_hu_max), -850.0).astype(np.float32)
+    hu = blob_image(grid, cfg)
     best = np.zeros(hu.shape, dtype=np.float32)
     best_s = np.zeros(hu.shape, dtype=np.int8)
     for s, sigma_mm in enumerate(cfg.sigmas_mm):
@@ -333,7 +338,7 @@ def find_candidates_per_scale(grid: Grid, cfg: DetectorConfig) -> list[Candidate
     blob next to a big one stays. Each keeps its measures at all scales (features for the rater)."""
     from scipy import ndimage as ndi
 
-    hu = np.where(grid.lung_ZYX, np.clip(grid.hu_ZYX, HU_RANGE[0], cfg.blob_hu_max), -850.0).astype(np.float32)
+    hu = blob_image(grid, cfg)
     S = len(cfg.sigmas_mm)
     blob_SZYX = np.zeros((S,) + hu.shape, np.float32)
     tube_SZYX = np.zeros((S,) + hu.shape, np.float32)
@@ -799,12 +804,14 @@ class NoduleDetector:
         self.metadata = metadata or {}
 
     @torch.no_grad()
-    def rate(self, cs: CandidateSet, text_BMF: np.ndarray | None, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """(P(nodule) with the report, P(nodule) from the image alone) per candidate; the image tokens
-        are computed once for both. With a report stage, it rates the scan's candidates
-        together from their image logits (see NoduleRater.report_stage)."""
+    def rate(self, cs: CandidateSet, text_BMF: np.ndarray | None,
+             batch: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(P(nodule) with the report, P(nodule) from the image alone, kept by non-maximum suppression on the
+        image rating) per candidate; the image tokens are computed once for both. With a report stage, it
+        rates the scan's candidates together from their image logits (see NoduleRater.report_stage), the
+        suppressed ones not counting as rivals."""
         if not cs.candidates:
-            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+            return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, bool)
         trees = self.model.report_linear is not None
         if not self.cfg.network and self.model.image_trees is not None:   # the trees (and the patch logit)
             network_B = self.model.patch_logits(cs.patches_BP3, batch) if self.cfg.network_feature else None
@@ -819,12 +826,12 @@ class NoduleDetector:
                 fused.append(image[-1] if text_BMF is None or trees else self.model.fuse(
                     vision_BTD, prior_B, torch.from_numpy(text_BMF[s:s + batch])))
             image_B, fused_B = torch.cat(image), torch.cat(fused)
+        keep_B = nms_keep(cs.candidates, image_B.numpy(), self.cfg)
         if trees and text_BMF is not None:
-            rival_B = suppress(cs.candidates, image_B.numpy(), self.cfg.nms / self.cfg.grid_mm) if self.cfg.nms > 0 \
-                else None
             fused_B = self.model.report_stage(image_B, torch.from_numpy(text_BMF[..., EMBED_DIM:]),
-                                              None if rival_B is None else torch.from_numpy(rival_B))
-        return torch.sigmoid(fused_B).numpy(), torch.sigmoid(image_B).numpy()
+                                              None if keep_B is None else torch.from_numpy(keep_B))
+        keep_B = np.ones(len(cs.candidates), bool) if keep_B is None else keep_B
+        return torch.sigmoid(fused_B).numpy(), torch.sigmoid(image_B).numpy(), keep_B
 
     def detect(self, hu_ZYX: np.ndarray, affine: np.ndarray, reading: ReportReading | None = None,
                threshold: float | None = 0.0) -> list[Detection]:
@@ -835,9 +842,7 @@ class NoduleDetector:
 
     def detect_candidates(self, cs: CandidateSet, reading: ReportReading | None,
                           threshold: float = 0.0) -> list[Detection]:
-        p_fused, p_image = self.rate(cs, text_inputs(cs, reading))
-        keep = suppress(cs.candidates, p_image, self.cfg.nms / self.cfg.grid_mm) if self.cfg.nms > 0 \
-            else np.ones(len(p_fused), bool)
+        p_fused, p_image, keep = self.rate(cs, text_inputs(cs, reading))
         out = []
         for n, c in enumerate(cs.candidates):
             if p_fused[n] < threshold or not keep[n]:
@@ -847,6 +852,11 @@ class NoduleDetector:
             out.append(Detection(c.kji, tuple(float(v) for v in xyz), round(c.diameter_mm, 1), float(p_fused[n]),
                                  float(p_image[n]), lobe, _best_mention(c, cs.positions[n], reading), c))
         return sorted(out, key=lambda d: -d.probability)
+
+
+def nms_keep(cands: list[Candidate], score_B: np.ndarray, cfg: DetectorConfig) -> np.ndarray | None:
+    """[B] bool: the candidates suppress() keeps at cfg.nms by `score_B`; None when cfg.nms is 0 (all kept)."""
+    return suppress(cands, score_B, cfg.nms / cfg.grid_mm) if cfg.nms > 0 else None
 
 
 def suppress(cands: list[Candidate], score_B: np.ndarray, factor: float) -> np.ndarray:
@@ -1196,7 +1206,8 @@ def report_stage_inputs(image_logit_B: np.ndarray, text_BMF: np.ndarray, cands: 
                         cfg: DetectorConfig) -> np.ndarray:
     """[B, 1 + REPORT_FEATURES + RANK_FEATURES] what the report stage reads for one scan (see report_stage)."""
     logit, pair = torch.from_numpy(image_logit_B).float(), torch.from_numpy(text_BMF[..., EMBED_DIM:])
-    rival = torch.from_numpy(suppress(cands, image_logit_B, cfg.nms / cfg.grid_mm)) if cfg.nms > 0 else None
+    keep = nms_keep(cands, image_logit_B, cfg)
+    rival = None if keep is None else torch.from_numpy(keep)
     return torch.cat([logit[:, None], report_features(pair), mention_rank_features(logit, pair, rival)], 1).numpy()
 
 
