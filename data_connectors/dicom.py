@@ -459,7 +459,7 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
             warnings.append(f"gantry tilt {tilt:.1f} deg corrected (resampled onto an orthogonal grid)")
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = row_dir * sx, col_dir * sy, step, p0
-    hu, affine = _to_lps(hu, affine)
+    hu, affine = to_lps(hu, affine)
     source = series.files[0] if len(series.files) == 1 else Path(os.path.commonpath([str(p.parent)
                                                                                      for p in series.files]))
     for w in warnings:
@@ -540,8 +540,9 @@ def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return float(n[2]), float(n[1]), float(n[0])
 
 
-def _to_lps(hu_ZYX: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder axes so i points left, j posterior, k superior (MONAI Orientation; a no-op for the usual axial)."""
+def to_lps(hu_ZYX: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same volume with its axes reordered and flipped so that i points left, j posterior, k superior, and
+    its affine (MONAI Orientation: exact, no interpolation; the arrays themselves when already so)."""
     import nibabel as nib
     if nib.orientations.aff2axcodes(_LPS_RAS @ affine_lps) == ("L", "P", "S"):
         return hu_ZYX, affine_lps
@@ -566,7 +567,7 @@ def _load_image_file(path: Path) -> CTVolume:
     affine_lps = _LPS_RAS @ np.asarray(img.affine, dtype=np.float64)
     hu = np.maximum(np.asarray(img.detach().cpu().numpy() if hasattr(img, "detach") else img, dtype=np.float32),
                     np.float32(AIR_HU))
-    hu, affine = _to_lps(np.ascontiguousarray(hu.transpose(2, 1, 0)), affine_lps)
+    hu, affine = to_lps(np.ascontiguousarray(hu.transpose(2, 1, 0)), affine_lps)
     return CTVolume(hu, _spacing(affine), affine, series_uid="", study_uid="", source=path)
 
 

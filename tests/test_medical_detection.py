@@ -289,3 +289,32 @@ def test_scan_cache_round_trips_as_plain_arrays(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises((ValueError, OSError, zipfile.BadZipFile)):
         load_scan(tmp_path / "bad.npz")
+
+
+def test_shipped_detector_gives_the_same_findings_in_any_axis_order():
+    """The same physical volume stored with its slices reversed, its rows flipped and its rows and columns
+    swapped (what a caller's own array from another reader may be): the same findings at the same patient
+    positions with the same probabilities. The axis order matters beyond the affine (the lungs are split at
+    a column, the Swin sees patches as laid out), so the detector makes every volume LPS first."""
+    hu, affine = _phantom()
+    hu[24, 20, 46] = 40.0                          # an asymmetric detail: a small dense dot in the left lung
+    detector = load_detector()
+
+    def findings(vol: np.ndarray, aff: np.ndarray) -> list[tuple]:
+        return sorted((tuple(np.round(d.xyz_mm, 3)), round(d.probability, 5))
+                      for d in detector.detect(vol, aff, None, threshold=0.0))
+
+    def flip(vol: np.ndarray, aff: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        col = 2 - axis                                 # array axes (k, j, i) <-> affine columns (i, j, k)
+        out = aff.copy()
+        out[:3, 3] += aff[:3, col] * (vol.shape[axis] - 1)
+        out[:3, col] *= -1
+        return np.flip(vol, axis).copy(), out
+
+    expected = findings(hu, affine)
+    assert expected and expected[0][1] > 0.0
+    other, other_affine = flip(*flip(hu, affine, 0), 1)
+    swapped_affine = other_affine.copy()
+    swapped_affine[:, [0, 1]] = other_affine[:, [1, 0]]
+    other = np.ascontiguousarray(other.transpose(0, 2, 1))
+    assert findings(other, swapped_affine) == expected

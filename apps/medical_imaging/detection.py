@@ -3,7 +3,8 @@
     detector = load_detector()                       # the shipped checkpoint (assets/medical_imaging/detector)
     detections = detector.detect(hu_ZYX, affine, reading)   # reading: report.ReportReading or None
 
-1. Resample the volume to an isotropic `grid_mm` grid (MONAI `Spacing`, affine kept).
+1. Reorder the volume's axes to LPS (MONAI `Orientation`, exact: a volume read by data_connectors already is;
+   any other array gives the same findings), resample to an isotropic `grid_mm` grid (MONAI `Spacing`).
 2. Lung mask: smoothed HU below `lung_hu`, air components not touching the in-plane border, holes
    filled slice by slice and closed, so vessels and juxtapleural nodules are inside.
 3. Candidates: scale-normalised Hessian blob maxima (a ball of radius r answers most at
@@ -201,7 +202,11 @@ def lung_mask(hu_ZYX: np.ndarray, lung_hu: float, grid_mm: float, closing_mm: fl
 
 
 def prepare_grid(hu_ZYX: np.ndarray, affine: np.ndarray, cfg: DetectorConfig) -> Grid:
-    hu, grid_affine = resample(hu_ZYX, affine, cfg.grid_mm)
+    """The isotropic LPS grid, its lung mask and where candidates may lie. The axis order matters beyond
+    the affine (the midline is a column, patches are seen as laid out), so any orientation is made LPS first."""
+    from data_connectors.dicom import to_lps
+
+    hu, grid_affine = resample(*to_lps(hu_ZYX, affine), cfg.grid_mm)
     lung = lung_mask(hu, cfg.lung_hu, cfg.grid_mm, cfg.lung_closing_mm)
     search = lung
     if lung.any():
