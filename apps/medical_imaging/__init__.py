@@ -74,6 +74,9 @@ def register(cli: CommandTable) -> None:
                    help="network epochs; 0 fits and freezes the priors only (the shipped detector)")
     p.add_argument("--network-feature", type=Path, default=None, metavar="DIR",
                    help="a train-patch-network folder: its Swin's patch logit becomes an input of the image trees")
+    p.add_argument("--train-lung-closing-mm", type=float, default=None, metavar="MM",
+                   help="lung closing of the training studies' candidates (default: the model's); the network's "
+                        "out-of-fold logits need the candidates it was trained on (10 for the shipped patch network)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 

@@ -66,6 +66,7 @@ def train_detector(args: argparse.Namespace) -> None:
     cfg = DetectorTrainConfig(train_studies=args.studies, val_studies=args.val_studies, seed=args.seed)
     if args.epochs is not None:
         cfg.epochs = args.epochs
+    cfg.train_lung_closing_mm = args.train_lung_closing_mm
     if args.network_feature is not None:
         from .patch_network import with_patch_network
 

@@ -938,9 +938,12 @@ class DetectorTrainConfig:
     folds: int = 5                    # out-of-fold image logits (by scan) the report stage learns on
     patch_network: str | None = None  # with model.network_feature: a train-patch-network folder (its network and
                                       # out-of-fold logits of these training studies)
+    train_lung_closing_mm: float | None = None  # the training studies' lung closing when it differs from the
+                                      # model's: a patch network's out-of-fold logits are for the candidates it was
+                                      # trained on (10 mm for the shipped one); validation uses the model's
     model: DetectorConfig = field(default_factory=lambda: DetectorConfig(
         extra_priors=True, per_scale_peaks=True, subvoxel=True, rich_features=True, network=False,
-        max_candidates=200, nms=1.0))
+        max_candidates=200, nms=1.5))
 
 
 @dataclass
@@ -1260,7 +1263,9 @@ def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log
     torch.manual_seed(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)
     cfg = tcfg.model
-    train = synth_scans(0, tcfg.train_studies, tcfg.seed, cfg, workers=tcfg.workers)
+    train_cand_cfg = cfg if tcfg.train_lung_closing_mm is None else dataclasses.replace(
+        cfg, lung_closing_mm=tcfg.train_lung_closing_mm)
+    train = synth_scans(0, tcfg.train_studies, tcfg.seed, train_cand_cfg, workers=tcfg.workers)
     val = synth_scans(0, tcfg.val_studies, tcfg.seed + 1, cfg, workers=tcfg.workers)
     prep_seconds = time.perf_counter() - start
     log(f"candidates ready in {prep_seconds:.0f} s: {sum(len(s.cs.candidates) for s in train)} train, "
