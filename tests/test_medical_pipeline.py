@@ -200,3 +200,26 @@ def test_real_lidc_nodule_rim_is_no_second_finding_at_coarser_in_plane_spacing(s
     found = load_detector().detect(coarse.astype(np.float32), affine, None, threshold=None)
     assert np.linalg.norm(np.array(found[0].xyz_mm) - centre) <= float(row["diameter_mm"]) / 2
     assert all(np.linalg.norm(np.array(d.xyz_mm) - centre) > 2 * float(row["diameter_mm"]) for d in found[1:])
+
+
+def test_thick_slices_come_with_a_warning(dataset):
+    """Slices further apart than THICK_SLICE_MM: the findings say the detector was trained on thinner ones;
+    the same volume at 2 mm spacing gets no such warning."""
+    import numpy as np
+
+    from apps.medical_imaging.pipeline import THICK_SLICE_MM, Models, diagnose, load_detector
+    from data_connectors.dicom import CTVolume
+
+    root, _ = dataset
+    models = Models(load_detector(root / "detector"), None)
+    hu = np.full((16, 48, 48), -850.0, np.float32)
+    hu[:, :, :4] = hu[:, :, -4:] = 40.0
+
+    def warnings_at(slice_mm: float) -> list[str]:
+        affine = np.diag([2.0, 2.0, slice_mm, 1.0])
+        volume = CTVolume(hu, (slice_mm, 2.0, 2.0), affine, "1.2.3", "1.2", Path("phantom"))
+        return diagnose(volume, None, models).warnings
+
+    assert THICK_SLICE_MM < 5.0
+    assert any("2.5 mm slices" in w and "5.0 mm" in w for w in warnings_at(5.0))
+    assert not any("2.5 mm slices" in w for w in warnings_at(2.0))
