@@ -51,6 +51,7 @@ from core import registry
 from core.fusion.cross_modal import CrossModalAttention
 from core.tasks import task_id
 from core.vision.swin import VisionStream, VisionStreamConfig
+from data_connectors.dicom import to_lps
 
 from .report import EMBED_DIM, LOBES, Mention, ReportReading
 
@@ -204,8 +205,6 @@ def lung_mask(hu_ZYX: np.ndarray, lung_hu: float, grid_mm: float, closing_mm: fl
 def prepare_grid(hu_ZYX: np.ndarray, affine: np.ndarray, cfg: DetectorConfig) -> Grid:
     """The isotropic LPS grid, its lung mask and where candidates may lie. The axis order matters beyond
     the affine (the midline is a column, patches are seen as laid out), so any orientation is made LPS first."""
-    from data_connectors.dicom import to_lps
-
     hu, grid_affine = resample(*to_lps(hu_ZYX, affine), cfg.grid_mm)
     lung = lung_mask(hu, cfg.lung_hu, cfg.grid_mm, cfg.lung_closing_mm)
     search = lung
