@@ -19,6 +19,14 @@ What the DICOM reader copes with, each noted in `CTVolume.warnings`:
   spacing by linear interpolation along the normal;
 - gantry tilt (slice positions sheared against the normal): resampled onto an orthogonal grid (MONAI);
 - duplicate positions, and files of another size or orientation in the series (a localizer): dropped;
+- files sharing the CT series' UID that are no slices (ImageType LOCALIZER, screen saves and other secondary
+  captures, colour images, SR/PR/KO... objects): dropped;
+- slices without ImagePositionPatient among positioned ones: placed by SliceLocation when it lines up with
+  the others' positions, else dropped; when no slice has one: placed by SliceLocation, else by InstanceNumber
+  (origin unknown, head/feet a guess);
+- two reconstructions or acquisitions (SliceThickness, AcquisitionNumber) interleaved under one series UID:
+  the commonest kept;
+- PixelPaddingValue that would read as dense bone or metal (>= 3000 HU, e.g. 4095 or 0xFFFF unsigned): air;
 - multi-frame enhanced CT (per-frame functional groups) and compressed transfer syntaxes (pylibjpeg, RLE);
 - padding outside the reconstruction circle (-2048, -3024 HU...): clamped to air, -1024 HU (also for NIfTI).
 Errors are DicomReadError (a ValueError) naming the file or folder. A one-slice series is an error unless
@@ -123,7 +131,8 @@ def _looks_like_dicom(path: Path) -> tuple[bool, bool]:
             head = f.read(132)
     except OSError:
         return False, False
-    return head[128:132] == b"DICM", head[:2] in (b"\x02\x00", b"\x08\x00")
+    # a bare dataset opens with a group 0002 or 0008 tag, little or (old exports) big endian
+    return head[128:132] == b"DICM", head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 
 
 def scan_folder(root: str | Path) -> FolderScan:
@@ -184,7 +193,7 @@ class _Frame:
     """One 2D image of a series: where it came from, its geometry and how to get its HU."""
     path: Path
     frame: int | None          # index in a multi-frame file
-    position: np.ndarray       # (3,) ImagePositionPatient
+    position: np.ndarray | None   # (3,) ImagePositionPatient; None where the file lacks it
     row_dir: np.ndarray        # (3,) direction of increasing column index i
     col_dir: np.ndarray        # (3,) direction of increasing row index j
     pixel_spacing: tuple[float, float]   # (between rows, between columns) mm
@@ -192,6 +201,10 @@ class _Frame:
     slope: float
     intercept: float
     instance: int
+    slice_location: float | None = None   # SliceLocation: the fallback when ImagePositionPatient is missing
+    spacing_between_slices: float | None = None   # SpacingBetweenSlices or SliceThickness: the last fallback
+    thickness: float | None = None   # SliceThickness and AcquisitionNumber: tell two reconstructions or
+    acquisition: int | None = None   # acquisitions filed under one series UID apart
 
 
 def _floats(value, n: int, path: Path, name: str) -> np.ndarray:
@@ -202,6 +215,15 @@ def _floats(value, n: int, path: Path, name: str) -> np.ndarray:
     if out.shape != (n,) or not np.all(np.isfinite(out)):
         raise DicomReadError(f"{path}: {name} is missing or malformed ({value!r})")
     return out
+
+
+def _optional_float(ds, name: str) -> float | None:
+    """A numeric element that may be absent or damaged without making the file unusable (None then)."""
+    try:
+        value = float(ds.get(name))
+    except _MALFORMED:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _group_item(ds, frame: int, seq: str):
@@ -244,7 +266,9 @@ def _read_frames(ds, path: Path) -> list[_Frame]:
     if min(shape) <= 0:
         raise DicomReadError(f"{path}: Rows/Columns missing")
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    instance = int(ds.get("InstanceNumber", 0) or 0)
+    instance = int(_optional_float(ds, "InstanceNumber") or 0)   # only a tie-breaker: damaged is no reason to fail
+    acquisition = _optional_float(ds, "AcquisitionNumber")
+    acquisition = None if acquisition is None else int(acquisition)
 
     def rescale(item) -> tuple[float, float]:
         src = item if item is not None else ds
@@ -265,15 +289,20 @@ def _read_frames(ds, path: Path) -> list[_Frame]:
             frames.append(_Frame(path, f, _floats(pos.get("ImagePositionPatient"), 3, path,
                                                   f"frame {f + 1} ImagePositionPatient"),
                                  iop[:3], iop[3:], (spacing[0], spacing[1]), shape,
-                                 *rescale(_group_item(ds, f, "PixelValueTransformationSequence")), instance))
+                                 *rescale(_group_item(ds, f, "PixelValueTransformationSequence")), instance,
+                                 thickness=_optional_float(pix, "SliceThickness"), acquisition=acquisition))
         return frames
     iop = _floats(ds.get("ImageOrientationPatient"), 6, path, "ImageOrientationPatient")
     spacing = _floats(ds.get("PixelSpacing"), 2, path, "PixelSpacing")
-    position = _floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient")
     slope, inter = rescale(None)
-    if n_frames == 1:
+    if n_frames == 1:   # no position: placed by load_series from SliceLocation / InstanceNumber, or dropped
+        position = (_floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient")
+                    if ds.get("ImagePositionPatient") else None)
         return [_Frame(path, None, position, iop[:3], iop[3:], (spacing[0], spacing[1]), shape, slope, inter,
-                       instance)]
+                       instance, _optional_float(ds, "SliceLocation"),
+                       _optional_float(ds, "SpacingBetweenSlices") or _optional_float(ds, "SliceThickness"),
+                       _optional_float(ds, "SliceThickness"), acquisition)]
+    position = _floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient")
     offsets = ds.get("GridFrameOffsetVector")   # legacy multi-frame: offsets along the normal
     if offsets is None or len(offsets) != n_frames:
         raise DicomReadError(f"{path}: {n_frames} frames without per-frame positions or GridFrameOffsetVector")
@@ -330,6 +359,38 @@ def _pixels(ds, path: Path) -> np.ndarray:
     return arr
 
 
+_PADDING_MIN_HU = 3000.0   # padding values that read as this much or more are set to air
+
+
+def _padding_range(ds, path: Path) -> tuple[int, int] | None:
+    """Stored values (as _pixels returns them) marking padding, PixelPaddingValue up to PixelPaddingRangeLimit,
+    when their HU would read as dense bone or metal (>= 3000). Padding below air needs nothing (clamped anyway);
+    padding inside the tissue range cannot be told from anatomy, so it is left alone."""
+    values = [ds.get(name) for name in ("PixelPaddingValue", "PixelPaddingRangeLimit")]
+    if values[0] is None or "ModalityLUTSequence" in ds:
+        return None
+    try:
+        stored = int(ds.get("BitsStored", 16) or 16)
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+        ends = []
+        for v in values:
+            if v is None:
+                continue
+            v = int(np.ravel(v)[0]) & ((1 << stored) - 1)     # as the unused high bits are masked in _pixels
+            if signed:                                       # and sign-extended (a US-written negative value too)
+                v = (v ^ (1 << (stored - 1))) - (1 << (stored - 1))
+            ends.append(v)
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        inter = float(ds.get("RescaleIntercept", 0) or 0)
+    except (*_MALFORMED, ValueError) as exc:
+        log.warning("%s: PixelPaddingValue ignored (%s)", path, exc)
+        return None
+    lo, hi = min(ends), max(ends)
+    if min(lo * slope + inter, hi * slope + inter) < _PADDING_MIN_HU:
+        return None
+    return lo, hi
+
+
 def _modality_lut(ds, arr: np.ndarray, frame: _Frame, out: np.ndarray) -> None:
     """HU into out: pydicom's apply_modality_lut when the file has a Modality LUT Sequence; otherwise (the usual
     case) slope * stored + intercept in float32, the same arithmetic without float64 temporaries."""
@@ -344,15 +405,135 @@ def _modality_lut(ds, arr: np.ndarray, frame: _Frame, out: np.ndarray) -> None:
         out += np.float32(frame.intercept)
 
 
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"     # and its .1-.4 multi-frame siblings
+_NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "DOC", "REG", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "FID"}
+
+
+def _not_a_slice(ds) -> str | None:
+    """Why a file of a series is no slice of the CT volume (a localizer, a dose screen, a report that shares the
+    series), or None. Only explicit markers count: a damaged CT slice must stay an error, not vanish."""
+    image_type = {str(v).strip().upper() for v in (ds.get("ImageType") or [])}
+    if "LOCALIZER" in image_type:
+        return "localizer"
+    if "SCREEN SAVE" in image_type or str(ds.get("SOPClassUID", "")).startswith(_SECONDARY_CAPTURE):
+        return "secondary capture"
+    if str(ds.get("Modality", "") or "").upper() in _NON_IMAGE_MODALITIES:
+        return f"not an image (Modality {ds.get('Modality')})"
+    try:
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            return "colour image"
+    except _MALFORMED:
+        return None
+    return None
+
+
+def _drop_non_slices(paths: list[Path], datasets: list, uid: str, warnings: list[str]) -> tuple[list, list]:
+    """(paths, datasets) without the files _not_a_slice names, with a warning; all of them -> DicomReadError."""
+    reasons = [_not_a_slice(ds) for ds in datasets]
+    keep = [n for n, r in enumerate(reasons) if r is None]
+    kinds = ", ".join(f"{c} {r}" for r, c in Counter(r for r in reasons if r is not None).items())
+    if not keep and set(reasons) == {"secondary capture"} and "ImageOrientationPatient" in datasets[0]:
+        return paths, datasets   # a CT series exported as secondary captures that kept its geometry
+    if not keep:
+        raise DicomReadError(f"series {uid}: no CT slices to make a volume of ({kinds}; e.g. {paths[0]})")
+    if len(keep) < len(paths):
+        dropped = [(paths[n], r) for n, r in enumerate(reasons) if r is not None]
+        warnings.append(f"{len(dropped)} files of the series are no CT slices and were ignored ({kinds}; e.g. "
+                        f"{dropped[0][0]})")
+    return [paths[n] for n in keep], [datasets[n] for n in keep]
+
+
+def _place_unpositioned(frames: list[_Frame], uid: str, warnings: list[str]) -> list[_Frame]:
+    """Frames without ImagePositionPatient, when others have one: placed by their SliceLocation where it maps
+    onto the others' positions along the normal (a straight line, residual under 0.1 mm), else dropped (the
+    gap is then interpolated). When no frame has one: placed along the normal by SliceLocation, else by
+    InstanceNumber x slice spacing, with a warning (the volume's origin, and for InstanceNumber its head/feet
+    direction, are then a guess: numbers taken to run against the normal, i.e. head to feet for axial
+    slices, as scanners number a cranio-caudal acquisition)."""
+    missing = [fr for fr in frames if fr.position is None]
+    if not missing:
+        return frames
+    ref = frames[0]
+    normal = np.cross(ref.row_dir, ref.col_dir)
+    located = [fr for fr in frames if fr.position is not None]
+    if len(located) >= 2:
+        fit = [fr for fr in located if fr.slice_location is not None]
+        if len(fit) >= 2 and all(fr.slice_location is not None for fr in missing):
+            loc = np.array([fr.slice_location for fr in fit])
+            s = np.array([fr.position @ normal for fr in fit])
+            if np.ptp(loc) > 0:
+                a, b = np.polyfit(loc, s, 1)
+                if abs(abs(a) - 1) < 0.01 and np.abs(a * loc + b - s).max() < 0.1:
+                    for fr in missing:   # the nearest located slice's in-plane origin, moved along the normal
+                        near = fit[int(np.argmin(np.abs(loc - fr.slice_location)))]
+                        fr.position = near.position + normal * (a * fr.slice_location + b - near.position @ normal)
+                    warnings.append(f"{len(missing)} images without ImagePositionPatient placed by their "
+                                    f"SliceLocation (series {uid}; e.g. {missing[0].path})")
+                    return frames
+        warnings.append(f"{len(missing)} images without ImagePositionPatient ignored (series {uid}; e.g. "
+                        f"{missing[0].path})")
+        return located
+    locations = [fr.slice_location for fr in frames]
+    if None not in locations and len(set(locations)) == len(frames):
+        for fr, loc in zip(frames, locations):
+            fr.position = normal * loc
+        warnings.append(f"ImagePositionPatient missing (series {uid}): slices placed by SliceLocation, in-plane "
+                        f"origin unknown (taken as 0)")
+        return frames
+    instances = [fr.instance for fr in frames]
+    step = ref.spacing_between_slices
+    if len(set(instances)) == len(frames) and step:
+        for fr in frames:
+            fr.position = normal * (-fr.instance * step)
+        warnings.append(f"ImagePositionPatient and SliceLocation missing (series {uid}): slices placed by "
+                        f"InstanceNumber every {step:g} mm, assumed numbered head to feet; origin unknown")
+        return frames
+    raise DicomReadError(f"{missing[0].path}: ImagePositionPatient is missing (and SliceLocation / InstanceNumber "
+                         f"cannot order the {len(frames)} slices of series {uid})")
+
+
+def _one_reconstruction(frames: list[_Frame], normal: np.ndarray, uid: str, warnings: list[str]) -> list[_Frame]:
+    """The commonest (SliceThickness, AcquisitionNumber) stack, when slices of another one lie within its
+    range along the normal: a thin and a thick reconstruction, or an inspiration and an expiration scan,
+    exported under one series UID interleave. Other stacks outside that range stay: a thicker zone at one end,
+    or the rotations of a sequential (step-and-shoot) scan, each with its AcquisitionNumber, are one volume."""
+    keys = [(None if fr.thickness is None else round(fr.thickness, 2), fr.acquisition) for fr in frames]
+    counts = Counter(keys)
+    if len(counts) < 2:
+        return frames
+    best = counts.most_common(1)[0][0]
+    s = np.array([fr.position @ normal for fr in frames])
+    mine = s[[k == best for k in keys]]
+    lo, hi = mine.min() - 1e-3, mine.max() + 1e-3
+
+    def other(k) -> bool:   # a missing element matches anything
+        return any(a is not None and b is not None and a != b for a, b in zip(k, best))
+    drop = [n for n, k in enumerate(keys) if other(k) and lo <= s[n] <= hi]
+    if not drop:
+        return frames
+    def label(k) -> str:
+        return ", ".join([f"{k[0]:g} mm"] * (k[0] is not None) + [f"acquisition {k[1]}"] * (k[1] is not None))
+    what = "; ".join(sorted({label(keys[n]) for n in drop}))
+    warnings.append(f"{len(drop)} slices of another reconstruction or acquisition ({what}) interleaved with the "
+                    f"{label(best)} slices ignored (series {uid}; e.g. {frames[drop[0]].path})")
+    gone = set(drop)
+    return [fr for n, fr in enumerate(frames) if n not in gone]
+
+
 def _keep_consistent(frames: list[_Frame], uid: str, warnings: list[str]) -> list[_Frame]:
-    """Frames sharing the commonest size, orientation and pixel spacing; others (a localizer) are dropped."""
+    """Frames sharing the commonest size, orientation and pixel spacing; others (a localizer) are dropped.
+    Orientation and spacing match within a tolerance, so rounding jitter between slices splits nothing."""
     def key(fr: _Frame):
         return fr.shape, tuple(np.round(np.r_[fr.row_dir, fr.col_dir], 2)), tuple(np.round(fr.pixel_spacing, 3))
-    counts = Counter(key(fr) for fr in frames)
-    best, _ = counts.most_common(1)[0]
-    kept = [fr for fr in frames if key(fr) == best]
+    best = frames[[key(fr) for fr in frames].index(Counter(key(fr) for fr in frames).most_common(1)[0][0])]
+
+    def same(fr: _Frame) -> bool:
+        return (fr.shape == best.shape and np.allclose(np.r_[fr.row_dir, fr.col_dir], np.r_[best.row_dir,
+                                                                                          best.col_dir], atol=0.02)
+                and np.allclose(fr.pixel_spacing, best.pixel_spacing, rtol=2e-3, atol=1e-4))
+    kept = [fr for fr in frames if same(fr)]
     if len(kept) < len(frames):
-        dropped = sorted({str(fr.path) for fr in frames if key(fr) != best})
+        dropped = sorted({str(fr.path) for fr in frames if not same(fr)})
         warnings.append(f"{len(frames) - len(kept)} images of another size/orientation/pixel spacing ignored "
                         f"(series {uid}; e.g. {dropped[0]})")
     return kept
@@ -388,18 +569,21 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
             datasets = list(pool.map(_read, paths))
     else:
         datasets = [_read(p) for p in paths]
+    paths, datasets = _drop_non_slices(paths, datasets, series.series_uid, warnings)
     frames: list[_Frame] = []
     by_path = {}
     for path, ds in zip(paths, datasets):
         frames.extend(_frames_of(ds, path))
         by_path[path] = ds
     frames = _keep_consistent(frames, series.series_uid, warnings)
+    frames = _place_unpositioned(frames, series.series_uid, warnings)
     ref = frames[0]
     row_dir, col_dir = ref.row_dir / np.linalg.norm(ref.row_dir), ref.col_dir / np.linalg.norm(ref.col_dir)
     normal = np.cross(row_dir, col_dir)
     if np.linalg.norm(normal) < 0.5:
         raise DicomReadError(f"{ref.path}: ImageOrientationPatient row and column directions are parallel")
     normal /= np.linalg.norm(normal)
+    frames = _one_reconstruction(frames, normal, series.series_uid, warnings)
     s = np.array([fr.position @ normal for fr in frames])
     order = np.lexsort((np.array([fr.instance for fr in frames]), s))
     frames, s = [frames[o] for o in order], s[order]
@@ -415,6 +599,9 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     rows, cols = ref.shape
     stack = np.empty((len(frames), rows, cols), dtype=np.float32)   # sorted slices, before regridding
     decoded: dict[Path, np.ndarray] = {}
+    padding = {path: _padding_range(ds, path) for path, ds in by_path.items()}
+    if any(v is not None for v in padding.values()):
+        warnings.append("pixels at PixelPaddingValue (outside the field of view) set to air")
 
     def fill(n: int) -> None:
         fr = frames[n]
@@ -428,6 +615,9 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
         if plane.shape != (rows, cols):
             raise DicomReadError(f"{fr.path}: pixel data shape {plane.shape} != Rows x Columns {(rows, cols)}")
         _modality_lut(by_path[fr.path], plane, fr, stack[n])
+        pad = padding[fr.path]
+        if pad is not None:
+            stack[n][(plane >= pad[0]) & (plane <= pad[1])] = AIR_HU
         np.maximum(stack[n], AIR_HU, out=stack[n])
 
     multi = any(fr.frame is not None for fr in frames)
@@ -572,16 +762,25 @@ def _load_image_file(path: Path) -> CTVolume:
 
 
 def is_volume_series(series: SeriesInfo) -> bool:
-    """Whether a series can be a CT volume: not a localizer (ImageType), and several files or one multi-frame
-    file. Reads the first file's header only."""
+    """Whether a series can be a CT volume: several slices (files or frames) that are no localizer, screen
+    save or report (see _not_a_slice). Reads the headers of the first, middle and last files only, so a scout
+    stored first in the CT series' own UID does not hide the slices behind it."""
     import pydicom
-    try:
-        ds = pydicom.dcmread(series.files[0], stop_before_pixels=True, force=True)
-    except Exception:  # noqa: BLE001 - unreadable: load_series will say why
-        return True
-    if "LOCALIZER" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
-        return False
-    return len(series.files) > 1 or int(ds.get("NumberOfFrames", 1) or 1) > 1
+    files = series.files
+    sample = sorted({0, len(files) // 2, len(files) - 1}) if files else []
+    slices = 0
+    for n in sample:
+        try:
+            ds = pydicom.dcmread(files[n], stop_before_pixels=True, force=True)
+        except Exception:  # noqa: BLE001 - unreadable: load_series will say why
+            return True
+        if _not_a_slice(ds) is None:
+            try:
+                frames = int(ds.get("NumberOfFrames", 1) or 1)
+            except _MALFORMED:
+                frames = 1
+            slices += frames if len(files) == 1 else 1
+    return slices > 1 or (slices == 1 and len(files) > len(sample))
 
 
 def load_volume(path: str | Path, *, allow_single_slice: bool = False) -> CTVolume:

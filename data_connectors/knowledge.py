@@ -4,13 +4,21 @@
     docs[0].id, docs[0].title, docs[0].text, docs[0].source
 
 Formats, by suffix:
-    .md .markdown  one document per heading section; title = heading path ("Cards / PIN"), id = stem#slug
-    .txt           one document per file; id = stem
-    .csv           question/answer rows: columns `question`, `answer`, optional `id`, in any order
-    .jsonl         one object per line: `id`, `text`, optional `title`
+    .md .markdown  one document per heading section (ATX "## x" or setext); title = heading path
+                   ("Cards / PIN"), id = stem#slug; YAML front matter dropped
+    .html .htm     the visible text, one document per <h1>-<h6> section, as for Markdown
+    .txt           one document per file (id = stem); a long file in parts cut at blank lines (stem#p1, ...)
+    .csv .tsv      one document per row: a text column (`answer`, `a`, `body`, `text`, `content`, ...),
+                   optional title (`question`, `q`, `title`, ...) and `id`, in any order, any delimiter
+    .jsonl         one record per line, fields named as for CSV
+    .json          a list of such records (or an object holding one), or an object of title -> text;
+                   any other object: one document per key with the strings under it
 
+Field and header names are matched case-insensitively; ids default to stem#q<n>. Text is read as
+UTF-8 (BOM or not), UTF-16 with a BOM, or Windows-1252 (`decode_text`); binary files are errors.
 A file that cannot be read raises KnowledgeFormatError (a ValueError) naming it, and the line where
-there is one. `synthetic_passages` makes bank-like documents in bulk, for benchmarks.
+there is one. `decode_text`, `sniff_delimiter` and `read_table` are shared with the other readers of
+user files (intents). `synthetic_passages` makes bank-like documents in bulk, for benchmarks.
 """
 from __future__ import annotations
 
@@ -19,8 +27,10 @@ import io
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 
@@ -40,26 +50,100 @@ class KnowledgeFormatError(ValueError):
         self.path, self.line = path, line
 
 
+# ---- text and tables, shared with other readers of user files (e.g. intent CSVs) ----
+
+_BINARY = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f-\x9f]")  # C0/C1 controls: not text
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+DELIMITERS = ("\t", ",", ";", "|")  # tried in this order; ties go to the earlier one (text rarely holds tabs)
+
+
+class TextDecodeError(ValueError):
+    """Bytes that are not text in UTF-8 (with or without BOM), UTF-16 with a BOM, or Windows-1252."""
+
+    def __init__(self, problem: str, line: int | None = None):
+        super().__init__(problem)
+        self.line = line
+
+
+def decode_text(data: bytes) -> tuple[str, str]:
+    """(text, encoding) of a text file's bytes: UTF-8 (a BOM is dropped), UTF-16 with a BOM, else
+    Windows-1252 (spreadsheet exports; a superset of Latin-1's printable characters). Bytes that
+    decode only to control characters (binary files) raise TextDecodeError."""
+    if data.startswith(_UTF16_BOMS):
+        text, encoding = data.decode("utf-16"), "utf-16"
+    else:
+        try:
+            text, encoding = data.decode("utf-8-sig"), "utf-8"
+        except UnicodeDecodeError as err:
+            line = data[:err.start].count(b"\n") + 1
+            try:
+                text, encoding = data.decode("cp1252"), "cp1252"
+            except UnicodeDecodeError:
+                raise TextDecodeError(f"not text: byte {err.start} is neither UTF-8 nor Windows-1252 "
+                                      "(a binary file?); save it as UTF-8", line) from None
+    if bad := _BINARY.search(text):
+        line = text.count("\n", 0, bad.start()) + 1
+        raise TextDecodeError(f"not text: control character {bad.group()!r} (a binary file?)", line)
+    return text, encoding
+
+
+def sniff_delimiter(text: str, suffix: str = "") -> str:
+    """The field delimiter of delimited text: tab for .tsv, else whichever of `DELIMITERS` splits the
+    first 200 non-blank lines into the same number (at least 2) of fields most often."""
+    if suffix.lower() == ".tsv":
+        return "\t"
+    sample = "\n".join(line for line in text.splitlines()[:400] if line.strip())
+    best, best_score = ",", 0.0
+    for delimiter in DELIMITERS:
+        try:
+            counts = [len(row) for row in csv.reader(io.StringIO(sample), delimiter=delimiter)][:200]
+        except csv.Error:
+            continue
+        if not counts:
+            continue
+        mode = max(set(counts), key=counts.count)
+        score = counts.count(mode) / len(counts) if mode >= 2 else 0.0
+        if score > best_score:
+            best, best_score = delimiter, score
+    return best
+
+
+def read_table(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+    """(line number, stripped cells) of every non-blank row of delimited text; quoted cells may hold
+    delimiters and newlines. Raises csv.Error on malformed quoting."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows, line = [], 1
+    for row in reader:
+        cells = [cell.strip() for cell in row]
+        if any(cells):
+            rows.append((line, cells))
+        line = reader.line_num + 1
+    return rows
+
+
 Reader = Callable[[Path], list[KnowledgeDoc]]
 
 
 def load_knowledge(path: str | Path) -> list[KnowledgeDoc]:
     """The documents of one knowledge file, or of every supported file under a folder (sorted by path).
 
-    Hidden files and folders are skipped, as are files of other formats inside a folder. Document ids
-    must be unique across everything loaded.
+    Hidden files and folders are skipped, as are files of other formats inside a folder (see
+    `knowledge_files`). Ids derived from a file name (stem#...) use the file's path inside the folder
+    instead when several files share that name (a/faq.md, b/faq.md -> a/faq#..., b/faq#...). Document
+    ids must be unique across everything loaded.
     """
     path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
-        if not files:
-            raise KnowledgeFormatError(path, f"no knowledge files ({' '.join(READERS)}) in this folder")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise KnowledgeFormatError(path, "no such file or folder")
-    docs = [doc for file in files for doc in _read_file(file)]
+    files, _ = knowledge_files(path)
+    stems = Counter(file.stem for file in files)
+    keys = Counter(file.relative_to(path).with_suffix("").as_posix() for file in files if stems[file.stem] > 1)
+    docs = []
+    for file in files:
+        file_docs = _read_file(file)
+        if stems[file.stem] > 1:
+            key = file.relative_to(path).with_suffix("").as_posix()
+            key = key if keys[key] == 1 else file.relative_to(path).as_posix()
+            file_docs = [_renamed(doc, file.stem, key) for doc in file_docs]
+        docs += file_docs
     seen: dict[str, str] = {}
     for doc in docs:
         if doc.id in seen:
@@ -68,29 +152,169 @@ def load_knowledge(path: str | Path) -> list[KnowledgeDoc]:
     return docs
 
 
-def load_queries(path: str | Path) -> list[tuple[str, str]]:
-    """Labelled queries for retrieval evaluation: (query, expected document id) from a `query,id` CSV."""
+def knowledge_files(path: str | Path) -> tuple[list[Path], list[Path]]:
+    """(files `load_knowledge` reads, files it skips) of a knowledge file or folder, sorted by path:
+    inside a folder, files of formats without a reader are skipped (hidden ones are not listed)."""
     path = Path(path)
-    queries = [(row["query"], row["id"]) for row in _csv_rows(path, required=("query", "id"))]
+    if path.is_file():
+        return [path], []
+    if not path.is_dir():
+        raise KnowledgeFormatError(path, "no such file or folder")
+    visible = sorted(p for p in path.rglob("*") if p.is_file()
+                     and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = [p for p in visible if p.suffix.lower() in READERS]
+    if not files:
+        raise KnowledgeFormatError(path, f"no knowledge files ({' '.join(READERS)}) in this folder")
+    return files, [p for p in visible if p.suffix.lower() not in READERS]
+
+
+def _renamed(doc: KnowledgeDoc, stem: str, key: str) -> KnowledgeDoc:
+    """`doc` with an id derived from the file name `stem` re-derived from `key` instead."""
+    if doc.id == stem or doc.id.startswith(f"{stem}#"):
+        return KnowledgeDoc(key + doc.id[len(stem):], doc.title, doc.text, doc.source)
+    return doc
+
+
+def load_queries(path: str | Path) -> list[tuple[str, str]]:
+    """Labelled queries for retrieval evaluation: (query, expected document id) from a `query,id` CSV
+    (also `question`/`text` for the query, `doc_id`/`expected_id` for the id; any delimiter)."""
+    path = Path(path)
+    queries = [(row["query"], row["id"]) for _, row in _csv_rows(path, _QUERY_FIELDS, required=("query", "id"))]
     if not queries:
         raise KnowledgeFormatError(path, "no query rows")
     return queries
 
 
 def read_markdown(path: Path) -> list[KnowledgeDoc]:
-    """One document per heading section with a body (text before the first heading counts as one)."""
+    """One document per heading section with a body (text before the first heading counts as one).
+    ATX ("## Title") and setext (a line underlined with === or ---) headings; YAML front matter
+    is dropped."""
+    return _sections(path, _read_text(path))
+
+
+def read_html(path: Path) -> list[KnowledgeDoc]:
+    """An HTML page's visible text, one document per <h1>-<h6> section (as Markdown); scripts,
+    styles and navigation are dropped."""
+    parser = _HTMLText()
+    parser.feed(_read_text(path))
+    parser.close()
+    return _sections(path, parser.markdown())
+
+
+def read_text(path: Path) -> list[KnowledgeDoc]:
+    """The whole file as one document titled after the file name; a file over `TEXT_PART_WORDS` words
+    is cut at blank lines into parts of about that many words (ids stem#p1, stem#p2, ...), so a
+    search can return several passages of it."""
+    text = _read_text(path).strip()
+    parts = _paragraph_parts(text, TEXT_PART_WORDS)
+    if len(parts) == 1:
+        return [KnowledgeDoc(path.stem, _humanize(path.stem), text, str(path))]
+    return [KnowledgeDoc(f"{path.stem}#p{n}", f"{_humanize(path.stem)} (part {n})", part, str(path))
+            for n, part in enumerate(parts, 1)]
+
+
+def read_qa_csv(path: Path) -> list[KnowledgeDoc]:
+    """One document per row: `question` (or q, title, ...) and `answer` (or a, body, text, ...) columns,
+    optional `id`, in any order, any delimiter (or two columns, question and answer, without a
+    header); id = the `id` column, else stem#q<row number>."""
+    return [_record_doc(path, row, n) for n, (_, row) in
+            enumerate(_csv_rows(path, _DOC_FIELDS, required=("answer",), headerless=("title", "answer")), 1)]
+
+
+def read_jsonl(path: Path) -> list[KnowledgeDoc]:
+    """One document per non-blank line, a JSON object with a text (`text`, `answer`, `body`, ...) and
+    optional `id` and title (`title`, `question`, ...)."""
+    docs = []
+    for line_no, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise KnowledgeFormatError(path, f"invalid JSON ({err.msg})", line_no) from None
+        if not isinstance(obj, dict):
+            raise KnowledgeFormatError(path, "expected a JSON object", line_no)
+        docs.append(_record_doc(path, _pick_fields(path, obj, line_no), len(docs) + 1, line_no))
+    return docs
+
+
+def read_json(path: Path) -> list[KnowledgeDoc]:
+    """A JSON file: a list of records (as in .jsonl) or of passage strings, or an object holding one
+    list of records (e.g. {"faqs": [...]}), or an object of title -> text; any other object gives one
+    document per key with the strings found under it, one a line."""
+    try:
+        doc = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise KnowledgeFormatError(path, f"invalid JSON ({err.msg})", err.lineno) from None
+    if isinstance(doc, dict):
+        lists = [value for value in doc.values() if isinstance(value, list) and value
+                 and all(isinstance(item, dict) for item in value)]
+        if len(lists) == 1 and len(doc) <= 3:  # a wrapper: {"faqs": [...], "version": 2}
+            doc = lists[0]
+    if isinstance(doc, list) and doc and all(isinstance(item, str) for item in doc):  # a list of passages
+        return [KnowledgeDoc(f"{path.stem}#q{n}", f"{_humanize(path.stem)} {n}", text.strip(), str(path))
+                for n, text in enumerate(doc, 1) if text.strip()]
+    if isinstance(doc, list):
+        if not all(isinstance(item, dict) for item in doc):
+            raise KnowledgeFormatError(path, "expected a list of JSON objects (records) or of strings")
+        return [_record_doc(path, _pick_fields(path, item, None, f"record {n}"), n)
+                for n, item in enumerate(doc, 1)]
+    if not isinstance(doc, dict):
+        raise KnowledgeFormatError(path, "expected a JSON list of records or an object")
+    docs = []
+    for key, value in doc.items():
+        text = "\n".join(_strings(value)).strip()
+        if text:
+            docs.append(KnowledgeDoc(f"{path.stem}#{_slug(str(key))}", str(key), text, str(path)))
+    return docs
+
+
+READERS: dict[str, Reader] = {
+    ".md": read_markdown, ".markdown": read_markdown, ".txt": read_text, ".csv": read_qa_csv,
+    ".tsv": read_qa_csv, ".jsonl": read_jsonl, ".json": read_json, ".html": read_html, ".htm": read_html,
+}
+TEXT_PART_WORDS = 400  # a .txt file longer than this becomes several documents
+
+# Field names (case-insensitive; spaces and hyphens read as "_") of records and CSV headers, by role.
+_DOC_FIELDS = {
+    "id": ("id", "doc_id", "docid", "_id", "document_id", "article_id", "faq_id", "uuid", "key", "slug"),
+    "title": ("title", "question", "q", "heading", "subject", "name", "topic", "query", "header"),
+    "answer": ("answer", "a", "text", "body", "content", "response", "passage", "description",
+               "article", "snippet", "summary", "page_content", "document"),
+}
+_QUERY_FIELDS = {"query": ("query", "question", "text", "q"),
+                 "id": ("id", "doc_id", "expected_id", "expected", "gold_id", "answer_id", "document_id")}
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")  # ATX heading: "## Title" (closing #s optional)
+_SETEXT = re.compile(r"^\s{0,3}(=+|-+)\s*$")            # underline of a setext heading: === h1, --- h2
+_FENCE = re.compile(r"^\s*(```|~~~)")                  # code fence: headings inside are text
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n.*?\n(---|\.\.\.)[ \t]*(\n|\Z)", re.DOTALL)
+
+
+def _sections(path: Path, text: str) -> list[KnowledgeDoc]:
+    """Markdown `text` as one document per heading section with a body."""
     sections: list[tuple[list[str], list[str]]] = [([], [])]  # (heading path, body lines)
     stack: list[tuple[int, str]] = []                         # (level, heading) enclosing the line
     in_fence = False
-    for line in _read_text(path).splitlines():
+
+    def open_section(level: int, title: str) -> None:
+        nonlocal stack
+        stack = [(lvl, t) for lvl, t in stack if lvl < level] + [(level, title)]
+        sections.append(([t for _, t in stack], []))
+
+    for line in _FRONT_MATTER.sub("", text, count=1).splitlines():
         in_fence ^= bool(_FENCE.match(line))
         heading = None if in_fence else _HEADING.match(line)
+        body = sections[-1][1]
         if heading:
-            level = len(heading.group(1))
-            stack = [(lvl, text) for lvl, text in stack if lvl < level] + [(level, heading.group(2))]
-            sections.append(([text for _, text in stack], []))
+            open_section(len(heading.group(1)), heading.group(2))
+        elif (not in_fence and body and body[-1].strip() and not body[-1].startswith((" ", "\t", "-", "*", "|"))
+              and (underline := _SETEXT.match(line)) and (underline.group(1)[0] == "=" or len(body) == 1
+                                                             or not body[-2].strip())):
+            title = body.pop().strip()  # a paragraph's single line underlined: a setext heading
+            open_section(1 if underline.group(1)[0] == "=" else 2, title)
         else:
-            sections[-1][1].append(line)
+            body.append(line)
 
     docs, used = [], set()
     for headings, body in sections:
@@ -107,44 +331,114 @@ def read_markdown(path: Path) -> list[KnowledgeDoc]:
     return docs
 
 
-def read_text(path: Path) -> list[KnowledgeDoc]:
-    """The whole file as one document, titled after the file name."""
-    return [KnowledgeDoc(path.stem, _humanize(path.stem), _read_text(path).strip(), str(path))]
+class _HTMLText(HTMLParser):
+    """Visible text of an HTML page as Markdown-ish lines: headings as "## ...", blocks on their own lines."""
+
+    _SKIP = {"script", "style", "noscript", "template", "nav", "head", "svg"}
+    _BLOCKS = {"p", "div", "br", "li", "tr", "section", "article", "table", "ul", "ol", "dd", "dt",
+               "blockquote", "pre", "hr", "main", "header", "footer", "aside", "form", "details", "summary"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.lines: list[str] = []
+        self.current: list[str] = []
+        self.skip = 0
+        self.heading: int | None = None
+
+    def _flush(self) -> None:
+        line = " ".join("".join(self.current).split())
+        if line:
+            self.lines.append(f"{'#' * self.heading} {line}" if self.heading else line)
+        self.current = []
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag in self._SKIP:
+            self.skip += 1
+        elif re.fullmatch(r"h[1-6]", tag):
+            self._flush()
+            self.heading = int(tag[1])
+        elif tag in self._BLOCKS:
+            self._flush()
+            if tag == "li":
+                self.current.append("- ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP:
+            self.skip = max(0, self.skip - 1)
+        elif re.fullmatch(r"h[1-6]", tag):
+            self._flush()
+            self.heading = None
+        elif tag in self._BLOCKS:
+            self._flush()
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.current.append(data)
+
+    def markdown(self) -> str:
+        self._flush()
+        return "\n\n".join(self.lines)
 
 
-def read_qa_csv(path: Path) -> list[KnowledgeDoc]:
-    """One document per question/answer row; id = the `id` column, else stem#q<row number>."""
-    return [KnowledgeDoc(row.get("id") or f"{path.stem}#q{n}", row["question"], row["answer"], str(path))
-            for n, row in enumerate(_csv_rows(path, required=("question", "answer"), optional=("id",)), 1)]
+def _paragraph_parts(text: str, max_words: int) -> list[str]:
+    """`text` cut at blank lines into parts of at most about `max_words` words (a longer paragraph
+    is a part of its own)."""
+    parts: list[str] = []
+    current, words = [], 0
+    for paragraph in re.split(r"\n\s*\n", text):
+        n = len(paragraph.split())
+        if current and words + n > max_words:
+            parts.append("\n\n".join(current))
+            current, words = [], 0
+        if paragraph.strip():
+            current.append(paragraph.strip())
+            words += n
+    if current:
+        parts.append("\n\n".join(current))
+    return parts or [text]
 
 
-def read_jsonl(path: Path) -> list[KnowledgeDoc]:
-    """One document per non-blank line, a JSON object with `id`, `text` and optional `title`."""
-    docs = []
-    for line_no, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise KnowledgeFormatError(path, f"invalid JSON ({err.msg})", line_no) from None
-        if not isinstance(obj, dict):
-            raise KnowledgeFormatError(path, "expected a JSON object", line_no)
-        missing = [key for key in ("id", "text") if not str(obj.get(key) or "").strip()]
-        if missing:
-            raise KnowledgeFormatError(path, f"missing or empty {', '.join(missing)}", line_no)
-        docs.append(KnowledgeDoc(str(obj["id"]), str(obj.get("title") or obj["id"]),
-                                 str(obj["text"]).strip(), str(path)))
-    return docs
+def _strings(value) -> Iterator[str]:
+    """The strings (and numbers) inside a JSON value, depth first."""
+    if isinstance(value, str):
+        if value.strip():
+            yield value.strip()
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, (int, float)):
+        yield str(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
 
 
-READERS: dict[str, Reader] = {
-    ".md": read_markdown, ".markdown": read_markdown, ".txt": read_text,
-    ".csv": read_qa_csv, ".jsonl": read_jsonl,
-}
+def _field_key(name: str) -> str:
+    return "_".join(str(name).strip().lower().replace("-", " ").split())
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")  # ATX heading: "## Title" (closing #s optional)
-_FENCE = re.compile(r"^\s*(```|~~~)")                # code fence: headings inside are text
+
+def _pick_fields(path: Path, obj: dict, line: int | None, where: str = "") -> dict[str, str]:
+    """{role: value} of a record's fields named in `_DOC_FIELDS` (first name of each role that is present)."""
+    keys = {_field_key(k): k for k in obj}
+    picked = {}
+    for role, names in _DOC_FIELDS.items():
+        key = next((keys[name] for name in names if name in keys and obj[keys[name]] not in (None, "")), None)
+        value = obj[key] if key is not None else None
+        picked[role] = ("\n".join(_strings(value)) if isinstance(value, (list, dict)) else
+                        "" if value is None else str(value)).strip()
+    if not picked["answer"]:
+        names = " or ".join(_DOC_FIELDS["answer"][:4])
+        raise KnowledgeFormatError(path, f"{where + ': ' if where else ''}missing or empty text ({names}, ...); "
+                                         f"fields are {', '.join(map(str, obj)) or 'none'}", line)
+    return picked
+
+
+def _record_doc(path: Path, row: dict[str, str], n: int, line: int | None = None) -> KnowledgeDoc:
+    """A document from a record's {id, title, answer}: id defaults to stem#q<n>, title to the id."""
+    doc_id = row.get("id") or f"{path.stem}#q{n}"
+    return KnowledgeDoc(doc_id, row.get("title") or doc_id, row["answer"], str(path))
 
 
 def _read_file(path: Path) -> list[KnowledgeDoc]:
@@ -158,49 +452,59 @@ def _read_file(path: Path) -> list[KnowledgeDoc]:
 
 
 def _read_text(path: Path) -> str:
-    """A file's UTF-8 text (a BOM is dropped); undecodable, unreadable and blank files are errors."""
+    """A file's text (`decode_text`); binary, unreadable and blank files are errors."""
     try:
         data = path.read_bytes()
     except OSError as err:
         raise KnowledgeFormatError(path, f"cannot read ({err.strerror})") from None
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise KnowledgeFormatError(path, f"not UTF-8 text (byte {err.start})", line) from None
+        text, _ = decode_text(data)
+    except TextDecodeError as err:
+        raise KnowledgeFormatError(path, str(err), err.line) from None
     if not text.strip():
         raise KnowledgeFormatError(path, "empty file")
     return text
 
 
-def _csv_rows(path: Path, required: tuple[str, ...],
-              optional: tuple[str, ...] = ()) -> Iterator[dict[str, str]]:
-    """The rows of a CSV with a header, as {column: stripped value} for the named columns.
+def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[str, ...],
+              headerless: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line, {role: stripped value}) of each row of a CSV/TSV with a header (delimiter sniffed).
 
-    Header names are matched case-insensitively, in any order; other columns are ignored. Missing
-    columns, empty required values and malformed rows are errors naming the line.
+    A role's column is the first of its names in `fields` found in the header (case-insensitive, in
+    any order); other columns are ignored. A table as wide as `headerless` with no recognised name
+    in its first row has no header: its columns are those roles, in order. Missing columns, empty
+    required values and malformed rows are errors naming the line.
     """
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    text = _read_text(path)
     try:
-        reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
-        missing = [name for name in required if name not in reader.fieldnames]
-        if missing:
-            raise KnowledgeFormatError(path, f"missing column(s) {', '.join(missing)}; header is "
-                                             f"{', '.join(reader.fieldnames)}", line=1)
-        for row in reader:
-            if None in row:
-                raise KnowledgeFormatError(path, "more fields than the header", reader.line_num)
-            values = {name: (row.get(name) or "").strip() for name in required + optional}
-            empty = [name for name in required if not values[name]]
-            if empty:
-                raise KnowledgeFormatError(path, f"empty {', '.join(empty)}", reader.line_num)
-            yield values
+        rows = read_table(text, sniff_delimiter(text, path.suffix))
     except csv.Error as err:
-        raise KnowledgeFormatError(path, f"malformed CSV ({err})", reader.line_num) from None
+        raise KnowledgeFormatError(path, f"malformed CSV ({err})") from None
+    if not rows:
+        raise KnowledgeFormatError(path, "no rows with any text")
+    header = rows[0][1]
+    keys = [_field_key(name) for name in header]
+    columns = {role: next((keys.index(n) for n in names if n in keys), None) for role, names in fields.items()}
+    if headerless and len(header) == len(headerless) and all(i is None for i in columns.values()):
+        columns = {role: headerless.index(role) if role in headerless else None for role in fields}
+        rows = rows[:1] + rows  # the first row is data too: the copy in front stands in for a header
+    missing = [role for role in required if columns[role] is None]
+    if missing:
+        names = "; ".join(f"{role} (or {', '.join(fields[role][1:5])}, ...)" for role in missing)
+        raise KnowledgeFormatError(path, f"missing column(s) {names}; header is {', '.join(header)}",
+                                   line=rows[0][0])
+    for line, cells in rows[1:]:
+        if len(cells) > len(header):
+            raise KnowledgeFormatError(path, "more fields than the header", line)
+        values = {role: cells[i] if i is not None and i < len(cells) else "" for role, i in columns.items()}
+        empty = [role for role in required if not values[role]]
+        if empty:
+            raise KnowledgeFormatError(path, f"empty {', '.join(empty)}", line)
+        yield line, values
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+    return re.sub(r"[^\w]+", "-", text.lower()).strip("-_") or "section"
 
 
 def _humanize(stem: str) -> str:

@@ -15,8 +15,13 @@ for .webm; "vp8" is OpenCV's writer, kept as the path that needs no ffmpeg binar
 padded by one edge pixel (yuv420p needs even sides). Every write goes to a temporary file beside the target
 and is renamed into place when complete.
 
-Reading uses OpenCV's FFmpeg backend (it decodes H.264, VP8 and VP9); when OpenCV cannot open or decode a
-file, the packaged ffmpeg is tried before giving up. Every problem raises VideoError naming the file.
+Reading uses OpenCV's FFmpeg backend (it decodes H.264, HEVC, VP8, VP9, MJPEG, ProRes, GIF; it applies the
+rotation of portrait phone clips); when OpenCV cannot open or decode a file (AV1 here), and for interlaced
+streams (which OpenCV 5 silently returns as black frames), the packaged ffmpeg reads it, deinterlacing with
+yadif. `iter_video_timed` / `read_video_timed` also give each frame's presentation time, which differs from
+frame / fps in variable-frame-rate clips (phones, screen recordings). `copy_audio` carries a source's sound
+over to a re-encoded video. Every problem raises VideoError naming the file (audio-only files, truncated
+MP4s without their index, bytes that are no video at all get their own messages).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -103,7 +109,12 @@ def _fourcc(cap: cv2.VideoCapture) -> str:
 
 
 def _open_cv(path: Path) -> cv2.VideoCapture | None:
-    """An OpenCV capture at the first frame, if OpenCV can decode that frame, else None."""
+    """An OpenCV capture at the first frame, if OpenCV can decode that frame, else None (ffmpeg reads it).
+    Interlaced streams (camcorder AVCHD .mts, broadcast MPEG-2 .ts/.mpg) go to ffmpeg too: OpenCV 5's FFmpeg
+    backend cannot convert them ("Cannot convert interlaced to progressive") and returns black or stale
+    garbage frames with no error."""
+    if _interlaced(path):
+        return None
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     ok = cap.isOpened() and cap.grab()
     cap.release()
@@ -112,10 +123,37 @@ def _open_cv(path: Path) -> cv2.VideoCapture | None:
     return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)  # reopened rather than seeking back (exact on any codec)
 
 
+def _interlaced(path: Path) -> bool:
+    """Whether ffmpeg reports the (first) video stream as interlaced ("top first" / "bottom first"); one
+    ffmpeg call (~50 ms) per file version, remembered."""
+    st = path.stat()
+    return _interlaced_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _interlaced_cached(path: str, size: int, mtime_ns: int) -> bool:
+    exe = ffmpeg_exe()
+    if exe is None:
+        return False
+    video = [line for line in _ffmpeg_header(exe, Path(path))[1].splitlines() if ": Video:" in line]
+    return bool(video) and ("top first" in video[0] or "bottom first" in video[0])
+
+
 def _check_fps(path: Path, fps: float) -> float:
     if not (MIN_FPS <= fps <= MAX_FPS) or not np.isfinite(fps):
         raise VideoError(path, f"implausible frame rate {fps!r} (accepted: {MIN_FPS}..{MAX_FPS} fps)")
     return float(fps)
+
+
+def _ffmpeg_header(exe: str, path: Path) -> tuple[set[str], str]:
+    """(the kinds of stream ffmpeg sees in the file, {"Video", "Audio", ...}, and its report as text);
+    the set is empty when it cannot tell."""
+    try:
+        run = subprocess.run([exe, "-hide_banner", "-i", str(path)], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return set(), ""
+    text = run.stderr.decode(errors="replace")
+    return {kind for kind in ("Video", "Audio", "Subtitle", "Data") if f": {kind}:" in text}, text
 
 
 def _probe_ffmpeg(path: Path) -> VideoInfo:
@@ -123,6 +161,17 @@ def _probe_ffmpeg(path: Path) -> VideoInfo:
     if exe is None:
         raise VideoError(path, "OpenCV cannot decode this file and no ffmpeg binary is available")
     import imageio_ffmpeg
+    streams, report = _ffmpeg_header(exe, path)
+    if streams and "Video" not in streams:
+        raise VideoError(path, f"no video stream (the file holds only {' and '.join(sorted(streams)).lower()})")
+    if "moov atom not found" in report:
+        with open(path, "rb") as f:
+            box = f.read(12)[4:8]
+        if box in (b"ftyp", b"mdat", b"moov", b"free", b"wide", b"skip"):  # it does start as an MP4/MOV
+            raise VideoError(path, "unreadable MP4/MOV: its index (moov atom) is missing; the file is truncated "
+                                   "or was not finished being written")
+        raise VideoError(path, "unreadable: not a video (the content is not MP4/MOV, nor anything else ffmpeg "
+                               "reads)")
     try:
         gen = imageio_ffmpeg.read_frames(str(path))
         meta = next(gen)
@@ -167,8 +216,10 @@ def _scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, in
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def iter_video(path: str | Path, max_frames: int | None = None, max_side: int | None = None) -> Iterator[np.ndarray]:
-    """Frames [H, W, 3] uint8 RGB one at a time (constant memory), at most max_frames, longer side <= max_side."""
+def iter_video_timed(path: str | Path, max_frames: int | None = None,
+                     max_side: int | None = None) -> Iterator[tuple[float, np.ndarray]]:
+    """iter_video, each frame with its presentation time in seconds from the container (variable frame rate
+    footage, phone clips, GIFs with uneven delays: frame i is not always at i / fps)."""
     if max_frames is not None and max_frames < 1:
         raise VideoError(path, f"max_frames must be >= 1, got {max_frames}")
     if max_side is not None and max_side < 8:
@@ -177,37 +228,57 @@ def iter_video(path: str | Path, max_frames: int | None = None, max_side: int | 
     cap = _open_cv(path)  # checked here, not on the first next(), so that errors come at the call
     if cap is not None:
         return _iter_cv(cap, max_frames, max_side)
-    _probe_ffmpeg(path)  # raises a clear VideoError if ffmpeg cannot read it either
-    return _iter_ffmpeg(path, max_frames, max_side)
+    info = _probe_ffmpeg(path)  # raises a clear VideoError if ffmpeg cannot read it either
+    return _iter_ffmpeg(path, max_frames, _scaled_size(info.width, info.height, max_side), info.fps)
 
 
-def _iter_cv(cap: cv2.VideoCapture, max_frames: int | None, max_side: int | None) -> Iterator[np.ndarray]:
+def iter_video(path: str | Path, max_frames: int | None = None, max_side: int | None = None) -> Iterator[np.ndarray]:
+    """Frames [H, W, 3] uint8 RGB one at a time (constant memory), at most max_frames, longer side <= max_side."""
+    timed = iter_video_timed(path, max_frames, max_side)
+    return (frame for _, frame in timed)
+
+
+def _iter_cv(cap: cv2.VideoCapture, max_frames: int | None, max_side: int | None
+             ) -> Iterator[tuple[float, np.ndarray]]:
     try:
-        n = 0
+        fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        n, last_t, t0 = 0, -1.0, None
         while max_frames is None or n < max_frames:
             ok, bgr = cap.read()
             if not ok:
                 break
+            t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            t0 = t if t0 is None else t0  # times from the first frame (containers may start later than 0)
+            t -= t0
+            if not np.isfinite(t) or t <= last_t:  # no (or a repeated) timestamp: one frame after the last
+                t = last_t + 1.0 / fps if n else 0.0
+            last_t = t
             size = _scaled_size(bgr.shape[1], bgr.shape[0], max_side)
             if size is not None:
                 bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
-            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            yield t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             n += 1
     finally:
         cap.release()
 
 
-def _iter_ffmpeg(path: Path, max_frames: int | None, max_side: int | None) -> Iterator[np.ndarray]:
+def _iter_ffmpeg(path: Path, max_frames: int | None, size: tuple[int, int] | None,
+                 fps: float) -> Iterator[tuple[float, np.ndarray]]:
+    """Frames through the packaged ffmpeg, scaled to `size` (w, h) there (less to pipe), interlaced footage
+    deinterlaced (yadif, one frame out per frame in) rather than analysed with its combing."""
     import imageio_ffmpeg
-    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    filters = (["yadif"] if _interlaced(path) else []) + ([f"scale={size[0]}:{size[1]}:flags=area"] if size else [])
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24",
+                                     output_params=["-vf", ",".join(filters)] if filters else None)
     try:
         width, height = next(gen)["size"]
-        size = _scaled_size(width, height, max_side)
+        if size == (width, height):
+            size = None
         for n, buf in enumerate(gen):
             if max_frames is not None and n >= max_frames:
                 break
             rgb = np.frombuffer(buf, np.uint8).reshape(height, width, 3)
-            yield cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if size is not None else rgb.copy()
+            yield n / fps, cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if size is not None else rgb.copy()
     finally:
         gen.close()
 
@@ -216,35 +287,60 @@ def read_video(path: str | Path, max_frames: int | None = None,
                max_side: int | None = None) -> tuple[np.ndarray, float]:
     """(frames [F, H, W, 3] uint8 RGB, fps). max_frames / max_side bound the memory; a clip whose decoded
     array would exceed MAX_READ_BYTES raises VideoError (read it with iter_video or a smaller max_side)."""
+    frames_FHW3, fps, _ = read_video_timed(path, max_frames, max_side)
+    return frames_FHW3, fps
+
+
+def read_video_timed(path: str | Path, max_frames: int | None = None,
+                     max_side: int | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+    """read_video plus each frame's presentation time in seconds, times_F (see iter_video_timed)."""
     info = probe_video(path)
     size = _scaled_size(info.width, info.height, max_side) or (info.width, info.height)
     n = info.frames if max_frames is None else min(info.frames, max_frames)
     if n * size[0] * size[1] * 3 > MAX_READ_BYTES:
         raise VideoError(path, f"{n} frames of {size[0]}x{size[1]} would take {n * size[0] * size[1] * 3 >> 20} MiB;"
                                " pass max_frames / max_side or use iter_video")
-    frames = list(iter_video(path, max_frames=max_frames, max_side=max_side))
-    if not frames:
+    timed = list(iter_video_timed(path, max_frames=max_frames, max_side=max_side))
+    if not timed:
         raise VideoError(path, "no decodable frames")
-    return np.stack(frames), info.fps
+    return np.stack([f for _, f in timed]), info.fps, np.array([t for t, _ in timed])
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An image file as [H, W, 3] uint8 RGB (alpha dropped, grey expanded, 16-bit scaled); VideoError if corrupt."""
+    """An image file as [H, W, 3] uint8 RGB: grey expanded, 16-bit scaled, CMYK converted, EXIF orientation
+    applied, and transparency composited over white (what a viewer shows; the colour a transparent pixel
+    happens to store is arbitrary). VideoError naming the file if it is missing or corrupt."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(path, "no such image file")
     data = np.fromfile(path, np.uint8)
     if data.size == 0:
         raise VideoError(path, "empty image file (zero bytes)")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)  # applies EXIF orientation, converts CMYK / grey / 16-bit
     if bgr is None:  # formats OpenCV lacks (GIF, ...): Pillow, if it can
         try:
             from PIL import Image
             with Image.open(path) as im:
-                return np.asarray(im.convert("RGB")).copy()
+                im.seek(0)
+                rgba = np.asarray(im.convert("RGBA")).copy()
         except Exception as e:
             raise VideoError(path, f"not a readable image ({type(e).__name__}: {e})") from None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return _over_white(rgba[..., :3], rgba[..., 3].astype(np.float32) / 255.0)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if _still_image_kind(path) in ("PNG", "WebP", "TIFF") or data[:4].tobytes() == b"GIF8":  # those with alpha
+        raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4) and raw.shape[:2] == rgb.shape[:2]:
+            alpha = raw[..., -1].astype(np.float32) / float(np.iinfo(raw.dtype).max if raw.dtype.kind == "u" else 1)
+            rgb = _over_white(rgb, alpha)
+    return rgb
+
+
+def _over_white(rgb_HW3: np.ndarray, alpha_HW: np.ndarray) -> np.ndarray:
+    """rgb composited over a white background by alpha in [0, 1] (unchanged where fully opaque)."""
+    if alpha_HW.min() >= 1.0:
+        return rgb_HW3
+    a = np.clip(alpha_HW, 0.0, 1.0)[..., None]
+    return (rgb_HW3.astype(np.float32) * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- writing
@@ -386,6 +482,35 @@ def write_video(frames_FHW3: np.ndarray | Iterable[np.ndarray], path: str | Path
         if sink is not None:
             sink.abort()
         tmp.unlink(missing_ok=True)
+
+
+def copy_audio(video: str | Path, source: str | Path) -> bool:
+    """Give `video` (an .mp4/.webm this module wrote) the first audio track of `source`, in place and atomically:
+    the video stream is copied as it is, the audio encoded to AAC (.mp4) or Opus (.webm) and cut to the video's
+    length (a shorter track leaves the rest silent). False, with the video left untouched, when the source has no audio, no ffmpeg binary is available,
+    or the audio cannot be decoded (a truncated file); True when the track was added."""
+    video, source = Path(video), Path(source)
+    exe = ffmpeg_exe()
+    if exe is None or "Audio" not in _ffmpeg_header(exe, source)[0]:
+        return False
+    codec = ["-c:a", "aac", "-b:a", "160k"] if video.suffix.lower() == ".mp4" else ["-c:a", "libopus", "-b:a", "128k"]
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{video.stem}.", suffix=f".part{video.suffix}", dir=video.parent)
+    os.close(fd)
+    try:
+        cmd = [exe, "-y", "-hide_banner", "-loglevel", "error", "-i", str(video), "-i", str(source),
+               "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", *codec,
+               "-t", f"{probe_video(video).seconds:.6f}"]  # not -shortest: a short track must not cut the video
+        if video.suffix.lower() == ".mp4":
+            cmd += ["-movflags", "+faststart"]
+        run = subprocess.run([*cmd, tmp_name], capture_output=True, timeout=600)
+        if run.returncode != 0 or Path(tmp_name).stat().st_size == 0:
+            return False
+        os.replace(tmp_name, video)
+        return True
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
 
 
 def bench_encoding(frames: int = 72, size_hw: tuple[int, int] = (1080, 1920), fps: float = 24,

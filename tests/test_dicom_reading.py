@@ -7,7 +7,8 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless,
+                         generate_uid)
 
 from data_connectors.dicom import DicomReadError, load_series, load_volume, scan_folder
 
@@ -130,7 +131,7 @@ def test_multiframe_enhanced_ct(tmp_path):
     assert np.allclose(vol.affine, load_volume(tmp_path / "single").affine)
 
 
-@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless, JPEGLSLossless])
 def test_compressed_transfer_syntax(tmp_path, syntax):
     z = np.arange(4) * 3.0
     planes = [np.pad(p, 24, mode="edge") for p in ramp_planes(z)]   # 64 x 64: JPEG 2000's default 6 levels fit

@@ -123,11 +123,13 @@ def test_csv_accepts_category_column_in_any_order(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (b"", "empty file"),
-    (b"text,intent\nhi,greet\n", "line 1: the header needs a `text` and a `label`"),
+    (b"foo,bar\nhi,greet\n", "line 1: no recognised column names"),
+    (b"text\nhi\nhello\n", "line 1: 1 column in the first row"),
     (b"text,label\n", "a header but no rows"),
     (b"text,label\nhi,greet\nhello,\n", "line 3: empty `text` or `label`"),
     (b"text,label\nhi,greet,extra\n", "line 2: 3 fields"),
-    ("text,label\ncaf\u00e9,x\n".encode("latin-1"), "not UTF-8"),
+    (b"text,label\nhi,greet\n\x00\x01\x02,x\n", "line 3: not text"),
+    (b'text,label\n"unclosed,greet\nbye,x\n', "line 2: 1 fields, the header has 2 (a quoted field runs"),
 ])
 def test_csv_errors_name_file_and_line(tmp_path, content, message):
     (tmp_path / "bad.csv").write_bytes(content)
@@ -149,7 +151,7 @@ def test_yaml_mapping_and_list_forms_agree(tmp_path):
     ("b.yaml", "intents:\n  greet: []\n", "intent 'greet' needs a non-empty list"),
     ("c.yaml", "intents:\n  - name: greet\n", "needs `name` and `examples`"),
     ("d.yaml", "intents: [unclosed\n", "invalid YAML"),
-    ("e.txt", "hi\n", "expected a .csv or .yaml"),
+    ("e.xlsx", "hi\n", "expected a .csv or .yaml"),
 ])
 def test_yaml_and_suffix_errors(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)

@@ -10,6 +10,7 @@ import pytest
 
 from apps.medical_imaging.batch import DONE, FINDINGS_COLUMNS, BatchConfig, run_batch
 from apps.medical_imaging.pipeline import DISCLAIMER
+from test_dicom_variants import _screen_save
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,8 @@ def test_bad_studies_are_reported_and_the_rest_finishes(dataset, tmp_path):
     ds = pydicom.dcmread(one_slice / "0001.dcm")
     ds.SeriesInstanceUID = pydicom.uid.generate_uid()
     ds.save_as(one_slice / "0001.dcm")
+    for n in range(2):   # a dose screen series exported beside a scan: skipped, the scan keeps its key
+        _screen_save("1.2.3.61").save_as(data / "studies" / "synth-0002" / f"dose{n}", enforce_file_format=True)
     out = tmp_path / "out"
     cfg = BatchConfig(input=data / "studies", out=out, reports=data / "reports", detector=root / "detector",
                       progress=False)
@@ -92,6 +95,8 @@ def test_bad_studies_are_reported_and_the_rest_finishes(dataset, tmp_path):
     assert "no DICOM series" in errors["no_dicom"]["message"]
     assert "broken" in errors and "one_slice" in errors
     assert errors["one_slice"]["stage"] == "load"
+    skipped = [r for r in _rows(out / "errors.csv") if r["stage"] == "skipped"]
+    assert [(r["study"], r["source"]) for r in skipped] == [("synth-0002", "1.2.3.61")]
     assert {r["study"] for r in _rows(out / "findings.csv")} == {"synth-0000", "synth-0001", "synth-0002"}
 
 

@@ -81,7 +81,7 @@ def test_text_csv_jsonl_and_a_folder_of_them(tmp_path):
     write(tmp_path / "kb" / "sub" / "deep" / "p.jsonl", '{"id": 7, "text": "Seven."}\n\n'
                                                         '{"id": "b", "title": "B", "text": "Bee."}\n')
     write(tmp_path / "kb" / ".hidden" / "x.md", "# ignored\nignored")
-    write(tmp_path / "kb" / "notes.json", "{}")  # not a knowledge format: skipped inside a folder
+    write(tmp_path / "kb" / "notes.yaml", "{}")  # not a knowledge format: skipped inside a folder
     docs = load_knowledge(tmp_path / "kb")
     assert [(d.id, d.title, d.text) for d in docs] == [
         ("opening-hours", "Opening hours", "Open 9 to 5."),
@@ -91,7 +91,8 @@ def test_text_csv_jsonl_and_a_folder_of_them(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, problem", [
-    ("bad.md", b"# Title\nok\n\xff\xfe broken", "bad.md:3: not UTF-8"),
+    ("bad.md", b"# Title\nok\n\x81\x00 broken", "bad.md:3: not text"),
+    ("bad.md", b"# Title\nok\n\x00\x01\x02 binary", "bad.md:3: not text: control character"),
     ("empty.txt", b" \n\n", "empty.txt: empty file"),
     ("qa.csv", b"question,reply\nq,a\n", "qa.csv:1: missing column(s) answer"),
     ("qa.csv", b"question,answer\nq1,a1\nq2,\n", "qa.csv:3: empty answer"),
@@ -110,7 +111,7 @@ def test_a_bad_file_is_named_alone_or_in_a_folder(tmp_path, name, content, probl
 
 def test_unsupported_missing_and_duplicate(tmp_path):
     with pytest.raises(KnowledgeFormatError, match="unsupported format"):
-        load_knowledge(write(tmp_path / "kb.json", "{}"))
+        load_knowledge(write(tmp_path / "kb.yaml", "{}"))
     with pytest.raises(KnowledgeFormatError, match="no such file"):
         load_knowledge(tmp_path / "nowhere")
     write(tmp_path / "kb" / "a.csv", "id,question,answer\nx,q,a\n")
@@ -219,9 +220,9 @@ def test_cli_index_and_eval_round_trip(tiny_embedder, tmp_path, monkeypatch, cap
     assert metrics["recall_at_1"] == 0.5 and metrics["queries"] == 2 and load_queries(queries)[0][1] == "pin"
 
     manifest = (out / "manifest.json").read_text()
-    write(kb / "broken.csv", b"question,answer\nq,\xff\n")
+    write(kb / "broken.csv", b"question,answer\nq,\x81\x00\n")
     assert cli.main(["chat", "index", "--kb", str(kb), "--out", str(out)]) == 2
-    assert "broken.csv:2: not UTF-8" in capsys.readouterr().err
+    assert "broken.csv:2: not text" in capsys.readouterr().err
     assert (out / "manifest.json").read_text() == manifest
 
 

@@ -29,6 +29,14 @@ def test_generate_bad_input_exits_2(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+
+def test_caption_of_a_folder_or_a_missing_file_exits_2(tmp_path, capsys):
+    assert main(["video", "caption", str(tmp_path)]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    assert main(["video", "caption", str(tmp_path / "gone.mp4")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
 @needs_shipped
 def test_generate_json(tmp_path, capsys):
     out = tmp_path / "clip.webm"

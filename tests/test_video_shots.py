@@ -172,3 +172,30 @@ def test_a_hard_cut_beside_a_zoom_is_not_taken_for_a_dissolve():
     b = world.render_scene(_scene("9", "orange", "rotate", "studio", "zoom_in"), 48, SIZE)
     shots = detect_shots(np.concatenate([a, b]), 24.0)
     assert [(s.start_frame, s.transition) for s in shots[1:]] == [(48, "cut")]
+
+
+def test_real_roof_passing_under_a_still_camera(shared_dataset):
+    # bikes.mp4 frames 0-29: a locked-off camera looks down on a road while a white van's roof passes
+    # through the middle of the frame, downwards (contact sheet). Read as caption_video reads files (160 px),
+    # the roof's corners used to out-vote the road's and the shot was called "camera tilts up".
+    from data_connectors.video import read_video
+    frames, fps = read_video(shared_dataset("media") / "bikes.mp4", max_frames=30, max_side=160)
+    d = describe_shot(frames, fps)
+    assert d.camera == "static" and d.motion_direction == "down" and d.motion_word == "strong"
+
+
+def test_real_clips_joined_by_a_cut_and_by_a_cross_fade(shared_dataset):
+    # the rabbit's hillside (bigbuckbunny.mp4, one shot) joined to the cyclist shot of bikes.mp4 (frames
+    # 80-139, cars passing): by a hard cut after frame 50, and by a 1 s cross-fade over frames 50-74 during
+    # which both keep moving (what a plain blend test at full size misses)
+    from data_connectors.video import read_video
+    media = shared_dataset("media")
+    a, fps = read_video(media / "bigbuckbunny.mp4", max_frames=75, max_side=160)
+    b, _ = read_video(media / "bikes.mp4", max_frames=140, max_side=160)
+    b = np.stack([cv2.resize(f, (a.shape[2], a.shape[1]), interpolation=cv2.INTER_AREA) for f in b[80:]])
+    cut = detect_shots(np.concatenate([a[:50], b]), fps)
+    assert [(s.start_frame, s.transition) for s in cut[1:]] == [(50, "cut")]
+    t = np.linspace(0, 1, 27)[1:-1, None, None, None]
+    fade = ((1 - t) * a[50:75] + t * b[:25]).astype(np.uint8)
+    shots = detect_shots(np.concatenate([a[:50], fade, b[25:]]), fps)
+    assert len(shots) == 2 and shots[1].transition == "gradual" and 50 <= shots[1].start_frame <= 75

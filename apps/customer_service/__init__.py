@@ -16,6 +16,8 @@ from apps.cli import positive_int
 if TYPE_CHECKING:
     from apps.cli import CommandTable
 
+INTENT_SUFFIXES = (".csv", ".tsv", ".txt", ".yaml", ".yml", ".json", ".jsonl")  # intents files read (intents.py)
+
 
 def register(cli: CommandTable) -> None:
     """Add the `chat` commands (train-intents, eval-intents, index, eval-retrieval, ask) and
@@ -25,7 +27,10 @@ def register(cli: CommandTable) -> None:
     chat = cli.group("chat", "customer-service assistant")
     p = chat.command("train-intents", "train an intent model (with oos detection) on a CSV or YAML file",
                      handlers.train_intents)
-    p.add_argument("--data", required=True, type=Path, help="CSV (text,label) or YAML intents file")
+    p.add_argument("--data", required=True, type=Path,
+                   help="intents file: CSV/TSV (header text,label or utterance,intent, ...; or no header), "
+                        "YAML, JSON or JSONL")
+    _column_flags(p)
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     p.add_argument("--epochs", type=positive_int, default=3)
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many steps")
@@ -36,7 +41,10 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="held-out slice of the training rows for epoch selection and the oos threshold")
     p.add_argument("--in-scope-recall", type=float, default=0.95,
-                   help="without oos rows: share of held-out in-scope rows the threshold keeps")
+                   help="without oos rows: share of in-scope queries the oos threshold keeps...")
+    p.add_argument("--recall-confidence", type=float, default=0.9,
+                   help="...with this probability, judged from the held-out rows (a binomial bound: "
+                        "fewer held-out rows give a lower threshold)")
     p.add_argument("--stream", default=None, help='JSON overrides of the stream config, e.g. \'{"top_k": 1}\'')
     p.add_argument("--from-scratch", action="store_true", help="random stream instead of upcycled MiniLM")
     p.add_argument("--full", action="store_true",
@@ -48,14 +56,15 @@ def register(cli: CommandTable) -> None:
     p = chat.command("eval-intents", "score an intent model on a labelled CSV or YAML file",
                      handlers.eval_intents)
     p.add_argument("--model", required=True, type=Path, help="checkpoint folder from train-intents")
-    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="labelled intents file, as for train-intents")
+    _column_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
     p = chat.command("index", "build a knowledge index (FAISS + chunk metadata) from a knowledge base; "
                               "an existing index at --out is replaced only once the new one is complete",
                      handlers.index)
-    p.add_argument("--kb", required=True, help="knowledge file or folder (.md .txt .csv .jsonl)")
+    p.add_argument("--kb", required=True, help="knowledge file or folder (.md .html .txt .csv .tsv .json .jsonl)")
     p.add_argument("--out", required=True, help="index folder to write")
     p.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=True,
                    help="also rank with BM25 and fuse the rankings (default: on)")
@@ -68,9 +77,14 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     p = chat.command(
-        "ask", "send one message to the default bank's assistant and print its reply", handlers.ask)
+        "ask", "send one message to the assistant (the default bank's, or your intent model and index) "
+               "and print its reply", handlers.ask)
     p.add_argument("message", help="the customer's message")
     p.add_argument("--session", default="cli", help="conversation id, kept between calls (default: %(default)s)")
+    p.add_argument("--intent-model", type=Path, default=None,
+                   help="intent checkpoint folder from train-intents (default: the bank's)")
+    p.add_argument("--index", type=Path, default=None,
+                   help="knowledge index folder from `chat index` (default: the bank's)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     bench = cli.group("bench", "benchmarks")
@@ -96,3 +110,10 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--intent-model", type=Path, default=None,
                    help="intent checkpoint folder (default: the bank's, trained into the cache on first use)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def _column_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", default=None,
+                   help="the text column's header name, or its 1-based number in a file without a header "
+                        "(default: found from the header or the values)")
+    p.add_argument("--label-column", default=None, help="the label column, as --text-column")

@@ -18,6 +18,7 @@ import threading
 import time
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apps.settings import cache_dir
@@ -95,14 +96,18 @@ class Assistant:
         self._locks = [threading.Lock() for _ in range(SESSION_LOCK_STRIPES)]
 
     @classmethod
-    def default(cls, chat_model: BaseChatModel | None = None) -> Assistant:
+    def default(cls, chat_model: BaseChatModel | None = None, intent_model: str | Path | None = None,
+                index: str | Path | None = None) -> Assistant:
         """The default bank: its intent model and knowledge index (built into the cache on first
-        use), mock actions, assets/customer_service/dialogue.yaml, sessions in the cache folder."""
+        use), mock actions, assets/customer_service/dialogue.yaml, sessions in the cache folder.
+        `intent_model` (a train-intents checkpoint folder) and `index` (a `chat index` folder)
+        replace the bank's."""
         # Imported here: they bring torch and faiss, and train or index on first use.
-        from .intents import load_default_intent_model
-        from .retrieval import load_default_index
+        from .intents import IntentModel, load_default_intent_model
+        from .retrieval import KnowledgeIndex, load_default_index
 
-        return cls(load_default_intent_model(), load_default_index(),
+        return cls(IntentModel.load(intent_model) if intent_model else load_default_intent_model(),
+                   KnowledgeIndex.load(index) if index else load_default_index(),
                    SessionStore(cache_dir() / "chat" / "sessions.sqlite3"), default_actions(),
                    DialogueConfig.load(), chat_model)
 

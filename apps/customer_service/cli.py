@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -32,20 +33,23 @@ def _stream_config(overrides: str | None):
 def train_intents(args: argparse.Namespace) -> None:
     from core.text.classifier import TrainConfig
 
-    from .intents import IntentModel, IntentTrainConfig, file_sha256, load_intent_data
+    from .intents import IntentModel, IntentTrainConfig, file_sha256, read_intent_file
 
-    texts, labels = load_intent_data(args.data)
+    data = read_intent_file(args.data, args.text_column, args.label_column)
+    texts, labels = data.texts, data.labels
     cfg = IntentTrainConfig(
         train=TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                           lr=args.lr, train_top_layers=args.train_top_layers, bf16=args.bf16, seed=args.seed),
         stream=_stream_config(args.stream), upcycle=not args.from_scratch,
-        val_fraction=args.val_fraction, in_scope_recall=args.in_scope_recall)
+        val_fraction=args.val_fraction, in_scope_recall=args.in_scope_recall,
+        recall_confidence=args.recall_confidence)
     model, result = IntentModel.train(texts, labels, cfg)
     model.save(args.out, {"data": Path(args.data).name, "data_sha256": file_sha256(args.data),
                           "train": dataclasses.asdict(cfg.train), "upcycle": cfg.upcycle,
                           "val_accuracy": result.val_accuracy},
                delta=cfg.upcycle and not args.full)
-    summary = {"out": str(args.out), "rows": len(texts), "labels": len(model.labels), "steps": result.steps,
+    summary = {"out": str(args.out), "rows": len(texts), "labels": len(model.labels), **_columns(data),
+               "steps": result.steps,
                "seconds": round(result.seconds, 1), "train_loss": round(result.train_loss, 4),
                "val_accuracy": result.val_accuracy, "oos_threshold": model.oos_threshold,
                "history": result.history}
@@ -58,14 +62,24 @@ def train_intents(args: argparse.Namespace) -> None:
 
 
 def eval_intents(args: argparse.Namespace) -> None:
-    from .intents import IntentModel, load_intent_data
+    from .intents import IntentModel, read_intent_file
 
-    texts, labels = load_intent_data(args.data)
-    metrics = IntentModel.load(args.model).evaluate(texts, labels)
+    data = read_intent_file(args.data, args.text_column, args.label_column)
+    model = IntentModel.load(args.model)
+    metrics = model.evaluate(data.texts, data.labels)
+    unknown = set(data.labels) - set(model.labels) - {"oos"}
+    metrics.update(_columns(data), unknown_labels=sorted(unknown)[:20], unknown_label_rows=sum(
+        label in unknown for label in data.labels))
     if args.json:
         print(json.dumps(metrics))
     else:
         print("\n".join(f"{name:<20}{value}" for name, value in metrics.items()))
+
+
+def _columns(data) -> dict:
+    """How an intents file was read, for the commands' summaries."""
+    return {"text_column": data.text_column, "label_column": data.label_column, "header": data.header,
+            "delimiter": data.delimiter, "encoding": data.encoding}
 
 
 def bench_upcycle(args: argparse.Namespace) -> None:
@@ -101,20 +115,37 @@ def bench_chat(args: argparse.Namespace) -> None:
 
 
 def index(args: argparse.Namespace) -> None:
-    from data_connectors.knowledge import load_knowledge
+    from data_connectors.knowledge import knowledge_files, load_knowledge
 
     from .retrieval import IndexConfig, KnowledgeIndex
 
     start = time.perf_counter()
+    files, skipped = knowledge_files(args.kb)
     docs = load_knowledge(args.kb)  # a bad file fails here, before the index folder is touched
-    manifest = KnowledgeIndex.build(docs, args.out, IndexConfig(hybrid=args.hybrid)).manifest
-    summary = {"out": str(args.out), "documents": manifest["documents"], "chunks": manifest["count"],
+    manifest = KnowledgeIndex.build(docs, args.out, IndexConfig(hybrid=args.hybrid),
+                                    progress=_progress_printer("embedded", "chunks")).manifest
+    summary = {"out": str(args.out), "files": len(files), "skipped_files": [str(p) for p in skipped[:20]],
+               "documents": manifest["documents"], "chunks": manifest["count"],
                "dims": manifest["dims"], "index": manifest["index"], "hybrid": args.hybrid,
                "model": manifest["model"], "seconds": round(time.perf_counter() - start, 2)}
     if args.json:
         print(json.dumps(summary))
     else:
         print("\n".join(f"{name:<11}{value}" for name, value in summary.items()))
+
+
+def _progress_printer(verb: str, unit: str, every_s: float = 10.0):
+    """A progress(done, total) callback writing a line to stderr at most every `every_s` seconds."""
+    start = last = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= every_s or (done == total and now - start >= every_s):  # the end of a long job
+            print(f"{verb} {done}/{total} {unit}", file=sys.stderr, flush=True)
+            last = now
+
+    return report
 
 
 def eval_retrieval(args: argparse.Namespace) -> None:
@@ -132,7 +163,8 @@ def eval_retrieval(args: argparse.Namespace) -> None:
 def ask(args: argparse.Namespace) -> None:
     from .assistant import Assistant
 
-    reply = Assistant.default().reply(args.session, args.message)
+    mine = {name: path for name, path in (("intent_model", args.intent_model), ("index", args.index)) if path}
+    reply = Assistant.default(**mine).reply(args.session, args.message)
     if args.json:
         print(json.dumps(dataclasses.asdict(reply), ensure_ascii=False))
         return

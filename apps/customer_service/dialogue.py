@@ -12,7 +12,8 @@ question, or nothing: the intent is then answered from the knowledge base. One t
 4. a short or "and ..."/"what about ..." follow-up, when the intent model is unsure, refines the
    active knowledge topic: the new entity replaces the old one in the topic's query;
 5. top two intents within `clarify_margin`: "Did you mean A or B?";
-6. low confidence: "please rephrase" (or the out-of-scope fallback); `handoff_after` such turns in
+6. low confidence (under `low_confidence`, or the intent model's own calibrated oos threshold when
+   that is lower): "please rephrase" (or the out-of-scope fallback); `handoff_after` such turns in
    a row hand off;
 7. otherwise the predicted intent starts: response, slot filling, or a knowledge answer.
 """
@@ -212,6 +213,11 @@ class DialogueManager:
         self.intent_model, self.index, self.actions, self.config = intent_model, index, actions, config
         self.chat_model = chat_model  # when given, phrases knowledge answers from the passages
         self._words = {name: _phrases(words) for name, words in config.words.items()}
+        # A model with an oos threshold calibrated on its own data (e.g. one trained on uploaded
+        # intents, where confidences over many intents run lower) is trusted down to that threshold.
+        threshold = getattr(intent_model, "oos_threshold", None)
+        self.low_confidence = config.settings.low_confidence if threshold is None else min(
+            config.settings.low_confidence, threshold)
 
     def turn(self, state: SessionState, message: str) -> tuple[Answer, Prediction]:
         """Answer `message` (already cleaned) in the session `state`, which is updated in place."""
@@ -241,7 +247,7 @@ class DialogueManager:
             state.pending = {"kind": "clarify", "options": options, "message": message}
             first, second = (self.config.spec(o).title for o in options)
             return Answer(self.config.responses["clarify"].format(first=first, second=second), None)
-        if p.confidence < s.low_confidence:
+        if p.confidence < self.low_confidence:
             state.low_turns = low_turns + 1
             if state.low_turns >= s.handoff_after:
                 return self.hand_off(state, f"low confidence for {state.low_turns} turns in a row")
@@ -283,7 +289,7 @@ class DialogueManager:
                 return self._start(state, choice, pending["message"])
             return self._cancel(state) if self._words["deny"].search(message) else None
         affirm, deny = (bool(self._words[w].search(message)) for w in ("affirm", "deny"))
-        switches = p.label not in (state.intent, OOS) and p.confidence >= self.config.settings.low_confidence
+        switches = p.label not in (state.intent, OOS) and p.confidence >= self.low_confidence
         if pending["kind"] == "slot":
             slot = self.config.slots[pending["slot"]]
             match = slot.find(message)

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from apps.settings import cache_dir
 from data_connectors.archive import safe_extract_zip
 
+from . import INTENT_SUFFIXES
 from .assistant import Reply, shared_assistant
 
 MAX_UNZIPPED_BYTES = 50 * 1024 * 1024  # a knowledge zip may expand to at most this much
@@ -89,18 +90,21 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
     # Imported here: torch, faiss and the MiniLM weights are only needed for retraining.
     from data_connectors.knowledge import load_knowledge
 
-    from .intents import DEFAULT_TRAIN, IntentModel, load_intent_data
+    from .intents import DEFAULT_TRAIN, IntentModel, read_intent_file
     from .retrieval import KnowledgeIndex
 
     model = index = None
     done = []
     try:
         if intents_file:
-            texts, labels = load_intent_data(intents_file)
-            yield f"Training the intent model on {len(texts)} examples..."
+            data = read_intent_file(intents_file)
+            texts, labels = data.texts, data.labels
+            columns = (f" (text from column `{data.text_column}`, intents from `{data.label_column}`)"
+                       if data.text_column else "")
+            yield f"Training the intent model on {len(texts)} examples{columns}..."
             model, result = IntentModel.train(texts, labels, DEFAULT_TRAIN)
             accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.1%}"
-            done.append(f"intent model ({len(set(labels))} intents, {len(texts)} examples, held-out "
+            done.append(f"intent model ({len(set(labels))} intents, {len(texts)} examples{columns}, held-out "
                         f"accuracy {accuracy})")
         if knowledge_file:
             yield "Indexing the knowledge..."
@@ -134,12 +138,14 @@ def build() -> gr.Blocks:
             gr.Examples(["block my card", "what are the fees for a current account?",
                          "and for business accounts?", "I want to talk to a human"], inputs=message)
         with gr.Tab("Retrain"):
-            gr.Markdown("Upload your own intents (CSV `text,label` or YAML `intents:`) and/or knowledge "
-                        "(a Markdown, text, CSV or JSONL file, or a zip of a folder of them). Training the intent "
-                        "model takes a few minutes on a CPU; page and API switch to the result.")
+            gr.Markdown("Upload your own intents (a CSV or TSV with a text and a label column, e.g. "
+                        "`text,label` or `utterance,intent`; YAML `intents:`; JSON or JSONL records) and/or "
+                        "knowledge (a Markdown, HTML, text, CSV, JSON or JSONL file, or a zip of a folder of "
+                        "them). Training the intent model takes a few minutes on a CPU; page and API switch "
+                        "to the result.")
             with gr.Row():
-                intents_file = gr.File(label="intents (.csv, .yaml)", file_types=[".csv", ".yaml", ".yml"],
-                                       type="filepath")
+                intents_file = gr.File(label="intents (.csv, .tsv, .yaml, .json, .jsonl)",
+                                       file_types=list(INTENT_SUFFIXES), type="filepath")
                 knowledge_file = gr.File(label="knowledge (file or .zip)", type="filepath")
             with gr.Row():
                 train = gr.Button("Retrain", variant="primary")

@@ -22,7 +22,7 @@ import shutil
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +41,13 @@ DEFAULT_KB = Path(__file__).resolve().parents[2] / "assets" / "customer_service"
 DEFAULT_MODEL = "all-MiniLM-L6-v2 copy-upcycled top-1"  # the name default_embedder() records in manifests
 FUSIONS = ("rrf", "weighted")
 VECTORS, CHUNKS, MANIFEST = "index.faiss", "chunks.json", "manifest.json"
+
+
+# Scripts written without spaces between words (Chinese and Japanese ideographs, kana): each such
+# character counts as a word when chunking, and BM25 indexes the characters and their bigrams.
+_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"[{_CJK_CHARS}]|[^\s{_CJK_CHARS}]+")  # a chunk's unit: a CJK character or a word
+_CJK_RUNS = re.compile(rf"([{_CJK_CHARS}]+)|[^{_CJK_CHARS}]+")  # group 1 set for a run of CJK characters
 
 
 @dataclass
@@ -90,7 +97,7 @@ def chunk_documents(docs: Sequence[KnowledgeDoc], chunk_words: int, overlap_word
     """Each document as windows of `chunk_words` words, consecutive windows sharing `overlap_words`."""
     step, chunks = chunk_words - overlap_words, []
     for doc in docs:
-        spans = [m.span() for m in re.finditer(r"\S+", doc.text)]
+        spans = [m.span() for m in _WORD.finditer(doc.text)]
         for start in range(0, max(len(spans) - overlap_words, 1), step):
             end = min(start + chunk_words, len(spans))
             chunks.append(Chunk(doc.id, doc.title, doc.text[spans[start][0]:spans[end - 1][1]],
@@ -113,7 +120,8 @@ class Embedder:
     def dim(self) -> int:
         return self.model.cfg.dim
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """[len(texts), dim] vectors; `progress(done, total)` is called after each batch."""
         device = next(self.model.parameters()).device
         out = np.empty((len(texts), self.dim), np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: less padding
@@ -124,6 +132,8 @@ class Embedder:
                 pooled = self.model(batch.input_ids.to(device), batch.attention_mask.to(device),
                                     task_id=self.task_id).pooled
                 out[rows] = F.normalize(pooled.float(), dim=-1).cpu().numpy()
+                if progress is not None:
+                    progress(s + len(rows), len(texts))
         return out
 
 
@@ -143,8 +153,14 @@ def default_embedder() -> Embedder:
 
 
 def lexical_terms(text: str) -> list[str]:
-    """Lower-cased word tokens, as BM25 sees them."""
-    return re.findall(r"\w+", text.lower())
+    """Lower-cased word tokens, as BM25 sees them; text in scripts written without spaces (Chinese,
+    Japanese) gives its characters and their bigrams."""
+    terms = []
+    for word in re.findall(r"\w+", text.lower()):
+        for run in _CJK_RUNS.finditer(word):
+            cjk = run.group(1)
+            terms += [run.group()] if cjk is None else list(cjk) + [cjk[i:i + 2] for i in range(len(cjk) - 1)]
+    return terms
 
 
 class BM25:
@@ -186,8 +202,10 @@ class KnowledgeIndex:
 
     @classmethod
     def build(cls, docs: Sequence[KnowledgeDoc], out_dir: str | Path, config: IndexConfig | None = None,
-              embedder: Embedder | None = None) -> KnowledgeIndex:
-        """Chunk, embed and index `docs`, then write the index to `out_dir`, replacing any index there.
+              embedder: Embedder | None = None,
+              progress: Callable[[int, int], None] | None = None) -> KnowledgeIndex:
+        """Chunk, embed and index `docs`, then write the index to `out_dir`, replacing any index there;
+        `progress(chunks embedded, total)` follows the embedding (minutes for a large knowledge base).
 
         The folder is swapped in only once complete: if anything fails, a previous index stays as it was.
         """
@@ -197,7 +215,7 @@ class KnowledgeIndex:
             raise ValueError("no documents to index")
         embedder = embedder or default_embedder()
         chunks = chunk_documents(docs, config.chunk_words, config.overlap_words)
-        vectors = _faiss_index(embedder.encode([_chunk_text(c) for c in chunks]), config)
+        vectors = _faiss_index(embedder.encode([_chunk_text(c) for c in chunks], progress), config)
         manifest = {
             "model": embedder.name, "task": "retrieval", "dims": embedder.dim, "count": len(chunks),
             "documents": len(docs), "index": type(vectors).__name__,

@@ -6,7 +6,7 @@ Layout of `out`:
     studies/<key>/findings.json, overlays/*.png, [sr.dcm], done.json   one folder per finished study
     failed/<key>.json                                                  why a study failed (retried next run)
     findings.csv   study,series_uid,nodule_id,x_mm,y_mm,z_mm,i,j,k,diameter_mm,probability,malignancy
-    errors.csv     study,source,stage,message       failed studies and skipped unreadable files
+    errors.csv     study,source,stage,message       failed studies, skipped unreadable files and non-volume series
 
 Each DICOM series is one study; its key is its folder relative to the input (plus the series UID's tail
 when a folder holds several series); --anonymize replaces keys and UIDs by salted-free SHA-256 prefixes.
@@ -82,7 +82,7 @@ def _find_report(reports: Path | None, names: list[str]) -> Path | None:
 def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
     """The studies under cfg.input and the errors found while looking (folders without DICOM, unreadable
     files); both sorted, so every rank of a sharded run sees the same list."""
-    from data_connectors.dicom import VOLUME_SUFFIXES, scan_folder
+    from data_connectors.dicom import VOLUME_SUFFIXES, is_volume_series, scan_folder
 
     root = Path(cfg.input)
     if cfg.reports is not None and not Path(cfg.reports).is_dir():
@@ -104,6 +104,17 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
     for folder, group in sorted(by_folder.items()):
         rel = folder.relative_to(root).as_posix()
         rel = rel if rel != "." else root.name
+        # A scout, dose screen or structured report exported beside a scan is no study of its own; alone in
+        # its folder it stays one, so that loading says what is wrong with it.
+        volumes = [s for s in group if is_volume_series(s)]
+        if volumes and len(volumes) < len(group):
+            for series in group:
+                if series not in volumes:
+                    errors.append({"study": _hash(rel) if cfg.anonymize else rel,
+                                   "source": _hash(series.series_uid) if cfg.anonymize else series.series_uid,
+                                   "stage": "skipped", "message": f"series of {len(series.files)} file(s) beside "
+                                   "a CT volume skipped: a localizer, screen save, report or single image"})
+            group = volumes
         for series in group:
             name = rel if len(group) == 1 else f"{rel}#{series.series_uid[-12:]}"
             key = _hash(name) if cfg.anonymize else _safe(name.replace("/", "__"))

@@ -36,7 +36,7 @@ import itertools
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -50,7 +50,7 @@ from core.moe import MoEConfig, MoELayer
 from core.tasks import NUM_TASKS, task_id
 
 from . import world
-from .shots import ShotConfig, ShotDescriptors, describe_shot, detect_shots
+from .shots import Shot, ShotConfig, ShotDescriptors, describe_shot, detect_shots
 
 log = logging.getLogger(__name__)
 
@@ -952,6 +952,7 @@ def caption_video(path_or_frames, fps: float | None = None, *, captioner: Captio
     """Shots of a clip (a video file, or frames [F, H, W, 3] uint8 RGB with their fps), each with
     its time stamps and caption. Files are read downscaled (longer side ANALYSIS_SIDE) and at most
     `max_frames` frames, which bounds memory; a longer clip's tail is left out, with a warning."""
+    times_F = None                   # each frame's time in a file (variable frame rate), else frame / fps
     if isinstance(path_or_frames, np.ndarray):
         frames_FHW3 = path_or_frames
         if fps is None:
@@ -962,16 +963,21 @@ def caption_video(path_or_frames, fps: float | None = None, *, captioner: Captio
         if len(frames_FHW3) > max_frames:
             raise ValueError(f"{len(frames_FHW3)} frames exceed max_frames={max_frames}")
     else:
-        from data_connectors.video import probe_video, read_video
+        from data_connectors.video import probe_video, read_video_timed
 
         info = probe_video(path_or_frames)
-        frames_FHW3, file_fps = read_video(path_or_frames, max_frames=max_frames, max_side=ANALYSIS_SIDE)
+        frames_FHW3, file_fps, times_F = read_video_timed(path_or_frames, max_frames=max_frames,
+                                                          max_side=ANALYSIS_SIDE)
+        if fps:
+            times_F = None  # the caller's frame rate overrides the file's clock
         fps = fps or file_fps
         if info.frames > max_frames:
             log.warning("%s: captioning the first %d of %d frames", path_or_frames, max_frames, info.frames)
     if not fps or fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     shots = detect_shots(frames_FHW3, fps, ShotConfig())
+    if times_F is not None:
+        shots = [_on_clock(shot, times_F, fps) for shot in shots]
     if use_model and captioner is None:
         captioner = shared_captioner()
     clips = [frames_FHW3[s.start_frame:s.end_frame] for s in shots]
@@ -995,6 +1001,16 @@ def caption_video(path_or_frames, fps: float | None = None, *, captioner: Captio
             source="world model" if trusted else "measured", confidence=pred.confidence if pred else 0.0,
             attributes=attributes, experts=pred.experts if pred else {}, transition=shot.transition))
     return out
+
+
+def _on_clock(shot: Shot, times_F: np.ndarray, fps: float) -> Shot:
+    """The shot with start_s / end_s from the file's frame times: a variable-frame-rate clip (a phone's) has
+    frames unevenly spaced, and frame / fps would put its cuts at the wrong time. The last frame lasts
+    as long as the one before it (1 / fps for a single frame)."""
+    n = len(times_F)
+    last = float(times_F[-1] + (times_F[-1] - times_F[-2] if n > 1 else 1.0 / fps))
+    end_s = float(times_F[shot.end_frame]) if shot.end_frame < n else last
+    return replace(shot, start_s=float(times_F[shot.start_frame]), end_s=end_s)
 
 
 def measured_caption(d: ShotDescriptors) -> str:

@@ -91,7 +91,7 @@ def caption(args: argparse.Namespace) -> None:
     from .captioner import caption_video
 
     if not Path(args.file).is_file():
-        raise ValueError(f"{args.file}: no such file")
+        raise ValueError(f"{args.file}: " + ("not a regular file" if Path(args.file).exists() else "no such file"))
     shots = caption_video(args.file)
     rows = [s.to_dict() for s in shots]
     text = "\n".join(f"{s.start_s:7.2f}-{s.end_s:7.2f} s  {s.caption}  ({s.source})" for s in shots)

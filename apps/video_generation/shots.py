@@ -9,15 +9,20 @@ Boundary detection: per frame pair, the HSV-histogram distance (what changed in 
 mean absolute grey-level difference (where it changed). A hard cut is a spike of that score far
 above its local baseline (median + k * MAD over a sliding window, so a busy shot raises its own
 bar), above an absolute floor; a gradual transition is a window whose two end frames differ like
-a cut and whose inner frames are blends of its ends (which motion and camera moves are not). Boundaries closer
-than a minimum shot length keep the stronger one. A cut between two shots of one set (the same backdrop, the
+a cut and whose inner frames are blends of its ends (which motion and camera moves are not), tested at the
+analysis size and, for ends far apart, on a coarse copy (real footage keeps moving during a dissolve), and
+whose middle frame loses contrast as a blend of two different pictures does (a pan over a smooth backdrop
+also looks like a blend when coarse, but keeps its contrast). A fade in at the clip's very start or out at
+its end is no boundary; nor is a flash (two jumps a few frames apart after which the picture is the one
+before). Boundaries closer than a minimum shot length keep the stronger one. A cut between two shots of one set (the same backdrop, the
 camera where it was) changes only the objects, too little of the frame for that score: a second score, the
 motion-compensated difference (what no move of a few pixels explains), finds it with the same peak test.
 
-Descriptors: brightness from Lab L; dominant colours by k-means in Lab, named from lightness,
+Descriptors (of the picture inside any letterbox / pillarbox bars): brightness from Lab L; dominant colours by k-means in Lab, named from lightness,
 chroma and hue; motion and camera from Farneback optical flow on downscaled grey frames, the
-camera taken as the global (median) translation and radial scale of the flow field, motion as
-what is left once the camera's part is removed.
+camera taken as the global (median) translation and radial scale of the flow field (still when still
+corners spread over the frame are at least half as many as the moving consensus: a large object passing a
+locked-off camera), motion as what is left once the camera's part is removed.
 
 Shape legend: F frames, H height, W width; small frames are the downscaled analysis copies.
 """
@@ -45,6 +50,12 @@ class ShotConfig:
     gradual_max_s: float = 2.0       # ... and at most this long
     gradual_end_dist: float = 0.3    # score between the two ends of a gradual transition
     blend_tolerance: float = 0.2     # inner frames' deviation from the blend of the ends / their distance
+    coarse_width: int = 24           # ... also tested on frames this wide (motion during a dissolve averages out)
+    coarse_end_dist: float = 0.6     # ... when the ends' score is at least this
+    dip_share: float = 0.5           # the middle frame's contrast falls at least this share of what the blend's would
+    flat_std: float = 0.02           # a frame whose grey levels vary less than this is flat (black, white)
+    flash_return: float = 0.35       # two cuts close together whose outer frames differ less than this share
+                                     # of the smaller cut's score are a flash (the shot resumes), not cuts
     cut_in_gradual: float = 0.5      # a one-frame grey jump this share of a gradual span's whole change: a cut
     min_shot_s: float = 0.3          # shots shorter than this are merged into a neighbour
     still_backdrop: bool = True      # also look for cuts that change only the objects, not the backdrop
@@ -166,11 +177,43 @@ def _hard_cuts(scores_F: np.ndarray, min_len: int, cfg: ShotConfig, floor: float
     return cuts
 
 
+def _coarse(grey_Fhw: np.ndarray, width: int) -> np.ndarray:
+    """The grey frames area-downscaled to `width` columns (unchanged if already that narrow)."""
+    h, w = grey_Fhw.shape[1:]
+    if w <= width:
+        return grey_Fhw
+    size = (width, max(1, round(h * width / w)))
+    return np.stack([cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in grey_Fhw])
+
+
+def _blend_misfit(grey_Fhw: np.ndarray, a: int, b: int, c: int, k: int, spread: float) -> float:
+    """The largest mean deviation of frames c - k/2, c, c + k/2 from the linear blend of frames a and b,
+    relative to the ends' mean difference `spread` (inf when the ends hardly differ)."""
+    if spread < 1e-3:
+        return math.inf
+    worst = 0.0
+    for m in {c - k // 2, c, c + k // 2}:
+        t = (m - a) / (b - a)
+        blend = (1 - t) * grey_Fhw[a] + t * grey_Fhw[b]
+        worst = max(worst, float(np.abs(grey_Fhw[m] - blend).mean()) / spread)
+    return worst
+
+
+def _contrast_dips(a_hw: np.ndarray, mid_hw: np.ndarray, b_hw: np.ndarray, share: float) -> bool:
+    """Whether the middle frame loses contrast as the even blend of a and b would: var((a + b) / 2) falls
+    short of the mean of var(a) and var(b) by var(a - b) / 4. A camera moving over smooth content (a pan
+    across sky or a blurred backdrop) also passes for a blend at coarse scale, but keeps its contrast."""
+    expected = 0.25 * float((a_hw - b_hw).var())
+    observed = 0.5 * (float(a_hw.var()) + float(b_hw.var())) - float(mid_hw.var())
+    return observed >= share * expected
+
+
 def _gradual(grey_Fhw: np.ndarray, hist_FB: np.ndarray, fps: float, cfg: ShotConfig) -> list[tuple[int, float, int]]:
     """Gradual transitions as (centre frame, strength, half-width): windows [c - k, c + k] whose two
     end frames differ like a cut while the frames between are blends of the ends (a dissolve or
     fade is linear in the pixels; motion and camera moves are not). Non-maximum suppressed."""
     F = len(grey_Fhw)
+    coarse_Fhw = _coarse(grey_Fhw, cfg.coarse_width)
     max_k = max(2, int(round(cfg.gradual_max_s * fps / 2)))
     widths = sorted({k for k in (2, 3, 5, 8, 12, 18, 27) if k <= max_k} | {max_k})
     found = []
@@ -185,13 +228,15 @@ def _gradual(grey_Fhw: np.ndarray, hist_FB: np.ndarray, fps: float, cfg: ShotCon
             spread = float(np.abs(grey_Fhw[a] - grey_Fhw[b]).mean())
             if spread < 1e-3:
                 continue
-            worst = 0.0
-            for m in {c - k // 2, c, c + k // 2}:
-                t = (m - a) / (b - a)
-                blend = (1 - t) * grey_Fhw[a] + t * grey_Fhw[b]
-                worst = max(worst, float(np.abs(grey_Fhw[m] - blend).mean()) / spread)
-            if worst < cfg.blend_tolerance:
-                found.append((c, ends * (1 - worst), k))
+            # The blend tests at the analysis size, else on a coarse copy: real footage keeps moving during a
+            # dissolve (and some dissolves are dithered), which only the coarse copy averages away. Only ends
+            # far apart go to the coarse copy: a zoom over a smooth backdrop is a blend there.
+            levels = [grey_Fhw] + ([coarse_Fhw] if ends >= cfg.coarse_end_dist else [])
+            for g in levels:
+                worst = _blend_misfit(g, a, b, c, k, float(np.abs(g[a] - g[b]).mean()))
+                if worst < cfg.blend_tolerance and _contrast_dips(g[a], g[c], g[b], cfg.dip_share):
+                    found.append((c, ends * (1 - worst), k))
+                    break
     kept: list[tuple[int, float, int]] = []
     for cand in sorted(found, key=lambda x: (-x[1], -x[2])):
         if all(abs(cand[0] - c) > max(cand[2], k) for c, _, k in kept):
@@ -216,25 +261,27 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
         cuts += [(i, float(scores_F[i]), "cut") for i, _ in _hard_cuts(
             compensated_scores(grey_Fhw, cfg.shift_radius), min_len, cfg, cfg.shift_floor, flashes=False)]
     if cfg.gradual:
-        spans = _merge_fades(_gradual(grey_Fhw, hist_FB, fps, cfg), grey_Fhw, int(round(cfg.gradual_max_s * fps)))
+        spans = _merge_fades(_gradual(grey_Fhw, hist_FB, fps, cfg), grey_Fhw, int(round(cfg.gradual_max_s * fps)),
+                             cfg.flat_std)
         # A dissolve or fade changes the pixels a step at a time: a "span" holding one jump about as large as the
         # whole change from its first to its last frame is a hard cut beside a smooth camera move.
         def one_jump(a: int, b: int) -> bool:
             whole = float(np.abs(grey_Fhw[min(b + 1, len(grey_Fhw) - 1)] - grey_Fhw[max(a - 1, 0)]).mean())
             return any(a <= i <= b + 1 and float(np.abs(grey_Fhw[i] - grey_Fhw[i - 1]).mean()) >= cfg.cut_in_gradual
                        * whole for i, _, _ in cuts)
-        spans = [(a, b, st) for a, b, st in spans if not one_jump(a, b)]
+        spans = [(a, b, st) for a, b, st in spans if not one_jump(a, b) and not _edge_fade(grey_Fhw, a, b, cfg)]
         # A "cut" inside (or at the edge of) a gradual transition is one of its steps.
         cuts = [c for c in cuts if not any(a <= c[0] <= b + 1 for a, b, _ in spans)]
         cuts += [((a + b) // 2, s + 1.0, "gradual") for a, b, s in spans]  # transitions outrank cuts nearby
+    cuts = _drop_flashes(cuts, hist_FB, grey_Fhw, min_len, cfg)
     bounds = _enforce_min_length(sorted(cuts), len(frames_FHW3), min_len)
     starts = [(0, "start")] + [(i, kind) for i, _, kind in bounds]
     ends = [i for i, _ in starts[1:]] + [len(frames_FHW3)]
     return [Shot(s, e, s / fps, e / fps, kind) for (s, kind), e in zip(starts, ends)]
 
 
-def _merge_fades(gradual: list[tuple[int, float, int]], grey_Fhw: np.ndarray, max_gap: int
-                 ) -> list[tuple[int, int, float]]:
+def _merge_fades(gradual: list[tuple[int, float, int]], grey_Fhw: np.ndarray, max_gap: int,
+                 flat_std: float = 0.02) -> list[tuple[int, int, float]]:
     """Gradual transitions (centre, strength, half-width) as spans (first, last frame, strength). A
     fade out to a flat frame (black, white) and the fade in after it are one transition: spans at
     most max_gap apart with a flat frame between are joined."""
@@ -242,13 +289,39 @@ def _merge_fades(gradual: list[tuple[int, float, int]], grey_Fhw: np.ndarray, ma
     for c, strength, k in sorted(gradual):
         a, b = c - k, c + k
         if out and a - out[-1][1] <= max_gap:
-            between = grey_Fhw[out[-1][0]:b + 1]
-            if between.std(axis=(1, 2)).min() < 0.02:
+            # the flat frame must lie where the two meet (from the first's end to the second's start),
+            # not anywhere in them: a fade in at the start and a fade out at the end of one shot stay apart
+            lo, hi = sorted((out[-1][1], a))
+            if grey_Fhw[max(lo, 0):hi + 1].std(axis=(1, 2)).min() < flat_std:
                 prev = out.pop()
                 out.append((prev[0], b, max(prev[2], strength)))
                 continue
         out.append((a, b, strength))
     return out
+
+
+def _edge_fade(grey_Fhw: np.ndarray, a: int, b: int, cfg: ShotConfig) -> bool:
+    """A fade in from a flat frame (black) with only flat frames before it, or a fade out with only flat
+    frames after it: the clip's own opening or ending, with no shot on the other side to be a boundary to."""
+    flat_F = grey_Fhw.std(axis=(1, 2)) < cfg.flat_std
+    return bool(flat_F[:a + 1].all() or flat_F[b:].all())
+
+
+def _drop_flashes(cuts: list[tuple[int, float, str]], hist_FB: np.ndarray, grey_Fhw: np.ndarray, min_len: int,
+                  cfg: ShotConfig) -> list[tuple[int, float, str]]:
+    """Leave out the two "cuts" of a flash (a camera flash, a lightning strike, a few white frames): two
+    hard cuts under a minimum shot length apart, after which the picture is again the one before the first
+    (the frames either side differ far less than either jump did). A brief insert of other footage, whose
+    last frame does not match the frame before it, stays."""
+    hard = sorted(c for c in cuts if c[2] == "cut")
+    flash: set[int] = set()
+    for (i, si, _), (j, sj, _) in zip(hard, hard[1:]):
+        if j - i >= min_len:
+            continue
+        back = _pair_score(hist_FB[i - 1], hist_FB[j], grey_Fhw[i - 1], grey_Fhw[j], cfg)
+        if back < cfg.flash_return * min(si, sj):
+            flash |= {i, j}
+    return [c for c in cuts if c[0] not in flash]
 
 
 def _enforce_min_length(bounds: list[tuple[int, float, str]], F: int, min_len: int) -> list[tuple[int, float, str]]:
@@ -399,7 +472,13 @@ def camera_model(a_hw: np.ndarray, b_hw: np.ndarray) -> tuple[float, float, floa
     if m is None:
         return 0.0, 0.0, 0.0
     inl = src[inliers.ravel() == 1]
-    if len(inl) < max(8, 0.3 * len(src)) or inl[:, 0].std() < 0.2 * w or inl[:, 1].std() < 0.12 * h:
+    spread = lambda p: p[:, 0].std() >= 0.2 * w and p[:, 1].std() >= 0.12 * h  # noqa: E731
+    if len(inl) < max(8, 0.3 * len(src)) or not spread(inl):
+        return 0.0, 0.0, 0.0
+    # A large object moving over a still scene (a vehicle filling half the shot) can out-vote the scene's
+    # corners; when still corners spread over the frame are at least half as many, the camera is still.
+    still = src[np.hypot(*(dst - src).T) < 0.5]
+    if len(still) >= max(8, 0.5 * len(inl)) and spread(still):
         return 0.0, 0.0, 0.0
     scale = float(np.hypot(m[0, 0], m[1, 0]))
     # Translation of the frame centre (the similarity's own translation is about the origin).
@@ -407,6 +486,11 @@ def camera_model(a_hw: np.ndarray, b_hw: np.ndarray) -> tuple[float, float, floa
     tx = float(m[0, 0] * cx + m[0, 1] * cy + m[0, 2] - cx)
     ty = float(m[1, 0] * cx + m[1, 1] * cy + m[1, 2] - cy)
     return tx, ty, scale - 1.0
+
+
+# The residual flow's noise level is read at this percentile (not the median: an object covering over half
+# the frame while the camera stands still would raise the bar above its own speed and count as no motion).
+MOTION_NOISE_PERCENTILE = 20
 
 
 def _pair_motion(a_hw: np.ndarray, b_hw: np.ndarray, flow_hw2: np.ndarray) -> tuple[float, ...]:
@@ -418,7 +502,7 @@ def _pair_motion(a_hw: np.ndarray, b_hw: np.ndarray, flow_hw2: np.ndarray) -> tu
     dx, dy = xs - (w - 1) / 2, ys - (h - 1) / 2
     ru, rv = u - tx - zoom * dx, v - ty - zoom * dy
     mag = np.hypot(ru, rv)
-    moving = mag > max(0.5, 3 * float(np.median(mag)))
+    moving = mag > max(0.5, 3 * float(np.percentile(mag, MOTION_NOISE_PERCENTILE)))
     if moving.mean() < 0.002:
         return tx, ty, zoom, 0.0, 0.0, 0.0, 0.0
     # Speeds are the moving pixels' means weighted by how much of the frame moves, so that they
@@ -481,10 +565,36 @@ def camera_movement(flow: FlowSummary, cfg: DescribeConfig | None = None) -> str
     return "static"
 
 
+def content_box(frames_FHW3: np.ndarray, dark: int = 32, min_bar: float = 0.02,
+                min_keep: float = 0.5) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) rows/columns of the picture inside letterbox or pillarbox bars: edge
+    rows/columns dark (grey < `dark`) in at least 98 % of their pixels in every sampled frame. Bars thinner
+    than `min_bar` of a side are kept, and when cropping would leave less than `min_keep` of a side (a
+    night scene, a black clip) nothing is cropped."""
+    sample_NHW = np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in _sample(frames_FHW3, 8)])
+    dark_N_HW = sample_NHW < dark
+    rows_H = (dark_N_HW.mean(axis=2) >= 0.98).all(axis=0)
+    cols_W = (dark_N_HW.mean(axis=1) >= 0.98).all(axis=0)
+    H, W = rows_H.size, cols_W.size
+
+    def edges(line: np.ndarray, n: int) -> tuple[int, int]:
+        lo = int(np.argmin(line)) if not line.all() else n
+        hi = n - int(np.argmin(line[::-1])) if not line.all() else 0
+        lo = lo if lo >= min_bar * n else 0
+        hi = hi if n - hi >= min_bar * n else n
+        return (lo, hi) if hi - lo >= min_keep * n else (0, n)
+    top, bottom = edges(rows_H, H)
+    left, right = edges(cols_W, W)
+    return top, bottom, left, right
+
+
 def describe_shot(frames_FHW3: np.ndarray, fps: float, cfg: DescribeConfig | None = None) -> ShotDescriptors:
-    """Brightness, dominant colours, camera movement and object motion of one shot, from its pixels."""
+    """Brightness, dominant colours, camera movement and object motion of one shot, from its pixels (the
+    picture inside any letterbox / pillarbox bars, which are not part of the scene)."""
     cfg = cfg or DescribeConfig()
     _check_frames(frames_FHW3)
+    top, bottom, left, right = content_box(frames_FHW3)
+    frames_FHW3 = frames_FHW3[:, top:bottom, left:right]
     sample_F = _sample(frames_FHW3, cfg.max_frames)
     lightness = float(np.mean([cv2.cvtColor(_small(f, cfg.flow_width), cv2.COLOR_RGB2Lab)[..., 0].mean()
                                for f in sample_F]) / 255.0)

@@ -30,6 +30,7 @@ frames minus that of the source frames.
 """
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -40,11 +41,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_connectors.video import (VideoError, iter_video, probe_video, read_image, write_image, write_video)
+from data_connectors.video import MAX_SIDE as VIDEO_MAX_SIDE
+from data_connectors.video import (VideoError, copy_audio, iter_video_timed, probe_video, read_image,
+                                   write_image, write_video)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v"}
 RESOLUTIONS = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
+MIN_SIDE = 8                       # the shorter side of a picture or clip to restyle, at least (px)
+REFERENCE_SIDE = 1024              # a reference image is scaled down to this longer side first: its colour
+                                   # statistics do not need more, the learned experts see 256-512 px, and an
+                                   # 8000x8000 photo took 10 s and 1.9 GB at full size
+
+log = logging.getLogger(__name__)
 
 
 class StyleError(ValueError):
@@ -457,6 +466,7 @@ class StyleRouter:
         if reference_HW3.ndim != 3 or reference_HW3.shape[2] != 3 or reference_HW3.dtype != np.uint8:
             raise StyleError(f"a reference image must be uint8 RGB [H, W, 3], got {reference_HW3.dtype} "
                              f"{reference_HW3.shape}")
+        reference_HW3 = _resize_to(reference_HW3, REFERENCE_SIDE)
         # the learned expert: Magenta's network when its wheel is installed (far stronger), else the suite's own
         learned = next((n for n in ("magenta", "adain") if n in self.experts), None)
         if learned is None:
@@ -492,6 +502,7 @@ class StyleResult:
     source: str                     # how the route was chosen: "name", "description" or "reference"
     seconds: float = 0.0
     scores: dict[str, float] = field(default_factory=dict)
+    audio: bool = False             # stylize_file: the source's audio track was copied into the output
 
 
 def _resize_to(frame_HW3: np.ndarray, side: int | None) -> np.ndarray:
@@ -575,8 +586,9 @@ def _check_frames(frames_FHW3: np.ndarray) -> np.ndarray:
     if frames_FHW3.ndim != 4 or frames_FHW3.shape[-1] != 3 or frames_FHW3.dtype != np.uint8 or not len(frames_FHW3):
         raise StyleError(f"frames must be uint8 RGB [F, H, W, 3] with F >= 1, got {frames_FHW3.dtype} "
                          f"{frames_FHW3.shape}")
-    if min(frames_FHW3.shape[1:3]) < 8:
-        raise StyleError(f"frames of {frames_FHW3.shape[2]}x{frames_FHW3.shape[1]} are too small (8 px minimum)")
+    if min(frames_FHW3.shape[1:3]) < MIN_SIDE:
+        raise StyleError(f"frames of {frames_FHW3.shape[2]}x{frames_FHW3.shape[1]} are too small "
+                         f"({MIN_SIDE} px minimum)")
     return frames_FHW3
 
 
@@ -625,10 +637,16 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
     if out.suffix.lower() not in IMAGE_SUFFIXES | {".mp4", ".webm"}:
         raise StyleError(f"{out}: unsupported output suffix {out.suffix!r} (use .png, .jpg, .mp4 or .webm)")
     route = default_router().route(style)  # before reading the source: a bad style fails fast
-    if src.suffix.lower() in IMAGE_SUFFIXES:
+    # a GIF is a clip or a picture: the output's suffix says which it is taken as (its first frame for a picture)
+    as_image = src.suffix.lower() in IMAGE_SUFFIXES or (src.suffix.lower() == ".gif"
+                                                       and out.suffix.lower() in IMAGE_SUFFIXES)
+    if as_image:
         image = read_image(src)
         if out.suffix.lower() not in IMAGE_SUFFIXES:
             raise StyleError(f"{out}: an image in gives an image out (.png or .jpg), not {out.suffix}")
+        if min(image.shape[:2]) < MIN_SIDE:
+            raise StyleError(f"{src}: a {image.shape[1]}x{image.shape[0]} image is too small to restyle "
+                             f"({MIN_SIDE} px minimum)")
         cfg = cfg or replace(StyleConfig(), work_side=None)
         styled = ClipStylizer(route, cfg).fit(_check_frames(image))(image)
         write_image(styled, out)
@@ -637,11 +655,56 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
         raise StyleError(f"{out}: a video in gives a video out (.mp4 or .webm), not {out.suffix}")
     cfg = cfg or StyleConfig()
     info = probe_video(src)
+    if min(info.width, info.height) < MIN_SIDE:
+        raise StyleError(f"{src}: frames of {info.width}x{info.height} are too small to restyle "
+                         f"({MIN_SIDE} px minimum)")
+    if max(info.width, info.height) > VIDEO_MAX_SIDE:  # found now, not after a pass over the whole clip
+        raise StyleError(f"{src}: frames of {info.width}x{info.height} exceed the {VIDEO_MAX_SIDE}-pixel limit of "
+                         f"the output video; scale the clip down first (e.g. to 2160 lines)")
     step = max(1, info.frames // cfg.fit_frames)
-    sample = [f for i, f in enumerate(iter_video(src, max_side=cfg.work_side)) if i % step == 0]
+    sample, times = [], []
+    for i, (t, f) in enumerate(iter_video_timed(src, max_side=cfg.work_side)):
+        times.append(t)
+        if i % step == 0:
+            sample.append(f)
     stylizer = ClipStylizer(route, cfg).fit(_check_frames(np.stack(sample)))
-    write_video((stylizer(f) for f in iter_video(src)), out, info.fps)
-    return out, _result(np.empty(0), route, time.perf_counter() - t0)
+    if len(times) < info.frames:  # a truncated or damaged file: its header promises more than decodes
+        log.warning("%s: only %d of the %d frames its header lists could be decoded", src, len(times), info.frames)
+    styled = ((t, stylizer(f)) for t, f in iter_video_timed(src))
+    fps = steady_rate(np.array(times), info.fps)
+    write_video(styled_frames(styled) if fps is None else constant_rate(styled, fps), out, fps or info.fps)
+    result = _result(np.empty(0), route, time.perf_counter() - t0)
+    result.audio = copy_audio(out, src)
+    return out, result
+
+
+def steady_rate(times_F: np.ndarray, fps: float) -> float | None:
+    """None when frame i of a clip is shown at i / fps (within half a frame) throughout; otherwise (variable
+    frame rate: phones, screen recordings) the rate of its typical frame interval, at which constant_rate
+    re-times it."""
+    if len(times_F) < 2 or np.abs(times_F - np.arange(len(times_F)) / fps).max() <= 0.5 / fps:
+        return None
+    step = float(np.median(np.diff(times_F)))
+    return float(np.clip(1.0 / step, 1.0, 120.0)) if step > 0 else None
+
+
+def styled_frames(timed: Iterable[tuple[float, np.ndarray]]) -> Iterable[np.ndarray]:
+    return (frame for _, frame in timed)
+
+
+def constant_rate(timed: Iterable[tuple[float, np.ndarray]], fps: float) -> Iterable[np.ndarray]:
+    """Frames with their times -> frames at a constant `fps` that show, at every tick n / fps, the frame on
+    screen then (repeated over a long gap, skipped within a burst), so that a variable-frame-rate clip keeps
+    its timing in a constant-rate file. The last frame lasts one tick."""
+    tick = 0
+    held: np.ndarray | None = None
+    for t, frame in timed:
+        while held is not None and tick / fps < t - 1e-6:  # ticks before this frame's time show the previous one
+            yield held
+            tick += 1
+        held = frame
+    if held is not None:
+        yield held
 
 
 def synthetic_clip(frames: int, size_hw: tuple[int, int], seed: int = 0) -> np.ndarray:

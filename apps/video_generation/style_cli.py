@@ -52,7 +52,7 @@ def _stylize(args: argparse.Namespace) -> None:
                       stabilise=not args.no_stabilise, flow=args.flow)
     out, result = stylize_file_result(args.file, args.style, args.out, cfg=cfg)
     summary = {"out": str(out), "experts": result.experts, "weights": result.weights, "route": result.source,
-               "seconds": result.seconds, "bytes": out.stat().st_size}
+               "seconds": result.seconds, "bytes": out.stat().st_size, "audio_copied": result.audio}
     if result.scores:
         summary["scores"] = result.scores
     if args.json:

@@ -18,8 +18,12 @@ class MoEConfig:
     activation: str = "swiglu"       # expert block: "swiglu" or "gelu" (GELU MLP, for upcycling BERT-style FFNs)
     expert_bias: bool = False        # biases in expert projections (needed to upcycle FFNs that have them)
     capacity_factor: float = 1.25    # capacity = ceil(cf * N * K / E) per expert; 0 means dropless
+    drop_at_inference: bool = False  # apply the capacity in eval mode too (bounds each expert's work, but a
+                                     # token's output then depends on the other tokens in its batch)
     gate: str = "topk_softmax"       # "topk_softmax" | "softmax_topk" | "sigmoid"
     renormalize: bool = True         # softmax_topk / sigmoid: rescale the K chosen weights to sum to 1
+    # (with top_k=1, "topk_softmax" or a renormalised gate gives every token weight 1: the router
+    # then learns only from aux_loss; Switch-style top-1 wants softmax_topk without renormalising)
     num_groups: int = 1              # expert groups for group-limited routing (1 = off)
     top_groups: int = 1              # groups a token may use; experts are chosen inside them
     num_tasks: int = 0               # task-aware gating: learned per-task gate conditioning (0 = off)

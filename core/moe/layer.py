@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn as nn
@@ -65,12 +66,20 @@ class MoELayer(nn.Module):
             self.shared = FeedForward(cfg.dim, cfg.num_shared_experts * cfg.hidden_dim,
                                       cfg.activation, cfg.expert_bias)
 
+    @property
+    def drops(self) -> bool:
+        """Whether this forward applies the capacity: in training (unless dropless), and in eval mode only
+        with drop_at_inference, so that by default a token's inference output never depends on its batch."""
+        return not self.cfg.dropless and (self.training or self.cfg.drop_at_inference)
+
     def capacity(self, num_tokens: int) -> int:
         """Most assignments one expert takes: ceil(capacity_factor * N * K / E); N*K when dropless."""
         cfg = self.cfg
         if cfg.dropless:
             return num_tokens * cfg.top_k
-        return math.ceil(cfg.capacity_factor * num_tokens * cfg.top_k / cfg.num_experts)
+        # Exact arithmetic on the factor as written: in floats, ceil(1.1 * 25 * 2 / 11) is 6, not 5.
+        cf = Fraction(str(float(cfg.capacity_factor)))  # str: the shortest decimal, i.e. 1.1
+        return math.ceil(cf * num_tokens * cfg.top_k / cfg.num_experts)
 
     def forward(self, x: torch.Tensor, task_id=None) -> tuple[torch.Tensor, MoEStats]:
         cfg = self.cfg
@@ -83,7 +92,7 @@ class MoELayer(nn.Module):
         # so the lowest-weight assignments beyond capacity are the ones dropped.
         expert_A = route.expert_idx_NK.flatten()
         load_E = torch.bincount(expert_A, minlength=E)
-        if cfg.dropless:
+        if not self.drops:
             order_A = torch.argsort(expert_A, stable=True)
             kept_E = load_E
         else:
@@ -148,7 +157,7 @@ class DenseFFN(nn.Module):
     def forward(self, x: torch.Tensor, task_id=None) -> tuple[torch.Tensor, MoEStats]:
         N = x.shape[0] * x.shape[1]
         stats = MoEStats(aux_loss=x.new_zeros((), dtype=torch.float32),
-                         expert_load=torch.tensor([N]), dropped_fraction=0.0,
+                         expert_load=torch.tensor([N], device=x.device), dropped_fraction=0.0,
                          balance=1.0, max_violation=0.0, router_entropy=0.0)
         return self.ffn(x), stats
 

@@ -6,11 +6,18 @@ import math
 import torch
 
 
+def _no_tokens(t_NE: torch.Tensor) -> torch.Tensor:
+    """The loss of an empty batch: 0, not the NaN of a mean over no rows, and still on the graph."""
+    return t_NE.sum()
+
+
 def kl_balance_loss(probs_NE: torch.Tensor) -> torch.Tensor:
     """sum_i p_i log(p_i / p_mean), p_i the mean routing probability of expert i, p_mean = 1/E.
 
     The KL divergence of the mean routing distribution from uniform: 0 when balanced.
     """
+    if probs_NE.shape[0] == 0:
+        return _no_tokens(probs_NE)
     p_E = probs_NE.mean(dim=0)
     E = p_E.shape[0]
     return (p_E * (p_E.clamp_min(1e-12) * E).log()).sum()
@@ -19,6 +26,8 @@ def kl_balance_loss(probs_NE: torch.Tensor) -> torch.Tensor:
 def switch_balance_loss(probs_NE: torch.Tensor, expert_idx_NK: torch.Tensor) -> torch.Tensor:
     """Switch Transformer loss E * sum_i f_i * P_i: f_i the fraction of assignments to expert i
     (not differentiable), P_i the mean routing probability. 1.0 when balanced."""
+    if probs_NE.shape[0] == 0:
+        return _no_tokens(probs_NE)
     E = probs_NE.shape[1]
     f_E = torch.bincount(expert_idx_NK.flatten(), minlength=E).float() / expert_idx_NK.numel()
     return E * (f_E * probs_NE.mean(dim=0)).sum()
@@ -26,6 +35,8 @@ def switch_balance_loss(probs_NE: torch.Tensor, expert_idx_NK: torch.Tensor) -> 
 
 def z_loss(logits_NE: torch.Tensor) -> torch.Tensor:
     """ST-MoE router z-loss, mean(logsumexp(logits)^2): keeps logits small."""
+    if logits_NE.shape[0] == 0:
+        return _no_tokens(logits_NE)
     return logits_NE.logsumexp(dim=-1).square().mean()
 
 
@@ -45,5 +56,7 @@ def max_violation(load_E: torch.Tensor) -> float:
 
 
 def router_entropy(probs_NE: torch.Tensor) -> float:
-    """Mean per-token entropy of the routing distribution, in nats."""
+    """Mean per-token entropy of the routing distribution, in nats (0.0 without tokens)."""
+    if probs_NE.shape[0] == 0:
+        return 0.0
     return float(-(probs_NE * probs_NE.clamp_min(1e-12).log()).sum(dim=-1).mean())

@@ -52,12 +52,12 @@ class DynamicRouter(nn.Module):
         cfg = self.cfg
         # The router runs in fp32 whatever autocast says: small logit errors flip top-k choices.
         with torch.autocast(device_type=x_ND.device.type, enabled=False):
-            x_ND = x_ND.float()
+            x_ND, weight_ED = x_ND.float(), self.weight_ED.float()  # also in a .bfloat16() model
             if cfg.num_tasks > 0 and task_N is not None:
-                logits_NE = F.linear(x_ND * (1 + self.task_scale_TD[task_N]), self.weight_ED)
-                logits_NE = logits_NE + self.task_offset_TE[task_N]
+                logits_NE = F.linear(x_ND * (1 + self.task_scale_TD[task_N].float()), weight_ED)
+                logits_NE = logits_NE + self.task_offset_TE[task_N].float()
             else:
-                logits_NE = F.linear(x_ND, self.weight_ED)
+                logits_NE = F.linear(x_ND, weight_ED)
 
             if cfg.gate == "topk_softmax":
                 scores_NE = logits_NE
@@ -84,6 +84,16 @@ class DynamicRouter(nn.Module):
         if self.training and cfg.bias_update_rate > 0:
             self.pending_load_E += torch.bincount(expert_idx_NK.flatten(), minlength=cfg.num_experts)
         return RouterOutput(expert_idx_NK, weight_NK, logits_NE, probs_NE)
+
+    def _apply(self, fn, recurse=True):
+        """Module casts (.bfloat16(), .half()) leave the balancing state in fp32: a bf16 bias loses
+        a 1e-3 step once |bias| >= 0.5, and bf16 counts are inexact above 256."""
+        super()._apply(fn, recurse)
+        for name in ("expert_bias_E", "pending_load_E"):
+            buf = getattr(self, name)
+            if buf.dtype in (torch.bfloat16, torch.float16):
+                setattr(self, name, buf.float())  # a registered buffer stays registered
+        return self
 
     def _mask_to_top_groups(self, select_NE: torch.Tensor) -> torch.Tensor:
         """Keep only experts inside each token's `top_groups` best groups (the rest get -inf).

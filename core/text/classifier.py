@@ -280,14 +280,6 @@ def accuracy(model: SentenceClassifier, texts: list[str], labels: list[str]) -> 
     return (pred_B == _label_ids(model, labels)).float().mean().item()
 
 
-def calibrate_threshold(confidence_N: torch.Tensor, keep: float) -> float:
-    """The confidence threshold that keeps (scores at or above) a `keep` fraction of these in-scope
-    validation confidences; texts scoring below it are treated as out of scope."""
-    if not 0 < keep <= 1:
-        raise ValueError(f"keep must lie in (0, 1], got {keep}")
-    return torch.quantile(confidence_N.float(), 1 - keep, interpolation="lower").item()
-
-
 # ---- checkpoints ----
 
 def save_classifier(model: SentenceClassifier, path: str | Path, metadata: dict | None = None,

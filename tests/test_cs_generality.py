@@ -1,0 +1,306 @@
+"""The customer-service app on data shaped unlike the default bank's: intents files with other column
+names, delimiters, encodings and layouts, knowledge files in other formats and field names, and an
+intent model whose out-of-scope threshold was calibrated on its own data. Tiny files the tests write."""
+import csv
+import io
+import json
+
+import pytest
+
+from apps.cli import main
+from apps.customer_service import intents
+from apps.customer_service.dialogue import DialogueConfig, DialogueManager
+from apps.customer_service.actions import default_actions
+from apps.customer_service.intents import OOS, IntentTrainConfig, read_intent_file
+from apps.customer_service.store import SessionState
+from data_connectors.knowledge import KnowledgeFormatError, decode_text, load_knowledge, sniff_delimiter
+
+from chat_fakes import EXPERTS, OverlapIndex, Prediction
+
+ROWS = [("I lost my card, what now?", "lost_card"), ("where is my money", "balance"),
+        ("how much do I have", "balance"), ("card stolen yesterday", "lost_card"),
+        ("send cash to mum", "transfer"), ("wire money abroad", "transfer")]
+TEXTS, LABELS = [t for t, _ in ROWS], [y for _, y in ROWS]
+
+
+def table(rows, header=None, delimiter=",", quote_all=False) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=delimiter, lineterminator="\n",
+                        quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL)
+    writer.writerows(([header] if header else []) + [list(r) for r in rows])
+    return out.getvalue()
+
+
+def write(path, content: str | bytes, encoding="utf-8"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode(encoding))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_embedder():
+    import torch
+
+    from apps.customer_service.retrieval import Embedder
+    from core.text import TextStreamConfig, from_scratch
+
+    torch.manual_seed(0)
+    return Embedder(from_scratch(TextStreamConfig(dim=32, num_layers=1, num_heads=2, ffn_dim=64, num_experts=2,
+                                                  top_k=1)), name="tiny")
+
+
+# ---- intents files ----
+
+FLIPPED = [(y, t) for t, y in ROWS]
+LAYOUTS = {
+    "utterance_intent.csv": table(ROWS, ["Utterance", "Intent"]),
+    "query_category.csv": table(ROWS, ["query", "category"]),
+    "sentence_class_label_first.csv": table(FLIPPED, ["class", "sentence"]),
+    "extra_columns.csv": table([(i, t, y, "-") for i, (t, y) in enumerate(ROWS)], ["id", "text", "label", "notes"]),
+    "no_header.csv": table(ROWS),
+    "no_header_label_first.csv": table(FLIPPED),
+    "unknown_names.csv": table(ROWS, ["frage", "absicht"]),
+    "tabs.tsv": table(ROWS, ["text", "label"], "\t"),
+    "tabs_named_csv.csv": table(ROWS, ["text", "label"], "\t"),
+    "semicolons.csv": table(ROWS, ["text", "label"], ";"),
+    "pipes.txt": table(ROWS, ["text", "label"], "|"),
+    "bom_crlf.csv": "\ufeff" + table(ROWS, ["text", "label"]).replace("\n", "\r\n"),
+    "blank_rows.csv": "text,label\n\n" + table(ROWS).replace("\n", "\n,\n", 2) + "\n\n",
+    "records.jsonl": "\n".join(json.dumps({"utterance": t, "intent": y}) for t, y in ROWS),
+    "records.json": json.dumps({"data": [{"text": t, "label": y} for t, y in ROWS]}),
+    "pairs.json": json.dumps([[t, y] for t, y in ROWS]),
+}
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_intents_tables_in_other_layouts_read_the_same(tmp_path, name):
+    data = read_intent_file(write(tmp_path / name, LAYOUTS[name]))
+    assert (data.texts, data.labels) == (TEXTS, LABELS)
+
+
+def test_intents_encodings_quoting_and_oos_spellings(tmp_path):
+    rows = ROWS + [("café crème, “s’il vous plaît”", "café"), ("line one,\nline two", "balance"),
+                   ("what's the weather", "OOS"), ("tell me a joke", "Out_Of_Scope"), ("sing", "out of scope")]
+    for encoding in ("utf-8", "cp1252", "utf-16"):
+        data = read_intent_file(write(tmp_path / f"{encoding}.csv", table(rows, ["text", "label"], quote_all=True),
+                                      encoding))
+        assert data.texts == [t for t, _ in rows] and data.encoding == encoding
+        assert data.labels == LABELS + ["café", "balance", OOS, OOS, OOS]
+    chinese = [("我的卡丢了", "挂失"), ("我的余额是多少", "余额"), ("转账到国外", "转账"), ("卡被偷了", "挂失"),
+               ("还有多少钱", "余额")]
+    data = read_intent_file(write(tmp_path / "zh.csv", table(chinese)))  # no header: labels repeat
+    assert (data.texts, data.labels, data.header) == ([t for t, _ in chinese], [y for _, y in chinese], False)
+
+
+def test_intents_columns_named_on_the_command_line(tmp_path):
+    path = write(tmp_path / "wide.csv", table([("x", t, "y", y) for t, y in ROWS], ["a", "b", "c", "d"]))
+    assert intents.load_intent_data(path, text_column="B", label_column="d") == (TEXTS, LABELS)
+    headerless = write(tmp_path / "headerless.csv", table([(y, t) for t, y in ROWS]))
+    assert intents.load_intent_data(headerless, text_column="2", label_column="1") == (TEXTS, LABELS)
+    named = write(tmp_path / "named.csv", table([(y, t) for t, y in ROWS], ["intent", "utterance"]))
+    assert intents.load_intent_data(named, text_column="2", label_column="1") == (TEXTS, LABELS)  # header kept out
+    with pytest.raises(ValueError, match=r"wide.csv, line 1: no column 'missing'"):
+        intents.load_intent_data(path, text_column="missing", label_column="d")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("junk.csv", bytes(range(256)), "junk.csv, line 2: not text"),
+    ("one.csv", "text\nhi\nhello\n", "one.csv, line 1: 1 column"),
+    ("unique.csv", "a,b\nx,1\ny,2\nz,3\n", "unique.csv, line 1: no recognised column names"),
+    ("ragged.csv", 'text,label\n"open quote,x\ny,z\n', "ragged.csv, line 2: 1 fields, the header has 2 (a quoted"),
+    ("records.jsonl", '{"text": "hi", "label": "greet"}\n{"words": "x"}\n',
+     "records.jsonl, line 2: no text and label"),
+    ("records.json", '{"a": [1], "b": [2]}', "records.json: expected a list of {text, label}"),
+    ("pairs.json", '[["hi", "greet"], ["hello"]]', "pairs.json: record 2: expected a {text, label} object"),
+    ("commas.csv", ",,\n ,\n", "commas.csv: no rows with any text"),
+])
+def test_intents_errors_name_the_file(tmp_path, name, content, message):
+    with pytest.raises(ValueError) as err:
+        read_intent_file(write(tmp_path / name, content))
+    assert message in str(err.value)
+
+
+def test_training_drops_repeated_rows_and_needs_two_intents(monkeypatch):
+    seen = {}
+
+    def stop(texts, labels, fraction, seed):
+        seen["rows"] = list(zip(texts, labels))
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(intents, "split_holdout", stop)
+    with pytest.raises(RuntimeError, match="stop before training"):
+        intents.IntentModel.train(TEXTS * 3, LABELS * 3, IntentTrainConfig(upcycle=False))
+    assert seen["rows"] == ROWS  # each (text, label) once, first-seen order
+    with pytest.raises(ValueError, match="at least 2 in-scope intents"):
+        intents.IntentModel.train(["hi", "hello", "weather"], ["greet", "greet", OOS],
+                                  IntentTrainConfig(upcycle=False))
+
+
+def test_cli_trains_evaluates_and_answers_with_headerless_semicolon_cp1252(tmp_path, capsys, monkeypatch,
+                                                                             tiny_embedder):
+    phrases = {"karte_verloren": ["meine karte verloren", "karte gestohlen", "karte weg"],
+               "kontostand": ["mein kontostand", "wie viel geld", "guthaben zeigen"],
+               "überweisung": ["geld überweisen", "überweisung ins ausland", "zahlung senden"]}
+    rows = [(f"{p} {t}", y) for y, ps in phrases.items() for p in ps for t in ("bitte", "jetzt", "heute", "")]
+    write(tmp_path / "train.csv", table(rows, delimiter=";"), "cp1252")
+    test_rows = [(f"{ps[0]} sofort", y) for y, ps in phrases.items()] + [("wetter morgen", "out-of-scope"),
+                                                                         ("karte verloren", "new_intent")]
+    write(tmp_path / "test.tsv", table(test_rows, ["Utterance", "Intent"], "\t"))
+    stream = json.dumps({"dim": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "max_positions": 32,
+                         "moe_layers": [0], "num_experts": 2, "top_k": 1, "dropout": 0.0})
+    assert main(["chat", "train-intents", "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"),
+                 "--from-scratch", "--stream", stream, "--epochs", "10", "--batch-size", "8", "--lr", "3e-3",
+                 "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (trained["rows"], trained["labels"], trained["header"], trained["delimiter"], trained["encoding"]) == (
+        len(rows), 3, False, ";", "cp1252")
+    assert main(["chat", "eval-intents", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "test.tsv"),
+                 "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (metrics["rows"], metrics["oos_rows"], metrics["text_column"], metrics["delimiter"]) == (
+        5, 1, "Utterance", "\t")
+    assert metrics["unknown_labels"] == ["new_intent"] and metrics["unknown_label_rows"] == 1
+
+    # the assistant on this model and an index of its own knowledge, not the bank's
+    from apps.customer_service import retrieval
+
+    monkeypatch.setattr(retrieval, "default_embedder", lambda: tiny_embedder)
+    monkeypatch.setenv("MOE_SUITE_CACHE", str(tmp_path / "cache"))
+    write(tmp_path / "wissen.md", "# Karten\n## Karte sperren\nRufen Sie 116 116 an.\n")
+    assert main(["chat", "index", "--kb", str(tmp_path / "wissen.md"), "--out", str(tmp_path / "index")]) == 0
+    capsys.readouterr()
+    assert main(["chat", "ask", "meine karte verloren bitte", "--intent-model", str(tmp_path / "m"),
+                 "--index", str(tmp_path / "index"), "--json"]) == 0
+    reply = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert reply["intent"] in phrases and reply["confidence"] > 0
+    assert all(source["id"] == "wissen#karte-sperren" for source in reply["sources"])
+
+
+# ---- out of scope with another intent set ----
+
+class CalibratedIntents:
+    """An intent model over many intents whose confidences run low, with its own calibrated threshold."""
+
+    oos_threshold = 0.2
+
+    def predict(self, texts):
+        top = [("pay_bill", 0.35), ("check_bill", 0.1)] if "bill" in texts[0] else [("pay_bill", 0.12), ("x", 0.1)]
+        return [Prediction(top[0][0], top[0][1], top, EXPERTS, top[0][1] < self.oos_threshold)]
+
+
+def test_dialogue_trusts_a_models_own_calibrated_threshold():
+    manager = DialogueManager(CalibratedIntents(), OverlapIndex(), default_actions(), DialogueConfig.load())
+    assert manager.low_confidence == 0.2  # under the dialogue's 0.5
+    answer, _ = manager.turn(SessionState("s"), "pay my fees bill")
+    assert answer.intent == "pay_bill" and answer.sources  # answered, not "please rephrase"
+    answer, _ = manager.turn(SessionState("t"), "purple elephants")
+    assert answer.intent is None and not answer.sources
+
+
+# ---- knowledge files ----
+
+def test_knowledge_json_records_wrappers_and_mappings(tmp_path):
+    write(tmp_path / "list.json", json.dumps([{"Question": "How to return?", "Answer": "Bring it back."},
+                                              {"title": "Hours", "body": "9 to 5.", "id": "hours"}]))
+    write(tmp_path / "wrapped.json", json.dumps({"version": 2, "faqs": [{"q": "Fees?", "a": "None."}]}))
+    write(tmp_path / "mapping.json", json.dumps({"Refunds": "Five days.", "Flows": {"steps": ["verify", "refund"]}}))
+    write(tmp_path / "strings.json", json.dumps(["First passage.", " ", "Second passage."]))
+    docs = {d.id: (d.title, d.text) for d in load_knowledge(tmp_path)}
+    assert docs == {"list#q1": ("How to return?", "Bring it back."), "hours": ("Hours", "9 to 5."),
+                    "mapping#refunds": ("Refunds", "Five days."), "mapping#flows": ("Flows", "verify\nrefund"),
+                    "strings#q1": ("Strings 1", "First passage."), "strings#q3": ("Strings 3", "Second passage."),
+                    "wrapped#q1": ("Fees?", "None.")}
+
+
+def test_knowledge_csv_and_jsonl_with_other_field_names(tmp_path):
+    write(tmp_path / "semi.csv", 'Question;Answer\n"Return, please?";"Bring it back, with the receipt."\n')
+    write(tmp_path / "tb.tsv", "title\tbody\nHours\t9 to 5.\n")
+    write(tmp_path / "plain.csv", "How to pay?,In the app.\nWhy?,Because.\n")  # no header: question, answer
+    write(tmp_path / "qa.jsonl", json.dumps({"question": "Fees?", "answer": "None."}) + "\n"
+          + json.dumps({"content": "Untitled passage."}) + "\n")
+    docs = [(d.id, d.title, d.text) for d in load_knowledge(tmp_path)]
+    assert docs == [("plain#q1", "How to pay?", "In the app."), ("plain#q2", "Why?", "Because."),
+                    ("qa#q1", "Fees?", "None."), ("qa#q2", "qa#q2", "Untitled passage."),
+                    ("semi#q1", "Return, please?", "Bring it back, with the receipt."), ("tb#q1", "Hours", "9 to 5.")]
+
+
+def test_knowledge_html_setext_front_matter_and_long_text(tmp_path):
+    write(tmp_path / "page.html", "<html><head><title>x</title><script>var hidden=1;</script></head><body>"
+          "<h1>Help</h1><p>Welcome.</p><h2>Returns</h2><p>Within <b>30</b>&nbsp;days.</p><ul><li>Receipt</li>"
+          "</ul></body></html>")
+    write(tmp_path / "setext.md", "---\ntitle: meta\n---\nReturns\n=======\n\nThirty days.\n\nShipping\n--------\n"
+          "Free over 50.\n\n- a list\n---\n")
+    write(tmp_path / "long.txt", "\n\n".join(" ".join(f"w{p}x{i}" for i in range(150)) for p in range(6)))
+    docs = {d.id: d for d in load_knowledge(tmp_path)}
+    assert [(d.title, d.text) for i, d in docs.items() if i.startswith("page")] == [
+        ("Help", "Welcome."), ("Help / Returns", "Within 30 days.\n\n- Receipt")]
+    assert docs["setext#returns"].text == "Thirty days." and "title: meta" not in str(docs)
+    assert docs["setext#shipping"].title == "Returns / Shipping" and docs["setext#shipping"].text.startswith("Free")
+    parts = [d for i, d in docs.items() if i.startswith("long")]
+    assert [d.id for d in parts] == ["long#p1", "long#p2", "long#p3"]  # 6 x 150 words in parts of <= 400
+    assert " ".join(d.text for d in parts).split() == (tmp_path / "long.txt").read_text().split()
+
+
+def test_knowledge_encodings_and_binary_files(tmp_path):
+    [doc] = load_knowledge(write(tmp_path / "cp.txt", "Café – open “daily”.", "cp1252"))
+    assert doc.text == "Café – open “daily”."
+    assert decode_text("ü".encode("utf-16")) == ("ü", "utf-16")
+    for name, junk in (("junk.md", bytes(range(256)) * 4), ("nul.md", b"# Title\n\x00\x00\x00")):
+        with pytest.raises(KnowledgeFormatError, match=rf"{name}:\d+: not text"):
+            load_knowledge(write(tmp_path / name, junk))
+
+
+def test_sniffed_delimiters():
+    assert sniff_delimiter("a b, c;x\nd;e\nf, g;h\n") == ";"
+    assert sniff_delimiter("text,label\n\"a;b\",c\n") == ","
+    assert sniff_delimiter("a,b\n", ".tsv") == "\t"
+    assert sniff_delimiter("hi, there\tgreet\nbye, now\tbye\n") == "\t"  # one comma a row too: a tie
+
+
+def test_a_folder_of_mixed_files_with_repeated_names(tmp_path, monkeypatch, capsys, tiny_embedder):
+    for lang in ("en", "de"):
+        write(tmp_path / "kb" / lang / "faq.md", f"# Hours\nOpen 9 to 5 ({lang}).")
+        write(tmp_path / "kb" / lang / "index.html", f"<h1>Home</h1><p>Welcome ({lang}).</p>")
+    write(tmp_path / "kb" / "en" / "faq.csv", "q,a\nFees?,None.\n")
+    write(tmp_path / "kb" / "manual.pdf", b"%PDF-1.4")
+    write(tmp_path / "kb" / "notes.txt", "Plain notes.")
+    docs = load_knowledge(tmp_path / "kb")
+    assert [d.id for d in docs] == ["de/faq#hours", "de/index#home", "en/faq.csv#q1", "en/faq.md#hours",
+                                    "en/index#home", "notes"]
+
+    from apps.customer_service import retrieval
+
+    monkeypatch.setattr(retrieval, "default_embedder", lambda: tiny_embedder)
+    assert main(["chat", "index", "--kb", str(tmp_path / "kb"), "--out", str(tmp_path / "index"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["files"], summary["documents"]) == (6, 6)
+    assert summary["skipped_files"] == [str(tmp_path / "kb" / "manual.pdf")]
+    write(tmp_path / "queries.csv", "Question;Expected_ID\nWelcome (en).;en/index#home\n")
+    assert main(["chat", "eval-retrieval", "--index", str(tmp_path / "index"), "--queries",
+                 str(tmp_path / "queries.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["queries"] == 1
+
+
+def test_chinese_text_is_chunked_and_matched_by_character():
+    from apps.customer_service.retrieval import BM25, chunk_documents
+    from data_connectors.knowledge import KnowledgeDoc
+
+    long = KnowledgeDoc("zh", "说明", "信用卡挂失请拨打客服电话。" * 30, "s")  # 390 characters, no spaces
+    chunks = chunk_documents([long], chunk_words=120, overlap_words=30)
+    assert len(chunks) == 4 and all(len(c.text) <= 120 for c in chunks)
+    bm25 = BM25(["我的银行卡丢了怎么办", "如何查询账户余额", "国际转账需要多长时间"])
+    assert bm25.scores("查询余额").argmax() == 1 and bm25.scores("银行卡丢失").argmax() == 0
+
+
+def test_oos_threshold_keeps_the_promised_in_scope_share_on_small_held_out_slices():
+    import torch
+
+    from apps.customer_service.intents import oos_threshold
+
+    g = torch.Generator().manual_seed(0)
+    for n in (40, 200):  # held-out in-scope rows; confidences ~ U(0, 1), so a threshold rejects its own value
+        kept = [1 - oos_threshold(torch.rand(n, generator=g), keep=0.95, confidence=0.9) for _ in range(400)]
+        assert sum(k >= 0.95 for k in kept) / len(kept) >= 0.85  # the plain 5% quantile: about half the time
+    assert oos_threshold(torch.tensor([0.9, 0.5, 0.99]), keep=0.95) == 0.5  # too few rows: the lowest
+    with pytest.raises(ValueError, match="keep must lie in"):
+        oos_threshold(torch.tensor([0.5]), keep=1.5)
