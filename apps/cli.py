@@ -129,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args) or 0
     except ValueError as exc:
         print(f"moe-suite: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):   # scripts read the last line of stdout: say it there too
+            print(json.dumps({"error": str(exc), "exit_code": 2}))
         return 2
 
 

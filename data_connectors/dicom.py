@@ -29,6 +29,9 @@ What the DICOM reader copes with, each noted in `CTVolume.warnings`:
 - PixelPaddingValue that would read as dense bone or metal (>= 3000 HU, e.g. 4095 or 0xFFFF unsigned): air;
 - multi-frame enhanced CT (per-frame functional groups) and compressed transfer syntaxes (pylibjpeg, RLE);
 - padding outside the reconstruction circle (-2048, -3024 HU...): clamped to air, -1024 HU (also for NIfTI).
+NIfTI / MetaImage / NRRD files (MONAI LoadImage, any storage order or oblique affine, reoriented to LPS): a 2D,
+4D or single-slice image, NaN voxels or a DICOM file under an image suffix are errors; no air in the volume
+(not HU?) and a NIfTI header without orientation are warnings.
 Errors are DicomReadError (a ValueError) naming the file or folder. A one-slice series is an error unless
 `allow_single_slice=True` (then a 1-slice volume with a warning): a nodule detector cannot use one slice, and a
 silent 2D "volume" hides an incomplete export. Messages name files and series UIDs, never the patient.
@@ -743,22 +746,64 @@ def to_lps(hu_ZYX: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray, np.n
     return hu, _LPS_RAS @ affine_ras
 
 
-def _load_image_file(path: Path) -> CTVolume:
-    """NIfTI / MetaImage / NRRD through MONAI LoadImage, converted to the CTVolume convention (LPS affine)."""
+@functools.cache
+def _image_loader():
+    """One MONAI LoadImage per process (NIfTI through nibabel, MetaImage/NRRD through ITK)."""
     from monai.transforms import LoadImage
+    return LoadImage(image_only=True, ensure_channel_first=False)
+
+
+# A chest CT in HU always holds air (lungs, outside the body) far below this; a volume without it is no HU CT.
+_NO_AIR_HU = -500.0
+
+
+def _load_image_file(path: Path, allow_single_slice: bool = False) -> CTVolume:
+    """NIfTI / MetaImage / NRRD through MONAI LoadImage, converted to the CTVolume convention (LPS affine).
+
+    Errors (DicomReadError naming the file): a DICOM file under an image suffix, an unreadable file, a 2D or 4D
+    image, a single slice (unless allow_single_slice), NaN or infinite voxels. Warnings: no air in the volume (not
+    HU?), a NIfTI header without orientation (qform and sform codes 0: mm positions are only voxel sizes).
+    """
+    if _looks_like_dicom(path)[0]:
+        raise DicomReadError(f"{path}: a DICOM file, though named like a {'/'.join(VOLUME_SUFFIXES)} image; give "
+                             f"the folder of its series (or rename a multi-frame file to .dcm)")
     try:
-        img = LoadImage(image_only=True, ensure_channel_first=False)(str(path))
+        img = _image_loader()(str(path))
     except Exception as exc:  # noqa: BLE001 - reader failures name the file
-        raise DicomReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
-    if img.ndim == 4 and img.shape[-1] == 1:
+        hint = ("" if path.name.endswith(VOLUME_SUFFIXES)
+                else " (ITK readers want a lower-case suffix: rename the file)")
+        raise DicomReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc}){hint}") from exc
+    shape = tuple(int(n) for n in img.shape)
+    while img.ndim > 3 and img.shape[-1] == 1:      # (I, J, K, 1): NIfTI's unused time axis
         img = img[..., 0]
+    if img.ndim == 2:
+        raise DicomReadError(f"{path}: a 2D image {shape}; a CT volume needs slices along a third axis")
     if img.ndim != 3:
-        raise DicomReadError(f"{path}: expected a 3D image, got shape {tuple(img.shape)}")
+        raise DicomReadError(f"{path}: a {len(shape)}D image {shape}, e.g. a time series or a multi-channel/RGB "
+                             f"image; expected one 3D CT volume")
+    if min(img.shape) < 2 and not allow_single_slice:
+        raise DicomReadError(f"{path}: a single slice {shape}; a CT volume needs at least 2 slices")
+    hu_IJK = np.asarray(img.detach().cpu().numpy() if hasattr(img, "detach") else img, dtype=np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(hu_IJK)))
+    if bad:
+        raise DicomReadError(f"{path}: {bad} of {hu_IJK.size} voxels are NaN or infinite; expected CT in HU with a "
+                             f"value in every voxel (fill them, e.g. with -1024 HU air, and retry)")
+    warnings = []
+    if min(img.shape) < 2:
+        warnings.append(f"single-slice image {shape}")
+    if float(hu_IJK.min()) > _NO_AIR_HU:
+        warnings.append(f"no voxel below {_NO_AIR_HU:g} (values {hu_IJK.min():g} to {hu_IJK.max():g}): a chest CT "
+                        f"in Hounsfield units always holds air near -1000; is this CT in HU?")
+    meta = getattr(img, "meta", {}) or {}
+    if "sform_code" in meta and int(meta["sform_code"]) == 0 and int(meta.get("qform_code", 0)) == 0:
+        warnings.append("the NIfTI header has no orientation (qform and sform codes 0): positions in mm are "
+                        "taken from the voxel sizes alone")
     affine_lps = _LPS_RAS @ np.asarray(img.affine, dtype=np.float64)
-    hu = np.maximum(np.asarray(img.detach().cpu().numpy() if hasattr(img, "detach") else img, dtype=np.float32),
-                    np.float32(AIR_HU))
-    hu, affine = to_lps(np.ascontiguousarray(hu.transpose(2, 1, 0)), affine_lps)
-    return CTVolume(hu, _spacing(affine), affine, series_uid="", study_uid="", source=path)
+    hu_IJK = np.maximum(hu_IJK, np.float32(AIR_HU))
+    hu, affine = to_lps(np.ascontiguousarray(hu_IJK.transpose(2, 1, 0)), affine_lps)
+    for w in warnings:   # info: they travel with the volume (findings.json carries them)
+        log.info("%s: %s", path, w)
+    return CTVolume(hu, _spacing(affine), affine, series_uid="", study_uid="", source=path, warnings=warnings)
 
 
 def is_volume_series(series: SeriesInfo) -> bool:
@@ -810,7 +855,7 @@ def load_volume(path: str | Path, *, allow_single_slice: bool = False) -> CTVolu
     if not path.is_file():
         raise DicomReadError(f"{path}: no such file or folder")
     if path.name.lower().endswith(VOLUME_SUFFIXES):
-        return _load_image_file(path)
+        return _load_image_file(path, allow_single_slice)
     if not any(_looks_like_dicom(path)):
         raise DicomReadError(f"{path}: not a DICOM file (nor {'/'.join(VOLUME_SUFFIXES)})")
     ds = _read(path)

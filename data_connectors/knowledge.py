@@ -15,15 +15,14 @@ Formats, by suffix:
                    any other object: one document per key with the strings under it
 
 Field and header names are matched case-insensitively; ids default to stem#q<n>. Text is read as
-UTF-8 (BOM or not), UTF-16 with a BOM, or Windows-1252 (`decode_text`); binary files are errors.
+UTF-8 (BOM or not), UTF-16 with a BOM, or Windows-1252 (`data_connectors.text_files.decode_text`);
+binary files are errors.
 A file that cannot be read raises KnowledgeFormatError (a ValueError) naming it, and the line where
-there is one. `decode_text`, `sniff_delimiter` and `read_table` are shared with the other readers of
-user files (intents). `synthetic_passages` makes bank-like documents in bulk, for benchmarks.
+there is one. `synthetic_passages` makes bank-like documents in bulk, for benchmarks.
+
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import random
 import re
@@ -32,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+
+from .text_files import decoded_file, field_key, json_lines, named_column, table_rows
 
 
 @dataclass(frozen=True)
@@ -48,77 +49,6 @@ class KnowledgeFormatError(ValueError):
     def __init__(self, path: Path, problem: str, line: int | None = None):
         super().__init__(f"{path}{'' if line is None else f':{line}'}: {problem}")
         self.path, self.line = path, line
-
-
-# ---- text and tables, shared with other readers of user files (e.g. intent CSVs) ----
-
-_BINARY = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f-\x9f]")  # C0/C1 controls: not text
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-DELIMITERS = ("\t", ",", ";", "|")  # tried in this order; ties go to the earlier one (text rarely holds tabs)
-
-
-class TextDecodeError(ValueError):
-    """Bytes that are not text in UTF-8 (with or without BOM), UTF-16 with a BOM, or Windows-1252."""
-
-    def __init__(self, problem: str, line: int | None = None):
-        super().__init__(problem)
-        self.line = line
-
-
-def decode_text(data: bytes) -> tuple[str, str]:
-    """(text, encoding) of a text file's bytes: UTF-8 (a BOM is dropped), UTF-16 with a BOM, else
-    Windows-1252 (spreadsheet exports; a superset of Latin-1's printable characters). Bytes that
-    decode only to control characters (binary files) raise TextDecodeError."""
-    if data.startswith(_UTF16_BOMS):
-        text, encoding = data.decode("utf-16"), "utf-16"
-    else:
-        try:
-            text, encoding = data.decode("utf-8-sig"), "utf-8"
-        except UnicodeDecodeError as err:
-            line = data[:err.start].count(b"\n") + 1
-            try:
-                text, encoding = data.decode("cp1252"), "cp1252"
-            except UnicodeDecodeError:
-                raise TextDecodeError(f"not text: byte {err.start} is neither UTF-8 nor Windows-1252 "
-                                      "(a binary file?); save it as UTF-8", line) from None
-    if bad := _BINARY.search(text):
-        line = text.count("\n", 0, bad.start()) + 1
-        raise TextDecodeError(f"not text: control character {bad.group()!r} (a binary file?)", line)
-    return text, encoding
-
-
-def sniff_delimiter(text: str, suffix: str = "") -> str:
-    """The field delimiter of delimited text: tab for .tsv, else whichever of `DELIMITERS` splits the
-    first 200 non-blank lines into the same number (at least 2) of fields most often."""
-    if suffix.lower() == ".tsv":
-        return "\t"
-    sample = "\n".join(line for line in text.splitlines()[:400] if line.strip())
-    best, best_score = ",", 0.0
-    for delimiter in DELIMITERS:
-        try:
-            counts = [len(row) for row in csv.reader(io.StringIO(sample), delimiter=delimiter)][:200]
-        except csv.Error:
-            continue
-        if not counts:
-            continue
-        mode = max(set(counts), key=counts.count)
-        score = counts.count(mode) / len(counts) if mode >= 2 else 0.0
-        if score > best_score:
-            best, best_score = delimiter, score
-    return best
-
-
-def read_table(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
-    """(line number, stripped cells) of every non-blank row of delimited text; quoted cells may hold
-    delimiters and newlines. Raises csv.Error on malformed quoting."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    rows, line = [], 1
-    for row in reader:
-        cells = [cell.strip() for cell in row]
-        if any(cells):
-            rows.append((line, cells))
-        line = reader.line_num + 1
-    return rows
 
 
 Reader = Callable[[Path], list[KnowledgeDoc]]
@@ -189,16 +119,16 @@ def read_markdown(path: Path) -> list[KnowledgeDoc]:
     """One document per heading section with a body (text before the first heading counts as one).
     ATX ("## Title") and setext (a line underlined with === or ---) headings; YAML front matter
     is dropped."""
-    return _sections(path, _read_text(path))
+    return _markdown_outline(_read_text(path)).docs(path)
 
 
 def read_html(path: Path) -> list[KnowledgeDoc]:
-    """An HTML page's visible text, one document per <h1>-<h6> section (as Markdown); scripts,
-    styles and navigation are dropped."""
+    """An HTML page's visible text, one document per <h1>-<h6> section (as for Markdown; text that
+    looks like Markdown stays text); scripts, styles and navigation are dropped."""
     parser = _HTMLText()
     parser.feed(_read_text(path))
     parser.close()
-    return _sections(path, parser.markdown())
+    return parser.outline().docs(path)
 
 
 def read_text(path: Path) -> list[KnowledgeDoc]:
@@ -225,23 +155,17 @@ def read_jsonl(path: Path) -> list[KnowledgeDoc]:
     """One document per non-blank line, a JSON object with a text (`text`, `answer`, `body`, ...) and
     optional `id` and title (`title`, `question`, ...)."""
     docs = []
-    for line_no, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise KnowledgeFormatError(path, f"invalid JSON ({err.msg})", line_no) from None
+    for line_no, obj in json_lines(path, _read_text(path), KnowledgeFormatError):
         if not isinstance(obj, dict):
             raise KnowledgeFormatError(path, "expected a JSON object", line_no)
-        docs.append(_record_doc(path, _pick_fields(path, obj, line_no), len(docs) + 1, line_no))
+        docs.append(_record_doc(path, _pick_fields(path, obj, line_no), len(docs) + 1))
     return docs
 
 
 def read_json(path: Path) -> list[KnowledgeDoc]:
     """A JSON file: a list of records (as in .jsonl) or of passage strings, or an object holding one
-    list of records (e.g. {"faqs": [...]}), or an object of title -> text; any other object gives one
-    document per key with the strings found under it, one a line."""
+    list of records beside other fields (e.g. {"faqs": [...], "version": 2}), or an object of
+    title -> text; any other object gives one document per key with the strings under it, one a line."""
     try:
         doc = json.loads(_read_text(path))
     except json.JSONDecodeError as err:
@@ -249,7 +173,7 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
     if isinstance(doc, dict):
         lists = [value for value in doc.values() if isinstance(value, list) and value
                  and all(isinstance(item, dict) for item in value)]
-        if len(lists) == 1 and len(doc) <= 3:  # a wrapper: {"faqs": [...], "version": 2}
+        if len(lists) == 1:  # a wrapper: {"faqs": [...], "version": 2, ...}
             doc = lists[0]
     if isinstance(doc, list) and doc and all(isinstance(item, str) for item in doc):  # a list of passages
         return [KnowledgeDoc(f"{path.stem}#q{n}", f"{_humanize(path.stem)} {n}", text.strip(), str(path))
@@ -291,48 +215,60 @@ _FENCE = re.compile(r"^\s*(```|~~~)")                  # code fence: headings in
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n.*?\n(---|\.\.\.)[ \t]*(\n|\Z)", re.DOTALL)
 
 
-def _sections(path: Path, text: str) -> list[KnowledgeDoc]:
-    """Markdown `text` as one document per heading section with a body."""
-    sections: list[tuple[list[str], list[str]]] = [([], [])]  # (heading path, body lines)
-    stack: list[tuple[int, str]] = []                         # (level, heading) enclosing the line
-    in_fence = False
+class _Outline:
+    """A page's sections as its headings open them, each (heading path, body lines)."""
 
-    def open_section(level: int, title: str) -> None:
-        nonlocal stack
-        stack = [(lvl, t) for lvl, t in stack if lvl < level] + [(level, title)]
-        sections.append(([t for _, t in stack], []))
+    def __init__(self):
+        self.sections: list[tuple[list[str], list[str]]] = [([], [])]  # text before any heading first
+        self._stack: list[tuple[int, str]] = []                         # (level, heading) enclosing the body
 
+    @property
+    def body(self) -> list[str]:
+        return self.sections[-1][1]
+
+    def open(self, level: int, title: str) -> None:
+        self._stack = [(lvl, t) for lvl, t in self._stack if lvl < level] + [(level, title)]
+        self.sections.append(([t for _, t in self._stack], []))
+
+    def docs(self, path: Path) -> list[KnowledgeDoc]:
+        """One document per section with a body: id stem#slug of its heading (stem#faq-2 for a repeat),
+        title the heading path ("Cards / PIN")."""
+        docs, used = [], set()
+        for headings, body in self.sections:
+            text = "\n".join(body).strip()
+            if not text:
+                continue
+            base = f"{path.stem}#{_slug(headings[-1])}" if headings else path.stem
+            doc_id, n = base, 1
+            while doc_id in used:
+                n += 1
+                doc_id = f"{base}-{n}"
+            used.add(doc_id)
+            docs.append(KnowledgeDoc(doc_id, " / ".join(headings) or _humanize(path.stem), text, str(path)))
+        return docs
+
+
+def _markdown_outline(text: str) -> _Outline:
+    """Markdown `text` by ATX and setext headings (not inside code fences), front matter dropped."""
+    outline, in_fence = _Outline(), False
     for line in _FRONT_MATTER.sub("", text, count=1).splitlines():
         in_fence ^= bool(_FENCE.match(line))
         heading = None if in_fence else _HEADING.match(line)
-        body = sections[-1][1]
+        body = outline.body
         if heading:
-            open_section(len(heading.group(1)), heading.group(2))
+            outline.open(len(heading.group(1)), heading.group(2))
         elif (not in_fence and body and body[-1].strip() and not body[-1].startswith((" ", "\t", "-", "*", "|"))
               and (underline := _SETEXT.match(line)) and (underline.group(1)[0] == "=" or len(body) == 1
                                                              or not body[-2].strip())):
             title = body.pop().strip()  # a paragraph's single line underlined: a setext heading
-            open_section(1 if underline.group(1)[0] == "=" else 2, title)
+            outline.open(1 if underline.group(1)[0] == "=" else 2, title)
         else:
             body.append(line)
-
-    docs, used = [], set()
-    for headings, body in sections:
-        text = "\n".join(body).strip()
-        if not text:
-            continue
-        base = f"{path.stem}#{_slug(headings[-1])}" if headings else path.stem
-        doc_id, n = base, 1
-        while doc_id in used:  # repeated headings: stem#faq, stem#faq-2, ...
-            n += 1
-            doc_id = f"{base}-{n}"
-        used.add(doc_id)
-        docs.append(KnowledgeDoc(doc_id, " / ".join(headings) or _humanize(path.stem), text, str(path)))
-    return docs
+    return outline
 
 
 class _HTMLText(HTMLParser):
-    """Visible text of an HTML page as Markdown-ish lines: headings as "## ...", blocks on their own lines."""
+    """An HTML page's visible text as an outline: each block a paragraph of its heading's section."""
 
     _SKIP = {"script", "style", "noscript", "template", "nav", "head", "svg"}
     _BLOCKS = {"p", "div", "br", "li", "tr", "section", "article", "table", "ul", "ol", "dd", "dt",
@@ -340,15 +276,17 @@ class _HTMLText(HTMLParser):
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
-        self.lines: list[str] = []
+        self._outline = _Outline()
         self.current: list[str] = []
         self.skip = 0
         self.heading: int | None = None
 
     def _flush(self) -> None:
         line = " ".join("".join(self.current).split())
-        if line:
-            self.lines.append(f"{'#' * self.heading} {line}" if self.heading else line)
+        if line and self.heading:
+            self._outline.open(self.heading, line)
+        elif line:
+            self._outline.body.extend((line, ""))  # paragraphs apart
         self.current = []
 
     def handle_starttag(self, tag: str, attrs) -> None:
@@ -361,6 +299,8 @@ class _HTMLText(HTMLParser):
             self._flush()
             if tag == "li":
                 self.current.append("- ")
+        elif tag in ("td", "th") and "".join(self.current).strip():
+            self.current.append(" | ")  # cells of a row: "Fee | 5 pounds", not "Fee5 pounds"
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self._SKIP:
@@ -375,9 +315,9 @@ class _HTMLText(HTMLParser):
         if not self.skip:
             self.current.append(data)
 
-    def markdown(self) -> str:
+    def outline(self) -> _Outline:
         self._flush()
-        return "\n\n".join(self.lines)
+        return self._outline
 
 
 def _paragraph_parts(text: str, max_words: int) -> list[str]:
@@ -415,13 +355,9 @@ def _strings(value) -> Iterator[str]:
             yield from _strings(v)
 
 
-def _field_key(name: str) -> str:
-    return "_".join(str(name).strip().lower().replace("-", " ").split())
-
-
 def _pick_fields(path: Path, obj: dict, line: int | None, where: str = "") -> dict[str, str]:
     """{role: value} of a record's fields named in `_DOC_FIELDS` (first name of each role that is present)."""
-    keys = {_field_key(k): k for k in obj}
+    keys = {field_key(k): k for k in obj}
     picked = {}
     for role, names in _DOC_FIELDS.items():
         key = next((keys[name] for name in names if name in keys and obj[keys[name]] not in (None, "")), None)
@@ -435,7 +371,7 @@ def _pick_fields(path: Path, obj: dict, line: int | None, where: str = "") -> di
     return picked
 
 
-def _record_doc(path: Path, row: dict[str, str], n: int, line: int | None = None) -> KnowledgeDoc:
+def _record_doc(path: Path, row: dict[str, str], n: int) -> KnowledgeDoc:
     """A document from a record's {id, title, answer}: id defaults to stem#q<n>, title to the id."""
     doc_id = row.get("id") or f"{path.stem}#q{n}"
     return KnowledgeDoc(doc_id, row.get("title") or doc_id, row["answer"], str(path))
@@ -453,17 +389,7 @@ def _read_file(path: Path) -> list[KnowledgeDoc]:
 
 def _read_text(path: Path) -> str:
     """A file's text (`decode_text`); binary, unreadable and blank files are errors."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise KnowledgeFormatError(path, f"cannot read ({err.strerror})") from None
-    try:
-        text, _ = decode_text(data)
-    except TextDecodeError as err:
-        raise KnowledgeFormatError(path, str(err), err.line) from None
-    if not text.strip():
-        raise KnowledgeFormatError(path, "empty file")
-    return text
+    return decoded_file(path, KnowledgeFormatError)[0]
 
 
 def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[str, ...],
@@ -475,25 +401,20 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
     in its first row has no header: its columns are those roles, in order. Missing columns, empty
     required values and malformed rows are errors naming the line.
     """
-    text = _read_text(path)
-    try:
-        rows = read_table(text, sniff_delimiter(text, path.suffix))
-    except csv.Error as err:
-        raise KnowledgeFormatError(path, f"malformed CSV ({err})") from None
-    if not rows:
-        raise KnowledgeFormatError(path, "no rows with any text")
+    _, rows = table_rows(path, _read_text(path), KnowledgeFormatError)
     header = rows[0][1]
-    keys = [_field_key(name) for name in header]
-    columns = {role: next((keys.index(n) for n in names if n in keys), None) for role, names in fields.items()}
+    keys = [field_key(name) for name in header]
+    columns = {role: named_column(keys, names) for role, names in fields.items()}
+    body = rows[1:]
     if headerless and len(header) == len(headerless) and all(i is None for i in columns.values()):
         columns = {role: headerless.index(role) if role in headerless else None for role in fields}
-        rows = rows[:1] + rows  # the first row is data too: the copy in front stands in for a header
+        body = rows  # the first row is data too
     missing = [role for role in required if columns[role] is None]
     if missing:
         names = "; ".join(f"{role} (or {', '.join(fields[role][1:5])}, ...)" for role in missing)
         raise KnowledgeFormatError(path, f"missing column(s) {names}; header is {', '.join(header)}",
                                    line=rows[0][0])
-    for line, cells in rows[1:]:
+    for line, cells in body:
         if len(cells) > len(header):
             raise KnowledgeFormatError(path, "more fields than the header", line)
         values = {role: cells[i] if i is not None and i < len(cells) else "" for role, i in columns.items()}

@@ -91,8 +91,10 @@ def test_body_limit_matches_the_docs():
 
 def test_cli_ask_prints_one_json_object(tmp_path, monkeypatch, capsys):
     assistant = make_assistant(tmp_path / "cli.sqlite3")
-    monkeypatch.setattr(Assistant, "default", classmethod(lambda cls: assistant))
+    given = {}
+    monkeypatch.setattr(Assistant, "default", classmethod(lambda cls, **paths: given.update(paths) or assistant))
     assert cli.main(["chat", "ask", "block my card", "--session", "me", "--json"]) == 0
+    assert given == {"intent_model": None, "index": None}  # the bank's
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["intent"] == "block_card"
     assert cli.main(["chat", "ask", "debit", "--session", "me"]) == 0
     assert "Shall I block your debit card now?" in capsys.readouterr().out

@@ -79,6 +79,9 @@ def test_bad_arguments_exit_nonzero_with_a_message(capsys):
     assert exit.value.code == 2
     assert cli.main(["lab", "train", "--steps", "1", "--top-k", "9"]) == 2
     assert "top_k (9) exceeds num_experts (8)" in capsys.readouterr().err
+    assert cli.main(["lab", "train", "--steps", "1", "--top-k", "9", "--json"]) == 2   # scripts read stdout
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {
+        "error": "top_k (9) exceeds num_experts (8)", "exit_code": 2}
 
 
 def test_apps_register_their_own_commands(monkeypatch, capsys):

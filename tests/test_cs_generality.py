@@ -13,7 +13,8 @@ from apps.customer_service.dialogue import DialogueConfig, DialogueManager
 from apps.customer_service.actions import default_actions
 from apps.customer_service.intents import OOS, IntentTrainConfig, read_intent_file
 from apps.customer_service.store import SessionState
-from data_connectors.knowledge import KnowledgeFormatError, decode_text, load_knowledge, sniff_delimiter
+from data_connectors.knowledge import KnowledgeFormatError, load_knowledge
+from data_connectors.text_files import decode_text, sniff_delimiter
 
 from chat_fakes import EXPERTS, OverlapIndex, Prediction
 
@@ -118,6 +119,29 @@ def test_intents_errors_name_the_file(tmp_path, name, content, message):
     with pytest.raises(ValueError) as err:
         read_intent_file(write(tmp_path / name, content))
     assert message in str(err.value)
+
+
+def test_intents_table_with_two_repeating_unnamed_columns_is_refused_not_guessed(tmp_path):
+    # a channel column repeats with fewer values than the labels: the fewest-distinct rule would take it
+    rows = [(t, y, "app" if i % 2 else "web") for i, (t, y) in enumerate(ROWS)]
+    with pytest.raises(ValueError, match=r"three.csv, line 1: no recognised column names.*could both be"):
+        read_intent_file(write(tmp_path / "three.csv", table(rows, ["frage", "absicht", "kanal"])))
+    data = read_intent_file(tmp_path / "three.csv", text_column="frage", label_column="absicht")
+    assert (data.texts, data.labels) == (TEXTS, LABELS)
+
+
+def test_a_headerless_tables_first_example_with_a_label_of_its_own_is_kept(tmp_path):
+    rows = [("please tell me how much money is left", "balance_once")] + ROWS
+    data = read_intent_file(write(tmp_path / "first.csv", table(rows)))
+    assert (data.header, data.texts[0], len(data.texts)) == (False, rows[0][0], len(rows))
+    data = read_intent_file(write(tmp_path / "named.csv", table(ROWS, ["Frage", "Absicht"])))
+    assert (data.header, data.texts, data.labels) == (True, TEXTS, LABELS)
+
+
+def test_intents_json_reports_the_fields_it_read(tmp_path):
+    data = read_intent_file(write(tmp_path / "r.jsonl", "\n".join(json.dumps({"Utterance": t, "intent": y})
+                                                                    for t, y in ROWS)))
+    assert (data.text_column, data.label_column, data.labels) == ("Utterance", "intent", LABELS)
 
 
 def test_training_drops_repeated_rows_and_needs_two_intents(monkeypatch):
@@ -250,11 +274,49 @@ def test_knowledge_encodings_and_binary_files(tmp_path):
             load_knowledge(write(tmp_path / name, junk))
 
 
+def test_knowledge_json_wrapper_with_many_metadata_fields(tmp_path):
+    articles = [{"title": "Fees", "body": "None."}, {"title": "Hours", "body": "9-5."}]
+    write(tmp_path / "export.json", json.dumps({"version": 3, "locale": "en", "exported": "2026-01-02",
+                                                "source": "helpdesk", "articles": articles}))
+    assert [(d.title, d.text) for d in load_knowledge(tmp_path)] == [("Fees", "None."), ("Hours", "9-5.")]
+
+
+def test_knowledge_html_table_cells_stay_apart(tmp_path):
+    write(tmp_path / "fees.html", "<h2>Fees</h2><table><tr><th>Service</th><th>Fee</th></tr>\n"
+                                  "<tr>\n  <td>Card</td>\n  <td>5 pounds</td>\n</tr></table>")
+    [doc] = load_knowledge(tmp_path)
+    assert doc.text == "Service | Fee\n\nCard | 5 pounds"
+
+
+def test_knowledge_html_text_that_looks_like_markdown_stays_text(tmp_path):
+    write(tmp_path / "setup.html", "<h2>Setup</h2><pre># enable sync\nsync --on</pre><p>Total</p><p>=====</p>")
+    [doc] = load_knowledge(tmp_path)
+    assert (doc.title, doc.text) == ("Setup", "# enable sync sync --on\n\nTotal\n\n=====")
+
+
+def test_a_utf8_file_with_one_bad_byte_is_an_error_not_mojibake(tmp_path):
+    content = "text,label\ncafé crème,order\n".encode() + b"caf\xe9 noir,order\n"  # one Latin-1 byte pasted in
+    with pytest.raises(ValueError, match=r"mixed.csv, line 3: byte \d+ is not UTF-8.*mixed-encoding"):
+        read_intent_file(write(tmp_path / "mixed.csv", content))
+    with pytest.raises(KnowledgeFormatError, match=r"mixed.md:2: byte \d+ is not UTF-8"):
+        load_knowledge(write(tmp_path / "mixed.md", "# Café\n".encode() + b"Caf\xe9 open.\n"))
+    assert decode_text("café".encode("cp1252")) == ("café", "cp1252")  # all Windows-1252: still read
+
+
+def test_a_quote_left_open_in_a_long_file_names_the_line(tmp_path):
+    content = 'text,label\nhi,greet\n"open,x\n' + "\n".join(f"row {i},y" for i in range(20000))
+    with pytest.raises(ValueError, match=r"open.csv, line 3: malformed CSV \(field larger"):
+        read_intent_file(write(tmp_path / "open.csv", content))
+    with pytest.raises(KnowledgeFormatError, match=r"open.csv:3: malformed CSV"):
+        load_knowledge(tmp_path / "open.csv")
+
+
 def test_sniffed_delimiters():
     assert sniff_delimiter("a b, c;x\nd;e\nf, g;h\n") == ";"
     assert sniff_delimiter("text,label\n\"a;b\",c\n") == ","
     assert sniff_delimiter("a,b\n", ".tsv") == "\t"
     assert sniff_delimiter("hi, there\tgreet\nbye, now\tbye\n") == "\t"  # one comma a row too: a tie
+    assert sniff_delimiter("stop; now,cancel\nwait; what,confused\n") == ","  # one semicolon a row too
 
 
 def test_a_folder_of_mixed_files_with_repeated_names(tmp_path, monkeypatch, capsys, tiny_embedder):

@@ -10,7 +10,7 @@ import pytest
 from apps.cli import main
 from apps.customer_service.intents import OOS, IntentModel, IntentTrainConfig, load_intent_data, macro_f1
 from core.bench.upcycle import UpcycleBenchConfig, run
-from core.text.classifier import TrainConfig
+from core.text.classifier import TrainConfig, read_labelled_csv
 from core.text.config import TextStreamConfig
 
 TINY = dict(dim=32, num_layers=2, num_heads=2, ffn_dim=64, max_positions=64, moe_layers=(1,),
@@ -136,6 +136,19 @@ def test_csv_errors_name_file_and_line(tmp_path, content, message):
     with pytest.raises(ValueError, match="bad.csv") as err:
         load_intent_data(tmp_path / "bad.csv")
     assert message in str(err.value)
+
+
+def test_bench_reader_keeps_a_quoted_line_break_and_reads_other_layouts(tmp_path):
+    # Banking77's train.csv has a quoted text with a line break inside (row 7603)
+    (tmp_path / "b.csv").write_bytes(b'text,category\r\n"here.\n.",transfer\r\nok,fine\r\n')
+    assert read_labelled_csv(tmp_path / "b.csv") == (["here.\n.", "ok"], ["transfer", "fine"])
+    (tmp_path / "c.tsv").write_text("utterance\tintent\nhi\tgreet\n")
+    assert read_labelled_csv(tmp_path / "c.tsv") == (["hi"], ["greet"])
+
+
+def test_banking77_reads_whole(shared_dataset):
+    texts, labels = read_labelled_csv(shared_dataset("banking77") / "train.csv")
+    assert (len(texts), len(set(labels))) == (10003, 77) and labels[0] == "card_arrival"
 
 
 def test_yaml_mapping_and_list_forms_agree(tmp_path):

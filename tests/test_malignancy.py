@@ -243,3 +243,129 @@ def test_shipped_model_on_real_crops(shared_dataset, tmp_path):
     # Sanity, not a metric claim: these crops were in the shipped model's training set (training AUC 0.90 over
     # all 717); a broken preprocessing path or checkpoint falls to chance.
     assert metrics["auc"] >= 0.7
+
+
+# ---- crops folders laid out by other hands ----
+
+def _table(folder):
+    with open(folder / "nodules.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_table(folder, header, rows, delimiter=","):
+    with open(folder / "nodules.csv", "w", newline="") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _to_crops_folder(folder):
+    """image/P000_R_1.nii.gz -> crops/P000-1.nii.gz (named by an image column)."""
+    (folder / "image").rename(folder / "crops")
+    for p in sorted((folder / "crops").iterdir()):
+        p.rename(p.with_name(p.name.replace("_R_", "-")))
+
+
+def test_other_column_names_orders_delimiters_and_file_layouts_read_the_same(tmp_path):
+    labels = write_crops(tmp_path / "ref", 6)
+    reference = load_crops(tmp_path / "ref", use_cache=False)
+    rows = _table(tmp_path / "ref")
+
+    def variant(name, header, cells, delimiter=",", files=None):
+        folder = tmp_path / name
+        write_crops(folder, 6)                           # same seed: same images
+        _write_table(folder, header, [cells(r) for r in rows], delimiter)
+        if files:
+            files(folder)
+        return load_crops(folder, use_cache=False)
+
+    geometry = lambda r: [r["coordX"], r["coordY"], r["coordZ"]]   # noqa: E731
+    crops = [
+        variant("renamed_semicolon", ["Diameter", "Label", "coordz", "COORDY", "coordX", "Nodule ID", "PatientID"],
+                lambda r: [r["diameter_mm"], r["Diagnosis_value"], *geometry(r)[::-1], r["nodule_id"],
+                           r["patient_id"]], delimiter=";"),
+        variant("tsv_yes_no", ["patient", "lesion", "malignant", "coordX", "coordY", "coordZ", "diameter_mm"],
+                lambda r: [r["patient_id"], r["nodule_id"], "yes" if r["Diagnosis_value"] == "1" else "no",
+                           *geometry(r), r["diameter_mm"]], delimiter="\t"),
+        variant("float_ids_nii_flat", ["patient_id", "nodule_id", "Diagnosis", *COLUMNS[2:6]],
+                lambda r: [r["patient_id"], f"{r['nodule_id']}.0", r["Diagnosis"], *geometry(r), r["diameter_mm"]],
+                files=lambda d: [nib.save(nib.load(p), d / p.name.replace(".nii.gz", ".nii"))
+                                 or p.unlink() for p in sorted((d / "image").iterdir())]),
+        variant("image_column", ["file", "patient_id", "Diagnosis_value", *COLUMNS[2:6]],
+                lambda r: [f"crops/{r['patient_id']}-{r['nodule_id']}.nii.gz", r["patient_id"],
+                           r["Diagnosis_value"], *geometry(r), r["diameter_mm"]],
+                files=_to_crops_folder),
+    ]
+    for c in crops:
+        assert list(c.labels) == list(labels) and c.patient_ids == reference.patient_ids
+        np.testing.assert_allclose(c.cubes, reference.cubes, atol=1e-5)
+        np.testing.assert_allclose(c.diameters_mm, reference.diameters_mm, atol=1e-4)
+    assert crops[1].label_rule == "malignant (0/1): 6 rows"
+
+
+def test_malignancy_ratings_become_labels_above_3(tmp_path):
+    write_crops(tmp_path / "c", 6)
+    rows = _table(tmp_path / "c")
+    ratings = ["5", "2", "4", "3", "Highly Suspicious", "Indeterminate"]
+    _write_table(tmp_path / "c", ["patient_id", "nodule_id", "Malignancy_value"],
+                 [[r["patient_id"], r["nodule_id"], m] for r, m in zip(rows, ratings)])
+    crops = load_crops(tmp_path / "c", use_cache=False)
+    assert list(crops.labels) == [1, 0, 1, 0, 1, 0]
+    assert "rating" in crops.label_rule
+    _write_table(tmp_path / "c", ["patient_id", "nodule_id", "Malignancy_value"],
+                 [[r["patient_id"], r["nodule_id"], m] for r, m in zip(rows, ["5", "7", *ratings[2:]])])
+    with pytest.raises(CropFolderError, match="line 3: Malignancy_value '7'"):
+        load_crops(tmp_path / "c", use_cache=False)
+
+
+def test_more_bad_folders_are_clear_errors(tmp_path):
+    write_crops(tmp_path / "e", 2)
+    (tmp_path / "e" / "nodules.csv").write_text("")
+    with pytest.raises(CropFolderError, match="empty file"):
+        load_crops(tmp_path / "e")
+    write_crops(tmp_path / "n", 2)
+    image = tmp_path / "n" / "image" / "P000_R_2.nii.gz"
+    img = nib.load(image)
+    hu = np.asarray(img.dataobj, dtype=np.float32)
+    hu[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(hu, img.affine), image)
+    with pytest.raises(CropFolderError, match="P000_R_2.nii.gz: 1 of .* NaN"):
+        load_crops(tmp_path / "n", use_cache=False)
+    with pytest.raises(ValueError, match="not finite"):
+        binary_metrics(np.array([0.2, np.nan]), np.array([0, 1]), 0.5)
+
+
+def test_replaced_crop_is_not_served_from_the_cache(tmp_path):
+    write_crops(tmp_path / "c", 4)
+    first = load_crops(tmp_path / "c")
+    image = tmp_path / "c" / "image" / "P000_R_1.nii.gz"
+    img = nib.load(image)
+    nib.save(nib.Nifti1Image(np.full(img.shape, 200.0, dtype=np.float32), img.affine), image)
+    second = load_crops(tmp_path / "c")
+    assert np.allclose(second.cubes[1:], first.cubes[1:], atol=1e-3)
+    assert second.cubes[0, 16, 16, 24] > first.cubes[0, 16, 16, 24] + 0.5     # the new, solid crop
+
+
+def test_one_class_folders_give_valid_json_not_nan(tmp_path):
+    write_crops(tmp_path / "c", 8)
+    rows = _table(tmp_path / "c")
+    cfg = MalignancyConfig(**TINY, epochs=1, batch_size=4, augment=False)
+    model = MalignancyModel(cfg)
+    for r in rows:
+        r["Diagnosis_value"], r["Diagnosis"] = "0", "Benign"
+    _write_table(tmp_path / "c", list(rows[0]), [list(r.values()) for r in rows])
+    metrics = mal.evaluate(model, tmp_path / "c")
+    assert metrics["auc"] is None and metrics["sensitivity"] is None
+    assert "all 8 crops are benign" in metrics["warnings"][0]
+    json.dumps(metrics, allow_nan=False)
+    with pytest.raises(CropFolderError, match="needs both classes"):
+        mal.cross_validate(tmp_path / "c", 2, cfg)
+    # per patient (P000..P003, 2 crops each): both malignant, both benign, one of each, both benign; with 4
+    # folds, the first and second test folds hold one class only: no AUC for them, and no NaN anywhere
+    for r, y in zip(rows, [1, 1, 0, 0, 1, 0, 0, 0]):
+        r["Diagnosis_value"], r["Diagnosis"] = str(y), "Malign" if y else "Benign"
+    _write_table(tmp_path / "c", list(rows[0]), [list(r.values()) for r in rows])
+    result = mal.cross_validate(tmp_path / "c", 4, cfg)
+    json.dumps(result, allow_nan=False)
+    assert result["auc_per_fold"].count(None) == 3 and len(result["warnings"]) == 3
+    assert result["auc_mean"] == [a for a in result["auc_per_fold"] if a is not None][0]

@@ -124,6 +124,21 @@ def test_anonymize_sr_shard_and_cli(dataset, tmp_path, monkeypatch, capsys):
 
 
 
+def test_diagnose_of_a_single_bad_file_exits_1_and_says_why(dataset, tmp_path, capsys):
+    import nibabel as nib
+    import numpy as np
+
+    from apps.cli import main
+
+    root, _ = dataset
+    bad = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16), np.int16), np.eye(4)), bad)
+    assert main(["medical", "diagnose", str(bad), "--out", str(tmp_path / "out"), "--detector",
+                 str(root / "detector"), "--json"]) == 1
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["failed"] == 1 and "2D" in last["failures"][0]["message"]
+
+
 def _zip_folder(folder, path, extra=None):
     import zipfile
 

@@ -133,3 +133,17 @@ def test_objects_of_one_scene_get_distinct_colours():
     p_a, p_b = np.full(9, 0.01), np.full(9, 0.01)
     p_a[red], p_b[red], p_b[blue] = 0.9, 0.6, 0.3      # both would say red; the surer one keeps it
     assert [c for c, _ in P._distinct_colours([p_b, p_a, None])] == ["blue", "red", None]
+
+
+@pytest.mark.parametrize("gate, learns", [("softmax_topk", True), ("topk_softmax", False)])
+def test_time_axis_routers_learn_from_the_task_only_with_the_switch_gate(gate, learns):
+    torch.manual_seed(0)
+    cfg = P.PlannerConfig(dim=16, expert_hidden=16, num_heads=2, time_experts=4, time_slots=6, time_layers=1,
+                          time_gate=gate)
+    axis = P.TimeAxis(cfg)
+    K = 2
+    logits_BSK, _ = axis(torch.randn(3, K, 16), torch.zeros(3, K, len(P.ATTRIBUTES["seconds"]) + 1),
+                         torch.ones(3, K, dtype=torch.bool), 0)
+    logits_BSK.square().mean().backward()   # the task loss alone, no balance loss
+    grad = axis.moes[0].router.weight_ED.grad
+    assert (grad is not None and grad.abs().sum() > 0) == learns

@@ -16,8 +16,6 @@ from apps.cli import positive_int
 if TYPE_CHECKING:
     from apps.cli import CommandTable
 
-INTENT_SUFFIXES = (".csv", ".tsv", ".txt", ".yaml", ".yml", ".json", ".jsonl")  # intents files read (intents.py)
-
 
 def register(cli: CommandTable) -> None:
     """Add the `chat` commands (train-intents, eval-intents, index, eval-retrieval, ask) and

@@ -8,6 +8,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from data_connectors.text_files import LabelledTexts
 
 
 def _stream_config(overrides: str | None):
@@ -62,12 +66,12 @@ def train_intents(args: argparse.Namespace) -> None:
 
 
 def eval_intents(args: argparse.Namespace) -> None:
-    from .intents import IntentModel, read_intent_file
+    from .intents import OOS, IntentModel, read_intent_file
 
     data = read_intent_file(args.data, args.text_column, args.label_column)
     model = IntentModel.load(args.model)
     metrics = model.evaluate(data.texts, data.labels)
-    unknown = set(data.labels) - set(model.labels) - {"oos"}
+    unknown = set(data.labels) - set(model.labels) - {OOS}
     metrics.update(_columns(data), unknown_labels=sorted(unknown)[:20], unknown_label_rows=sum(
         label in unknown for label in data.labels))
     if args.json:
@@ -76,7 +80,7 @@ def eval_intents(args: argparse.Namespace) -> None:
         print("\n".join(f"{name:<20}{value}" for name, value in metrics.items()))
 
 
-def _columns(data) -> dict:
+def _columns(data: LabelledTexts) -> dict:
     """How an intents file was read, for the commands' summaries."""
     return {"text_column": data.text_column, "label_column": data.label_column, "header": data.header,
             "delimiter": data.delimiter, "encoding": data.encoding}
@@ -163,8 +167,8 @@ def eval_retrieval(args: argparse.Namespace) -> None:
 def ask(args: argparse.Namespace) -> None:
     from .assistant import Assistant
 
-    mine = {name: path for name, path in (("intent_model", args.intent_model), ("index", args.index)) if path}
-    reply = Assistant.default(**mine).reply(args.session, args.message)
+    assistant = Assistant.default(intent_model=args.intent_model, index=args.index)  # None: the bank's
+    reply = assistant.reply(args.session, args.message)
     if args.json:
         print(json.dumps(dataclasses.asdict(reply), ensure_ascii=False))
         return

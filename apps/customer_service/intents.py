@@ -6,7 +6,8 @@
 
 Training data is a table (CSV, TSV, semicolon- or pipe-separated; a header such as `text,label`,
 `utterance,intent`, `query,category` or `sentence,class` in any column order, or no header; UTF-8,
-UTF-16 or Windows-1252; see `read_intent_file`), JSON or JSON-lines records, or a YAML file:
+UTF-16 or Windows-1252), JSON or JSON-lines records, or a YAML file (`read_intent_file`, on
+data_connectors.text_files.read_labelled_texts):
 
     intents:                       # mapping form
       check_balance: ["what's my balance?", "how much money do I have"]
@@ -23,7 +24,6 @@ it are `oos`.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -31,17 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from core.text.classifier import (
     ClassifierConfig, SentenceClassifier, TrainConfig, TrainResult, default_stream,
     load_classifier, new_classifier, predict, save_classifier, split_holdout, train_classifier,
 )
 from core.text.config import TextStreamConfig
-from data_connectors.knowledge import TextDecodeError, decode_text, read_table, sniff_delimiter
+from data_connectors.text_files import LabelledTexts, read_labelled_texts
 from apps.settings import cache_dir
-
-from . import INTENT_SUFFIXES
 
 OOS = "oos"  # the out-of-scope label, in training files and in predictions
 DEFAULT_INTENTS = Path(__file__).resolve().parents[2] / "assets" / "customer_service" / "intents.yaml"
@@ -50,34 +47,16 @@ DEFAULT_MODEL = DEFAULT_INTENTS.with_name("intent_model")  # a delta checkpoint 
 
 # ---- data ----
 
-# Header names recognised (case-insensitive; spaces and hyphens read as "_"), in order of preference.
-TEXT_COLUMNS = ("text", "utterance", "sentence", "query", "question", "message", "example", "input",
-                "phrase", "prompt", "request", "content", "body", "texts", "utterances", "sentences",
-                "queries", "questions", "messages", "examples", "user_message", "customer_message",
-                "user_utterance", "user_query", "customer_query", "transcript", "instruction")
-LABEL_COLUMNS = ("label", "intent", "category", "class", "intent_name", "intent_label", "label_name",
-                 "class_name", "target", "tag", "topic", "labels", "intents", "categories", "classes", "y")
 OOS_ALIASES = frozenset({"oos", "out_of_scope", "out-of-scope", "out of scope", "outofscope"})
-SUFFIXES = INTENT_SUFFIXES
 
 
-class IntentDataError(ValueError):
-    """An intents file that cannot be read; the message starts with "path[, line N]: "."""
-
-    def __init__(self, path: Path, problem: str, line: int | None = None):
-        super().__init__(f"{path}{'' if line is None else f', line {line}'}: {problem}")
-        self.path, self.line = path, line
-
-
-@dataclass
-class IntentData:
-    texts: list[str]
-    labels: list[str]            # "oos" for every spelling in OOS_ALIASES
-    text_column: str | None      # how the text column was found: its header name, or "column 2"
-    label_column: str | None
-    header: bool | None          # whether the first row was a header (None: YAML/JSON)
-    delimiter: str | None
-    encoding: str
+def read_intent_file(path: str | Path, text_column: str | None = None,
+                     label_column: str | None = None) -> LabelledTexts:
+    """An intents file as `data_connectors.text_files.read_labelled_texts` reads it (tables, YAML,
+    JSON, JSON lines; columns found or named), with every label in OOS_ALIASES (any case) as "oos"."""
+    data = read_labelled_texts(path, text_column, label_column)
+    data.labels = [OOS if label.lower() in OOS_ALIASES else label for label in data.labels]
+    return data
 
 
 def load_intent_data(path: str | Path, text_column: str | None = None,
@@ -85,229 +64,6 @@ def load_intent_data(path: str | Path, text_column: str | None = None,
     """(texts, labels) of an intents file; see `read_intent_file`."""
     data = read_intent_file(path, text_column, label_column)
     return data.texts, data.labels
-
-
-def read_intent_file(path: str | Path, text_column: str | None = None,
-                     label_column: str | None = None) -> IntentData:
-    """An intents file: delimited text (.csv .tsv .txt; comma, tab, semicolon or pipe, sniffed), YAML
-    (.yaml .yml, formats in the module docstring), JSON (.json: the YAML structure or a list of
-    records) or JSON lines (.jsonl: one record a line). Records and headers may name their columns
-    with any of TEXT_COLUMNS / LABEL_COLUMNS, or `text_column` / `label_column` say which (a header
-    name, or a 1-based column number for a file without a header). A delimited file without
-    recognised names: the label column is the one with the fewest distinct values, the text the one
-    with the longest values, and a first row whose label appears nowhere else is a header.
-    UTF-8, UTF-16 with a BOM and Windows-1252 are read; labels in OOS_ALIASES become "oos"."""
-    path = Path(path)
-    if not path.is_file():
-        raise IntentDataError(path, "no such file")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise IntentDataError(path, f"expected a .csv or .yaml intents file (or {' '.join(SUFFIXES[1:])}), "
-                                    f"got {suffix or 'no suffix'}")
-    try:
-        text, encoding = decode_text(path.read_bytes())
-    except TextDecodeError as err:
-        raise IntentDataError(path, str(err), err.line) from None
-    except OSError as err:
-        raise IntentDataError(path, f"cannot read ({err.strerror})") from None
-    if not text.strip():
-        raise IntentDataError(path, "empty file; expected a header line `text,label` and rows")
-    if suffix in (".yaml", ".yml"):
-        data = _read_intents_yaml(path, text)
-    elif suffix in (".json", ".jsonl"):
-        data = _read_intents_json(path, text, suffix, text_column, label_column)
-    else:
-        data = _read_intents_table(path, text, text_column, label_column)
-    data.encoding = encoding
-    data.labels = [OOS if label.lower() in OOS_ALIASES else label for label in data.labels]
-    return data
-
-
-def _column_key(name: str) -> str:
-    return "_".join(name.strip().lower().replace("-", " ").split())
-
-
-def _read_intents_table(path: Path, text: str, text_column: str | None,
-                        label_column: str | None) -> IntentData:
-    delimiter = sniff_delimiter(text, path.suffix)
-    try:
-        rows = read_table(text, delimiter)
-    except csv.Error as err:
-        raise IntentDataError(path, f"malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({err})") from None
-    if not rows:
-        raise IntentDataError(path, "no rows with any text")
-    first = rows[0][1]
-    header, text_i, label_i = _find_columns(path, rows, text_column, label_column)
-    width = len(first) if header else max(text_i, label_i) + 1
-    names = ([first[text_i], first[label_i]] if header else
-             [text_column or f"column {text_i + 1}", label_column or f"column {label_i + 1}"])
-    texts, labels = [], []
-    for line, cells in rows[1:] if header else rows:
-        hint = " (a quoted field runs over several lines: an unclosed quote?)" if any(
-            "\n" in cell for cell in cells) else ""
-        if header and len(cells) != len(first):
-            raise IntentDataError(path, f"{len(cells)} fields, the header has {len(first)}{hint}", line)
-        if len(cells) < width:
-            raise IntentDataError(path, f"{len(cells)} fields, expected at least {width}{hint}", line)
-        if not cells[text_i] or not cells[label_i]:
-            raise IntentDataError(path, f"empty `{names[0]}` or `{names[1]}`", line)
-        texts.append(cells[text_i])
-        labels.append(cells[label_i])
-    if not texts:
-        raise IntentDataError(path, "a header but no rows")
-    return IntentData(texts, labels, names[0], names[1], header, delimiter, "")
-
-
-def _find_columns(path: Path, rows: list[tuple[int, list[str]]], text_column: str | None,
-                  label_column: str | None) -> tuple[bool, int, int]:
-    """(has a header, text column index, label column index) of a table's rows."""
-    first = rows[0][1]
-    keys = [_column_key(cell) for cell in first]
-    if text_column or label_column:  # given: header names, or 1-based numbers for a headerless file
-        given = [c for c in (text_column, label_column) if c]
-        if all(c.isdigit() for c in given):
-            indices = [int(c) - 1 for c in given]
-            if len(given) < 2 or any(not 0 <= i < len(first) for i in indices):
-                raise IntentDataError(path, f"column numbers need both columns, each 1 to {len(first)}")
-            text_i, label_i = indices
-            named = keys[text_i] in TEXT_COLUMNS or keys[label_i] in LABEL_COLUMNS
-            return named or _label_is_new(rows, label_i), text_i, label_i
-        missing = [c for c in given if _column_key(c) not in keys]
-        if missing:
-            raise IntentDataError(path, f"no column {', '.join(map(repr, missing))} in the header "
-                                        f"{first}", rows[0][0])
-        chosen = [keys.index(_column_key(c)) if c else None for c in (text_column, label_column)]
-        others = [i for i in range(len(first)) if i not in chosen]
-        if None in chosen and len(others) == 1:
-            chosen[chosen.index(None)] = others[0]
-        elif None in chosen:
-            found = _known_column(keys, TEXT_COLUMNS if chosen[0] is None else LABEL_COLUMNS, others)
-            if found is None:
-                raise IntentDataError(path, "name both --text-column and --label-column", rows[0][0])
-            chosen[chosen.index(None)] = found
-        return True, chosen[0], chosen[1]
-    text_i = _known_column(keys, TEXT_COLUMNS, range(len(keys)))
-    label_i = _known_column(keys, LABEL_COLUMNS, [i for i in range(len(keys)) if i != text_i])
-    if text_i is not None and label_i is not None:
-        return True, text_i, label_i
-    if len(first) == 2 and (text_i, label_i) != (None, None):  # one recognised name: the other column
-        return True, (1 - label_i if text_i is None else text_i), (1 - text_i if label_i is None else label_i)
-    return _infer_columns(path, rows)
-
-
-def _known_column(keys: list[str], names: tuple[str, ...], among) -> int | None:
-    ranked = [(names.index(keys[i]), i) for i in among if keys[i] in names]
-    return min(ranked)[1] if ranked else None
-
-
-def _infer_columns(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[bool, int, int]:
-    """Columns told apart by their values: labels repeat, texts are long."""
-    first = rows[0][1]
-    body = [cells for _, cells in rows[1:] if len(cells) == len(first)]
-    problem = (f"no recognised column names in the first row {first}; name the columns `text` and "
-               "`label` in a header, or pass --text-column and --label-column")
-    if len(first) < 2:
-        raise IntentDataError(path, f"{len(first)} column in the first row {first}; an intents table needs "
-                                    "a text column and a label column", rows[0][0])
-    if len(body) < 2:
-        raise IntentDataError(path, problem, rows[0][0])
-    distinct = [len({cells[i] for cells in body}) for i in range(len(first))]
-    repeating = [i for i in range(len(first)) if 2 <= distinct[i] < len(body)]
-    if not repeating:
-        raise IntentDataError(path, problem, rows[0][0])
-    label_i = min(repeating, key=lambda i: (distinct[i], i))
-    mean_length = [sum(len(cells[i]) for cells in body) / len(body) for i in range(len(first))]
-    text_i = max((i for i in range(len(first)) if i != label_i), key=lambda i: (mean_length[i], -i))
-    return _label_is_new(rows, label_i), text_i, label_i
-
-
-def _label_is_new(rows: list[tuple[int, list[str]]], label_i: int) -> bool:
-    """Whether the first row's label cell appears in no other row: then the first row is a header."""
-    first = rows[0][1][label_i]
-    return all(cells[label_i] != first for _, cells in rows[1:] if len(cells) > label_i)
-
-
-def _read_intents_json(path: Path, text: str, suffix: str, text_column: str | None,
-                       label_column: str | None) -> IntentData:
-    """A list of {text, label} records (any of the recognised names) or [text, label] pairs; a .json
-    file may also hold the YAML structure (`intents:` mapping or list)."""
-    if suffix == ".json":
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise IntentDataError(path, f"invalid JSON ({err.msg})", err.lineno) from None
-        if isinstance(doc, dict) and "intents" in doc:
-            return _intents_from_doc(path, doc)
-        if isinstance(doc, dict):  # one list of records under some key, e.g. {"data": [...]}
-            lists = [value for value in doc.values() if isinstance(value, list)]
-            doc = lists[0] if len(lists) == 1 else doc
-        if not isinstance(doc, list):
-            raise IntentDataError(path, "expected a list of {text, label} records, or an `intents:` object")
-        items = [(None, item) for item in doc]
-    else:
-        items = []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append((line_no, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise IntentDataError(path, f"invalid JSON ({err.msg})", line_no) from None
-    texts, labels = [], []
-    for n, (line, item) in enumerate(items, 1):
-        def error(problem: str) -> IntentDataError:
-            return IntentDataError(path, problem if line else f"record {n}: {problem}", line)
-
-        if isinstance(item, list) and len(item) == 2:
-            value_text, value_label = item
-        elif isinstance(item, dict):
-            keys = {_column_key(str(k)): k for k in item}
-            text_key = keys.get(_column_key(text_column)) if text_column else next(
-                (keys[k] for k in TEXT_COLUMNS if k in keys), None)
-            label_key = keys.get(_column_key(label_column)) if label_column else next(
-                (keys[k] for k in LABEL_COLUMNS if k in keys), None)
-            if text_key is None or label_key is None:
-                raise error(f"no text and label fields among {sorted(map(str, item))}")
-            value_text, value_label = item[text_key], item[label_key]
-        else:
-            raise error("expected a {text, label} object or a [text, label] pair")
-        value_text, value_label = str(value_text or "").strip(), str(value_label or "").strip()
-        if not value_text or not value_label:
-            raise error("empty text or label")
-        texts.append(value_text)
-        labels.append(value_label)
-    if not texts:
-        raise IntentDataError(path, "no records")
-    return IntentData(texts, labels, text_column or "text", label_column or "label", None, None, "")
-
-
-def _read_intents_yaml(path: Path, text: str) -> IntentData:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise IntentDataError(path, f"invalid YAML ({getattr(err, 'problem', err)})",
-                              None if mark is None else mark.line + 1) from None
-    return _intents_from_doc(path, doc)
-
-
-def _intents_from_doc(path: Path, doc) -> IntentData:
-    if not isinstance(doc, dict) or "intents" not in doc:
-        raise IntentDataError(path, "expected a top-level `intents:` mapping or list")
-    intents = doc["intents"]
-    if isinstance(intents, list):
-        if not all(isinstance(item, dict) and {"name", "examples"} <= item.keys() for item in intents):
-            raise IntentDataError(path, "every item of the `intents:` list needs `name` and `examples`")
-        intents = {item["name"]: item["examples"] for item in intents}
-    if not isinstance(intents, dict) or not intents:
-        raise IntentDataError(path, "`intents:` is empty or neither a mapping nor a list")
-    texts, labels = [], []
-    for name, examples in intents.items():
-        if not isinstance(examples, list) or not examples or not all(
-                isinstance(e, str) and e.strip() for e in examples):
-            raise IntentDataError(path, f"intent {name!r} needs a non-empty list of non-empty example strings")
-        texts += [e.strip() for e in examples]
-        labels += [str(name).strip()] * len(examples)
-    return IntentData(texts, labels, None, None, None, None, "")
 
 
 # ---- model ----

@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 
 from apps.settings import cache_dir
 from data_connectors.archive import safe_extract_zip
+from data_connectors.text_files import LABELLED_SUFFIXES
 
-from . import INTENT_SUFFIXES
 from .assistant import Reply, shared_assistant
 
 MAX_UNZIPPED_BYTES = 50 * 1024 * 1024  # a knowledge zip may expand to at most this much
@@ -145,7 +145,7 @@ def build() -> gr.Blocks:
                         "to the result.")
             with gr.Row():
                 intents_file = gr.File(label="intents (.csv, .tsv, .yaml, .json, .jsonl)",
-                                       file_types=list(INTENT_SUFFIXES), type="filepath")
+                                       file_types=list(LABELLED_SUFFIXES), type="filepath")
                 knowledge_file = gr.File(label="knowledge (file or .zip)", type="filepath")
             with gr.Row():
                 train = gr.Button("Retrain", variant="primary")

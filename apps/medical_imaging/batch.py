@@ -32,6 +32,7 @@ from pathlib import Path
 FINDINGS_COLUMNS = ("study", "series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "i", "j", "k", "diameter_mm",
                     "probability", "malignancy")
 ERRORS_COLUMNS = ("study", "source", "stage", "message")
+MAX_LISTED_FAILURES = 20   # failed studies named in the summary (all of them are in errors.csv)
 DONE = "done.json"
 
 
@@ -340,7 +341,9 @@ def run_batch(cfg: BatchConfig) -> dict:
     _barrier(world)
     summary = {"studies": len(entries), "this_rank": len(mine), "skipped_done": len(mine) - len(todo),
                "processed": sum(r["status"] == "done" for r in results),
-               "failed": sum(r["status"] == "failed" for r in results), "rank": rank, "world_size": world}
+               "failed": sum(r["status"] == "failed" for r in results), "rank": rank, "world_size": world,
+               "failures": [{k: r[k] for k in ("study", "stage", "message")}
+                            for r in results if r["status"] == "failed"][:MAX_LISTED_FAILURES]}
     if rank == 0:
         summary.update(merge(out, scan_errors))
     seconds = time.perf_counter() - start

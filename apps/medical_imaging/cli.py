@@ -106,7 +106,8 @@ def diagnose(args: argparse.Namespace) -> int:
                           sr=args.sr, overlays=not args.no_overlays)
         summary = run_batch(cfg)
     _emit(args, summary, [f"{k:<16}{v}" for k, v in summary.items()])
-    return 0
+    # exit 1 when nothing could be diagnosed (a single bad file, a folder of bad studies); partial success is 0
+    return 1 if summary.get("failed") and not summary.get("processed") and not summary.get("skipped_done") else 0
 
 
 def bench_medical(args: argparse.Namespace) -> None:

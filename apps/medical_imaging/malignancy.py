@@ -16,10 +16,13 @@ Input definition (train and inference run the same code, `MalignancyModel.prepar
 No mask channel, no radiologist rating. Size is visible to the network (isotropic voxels) and through the box;
 with `diameter_input` the head also gets log(d) (the diameter the box used).
 
-Training folders are laid out like LIDC `lidc-nodule-crops`: `nodules.csv` (patient_id, nodule_id, label column
-Diagnosis_value 0/1 or Diagnosis Malign/Benign; optional coordX/Y/Z world centre in LPS mm and diameter_mm) and
-`image/<patient_id>_R_<nodule_id>.nii.gz` in HU (optional `nodule_mask/` of the same name: only used to find the
-centre when no coordinates are given). Research software, not a medical device.
+Training folders are laid out like LIDC `lidc-nodule-crops`: `nodules.csv` (patient_id, nodule_id and a label;
+optional coordX/Y/Z world centre in LPS mm and diameter_mm; columns in any order and case, common other names
+accepted, see `read_crop_table`) and `image/<patient_id>_R_<nodule_id>` with any of .nii.gz/.nii/.mha/.mhd/.nrrd,
+in HU (or an `image` column naming each file; optional `nodule_mask/` of the same name: only used to find the
+centre when no coordinates are given). Labels: 0/1 or Malign/Benign (Diagnosis_value, Diagnosis, label,
+malignant...), else a 1-5 malignancy rating (Malignancy_value...), malignant above 3. Research software, not a
+medical device.
 
 Shape legend: N crops, B batch, S cube side (voxels = mm).
 """
@@ -31,6 +34,7 @@ import hashlib
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +54,6 @@ KIND = "malignancy_classifier"          # the checkpoint kind (registered below)
 TASK = "malignancy"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "medical_imaging" / "malignancy" / "model"
 AIR_HU = -1000.0
-LABEL_WORDS = {"malign": 1, "malignant": 1, "benign": 0}
 
 
 class CropFolderError(ValueError):
@@ -200,39 +203,185 @@ class CropSet:
     patient_ids: list[str]
     names: list[str]                 # image file names
     diameters_mm: np.ndarray         # [N] the diameter the box used (csv, else estimated)
+    label_rule: str = ""             # which nodules.csv column(s) gave the labels, and how
 
 
-def _read_table(folder: Path) -> list[dict]:
+# nodules.csv headers, compared lower-case with spaces, '_' and '-' removed: canonical name -> accepted spellings.
+COLUMN_ALIASES = {
+    "patient_id": ("patientid", "patient", "subjectid", "subject", "caseid", "case", "pid"),
+    "nodule_id": ("noduleid", "nodule", "lesionid", "lesion", "noduleno", "nodulenumber"),
+    "image": ("image", "imagefile", "imagepath", "filename", "file", "path", "crop"),
+    "coordX": ("coordx",), "coordY": ("coordy",), "coordZ": ("coordz",),   # world centre, LPS mm (LIDC)
+    "diameter_mm": ("diametermm", "diameter", "diam", "diammm", "sizemm"),
+}
+# Label columns in order of preference (a row's label comes from the first one it has a value in). Binary
+# columns take 0/1, true/false, yes/no, malign(ant)/benign; rating columns take LIDC's 1-5 malignancy rating
+# (number or words), called malignant above 3 (LIDC's rule per radiologist); a rating-named column holding
+# only 0/1 is read as binary.
+LABEL_COLUMNS = ("diagnosisvalue", "diagnosis", "label", "malignant", "ismalignant", "target", "class",
+                 "malignancyvalue", "malignancy", "malignancyscore", "malignancyrating", "rating")
+RATING_COLUMNS = ("malignancyvalue", "malignancy", "malignancyscore", "malignancyrating", "rating")
+LABEL_WORDS = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0, "malign": 1, "malignant": 1,
+               "benign": 0, "m": 1, "b": 0, "cancer": 1}
+RATING_WORDS = {"highlyunlikely": 1, "moderatelyunlikely": 2, "indeterminate": 3, "moderatelysuspicious": 4,
+                "highlysuspicious": 5}
+IMAGE_DIRS = ("image", "images", ".")     # where <patient_id>_R_<nodule_id>.<suffix> is looked for
+MASK_DIRS = ("nodule_mask", "mask", "masks")
+
+
+def _key(header: str) -> str:
+    return "".join(c for c in header.lower() if c not in " _-")
+
+
+@dataclass
+class CropTable:
+    """nodules.csv read and resolved: one entry per row, labels decided, files found."""
+    path: Path
+    rows: list[dict]                 # canonical keys (COLUMN_ALIASES) -> cell text; "line": CSV line number
+    labels: list[int]
+    label_rule: str                  # which column(s) and rule gave the labels
+    images: list[Path]
+    masks: list[Path | None]
+
+
+def _sniff_rows(table: Path) -> tuple[list[str], list[list[str]]]:
+    try:
+        raw = table.read_bytes()
+    except OSError as exc:
+        raise CropFolderError(f"{table}: unreadable ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:   # a spreadsheet's export in a legacy code page
+        text = raw.decode("latin-1")
+    if not text.strip():
+        raise CropFolderError(f"{table}: empty file (expected a header line and one row per nodule)")
+    first = text.splitlines()[0]
+    delimiter = max(",;\t|", key=first.count) if any(d in first for d in ",;\t|") else ","
+    try:
+        lines = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    except csv.Error as exc:
+        raise CropFolderError(f"{table}: unreadable CSV ({exc})") from None
+    return [h.strip() for h in lines[0]], lines[1:]
+
+
+def _label_kind(key: str, cells: list[str]) -> str:
+    """"binary" or "rating" for a label column, from its name and its non-empty cells."""
+    if key not in RATING_COLUMNS:
+        return "binary"
+    if key != "malignancyvalue" and all(_key(c) in LABEL_WORDS for c in cells):
+        return "binary"
+    return "rating"
+
+
+def _parse_label(cell: str, kind: str) -> int | None:
+    word = _key(cell)
+    try:
+        number = float(cell)
+    except ValueError:
+        number = None
+    if kind == "binary":
+        if number is not None:
+            return int(number) if number in (0.0, 1.0) else None
+        return LABEL_WORDS.get(word)
+    rating = RATING_WORDS.get(word) if number is None else number
+    return None if rating is None or not 1 <= rating <= 5 else int(rating > 3)
+
+
+def _find_file(folder: Path, dirs: Sequence[str], stem: str) -> Path | None:
+    from data_connectors.dicom import VOLUME_SUFFIXES
+
+    for d in dirs:
+        for suffix in VOLUME_SUFFIXES:
+            path = folder / d / f"{stem}{suffix}"
+            if path.is_file():
+                return path
+    return None
+
+
+def _stems(patient: str, nodule: str) -> list[str]:
+    """File stems to try: <patient>_R_<nodule>, and with '1.0' written '1' (ids through a spreadsheet)."""
+    stems = [f"{patient}_R_{nodule}"]
+    try:
+        if float(nodule) == int(float(nodule)) and str(int(float(nodule))) != nodule:
+            stems.append(f"{patient}_R_{int(float(nodule))}")
+    except (ValueError, OverflowError):
+        pass
+    return stems
+
+
+def read_crop_table(folder: str | Path) -> CropTable:
+    """nodules.csv of a crops folder with its labels decided and its image (and mask) files found.
+
+    Columns are matched by name in any order and case (COLUMN_ALIASES, LABEL_COLUMNS); a ',', ';', tab or '|'
+    delimiter is detected from the header. Raises CropFolderError naming the file, line or column at fault.
+    """
+    from data_connectors.dicom import VOLUME_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CropFolderError(f"{folder}: no such folder")
     table = folder / "nodules.csv"
     if not table.is_file():
         raise CropFolderError(f"{folder}: no nodules.csv (expected the lidc-nodule-crops layout: nodules.csv "
                               "and image/<patient_id>_R_<nodule_id>.nii.gz)")
-    try:
-        with table.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = set(reader.fieldnames or ())
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise CropFolderError(f"{table}: unreadable CSV ({exc})") from None
-    missing = {"patient_id", "nodule_id"} - columns
-    if missing:
-        raise CropFolderError(f"{table}: missing column(s) {', '.join(sorted(missing))}")
-    if not columns & {"Diagnosis_value", "Diagnosis"}:
-        raise CropFolderError(f"{table}: missing the label column (Diagnosis_value 0/1 or Diagnosis Malign/Benign)")
-    if not rows:
-        raise CropFolderError(f"{table}: no rows")
-    return rows
-
-
-def _label(row: dict, table: Path, line: int) -> int:
-    value = (row.get("Diagnosis_value") or "").strip()
-    if value in ("0", "1", "0.0", "1.0"):
-        return int(float(value))
-    word = (row.get("Diagnosis") or "").strip().lower()
-    if word in LABEL_WORDS:
-        return LABEL_WORDS[word]
-    raise CropFolderError(f"{table} line {line}: no usable label (Diagnosis_value {value!r}, "
-                          f"Diagnosis {row.get('Diagnosis')!r}); expected 0/1 or Malign/Benign")
+    header, lines = _sniff_rows(table)
+    index: dict[str, int] = {}
+    for n, h in enumerate(header):
+        index.setdefault(_key(h), n)
+    where = {name: next((index[a] for a in (_key(name), *aliases) if a in index), None)
+             for name, aliases in COLUMN_ALIASES.items()}
+    if where["patient_id"] is None or (where["nodule_id"] is None and where["image"] is None):
+        missing = [n for n in ("patient_id", "nodule_id") if where[n] is None]
+        raise CropFolderError(f"{table}: missing column(s) {', '.join(missing)} (found: {', '.join(header)})")
+    label_cols = [(k, index[k]) for k in LABEL_COLUMNS if k in index]
+    if not label_cols:
+        raise CropFolderError(f"{table}: missing the label column (Diagnosis_value 0/1, Diagnosis Malign/Benign, "
+                              f"label, malignant, or a 1-5 Malignancy_value rating; found: {', '.join(header)})")
+    lines = [(n, cells) for n, cells in enumerate(lines, start=2) if any(c.strip() for c in cells)]
+    if not lines:
+        raise CropFolderError(f"{table}: no rows (only a header)")
+    kinds = {k: _label_kind(k, [c[i].strip() for _, c in lines if i < len(c) and c[i].strip()])
+             for k, i in label_cols}
+    rows, labels, used, images, masks = [], [], Counter(), [], []
+    for line, cells in lines:
+        cell = lambda i: cells[i].strip() if i is not None and i < len(cells) else ""   # noqa: E731
+        row = {name: cell(i) for name, i in where.items()}
+        row["line"] = line
+        if not row["patient_id"] or not (row["nodule_id"] or row["image"]):
+            raise CropFolderError(f"{table} line {line}: empty patient_id or nodule_id")
+        label = None
+        for k, i in label_cols:
+            if cell(i):
+                label = _parse_label(cell(i), kinds[k])
+                if label is None:
+                    raise CropFolderError(f"{table} line {line}: {header[i]} {cell(i)!r} is no label; expected "
+                                          + ("a 1-5 malignancy rating" if kinds[k] == "rating"
+                                             else "0/1, Malign/Benign, true/false or yes/no"))
+                used[(header[i], kinds[k])] += 1
+                break
+        if label is None:
+            raise CropFolderError(f"{table} line {line}: no label (every label column is empty: "
+                                  f"{', '.join(header[i] for _, i in label_cols)})")
+        if row["image"]:
+            given = Path(row["image"])
+            image = next((p for p in (given, folder / given, folder / "image" / given) if p.is_file()), None)
+            if image is None:
+                raise CropFolderError(f"{folder / given}: missing (named by {table.name} line {line})")
+        else:
+            stems = _stems(row["patient_id"], row["nodule_id"])
+            image = next(filter(None, (_find_file(folder, IMAGE_DIRS, s) for s in stems)), None)
+            if image is None:
+                raise CropFolderError(f"{folder / 'image' / stems[0]}.nii.gz: missing (named by {table.name} line "
+                                      f"{line}; also looked for {', '.join(VOLUME_SUFFIXES)} under "
+                                      f"{', '.join(d + '/' for d in IMAGE_DIRS)})")
+        suffix = next((s for s in VOLUME_SUFFIXES if image.name.lower().endswith(s)), image.suffix)
+        rows.append(row)
+        labels.append(label)
+        images.append(image)
+        masks.append(_find_file(folder, MASK_DIRS, image.name[:len(image.name) - len(suffix)]))
+    rule = "; ".join(f"{col} ({'1-5 rating, malignant above 3' if kind == 'rating' else '0/1'}): {n} rows"
+                     for (col, kind), n in used.items())
+    return CropTable(table, rows, labels, rule, images, masks)
 
 
 def _number(row: dict, key: str) -> float | None:
@@ -243,30 +392,21 @@ def _number(row: dict, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-_LOADERS: list = []  # one MONAI LoadImage, made on first use (making one probes every reader)
-
-
 def load_nifti_zyx(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
-    """(hu_ZYX, spacing_zyx, affine_ras) of a NIfTI/MetaImage file, via MONAI's LoadImage and Orientation
-    to LPS (so axis i increases toward the patient's left, j posterior, k superior: the DICOM convention)."""
-    from monai.transforms import LoadImage, Orientation
+    """(hu_ZYX, spacing_zyx, affine_ras) of a NIfTI/MetaImage/NRRD crop in LPS orientation (axis i toward the
+    patient's left, j posterior, k superior: the DICOM convention), read by data_connectors.dicom.load_volume
+    (MONAI LoadImage + Orientation). Unreadable files and NaN voxels are CropFolderErrors naming the file."""
+    from data_connectors.dicom import load_volume
 
-    if not _LOADERS:
-        _LOADERS.append(LoadImage(image_only=True, ensure_channel_first=True))
     try:
-        image = _LOADERS[0](str(path))
-    except Exception as exc:  # MONAI wraps every reader failure in its own types
-        raise CropFolderError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise CropFolderError(f"{path}: expected a single-channel 3D volume, got shape {tuple(image.shape)}")
-    image = Orientation(axcodes="LPS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)  # affine is RAS
-    affine = np.asarray(image.affine, dtype=np.float64)
-    spacing_ijk = np.linalg.norm(affine[:3, :3], axis=0)
-    hu_ZYX = np.ascontiguousarray(np.asarray(image[0], dtype=np.float32).transpose(2, 1, 0))
-    return hu_ZYX, tuple(float(s) for s in spacing_ijk[::-1]), affine
+        vol = load_volume(path, allow_single_slice=True)
+    except ValueError as exc:
+        raise CropFolderError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+    affine_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine
+    return vol.hu_ZYX, vol.spacing_zyx, affine_ras
 
 
-def _centre_ijk(row: dict, hu_ZYX: np.ndarray, affine: np.ndarray, mask_path: Path) -> np.ndarray:
+def _centre_ijk(row: dict, hu_ZYX: np.ndarray, affine: np.ndarray, mask_path: Path | None) -> np.ndarray:
     """The nodule centre in voxels: nodules.csv's world centre (LPS mm), else the mask's centroid, else the
     middle of the crop."""
     shape_ijk = np.array(hu_ZYX.shape[::-1])
@@ -276,17 +416,23 @@ def _centre_ijk(row: dict, hu_ZYX: np.ndarray, affine: np.ndarray, mask_path: Pa
         ijk = (np.linalg.inv(affine) @ ras)[:3]
         if np.all(ijk >= -0.5) and np.all(ijk <= shape_ijk - 0.5):
             return ijk
-    if mask_path.is_file():
+    if mask_path is not None:
         mask_ZYX = load_nifti_zyx(mask_path)[0]
         if mask_ZYX.shape == hu_ZYX.shape and np.any(mask_ZYX > 0):
             return np.argwhere(mask_ZYX > 0).mean(axis=0)[::-1]
     return (shape_ijk - 1) / 2
 
 
-def _cache_file(folder: Path, rows: list[dict], cfg: MalignancyConfig) -> Path:
-    table = folder / "nodules.csv"
-    stat = table.stat()
-    key = json.dumps([str(folder.resolve()), stat.st_size, stat.st_mtime_ns, len(rows), cfg.input_key()])
+def _cache_file(crops: CropTable, cfg: MalignancyConfig) -> Path:
+    """Keyed by the table, every image and mask file (path, size, mtime) and the input settings."""
+    def stamp(p: Path | None) -> list:
+        if p is None:
+            return []
+        s = p.stat()
+        return [str(p.resolve()), s.st_size, s.st_mtime_ns]
+
+    key = json.dumps([stamp(crops.path), [stamp(p) for p in crops.images], [stamp(p) for p in crops.masks],
+                      len(crops.rows), cfg.input_key()])
     return cache_dir() / "medical" / f"malignancy-crops-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
@@ -294,50 +440,37 @@ def load_crops(folder: str | Path, cfg: MalignancyConfig | None = None, use_cach
                progress: Callable[[int, int], None] | None = None) -> CropSet:
     """Every nodule of a folder laid out like lidc-nodule-crops, prepared as the model's input.
 
-    Prepared cubes are cached under cache_dir()/medical (keyed by the folder, its nodules.csv and the input
-    settings), so a second call is quick. Raises CropFolderError naming the missing file or column.
+    Prepared cubes are cached under cache_dir()/medical (keyed by nodules.csv, the image and mask files and the
+    input settings), so a second call is quick. Raises CropFolderError naming the missing file or column.
     """
     cfg = cfg or MalignancyConfig()
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CropFolderError(f"{folder}: no such folder")
-    rows = _read_table(folder)
-    table = folder / "nodules.csv"
-    labels, patients, names = [], [], []
-    for line, row in enumerate(rows, start=2):
-        patient, nodule = row["patient_id"].strip(), row["nodule_id"].strip()
-        if not patient or not nodule:
-            raise CropFolderError(f"{table} line {line}: empty patient_id or nodule_id")
-        name = f"{patient}_R_{nodule}.nii.gz"
-        if not (folder / "image" / name).is_file():
-            raise CropFolderError(f"{folder / 'image' / name}: missing (named by {table.name} line {line})")
-        labels.append(_label(row, table, line))
-        patients.append(patient)
-        names.append(name)
-    cache = _cache_file(folder, rows, cfg)
+    crops = read_crop_table(folder)
+    names = [p.name for p in crops.images]
+    labels = np.array(crops.labels, dtype=np.int64)
+    patients = [r["patient_id"] for r in crops.rows]
+    cache = _cache_file(crops, cfg)
     if use_cache and cache.is_file():
         with np.load(cache) as saved:
             if list(saved["names"]) == names:
-                return CropSet(saved["cubes"].astype(np.float32), np.array(labels, dtype=np.int64), patients,
-                               names, saved["diameters_mm"])
+                return CropSet(saved["cubes"].astype(np.float32), labels, patients, names, saved["diameters_mm"],
+                               crops.label_rule)
     cubes, diameters = [], []
-    for n, (row, name) in enumerate(zip(rows, names)):
-        hu_ZYX, spacing_zyx, affine = load_nifti_zyx(folder / "image" / name)
-        centre = _centre_ijk(row, hu_ZYX, affine, folder / "nodule_mask" / name)
+    for n, (row, image, mask) in enumerate(zip(crops.rows, crops.images, crops.masks)):
+        hu_ZYX, spacing_zyx, affine = load_nifti_zyx(image)
+        centre = _centre_ijk(row, hu_ZYX, affine, mask)
         cube_hu = crop_around(hu_ZYX, spacing_zyx, centre, cfg.crop_mm)
         d = resolve_diameter(cube_hu, _number(row, "diameter_mm"))
         cubes.append(finish_cube(cube_hu, d, cfg))
         diameters.append(d)
         if progress:
-            progress(n + 1, len(rows))
-    crops = CropSet(np.stack(cubes), np.array(labels, dtype=np.int64), patients, names,
-                    np.array(diameters, dtype=np.float32))
+            progress(n + 1, len(crops.rows))
+    out = CropSet(np.stack(cubes), labels, patients, names, np.array(diameters, dtype=np.float32), crops.label_rule)
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.stem + ".tmp.npz")
-        np.savez(tmp, cubes=crops.cubes.astype(np.float16), names=np.array(names), diameters_mm=crops.diameters_mm)
+        np.savez(tmp, cubes=out.cubes.astype(np.float16), names=np.array(names), diameters_mm=out.diameters_mm)
         tmp.replace(cache)
-    return crops
+    return out
 
 
 # ---- the model ----
@@ -552,8 +685,11 @@ def auc(scores: Sequence[float], labels: Sequence[int]) -> float:
 
 
 def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
-    """auc, accuracy, sensitivity, specificity at `threshold`, n, n_malignant."""
+    """auc, accuracy, sensitivity, specificity at `threshold`, n, n_malignant (None where undefined: AUC needs
+    both classes), so the result is valid JSON."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(bool)
+    if not np.all(np.isfinite(probs)):
+        raise ValueError(f"{int(np.sum(~np.isfinite(probs)))} of {len(probs)} predicted probabilities are not finite")
     called = probs >= threshold
     tp, tn = int(np.sum(called & labels)), int(np.sum(~called & ~labels))
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
@@ -570,7 +706,19 @@ def evaluate(model: MalignancyModel, folder: str | Path, limit: int | None = Non
     """Metrics of `model` on a crops folder (at the model's saved threshold); `limit` takes the first N crops."""
     crops = load_crops(folder, model.cfg)
     probs = model.predict_cubes(crops.cubes[:limit], crops.diameters_mm[:limit])
-    return binary_metrics(probs, crops.labels[:limit], float(model.threshold))
+    metrics = binary_metrics(probs, crops.labels[:limit], float(model.threshold))
+    metrics["label_rule"] = crops.label_rule
+    metrics["warnings"] = _class_warnings(crops.labels[:limit], folder)
+    return metrics
+
+
+def _class_warnings(labels_N: np.ndarray, folder: str | Path) -> list[str]:
+    n_pos = int(np.sum(labels_N))
+    if 0 < n_pos < len(labels_N):
+        return []
+    kind = "malignant" if n_pos else "benign"
+    return [f"{folder}: all {len(labels_N)} crops are {kind}: AUC and {'specificity' if n_pos else 'sensitivity'} "
+            f"are undefined (null)"]
 
 
 def patient_folds(patient_ids: Sequence[str], labels: Sequence[int], folds: int, seed: int = 0) -> np.ndarray:
@@ -600,28 +748,42 @@ def cross_validate(folder: str | Path, folds: int = 5, cfg: MalignancyConfig | N
     cfg = cfg or MalignancyConfig()
     start = time.perf_counter()
     crops = load_crops(folder, cfg)
+    if _class_warnings(crops.labels, folder):
+        raise CropFolderError(_class_warnings(crops.labels, folder)[0] + "; cross-validation needs both classes")
     fold_N = patient_folds(crops.patient_ids, crops.labels, folds, cfg.seed)
     probs = np.zeros(len(crops.labels))
-    per_fold = []
+    per_fold: list[float | None] = []
+    warnings = []
     for k in range(folds):
         test = fold_N == k
         shared = ({p for p, t in zip(crops.patient_ids, test) if t}
                   & {p for p, t in zip(crops.patient_ids, test) if not t})
         if shared:  # patient_folds guarantees this; a patient on both sides would inflate the AUC
             raise RuntimeError(f"fold {k}: patients in both train and test: {sorted(shared)[:5]}")
+        if len(set(crops.labels[~test].tolist())) < 2:
+            raise CropFolderError(f"{folder}: fold {k}'s training set holds only one class; {folds}-fold "
+                                  f"cross-validation needs at least 2 patients with a malignant nodule and 2 "
+                                  f"with a benign one (use fewer folds or more patients)")
         model, result = train(crops.cubes[~test], crops.labels[~test], cfg, crops.diameters_mm[~test])
         probs[test] = model.predict_cubes(crops.cubes[test], crops.diameters_mm[test])
-        fold_auc = auc(probs[test], crops.labels[test])
-        per_fold.append(round(fold_auc, 4))
+        n_pos = int(crops.labels[test].sum())
+        fold_auc = round(auc(probs[test], crops.labels[test]), 4) if 0 < n_pos < int(test.sum()) else None
+        if fold_auc is None:
+            warnings.append(f"fold {k}: its {int(test.sum())} test crops are all "
+                            f"{'malignant' if n_pos else 'benign'}: no AUC (left out of auc_mean)")
+        per_fold.append(fold_auc)
         if log:
-            log(json.dumps({"fold": k, "auc": round(fold_auc, 4), "n_test": int(test.sum()),
+            log(json.dumps({"fold": k, "auc": fold_auc, "n_test": int(test.sum()),
                             "train_seconds": round(result.seconds, 1)}))
     pooled = binary_metrics(probs, crops.labels, 0.5)
+    defined = [a for a in per_fold if a is not None]
     return {
-        "auc_mean": round(float(np.mean(per_fold)), 4), "auc_std": round(float(np.std(per_fold)), 4),
+        "auc_mean": round(float(np.mean(defined)), 4) if defined else None,
+        "auc_std": round(float(np.std(defined)), 4) if defined else None,
         "auc_per_fold": per_fold, "auc_pooled": pooled["auc"], "accuracy": pooled["accuracy"],
         "sensitivity": pooled["sensitivity"], "specificity": pooled["specificity"], "threshold": 0.5,
         "n": pooled["n"], "n_malignant": pooled["n_malignant"], "n_patients": len(set(crops.patient_ids)),
         "folds": folds, "epochs": cfg.epochs, "diameter_only_auc": round(auc(crops.diameters_mm, crops.labels), 4),
-        "seconds": round(time.perf_counter() - start, 1), "config": dataclasses.asdict(cfg),
+        "seconds": round(time.perf_counter() - start, 1), "label_rule": crops.label_rule, "warnings": warnings,
+        "config": dataclasses.asdict(cfg),
     }

@@ -96,6 +96,8 @@ def cv_malignancy(args: argparse.Namespace) -> None:
               f"AUC {result['auc_mean']} +- {result['auc_std']} (per fold {result['auc_per_fold']}), pooled "
               f"accuracy {result['accuracy']}, sensitivity {result['sensitivity']}, specificity "
               f"{result['specificity']}; diameter alone AUC {result['diameter_only_auc']}; {result['seconds']} s")
+        for warning in result["warnings"]:
+            print(f"warning: {warning}")
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:

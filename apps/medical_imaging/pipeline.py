@@ -193,8 +193,13 @@ def load_upload(zip_path: str | Path):
             return load_volume(images[0])
         scan = scan_folder(tmp)
         ct = [s for s in scan.series if s.modality.upper() == "CT"] or scan.series
+        if not ct and images:
+            names = ", ".join(sorted(f.name for f in images)[:5])
+            raise DicomReadError(f"the zip holds {len(images)} image files ({names}) and no DICOM series; "
+                                 f"upload one CT volume per zip")
         if not ct:
-            raise DicomReadError(f"the zip holds no DICOM series ({len(scan.skipped)} files skipped)")
+            raise DicomReadError(f"the zip holds no DICOM series nor a {'/'.join(VOLUME_SUFFIXES)} image "
+                                 f"({len(scan.skipped)} files skipped)")
         series = max(ct, key=lambda s: len(s.files))
         volume = load_series(series)
         if len(ct) > 1:

@@ -89,6 +89,10 @@ class PlannerConfig:
     time_layers: int = 2         # cross-attention + MoE blocks over the time slots
     time_experts: int = 4        # time-axis experts per block
     time_top_k: int = 1
+    time_gate: str = "softmax_topk"   # gate of the time-axis experts (core MoEConfig.gate; not renormalised at
+                                      # top-1, so the chosen expert is scaled by its probability and the router
+                                      # learns from the task; "topk_softmax" gives weight 1, so the router
+                                      # learns from the balance loss only: the shipped checkpoint, see card)
     max_scenes: int = world.MAX_SCENES
     dropout: float = 0.1
     metric_dim: int = 128        # width of the learned metric that compares tokens with value prototypes
@@ -97,9 +101,9 @@ class PlannerConfig:
     exemplars: int = 0           # exemplar phrases stored with the model (set by train_planner)
 
 
-def _moe(dim: int, hidden: int, experts: int, top_k: int) -> MoELayer:
-    return MoELayer(MoEConfig(dim=dim, hidden_dim=hidden, num_experts=experts, top_k=top_k,
-                              capacity_factor=0.0, num_tasks=NUM_TASKS, balance_coef=0.01))
+def _moe(dim: int, hidden: int, experts: int, top_k: int, gate: str = "topk_softmax") -> MoELayer:
+    return MoELayer(MoEConfig(dim=dim, hidden_dim=hidden, num_experts=experts, top_k=top_k, gate=gate,
+                              renormalize=top_k > 1, capacity_factor=0.0, num_tasks=NUM_TASKS, balance_coef=0.01))
 
 
 def prototype_phrases() -> list[str]:
@@ -185,7 +189,7 @@ class TimeAxis(nn.Module):
         self.seconds_in = nn.Linear(len(ATTRIBUTES["seconds"]) + 1, cfg.dim)
         self.cross = nn.ModuleList(nn.MultiheadAttention(cfg.dim, cfg.num_heads, batch_first=True)
                                    for _ in range(cfg.time_layers))
-        self.moes = nn.ModuleList(_moe(cfg.dim, cfg.expert_hidden, cfg.time_experts, cfg.time_top_k)
+        self.moes = nn.ModuleList(_moe(cfg.dim, cfg.expert_hidden, cfg.time_experts, cfg.time_top_k, cfg.time_gate)
                                   for _ in range(cfg.time_layers))
         self.norms = nn.ModuleList(nn.LayerNorm(cfg.dim) for _ in range(2 * cfg.time_layers))
         self.head = nn.Linear(cfg.dim, cfg.max_scenes)

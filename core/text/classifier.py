@@ -12,7 +12,6 @@ Shape legend: B batch, T tokens, N real tokens in the batch, D width, C classes,
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.moe import MoEStats, moe_train_step
 from core.tasks import task_id
+from data_connectors.text_files import read_labelled_texts
 
 from .config import TextStreamConfig
 from .model import TextOutput, TextStream
@@ -32,7 +32,6 @@ from .tokenizer import tokenize
 from .upcycle import from_scratch, upcycle_minilm
 
 KIND = "text_classifier"  # registry kind of the checkpoints written here
-LABEL_COLUMNS = ("label", "category")  # accepted names of a CSV's label column (Banking77 says "category")
 
 
 def default_stream() -> TextStreamConfig:
@@ -89,38 +88,10 @@ def synthetic_inputs(cfg: ClassifierConfig, B: int, g: torch.Generator) -> tuple
 # ---- data ----
 
 def read_labelled_csv(path: str | Path) -> tuple[list[str], list[str]]:
-    """(texts, labels) from a UTF-8 CSV with a `text` column and a `label` (or `category`) column, in
-    any order; every error names the file and line."""
-    path = Path(path)
-    try:
-        content = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (bad byte at offset {err.start})") from None
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read ({err.strerror})") from None
-    if not content.strip():
-        raise ValueError(f"{path}: empty file; expected a header line `text,label` and rows")
-    reader = csv.reader(content.splitlines())
-    header = [name.strip().lower() for name in next(reader)]
-    label_column = next((name for name in LABEL_COLUMNS if name in header), None)
-    if "text" not in header or label_column is None:
-        raise ValueError(f"{path}, line 1: the header needs a `text` and a `label` (or `category`) "
-                         f"column, found {header}")
-    text_i, label_i = header.index("text"), header.index(label_column)
-    texts, labels = [], []
-    for row in reader:
-        if not any(cell.strip() for cell in row):
-            continue  # blank lines
-        if len(row) != len(header):
-            raise ValueError(f"{path}, line {reader.line_num}: {len(row)} fields, the header has {len(header)}")
-        text, label = row[text_i].strip(), row[label_i].strip()
-        if not text or not label:
-            raise ValueError(f"{path}, line {reader.line_num}: empty `text` or `{label_column}`")
-        texts.append(text)
-        labels.append(label)
-    if not texts:
-        raise ValueError(f"{path}: a header but no rows")
-    return texts, labels
+    """(texts, labels) of a labelled table, e.g. Banking77's `text,category` CSV; any layout
+    data_connectors.text_files.read_labelled_texts reads, every error naming the file and line."""
+    data = read_labelled_texts(path)
+    return data.texts, data.labels
 
 
 def split_holdout(texts: list[str], labels: list[str], fraction: float, seed: int
