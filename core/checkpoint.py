@@ -157,6 +157,8 @@ def _atomic_folder(path: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        for file in tmp.iterdir():  # on disk before the rename publishes them (power loss)
+            _fsync(file)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -167,6 +169,21 @@ def _atomic_folder(path: Path) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         tmp.rename(path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk (skipped where the OS cannot open folders)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # ---- loading ----
@@ -187,6 +204,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{info.path}: its recorded structure does not fit a {info.kind} "
                               f"({type(exc).__name__}: {exc})") from exc
     _check_keys(model, state, info.path)
+    _match_dtypes(model, state, info.path)
     model.load_state_dict(state)
     return model.to(map_location), info
 
@@ -246,6 +264,9 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{file}: corrupt or unreadable ({exc})") from exc
     for alias, name in tied.items():
+        if name not in state:
+            raise CheckpointError(f"{file}: corrupt metadata: tied tensor {alias} points to {name}, "
+                                  "which the file lacks")
         state[alias] = state[name]
     return state
 
@@ -261,6 +282,17 @@ def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", misshaped)) if keys]
     if problems:
         raise CheckpointError(f"{path}: weights do not match the model; " + "; ".join(problems))
+
+
+def _match_dtypes(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise if a non-float tensor was saved in another dtype than the model holds (int8 weights
+    stored as floats: a damaged file, not something to cast). Float tensors load into the dtype the
+    builder gives them: weights stored in float16 to halve a shipped file load, exactly, as fp32."""
+    for name, t in model.state_dict().items():
+        saved = state[name].dtype
+        if t.dtype != saved and not (t.is_floating_point() and state[name].is_floating_point()):
+            raise CheckpointError(f"{path}: weights do not match the model; {name} is stored as {saved}, "
+                                  f"the model holds {t.dtype}")
 
 
 def _config_from_dict(cls: type, data: dict) -> Any:
@@ -314,7 +346,9 @@ def save_train_state(path: str | Path, optimizer: torch.optim.Optimizer, step: i
     tmp = path / f".{TRAIN_STATE}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         torch.save(state, tmp)
+        _fsync(tmp)
         os.replace(tmp, path / TRAIN_STATE)
+        _fsync(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path / TRAIN_STATE
@@ -331,13 +365,36 @@ def load_train_state(path: str | Path, optimizer: torch.optim.Optimizer | None =
         state = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"{file}: corrupt or unreadable ({exc})") from exc
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if restore_rng:
-        _set_rng_state(state["rng"])
-    return TrainState(**state)
+    try:
+        if optimizer is not None:
+            _check_optimizer_state(optimizer, state["optimizer"])
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if restore_rng:
+            _set_rng_state(state["rng"])
+        return TrainState(**state)
+    except (KeyError, TypeError, ValueError) as exc:  # another model's optimizer, or a foreign file
+        raise CheckpointError(f"{file}: does not fit this optimizer or is not a train state "
+                              f"({type(exc).__name__}: {exc})") from exc
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Raise ValueError unless `saved` has the optimizer's groups, each of the same parameter shapes
+    (torch checks only the counts, and a same-sized other model would load and fail mid-step)."""
+    groups = optimizer.param_groups
+    if len(saved["param_groups"]) != len(groups):
+        raise ValueError(f"{len(saved['param_groups'])} parameter groups saved, "
+                         f"the optimizer has {len(groups)}")
+    for i, (group, saved_group) in enumerate(zip(groups, saved["param_groups"])):
+        if len(group["params"]) != len(saved_group["params"]):
+            raise ValueError(f"group {i}: {len(saved_group['params'])} parameters saved, "
+                             f"the optimizer has {len(group['params'])}")
+        for p, key in zip(group["params"], saved_group["params"]):
+            for name, t in saved["state"].get(key, {}).items():
+                if isinstance(t, torch.Tensor) and t.ndim and t.shape != p.shape:
+                    raise ValueError(f"group {i}: state {name} {tuple(t.shape)} for a parameter "
+                                     f"{tuple(p.shape)}")
 
 
 def _rng_state() -> dict:

@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from apps.cli import positive_int
+from core.cli import positive_int
 
 if TYPE_CHECKING:
-    from apps.cli import CommandTable
+    from core.cli import CommandTable
 
 
 def fraction(text: str) -> float:

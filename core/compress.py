@@ -112,7 +112,10 @@ def quantize_model(model: nn.Module) -> nn.Module:
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    """Put `new` at `name` inside `model`; returns the model (`new` when `name` is "", the root)."""
+    """Put `new` at `name` inside `model`, in the train/eval mode of the module it replaces (a fresh
+    MoELayer in an eval model would otherwise apply its capacity and count load for a bias step);
+    returns the model (`new` when `name` is "", the root)."""
+    new.train(model.get_submodule(name).training)
     if not name:
         return new
     parent, _, child = name.rpartition(".")

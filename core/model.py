@@ -24,7 +24,7 @@ from core.audio import AudioStream, AudioStreamConfig
 from core.fusion import MODALITIES, CrossModalAttention, DynamicFusion, FusionConfig, FusionOutput
 from core.fusion.dynamic import masked_mean
 from core.moe import MoELayer, MoEStats
-from core.tasks import task_id
+from core.tasks import NUM_TASKS, task_id, task_ids
 from core.text import TextStream, TextStreamConfig, upcycle_minilm
 from core.text.tokenizer import TokenBatch
 from core.vision import VisionStream, VisionStreamConfig
@@ -118,8 +118,12 @@ class CoreOutput:
 
 
 def resolve_task(task: Task) -> int | torch.Tensor | None:
-    """A task name -> its id; ids pass through."""
-    return task_id(task) if isinstance(task, str) else task
+    """A task name -> its id; ids pass through, checked to be integers in [0, NUM_TASKS)."""
+    if isinstance(task, str):
+        return task_id(task)
+    if task is not None:
+        task_ids(task, NUM_TASKS)
+    return task
 
 
 class MultimodalCore(nn.Module):
@@ -165,6 +169,9 @@ class MultimodalCore(nn.Module):
         absent = [m for m in inputs if m not in self.streams]
         if absent:
             raise ValueError(f"this core has no {absent} stream; it has {self.cfg.modalities}")
+        batch = {m: (x.input_ids if m == "text" else x).shape[0] for m, x in inputs.items()}
+        if len(set(batch.values())) > 1:
+            raise ValueError(f"the inputs disagree on the batch size: {batch}")
         task = resolve_task(task)
         tokens, masks, pooled, stats, aux_losses = {}, {}, {}, {}, []
         for m, x in inputs.items():

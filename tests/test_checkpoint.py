@@ -252,3 +252,74 @@ def test_delta_checkpoint_stores_only_changes_and_restores_the_model(tmp_path, m
 def test_delta_needs_a_registered_base(tmp_path, tiny_lm):
     with pytest.raises(ValueError, match="registers no base"):
         save_checkpoint(tiny_lm, tmp_path / "d", kind="tiny_lm", config=TinyLMConfig(), delta=True)
+
+
+def test_float16_storage_loads_exactly_into_the_builders_fp32(tmp_path):
+    """Shipped checkpoints store float16 to halve their size; they load, exactly, as the fp32 model
+    the kind's builder makes (the apps compute in fp32). int8 weights stay int8."""
+    from core.compress import quantize_model
+
+    layer, cfg = _layer()
+    half = quantize_model(layer).half()
+    loaded, _ = load_checkpoint(save_checkpoint(half, tmp_path / "fp16", kind="moe_layer", config=cfg))
+    for name, t in half.state_dict().items():
+        back = loaded.state_dict()[name]
+        assert back.dtype == (torch.int8 if t.dtype == torch.int8 else torch.float32), name
+        assert torch.equal(back, t.to(back.dtype)), name
+
+
+def test_non_float_tensor_in_another_dtype_is_an_error(tmp_path):
+    """int8 weights stored as floats are a damaged file, not something to cast silently."""
+    from core.compress import quantize_model
+
+    layer, cfg = _layer()
+    ckpt = save_checkpoint(quantize_model(layer), tmp_path / "int8", kind="moe_layer", config=cfg)
+    tensors = load_file(ckpt / "model.safetensors")
+    tensors["experts.qw_in_EFD"] = tensors["experts.qw_in_EFD"].float()
+    save_file(tensors, ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match="experts.qw_in_EFD is stored as torch.float32") as error:
+        load_checkpoint(ckpt)
+    assert str(ckpt) in str(error.value)
+
+
+def test_broken_tied_metadata_names_the_file(tmp_path, tiny_lm):
+    ckpt = save_checkpoint(tiny_lm, tmp_path / "tied", kind="tiny_lm", config=TinyLMConfig())
+    file = ckpt / "model.safetensors"
+    save_file(load_file(file), file, metadata={"tied": json.dumps({"head.weight": "gone.weight"})})
+    with pytest.raises(CheckpointError, match="tied tensor head.weight points to gone.weight") as error:
+        load_checkpoint(ckpt)
+    assert str(file) in str(error.value)
+
+
+def test_delta_is_the_base_plus_the_float16_difference(tmp_path, monkeypatch):
+    """Known answer: each changed float tensor loads as base + fp16(trained - base), nothing else."""
+    monkeypatch.setitem(registry.MODELS, "tiny_lm", registry.ModelSpec(
+        TinyLMConfig, TinyLM, _tiny_lm_inputs, base=_seeded_tiny_lm))
+    cfg = TinyLMConfig()
+    base, model = _seeded_tiny_lm(cfg), _seeded_tiny_lm(cfg)
+    with torch.no_grad():
+        model.moes[0].router.weight_ED.add_(torch.linspace(-1, 1, model.moes[0].router.weight_ED.numel())
+                                            .view_as(model.moes[0].router.weight_ED) / 3)
+    ckpt = save_checkpoint(model, tmp_path / "d", kind="tiny_lm", config=cfg, delta=True)
+    loaded, _ = load_checkpoint(ckpt)
+    for name, t in model.state_dict().items():
+        ref = base.state_dict()[name]
+        expected = ref + (t - ref).to(torch.float16).float()
+        assert torch.equal(loaded.state_dict()[name], expected), name
+
+
+def test_train_state_of_another_model_names_the_file(tmp_path):
+    """Same parameter count, other shapes: torch would load it and fail at the next step."""
+    layer, cfg = _layer()
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-2)
+    layer(torch.randn(2, 5, cfg.dim))[0].square().mean().backward()
+    optimizer.step()
+    ckpt = save_checkpoint(layer, tmp_path / "ckpt", kind="moe_layer", config=cfg)
+    save_train_state(ckpt, optimizer, step=1)
+
+    other = MoELayer(MoEConfig(**{**TINY, "dim": 8}, num_tasks=3, num_shared_experts=1, bias_update_rate=0.1))
+    with pytest.raises(CheckpointError, match=r"does not fit this optimizer.*\(8,") as error:
+        load_train_state(ckpt, torch.optim.AdamW(other.parameters(), lr=1e-2))
+    assert str(ckpt / "train_state.pt") in str(error.value)
+    with pytest.raises(CheckpointError, match="does not fit this optimizer"):
+        load_train_state(ckpt, torch.optim.AdamW(list(other.parameters())[:2], lr=1e-2))

@@ -165,3 +165,35 @@ def test_cli_compress_end_to_end(tmp_path, capsys):
 def test_cli_compress_errors_exit_2(tmp_path, capsys):
     assert cli.main(["compress", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 2
     assert str(tmp_path / "none") in capsys.readouterr().err
+
+
+def test_int8_scales_are_per_output_channel():
+    """Known answer: every output channel's largest |w| maps to +-127 and its error stays within half
+    of its own step (a per-tensor scale would give small channels up to 100x the error)."""
+    from core.compress import dequantize_int8, quantize_int8
+
+    torch.manual_seed(0)
+    w_EFD = torch.randn(2, 6, 16) * torch.logspace(-2, 0, 6)[None, :, None]  # channels 100x apart
+    q_EFD, scale_EF = quantize_int8(w_EFD, dim=2)
+    assert torch.equal(q_EFD.abs().amax(dim=2), torch.full((2, 6), 127, dtype=torch.int8))
+    torch.testing.assert_close(scale_EF, w_EFD.abs().amax(dim=2) / 127)
+    error_EFD = (dequantize_int8(q_EFD, scale_EF, dim=2) - w_EFD).abs()
+    assert (error_EFD <= scale_EF[..., None] / 2 + 1e-9).all()
+    w_EHD = torch.randn(2, 5, 4) * torch.logspace(-2, 0, 4)  # expert output weights: channels are D
+    q_EHD, scale_ED = quantize_int8(w_EHD, dim=1)
+    assert scale_ED.shape == (2, 4)
+    assert (q_EHD.abs().amax(dim=1) == 127).all()
+
+
+def test_compressed_model_stays_in_eval_mode():
+    """A pruned layer is a fresh module: it must take the eval mode of the layer it replaces, else an
+    eval model with a capacity would drop tokens (and its reported error would measure that)."""
+    import dataclasses
+
+    steered = steered_layer()
+    layer = MoELayer(dataclasses.replace(steered.cfg, capacity_factor=1.0)).eval()  # drops in training only
+    layer.load_state_dict(steered.state_dict())
+    x = steered_tokens(PAIRS)  # loads 1:4, 4:3, 6:3, 7:2: keeping 4 experts keeps every used one
+    pruned, report = compress_model(layer, [(x, 0)], keep_experts=4, quantize=False)
+    assert report.experts_after == 4 and not any(m.training for m in pruned.modules())
+    assert report.output_rel_error == 0.0  # in training mode: capacity 3 < the 4 tokens of expert 1

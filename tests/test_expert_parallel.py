@@ -19,9 +19,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.testing import assert_close
 
+from core import checkpoint
 from core.distributed import (
     ExpertParallelMoE, Runtime, average_gradients, broadcast_replicated_state, clip_grad_norm_,
-    distributed, full_state_dict,
+    distributed, full_state_dict, save_full_checkpoint,
 )
 from core.distributed import demo
 from core.moe import MoEConfig, MoELayer
@@ -129,7 +130,33 @@ def _check_demo(rt: Runtime, single_process_loss: float) -> None:
     assert loss == pytest.approx(single_process_loss, rel=1e-4)
 
 
-def _worker(rank: int, port: int, single_process_demo_loss: float) -> None:
+def _check_save(rt: Runtime, folder: str) -> None:
+    """Only rank 0 writes; every rank then reads the full single-process layer back."""
+    writes = []
+    real_save = checkpoint.save_checkpoint
+
+    def counting_save(*args, **kwargs):
+        writes.append(1)
+        return real_save(*args, **kwargs)
+
+    checkpoint.save_checkpoint = counting_save
+    try:
+        cfg = MoEConfig(**TINY, num_shared_experts=1)
+        torch.manual_seed(0)
+        ref = MoELayer(cfg)
+        path = save_full_checkpoint(ExpertParallelMoE.from_layer(ref), f"{folder}/ep", kind="moe_layer",
+                                    config=cfg, metadata={"step": 3})
+    finally:
+        checkpoint.save_checkpoint = real_save
+    writes_R = [torch.zeros((), dtype=torch.long) for _ in range(rt.world_size)]
+    dist.all_gather(writes_R, torch.tensor(len(writes)))
+    assert [int(w) for w in writes_R] == [1] + [0] * (rt.world_size - 1)
+    loaded, info = checkpoint.load_checkpoint(path)
+    assert type(loaded) is MoELayer and info.metadata == {"step": 3}
+    assert_close(loaded.state_dict(), ref.state_dict(), rtol=0, atol=0)
+
+
+def _worker(rank: int, port: int, single_process_demo_loss: float, folder: str) -> None:
     _torchrun_env(rank, port)
     with distributed(timeout=timedelta(seconds=TIMEOUT_S)) as rt:
         for name, cfg, skew in CASES:
@@ -139,6 +166,7 @@ def _worker(rank: int, port: int, single_process_demo_loss: float) -> None:
                 raise AssertionError(f"case {name!r}, rank {rt.rank}: {e}") from e
         _check_broadcast(rt)
         _check_demo(rt, single_process_demo_loss)
+        _check_save(rt, folder)
     # Every check passed and the group is gone. Skip the interpreter's teardown: now and then a
     # gloo thread still being destroyed there aborts the process (std::terminate), which would
     # fail a run whose every check passed.
@@ -146,8 +174,34 @@ def _worker(rank: int, port: int, single_process_demo_loss: float) -> None:
     os._exit(0)
 
 
-def test_two_ranks_match_one_process():
+def test_two_ranks_match_one_process(tmp_path):
     """On 2 ranks: every CASE against one process on both ranks' tokens, the state broadcast,
-    and the demo's training loss against the same run in one process (one spawn: a rank's start-up
-    costs more than all its checks)."""
-    _spawn(_worker, demo.main(DEMO_ARGV))
+    the demo's training loss against the same run in one process, and a checkpoint written by
+    rank 0 alone (one spawn: a rank's start-up costs more than all its checks)."""
+    _spawn(_worker, demo.main(DEMO_ARGV), str(tmp_path))
+
+
+def _failing_worker(rank: int, port: int) -> None:
+    """Rank 1 raises inside `distributed()` while rank 0 waits for it in a collective."""
+    _torchrun_env(rank, port)
+    with distributed(timeout=timedelta(seconds=TIMEOUT_S)):
+        if rank == 1:
+            raise RuntimeError("rank 1 fails on purpose")
+        dist.all_reduce(torch.ones(1))  # never completes: rank 1 is gone
+
+
+def test_a_failing_rank_exits_at_once():
+    """The failing rank must leave without waiting for its peers (torchrun then stops them);
+    a barrier on the way out would block it, and so the whole job, until the group's timeout."""
+    context = mp.start_processes(_failing_worker, args=(_free_port(),), nprocs=WORLD_SIZE,
+                                 join=False, start_method="spawn")
+    failing = context.processes[1]
+    try:
+        failing.join(timeout=TIMEOUT_S / 3)
+        assert failing.exitcode is not None, f"the failing rank still runs after {TIMEOUT_S / 3:.0f}s"
+        assert failing.exitcode != 0
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+            process.join()

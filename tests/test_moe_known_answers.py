@@ -235,3 +235,12 @@ def test_capacity_applies_in_training_only_so_inference_does_not_depend_on_the_b
         torch.testing.assert_close(alone[0, 0], batched[0, 0], rtol=1e-5, atol=1e-6)
         layer.cfg.drop_at_inference = True               # opt back in: bounded work per expert
         assert layer(x)[1].dropped_fraction > 0
+
+
+@pytest.mark.parametrize("bad", [-1, 3, [0, 5]])
+def test_task_ids_outside_the_gate_table_are_errors(bad):
+    layer = MoELayer(MoEConfig(dim=8, hidden_dim=8, num_experts=4, top_k=2, num_tasks=3))
+    x = torch.randn(2, 3, 8)
+    layer(x, torch.tensor([0, 2]))   # in range: fine
+    with pytest.raises(ValueError, match="out of range"):
+        layer(x, torch.tensor(bad))

@@ -183,6 +183,6 @@ def test_copy_upcycled_minilm_matches_sentence_transformers():
         pooled = model(batch.input_ids, batch.attention_mask, task_id=0).pooled
         features = st.preprocess(SENTENCES)
         ref = st[1](st[0](features))["sentence_embedding"]  # Transformer + Pooling, before Normalize
-    torch.testing.assert_close(pooled, ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(pooled, ref, atol=1e-5, rtol=0)  # measured: 1e-6
     torch.testing.assert_close(F.normalize(pooled, dim=-1), st.encode(SENTENCES, convert_to_tensor=True),
-                               atol=1e-4, rtol=0)
+                               atol=1e-5, rtol=0)

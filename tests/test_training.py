@@ -104,11 +104,8 @@ def test_one_step_of_every_stage(tmp_path):
     assert {"mlm", "pixels", "caption", "match", "answer"} <= set(model.heads)
 
 
-def test_same_seed_same_losses_and_resume_after_a_crash(tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path / "whole", steps=4, ckpt_every=2)
-    Trainer(cfg).run(("pretrain",))
-    whole = logged_losses(tmp_path / "whole", "pretrain")
-
+def crash_at_step_3_then_resume(cfg: TrainConfig, out_dir, monkeypatch) -> dict:
+    """Pretrain `cfg` into out_dir, killed at step 3, then resumed as a new process would: its summary."""
     make_batch = loop.make_batch
 
     def crash_at_step_3(stage, world, tokenizer, n, seed):
@@ -116,12 +113,19 @@ def test_same_seed_same_losses_and_resume_after_a_crash(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return make_batch(stage, world, tokenizer, n, seed)
 
-    crashed = replace(cfg, out_dir=str(tmp_path / "crashed"))
+    crashed = replace(cfg, out_dir=str(out_dir))
     monkeypatch.setattr(loop, "make_batch", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         Trainer(crashed).run(("pretrain",))
     monkeypatch.setattr(loop, "make_batch", make_batch)
-    summary = Trainer(crashed).run(("pretrain",), resume=True)  # a new process would start like this
+    return Trainer(crashed).run(("pretrain",), resume=True)
+
+
+def test_same_seed_same_losses_and_resume_after_a_crash(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path / "whole", steps=4, ckpt_every=2)
+    Trainer(cfg).run(("pretrain",))
+    whole = logged_losses(tmp_path / "whole", "pretrain")
+    summary = crash_at_step_3_then_resume(cfg, tmp_path / "crashed", monkeypatch)
 
     assert summary["pretrain"]["init"] == "pretrain step 2"
     assert logged_losses(tmp_path / "crashed", "pretrain") == whole      # bit for bit, steps 1-4

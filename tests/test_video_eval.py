@@ -123,7 +123,7 @@ def test_train_wording_diagnostic_separates_wording_from_the_chain(monkeypatch):
         written[prompt] = (script, split)
         return prompt
 
-    def fake_generate(prompt, seconds, resolution, fps, out, apply_style):
+    def fake_generate(prompt, seconds, resolution, fps, out, apply_style, allow_guesses):
         script, split = written[prompt]
         if split != "train":   # misread: every object takes another colour
             names = list(world.COLOURS)

@@ -42,6 +42,8 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--style", default=None, help="style name or description (default: the one the prompt names)")
     p.add_argument("--out", required=True, type=Path, help="output .mp4 (H.264) or .webm (VP9)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--allow-guesses", action="store_true",
+                   help="render a guess even when no shape or colour word of the prompt was understood")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     p = video.command("train-captioner", "train the shot captioner on rendered world clips and save it; options: "

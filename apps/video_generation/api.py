@@ -1,7 +1,10 @@
 """HTTP API of the video studio (mounted by apps/server.py at /api/v1/video).
 
     POST /generate  {"prompt": "...", "seconds": 3, "resolution": "360p", "fps": 24, "style": null}
-        -> {"id", "video_url", "preview_url" (absolute URLs), "script", "cut_frames", "experts", "timings", ...}
+        -> {"id", "video_url", "preview_url" (absolute URLs), "script", "cut_frames", "experts", "timings",
+            "understanding" (which words carried each planned value, guesses, unknown words), "warnings", ...}
+        A prompt naming no shape or colour the studio understands -> 422 with detail {"error",
+        "understanding"}, unless "allow_guesses": true.
     GET  /files/{name}  -> the video (video/mp4) or preview (image/gif)
 
 Limits are the studio's (studio.py); a request outside them gets 422 with the message. Generation
@@ -35,6 +38,7 @@ class GenerateRequest(BaseModel):
     fps: int = Field(24, description=f"{MIN_FPS}..{MAX_FPS}")
     style: str | None = Field(None, description="style name or description")
     format: str = Field("mp4", description="mp4 (H.264) or webm (VP9)")
+    allow_guesses: bool = Field(False, description="render even when no shape or colour word was understood")
 
 
 def files_dir() -> Path:
@@ -52,7 +56,7 @@ def _prune(folder: Path) -> None:
 
 @router.post("/generate")
 async def generate(req: GenerateRequest, request: Request) -> dict:
-    from .studio import generate_video
+    from .studio import NothingUnderstoodError, generate_video
 
     if req.format not in ("mp4", "webm"):
         raise HTTPException(422, f"format must be mp4 or webm, got {req.format!r}")
@@ -62,7 +66,10 @@ async def generate(req: GenerateRequest, request: Request) -> dict:
     async with _lock:
         try:
             result = await asyncio.to_thread(generate_video, req.prompt, seconds=req.seconds,
-                                             resolution=req.resolution, fps=req.fps, style=req.style, out=out)
+                                             resolution=req.resolution, fps=req.fps, style=req.style, out=out,
+                                             allow_guesses=req.allow_guesses)
+        except NothingUnderstoodError as exc:
+            raise HTTPException(422, {"error": str(exc), "understanding": exc.understanding.to_dict()}) from None
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
     _prune(folder)

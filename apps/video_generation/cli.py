@@ -18,8 +18,9 @@ def generate(args: argparse.Namespace) -> None:
     from .studio import generate_video
 
     torch.set_num_threads(args.threads) if args.threads else None
+    # --allow-guesses: render even when no shape or colour word was understood (reported as guessed)
     result = generate_video(args.prompt, seconds=args.seconds, resolution=args.resolution, fps=args.fps,
-                            style=args.style, out=args.out)
+                            style=args.style, out=args.out, allow_guesses=args.allow_guesses)
     from .world import caption_scene
     lines = [f"{result.path} ({result.frames} frames, {result.size_hw[1]}x{result.size_hw[0]} at {result.fps} fps), "
              f"preview {result.preview_path}"]
@@ -29,6 +30,14 @@ def generate(args: argparse.Namespace) -> None:
     if result.script.style:
         lines.append(f"  style: {result.script.style} {result.style_experts}")
     lines.append("  " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
+    from .understanding import guess_text
+    u = result.understanding
+    if u is not None:
+        lines.append(f"  understood as: {u.summary()}")
+        guesses = [g for g in u.guessed if g["status"] == "guessed"]
+        if guesses:
+            lines.append("  guessed: " + "; ".join(guess_text(g) for g in guesses))
+        lines += [f"  warning: {w}" for w in u.warnings]
     _print(args, result.to_dict(), "\n".join(lines))
 
 

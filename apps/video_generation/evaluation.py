@@ -321,7 +321,8 @@ def _judge(generate_video, script, prompt: str, out, captioner, resolution: str,
     total = float(sum(s.seconds for s in script.scenes))
     try:
         # Unstyled: the style is planned but not painted, so pixels can be checked.
-        result = generate_video(prompt, seconds=total, resolution=resolution, fps=fps, out=out, apply_style=False)
+        result = generate_video(prompt, seconds=total, resolution=resolution, fps=fps, out=out, apply_style=False,
+                                allow_guesses=True)   # the planner's guess is judged, not the refusal policy
     except ValueError:
         return None
     seconds = time.perf_counter() - t

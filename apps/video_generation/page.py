@@ -80,17 +80,20 @@ def _scene_experts(result) -> list:
     return []
 
 
-def generate(prompt: str, seconds: float, resolution: str, fps: float, style: str,
+def generate(prompt: str, seconds: float, resolution: str, fps: float, style: str, allow_guesses: bool = False,
              progress=gr.Progress()) -> tuple[str, Figure, list[list], str]:
-    """Prompt -> (video path, timeline figure, experts table rows, details markdown)."""
-    from .studio import generate_video
+    """Prompt -> (video path, timeline figure, experts table rows, details markdown: what was understood of
+    the prompt, then the clip's figures)."""
+    from .studio import NothingUnderstoodError, generate_video
 
     if not prompt or not prompt.strip():
         raise gr.Error("Type a script, e.g. 'a red ball rolls left on a beach, then a blue square rises at night'.")
     progress(0.1, desc="planning and rendering")
     try:
         result = generate_video(prompt, seconds=float(seconds), resolution=resolution, fps=int(fps),
-                                style=style or None, out=_new_path(".mp4"))
+                                style=style or None, out=_new_path(".mp4"), allow_guesses=bool(allow_guesses))
+    except NothingUnderstoodError as exc:
+        raise gr.Error(f"{exc} Tick 'render a guess anyway' to see the planner's guess.") from None
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
     progress(0.9, desc="drawing the timeline")
@@ -108,6 +111,9 @@ def generate(prompt: str, seconds: float, resolution: str, fps: float, style: st
     details = f"**{len(scenes)} scene(s)**, {info.frames} frames at {info.fps:g} fps, {info.width}x{info.height}"
     if timings:
         details += " · " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items() if isinstance(v, (int, float)))
+    understanding = getattr(result, "understanding", None)
+    if understanding is not None:
+        details = understanding.markdown() + "\n\n" + details
     return str(result.path), timeline_figure(scenes, cuts, info.fps, info.frames), rows, details
 
 
@@ -196,19 +202,21 @@ def build() -> gr.Blocks:
                     with gr.Row():
                         resolution = gr.Dropdown(RESOLUTIONS, value="360p", label="resolution")
                         style = gr.Dropdown([""] + _style_names(), value="", label="style (optional)")
+                    allow_guesses = gr.Checkbox(False, label="render a guess anyway",
+                                                info="when no shape or colour word of the script is understood")
                     with gr.Row():
                         go = gr.Button("Generate", variant="primary")
                         stop_generate = gr.Button("Cancel")
                 with gr.Column(scale=3):
                     video = gr.Video(label="clip", autoplay=True)
                     timeline = gr.Plot(label="timeline: scenes and cuts")
-                    details = gr.Markdown()
+                    details = gr.Markdown(label="what the studio understood")
             experts = gr.Dataframe(headers=EXPERT_COLUMNS, label="which experts handled each scene",
                                    interactive=False)
             gr.Examples(["a red ball rolls left on a beach, then cut to a blue square rising at night",
                          "a yellow star spins in the sky while the camera zooms in",
                          "a green digit 7 grows on the grass, then a pink heart falls at sunset"], inputs=prompt)
-            generating = go.click(generate, [prompt, seconds, resolution, fps, style],
+            generating = go.click(generate, [prompt, seconds, resolution, fps, style, allow_guesses],
                                   [video, timeline, experts, details], api_name="generate")
             stop_generate.click(None, cancels=[generating], api_name=False)
         with gr.Tab("Caption"):

@@ -580,12 +580,23 @@ class SceneExperts:
 
 
 @dataclass
+class PlanReading:
+    """What the decoder read the plan from (for reporting which words carried what; no decision uses it).
+    Token t spans prompt[offsets[t][0]:offsets[t][1]] (special tokens: empty spans)."""
+    offsets: list[tuple[int, int]]
+    probs: dict[str, np.ndarray]                # attribute -> [T, 1 + values]: column 0 is "names none"
+    p_object_start_T: np.ndarray                # [T] object-start probability
+    scene_id_T: np.ndarray                      # [T] scene of each token, -1 for special tokens
+
+
+@dataclass
 class Plan:
     script: Script
     cut_seconds: list[float]                    # where scenes 2..n start
     experts: list[SceneExperts]
     confidence: list[dict[str, float]]          # per scene: attribute -> probability of the chosen value
     timings_ms: dict[str, float] = field(default_factory=dict)
+    reading: PlanReading | None = None          # the per-token probabilities the plan was decoded from
 
 
 def _expert_share(stats: MoEStats, rows: torch.Tensor, E: int) -> dict[int, float]:
@@ -701,7 +712,8 @@ class Planner:
             experts.append(SceneExperts(_expert_share(stats, rows, self.cfg.num_experts), time_share))
         t2 = time.perf_counter()
         return Plan(Script(scenes, style_name), cut_seconds, experts, confidence,
-                    {"text_stream_ms": 1e3 * (t1 - t0), "experts_ms": 1e3 * (t2 - t1)})
+                    {"text_stream_ms": 1e3 * (t1 - t0), "experts_ms": 1e3 * (t2 - t1)},
+                    PlanReading(offsets[0], probs, p_start_T2[:, 1], scene_id_T))
 
     def _split_double_backgrounds(self, starts: list[int], T: int, p_start_T: np.ndarray, object_conf_T: np.ndarray,
                                   bg_conf_T: np.ndarray) -> list[int]:

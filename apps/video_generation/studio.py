@@ -4,6 +4,7 @@
     result = generate_video("a red ball rolls left on a beach, then a blue square rises at night",
                             seconds=3, resolution="1080p", fps=24, out=Path("clip.mp4"))
     result.path, result.preview_path, result.script, result.cut_frames, result.experts, result.timings
+    result.understanding.summary()   # what was read from which words, what was guessed (understanding.py)
 
 Limits (ValueError naming the field when broken): prompt 1..2000 characters, seconds 0.5..20,
 fps 8..30, resolution one of RESOLUTIONS, output .mp4 (H.264) or .webm (VP9).
@@ -20,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .understanding import NothingUnderstoodError, Understanding, check_understood, understand
 from .world import Script
 
 RESOLUTIONS: dict[str, tuple[int, int]] = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
@@ -46,12 +48,15 @@ class GenerationResult:
     size_hw: tuple[int, int] = (360, 640)
     frames: int = 0
     style_experts: dict[str, float] = field(default_factory=dict)   # style expert -> weight, if styled
+    understanding: Understanding | None = None   # which words carried what, guesses, warnings
 
     def to_dict(self) -> dict:
+        u = self.understanding
         return {"path": str(self.path), "preview_path": str(self.preview_path), "script": self.script.to_dict(),
                 "cut_frames": self.cut_frames, "experts": self.experts, "timings": self.timings,
                 "fps": self.fps, "width": self.size_hw[1], "height": self.size_hw[0], "frames": self.frames,
-                "style_experts": self.style_experts}
+                "style_experts": self.style_experts, "understanding": u.to_dict() if u else None,
+                "warnings": u.warnings if u else []}
 
 
 def check_request(prompt: str, seconds: float, resolution: str, fps: int, out: Path | str) -> Path:
@@ -115,17 +120,24 @@ def load_models() -> None:
     from .colour_names import colour_affinity
     from .generator import load_generator
     from .planner import load_planner, text_stream
+    from .understanding import world_vocabulary
 
     load_planner()
     load_generator()
     text_stream()
     colour_affinity("red")
+    world_vocabulary()
 
 
 def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p", fps: int = 24,
                    style: str | None = None, out: Path | str, apply_style: bool = True, planner=None,
-                   generator=None) -> GenerationResult:
+                   generator=None, allow_guesses: bool = False) -> GenerationResult:
     """Prompt -> a playable video at `out` (.mp4 or .webm) and a GIF preview beside it.
+
+    The result says what was understood (understanding.py: the words behind each planned value, guesses,
+    unknown words, warnings). A prompt in which no shape or colour word was understood raises
+    NothingUnderstoodError (a ValueError) before anything is rendered, since its video would be a random
+    one; allow_guesses=True renders the planner's guess anyway (still reported as guessed).
 
     style: a style name or description (VID-STYLE's stylize_frames); None uses the style the prompt
     names, if any. apply_style=False plans the style but renders without it (for pixel checks).
@@ -148,10 +160,14 @@ def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p
     t_load = time.perf_counter()
     plan = planner.plan(prompt, float(seconds), style=style)
     t_plan = time.perf_counter()
+    understanding = understand(prompt, plan, style=style)
+    if not allow_guesses:
+        check_understood(prompt, understanding)
+    t_understood = time.perf_counter()
 
     frames_it, cuts = generator.script_frames(plan.script, fps, size_hw)
     total = sum(scene_frame_counts(plan.script, fps))
-    timings = {"load_s": t_load - t0, "planning_s": t_plan - t_load}
+    timings = {"load_s": t_load - t0, "planning_s": t_plan - t_load, "understanding_s": t_understood - t_plan}
     style_weights: dict[str, float] = {}
     if plan.script.style is None or not apply_style:
         tap = _Tap(iter(frames_it), total)
@@ -182,5 +198,6 @@ def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p
     timings["total_s"] = time.perf_counter() - t0
     experts = [{"text_experts": e.text_experts, "time_experts": e.time_experts} for e in plan.experts]
     return GenerationResult(out, preview, plan.script, cuts, experts,
-                            {k: round(v, 4) for k, v in timings.items()}, fps, size_hw, total, style_weights)
+                            {k: round(v, 4) for k, v in timings.items()}, fps, size_hw, total, style_weights,
+                            understanding)
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.moe import MoEConfig, MoELayer, MoEStats
-from core.tasks import NUM_TASKS
+from core.tasks import NUM_TASKS, task_ids
 
 
 @dataclass
@@ -115,6 +115,8 @@ class AudioStream(nn.Module):
 
     def forward(self, audio: torch.Tensor, task_id: int | torch.Tensor | None = None) -> AudioOutput:
         x_BCL = self._as_channels(audio)
+        if task_id is not None and self.cfg.num_tasks:
+            task_ids(task_id, self.cfg.num_tasks)
         x_BTD = self.proj(self.convs(x_BCL).transpose(1, 2))
         stats = []
         if self.block is not None:
@@ -132,6 +134,9 @@ class AudioStream(nn.Module):
             expected = "[B, samples]" if cfg.in_channels == 1 else f"[B, {cfg.in_channels}, frames]"
             raise ValueError(f"expected audio {expected}, got {tuple(audio.shape)}")
         if cfg.num_tokens(x_BCL.shape[-1]) < 1:
+            shortest = 1  # the shortest input giving one token: walk the conv stack backwards
+            for k, s in zip(reversed(cfg.kernel_sizes), reversed(cfg.strides)):
+                shortest = (shortest - 1) * s + k
             raise ValueError(f"audio of length {x_BCL.shape[-1]} is shorter than the conv stack's "
-                             "receptive field")
+                             f"receptive field ({shortest} samples or frames); pad it")
         return x_BCL

@@ -9,10 +9,10 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from apps.cli import given_flags, positive_int
+from core.cli import given_flags, positive_int
 
 if TYPE_CHECKING:
-    from apps.cli import CommandTable
+    from core.cli import CommandTable
 
 
 def _bench_lm(args: argparse.Namespace) -> None:

@@ -16,11 +16,12 @@ from .expert_parallel import (
     expert_parallelize,
     full_state_dict,
     load_full_state_dict,
+    save_full_checkpoint,
 )
 from .runtime import Runtime, distributed, init_distributed, shutdown
 
 __all__ = [
     "ExpertParallelMoE", "ShardedExperts", "all_to_all", "average_gradients",
     "broadcast_replicated_state", "clip_grad_norm_", "expert_parallelize", "full_state_dict",
-    "load_full_state_dict", "Runtime", "distributed", "init_distributed", "shutdown",
+    "load_full_state_dict", "save_full_checkpoint", "Runtime", "distributed", "init_distributed", "shutdown",
 ]

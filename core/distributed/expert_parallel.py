@@ -20,6 +20,9 @@ receives for its experts.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -169,6 +172,31 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         for name, w in shard.named_parameters():
             state[prefix + name] = shard.gather(w)
     return state
+
+
+def save_full_checkpoint(model: nn.Module, path: str | Path, *, kind: str, config: Any,
+                         metadata: dict | None = None, group: dist.ProcessGroup | None = None) -> Path:
+    """`core.checkpoint.save_checkpoint` for an expert-parallel model (all ranks must call): every
+    rank gathers the expert shards, the group's first rank alone writes the folder (ranks writing
+    one path at once would race on its renames), and every rank returns once it is written, so any
+    may read it. A failed write raises on every rank, not only on the writer."""
+    from core.checkpoint import save_checkpoint
+
+    state = full_state_dict(model)
+    failed = torch.zeros((), dtype=torch.int32, device=next(iter(state.values())).device)
+    error: BaseException | None = None
+    if dist.get_rank(group) == 0:
+        try:
+            save_checkpoint(model, path, kind=kind, config=config, metadata=metadata, state_dict=state)
+        except Exception as exc:  # told to every rank below, then re-raised here
+            error = exc
+            failed.fill_(1)
+    dist.broadcast(failed, group=group, group_src=0)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise RuntimeError(f"the first rank failed to write the checkpoint {path}")
+    return Path(path)
 
 
 def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -48,10 +48,16 @@ def init_distributed(timeout: timedelta | None = None) -> Runtime:
     return Runtime(dist.get_rank(), dist.get_world_size(), local_rank, backend, device)
 
 
-def shutdown() -> None:
-    """Leave the process group (a no-op when none was formed)."""
+def shutdown(wait_for_peers: bool = True) -> None:
+    """Leave the process group (a no-op when none was formed).
+
+    wait_for_peers: meet the other ranks at a barrier first (a clean exit). A failing rank must
+    not: its peers are blocked in a collective it will never join, so the barrier would hang the
+    whole job until the group's timeout (30 minutes by default) instead of letting this process
+    exit, after which torchrun stops the others.
+    """
     if dist.is_initialized():
-        if dist.get_world_size() > 1:
+        if wait_for_peers and dist.get_world_size() > 1:
             # Tearing gloo down while a peer is still finishing can abort that peer.
             dist.barrier()
         dist.destroy_process_group()
@@ -59,9 +65,12 @@ def shutdown() -> None:
 
 @contextmanager
 def distributed(timeout: timedelta | None = None) -> Iterator[Runtime]:
-    """`init_distributed()` for the duration of a `with` block, then `shutdown()`, even on error."""
+    """`init_distributed()` for the duration of a `with` block, then `shutdown()`; on an error,
+    leave the group at once (no barrier) and re-raise it."""
     runtime = init_distributed(timeout)
     try:
         yield runtime
-    finally:
-        shutdown()
+    except BaseException:
+        shutdown(wait_for_peers=False)
+        raise
+    shutdown()

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from core.tasks import NUM_TASKS
+from core.tasks import NUM_TASKS, task_ids
 
-from .cross_modal import MODALITIES, CrossModalAttention, check_modalities, valid_mask
+from .cross_modal import MODALITIES, CrossModalAttention, check_modalities, check_tokens, key_padding, valid_mask
 
 STRATEGIES = ("task_gate", "confidence", "progressive", "concat")
 
@@ -104,7 +104,7 @@ class TaskGateFusion(nn.Module):
         if task_id is None:  # no task: every modality present weighs the same
             logits_BM = self.logits_TM.new_zeros(B, M)
         else:
-            task_B = torch.as_tensor(task_id, dtype=torch.long, device=self.logits_TM.device).reshape(-1)
+            task_B = task_ids(task_id, self.logits_TM.shape[0], B, self.logits_TM.device)
             logits_BM = self.logits_TM[task_B].expand(B, M)
         weights_BM = masked_softmax(logits_BM, s.present_BM)
         return FusionOutput(weighted_sum(weights_BM, self.proj, s), weights_BM, {})
@@ -144,9 +144,9 @@ class ProgressiveFusion(nn.Module):
 
     def forward(self, s: Streams, task_id: int | torch.Tensor | None) -> FusionOutput:
         tokens = s.tokens
-        # A sample lacking a modality has no key in it: let it attend its padding, which stays
-        # finite and is never read (it pools to nothing and is masked in the joint layers).
-        key_pad = {m: ~(valid_BT | ~valid_BT.any(1, keepdim=True)) for m, valid_BT in s.masks.items()}
+        # A sample lacking a modality has no key in it: it attends its padding (see key_padding),
+        # which is never read (it pools to nothing and is masked in the joint layers).
+        key_pad = {m: key_padding(valid_BT) for m, valid_BT in s.masks.items()}
         for layer in self.separate:
             tokens = {m: layer[m](x_BTD, src_key_padding_mask=key_pad[m]) for m, x_BTD in tokens.items()}
         for layer in self.joint:
@@ -193,11 +193,12 @@ class DynamicFusion(nn.Module):
     def streams(self, modalities: dict[str, torch.Tensor | None], masks: dict[str, torch.Tensor]) -> Streams:
         cfg = self.cfg
         check_modalities(modalities, cfg.modalities)
-        tokens = {m: x if x.ndim == 3 else x.unsqueeze(1)
+        tokens = {m: x.unsqueeze(1) if x.ndim == 2 else x
                   for m in cfg.modalities if (x := modalities.get(m)) is not None}
         if not tokens:
             raise ValueError(f"no modality given; expected some of {cfg.modalities}")
-        valid = {m: valid_mask(x_BTD, masks.get(m)) for m, x_BTD in tokens.items()}
+        check_tokens(tokens, cfg.dim)
+        valid = {m: valid_mask(x_BTD, masks.get(m), m) for m, x_BTD in tokens.items()}
         any_BTD = next(iter(tokens.values()))
         B = any_BTD.shape[0]
         pooled_BMD = torch.stack([masked_mean(tokens[m], valid[m]) if m in tokens

@@ -12,6 +12,8 @@ from fractions import Fraction
 import torch
 import torch.nn as nn
 
+from core.tasks import task_ids
+
 from . import losses
 from .config import MoEConfig
 from .experts import FeedForward, GroupedExperts
@@ -30,11 +32,15 @@ class MoEStats:
     gate_weight: torch.Tensor | None = None  # [N, K] their gate weights (detached)
 
 
-def _task_per_token(task_id, B: int, T: int, device) -> torch.Tensor | None:
-    """Task ids as an int, a LongTensor [B] (per sequence) or [B, T] (per token), as [N] ids."""
+def _task_per_token(task_id, B: int, T: int, device, num_tasks: int) -> torch.Tensor | None:
+    """Task ids as an int, a LongTensor [B] (per sequence) or [B, T] (per token), as [N] ids; with
+    task-aware gates (num_tasks > 0) each must lie in [0, num_tasks) (core.tasks.task_ids checks it)."""
     if task_id is None:
         return None
-    task = torch.as_tensor(task_id, dtype=torch.long, device=device)
+    task = torch.as_tensor(task_id, device=device)
+    if num_tasks > 0:
+        task = task_ids(task, num_tasks, device=device).reshape(task.shape)
+    task = task.to(torch.long)
     if task.numel() == 1:
         return task.reshape(1).expand(B * T)
     if task.shape == (B,):
@@ -86,7 +92,7 @@ class MoELayer(nn.Module):
         B, T, D = x.shape
         N, E, K = B * T, cfg.num_experts, cfg.top_k
         x_ND = x.reshape(N, D)
-        route = self.router(x_ND, _task_per_token(task_id, B, T, x.device))
+        route = self.router(x_ND, _task_per_token(task_id, B, T, x.device, cfg.num_tasks))
 
         # Sort assignments by expert; under a capacity, by gate weight within each expert first,
         # so the lowest-weight assignments beyond capacity are the ones dropped.

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.tasks import task_ids
 from core.moe import DynamicRouter, FeedForward, GroupedExperts, MoELayer, MoEStats
 
 from .config import TextStreamConfig
@@ -86,11 +87,11 @@ class Block(nn.Module):
         return self.ffn_norm(x_BTD + self.drop(y_BTD)), stats
 
 
-def _task_per_token(task_id: int | torch.Tensor, B: int, T: int, real_N: torch.Tensor) -> torch.Tensor:
-    """An int or a LongTensor [B] of task ids -> the task of each real token [N]."""
-    task_B = torch.as_tensor(task_id, dtype=torch.long, device=real_N.device).reshape(-1)
-    if task_B.numel() not in (1, B):
-        raise ValueError(f"task_id must be an int or one id per batch row ({B}), got {task_B.numel()}")
+def _task_per_token(task_id: int | torch.Tensor, B: int, T: int, real_N: torch.Tensor,
+                    num_tasks: int) -> torch.Tensor:
+    """An int or a LongTensor [B] of task ids (each in [0, num_tasks) when gating reads them) -> the
+    task of each real token [N]."""
+    task_B = task_ids(task_id, num_tasks or None, B, real_N.device)
     return task_B.expand(B)[real_N // T]
 
 
@@ -131,7 +132,7 @@ class TextStream(nn.Module):
             raise ValueError(f"sequence length {T} exceeds max_positions ({self.cfg.max_positions})")
         keep_BT = attention_mask.bool()
         real_N = keep_BT.flatten().nonzero().squeeze(1)  # flat indices of the real tokens
-        task_N = None if task_id is None else _task_per_token(task_id, B, T, real_N)
+        task_N = None if task_id is None else _task_per_token(task_id, B, T, real_N, self.cfg.num_tasks)
 
         cache = self.prefix_cache if not (self.training or torch.is_grad_enabled()) else None
         key = cache.key(input_ids, attention_mask) if cache is not None else None

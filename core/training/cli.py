@@ -8,10 +8,10 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from apps.cli import positive_int
+from core.cli import positive_int
 
 if TYPE_CHECKING:
-    from apps.cli import CommandTable
+    from core.cli import CommandTable
 
 STAGE_CHOICES = ("pretrain", "align", "finetune", "all")
 

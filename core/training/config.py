@@ -64,7 +64,8 @@ class TrainConfig:
     seed: int = 0                    # seeds the weights, every batch and every mask
     # Output.
     out_dir: str = "runs/train"      # metrics.jsonl, summary.json and one folder per stage
-    log_every: int = 10              # steps between metrics.jsonl records (the last step is always logged)
+    log_every: int = 10              # steps between metrics.jsonl records (the last step and every
+                                     # checkpoint step are logged too)
     ckpt_every: int = 100            # steps between train-state checkpoints (the last step always saves)
     progress: bool = True            # tqdm progress bars
     # The task id every MoE gate routes under, per stage (core.tasks.TASKS).
@@ -96,6 +97,12 @@ class TrainConfig:
         for name in ("log_every", "ckpt_every", "eval_pairs", "eval_questions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr} and "
+                             f"{self.min_lr_ratio}")
+        for name in ("warmup_steps", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be >= 2: contrastive and matching losses need negatives")
         if not (0 < self.mask_prob < 1 and 0 < self.patch_mask_ratio < 1):

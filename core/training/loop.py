@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,7 +116,9 @@ class MetricsLog:
         index = STAGES.index(stage)
         kept = [r for r in self.records() if STAGES.index(r["stage"]) < index
                 or (r["stage"] == stage and r["step"] <= step)]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp = self.path.with_name(f".{self.path.name}.tmp")  # a crash mid-write keeps the old log
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
 
 
 class MetricWindow:
@@ -191,10 +194,13 @@ class Trainer:
                          disable=not cfg.progress):
             lr = lr_at(step, total, cfg)
             window.add(self._step(stage, step, lr, optimizer))
-            if step % cfg.log_every == 0 or step == total:
+            save = step % cfg.ckpt_every == 0 or step == total
+            # A record at every checkpoint too: a resumed run restarts the log there, so its records
+            # then average the same steps as an uninterrupted run's.
+            if step % cfg.log_every == 0 or save:
                 self.metrics.append(window.record(stage, step, lr, cfg.task(stage)))
                 window = MetricWindow()
-            if step % cfg.ckpt_every == 0 or step == total:
+            if save:
                 save_checkpoint(self.model, checkpoint, kind=KIND, config=cfg,
                                 metadata={"stage": stage, "step": step})
                 save_train_state(checkpoint, optimizer, step)

@@ -15,7 +15,7 @@ import torch.nn as nn
 from monai.networks.nets.swin_unetr import SwinTransformer
 
 from core.moe import MoEConfig, MoELayer, MoEStats
-from core.tasks import NUM_TASKS
+from core.tasks import NUM_TASKS, task_ids
 
 # MONAI's SwinTransformer.forward always runs four stages, each ending in a 2x patch merging.
 NUM_STAGES = 4
@@ -140,6 +140,8 @@ class VisionStream(nn.Module):
 
     def forward(self, images: torch.Tensor, task_id: int | torch.Tensor | None = None) -> VisionOutput:
         self._check_input(images)
+        if task_id is not None and self.cfg.num_tasks:
+            task_ids(task_id, self.cfg.num_tasks)
         moe_mlps = self.moe_mlps()
         for mlp in moe_mlps:
             mlp.task_id = task_id
