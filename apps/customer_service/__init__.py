@@ -23,8 +23,8 @@ def register(cli: CommandTable) -> None:
     from . import cli as handlers
 
     chat = cli.group("chat", "customer-service assistant")
-    p = chat.command("train-intents", "train an intent model (with oos detection) on a CSV or YAML file",
-                     handlers.train_intents)
+    p = chat.command("train-intents", "train an intent model (with oos detection) on a table of texts and labels "
+                                      "(CSV, TSV, JSON, JSONL) or a YAML file", handlers.train_intents)
     p.add_argument("--data", required=True, type=Path,
                    help="intents file: CSV/TSV (header text,label or utterance,intent, ...; or no header), "
                         "YAML, JSON or JSONL")
@@ -51,8 +51,8 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
-    p = chat.command("eval-intents", "score an intent model on a labelled CSV or YAML file",
-                     handlers.eval_intents)
+    p = chat.command("eval-intents", "score an intent model on a labelled table (CSV, TSV, JSON, JSONL) or "
+                                     "YAML file", handlers.eval_intents)
     p.add_argument("--model", required=True, type=Path, help="checkpoint folder from train-intents")
     p.add_argument("--data", required=True, type=Path, help="labelled intents file, as for train-intents")
     _column_flags(p)
