@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from .text_files import decoded_file, field_key, json_lines, named_column, table_rows
+from .text_files import WORD, decoded_file, field_key, json_lines, named_column, table_rows
 
 
 @dataclass(frozen=True)
@@ -321,12 +321,12 @@ class _HTMLText(HTMLParser):
 
 
 def _paragraph_parts(text: str, max_words: int) -> list[str]:
-    """`text` cut at blank lines into parts of at most about `max_words` words (a longer paragraph
-    is a part of its own)."""
+    """`text` cut at blank lines into parts of at most about `max_words` words (`WORD`: a Chinese or
+    Japanese character counts as one; a longer paragraph is a part of its own)."""
     parts: list[str] = []
     current, words = [], 0
     for paragraph in re.split(r"\n\s*\n", text):
-        n = len(paragraph.split())
+        n = sum(1 for _ in WORD.finditer(paragraph))
         if current and words + n > max_words:
             parts.append("\n\n".join(current))
             current, words = [], 0

@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -22,6 +22,11 @@ from pathlib import Path
 _BINARY = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f-\x9f]")  # C0/C1 controls: not text
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 DELIMITERS = ("\t", ",", ";", "|")  # tried in this order; ties go to the earlier one (text rarely holds tabs)
+
+# Scripts written without spaces between words (Chinese and Japanese ideographs, kana): each such
+# character counts as a word when text is measured or cut (knowledge parts, retrieval chunks).
+CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+WORD = re.compile(rf"[{CJK_CHARS}]|[^\s{CJK_CHARS}]+")  # a unit of text: one CJK character or one word
 
 
 class TextDecodeError(ValueError):
@@ -38,7 +43,12 @@ def decode_text(data: bytes) -> tuple[str, str]:
     UTF-8 but for some bytes (damaged, or pasted together) and bytes that decode to control
     characters (binary files) raise TextDecodeError."""
     if data.startswith(_UTF16_BOMS):
-        text, encoding = data.decode("utf-16"), "utf-16"
+        try:
+            text, encoding = data.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError as err:
+            raise TextDecodeError(f"not valid UTF-16 (it starts with a UTF-16 byte-order mark, but byte "
+                                  f"{err.start} is {err.reason}: a truncated or damaged file?); save it "
+                                  "again as UTF-8 or UTF-16") from None
     else:
         try:
             text, encoding = data.decode("utf-8-sig"), "utf-8"
@@ -180,6 +190,7 @@ class LabelledTexts:
     header: bool | None          # whether a table's first row was a header (None: YAML/JSON)
     delimiter: str | None        # a table's delimiter (None: YAML/JSON)
     encoding: str                # as `decode_text` read the file
+    warnings: list[str] = field(default_factory=list)  # guesses worth a look, e.g. a first row read as a header
 
 
 def read_labelled_texts(path: str | Path, text_column: str | None = None,
@@ -192,9 +203,10 @@ def read_labelled_texts(path: str | Path, text_column: str | None = None,
     Headers and records may name their columns with any of TEXT_COLUMNS / LABEL_COLUMNS, or
     `text_column` / `label_column` say which (a header name, or a 1-based column number). A table
     without recognised names: the labels are the column with the fewest distinct values (refused when
-    a third column repeats too), the texts the one with the longest values, and a first row whose label
-    appears nowhere else and whose text is at most 3 words is a header. UTF-8, UTF-16 with a BOM and
-    Windows-1252 are read (`decode_text`). Errors are LabelledTextError naming the file and line."""
+    a third column repeats too), the texts the one with the longest values, and a first row is a
+    header only when its cells look like column names (`_looks_like_header`; `warnings` then says
+    so). UTF-8, UTF-16 with a BOM and Windows-1252 are read (`decode_text`). Errors are
+    LabelledTextError naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise LabelledTextError(path, "no such file")
@@ -221,6 +233,9 @@ def _labelled_table(path: Path, text: str, text_column: str | None, label_column
     else:
         header, text_i, label_i = _found_columns(path, rows)
     width = len(first) if header else max(text_i, label_i) + 1
+    keys = [field_key(cell) for cell in first]  # a header found by its names needs no warning
+    named = bool(text_column and not text_column.isdigit() or label_column and not label_column.isdigit()
+                 or keys[text_i] in TEXT_COLUMNS or keys[label_i] in LABEL_COLUMNS)
     names = ([first[text_i], first[label_i]] if header else
              [text_column or f"column {text_i + 1}", label_column or f"column {label_i + 1}"])
     texts, labels = [], []
@@ -237,7 +252,14 @@ def _labelled_table(path: Path, text: str, text_column: str | None, label_column
         labels.append(cells[label_i])
     if not texts:
         raise LabelledTextError(path, "a header but no rows")
-    return LabelledTexts(texts, labels, names[0], names[1], header, delimiter, "")
+    warnings = []
+    if not header and sum(label == labels[0] for label in labels) == 1:
+        warnings.append(f"{path}: the first row {first} was read as an example of a class of its own; if "
+                        "it is a header, pass --text-column and --label-column")
+    if header and not named:
+        warnings.append(f"{path}: the first row {first} was read as a header (its cells look like column "
+                        "names), not as an example; if it is an example, add a `text,label` header row")
+    return LabelledTexts(texts, labels, names[0], names[1], header, delimiter, "", warnings)
 
 
 def _given_columns(path: Path, rows: list[tuple[int, list[str]]], text_column: str | None,
@@ -308,12 +330,29 @@ def _inferred_columns(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[bo
     return _looks_like_header(rows, text_i, label_i), text_i, label_i
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,39}")  # a column name: an identifier, no spaces
+
+
+def _separators(cell: str) -> set[str]:
+    """The word separators a name is written with ("card_lost": {"_"})."""
+    return set(re.findall(r"[_.\-]", cell))
+
+
 def _looks_like_header(rows: list[tuple[int, list[str]]], text_i: int, label_i: int) -> bool:
-    """Whether an unrecognised first row is a header: its label cell appears in no other row and its
-    text cell is a name (at most 3 words), not a sentence (a first example with a label of its own)."""
+    """Whether an unrecognised first row is a header. Only when its cells look like column names:
+    each an identifier (no spaces); its label cell in no other row and written unlike the body's
+    labels (sharing no separator such as "_" with any); the body's texts mostly several words.
+    Anything else is a first example (a label of its own is a class, not a header)."""
     first = rows[0][1]
-    return len(first[text_i].split()) <= 3 and all(
-        cells[label_i] != first[label_i] for _, cells in rows[1:] if len(cells) > label_i)
+    body = [cells for _, cells in rows[1:] if len(cells) > max(text_i, label_i)]
+    if not body or not all(_NAME.fullmatch(first[i]) for i in (text_i, label_i)):
+        return False
+    if any(cells[label_i] == first[label_i] for cells in body):
+        return False
+    # "card_block" among "card_lost", "refund": a label; "absicht" or "Intent": a column name
+    like_labels = any(_separators(first[label_i]) & _separators(cells[label_i]) for cells in body)
+    sentences = sum(len(WORD.findall(cells[text_i])) > 1 for cells in body) * 2 > len(body)
+    return sentences and not like_labels
 
 
 def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,

@@ -26,6 +26,7 @@ MP4s without their index, bytes that are no video at all get their own messages)
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -124,10 +125,14 @@ def _open_cv(path: Path) -> cv2.VideoCapture | None:
 
 
 def _interlaced(path: Path) -> bool:
-    """Whether ffmpeg reports the (first) video stream as interlaced ("top first" / "bottom first"); one
-    ffmpeg call (~50 ms) per file version, remembered."""
+    """Whether ffmpeg reports the (first) video stream as interlaced: any field order but progressive ("top
+    first", "bottom first", "top coded first (swapped)", "bottom coded first (swapped)"); one ffmpeg call
+    (~50 ms) per file version, remembered."""
     st = path.stat()
     return _interlaced_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+_INTERLACED_RE = re.compile(r"\b(top|bottom)( coded)? first\b")  # ffmpeg's field orders other than progressive
 
 
 @lru_cache(maxsize=256)
@@ -136,7 +141,7 @@ def _interlaced_cached(path: str, size: int, mtime_ns: int) -> bool:
     if exe is None:
         return False
     video = [line for line in _ffmpeg_header(exe, Path(path))[1].splitlines() if ": Video:" in line]
-    return bool(video) and ("top first" in video[0] or "bottom first" in video[0])
+    return bool(video) and _INTERLACED_RE.search(video[0]) is not None
 
 
 def _check_fps(path: Path, fps: float) -> float:
@@ -229,7 +234,7 @@ def iter_video_timed(path: str | Path, max_frames: int | None = None,
     if cap is not None:
         return _iter_cv(cap, max_frames, max_side)
     info = _probe_ffmpeg(path)  # raises a clear VideoError if ffmpeg cannot read it either
-    return _iter_ffmpeg(path, max_frames, _scaled_size(info.width, info.height, max_side), info.fps)
+    return _iter_ffmpeg(path, max_frames, _scaled_size(info.width, info.height, max_side), info.fps, info.frames)
 
 
 def iter_video(path: str | Path, max_frames: int | None = None, max_side: int | None = None) -> Iterator[np.ndarray]:
@@ -263,13 +268,19 @@ def _iter_cv(cap: cv2.VideoCapture, max_frames: int | None, max_side: int | None
 
 
 def _iter_ffmpeg(path: Path, max_frames: int | None, size: tuple[int, int] | None,
-                 fps: float) -> Iterator[tuple[float, np.ndarray]]:
+                 fps: float, frames: int) -> Iterator[tuple[float, np.ndarray]]:
     """Frames through the packaged ffmpeg, scaled to `size` (w, h) there (less to pipe), interlaced footage
-    deinterlaced (yadif, one frame out per frame in) rather than analysed with its combing."""
+    deinterlaced (yadif, one frame out per frame in) rather than analysed with its combing. Every decoded
+    frame comes out once (no frame-rate conversion); its time is its packet's presentation time (one
+    demux-only ffmpeg pass) when the packets match the `frames` decoded one to one, else n / fps (exact for
+    constant frame rate only: a variable-rate clip whose packets do not match gets evenly spaced times)."""
     import imageio_ffmpeg
     filters = (["yadif"] if _interlaced(path) else []) + ([f"scale={size[0]}:{size[1]}:flags=area"] if size else [])
-    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24",
-                                     output_params=["-vf", ",".join(filters)] if filters else None)
+    times = _packet_times(path)
+    if times is not None and len(times) != frames:
+        times = None
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=[
+        "-fps_mode", "passthrough", *(["-vf", ",".join(filters)] if filters else [])])
     try:
         width, height = next(gen)["size"]
         if size == (width, height):
@@ -278,9 +289,39 @@ def _iter_ffmpeg(path: Path, max_frames: int | None, size: tuple[int, int] | Non
             if max_frames is not None and n >= max_frames:
                 break
             rgb = np.frombuffer(buf, np.uint8).reshape(height, width, 3)
-            yield n / fps, cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if size is not None else rgb.copy()
+            t = float(times[n]) if times is not None and n < len(times) else n / fps
+            yield t, cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if size is not None else rgb.copy()
     finally:
         gen.close()
+
+
+def _packet_times(path: Path) -> np.ndarray | None:
+    """Presentation times (s, from the first) of the first video stream's packets in presentation order,
+    read by demuxing alone (ffmpeg's framecrc listing; no decoding); None when ffmpeg cannot list them all."""
+    exe = ffmpeg_exe()
+    if exe is None:
+        return None
+    try:
+        run = subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-i", str(path), "-map", "0:v:0",
+                              "-c", "copy", "-f", "framecrc", "-"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = run.stdout.decode(errors="replace")
+    tb = re.search(r"^#tb 0: (\d+)/(\d+)$", text, re.M)
+    if run.returncode != 0 or tb is None:
+        return None
+    pts = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        cols = [c.strip() for c in line.split(",")]
+        if len(cols) < 3 or not cols[2].lstrip("-").isdigit():  # NOPTS: no clock to read
+            return None
+        pts.append(int(cols[2]))
+    if not pts:
+        return None
+    pts_N = np.sort(np.array(pts, np.int64))
+    return (pts_N - pts_N[0]) * int(tb.group(1)) / int(tb.group(2))
 
 
 def read_video(path: str | Path, max_frames: int | None = None,
@@ -327,12 +368,38 @@ def read_image(path: str | Path) -> np.ndarray:
             raise VideoError(path, f"not a readable image ({type(e).__name__}: {e})") from None
         return _over_white(rgba[..., :3], rgba[..., 3].astype(np.float32) / 255.0)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    if _still_image_kind(path) in ("PNG", "WebP", "TIFF") or data[:4].tobytes() == b"GIF8":  # those with alpha
+    if _may_have_alpha(data):  # a second decode keeping alpha (IMREAD_UNCHANGED skips EXIF orientation)
         raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
         if raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4) and raw.shape[:2] == rgb.shape[:2]:
             alpha = raw[..., -1].astype(np.float32) / float(np.iinfo(raw.dtype).max if raw.dtype.kind == "u" else 1)
             rgb = _over_white(rgb, alpha)
     return rgb
+
+
+def _may_have_alpha(data: np.ndarray) -> bool:
+    """Whether an encoded image can carry transparency, from its header alone: PNG by colour type or a tRNS
+    chunk, WebP by its VP8X / VP8L alpha flag; TIFF and GIF are assumed to (their headers do not say cheaply);
+    JPEG, BMP and the rest cannot."""
+    head = data[:64].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        if len(head) > 25 and head[25] in (4, 6):  # IHDR colour type: grey + alpha, RGBA
+            return True
+        pos, n = 8, len(data)
+        while pos + 8 <= n:  # the chunks before the pixel data: a tRNS there makes a colour transparent
+            length, kind = int.from_bytes(data[pos:pos + 4].tobytes(), "big"), data[pos + 4:pos + 8].tobytes()
+            if kind == b"tRNS":
+                return True
+            if kind in (b"IDAT", b"IEND"):
+                return False
+            pos += 12 + length
+        return False
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        if head[12:16] == b"VP8X":
+            return len(head) > 20 and bool(head[20] & 0x10)
+        if head[12:16] == b"VP8L":  # 0x2f, then 14 bits width-1, 14 bits height-1, 1 bit alpha_is_used
+            return len(head) > 25 and bool(int.from_bytes(head[21:25], "little") >> 28 & 1)
+        return False  # simple lossy VP8: no alpha
+    return head[:4] in (b"II*\x00", b"MM\x00*", b"GIF8")
 
 
 def _over_white(rgb_HW3: np.ndarray, alpha_HW: np.ndarray) -> np.ndarray:
@@ -487,8 +554,9 @@ def write_video(frames_FHW3: np.ndarray | Iterable[np.ndarray], path: str | Path
 def copy_audio(video: str | Path, source: str | Path) -> bool:
     """Give `video` (an .mp4/.webm this module wrote) the first audio track of `source`, in place and atomically:
     the video stream is copied as it is, the audio encoded to AAC (.mp4) or Opus (.webm) and cut to the video's
-    length (a shorter track leaves the rest silent). False, with the video left untouched, when the source has no audio, no ffmpeg binary is available,
-    or the audio cannot be decoded (a truncated file); True when the track was added."""
+    length (a shorter track leaves the rest silent). False, with the video left untouched, when the source has no
+    audio, no ffmpeg binary is available, `video` is not a readable video, or the audio cannot be decoded (a
+    truncated file); True when the track was added."""
     video, source = Path(video), Path(source)
     exe = ffmpeg_exe()
     if exe is None or "Audio" not in _ffmpeg_header(exe, source)[0]:
@@ -507,7 +575,7 @@ def copy_audio(video: str | Path, source: str | Path) -> bool:
             return False
         os.replace(tmp_name, video)
         return True
-    except (OSError, subprocess.TimeoutExpired):
+    except (OSError, subprocess.TimeoutExpired, VideoError):  # VideoError: `video` itself is unreadable
         return False
     finally:
         Path(tmp_name).unlink(missing_ok=True)

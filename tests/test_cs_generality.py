@@ -121,6 +121,28 @@ def test_intents_errors_name_the_file(tmp_path, name, content, message):
     assert message in str(err.value)
 
 
+def test_a_headerless_tables_short_first_example_with_a_label_of_its_own_is_not_a_header(tmp_path):
+    rows = [("block card", "card_block")] + ROWS     # <= 3 words, label nowhere else: once taken as a header
+    data = read_intent_file(write(tmp_path / "first.csv", table(rows)))
+    assert (data.header, data.texts, data.labels) == (False, [t for t, _ in rows], [y for _, y in rows])
+    assert "card_block" in data.labels and "first row" in data.warnings[0]
+    data = read_intent_file(write(tmp_path / "hello.csv", table([("hello", "say_hello")] + ROWS)))
+    assert (data.header, data.texts[0]) == (False, "hello")   # one word, but a label written like "lost_card"
+    data = read_intent_file(write(tmp_path / "names.csv", table(ROWS, ["frage", "absicht"])))
+    assert (data.header, data.texts) == (True, TEXTS)
+    assert "read as a header" in data.warnings[0] and "names.csv" in data.warnings[0]
+    data = read_intent_file(write(tmp_path / "named.csv", table(ROWS, ["text", "label"])))
+    assert (data.header, data.warnings) == (True, [])
+
+
+def test_a_truncated_utf16_file_is_an_error_naming_the_file(tmp_path):
+    path = write(tmp_path / "cut.csv", table(ROWS, ["text", "label"]).encode("utf-16") + b"\x00")  # odd length
+    with pytest.raises(ValueError, match=r"cut.csv: not valid UTF-16"):
+        read_intent_file(path)
+    with pytest.raises(KnowledgeFormatError, match=r"cut.csv: not valid UTF-16"):
+        load_knowledge(path)
+
+
 def test_intents_table_with_two_repeating_unnamed_columns_is_refused_not_guessed(tmp_path):
     # a channel column repeats with fewer values than the labels: the fewest-distinct rule would take it
     rows = [(t, y, "app" if i % 2 else "web") for i, (t, y) in enumerate(ROWS)]

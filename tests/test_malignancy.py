@@ -369,3 +369,29 @@ def test_one_class_folders_give_valid_json_not_nan(tmp_path):
     json.dumps(result, allow_nan=False)
     assert result["auc_per_fold"].count(None) == 3 and len(result["warnings"]) == 3
     assert result["auc_mean"] == [a for a in result["auc_per_fold"] if a is not None][0]
+
+
+def test_a_rating_column_of_only_1s_is_read_as_ratings_not_as_all_malignant(tmp_path):
+    write_crops(tmp_path / "c", 4)
+    rows = _table(tmp_path / "c")
+    _write_table(tmp_path / "c", ["patient_id", "nodule_id", "Malignancy"],
+                 [[r["patient_id"], r["nodule_id"], "1"] for r in rows])
+    table = mal.read_crop_table(tmp_path / "c")
+    assert table.labels == [0, 0, 0, 0] and "only 1s" in table.label_rule and "rating" in table.label_rule
+    _write_table(tmp_path / "c", ["patient_id", "nodule_id", "Malignancy"],
+                 [[r["patient_id"], r["nodule_id"], y] for r, y in zip(rows, "1011")])
+    table = mal.read_crop_table(tmp_path / "c")
+    assert table.labels == [1, 0, 1, 1] and table.label_rule == "Malignancy (0/1): 4 rows"
+
+
+def test_nodules_csv_in_utf16_with_quoted_newlines_reads_like_utf8(tmp_path):
+    write_crops(tmp_path / "c", 4)
+    rows = _table(tmp_path / "c")
+    header = ["patient_id", "nodule_id", "notes", "Diagnosis_value"]
+    body = [[r["patient_id"], r["nodule_id"], "spiculated;\nupper lobe, right", r["Diagnosis_value"]] for r in rows]
+    _write_table(tmp_path / "c", header, body)
+    text = (tmp_path / "c" / "nodules.csv").read_text(encoding="utf-8")
+    (tmp_path / "c" / "nodules.csv").write_bytes(text.encode("utf-16"))
+    table = mal.read_crop_table(tmp_path / "c")
+    assert table.labels == [int(r["Diagnosis_value"]) for r in rows] == [0, 1, 0, 1]
+    assert [r["line"] for r in table.rows] == [2, 4, 6, 8]   # a quoted newline spans two lines

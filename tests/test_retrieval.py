@@ -249,3 +249,17 @@ def test_default_index_with_minilm_finds_paraphrases_and_exact_words(tmp_path, m
         assert load_default_index().manifest == index.manifest
     finally:
         load_default_index.cache_clear()
+
+
+def test_long_chinese_text_files_are_cut_into_parts_like_english_ones(tmp_path):
+    from data_connectors.knowledge import TEXT_PART_WORDS
+    from data_connectors.text_files import WORD
+
+    assert retrieval._WORD is WORD                    # one unit of text for knowledge parts and chunks
+    paragraph = "您的银行卡丢失后请立即致电客服冻结账户。" * 30   # 600 characters, no spaces
+    (tmp_path / "cjk.txt").write_text("\n\n".join([paragraph] * 4), encoding="utf-8")
+    (tmp_path / "en.txt").write_text("\n\n".join([" ".join(["word"] * 300)] * 4), encoding="utf-8")
+    cjk, en = load_knowledge(tmp_path / "cjk.txt"), load_knowledge(tmp_path / "en.txt")
+    assert len(WORD.findall(paragraph)) == 600 > TEXT_PART_WORDS   # each character a unit
+    assert [d.id for d in cjk] == ["cjk#p1", "cjk#p2", "cjk#p3", "cjk#p4"] and len(en) == 4
+    assert all(d.text == paragraph for d in cjk)

@@ -134,6 +134,37 @@ def test_read_image_and_preview(tmp_path):
         write_preview(clip, tmp_path / "p.bmp")
 
 
+def test_read_image_decodes_opaque_files_once_and_still_sees_transparency(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import data_connectors.video as video
+    decodes = []
+    real_imdecode = cv2.imdecode
+    monkeypatch.setattr(video.cv2, "imdecode", lambda *a: decodes.append(a[1]) or real_imdecode(*a))
+    rgba = np.zeros((8, 12, 4), np.uint8)
+    rgba[..., 1], rgba[:4, :, 3] = 200, 255  # green, opaque in the top half only
+    opaque, see_through = Image.fromarray(rgba[..., :3]), Image.fromarray(rgba, "RGBA")
+    palette = Image.fromarray(rgba[..., :3]).convert("P")
+    palette.info["transparency"] = palette.getpixel((0, 0))  # a transparent palette colour: a tRNS chunk
+    files = {"rgb.png": (opaque, {}), "lossy.webp": (opaque, {}), "lossless.webp": (opaque, {"lossless": True}),
+             "rgba.png": (see_through, {}), "rgba.webp": (see_through, {"lossless": True}),
+             "trns.png": (palette, {"transparency": palette.info["transparency"]})}
+    for name, (im, kw) in files.items():
+        im.save(tmp_path / name, **kw)
+        decodes.clear()
+        img = read_image(tmp_path / name)
+        assert img.shape == (8, 12, 3), name
+        if name in ("rgb.png", "lossy.webp", "lossless.webp"):
+            assert len(decodes) == 1 and abs(int(img[7, 0, 1]) - 200) < 8, name  # one decode, nothing composited
+        else:
+            assert img[7, 0].tolist() == [255, 255, 255], name  # the transparent half comes out white
+    # EXIF orientation still applies to a PNG decoded once (rotate 90 clockwise: 8x12 -> 12x8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    opaque.save(tmp_path / "turned.png", exif=exif.tobytes())
+    assert read_image(tmp_path / "turned.png").shape == (12, 8, 3)
+
+
 def test_bench_encoding_small(tmp_path):
     out = bench_encoding(frames=4, size_hw=(64, 96), codecs=("h264",), folder=tmp_path)
     assert out["encode_s_h264"] > 0 and out["size_kb_h264"] >= 0 and list(tmp_path.iterdir()) == []

@@ -10,8 +10,9 @@ import pytest
 from apps.video_generation import style
 from apps.video_generation.captioner import caption_video
 from apps.video_generation.shots import describe_shot, detect_shots
-from data_connectors.video import (VideoError, ffmpeg_exe, probe_video, read_image, read_video, read_video_timed,
-                                   write_video)
+from data_connectors import video
+from data_connectors.video import (VideoError, copy_audio, ffmpeg_exe, probe_video, read_image, read_video,
+                                   read_video_timed, write_video)
 
 FFMPEG = ffmpeg_exe()
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="imageio-ffmpeg's ffmpeg binary is not installed")
@@ -81,6 +82,20 @@ def test_interlaced_stream_is_decoded_not_black(tmp_path):
 
 
 @needs_ffmpeg
+def test_swapped_field_order_counts_as_interlaced(tmp_path):
+    # MPEG-2 with -field_order tt reports "top coded first (swapped)" (or "bottom ..."): interlaced too
+    clip = panning(6, seed=2)
+    src = write_video(clip, tmp_path / "src.mp4", fps=12)
+    mov = tmp_path / "broadcast.mov"
+    ffmpeg("-i", src, "-c:v", "mpeg2video", "-q:v", "2", "-flags", "+ildct+ilme", "-field_order", "tt", mov)
+    report = subprocess.run([FFMPEG, "-hide_banner", "-i", str(mov)], capture_output=True, text=True).stderr
+    assert "coded first (swapped)" in report
+    frames, _ = read_video(mov)
+    assert frames.shape == clip.shape
+    assert np.abs(frames.astype(int) - clip).mean() < 12  # not black
+
+
+@needs_ffmpeg
 def test_variable_frame_rate_keeps_its_clock(tmp_path):
     # 12 red frames at 12 fps, then a 1 s pause in the stream, then 12 blue frames: the cut is at 2.0 s, not 1.0 s
     src = write_video(two_scene_clip(), tmp_path / "cfr.mp4", fps=12)
@@ -89,6 +104,11 @@ def test_variable_frame_rate_keeps_its_clock(tmp_path):
     frames, _, times_F = read_video_timed(vfr)
     assert len(frames) == 24 and times_F[11] == pytest.approx(11 / 12, abs=0.01)
     assert times_F[12] == pytest.approx(2.0, abs=0.01)
+    with pytest.MonkeyPatch.context() as mp:  # the ffmpeg path (files OpenCV cannot decode) keeps the clock too
+        mp.setattr(video, "_open_cv", lambda path: None)
+        ff_frames, _, ff_times_F = read_video_timed(vfr)
+    assert len(ff_frames) == 24 and np.allclose(ff_times_F, times_F, atol=0.01)
+    assert ff_frames[11, 5, 5, 0] > 150 > ff_frames[12, 5, 5, 0]  # each frame once, none repeated in the pause
     shots = caption_video(vfr, use_model=False)
     assert [round(s.start_s, 2) for s in shots] == [0.0, 2.0] and shots[-1].end_s == pytest.approx(3.0, abs=0.01)
     # stylised, it is re-timed to a constant 12 fps: the red frame is held through the pause
@@ -208,3 +228,13 @@ def test_stylized_video_keeps_the_sound(tmp_path):
     assert (info.width, info.height, info.frames, info.fps) == (128, 72, 12, 12.0)
     _, silent = style.stylize_file_result(src, "pencil", tmp_path / "quiet.mp4")
     assert not silent.audio
+
+
+@needs_ffmpeg
+def test_copy_audio_into_an_unreadable_video_is_false(tmp_path):
+    talk = tmp_path / "talk.m4a"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=0.3", "-c:a", "aac", talk)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 10)
+    assert copy_audio(bad, talk) is False
+    assert bad.read_bytes() == b"not a video at all" * 10 and not [p for p in tmp_path.iterdir() if p.name[0] == "."]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from apps.video_generation import world
-from apps.video_generation.shots import (DescribeConfig, FlowSummary, ShotConfig, camera_movement, colour_name,
-                                         describe_shot, detect_shots, dominant_colours)
+from apps.video_generation.shots import (DescribeConfig, FlowSummary, ShotConfig, camera_model, camera_movement,
+                                         colour_name, describe_shot, detect_shots, dominant_colours)
 
 SIZE = (72, 128)
 
@@ -129,6 +129,23 @@ def test_camera_movement_from_global_flow(move):
     d = describe_shot(np.stack(frames), 24.0)
     assert d.camera == move, d.flow
     assert d.motion_word in ("still", "slight")  # the camera's motion is not object motion
+
+
+@pytest.mark.parametrize("scale", [1.006, 1.008])
+def test_slow_zoom_is_measured_not_taken_for_a_still_camera(scale):
+    # At 160 px a slow zoom moves corners near the centre < 0.5 px: they agree with the zoom, so they must
+    # not count as the "still corners" that overrule the fit (those are reserved for corners it mispredicts).
+    rng = np.random.default_rng(0)
+    base = cv2.normalize(cv2.GaussianBlur((rng.random((360, 640)) * 255).astype(np.uint8), (0, 0), 3),
+                         None, 0, 255, cv2.NORM_MINMAX)
+
+    def view(s):
+        m = cv2.getRotationMatrix2D((320, 180), 0, s)
+        return cv2.resize(cv2.warpAffine(base, m, (640, 360), borderMode=cv2.BORDER_REFLECT), (160, 90),
+                          interpolation=cv2.INTER_AREA)
+
+    tx, ty, zoom = camera_model(view(1.0), view(scale))
+    assert zoom == pytest.approx(scale - 1, abs=0.0015) and abs(tx) < 0.1 and abs(ty) < 0.1
 
 
 def test_camera_rules():

@@ -87,6 +87,47 @@ def test_a_function_word_alone_never_carries_a_value():
     assert U.understand("a thing", plan).scenes[0]["objects"][0]["shape"].status == "guessed"
 
 
+def test_plurals_of_known_phrasings_are_read():
+    # p 0.77 is under READ_MIN: the word is read because "stars" is the plural of the world's "star"
+    for prompt, word, shape in [("stars at night", "stars", "star"), ("hearts", "hearts", "heart"),
+                                ("squares on the beach", "squares", "square")]:
+        plan = fake_plan(prompt, {word: {"shape": (shape, 0.77)}}, one(shape=shape))
+        u = U.understand(prompt, plan)
+        assert (u.scenes[0]["objects"][0]["shape"].status, u.scenes[0]["objects"][0]["shape"].words) == \
+            ("read", [word]), prompt
+        U.check_understood(prompt, u)
+    assert U.in_vocabulary("boxes", {"box"}) and U.in_vocabulary("skies", {"sky"})
+    assert not U.in_vocabulary("cars", {"star"})
+
+
+def test_a_background_word_is_no_colour_and_only_naming_words_are_used():
+    # "grass" is a world phrasing of both green and the grass background: here it is the scene's background
+    prompt = "a dog on the grass"
+    tags = {"dog": {"background": ("grass", 0.72)}, "on": {"background": ("grass", 0.99)},
+            "the": {"background": ("grass", 0.99)},
+            "grass": {"colour": ("green", 0.51), "background": ("grass", 0.99)}}
+    u = U.understand(prompt, fake_plan(prompt, tags, one(colour="green", background="grass")))
+    assert u.scenes[0]["objects"][0]["colour"].status == "guessed"
+    assert u.scenes[0]["background"].words == ["grass"]     # "dog", leaning the same way, names nothing
+    assert not u.understood_objects and u.unrecognised_words == ["dog"]
+    with pytest.raises(U.NothingUnderstoodError, match="not understood: dog"):
+        U.check_understood(prompt, u)
+
+    prompt = "a green ball on the grass"
+    tags = {"green": {"colour": ("green", 0.99)}, "ball": {"shape": ("circle", 0.99)}, **tags}
+    u = U.understand(prompt, fake_plan(prompt, tags, one(colour="green", background="grass")))
+    assert u.scenes[0]["objects"][0]["colour"].words == ["green"] and u.understood_objects
+
+
+def test_a_word_leaning_to_a_read_colour_is_not_its_word():
+    # "car" leans to red (0.75, under READ_MIN) right after "red": red is read from "red" alone
+    prompt = "a red car"
+    u = U.understand(prompt, fake_plan(prompt, {"red": {"colour": ("red", 0.99)},
+                                                "car": {"colour": ("red", 0.75), "shape": ("2", 0.46)}},
+                                       one(shape="2")))
+    assert u.scenes[0]["objects"][0]["colour"].words == ["red"] and u.unrecognised_words == ["car"]
+
+
 def test_warnings_for_symbols_foreign_words_negations_counts_and_unused_words():
     prompt = "🚗 une étoile rouge"
     u = U.understand(prompt, fake_plan(prompt, {}, one()))
@@ -182,3 +223,20 @@ def test_page_shows_what_was_understood_under_the_video(tmp_path, monkeypatch):
     assert details.startswith("**Understood as:**") and "elephant" in details
     with pytest.raises(gr.Error, match="render a guess anyway"):
         page.generate("hello world", 1, "360p", 8, "", progress=lambda *a, **k: None)
+
+
+@needs_shipped
+def test_shipped_planner_reads_the_module_example_plurals_and_scenery():
+    pl = P.load_planner()
+    prompt = "a red car and a purple elephant"     # the example of understanding.py's docstring
+    u = U.understand(prompt, pl.plan(prompt, 3.0))
+    assert u.understood_objects and u.unrecognised_words == ["car", "elephant"]
+    assert [o["colour"].words for o in u.scenes[0]["objects"]] == [["red"], ["purple"]]
+    assert not any(o["shape"].status == "read" for o in u.scenes[0]["objects"])
+    for prompt in ("stars at night", "hearts", "squares on the beach"):
+        U.check_understood(prompt, U.understand(prompt, pl.plan(prompt, 3.0)))
+    prompt = "a dog on the grass"
+    u = U.understand(prompt, pl.plan(prompt, 3.0))
+    assert "dog" in u.unrecognised_words
+    with pytest.raises(U.NothingUnderstoodError):
+        U.check_understood(prompt, u)

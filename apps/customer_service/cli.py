@@ -81,9 +81,12 @@ def eval_intents(args: argparse.Namespace) -> None:
 
 
 def _columns(data: LabelledTexts) -> dict:
-    """How an intents file was read, for the commands' summaries."""
+    """How an intents file was read, for the commands' summaries; its warnings (a guessed header) also on
+    stderr, where a person running the command sees them."""
+    for warning in data.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return {"text_column": data.text_column, "label_column": data.label_column, "header": data.header,
-            "delimiter": data.delimiter, "encoding": data.encoding}
+            "delimiter": data.delimiter, "encoding": data.encoding, "warnings": list(data.warnings)}
 
 
 def bench_upcycle(args: argparse.Namespace) -> None:

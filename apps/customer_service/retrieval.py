@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from core.tasks import task_id
 from core.text import TextStream, TextStreamConfig, tokenize, upcycle_minilm
 from data_connectors.knowledge import KnowledgeDoc, load_knowledge
+from data_connectors.text_files import CJK_CHARS, WORD
 from apps.settings import cache_dir
 
 DEFAULT_KB = Path(__file__).resolve().parents[2] / "assets" / "customer_service" / "knowledge"
@@ -44,9 +45,8 @@ VECTORS, CHUNKS, MANIFEST = "index.faiss", "chunks.json", "manifest.json"
 
 
 # Scripts written without spaces between words (Chinese and Japanese ideographs, kana): each such
-# character counts as a word when chunking, and BM25 indexes the characters and their bigrams.
-_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_WORD = re.compile(rf"[{_CJK_CHARS}]|[^\s{_CJK_CHARS}]+")  # a chunk's unit: a CJK character or a word
+# character counts as a word when chunking (`_WORD`), and BM25 indexes the characters and their bigrams.
+_CJK_CHARS, _WORD = CJK_CHARS, WORD  # a chunk's unit: a CJK character or a word
 _CJK_RUNS = re.compile(rf"([{_CJK_CHARS}]+)|[^{_CJK_CHARS}]+")  # group 1 set for a run of CJK characters
 
 

@@ -107,7 +107,7 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
         rel = rel if rel != "." else root.name
         # A scout, dose screen or structured report exported beside a scan is no study of its own; alone in
         # its folder it stays one, so that loading says what is wrong with it.
-        volumes = [s for s in group if is_volume_series(s)]
+        volumes = [s for s in group if is_volume_series(s)] if len(group) > 1 else group
         if volumes and len(volumes) < len(group):
             for series in group:
                 if series not in volumes:

@@ -217,7 +217,7 @@ COLUMN_ALIASES = {
 # Label columns in order of preference (a row's label comes from the first one it has a value in). Binary
 # columns take 0/1, true/false, yes/no, malign(ant)/benign; rating columns take LIDC's 1-5 malignancy rating
 # (number or words), called malignant above 3 (LIDC's rule per radiologist); a rating-named column holding
-# only 0/1 is read as binary.
+# only 0/1 (at least one 0) or label words is read as binary, one of only 1s as ratings (label_rule says so).
 LABEL_COLUMNS = ("diagnosisvalue", "diagnosis", "label", "malignant", "ismalignant", "target", "class",
                  "malignancyvalue", "malignancy", "malignancyscore", "malignancyrating", "rating")
 RATING_COLUMNS = ("malignancyvalue", "malignancy", "malignancyscore", "malignancyrating", "rating")
@@ -244,31 +244,35 @@ class CropTable:
     masks: list[Path | None]
 
 
-def _sniff_rows(table: Path) -> tuple[list[str], list[list[str]]]:
+def _sniff_rows(table: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line number, stripped cells)] of the non-blank rows) of nodules.csv, read as the text
+    readers read tables (data_connectors.text_files): UTF-8, UTF-16 with a BOM or Windows-1252, the
+    delimiter sniffed over the rows, quoted cells may hold delimiters and newlines."""
+    from data_connectors.text_files import TextDecodeError, decode_text, read_table, sniff_delimiter
+
     try:
-        raw = table.read_bytes()
+        text, _ = decode_text(table.read_bytes())
     except OSError as exc:
         raise CropFolderError(f"{table}: unreadable ({exc.strerror})") from None
+    except TextDecodeError as exc:
+        raise CropFolderError(f"{table}{'' if exc.line is None else f' line {exc.line}'}: {exc}") from None
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:   # a spreadsheet's export in a legacy code page
-        text = raw.decode("latin-1")
-    if not text.strip():
-        raise CropFolderError(f"{table}: empty file (expected a header line and one row per nodule)")
-    first = text.splitlines()[0]
-    delimiter = max(",;\t|", key=first.count) if any(d in first for d in ",;\t|") else ","
-    try:
-        lines = list(csv.reader(text.splitlines(), delimiter=delimiter))
+        rows = read_table(text, sniff_delimiter(text, table.suffix))
     except csv.Error as exc:
-        raise CropFolderError(f"{table}: unreadable CSV ({exc})") from None
-    return [h.strip() for h in lines[0]], lines[1:]
+        raise CropFolderError(f"{table} line {exc.line}: unreadable CSV ({exc}; a quote left open?)") from None
+    if not rows:
+        raise CropFolderError(f"{table}: empty file (expected a header line and one row per nodule)")
+    return rows[0][1], rows[1:]
 
 
 def _label_kind(key: str, cells: list[str]) -> str:
-    """"binary" or "rating" for a label column, from its name and its non-empty cells."""
+    """"binary" or "rating" for a label column, from its name and its non-empty cells. A rating-named
+    column is binary only when it holds a 0 or label words (malignant, yes, ...): a column of only 1s
+    could be either, and is read as ratings (1 = highly unlikely)."""
     if key not in RATING_COLUMNS:
         return "binary"
-    if key != "malignancyvalue" and all(_key(c) in LABEL_WORDS for c in cells):
+    words = [_key(c) for c in cells]
+    if key != "malignancyvalue" and all(w in LABEL_WORDS for w in words) and any(w != "1" for w in words):
         return "binary"
     return "rating"
 
@@ -313,7 +317,7 @@ def read_crop_table(folder: str | Path) -> CropTable:
     """nodules.csv of a crops folder with its labels decided and its image (and mask) files found.
 
     Columns are matched by name in any order and case (COLUMN_ALIASES, LABEL_COLUMNS); a ',', ';', tab or '|'
-    delimiter is detected from the header. Raises CropFolderError naming the file, line or column at fault.
+    delimiter is sniffed (data_connectors.text_files). Raises CropFolderError naming the file, line or column at fault.
     """
     from data_connectors.dicom import VOLUME_SUFFIXES
 
@@ -337,7 +341,6 @@ def read_crop_table(folder: str | Path) -> CropTable:
     if not label_cols:
         raise CropFolderError(f"{table}: missing the label column (Diagnosis_value 0/1, Diagnosis Malign/Benign, "
                               f"label, malignant, or a 1-5 Malignancy_value rating; found: {', '.join(header)})")
-    lines = [(n, cells) for n, cells in enumerate(lines, start=2) if any(c.strip() for c in cells)]
     if not lines:
         raise CropFolderError(f"{table}: no rows (only a header)")
     kinds = {k: _label_kind(k, [c[i].strip() for _, c in lines if i < len(c) and c[i].strip()])
@@ -379,7 +382,11 @@ def read_crop_table(folder: str | Path) -> CropTable:
         labels.append(label)
         images.append(image)
         masks.append(_find_file(folder, MASK_DIRS, image.name[:len(image.name) - len(suffix)]))
-    rule = "; ".join(f"{col} ({'1-5 rating, malignant above 3' if kind == 'rating' else '0/1'}): {n} rows"
+    ones = {header[i] for k, i in label_cols
+            if kinds[k] == "rating" and {_key(c[i]) for _, c in lines if i < len(c) and c[i]} == {"1"}}
+    how = {"rating": "1-5 rating, malignant above 3", "binary": "0/1"}
+    ambiguous = "; only 1s, which could be 0/1 labels too: read as ratings, 1 = highly unlikely"
+    rule = "; ".join(f"{col} ({how[kind]}{ambiguous if col in ones else ''}): {n} rows"
                      for (col, kind), n in used.items())
     return CropTable(table, rows, labels, rule, images, masks)
 

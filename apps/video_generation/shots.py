@@ -476,9 +476,14 @@ def camera_model(a_hw: np.ndarray, b_hw: np.ndarray) -> tuple[float, float, floa
     if len(inl) < max(8, 0.3 * len(src)) or not spread(inl):
         return 0.0, 0.0, 0.0
     # A large object moving over a still scene (a vehicle filling half the shot) can out-vote the scene's
-    # corners; when still corners spread over the frame are at least half as many, the camera is still.
-    still = src[np.hypot(*(dst - src).T) < 0.5]
-    if len(still) >= max(8, 0.5 * len(inl)) and spread(still):
+    # corners, or RANSAC fits a compromise of both; when corners that moved < 0.5 px, spread over the frame,
+    # are at least half as many as the inliers and a still camera explains them better than the fit does,
+    # the camera is still. (In a slow zoom most corners also move < 0.5 px, but just as the zoom predicts.)
+    moved_N = np.hypot(*(dst - src).T)
+    misfit_N = np.hypot(*(dst - (src @ m[:, :2].T + m[:, 2])).T)
+    still_N = moved_N < 0.5
+    if (still_N.sum() >= max(8, 0.5 * len(inl)) and spread(src[still_N])
+            and np.median(moved_N[still_N]) < np.median(misfit_N[still_N])):
         return 0.0, 0.0, 0.0
     scale = float(np.hypot(m[0, 0], m[1, 0]))
     # Translation of the frame centre (the similarity's own translation is about the origin).

@@ -4,8 +4,8 @@ and dropped, and warnings (non-English text, symbols, negations, counts, text pa
 
     plan = load_planner().plan("a red car and a purple elephant", 3.0)
     u = understand(prompt, plan)
-    u.understood_objects        # False: no shape word known ("car", "elephant"), only the colours
-    u.unrecognised_words        # ["car", "elephant"]
+    u.understood_objects        # True: the colours were read ("red", "purple"); no shape word is known
+    u.unrecognised_words        # ["car", "elephant"]: the shapes are guesses
     u.to_dict(), u.markdown()   # JSON (CLI/API) and the page's "understood as" lines
 
 Everything is read off the planner's own per-token probabilities (Plan.reading) and the decoder's own
@@ -37,6 +37,13 @@ SCENE_ATTRS = ("background", "camera")
 NEGATIONS = frozenset({"no", "not", "without", "never", "nor", "none", "don't", "doesn't", "isn't", "aren't",
                        "won't", "shouldn't", "mustn't", "can't", "cannot", "neither"})
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")
+
+
+def in_vocabulary(word: str, vocabulary) -> bool:
+    """`word` (lower case) or its singular ("stars" -> "star", "boxes" -> "box", "skies" -> "sky") is in
+    `vocabulary`: the world's phrasings are singular, prompts often are not."""
+    return any(w in vocabulary for w in (word, word.removesuffix("s"), word.removesuffix("es"),
+                                         word[:-3] + "y" if word.endswith("ies") else word))
 
 
 class NothingUnderstoodError(ValueError):
@@ -188,19 +195,27 @@ def understand(prompt: str, plan, style: str | None = None) -> Understanding:
     probs, offsets = reading.probs, reading.offsets
     words = _words(prompt, offsets)
     word_of = {t: w for w in words for t in w.tokens}
+    index = {w.start: j for j, w in enumerate(words)}
 
     def carries(w: _Word, attr: str, value: str) -> bool:
         low = w.text.lower()
-        return low not in function or low in value_words.get((attr, value), ())
+        return low not in function or in_vocabulary(low, value_words.get((attr, value), ()))
 
     def tagged(t: int, attr: str, c: int) -> bool:
         return probs[attr][t, 0] < TAGGED and int(np.argmax(probs[attr][t, 1:])) == c
 
     used: set[int] = set()   # word starts that carry a planned value
 
-    def reading_of(attr: str, value: str, rows: np.ndarray) -> Reading:
+    def reading_of(attr: str, value: str, rows: np.ndarray, taken: frozenset[int] = frozenset()) -> Reading:
+        return read_words(attr, value, rows, taken)[0]
+
+    def read_words(attr: str, value: str, rows: np.ndarray, taken: frozenset[int]) -> tuple[Reading, list[_Word]]:
+        """The reading of `value` over token `rows` and the tagged words that name it (empty unless "read");
+        `taken`: starts of words read as another attribute (the scene's background), which cannot name
+        this one ("grass" of "on the grass" is no green)."""
+        rows = np.array([t for t in rows if int(t) not in word_of or word_of[int(t)].start not in taken], dtype=int)
         if rows.size == 0:
-            return Reading(value, "default" if NEUTRAL.get(attr) == value else "guessed")
+            return Reading(value, "default" if NEUTRAL.get(attr) == value else "guessed"), []
         c = ATTRIBUTES[attr].index(value)
         p_R = probs[attr][rows, 1 + c]
         conf = float(p_R.max())
@@ -210,16 +225,23 @@ def understand(prompt: str, plan, style: str | None = None) -> Understanding:
         ws = list(dict.fromkeys(w.text for w in tagged_words))
         strong = {word_of[int(t)] for t in rows if int(t) in word_of and probs[attr][int(t), 1 + c] >= READ_MIN}
         known = value_words.get((attr, value), frozenset())
-        if any(carries(w, attr, value) and (w in strong or w.text.lower() in known) for w in tagged_words):
-            # the phrase's other words ("rolls" of "rolls left") are used too, tagged or not
-            used.update(w.start for w in tagged_words)
-            used.update(word_of[int(t)].start for t in rows if int(t) in word_of
-                        and word_of[int(t)].text.lower() in known)
-            return Reading(value, "read", ws, round(conf, 4))
+        carriers = [w for w in tagged_words if carries(w, attr, value)
+                    and (w in strong or in_vocabulary(w.text.lower(), known))]
+        if carriers:
+            # only the words that name the value are used: the carriers and their phrase's other words
+            # ("rolls" of "rolls left", tagged or not, within two words), but no other word the reader leaned
+            # the same way ("car" after "red") and no far word of another phrase ("green" of "green field")
+            near = {j for w in carriers for j in range(index[w.start] - 2, index[w.start] + 3)}
+            phrase = [word_of[int(t)] for t in rows if int(t) in word_of and index[word_of[int(t)].start] in near
+                      and in_vocabulary(word_of[int(t)].text.lower(), known)]
+            named_by = sorted(dict.fromkeys([*carriers, *phrase]), key=lambda w: w.start)
+            used.update(w.start for w in named_by)
+            ws = list(dict.fromkeys(w.text for w in named_by))
+            return Reading(value, "read", ws, round(conf, 4)), carriers
         named = bool((probs[attr][rows, 0] < TAGGED).any())
         if not named and NEUTRAL.get(attr) == value:
-            return Reading(value, "default", [], round(conf, 4))
-        return Reading(value, "guessed", ws, round(conf, 4), source.text if source else None)
+            return Reading(value, "default", [], round(conf, 4)), []
+        return Reading(value, "guessed", ws, round(conf, 4), source.text if source else None), []
 
     scenes, guessed = [], []
     for k, scene in enumerate(plan.script.scenes):
@@ -227,15 +249,18 @@ def understand(prompt: str, plan, style: str | None = None) -> Understanding:
         spans = Planner._object_spans(toks, reading.p_object_start_T, probs)
         if len(spans) != len(scene.objects):   # cannot happen with the shipped decoder; stay honest if it does
             spans = [(toks, toks)] * len(scene.objects)
+        background, scenery_words = read_words("background", scene.background, toks, frozenset())
+        scenery = frozenset(w.start for w in scenery_words)   # words read as the background name no colour
         objects = []
         for i, (obj, (rows, shape_rows)) in enumerate(zip(scene.objects, spans)):
-            o = {"shape": reading_of("shape", obj.shape, shape_rows), "colour": reading_of("colour", obj.colour, rows),
+            o = {"shape": reading_of("shape", obj.shape, shape_rows),
+                 "colour": reading_of("colour", obj.colour, rows, scenery),
                  "motion": reading_of("motion", obj.motion, rows)}
             objects.append(o)
             for attr, r in o.items():
                 if r.status in ("guessed", "default"):
                     guessed.append(_guess(k, i, attr, r, rows, probs))
-        s = {"objects": objects, "background": reading_of("background", scene.background, toks),
+        s = {"objects": objects, "background": background,
              "camera": reading_of("camera", scene.camera, toks)}
         for attr in SCENE_ATTRS:
             if s[attr].status in ("guessed", "default"):
@@ -263,7 +288,7 @@ def understand(prompt: str, plan, style: str | None = None) -> Understanding:
                 for t in w.tokens for attr in ATTRIBUTES if probs[attr][t, 0] < TAGGED]
         if any(p >= READ_MIN and carries(w, a, v) for a, v, p in best) and low not in function:
             ignored.append(w.text)
-        elif low not in function and low not in known_words and low.removesuffix("s") not in known_words:
+        elif low not in function and not in_vocabulary(low, known_words):
             unrecognised.append(w.text)   # a word of the world's phrasings (or its plural) is known
     unrecognised, ignored = list(dict.fromkeys(unrecognised)), list(dict.fromkeys(ignored))
 
