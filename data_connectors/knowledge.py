@@ -23,7 +23,6 @@ there is one. `synthetic_passages` makes bank-like documents in bulk, for benchm
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import Counter
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from .text_files import WORD, decoded_file, field_key, json_lines, named_column, table_rows
+from .text_files import WORD, decoded_file, field_key, json_document, json_lines, named_column, table_rows
 
 
 @dataclass(frozen=True)
@@ -166,10 +165,7 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
     """A JSON file: a list of records (as in .jsonl) or of passage strings, or an object holding one
     list of records beside other fields (e.g. {"faqs": [...], "version": 2}), or an object of
     title -> text; any other object gives one document per key with the strings under it, one a line."""
-    try:
-        doc = json.loads(_read_text(path))
-    except json.JSONDecodeError as err:
-        raise KnowledgeFormatError(path, f"invalid JSON ({err.msg})", err.lineno) from None
+    doc = json_document(path, _read_text(path), KnowledgeFormatError)
     if isinstance(doc, dict):
         lists = [value for value in doc.values() if isinstance(value, list) and value
                  and all(isinstance(item, dict) for item in value)]

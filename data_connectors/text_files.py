@@ -137,6 +137,14 @@ def table_rows(path: Path, text: str, error: type[ValueError]) -> tuple[str, lis
     return delimiter, rows
 
 
+def json_document(path: Path, text: str, error: type[ValueError]) -> object:
+    """The value of a JSON document `text`; invalid JSON raises `error(path, problem, line)`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(path, f"invalid JSON ({err.msg})", err.lineno) from None
+
+
 def json_lines(path: Path, text: str, error: type[ValueError]) -> list[tuple[int, object]]:
     """(line number, value) of each non-blank line of JSON-lines `text`."""
     items = []
@@ -362,10 +370,7 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
     if suffix == ".jsonl":
         items = json_lines(path, text, LabelledTextError)
     else:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise LabelledTextError(path, f"invalid JSON ({err.msg})", err.lineno) from None
+        doc = json_document(path, text, LabelledTextError)
         if isinstance(doc, dict) and "intents" in doc:
             return _labelled_doc(path, doc)
         if isinstance(doc, dict):  # one list of records under some key, e.g. {"data": [...]}

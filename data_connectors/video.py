@@ -124,23 +124,13 @@ def _open_cv(path: Path) -> cv2.VideoCapture | None:
     return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)  # reopened rather than seeking back (exact on any codec)
 
 
-def _interlaced(path: Path) -> bool:
-    """Whether ffmpeg reports the (first) video stream as interlaced: any field order but progressive ("top
-    first", "bottom first", "top coded first (swapped)", "bottom coded first (swapped)"); one ffmpeg call
-    (~50 ms) per file version, remembered."""
-    st = path.stat()
-    return _interlaced_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
 _INTERLACED_RE = re.compile(r"\b(top|bottom)( coded)? first\b")  # ffmpeg's field orders other than progressive
 
 
-@lru_cache(maxsize=256)
-def _interlaced_cached(path: str, size: int, mtime_ns: int) -> bool:
-    exe = ffmpeg_exe()
-    if exe is None:
-        return False
-    video = [line for line in _ffmpeg_header(exe, Path(path))[1].splitlines() if ": Video:" in line]
+def _interlaced(path: Path) -> bool:
+    """Whether ffmpeg reports the (first) video stream as interlaced: any field order but progressive ("top
+    first", "bottom first", "top coded first (swapped)", "bottom coded first (swapped)")."""
+    video = [line for line in _ffmpeg_header(path)[1].splitlines() if ": Video:" in line]
     return bool(video) and _INTERLACED_RE.search(video[0]) is not None
 
 
@@ -150,15 +140,24 @@ def _check_fps(path: Path, fps: float) -> float:
     return float(fps)
 
 
-def _ffmpeg_header(exe: str, path: Path) -> tuple[set[str], str]:
-    """(the kinds of stream ffmpeg sees in the file, {"Video", "Audio", ...}, and its report as text);
-    the set is empty when it cannot tell."""
+def _ffmpeg_header(path: Path) -> tuple[frozenset[str], str]:
+    """(the kinds of stream ffmpeg sees in the file, {"Video", "Audio", ...}, and its report as text); the set
+    is empty when it cannot tell or there is no ffmpeg. One `ffmpeg -i` (~50 ms) per file version, remembered."""
+    st = path.stat()
+    return _ffmpeg_header_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _ffmpeg_header_cached(path: str, size: int, mtime_ns: int) -> tuple[frozenset[str], str]:
+    exe = ffmpeg_exe()
+    if exe is None:
+        return frozenset(), ""
     try:
-        run = subprocess.run([exe, "-hide_banner", "-i", str(path)], capture_output=True, timeout=30)
+        run = subprocess.run([exe, "-hide_banner", "-i", path], capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        return set(), ""
+        return frozenset(), ""
     text = run.stderr.decode(errors="replace")
-    return {kind for kind in ("Video", "Audio", "Subtitle", "Data") if f": {kind}:" in text}, text
+    return frozenset(kind for kind in ("Video", "Audio", "Subtitle", "Data") if f": {kind}:" in text), text
 
 
 def _probe_ffmpeg(path: Path) -> VideoInfo:
@@ -166,7 +165,7 @@ def _probe_ffmpeg(path: Path) -> VideoInfo:
     if exe is None:
         raise VideoError(path, "OpenCV cannot decode this file and no ffmpeg binary is available")
     import imageio_ffmpeg
-    streams, report = _ffmpeg_header(exe, path)
+    streams, report = _ffmpeg_header(path)
     if streams and "Video" not in streams:
         raise VideoError(path, f"no video stream (the file holds only {' and '.join(sorted(streams)).lower()})")
     if "moov atom not found" in report:
@@ -282,15 +281,12 @@ def _iter_ffmpeg(path: Path, max_frames: int | None, size: tuple[int, int] | Non
     gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=[
         "-fps_mode", "passthrough", *(["-vf", ",".join(filters)] if filters else [])])
     try:
-        width, height = next(gen)["size"]
-        if size == (width, height):
-            size = None
+        width, height = next(gen)["size"]   # the output size: ffmpeg has scaled already
         for n, buf in enumerate(gen):
             if max_frames is not None and n >= max_frames:
                 break
-            rgb = np.frombuffer(buf, np.uint8).reshape(height, width, 3)
             t = float(times[n]) if times is not None and n < len(times) else n / fps
-            yield t, cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if size is not None else rgb.copy()
+            yield t, np.frombuffer(buf, np.uint8).reshape(height, width, 3).copy()
     finally:
         gen.close()
 
@@ -559,7 +555,7 @@ def copy_audio(video: str | Path, source: str | Path) -> bool:
     truncated file); True when the track was added."""
     video, source = Path(video), Path(source)
     exe = ffmpeg_exe()
-    if exe is None or "Audio" not in _ffmpeg_header(exe, source)[0]:
+    if exe is None or "Audio" not in _ffmpeg_header(source)[0]:
         return False
     codec = ["-c:a", "aac", "-b:a", "160k"] if video.suffix.lower() == ".mp4" else ["-c:a", "libopus", "-b:a", "128k"]
     fd, tmp_name = tempfile.mkstemp(prefix=f".{video.stem}.", suffix=f".part{video.suffix}", dir=video.parent)

@@ -44,10 +44,10 @@ FUSIONS = ("rrf", "weighted")
 VECTORS, CHUNKS, MANIFEST = "index.faiss", "chunks.json", "manifest.json"
 
 
-# Scripts written without spaces between words (Chinese and Japanese ideographs, kana): each such
-# character counts as a word when chunking (`_WORD`), and BM25 indexes the characters and their bigrams.
-_CJK_CHARS, _WORD = CJK_CHARS, WORD  # a chunk's unit: a CJK character or a word
-_CJK_RUNS = re.compile(rf"([{_CJK_CHARS}]+)|[^{_CJK_CHARS}]+")  # group 1 set for a run of CJK characters
+# Chinese and Japanese text is chunked by character (text_files.WORD) and BM25 indexes the characters
+# and their bigrams.
+_WORD = WORD
+_CJK_RUNS = re.compile(rf"([{CJK_CHARS}]+)|[^{CJK_CHARS}]+")  # group 1 set for a run of CJK characters
 
 
 @dataclass

@@ -28,7 +28,6 @@ Shape legend: N crops, B batch, S cube side (voxels = mm).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -49,6 +48,7 @@ from core import registry
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.tasks import task_id
 from core.vision.swin import VisionStream, VisionStreamConfig
+from data_connectors.text_files import decoded_file, field_key, table_rows
 
 KIND = "malignancy_classifier"          # the checkpoint kind (registered below)
 TASK = "malignancy"
@@ -230,7 +230,8 @@ MASK_DIRS = ("nodule_mask", "mask", "masks")
 
 
 def _key(header: str) -> str:
-    return "".join(c for c in header.lower() if c not in " _-")
+    """A column name or label word as matched: field_key's normal form without its underscores."""
+    return field_key(header).replace("_", "")
 
 
 @dataclass
@@ -244,24 +245,16 @@ class CropTable:
     masks: list[Path | None]
 
 
+def _table_error(path: Path, problem: str, line: int | None = None) -> CropFolderError:
+    return CropFolderError(f"{path}{'' if line is None else f' line {line}'}: {problem}")
+
+
 def _sniff_rows(table: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """(header, [(line number, stripped cells)] of the non-blank rows) of nodules.csv, read as the text
     readers read tables (data_connectors.text_files): UTF-8, UTF-16 with a BOM or Windows-1252, the
     delimiter sniffed over the rows, quoted cells may hold delimiters and newlines."""
-    from data_connectors.text_files import TextDecodeError, decode_text, read_table, sniff_delimiter
-
-    try:
-        text, _ = decode_text(table.read_bytes())
-    except OSError as exc:
-        raise CropFolderError(f"{table}: unreadable ({exc.strerror})") from None
-    except TextDecodeError as exc:
-        raise CropFolderError(f"{table}{'' if exc.line is None else f' line {exc.line}'}: {exc}") from None
-    try:
-        rows = read_table(text, sniff_delimiter(text, table.suffix))
-    except csv.Error as exc:
-        raise CropFolderError(f"{table} line {exc.line}: unreadable CSV ({exc}; a quote left open?)") from None
-    if not rows:
-        raise CropFolderError(f"{table}: empty file (expected a header line and one row per nodule)")
+    text, _ = decoded_file(table, _table_error)
+    _, rows = table_rows(table, text, _table_error)
     return rows[0][1], rows[1:]
 
 
@@ -755,8 +748,8 @@ def cross_validate(folder: str | Path, folds: int = 5, cfg: MalignancyConfig | N
     cfg = cfg or MalignancyConfig()
     start = time.perf_counter()
     crops = load_crops(folder, cfg)
-    if _class_warnings(crops.labels, folder):
-        raise CropFolderError(_class_warnings(crops.labels, folder)[0] + "; cross-validation needs both classes")
+    if problems := _class_warnings(crops.labels, folder):
+        raise CropFolderError(problems[0] + "; cross-validation needs both classes")
     fold_N = patient_folds(crops.patient_ids, crops.labels, folds, cfg.seed)
     probs = np.zeros(len(crops.labels))
     per_fold: list[float | None] = []

@@ -30,13 +30,11 @@ def generate(args: argparse.Namespace) -> None:
     if result.script.style:
         lines.append(f"  style: {result.script.style} {result.style_experts}")
     lines.append("  " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
-    from .understanding import guess_text
     u = result.understanding
     if u is not None:
         lines.append(f"  understood as: {u.summary()}")
-        guesses = [g for g in u.guessed if g["status"] == "guessed"]
-        if guesses:
-            lines.append("  guessed: " + "; ".join(guess_text(g) for g in guesses))
+        if guesses := u.guesses_text():
+            lines.append("  guessed: " + guesses)
         lines += [f"  warning: {w}" for w in u.warnings]
     _print(args, result.to_dict(), "\n".join(lines))
 

@@ -177,15 +177,6 @@ def _hard_cuts(scores_F: np.ndarray, min_len: int, cfg: ShotConfig, floor: float
     return cuts
 
 
-def _coarse(grey_Fhw: np.ndarray, width: int) -> np.ndarray:
-    """The grey frames area-downscaled to `width` columns (unchanged if already that narrow)."""
-    h, w = grey_Fhw.shape[1:]
-    if w <= width:
-        return grey_Fhw
-    size = (width, max(1, round(h * width / w)))
-    return np.stack([cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in grey_Fhw])
-
-
 def _blend_misfit(grey_Fhw: np.ndarray, a: int, b: int, c: int, k: int, spread: float) -> float:
     """The largest mean deviation of frames c - k/2, c, c + k/2 from the linear blend of frames a and b,
     relative to the ends' mean difference `spread` (inf when the ends hardly differ)."""
@@ -213,7 +204,8 @@ def _gradual(grey_Fhw: np.ndarray, hist_FB: np.ndarray, fps: float, cfg: ShotCon
     end frames differ like a cut while the frames between are blends of the ends (a dissolve or
     fade is linear in the pixels; motion and camera moves are not). Non-maximum suppressed."""
     F = len(grey_Fhw)
-    coarse_Fhw = _coarse(grey_Fhw, cfg.coarse_width)
+    coarse_Fhw = grey_Fhw if grey_Fhw.shape[2] <= cfg.coarse_width else \
+        np.stack([_small(g, cfg.coarse_width) for g in grey_Fhw])
     max_k = max(2, int(round(cfg.gradual_max_s * fps / 2)))
     widths = sorted({k for k in (2, 3, 5, 8, 12, 18, 27) if k <= max_k} | {max_k})
     found = []
@@ -281,7 +273,7 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
 
 
 def _merge_fades(gradual: list[tuple[int, float, int]], grey_Fhw: np.ndarray, max_gap: int,
-                 flat_std: float = 0.02) -> list[tuple[int, int, float]]:
+                 flat_std: float) -> list[tuple[int, int, float]]:
     """Gradual transitions (centre, strength, half-width) as spans (first, last frame, strength). A
     fade out to a flat frame (black, white) and the fade in after it are one transition: spans at
     most max_gap apart with a flat frame between are joined."""

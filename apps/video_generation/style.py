@@ -672,7 +672,7 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
         log.warning("%s: only %d of the %d frames its header lists could be decoded", src, len(times), info.frames)
     styled = ((t, stylizer(f)) for t, f in iter_video_timed(src))
     fps = steady_rate(np.array(times), info.fps)
-    write_video(styled_frames(styled) if fps is None else constant_rate(styled, fps), out, fps or info.fps)
+    write_video((f for _, f in styled) if fps is None else constant_rate(styled, fps), out, fps or info.fps)
     result = _result(np.empty(0), route, time.perf_counter() - t0)
     result.audio = copy_audio(out, src)
     return out, result
@@ -686,10 +686,6 @@ def steady_rate(times_F: np.ndarray, fps: float) -> float | None:
         return None
     step = float(np.median(np.diff(times_F)))
     return float(np.clip(1.0 / step, 1.0, 120.0)) if step > 0 else None
-
-
-def styled_frames(timed: Iterable[tuple[float, np.ndarray]]) -> Iterable[np.ndarray]:
-    return (frame for _, frame in timed)
 
 
 def constant_rate(timed: Iterable[tuple[float, np.ndarray]], fps: float) -> Iterable[np.ndarray]:

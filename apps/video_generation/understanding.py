@@ -32,7 +32,6 @@ from . import world
 READ_MIN = 0.8
 TAGGED = 0.5          # a token whose "names none" probability is below this names some value of the attribute
 NEUTRAL = {"motion": "still", "background": "studio", "camera": "static"}   # what an unnamed attribute is
-OBJECT_ATTRS = ("shape", "colour", "motion")
 SCENE_ATTRS = ("background", "camera")
 NEGATIONS = frozenset({"no", "not", "without", "never", "nor", "none", "don't", "doesn't", "isn't", "aren't",
                        "won't", "shouldn't", "mustn't", "can't", "cannot", "neither"})
@@ -111,11 +110,14 @@ class Understanding:
         lines = [f"**Understood as:** {self.summary()}"]
         if read:
             lines.append("**Read from your words:** " + "; ".join(dict.fromkeys(read)))
-        guesses = [g for g in self.guessed if g["status"] == "guessed"]
-        if guesses:
-            lines.append("**Guessed:** " + "; ".join(guess_text(g) for g in guesses))
+        if guesses := self.guesses_text():
+            lines.append("**Guessed:** " + guesses)
         lines += [f"⚠ {w}" for w in self.warnings]
         return "\n\n".join(lines)
+
+    def guesses_text(self) -> str:
+        """The values guessed (not defaulted), one clause each; "" when none."""
+        return "; ".join(guess_text(g) for g in self.guessed if g["status"] == "guessed")
 
 
 def guess_text(g: dict) -> str:
@@ -136,6 +138,8 @@ def world_vocabulary() -> tuple[frozenset[str], dict[tuple[str, str], frozenset[
     ("left", "rolls", "up": yes; "the", "a", "camera", "digit": no, they tell no value apart)."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+    from .planner import ATTRIBUTES
+
     structure: set[str] = set()
     rng = np.random.default_rng(0)
     for split in world.SPLITS:
@@ -147,10 +151,7 @@ def world_vocabulary() -> tuple[frozenset[str], dict[tuple[str, str], frozenset[
                     structure.add(m.group())
     value_words, uses = {}, {}
     for attr in world.PHRASED_ATTRIBUTES:
-        names = world.STYLES_IN_PROMPTS if attr == "style" else {
-            "shape": world.SHAPES, "colour": tuple(world.COLOURS), "motion": world.MOTIONS,
-            "background": world.BACKGROUNDS, "camera": world.CAMERAS}[attr]
-        for value in names:
+        for value in ATTRIBUTES[attr]:
             phrases = [p for s in world.SPLITS for p in world.phrase_words(attr, value, s)] + [value]
             value_words[(attr, value)] = frozenset(w for p in phrases for w in _WORD.findall(p.lower()))
             for w in value_words[(attr, value)]:
