@@ -128,6 +128,27 @@ def test_word_noise_keeps_every_value_span_on_its_words():
     assert changed > 40
 
 
+
+
+def test_joiner_noise_replaces_only_the_words_between_scenes():
+    rng = np.random.default_rng(1)
+    replaced = 0
+    for _ in range(40):
+        script = world.sample_script(rng)
+        text, spans = world.script_to_prompt_spans(script, rng)
+        noisy, moved = P.replace_joiners(text, spans, rng, 1.0)
+        for (a, b, label), (c, d, label2) in zip(spans, moved):
+            assert label == label2 and noisy[c:d] == text[a:b]   # every labelled span keeps its words
+        scenes = sorted((c, d) for c, d, label in moved if label == "scene")
+        before = sorted((a, b) for a, b, label in spans if label == "scene")
+        for (_, end), (start, _), (_, end0), (start0, _) in zip(scenes[:-1], scenes[1:], before[:-1], before[1:]):
+            gap = noisy[end:start]
+            assert gap.startswith(", ") and len(gap.split()) <= 3   # the comma and 0-2 random words
+            replaced += gap != text[end0:start0]
+        assert len(scenes) == len(script.scenes)
+    assert replaced > 20
+    text, spans = world.script_to_prompt_spans(world.sample_script(rng), rng)
+    assert P.replace_joiners(text, spans, rng, 0.0) == (text, spans)
 def test_objects_of_one_scene_get_distinct_colours():
     red, blue = P.ATTRIBUTES["colour"].index("red"), P.ATTRIBUTES["colour"].index("blue")
     p_a, p_b = np.full(9, 0.01), np.full(9, 0.01)

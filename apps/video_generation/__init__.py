@@ -60,6 +60,8 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--word-noise", type=float, default=0.1,
                    help="random-word noise on half the prompts, per word (0 turns it off)")
+    p.add_argument("--joiner-noise", type=float, default=0.0,
+                   help="share of scene joiners replaced by 0-2 random words (0 turns it off)")
     p.add_argument("--eval-prompts", type=positive_int, default=200, help="prompts per evaluation set")
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0)

@@ -48,7 +48,8 @@ def train_planner(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     tcfg = PlannerTrainConfig(train_prompts=args.prompts, steps=args.steps, batch_size=args.batch_size,
-                              lr=args.lr, word_noise=args.word_noise, seed=args.seed)
+                              lr=args.lr, word_noise=args.word_noise, joiner_noise=args.joiner_noise,
+                              seed=args.seed)
     log = (lambda s: None) if args.json else print
     model = train_planner(PlannerConfig(), tcfg, log=log)
     metrics = {name: evaluate_planner(Planner(model), *data)

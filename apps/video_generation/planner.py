@@ -458,6 +458,28 @@ def add_word_noise(text: str, spans: list[tuple[int, int, str]], rng: np.random.
         if not inside and text[a:b].isalpha() and rng.random() < p:
             edits.append((a, b, vocab[rng.integers(len(vocab))]))
 
+    return _apply_edits(text, spans, edits)
+
+
+def replace_joiners(text: str, spans: list[tuple[int, int, str]], rng: np.random.Generator, p: float
+                    ) -> tuple[str, list[tuple[int, int, str]]]:
+    """Replace the words between two scenes ("then", "cut to") with probability p by 0-2 random vocabulary
+    words, shifting the labelled spans: the reader learns to open a scene from what follows (new objects, a
+    new place), not only from the joiners it was trained on."""
+    scenes = sorted((a, b) for a, b, label in spans if label == "scene")
+    vocab = noise_words()
+    edits = []
+    for (_, end), (start, _) in zip(scenes[:-1], scenes[1:]):
+        if rng.random() < p:
+            words = [vocab[rng.integers(len(vocab))] for _ in range(rng.integers(0, 3))]
+            edits.append((end, start, ", " + "".join(w + " " for w in words)))
+    return _apply_edits(text, spans, edits)
+
+
+def _apply_edits(text: str, spans: list[tuple[int, int, str]], edits: list[tuple[int, int, str]]
+                 ) -> tuple[str, list[tuple[int, int, str]]]:
+    """`text` with each (start, end, replacement) of `edits` (sorted, disjoint) applied, and `spans` moved
+    with it (a span ending where an insertion starts keeps its end)."""
     def moved(i: int, end: bool) -> int:
         shift = 0
         for a, b, rep in edits:
@@ -473,14 +495,16 @@ def add_word_noise(text: str, spans: list[tuple[int, int, str]], rng: np.random.
 
 
 def synthetic_examples(n: int, seed: int, script_split: str, phrase_split: str, cfg: PlannerConfig,
-                       noise: float = 0.0) -> list[Example]:
+                       noise: float = 0.0, joiner_noise: float = 0.0) -> list[Example]:
     """n random scripts from world.sample_script(script_split) phrased with world's phrase_split templates;
-    `noise` > 0: half the prompts get add_word_noise(p=noise)."""
+    `noise` > 0: half the prompts get add_word_noise(p=noise); `joiner_noise` > 0: replace_joiners(p)."""
     rng = np.random.default_rng(seed)
     scripts = [world.sample_script(rng, script_split) for _ in range(n)]
     pairs = [world.script_to_prompt_spans(s, rng, phrase_split) for s in scripts]
     if noise > 0:
         pairs = [add_word_noise(*pair, rng, noise) if rng.random() < 0.5 else pair for pair in pairs]
+    if joiner_noise > 0:
+        pairs = [replace_joiners(*pair, rng, joiner_noise) for pair in pairs]
     return make_examples(scripts, [p[0] for p in pairs], [p[1] for p in pairs], cfg)
 
 
@@ -510,11 +534,14 @@ class PlannerTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.01
     word_noise: float = 0.1      # add_word_noise probability on half the training prompts (0: none)
+    joiner_noise: float = 0.0    # replace_joiners probability per scene joiner (0: none)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.word_noise < 1.0:
             raise ValueError(f"--word-noise must be in [0, 1), got {self.word_noise}")
+        if not 0.0 <= self.joiner_noise <= 1.0:
+            raise ValueError(f"--joiner-noise must be in [0, 1], got {self.joiner_noise}")
 
 
 def planner_loss(model: PlannerModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -546,7 +573,8 @@ def train_planner(cfg: PlannerConfig, tcfg: PlannerTrainConfig, log=print,
     torch.manual_seed(tcfg.seed)
     if examples is None:
         t0 = time.perf_counter()
-        examples = synthetic_examples(tcfg.train_prompts, tcfg.seed, "train", "train", cfg, tcfg.word_noise)
+        examples = synthetic_examples(tcfg.train_prompts, tcfg.seed, "train", "train", cfg, tcfg.word_noise,
+                                      tcfg.joiner_noise)
         log(f"encoded {len(examples)} training prompts in {time.perf_counter() - t0:.1f} s")
     _, exemplar_XD, exemplar_value_X = exemplars()
     cfg = replace(cfg, exemplars=len(exemplar_value_X))

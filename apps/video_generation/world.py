@@ -280,16 +280,111 @@ _WORDS: dict[str, dict[str, tuple[list[str], list[str]]]] = {
                   [f"rendered as a {s}", f"looking like a {s}"])
               for s in STYLES_IN_PROMPTS},
 }
+# More training phrasings (2026-11-30): verbs in their -ing form too, direction words in several forms, a few colour
+# words inside background phrases, more camera, shape and colour wordings. Appended after the
+# first lists, so that every phrasing keeps its fit / validation split (phrase_options); none uses a held-out word.
+_MORE_TRAIN_WORDS: dict[str, dict[str, list[str]]] = {
+    "shape": {
+        "circle": ["round shape", "circular shape", "polka dot", "round token", "button", "circle icon", "ball shape",
+                   "round button"],
+        "square": ["square block", "square box", "checker square", "square icon", "square sign", "boxy block",
+                   "square card"],
+        "triangle": ["triangle shape", "triangle icon", "pyramid shape", "arrow tip", "triangle sign",
+                     "pointed triangle"],
+        "star": ["star sign", "star symbol", "bright star", "starfish shape", "star badge", "glittering star",
+                 "sheriff star"],
+        "diamond": ["diamond icon", "rhombus shape", "diamond sign", "crystal", "diamond outline", "jewel shape",
+                    "diamond badge"],
+        "heart": ["heart symbol", "cute heart", "love-heart", "big heart", "heart badge", "loving heart",
+                  "heart outline", "sweetheart symbol"],
+    },
+    "colour": {
+        "red": ["bright red", "deep red", "cherry", "wine red", "lipstick red"],
+        "orange": ["mango", "orange peel", "squash orange"],
+        "yellow": ["bright yellow", "sunshine yellow", "daffodil", "corn yellow"],
+        "green": ["bright green", "dark green", "apple green", "bottle green", "fern green"],
+        "cyan": ["pool cyan", "light cyan", "aquamarine", "bright turquoise"],
+        "blue": ["bright blue", "deep blue", "cornflower blue", "electric blue", "baby blue"],
+        "purple": ["bright purple", "deep purple", "royal purple", "dark violet", "heather"],
+        "pink": ["bright pink", "pastel pink", "light pink", "neon pink"],
+        "white": ["pure white", "bright white", "paper white", "frost white", "chalky white"],
+    },
+    # Verbs in their -ing form as well ("a ball rolling left"), direction words in several forms.
+    "motion": {
+        "left": ["rolling left", "sliding left", "gliding to the left", "heading left", "moving to the left",
+                 "runs off to the left", "sailing to the left", "wanders left", "swims left", "zips left",
+                 "going left", "races to the left"],
+        "right": ["rolling right", "sliding right", "gliding to the right", "heading right", "moving to the right",
+                  "runs off to the right", "sailing to the right", "wanders right", "swims right", "zips right",
+                  "going right", "races to the right"],
+        "up": ["rising", "floating up", "flying upward", "soaring up", "lifting off", "moving up", "shooting up",
+               "goes skyward", "heading upward", "raises itself", "floats toward the top", "mounting up"],
+        "down": ["falling", "sinking", "dropping down", "moving down", "heading down", "plunging", "tumbling",
+                 "goes toward the bottom", "sliding down", "drops to the ground", "lowering", "sags down"],
+        "still": ["staying still", "sitting still", "not moving", "resting", "holding still", "keeps still",
+                  "stays frozen", "waits without moving", "idles", "does nothing", "is at rest"],
+        "grow": ["growing", "expanding", "enlarging", "inflating", "becomes bigger and bigger", "grows bigger",
+                 "bulges", "widening"],
+        "shrink": ["shrinking", "contracting", "becoming small", "deflating", "becomes smaller and smaller",
+                   "shrivels", "shrinks to a speck", "shrinks to nothing", "diminishing", "narrowing"],
+        "rotate": ["rotating", "spinning", "turning around", "whirling", "spinning on the spot", "pivoting",
+                   "wheels round", "swiveling", "twisting around", "wheels around", "spins as a top does",
+                   "pirouettes"],
+        "bounce": ["hopping", "jumping", "springing", "skipping", "bobbing up and down", "rebounds off the ground",
+                   "hopping around", "bouncy", "jumps around", "bounces high", "pogoing", "keeps hopping"],
+    },
+    # A few colour words inside background phrases: they name the place, not an object.
+    "background": {
+        "beach": ["by the ocean", "on the coast", "at the beach", "beside the surf", "by the blue sea",
+                  "at the water's edge", "on a palm beach", "on the sandy coast"],
+        "night": ["on a moonlit night", "in darkness", "at night time", "under a black sky", "in the black of night",
+                  "in the middle of the night", "in the small hours", "under a full moon"],
+        "grass": ["on a green lawn", "in a grassy park", "on the football pitch", "in the backyard", "on a hillside",
+                  "in the countryside", "in an open meadow", "on a golf course"],
+        "sky": ["high above the ground", "in the clear sky", "in the sky above", "across the sky", "between clouds",
+                "in the wide sky"],
+        "studio": ["on a grey background", "in front of a backdrop", "in a studio space", "on a blank backdrop",
+                   "on a neutral set", "in a photo booth", "on seamless grey paper", "in a recording studio",
+                   "on a gray set"],
+        "sunset": ["at golden hour", "in the sunset glow", "during the evening", "as the day ends",
+                   "at the close of day", "at evening time", "at the day's end", "in the dusky evening"],
+    },
+    "camera": {
+        "static": ["the camera holds steady", "a steady shot", "no camera movement", "the camera stays locked",
+                   "the camera holds its position", "a fixed frame", "the shot is locked", "steady camera",
+                   "the camera never moves", "unmoving camera"],
+        "pan_left": ["the camera tracks left", "the camera glides left", "a pan to the left",
+                     "the camera slides left", "the frame pans left", "tracking shot to the left",
+                     "the camera moves to the left side", "a left pan"],
+        "pan_right": ["the camera tracks right", "the camera glides right", "a pan to the right",
+                      "the camera slides right", "the frame pans right", "tracking shot to the right",
+                      "the camera moves to the right side", "a right pan"],
+        "zoom_in": ["the camera creeps in", "a tight zoom", "the lens punches in", "a slow zoom in",
+                    "zooming toward the subject", "the camera dollies in", "the camera approaches",
+                    "the frame tightens", "the camera glides in", "zoom into the scene"],
+        "zoom_out": ["the camera backs off", "the camera retreats", "the camera dollies out", "a slow zoom out",
+                     "the shot opens out", "zooming off into a wide shot", "the camera withdraws",
+                     "zoom out to a wide frame"],
+    },
+}
+for _attr, _values in _MORE_TRAIN_WORDS.items():
+    for _value, _words in _values.items():
+        _WORDS[_attr][_value][0].extend(_words)
+del _attr, _values, _value, _words
 PHRASED_ATTRIBUTES: tuple[str, ...] = tuple(_WORDS)   # attributes phrase_words knows
 _SECONDS_WORDS = {1.0: "one", 2.0: "two", 3.0: "three", 4.0: "four"}
 _JOINERS = (["then", "after that", "next,", "cut to", "and then", "subsequently", "new scene:", "in the next shot",
              "switch to", "and next", "the scene changes:", "then the film cuts to", "after this,", "next up,",
              "once that ends,", "and now", "in another shot", "change to", "then comes", "after which",
-             "and finally", "then it cuts to"],
+             "and finally", "then it cuts to", "the next scene shows", "second scene:", "next shot:",
+             "the video then shows", "after that comes", "cut:", "now", "and after that", "then switch to",
+             "the shot changes to"],
             ["later on,", "followed by", "and afterwards"])
 _OBJECT_JOINERS = (["and", "while", "and also", "plus", "as well as", "next to", "beside", "and another",
-                    "near"], ["together with", "alongside"])
-_ARTICLES = (["a", "the", "a small", "a big", "a little", "a bright", "a shiny", "an"], ["a single", "some"])
+                    "near", "with", "accompanied by", "in addition to", "coupled with", "joined by",
+                    "side by side with", "besides", "and a second"], ["together with", "alongside"])
+_ARTICLES = (["a", "the", "a small", "a big", "a little", "a bright", "a shiny", "an", "a large", "a huge", "a cute",
+              "a glowing", "a lone", "a solitary", "a pretty", "a sparkling"], ["a single", "some"])
 _STATES = {  # scene-level sentence frames: {objects} {background} {camera}
     "train": ["{objects} {background}{camera}", "{background}, {objects}{camera}",
               "there is {objects} {background}{camera}", "{background} you can see {objects}{camera}",
@@ -300,7 +395,10 @@ _STATES = {  # scene-level sentence frames: {objects} {background} {camera}
               "a clip of {objects} {background}{camera}", "here {objects} {background}{camera}",
               "scene: {objects} {background}{camera}", "please show {objects} {background}{camera}",
               "a video in which {objects} {background}{camera}", "{background} {objects}{camera}",
-              "display {objects} {background}{camera}", "it shows {objects} {background}{camera}"],
+              "display {objects} {background}{camera}", "it shows {objects} {background}{camera}",
+              "there's {objects} {background}{camera}", "look: {objects} {background}{camera}",
+              "watch {objects} {background}{camera}", "a scene with {objects} {background}{camera}",
+              "an animation of {objects} {background}{camera}", "render {objects} {background}{camera}"],
     "test": ["we see {objects} {background}{camera}", "{background} there is {objects}{camera}"],
 }
 _MANNER = ["slowly", "quickly", "gently", "steadily", "smoothly"]   # optional words after a motion (train only)
