@@ -55,6 +55,15 @@ def test_tiny_training_run_learns():
 
 
 @needs_shipped
+def test_shipped_planner_keeps_the_camera_still_when_no_camera_is_named():
+    planner = P.load_planner()
+    for prompt in ("a red ball bouncing on the beach",
+                   "a blue square spinning at night, then a yellow star falling in the sky"):
+        assert [s.camera for s in planner.plan(prompt, 4.0).script.scenes] == ["static"] * (1 + prompt.count("then")), prompt
+    assert planner.plan("a green star falls on the grass, the camera zooms in", 2.0).script.scenes[0].camera == "zoom_in"
+
+
+@needs_shipped
 def test_shipped_planner_reads_a_two_scene_prompt():
     plan = P.load_planner().plan("a red ball rolls left on a beach, then cut to a blue square rising at night, "
                                  "in watercolor style", seconds=4.0)

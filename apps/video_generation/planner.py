@@ -72,7 +72,7 @@ class DecodeConfig:
     """How per-token probabilities become a Script (code, not learned). Thresholds chosen on the
     validation wording (world's "val" phrasings), never on the held-out ("test") wording."""
     scene_threshold: float = SCENE_THRESHOLD  # scene-start probability that opens a scene
-    camera_min: float = 0.05      # a camera move needs this probability on some token of its scene ...
+    camera_min: float = 0.3       # a camera move needs this probability on some token of its scene ...
     camera_margin: float = 0.0    # ... and to beat the scene's best "static" probability by this much
     evidence_pass_weight: float = 0.25   # weight of the evidence-only reader pass in the probabilities (0: off)
 
