@@ -58,6 +58,7 @@ def test_tiny_training_run_learns():
 def test_shipped_planner_keeps_the_camera_still_when_no_camera_is_named():
     planner = P.load_planner()
     for prompt in ("a red ball bouncing on the beach",
+                   "a white number 7 sliding to the left in the studio, then cut to a pink diamond growing on the grass",
                    "a blue square spinning at night, then a yellow star falling in the sky"):
         assert [s.camera for s in planner.plan(prompt, 4.0).script.scenes] == ["static"] * (1 + prompt.count("then")), prompt
     assert planner.plan("a green star falls on the grass, the camera zooms in", 2.0).script.scenes[0].camera == "zoom_in"

@@ -19,8 +19,9 @@ Model (all parts but the stream are trained by `moe-suite video train-planner`):
    with those of a second pass that hides every word's own state (evidence and context only); scenes open
    at predicted starts (one background per scene; a scene naming neither a shape nor a colour is merged);
    object mentions are cut at predicted object starts and between coloured shape words, stray pieces
-   merged; a camera move is taken when it beats "static" and passes a low minimum; each other attribute
-   comes from its most confident token.
+   merged; a camera move is taken when it beats "static" and passes a minimum, read only from words that
+   read more as a camera move than as an object's motion; each other attribute comes from its most
+   confident token.
 3. TimeAxis: T time-slot tokens (learned time embeddings) cross-attend to the scene tokens
    (pooled reader states + the stated-length evidence) through MoE layers routed per slot
    (the time-axis experts); each slot predicts which scene it shows, so cut times are the expected
@@ -881,7 +882,10 @@ class Planner:
             for attr, (_, p) in values.items():
                 conf[f"object{i}_{attr}"] = round(p, 4)
         background, p_bg = best("background", toks)
-        camera, p_cam = self._camera(probs["camera"][toks, 1:])
+        # a word votes for the camera only when it reads more as a camera move than as an object's motion
+        # ("sliding to the left" is no pan)
+        camera_rows = toks[1 - probs["camera"][toks, 0] >= 1 - probs["motion"][toks, 0]]
+        camera, p_cam = self._camera(probs["camera"][camera_rows, 1:])
         conf.update(background=round(p_bg, 4), camera=round(p_cam, 4))
         seconds, p_sec = best("seconds", toks)
         scene = Scene(objects, background if background and p_bg > 0.3 else "studio", camera,
