@@ -203,8 +203,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{info.path}: its recorded structure does not fit a {info.kind} "
                               f"({type(exc).__name__}: {exc})") from exc
-    _check_keys(model, state, info.path)
-    _match_dtypes(model, state, info.path)
+    expected = model.state_dict()
+    _check_keys(expected, state, info.path)
+    _match_dtypes(expected, state, info.path)
     model.load_state_dict(state)
     return model.to(map_location), info
 
@@ -271,9 +272,8 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Raise, listing them all, if the saved tensors miss, exceed or misshape the model's."""
-    expected = model.state_dict()
+def _check_keys(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise, listing them all, if the saved tensors miss, exceed or misshape the model's (`expected`)."""
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
     misshaped = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -284,11 +284,11 @@ def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
         raise CheckpointError(f"{path}: weights do not match the model; " + "; ".join(problems))
 
 
-def _match_dtypes(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def _match_dtypes(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path) -> None:
     """Raise if a non-float tensor was saved in another dtype than the model holds (int8 weights
     stored as floats: a damaged file, not something to cast). Float tensors load into the dtype the
     builder gives them: weights stored in float16 to halve a shipped file load, exactly, as fp32."""
-    for name, t in model.state_dict().items():
+    for name, t in expected.items():
         saved = state[name].dtype
         if t.dtype != saved and not (t.is_floating_point() and state[name].is_floating_point()):
             raise CheckpointError(f"{path}: weights do not match the model; {name} is stored as {saved}, "

@@ -301,10 +301,10 @@ def _read_frames(ds, path: Path) -> list[_Frame]:
     if n_frames == 1:   # no position: placed by load_series from SliceLocation / InstanceNumber, or dropped
         position = (_floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient")
                     if ds.get("ImagePositionPatient") else None)
+        thickness = _optional_float(ds, "SliceThickness")
         return [_Frame(path, None, position, iop[:3], iop[3:], (spacing[0], spacing[1]), shape, slope, inter,
                        instance, _optional_float(ds, "SliceLocation"),
-                       _optional_float(ds, "SpacingBetweenSlices") or _optional_float(ds, "SliceThickness"),
-                       _optional_float(ds, "SliceThickness"), acquisition)]
+                       _optional_float(ds, "SpacingBetweenSlices") or thickness, thickness, acquisition)]
     position = _floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient")
     offsets = ds.get("GridFrameOffsetVector")   # legacy multi-frame: offsets along the normal
     if offsets is None or len(offsets) != n_frames:
@@ -528,15 +528,21 @@ def _keep_consistent(frames: list[_Frame], uid: str, warnings: list[str]) -> lis
     Orientation and spacing match within a tolerance, so rounding jitter between slices splits nothing."""
     def key(fr: _Frame):
         return fr.shape, tuple(np.round(np.r_[fr.row_dir, fr.col_dir], 2)), tuple(np.round(fr.pixel_spacing, 3))
-    best = frames[[key(fr) for fr in frames].index(Counter(key(fr) for fr in frames).most_common(1)[0][0])]
+    keys = [key(fr) for fr in frames]
+    best = frames[keys.index(Counter(keys).most_common(1)[0][0])]
 
     def same(fr: _Frame) -> bool:
         return (fr.shape == best.shape and np.allclose(np.r_[fr.row_dir, fr.col_dir], np.r_[best.row_dir,
                                                                                           best.col_dir], atol=0.02)
                 and np.allclose(fr.pixel_spacing, best.pixel_spacing, rtol=2e-3, atol=1e-4))
-    kept = [fr for fr in frames if same(fr)]
-    if len(kept) < len(frames):
-        dropped = sorted({str(fr.path) for fr in frames if not same(fr)})
+    kept, dropped = [], set()
+    for fr in frames:
+        if same(fr):
+            kept.append(fr)
+        else:
+            dropped.add(str(fr.path))
+    if dropped:
+        dropped = sorted(dropped)
         warnings.append(f"{len(frames) - len(kept)} images of another size/orientation/pixel spacing ignored "
                         f"(series {uid}; e.g. {dropped[0]})")
     return kept
@@ -806,6 +812,15 @@ def _load_image_file(path: Path, allow_single_slice: bool = False) -> CTVolume:
     return CTVolume(hu, _spacing(affine), affine, series_uid="", study_uid="", source=path, warnings=warnings)
 
 
+def split_volume_series(series: list[SeriesInfo]) -> tuple[list[SeriesInfo], list[SeriesInfo]]:
+    """(the series that can be CT volumes, the localizers / screens / reports beside them). A single series,
+    or a group where none is a volume, is kept whole, so that loading it says what is wrong."""
+    if len(series) < 2:
+        return series, []
+    volumes = [s for s in series if is_volume_series(s)]
+    return (volumes, [s for s in series if s not in volumes]) if volumes else (series, [])
+
+
 def is_volume_series(series: SeriesInfo) -> bool:
     """Whether a series can be a CT volume: several slices (files or frames) that are no localizer, screen
     save or report (see _not_a_slice). Reads the headers of the first, middle and last files only, so a scout
@@ -840,10 +855,7 @@ def load_volume(path: str | Path, *, allow_single_slice: bool = False) -> CTVolu
             reasons = "; ".join(f"{p.name}: {r}" for p, r in scan.skipped[:3])
             raise DicomReadError(f"{path}: no DICOM series found ({len(scan.skipped)} files skipped"
                                  f"{': ' + reasons if reasons else ''})")
-        ignored = []
-        if len(ct) > 1:   # a scout or a dose screen beside the scan (usual in PACS exports) is not a rival volume
-            volumes = [s for s in ct if is_volume_series(s)]
-            ignored, ct = ([s for s in ct if s not in volumes], volumes) if volumes else ([], ct)
+        ct, ignored = split_volume_series(ct)   # a scout or dose screen beside the scan is no rival volume
         if len(ct) > 1:
             listing = "; ".join(f"{s.series_uid} ({s.modality} '{s.description}', {len(s.files)} files)" for s in ct)
             raise DicomReadError(f"{path}: {len(ct)} CT series in one folder, load them one by one with "

@@ -53,24 +53,26 @@ class KnowledgeFormatError(ValueError):
 Reader = Callable[[Path], list[KnowledgeDoc]]
 
 
-def load_knowledge(path: str | Path) -> list[KnowledgeDoc]:
+def load_knowledge(path: str | Path, files: list[Path] | None = None) -> list[KnowledgeDoc]:
     """The documents of one knowledge file, or of every supported file under a folder (sorted by path).
 
     Hidden files and folders are skipped, as are files of other formats inside a folder (see
     `knowledge_files`). Ids derived from a file name (stem#...) use the file's path inside the folder
     instead when several files share that name (a/faq.md, b/faq.md -> a/faq#..., b/faq#...). Document
-    ids must be unique across everything loaded.
+    ids must be unique across everything loaded. `files`: the knowledge_files(path) list when the caller
+    already has it.
     """
     path = Path(path)
-    files, _ = knowledge_files(path)
+    if files is None:
+        files, _ = knowledge_files(path)
     stems = Counter(file.stem for file in files)
-    keys = Counter(file.relative_to(path).with_suffix("").as_posix() for file in files if stems[file.stem] > 1)
+    rel = {file: file.relative_to(path).with_suffix("").as_posix() for file in files if stems[file.stem] > 1}
+    keys = Counter(rel.values())
     docs = []
     for file in files:
         file_docs = _read_file(file)
-        if stems[file.stem] > 1:
-            key = file.relative_to(path).with_suffix("").as_posix()
-            key = key if keys[key] == 1 else file.relative_to(path).as_posix()
+        if file in rel:
+            key = rel[file] if keys[rel[file]] == 1 else file.relative_to(path).as_posix()
             file_docs = [_renamed(doc, file.stem, key) for doc in file_docs]
         docs += file_docs
     seen: dict[str, str] = {}

@@ -54,7 +54,7 @@ def decode_text(data: bytes) -> tuple[str, str]:
             text, encoding = data.decode("utf-8-sig"), "utf-8"
         except UnicodeDecodeError as err:
             line = data[:err.start].count(b"\n") + 1
-            if any(ord(c) > 127 and c != "\ufffd" for c in data.decode("utf-8", "replace")):
+            if re.search(r"[^\x00-\x7f\ufffd]", data.decode("utf-8", "replace")):
                 raise TextDecodeError(f"byte {err.start} is not UTF-8, though other non-ASCII text in the file "
                                       "is: a damaged or mixed-encoding file; save it as UTF-8", line) from None
             try:

@@ -19,7 +19,8 @@ Reading uses OpenCV's FFmpeg backend (it decodes H.264, HEVC, VP8, VP9, MJPEG, P
 rotation of portrait phone clips); when OpenCV cannot open or decode a file (AV1 here), and for interlaced
 streams (which OpenCV 5 silently returns as black frames), the packaged ffmpeg reads it, deinterlacing with
 yadif. `iter_video_timed` / `read_video_timed` also give each frame's presentation time, which differs from
-frame / fps in variable-frame-rate clips (phones, screen recordings). `copy_audio` carries a source's sound
+frame / fps in variable-frame-rate clips (phones, screen recordings); `steady_rate` tells whether a clip keeps
+to its nominal rate and `constant_rate` re-times one that does not for a constant-rate file. `copy_audio` carries a source's sound
 over to a re-encoded video. Every problem raises VideoError naming the file (audio-only files, truncated
 MP4s without their index, bytes that are no video at all get their own messages).
 """
@@ -164,7 +165,6 @@ def _probe_ffmpeg(path: Path) -> VideoInfo:
     exe = ffmpeg_exe()
     if exe is None:
         raise VideoError(path, "OpenCV cannot decode this file and no ffmpeg binary is available")
-    import imageio_ffmpeg
     streams, report = _ffmpeg_header(path)
     if streams and "Video" not in streams:
         raise VideoError(path, f"no video stream (the file holds only {' and '.join(sorted(streams)).lower()})")
@@ -177,10 +177,8 @@ def _probe_ffmpeg(path: Path) -> VideoInfo:
         raise VideoError(path, "unreadable: not a video (the content is not MP4/MOV, nor anything else ffmpeg "
                                "reads)")
     try:
-        gen = imageio_ffmpeg.read_frames(str(path))
-        meta = next(gen)
-        gen.close()
-        frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
+        st = path.stat()
+        meta, frames, seconds = _ffmpeg_counts(str(path.resolve()), st.st_size, st.st_mtime_ns)
     except (RuntimeError, StopIteration, OSError) as e:
         raise VideoError(path, f"unreadable video ({str(e).strip().splitlines()[-1] if str(e).strip() else e})")
     width, height = meta["size"]
@@ -188,6 +186,18 @@ def _probe_ffmpeg(path: Path) -> VideoInfo:
     if frames < 1:
         raise VideoError(path, "the video has no frames")
     return VideoInfo(path, fps, int(frames), int(width), int(height), float(seconds), meta.get("codec", ""))
+
+
+@lru_cache(maxsize=64)
+def _ffmpeg_counts(path: str, size: int, mtime_ns: int) -> tuple[dict, int, float]:
+    """(ffmpeg's stream metadata, frame count, seconds) of one file version: counting decodes the whole
+    file, so a file probed again (caption, then read; stylize's passes) is counted once."""
+    import imageio_ffmpeg
+    gen = imageio_ffmpeg.read_frames(path)
+    meta = next(gen)
+    gen.close()
+    frames, seconds = imageio_ffmpeg.count_frames_and_secs(path)
+    return meta, frames, seconds
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -234,6 +244,31 @@ def iter_video_timed(path: str | Path, max_frames: int | None = None,
         return _iter_cv(cap, max_frames, max_side)
     info = _probe_ffmpeg(path)  # raises a clear VideoError if ffmpeg cannot read it either
     return _iter_ffmpeg(path, max_frames, _scaled_size(info.width, info.height, max_side), info.fps, info.frames)
+
+
+def steady_rate(times_F: np.ndarray, fps: float) -> float | None:
+    """None when frame i of a clip is shown at i / fps (within half a frame) throughout; otherwise (variable
+    frame rate: phones, screen recordings) the rate of its typical frame interval, at which constant_rate
+    re-times it."""
+    if len(times_F) < 2 or np.abs(times_F - np.arange(len(times_F)) / fps).max() <= 0.5 / fps:
+        return None
+    step = float(np.median(np.diff(times_F)))
+    return float(np.clip(1.0 / step, 1.0, 120.0)) if step > 0 else None
+
+
+def constant_rate(timed: Iterable[tuple[float, np.ndarray]], fps: float) -> Iterable[np.ndarray]:
+    """Frames with their times -> frames at a constant `fps` that show, at every tick n / fps, the frame on
+    screen then (repeated over a long gap, skipped within a burst), so that a variable-frame-rate clip keeps
+    its timing in a constant-rate file. The last frame lasts one tick."""
+    tick = 0
+    held: np.ndarray | None = None
+    for t, frame in timed:
+        while held is not None and tick / fps < t - 1e-6:  # ticks before this frame's time show the previous one
+            yield held
+            tick += 1
+        held = frame
+    if held is not None:
+        yield held
 
 
 def iter_video(path: str | Path, max_frames: int | None = None, max_side: int | None = None) -> Iterator[np.ndarray]:
@@ -293,7 +328,15 @@ def _iter_ffmpeg(path: Path, max_frames: int | None, size: tuple[int, int] | Non
 
 def _packet_times(path: Path) -> np.ndarray | None:
     """Presentation times (s, from the first) of the first video stream's packets in presentation order,
-    read by demuxing alone (ffmpeg's framecrc listing; no decoding); None when ffmpeg cannot list them all."""
+    read by demuxing alone (ffmpeg's framecrc listing; no decoding); None when ffmpeg cannot list them all.
+    Listed once per file version."""
+    st = path.stat()
+    times = _packet_times_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return None if times is None else times.copy()
+
+
+@lru_cache(maxsize=64)
+def _packet_times_cached(path: str, size: int, mtime_ns: int) -> np.ndarray | None:
     exe = ffmpeg_exe()
     if exe is None:
         return None

@@ -138,8 +138,6 @@ def test_word_noise_keeps_every_value_span_on_its_words():
     assert changed > 40
 
 
-
-
 def test_joiner_noise_replaces_only_the_words_between_scenes():
     rng = np.random.default_rng(1)
     replaced = 0

@@ -128,7 +128,7 @@ def index(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     files, skipped = knowledge_files(args.kb)
-    docs = load_knowledge(args.kb)  # a bad file fails here, before the index folder is touched
+    docs = load_knowledge(args.kb, files)  # a bad file fails here, before the index folder is touched
     manifest = KnowledgeIndex.build(docs, args.out, IndexConfig(hybrid=args.hybrid),
                                     progress=_progress_printer("embedded", "chunks")).manifest
     summary = {"out": str(args.out), "files": len(files), "skipped_files": [str(p) for p in skipped[:20]],

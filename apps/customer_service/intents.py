@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,8 +183,7 @@ def oos_threshold(confidence_N: torch.Tensor, keep: float, confidence: float = 0
         return float(sorted_N[0]) if n else 0.0
     # P(Binomial(n, p) >= k) for k = 1..n, from the log pmf
     k_K = torch.arange(n + 1, dtype=torch.float64)
-    log_pmf = (torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64)) - torch.lgamma(k_K + 1)
-               - torch.lgamma(n - k_K + 1) + k_K * math.log(p) + (n - k_K) * math.log1p(-p))
+    log_pmf = torch.distributions.Binomial(n, probs=torch.tensor(p, dtype=torch.float64)).log_prob(k_K)
     at_least_K = log_pmf.exp().flip(0).cumsum(0).flip(0)  # [n + 1]: P(X >= k)
     k = int((at_least_K[1:] >= confidence).sum())  # P(X >= k) falls with k: the largest k that holds
     return float(sorted_N[max(k, 1) - 1])

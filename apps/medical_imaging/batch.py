@@ -83,7 +83,7 @@ def _find_report(reports: Path | None, names: list[str]) -> Path | None:
 def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
     """The studies under cfg.input and the errors found while looking (folders without DICOM, unreadable
     files); both sorted, so every rank of a sharded run sees the same list."""
-    from data_connectors.dicom import VOLUME_SUFFIXES, is_volume_series, scan_folder
+    from data_connectors.dicom import VOLUME_SUFFIXES, scan_folder, split_volume_series
 
     root = Path(cfg.input)
     if cfg.reports is not None and not Path(cfg.reports).is_dir():
@@ -107,15 +107,12 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
         rel = rel if rel != "." else root.name
         # A scout, dose screen or structured report exported beside a scan is no study of its own; alone in
         # its folder it stays one, so that loading says what is wrong with it.
-        volumes = [s for s in group if is_volume_series(s)] if len(group) > 1 else group
-        if volumes and len(volumes) < len(group):
-            for series in group:
-                if series not in volumes:
-                    errors.append({"study": _hash(rel) if cfg.anonymize else rel,
-                                   "source": _hash(series.series_uid) if cfg.anonymize else series.series_uid,
-                                   "stage": "skipped", "message": f"series of {len(series.files)} file(s) beside "
-                                   "a CT volume skipped: a localizer, screen save, report or single image"})
-            group = volumes
+        group, beside = split_volume_series(group)
+        for series in beside:
+            errors.append({"study": _hash(rel) if cfg.anonymize else rel,
+                           "source": _hash(series.series_uid) if cfg.anonymize else series.series_uid,
+                           "stage": "skipped", "message": f"series of {len(series.files)} file(s) beside "
+                           "a CT volume skipped: a localizer, screen save, report or single image"})
         for series in group:
             name = rel if len(group) == 1 else f"{rel}#{series.series_uid[-12:]}"
             key = _hash(name) if cfg.anonymize else _safe(name.replace("/", "__"))

@@ -223,9 +223,11 @@ def _gradual(grey_Fhw: np.ndarray, hist_FB: np.ndarray, fps: float, cfg: ShotCon
             # The blend tests at the analysis size, else on a coarse copy: real footage keeps moving during a
             # dissolve (and some dissolves are dithered), which only the coarse copy averages away. Only ends
             # far apart go to the coarse copy: a zoom over a smooth backdrop is a blend there.
-            levels = [grey_Fhw] + ([coarse_Fhw] if ends >= cfg.coarse_end_dist else [])
-            for g in levels:
-                worst = _blend_misfit(g, a, b, c, k, float(np.abs(g[a] - g[b]).mean()))
+            levels = [(grey_Fhw, spread)]
+            if ends >= cfg.coarse_end_dist:
+                levels.append((coarse_Fhw, float(np.abs(coarse_Fhw[a] - coarse_Fhw[b]).mean())))
+            for g, g_spread in levels:
+                worst = _blend_misfit(g, a, b, c, k, g_spread)
                 if worst < cfg.blend_tolerance and _contrast_dips(g[a], g[c], g[b], cfg.dip_share):
                     found.append((c, ends * (1 - worst), k))
                     break
@@ -253,15 +255,15 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
         cuts += [(i, float(scores_F[i]), "cut") for i, _ in _hard_cuts(
             compensated_scores(grey_Fhw, cfg.shift_radius), min_len, cfg, cfg.shift_floor, flashes=False)]
     if cfg.gradual:
-        spans = _merge_fades(_gradual(grey_Fhw, hist_FB, fps, cfg), grey_Fhw, int(round(cfg.gradual_max_s * fps)),
-                             cfg.flat_std)
+        flat_F = grey_Fhw.std(axis=(1, 2)) < cfg.flat_std   # flat frames (black, white): where fades meet
+        spans = _merge_fades(_gradual(grey_Fhw, hist_FB, fps, cfg), flat_F, int(round(cfg.gradual_max_s * fps)))
         # A dissolve or fade changes the pixels a step at a time: a "span" holding one jump about as large as the
         # whole change from its first to its last frame is a hard cut beside a smooth camera move.
         def one_jump(a: int, b: int) -> bool:
             whole = float(np.abs(grey_Fhw[min(b + 1, len(grey_Fhw) - 1)] - grey_Fhw[max(a - 1, 0)]).mean())
             return any(a <= i <= b + 1 and float(np.abs(grey_Fhw[i] - grey_Fhw[i - 1]).mean()) >= cfg.cut_in_gradual
                        * whole for i, _, _ in cuts)
-        spans = [(a, b, st) for a, b, st in spans if not one_jump(a, b) and not _edge_fade(grey_Fhw, a, b, cfg)]
+        spans = [(a, b, st) for a, b, st in spans if not one_jump(a, b) and not _edge_fade(flat_F, a, b)]
         # A "cut" inside (or at the edge of) a gradual transition is one of its steps.
         cuts = [c for c in cuts if not any(a <= c[0] <= b + 1 for a, b, _ in spans)]
         cuts += [((a + b) // 2, s + 1.0, "gradual") for a, b, s in spans]  # transitions outrank cuts nearby
@@ -272,11 +274,11 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
     return [Shot(s, e, s / fps, e / fps, kind) for (s, kind), e in zip(starts, ends)]
 
 
-def _merge_fades(gradual: list[tuple[int, float, int]], grey_Fhw: np.ndarray, max_gap: int,
-                 flat_std: float) -> list[tuple[int, int, float]]:
+def _merge_fades(gradual: list[tuple[int, float, int]], flat_F: np.ndarray, max_gap: int
+                 ) -> list[tuple[int, int, float]]:
     """Gradual transitions (centre, strength, half-width) as spans (first, last frame, strength). A
     fade out to a flat frame (black, white) and the fade in after it are one transition: spans at
-    most max_gap apart with a flat frame between are joined."""
+    most max_gap apart with a flat frame between (flat_F) are joined."""
     out: list[tuple[int, int, float]] = []
     for c, strength, k in sorted(gradual):
         a, b = c - k, c + k
@@ -284,7 +286,7 @@ def _merge_fades(gradual: list[tuple[int, float, int]], grey_Fhw: np.ndarray, ma
             # the flat frame must lie where the two meet (from the first's end to the second's start),
             # not anywhere in them: a fade in at the start and a fade out at the end of one shot stay apart
             lo, hi = sorted((out[-1][1], a))
-            if grey_Fhw[max(lo, 0):hi + 1].std(axis=(1, 2)).min() < flat_std:
+            if flat_F[max(lo, 0):hi + 1].any():
                 prev = out.pop()
                 out.append((prev[0], b, max(prev[2], strength)))
                 continue
@@ -292,10 +294,9 @@ def _merge_fades(gradual: list[tuple[int, float, int]], grey_Fhw: np.ndarray, ma
     return out
 
 
-def _edge_fade(grey_Fhw: np.ndarray, a: int, b: int, cfg: ShotConfig) -> bool:
+def _edge_fade(flat_F: np.ndarray, a: int, b: int) -> bool:
     """A fade in from a flat frame (black) with only flat frames before it, or a fade out with only flat
     frames after it: the clip's own opening or ending, with no shot on the other side to be a boundary to."""
-    flat_F = grey_Fhw.std(axis=(1, 2)) < cfg.flat_std
     return bool(flat_F[:a + 1].all() or flat_F[b:].all())
 
 

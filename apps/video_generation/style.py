@@ -42,8 +42,8 @@ import cv2
 import numpy as np
 
 from data_connectors.video import MAX_SIDE as VIDEO_MAX_SIDE
-from data_connectors.video import (VideoError, copy_audio, iter_video_timed, probe_video, read_image,
-                                   write_image, write_video)
+from data_connectors.video import (VideoError, constant_rate, copy_audio, iter_video_timed, probe_video,
+                                   read_image, steady_rate, write_image, write_video)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v"}
@@ -676,31 +676,6 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
     result = _result(np.empty(0), route, time.perf_counter() - t0)
     result.audio = copy_audio(out, src)
     return out, result
-
-
-def steady_rate(times_F: np.ndarray, fps: float) -> float | None:
-    """None when frame i of a clip is shown at i / fps (within half a frame) throughout; otherwise (variable
-    frame rate: phones, screen recordings) the rate of its typical frame interval, at which constant_rate
-    re-times it."""
-    if len(times_F) < 2 or np.abs(times_F - np.arange(len(times_F)) / fps).max() <= 0.5 / fps:
-        return None
-    step = float(np.median(np.diff(times_F)))
-    return float(np.clip(1.0 / step, 1.0, 120.0)) if step > 0 else None
-
-
-def constant_rate(timed: Iterable[tuple[float, np.ndarray]], fps: float) -> Iterable[np.ndarray]:
-    """Frames with their times -> frames at a constant `fps` that show, at every tick n / fps, the frame on
-    screen then (repeated over a long gap, skipped within a burst), so that a variable-frame-rate clip keeps
-    its timing in a constant-rate file. The last frame lasts one tick."""
-    tick = 0
-    held: np.ndarray | None = None
-    for t, frame in timed:
-        while held is not None and tick / fps < t - 1e-6:  # ticks before this frame's time show the previous one
-            yield held
-            tick += 1
-        held = frame
-    if held is not None:
-        yield held
 
 
 def synthetic_clip(frames: int, size_hw: tuple[int, int], seed: int = 0) -> np.ndarray:

@@ -57,6 +57,13 @@ class AudioStreamConfig:
             length = (length - k) // s + 1
         return max(length, 0)
 
+    def min_length(self) -> int:
+        """The shortest input (samples or frames) that makes one token: num_tokens walked backwards."""
+        length = 1
+        for k, s in zip(reversed(self.kernel_sizes), reversed(self.strides)):
+            length = (length - 1) * s + k
+        return length
+
 
 @dataclass
 class AudioOutput:
@@ -134,9 +141,6 @@ class AudioStream(nn.Module):
             expected = "[B, samples]" if cfg.in_channels == 1 else f"[B, {cfg.in_channels}, frames]"
             raise ValueError(f"expected audio {expected}, got {tuple(audio.shape)}")
         if cfg.num_tokens(x_BCL.shape[-1]) < 1:
-            shortest = 1  # the shortest input giving one token: walk the conv stack backwards
-            for k, s in zip(reversed(cfg.kernel_sizes), reversed(cfg.strides)):
-                shortest = (shortest - 1) * s + k
             raise ValueError(f"audio of length {x_BCL.shape[-1]} is shorter than the conv stack's "
-                             f"receptive field ({shortest} samples or frames); pad it")
+                             f"receptive field ({cfg.min_length()} samples or frames); pad it")
         return x_BCL

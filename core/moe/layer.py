@@ -39,7 +39,7 @@ def _task_per_token(task_id, B: int, T: int, device, num_tasks: int) -> torch.Te
         return None
     task = torch.as_tensor(task_id, device=device)
     if num_tasks > 0:
-        task = task_ids(task, num_tasks, device=device).reshape(task.shape)
+        task_ids(task, num_tasks)   # integer ids in [0, num_tasks), or a ValueError
     task = task.to(torch.long)
     if task.numel() == 1:
         return task.reshape(1).expand(B * T)
