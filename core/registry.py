@@ -6,10 +6,20 @@ registry does not import every model (MONAI, transformers), and a model whose mo
 import breaks only its own kind. Adding a model is one line:
 
     register("vision_stream", "core.vision:VisionStreamConfig", "core.vision:VisionStream", _vision_inputs)
+
+Kinds defined outside core (the apps', a plugin package's) register when their module is imported. So
+that loading such a checkpoint does not depend on what the caller imported first, and without core
+importing apps, a package names the module that registers each of its kinds as an entry point:
+
+    [project.entry-points."moe_suite.models"]
+    video_planner = "apps.video_generation.planner"
+
+and `spec` imports it the first time the kind is asked for.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +57,7 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {}
+ENTRY_POINT_GROUP = "moe_suite.models"   # kind name -> the module whose import registers it
 
 
 def register(kind: str, config: str | type, build: str | Callable, inputs: str | InputFn | None = None,
@@ -59,10 +70,19 @@ def register(kind: str, config: str | type, build: str | Callable, inputs: str |
 
 
 def spec(kind: str) -> ModelSpec:
+    if kind not in MODELS:
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=kind):
+            entry.load()   # importing the module registers the kind
     try:
         return MODELS[kind]
     except KeyError:
-        raise ValueError(f"unknown model kind {kind!r}; registered: {', '.join(sorted(MODELS))}") from None
+        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(known_kinds())}") from None
+
+
+def known_kinds() -> list[str]:
+    """Every kind that can be loaded: those registered so far and those installed packages declare."""
+    declared = {entry.name for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(set(MODELS) | declared)
 
 
 def check_config(kind: str, config: Any) -> None:
