@@ -97,6 +97,9 @@ def test_plurals_of_known_phrasings_are_read():
             ("read", [word]), prompt
         U.check_understood(prompt, u)
     assert U.in_vocabulary("boxes", {"box"}) and U.in_vocabulary("skies", {"sky"})
+    for plural, singular in [("rhombi", "rhombus"), ("leaves", "leaf"), ("knives", "knife"), ("mice", "mouse"),
+                             ("snowmen", "snowman"), ("waves", "wave"), ("vertices", "vertex")]:
+        assert U.in_vocabulary(plural, {singular}), plural
     assert not U.in_vocabulary("cars", {"star"})
 
 
@@ -240,3 +243,20 @@ def test_shipped_planner_reads_the_module_example_plurals_and_scenery():
     assert "dog" in u.unrecognised_words
     with pytest.raises(U.NothingUnderstoodError):
         U.check_understood(prompt, u)
+
+
+def test_the_camera_is_explained_from_the_words_the_planner_let_vote_for_it():
+    # "left" reads as the ball's motion (0.95) more than as a pan (0.6): the planner's camera ignores it,
+    # so the static camera is "not in the prompt", not a weak reading of "left"
+    prompt = "a red ball rolling left"
+    tags = {"red": {"colour": ("red", 0.99)}, "ball": {"shape": ("circle", 0.99)},
+            "rolling": {"motion": ("left", 0.9)}, "left": {"motion": ("left", 0.99), "camera": ("pan_left", 0.5)}}
+    plan = fake_plan(prompt, tags, one(motion="left"))
+    t_left = len(prompt.split())   # [CLS] comes first
+    plan.reading.probs["camera"][t_left, 0] = 0.4
+    camera = U.understand(prompt, plan).scenes[0]["camera"]
+    assert (camera.value, camera.status, camera.source) == ("static", "default", None)
+
+    plan.reading.probs["camera"][t_left, 0] = 0.01   # now it reads more as a pan than as motion: it votes
+    camera = U.understand(prompt, plan).scenes[0]["camera"]
+    assert camera.status == "guessed" and camera.source == "left"

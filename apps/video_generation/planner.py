@@ -839,6 +839,12 @@ class Planner:
             pieces.pop()
         return [(toks[a:b], toks[c:b]) for a, b, c in pieces]
 
+    @staticmethod
+    def camera_rows(toks: np.ndarray, probs: dict[str, np.ndarray]) -> np.ndarray:
+        """The scene's tokens that may vote for its camera: those that read more as a camera move than as
+        an object's motion ("sliding to the left" is no pan)."""
+        return toks[1 - probs["camera"][toks, 0] >= 1 - probs["motion"][toks, 0]]
+
     def _camera(self, p_RC: np.ndarray) -> tuple[str, float]:
         """A scene's camera from its tokens' camera probabilities [R, cameras] (none left out): the most
         likely move when some token gives it at least camera_min and it beats the best "static" token
@@ -882,10 +888,7 @@ class Planner:
             for attr, (_, p) in values.items():
                 conf[f"object{i}_{attr}"] = round(p, 4)
         background, p_bg = best("background", toks)
-        # a word votes for the camera only when it reads more as a camera move than as an object's motion
-        # ("sliding to the left" is no pan)
-        camera_rows = toks[1 - probs["camera"][toks, 0] >= 1 - probs["motion"][toks, 0]]
-        camera, p_cam = self._camera(probs["camera"][camera_rows, 1:])
+        camera, p_cam = self._camera(probs["camera"][self.camera_rows(toks, probs), 1:])
         conf.update(background=round(p_bg, 4), camera=round(p_cam, 4))
         seconds, p_sec = best("seconds", toks)
         scene = Scene(objects, background if background and p_bg > 0.3 else "studio", camera,

@@ -38,11 +38,25 @@ NEGATIONS = frozenset({"no", "not", "without", "never", "nor", "none", "don't", 
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")
 
 
+_IRREGULAR_PLURALS = {"mice": "mouse", "geese": "goose", "feet": "foot", "teeth": "tooth", "dice": "die",
+                      "children": "child", "people": "person", "oxen": "ox", "women": "woman", "men": "man"}
+_PLURAL_ENDINGS = (("ies", "y"), ("ves", "f"), ("ves", "fe"), ("men", "man"), ("i", "us"), ("ices", "ex"),
+                   ("es", ""), ("s", ""))
+
+
+def singulars(word: str) -> set[str]:
+    """`word` (lower case) and the singulars it may be the plural of ("skies" -> "sky", "leaves" -> "leaf",
+    "rhombi" -> "rhombus", "mice" -> "mouse"); a guess by ending, so some are not words."""
+    out = {word, _IRREGULAR_PLURALS.get(word, word)}
+    out.update(word[:-len(end)] + single for end, single in _PLURAL_ENDINGS
+               if word.endswith(end) and len(word) > len(end) + 1)
+    return out
+
+
 def in_vocabulary(word: str, vocabulary) -> bool:
-    """`word` (lower case) or its singular ("stars" -> "star", "boxes" -> "box", "skies" -> "sky") is in
-    `vocabulary`: the world's phrasings are singular, prompts often are not."""
-    return any(w in vocabulary for w in (word, word.removesuffix("s"), word.removesuffix("es"),
-                                         word[:-3] + "y" if word.endswith("ies") else word))
+    """`word` (lower case) or its singular ("stars" -> "star", "boxes" -> "box", "rhombi" -> "rhombus") is
+    in `vocabulary`: the world's phrasings are singular, prompts often are not."""
+    return any(w in vocabulary for w in singulars(word))
 
 
 class NothingUnderstoodError(ValueError):
@@ -261,11 +275,12 @@ def understand(prompt: str, plan, style: str | None = None) -> Understanding:
             for attr, r in o.items():
                 if r.status in ("guessed", "default"):
                     guessed.append(_guess(k, i, attr, r, rows, probs))
+        rows_of = {"background": toks, "camera": Planner.camera_rows(toks, probs)}   # as the planner reads them
         s = {"objects": objects, "background": background,
-             "camera": reading_of("camera", scene.camera, toks)}
+             "camera": reading_of("camera", scene.camera, rows_of["camera"])}
         for attr in SCENE_ATTRS:
             if s[attr].status in ("guessed", "default"):
-                guessed.append(_guess(k, None, attr, s[attr], toks, probs))
+                guessed.append(_guess(k, None, attr, s[attr], rows_of[attr], probs))
         scenes.append(s)
         # a stated length ("for 3 seconds") is read by the time axis: its words are used
         for t in toks:
