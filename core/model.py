@@ -4,11 +4,13 @@
     core = MultimodalCore(MultimodalCoreConfig())
     core.add_head("answer", nn.Linear(core.cfg.dim, 13))          # apps own their heads
     out = core(text=tokens, images=images, task="captioning")     # tokens: a core.text.TokenBatch
+    out = core(audio=AudioBatch.from_clips(clips), task="captioning")  # clips of any lengths
     loss = F.cross_entropy(core.heads["answer"](out.fused), labels) + out.aux_loss
 
 Each stream runs under the task id, so it reaches every MoE gate; the streams' tokens are projected
 to the shared width, attend across modalities (CrossModalAttention) and are fused into one vector
-(DynamicFusion).
+(DynamicFusion). Padding (text's attention_mask, audio given as a core.audio.AudioBatch with its
+lengths) is masked out all the way: a sample's output does not depend on how its batch was padded.
 
 Shape legend: B batch, T_m tokens of modality m, D shared width, M modalities fused.
 """
@@ -20,7 +22,7 @@ from typing import TypeVar
 import torch
 import torch.nn as nn
 
-from core.audio import AudioStream, AudioStreamConfig
+from core.audio import AudioBatch, AudioStream, AudioStreamConfig
 from core.fusion import MODALITIES, CrossModalAttention, DynamicFusion, FusionConfig, FusionOutput
 from core.fusion.dynamic import masked_mean
 from core.moe import MoELayer, MoEStats
@@ -117,6 +119,12 @@ class CoreOutput:
     fusion_extra: dict[str, torch.Tensor]     # FusionOutput.extra (the confidence heads' logits, ...)
 
 
+def _batch_size(x: TokenBatch | AudioBatch | torch.Tensor) -> int:
+    if isinstance(x, TokenBatch):
+        return x.input_ids.shape[0]
+    return (x.audio if isinstance(x, AudioBatch) else x).shape[0]
+
+
 def resolve_task(task: Task) -> int | torch.Tensor | None:
     """A task name -> its id; ids pass through, checked to be integers in [0, NUM_TASKS)."""
     if isinstance(task, str):
@@ -127,7 +135,7 @@ def resolve_task(task: Task) -> int | torch.Tensor | None:
 
 
 class MultimodalCore(nn.Module):
-    """forward(text=TokenBatch, images=[B, 3, H, W], audio=[B, samples], task=...) -> CoreOutput.
+    """forward(text=TokenBatch, images=[B, 3, H, W], audio=[B, samples] | AudioBatch, task=...) -> CoreOutput.
 
     Any subset of the present streams may be given. `heads` is a registry of task heads that the
     apps (and the trainer) add with `add_head`; they are saved and loaded with the core.
@@ -161,15 +169,17 @@ class MultimodalCore(nn.Module):
         return head
 
     def encode(self, text: TokenBatch | None = None, images: torch.Tensor | None = None,
-               audio: torch.Tensor | None = None, task: Task = None) -> Encoding:
-        """Run the streams given, each under the task id, and project their tokens to the shared width."""
+               audio: torch.Tensor | AudioBatch | None = None, task: Task = None) -> Encoding:
+        """Run the streams given, each under the task id, and project their tokens to the shared width.
+
+        `audio` is a plain tensor (every sample valid) or an AudioBatch (padded clips with lengths)."""
         inputs = {m: x for m, x in zip(MODALITIES, (text, images, audio)) if x is not None}
         if not inputs:
             raise ValueError(f"give at least one of {self.cfg.modalities}")
         absent = [m for m in inputs if m not in self.streams]
         if absent:
             raise ValueError(f"this core has no {absent} stream; it has {self.cfg.modalities}")
-        batch = {m: (x.input_ids if m == "text" else x).shape[0] for m, x in inputs.items()}
+        batch = {m: _batch_size(x) for m, x in inputs.items()}
         if len(set(batch.values())) > 1:
             raise ValueError(f"the inputs disagree on the batch size: {batch}")
         task = resolve_task(task)
@@ -185,12 +195,17 @@ class MultimodalCore(nn.Module):
             stats.update(zip(self._moe_names[m], out.stats))
         return Encoding(tokens, masks, pooled, torch.stack(aux_losses).sum(), stats)
 
-    def _run_stream(self, modality: str, x: TokenBatch | torch.Tensor, task: int | torch.Tensor | None):
+    def _run_stream(self, modality: str, x: TokenBatch | AudioBatch | torch.Tensor,
+                    task: int | torch.Tensor | None):
         """(stream tokens [B, T_m, d_m] in the stream's width, mask [B, T_m], the stream's output)."""
         stream = self.streams[modality]
         if modality == "text":
             out = stream(x.input_ids, x.attention_mask, task_id=task)
             return out.hidden, x.attention_mask.bool(), out
+        if modality == "audio":
+            audio, lengths = (x.audio, x.lengths) if isinstance(x, AudioBatch) else (x, None)
+            out = stream(audio, task, lengths=lengths)
+            return out.tokens, out.mask, out
         out = stream(x, task)
         valid_BT = torch.ones(out.tokens.shape[:2], dtype=torch.bool, device=out.tokens.device)
         return out.tokens, valid_BT, out
@@ -202,7 +217,7 @@ class MultimodalCore(nn.Module):
         return self.fusion(attended, masks, resolve_task(task))
 
     def forward(self, text: TokenBatch | None = None, images: torch.Tensor | None = None,
-                audio: torch.Tensor | None = None, task: Task = None) -> CoreOutput:
+                audio: torch.Tensor | AudioBatch | None = None, task: Task = None) -> CoreOutput:
         enc = self.encode(text, images, audio, task)
         fusion = self.fuse(enc.tokens, enc.masks, task)
         return CoreOutput(fusion.fused, enc.pooled, enc.tokens, enc.masks, enc.aux_loss, enc.stats,

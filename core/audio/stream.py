@@ -1,11 +1,18 @@
 """The audio stream: strided 1D convolutions over waveforms or spectrogram frames, then one
 transformer block with an MoE feed-forward, into the token space shared with text and vision.
 
+Clips of different lengths come padded to one length L with their valid lengths (`lengths`, or an
+`AudioBatch`). The conv stack has no padding, so token t of a clip is real when its receptive field
+lies inside the clip (`AudioStreamConfig.num_tokens`); the block masks the rest out of its positional
+conv, its attention keys and its MoE feed-forward, so a clip gets the same tokens, pooled vector and
+expert loads in any batch as alone.
+
 Shape legend: B batch, C channels, L samples or frames at a conv layer's input or output,
-T tokens, D shared width.
+T tokens, D shared width, N real tokens of the batch (flattened).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,11 +73,39 @@ class AudioStreamConfig:
 
 
 @dataclass
+class AudioBatch:
+    """Clips padded to one length, with their valid lengths: the audio counterpart of TokenBatch."""
+    audio: torch.Tensor              # [B, samples] waveforms or [B, n_mels, frames] spectrograms
+    lengths: torch.Tensor            # [B] long, valid samples (or frames) of each clip; the rest is padding
+
+    @classmethod
+    def from_clips(cls, clips: Sequence[torch.Tensor]) -> AudioBatch:
+        """Clips [samples] (or [n_mels, frames]) of any lengths -> one batch, zero-padded at the end."""
+        clips = list(clips)
+        if not clips:
+            raise ValueError("AudioBatch.from_clips needs at least one clip, got none")
+        for i, clip in enumerate(clips):
+            if not isinstance(clip, torch.Tensor) or clip.ndim not in (1, 2):
+                got = tuple(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
+                raise ValueError(f"clip {i} must be a tensor [samples] or [n_mels, frames], got {got}")
+            if clip.shape[:-1] != clips[0].shape[:-1]:
+                raise ValueError(f"clip {i} has shape {tuple(clip.shape)}, clip 0 {tuple(clips[0].shape)}: "
+                                 "clips may differ only in their last (time) axis")
+        lead = tuple(clips[0].shape[:-1])
+        lengths_B = torch.tensor([clip.shape[-1] for clip in clips], dtype=torch.long)
+        audio = clips[0].new_zeros(len(clips), *lead, int(lengths_B.max()))
+        for i, clip in enumerate(clips):
+            audio[i, ..., :clip.shape[-1]] = clip
+        return cls(audio, lengths_B.to(audio.device))
+
+
+@dataclass
 class AudioOutput:
-    tokens: torch.Tensor             # [B, T, D] in the shared space
-    pooled: torch.Tensor             # [B, D] mean over tokens
+    tokens: torch.Tensor             # [B, T, D] in the shared space; zeros at padded tokens
+    pooled: torch.Tensor             # [B, D] mean over each clip's real tokens
     aux_loss: torch.Tensor           # differentiable scalar: the MoE aux loss (0 without the block)
-    stats: list[MoEStats]            # one per MoE layer (none without the block)
+    stats: list[MoEStats]            # one per MoE layer (none without the block), over real tokens only
+    mask: torch.Tensor               # [B, T] bool, True = real token (all True without lengths)
 
 
 class ConvLayer(nn.Module):
@@ -87,7 +122,12 @@ class ConvLayer(nn.Module):
 
 
 class AudioBlock(nn.Module):
-    """Pre-norm transformer block with an MoE feed-forward: [B, T, D] -> ([B, T, D], MoEStats)."""
+    """Pre-norm transformer block with an MoE feed-forward: [B, T, D] -> ([B, T, D], MoEStats).
+
+    With mask_BT [B, T] (True = real token), padded tokens are zeroed before the positional conv,
+    are never attention keys, and skip the MoE (no expert slots, no part of its stats or aux loss);
+    the output is zero there. mask_BT=None: no padding, the block as it ran before masks.
+    """
 
     def __init__(self, cfg: AudioStreamConfig):
         super().__init__()
@@ -98,17 +138,35 @@ class AudioBlock(nn.Module):
         self.norm2 = nn.LayerNorm(D)
         self.moe = MoELayer(cfg.moe())
 
-    def forward(self, x_BTD: torch.Tensor,
-                task_id: int | torch.Tensor | None = None) -> tuple[torch.Tensor, MoEStats]:
+    def forward(self, x_BTD: torch.Tensor, task_id: int | torch.Tensor | None = None,
+                mask_BT: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEStats]:
+        if mask_BT is not None:  # zeros past a clip's end, as the conv's own padding gives it alone
+            x_BTD = x_BTD.masked_fill(~mask_BT.unsqueeze(-1), 0.0)
         x_BTD = x_BTD + F.gelu(self.pos(x_BTD.transpose(1, 2))).transpose(1, 2)
         h_BTD = self.norm1(x_BTD)
-        x_BTD = x_BTD + self.attn(h_BTD, h_BTD, h_BTD, need_weights=False)[0]
-        y_BTD, stats = self.moe(self.norm2(x_BTD), task_id)
-        return x_BTD + y_BTD, stats
+        key_pad_BT = None if mask_BT is None else ~mask_BT
+        x_BTD = x_BTD + self.attn(h_BTD, h_BTD, h_BTD, key_padding_mask=key_pad_BT, need_weights=False)[0]
+        if mask_BT is None:
+            y_BTD, stats = self.moe(self.norm2(x_BTD), task_id)
+            return x_BTD + y_BTD, stats
+
+        # The MoE runs on real tokens only, one row per token with its clip's task (as the text stream's
+        # Block does): padding neither takes expert slots nor enters the balance stats and aux loss.
+        B, T, D = x_BTD.shape
+        real_N = mask_BT.flatten().nonzero().squeeze(1)
+        h_ND = self.norm2(x_BTD).reshape(B * T, D)[real_N]
+        task_N = None if task_id is None else task_ids(task_id, None, B, x_BTD.device).expand(B)[real_N // T]
+        y_N1D, stats = self.moe(h_ND.unsqueeze(1), task_N)
+        y_BTD = h_ND.new_zeros(B * T, D).index_copy(0, real_N, y_N1D.squeeze(1)).view(B, T, D)
+        return (x_BTD + y_BTD).masked_fill(~mask_BT.unsqueeze(-1), 0.0), stats
 
 
 class AudioStream(nn.Module):
-    """forward(audio [B, samples] or [B, n_mels, frames], task_id=None) -> AudioOutput."""
+    """forward(audio [B, samples] or [B, n_mels, frames], task_id=None, lengths=None) -> AudioOutput.
+
+    `lengths` [B] (long): valid samples (frames) of each clip, the rest padding; None = all valid.
+    Tokens of padding are zero in `tokens`, False in `mask` and left out of `pooled` and the MoE.
+    """
 
     def __init__(self, cfg: AudioStreamConfig):
         super().__init__()
@@ -120,18 +178,52 @@ class AudioStream(nn.Module):
         self.block = AudioBlock(cfg) if cfg.use_block else None
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def forward(self, audio: torch.Tensor, task_id: int | torch.Tensor | None = None) -> AudioOutput:
+    def forward(self, audio: torch.Tensor, task_id: int | torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> AudioOutput:
         x_BCL = self._as_channels(audio)
         if task_id is not None and self.cfg.num_tasks:
             task_ids(task_id, self.cfg.num_tasks)
+        mask_BT = self.token_mask(x_BCL.shape[0], x_BCL.shape[-1], lengths, x_BCL.device)
+        # Without padding the unmasked path runs: the same numerics as a batch that has no lengths.
+        padded_BT = None if lengths is None or bool(mask_BT.all()) else mask_BT
         x_BTD = self.proj(self.convs(x_BCL).transpose(1, 2))
         stats = []
         if self.block is not None:
-            x_BTD, block_stats = self.block(x_BTD, task_id)
+            x_BTD, block_stats = self.block(x_BTD, task_id, padded_BT)
             stats.append(block_stats)
         tokens_BTD = self.norm(x_BTD)
+        if padded_BT is None:
+            pooled_BD = tokens_BTD.mean(dim=1)
+        else:
+            tokens_BTD = tokens_BTD.masked_fill(~padded_BT.unsqueeze(-1), 0.0)
+            pooled_BD = tokens_BTD.sum(dim=1) / padded_BT.sum(dim=1, keepdim=True).to(tokens_BTD.dtype)
         aux_loss = sum((s.aux_loss for s in stats), tokens_BTD.new_zeros((), dtype=torch.float32))
-        return AudioOutput(tokens_BTD, tokens_BTD.mean(dim=1), aux_loss, stats)
+        return AudioOutput(tokens_BTD, pooled_BD, aux_loss, stats, mask_BT)
+
+    def token_mask(self, batch: int, length: int, lengths: torch.Tensor | None,
+                   device: torch.device | None = None) -> torch.Tensor:
+        """[B, T] bool, True where a token's receptive field lies inside its clip's first lengths[b]
+        samples (frames) of `length`; all True when lengths is None. Checks lengths: ValueError."""
+        cfg = self.cfg
+        T = cfg.num_tokens(length)
+        if lengths is None:
+            return torch.ones(batch, T, dtype=torch.bool, device=device)
+        lengths_B = torch.as_tensor(lengths)
+        if lengths_B.dtype == torch.bool or lengths_B.is_floating_point() or lengths_B.is_complex():
+            raise ValueError(f"audio lengths must be integers (valid samples or frames per clip), "
+                             f"got {lengths_B.dtype}")
+        if tuple(lengths_B.shape) != (batch,):
+            raise ValueError(f"audio lengths must be [batch] = [{batch}], one per clip, "
+                             f"got shape {list(lengths_B.shape)}")
+        tokens_B = []
+        for i, n in enumerate(lengths_B.tolist()):
+            if not 1 <= n <= length:
+                raise ValueError(f"audio lengths[{i}] = {n} is outside 1..{length} (the padded length)")
+            if n < cfg.min_length():
+                raise ValueError(f"audio lengths[{i}] = {n} makes no token: a clip needs at least "
+                                 f"AudioStreamConfig.min_length() = {cfg.min_length()} samples or frames")
+            tokens_B.append(cfg.num_tokens(n))
+        return torch.arange(T, device=device) < torch.tensor(tokens_B, device=device).unsqueeze(1)
 
     def _as_channels(self, audio: torch.Tensor) -> torch.Tensor:
         """Waveforms [B, samples] -> [B, 1, samples]; spectrograms [B, n_mels, frames] as they are."""
