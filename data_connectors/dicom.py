@@ -26,13 +26,18 @@ What the DICOM reader copes with, each noted in `CTVolume.warnings`:
   (origin unknown, head/feet a guess);
 - two reconstructions or acquisitions (SliceThickness, AcquisitionNumber) interleaved under one series UID:
   the commonest kept;
-- PixelPaddingValue that would read as dense bone or metal (>= 3000 HU, e.g. 4095 or 0xFFFF unsigned): air;
+- PixelPaddingValue that would read as dense bone or metal (>= 3000 HU through each frame's own rescale, which
+  enhanced files keep in their functional groups; e.g. 4095 or 0xFFFF unsigned): air, in the images kept only.
+  It is compared with stored values, the low BitsStored bits (PS3.3 C.7.5.1.1.2, PS3.5 8.1.1); a value that
+  needs the unused high bits (0xFFFF with 12 bits stored) matches whole pixel words where a slice holds that
+  word, so a saturated 4095 (metal, 3071 HU) beside 0xFFFF padding stays metal, else its low bits (4095);
 - multi-frame enhanced CT (per-frame functional groups) and compressed transfer syntaxes (pylibjpeg, RLE);
 - padding outside the reconstruction circle (-2048, -3024 HU...): clamped to air, -1024 HU (also for NIfTI).
 NIfTI / MetaImage / NRRD files (MONAI LoadImage, any storage order or oblique affine, reoriented to LPS): a 2D,
 4D or single-slice image, NaN voxels or a DICOM file under an image suffix are errors; no air in the volume
 (not HU?) and a NIfTI header without orientation are warnings.
-Errors are DicomReadError (a ValueError) naming the file or folder. A one-slice series is an error unless
+Errors are DicomReadError (a ValueError) naming the file or folder (also ImageOrientationPatient whose row or
+column direction is zero or parallel to the other: no slice normal). A one-slice series is an error unless
 `allow_single_slice=True` (then a 1-slice volume with a warning): a nodule detector cannot use one slice, and a
 silent 2D "volume" hides an incomplete export. Messages name files and series UIDs, never the patient.
 """
@@ -191,6 +196,13 @@ def scan_folder(root: str | Path) -> FolderScan:
 # ------------------------------------------------------------------------------------------------ series
 
 
+@dataclass(frozen=True)
+class _Padding:
+    """A file's PixelPaddingValue to PixelPaddingRangeLimit (inclusive), as _padding reads it."""
+    stored: tuple[int, int]          # as stored values: the low BitsStored bits, sign-extended where signed
+    words: tuple[int, int] | None    # as whole pixel words, where the declared value does not fit BitsStored
+
+
 @dataclass
 class _Frame:
     """One 2D image of a series: where it came from, its geometry and how to get its HU."""
@@ -208,6 +220,8 @@ class _Frame:
     spacing_between_slices: float | None = None   # SpacingBetweenSlices or SliceThickness: the last fallback
     thickness: float | None = None   # SliceThickness and AcquisitionNumber: tell two reconstructions or
     acquisition: int | None = None   # acquisitions filed under one series UID apart
+    bits_stored: int | None = None   # BitsStored: the low bits of a pixel word that hold its value
+    padding: _Padding | None = None  # the file's PixelPaddingValue (to PixelPaddingRangeLimit)
 
 
 def _floats(value, n: int, path: Path, name: str) -> np.ndarray:
@@ -227,6 +241,22 @@ def _optional_float(ds, name: str) -> float | None:
     except _MALFORMED:
         return None
     return value if math.isfinite(value) else None
+
+
+def _slice_normal(row_dir: np.ndarray, col_dir: np.ndarray, path: Path) -> np.ndarray:
+    """Unit normal of the image plane, row x column direction of ImageOrientationPatient (normalised first: files
+    write the cosines with few digits). A zero-length or (within 30 degrees) parallel pair has no plane: a
+    DicomReadError naming the file."""
+    cosines = " ".join(f"{v:g}" for v in np.r_[row_dir, col_dir])
+    row_len, col_len = float(np.linalg.norm(row_dir)), float(np.linalg.norm(col_dir))
+    if min(row_len, col_len) < 1e-6:
+        raise DicomReadError(f"{path}: ImageOrientationPatient ({cosines}) has a row or column direction of zero "
+                             f"length, so the slice normal is undefined")
+    normal = np.cross(row_dir / row_len, col_dir / col_len)
+    if np.linalg.norm(normal) < 0.5:
+        raise DicomReadError(f"{path}: ImageOrientationPatient ({cosines}) row and column directions are parallel, "
+                             f"so the slice normal is undefined")
+    return normal / np.linalg.norm(normal)
 
 
 def _group_item(ds, frame: int, seq: str):
@@ -272,13 +302,27 @@ def _read_frames(ds, path: Path) -> list[_Frame]:
     instance = int(_optional_float(ds, "InstanceNumber") or 0)   # only a tie-breaker: damaged is no reason to fail
     acquisition = _optional_float(ds, "AcquisitionNumber")
     acquisition = None if acquisition is None else int(acquisition)
+    bits_stored = _optional_float(ds, "BitsStored")
+    bits_stored = int(bits_stored) if bits_stored and 1 <= bits_stored <= 64 else None
+    frames = _frame_geometry(ds, path, shape, n_frames, instance, acquisition)
+    padding = _padding(ds, path, bits_stored)   # one per file; each frame's rescale decides if it becomes air
+    for fr in frames:
+        fr.bits_stored, fr.padding = bits_stored, padding
+    return frames
 
-    def rescale(item) -> tuple[float, float]:
-        src = item if item is not None else ds
-        slope = src.get("RescaleSlope", None)
-        inter = src.get("RescaleIntercept", None)
-        return float(slope if slope not in (None, "") else 1.0), float(inter if inter not in (None, "") else 0.0)
 
+def _rescale(ds, item=None) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) of a frame: from its PixelValueTransformationSequence item in an enhanced
+    multi-frame file (whose top level carries none), else from the top level; absent -> (1, 0)."""
+    src = item if item is not None else ds
+    slope, inter = src.get("RescaleSlope", None), src.get("RescaleIntercept", None)
+    return float(slope if slope not in (None, "") else 1.0), float(inter if inter not in (None, "") else 0.0)
+
+
+def _frame_geometry(ds, path: Path, shape: tuple[int, int], n_frames: int, instance: int,
+                    acquisition: int | None) -> list[_Frame]:
+    """The frames' geometry and rescale, for the three layouts: enhanced (functional groups), classic single
+    frame, legacy multi-frame (positions by GridFrameOffsetVector)."""
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         frames = []
         for f in range(n_frames):
@@ -292,12 +336,12 @@ def _read_frames(ds, path: Path) -> list[_Frame]:
             frames.append(_Frame(path, f, _floats(pos.get("ImagePositionPatient"), 3, path,
                                                   f"frame {f + 1} ImagePositionPatient"),
                                  iop[:3], iop[3:], (spacing[0], spacing[1]), shape,
-                                 *rescale(_group_item(ds, f, "PixelValueTransformationSequence")), instance,
+                                 *_rescale(ds, _group_item(ds, f, "PixelValueTransformationSequence")), instance,
                                  thickness=_optional_float(pix, "SliceThickness"), acquisition=acquisition))
         return frames
     iop = _floats(ds.get("ImageOrientationPatient"), 6, path, "ImageOrientationPatient")
     spacing = _floats(ds.get("PixelSpacing"), 2, path, "PixelSpacing")
-    slope, inter = rescale(None)
+    slope, inter = _rescale(ds)
     if n_frames == 1:   # no position: placed by load_series from SliceLocation / InstanceNumber, or dropped
         position = (_floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient")
                     if ds.get("ImagePositionPatient") else None)
@@ -309,7 +353,7 @@ def _read_frames(ds, path: Path) -> list[_Frame]:
     offsets = ds.get("GridFrameOffsetVector")   # legacy multi-frame: offsets along the normal
     if offsets is None or len(offsets) != n_frames:
         raise DicomReadError(f"{path}: {n_frames} frames without per-frame positions or GridFrameOffsetVector")
-    normal = np.cross(iop[:3], iop[3:])
+    normal = _slice_normal(iop[:3], iop[3:], path)
     return [_Frame(path, f, position + float(off) * normal, iop[:3], iop[3:], (spacing[0], spacing[1]), shape,
                    slope, inter, instance) for f, off in enumerate(offsets)]
 
@@ -338,10 +382,11 @@ _NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")   # implicit / explici
 
 @_malformed_is_read_error
 def _pixels(ds, path: Path) -> np.ndarray:
-    """Stored values, (frames, rows, cols) or (rows, cols), decoded (pylibjpeg/RLE for compressed syntaxes).
+    """Pixel words as the file holds them, unused high bits included, (frames, rows, cols) or (rows, cols),
+    decoded (pylibjpeg/RLE for compressed syntaxes); _stored_values gives their values.
 
     Fast path for the common uncompressed single-frame 16-bit image: a view on the bytes (pydicom's pixel_array
-    costs ~3 ms a 512 x 512 slice in checks and copies), unused high bits masked / sign-extended as pydicom does.
+    costs ~3 ms a 512 x 512 slice in checks and copies).
     """
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     rows, cols = int(ds.Rows), int(ds.Columns)
@@ -350,48 +395,80 @@ def _pixels(ds, path: Path) -> np.ndarray:
             and int(ds.get("SamplesPerPixel", 1)) == 1 and int(ds.get("NumberOfFrames", 1) or 1) == 1
             and len(raw) >= rows * cols * 2):
         signed = int(ds.get("PixelRepresentation", 0)) == 1
-        arr = np.frombuffer(raw, dtype="<i2" if signed else "<u2", count=rows * cols).reshape(rows, cols)
-        unused = 16 - int(ds.get("BitsStored", 16) or 16)
-        if 0 < unused < 16:
-            arr = (arr << unused) >> unused if signed else arr & np.uint16((1 << (16 - unused)) - 1)
-        return arr
-    try:
-        arr = ds.pixel_array
+        return np.frombuffer(raw, dtype="<i2" if signed else "<u2", count=rows * cols).reshape(rows, cols)
+    from pydicom.pixels import pixel_array
+    try:   # the unused bits kept: _padding_hits may need them, _stored_values clears them as pydicom would
+        return pixel_array(ds, correct_unused_bits=False)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt or undecodable pixel data
         raise DicomReadError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
-    return arr
+
+
+def _stored_values(words: np.ndarray, bits_stored: int | None) -> np.ndarray:
+    """The values of pixel words: the low bits_stored bits, sign-extended for signed words (the unused high bits
+    may hold anything, PS3.5 8.1.1); the words themselves when all their bits are used."""
+    width = words.dtype.itemsize * 8
+    if words.dtype.kind not in "iu" or not bits_stored or not 0 < width - bits_stored < width:
+        return words
+    unused = width - bits_stored
+    if words.dtype.kind == "i":
+        return (words << unused) >> unused
+    return words & np.array((1 << bits_stored) - 1, dtype=words.dtype)
+
+
+def _as_bits(value: int, bits: int, signed: bool) -> int:
+    """value as a bits-wide two's complement field holds it: the low bits, sign-extended when signed."""
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if signed and value >> (bits - 1) else value
 
 
 _PADDING_MIN_HU = 3000.0   # padding values that read as this much or more are set to air
 
 
-def _padding_range(ds, path: Path) -> tuple[int, int] | None:
-    """Stored values (as _pixels returns them) marking padding, PixelPaddingValue up to PixelPaddingRangeLimit,
-    when their HU would read as dense bone or metal (>= 3000). Padding below air needs nothing (clamped anyway);
-    padding inside the tissue range cannot be told from anatomy, so it is left alone."""
+def _padding(ds, path: Path, bits_stored: int | None) -> _Padding | None:
+    """The file's PixelPaddingValue (to PixelPaddingRangeLimit), or None (absent, malformed, or a Modality LUT
+    Sequence maps the values). The values are stored values (PS3.3 C.7.5.1.1.2), so they are compared as
+    _stored_values reads pixels: low BitsStored bits, sign-extended. A declared value that does not fit
+    BitsStored (0xFFFF with 12 bits stored, a value the standard does not allow) also keeps its whole word, for
+    writers that mark padding with the unused high bits set (see _padding_hits)."""
     values = [ds.get(name) for name in ("PixelPaddingValue", "PixelPaddingRangeLimit")]
     if values[0] is None or "ModalityLUTSequence" in ds:
         return None
     try:
-        stored = int(ds.get("BitsStored", 16) or 16)
+        allocated = int(ds.get("BitsAllocated", 16) or 16)
         signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-        ends = []
-        for v in values:
-            if v is None:
-                continue
-            v = int(np.ravel(v)[0]) & ((1 << stored) - 1)     # as the unused high bits are masked in _pixels
-            if signed:                                       # and sign-extended (a US-written negative value too)
-                v = (v ^ (1 << (stored - 1))) - (1 << (stored - 1))
-            ends.append(v)
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        inter = float(ds.get("RescaleIntercept", 0) or 0)
-    except (*_MALFORMED, ValueError) as exc:
+        declared = [int(np.ravel(v)[0]) for v in values if v is not None]
+        # a US-written negative value in a signed file, and the reverse, mean the same bits
+        stored = [_as_bits(v, min(bits_stored or allocated, allocated), signed) for v in declared]
+        words = [_as_bits(v, allocated, signed) for v in declared]
+    except _MALFORMED as exc:   # ValueError too: a negative bit count
         log.warning("%s: PixelPaddingValue ignored (%s)", path, exc)
         return None
-    lo, hi = min(ends), max(ends)
-    if min(lo * slope + inter, hi * slope + inter) < _PADDING_MIN_HU:
+    return _Padding((min(stored), max(stored)), None if words == stored else (min(words), max(words)))
+
+
+def _padding_hits(frame: _Frame, words: np.ndarray, stored: np.ndarray) -> np.ndarray | None:
+    """Where a plane holds padding that would read as dense bone or metal (>= 3000 HU with this frame's own
+    rescale), as a boolean mask; None when its padding does not (padding below air is clamped anyway; padding
+    inside the tissue range cannot be told from anatomy, so it is left alone).
+
+    The standard compares stored values: a pixel whose low BitsStored bits equal the padding value is padding,
+    and no native pixel has that value (PS3.3 C.7.5.1.1.2). A padding value that needs the unused high bits
+    (0xFFFF with 12 bits stored) breaks that rule, and its low bits (4095) are also the value of a saturated
+    pixel (metal, 3071 HU at intercept -1024). Where the plane holds the declared whole word, the writer marks
+    padding that way: whole words are compared, and a 4095 without the high bits stays metal. Where no word
+    carries it (the high bits cleared, e.g. by a 12-bit JPEG transcoder), only the stored value is left to
+    compare, and every 4095 is padding, as the file declares."""
+    pad = frame.padding
+    if pad is None:
         return None
-    return lo, hi
+    lo, hi = pad.stored
+    if min(lo * frame.slope + frame.intercept, hi * frame.slope + frame.intercept) < _PADDING_MIN_HU:
+        return None
+    if pad.words is not None:
+        hits = (words >= pad.words[0]) & (words <= pad.words[1])
+        if hits.any():
+            return hits
+    return (stored >= lo) & (stored <= hi)
 
 
 def _modality_lut(ds, arr: np.ndarray, frame: _Frame, out: np.ndarray) -> None:
@@ -457,7 +534,7 @@ def _place_unpositioned(frames: list[_Frame], uid: str, warnings: list[str]) -> 
     if not missing:
         return frames
     ref = frames[0]
-    normal = np.cross(ref.row_dir, ref.col_dir)
+    normal = _slice_normal(ref.row_dir, ref.col_dir, ref.path)
     located = [fr for fr in frames if fr.position is not None]
     if len(located) >= 2:
         fit = [fr for fr in located if fr.slice_location is not None]
@@ -587,11 +664,8 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     frames = _keep_consistent(frames, series.series_uid, warnings)
     frames = _place_unpositioned(frames, series.series_uid, warnings)
     ref = frames[0]
+    normal = _slice_normal(ref.row_dir, ref.col_dir, ref.path)
     row_dir, col_dir = ref.row_dir / np.linalg.norm(ref.row_dir), ref.col_dir / np.linalg.norm(ref.col_dir)
-    normal = np.cross(row_dir, col_dir)
-    if np.linalg.norm(normal) < 0.5:
-        raise DicomReadError(f"{ref.path}: ImageOrientationPatient row and column directions are parallel")
-    normal /= np.linalg.norm(normal)
     frames = _one_reconstruction(frames, normal, series.series_uid, warnings)
     s = np.array([fr.position @ normal for fr in frames])
     order = np.lexsort((np.array([fr.instance for fr in frames]), s))
@@ -608,25 +682,25 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     rows, cols = ref.shape
     stack = np.empty((len(frames), rows, cols), dtype=np.float32)   # sorted slices, before regridding
     decoded: dict[Path, np.ndarray] = {}
-    padding = {path: _padding_range(ds, path) for path, ds in by_path.items()}
-    if any(v is not None for v in padding.values()):
-        warnings.append("pixels at PixelPaddingValue (outside the field of view) set to air")
+    padded: list[int] = []   # the kept frames where padding became air (list.append: safe from fill's threads)
 
     def fill(n: int) -> None:
         fr = frames[n]
         if fr.frame is None:
-            plane = _pixels(by_path[fr.path], fr.path)
+            words = _pixels(by_path[fr.path], fr.path)
         else:   # multi-frame: decode the file once, keep it for its other frames
             if fr.path not in decoded:
                 decoded[fr.path] = _pixels(by_path[fr.path], fr.path)
             arr = decoded[fr.path]
-            plane = arr[fr.frame] if arr.ndim == 3 else arr
-        if plane.shape != (rows, cols):
-            raise DicomReadError(f"{fr.path}: pixel data shape {plane.shape} != Rows x Columns {(rows, cols)}")
-        _modality_lut(by_path[fr.path], plane, fr, stack[n])
-        pad = padding[fr.path]
-        if pad is not None:
-            stack[n][(plane >= pad[0]) & (plane <= pad[1])] = AIR_HU
+            words = arr[fr.frame] if arr.ndim == 3 else arr
+        if words.shape != (rows, cols):
+            raise DicomReadError(f"{fr.path}: pixel data shape {words.shape} != Rows x Columns {(rows, cols)}")
+        stored = _stored_values(words, fr.bits_stored)
+        _modality_lut(by_path[fr.path], stored, fr, stack[n])
+        hits = _padding_hits(fr, words, stored)
+        if hits is not None and hits.any():
+            stack[n][hits] = AIR_HU
+            padded.append(n)
         np.maximum(stack[n], AIR_HU, out=stack[n])
 
     multi = any(fr.frame is not None for fr in frames)
@@ -636,6 +710,9 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     else:
         for n in range(len(frames)):
             fill(n)
+    if padded:
+        warnings.append(f"pixels at PixelPaddingValue (outside the field of view) set to air in {len(padded)} of "
+                        f"{len(frames)} images")
     thickness = float(by_path[ref.path].get("SliceThickness", 0) or 0) or 1.0
     del decoded, datasets, by_path
 

@@ -255,3 +255,39 @@ def test_repeated_acquisition_under_one_uid_dropped_but_sequential_rotations_kep
     _edit(paths, lambda n, ds: setattr(ds, "AcquisitionNumber", n // 2 + 1))   # step-and-shoot: 2 slices a turn
     vol = load_volume(tmp_path / "s")
     assert np.allclose(vol.hu_ZYX[:, 0, 0], 10 * Z) and not vol.warnings
+
+
+def _legacy_multiframe(path, iop, offsets):
+    """One file of len(offsets) frames placed by GridFrameOffsetVector (no functional groups); HU 10 * offset."""
+    ds = ct_slice(np.zeros((N, N)), (0, 0, 0), series_uid="1.2.3.80", iop=iop)
+    ds.NumberOfFrames, ds.GridFrameOffsetVector = len(offsets), [float(o) for o in offsets]
+    ds.PixelData = np.concatenate([np.full(N * N, 10 * o + 1024, dtype="<u2") for o in offsets]).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_grid_frame_offsets_run_along_the_unit_normal(tmp_path):
+    # direction cosines written with too few digits (0.8 truncated to 0.79): directions of length 0.992
+    path = _legacy_multiframe(tmp_path / "mf.dcm", (0.6, 0.79, 0, -0.79, 0.6, 0), Z)
+    vol = load_volume(path)
+    assert vol.spacing_zyx[0] == pytest.approx(2.0)
+    assert np.allclose(vol.hu_ZYX[:, 0, 0], 10 * Z)
+
+
+# zero-length directions failed with a NaN error naming only the series; parallel ones were already an error
+@pytest.mark.parametrize("iop", [(0, 0, 0, 0, 0, 0), (1, 0, 0, 0, 0, 0), (1, 0, 0, 1, 0, 0)],
+                         ids=["zeros", "no column direction", "parallel"])
+@pytest.mark.parametrize("layout", ["slices", "slices without positions", "legacy multi-frame"])
+def test_degenerate_orientation_is_a_clear_error_naming_the_file(tmp_path, iop, layout):
+    def unplace(n, ds):
+        ds.SliceLocation = float(Z[n])
+        del ds.ImagePositionPatient
+    if layout == "legacy multi-frame":
+        name, source = "mf.dcm", _legacy_multiframe(tmp_path / "mf.dcm", iop, Z)
+    else:
+        paths = _ct(tmp_path / "s", iop=iop)
+        if layout == "slices without positions":
+            _edit(paths, unplace)
+        name, source = "IM000", tmp_path / "s"
+    with pytest.raises(DicomReadError, match=f"{name}.*ImageOrientationPatient .*(zero length|parallel)"):
+        load_volume(source)
