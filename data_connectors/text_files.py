@@ -202,11 +202,13 @@ class LabelledTexts:
 
 
 def read_labelled_texts(path: str | Path, text_column: str | None = None,
-                        label_column: str | None = None) -> LabelledTexts:
+                        label_column: str | None = None, split: str | None = None) -> LabelledTexts:
     """Texts and their labels (e.g. intents) from a file: delimited text (.csv .tsv .txt; comma, tab,
-    semicolon or pipe, sniffed), YAML (.yaml .yml: `intents: {label: [texts]}` or `intents: [{name,
-    examples}]`), JSON (.json: that structure, a list of records or [text, label] pairs, or an object
-    holding one such list) or JSON lines (.jsonl: a record or pair a line).
+    semicolon or pipe, sniffed), YAML (.yaml .yml: `intents: {label: [texts]}`, `intents: [{name,
+    examples}]` or Rasa's NLU training data, `nlu: [{intent, examples: "- text ..."}]`), JSON (.json: those
+    structures, a list of records or [text, label] pairs, or an object holding one such list, or one per
+    split as CLINC150 ships them: {"train": [...], "val": [...], "test": [...], "oos_train": [...], ...}:
+    `split` names the one read, with its "oos_" list) or JSON lines (.jsonl: a record or pair a line).
 
     Headers and records may name their columns with any of TEXT_COLUMNS / LABEL_COLUMNS, or
     `text_column` / `label_column` say which (a header name, or a 1-based column number). A table
@@ -226,7 +228,7 @@ def read_labelled_texts(path: str | Path, text_column: str | None = None,
     if suffix in (".yaml", ".yml"):
         data = _labelled_yaml(path, text)
     elif suffix in (".json", ".jsonl"):
-        data = _labelled_json(path, text, suffix, text_column, label_column)
+        data = _labelled_json(path, text, suffix, text_column, label_column, split)
     else:
         data = _labelled_table(path, text, text_column, label_column)
     data.encoding = encoding
@@ -364,18 +366,24 @@ def _looks_like_header(rows: list[tuple[int, list[str]]], text_i: int, label_i: 
 
 
 def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
-                   label_column: str | None) -> LabelledTexts:
+                   label_column: str | None, split: str | None = None) -> LabelledTexts:
     """A list of {text, label} records (any of the recognised names) or [text, label] pairs; a .json
-    file may also hold the YAML structure (`intents:` mapping or list)."""
+    file may also hold the YAML structures (`intents:` mapping or list, Rasa's `nlu:` list), or one list
+    per split (`split` picks one, with its "oos_" list)."""
+    splits_read = None
     if suffix == ".jsonl":
         items = json_lines(path, text, LabelledTextError)
     else:
         doc = json_document(path, text, LabelledTextError)
-        if isinstance(doc, dict) and "intents" in doc:
+        if isinstance(doc, dict) and ("intents" in doc or "nlu" in doc):
             return _labelled_doc(path, doc)
-        if isinstance(doc, dict):  # one list of records under some key, e.g. {"data": [...]}
-            lists = [value for value in doc.values() if isinstance(value, list)]
-            doc = lists[0] if len(lists) == 1 else doc
+        if isinstance(doc, dict):  # one list of records under some key, e.g. {"data": [...]}, or one per split
+            lists = {key: value for key, value in doc.items() if isinstance(value, list)}
+            if len(lists) == 1:
+                doc = next(iter(lists.values()))
+            elif set(lists) & SPLIT_NAMES:
+                splits_read = _split_lists(path, lists, split)
+                doc = [item for key in splits_read for item in lists[key]]
         if not isinstance(doc, list):
             raise LabelledTextError(path, "expected a list of {text, label} records, or an `intents:` object")
         items = [(None, item) for item in doc]
@@ -405,7 +413,25 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
         labels.append(value_label)
     if not texts:
         raise LabelledTextError(path, "no records")
-    return LabelledTexts(texts, labels, *(fields or (None, None)), None, None, "")
+    data = LabelledTexts(texts, labels, *(fields or (None, None)), None, None, "")
+    if splits_read is not None:
+        data.warnings.append(f"read the lists {', '.join(splits_read)} of this file (split {split!r})")
+    return data
+
+
+SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "dev", "test", "testing", "eval"})
+
+
+def _split_lists(path: Path, lists: dict[str, list], split: str | None) -> list[str]:
+    """The keys of the lists to read from a file holding one list per split: `split` and "oos_" + split
+    (CLINC150's out-of-scope rows), or an error naming the choices."""
+    if split is None:
+        raise LabelledTextError(path, f"the file holds several lists ({', '.join(lists)}); say which split to read "
+                                      f"(--split)")
+    keys = [key for key in (split, f"oos_{split}") if key in lists]
+    if split not in lists:
+        raise LabelledTextError(path, f"no list {split!r}; the file holds {', '.join(lists)}")
+    return keys
 
 
 def _labelled_yaml(path: Path, text: str) -> LabelledTexts:
@@ -421,9 +447,11 @@ def _labelled_yaml(path: Path, text: str) -> LabelledTexts:
 
 
 def _labelled_doc(path: Path, doc) -> LabelledTexts:
-    """Texts and labels of a parsed `intents:` document (YAML or JSON)."""
+    """Texts and labels of a parsed `intents:` or Rasa `nlu:` document (YAML or JSON)."""
+    if isinstance(doc, dict) and "intents" not in doc and "nlu" in doc:
+        return _rasa_nlu(path, doc["nlu"])
     if not isinstance(doc, dict) or "intents" not in doc:
-        raise LabelledTextError(path, "expected a top-level `intents:` mapping or list")
+        raise LabelledTextError(path, "expected a top-level `intents:` mapping or list (or Rasa's `nlu:` list)")
     intents = doc["intents"]
     if isinstance(intents, list):
         if not all(isinstance(item, dict) and {"name", "examples"} <= item.keys() for item in intents):
@@ -439,3 +467,31 @@ def _labelled_doc(path: Path, doc) -> LabelledTexts:
         texts += [e.strip() for e in examples]
         labels += [str(name).strip()] * len(examples)
     return LabelledTexts(texts, labels, None, None, None, None, "")
+
+
+_RASA_ENTITY = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\{[^}]*\})")   # "[five am](time)" -> "five am"
+
+
+def _rasa_nlu(path: Path, items) -> LabelledTexts:
+    """Rasa's NLU training data: items `{intent: name, examples: "- text\n- text"}` (entity annotations
+    reduced to their text); its other items (synonym, regex, lookup tables) hold no labelled texts."""
+    if not isinstance(items, list):
+        raise LabelledTextError(path, "`nlu:` must be a list of items")
+    texts, labels = [], []
+    for n, item in enumerate(items, 1):
+        if not isinstance(item, dict) or "intent" not in item:
+            continue
+        examples = item.get("examples")
+        lines = examples.splitlines() if isinstance(examples, str) else examples
+        if not isinstance(lines, list):
+            raise LabelledTextError(path, f"`nlu:` item {n} (intent {item['intent']!r}) has no `examples` list")
+        found = [_RASA_ENTITY.sub(r"\1", str(line).strip().removeprefix("- ").strip()) for line in lines]
+        found = [text for text in found if text and text != "-"]
+        if not found:
+            raise LabelledTextError(path, f"intent {item['intent']!r} has no examples")
+        texts += found
+        labels += [str(item["intent"]).strip()] * len(found)
+    if not texts:
+        raise LabelledTextError(path, "`nlu:` holds no intent with examples")
+    return LabelledTexts(texts, labels, None, None, None, None, "")
+

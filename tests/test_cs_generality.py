@@ -166,6 +166,53 @@ def test_intents_json_reports_the_fields_it_read(tmp_path):
     assert (data.text_column, data.label_column, data.labels) == ("Utterance", "intent", LABELS)
 
 
+def test_rasa_nlu_training_data_reads_its_intents_without_entity_markup(tmp_path):
+    rasa = """version: "3.1"
+nlu:
+- intent: lost_card
+  examples: |
+    - I lost my card, what now?
+    - card stolen [yesterday](date)
+- synonym: savings
+  examples: |
+    - pinggy
+- intent: transfer
+  examples: |
+    - send [cash]{"entity": "money"} to mum
+- lookup: city
+  examples: |
+    - Paris
+"""
+    for name in ("nlu.yml", "nlu.json"):
+        content = rasa if name.endswith("yml") else json.dumps(__import__("yaml").safe_load(rasa))
+        data = read_intent_file(write(tmp_path / name, content))
+        assert data.texts == ["I lost my card, what now?", "card stolen yesterday", "send cash to mum"], name
+        assert data.labels == ["lost_card", "lost_card", "transfer"]
+    with pytest.raises(ValueError, match="no examples"):
+        read_intent_file(write(tmp_path / "empty.yml", "nlu:\n- intent: greet\n  examples: |\n    -\n"))
+
+
+def test_a_json_file_with_one_list_per_split_reads_the_split_asked_for(tmp_path, capsys):
+    """CLINC150's data_full.json: [text, intent] pairs per split, the out-of-scope rows in oos_ lists."""
+    doc = {"train": [[t, y] for t, y in ROWS[:4]], "val": [[t, y] for t, y in ROWS[4:5]],
+           "test": [[t, y] for t, y in ROWS[5:]], "oos_train": [["what is the weather", "oos"]],
+           "oos_val": [], "oos_test": [["tell me a joke", "oos"]]}
+    path = write(tmp_path / "data_full.json", json.dumps(doc))
+    train = read_intent_file(path)
+    assert train.texts == TEXTS[:4] + ["what is the weather"] and train.labels == LABELS[:4] + [OOS]
+    assert "train, oos_train" in train.warnings[0]
+    test = read_intent_file(path, split="test")
+    assert test.texts == [TEXTS[5], "tell me a joke"] and test.labels == [LABELS[5], OOS]
+    with pytest.raises(ValueError, match="no list 'dev'; the file holds train, val, test"):
+        read_intent_file(path, split="dev")
+    with pytest.raises(ValueError, match="say which split"):
+        read_intent_file(path, split=None)
+    from apps.cli import build_parser
+    for command, split in (("train-intents --out m", "train"), ("eval-intents --model m", "test")):
+        args = build_parser().parse_args(["chat", *command.split(), "--data", str(path)])
+        assert args.split == split, command
+
+
 def test_training_drops_repeated_rows_and_needs_two_intents(monkeypatch):
     seen = {}
 

@@ -27,8 +27,8 @@ def register(cli: CommandTable) -> None:
                                       "(CSV, TSV, JSON, JSONL) or a YAML file", handlers.train_intents)
     p.add_argument("--data", required=True, type=Path,
                    help="intents file: CSV/TSV (header text,label or utterance,intent, ...; or no header), "
-                        "YAML, JSON or JSONL")
-    _column_flags(p)
+                        "YAML (also Rasa NLU), JSON or JSONL")
+    _column_flags(p, "train")
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     p.add_argument("--epochs", type=positive_int, default=3)
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many steps")
@@ -55,7 +55,7 @@ def register(cli: CommandTable) -> None:
                                      "YAML file", handlers.eval_intents)
     p.add_argument("--model", required=True, type=Path, help="checkpoint folder from train-intents")
     p.add_argument("--data", required=True, type=Path, help="labelled intents file, as for train-intents")
-    _column_flags(p)
+    _column_flags(p, "test")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
@@ -110,7 +110,10 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
-def _column_flags(p: argparse.ArgumentParser) -> None:
+def _column_flags(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument("--split", default=split,
+                   help="in a JSON file holding one list per split (CLINC150's data_full.json: train, val, test, "
+                        f"oos_train, ...): the list to read, with its oos_ list (default: {split})")
     p.add_argument("--text-column", default=None,
                    help="the text column's header name, or its 1-based number in a file without a header "
                         "(default: found from the header or the values)")

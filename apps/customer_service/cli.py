@@ -39,7 +39,7 @@ def train_intents(args: argparse.Namespace) -> None:
 
     from .intents import IntentModel, IntentTrainConfig, file_sha256, read_intent_file
 
-    data = read_intent_file(args.data, args.text_column, args.label_column)
+    data = read_intent_file(args.data, args.text_column, args.label_column, args.split)
     texts, labels = data.texts, data.labels
     cfg = IntentTrainConfig(
         train=TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
@@ -68,7 +68,7 @@ def train_intents(args: argparse.Namespace) -> None:
 def eval_intents(args: argparse.Namespace) -> None:
     from .intents import OOS, IntentModel, read_intent_file
 
-    data = read_intent_file(args.data, args.text_column, args.label_column)
+    data = read_intent_file(args.data, args.text_column, args.label_column, args.split)
     model = IntentModel.load(args.model)
     metrics = model.evaluate(data.texts, data.labels)
     unknown = set(data.labels) - set(model.labels) - {OOS}

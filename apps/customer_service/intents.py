@@ -50,10 +50,11 @@ OOS_ALIASES = frozenset({"oos", "out_of_scope", "out-of-scope", "out of scope", 
 
 
 def read_intent_file(path: str | Path, text_column: str | None = None,
-                     label_column: str | None = None) -> LabelledTexts:
-    """An intents file as `data_connectors.text_files.read_labelled_texts` reads it (tables, YAML,
-    JSON, JSON lines; columns found or named), with every label in OOS_ALIASES (any case) as "oos"."""
-    data = read_labelled_texts(path, text_column, label_column)
+                     label_column: str | None = None, split: str | None = "train") -> LabelledTexts:
+    """An intents file as `data_connectors.text_files.read_labelled_texts` reads it (tables, YAML incl.
+    Rasa NLU, JSON, JSON lines; columns found or named; `split`: the list read from a JSON file holding one
+    per split, CLINC150's layout), with every label in OOS_ALIASES (any case) as "oos"."""
+    data = read_labelled_texts(path, text_column, label_column, split)
     data.labels = [OOS if label.lower() in OOS_ALIASES else label for label in data.labels]
     return data
 
