@@ -135,8 +135,13 @@ def read_html(path: Path) -> list[KnowledgeDoc]:
 def read_text(path: Path) -> list[KnowledgeDoc]:
     """The whole file as one document titled after the file name; a file over `TEXT_PART_WORDS` words
     is cut at blank lines into parts of about that many words (ids stem#p1, stem#p2, ...), so a
-    search can return several passages of it."""
+    search can return several passages of it. A file of question / answer pairs ("Q: ..." then
+    "A: ...", or "Question:" / "Answer:") gives one document per pair, titled by its question."""
     text = _read_text(path).strip()
+    pairs = _qa_pairs(text)
+    if pairs:
+        return [KnowledgeDoc(f"{path.stem}#q{n}", question, answer, str(path))
+                for n, (question, answer) in enumerate(pairs, 1)]
     parts = _paragraph_parts(text, TEXT_PART_WORDS)
     if len(parts) == 1:
         return [KnowledgeDoc(path.stem, _humanize(path.stem), text, str(path))]
@@ -318,6 +323,35 @@ class _HTMLText(HTMLParser):
         return self._outline
 
 
+_QA_LINE = re.compile(r"^\s*(q|question|a|answer)\s*[:.)]\s*(.*)$", re.IGNORECASE)
+
+
+def _qa_pairs(text: str) -> list[tuple[str, str]]:
+    """(question, answer) pairs of a text laid out as "Q: ..." / "A: ..." lines (an entry's further lines
+    continue it); [] unless the text is only such pairs (text before the first Q, or a Q without its A,
+    means it is prose that happens to hold one)."""
+    pairs: list[list[str]] = []
+    role = None
+    for line in text.splitlines():
+        m = _QA_LINE.match(line)
+        if m:
+            new_role = m.group(1)[0].lower()
+            if new_role == role or (new_role == "a" and role is None):
+                return []
+            if new_role == "q":
+                pairs.append([m.group(2).strip(), ""])
+            else:
+                pairs[-1][1] = m.group(2).strip()
+            role = new_role
+        elif line.strip():
+            if role is None:
+                return []
+            pairs[-1][0 if role == "q" else 1] += ("\n" if role == "a" else " ") + line.strip()
+    if len(pairs) < 2 or role != "a" or not all(q.strip() and a.strip() for q, a in pairs):
+        return []
+    return [(q.strip(), a.strip()) for q, a in pairs]
+
+
 def _paragraph_parts(text: str, max_words: int) -> list[str]:
     """`text` cut at blank lines into parts of at most about `max_words` words (`WORD`: a Chinese or
     Japanese character counts as one; a longer paragraph is a part of its own)."""
@@ -370,9 +404,25 @@ def _pick_fields(path: Path, obj: dict, line: int | None, where: str = "") -> di
 
 
 def _record_doc(path: Path, row: dict[str, str], n: int) -> KnowledgeDoc:
-    """A document from a record's {id, title, answer}: id defaults to stem#q<n>, title to the id."""
+    """A document from a record's {id, title, answer}: id defaults to stem#q<n>, title to the id. Help-centre
+    exports (Zendesk, Freshdesk, ...) keep article bodies as HTML: markup in a title or answer becomes text."""
     doc_id = row.get("id") or f"{path.stem}#q{n}"
-    return KnowledgeDoc(doc_id, row.get("title") or doc_id, row["answer"], str(path))
+    title, answer = (_html_text(row[k]) if _HTML_MARKUP.search(row.get(k) or "") else row.get(k)
+                     for k in ("title", "answer"))
+    return KnowledgeDoc(doc_id, title or doc_id, answer or row["answer"], str(path))
+
+
+_HTML_MARKUP = re.compile(r"</?(p|br|div|span|b|i|u|em|strong|a|ul|ol|li|h[1-6]|table|tr|td|th|img|code|pre|"
+                          r"blockquote|hr|font|sup|sub)\b[^>]*>", re.IGNORECASE)
+
+
+def _html_text(markup: str) -> str:
+    """The visible text of an HTML fragment: blocks one a line, headings included, entities decoded."""
+    parser = _HTMLText()
+    parser.feed(markup)
+    outline = parser.outline()
+    lines = [line for headings, body in outline.sections for line in (headings[-1:] + body)]
+    return "\n".join(line for line in lines if line.strip()).strip()
 
 
 def _read_file(path: Path) -> list[KnowledgeDoc]:

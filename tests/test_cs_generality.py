@@ -317,6 +317,23 @@ def test_knowledge_csv_and_jsonl_with_other_field_names(tmp_path):
                     ("semi#q1", "Return, please?", "Bring it back, with the receipt."), ("tb#q1", "Hours", "9 to 5.")]
 
 
+def test_help_centre_exports_with_html_bodies_and_q_a_text_files(tmp_path):
+    write(tmp_path / "zendesk.csv", 'id,title,body\n17,Reset <b>password</b>,"<p>Use the <a href=\'/r\'>reset</a> '
+                                    'link.</p><ul><li>Check spam &amp; junk</li></ul>"\n')
+    write(tmp_path / "articles.json", json.dumps([{"title": "Fees", "body": "<h2>Cards</h2><p>None.</p>"},
+                                                  {"title": "a < b", "body": "2 < 3 and x<y stays as written"}]))
+    write(tmp_path / "faq.txt", "Q: How do I reset my password?\nA: Use the reset link.\nIt expires in a day.\n\n"
+                                "Question: Where is my order?\nAnswer: See the tracking page.\n")
+    write(tmp_path / "notes.txt", "Our policy.\nQ: is it free?\nA: yes.\n")   # prose holding one pair: one passage
+    docs = {d.id: (d.title, d.text) for d in load_knowledge(tmp_path)}
+    assert docs["17"] == ("Reset password", "Use the reset link.\n- Check spam & junk")
+    assert docs["articles#q1"] == ("Fees", "Cards\nNone.")
+    assert docs["articles#q2"] == ("a < b", "2 < 3 and x<y stays as written")
+    assert docs["faq#q1"] == ("How do I reset my password?", "Use the reset link.\nIt expires in a day.")
+    assert docs["faq#q2"] == ("Where is my order?", "See the tracking page.")
+    assert docs["notes"] == ("Notes", "Our policy.\nQ: is it free?\nA: yes.")
+
+
 def test_knowledge_html_setext_front_matter_and_long_text(tmp_path):
     write(tmp_path / "page.html", "<html><head><title>x</title><script>var hidden=1;</script></head><body>"
           "<h1>Help</h1><p>Welcome.</p><h2>Returns</h2><p>Within <b>30</b>&nbsp;days.</p><ul><li>Receipt</li>"
