@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -49,6 +50,9 @@ from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.tasks import task_id
 from core.vision.swin import VisionStream, VisionStreamConfig
 from data_connectors.text_files import decoded_file, field_key, table_rows
+
+if TYPE_CHECKING:
+    from data_connectors.dicom import CTVolume
 
 KIND = "malignancy_classifier"          # the checkpoint kind (registered below)
 TASK = "malignancy"
@@ -392,33 +396,30 @@ def _number(row: dict, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def load_nifti_zyx(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
-    """(hu_ZYX, spacing_zyx, affine_ras) of a NIfTI/MetaImage/NRRD crop in LPS orientation (axis i toward the
-    patient's left, j posterior, k superior: the DICOM convention), read by data_connectors.dicom.load_volume
-    (MONAI LoadImage + Orientation). Unreadable files and NaN voxels are CropFolderErrors naming the file."""
+def load_crop_volume(path: Path) -> CTVolume:
+    """A NIfTI/MetaImage/NRRD crop in LPS orientation (axis i toward the patient's left, j posterior, k superior:
+    the DICOM convention), read by data_connectors.dicom.load_volume (MONAI LoadImage + Orientation).
+    Unreadable files and NaN voxels are CropFolderErrors naming the file."""
     from data_connectors.dicom import load_volume
 
     try:
-        vol = load_volume(path, allow_single_slice=True)
+        return load_volume(path, allow_single_slice=True)
     except ValueError as exc:
         raise CropFolderError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
-    affine_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine
-    return vol.hu_ZYX, vol.spacing_zyx, affine_ras
 
 
-def _centre_ijk(row: dict, hu_ZYX: np.ndarray, affine: np.ndarray, mask_path: Path | None) -> np.ndarray:
+def _centre_ijk(row: dict, vol: CTVolume, mask_path: Path | None) -> np.ndarray:
     """The nodule centre in voxels: nodules.csv's world centre (LPS mm), else the mask's centroid, else the
     middle of the crop."""
-    shape_ijk = np.array(hu_ZYX.shape[::-1])
+    shape_ijk = np.array(vol.hu_ZYX.shape[::-1])
     xyz = [_number(row, k) for k in ("coordX", "coordY", "coordZ")]
     if None not in xyz:
-        ras = np.array([-xyz[0], -xyz[1], xyz[2], 1.0])
-        ijk = (np.linalg.inv(affine) @ ras)[:3]
+        ijk = vol.to_voxel(np.array(xyz))[0]
         if np.all(ijk >= -0.5) and np.all(ijk <= shape_ijk - 0.5):
             return ijk
     if mask_path is not None:
-        mask_ZYX = load_nifti_zyx(mask_path)[0]
-        if mask_ZYX.shape == hu_ZYX.shape and np.any(mask_ZYX > 0):
+        mask_ZYX = load_crop_volume(mask_path).hu_ZYX
+        if mask_ZYX.shape == vol.hu_ZYX.shape and np.any(mask_ZYX > 0):
             return np.argwhere(mask_ZYX > 0).mean(axis=0)[::-1]
     return (shape_ijk - 1) / 2
 
@@ -456,9 +457,8 @@ def load_crops(folder: str | Path, cfg: MalignancyConfig | None = None, use_cach
                                crops.label_rule)
     cubes, diameters = [], []
     for n, (row, image, mask) in enumerate(zip(crops.rows, crops.images, crops.masks)):
-        hu_ZYX, spacing_zyx, affine = load_nifti_zyx(image)
-        centre = _centre_ijk(row, hu_ZYX, affine, mask)
-        cube_hu = crop_around(hu_ZYX, spacing_zyx, centre, cfg.crop_mm)
+        vol = load_crop_volume(image)
+        cube_hu = crop_around(vol.hu_ZYX, vol.spacing_zyx, _centre_ijk(row, vol, mask), cfg.crop_mm)
         d = resolve_diameter(cube_hu, _number(row, "diameter_mm"))
         cubes.append(finish_cube(cube_hu, d, cfg))
         diameters.append(d)
