@@ -29,7 +29,7 @@ What the DICOM reader copes with, each noted in `CTVolume.warnings`:
 - PixelPaddingValue that would read as dense bone or metal (>= 3000 HU through each frame's own rescale, which
   enhanced files keep in their functional groups; e.g. 4095 or 0xFFFF unsigned): air, in the images kept only.
   It is compared with stored values, the low BitsStored bits (PS3.3 C.7.5.1.1.2, PS3.5 8.1.1); a value that
-  needs the unused high bits (0xFFFF with 12 bits stored) matches whole pixel words where a slice holds that
+  needs the unused high bits (0xFFFF with 12 bits stored) matches whole pixel words where a slice of the series holds that
   word, so a saturated 4095 (metal, 3071 HU) beside 0xFFFF padding stays metal, else its low bits (4095);
 - multi-frame enhanced CT (per-frame functional groups) and compressed transfer syntaxes (pylibjpeg, RLE);
 - padding outside the reconstruction circle (-2048, -3024 HU...): clamped to air, -1024 HU (also for NIfTI).
@@ -397,7 +397,7 @@ def _pixels(ds, path: Path) -> np.ndarray:
         signed = int(ds.get("PixelRepresentation", 0)) == 1
         return np.frombuffer(raw, dtype="<i2" if signed else "<u2", count=rows * cols).reshape(rows, cols)
     from pydicom.pixels import pixel_array
-    try:   # the unused bits kept: _padding_hits may need them, _stored_values clears them as pydicom would
+    try:   # the unused bits kept: _padding_masks may need them, _stored_values clears them as pydicom would
         return pixel_array(ds, correct_unused_bits=False)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt or undecodable pixel data
         raise DicomReadError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
@@ -429,7 +429,7 @@ def _padding(ds, path: Path, bits_stored: int | None) -> _Padding | None:
     Sequence maps the values). The values are stored values (PS3.3 C.7.5.1.1.2), so they are compared as
     _stored_values reads pixels: low BitsStored bits, sign-extended. A declared value that does not fit
     BitsStored (0xFFFF with 12 bits stored, a value the standard does not allow) also keeps its whole word, for
-    writers that mark padding with the unused high bits set (see _padding_hits)."""
+    writers that mark padding with the unused high bits set (see _padding_masks)."""
     values = [ds.get(name) for name in ("PixelPaddingValue", "PixelPaddingRangeLimit")]
     if values[0] is None or "ModalityLUTSequence" in ds:
         return None
@@ -446,29 +446,28 @@ def _padding(ds, path: Path, bits_stored: int | None) -> _Padding | None:
     return _Padding((min(stored), max(stored)), None if words == stored else (min(words), max(words)))
 
 
-def _padding_hits(frame: _Frame, words: np.ndarray, stored: np.ndarray) -> np.ndarray | None:
-    """Where a plane holds padding that would read as dense bone or metal (>= 3000 HU with this frame's own
-    rescale), as a boolean mask; None when its padding does not (padding below air is clamped anyway; padding
-    inside the tissue range cannot be told from anatomy, so it is left alone).
+def _padding_masks(frame: _Frame, words: np.ndarray,
+                   stored: np.ndarray) -> tuple[np.ndarray | None, np.ndarray] | None:
+    """(pixels matching the padding as whole words or None, pixels matching it as stored values) of a plane whose
+    padding would read as dense bone or metal (>= 3000 HU with this frame's own rescale); None when it does not
+    (padding below air is clamped anyway; padding inside the tissue range cannot be told from anatomy, so it is
+    left alone). Whole words are compared only when the declared value needs the unused high bits.
 
     The standard compares stored values: a pixel whose low BitsStored bits equal the padding value is padding,
     and no native pixel has that value (PS3.3 C.7.5.1.1.2). A padding value that needs the unused high bits
     (0xFFFF with 12 bits stored) breaks that rule, and its low bits (4095) are also the value of a saturated
-    pixel (metal, 3071 HU at intercept -1024). Where the plane holds the declared whole word, the writer marks
-    padding that way: whole words are compared, and a 4095 without the high bits stays metal. Where no word
-    carries it (the high bits cleared, e.g. by a 12-bit JPEG transcoder), only the stored value is left to
-    compare, and every 4095 is padding, as the file declares."""
+    pixel (metal, 3071 HU at intercept -1024). Where a series holds the declared whole word, its writer marks
+    padding that way: whole words are compared, and a 4095 without the high bits stays metal, in every slice.
+    Where no word carries it (the high bits cleared, e.g. by a 12-bit JPEG transcoder), only the stored value
+    is left to compare, and every 4095 is padding, as the file declares. _load_series decides per series."""
     pad = frame.padding
     if pad is None:
         return None
     lo, hi = pad.stored
     if min(lo * frame.slope + frame.intercept, hi * frame.slope + frame.intercept) < _PADDING_MIN_HU:
         return None
-    if pad.words is not None:
-        hits = (words >= pad.words[0]) & (words <= pad.words[1])
-        if hits.any():
-            return hits
-    return (stored >= lo) & (stored <= hi)
+    by_word = None if pad.words is None else (words >= pad.words[0]) & (words <= pad.words[1])
+    return by_word, (stored >= lo) & (stored <= hi)
 
 
 def _modality_lut(ds, arr: np.ndarray, frame: _Frame, out: np.ndarray) -> None:
@@ -683,6 +682,8 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     stack = np.empty((len(frames), rows, cols), dtype=np.float32)   # sorted slices, before regridding
     decoded: dict[Path, np.ndarray] = {}
     padded: list[int] = []   # the kept frames where padding became air (list.append: safe from fill's threads)
+    word_marked: list[int] = []   # frames holding a padding value as a whole word that needs the unused bits
+    by_value_only: dict[int, np.ndarray] = {}   # frame -> flat pixels matching it as stored values only
 
     def fill(n: int) -> None:
         fr = frames[n]
@@ -697,11 +698,20 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
             raise DicomReadError(f"{fr.path}: pixel data shape {words.shape} != Rows x Columns {(rows, cols)}")
         stored = _stored_values(words, fr.bits_stored)
         _modality_lut(by_path[fr.path], stored, fr, stack[n])
-        hits = _padding_hits(fr, words, stored)
-        if hits is not None and hits.any():
-            stack[n][hits] = AIR_HU
-            padded.append(n)
         np.maximum(stack[n], AIR_HU, out=stack[n])
+        masks = _padding_masks(fr, words, stored)
+        if masks is None:
+            return
+        by_word, by_value = masks
+        if by_word is not None and by_word.any():
+            stack[n][by_word] = AIR_HU
+            padded.append(n)
+            word_marked.append(n)
+        elif by_word is not None:   # decided once all frames are read: the series may mark padding by whole words
+            by_value_only[n] = np.flatnonzero(by_value)
+        elif by_value.any():
+            stack[n][by_value] = AIR_HU
+            padded.append(n)
 
     multi = any(fr.frame is not None for fr in frames)
     if threads > 1 and len(frames) > 8 and not multi:
@@ -710,6 +720,11 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     else:
         for n in range(len(frames)):
             fill(n)
+    if not word_marked:   # no slice carries the whole word: the stored value is all there is to compare
+        for n, flat in by_value_only.items():
+            if flat.size:
+                stack[n].reshape(-1)[flat] = AIR_HU
+                padded.append(n)
     if padded:
         warnings.append(f"pixels at PixelPaddingValue (outside the field of view) set to air in {len(padded)} of "
                         f"{len(frames)} images")

@@ -99,3 +99,20 @@ def test_padding_found_in_12_stored_bits_when_no_word_keeps_the_high_bits(tmp_pa
     _twelve_bit_series(tmp_path / "p", words, syntax)
     vol = load_volume(tmp_path / "p")
     assert np.all(vol.hu_ZYX[:, :, :2] == -1024) and np.all(vol.hu_ZYX[:, :, 2:] == 40)
+
+
+def test_whole_word_padding_is_decided_for_the_series_not_per_slice(tmp_path):
+    """Padding words on one slice only: the series marks padding by whole words, so the metal 4095 of the
+    other slices stays metal too (decided per slice, those slices lost it)."""
+    words = np.full((N, N), 1064, dtype=np.uint16)
+    words[5, 5:8] = 0x0FFF
+    paths = _twelve_bit_series(tmp_path / "p", words)
+    first = pydicom.dcmread(paths[0])
+    padded = words.copy()
+    padded[:, :2] = 0xFFFF
+    first.PixelData = padded.astype("<u2").tobytes()
+    first.save_as(paths[0])
+    vol = load_volume(tmp_path / "p")
+    assert np.all(vol.hu_ZYX[:, 5, 5:8] == 3071), vol.hu_ZYX[:, 5, 5]
+    assert np.all(vol.hu_ZYX[0, :, :2] == -1024)
+    assert any("set to air in 1 of 3 images" in w for w in vol.warnings), vol.warnings
