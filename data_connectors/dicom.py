@@ -29,8 +29,8 @@ What the DICOM reader copes with, each noted in `CTVolume.warnings`:
 - PixelPaddingValue that would read as dense bone or metal (>= 3000 HU through each frame's own rescale, which
   enhanced files keep in their functional groups; e.g. 4095 or 0xFFFF unsigned): air, in the images kept only.
   It is compared with stored values, the low BitsStored bits (PS3.3 C.7.5.1.1.2, PS3.5 8.1.1); a value that
-  needs the unused high bits (0xFFFF with 12 bits stored) matches whole pixel words where a slice of the series holds that
-  word, so a saturated 4095 (metal, 3071 HU) beside 0xFFFF padding stays metal, else its low bits (4095);
+  needs the unused high bits (0xFFFF with 12 bits stored) matches whole pixel words where a slice of the series
+  holds that word, so a saturated 4095 (metal, 3071 HU) beside 0xFFFF padding stays metal, else its low bits;
 - multi-frame enhanced CT (per-frame functional groups) and compressed transfer syntaxes (pylibjpeg, RLE);
 - padding outside the reconstruction circle (-2048, -3024 HU...): clamped to air, -1024 HU (also for NIfTI).
 NIfTI / MetaImage / NRRD files (MONAI LoadImage, any storage order or oblique affine, reoriented to LPS): a 2D,
