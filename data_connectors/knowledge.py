@@ -323,20 +323,20 @@ class _HTMLText(HTMLParser):
         return self._outline
 
 
-_QA_LINE = re.compile(r"^\s*(q|question|a|answer)\s*[:.)]\s*(.*)$", re.IGNORECASE)
+_QA_LINE = re.compile(r"^\s*(q|question|a|answer)\s*:\s*(.*)$", re.IGNORECASE)
 
 
 def _qa_pairs(text: str) -> list[tuple[str, str]]:
-    """(question, answer) pairs of a text laid out as "Q: ..." / "A: ..." lines (an entry's further lines
-    continue it); [] unless the text is only such pairs (text before the first Q, or a Q without its A,
-    means it is prose that happens to hold one)."""
+    """(question, answer) pairs of a text laid out as "Q: ..." / "A: ..." lines ("Question:" / "Answer:");
+    other lines, and a marker repeating the role it is in, continue the entry. [] unless the text is only
+    such pairs (text before the first Q, or a Q without its A, means it is prose that happens to hold one)."""
     pairs: list[list[str]] = []
     role = None
     for line in text.splitlines():
         m = _QA_LINE.match(line)
-        if m:
-            new_role = m.group(1)[0].lower()
-            if new_role == role or (new_role == "a" and role is None):
+        new_role = m.group(1)[0].lower() if m else None
+        if new_role is not None and new_role != role:
+            if new_role == "a" and role is None:
                 return []
             if new_role == "q":
                 pairs.append([m.group(2).strip(), ""])
@@ -409,11 +409,14 @@ def _record_doc(path: Path, row: dict[str, str], n: int) -> KnowledgeDoc:
     doc_id = row.get("id") or f"{path.stem}#q{n}"
     title, answer = (_html_text(row[k]) if _HTML_MARKUP.search(row.get(k) or "") else row.get(k)
                      for k in ("title", "answer"))
-    return KnowledgeDoc(doc_id, title or doc_id, answer or row["answer"], str(path))
+    if not answer:
+        raise KnowledgeFormatError(path, f"record {n} ({doc_id}): its HTML body has no text")
+    return KnowledgeDoc(doc_id, title or doc_id, answer, str(path))
 
 
+# HTML tags or character references ("&amp;", "&#39;") in a record's field: read as HTML
 _HTML_MARKUP = re.compile(r"</?(p|br|div|span|b|i|u|em|strong|a|ul|ol|li|h[1-6]|table|tr|td|th|img|code|pre|"
-                          r"blockquote|hr|font|sup|sub)\b[^>]*>", re.IGNORECASE)
+                          r"blockquote|hr|font|sup|sub)\b[^>]*>|&(#\d+|#x[0-9a-f]+|[a-z]+\d*);", re.IGNORECASE)
 
 
 def _html_text(markup: str) -> str:

@@ -379,9 +379,9 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
             return _labelled_doc(path, doc)
         if isinstance(doc, dict):  # one list of records under some key, e.g. {"data": [...]}, or one per split
             lists = {key: value for key, value in doc.items() if isinstance(value, list)}
-            if len(lists) == 1:
+            if len(lists) == 1 and not set(lists) & SPLIT_NAMES:
                 doc = next(iter(lists.values()))
-            elif set(lists) & SPLIT_NAMES:
+            elif set(lists) & SPLIT_NAMES:   # one list per split (or one split alone: read only when asked for)
                 splits_read = _split_lists(path, lists, split)
                 doc = [item for key in splits_read for item in lists[key]]
         if not isinstance(doc, list):
@@ -485,8 +485,15 @@ def _rasa_nlu(path: Path, items) -> LabelledTexts:
         lines = examples.splitlines() if isinstance(examples, str) else examples
         if not isinstance(lines, list):
             raise LabelledTextError(path, f"`nlu:` item {n} (intent {item['intent']!r}) has no `examples` list")
-        found = [_RASA_ENTITY.sub(r"\1", str(line).strip().removeprefix("- ").strip()) for line in lines]
-        found = [text for text in found if text and text != "-"]
+        found = []
+        for line in lines:   # "- text" lines of a block, or list items: strings or {text, metadata}
+            line = line.get("text") if isinstance(line, dict) else line
+            if not isinstance(line, str):
+                raise LabelledTextError(path, f"intent {item['intent']!r}: an example is neither text nor "
+                                              f"{{text: ...}} ({type(line).__name__})")
+            text = _RASA_ENTITY.sub(r"\1", line.strip().removeprefix("- ").strip())
+            if text and text != "-":
+                found.append(" ".join(text.split()))
         if not found:
             raise LabelledTextError(path, f"intent {item['intent']!r} has no examples")
         texts += found

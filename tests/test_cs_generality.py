@@ -183,11 +183,19 @@ nlu:
   examples: |
     - Paris
 """
+    rasa += """- intent: greet
+  examples:
+  - text: |
+      hi there
+    metadata: {sentiment: neutral}
+  - hello
+"""
     for name in ("nlu.yml", "nlu.json"):
         content = rasa if name.endswith("yml") else json.dumps(__import__("yaml").safe_load(rasa))
         data = read_intent_file(write(tmp_path / name, content))
-        assert data.texts == ["I lost my card, what now?", "card stolen yesterday", "send cash to mum"], name
-        assert data.labels == ["lost_card", "lost_card", "transfer"]
+        assert data.texts == ["I lost my card, what now?", "card stolen yesterday", "send cash to mum", "hi there",
+                              "hello"], name
+        assert data.labels == ["lost_card", "lost_card", "transfer", "greet", "greet"]
     with pytest.raises(ValueError, match="no examples"):
         read_intent_file(write(tmp_path / "empty.yml", "nlu:\n- intent: greet\n  examples: |\n    -\n"))
 
@@ -207,6 +215,9 @@ def test_a_json_file_with_one_list_per_split_reads_the_split_asked_for(tmp_path,
         read_intent_file(path, split="dev")
     with pytest.raises(ValueError, match="say which split"):
         read_intent_file(path, split=None)
+    only_train = write(tmp_path / "train_only.json", json.dumps({"train": doc["train"]}))
+    with pytest.raises(ValueError, match="no list 'test'; the file holds train"):   # never evaluate on training rows
+        read_intent_file(only_train, split="test")
     from apps.cli import build_parser
     for command, split in (("train-intents --out m", "train"), ("eval-intents --model m", "test")):
         args = build_parser().parse_args(["chat", *command.split(), "--data", str(path)])
@@ -325,6 +336,9 @@ def test_help_centre_exports_with_html_bodies_and_q_a_text_files(tmp_path):
     write(tmp_path / "faq.txt", "Q: How do I reset my password?\nA: Use the reset link.\nIt expires in a day.\n\n"
                                 "Question: Where is my order?\nAnswer: See the tracking page.\n")
     write(tmp_path / "notes.txt", "Our policy.\nQ: is it free?\nA: yes.\n")   # prose holding one pair: one passage
+    write(tmp_path / "lists.txt", "Q: How do I pay?\nA: Either:\na) in the app\nA: or at a branch\nQ: Fees?\nA: None.\n")
+    write(tmp_path / "escaped.json", json.dumps([{"title": "Fees &amp; charges", "body": "You can&#39;t &mdash; ok"},
+                                                 {"title": "AT&T", "body": "R&D costs 5 & more"}]))
     docs = {d.id: (d.title, d.text) for d in load_knowledge(tmp_path)}
     assert docs["17"] == ("Reset password", "Use the reset link.\n- Check spam & junk")
     assert docs["articles#q1"] == ("Fees", "Cards\nNone.")
@@ -332,6 +346,12 @@ def test_help_centre_exports_with_html_bodies_and_q_a_text_files(tmp_path):
     assert docs["faq#q1"] == ("How do I reset my password?", "Use the reset link.\nIt expires in a day.")
     assert docs["faq#q2"] == ("Where is my order?", "See the tracking page.")
     assert docs["notes"] == ("Notes", "Our policy.\nQ: is it free?\nA: yes.")
+    assert docs["lists#q1"] == ("How do I pay?", "Either:\na) in the app\nA: or at a branch")
+    assert docs["escaped#q1"] == ("Fees & charges", "You can't \u2014 ok")
+    assert docs["escaped#q2"] == ("AT&T", "R&D costs 5 & more")
+    write(tmp_path / "img" / "only_an_image.json", json.dumps([{"title": "x", "body": "<p><img src='x.png'></p>"}]))
+    with pytest.raises(KnowledgeFormatError, match="record 1 .*HTML body has no text"):
+        load_knowledge(tmp_path / "img")
 
 
 def test_knowledge_html_setext_front_matter_and_long_text(tmp_path):
