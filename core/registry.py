@@ -72,7 +72,11 @@ def register(kind: str, config: str | type, build: str | Callable, inputs: str |
 def spec(kind: str) -> ModelSpec:
     if kind not in MODELS:
         for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=kind):
-            entry.load()   # importing the module registers the kind
+            try:
+                entry.load()   # importing the module registers the kind
+            except ImportError as exc:
+                raise ValueError(f"model kind {kind!r}: its module {entry.value} cannot be imported "
+                                 f"({type(exc).__name__}: {exc})") from exc
     try:
         return MODELS[kind]
     except KeyError:

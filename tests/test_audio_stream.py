@@ -80,6 +80,23 @@ def test_moe_stats_count_only_real_tokens():
     assert torch.equal(stats.expert_load, alone[0].expert_load + alone[1].expert_load)
 
 
+def test_per_token_task_ids_with_padding():
+    """Task ids per token [B, T] reach the MoE of a padded batch as they do without padding (they were refused)."""
+    stream = tiny_stream()
+    with torch.no_grad():   # task-aware gates start neutral (zeros): give each task its own expert preference
+        stream.block.moe.router.task_offset_TE.copy_(3 * torch.randn(stream.block.moe.router.task_offset_TE.shape))
+    batch = AudioBatch.from_clips([clip(WAVEFORM, n, seed) for seed, n in enumerate([60, 400])])
+    T = WAVEFORM.num_tokens(400)
+    per_row = torch.tensor([2, 5])
+    with torch.no_grad():
+        by_row = stream(batch.audio, per_row, lengths=batch.lengths)
+        by_token = stream(batch.audio, per_row[:, None].expand(2, T), lengths=batch.lengths)
+        mixed = stream(batch.audio, torch.tensor([[2] * T, [5, 1] * (T // 2) + [5] * (T % 2)]), lengths=batch.lengths)
+    assert torch.equal(by_row.tokens, by_token.tokens)
+    assert torch.allclose(by_row.tokens[0], mixed.tokens[0], atol=1e-5)   # only the grouping of rows differs
+    assert not torch.allclose(by_row.tokens[1], mixed.tokens[1], atol=1e-3)   # each token's own task counts
+
+
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_without_lengths_the_numerics_are_unchanged(training):
     stream = tiny_stream().train(training)

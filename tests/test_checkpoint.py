@@ -360,3 +360,15 @@ def test_app_kinds_load_without_importing_the_app_first():
     assert out.returncode == 0, out.stderr
     assert [line.split()[0] for line in out.stdout.split("\n") if line] == kinds
     assert "known:" in str(pytest.raises(ValueError, registry.spec, "no_such_kind").value)
+
+
+def test_a_kind_whose_module_fails_to_import_is_a_clear_error(monkeypatch):
+    class Broken:
+        name, value = "broken_kind", "apps.nowhere"
+
+        def load(self):
+            raise ModuleNotFoundError("No module named 'apps.nowhere'")
+
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda **kw: [Broken()])
+    with pytest.raises(ValueError, match="'broken_kind': its module apps.nowhere cannot be imported"):
+        registry.spec("broken_kind")

@@ -5,7 +5,8 @@ Clips of different lengths come padded to one length L with their valid lengths 
 `AudioBatch`). The conv stack has no padding, so token t of a clip is real when its receptive field
 lies inside the clip (`AudioStreamConfig.num_tokens`); the block masks the rest out of its positional
 conv, its attention keys and its MoE feed-forward, so a clip gets the same tokens, pooled vector and
-expert loads in any batch as alone.
+expert loads in any batch as alone (in eval, or with a dropless MoE: in training a capacity limit is shared by
+the batch's tokens).
 
 Shape legend: B batch, C channels, L samples or frames at a conv layer's input or output,
 T tokens, D shared width, N real tokens of the batch (flattened).
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.moe import MoEConfig, MoELayer, MoEStats
+from core.moe import MoEConfig, MoELayer, MoEStats, ffn_on_real_tokens, real_token_tasks
 from core.tasks import NUM_TASKS, task_ids
 
 
@@ -150,14 +151,12 @@ class AudioBlock(nn.Module):
             y_BTD, stats = self.moe(self.norm2(x_BTD), task_id)
             return x_BTD + y_BTD, stats
 
-        # The MoE runs on real tokens only, one row per token with its clip's task (as the text stream's
-        # Block does): padding neither takes expert slots nor enters the balance stats and aux loss.
-        B, T, D = x_BTD.shape
+        # The MoE runs on real tokens only (as in the text stream): padding neither takes expert slots nor
+        # enters the balance stats and aux loss.
+        B, T, _ = x_BTD.shape
         real_N = mask_BT.flatten().nonzero().squeeze(1)
-        h_ND = self.norm2(x_BTD).reshape(B * T, D)[real_N]
-        task_N = None if task_id is None else task_ids(task_id, None, B, x_BTD.device).expand(B)[real_N // T]
-        y_N1D, stats = self.moe(h_ND.unsqueeze(1), task_N)
-        y_BTD = h_ND.new_zeros(B * T, D).index_copy(0, real_N, y_N1D.squeeze(1)).view(B, T, D)
+        task_N = real_token_tasks(task_id, B, T, real_N, self.moe.cfg.num_tasks)
+        y_BTD, stats = ffn_on_real_tokens(self.moe, self.norm2(x_BTD), real_N, task_N)
         return (x_BTD + y_BTD).masked_fill(~mask_BT.unsqueeze(-1), 0.0), stats
 
 

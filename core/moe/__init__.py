@@ -7,10 +7,12 @@
 """
 from .config import MoEConfig
 from .experts import FeedForward, GroupedExperts, grouped_ffn
-from .layer import DenseFFN, MoELayer, MoEStats, moe_train_step, update_expert_biases
+from .layer import (DenseFFN, MoELayer, MoEStats, ffn_on_real_tokens, moe_train_step, real_token_tasks,
+                    update_expert_biases)
 from .router import DynamicRouter, RouterOutput
 
 __all__ = [
     "MoEConfig", "MoELayer", "MoEStats", "DenseFFN", "DynamicRouter", "RouterOutput",
     "GroupedExperts", "FeedForward", "grouped_ffn", "update_expert_biases", "moe_train_step",
+    "ffn_on_real_tokens", "real_token_tasks",
 ]

@@ -148,6 +148,29 @@ class MoELayer(nn.Module):
         self.router.update_bias()
 
 
+def real_token_tasks(task_id, B: int, T: int, real_N: torch.Tensor, num_tasks: int) -> torch.Tensor | None:
+    """Task ids (an int, a LongTensor [B] per sequence or [B, T] per token) as the task of each real token
+    [N] (real_N: the real tokens' flat indices into B*T), for `ffn_on_real_tokens`."""
+    task_BT = _task_per_token(task_id, B, T, real_N.device, num_tasks)
+    return None if task_BT is None else task_BT[real_N]
+
+
+def ffn_on_real_tokens(ffn: nn.Module, x_BTD: torch.Tensor, real_N: torch.Tensor,
+                       task_N: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEStats | None]:
+    """A feed-forward (an MoELayer or a dense one) over the real tokens of a padded batch only: [B, T, D] ->
+    ([B, T, D] with zeros at padding, the MoE's stats or None). The MoE gets one row per real token with its
+    task (task_N [N], `real_token_tasks`), so padding takes no expert slot and enters no balance statistic."""
+    B, T, D = x_BTD.shape
+    x_ND = x_BTD.reshape(B * T, D)[real_N]
+    stats = None
+    if isinstance(ffn, MoELayer):
+        y_N1D, stats = ffn(x_ND.unsqueeze(1), task_N)
+        y_ND = y_N1D.squeeze(1)
+    else:
+        y_ND = ffn(x_ND)
+    return x_ND.new_zeros(B * T, D).index_copy(0, real_N, y_ND).view(B, T, D), stats
+
+
 class DenseFFN(nn.Module):
     """Dense block with the active parameters of `MoELayer(cfg)`: width (top_k + shared) * H.
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.tasks import task_ids
-from core.moe import DynamicRouter, FeedForward, GroupedExperts, MoELayer, MoEStats
+from core.moe import (DynamicRouter, FeedForward, GroupedExperts, MoELayer, MoEStats, ffn_on_real_tokens,
+                      real_token_tasks)
 
 from .config import TextStreamConfig
 
@@ -73,32 +73,16 @@ class Block(nn.Module):
 
     def forward(self, x_BTD: torch.Tensor, keep_B11T: torch.Tensor, real_N: torch.Tensor,
                 task_N: torch.Tensor | None) -> tuple[torch.Tensor, MoEStats | None]:
-        B, T, D = x_BTD.shape
         x_BTD = self.attn_norm(x_BTD + self.drop(self.attn(x_BTD, keep_B11T)))
         # The FFN runs on real tokens only: padding neither takes expert slots nor skews routing stats.
-        x_ND = x_BTD.reshape(B * T, D)[real_N]
-        stats = None
-        if isinstance(self.ffn, MoELayer):
-            y_N1D, stats = self.ffn(x_ND.unsqueeze(1), task_N)  # one row per token, each with its task
-            y_ND = y_N1D.squeeze(1)
-        else:
-            y_ND = self.ffn(x_ND)
-        y_BTD = x_ND.new_zeros(B * T, D).index_copy(0, real_N, y_ND).view(B, T, D)
+        y_BTD, stats = ffn_on_real_tokens(self.ffn, x_BTD, real_N, task_N)
         return self.ffn_norm(x_BTD + self.drop(y_BTD)), stats
-
-
-def _task_per_token(task_id: int | torch.Tensor, B: int, T: int, real_N: torch.Tensor,
-                    num_tasks: int) -> torch.Tensor:
-    """An int or a LongTensor [B] of task ids (each in [0, num_tasks) when gating reads them) -> the
-    task of each real token [N]."""
-    task_B = task_ids(task_id, num_tasks or None, B, real_N.device)
-    return task_B.expand(B)[real_N // T]
 
 
 class TextStream(nn.Module):
     """Token ids -> contextual token states and a mean-pooled sentence vector, with task-aware MoE FFNs.
 
-    forward(input_ids [B, T], attention_mask [B, T], task_id=None | int | LongTensor [B]) -> TextOutput
+    forward(input_ids [B, T], attention_mask [B, T], task_id=None | int | LongTensor [B] or [B, T]) -> TextOutput
     """
 
     def __init__(self, cfg: TextStreamConfig):
@@ -132,7 +116,7 @@ class TextStream(nn.Module):
             raise ValueError(f"sequence length {T} exceeds max_positions ({self.cfg.max_positions})")
         keep_BT = attention_mask.bool()
         real_N = keep_BT.flatten().nonzero().squeeze(1)  # flat indices of the real tokens
-        task_N = None if task_id is None else _task_per_token(task_id, B, T, real_N, self.cfg.num_tasks)
+        task_N = real_token_tasks(task_id, B, T, real_N, self.cfg.num_tasks)
 
         cache = self.prefix_cache if not (self.training or torch.is_grad_enabled()) else None
         key = cache.key(input_ids, attention_mask) if cache is not None else None
