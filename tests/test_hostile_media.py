@@ -58,6 +58,20 @@ def test_zip_bomb_is_refused(http):
 def test_uploads_without_a_readable_ct_series_get_a_clear_422(http, content, detail):
     r = _diagnose(http, content)
     assert r.status_code == 422 and detail.lower() in r.json()["detail"].lower(), r.text
+    assert "/tmp" not in r.text and "upload" not in r.json()["detail"].replace("study.zip", ""), r.text
+
+
+def test_error_messages_name_the_clients_zip_not_the_servers_folders():
+    from pathlib import Path
+
+    from apps.medical_imaging.api import _as_uploaded
+
+    stored = Path("/var/tmp/moe-suite-uploads/123-ab/req-cd/scan.zip")
+    assert _as_uploaded(ValueError(f"{stored}: not a readable zip file"), stored, "scan") == \
+        "scan.zip: not a readable zip file"
+    assert _as_uploaded(ValueError("/tmp/medical-upload-x1y2/ct/7.dcm: pixel data missing; "
+                                   "series in /tmp/medical-upload-x1y2"), stored, "scan") == \
+        "scan.zip/ct/7.dcm: pixel data missing; series in scan.zip"
 
 
 def test_oversized_upload_is_413_before_its_body_is_read(http):

@@ -10,6 +10,7 @@ thread pool.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
@@ -43,9 +44,16 @@ def _diagnose_zip(path: Path, report: str | None, study: str) -> dict:
     try:
         volume = load_upload(path)
     except UnsafeArchiveError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise HTTPException(400, _as_uploaded(exc, path, study)) from None
     except ValueError as exc:   # DicomReadError, a zip that is not one
-        raise HTTPException(422, str(exc)) from None
+        raise HTTPException(422, _as_uploaded(exc, path, study)) from None
     result = diagnose(volume, report, shared_models())
     return findings_json(result, study=study, series_uid=volume.series_uid, study_uid=volume.study_uid,
                          shape=volume.hu_ZYX.shape, spacing_zyx=volume.spacing_zyx)
+
+
+def _as_uploaded(exc: Exception, path: Path, study: str) -> str:
+    """The error's message with the server's own paths (the stored upload, the folder it was unpacked into)
+    replaced by the name the client sent: a client learns nothing of the server's file system."""
+    message = str(exc).replace(str(path), f"{study}.zip")
+    return re.sub(r"(/[^\s:'\"]*)?/medical-upload-[^/\s:'\"]+(/?)", lambda m: f"{study}.zip{m.group(2)}", message)

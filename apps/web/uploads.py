@@ -15,6 +15,7 @@ A name like "../../etc/passwd" is stored as "passwd", "C:\\x\\scan.dcm" as "scan
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import re
 import secrets
@@ -112,8 +113,9 @@ class RequestUploads:
     async def save(self, upload: UploadFile) -> Path:
         """Copy `upload` into `folder` in chunks; UploadTooLarge past `max_bytes` (nothing kept)."""
         path, size = self.path_for(upload.filename), 0
+        out = open(path, "xb")   # outside the try: a file that exists already is never removed here
         try:
-            with open(path, "xb") as out:
+            with out:
                 while chunk := await upload.read(CHUNK_BYTES):
                     size += len(chunk)
                     if size > self.max_bytes:
@@ -132,11 +134,17 @@ class RequestUploads:
             raise HTTPException(413, str(exc)) from None
 
 
+@functools.cache
+def _fallback_area() -> UploadArea:
+    """One area per process for routers mounted outside the suite's server (no `app.state.uploads`)."""
+    return UploadArea(Path(tempfile.gettempdir()) / "moe-suite-uploads")
+
+
 async def request_uploads(request: Request) -> AsyncIterator[RequestUploads]:
     """FastAPI dependency: a RequestUploads in a fresh folder of the server's upload area, removed
     after the request. Outside the suite's server (no `app.state.uploads`) a temporary area is used."""
     state = request.app.state
-    area: UploadArea = getattr(state, "uploads", None) or UploadArea(Path(tempfile.gettempdir()) / "moe-suite-uploads")
+    area: UploadArea = getattr(state, "uploads", None) or _fallback_area()
     settings = getattr(state, "settings", None)
     max_bytes = settings.max_upload_bytes if settings is not None else 200 << 20
     with area.request_dir() as folder:
