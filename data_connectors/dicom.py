@@ -32,6 +32,8 @@ What the DICOM reader copes with, each noted in `CTVolume.warnings`:
   needs the unused high bits (0xFFFF with 12 bits stored) matches whole pixel words where a slice of the series
   holds that word, so a saturated 4095 (metal, 3071 HU) beside 0xFFFF padding stays metal, else its low bits;
 - multi-frame enhanced CT (per-frame functional groups) and compressed transfer syntaxes (pylibjpeg, RLE);
+- a PET, MR or other non-CT image series (NON_CT_IMAGE_MODALITIES; the PET of a PET/CT exam) beside the CT: left
+  out with a warning; alone: an error (its values are no HU);
 - padding outside the reconstruction circle (-2048, -3024 HU...): clamped to air, -1024 HU (also for NIfTI).
 NIfTI / MetaImage / NRRD files (MONAI LoadImage, any storage order or oblique affine, reoriented to LPS): a 2D,
 4D or single-slice image, NaN voxels or a DICOM file under an image suffix are errors; no air in the volume
@@ -624,11 +626,29 @@ def _keep_consistent(frames: list[_Frame], uid: str, warnings: list[str]) -> lis
     return kept
 
 
+# Imaging modalities whose pixels are no Hounsfield units: a PET, MR or radiograph series is never read as CT
+# (its values would pass for HU). A blank Modality, or OT ("other", e.g. a converted CT), may be CT.
+NON_CT_IMAGE_MODALITIES = frozenset({"MR", "PT", "NM", "US", "CR", "DX", "MG", "XA", "RF", "IO", "PX", "RG", "DG",
+                                     "ES", "XC", "OP", "SM", "OCT", "BI", "TG", "GM"})
+
+
+def ct_series(series: list[SeriesInfo]) -> tuple[list[SeriesInfo], list[SeriesInfo]]:
+    """(the series that are CT: Modality CT, or where none says CT those naming no other imaging modality;
+    the rest: PET, MR, ... beside them, and anything else beside a series that says CT)."""
+    explicit = [s for s in series if s.modality.upper() == "CT"]
+    ct = explicit or [s for s in series if s.modality.upper() not in NON_CT_IMAGE_MODALITIES]
+    return ct, [s for s in series if s not in ct]
+
+
 def load_series(series: SeriesInfo, *, allow_single_slice: bool = False, threads: int | None = None) -> CTVolume:
     """The series as a CT volume in HU on a uniform orthogonal grid (see the module docstring).
 
-    Any damaged element is a DicomReadError naming the file, or the series where no one file is to blame.
+    Any damaged element is a DicomReadError naming the file, or the series where no one file is to blame; a
+    series of another imaging modality (PET, MR, ...; NON_CT_IMAGE_MODALITIES) is a DicomReadError too.
     """
+    if series.modality.upper() in NON_CT_IMAGE_MODALITIES:
+        raise DicomReadError(f"series {series.series_uid} ('{series.description}', {len(series.files)} files) is "
+                             f"Modality {series.modality}, not CT: its values are no Hounsfield units")
     try:
         return _load_series(series, allow_single_slice=allow_single_slice, threads=threads)
     except DicomReadError:
@@ -904,6 +924,11 @@ def _load_image_file(path: Path, allow_single_slice: bool = False) -> CTVolume:
     return CTVolume(hu, _spacing(affine), affine, series_uid="", study_uid="", source=path, warnings=warnings)
 
 
+def _listing(series: list[SeriesInfo]) -> str:
+    return "; ".join(f"{s.series_uid} ({s.modality or 'no Modality'} '{s.description}', {len(s.files)} files)"
+                     for s in series)
+
+
 def split_volume_series(series: list[SeriesInfo]) -> tuple[list[SeriesInfo], list[SeriesInfo]]:
     """(the series that can be CT volumes, the localizers / screens / reports beside them). A single series,
     or a group where none is a volume, is kept whole, so that loading it says what is wrong."""
@@ -942,19 +967,22 @@ def load_volume(path: str | Path, *, allow_single_slice: bool = False) -> CTVolu
     path = Path(path)
     if path.is_dir():
         scan = scan_folder(path)
-        ct = [s for s in scan.series if s.modality.upper() == "CT"] or scan.series
+        ct, other = ct_series(scan.series)
+        if not ct and other:
+            raise DicomReadError(f"{path}: no CT series, only {_listing(other)}")
         if not ct:
             reasons = "; ".join(f"{p.name}: {r}" for p, r in scan.skipped[:3])
             raise DicomReadError(f"{path}: no DICOM series found ({len(scan.skipped)} files skipped"
                                  f"{': ' + reasons if reasons else ''})")
         ct, ignored = split_volume_series(ct)   # a scout or dose screen beside the scan is no rival volume
         if len(ct) > 1:
-            listing = "; ".join(f"{s.series_uid} ({s.modality} '{s.description}', {len(s.files)} files)" for s in ct)
             raise DicomReadError(f"{path}: {len(ct)} CT series in one folder, load them one by one with "
-                                 f"scan_folder + load_series: {listing}")
+                                 f"scan_folder + load_series: {_listing(ct)}")
         vol = load_series(ct[0], allow_single_slice=allow_single_slice)
         vol.warnings += [f"series {s.series_uid} ('{s.description}', {len(s.files)} files) ignored: a localizer "
                          f"or single image" for s in ignored]
+        vol.warnings += [f"series {s.series_uid} ('{s.description}', {len(s.files)} files) ignored: Modality "
+                         f"{s.modality or 'not given'}, not CT" for s in other]
         return vol
     if not path.is_file():
         raise DicomReadError(f"{path}: no such file or folder")

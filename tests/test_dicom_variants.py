@@ -291,3 +291,36 @@ def test_degenerate_orientation_is_a_clear_error_naming_the_file(tmp_path, iop, 
         name, source = "IM000", tmp_path / "s"
     with pytest.raises(DicomReadError, match=f"{name}.*ImageOrientationPatient .*(zero length|parallel)"):
         load_volume(source)
+
+
+def _as_modality(paths, modality: str):
+    storage = {"PT": "1.2.840.10008.5.1.4.1.1.128", "MR": "1.2.840.10008.5.1.4.1.1.4"}   # PET / MR Image Storage
+
+    def change(_, ds):
+        ds.Modality, ds.SOPClassUID = modality, storage[modality]
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    _edit(paths, change)
+
+
+def test_pet_series_of_a_pet_ct_exam_is_never_read_as_ct(tmp_path):
+    """A PET/CT study folder: the PET series (its values SUVs or Bq/ml, not HU) is left out, named in a warning;
+    alone it is a clear error (before: read as a CT volume, or '2 CT series in one folder')."""
+    from data_connectors.dicom import ct_series, load_series
+
+    _ct(tmp_path / "study")
+    pet = _ct(tmp_path / "pet_files", uid="1.2.3.77")
+    _as_modality(pet, "PT")
+    for path in pet:                            # in the CT's folder, as a PACS exports the exam
+        path.rename(tmp_path / "study" / f"PT{path.name}")
+    vol = load_volume(tmp_path / "study")
+    assert vol.series_uid == "1.2.3.50"
+    assert any("1.2.3.77" in w and "Modality PT, not CT" in w for w in vol.warnings), vol.warnings
+    _as_modality(_ct(tmp_path / "pet"), "PT")
+    with pytest.raises(DicomReadError, match="no CT series, only 1.2.3.50 \\(PT"):
+        load_volume(tmp_path / "pet")
+    [pet] = scan_folder(tmp_path / "pet").series
+    with pytest.raises(DicomReadError, match="is Modality PT, not CT"):
+        load_series(pet)
+    anonymised = scan_folder(tmp_path / "pet").series[0]
+    anonymised.modality = ""                    # no Modality at all: may be CT
+    assert ct_series([anonymised]) == ([anonymised], [])

@@ -248,3 +248,34 @@ def test_thick_slices_come_with_a_warning(dataset):
     assert THICK_SLICE_MM < 5.0
     assert any("2.5 mm slices" in w and "5.0 mm" in w for w in warnings_at(5.0))
     assert not any("2.5 mm slices" in w for w in warnings_at(2.0))
+
+
+def test_batch_skips_pet_and_mr_series_as_not_ct(tmp_path):
+    """A PET/CT exam folder and an MR-only study: one CT study to diagnose, the others listed as skipped
+    (before, each PET or MR series was diagnosed as if its values were HU)."""
+    from apps.medical_imaging.batch import discover
+    from test_dicom_variants import _as_modality, _ct
+
+    _ct(tmp_path / "in" / "petct")
+    pet = _ct(tmp_path / "pet_files", uid="1.2.3.77")
+    _as_modality(pet, "PT")
+    for path in pet:
+        path.rename(tmp_path / "in" / "petct" / f"PT{path.name}")
+    _as_modality(_ct(tmp_path / "in" / "mr_study", uid="1.2.3.88"), "MR")
+    entries, errors = discover(BatchConfig(input=tmp_path / "in", out=tmp_path / "out"))
+    assert [(e.source, e.series_uid) for e in entries] == [("petct", "1.2.3.50")]
+    assert sorted((e["study"], e["source"], e["stage"]) for e in errors) == [
+        ("mr_study", "1.2.3.88", "skipped"), ("petct", "1.2.3.77", "skipped")]
+    assert all("not CT" in e["message"] for e in errors)
+
+    from apps.medical_imaging.pipeline import load_upload
+    from data_connectors.dicom import DicomReadError
+
+    def zipped(folder):
+        shutil.make_archive(str(tmp_path / folder), "zip", tmp_path / "in" / folder)
+        return tmp_path / f"{folder}.zip"
+
+    with pytest.raises(DicomReadError, match="no CT series, only 1 of Modality MR"):
+        load_upload(zipped("mr_study"))
+    volume = load_upload(zipped("petct"))
+    assert volume.series_uid == "1.2.3.50" and "1 series that are not CT ignored (PT)" in volume.warnings

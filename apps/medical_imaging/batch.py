@@ -83,7 +83,7 @@ def _find_report(reports: Path | None, names: list[str]) -> Path | None:
 def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
     """The studies under cfg.input and the errors found while looking (folders without DICOM, unreadable
     files); both sorted, so every rank of a sharded run sees the same list."""
-    from data_connectors.dicom import VOLUME_SUFFIXES, scan_folder, split_volume_series
+    from data_connectors.dicom import VOLUME_SUFFIXES, ct_series, scan_folder, split_volume_series
 
     root = Path(cfg.input)
     if cfg.reports is not None and not Path(cfg.reports).is_dir():
@@ -105,14 +105,19 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
     for folder, group in sorted(by_folder.items()):
         rel = folder.relative_to(root).as_posix()
         rel = rel if rel != "." else root.name
-        # A scout, dose screen or structured report exported beside a scan is no study of its own; alone in
-        # its folder it stays one, so that loading says what is wrong with it.
+        # A PET or MR series (of a PET/CT exam, say) is no CT study; a scout, dose screen or structured report
+        # exported beside a scan is no study of its own, but alone in its folder it stays one, so that loading
+        # says what is wrong with it.
+        group, other = ct_series(group)
         group, beside = split_volume_series(group)
-        for series in beside:
+        skipped = [(s, f"Modality {s.modality or 'not given'} series of {len(s.files)} file(s) skipped: not CT")
+                   for s in other]
+        skipped += [(s, f"series of {len(s.files)} file(s) beside a CT volume skipped: a localizer, screen save, "
+                        "report or single image") for s in beside]
+        for series, message in skipped:
             errors.append({"study": _hash(rel) if cfg.anonymize else rel,
                            "source": _hash(series.series_uid) if cfg.anonymize else series.series_uid,
-                           "stage": "skipped", "message": f"series of {len(series.files)} file(s) beside "
-                           "a CT volume skipped: a localizer, screen save, report or single image"})
+                           "stage": "skipped", "message": message})
         for series in group:
             name = rel if len(group) == 1 else f"{rel}#{series.series_uid[-12:]}"
             key = _hash(name) if cfg.anonymize else _safe(name.replace("/", "__"))

@@ -184,7 +184,8 @@ def load_upload(zip_path: str | Path):
     import tempfile
 
     from data_connectors.archive import safe_extract_zip
-    from data_connectors.dicom import VOLUME_SUFFIXES, DicomReadError, load_series, load_volume, scan_folder
+    from data_connectors.dicom import (VOLUME_SUFFIXES, DicomReadError, ct_series, load_series, load_volume,
+                                       scan_folder)
 
     with tempfile.TemporaryDirectory(prefix="medical-upload-") as tmp:
         files = safe_extract_zip(zip_path, tmp, max_total_bytes=MAX_UNZIPPED_BYTES)
@@ -192,7 +193,11 @@ def load_upload(zip_path: str | Path):
         if len(images) == 1:
             return load_volume(images[0])
         scan = scan_folder(tmp)
-        ct = [s for s in scan.series if s.modality.upper() == "CT"] or scan.series
+        ct, other = ct_series(scan.series)
+        if not ct and other:
+            kinds = ", ".join(sorted({s.modality for s in other}))
+            raise DicomReadError(f"the zip holds no CT series, only {len(other)} of Modality {kinds}: the detector "
+                                 "reads CT in Hounsfield units")
         if not ct and images:
             names = ", ".join(sorted(f.name for f in images)[:5])
             raise DicomReadError(f"the zip holds {len(images)} image files ({names}) and no DICOM series; "
@@ -204,4 +209,7 @@ def load_upload(zip_path: str | Path):
         volume = load_series(series)
         if len(ct) > 1:
             volume.warnings.append(f"the zip holds {len(ct)} series; diagnosed the largest ({len(series.files)} slices)")
+        if other:
+            kinds = ", ".join(sorted({s.modality or "no Modality" for s in other}))
+            volume.warnings.append(f"{len(other)} series that are not CT ignored ({kinds})")
         return volume
