@@ -13,6 +13,8 @@ Formats, by suffix:
     .jsonl         one record per line, fields named as for CSV
     .json          a list of such records (or an object holding one), or an object of title -> text;
                    any other object: one document per key with the strings under it
+    .pdf           the text layer (pypdf), one document per page (long pages in parts): stem#page3
+    .docx          a Word document (python-docx), one document per heading section, as for Markdown
 
 Field and header names are matched case-insensitively; ids default to stem#q<n>. Text is read as
 UTF-8 (BOM or not), UTF-16 with a BOM, or Windows-1252 (`data_connectors.text_files.decode_text`);
@@ -196,9 +198,68 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
     return docs
 
 
+def read_pdf(path: Path) -> list[KnowledgeDoc]:
+    """A PDF's text layer (pypdf): one document per page, a page over `TEXT_PART_WORDS` words in parts (ids
+    stem#page3, stem#page3-2; titles "<file>, page 3", so an answer cites its page). Encrypted (with a
+    password), damaged and text-less (scanned) files are KnowledgeFormatErrors."""
+    from pypdf import PdfReader
+
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise KnowledgeFormatError(path, "the PDF is protected by a password; export a copy without one")
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except KnowledgeFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pypdf raises many kinds on damaged files
+        raise KnowledgeFormatError(path, f"unreadable PDF ({type(exc).__name__}: {exc})") from None
+    docs = []
+    for n, text in enumerate(pages, 1):
+        parts = _paragraph_parts(text.strip(), TEXT_PART_WORDS) if text.strip() else []
+        for k, part in enumerate(parts, 1):
+            docs.append(KnowledgeDoc(f"{path.stem}#page{n}" + (f"-{k}" if k > 1 else ""),
+                                     f"{_humanize(path.stem)}, page {n}", part, str(path)))
+    if not docs:
+        raise KnowledgeFormatError(path, f"no text in its {len(pages)} page(s): a scanned PDF needs OCR first")
+    return docs
+
+
+def read_docx(path: Path) -> list[KnowledgeDoc]:
+    """A Word document (python-docx): one document per heading section ("Title", "Heading 1" ... styles), as for
+    Markdown; paragraphs in order, table rows as "cell | cell" lines."""
+    import docx
+    from docx.table import Table
+
+    try:
+        document = docx.Document(str(path))
+    except Exception as exc:  # noqa: BLE001 - not a zip, not a Word document, damaged XML
+        raise KnowledgeFormatError(path, f"unreadable Word document ({type(exc).__name__}: {exc})") from None
+    outline = _Outline()
+    for block in document.iter_inner_content():   # paragraphs and tables in document order
+        if isinstance(block, Table):
+            for row in block.rows:
+                cells = list(dict.fromkeys(c.text.strip() for c in row.cells if c.text.strip()))  # merged: once
+                if cells:
+                    outline.body.append(" | ".join(cells))
+            outline.body.append("")
+            continue
+        text = block.text.strip()
+        style = block.style.name if block.style is not None else ""
+        level = 1 if style == "Title" else int(m.group(1)) if (m := re.fullmatch(r"Heading (\d)", style)) else None
+        if text and level:
+            outline.open(level, text)
+        elif text:
+            outline.body.extend((text, ""))
+    docs = outline.docs(path)
+    if not docs:
+        raise KnowledgeFormatError(path, "the Word document holds no text")
+    return docs
+
+
 READERS: dict[str, Reader] = {
     ".md": read_markdown, ".markdown": read_markdown, ".txt": read_text, ".csv": read_qa_csv,
     ".tsv": read_qa_csv, ".jsonl": read_jsonl, ".json": read_json, ".html": read_html, ".htm": read_html,
+    ".pdf": read_pdf, ".docx": read_docx,
 }
 TEXT_PART_WORDS = 400  # a .txt file longer than this becomes several documents
 

@@ -354,6 +354,66 @@ def test_help_centre_exports_with_html_bodies_and_q_a_text_files(tmp_path):
         load_knowledge(tmp_path / "img")
 
 
+def tiny_pdf(pages: list[list[str]]) -> bytes:
+    """A valid PDF whose pages show these lines (Helvetica, one text object per line; a page may be empty)."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>", "", "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    kids = []
+    for lines in pages:
+        ops = " ".join(f"BT /F1 12 Tf 72 {720 - 16 * i} Td ({line}) Tj ET" for i, line in enumerate(lines))
+        objects.append(f"<< /Length {len(ops)} >>\nstream\n{ops}\nendstream")
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {len(objects)} 0 R "
+                       "/Resources << /Font << /F1 3 0 R >> >> >>")
+        kids.append(f"{len(objects)} 0 R")
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>"
+    out, offsets = b"%PDF-1.4\n", []
+    for n, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{n} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    return out + f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+
+
+def test_pdf_and_word_manuals(tmp_path):
+    import docx
+
+    write(tmp_path / "kb" / "manual.pdf", tiny_pdf([["Returns", "Items can be returned within 30 days."], [],
+                                                    ["Shipping", "We ship worldwide."]]))
+    document = docx.Document()
+    document.add_heading("Cards", level=1)
+    document.add_paragraph("Freeze a lost card in the app.")
+    document.add_heading("Fees", level=2)
+    table = document.add_table(rows=2, cols=2)
+    for row, cells in zip(table.rows, [("Transfer", "free"), ("Abroad", "2 pounds")]):
+        for cell, text in zip(row.cells, cells):
+            cell.text = text
+    document.save(tmp_path / "kb" / "guide.docx")
+    docs = {d.id: (d.title, d.text) for d in load_knowledge(tmp_path / "kb")}
+    assert docs == {"manual#page1": ("Manual, page 1", "Returns\nItems can be returned within 30 days."),
+                    "manual#page3": ("Manual, page 3", "Shipping\nWe ship worldwide."),
+                    "guide#cards": ("Cards", "Freeze a lost card in the app."),
+                    "guide#fees": ("Cards / Fees", "Transfer | free\nAbroad | 2 pounds")}
+    write(tmp_path / "scanned.pdf", tiny_pdf([[], []]))
+    with pytest.raises(KnowledgeFormatError, match="no text in its 2 page.*OCR"):
+        load_knowledge(tmp_path / "scanned.pdf")
+    from pypdf import PdfWriter
+
+    for user_password, expected in (("pw", None), ("", "Open text")):   # a blank user password opens as is
+        writer = PdfWriter(clone_from=io.BytesIO(tiny_pdf([["Open text"]])))
+        writer.encrypt(user_password, owner_password="owner", algorithm="RC4-128")
+        writer.write(tmp_path / "locked.pdf")
+        if expected is None:
+            with pytest.raises(KnowledgeFormatError, match="protected by a password"):
+                load_knowledge(tmp_path / "locked.pdf")
+        else:
+            assert [d.text for d in load_knowledge(tmp_path / "locked.pdf")] == [expected]
+    for name in ("broken.pdf", "broken.docx"):
+        write(tmp_path / name, b"PK\x03\x04 not really")
+        with pytest.raises(KnowledgeFormatError, match=f"{name}: unreadable"):
+            load_knowledge(tmp_path / name)
+
+
 def test_knowledge_html_setext_front_matter_and_long_text(tmp_path):
     write(tmp_path / "page.html", "<html><head><title>x</title><script>var hidden=1;</script></head><body>"
           "<h1>Help</h1><p>Welcome.</p><h2>Returns</h2><p>Within <b>30</b>&nbsp;days.</p><ul><li>Receipt</li>"
@@ -430,7 +490,7 @@ def test_a_folder_of_mixed_files_with_repeated_names(tmp_path, monkeypatch, caps
         write(tmp_path / "kb" / lang / "faq.md", f"# Hours\nOpen 9 to 5 ({lang}).")
         write(tmp_path / "kb" / lang / "index.html", f"<h1>Home</h1><p>Welcome ({lang}).</p>")
     write(tmp_path / "kb" / "en" / "faq.csv", "q,a\nFees?,None.\n")
-    write(tmp_path / "kb" / "manual.pdf", b"%PDF-1.4")
+    write(tmp_path / "kb" / "slides.pptx", b"PK\x03\x04")
     write(tmp_path / "kb" / "notes.txt", "Plain notes.")
     docs = load_knowledge(tmp_path / "kb")
     assert [d.id for d in docs] == ["de/faq#hours", "de/index#home", "en/faq.csv#q1", "en/faq.md#hours",
@@ -442,7 +502,7 @@ def test_a_folder_of_mixed_files_with_repeated_names(tmp_path, monkeypatch, caps
     assert main(["chat", "index", "--kb", str(tmp_path / "kb"), "--out", str(tmp_path / "index"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary["files"], summary["documents"]) == (6, 6)
-    assert summary["skipped_files"] == [str(tmp_path / "kb" / "manual.pdf")]
+    assert summary["skipped_files"] == [str(tmp_path / "kb" / "slides.pptx")]
     write(tmp_path / "queries.csv", "Question;Expected_ID\nWelcome (en).;en/index#home\n")
     assert main(["chat", "eval-retrieval", "--index", str(tmp_path / "index"), "--queries",
                  str(tmp_path / "queries.csv"), "--json"]) == 0
