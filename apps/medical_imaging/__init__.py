@@ -65,6 +65,16 @@ def register(cli: CommandTable) -> None:
                    help="number of scans (default: studies named in the truth or the predictions)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
+    p = med.command("lidc-truth", "a truth CSV for eval-detection from the LIDC-IDRI readers' XML beside the series",
+                    handlers.lidc_truth)
+    p.add_argument("input", type=Path, help="the folder tree given to `medical diagnose` (DICOM series with their "
+                                            "LIDC XML files)")
+    p.add_argument("--out", required=True, type=Path, help="truth CSV to write")
+    p.add_argument("--min-readers", type=positive_int, default=1,
+                   help="keep nodules outlined by at least this many readers (LUNA16: 3 of 4; default 1)")
+    p.add_argument("--anonymize", action="store_true", help="hashed study keys, as `diagnose --anonymize` writes")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
     p = med.command("train-detector", "train the nodule detector on synthetic studies (made in memory)",
                     handlers.train_detector)
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")

@@ -29,6 +29,19 @@ def eval_detection(args: argparse.Namespace) -> None:
     _emit(args, summary, lines)
 
 
+def lidc_truth(args: argparse.Namespace) -> None:
+    from .lidc_truth import lidc_truth as build, write_truth
+
+    nodules, skipped = build(args.input, args.min_readers, args.anonymize)
+    out = write_truth(nodules, args.out)
+    readers = {str(k): sum(n.readers == k for n in nodules) for k in sorted({n.readers for n in nodules})}
+    summary = {"out": str(out), "nodules": len(nodules), "studies_with_nodules": len({n.study for n in nodules}),
+               "nodules_by_readers": readers, "min_readers": args.min_readers, "skipped_files": skipped}
+    lines = [f"wrote {len(nodules)} nodules ({len({n.study for n in nodules})} studies) to {out}"]
+    lines += [f"  skipped {s['file']}: {s['why']}" for s in skipped]
+    _emit(args, summary, lines)
+
+
 def read_report(args: argparse.Namespace) -> None:
     from .report import read_report as read
 
