@@ -45,7 +45,8 @@ MAX_READ_BYTES = 4 << 30   # read_video refuses to build an array larger than th
 CODECS = ("auto", "h264", "vp9", "vp8")
 _SUFFIX_CODECS = {".mp4": ("h264",), ".webm": ("vp9", "vp8")}
 _IMAGE_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}   # still images read
+VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v", ".gif", ".mpg", ".mpeg", ".wmv", ".ts"}  # read
 
 
 class VideoError(ValueError):
@@ -88,7 +89,7 @@ def _still_image_kind(path: Path) -> str | None:
             return kind
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
-    return path.suffix.lower().lstrip(".").upper() if path.suffix.lower() in _IMAGE_SUFFIXES else None
+    return path.suffix.lower().lstrip(".").upper() if path.suffix.lower() in IMAGE_SUFFIXES else None
 
 
 def _check_file(path: str | Path) -> Path:

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from apps.settings import cache_dir
+from data_connectors.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 from . import world
 
@@ -236,7 +237,7 @@ def build() -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=2):
                     upload = gr.File(label="image or clip", type="filepath",
-                                     file_types=[".png", ".jpg", ".jpeg", ".mp4", ".webm", ".mov", ".avi"])
+                                     file_types=sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
                     names = _style_names()
                     style_name = gr.Dropdown(names, value=names[0] if names else None, label="style")
                     description = gr.Textbox(label="or describe a style", placeholder="e.g. soft pastel watercolour")

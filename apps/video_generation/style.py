@@ -41,12 +41,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from data_connectors.video import IMAGE_SUFFIXES as READ_IMAGE_SUFFIXES
 from data_connectors.video import MAX_SIDE as VIDEO_MAX_SIDE
 from data_connectors.video import (VideoError, constant_rate, copy_audio, iter_video_timed, probe_video,
                                    read_image, steady_rate, write_image, write_video)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v"}
+IMAGE_SUFFIXES = READ_IMAGE_SUFFIXES - {".ppm", ".pgm"}   # still images stylize reads and writes (colour)
 RESOLUTIONS = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
 MIN_SIDE = 8                       # the shorter side of a picture or clip to restyle, at least (px)
 REFERENCE_SIDE = 1024              # a reference image is scaled down to this longer side first: its colour
