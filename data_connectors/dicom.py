@@ -5,7 +5,8 @@
     vol.hu_ZYX.shape, vol.spacing_zyx, vol.warnings
     xyz_N3 = vol.to_patient(np.array([[256, 256, 40]]))   # voxel (i, j, k) -> DICOM patient mm (LPS)
     scan = scan_folder("exports")                 # every series under a tree, plus the files skipped and why
-    vols = [load_series(s) for s in scan.series if s.modality == "CT"]
+    ct, others = ct_series(scan.series)        # the CT series, and the PET / MR ... ones beside them
+    vols = [load_series(s) for s in ct]
     png_ready = window(vol.hu_ZYX[40], *LUNG_WINDOW)   # [0, 1] for display
 
 Convention: `hu_ZYX[k, j, i]` in float32 Hounsfield units; `affine` maps (i, j, k, 1) to (x, y, z, 1) in DICOM
@@ -176,7 +177,7 @@ def scan_folder(root: str | Path) -> FolderScan:
                 is_index = sop == _DICOMDIR_CLASS or str(ds.get("SOPClassUID", "")) == _DICOMDIR_CLASS
                 uid = str(ds.get("SeriesInstanceUID", "") or "")
                 study_modality_description = (str(ds.get("StudyInstanceUID", "") or ""),
-                                              str(ds.get("Modality", "") or ""),
+                                              str(ds.get("Modality", "") or "").strip().upper(),
                                               str(ds.get("SeriesDescription", "") or ""))
             except Exception as exc:  # noqa: BLE001 - whatever the parser trips on, the file is skipped, not the scan
                 skipped.append((path, f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
@@ -489,6 +490,11 @@ def _modality_lut(ds, arr: np.ndarray, frame: _Frame, out: np.ndarray) -> None:
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"     # and its .1-.4 multi-frame siblings
 _NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "DOC", "REG", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "FID"}
 
+# Imaging modalities whose pixels are no Hounsfield units: a PET, MR or radiograph series is never read as CT
+# (its values would pass for HU). A blank Modality, or OT ("other", e.g. a converted CT), may be CT.
+NON_CT_IMAGE_MODALITIES = frozenset({"MR", "PT", "NM", "US", "CR", "DX", "MG", "XA", "RF", "IO", "PX", "RG", "DG",
+                                     "ES", "XC", "OP", "SM", "OCT", "BI", "TG", "GM"})
+
 
 def _not_a_slice(ds) -> str | None:
     """Why a file of a series is no slice of the CT volume (a localizer, a dose screen, a report that shares the
@@ -498,8 +504,11 @@ def _not_a_slice(ds) -> str | None:
         return "localizer"
     if "SCREEN SAVE" in image_type or str(ds.get("SOPClassUID", "")).startswith(_SECONDARY_CAPTURE):
         return "secondary capture"
-    if str(ds.get("Modality", "") or "").upper() in _NON_IMAGE_MODALITIES:
-        return f"not an image (Modality {ds.get('Modality')})"
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality in _NON_IMAGE_MODALITIES:
+        return f"not an image (Modality {modality})"
+    if modality in NON_CT_IMAGE_MODALITIES:   # e.g. PET images filed under the CT's series UID
+        return f"Modality {modality}, not CT"
     try:
         if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
             return "colour image"
@@ -626,17 +635,11 @@ def _keep_consistent(frames: list[_Frame], uid: str, warnings: list[str]) -> lis
     return kept
 
 
-# Imaging modalities whose pixels are no Hounsfield units: a PET, MR or radiograph series is never read as CT
-# (its values would pass for HU). A blank Modality, or OT ("other", e.g. a converted CT), may be CT.
-NON_CT_IMAGE_MODALITIES = frozenset({"MR", "PT", "NM", "US", "CR", "DX", "MG", "XA", "RF", "IO", "PX", "RG", "DG",
-                                     "ES", "XC", "OP", "SM", "OCT", "BI", "TG", "GM"})
-
-
 def ct_series(series: list[SeriesInfo]) -> tuple[list[SeriesInfo], list[SeriesInfo]]:
     """(the series that are CT: Modality CT, or where none says CT those naming no other imaging modality;
     the rest: PET, MR, ... beside them, and anything else beside a series that says CT)."""
-    explicit = [s for s in series if s.modality.upper() == "CT"]
-    ct = explicit or [s for s in series if s.modality.upper() not in NON_CT_IMAGE_MODALITIES]
+    explicit = [s for s in series if s.modality.strip().upper() == "CT"]
+    ct = explicit or [s for s in series if s.modality.strip().upper() not in NON_CT_IMAGE_MODALITIES]
     return ct, [s for s in series if s not in ct]
 
 
@@ -646,7 +649,7 @@ def load_series(series: SeriesInfo, *, allow_single_slice: bool = False, threads
     Any damaged element is a DicomReadError naming the file, or the series where no one file is to blame; a
     series of another imaging modality (PET, MR, ...; NON_CT_IMAGE_MODALITIES) is a DicomReadError too.
     """
-    if series.modality.upper() in NON_CT_IMAGE_MODALITIES:
+    if series.modality.strip().upper() in NON_CT_IMAGE_MODALITIES:
         raise DicomReadError(f"series {series.series_uid} ('{series.description}', {len(series.files)} files) is "
                              f"Modality {series.modality}, not CT: its values are no Hounsfield units")
     try:

@@ -199,9 +199,10 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
 
 
 def read_pdf(path: Path) -> list[KnowledgeDoc]:
-    """A PDF's text layer (pypdf): one document per page, a page over `TEXT_PART_WORDS` words in parts (ids
-    stem#page3, stem#page3-2; titles "<file>, page 3", so an answer cites its page). Encrypted (with a
-    password), damaged and text-less (scanned) files are KnowledgeFormatErrors."""
+    """A PDF's text layer (pypdf): one document per page (ids stem#page3; titles "<file>, page 3", so an answer
+    cites its page), a page over `TEXT_PART_WORDS` words cut at its blank lines where it has them (stem#page3-2;
+    retrieval chunks passages again anyway). Password-protected, damaged and text-less (scanned) files are
+    KnowledgeFormatErrors; a scanned page among text pages gives no document."""
     from pypdf import PdfReader
 
     try:
@@ -226,7 +227,8 @@ def read_pdf(path: Path) -> list[KnowledgeDoc]:
 
 def read_docx(path: Path) -> list[KnowledgeDoc]:
     """A Word document (python-docx): one document per heading section ("Title", "Heading 1" ... styles), as for
-    Markdown; paragraphs in order, table rows as "cell | cell" lines."""
+    Markdown; paragraphs (with their text boxes) in order, table rows as "cell | cell" lines (nested tables
+    inside their cell)."""
     import docx
     from docx.table import Table
 
@@ -237,13 +239,9 @@ def read_docx(path: Path) -> list[KnowledgeDoc]:
     outline = _Outline()
     for block in document.iter_inner_content():   # paragraphs and tables in document order
         if isinstance(block, Table):
-            for row in block.rows:
-                cells = list(dict.fromkeys(c.text.strip() for c in row.cells if c.text.strip()))  # merged: once
-                if cells:
-                    outline.body.append(" | ".join(cells))
-            outline.body.append("")
+            outline.body.extend([*_docx_rows(block), ""])
             continue
-        text = block.text.strip()
+        text = _docx_text(block)
         style = block.style.name if block.style is not None else ""
         level = 1 if style == "Title" else int(m.group(1)) if (m := re.fullmatch(r"Heading (\d)", style)) else None
         if text and level:
@@ -254,6 +252,35 @@ def read_docx(path: Path) -> list[KnowledgeDoc]:
     if not docs:
         raise KnowledgeFormatError(path, "the Word document holds no text")
     return docs
+
+
+def _docx_text(paragraph) -> str:
+    """A paragraph's text and that of the text boxes anchored in it (python-docx's .text leaves those out)."""
+    from docx.oxml.ns import qn
+
+    boxes = [" ".join(t.text or "" for t in p.iter(qn("w:t"))) for p in paragraph._p.iter(qn("w:txbxContent"))]
+    return " ".join(part.strip() for part in [paragraph.text, *boxes] if part.strip())
+
+
+def _docx_rows(table) -> list[str]:
+    """A table's rows as "cell | cell" lines: a merged cell once, a nested table's rows inside its cell."""
+    from docx.table import Table
+
+    rows = []
+    for row in table.rows:
+        seen, cells = [], []
+        for cell in row.cells:
+            if any(cell._tc is tc for tc in seen):   # python-docx repeats a merged cell for each column it spans
+                continue
+            seen.append(cell._tc)
+            parts = [" ; ".join(_docx_rows(b)) if isinstance(b, Table) else _docx_text(b)
+                     for b in cell.iter_inner_content()]
+            text = " ".join(part for part in parts if part)
+            if text:
+                cells.append(text)
+        if cells:
+            rows.append(" | ".join(cells))
+    return rows
 
 
 READERS: dict[str, Reader] = {

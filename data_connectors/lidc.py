@@ -1,7 +1,7 @@
 """LIDC-IDRI readers' annotations (the XML files beside each CT series of the collection), in patient mm.
 
     reads = read_lidc_xml("069.xml")                       # LidcRead: the series UID and every reader's marks
-    marks = locate_marks(reads, series_files)              # LidcMark.centre_mm / diameter_mm in LPS mm
+    marks, left_out = locate_marks(reads, series_files)    # LidcMark.centre_mm / diameter_mm in LPS mm
 
 Each reading session (one radiologist) marks:
 - nodules >= 3 mm, outlined slice by slice (`roi`: the slice's z and SOP UID, inclusion or exclusion, the
@@ -12,7 +12,7 @@ Pixel points are (column, row) of the slice they were drawn on: `locate_marks` m
 with that slice's ImagePositionPatient, ImageOrientationPatient and PixelSpacing (found by its SOP
 Instance UID; by z where the UID is absent). An outlined nodule's centre is the area-weighted centroid of
 its outlines (exclusions subtracted), its diameter that of the sphere of the outlined volume (areas times
-the slice spacing).
+the slice spacing; outlines on every other slice would give half the volume, readers outline every slice).
 
 Errors are LidcXmlError (a ValueError) naming the file. A chest-radiograph read (IdriReadMessage) is one.
 """
@@ -41,7 +41,8 @@ class LidcRoi:
 
 @dataclass
 class LidcMark:
-    reader: str                      # servicingRadiologistID, or "reader <n>" when anonymised away
+    reader: str                      # one reading session: "<file>#<n> <servicingRadiologistID>" (public files
+                                     # often say "anonymous" for every reader, so the ID alone tells none apart)
     mark_id: str                     # noduleID / nonNoduleID as the reader named it
     kind: str                        # "nodule" (outlined, >= 3 mm), "small nodule" (< 3 mm), "non-nodule"
     rois: list[LidcRoi]
@@ -108,7 +109,7 @@ def read_lidc_xml(path: str | Path) -> LidcRead:
         raise LidcXmlError(f"{path}: no SeriesInstanceUid in its ResponseHeader")
     marks = []
     for n, session in enumerate(_children(root, "readingSession"), 1):
-        reader = _text(session, "servicingRadiologistID") or f"reader {n}"
+        reader = f"{path.name}#{n} {_text(session, 'servicingRadiologistID') or 'anonymous'}"
         for nodule in _children(session, "unblindedReadNodule"):
             rois = [_roi(r, path) for r in _children(nodule, "roi")]
             traits = _child(nodule, "characteristics")
@@ -158,9 +159,10 @@ def _polygon(points_P2: np.ndarray) -> tuple[float, np.ndarray]:
     return abs(area), centroid
 
 
-def locate_marks(read: LidcRead, series_files: Iterable[Path]) -> list[LidcMark]:
-    """read.marks with centre_mm (and diameter_mm for outlined nodules) in LPS mm, placed on the slices of the
-    series they were drawn on (series_files: its DICOM files). Marks on slices the files lack are left out."""
+def locate_marks(read: LidcRead, series_files: Iterable[Path]) -> tuple[list[LidcMark], list[str]]:
+    """(read.marks with centre_mm, and diameter_mm for outlined nodules, in LPS mm, placed on the slices of the
+    series they were drawn on (series_files: its DICOM files); why each other mark was left out). A mark with an
+    outline on a slice the files lack is left out: a partial outline would misplace and shrink its nodule."""
     by_uid, by_z = _planes(series_files)
     if not by_uid:
         raise LidcXmlError(f"{read.path}: no CT slice of series {read.series_uid} to place its marks on")
@@ -168,18 +170,20 @@ def locate_marks(read: LidcRead, series_files: Iterable[Path]) -> list[LidcMark]
     spacing = float(np.median(np.diff(np.unique(zs)))) if len(np.unique(zs)) > 1 else 1.0
 
     def plane_of(roi: LidcRoi) -> _Plane | None:
-        if roi.sop_uid in by_uid:
-            return by_uid[roi.sop_uid]
+        if roi.sop_uid:   # the slice named: it, or none (a neighbour would move and double count the outline)
+            return by_uid.get(roi.sop_uid)
         k = int(np.argmin(np.abs(zs - roi.z_mm)))
-        return by_z[k][1] if abs(zs[k] - roi.z_mm) <= spacing / 2 else None
+        return by_z[k][1] if abs(zs[k] - roi.z_mm) <= min(spacing / 2, 0.1) else None
 
     def to_mm(plane: _Plane, xy: np.ndarray) -> np.ndarray:
         return plane.origin + xy[0] * plane.col_step + xy[1] * plane.row_step
 
-    located = []
+    located, left_out = [], []
     for mark in read.marks:
         placed = [(roi, plane) for roi in mark.rois if (plane := plane_of(roi)) is not None]
-        if not placed:
+        if len(placed) < len(mark.rois):
+            left_out.append(f"{mark.kind} {mark.mark_id!r} of {mark.reader}: {len(mark.rois) - len(placed)} of "
+                            f"{len(mark.rois)} outlines on slices not among the series' files")
             continue
         if mark.kind != "nodule":
             roi, plane = placed[0]
@@ -196,8 +200,9 @@ def locate_marks(read: LidcRead, series_files: Iterable[Path]) -> list[LidcMark]
             centres.append(to_mm(plane, centroid))
         total = float(sum(weights))
         if total <= 0:
+            left_out.append(f"nodule {mark.mark_id!r} of {mark.reader}: its outlines enclose no area")
             continue
         mark.centre_mm = tuple(float(v) for v in np.average(np.array(centres), axis=0, weights=np.array(weights)))
         mark.diameter_mm = float((6 * total * spacing / math.pi) ** (1 / 3))
         located.append(mark)
-    return located
+    return located, left_out

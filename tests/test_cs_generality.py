@@ -377,6 +377,7 @@ def tiny_pdf(pages: list[list[str]]) -> bytes:
 
 def test_pdf_and_word_manuals(tmp_path):
     import docx
+    from docx.oxml import parse_xml
 
     write(tmp_path / "kb" / "manual.pdf", tiny_pdf([["Returns", "Items can be returned within 30 days."], [],
                                                     ["Shipping", "We ship worldwide."]]))
@@ -384,24 +385,34 @@ def test_pdf_and_word_manuals(tmp_path):
     document.add_heading("Cards", level=1)
     document.add_paragraph("Freeze a lost card in the app.")
     document.add_heading("Fees", level=2)
-    table = document.add_table(rows=2, cols=2)
-    for row, cells in zip(table.rows, [("Transfer", "free"), ("Abroad", "2 pounds")]):
+    table = document.add_table(rows=3, cols=3)
+    for row, cells in zip(table.rows, [("Transfer", "free", "free"), ("Abroad", "2 pounds", ""), ("Note", "", "")]):
         for cell, text in zip(row.cells, cells):
             cell.text = text
+    table.cell(2, 1).merge(table.cell(2, 2)).text = "cards only"        # a merged cell: read once
+    nested = table.cell(1, 2).add_table(rows=1, cols=2)                   # a table inside a cell
+    nested.cell(0, 0).text, nested.cell(0, 1).text = "EU", "1 pound"
+    box = document.add_paragraph("Call us.")
+    box._p.append(parse_xml('<w:r xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main" '
+                            'xmlns:v="urn:schemas-microsoft-com:vml"><w:pict><v:shape><v:textbox><w:txbxContent>'
+                            '<w:p><w:r><w:t>Hotline 0800 123</w:t></w:r></w:p></w:txbxContent></v:textbox></v:shape>'
+                            '</w:pict></w:r>'))
     document.save(tmp_path / "kb" / "guide.docx")
     docs = {d.id: (d.title, d.text) for d in load_knowledge(tmp_path / "kb")}
     assert docs == {"manual#page1": ("Manual, page 1", "Returns\nItems can be returned within 30 days."),
                     "manual#page3": ("Manual, page 3", "Shipping\nWe ship worldwide."),
                     "guide#cards": ("Cards", "Freeze a lost card in the app."),
-                    "guide#fees": ("Cards / Fees", "Transfer | free\nAbroad | 2 pounds")}
+                    "guide#fees": ("Cards / Fees", "Transfer | free | free\nAbroad | 2 pounds | EU | 1 pound\n"
+                                                   "Note | cards only\n\nCall us. Hotline 0800 123")}
     write(tmp_path / "scanned.pdf", tiny_pdf([[], []]))
     with pytest.raises(KnowledgeFormatError, match="no text in its 2 page.*OCR"):
         load_knowledge(tmp_path / "scanned.pdf")
     from pypdf import PdfWriter
 
-    for user_password, expected in (("pw", None), ("", "Open text")):   # a blank user password opens as is
+    for user_password, algorithm, expected in (("pw", "RC4-128", None), ("", "RC4-128", "Open text"),
+                                               ("", "AES-256", "Open text")):   # a blank user password opens
         writer = PdfWriter(clone_from=io.BytesIO(tiny_pdf([["Open text"]])))
-        writer.encrypt(user_password, owner_password="owner", algorithm="RC4-128")
+        writer.encrypt(user_password, owner_password="owner", algorithm=algorithm)
         writer.write(tmp_path / "locked.pdf")
         if expected is None:
             with pytest.raises(KnowledgeFormatError, match="protected by a password"):

@@ -324,3 +324,11 @@ def test_pet_series_of_a_pet_ct_exam_is_never_read_as_ct(tmp_path):
     anonymised = scan_folder(tmp_path / "pet").series[0]
     anonymised.modality = ""                    # no Modality at all: may be CT
     assert ct_series([anonymised]) == ([anonymised], [])
+    _edit(sorted((tmp_path / "pet").iterdir()), lambda _, ds: setattr(ds, "Modality", " pt"))   # sloppy writers
+    with pytest.raises(DicomReadError, match="no CT series"):
+        load_volume(tmp_path / "pet")
+    # PET images filed under the CT's own series UID: left out of the volume, with a warning
+    mixed = _ct(tmp_path / "mixed")
+    _as_modality(mixed[-2:], "PT")
+    vol = load_volume(tmp_path / "mixed")
+    assert vol.hu_ZYX.shape[0] == len(mixed) - 2 and any("Modality PT, not CT" in w for w in vol.warnings)

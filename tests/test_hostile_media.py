@@ -61,19 +61,35 @@ def test_uploads_without_a_readable_ct_series_get_a_clear_422(http, content, det
     assert "/tmp" not in r.text and "upload" not in r.json()["detail"].replace("study.zip", ""), r.text
 
 
-def test_error_messages_name_the_clients_zip_not_the_servers_folders():
-    from pathlib import Path
+def test_error_messages_name_the_clients_zip_not_the_servers_folders(tmp_path):
+    """A DICOM error inside an upload names the member inside the client's zip, not the server's upload or
+    unpack folders (even with a space in their path)."""
+    import shutil
 
     from apps.medical_imaging.api import _as_uploaded
+    from apps.medical_imaging.pipeline import load_upload
+    from data_connectors.dicom import DicomReadError
 
-    stored = Path("/var/tmp/moe-suite-uploads/123-ab/req-cd/scan.zip")
-    assert _as_uploaded(ValueError(f"{stored}: not a readable zip file"), stored, "scan") == \
-        "scan.zip: not a readable zip file"
-    assert _as_uploaded(ValueError("/tmp/medical-upload-x1y2/ct/7.dcm: pixel data missing; "
-                                   "series in /tmp/medical-upload-x1y2"), stored, "scan") == \
-        "scan.zip/ct/7.dcm: pixel data missing; series in scan.zip"
+    import numpy as np
+    from pydicom.uid import generate_uid
+    from test_dicom_reading import ct_slice
 
-
+    (tmp_path / "src" / "ct").mkdir(parents=True)
+    uid = generate_uid()
+    for z in range(3):
+        ds = ct_slice(np.zeros((8, 8)), (0, 0, z), series_uid=uid, instance=z + 1)
+        if z == 1:
+            del ds.PixelData                                      # a slice without its pixels
+        ds.save_as(tmp_path / "src" / "ct" / f"{z}.dcm", enforce_file_format=True)
+    stored = tmp_path / "req dir" / "scan.zip"
+    stored.parent.mkdir()
+    shutil.make_archive(str(stored.with_suffix("")), "zip", tmp_path / "src")
+    with pytest.raises(DicomReadError) as caught:
+        load_upload(stored)
+    message = _as_uploaded(caught.value, stored, "my study")
+    assert "my study.zip/ct/1.dcm" in message, message
+    assert str(tmp_path) not in message and "medical-upload" not in message, message
+    assert _as_uploaded(ValueError(f"{stored}: not a readable zip file"), stored, "s") == "s.zip: not a readable zip file"
 def test_oversized_upload_is_413_before_its_body_is_read(http):
     """A 5 MiB upload (limit 4 MiB) is refused on its Content-Length: the answer comes before any of
     the body is sent (a raw socket, since an HTTP client would still be writing when it arrives)."""

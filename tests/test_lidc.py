@@ -62,8 +62,9 @@ def test_outlines_become_a_centre_and_diameter_in_patient_mm(series):
     (root / "study" / "r.xml").write_text(_xml(_session("7", _nodule("A", rois + hole, 4) + small + other)))
     read = read_lidc_xml(root / "study" / "r.xml")
     assert (read.series_uid, [m.kind for m in read.marks]) == (SERIES, ["nodule", "small nodule", "non-nodule"])
-    marks = locate_marks(read, sorted((root / "study").glob("IM*")))
+    marks, left_out = locate_marks(read, sorted((root / "study").glob("IM*")))
     nodule, point, _ = marks
+    assert not left_out
     area = lambda radius: 64 / 2 * math.sin(2 * math.pi / 64) * radius ** 2 * 0.7 * 0.8   # the 64-gon's area
     volume = (2 * area(r) - area(1.0)) * 2.0                                               # 2 mm slices
     # x = -5 + 0.7 * column, y = 10 + 0.8 * row; z: the slices weighted by their area (the hole at z = 4 mm)
@@ -95,6 +96,29 @@ def test_readers_outlines_join_into_one_true_nodule_keyed_as_diagnose_keys_it(se
     assert "chest radiograph" in str(summary["skipped_files"]) and "9.9.9 is not among" in str(summary)
     assert main(["medical", "lidc-truth", str(root), "--out", str(root / "t3.csv"), "--min-readers", "3"]) == 0
     assert [r["readers"] for r in csv.DictReader(open(root / "t3.csv"))] == ["3"]
+    assert main(["medical", "lidc-truth", str(root), "--out", str(root / "anon.csv"), "--anonymize"]) == 0
+    hidden = list(csv.DictReader(open(root / "anon.csv")))[0]
+    assert SERIES not in hidden.values() and hidden["study"] != "study" and len(hidden["series_uid"]) == 16
+
+
+def test_anonymous_readers_repeated_marks_split_files_and_partial_series(series, capsys):
+    """Public LIDC files name every reader "anonymous": sessions still tell them apart. A reader marking one
+    nodule twice adds no nodule; two files of one series are read together; a nodule with an outline on a
+    slice the series lacks is left out and listed, not shrunk."""
+    root, sops = series
+    outlines = lambda dx: "".join(_roi(z, sop, _outline(6.0 + dx, 9.0, 4.0)) for z, sop in zip(Z[1:3], sops[1:3]))
+    twice = _session("anonymous", _nodule("a", outlines(0.0)) + _nodule("a2", outlines(0.4)))
+    (root / "study" / "one.xml").write_text(_xml(twice + _session("anonymous", _nodule("b", outlines(0.2)))))
+    (root / "study" / "two.xml").write_text(_xml(_session("anonymous", _nodule("c", outlines(0.1)))))
+    missing = _roi(8.0, "1.2.3.999", _outline(13.0, 3.0, 2.0))   # a slice this export does not hold
+    (root / "study" / "three.xml").write_text(_xml(_session("anonymous", _nodule(
+        "far", _roi(Z[3], sops[3], _outline(13.0, 3.0, 2.0)) + missing))))
+    assert main(["medical", "lidc-truth", str(root), "--out", str(root / "truth.csv"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = list(csv.DictReader(open(root / "truth.csv")))
+    assert [r["readers"] for r in rows] == ["3"]
+    assert [s["file"] for s in summary["skipped_files"]] == ["study/three.xml"]
+    assert "'far'" in summary["skipped_files"][0]["why"] and "1 of 2 outlines" in summary["skipped_files"][0]["why"]
 
 
 def test_unreadable_annotation_files_are_clear_errors(tmp_path):

@@ -10,7 +10,6 @@ thread pool.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
@@ -53,7 +52,6 @@ def _diagnose_zip(path: Path, report: str | None, study: str) -> dict:
 
 
 def _as_uploaded(exc: Exception, path: Path, study: str) -> str:
-    """The error's message with the server's own paths (the stored upload, the folder it was unpacked into)
-    replaced by the name the client sent: a client learns nothing of the server's file system."""
-    message = str(exc).replace(str(path), f"{study}.zip")
-    return re.sub(r"(/[^\s:'\"]*)?/medical-upload-[^/\s:'\"]+(/?)", lambda m: f"{study}.zip{m.group(2)}", message)
+    """The error's message with the stored upload's path replaced by the name the client sent (load_upload
+    already names files inside the zip by the zip's name): a client learns nothing of the server's folders."""
+    return str(exc).replace(str(path), f"{study}.zip").replace(path.name, f"{study}.zip")

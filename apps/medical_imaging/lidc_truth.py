@@ -5,9 +5,12 @@
 
 Each reader outlines the nodules >= 3 mm it sees (data_connectors.lidc). The outlines of one nodule by
 different readers are joined into one true nodule when their centres lie within the larger radius of the
-two (readers never join their own marks); its centre and diameter are the readers' means, its malignancy
-the median of their ratings. Nodules < 3 mm and non-nodules are left out, as in LUNA16. The study key of a
-series is the one `moe-suite medical diagnose` gives it for the same input folder, so the two files match.
+two (readers never join their own marks, so two nodules one reader tells apart stay two); a reader's second
+mark of a nodule already joined (its centre inside that nodule's radius) is folded into it. A true nodule's
+centre and diameter are the readers' means, its malignancy the median of their ratings. Nodules < 3 mm and
+non-nodules are left out, as in LUNA16, and so is a nodule with an outline on a slice the series lacks
+(listed as skipped). All XML files of one series are read together. The study key of a series is the one
+`moe-suite medical diagnose` gives it for the same input folder, so the two files match.
 """
 from __future__ import annotations
 
@@ -61,13 +64,32 @@ def consensus(marks: list, study: str, series_uid: str) -> list[TruthNodule]:
     groups: dict[int, list] = {}
     for k, mark in enumerate(outlined):
         groups.setdefault(root(k), []).append(mark)
-    nodules = []
-    for group in groups.values():
-        ratings = [m.characteristics["malignancy"] for m in group if "malignancy" in m.characteristics]
-        nodules.append(TruthNodule(study, series_uid, tuple(float(v) for v in np.mean([m.centre_mm for m in group], 0)),
-                                   float(np.mean([m.diameter_mm for m in group])), len({m.reader for m in group}),
-                                   float(np.median(ratings)) if ratings else None))
-    return sorted(nodules, key=lambda n: -n.diameter_mm)
+    # a group whose centre lies inside a nodule of more readers is folded into it: a reader's repeated mark
+    merged: list[list] = []
+    for group in sorted(groups.values(), key=lambda g: (-len({m.reader for m in g}), -max(m.diameter_mm for m in g))):
+        centre = _true_nodule(group, study, series_uid).xyz_mm
+        host = next((h for h in merged if _inside(centre, _true_nodule(h, study, series_uid))), None)
+        if host is None:
+            merged.append(group)
+        else:
+            host.extend(group)
+    return sorted((_true_nodule(g, study, series_uid) for g in merged), key=lambda n: -n.diameter_mm)
+
+
+def _inside(xyz_mm: tuple[float, float, float], nodule: TruthNodule) -> bool:
+    return float(np.linalg.norm(np.subtract(xyz_mm, nodule.xyz_mm))) <= nodule.diameter_mm / 2
+
+
+def _true_nodule(group: list, study: str, series_uid: str) -> TruthNodule:
+    """One true nodule from the marks joined for it: each reader's marks averaged first, then the readers."""
+    by_reader: dict[str, list] = {}
+    for mark in group:
+        by_reader.setdefault(mark.reader, []).append(mark)
+    centres = [np.mean([m.centre_mm for m in marks], axis=0) for marks in by_reader.values()]
+    diameters = [np.mean([m.diameter_mm for m in marks]) for marks in by_reader.values()]
+    ratings = [m.characteristics["malignancy"] for m in group if "malignancy" in m.characteristics]
+    return TruthNodule(study, series_uid, tuple(float(v) for v in np.mean(centres, axis=0)), float(np.mean(diameters)),
+                       len(by_reader), float(np.median(ratings)) if ratings else None)
 
 
 def lidc_truth(root: Path, min_readers: int = 1, anonymize: bool = False) -> tuple[list[TruthNodule], list[dict]]:
@@ -75,7 +97,7 @@ def lidc_truth(root: Path, min_readers: int = 1, anonymize: bool = False) -> tup
     under `root`, keyed as `moe-suite medical diagnose root` keys their series."""
     from data_connectors.lidc import LidcXmlError, locate_marks, read_lidc_xml
 
-    from .batch import BatchConfig, discover
+    from .batch import BatchConfig, _hash, discover
 
     if min_readers < 1:
         raise ValueError(f"min_readers must be >= 1, got {min_readers}")
@@ -85,21 +107,28 @@ def lidc_truth(root: Path, min_readers: int = 1, anonymize: bool = False) -> tup
     with tempfile.TemporaryDirectory() as out:
         entries, _ = discover(BatchConfig(input=root, out=Path(out), anonymize=anonymize, progress=False))
     by_series = {e.series_uid: e for e in entries}
-    nodules, skipped = [], []
     xml_files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".xml" and p.is_file())
     if not xml_files:
         raise ValueError(f"{root}: no .xml annotation files under it")
+    marks_by_series: dict[str, list] = {}
+    skipped = []
     for path in xml_files:
+        where = str(path.relative_to(root))
         try:
             read = read_lidc_xml(path)
             entry = by_series.get(read.series_uid)
             if entry is None:
                 raise LidcXmlError(f"{path}: its series {read.series_uid} is not among the CT series under {root}")
-            marks = locate_marks(read, entry.files)
+            marks, left_out = locate_marks(read, entry.files)
         except LidcXmlError as exc:
-            skipped.append({"file": str(path.relative_to(root)), "why": str(exc)})
+            skipped.append({"file": where, "why": str(exc)})
             continue
-        nodules += [n for n in consensus(marks, entry.key, read.series_uid) if n.readers >= min_readers]
+        marks_by_series.setdefault(read.series_uid, []).extend(marks)
+        skipped += [{"file": where, "why": why} for why in left_out if why.startswith("nodule ")]
+    nodules = []
+    for series_uid, marks in marks_by_series.items():
+        shown_uid = _hash(series_uid) if anonymize else series_uid
+        nodules += [n for n in consensus(marks, by_series[series_uid].key, shown_uid) if n.readers >= min_readers]
     return nodules, skipped
 
 

@@ -180,36 +180,50 @@ MAX_UNZIPPED_BYTES = 2 * 1024 ** 3   # an uploaded zip may expand to at most thi
 def load_upload(zip_path: str | Path):
     """The CT volume in an uploaded zip of DICOM files (or of one NIfTI / MetaImage file), extracted safely
     (data_connectors.archive) into a temporary folder that is removed afterwards. Several series: the
-    CT series with the most slices is taken (and a warning says so)."""
+    CT series with the most slices is taken (and a warning says so). Errors and warnings name files inside
+    the zip as "<zip name>/<member>", never the temporary folder."""
     import tempfile
 
+    from data_connectors.dicom import DicomReadError
+
+    zip_path = Path(zip_path)
+    with tempfile.TemporaryDirectory(prefix="medical-upload-") as tmp:
+        try:
+            volume = _load_unpacked(zip_path, tmp)
+        except DicomReadError as exc:
+            raise DicomReadError(str(exc).replace(tmp, zip_path.name)) from None
+    volume.warnings = [w.replace(tmp, zip_path.name) for w in volume.warnings]
+    return volume
+
+
+def _load_unpacked(zip_path: Path, tmp: str):
+    """load_upload's work, in the temporary folder tmp."""
     from data_connectors.archive import safe_extract_zip
     from data_connectors.dicom import (VOLUME_SUFFIXES, DicomReadError, ct_series, load_series, load_volume,
                                        scan_folder)
 
-    with tempfile.TemporaryDirectory(prefix="medical-upload-") as tmp:
-        files = safe_extract_zip(zip_path, tmp, max_total_bytes=MAX_UNZIPPED_BYTES)
-        images = [f for f in files if f.name.lower().endswith(VOLUME_SUFFIXES)]
-        if len(images) == 1:
-            return load_volume(images[0])
-        scan = scan_folder(tmp)
-        ct, other = ct_series(scan.series)
-        if not ct and other:
-            kinds = ", ".join(sorted({s.modality for s in other}))
-            raise DicomReadError(f"the zip holds no CT series, only {len(other)} of Modality {kinds}: the detector "
-                                 "reads CT in Hounsfield units")
-        if not ct and images:
-            names = ", ".join(sorted(f.name for f in images)[:5])
-            raise DicomReadError(f"the zip holds {len(images)} image files ({names}) and no DICOM series; "
-                                 f"upload one CT volume per zip")
-        if not ct:
-            raise DicomReadError(f"the zip holds no DICOM series nor a {'/'.join(VOLUME_SUFFIXES)} image "
-                                 f"({len(scan.skipped)} files skipped)")
-        series = max(ct, key=lambda s: len(s.files))
-        volume = load_series(series)
-        if len(ct) > 1:
-            volume.warnings.append(f"the zip holds {len(ct)} series; diagnosed the largest ({len(series.files)} slices)")
-        if other:
-            kinds = ", ".join(sorted({s.modality or "no Modality" for s in other}))
-            volume.warnings.append(f"{len(other)} series that are not CT ignored ({kinds})")
-        return volume
+    files = safe_extract_zip(zip_path, tmp, max_total_bytes=MAX_UNZIPPED_BYTES)
+    images = [f for f in files if f.name.lower().endswith(VOLUME_SUFFIXES)]
+    if len(images) == 1:
+        return load_volume(images[0])
+    scan = scan_folder(tmp)
+    ct, other = ct_series(scan.series)
+    if not ct and other:
+        kinds = ", ".join(sorted({s.modality for s in other}))
+        raise DicomReadError(f"the zip holds no CT series, only {len(other)} of Modality {kinds}: the detector "
+                             "reads CT in Hounsfield units")
+    if not ct and images:
+        names = ", ".join(sorted(f.name for f in images)[:5])
+        raise DicomReadError(f"the zip holds {len(images)} image files ({names}) and no DICOM series; "
+                             f"upload one CT volume per zip")
+    if not ct:
+        raise DicomReadError(f"the zip holds no DICOM series nor a {'/'.join(VOLUME_SUFFIXES)} image "
+                             f"({len(scan.skipped)} files skipped)")
+    series = max(ct, key=lambda s: len(s.files))
+    volume = load_series(series)
+    if len(ct) > 1:
+        volume.warnings.append(f"the zip holds {len(ct)} series; diagnosed the largest ({len(series.files)} slices)")
+    if other:
+        kinds = ", ".join(sorted({s.modality or "no Modality" for s in other}))
+        volume.warnings.append(f"{len(other)} series that are not CT ignored ({kinds})")
+    return volume

@@ -14,9 +14,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from apps.settings import cache_dir
-from data_connectors.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from data_connectors.video import VIDEO_SUFFIXES
 
 from . import world
+from .style import IMAGE_SUFFIXES
 
 INTRO = """\
 # Video studio
@@ -25,6 +26,7 @@ synthetic world of shapes and digits); upload a clip and get a caption per shot 
 restyle an image or a clip by a style name, a description or a reference picture.
 """
 RESOLUTIONS = ["360p", "720p", "1080p"]
+STYLIZE_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES   # what the Stylize tab takes
 CAPTION_COLUMNS = ["shot", "start (s)", "end (s)", "caption", "from", "confidence"]
 EXPERT_COLUMNS = ["scene", "start (s)", "end (s)", "what the planner put there", "experts"]
 
@@ -165,7 +167,7 @@ def stylize(upload: str | None, style_name: str, description: str, reference: st
     if not style:
         raise gr.Error("Pick a style name, describe a style or upload a reference picture.")
     src = Path(upload)
-    is_image = src.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+    is_image = src.suffix.lower() in IMAGE_SUFFIXES
     progress(0.1, desc="restyling")
     try:
         result = stylize_file(src, style, _new_path(".png" if is_image else ".mp4"))
@@ -237,7 +239,7 @@ def build() -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=2):
                     upload = gr.File(label="image or clip", type="filepath",
-                                     file_types=sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+                                     file_types=sorted(STYLIZE_SUFFIXES))
                     names = _style_names()
                     style_name = gr.Dropdown(names, value=names[0] if names else None, label="style")
                     description = gr.Textbox(label="or describe a style", placeholder="e.g. soft pastel watercolour")
