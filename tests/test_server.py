@@ -203,6 +203,8 @@ def test_upload_area_removes_what_dead_processes_left(tmp_path):
     assert not folder.exists()
     area.cleanup()
     assert not area.root.exists()
+    with area.request_dir() as folder:   # removed under a running server (a tmp cleaner): made again
+        assert folder.parent == area.root and (area.root.stat().st_mode & 0o777) == 0o700
 
 
 @pytest.mark.parametrize("name, safe", [("a/b/../c.txt", "c.txt"), ("..\\..\\x.zip", "x.zip"), ("", "upload"),

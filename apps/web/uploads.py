@@ -82,7 +82,9 @@ class UploadArea:
 
     @contextmanager
     def request_dir(self) -> Iterator[Path]:
-        """A new empty folder, removed with its contents when the block ends."""
+        """A new empty folder, removed with its contents when the block ends. The area's own folder is made again
+        (mode 0700) if something removed it, e.g. a cleaner of old temporary files under a long-running server."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix="req-", dir=self.root))
         try:
             yield folder
