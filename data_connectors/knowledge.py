@@ -55,14 +55,17 @@ class KnowledgeFormatError(ValueError):
 Reader = Callable[[Path], list[KnowledgeDoc]]
 
 
-def load_knowledge(path: str | Path, files: list[Path] | None = None) -> list[KnowledgeDoc]:
+def load_knowledge(path: str | Path, files: list[Path] | None = None,
+                   unreadable: list[tuple[Path, str]] | None = None) -> list[KnowledgeDoc]:
     """The documents of one knowledge file, or of every supported file under a folder (sorted by path).
 
     Hidden files and folders are skipped, as are files of other formats inside a folder (see
     `knowledge_files`). Ids derived from a file name (stem#...) use the file's path inside the folder
     instead when several files share that name (a/faq.md, b/faq.md -> a/faq#..., b/faq#...). Document
     ids must be unique across everything loaded. `files`: the knowledge_files(path) list when the caller
-    already has it.
+    already has it. A file that cannot be read raises KnowledgeFormatError, unless `unreadable` is a list:
+    then it is skipped and (file, why) appended there (a scanned PDF in a folder of manuals); nothing
+    readable at all is still an error.
     """
     path = Path(path)
     if files is None:
@@ -72,11 +75,20 @@ def load_knowledge(path: str | Path, files: list[Path] | None = None) -> list[Kn
     keys = Counter(rel.values())
     docs = []
     for file in files:
-        file_docs = _read_file(file)
+        try:
+            file_docs = _read_file(file)
+        except KnowledgeFormatError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append((file, str(exc)))
+            continue
         if file in rel:
             key = rel[file] if keys[rel[file]] == 1 else file.relative_to(path).as_posix()
             file_docs = [_renamed(doc, file.stem, key) for doc in file_docs]
         docs += file_docs
+    if not docs and unreadable:
+        raise KnowledgeFormatError(path, f"no file could be read ({len(unreadable)} unreadable, the first: "
+                                         f"{unreadable[0][1]})")
     seen: dict[str, str] = {}
     for doc in docs:
         if doc.id in seen:

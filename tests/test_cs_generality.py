@@ -520,6 +520,26 @@ def test_a_folder_of_mixed_files_with_repeated_names(tmp_path, monkeypatch, caps
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["queries"] == 1
 
 
+def test_index_a_folder_with_a_scanned_pdf(tmp_path, monkeypatch, capsys, tiny_embedder):
+    """A scanned PDF among readable files: a clear error naming it, or with --skip-unreadable the others
+    indexed and it listed; nothing readable at all stays an error."""
+    from apps.customer_service import retrieval
+
+    monkeypatch.setattr(retrieval, "default_embedder", lambda: tiny_embedder)
+    write(tmp_path / "kb" / "faq.md", "# Hours\nOpen 9 to 5.")
+    write(tmp_path / "kb" / "scan.pdf", tiny_pdf([[]]))
+    argv = ["chat", "index", "--kb", str(tmp_path / "kb"), "--out", str(tmp_path / "index"), "--json"]
+    assert main(argv) == 2 and "scan.pdf" in capsys.readouterr().err
+    assert main(argv + ["--skip-unreadable"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert (summary["files"], summary["documents"]) == (1, 1) and "OCR" in captured.err
+    assert [u["file"] for u in summary["unreadable_files"]] == [str(tmp_path / "kb" / "scan.pdf")]
+    (tmp_path / "kb" / "faq.md").unlink()
+    with pytest.raises(KnowledgeFormatError, match="no file could be read"):
+        load_knowledge(tmp_path / "kb", unreadable=[])
+
+
 def test_chinese_text_is_chunked_and_matched_by_character():
     from apps.customer_service.retrieval import BM25, chunk_documents
     from data_connectors.knowledge import KnowledgeDoc

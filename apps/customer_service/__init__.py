@@ -62,8 +62,12 @@ def register(cli: CommandTable) -> None:
     p = chat.command("index", "build a knowledge index (FAISS + chunk metadata) from a knowledge base; "
                               "an existing index at --out is replaced only once the new one is complete",
                      handlers.index)
-    p.add_argument("--kb", required=True, help="knowledge file or folder (.md .html .txt .csv .tsv .json .jsonl)")
+    p.add_argument("--kb", required=True,
+                   help="knowledge file or folder (.md .html .txt .csv .tsv .json .jsonl .pdf .docx)")
     p.add_argument("--out", required=True, help="index folder to write")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="index a folder's readable files and list the others (a scanned PDF, a damaged file) "
+                        "instead of stopping at the first")
     p.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=True,
                    help="also rank with BM25 and fuse the rankings (default: on)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")

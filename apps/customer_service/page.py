@@ -108,10 +108,13 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
                         f"accuracy {accuracy})")
         if knowledge_file:
             yield "Indexing the knowledge..."
+            unreadable: list = []
             with tempfile.TemporaryDirectory() as tmp:
-                docs = load_knowledge(_knowledge_source(Path(knowledge_file), Path(tmp)))
+                docs = load_knowledge(_knowledge_source(Path(knowledge_file), Path(tmp)), unreadable=unreadable)
                 index = KnowledgeIndex.build(docs, cache_dir() / "chat" / "uploaded-index")
-            done.append(f"knowledge index ({len(docs)} documents, {len(index)} chunks)")
+            skipped = (f"; {len(unreadable)} unreadable file(s) skipped: "
+                       f"{', '.join(Path(f).name for f, _ in unreadable[:5])}" if unreadable else "")
+            done.append(f"knowledge index ({len(docs)} documents, {len(index)} chunks{skipped})")
     except (ValueError, zipfile.BadZipFile) as exc:
         raise gr.Error(str(exc)) from None
     yield "Switching the assistant to the new " + " and ".join(done) + "..."
