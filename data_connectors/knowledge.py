@@ -210,6 +210,11 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
     return docs
 
 
+# a word broken across lines by typesetting: a letter, a hyphen at the end of the line, a lower-case letter next
+# (a compound broken at its own hyphen, "well-\nknown", loses that hyphen too: rarer, and harmless for search)
+_LINE_END_HYPHEN = re.compile(r"([^\W\d_])-[ \t]*\n[ \t]*([a-z\u00df-\u00ff])")
+
+
 def read_pdf(path: Path) -> list[KnowledgeDoc]:
     """A PDF's text layer (pypdf): one document per page (ids stem#page3; titles "<file>, page 3", so an answer
     cites its page), a page over `TEXT_PART_WORDS` words cut at its blank lines where it has them (stem#page3-2;
@@ -228,6 +233,7 @@ def read_pdf(path: Path) -> list[KnowledgeDoc]:
         raise KnowledgeFormatError(path, f"unreadable PDF ({type(exc).__name__}: {exc})") from None
     docs = []
     for n, text in enumerate(pages, 1):
+        text = _LINE_END_HYPHEN.sub(r"\1\2", text)   # "inter-\nnational" -> "international"
         parts = _paragraph_parts(text.strip(), TEXT_PART_WORDS) if text.strip() else []
         for k, part in enumerate(parts, 1):
             docs.append(KnowledgeDoc(f"{path.stem}#page{n}" + (f"-{k}" if k > 1 else ""),

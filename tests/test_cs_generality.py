@@ -380,7 +380,7 @@ def test_pdf_and_word_manuals(tmp_path):
     from docx.oxml import parse_xml
 
     write(tmp_path / "kb" / "manual.pdf", tiny_pdf([["Returns", "Items can be returned within 30 days."], [],
-                                                    ["Shipping", "We ship worldwide."]]))
+                                                    ["Shipping", "We ship inter-", "nationally. See Ex-", "Works."]]))
     document = docx.Document()
     document.add_heading("Cards", level=1)
     document.add_paragraph("Freeze a lost card in the app.")
@@ -400,7 +400,7 @@ def test_pdf_and_word_manuals(tmp_path):
     document.save(tmp_path / "kb" / "guide.docx")
     docs = {d.id: (d.title, d.text) for d in load_knowledge(tmp_path / "kb")}
     assert docs == {"manual#page1": ("Manual, page 1", "Returns\nItems can be returned within 30 days."),
-                    "manual#page3": ("Manual, page 3", "Shipping\nWe ship worldwide."),
+                    "manual#page3": ("Manual, page 3", "Shipping\nWe ship internationally. See Ex-\nWorks."),
                     "guide#cards": ("Cards", "Freeze a lost card in the app."),
                     "guide#fees": ("Cards / Fees", "Transfer | free | free\nAbroad | 2 pounds | EU | 1 pound\n"
                                                    "Note | cards only\n\nCall us. Hotline 0800 123")}
