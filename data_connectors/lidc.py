@@ -149,7 +149,7 @@ def _planes(files: Iterable[Path]) -> tuple[dict[str, _Plane], list[tuple[float,
 
 
 def _polygon(points_P2: np.ndarray) -> tuple[float, np.ndarray]:
-    """(signed-free area, centroid) of a closed outline in pixel units; a degenerate one counts as its mean."""
+    """(area, centroid) of a closed outline in pixel units, either winding; a degenerate one: (0, its mean)."""
     x, y = points_P2[:, 0], points_P2[:, 1]
     cross = x * np.roll(y, -1) - np.roll(x, -1) * y
     area = cross.sum() / 2
