@@ -148,9 +148,7 @@ def _vision_inputs(cfg, B: int, g: torch.Generator) -> tuple:
 
 
 def _audio_inputs(cfg, B: int, g: torch.Generator) -> tuple:
-    length = 16  # tokens wanted; walking the conv stack backwards gives the samples that make them
-    for k, s in zip(reversed(cfg.kernel_sizes), reversed(cfg.strides)):
-        length = (length - 1) * s + k
+    length = cfg.min_length(16)  # the samples that make 16 tokens
     shape = (B, length) if cfg.in_channels == 1 else (B, cfg.in_channels, length)
     return torch.randn(*shape, generator=g), _task_ids(cfg.num_tasks, B, g)
 

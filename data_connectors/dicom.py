@@ -83,6 +83,9 @@ class SeriesInfo:
     modality: str
     description: str
 
+    def __post_init__(self) -> None:
+        self.modality = self.modality.strip().upper()   # sloppy writers: " pt", "ct"
+
 
 @dataclass
 class FolderScan:
@@ -177,7 +180,7 @@ def scan_folder(root: str | Path) -> FolderScan:
                 is_index = sop == _DICOMDIR_CLASS or str(ds.get("SOPClassUID", "")) == _DICOMDIR_CLASS
                 uid = str(ds.get("SeriesInstanceUID", "") or "")
                 study_modality_description = (str(ds.get("StudyInstanceUID", "") or ""),
-                                              str(ds.get("Modality", "") or "").strip().upper(),
+                                              str(ds.get("Modality", "") or ""),
                                               str(ds.get("SeriesDescription", "") or ""))
             except Exception as exc:  # noqa: BLE001 - whatever the parser trips on, the file is skipped, not the scan
                 skipped.append((path, f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
@@ -638,8 +641,8 @@ def _keep_consistent(frames: list[_Frame], uid: str, warnings: list[str]) -> lis
 def ct_series(series: list[SeriesInfo]) -> tuple[list[SeriesInfo], list[SeriesInfo]]:
     """(the series that are CT: Modality CT, or where none says CT those naming no other imaging modality;
     the rest: PET, MR, ... beside them, and anything else beside a series that says CT)."""
-    explicit = [s for s in series if s.modality.strip().upper() == "CT"]
-    ct = explicit or [s for s in series if s.modality.strip().upper() not in NON_CT_IMAGE_MODALITIES]
+    ct = ([s for s in series if s.modality == "CT"]
+          or [s for s in series if s.modality not in NON_CT_IMAGE_MODALITIES])
     return ct, [s for s in series if s not in ct]
 
 
@@ -649,7 +652,7 @@ def load_series(series: SeriesInfo, *, allow_single_slice: bool = False, threads
     Any damaged element is a DicomReadError naming the file, or the series where no one file is to blame; a
     series of another imaging modality (PET, MR, ...; NON_CT_IMAGE_MODALITIES) is a DicomReadError too.
     """
-    if series.modality.strip().upper() in NON_CT_IMAGE_MODALITIES:
+    if series.modality in NON_CT_IMAGE_MODALITIES:
         raise DicomReadError(f"series {series.series_uid} ('{series.description}', {len(series.files)} files) is "
                              f"Modality {series.modality}, not CT: its values are no Hounsfield units")
     try:

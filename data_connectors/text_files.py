@@ -379,11 +379,11 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
             return _labelled_doc(path, doc)
         if isinstance(doc, dict):  # one list of records under some key, e.g. {"data": [...]}, or one per split
             lists = {key: value for key, value in doc.items() if isinstance(value, list)}
-            if len(lists) == 1 and not set(lists) & SPLIT_NAMES:
-                doc = next(iter(lists.values()))
-            elif set(lists) & SPLIT_NAMES:   # one list per split (or one split alone: read only when asked for)
+            if set(lists) & SPLIT_NAMES:   # one list per split (or one split alone: read only when asked for)
                 splits_read = _split_lists(path, lists, split)
                 doc = [item for key in splits_read for item in lists[key]]
+            elif len(lists) == 1:
+                doc = next(iter(lists.values()))
         if not isinstance(doc, list):
             raise LabelledTextError(path, "expected a list of {text, label} records, or an `intents:` object")
         items = [(None, item) for item in doc]

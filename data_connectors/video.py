@@ -44,6 +44,7 @@ MIN_FPS = 0.1
 MAX_READ_BYTES = 4 << 30   # read_video refuses to build an array larger than this (use iter_video / max_side)
 CODECS = ("auto", "h264", "vp9", "vp8")
 _SUFFIX_CODECS = {".mp4": ("h264",), ".webm": ("vp9", "vp8")}
+WRITE_SUFFIXES = tuple(_SUFFIX_CODECS)   # video containers write_video writes
 _IMAGE_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}   # still images read
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v", ".gif", ".mpg", ".mpeg", ".wmv", ".ts"}  # read
@@ -145,8 +146,13 @@ def _check_fps(path: Path, fps: float) -> float:
 def _ffmpeg_header(path: Path) -> tuple[frozenset[str], str]:
     """(the kinds of stream ffmpeg sees in the file, {"Video", "Audio", ...}, and its report as text); the set
     is empty when it cannot tell or there is no ffmpeg. One `ffmpeg -i` (~50 ms) per file version, remembered."""
+    return _ffmpeg_header_cached(*_version(path))
+
+
+def _version(path: Path) -> tuple[str, int, int]:
+    """(resolved path, size, mtime_ns): the key under which ffmpeg's findings on one file version are kept."""
     st = path.stat()
-    return _ffmpeg_header_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
 
 
 @lru_cache(maxsize=256)
@@ -178,8 +184,7 @@ def _probe_ffmpeg(path: Path) -> VideoInfo:
         raise VideoError(path, "unreadable: not a video (the content is not MP4/MOV, nor anything else ffmpeg "
                                "reads)")
     try:
-        st = path.stat()
-        meta, frames, seconds = _ffmpeg_counts(str(path.resolve()), st.st_size, st.st_mtime_ns)
+        meta, frames, seconds = _ffmpeg_counts(*_version(path))
     except (RuntimeError, StopIteration, OSError) as e:
         raise VideoError(path, f"unreadable video ({str(e).strip().splitlines()[-1] if str(e).strip() else e})")
     width, height = meta["size"]
@@ -331,8 +336,7 @@ def _packet_times(path: Path) -> np.ndarray | None:
     """Presentation times (s, from the first) of the first video stream's packets in presentation order,
     read by demuxing alone (ffmpeg's framecrc listing; no decoding); None when ffmpeg cannot list them all.
     Listed once per file version."""
-    st = path.stat()
-    times = _packet_times_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    times = _packet_times_cached(*_version(path))
     return None if times is None else times.copy()
 
 

@@ -80,3 +80,52 @@ def test_forward_and_backward_of_every_kind_at_tiny_size(kind):
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads), kind
     assert sum(float(g.abs().sum()) for g in grads) > 0, f"{kind}: no weight received gradient"
+
+
+def _app_kinds() -> dict[str, str]:
+    """KIND constant -> module, for every app module that registers a checkpoint kind."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    kinds = {}
+    for file in sorted((root / "apps").rglob("*.py")):
+        for node in ast.parse(file.read_text()).body:
+            if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["KIND"]
+                    and isinstance(node.value, ast.Constant)):
+                kinds[node.value.value] = ".".join(file.relative_to(root).with_suffix("").parts)
+    return kinds
+
+
+def test_every_app_kind_is_declared_as_an_entry_point():
+    import importlib.metadata
+    declared = {e.name: e.value for e in importlib.metadata.entry_points(group=registry.ENTRY_POINT_GROUP)}
+    kinds = _app_kinds()
+    assert len(kinds) >= 5
+    assert {k: declared.get(k) for k in kinds} == kinds
+
+
+def test_app_kinds_load_without_importing_the_app_first():
+    """A fresh interpreter that imported only core finds every app kind (e.g. `moe-suite compress` on an
+    app's checkpoint); before the entry points it said 'unknown model kind'."""
+    import subprocess
+    import sys
+    kinds = sorted(_app_kinds())
+    code = ("import sys\nfrom core import registry\n"
+            "assert not [m for m in sys.modules if m.startswith('apps')]\n"
+            f"for kind in {kinds!r}:\n    print(kind, registry.spec(kind).config_class.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[0] for line in out.stdout.split("\n") if line] == kinds
+    assert "known:" in str(pytest.raises(ValueError, registry.spec, "no_such_kind").value)
+
+
+def test_a_kind_whose_module_fails_to_import_is_a_clear_error(monkeypatch):
+    class Broken:
+        name, value = "broken_kind", "apps.nowhere"
+
+        def load(self):
+            raise ModuleNotFoundError("No module named 'apps.nowhere'")
+
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda **kw: [Broken()])
+    with pytest.raises(ValueError, match="'broken_kind': its module apps.nowhere cannot be imported"):
+        registry.spec("broken_kind")

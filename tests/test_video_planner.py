@@ -157,6 +157,8 @@ def test_joiner_noise_replaces_only_the_words_between_scenes():
     assert replaced > 20
     text, spans = world.script_to_prompt_spans(world.sample_script(rng), rng)
     assert P.replace_joiners(text, spans, rng, 0.0) == (text, spans)
+
+
 def test_objects_of_one_scene_get_distinct_colours():
     red, blue = P.ATTRIBUTES["colour"].index("red"), P.ATTRIBUTES["colour"].index("blue")
     p_a, p_b = np.full(9, 0.01), np.full(9, 0.01)

@@ -128,15 +128,16 @@ def index(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     files, skipped = knowledge_files(args.kb)
-    unreadable = [] if args.skip_unreadable else None
-    docs = load_knowledge(args.kb, files, unreadable)  # a bad file fails here, before the index folder is touched
-    for file, why in unreadable or []:
+    unreadable: list[tuple[Path, str]] = []
+    # a bad file fails here, before the index folder is touched (unless --skip-unreadable lists it)
+    docs = load_knowledge(args.kb, files, unreadable if args.skip_unreadable else None)
+    for file, why in unreadable:
         print(f"warning: skipped {why}", file=sys.stderr)
     manifest = KnowledgeIndex.build(docs, args.out, IndexConfig(hybrid=args.hybrid),
                                     progress=_progress_printer("embedded", "chunks")).manifest
-    summary = {"out": str(args.out), "files": len(files) - len(unreadable or []),
+    summary = {"out": str(args.out), "files": len(files) - len(unreadable),
                "skipped_files": [str(p) for p in skipped[:20]],
-               "unreadable_files": [{"file": str(f), "why": why} for f, why in (unreadable or [])[:50]],
+               "unreadable_files": [{"file": str(f), "why": why} for f, why in unreadable[:50]],
                "documents": manifest["documents"], "chunks": manifest["count"],
                "dims": manifest["dims"], "index": manifest["index"], "hybrid": args.hybrid,
                "model": manifest["model"], "seconds": round(time.perf_counter() - start, 2)}

@@ -247,7 +247,7 @@ def _process_in_worker(entry: StudyEntry, cfg: BatchConfig) -> dict:
 
 def _write_csv_atomic(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

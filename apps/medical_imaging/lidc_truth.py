@@ -14,9 +14,7 @@ non-nodules are left out, as in LUNA16, and so is a nodule with an outline on a 
 """
 from __future__ import annotations
 
-import csv
-import os
-import tempfile
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,8 +102,7 @@ def lidc_truth(root: Path, min_readers: int = 1, anonymize: bool = False) -> tup
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: no such folder")
-    with tempfile.TemporaryDirectory() as out:
-        entries, _ = discover(BatchConfig(input=root, out=Path(out), anonymize=anonymize, progress=False))
+    entries, _ = discover(BatchConfig(input=root, out=root, anonymize=anonymize, progress=False))   # out unused
     by_series = {e.series_uid: e for e in entries}
     xml_files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".xml" and p.is_file())
     if not xml_files:
@@ -119,12 +116,13 @@ def lidc_truth(root: Path, min_readers: int = 1, anonymize: bool = False) -> tup
             entry = by_series.get(read.series_uid)
             if entry is None:
                 raise LidcXmlError(f"{path}: its series {read.series_uid} is not among the CT series under {root}")
-            marks, left_out = locate_marks(read, entry.files)
+            outlined = dataclasses.replace(read, marks=[m for m in read.marks if m.kind == "nodule"])
+            marks, left_out = locate_marks(outlined, entry.files)
         except LidcXmlError as exc:
             skipped.append({"file": where, "why": str(exc)})
             continue
         marks_by_series.setdefault(read.series_uid, []).extend(marks)
-        skipped += [{"file": where, "why": why} for why in left_out if why.startswith("nodule ")]
+        skipped += [{"file": where, "why": why} for why in left_out]
     nodules = []
     for series_uid, marks in marks_by_series.items():
         shown_uid = _hash(series_uid) if anonymize else series_uid
@@ -134,12 +132,9 @@ def lidc_truth(root: Path, min_readers: int = 1, anonymize: bool = False) -> tup
 
 def write_truth(nodules: list[TruthNodule], path: Path) -> Path:
     """The truth CSV (TRUTH_COLUMNS), written atomically."""
+    from .batch import _write_csv_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, TRUTH_COLUMNS)
-        writer.writeheader()
-        writer.writerows(n.row() for n in nodules)
-    os.replace(tmp, path)
+    _write_csv_atomic(path, TRUTH_COLUMNS, [n.row() for n in nodules])
     return path

@@ -17,6 +17,7 @@ from apps.settings import cache_dir
 from data_connectors.video import VIDEO_SUFFIXES
 
 from . import world
+from .studio import RESOLUTIONS
 from .style import IMAGE_SUFFIXES
 
 INTRO = """\
@@ -25,7 +26,6 @@ Type a short script and get a playable clip (the suite's own planner and generat
 synthetic world of shapes and digits); upload a clip and get a caption per shot with time stamps;
 restyle an image or a clip by a style name, a description or a reference picture.
 """
-RESOLUTIONS = ["360p", "720p", "1080p"]
 STYLIZE_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES   # what the Stylize tab takes
 CAPTION_COLUMNS = ["shot", "start (s)", "end (s)", "caption", "from", "confidence"]
 EXPERT_COLUMNS = ["scene", "start (s)", "end (s)", "what the planner put there", "experts"]
@@ -203,7 +203,7 @@ def build() -> gr.Blocks:
                         seconds = gr.Slider(1, 16, value=4, step=0.5, label="seconds")
                         fps = gr.Slider(8, 30, value=24, step=1, label="fps")
                     with gr.Row():
-                        resolution = gr.Dropdown(RESOLUTIONS, value="360p", label="resolution")
+                        resolution = gr.Dropdown(list(RESOLUTIONS), value="360p", label="resolution")
                         style = gr.Dropdown([""] + _style_names(), value="", label="style (optional)")
                     allow_guesses = gr.Checkbox(False, label="render a guess anyway",
                                                 info="when no shape or colour word of the script is understood")

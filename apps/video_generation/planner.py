@@ -843,10 +843,10 @@ class Planner:
     def camera_rows(toks: np.ndarray, probs: dict[str, np.ndarray]) -> np.ndarray:
         """The scene's tokens that may vote for its camera: those that read more as a camera move than as
         an object's motion ("sliding to the left" is no pan)."""
-        return toks[1 - probs["camera"][toks, 0] >= 1 - probs["motion"][toks, 0]]
+        return toks[probs["camera"][toks, 0] <= probs["motion"][toks, 0]]
 
     def _camera(self, p_RC: np.ndarray) -> tuple[str, float]:
-        """A scene's camera from its tokens' camera probabilities [R, cameras] (none left out): the most
+        """A scene's camera from its camera_rows' camera probabilities [R, cameras]: the most
         likely move when some token gives it at least camera_min and it beats the best "static" token
         by camera_margin; else static (a prompt naming no camera means a static one)."""
         if p_RC.size == 0:

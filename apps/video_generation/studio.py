@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from data_connectors.video import WRITE_SUFFIXES
+
 from .understanding import NothingUnderstoodError, Understanding, check_understood, understand
 from .world import Script
 
@@ -28,7 +30,7 @@ RESOLUTIONS: dict[str, tuple[int, int]] = {"360p": (360, 640), "720p": (720, 128
 MAX_PROMPT_CHARS = 2000
 MIN_SECONDS, MAX_SECONDS = 0.5, 20.0
 MIN_FPS, MAX_FPS = 8, 30
-SUFFIXES = (".mp4", ".webm")
+SUFFIXES = WRITE_SUFFIXES
 PREVIEW_SIDE = 320
 
 

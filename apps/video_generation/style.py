@@ -43,11 +43,12 @@ import numpy as np
 
 from data_connectors.video import IMAGE_SUFFIXES as READ_IMAGE_SUFFIXES
 from data_connectors.video import MAX_SIDE as VIDEO_MAX_SIDE
-from data_connectors.video import (VideoError, constant_rate, copy_audio, iter_video_timed, probe_video,
-                                   read_image, steady_rate, write_image, write_video)
+from data_connectors.video import (WRITE_SUFFIXES, VideoError, constant_rate, copy_audio, iter_video_timed,
+                                   probe_video, read_image, steady_rate, write_image, write_video)
+
+from .studio import RESOLUTIONS
 
 IMAGE_SUFFIXES = READ_IMAGE_SUFFIXES - {".ppm", ".pgm"}   # still images stylize reads and writes (colour)
-RESOLUTIONS = {"360p": (360, 640), "720p": (720, 1280), "1080p": (1080, 1920)}
 MIN_SIDE = 8                       # the shorter side of a picture or clip to restyle, at least (px)
 REFERENCE_SIDE = 1024              # a reference image is scaled down to this longer side first: its colour
                                    # statistics do not need more, the learned experts see 256-512 px, and an
@@ -634,7 +635,7 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
     """stylize_file, returning (out path, StyleResult without frames: experts, weights, route, seconds)."""
     src, out = Path(src), Path(out)
     t0 = time.perf_counter()
-    if out.suffix.lower() not in IMAGE_SUFFIXES | {".mp4", ".webm"}:
+    if out.suffix.lower() not in IMAGE_SUFFIXES | set(WRITE_SUFFIXES):
         raise StyleError(f"{out}: unsupported output suffix {out.suffix!r} (use .png, .jpg, .mp4 or .webm)")
     route = default_router().route(style)  # before reading the source: a bad style fails fast
     # a GIF is a clip or a picture: the output's suffix says which it is taken as (its first frame for a picture)
@@ -651,7 +652,7 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
         styled = ClipStylizer(route, cfg).fit(_check_frames(image))(image)
         write_image(styled, out)
         return out, _result(np.empty(0), route, time.perf_counter() - t0)
-    if out.suffix.lower() not in (".mp4", ".webm"):
+    if out.suffix.lower() not in WRITE_SUFFIXES:
         raise StyleError(f"{out}: a video in gives a video out (.mp4 or .webm), not {out.suffix}")
     cfg = cfg or StyleConfig()
     info = probe_video(src)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.fusion.dynamic import masked_mean
 from core.moe import MoEConfig, MoELayer, MoEStats, ffn_on_real_tokens, real_token_tasks
 from core.tasks import NUM_TASKS, task_ids
 
@@ -65,9 +66,9 @@ class AudioStreamConfig:
             length = (length - k) // s + 1
         return max(length, 0)
 
-    def min_length(self) -> int:
-        """The shortest input (samples or frames) that makes one token: num_tokens walked backwards."""
-        length = 1
+    def min_length(self, tokens: int = 1) -> int:
+        """The shortest input (samples or frames) that makes `tokens` tokens: num_tokens walked backwards."""
+        length = tokens
         for k, s in zip(reversed(self.kernel_sizes), reversed(self.strides)):
             length = (length - 1) * s + k
         return length
@@ -195,7 +196,7 @@ class AudioStream(nn.Module):
             pooled_BD = tokens_BTD.mean(dim=1)
         else:
             tokens_BTD = tokens_BTD.masked_fill(~padded_BT.unsqueeze(-1), 0.0)
-            pooled_BD = tokens_BTD.sum(dim=1) / padded_BT.sum(dim=1, keepdim=True).to(tokens_BTD.dtype)
+            pooled_BD = masked_mean(tokens_BTD, padded_BT)
         aux_loss = sum((s.aux_loss for s in stats), tokens_BTD.new_zeros((), dtype=torch.float32))
         return AudioOutput(tokens_BTD, pooled_BD, aux_loss, stats, mask_BT)
 
@@ -218,10 +219,10 @@ class AudioStream(nn.Module):
         for i, n in enumerate(lengths_B.tolist()):
             if not 1 <= n <= length:
                 raise ValueError(f"audio lengths[{i}] = {n} is outside 1..{length} (the padded length)")
-            if n < cfg.min_length():
+            tokens_B.append(cfg.num_tokens(n))
+            if tokens_B[-1] < 1:
                 raise ValueError(f"audio lengths[{i}] = {n} makes no token: a clip needs at least "
                                  f"AudioStreamConfig.min_length() = {cfg.min_length()} samples or frames")
-            tokens_B.append(cfg.num_tokens(n))
         return torch.arange(T, device=device) < torch.tensor(tokens_B, device=device).unsqueeze(1)
 
     def _as_channels(self, audio: torch.Tensor) -> torch.Tensor:
