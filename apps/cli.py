@@ -77,8 +77,20 @@ def _register_suite(cli: CommandTable) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, except that with --json on the command line a usage error (a missing file
+    argument, a bad number) also ends stdout with the JSON error object, as a handler's error does.
+    Subcommand parsers are of the same class (argparse creates them with type(parent))."""
+    json_errors = False   # set by main for the duration of one parse
+
+    def error(self, message: str):
+        if _Parser.json_errors:
+            print(json.dumps({"error": f"{self.prog}: {message}", "exit_code": 2}))
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="moe-suite", description="MoE Suite: a Mixture-of-Experts core and the apps built on it.")
     cli = CommandTable(parser.add_subparsers(title="commands", metavar="COMMAND", required=True))
     _register_suite(cli)
@@ -88,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in argv
+    try:
+        args = build_parser().parse_args(argv)
+    finally:
+        _Parser.json_errors = False
     try:
         return args.handler(args) or 0
     except ValueError as exc:

@@ -84,6 +84,23 @@ def test_bad_arguments_exit_nonzero_with_a_message(capsys):
         "error": "top_k (9) exceeds num_experts (8)", "exit_code": 2}
 
 
+def test_usage_errors_end_stdout_with_json_when_asked(capsys):
+    """A bad flag value or a missing argument is argparse's error: with --json it is on stdout too."""
+    with pytest.raises(SystemExit) as exit:
+        cli.main([*TINY_BENCH[:2], "--tokens", "0", "--json"])
+    assert exit.value.code == 2
+    captured = capsys.readouterr()
+    error = json.loads(captured.out.strip().splitlines()[-1])
+    assert error["exit_code"] == 2 and "--tokens: must be >= 1" in error["error"]
+    assert "usage:" in captured.err
+    with pytest.raises(SystemExit):
+        cli.main(["video", "caption", "--json"])                  # the clip argument is missing
+    assert "required" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    with pytest.raises(SystemExit):
+        cli.main([*TINY_BENCH[:2], "--tokens", "0"])              # without --json stdout stays empty
+    assert capsys.readouterr().out == ""
+
+
 def test_apps_register_their_own_commands(monkeypatch, capsys):
     def register(table: cli.CommandTable) -> None:
         p = table.group("bench", "ignored: the group exists").command("demo", "a demo", lambda a: print(a.n))
