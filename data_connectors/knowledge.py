@@ -11,8 +11,9 @@ Formats, by suffix:
     .csv .tsv      one document per row: a text column (`answer`, `a`, `body`, `text`, `content`, ...),
                    optional title (`question`, `q`, `title`, ...) and `id`, in any order, any delimiter
     .jsonl         one record per line, fields named as for CSV
-    .json          a list of such records (or an object holding one), or an object of title -> text;
-                   any other object: one document per key with the strings under it
+    .json          a list of such records (or an object holding one, or a help-centre export holding
+                   several lists: the ones of article / FAQ records are read, see `read_json`), or an
+                   object of title -> text; any other object: one document per key with the strings under it
     .pdf           the text layer (pypdf), one document per page (long pages in parts): stem#page3
     .docx          a Word document (python-docx), one document per heading section, as for Markdown
 
@@ -20,20 +21,26 @@ Field and header names are matched case-insensitively; ids default to stem#q<n>.
 UTF-8 (BOM or not), UTF-16 with a BOM, or Windows-1252 (`data_connectors.text_files.decode_text`);
 binary files are errors.
 A file that cannot be read raises KnowledgeFormatError (a ValueError) naming it, and the line where
-there is one. `synthetic_passages` makes bank-like documents in bulk, for benchmarks.
+there is one; guesses worth a look (a header told by its shape, lists of an export left out) are
+logged as warnings on this module's logger. `synthetic_passages` makes bank-like documents in bulk,
+for benchmarks.
 
 """
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from .text_files import WORD, decoded_file, field_key, json_document, json_lines, named_column, table_rows
+from .text_files import (WORD, decoded_file, field_key, json_document, json_lines, looks_like_name, named_column,
+                         table_rows, words)
+
+log = logging.getLogger(__name__)  # guesses worth a look (a header told by its shape, lists left out)
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ Reader = Callable[[Path], list[KnowledgeDoc]]
 
 
 def load_knowledge(path: str | Path, files: list[Path] | None = None,
-                   unreadable: list[tuple[Path, str]] | None = None) -> list[KnowledgeDoc]:
+                   unreadable: list[tuple[Path, str]] | None = None,
+                   exclude: Iterable[str | Path] = ()) -> list[KnowledgeDoc]:
     """The documents of one knowledge file, or of every supported file under a folder (sorted by path).
 
     Hidden files and folders are skipped, as are files of other formats inside a folder (see
@@ -65,11 +73,12 @@ def load_knowledge(path: str | Path, files: list[Path] | None = None,
     ids must be unique across everything loaded. `files`: the knowledge_files(path) list when the caller
     already has it. A file that cannot be read raises KnowledgeFormatError, unless `unreadable` is a list:
     then it is skipped and (file, why) appended there (a scanned PDF in a folder of manuals); nothing
-    readable at all is still an error.
+    readable at all is still an error. `exclude`: folders inside `path` to leave out (a search index
+    saved there, see `knowledge_files`).
     """
     path = Path(path)
     if files is None:
-        files, _ = knowledge_files(path)
+        files, _ = knowledge_files(path, exclude)
     stems = Counter(file.stem for file in files)
     rel = {file: file.relative_to(path).with_suffix("").as_posix() for file in files if stems[file.stem] > 1}
     keys = Counter(rel.values())
@@ -97,16 +106,19 @@ def load_knowledge(path: str | Path, files: list[Path] | None = None,
     return docs
 
 
-def knowledge_files(path: str | Path) -> tuple[list[Path], list[Path]]:
+def knowledge_files(path: str | Path, exclude: Iterable[str | Path] = ()) -> tuple[list[Path], list[Path]]:
     """(files `load_knowledge` reads, files it skips) of a knowledge file or folder, sorted by path:
-    inside a folder, files of formats without a reader are skipped (hidden ones are not listed)."""
+    inside a folder, files of formats without a reader are skipped (hidden ones, and those inside the
+    `exclude` folders, e.g. an index written into the knowledge folder, are not listed)."""
     path = Path(path)
     if path.is_file():
         return [path], []
     if not path.is_dir():
         raise KnowledgeFormatError(path, "no such file or folder")
+    excluded = [Path(folder).resolve() for folder in exclude]
     visible = sorted(p for p in path.rglob("*") if p.is_file()
-                     and not any(part.startswith(".") for part in p.relative_to(path).parts))
+                     and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                     and not any(p.resolve().is_relative_to(folder) for folder in excluded))
     files = [p for p in visible if p.suffix.lower() in READERS]
     if not files:
         raise KnowledgeFormatError(path, f"no knowledge files ({' '.join(READERS)}) in this folder")
@@ -166,7 +178,8 @@ def read_text(path: Path) -> list[KnowledgeDoc]:
 def read_qa_csv(path: Path) -> list[KnowledgeDoc]:
     """One document per row: `question` (or q, title, ...) and `answer` (or a, body, text, ...) columns,
     optional `id`, in any order, any delimiter (or two columns, question and answer, without a
-    header); id = the `id` column, else stem#q<row number>."""
+    header, or under a header of unrecognised names such as "Frage;Antwort", told by its shape and
+    logged); id = the `id` column, else stem#q<row number>."""
     return [_record_doc(path, row, n) for n, (_, row) in
             enumerate(_csv_rows(path, _DOC_FIELDS, required=("answer",), headerless=("title", "answer")), 1)]
 
@@ -184,14 +197,20 @@ def read_jsonl(path: Path) -> list[KnowledgeDoc]:
 
 def read_json(path: Path) -> list[KnowledgeDoc]:
     """A JSON file: a list of records (as in .jsonl) or of passage strings, or an object holding one
-    list of records beside other fields (e.g. {"faqs": [...], "version": 2}), or an object of
-    title -> text; any other object gives one document per key with the strings under it, one a line."""
+    list of records beside other fields (e.g. {"faqs": [...], "version": 2}), or several (a help-centre
+    export: {"articles": [...], "sections": [...], "count": 2}; the lists of article / FAQ records are
+    read, `_passage_lists`, and the keys left out logged), or an object of title -> text; any other
+    object gives one document per key with the strings under it, one a line."""
     doc = json_document(path, _read_text(path), KnowledgeFormatError)
     if isinstance(doc, dict):
-        lists = [value for value in doc.values() if isinstance(value, list) and value
-                 and all(isinstance(item, dict) for item in value)]
+        lists = {key: value for key, value in doc.items() if isinstance(value, list) and value
+                 and all(isinstance(item, dict) for item in value)}
         if len(lists) == 1:  # a wrapper: {"faqs": [...], "version": 2, ...}
-            doc = lists[0]
+            doc = next(iter(lists.values()))
+        elif chosen := _passage_lists(lists):   # a help-centre export: {"articles": [...], "sections": [...], ...}
+            log.warning("%s: read the records of %s; left out %s", path, ", ".join(map(str, chosen)),
+                        ", ".join(str(key) for key in doc if key not in chosen))
+            doc = [item for key in chosen for item in lists[key]]
     if isinstance(doc, list) and doc and all(isinstance(item, str) for item in doc):  # a list of passages
         return [KnowledgeDoc(f"{path.stem}#q{n}", f"{_humanize(path.stem)} {n}", text.strip(), str(path))
                 for n, text in enumerate(doc, 1) if text.strip()]
@@ -208,6 +227,25 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
         if text:
             docs.append(KnowledgeDoc(f"{path.stem}#{_slug(str(key))}", str(key), text, str(path)))
     return docs
+
+
+def _passage_lists(lists: dict[str, list[dict]]) -> list[str]:
+    """The keys of the lists of article / FAQ records among several (a help-centre export sideloads its
+    sections, categories and users beside the articles): lists where most records hold a title and a
+    text (`_DOC_FIELDS`), and of those the ones whose text field is the most specific name ("body" over
+    a section's "description"); [] when none."""
+    rank = {}
+    for key, records in lists.items():
+        ranks = []
+        for record in records:
+            keys = {field_key(k): k for k in record}
+            present = [[i for i, name in enumerate(_DOC_FIELDS[role]) if name in keys
+                        and record[keys[name]] not in (None, "", [], {})] for role in ("title", "answer")]
+            if all(present):
+                ranks.append(min(present[1]))
+        if len(ranks) * 2 > len(records):
+            rank[key] = min(ranks)
+    return [key for key in rank if rank[key] == min(rank.values())] if rank else []
 
 
 # a word broken across lines by typesetting: a letter, a hyphen at the end of the line, a lower-case letter next
@@ -318,7 +356,7 @@ _DOC_FIELDS = {
 _QUERY_FIELDS = {"query": ("query", "question", "text", "q"),
                  "id": ("id", "doc_id", "expected_id", "expected", "gold_id", "answer_id", "document_id")}
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")  # ATX heading: "## Title" (closing #s optional)
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)(?:\s+#+)?\s*$")  # ATX: "## Title" (closing #s after a space; "C#" stays)
 _SETEXT = re.compile(r"^\s{0,3}(=+|-+)\s*$")            # underline of a setext heading: === h1, --- h2
 _FENCE = re.compile(r"^\s*(```|~~~)")                  # code fence: headings inside are text
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n.*?\n(---|\.\.\.)[ \t]*(\n|\Z)", re.DOTALL)
@@ -404,8 +442,10 @@ class _HTMLText(HTMLParser):
         elif re.fullmatch(r"h[1-6]", tag):
             self._flush()
             self.heading = int(tag[1])
+        elif self.heading and tag == "br":
+            self.current.append(" ")   # "Fees<br>and charges": one heading
         elif tag in self._BLOCKS:
-            self._flush()
+            self._end_block()
             if tag == "li":
                 self.current.append("- ")
         elif tag in ("td", "th") and "".join(self.current).strip():
@@ -417,8 +457,17 @@ class _HTMLText(HTMLParser):
         elif re.fullmatch(r"h[1-6]", tag):
             self._flush()
             self.heading = None
-        elif tag in self._BLOCKS:
-            self._flush()
+        elif tag in self._BLOCKS and not (self.heading and tag == "br"):   # <br/>: a start and an end tag
+            self._end_block()
+
+    def _end_block(self) -> None:
+        """A block starts or ends: the text so far is a paragraph, or the heading it is inside. A block
+        inside a heading ends the heading once it has text (an unclosed <h2>Fees<p>... keeps its
+        paragraphs as its body); before that, the block holds the heading's text (<h2><div>Fees</div>)."""
+        has_text = bool("".join(self.current).strip())
+        self._flush()
+        if self.heading and has_text:
+            self.heading = None
 
     def handle_data(self, data: str) -> None:
         if not self.skip:
@@ -565,7 +614,11 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
     body = rows[1:]
     if headerless and len(header) == len(headerless) and all(i is None for i in columns.values()):
         columns = {role: headerless.index(role) if role in headerless else None for role in fields}
-        body = rows  # the first row is data too
+        if _names_row(header, [cells for _, cells in body]):   # "Frage;Antwort": a header in another language
+            log.warning("%s: the first row %s was read as a header (its cells look like column names), not as a "
+                        "passage; name the columns question,answer to say so", path, header)
+        else:
+            body = rows  # the first row is data too
     missing = [role for role in required if columns[role] is None]
     if missing:
         names = "; ".join(f"{role} (or {', '.join(fields[role][1:5])}, ...)" for role in missing)
@@ -574,11 +627,27 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
     for line, cells in body:
         if len(cells) > len(header):
             raise KnowledgeFormatError(path, "more fields than the header", line)
+        if len(cells) < len(header) and any("\n" in cell for cell in cells):
+            raise KnowledgeFormatError(path, f"{len(cells)} fields, the header has {len(header)} (a quoted field "
+                                             "runs over several lines: an unclosed quote?)", line)
         values = {role: cells[i] if i is not None and i < len(cells) else "" for role, i in columns.items()}
         empty = [role for role in required if not values[role]]
         if empty:
             raise KnowledgeFormatError(path, f"empty {', '.join(empty)}", line)
         yield line, values
+
+
+def _names_row(first: list[str], body: list[list[str]]) -> bool:
+    """Whether a table's first row, with no recognised name, is a header all the same: each cell looks
+    like a column name (`looks_like_name`), recurs nowhere below it, and the cells below it are mostly
+    longer in words ("Frage;Antwort" over questions and answers)."""
+    columns = range(len(first))
+    if not body or not all(looks_like_name(first[i]) for i in columns):
+        return False
+    if any(i < len(cells) and cells[i] == first[i] for cells in body for i in columns):
+        return False
+    return all(sum(i < len(cells) and words(cells[i]) > words(first[i]) for cells in body) * 2 > len(body)
+               for i in columns)
 
 
 def _slug(text: str) -> str:

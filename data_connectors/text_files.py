@@ -10,9 +10,11 @@ caller's error type (a ValueError taking (path, problem, line)), so each reader'
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,12 +71,16 @@ def decode_text(data: bytes) -> tuple[str, str]:
 
 
 def sniff_delimiter(text: str, suffix: str = "") -> str:
-    """The field delimiter of delimited text: tab for .tsv, else whichever of `DELIMITERS` splits the
-    first 200 non-blank lines into the same number (at least 2) of fields most often."""
+    """The field delimiter of delimited text: tab for .tsv, the one an Excel `sep=;` first line declares,
+    else whichever of `DELIMITERS` splits the first 200 non-blank lines into the same number (at least
+    2) of fields most often. On a tie a delimiter written as prose punctuation (followed by a space in
+    most of its occurrences: "Hallo, ich ...;karte") loses to one that is not."""
     if suffix.lower() == ".tsv":
         return "\t"
+    if declared := _declared_delimiter(text):
+        return declared
     sample = "\n".join(line for line in text.splitlines()[:400] if line.strip())
-    best, best_score = ",", 0.0
+    best, best_key = ",", (0.0, False)
     for delimiter in DELIMITERS:
         try:
             counts = [len(row) for row in csv.reader(io.StringIO(sample), delimiter=delimiter)][:200]
@@ -84,15 +90,38 @@ def sniff_delimiter(text: str, suffix: str = "") -> str:
             continue
         mode = max(set(counts), key=counts.count)
         score = counts.count(mode) / len(counts) if mode >= 2 else 0.0
-        if score > best_score:
-            best, best_score = delimiter, score
+        key = (score, not _reads_as_prose(sample, delimiter))
+        if score > 0 and key > best_key:
+            best, best_key = delimiter, key
     return best
+
+
+_SEP_LINE = re.compile(r"sep=(.)[ \t]*(?:\r?\n|\Z)")  # Excel's first line naming the delimiter: "sep=;"
+
+
+def _declared_delimiter(text: str) -> str | None:
+    """The delimiter an Excel `sep=X` first line declares, or None."""
+    m = _SEP_LINE.match(text)
+    return m.group(1) if m else None
+
+
+def _reads_as_prose(sample: str, delimiter: str) -> bool:
+    """Whether `delimiter` (a comma or semicolon) is mostly followed by a space, as in sentences."""
+    if delimiter not in ",;":   # tabs and pipes are no punctuation ("text | label" is a table)
+        return False
+    after = re.findall(re.escape(delimiter) + r"(.?)", sample)
+    return bool(after) and sum(c in (" ", "\u00a0") for c in after) * 2 > len(after)
+
+
+MAX_CELL_CHARS = 16 * 1024 * 1024  # a table cell may hold this many characters (csv's default: 131072)
 
 
 def read_table(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
     """(line number, stripped cells) of every non-blank row of delimited text; quoted cells may hold
-    delimiters and newlines. Malformed text (e.g. a quote left open until a cell outgrows the csv
-    module's limit) raises csv.Error with `line`, where the row that broke starts."""
+    delimiters and newlines; a cell may hold up to MAX_CELL_CHARS characters. Malformed text (e.g. a
+    cell over that limit: a quote left open in a huge file) raises csv.Error with `line`, where the row
+    that broke starts."""
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL_CHARS))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows, line = [], 1
     try:
@@ -124,14 +153,19 @@ def decoded_file(path: Path, error: type[ValueError]) -> tuple[str, str]:
 
 
 def table_rows(path: Path, text: str, error: type[ValueError]) -> tuple[str, list[tuple[int, list[str]]]]:
-    """(delimiter, rows) of a delimited file's `text` (`sniff_delimiter`, `read_table`); malformed and
-    blank tables raise `error(path, problem)`."""
+    """(delimiter, rows) of a delimited file's `text` (`sniff_delimiter`, `read_table`); an Excel
+    `sep=X` first line sets the delimiter and is no row. Malformed and blank tables raise
+    `error(path, problem)`."""
     delimiter = sniff_delimiter(text, path.suffix)
+    if _declared_delimiter(text):
+        text = "\n" + text.split("\n", 1)[1] if "\n" in text else ""   # line numbers stay the file's
     try:
         rows = read_table(text, delimiter)
     except csv.Error as err:
-        raise error(path, f"malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({err}; a quote left open?)",
-                    err.line) from None
+        kind = "TSV" if delimiter == chr(9) else "CSV"
+        problem = (f"malformed {kind}: a cell over {MAX_CELL_CHARS:,} characters (a quote left open?)"
+                   if "field larger" in str(err) else f"malformed {kind} ({err}; a quote left open?)")
+        raise error(path, problem, err.line) from None
     if not rows:
         raise error(path, "no rows with any text")
     return delimiter, rows
@@ -210,13 +244,18 @@ def read_labelled_texts(path: str | Path, text_column: str | None = None,
     split as CLINC150 ships them: {"train": [...], "val": [...], "test": [...], "oos_train": [...], ...}:
     `split` names the one read, with its "oos_" list) or JSON lines (.jsonl: a record or pair a line).
 
-    Headers and records may name their columns with any of TEXT_COLUMNS / LABEL_COLUMNS, or
+    Headers and records may name their columns with any of TEXT_COLUMNS / LABEL_COLUMNS (a first row
+    naming one column is a header; the other columns are then told by their values), or
     `text_column` / `label_column` say which (a header name, or a 1-based column number). A table
     without recognised names: the labels are the column with the fewest distinct values (refused when
     a third column repeats too), the texts the one with the longest values, and a first row is a
-    header only when its cells look like column names (`_looks_like_header`; `warnings` then says
-    so). UTF-8, UTF-16 with a BOM and Windows-1252 are read (`decode_text`). Errors are
-    LabelledTextError naming the file and line."""
+    header only when its cells look like column names, in any script (`_looks_like_header`;
+    `warnings` then says so). YAML scalars stay the text written (an intent `no`, an example `1234`);
+    a key repeated in one mapping is an error. JSON labels may be whole-number class ids ("0"), a
+    record's list of texts gives a row each, a list of one label is that label (several: an error).
+    UTF-8, UTF-16 with a BOM and Windows-1252 are read (`decode_text`). `warnings` also reports rows
+    repeated word for word and texts given different labels. Errors are LabelledTextError naming the
+    file and line."""
     path = Path(path)
     if not path.is_file():
         raise LabelledTextError(path, "no such file")
@@ -232,7 +271,27 @@ def read_labelled_texts(path: str | Path, text_column: str | None = None,
     else:
         data = _labelled_table(path, text, text_column, label_column)
     data.encoding = encoding
+    data.warnings += repeat_warnings(path, data.texts, data.labels)
     return data
+
+
+def repeat_warnings(path: Path, texts: list[str], labels: list[str]) -> list[str]:
+    """Warnings about rows repeated word for word (a model counts them once) and about texts given
+    different labels (no model can learn both), with examples."""
+    rows = Counter(zip(texts, labels))
+    warnings = []
+    if repeated := sum(n - 1 for n in rows.values()):
+        example = next(row for row, n in rows.items() if n > 1)
+        warnings.append(f"{path}: {repeated} row(s) repeat an earlier (text, label) row word for word, e.g. "
+                        f"{example[0]!r} as {example[1]!r}; each is counted once")
+    seen: dict[str, list[str]] = {}
+    for text, label in rows:
+        seen.setdefault(text, []).append(label)
+    if conflicts := [(text, found) for text, found in seen.items() if len(found) > 1]:
+        shown = "; ".join(f"{text!r} as {', '.join(map(repr, found))}" for text, found in conflicts[:3])
+        warnings.append(f"{path}: {len(conflicts)} text(s) carry different labels ({shown}"
+                        f"{'; ...' if len(conflicts) > 3 else ''}): no model can learn both; keep one label each")
+    return warnings
 
 
 def _labelled_table(path: Path, text: str, text_column: str | None, label_column: str | None) -> LabelledTexts:
@@ -303,44 +362,68 @@ def _given_columns(path: Path, rows: list[tuple[int, list[str]]], text_column: s
 
 
 def _found_columns(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[bool, int, int]:
-    """(has a header, text column, label column) of a table: by header names, else by values."""
+    """(has a header, text column, label column) of a table: by header names, else by values. A first
+    row with a recognised name in any column is a header (unless that cell recurs in its column below:
+    then it is a value, e.g. a class named "topic"); the columns it leaves unnamed are found by value."""
     first = rows[0][1]
     keys = [field_key(cell) for cell in first]
-    text_i = named_column(keys, TEXT_COLUMNS)
-    label_i = named_column(keys, LABEL_COLUMNS, [i for i in range(len(keys)) if i != text_i])
+    names = [i for i in range(len(first)) if not any(i < len(cells) and cells[i] == first[i] for _, cells in rows[1:])]
+    text_i = named_column(keys, TEXT_COLUMNS, names)
+    label_i = named_column(keys, LABEL_COLUMNS, [i for i in names if i != text_i])
     if text_i is not None and label_i is not None:
         return True, text_i, label_i
     if len(first) == 2 and (text_i, label_i) != (None, None):  # one recognised name: the other column
         return True, (1 - label_i if text_i is None else text_i), (1 - text_i if label_i is None else label_i)
-    return _inferred_columns(path, rows)
+    return _inferred_columns(path, rows, text_i, label_i)
 
 
-def _inferred_columns(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[bool, int, int]:
-    """Columns told apart by their values: labels repeat, texts are long. Refused when another column
-    repeats too (a source, a language, a split: it could be the labels as well)."""
+def _inferred_columns(path: Path, rows: list[tuple[int, list[str]]], text_i: int | None = None,
+                      label_i: int | None = None) -> tuple[bool, int, int]:
+    """Columns told apart by their values: labels repeat, texts are long (`text_i` / `label_i`: a column
+    the header names; then the first row is a header). Refused when another column repeats too (a
+    source, a language, a split: it could be the labels as well)."""
     first = rows[0][1]
+    named = text_i is not None or label_i is not None
     body = [cells for _, cells in rows[1:] if len(cells) == len(first)]
     problem = (f"no recognised column names in the first row {first}; name the columns `text` and "
                "`label` in a header, or pass --text-column and --label-column")
+    if named:
+        problem = (f"the header {first} names only the {'text' if label_i is None else 'label'} column; pass "
+                   "--text-column and --label-column")
     if len(first) < 2:
         raise LabelledTextError(path, f"{len(first)} column in the first row {first}; a labelled table needs "
                                       "a text column and a label column", rows[0][0])
     if len(body) < 2:
         raise LabelledTextError(path, problem, rows[0][0])
     distinct = [len({cells[i] for cells in body}) for i in range(len(first))]
-    repeating = [i for i in range(len(first)) if 2 <= distinct[i] < len(body)]
-    if not repeating:
-        raise LabelledTextError(path, problem, rows[0][0])
-    label_i = min(repeating, key=lambda i: (distinct[i], i))
-    mean_length = [sum(len(cells[i]) for cells in body) / len(body) for i in range(len(first))]
-    text_i = max((i for i in range(len(first)) if i != label_i), key=lambda i: (mean_length[i], -i))
-    if ambiguous := [i + 1 for i in repeating if i not in (label_i, text_i)]:
+    repeating = [i for i in range(len(first)) if 2 <= distinct[i] < len(body) and i != text_i]
+    given_label = label_i is not None
+    if not given_label:
+        if not repeating:
+            raise LabelledTextError(path, problem, rows[0][0])
+        label_i = min(repeating, key=lambda i: (distinct[i], i))
+    if text_i is None:
+        mean_length = [sum(len(cells[i]) for cells in body) / len(body) for i in range(len(first))]
+        text_i = max((i for i in range(len(first)) if i != label_i), key=lambda i: (mean_length[i], -i))
+    if not given_label and (ambiguous := [i + 1 for i in repeating if i not in (label_i, text_i)]):
         raise LabelledTextError(path, f"{problem} (columns {label_i + 1} and {ambiguous[0]} could both be "
                                       "the labels)", rows[0][0])
-    return _looks_like_header(rows, text_i, label_i), text_i, label_i
+    return named or _looks_like_header(rows, text_i, label_i), text_i, label_i
 
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,39}")  # a column name: an identifier, no spaces
+# a column name: a word, or up to three ("Sample utterance"), in any script ("intención", "标签"), no punctuation
+_NAME = re.compile(r"[^\W\d][\w.\-]*(?: [\w.\-]+){0,2}")
+
+
+def looks_like_name(cell: str) -> bool:
+    """Whether a table cell could be a column name: one to three words in any script, no punctuation
+    (a question mark, a comma, a full stop at the end), not starting with a digit."""
+    return len(cell) <= 40 and bool(_NAME.fullmatch(cell))
+
+
+def words(text: str) -> int:
+    """The number of `WORD`s in `text` (a Chinese or Japanese character counts as one)."""
+    return len(WORD.findall(text))
 
 
 def _separators(cell: str) -> set[str]:
@@ -350,19 +433,20 @@ def _separators(cell: str) -> set[str]:
 
 def _looks_like_header(rows: list[tuple[int, list[str]]], text_i: int, label_i: int) -> bool:
     """Whether an unrecognised first row is a header. Only when its cells look like column names:
-    each an identifier (no spaces); its label cell in no other row and written unlike the body's
-    labels (sharing no separator such as "_" with any); the body's texts mostly several words.
-    Anything else is a first example (a label of its own is a class, not a header)."""
+    each one to three words without punctuation, in any script; its label cell in no other row and
+    written unlike the body's labels (sharing no separator such as "_" with any); the body's texts
+    mostly longer (in words) than its text cell. Anything else is a first example (a label of its own
+    is a class, not a header)."""
     first = rows[0][1]
     body = [cells for _, cells in rows[1:] if len(cells) > max(text_i, label_i)]
-    if not body or not all(_NAME.fullmatch(first[i]) for i in (text_i, label_i)):
+    if not body or not all(looks_like_name(first[i]) for i in (text_i, label_i)):
         return False
     if any(cells[label_i] == first[label_i] for cells in body):
         return False
     # "card_block" among "card_lost", "refund": a label; "absicht" or "Intent": a column name
     like_labels = any(_separators(first[label_i]) & _separators(cells[label_i]) for cells in body)
-    sentences = sum(len(WORD.findall(cells[text_i])) > 1 for cells in body) * 2 > len(body)
-    return sentences and not like_labels
+    longer = sum(words(cells[text_i]) > words(first[text_i]) for cells in body) * 2 > len(body)
+    return longer and not like_labels
 
 
 def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
@@ -406,17 +490,66 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
         else:
             raise LabelledTextError(path, f"{where}expected a {{text, label}} object or a [text, label] pair",
                                     line)
-        value_text, value_label = str(value_text or "").strip(), str(value_label or "").strip()
-        if not value_text or not value_label:
-            raise LabelledTextError(path, f"{where}empty text or label", line)
-        texts.append(value_text)
-        labels.append(value_label)
+        label = _json_label(path, value_label, where, line)
+        for value in _json_texts(path, value_text, where, line):   # a list of texts: a row each
+            texts.append(value)
+            labels.append(label)
     if not texts:
         raise LabelledTextError(path, "no records")
     data = LabelledTexts(texts, labels, *(fields or (None, None)), None, None, "")
     if splits_read is not None:
         data.warnings.append(f"read the lists {', '.join(splits_read)} of this file (split {split!r})")
     return data
+
+
+def _json_scalar(value) -> str | None:
+    """A JSON text or label value as text: strings stripped, whole numbers as written ("0", "3"); None
+    for anything else (booleans, null, fractions, objects)."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))   # a class id written as 3.0 by a spreadsheet or pandas export
+    return None
+
+
+def _json_problem(value) -> str:
+    return ("null" if value is None else "a boolean (true/false)" if isinstance(value, bool)
+            else f"a fraction ({value})" if isinstance(value, float) else f"a JSON {type(value).__name__}")
+
+
+def _json_label(path: Path, value, where: str, line: int | None) -> str:
+    """A record's label: text or a whole-number class id; a list holding one label is that label, a
+    longer list is refused (multi-label rows are not supported)."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise LabelledTextError(path, f"{where}{len(value)} labels {value[:5]}: multi-label rows are not "
+                                          "supported; give each text exactly one label", line)
+        value = value[0]
+    label = _json_scalar(value)
+    if label is None:
+        raise LabelledTextError(path, f"{where}the label is {_json_problem(value)}; a label must be text or a "
+                                      "whole-number class id", line)
+    if not label:
+        raise LabelledTextError(path, f"{where}empty label", line)
+    return label
+
+
+def _json_texts(path: Path, value, where: str, line: int | None) -> list[str]:
+    """A record's texts: one text, or a list of texts (`{"intent": x, "utterances": [...]}`)."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise LabelledTextError(path, f"{where}an empty list of texts", line)
+    texts = []
+    for value in values:
+        text = _json_scalar(value)
+        if text is None:
+            raise LabelledTextError(path, f"{where}a text is {_json_problem(value)}, not text", line)
+        if not text:
+            raise LabelledTextError(path, f"{where}empty text", line)
+        texts.append(text)
+    return texts
 
 
 SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "dev", "test", "testing", "eval"})
@@ -435,15 +568,52 @@ def _split_lists(path: Path, lists: dict[str, list], split: str | None) -> list[
 
 
 def _labelled_yaml(path: Path, text: str) -> LabelledTexts:
+    return _labelled_doc(path, yaml_document(path, text, LabelledTextError))
+
+
+def yaml_document(path: Path, text: str, error: type[ValueError]) -> object:
+    """The value of a YAML document `text`, every scalar the text written (`yes`, `off`, `1234`, `1.0`
+    and dates stay strings; `~`/`null`/empty stay None), a key repeated in one mapping an error naming
+    it and its line; invalid YAML raises `error(path, problem, line)`."""
     import yaml  # here: core and the other readers do not need it
 
     try:
-        doc = yaml.safe_load(text)
+        return yaml.load(text, Loader=_text_loader())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise LabelledTextError(path, f"invalid YAML ({getattr(err, 'problem', err)})",
-                                None if mark is None else mark.line + 1) from None
-    return _labelled_doc(path, doc)
+        raise error(path, f"invalid YAML ({getattr(err, 'problem', None) or err})",
+                    None if mark is None else mark.line + 1) from None
+
+
+@functools.cache
+def _text_loader():
+    """A yaml.SafeLoader without YAML 1.1's bool, int, float and timestamp resolvers (an intent named
+    `no` stays "no", an example `1234` stays "1234") that refuses a key repeated in one mapping (PyYAML
+    keeps the last silently, losing the first block)."""
+    import yaml
+
+    dropped = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+               "tag:yaml.org,2002:timestamp"}
+
+    class TextLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                line = key_node.start_mark.line + 1
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key_node.value!r} appears twice in one mapping (lines "
+                                    f"{seen[key_node.value]} and {line}); merge its two blocks into one",
+                        key_node.start_mark)
+                seen[key_node.value] = line
+            return super().construct_mapping(node, deep)
+
+    TextLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in dropped]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    return TextLoader
 
 
 def _labelled_doc(path: Path, doc) -> LabelledTexts:
@@ -461,11 +631,11 @@ def _labelled_doc(path: Path, doc) -> LabelledTexts:
         raise LabelledTextError(path, "`intents:` is empty or neither a mapping nor a list")
     texts, labels = [], []
     for name, examples in intents.items():
-        if not isinstance(examples, list) or not examples or not all(
-                isinstance(e, str) and e.strip() for e in examples):
+        examples = [_json_scalar(e) for e in examples] if isinstance(examples, list) else None
+        if not examples or not all(examples) or not _json_scalar(name):   # a JSON number is its text too
             raise LabelledTextError(path, f"intent {name!r} needs a non-empty list of non-empty example strings")
-        texts += [e.strip() for e in examples]
-        labels += [str(name).strip()] * len(examples)
+        texts += examples
+        labels += [_json_scalar(name)] * len(examples)
     return LabelledTexts(texts, labels, None, None, None, None, "")
 
 

@@ -482,9 +482,9 @@ def test_a_utf8_file_with_one_bad_byte_is_an_error_not_mojibake(tmp_path):
 
 def test_a_quote_left_open_in_a_long_file_names_the_line(tmp_path):
     content = 'text,label\nhi,greet\n"open,x\n' + "\n".join(f"row {i},y" for i in range(20000))
-    with pytest.raises(ValueError, match=r"open.csv, line 3: malformed CSV \(field larger"):
+    with pytest.raises(ValueError, match=r"open.csv, line 3: 1 fields, the header has 2 \(a quoted field runs"):
         read_intent_file(write(tmp_path / "open.csv", content))
-    with pytest.raises(KnowledgeFormatError, match=r"open.csv:3: malformed CSV"):
+    with pytest.raises(KnowledgeFormatError, match=r"open.csv:3: 1 fields, the header has 2 \(a quoted field runs"):
         load_knowledge(tmp_path / "open.csv")
 
 
@@ -518,6 +518,22 @@ def test_a_folder_of_mixed_files_with_repeated_names(tmp_path, monkeypatch, caps
     assert main(["chat", "eval-retrieval", "--index", str(tmp_path / "index"), "--queries",
                  str(tmp_path / "queries.csv"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["queries"] == 1
+
+
+def test_index_written_into_its_own_knowledge_folder_twice_reads_only_the_knowledge(tmp_path, monkeypatch, capsys,
+                                                                                    tiny_embedder):
+    from apps.customer_service import retrieval
+
+    monkeypatch.setattr(retrieval, "default_embedder", lambda: tiny_embedder)
+    write(tmp_path / "kb" / "faq.md", "# Hours\nOpen 9 to 5.\n# Phone\nCall 0800 123.\n")
+    write(tmp_path / "kb" / "old" / "manifest.json", "{}")   # another index saved there earlier
+    write(tmp_path / "kb" / "old" / "index.faiss", b"\0")
+    write(tmp_path / "kb" / "old" / "chunks.json", json.dumps([{"text": "a chunk"}]))
+    argv = ["chat", "index", "--kb", str(tmp_path / "kb"), "--out", str(tmp_path / "kb" / "index"), "--json"]
+    for _ in range(2):
+        assert main(argv) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert (summary["files"], summary["documents"]) == (1, 2)
 
 
 def test_index_a_folder_with_a_scanned_pdf(tmp_path, monkeypatch, capsys, tiny_embedder):

@@ -39,6 +39,7 @@ def train_intents(args: argparse.Namespace) -> None:
 
     from .intents import IntentModel, IntentTrainConfig, file_sha256, read_intent_file
 
+    _check_model_out(Path(args.out))   # before minutes of training, not after
     data = read_intent_file(args.data, args.text_column, args.label_column, args.split)
     texts, labels = data.texts, data.labels
     cfg = IntentTrainConfig(
@@ -63,6 +64,16 @@ def train_intents(args: argparse.Namespace) -> None:
         print(f"trained {summary['labels']} labels on {summary['rows']} rows: {result.steps} steps in "
               f"{summary['seconds']} s, validation accuracy {result.val_accuracy}, "
               f"oos threshold {model.oos_threshold}; saved to {args.out}")
+
+
+def _check_model_out(out: Path) -> None:
+    """Refuse an output path that saving a checkpoint would refuse (core.checkpoint replaces only a
+    checkpoint folder or an empty one)."""
+    from core.checkpoint import CONFIG
+
+    if out.exists() and not (out.is_dir() and ((out / CONFIG).is_file() or not any(out.iterdir()))):
+        raise ValueError(f"--out {out}: exists and is not a model folder (no {CONFIG}); not replacing it, "
+                         "choose another path")
 
 
 def eval_intents(args: argparse.Namespace) -> None:
@@ -124,10 +135,11 @@ def bench_chat(args: argparse.Namespace) -> None:
 def index(args: argparse.Namespace) -> None:
     from data_connectors.knowledge import knowledge_files, load_knowledge
 
-    from .retrieval import IndexConfig, KnowledgeIndex
+    from .retrieval import IndexConfig, KnowledgeIndex, saved_indexes
 
     start = time.perf_counter()
-    files, skipped = knowledge_files(args.kb)
+    # an index inside the knowledge folder (this run's --out, or any other) is not knowledge
+    files, skipped = knowledge_files(args.kb, exclude=[args.out, *saved_indexes(args.kb)])
     unreadable: list[tuple[Path, str]] = []
     # a bad file fails here, before the index folder is touched (unless --skip-unreadable lists it)
     docs = load_knowledge(args.kb, files, unreadable if args.skip_unreadable else None)

@@ -5,10 +5,12 @@ The page and the JSON API share one assistant per process (`assistant.shared_ass
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
@@ -91,35 +93,70 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
     from data_connectors.knowledge import load_knowledge
 
     from .intents import DEFAULT_TRAIN, IntentModel, read_intent_file
-    from .retrieval import KnowledgeIndex
+    from .retrieval import KnowledgeIndex, saved_indexes
 
     model = index = None
-    done = []
+    done, notes = [], []   # notes: the readers' warnings (a guessed header, repeated rows), shown to the end
     try:
         if intents_file:
             data = read_intent_file(intents_file)
             texts, labels = data.texts, data.labels
+            notes += [_without_folder(warning, intents_file) for warning in data.warnings]
             columns = (f" (text from column `{data.text_column}`, intents from `{data.label_column}`)"
                        if data.text_column else "")
-            yield f"Training the intent model on {len(texts)} examples{columns}..."
+            yield f"Training the intent model on {len(texts)} examples{columns}...{_notes(notes)}"
             model, result = IntentModel.train(texts, labels, DEFAULT_TRAIN)
             accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.1%}"
             done.append(f"intent model ({len(set(labels))} intents, {len(texts)} examples{columns}, held-out "
                         f"accuracy {accuracy})")
         if knowledge_file:
-            yield "Indexing the knowledge..."
+            yield f"Indexing the knowledge...{_notes(notes)}"
             unreadable: list = []
-            with tempfile.TemporaryDirectory() as tmp:
-                docs = load_knowledge(_knowledge_source(Path(knowledge_file), Path(tmp)), unreadable=unreadable)
+            with tempfile.TemporaryDirectory() as tmp, _logged_warnings("data_connectors.knowledge") as logged:
+                source = _knowledge_source(Path(knowledge_file), Path(tmp))
+                docs = load_knowledge(source, unreadable=unreadable, exclude=saved_indexes(source))
+                notes += [_without_folder(warning, source) for warning in logged]
                 index = KnowledgeIndex.build(docs, cache_dir() / "chat" / "uploaded-index")
             skipped = (f"; {len(unreadable)} unreadable file(s) skipped: "
                        f"{', '.join(Path(f).name for f, _ in unreadable[:5])}" if unreadable else "")
             done.append(f"knowledge index ({len(docs)} documents, {len(index)} chunks{skipped})")
     except (ValueError, zipfile.BadZipFile) as exc:
         raise gr.Error(str(exc)) from None
-    yield "Switching the assistant to the new " + " and ".join(done) + "..."
+    yield "Switching the assistant to the new " + " and ".join(done) + "..." + _notes(notes)
     shared_assistant().use(intent_model=model, index=index)
-    yield "Now answering with the new " + " and ".join(done) + ", until the server restarts."
+    yield "Now answering with the new " + " and ".join(done) + ", until the server restarts." + _notes(notes)
+
+
+def _notes(notes: list[str]) -> str:
+    """The readers' warnings as a Markdown list under the status line ("" when none)."""
+    return "".join(f"\n\n**warning:** {note}" for note in notes)
+
+
+def _without_folder(message: str, path: str | Path) -> str:
+    """A reader's message with the server's upload folder left out of the file names it gives."""
+    folder = str(Path(path).parent if Path(path).is_file() else Path(path))
+    return message.replace(folder + "/", "")
+
+
+@contextmanager
+def _logged_warnings(logger: str) -> Iterator[list[str]]:
+    """The warnings `logger` logs inside the block, as text (the knowledge readers log their guesses)."""
+    handler = _ListHandler()
+    log = logging.getLogger(logger)
+    log.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        log.removeHandler(handler)
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def build() -> gr.Blocks:

@@ -346,6 +346,15 @@ def _faiss_index(vectors_ND: np.ndarray, config: IndexConfig) -> faiss.Index:
     return index
 
 
+def saved_indexes(folder: str | Path) -> list[Path]:
+    """The saved indexes (folders holding a manifest and vectors) inside `folder`, e.g. one written into
+    the knowledge folder it indexes: what reading that folder as knowledge must leave out."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(manifest.parent for manifest in folder.rglob(MANIFEST) if (manifest.parent / VECTORS).is_file())
+
+
 def _check_replaceable(out_dir: Path) -> None:
     """Refuse to overwrite a folder that holds something other than an index."""
     if out_dir.exists() and not out_dir.is_dir():

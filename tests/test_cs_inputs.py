@@ -1,0 +1,227 @@
+"""The customer-service readers on inputs a help desk really hands over and that were once misread: YAML
+1.1 scalars, repeated keys, prose punctuation beside the delimiter, help-centre exports, class ids and
+lists in JSON records, headers in other languages, HTML and Markdown headings. Tiny files the tests write."""
+import json
+import logging
+
+import pytest
+
+from apps.cli import main
+from apps.customer_service.intents import read_intent_file
+from data_connectors.knowledge import KnowledgeFormatError, knowledge_files, load_knowledge
+from data_connectors.text_files import MAX_CELL_CHARS, LabelledTextError, sniff_delimiter
+
+
+def write(path, content: str | bytes, encoding="utf-8"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode(encoding))
+    return path
+
+
+def rows(data) -> list[tuple[str, str]]:
+    return list(zip(data.texts, data.labels))
+
+
+# ---- YAML ----
+
+def test_yaml_scalars_stay_the_text_written(tmp_path):
+    own = write(tmp_path / "own.yaml", "intents:\n  yes: [sure, okay]\n  no:\n    - nope\n  on:\n    - turn it on\n"
+                                       "  pin:\n    - 1234\n    - 1.5\n    - 2024-01-01\n")
+    assert rows(read_intent_file(own)) == [("sure", "yes"), ("okay", "yes"), ("nope", "no"), ("turn it on", "on"),
+                                           ("1234", "pin"), ("1.5", "pin"), ("2024-01-01", "pin")]
+    listed = write(tmp_path / "list.yml", "intents:\n  - name: off\n    examples: [stop, halt]\n"
+                                          "  - name: 404\n    examples: [not found]\n")
+    assert rows(read_intent_file(listed)) == [("stop", "off"), ("halt", "off"), ("not found", "404")]
+    rasa = write(tmp_path / "nlu.yml", 'version: "3.1"\nnlu:\n- intent: yes\n  examples: |\n    - yes\n    - sure\n'
+                                       "- intent: no\n  examples: |\n    - no\n")
+    assert rows(read_intent_file(rasa)) == [("yes", "yes"), ("sure", "yes"), ("no", "no")]
+
+
+def test_a_yaml_key_repeated_in_one_mapping_is_an_error_naming_it_and_its_lines(tmp_path):
+    path = write(tmp_path / "dup.yaml", "intents:\n  card_lost:\n    - lost it\n  balance:\n    - money\n"
+                                        "  card_lost:\n    - stolen\n")
+    with pytest.raises(LabelledTextError, match=r"dup.yaml, line 6: .*'card_lost' appears twice .*lines 2 and 6"):
+        read_intent_file(path)
+
+
+# ---- delimiters ----
+
+GERMAN = [("Hallo, ich habe meine Karte verloren", "karte"), ("Bitte, sperren Sie meine Karte", "karte"),
+          ("Guten Tag, wie hoch ist mein Kontostand", "konto"), ("Hallo, was ist mein Saldo", "konto")]
+
+
+def test_prose_commas_do_not_win_a_tie_against_the_semicolon_delimiter(tmp_path):
+    text = "".join(f"{t};{y}\n" for t, y in GERMAN)
+    assert sniff_delimiter(text) == ";"
+    data = read_intent_file(write(tmp_path / "de.csv", text))
+    assert (data.delimiter, rows(data)) == (";", GERMAN)
+    faq = write(tmp_path / "faq.csv", "Hallo, wie sperre ich meine Karte?;In der App.\n"
+                                      "Sagen Sie, was kostet es?;Nichts, im Inland.\n")
+    assert [(d.title, d.text) for d in load_knowledge(faq)] == [
+        ("Hallo, wie sperre ich meine Karte?", "In der App."), ("Sagen Sie, was kostet es?", "Nichts, im Inland.")]
+    assert sniff_delimiter("a,b\nc,d\n") == ","   # a plain comma table is still one
+
+
+def test_an_excel_sep_line_declares_the_delimiter_and_big_cells_are_read(tmp_path):
+    data = read_intent_file(write(tmp_path / "sep.csv", "sep=;\ntext;label\nhi, you;greet\nbye, now;bye\n"
+                                                       "hello, there;greet\nciao, bella;bye\n"))
+    assert (data.delimiter, data.header, data.texts[0]) == (";", True, "hi, you")
+    big = "x" * (131072 + 10)   # over the csv module's default field limit
+    [doc] = load_knowledge(write(tmp_path / "big.csv", f"question,answer\nbig?,{big}\n"))
+    assert doc.text == big
+    huge = write(tmp_path / "huge.csv", 'question,answer\nq,"' + "y" * (MAX_CELL_CHARS + 1) + '"\n')
+    with pytest.raises(KnowledgeFormatError, match=r"huge.csv:2: malformed CSV: a cell over .* characters"):
+        load_knowledge(huge)
+
+
+# ---- JSON intents ----
+
+def test_json_class_ids_are_labels_and_bad_labels_say_what_is_wrong(tmp_path):
+    lines = [{"text": "lost card", "label": 0}, {"text": "balance", "label": 1}, {"text": "stolen", "label": 0.0}]
+    data = read_intent_file(write(tmp_path / "ids.jsonl", "\n".join(map(json.dumps, lines))))
+    assert data.labels == ["0", "1", "0"]
+    for value, problem in ((True, "a boolean"), (None, "null"), (0.5, "a fraction")):
+        path = write(tmp_path / "bad.jsonl", json.dumps({"text": "a", "label": 1}) + "\n"
+                     + json.dumps({"text": "b", "label": value}) + "\n")
+        with pytest.raises(LabelledTextError, match=rf"bad.jsonl, line 2: the label is {problem}"):
+            read_intent_file(path)
+
+
+def test_json_lists_of_texts_give_a_row_each_and_several_labels_are_refused(tmp_path):
+    grouped = [{"intent": "card_lost", "utterances": ["I lost my card", "card stolen"]},
+               {"intent": "balance", "utterances": ["my balance"]}]
+    data = read_intent_file(write(tmp_path / "grouped.json", json.dumps(grouped)))
+    assert rows(data) == [("I lost my card", "card_lost"), ("card stolen", "card_lost"), ("my balance", "balance")]
+    single = [{"text": "lost card", "labels": ["card"]}, {"text": "money", "labels": ["balance"]}]
+    assert read_intent_file(write(tmp_path / "one.jsonl", "\n".join(map(json.dumps, single)))).labels == [
+        "card", "balance"]
+    multi = single + [{"text": "lost card and money", "labels": ["card", "balance"]}]
+    with pytest.raises(LabelledTextError, match=r"multi.jsonl, line 3: 2 labels .*multi-label rows are not"):
+        read_intent_file(write(tmp_path / "multi.jsonl", "\n".join(map(json.dumps, multi))))
+    with pytest.raises(LabelledTextError, match=r"record 2: .*multi-label"):
+        read_intent_file(write(tmp_path / "multi.json", json.dumps(multi[1:])))
+
+
+# ---- headers ----
+
+def test_headers_in_other_scripts_or_naming_only_the_labels_are_headers(tmp_path):
+    es = ("texto;intención\n¿Dónde está mi tarjeta?;tarjeta\nPerdí mi tarjeta;tarjeta\nQuiero un préstamo;préstamo\n"
+          "Necesito dinero ahora;préstamo\n")
+    data = read_intent_file(write(tmp_path / "es.csv", es, "cp1252"))
+    assert (data.header, data.texts[0], data.labels[-1]) == (True, "¿Dónde está mi tarjeta?", "préstamo")
+    assert "read as a header" in data.warnings[0]
+    zh = read_intent_file(write(tmp_path / "zh.csv", "文本,标签\n我的卡丢了,挂失\n卡被偷了,挂失\n余额多少,余额\n"
+                                                     "查询余额,余额\n"))
+    assert (zh.header, zh.text_column, zh.label_column, len(zh.texts)) == (True, "文本", "标签", 4)
+    de = read_intent_file(write(tmp_path / "de.csv", "Äußerung;Absicht\n" + "".join(f"{t};{y}\n" for t, y in GERMAN)))
+    assert (de.header, rows(de)) == (True, GERMAN)
+    named = read_intent_file(write(tmp_path / "id.csv", "id,Sample utterance,Intent\n1,I lost my card,card_lost\n"
+                                                        "2,my card was stolen,card_lost\n3,what is my balance,balance\n"
+                                                        "4,how much money do I have,balance\n"))
+    assert (named.header, named.text_column, named.label_column, named.warnings) == (
+        True, "Sample utterance", "Intent", [])
+    # a known name that recurs in its column is a value (a class called "topic"), not a header
+    topic = read_intent_file(write(tmp_path / "topic.csv", "x,what is this about,topic\ny,tell me the subject,topic\n"
+                                                           "z,send money now,pay\nw,pay my bill please,pay\n"))
+    assert (topic.header, topic.labels) == (False, ["topic", "topic", "pay", "pay"])
+
+
+def test_a_faq_table_with_a_header_in_another_language_is_not_a_passage(tmp_path, caplog):
+    path = write(tmp_path / "frage.csv", "Frage;Antwort\nWie sperre ich meine Karte?;In der App unter Karten.\n"
+                                         "Was kostet eine Überweisung?;Nichts im Inland.\n")
+    with caplog.at_level(logging.WARNING, "data_connectors.knowledge"):
+        docs = load_knowledge(path)
+    assert [d.title for d in docs] == ["Wie sperre ich meine Karte?", "Was kostet eine Überweisung?"]
+    assert "read as a header" in caplog.text
+    plain = load_knowledge(write(tmp_path / "plain.csv", "Opening hours;9 to 5 on weekdays\nFees;None\n"))
+    assert [d.title for d in plain] == ["Opening hours", "Fees"]   # answers not longer than the first row: data
+
+
+# ---- repeated rows ----
+
+def test_repeated_rows_and_conflicting_labels_are_reported(tmp_path):
+    data = read_intent_file(write(tmp_path / "dups.csv", "text,label\nlost card,card\nlost card,card\n"
+                                                         "lost card,balance\nbalance,balance\nmoney,balance\n"))
+    assert len(data.texts) == 5 and len(data.warnings) == 2
+    assert "1 row(s) repeat" in data.warnings[0] and "'lost card' as 'card', 'balance'" in data.warnings[1]
+    clean = read_intent_file(write(tmp_path / "clean.csv", "text,label\nhi,greet\nbye,bye\n"))
+    assert clean.warnings == []
+
+
+# ---- knowledge ----
+
+def test_a_help_centre_export_reads_its_articles_not_its_sideloaded_lists(tmp_path, caplog):
+    export = {"articles": [{"id": 101, "title": "Reset password", "body": "<p>Click <b>Forgot password</b>.</p>"},
+                           {"id": 102, "title": "Close account", "body": "<p>Write to us.</p>"}],
+              "sections": [{"id": 5, "name": "Account", "description": "All about accounts"}],
+              "categories": [{"id": 1, "name": "General"}], "count": 2}
+    with caplog.at_level(logging.WARNING, "data_connectors.knowledge"):
+        docs = load_knowledge(write(tmp_path / "zendesk.json", json.dumps(export)))
+    assert [(d.id, d.title, d.text) for d in docs] == [("101", "Reset password", "Click Forgot password."),
+                                                       ("102", "Close account", "Write to us.")]
+    assert "articles" in caplog.text and "sections, categories, count" in caplog.text
+    two = {"general": [{"q": "Hours?", "a": "9 to 5."}], "billing": [{"q": "Fees?", "a": "None."}],
+           "users": [{"x": 1}]}
+    assert [d.title for d in load_knowledge(write(tmp_path / "two.json", json.dumps(two)))] == ["Hours?", "Fees?"]
+
+
+def test_html_and_markdown_headings_keep_their_words(tmp_path):
+    write(tmp_path / "br.html", "<h1>Help</h1><p>Welcome.</p><h2>Fees<br>and charges</h2><p>15 EUR abroad.</p>"
+                                "<h2>Card<br/>limits</h2><p>500 a day.</p>")
+    write(tmp_path / "open.html", "<h2>Card fees<p>A new card costs 5.<p>Express costs 10.\n"
+                                  "<h2>Hours</h2><p>9 to 5.</p>")
+    write(tmp_path / "wrapped.html", "<h2><span>Limits</span></h2><h3><div>Daily</div></h3><p>500 a day.</p>")
+    write(tmp_path / "cs.md", "# Using our API from C#\nInstall the package.\n## Closed ##\nYes.\n")
+    docs = {d.id: (d.title, d.text) for d in load_knowledge(tmp_path)}
+    assert docs["br#fees-and-charges"] == ("Help / Fees and charges", "15 EUR abroad.")
+    assert docs["br#card-limits"] == ("Help / Card limits", "500 a day.")
+    assert docs["open#card-fees"] == ("Card fees", "A new card costs 5.\n\nExpress costs 10.")
+    assert docs["open#hours"] == ("Hours", "9 to 5.")
+    assert docs["wrapped#daily"] == ("Limits / Daily", "500 a day.")
+    assert docs["cs#using-our-api-from-c"] == ("Using our API from C#", "Install the package.")
+    assert docs["cs#closed"] == ("Using our API from C# / Closed", "Yes.")
+
+
+def test_a_saved_index_inside_the_knowledge_folder_is_not_knowledge(tmp_path):
+    from apps.customer_service.retrieval import CHUNKS, MANIFEST, VECTORS, saved_indexes
+
+    write(tmp_path / "kb" / "faq.md", "# Hours\nOpen 9 to 5.\n")
+    for name, content in ((MANIFEST, "{}"), (CHUNKS, json.dumps([{"text": "a chunk"}])), (VECTORS, b"\0")):
+        write(tmp_path / "kb" / "index" / name, content)
+    assert saved_indexes(tmp_path / "kb") == [tmp_path / "kb" / "index"]
+    assert [d.id for d in load_knowledge(tmp_path / "kb", exclude=saved_indexes(tmp_path / "kb"))] == ["faq#hours"]
+    files, _ = knowledge_files(tmp_path / "kb", exclude=[tmp_path / "kb" / "index"])
+    assert files == [tmp_path / "kb" / "faq.md"]
+
+
+# ---- the CLI and the page ----
+
+def test_train_intents_refuses_an_output_folder_it_cannot_replace_before_training(tmp_path, capsys, monkeypatch):
+    from apps.customer_service import intents
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(intents.IntentModel, "train", never)
+    write(tmp_path / "notes" / "a.txt", "keep")
+    data = write(tmp_path / "d.csv", "text,label\nhi,greet\nbye,bye\n")
+    assert main(["chat", "train-intents", "--data", str(data), "--out", str(tmp_path / "notes"), "--json"]) == 2
+    assert "not a model folder" in capsys.readouterr().err and (tmp_path / "notes" / "a.txt").read_text() == "keep"
+
+
+def test_the_retrain_page_shows_the_readers_warnings(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from apps.customer_service import intents, page
+
+    switched = {}
+    monkeypatch.setattr(intents.IntentModel, "train",
+                        classmethod(lambda cls, texts, labels, cfg: (SimpleNamespace(labels=labels),
+                                                                     SimpleNamespace(val_accuracy=None))))
+    monkeypatch.setattr(page, "shared_assistant", lambda: SimpleNamespace(use=lambda **kw: switched.update(kw)))
+    path = write(tmp_path / "first.csv", "block card,card_block\n" + "".join(
+        f"{t},{y}\n" for t, y in [("lost my card", "lost_card"), ("card stolen", "lost_card"),
+                                  ("my balance", "balance"), ("how much money", "balance")]))
+    statuses = list(page.retrain(str(path), None))
+    assert "first row" in statuses[0] and "first row" in statuses[-1] and "**warning:**" in statuses[-1]
+    assert str(tmp_path) not in statuses[-1] and switched["intent_model"] is not None
