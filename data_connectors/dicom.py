@@ -20,8 +20,16 @@ What the DICOM reader copes with, each noted in `CTVolume.warnings`:
   spacing by linear interpolation along the normal;
 - gantry tilt (slice positions sheared against the normal): resampled onto an orthogonal grid (MONAI);
 - duplicate positions, and files of another size or orientation in the series (a localizer): dropped;
-- files sharing the CT series' UID that are no slices (ImageType LOCALIZER, screen saves and other secondary
-  captures, colour images, SR/PR/KO... objects): dropped;
+- files sharing the CT series' UID that are no slices (scouts: ImageType LOCALIZER, SURVIEW, TOPOGRAM... see
+  SCOUT_IMAGE_TYPES; screen saves and other secondary captures, colour images, SR/PR/KO... objects): dropped;
+  a series of several images no two of which share size and orientation (an AP + lateral scout pair) is an
+  error that says so, not "a single slice";
+- a slice without RescaleSlope/RescaleIntercept among slices that carry them: read with the others' rescale
+  when they all agree, else dropped (1024 HU too bright otherwise);
+- slice files lost to an interrupted copy (empty, cut inside the preamble, unreadable headers, files named like
+  the slices that are no DICOM): listed by lost_slice_files, a warning of load_volume;
+- Python warnings of pydicom while reading or decoding a file (an RLE segment with non-conformant padding, a
+  value of the wrong VR): a warning naming the file, instead of an anonymous line on stderr;
 - slices without ImagePositionPatient among positioned ones: placed by SliceLocation when it lines up with
   the others' positions, else dropped; when no slice has one: placed by SliceLocation, else by InstanceNumber
   (origin unknown, head/feet a guess);
@@ -51,6 +59,7 @@ import functools
 import logging
 import math
 import os
+import warnings as pywarnings
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -149,6 +158,43 @@ def _looks_like_dicom(path: Path) -> tuple[bool, bool]:
     return head[128:132] == b"DICM", head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 
 
+_PREAMBLE_BYTES = 132   # 128-byte preamble + "DICM"
+
+
+def _cut_short(path: Path) -> str | None:
+    """Why a file that is no DICOM looks like a lost one (empty, or cut inside the preamble: an interrupted
+    copy), or None."""
+    try:
+        size = path.stat().st_size
+        head = b"" if size == 0 or size >= _PREAMBLE_BYTES else path.read_bytes()
+    except OSError:
+        return None
+    if size == 0:
+        return "empty file (0 bytes; an interrupted copy?)"
+    if size < _PREAMBLE_BYTES and (not head.strip(b"\x00") or path.suffix.lower() in (".dcm", ".dicom", ".ima")):
+        return f"truncated file ({size} bytes, shorter than a DICOM preamble; an interrupted copy?)"
+    return None
+
+
+def lost_slice_files(scan: FolderScan, series: SeriesInfo) -> list[tuple[Path, str]]:
+    """The skipped files beside a series' slices (same folders) that look like slices it lost: empty or truncated
+    files, unreadable DICOM headers, and files named like its slices (same suffix, e.g. .dcm) that are no DICOM.
+    Stray notes, thumbnails and DICOMDIR indexes are not listed."""
+    folders = {f.parent for f in series.files}
+    suffixes = {f.suffix.lower() for f in series.files} - {""}
+    return [(path, reason) for path, reason in scan.skipped
+            if path.parent in folders and reason != "DICOMDIR index file"
+            and (not reason.startswith("not DICOM") or path.suffix.lower() in suffixes)]
+
+
+def lost_slices_warning(lost: list[tuple[Path, str]]) -> str:
+    """One warning for lost_slice_files' list (non-empty)."""
+    path, reason = lost[0]
+    files = f"{len(lost)} files beside the slices could not be read and are" if len(lost) > 1 else \
+        "1 file beside the slices could not be read and is"
+    return f"{files} missing from the volume (e.g. {path}: {reason})"
+
+
 def scan_folder(root: str | Path) -> FolderScan:
     """Every DICOM series under root (recursive), grouped by SeriesInstanceUID, and the files skipped with why.
 
@@ -172,7 +218,7 @@ def scan_folder(root: str | Path) -> FolderScan:
             path = Path(dirpath) / name
             preamble, maybe_raw = _looks_like_dicom(path)
             if not (preamble or maybe_raw):
-                skipped.append((path, "not DICOM (no DICM preamble)"))
+                skipped.append((path, _cut_short(path) or "not DICOM (no DICM preamble)"))
                 continue
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True, force=not preamble, specific_tags=_SCAN_TAGS)
@@ -228,6 +274,7 @@ class _Frame:
     acquisition: int | None = None   # acquisitions filed under one series UID apart
     bits_stored: int | None = None   # BitsStored: the low bits of a pixel word that hold its value
     padding: _Padding | None = None  # the file's PixelPaddingValue (to PixelPaddingRangeLimit)
+    rescale_given: bool = True       # False: a classic file with neither RescaleSlope nor RescaleIntercept
 
 
 def _floats(value, n: int, path: Path, name: str) -> np.ndarray:
@@ -348,20 +395,22 @@ def _frame_geometry(ds, path: Path, shape: tuple[int, int], n_frames: int, insta
     iop = _floats(ds.get("ImageOrientationPatient"), 6, path, "ImageOrientationPatient")
     spacing = _floats(ds.get("PixelSpacing"), 2, path, "PixelSpacing")
     slope, inter = _rescale(ds)
+    given = any(t in ds for t in ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence"))
     if n_frames == 1:   # no position: placed by load_series from SliceLocation / InstanceNumber, or dropped
         position = (_floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient")
                     if ds.get("ImagePositionPatient") else None)
         thickness = _optional_float(ds, "SliceThickness")
         return [_Frame(path, None, position, iop[:3], iop[3:], (spacing[0], spacing[1]), shape, slope, inter,
                        instance, _optional_float(ds, "SliceLocation"),
-                       _optional_float(ds, "SpacingBetweenSlices") or thickness, thickness, acquisition)]
+                       _optional_float(ds, "SpacingBetweenSlices") or thickness, thickness, acquisition,
+                       rescale_given=given)]
     position = _floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient")
     offsets = ds.get("GridFrameOffsetVector")   # legacy multi-frame: offsets along the normal
     if offsets is None or len(offsets) != n_frames:
         raise DicomReadError(f"{path}: {n_frames} frames without per-frame positions or GridFrameOffsetVector")
     normal = _slice_normal(iop[:3], iop[3:], path)
     return [_Frame(path, f, position + float(off) * normal, iop[:3], iop[3:], (spacing[0], spacing[1]), shape,
-                   slope, inter, instance) for f, off in enumerate(offsets)]
+                   slope, inter, instance, rescale_given=given) for f, off in enumerate(offsets)]
 
 
 def _read(path: Path):
@@ -499,11 +548,19 @@ NON_CT_IMAGE_MODALITIES = frozenset({"MR", "PT", "NM", "US", "CR", "DX", "MG", "
                                      "ES", "XC", "OP", "SM", "OCT", "BI", "TG", "GM"})
 
 
+# ImageType values of scout / localizer images (projection radiographs of the planning scan) across vendors:
+# LOCALIZER (the standard term), SURVIEW (Philips), TOPOGRAM (Siemens), SCANOGRAM (Canon/Toshiba), SCOUT, PILOT.
+SCOUT_IMAGE_TYPES = frozenset({"LOCALIZER", "SURVIEW", "TOPOGRAM", "SCANOGRAM", "SCOUT", "PILOT"})
+
+
 def _not_a_slice(ds) -> str | None:
     """Why a file of a series is no slice of the CT volume (a localizer, a dose screen, a report that shares the
     series), or None. Only explicit markers count: a damaged CT slice must stay an error, not vanish."""
-    image_type = {str(v).strip().upper() for v in (ds.get("ImageType") or [])}
-    if "LOCALIZER" in image_type:
+    try:
+        image_type = {str(v).strip().upper() for v in (ds.get("ImageType") or [])}
+    except _MALFORMED:
+        image_type = set()
+    if image_type & SCOUT_IMAGE_TYPES:
         return "localizer"
     if "SCREEN SAVE" in image_type or str(ds.get("SOPClassUID", "")).startswith(_SECONDARY_CAPTURE):
         return "secondary capture"
@@ -613,6 +670,34 @@ def _one_reconstruction(frames: list[_Frame], normal: np.ndarray, uid: str, warn
     return [fr for n, fr in enumerate(frames) if n not in gone]
 
 
+def _e_g(paths: list, n: int = 3) -> str:
+    """'a, b, c and 4 more': the first files of a list, for a warning."""
+    names = [str(p) for p in paths[:n]]
+    return ", ".join(names) + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def _fill_missing_rescale(frames: list[_Frame], uid: str, warnings: list[str]) -> list[_Frame]:
+    """Images without RescaleSlope / RescaleIntercept among images that carry them (an export that lost the
+    elements of a few files): read with the series' rescale when all the others agree on one, else dropped (the
+    gap is interpolated); either way with a warning naming the files. Read as stored values they would be off by
+    the intercept (1024 HU too bright at the usual -1024)."""
+    missing = [fr for fr in frames if not fr.rescale_given]
+    if not missing or len(missing) == len(frames):
+        return frames
+    given = {(fr.slope, fr.intercept) for fr in frames if fr.rescale_given}
+    files = _e_g(sorted({fr.path for fr in missing}))
+    if len(given) == 1:
+        slope, intercept = next(iter(given))
+        for fr in missing:
+            fr.slope, fr.intercept = slope, intercept
+        warnings.append(f"{len(missing)} images without RescaleSlope/RescaleIntercept read with the slope {slope:g} "
+                        f"and intercept {intercept:g} of the series' other images (series {uid}; {files})")
+        return frames
+    warnings.append(f"{len(missing)} images without RescaleSlope/RescaleIntercept ignored: the series' other images "
+                    f"disagree on theirs, so their HU are unknown (series {uid}; {files})")
+    return [fr for fr in frames if fr.rescale_given]
+
+
 def _keep_consistent(frames: list[_Frame], uid: str, warnings: list[str]) -> list[_Frame]:
     """Frames sharing the commonest size, orientation and pixel spacing; others (a localizer) are dropped.
     Orientation and spacing match within a tolerance, so rounding jitter between slices splits nothing."""
@@ -636,6 +721,17 @@ def _keep_consistent(frames: list[_Frame], uid: str, warnings: list[str]) -> lis
         warnings.append(f"{len(frames) - len(kept)} images of another size/orientation/pixel spacing ignored "
                         f"(series {uid}; e.g. {dropped[0]})")
     return kept
+
+
+def _no_two_alike(frames: list[_Frame], uid: str) -> str:
+    """The error for a series of several images of which no two share size, orientation and spacing (what is
+    left is one slice): say so, rather than "a single slice", which hides the images dropped."""
+    orientations = len({tuple(np.round(np.r_[fr.row_dir, fr.col_dir], 1)) for fr in frames})
+    shapes = len({fr.shape for fr in frames})
+    what = " and ".join([f"{orientations} orientations"] * (orientations > 1) + [f"{shapes} sizes"] * (shapes > 1))
+    paths = sorted({str(fr.path) for fr in frames})
+    return (f"series {uid}: {len(frames)} images in {what or 'different pixel spacings'}, no two alike "
+            f"({_e_g(paths, 2)}): a scout/localizer (e.g. AP and lateral), not a CT volume of parallel slices")
 
 
 def ct_series(series: list[SeriesInfo]) -> tuple[list[SeriesInfo], list[SeriesInfo]]:
@@ -675,18 +771,26 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     warnings: list[str] = []
     threads = _LOAD_THREADS if threads is None else max(1, threads)
     paths = list(series.files)
+    notes: list[tuple[str, str]] = []   # (message, file) of the warnings pydicom raised while reading
     if threads > 1 and len(paths) > 8:
-        with ThreadPoolExecutor(threads) as pool:
+        with ThreadPoolExecutor(threads) as pool, _noted(notes, "the series' files"):
             datasets = list(pool.map(_read, paths))
     else:
-        datasets = [_read(p) for p in paths]
+        datasets = []
+        for p in paths:
+            with _noted(notes, p):
+                datasets.append(_read(p))
     paths, datasets = _drop_non_slices(paths, datasets, series.series_uid, warnings)
     frames: list[_Frame] = []
     by_path = {}
     for path, ds in zip(paths, datasets):
         frames.extend(_frames_of(ds, path))
         by_path[path] = ds
+    frames = _fill_missing_rescale(frames, series.series_uid, warnings)
+    all_frames = frames
     frames = _keep_consistent(frames, series.series_uid, warnings)
+    if len(frames) == 1 and len(all_frames) > 1 and not allow_single_slice:
+        raise DicomReadError(_no_two_alike(all_frames, series.series_uid))
     frames = _place_unpositioned(frames, series.series_uid, warnings)
     ref = frames[0]
     normal = _slice_normal(ref.row_dir, ref.col_dir, ref.path)
@@ -711,13 +815,19 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     word_marked: list[int] = []   # frames holding a padding value as a whole word that needs the unused bits
     by_value_only: dict[int, np.ndarray] = {}   # frame -> flat pixels matching it as stored values only
 
+    def decode(path: Path) -> np.ndarray:
+        if threaded:   # warnings are caught around the pool: catch_warnings is not thread-safe
+            return _pixels(by_path[path], path)
+        with _noted(notes, path):
+            return _pixels(by_path[path], path)
+
     def fill(n: int) -> None:
         fr = frames[n]
         if fr.frame is None:
-            words = _pixels(by_path[fr.path], fr.path)
+            words = decode(fr.path)
         else:   # multi-frame: decode the file once, keep it for its other frames
             if fr.path not in decoded:
-                decoded[fr.path] = _pixels(by_path[fr.path], fr.path)
+                decoded[fr.path] = decode(fr.path)
             arr = decoded[fr.path]
             words = arr[fr.frame] if arr.ndim == 3 else arr
         if words.shape != (rows, cols):
@@ -740,12 +850,14 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
             padded.append(n)
 
     multi = any(fr.frame is not None for fr in frames)
-    if threads > 1 and len(frames) > 8 and not multi:
-        with ThreadPoolExecutor(threads) as pool:
+    threaded = threads > 1 and len(frames) > 8 and not multi
+    if threaded:
+        with ThreadPoolExecutor(threads) as pool, _noted(notes, "the series' files"):
             list(pool.map(fill, range(len(frames))))
     else:
         for n in range(len(frames)):
             fill(n)
+    warnings.extend(_summarise_notes(notes, series.series_uid))
     if not word_marked:   # no slice carries the whole word: the stored value is all there is to compare
         for n, flat in by_value_only.items():
             if flat.size:
@@ -782,6 +894,37 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     for w in warnings:
         log.warning("%s: %s", source, w)
     return CTVolume(hu, _spacing(affine), affine, series.series_uid, series.study_uid, source, warnings)
+
+
+class _noted:
+    """Context: the Python warnings raised inside (pydicom's, e.g. an RLE segment with non-conformant padding, a
+    value of the wrong VR) recorded as (message, file) in `notes` instead of going to stderr unattributed."""
+
+    def __init__(self, notes: list[tuple[str, str]], where):
+        self.notes, self.where = notes, str(where)
+        self._catch = pywarnings.catch_warnings(record=True)
+
+    def __enter__(self):
+        self._caught = self._catch.__enter__()
+        pywarnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._catch.__exit__(*exc)
+        self.notes.extend((str(w.message).strip(), self.where) for w in self._caught)
+
+
+def _summarise_notes(notes: list[tuple[str, str]], uid: str) -> list[str]:
+    """One warning per distinct message, naming its file (and how many others raised it)."""
+    by_message: dict[str, list[str]] = {}
+    for message, where in notes:
+        by_message.setdefault(message, []).append(where)
+    out = []
+    for message, files in by_message.items():
+        files = sorted(set(files))
+        more = f" and {len(files) - 1} other files" if len(files) > 1 else ""
+        out.append(f"{files[0]}{more}: while reading (series {uid}): {message}")
+    return out
 
 
 def _regrid(stack_ZYX: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -952,6 +1095,7 @@ def is_volume_series(series: SeriesInfo) -> bool:
     files = series.files
     sample = sorted({0, len(files) // 2, len(files) - 1}) if files else []
     slices = 0
+    planes: Counter = Counter()   # sampled slices by orientation: an AP + lateral scout pair is no volume
     for n in sample:
         try:
             ds = pydicom.dcmread(files[n], stop_before_pixels=True, force=True)
@@ -960,9 +1104,12 @@ def is_volume_series(series: SeriesInfo) -> bool:
         if _not_a_slice(ds) is None:
             try:
                 frames = int(ds.get("NumberOfFrames", 1) or 1)
+                planes[tuple(np.round([float(v) for v in ds.get("ImageOrientationPatient") or []], 1))] += 1
             except _MALFORMED:
                 frames = 1
             slices += frames if len(files) == 1 else 1
+    if len(files) == len(sample) > 1 and planes:   # every file seen: count the parallel ones only
+        slices = min(slices, max(planes.values()))
     return slices > 1 or (slices == 1 and len(files) > len(sample))
 
 
@@ -985,6 +1132,9 @@ def load_volume(path: str | Path, *, allow_single_slice: bool = False) -> CTVolu
             raise DicomReadError(f"{path}: {len(ct)} CT series in one folder, load them one by one with "
                                  f"scan_folder + load_series: {_listing(ct)}")
         vol = load_series(ct[0], allow_single_slice=allow_single_slice)
+        lost = lost_slice_files(scan, ct[0])
+        if lost:
+            vol.warnings.append(lost_slices_warning(lost))
         vol.warnings += [f"series {s.series_uid} ('{s.description}', {len(s.files)} files) ignored: a localizer "
                          f"or single image" for s in ignored]
         vol.warnings += [f"series {s.series_uid} ('{s.description}', {len(s.files)} files) ignored: Modality "

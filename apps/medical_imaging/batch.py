@@ -9,7 +9,14 @@ Layout of `out`:
     errors.csv     study,source,stage,message       failed studies, skipped unreadable files and non-volume series
 
 Each DICOM series is one study; its key is its folder relative to the input (plus the series UID's tail
-when a folder holds several series); --anonymize replaces keys and UIDs by salted-free SHA-256 prefixes.
+when a folder holds several series), a NIfTI / MetaImage file's its name without the suffix (a LUNA16
+`<seriesuid>.mhd` is keyed by its seriesuid). Keys are unique: folders whose names only differ in characters
+a key cannot hold ("Study 1", "Study_1") get a short hash of their path appended, and so does a study whose
+key already holds another input's results in `out` (case1/ct.nii.gz, then case2/ct.nii.gz), recognised by
+the origin (a hash of the series UID, or of the file's absolute path) that done.json records.
+--anonymize replaces keys and UIDs by salt-free SHA-256 prefixes, and every message written (findings.json
+warnings, errors.csv, the summary, log lines) has the input's paths, folder and file names, UIDs and the
+patient's name and IDs replaced by hashes; the SR gets new UIDs and no dates or IDs of the study.
 A study's files are written into a temporary folder that is renamed into place with done.json inside, so a
 crash or kill never leaves a half-written study that counts as done: a rerun skips exactly the finished
 ones and findings.csv is rebuilt from them. Under torchrun (RANK / WORLD_SIZE set) rank r takes the
@@ -18,15 +25,19 @@ Logs never name patients: only keys, counts and error reasons.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 FINDINGS_COLUMNS = ("study", "series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "i", "j", "k", "diameter_mm",
@@ -59,6 +70,8 @@ class StudyEntry:
     study_uid: str
     files: list[Path]
     report: Path | None
+    origin: str = ""                  # hash of what the study is (series UID, or a file's absolute path)
+    notes: list[str] = field(default_factory=list)   # warnings found while scanning (slice files lost)
 
 
 def _hash(text: str) -> str:
@@ -67,6 +80,145 @@ def _hash(text: str) -> str:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "study"
+
+
+def _volume_stem(name: str) -> str:
+    """A volume file's name without its suffix: 'ct.nii.gz' -> 'ct', '1.3.6.1.4.1.14519.mhd' -> '1.3.6.1.4.1.14519'."""
+    from data_connectors.dicom import VOLUME_SUFFIXES
+
+    low = name.lower()
+    suffix = max((x for x in VOLUME_SUFFIXES if low.endswith(x)), key=len, default="")
+    return name[:len(name) - len(suffix)] or name
+
+
+def _unique_keys(entries: list[StudyEntry]) -> None:
+    """Make keys injective: where several entries share a key, those whose key is not their name as given
+    (sanitised: 'Study 1' -> 'Study_1', 'a/b' -> 'a__b') get a hash of their name appended; the one keyed by
+    its own name keeps its key (unchanged keys keep resuming)."""
+    groups: dict[str, list[StudyEntry]] = {}
+    for e in entries:
+        groups.setdefault(e.key, []).append(e)
+    for key, group in groups.items():
+        if len(group) < 2:
+            continue
+        for e in group:
+            if e.source != key or sum(g.source == key for g in group) > 1:
+                e.key = f"{key}-{_hash(e.source)[:8]}"
+
+
+def _record(out: Path, key: str) -> dict | None:
+    """The done.json or failure record at a key in out, or None."""
+    for path in (out / "studies" / key / DONE, out / "failed" / f"{key}.json"):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _claim_keys(entries: list[StudyEntry], out: Path, anonymize: bool) -> None:
+    """A study whose key holds another input's results in out (another origin; records written before origins
+    were kept: another source) gets its origin's hash appended, so it neither skips as done nor overwrites them."""
+    for e in entries:
+        rec = _record(out, e.key)
+        if rec is not None and (rec.get("origin", e.origin) != e.origin or rec.get("source", e.source) != e.source):
+            e.key = f"{e.key}-{e.origin[:8]}"
+            e.source = e.key if anonymize else e.source
+
+
+# A DICOM UID in a message: 4 or more dot-separated numbers (the suite's own hashed keys are hex, no dots).
+_UID = re.compile(r"(?<![\w.])\d+(?:\.\d+){3,}(?!\w)")
+
+
+class Scrub:
+    """Text made safe to write under --anonymize: the input's paths, the folder and file names under it, the
+    patient's name and IDs (from the series' first header) and every UID replaced by hashes. Identity
+    (returns the text) when not anonymizing."""
+
+    def __init__(self, cfg: BatchConfig, entry: StudyEntry | None = None, folders: list[Path] | None = None):
+        self.on = cfg.anonymize
+        if not self.on:
+            return
+        root = Path(cfg.input)
+        self.paths = []
+        if entry is not None:
+            self.paths.append((str(entry.path), f"<{entry.key}>"))
+        self.paths += [(str(root), "<input>"), (str(root.resolve()), "<input>")]
+        folders = list(folders or [])
+        if entry is not None and root in entry.path.parents:
+            folders.append(entry.path.relative_to(root))
+        names = {root.name, *(part for folder in folders for part in Path(folder).parts)}
+        names.update(f.name for f in (entry.files if entry else []))
+        if entry is not None and entry.series_uid:
+            names.update(_patient_words(entry.files[0]))
+        names = sorted((n for n in names if len(n) >= 4 and not _generic(n)), key=len, reverse=True)
+        self.names = (re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z0-9])")
+                      if names else None)
+
+    def __call__(self, text: str) -> str:
+        if not self.on:
+            return text
+        for raw, mask in sorted(self.paths, key=lambda p: -len(p[0])):
+            text = text.replace(raw, mask) if raw not in ("", ".") else text
+        text = _UID.sub(lambda m: _hash(m.group()), text)   # before names: a UID-named folder hashes the same
+        if self.names is not None:
+            text = self.names.sub(lambda m: _hash(m.group())[:8], text)
+        return text
+
+
+_GENERIC_WORDS = {"dicom", "data", "images", "image", "series", "study", "studies", "scans", "scan", "export",
+                  "exports", "input", "chest", "thorax", "lung", "lungs", "axial", "slices"}
+
+
+def _generic(name: str) -> bool:
+    """A folder name that says nothing about the patient ('series', 'DICOM', 'images'): not scrubbed, so that
+    messages keep their words."""
+    return name.isalpha() and (name.islower() or name.lower() in _GENERIC_WORDS)
+
+
+def _patient_words(path: Path) -> set[str]:
+    """The patient's name (and its parts), IDs and accession number from one DICOM header, to scrub."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=[
+            "PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate"])
+    except Exception:  # noqa: BLE001 - unreadable: nothing to scrub from it
+        return set()
+    words = set()
+    for tag in ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate"):
+        value = str(ds.get(tag, "") or "").strip()
+        words.add(value)
+        words.update(re.split(r"[\^\\ ]+", value))
+    return {w for w in words if w}
+
+
+@contextlib.contextmanager
+def _scrubbed_logs(scrub: Scrub):
+    """Log records of the readers (which name files and series) rewritten by scrub while inside; Python warnings
+    (pydicom's, MONAI's: they may quote paths or values) written to stderr scrubbed, once each, on the way out."""
+    if not scrub.on:
+        yield
+        return
+
+    class _Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.msg, record.args = scrub(record.getMessage()), ()
+            return True
+
+    loggers = [logging.getLogger(n) for n in ("data_connectors.dicom", "data_connectors.archive", "pydicom")]
+    flt = _Filter()
+    for lg in loggers:
+        lg.addFilter(flt)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(flt)
+    for line in dict.fromkeys(f"{w.category.__name__}: {scrub(str(w.message))}" for w in caught):
+        print(line, file=sys.stderr)
 
 
 def _find_report(reports: Path | None, names: list[str]) -> Path | None:
@@ -83,7 +235,8 @@ def _find_report(reports: Path | None, names: list[str]) -> Path | None:
 def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
     """The studies under cfg.input and the errors found while looking (folders without DICOM, unreadable
     files); both sorted, so every rank of a sharded run sees the same list."""
-    from data_connectors.dicom import VOLUME_SUFFIXES, ct_series, scan_folder, split_volume_series
+    from data_connectors.dicom import (VOLUME_SUFFIXES, ct_series, lost_slice_files, lost_slices_warning,
+                                       scan_folder, split_volume_series)
 
     root = Path(cfg.input)
     if cfg.reports is not None and not Path(cfg.reports).is_dir():
@@ -91,14 +244,16 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
     if root.is_file():
         if not root.name.lower().endswith(VOLUME_SUFFIXES):
             raise ValueError(f"{root}: give a folder of DICOM studies or a {'/'.join(VOLUME_SUFFIXES)} file")
-        stem = root.name.split(".")[0]
+        stem = _volume_stem(root.name)
         key = _hash(stem) if cfg.anonymize else _safe(stem)
         return [StudyEntry(key, key if cfg.anonymize else root.name, root, "", "", [root],
-                           _find_report(cfg.reports, [stem]))], []
+                           _find_report(cfg.reports, [stem, root.name.split(".")[0]]),
+                           origin=_hash(str(root.resolve())))], []
     if not root.is_dir():
         raise ValueError(f"{root}: no such folder")
     scan = scan_folder(root)
     entries, errors = [], []
+    lost_by_folder: dict[Path, dict[Path, str]] = {}   # files that look like slices lost (empty, truncated...)
     by_folder: dict[Path, list] = {}
     for series in scan.series:
         by_folder.setdefault(series.files[0].parent, []).append(series)
@@ -123,8 +278,13 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
             key = _hash(name) if cfg.anonymize else _safe(name.replace("/", "__"))
             report = _find_report(cfg.reports, [folder.name, rel.replace("/", "__"), series.study_uid,
                                                 series.series_uid])
+            lost = lost_slice_files(scan, series)
+            lost_by_folder.setdefault(folder, {}).update(lost)
             entries.append(StudyEntry(key, key if cfg.anonymize else name, folder, series.series_uid,
-                                      series.study_uid, series.files, report))
+                                      series.study_uid, series.files, report, origin=_hash(series.series_uid),
+                                      notes=[lost_slices_warning(lost)] if lost else []))
+    if not cfg.anonymize:
+        _unique_keys(entries)
     series_folders = set(by_folder)
     skipped_by_folder: dict[Path, list] = {}
     for path, reason in scan.skipped:
@@ -132,18 +292,21 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
     for folder, items in sorted(skipped_by_folder.items()):
         rel = folder.relative_to(root).as_posix()
         label = _hash(rel) if cfg.anonymize else rel
+        scrub = Scrub(cfg, folders=[folder.relative_to(root)])
         if folder not in series_folders:
             if any(folder in f.parents for f in series_folders):
                 continue   # stray files (README, CSV) above the studies, not a study of their own
             reasons = "; ".join(sorted({r for _, r in items}))[:300]
             errors.append({"study": label, "source": label, "stage": "scan",
-                           "message": f"no DICOM series in this folder ({len(items)} files skipped: {reasons})"})
+                           "message": scrub(f"no DICOM series in this folder ({len(items)} files skipped: "
+                                            f"{reasons})")})
         else:
+            lost = lost_by_folder.get(folder, {})
             for path, reason in items:
-                if reason.startswith("not DICOM"):
+                if path not in lost and reason.startswith("not DICOM"):
                     continue   # stray text or thumbnails beside the slices
                 errors.append({"study": label, "source": _hash(path.name) if cfg.anonymize else f"{rel}/{path.name}",
-                               "stage": "scan", "message": f"file skipped: {reason}"})
+                               "stage": "scan", "message": scrub(f"file skipped: {reason}")})
     return sorted(entries, key=lambda e: e.key), errors
 
 
@@ -158,15 +321,6 @@ def _models(cfg: BatchConfig):
         from .pipeline import Models
         _MODELS = Models.load(cfg.detector)
     return _MODELS
-
-
-def _clean(message: str, entry: StudyEntry, cfg: BatchConfig) -> str:
-    """An error message without the input's paths when anonymizing (folder names may name patients)."""
-    if cfg.anonymize:
-        message = message.replace(str(entry.path), f"<{entry.key}>").replace(str(cfg.input), "<input>")
-        for f in entry.files:
-            message = message.replace(f.name, "<file>")
-    return message
 
 
 def process_study(entry: StudyEntry, cfg: BatchConfig) -> dict:
@@ -184,15 +338,19 @@ def process_study(entry: StudyEntry, cfg: BatchConfig) -> dict:
     failed = out / "failed" / f"{entry.key}.json"
     start = time.perf_counter()
     stage = "load"
+    scrub = Scrub(cfg, entry)
     try:
-        if entry.series_uid:
-            volume = load_series(SeriesInfo(entry.series_uid, entry.study_uid, entry.files, "CT", ""))
-        else:
-            volume = load_volume(entry.path)
+        with _scrubbed_logs(scrub):
+            if entry.series_uid:
+                volume = load_series(SeriesInfo(entry.series_uid, entry.study_uid, entry.files, "CT", ""))
+            else:
+                volume = load_volume(entry.path)
+        volume.warnings += entry.notes
         stage = "report"
         report = entry.report.read_text(encoding="utf-8", errors="replace") if entry.report else None
         stage = "diagnose"
         result = diagnose(volume, report, _models(cfg), cfg.threshold)
+        result.warnings = [scrub(w) for w in result.warnings]
         stage = "write"
         series_uid = _hash(volume.series_uid) if cfg.anonymize else volume.series_uid
         study_uid = _hash(volume.study_uid) if cfg.anonymize else volume.study_uid
@@ -205,7 +363,8 @@ def process_study(entry: StudyEntry, cfg: BatchConfig) -> dict:
                      "x_mm": f.x_mm, "y_mm": f.y_mm, "z_mm": f.z_mm, "i": f.i, "j": f.j, "k": f.k,
                      "diameter_mm": f.diameter_mm, "probability": f.probability,
                      "malignancy": "" if f.malignancy is None else f.malignancy} for f in result.findings]
-            (tmp / DONE).write_text(json.dumps({"study": entry.key, "source": entry.source, "rows": rows,
+            (tmp / DONE).write_text(json.dumps({"study": entry.key, "source": entry.source, "origin": entry.origin,
+                                                "rows": rows,
                                                 "report": entry.report is not None,
                                                 "seconds": round(time.perf_counter() - start, 3)}) + "\n")
             if final.exists():
@@ -218,7 +377,7 @@ def process_study(entry: StudyEntry, cfg: BatchConfig) -> dict:
         return {"study": entry.key, "status": "done", "findings": len(rows),
                 "seconds": round(time.perf_counter() - start, 3)}
     except (ValueError, OSError, RuntimeError, MemoryError, IndexError, KeyError, TypeError) as exc:
-        return _record_failure(entry, cfg, stage, _clean(f"{type(exc).__name__}: {exc}", entry, cfg))
+        return _record_failure(entry, cfg, stage, scrub(f"{type(exc).__name__}: {exc}"))
 
 
 def _record_failure(entry: StudyEntry, cfg: BatchConfig, stage: str, message: str) -> dict:
@@ -226,8 +385,8 @@ def _record_failure(entry: StudyEntry, cfg: BatchConfig, stage: str, message: st
     failed = Path(cfg.out) / "failed" / f"{entry.key}.json"
     failed.parent.mkdir(parents=True, exist_ok=True)
     tmp_failed = failed.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
-    tmp_failed.write_text(json.dumps({"study": entry.key, "source": entry.source, "stage": stage,
-                                      "message": message}) + "\n")
+    tmp_failed.write_text(json.dumps({"study": entry.key, "source": entry.source, "origin": entry.origin,
+                                      "stage": stage, "message": message}) + "\n")
     tmp_failed.replace(failed)
     return {"study": entry.key, "status": "failed", "stage": stage, "message": message}
 
@@ -305,7 +464,9 @@ def run_batch(cfg: BatchConfig) -> dict:
     start = time.perf_counter()
     out = Path(cfg.out)
     (out / "studies").mkdir(parents=True, exist_ok=True)
-    entries, scan_errors = discover(cfg)
+    with _scrubbed_logs(Scrub(cfg)):
+        entries, scan_errors = discover(cfg)
+    _claim_keys(entries, out, cfg.anonymize)
     rank, world = _shard()
     mine = [e for n, e in enumerate(entries) if n % world == rank]
     todo = [e for e in mine if not (out / "studies" / e.key / DONE).is_file()]

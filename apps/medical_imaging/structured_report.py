@@ -3,6 +3,9 @@
 One planar ROI per nodule: an axial ellipse (circle of the nodule's diameter) in patient coordinates
 with its diameter, P(nodule) and P(malignant) as measurements, and the research-use disclaimer as the
 algorithm's name. Needs the study's DICOM slices as evidence (NIfTI / MetaImage input has none).
+Anonymized (anonymized_id given): the SR refers to stand-ins of the slices that carry only their SOP class
+and UIDs replaced by UIDs derived from hashes (deterministic, so reruns agree), the patient's name and ID
+replaced by the id, and no dates, times, study ID, accession number or physician of the original study.
 """
 from __future__ import annotations
 
@@ -30,6 +33,35 @@ def _evidence(volume) -> list:
     return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
 
 
+def anonymous_uid(uid: str) -> str:
+    """A UID derived from a hash of uid (2.25 form): the same for the same uid, telling nothing about it."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(prefix=None, entropy_srcs=["moe-suite anonymized", uid]))
+
+
+def _anonymous_evidence(evidence: list, anonymized_id: str) -> list:
+    """Stand-ins of the evidence headers with nothing of the original study but the SOP class (see the module
+    docstring); highdicom copies the Patient and Study modules of the first into the SR."""
+    from pydicom.dataset import Dataset
+
+    out = []
+    for ds in evidence:
+        stand_in = Dataset()
+        stand_in.SOPClassUID = ds.SOPClassUID
+        for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"):
+            uid = str(ds.get(keyword, "") or "")
+            if uid:
+                setattr(stand_in, keyword, anonymous_uid(uid))
+        stand_in.Modality = ds.get("Modality", "CT")
+        stand_in.PatientName, stand_in.PatientID = f"Anonymized^{anonymized_id}", anonymized_id
+        for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
+                        "ReferringPhysicianName"):
+            setattr(stand_in, keyword, "")
+        out.append(stand_in)
+    return out
+
+
 def build_sr(volume, result: StudyResult, anonymized_id: str | None = None):
     """The highdicom Comprehensive3DSR of a study's findings (patient fields replaced when anonymized_id)."""
     import highdicom as hd
@@ -37,6 +69,8 @@ def build_sr(volume, result: StudyResult, anonymized_id: str | None = None):
     from pydicom.uid import generate_uid
 
     evidence = _evidence(volume)
+    if anonymized_id is not None:
+        evidence = _anonymous_evidence(evidence, anonymized_id)
     frame_uid = str(evidence[0].get("FrameOfReferenceUID", "") or "")
     if not frame_uid:
         raise ValueError(f"{volume.source}: the slices have no FrameOfReferenceUID; cannot place 3D findings")
@@ -75,11 +109,6 @@ def build_sr(volume, result: StudyResult, anonymized_id: str | None = None):
         is_complete=True)
     sr.SeriesDescription = "Nodule findings - research use only"
     sr.ContentDescription = DISCLAIMER[:64]
-    if anonymized_id is not None:
-        sr.PatientName, sr.PatientID = anonymized_id, anonymized_id
-        for keyword in ("PatientBirthDate", "AccessionNumber", "ReferringPhysicianName"):
-            if keyword in sr:
-                setattr(sr, keyword, "")
     return sr
 
 
