@@ -21,8 +21,13 @@ streams (which OpenCV 5 silently returns as black frames), the packaged ffmpeg r
 yadif. `iter_video_timed` / `read_video_timed` also give each frame's presentation time, which differs from
 frame / fps in variable-frame-rate clips (phones, screen recordings); `steady_rate` tells whether a clip keeps
 to its nominal rate and `constant_rate` re-times one that does not for a constant-rate file. `copy_audio` carries a source's sound
-over to a re-encoded video. Every problem raises VideoError naming the file (audio-only files, truncated
-MP4s without their index, bytes that are no video at all get their own messages).
+over to a re-encoded video. Every problem raises VideoError naming the file (audio-only files, with or
+without cover art, truncated MP4s without their index, bytes that are no video at all get their own
+messages). A file's content, not its name, says whether it is a still image or a video (an MP4 saved as
+.jpg is a video). HDR clips (HLG / PQ transfer, as phones record) are read through ffmpeg's zscale, tone
+mapped to SDR BT.709 (`hdr_transfer`, `hdr_warning`); `sample_aspect` gives an anamorphic clip's pixel
+aspect, which `write_video(..., sar=)` stores; `decode_shortfall` words a file that decodes to clearly fewer
+frames than its header lists (truncated). Written files get the mode a plain write gives (0666 less the umask).
 """
 from __future__ import annotations
 
@@ -81,8 +86,19 @@ def ffmpeg_exe() -> str | None:
         return None
 
 
-def _still_image_kind(path: Path) -> str | None:
-    """"PNG"/"JPEG"/... when the file is a still image (by magic bytes or suffix), else None."""
+def _looks_like_video(head: bytes) -> bool:
+    """Whether a file's first bytes are those of a video container: ISO BMFF (MP4/MOV/M4V/3GP: a box type at
+    bytes 4-8), Matroska/WebM, AVI, MPEG program stream / video elementary stream, ASF (WMV), FLV."""
+    return (head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot")
+            or head.startswith((b"\x1a\x45\xdf\xa3", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3", b"FLV\x01",
+                                b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"))
+            or (head[:4] == b"RIFF" and head[8:12] == b"AVI "))
+
+
+def still_image_kind(path: str | Path) -> str | None:
+    """"PNG"/"JPEG"/... when the file is a still image, else None. The content decides: image magic bytes make
+    it an image whatever its name, a video container's make it a video whatever its name (an MP4 saved as
+    .jpg); only content that is neither falls back to the suffix."""
     with open(path, "rb") as f:
         head = f.read(16)
     for magic, kind in _IMAGE_MAGIC.items():
@@ -90,6 +106,9 @@ def _still_image_kind(path: Path) -> str | None:
             return kind
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
+    if _looks_like_video(head):
+        return None
+    path = Path(path)
     return path.suffix.lower().lstrip(".").upper() if path.suffix.lower() in IMAGE_SUFFIXES else None
 
 
@@ -101,10 +120,18 @@ def _check_file(path: str | Path) -> Path:
         raise VideoError(path, "not a file")
     if path.stat().st_size == 0:
         raise VideoError(path, "empty file (zero bytes)")
-    kind = _still_image_kind(path)
+    kind = still_image_kind(path)
     if kind is not None:
         raise VideoError(path, f"this is a still image ({kind}), not a video; use read_image for images")
+    streams, report = _ffmpeg_header(path)
+    if streams and "Video" not in streams:  # before OpenCV, which would decode a cover picture as a video
+        _no_video(path, streams, report)
     return path
+
+
+def _no_video(path: Path, streams: frozenset[str], report: str) -> None:
+    cover = " and a cover picture" if "(attached pic)" in report else ""
+    raise VideoError(path, f"no video stream (the file holds only {' and '.join(sorted(streams)).lower()}{cover})")
 
 
 def _fourcc(cap: cv2.VideoCapture) -> str:
@@ -117,7 +144,7 @@ def _open_cv(path: Path) -> cv2.VideoCapture | None:
     Interlaced streams (camcorder AVCHD .mts, broadcast MPEG-2 .ts/.mpg) go to ffmpeg too: OpenCV 5's FFmpeg
     backend cannot convert them ("Cannot convert interlaced to progressive") and returns black or stale
     garbage frames with no error."""
-    if _interlaced(path):
+    if _interlaced(path) or hdr_transfer(path) is not None:
         return None
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     ok = cap.isOpened() and cap.grab()
@@ -133,7 +160,7 @@ _INTERLACED_RE = re.compile(r"\b(top|bottom)( coded)? first\b")  # ffmpeg's fiel
 def _interlaced(path: Path) -> bool:
     """Whether ffmpeg reports the (first) video stream as interlaced: any field order but progressive ("top
     first", "bottom first", "top coded first (swapped)", "bottom coded first (swapped)")."""
-    video = [line for line in _ffmpeg_header(path)[1].splitlines() if ": Video:" in line]
+    video = _video_lines(_ffmpeg_header(path)[1])
     return bool(video) and _INTERLACED_RE.search(video[0]) is not None
 
 
@@ -165,7 +192,64 @@ def _ffmpeg_header_cached(path: str, size: int, mtime_ns: int) -> tuple[frozense
     except (OSError, subprocess.TimeoutExpired):
         return frozenset(), ""
     text = run.stderr.decode(errors="replace")
-    return frozenset(kind for kind in ("Video", "Audio", "Subtitle", "Data") if f": {kind}:" in text), text
+    # a cover picture (an MP3 / M4A's album art) is a "Video" stream marked "(attached pic)": no video
+    kinds = {kind for kind in ("Audio", "Subtitle", "Data") if f": {kind}:" in text}
+    if _video_lines(text):
+        kinds.add("Video")
+    return frozenset(kinds), text
+
+
+def _video_lines(report: str) -> list[str]:
+    """ffmpeg's description lines of the real video streams in its report (cover pictures left out)."""
+    return [line for line in report.splitlines() if ": Video:" in line and "(attached pic)" not in line]
+
+
+HDR_TRANSFERS = {"arib-std-b67": "HLG", "smpte2084": "PQ"}   # ffmpeg's names of HDR transfer characteristics
+
+
+def hdr_transfer(path: str | Path) -> str | None:
+    """"HLG" or "PQ" when the first video stream is tagged with an HDR transfer characteristic (phones record
+    HLG by default), else None."""
+    video = _video_lines(_ffmpeg_header(Path(path))[1])
+    if video:
+        for name, kind in HDR_TRANSFERS.items():
+            if re.search(rf"[(/ ]{name}[,/)]", video[0]):
+                return kind
+    return None
+
+
+def hdr_warning(path: str | Path) -> str | None:
+    """What to tell the user about an HDR source (None for SDR): that it is read tone mapped to SDR BT.709, or,
+    when this ffmpeg cannot do that, that its colours will be wrong."""
+    kind = hdr_transfer(path)
+    if kind is None:
+        return None
+    tag = next(k for k, v in HDR_TRANSFERS.items() if v == kind)
+    if ffmpeg_has_filter("zscale"):
+        return f"{path}: HDR video ({kind}, {tag}): read converted to SDR BT.709"
+    return (f"{path}: HDR video ({kind}, {tag}): this ffmpeg cannot convert it to SDR (no zscale filter); "
+            "colours are wrong")
+
+
+def sample_aspect(path: str | Path) -> tuple[int, int] | None:
+    """The first video stream's sample (pixel) aspect ratio (num, den) when it is not square (anamorphic
+    DV / DVD / HDV footage: 480x360 shown as 16:9 has SAR 4:3), else None."""
+    video = _video_lines(_ffmpeg_header(Path(path))[1])
+    m = re.search(r"\[SAR (\d+):(\d+) DAR", video[0]) if video else None
+    if m is None:
+        return None
+    num, den = int(m.group(1)), int(m.group(2))
+    return None if num < 1 or den < 1 or num == den else (num, den)
+
+
+def decode_shortfall(info: VideoInfo, decoded_frames: int) -> str | None:
+    """A warning when clearly fewer frames decoded than the container states (a truncated download, a copy
+    cut short: the index promises more than the bytes hold), else None."""
+    missing = info.frames - decoded_frames
+    if missing <= max(2, 0.05 * info.frames):
+        return None
+    return (f"{info.path}: only {decoded_frames} of the {info.frames} frames its header lists could be decoded "
+            f"({decoded_frames / info.fps:.2f} of {info.seconds:.2f} s); the file looks truncated or damaged")
 
 
 def _probe_ffmpeg(path: Path) -> VideoInfo:
@@ -174,7 +258,7 @@ def _probe_ffmpeg(path: Path) -> VideoInfo:
         raise VideoError(path, "OpenCV cannot decode this file and no ffmpeg binary is available")
     streams, report = _ffmpeg_header(path)
     if streams and "Video" not in streams:
-        raise VideoError(path, f"no video stream (the file holds only {' and '.join(sorted(streams)).lower()})")
+        _no_video(path, streams, report)
     if "moov atom not found" in report:
         with open(path, "rb") as f:
             box = f.read(12)[4:8]
@@ -315,7 +399,8 @@ def _iter_ffmpeg(path: Path, max_frames: int | None, size: tuple[int, int] | Non
     demux-only ffmpeg pass) when the packets match the `frames` decoded one to one, else n / fps (exact for
     constant frame rate only: a variable-rate clip whose packets do not match gets evenly spaced times)."""
     import imageio_ffmpeg
-    filters = (["yadif"] if _interlaced(path) else []) + ([f"scale={size[0]}:{size[1]}:flags=area"] if size else [])
+    filters = (["yadif"] if _interlaced(path) else []) + _tone_map(path) + (
+        [f"scale={size[0]}:{size[1]}:flags=area"] if size else [])
     times = _packet_times(path)
     if times is not None and len(times) != frames:
         times = None
@@ -330,6 +415,32 @@ def _iter_ffmpeg(path: Path, max_frames: int | None, size: tuple[int, int] | Non
             yield t, np.frombuffer(buf, np.uint8).reshape(height, width, 3).copy()
     finally:
         gen.close()
+
+
+def _tone_map(path: Path) -> list[str]:
+    """ffmpeg filters bringing an HDR stream to SDR BT.709 (what OpenCV, which ignores the transfer tags,
+    gets wrong: washed-out, desaturated colours). HLG is made to be shown as SDR directly (zscale converts
+    transfer, matrix and primaries); PQ's absolute highlights are tone mapped (Hable) in linear light first.
+    Needs the zscale filter (libzimg), which the imageio-ffmpeg build has; without it, nothing is converted."""
+    kind = hdr_transfer(path)
+    if kind is None or not ffmpeg_has_filter("zscale"):
+        return []
+    if kind == "HLG":
+        return ["zscale=t=bt709:m=bt709:p=bt709:r=tv", "format=yuv420p"]
+    return ["zscale=t=linear:npl=100", "format=gbrpf32le", "zscale=p=bt709", "tonemap=tonemap=hable:desat=0",
+            "zscale=t=bt709:m=bt709:r=tv", "format=yuv420p"]
+
+
+@lru_cache(maxsize=8)
+def ffmpeg_has_filter(name: str) -> bool:
+    exe = ffmpeg_exe()
+    if exe is None:
+        return False
+    try:
+        run = subprocess.run([exe, "-hide_banner", "-filters"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return re.search(rf"^\s*\S+\s+{re.escape(name)}\s", run.stdout.decode(errors="replace"), re.M) is not None
 
 
 def _packet_times(path: Path) -> np.ndarray | None:
@@ -502,10 +613,12 @@ class _FFmpegSink:
     """Frames piped into the packaged ffmpeg as raw yuv420p: OpenCV's RGB->I420 conversion (BT.601, as
     ffmpeg's default) halves the bytes piped and took the 1080p x 72 H.264 encode from ~1.0 s to ~0.55 s."""
 
-    def __init__(self, out: Path, codec: str, width: int, height: int, fps: float):
+    def __init__(self, out: Path, codec: str, width: int, height: int, fps: float,
+                 sar: tuple[int, int] | None = None):
         self.log = tempfile.TemporaryFile()
+        setsar = ["-vf", f"setsar={sar[0]}/{sar[1]}"] if sar else []   # stored pixel aspect (anamorphic)
         cmd = [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "yuv420p",
-               "-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "-", "-an", *_ffmpeg_args(codec), str(out)]
+               "-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "-", "-an", *setsar, *_ffmpeg_args(codec), str(out)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.log)
 
     def write(self, rgb: np.ndarray) -> None:
@@ -548,13 +661,44 @@ class _OpenCVSink:
         self.writer.release()
 
 
+def _umask() -> int:
+    """The process's umask (read from /proc on Linux; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _temp_beside(path: Path) -> Path:
+    """An empty temporary file in path's folder, to be renamed onto `path` when complete. mkstemp makes it
+    0600; it gets the mode a plain open() would give a new file (0666 less the umask), so that what is renamed
+    into place is as readable as any other file written here."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return Path(tmp_name)
+
+
 def write_video(frames_FHW3: np.ndarray | Iterable[np.ndarray], path: str | Path, fps: float, *,
-                codec: str = "auto") -> Path:
+                codec: str = "auto", sar: tuple[int, int] | None = None) -> Path:
     """Encode frames (an array [F, H, W, 3] or any iterable of [H, W, 3] uint8 RGB) to a browser-playable
-    .mp4 (H.264) or .webm (VP9, or VP8 through OpenCV); returns the path. Atomic: the target only appears,
-    complete, when encoding succeeded; on any error nothing is left behind."""
+    .mp4 (H.264) or .webm (VP9, or VP8 through OpenCV); returns the path. `sar` (num, den) stores a
+    non-square sample aspect ratio (frames of an anamorphic source keep their display shape; see
+    sample_aspect); OpenCV's VP8 writer cannot store one. Atomic: the target only appears, complete, when
+    encoding succeeded; on any error nothing is left behind."""
     path = Path(path)
     codec = _pick_codec(path, codec)
+    if sar is not None and not (len(sar) == 2 and all(isinstance(x, (int, np.integer)) and 0 < x < 1 << 16
+                                                      for x in sar)):
+        raise VideoError(path, f"sar must be two positive integers (num, den), got {sar!r}")
     try:
         fps = float(fps)
     except (TypeError, ValueError):
@@ -563,9 +707,7 @@ def write_video(frames_FHW3: np.ndarray | Iterable[np.ndarray], path: str | Path
         raise VideoError(path, f"fps {fps:g} out of range ({MIN_FPS}..{MAX_FPS})")
     if not path.parent.is_dir():
         raise VideoError(path, f"folder {path.parent} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temp_beside(path)
     sink, size_hw, count = None, None, 0
     try:
         for frame in frames_FHW3:
@@ -575,7 +717,7 @@ def write_video(frames_FHW3: np.ndarray | Iterable[np.ndarray], path: str | Path
                 if max(size_hw) > MAX_SIDE:
                     raise VideoError(path, f"frames of {size_hw[1]}x{size_hw[0]} exceed the {MAX_SIDE}-pixel limit")
                 h, w = _even(frame).shape[:2]
-                sink = _OpenCVSink(tmp, w, h, fps) if codec == "vp8" else _FFmpegSink(tmp, codec, w, h, fps)
+                sink = _OpenCVSink(tmp, w, h, fps) if codec == "vp8" else _FFmpegSink(tmp, codec, w, h, fps, sar)
             sink.write(_even(frame))
             count += 1
         if sink is None:
@@ -606,8 +748,7 @@ def copy_audio(video: str | Path, source: str | Path) -> bool:
     if exe is None or "Audio" not in _ffmpeg_header(source)[0]:
         return False
     codec = ["-c:a", "aac", "-b:a", "160k"] if video.suffix.lower() == ".mp4" else ["-c:a", "libopus", "-b:a", "128k"]
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{video.stem}.", suffix=f".part{video.suffix}", dir=video.parent)
-    os.close(fd)
+    tmp_name = str(_temp_beside(video))
     try:
         cmd = [exe, "-y", "-hide_banner", "-loglevel", "error", "-i", str(video), "-i", str(source),
                "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", *codec,
@@ -650,8 +791,8 @@ def bench_encoding(frames: int = 72, size_hw: tuple[int, int] = (1080, 1920), fp
 
 
 def _atomic_save(path: Path, save) -> Path:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
-    os.close(fd)
+    """Write `path` by save(tmp) to a temporary file beside it, renamed into place when complete."""
+    tmp_name = _temp_beside(path)
     try:
         save(Path(tmp_name))
         os.replace(tmp_name, path)

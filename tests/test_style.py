@@ -185,8 +185,8 @@ def test_stylize_file_image_and_video(tmp_path):
         stylize_file(video, "pencil", tmp_path / "out.png")
     with pytest.raises(StyleError, match="unknown style"):
         stylize_file(video, "nosuchstyle", tmp_path / "x.mp4")
-    (tmp_path / "still.mp4").write_bytes(image.read_bytes())
-    with pytest.raises(VideoError, match="still image"):
+    (tmp_path / "still.mp4").write_bytes(image.read_bytes())   # the content decides: a PNG named .mp4
+    with pytest.raises(StyleError, match="still image"):
         stylize_file(tmp_path / "still.mp4", "oil", tmp_path / "x.mp4")
     assert not (tmp_path / "x.mp4").exists()
 

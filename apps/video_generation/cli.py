@@ -102,8 +102,23 @@ def caption(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.file}: " + ("not a regular file" if Path(args.file).exists() else "no such file"))
     shots = caption_video(args.file)
     rows = [s.to_dict() for s in shots]
-    text = "\n".join(f"{s.start_s:7.2f}-{s.end_s:7.2f} s  {s.caption}  ({s.source})" for s in shots)
-    _print(args, {"file": str(args.file), "shots": rows}, text)
+    warnings = media_warnings(Path(args.file), shots[-1].end_frame if shots else 0)
+    text = "\n".join([f"{s.start_s:7.2f}-{s.end_s:7.2f} s  {s.caption}  ({s.source})" for s in shots]
+                     + [f"  warning: {w}" for w in warnings])
+    _print(args, {"file": str(args.file), "shots": rows, "warnings": warnings}, text)
+
+
+def media_warnings(path: Path, decoded_frames: int) -> list[str]:
+    """What a reader of a file's captions should know about the file itself: fewer frames decoded than its
+    header lists (truncated), HDR colours converted to SDR. A clip cut short on purpose (MAX_CAPTION_FRAMES)
+    is no shortfall."""
+    from data_connectors.video import decode_shortfall, hdr_warning, probe_video
+
+    from .captioner import MAX_CAPTION_FRAMES
+
+    info = probe_video(path)
+    short = decode_shortfall(info, decoded_frames) if decoded_frames < MAX_CAPTION_FRAMES else None
+    return [w for w in (short, hdr_warning(path)) if w]
 
 
 def evaluate(args: argparse.Namespace) -> None:

@@ -10,19 +10,25 @@ mean absolute grey-level difference (where it changed). A hard cut is a spike of
 above its local baseline (median + k * MAD over a sliding window, so a busy shot raises its own
 bar), above an absolute floor; a gradual transition is a window whose two end frames differ like
 a cut and whose inner frames are blends of its ends (which motion and camera moves are not), tested at the
-analysis size and, for ends far apart, on a coarse copy (real footage keeps moving during a dissolve), and
-whose middle frame loses contrast as a blend of two different pictures does (a pan over a smooth backdrop
-also looks like a blend when coarse, but keeps its contrast). A fade in at the clip's very start or out at
+analysis size and, for ends far apart, on a coarse copy and up to a few pixels of motion (real footage keeps
+moving during a dissolve), and whose middle frame loses contrast as a blend of two different pictures does
+(a pan over a smooth backdrop also looks like a blend when coarse, but keeps its contrast). A fade in at the clip's very start or out at
 its end is no boundary; nor is a flash (two jumps a few frames apart after which the picture is the one
 before). Boundaries closer than a minimum shot length keep the stronger one. A cut between two shots of one set (the same backdrop, the
 camera where it was) changes only the objects, too little of the frame for that score: a second score, the
-motion-compensated difference (what no move of a few pixels explains), finds it with the same peak test.
+motion-compensated difference (what no move of a few pixels explains; more pixels below 12 fps), finds it
+with the same peak test. A pair whose colours and compensated difference both change by a large share is a
+cut with no baseline at all: slideshows and 1-2 fps clips have cuts too dense for a window's median.
 
 Descriptors (of the picture inside any letterbox / pillarbox bars): brightness from Lab L; dominant colours by k-means in Lab, named from lightness,
-chroma and hue; motion and camera from Farneback optical flow on downscaled grey frames, the
+chroma and (OKLab) hue; motion and camera from Farneback optical flow on downscaled grey frames, the
 camera taken as the global (median) translation and radial scale of the flow field (still when still
 corners spread over the frame are at least half as many as the moving consensus: a large object passing a
-locked-off camera), motion as what is left once the camera's part is removed.
+locked-off camera), motion as what is left once the camera's part is removed, where the camera's move
+alone does not predict the next frame as well as the flow does (flow is blind inside flat areas, which a
+pan would otherwise turn into motion against it). Flow pairs join frames that start a run of repeats, each
+timed by its own gap: animation held on twos or threes, and variable-rate clips re-timed to a constant
+rate, move between runs, not within one.
 
 Shape legend: F frames, H height, W width; small frames are the downscaled analysis copies.
 """
@@ -62,6 +68,11 @@ class ShotConfig:
     shift_radius: int = 2            # ... by a motion-compensated difference: pixels (at analysis_width) a
                                      # thing may move between frames and still count as the same thing
     shift_floor: float = 0.0005      # ... a cut's compensated difference (grey levels in [0, 1]) is above this
+    shift_fps: float = 12.0          # ... below this frame rate the radius grows as 1 / fps (more motion a frame)
+    sure_hist: float = 0.5           # a pair whose histogram distance is at least this and whose
+    sure_shift: float = 0.05         # compensated difference (at shift_radius) is at least this is a cut outright,
+                                     # when it is the largest score beside it: no baseline needed (slideshows and
+                                     # low frame rates, where cuts are too dense for the window's median)
 
 
 @dataclass
@@ -170,23 +181,41 @@ def _hard_cuts(scores_F: np.ndarray, min_len: int, cfg: ShotConfig, floor: float
     if flashes:
         others_F[candidates] = 0.0  # two cuts of a short flash do not silence each other
     cuts = []
+    reach = max(min_len, 2)  # at least the pairs either side, also where a minimum shot is one frame (low fps)
     for i in candidates:
-        near = np.concatenate([others_F[max(1, i - min_len + 1):i], others_F[i + 1:i + min_len]])
+        near = np.concatenate([others_F[max(1, i - reach + 1):i], others_F[i + 1:i + reach]])
         if near.size == 0 or scores_F[i] > cfg.peak_ratio * near.max():
             cuts.append((i, float(scores_F[i])))
     return cuts
 
 
-def _blend_misfit(grey_Fhw: np.ndarray, a: int, b: int, c: int, k: int, spread: float) -> float:
+def _sure_cuts(hist_FB: np.ndarray, shift_F: np.ndarray, cfg: ShotConfig) -> list[int]:
+    """Pairs whose colours change by at least `sure_hist` of the histogram while at least `sure_shift` of the
+    grey levels is out of reach of small motion: cuts without a baseline (a slideshow of different pictures, a
+    1-2 fps clip whose every few frames are a new shot). Of two such pairs closer than a minimum shot, the
+    minimum-length rule keeps the stronger."""
+    hist_F = np.zeros(len(hist_FB))
+    hist_F[1:] = 0.5 * np.abs(np.diff(hist_FB, axis=0)).sum(axis=1)
+    return [int(i) for i in np.flatnonzero((hist_F >= cfg.sure_hist) & (shift_F >= cfg.sure_shift)) if i >= 1]
+
+
+def _blend_misfit(grey_Fhw: np.ndarray, a: int, b: int, c: int, k: int, spread: float,
+                  lo_Fhw: np.ndarray | None = None, hi_Fhw: np.ndarray | None = None) -> float:
     """The largest mean deviation of frames c - k/2, c, c + k/2 from the linear blend of frames a and b,
-    relative to the ends' mean difference `spread` (inf when the ends hardly differ)."""
+    relative to the ends' mean difference `spread` (inf when the ends hardly differ). With lo / hi (each
+    frame's grey range over a small neighbourhood), the deviation from the range the blend of those takes:
+    a blend up to a few pixels of motion."""
     if spread < 1e-3:
         return math.inf
     worst = 0.0
     for m in {c - k // 2, c, c + k // 2}:
         t = (m - a) / (b - a)
-        blend = (1 - t) * grey_Fhw[a] + t * grey_Fhw[b]
-        worst = max(worst, float(np.abs(grey_Fhw[m] - blend).mean()) / spread)
+        if lo_Fhw is None or hi_Fhw is None:
+            dev = np.abs(grey_Fhw[m] - ((1 - t) * grey_Fhw[a] + t * grey_Fhw[b]))
+        else:
+            lo, hi = (1 - t) * lo_Fhw[a] + t * lo_Fhw[b], (1 - t) * hi_Fhw[a] + t * hi_Fhw[b]
+            dev = np.maximum(lo - grey_Fhw[m], 0.0) + np.maximum(grey_Fhw[m] - hi, 0.0)
+        worst = max(worst, float(dev.mean()) / spread)
     return worst
 
 
@@ -204,6 +233,9 @@ def _gradual(grey_Fhw: np.ndarray, hist_FB: np.ndarray, fps: float, cfg: ShotCon
     end frames differ like a cut while the frames between are blends of the ends (a dissolve or
     fade is linear in the pixels; motion and camera moves are not). Non-maximum suppressed."""
     F = len(grey_Fhw)
+    kernel = np.ones((2 * cfg.shift_radius + 1,) * 2, np.uint8)
+    lo_Fhw = np.stack([cv2.erode(g, kernel) for g in grey_Fhw])    # each frame's range within shift_radius px
+    hi_Fhw = np.stack([cv2.dilate(g, kernel) for g in grey_Fhw])
     coarse_Fhw = grey_Fhw if grey_Fhw.shape[2] <= cfg.coarse_width else \
         np.stack([_small(g, cfg.coarse_width) for g in grey_Fhw])
     max_k = max(2, int(round(cfg.gradual_max_s * fps / 2)))
@@ -231,6 +263,15 @@ def _gradual(grey_Fhw: np.ndarray, hist_FB: np.ndarray, fps: float, cfg: ShotCon
                 if worst < cfg.blend_tolerance and _contrast_dips(g[a], g[c], g[b], cfg.dip_share):
                     found.append((c, ends * (1 - worst), k))
                     break
+            else:
+                # Both clips may keep moving through the dissolve (a cyclist crossing while the next shot fades
+                # in): inner frames then blend the ends only up to a few pixels of motion. Tested at the
+                # analysis size, ends far apart only, and the middle frame must lose contrast as a blend does.
+                if ends >= cfg.coarse_end_dist:
+                    worst = _blend_misfit(grey_Fhw, a, b, c, k, spread, lo_Fhw, hi_Fhw)
+                    if worst < cfg.blend_tolerance and _contrast_dips(grey_Fhw[a], grey_Fhw[c], grey_Fhw[b],
+                                                                      cfg.dip_share):
+                        found.append((c, ends * (1 - worst), k))
     kept: list[tuple[int, float, int]] = []
     for cand in sorted(found, key=lambda x: (-x[1], -x[2])):
         if all(abs(cand[0] - c) > max(cand[2], k) for c, _, k in kept):
@@ -249,11 +290,17 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
     scores_F = _scores(hist_FB, grey_Fhw, cfg)
     min_len = max(1, int(round(cfg.min_shot_s * fps)))
     cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, min_len, cfg)]
+    shift_F = compensated_scores(grey_Fhw, cfg.shift_radius)
+    cuts += [(i, float(scores_F[i]), "cut") for i in _sure_cuts(hist_FB, shift_F, cfg)
+             if all(i != c[0] for c in cuts)]
     if cfg.still_backdrop:
         # Ranked by their plain score, so where both find a cut the first one's frame is kept, and of two
         # neighbouring candidates (a fast move right after the cut) the one the frames' content changes most at.
+        # At low frame rates things move further between frames: the radius grows with the frame interval.
+        radius = max(cfg.shift_radius, round(cfg.shift_radius * cfg.shift_fps / fps))
         cuts += [(i, float(scores_F[i]), "cut") for i, _ in _hard_cuts(
-            compensated_scores(grey_Fhw, cfg.shift_radius), min_len, cfg, cfg.shift_floor, flashes=False)]
+            shift_F if radius == cfg.shift_radius else compensated_scores(grey_Fhw, radius),
+            min_len, cfg, cfg.shift_floor, flashes=False)]
     if cfg.gradual:
         flat_F = grey_Fhw.std(axis=(1, 2)) < cfg.flat_std   # flat frames (black, white): where fades meet
         spans = _merge_fades(_gradual(grey_Fhw, hist_FB, fps, cfg), flat_F, int(round(cfg.gradual_max_s * fps)))
@@ -344,23 +391,46 @@ class DescribeConfig:
     still_thresh: float = 0.005      # object motion (frame widths per second) below this is "still"
 
 
-# Colour names by hue angle in Lab (a*, b*) for chromatic clusters: (upper bound in degrees, name).
-_HUE_NAMES = ((25, "pink"), (50, "red"), (75, "orange"), (100, "yellow"), (165, "green"),
-              (235, "cyan"), (300, "blue"), (335, "purple"), (360, "pink"))
+# Colour names by hue angle in OKLab (a, b) for chromatic colours: (upper bound in degrees, name). OKLab, not
+# CIE Lab, for the hue: CIE Lab bends blue towards purple (pure blue, navy and mediumblue sit at 306 deg there,
+# beside mediumpurple at 306 and rebeccapurple at 312) and yellow towards green (103 deg, beside olive-green);
+# OKLab's hue is close to perceived hue, and the CSS/X11 colour families fall into separate bands: blues
+# 220-290 deg (pure blue 264, slateblue 286), purples 297-330, yellows 84-110, greens 118-170.
+_HUE_NAMES = ((15, "pink"), (45, "red"), (80, "orange"), (115, "yellow"), (175, "green"),
+              (215, "cyan"), (292, "blue"), (340, "purple"), (360, "pink"))
+
+# sRGB (linear) -> LMS and LMS^(1/3) -> OKLab (Ottosson, 2020).
+_OKLAB_M1 = np.array([[0.4122214708, 0.5363325363, 0.0514459929],
+                      [0.2119034982, 0.6806995451, 0.1073969566],
+                      [0.0883024619, 0.2817188376, 0.6299787005]])
+_OKLAB_M2 = np.array([[0.2104542553, 0.7936177850, -0.0040720468],
+                      [1.9779984951, -2.4285922050, 0.4505937099],
+                      [0.0259040371, 0.7827717662, -0.8086757660]])
+
+
+def oklab_hue(rgb01: np.ndarray) -> float:
+    """Hue angle in degrees (0..360) of an sRGB colour with channels in [0, 1], in OKLab."""
+    c = np.clip(np.asarray(rgb01, dtype=np.float64).reshape(3), 0.0, 1.0)
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    _, a, b = _OKLAB_M2 @ np.cbrt(_OKLAB_M1 @ linear)
+    return math.degrees(math.atan2(b, a)) % 360
 
 
 def colour_name(rgb: tuple[float, float, float] | np.ndarray) -> str:
-    """A plain colour name for an RGB triple (0-255): greys by lightness, others by Lab hue angle."""
+    """A plain colour name for an RGB triple (0-255): greys by lightness, others by hue."""
     px = np.asarray(rgb, dtype=np.float32).reshape(1, 1, 3) / 255.0
     L, a, b = cv2.cvtColor(px, cv2.COLOR_RGB2Lab).reshape(3)
     return _lab_name(float(L), float(a), float(b))
 
 
 def _lab_name(L: float, a: float, b: float) -> str:
+    """Name of a CIE Lab colour (OpenCV float Lab: L 0..100): grey levels and brown by Lab lightness and
+    chroma, hues by OKLab hue angle."""
     chroma = math.hypot(a, b)
     if chroma < 12 or (L < 22 and chroma < 20):
         return "black" if L < 22 else "white" if L > 85 else "grey"
-    hue = math.degrees(math.atan2(b, a)) % 360
+    rgb01 = cv2.cvtColor(np.array([[[L, a, b]]], dtype=np.float32), cv2.COLOR_Lab2RGB).reshape(3)
+    hue = oklab_hue(rgb01)
     name = next(n for bound, n in _HUE_NAMES if hue < bound)
     if name in ("orange", "red", "yellow") and L < 45 and chroma < 50:
         return "brown"
@@ -418,33 +488,54 @@ class FlowSummary:
     coherence: float                 # |mean motion vector| / mean |motion|, 0..1 (1 = all one way)
 
 
+def run_starts(grey_F: list[np.ndarray], tol: int = 8, share: float = 0.001) -> np.ndarray:
+    """For each frame, the index of the first frame of the run of repeats it belongs to: a frame repeats the
+    run's first frame when fewer than `share` of its pixels differ from it by more than `tol` grey levels.
+    Animation held on twos or threes, and variable-rate footage re-timed to a constant rate, repeat frames;
+    compared with the run's first frame (not the previous one), slow motion still starts new runs."""
+    first_F = np.zeros(len(grey_F), dtype=np.int64)
+    h = 0
+    for j in range(1, len(grey_F)):
+        if float((cv2.absdiff(grey_F[j], grey_F[h]) > tol).mean()) >= share:
+            h = j
+        first_F[j] = h
+    return first_F
+
+
 def flow_summary(frames_FHW3: np.ndarray, fps: float, cfg: DescribeConfig | None = None) -> FlowSummary:
     """Camera (global translation and zoom) and object motion from Farneback flow between sampled frames."""
     cfg = cfg or DescribeConfig()
     F = len(frames_FHW3)
+    none = FlowSummary(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     if F < 2:
-        return FlowSummary(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    # Pairs `step` frames apart (about a tenth of a second: slow motion moves whole pixels, fast
-    # motion stays within Farneback's pyramid reach), spread over the shot.
+        return none
+    grey_F = [cv2.cvtColor(np.ascontiguousarray(_small(f, cfg.flow_width)), cv2.COLOR_RGB2GRAY) for f in frames_FHW3]
+    # Pairs at least `step` frames apart (about a tenth of a second: slow motion moves whole pixels, fast
+    # motion stays within Farneback's pyramid reach), spread over the shot. Both frames of a pair are the first
+    # of a run of repeated frames, each pair timed by its own gap: a pair inside one held picture (animation on
+    # threes, a re-timed variable-rate clip) would read as no motion, and a pair from the middle of a run to
+    # the next would get the wrong time.
     step = min(F - 1, max(1, round(fps / cfg.flow_pairs_per_s)))
-    pairs = min(cfg.max_frames, F - step)
-    starts = np.unique(np.linspace(0, F - 1 - step, pairs).round().astype(int))
+    new_N = np.flatnonzero(run_starts(grey_F) == np.arange(F))      # first frames of runs, ascending
+    later_N = np.searchsorted(new_N, new_N + step)                  # index into new_N of each one's partner
+    ok_N = later_N < len(new_N)
+    if not ok_N.any():
+        return none  # one picture throughout
+    firsts_P, seconds_P = new_N[ok_N], new_N[later_N[ok_N]]
+    pick = np.unique(np.linspace(0, len(firsts_P) - 1, min(cfg.max_frames, len(firsts_P))).round().astype(int))
     rows = []
-    for s in starts:
-        a = cv2.cvtColor(np.ascontiguousarray(_small(frames_FHW3[s], cfg.flow_width)), cv2.COLOR_RGB2GRAY)
-        b = cv2.cvtColor(np.ascontiguousarray(_small(frames_FHW3[s + step], cfg.flow_width)), cv2.COLOR_RGB2GRAY)
+    for s, e in zip(firsts_P[pick], seconds_P[pick]):
+        a, b = grey_F[s], grey_F[e]
         flow_hw2 = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-        rows.append(_pair_motion(a, b, flow_hw2))
+        rows.append(np.array(_pair_motion(a, b, flow_hw2)) * fps / (e - s))   # per second
     rows_P7 = np.array(rows)
     # Camera: the median pair (robust to a few bad pairs); object motion: the mean over pairs.
     tx, ty, zoom = np.median(rows_P7[:, :3], axis=0)
     resid, rx, ry = rows_P7[:, 3:6].mean(axis=0)
     coh = float(np.hypot(rx, ry) / max(float(rows_P7[:, 6].mean()), 1e-6))
-    w, h = a.shape[1], a.shape[0]
-    per_s = fps / step
-    return FlowSummary(pan_x=float(tx / w * per_s), pan_y=float(ty / h * per_s), zoom=float(zoom * per_s),
-                       motion=float(resid / w * per_s), motion_x=float(rx / w * per_s), motion_y=float(ry / w * per_s),
-                       coherence=float(coh))
+    h, w = grey_F[0].shape
+    return FlowSummary(pan_x=float(tx / w), pan_y=float(ty / h), zoom=float(zoom), motion=float(resid / w),
+                       motion_x=float(rx / w), motion_y=float(ry / w), coherence=float(coh))
 
 
 def camera_model(a_hw: np.ndarray, b_hw: np.ndarray) -> tuple[float, float, float]:
@@ -501,6 +592,8 @@ def _pair_motion(a_hw: np.ndarray, b_hw: np.ndarray, flow_hw2: np.ndarray) -> tu
     ru, rv = u - tx - zoom * dx, v - ty - zoom * dy
     mag = np.hypot(ru, rv)
     moving = mag > max(0.5, 3 * float(np.percentile(mag, MOTION_NOISE_PERCENTILE)))
+    if (tx, ty, zoom) != (0.0, 0.0, 0.0) and moving.any():
+        moving &= ~_camera_explains(a_hw, b_hw, flow_hw2, xs + tx + zoom * dx, ys + ty + zoom * dy)
     if moving.mean() < 0.002:
         return tx, ty, zoom, 0.0, 0.0, 0.0, 0.0
     # Speeds are the moving pixels' means weighted by how much of the frame moves, so that they
@@ -508,6 +601,29 @@ def _pair_motion(a_hw: np.ndarray, b_hw: np.ndarray, flow_hw2: np.ndarray) -> tu
     share = float(moving.mean())
     speed = float(mag[moving].mean()) * share
     return tx, ty, zoom, speed, float(ru[moving].mean()) * share, float(rv[moving].mean()) * share, speed
+
+
+def _camera_explains(a_hw: np.ndarray, b_hw: np.ndarray, flow_hw2: np.ndarray, cam_x_hw: np.ndarray,
+                     cam_y_hw: np.ndarray, window: int = 9, margin: float = 2.0) -> np.ndarray:
+    """Where the camera's move alone predicts frame b from frame a as well as the flow does (around each pixel),
+    or where the camera's move brings in content from outside frame a (the strip a pan uncovers): no object
+    motion there. Optical flow is blind along flat or one-directional texture (sky, walls, a photo's smooth
+    areas) and reports about zero there, which against a moving camera reads as motion opposite to it."""
+    h, w = a_hw.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = a_hw.astype(np.float32)
+    b = b_hw.astype(np.float32)
+    by_cam = cv2.remap(b, cam_x_hw.astype(np.float32), cam_y_hw.astype(np.float32), cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    by_flow = cv2.remap(b, xs + flow_hw2[..., 0], ys + flow_hw2[..., 1], cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+    err_cam = cv2.blur(np.abs(by_cam - a), (window, window))
+    err_flow = cv2.blur(np.abs(by_flow - a), (window, window))
+    # Pixels near where the camera fails count as moving too: a flat-coloured object's inside is explained by
+    # any move, its edges are not.
+    unexplained = cv2.dilate((err_cam > err_flow + margin).astype(np.uint8), np.ones((2 * window - 1,) * 2, np.uint8))
+    outside = (cam_x_hw < 0) | (cam_x_hw > w - 1) | (cam_y_hw < 0) | (cam_y_hw > h - 1)
+    return (unexplained == 0) | (cv2.dilate(outside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
 
 
 def _direction(x: float, y: float) -> str:

@@ -43,8 +43,9 @@ import numpy as np
 
 from data_connectors.video import IMAGE_SUFFIXES as READ_IMAGE_SUFFIXES
 from data_connectors.video import MAX_SIDE as VIDEO_MAX_SIDE
-from data_connectors.video import (WRITE_SUFFIXES, VideoError, constant_rate, copy_audio, iter_video_timed,
-                                   probe_video, read_image, steady_rate, write_image, write_video)
+from data_connectors.video import (WRITE_SUFFIXES, VideoError, constant_rate, copy_audio, decode_shortfall,
+                                   hdr_warning, iter_video_timed, probe_video, read_image, sample_aspect,
+                                   steady_rate, still_image_kind, write_image, write_video)
 
 from .studio import RESOLUTIONS
 
@@ -504,6 +505,7 @@ class StyleResult:
     seconds: float = 0.0
     scores: dict[str, float] = field(default_factory=dict)
     audio: bool = False             # stylize_file: the source's audio track was copied into the output
+    warnings: list[str] = field(default_factory=list)  # stylize_file: what the caller should know about the source
 
 
 def _resize_to(frame_HW3: np.ndarray, side: int | None) -> np.ndarray:
@@ -638,13 +640,17 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
     if out.suffix.lower() not in IMAGE_SUFFIXES | set(WRITE_SUFFIXES):
         raise StyleError(f"{out}: unsupported output suffix {out.suffix!r} (use .png, .jpg, .mp4 or .webm)")
     route = default_router().route(style)  # before reading the source: a bad style fails fast
-    # a GIF is a clip or a picture: the output's suffix says which it is taken as (its first frame for a picture)
-    as_image = src.suffix.lower() in IMAGE_SUFFIXES or (src.suffix.lower() == ".gif"
-                                                       and out.suffix.lower() in IMAGE_SUFFIXES)
+    # The content, not the name, says whether the source is a picture (an MP4 saved as .jpg is a video); a GIF
+    # is a clip or a picture: the output's suffix says which it is taken as (its first frame for a picture).
+    readable = src.is_file() and src.stat().st_size > 0   # else the reader's error names the file
+    kind = still_image_kind(src) if readable else None
+    as_image = (kind is not None if readable else src.suffix.lower() in IMAGE_SUFFIXES) or (
+        src.suffix.lower() == ".gif" and out.suffix.lower() in IMAGE_SUFFIXES)
     if as_image:
         image = read_image(src)
         if out.suffix.lower() not in IMAGE_SUFFIXES:
-            raise StyleError(f"{out}: an image in gives an image out (.png or .jpg), not {out.suffix}")
+            raise StyleError(f"{out}: {src} is a still image ({kind or src.suffix.lstrip('.').upper()}); an image in "
+                             f"gives an image out (.png or .jpg), not {out.suffix}")
         if min(image.shape[:2]) < MIN_SIDE:
             raise StyleError(f"{src}: a {image.shape[1]}x{image.shape[0]} image is too small to restyle "
                              f"({MIN_SIDE} px minimum)")
@@ -662,6 +668,13 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
     if max(info.width, info.height) > VIDEO_MAX_SIDE:  # found now, not after a pass over the whole clip
         raise StyleError(f"{src}: frames of {info.width}x{info.height} exceed the {VIDEO_MAX_SIDE}-pixel limit of "
                          f"the output video; scale the clip down first (e.g. to 2160 lines)")
+    if cfg.work_side is not None:
+        small = min(info.width, info.height) * min(1.0, cfg.work_side / max(info.width, info.height))
+        if round(small) < MIN_SIDE:
+            raise StyleError(f"{src}: work side {cfg.work_side} (--work-side) scales its {info.width}x{info.height} "
+                             f"frames to under {MIN_SIDE} px on the shorter side; use a larger work side")
+    warnings = [w for w in [hdr_warning(src)] if w]   # HDR in: restyled and written as SDR BT.709
+    sar = sample_aspect(src)
     step = max(1, info.frames // cfg.fit_frames)
     sample, times = [], []
     for i, (t, f) in enumerate(iter_video_timed(src, max_side=cfg.work_side)):
@@ -669,13 +682,17 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
         if i % step == 0:
             sample.append(f)
     stylizer = ClipStylizer(route, cfg).fit(_check_frames(np.stack(sample)))
-    if len(times) < info.frames:  # a truncated or damaged file: its header promises more than decodes
-        log.warning("%s: only %d of the %d frames its header lists could be decoded", src, len(times), info.frames)
+    if (short := decode_shortfall(info, len(times))) is not None:  # a truncated file: its header promises more
+        warnings.append(short)
+    for w in warnings:
+        log.warning("%s", w)
     styled = ((t, stylizer(f)) for t, f in iter_video_timed(src))
     fps = steady_rate(np.array(times), info.fps)
-    write_video((f for _, f in styled) if fps is None else constant_rate(styled, fps), out, fps or info.fps)
+    write_video((f for _, f in styled) if fps is None else constant_rate(styled, fps), out, fps or info.fps,
+                sar=sar)  # same frame size as the source: its pixel aspect still holds
     result = _result(np.empty(0), route, time.perf_counter() - t0)
     result.audio = copy_audio(out, src)
+    result.warnings = warnings
     return out, result
 
 

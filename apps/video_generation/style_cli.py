@@ -8,6 +8,22 @@ import json
 from pathlib import Path
 
 
+MIN_WORK_SIDE = 32   # --work-side below this leaves too few pixels for the experts (8 px would make 8x6 frames)
+MAX_WORK_SIDE = 4096
+
+
+def _work_side(text: str) -> int:
+    """argparse type of --work-side: an integer in MIN_WORK_SIDE..MAX_WORK_SIDE pixels."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--work-side must be a whole number of pixels, got {text!r}") from None
+    if not MIN_WORK_SIDE <= value <= MAX_WORK_SIDE:
+        raise argparse.ArgumentTypeError(f"--work-side must be {MIN_WORK_SIDE}..{MAX_WORK_SIDE} pixels "
+                                         f"(the longer side the experts work at), got {value}")
+    return value
+
+
 def add_stylize_command(video_group) -> None:
     """Add `stylize` and `style-bench` to the `video` command group (an apps.cli.CommandTable)."""
     from apps.cli import positive_int
@@ -19,7 +35,7 @@ def add_stylize_command(video_group) -> None:
                    help="a style name (watercolor, pencil, color_pencil, oil, cartoon, detail, smooth), a "
                         "description ('like a charcoal drawing') or a reference image path")
     p.add_argument("--out", required=True, type=Path, help="output: .png/.jpg for an image, .mp4/.webm for a video")
-    p.add_argument("--work-side", type=positive_int, default=None,
+    p.add_argument("--work-side", type=_work_side, default=None,
                    help="run the experts with the longer side at most this many pixels (default: full size for "
                         "images, 640 for videos)")
     p.add_argument("--no-stabilise", action="store_true",
@@ -40,6 +56,8 @@ def _stylize(args: argparse.Namespace) -> None:
 
     import torch
 
+    from data_connectors.video import still_image_kind
+
     from .style import IMAGE_SUFFIXES, StyleConfig, stylize_file_result
 
     # the learned expert's small convolutions: 1 thread ran 13.8 fps, 2 threads 1.4 fps on the shared 2 cores
@@ -47,12 +65,14 @@ def _stylize(args: argparse.Namespace) -> None:
 
     cfg = None
     if args.work_side is not None or args.no_stabilise or args.flow:
-        is_image = args.file.suffix.lower() in IMAGE_SUFFIXES
+        is_image = (still_image_kind(args.file) is not None if args.file.is_file() and args.file.stat().st_size
+                    else args.file.suffix.lower() in IMAGE_SUFFIXES)   # content over name, as stylize_file
         cfg = replace(StyleConfig(), work_side=args.work_side or (None if is_image else StyleConfig.work_side),
                       stabilise=not args.no_stabilise, flow=args.flow)
     out, result = stylize_file_result(args.file, args.style, args.out, cfg=cfg)
     summary = {"out": str(out), "experts": result.experts, "weights": result.weights, "route": result.source,
-               "seconds": result.seconds, "bytes": out.stat().st_size, "audio_copied": result.audio}
+               "seconds": result.seconds, "bytes": out.stat().st_size, "audio_copied": result.audio,
+               "warnings": result.warnings}
     if result.scores:
         summary["scores"] = result.scores
     if args.json:
@@ -60,6 +80,8 @@ def _stylize(args: argparse.Namespace) -> None:
     else:
         used = ", ".join(f"{n} {w:.2f}" for n, w in result.weights.items())
         print(f"{args.file} -> {out} in {result.seconds} s (experts: {used}; routed by {result.source})")
+        for w in result.warnings:
+            print(f"  warning: {w}")
 
 
 def _bench(args: argparse.Namespace) -> None:
