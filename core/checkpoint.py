@@ -56,6 +56,11 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, of an unknown version, or not the model it claims."""
 
 
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """No checkpoint where one was asked for: a usage error (a ValueError, so the command line reports it
+    without a traceback) that callers may also catch as FileNotFoundError."""
+
+
 @dataclasses.dataclass
 class CheckpointInfo:
     path: Path
@@ -145,13 +150,19 @@ def _tensors_to_write(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
     return tensors, tied
 
 
+def check_replaceable(path: str | Path) -> None:
+    """Raise CheckpointError unless a checkpoint may be saved at `path`: nothing there, an empty
+    folder, or a checkpoint folder (one holding CONFIG). Commands call it before a long training run."""
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and ((path / CONFIG).is_file() or not any(path.iterdir()))):
+        raise CheckpointError(f"{path}: exists and is not a checkpoint folder; not replacing it")
+
+
 @contextmanager
 def _atomic_folder(path: Path) -> Iterator[Path]:
     """A fresh folder beside `path` to write into; renamed to `path` (replacing the old checkpoint)
     when the block succeeds, removed when it raises."""
-    replaceable = path.is_dir() and ((path / CONFIG).is_file() or not any(path.iterdir()))
-    if path.exists() and not replaceable:
-        raise CheckpointError(f"{path}: exists and is not a checkpoint folder; not replacing it")
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()

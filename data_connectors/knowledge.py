@@ -21,8 +21,9 @@ Field and header names are matched case-insensitively; ids default to stem#q<n>.
 UTF-8 (BOM or not), UTF-16 with a BOM, or Windows-1252 (`data_connectors.text_files.decode_text`);
 binary files are errors.
 A file that cannot be read raises KnowledgeFormatError (a ValueError) naming it, and the line where
-there is one; guesses worth a look (a header told by its shape, lists of an export left out) are
-logged as warnings on this module's logger. `synthetic_passages` makes bank-like documents in bulk,
+there is one (a quote left open that swallowed rows names the line where it opened); guesses worth a
+look (a header told by its shape, lists of an export left out, a header row repeated inside) are
+logged as warnings on this module's logger (`collected_warnings` gathers them for a summary). `synthetic_passages` makes bank-like documents in bulk,
 for benchmarks.
 
 """
@@ -33,12 +34,13 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
 from .text_files import (WORD, decoded_file, field_key, json_document, json_lines, looks_like_name, named_column,
-                         table_rows, words)
+                         row_like_lines, short_as_a_name, table_rows, words)
 
 log = logging.getLogger(__name__)  # guesses worth a look (a header told by its shape, lists left out)
 
@@ -104,6 +106,27 @@ def load_knowledge(path: str | Path, files: list[Path] | None = None,
             raise KnowledgeFormatError(Path(doc.source), f"duplicate id {doc.id!r} (also in {seen[doc.id]})")
         seen[doc.id] = doc.source
     return docs
+
+
+@contextmanager
+def collected_warnings() -> Iterator[list[str]]:
+    """The warnings the knowledge readers log inside the block (their guesses: a header told by its shape,
+    lists of an export left out), as text, for a command's summary or a page's status."""
+    handler = _ListHandler()
+    log.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        log.removeHandler(handler)
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def knowledge_files(path: str | Path, exclude: Iterable[str | Path] = ()) -> tuple[list[Path], list[Path]]:
@@ -179,7 +202,9 @@ def read_qa_csv(path: Path) -> list[KnowledgeDoc]:
     """One document per row: `question` (or q, title, ...) and `answer` (or a, body, text, ...) columns,
     optional `id`, in any order, any delimiter (or two columns, question and answer, without a
     header, or under a header of unrecognised names such as "Frage;Antwort", told by its shape and
-    logged); id = the `id` column, else stem#q<row number>."""
+    logged; a first row that only might be one stays a passage, also logged); a row may leave out
+    trailing columns; the header repeated inside (files pasted together) is left out and logged;
+    id = the `id` column, else stem#q<row number>."""
     return [_record_doc(path, row, n) for n, (_, row) in
             enumerate(_csv_rows(path, _DOC_FIELDS, required=("answer",), headerless=("title", "answer")), 1)]
 
@@ -198,8 +223,8 @@ def read_jsonl(path: Path) -> list[KnowledgeDoc]:
 def read_json(path: Path) -> list[KnowledgeDoc]:
     """A JSON file: a list of records (as in .jsonl) or of passage strings, or an object holding one
     list of records beside other fields (e.g. {"faqs": [...], "version": 2}), or several (a help-centre
-    export: {"articles": [...], "sections": [...], "count": 2}; the lists of article / FAQ records are
-    read, `_passage_lists`, and the keys left out logged), or an object of title -> text; any other
+    export: {"articles": [...], "sections": [...], "count": 2}; every list of passages is read, lists of
+    people and sections are not, `_passage_lists`, and the keys left out logged), or an object of title -> text; any other
     object gives one document per key with the strings under it, one a line."""
     doc = json_document(path, _read_text(path), KnowledgeFormatError)
     if isinstance(doc, dict):
@@ -208,8 +233,9 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
         if len(lists) == 1:  # a wrapper: {"faqs": [...], "version": 2, ...}
             doc = next(iter(lists.values()))
         elif chosen := _passage_lists(lists):   # a help-centre export: {"articles": [...], "sections": [...], ...}
-            log.warning("%s: read the records of %s; left out %s", path, ", ".join(map(str, chosen)),
-                        ", ".join(str(key) for key in doc if key not in chosen))
+            left_out = [str(key) for key in doc if key not in chosen]
+            log.warning("%s: read the records of %s%s", path, ", ".join(map(str, chosen)),
+                        f"; left out {', '.join(left_out)}" if left_out else "")
             doc = [item for key in chosen for item in lists[key]]
     if isinstance(doc, list) and doc and all(isinstance(item, str) for item in doc):  # a list of passages
         return [KnowledgeDoc(f"{path.stem}#q{n}", f"{_humanize(path.stem)} {n}", text.strip(), str(path))
@@ -230,22 +256,47 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
 
 
 def _passage_lists(lists: dict[str, list[dict]]) -> list[str]:
-    """The keys of the lists of article / FAQ records among several (a help-centre export sideloads its
-    sections, categories and users beside the articles): lists where most records hold a title and a
-    text (`_DOC_FIELDS`), and of those the ones whose text field is the most specific name ("body" over
-    a section's "description"); [] when none."""
-    rank = {}
-    for key, records in lists.items():
-        ranks = []
-        for record in records:
-            keys = {field_key(k): k for k in record}
-            present = [[i for i, name in enumerate(_DOC_FIELDS[role]) if name in keys
-                        and record[keys[name]] not in (None, "", [], {})] for role in ("title", "answer")]
-            if all(present):
-                ranks.append(min(present[1]))
-        if len(ranks) * 2 > len(records):
-            rank[key] = min(ranks)
-    return [key for key in rank if rank[key] == min(rank.values())] if rank else []
+    """The keys of the lists of passages among several (a help-centre export sideloads its sections,
+    categories and users beside the articles): lists where most records hold a title and a text
+    (`_DOC_FIELDS`), less those that are clearly people, categories or sections (`_entity_list`) when
+    any other is left; [] when none. A list of article-like records (a title other than a `name`, and
+    a text) is always kept."""
+    passages = [key for key, records in lists.items()
+                if sum(bool(_record_roles(record)) for record in records) * 2 > len(records)]
+    kept = [key for key in passages if not _entity_list(key, lists[key])]
+    return kept or passages
+
+
+def _record_roles(record: dict) -> tuple[str, str] | None:
+    """(title field, text field) of a record, as matched in `_DOC_FIELDS`, or None without both."""
+    keys = {field_key(k): k for k in record}
+    found = [next((name for name in _DOC_FIELDS[role] if name in keys
+                   and record[keys[name]] not in (None, "", [], {})), None) for role in ("title", "answer")]
+    return None if None in found else (found[0], found[1])
+
+
+# what a help-centre export's lists of people and groupings are called: not passages (unless article-like)
+_ENTITY_LISTS = {"authors", "users", "people", "persons", "members", "agents", "contributors", "editors", "staff",
+                 "team", "sections", "categories", "category", "groups", "folders", "topics", "tags", "labels",
+                 "brands", "locales", "organizations", "organisations"}
+_SHORT_TEXT_WORDS = 25   # a text this short under a `name`: a bio or a section blurb, not an article
+
+
+def _entity_list(key: str, records: list[dict]) -> bool:
+    """Whether a list of titled texts is people, categories or sections, not passages: its records are
+    not article-like (most titled by `name`) and the list is named so (`_ENTITY_LISTS`) or its texts
+    are short (most under `_SHORT_TEXT_WORDS` words)."""
+    titled = [(record, roles) for record in records if (roles := _record_roles(record))]
+    if sum(title != "name" for _, (title, _) in titled) * 2 >= len(titled):
+        return False   # article-like: kept
+    short = sum(words(_field(record, text)) < _SHORT_TEXT_WORDS for record, (_, text) in titled)
+    return field_key(key) in _ENTITY_LISTS or short * 2 > len(titled)
+
+
+def _field(record: dict, name: str) -> str:
+    """The text of a record's field matched by `name` (`field_key`)."""
+    value = next(v for k, v in record.items() if field_key(k) == name)
+    return "\n".join(_strings(value))
 
 
 # a word broken across lines by typesetting: a letter, a hyphen at the end of the line, a lower-case letter next
@@ -607,18 +658,27 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
     in its first row has no header: its columns are those roles, in order. Missing columns, empty
     required values and malformed rows are errors naming the line.
     """
-    _, rows = table_rows(path, _read_text(path), KnowledgeFormatError)
+    delimiter, rows = table_rows(path, _read_text(path), KnowledgeFormatError)
     header = rows[0][1]
     keys = [field_key(name) for name in header]
     columns = {role: named_column(keys, names) for role, names in fields.items()}
     body = rows[1:]
     if headerless and len(header) == len(headerless) and all(i is None for i in columns.values()):
         columns = {role: headerless.index(role) if role in headerless else None for role in fields}
-        if _names_row(header, [cells for _, cells in body]):   # "Frage;Antwort": a header in another language
+        verdict = _names_row(header, [cells for _, cells in body], headerless.index(required[0]))
+        if verdict:   # "Frage;Antwort": a header in another language
             log.warning("%s: the first row %s was read as a header (its cells look like column names), not as a "
                         "passage; name the columns question,answer to say so", path, header)
         else:
             body = rows  # the first row is data too
+            if verdict is None:
+                log.warning("%s: the first row %s was read as a passage, though it could be a header; if it is one, "
+                            "name the columns question,answer", path, header)
+    elif any(i is not None for i in columns.values()) and (repeats := [line for line, cells in body
+                                                                       if cells == header]):
+        log.warning("%s: the header row appears again on line(s) %s (files pasted together?); those rows were "
+                    "left out", path, ", ".join(map(str, repeats[:5])))
+        body = [(line, cells) for line, cells in body if cells != header]
     missing = [role for role in required if columns[role] is None]
     if missing:
         names = "; ".join(f"{role} (or {', '.join(fields[role][1:5])}, ...)" for role in missing)
@@ -627,7 +687,9 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
     for line, cells in body:
         if len(cells) > len(header):
             raise KnowledgeFormatError(path, "more fields than the header", line)
-        if len(cells) < len(header) and any("\n" in cell for cell in cells):
+        if len(cells) < len(header) and any(row_like_lines(cell.split("\n")[1:], delimiter, len(header))
+                                            for cell in cells if "\n" in cell):
+            # a short row is fine (trailing optional columns left out), unless its cell holds rows of the table
             raise KnowledgeFormatError(path, f"{len(cells)} fields, the header has {len(header)} (a quoted field "
                                              "runs over several lines: an unclosed quote?)", line)
         values = {role: cells[i] if i is not None and i < len(cells) else "" for role, i in columns.items()}
@@ -637,17 +699,25 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
         yield line, values
 
 
-def _names_row(first: list[str], body: list[list[str]]) -> bool:
-    """Whether a table's first row, with no recognised name, is a header all the same: each cell looks
-    like a column name (`looks_like_name`), recurs nowhere below it, and the cells below it are mostly
-    longer in words ("Frage;Antwort" over questions and answers)."""
+def _names_row(first: list[str], body: list[list[str]], text_i: int) -> bool | None:
+    """Whether a table's first row, with no recognised name, is a header all the same. True when each
+    cell looks like a column name (`looks_like_name`), recurs nowhere below it, and its text cell
+    (column `text_i`, the answers) is as short as a name (`short_as_a_name`) with most answers below
+    over twice as long in words ("Frage;Antwort" over questions and answers). None, unsure (read as
+    data, with a warning), when only the cells below are mostly longer ("Opening hours,Monday to
+    Friday": an answer as long as a short answer). False otherwise."""
     columns = range(len(first))
     if not body or not all(looks_like_name(first[i]) for i in columns):
         return False
     if any(i < len(cells) and cells[i] == first[i] for cells in body for i in columns):
         return False
-    return all(sum(i < len(cells) and words(cells[i]) > words(first[i]) for cells in body) * 2 > len(body)
-               for i in columns)
+    answer = words(first[text_i])
+    if short_as_a_name(first[text_i]) and sum(
+            text_i < len(cells) and words(cells[text_i]) > 2 * answer for cells in body) * 2 > len(body):
+        return True
+    longer = all(sum(i < len(cells) and words(cells[i]) > words(first[i]) for cells in body) * 2 > len(body)
+                 for i in columns)
+    return None if longer else False
 
 
 def _slug(text: str) -> str:

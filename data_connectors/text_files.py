@@ -83,7 +83,7 @@ def sniff_delimiter(text: str, suffix: str = "") -> str:
     best, best_key = ",", (0.0, False)
     for delimiter in DELIMITERS:
         try:
-            counts = [len(row) for row in csv.reader(io.StringIO(sample), delimiter=delimiter)][:200]
+            counts = [len(row) for row in csv_reader(sample, delimiter)][:200]
         except csv.Error:
             continue
         if not counts:
@@ -114,15 +114,31 @@ def _reads_as_prose(sample: str, delimiter: str) -> bool:
 
 
 MAX_CELL_CHARS = 16 * 1024 * 1024  # a table cell may hold this many characters (csv's default: 131072)
+ROWS_IN_A_CELL = 20  # a well-quoted cell holding this many lines shaped as rows (and most of the file): swallowed
+
+
+class OpenQuoteError(csv.Error):
+    """A quoted cell that swallowed rows of its table (a quote left open); `line`: where the quote opened."""
+
+    def __init__(self, problem: str, line: int):
+        super().__init__(problem)
+        self.line = line
+
+
+def csv_reader(text: str, delimiter: str, strict: bool = False):
+    """csv.reader over `text` with cells of up to MAX_CELL_CHARS characters: the one way this module
+    parses delimited text, so sniffing and reading agree whatever else ran before in the process."""
+    if csv.field_size_limit() < MAX_CELL_CHARS:
+        csv.field_size_limit(MAX_CELL_CHARS)
+    return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=strict)
 
 
 def read_table(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
     """(line number, stripped cells) of every non-blank row of delimited text; quoted cells may hold
     delimiters and newlines; a cell may hold up to MAX_CELL_CHARS characters. Malformed text (e.g. a
-    cell over that limit: a quote left open in a huge file) raises csv.Error with `line`, where the row
-    that broke starts."""
-    csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL_CHARS))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    cell over that limit) raises csv.Error with `line`, where the row that broke starts; a quote left
+    open that swallowed rows raises OpenQuoteError (`swallowed_rows`)."""
+    reader = csv_reader(text, delimiter)
     rows, line = [], 1
     try:
         for row in reader:
@@ -133,7 +149,59 @@ def read_table(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
     except csv.Error as err:
         err.line = line
         raise
+    swallowed_rows(text, delimiter, rows)
     return rows
+
+
+def swallowed_rows(text: str, delimiter: str, rows: list[tuple[int, list[str]]]) -> None:
+    """Raise OpenQuoteError where a quoted cell holds rows of its table: its quote is never closed (the
+    rest of the file read as one cell), or it is closed by a quote of a later row (text follows that
+    quote, which strict CSV refuses) and most of its lines split like rows of the table (at least its
+    width of fields), or, its quotes well placed, it holds over half the file and ROWS_IN_A_CELL lines
+    or more (80 % of its lines) split into exactly that width. A quoted answer over several lines, with
+    commas and all, is no such cell."""
+    widths = Counter(len(cells) for _, cells in rows)
+    width = max(widths, key=lambda n: (widths[n], n)) if rows else 0
+    lines = None
+    for k, (line, cells) in enumerate(rows):
+        multi = [i for i, cell in enumerate(cells) if "\n" in cell]
+        if not multi:
+            continue
+        lines = lines or io.StringIO(text, newline="").readlines()
+        raw = lines[line - 1:rows[k + 1][0] - 1 if k + 1 < len(rows) else len(lines)]
+        try:
+            list(csv_reader("".join(raw), delimiter, strict=True))
+            broken = ""
+        except csv.Error as err:
+            broken = str(err)
+        if "unexpected end of data" in broken:
+            opened = _opening_line(line, cells, multi[0])
+            raise OpenQuoteError(f"the quote opened on line {opened} is never closed: the rest of the file "
+                                 f"({len(lines) - opened + 1} lines) would be one cell; close the quote", opened)
+        for i in multi:
+            inner = cells[i].split("\n")[1:]
+            row_like = row_like_lines(inner, delimiter, width, exact=not broken)
+            if broken:   # closed by a later row's quote: text follows it
+                swallowed = row_like >= 2 and row_like * 2 > len(inner)
+            else:        # closed by a stray quote at a field's end: only a cell holding most of the file is caught
+                swallowed = (row_like >= ROWS_IN_A_CELL and row_like >= 0.8 * len(inner)
+                             and len(cells[i]) * 2 > len(text))
+            if width >= 2 and swallowed:
+                opened = _opening_line(line, cells, i)
+                raise OpenQuoteError(f"the quoted cell opened on line {opened} holds {row_like} lines that read as "
+                                     "rows of the table (a quote left open?); close the quote", opened)
+
+
+def row_like_lines(lines: list[str], delimiter: str, width: int, exact: bool = False) -> int:
+    """How many of `lines` (of one cell) split on `delimiter` into `width` or more fields (`exact`: just
+    `width`), the first one not empty: rows of a table that a quote left open swallowed."""
+    return sum((len(fields) == width if exact else len(fields) >= width) and bool(fields[0].strip())
+               for fields in csv_reader("\n".join(lines), delimiter) if fields)
+
+
+def _opening_line(line: int, cells: list[str], i: int) -> int:
+    """The line where cell `i` of a row starting on `line` opens (the cells before it may span lines)."""
+    return line + sum(cell.count("\n") for cell in cells[:i])
 
 
 def decoded_file(path: Path, error: type[ValueError]) -> tuple[str, str]:
@@ -163,7 +231,8 @@ def table_rows(path: Path, text: str, error: type[ValueError]) -> tuple[str, lis
         rows = read_table(text, delimiter)
     except csv.Error as err:
         kind = "TSV" if delimiter == chr(9) else "CSV"
-        problem = (f"malformed {kind}: a cell over {MAX_CELL_CHARS:,} characters (a quote left open?)"
+        problem = (f"malformed {kind}: {err}" if isinstance(err, OpenQuoteError) else
+                   f"malformed {kind}: a cell over {MAX_CELL_CHARS:,} characters (a quote left open?)"
                    if "field larger" in str(err) else f"malformed {kind} ({err}; a quote left open?)")
         raise error(path, problem, err.line) from None
     if not rows:
@@ -171,12 +240,35 @@ def table_rows(path: Path, text: str, error: type[ValueError]) -> tuple[str, lis
     return delimiter, rows
 
 
-def json_document(path: Path, text: str, error: type[ValueError]) -> object:
-    """The value of a JSON document `text`; invalid JSON raises `error(path, problem, line)`."""
+def json_document(path: Path, text: str, error: type[ValueError], unique_keys: bool = False) -> object:
+    """The value of a JSON document `text`; invalid JSON raises `error(path, problem, line)`, and so
+    does, with `unique_keys`, a key repeated in one object (json keeps the last silently, losing the
+    first block; as `yaml_document` refuses)."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_object if unique_keys else None)
     except json.JSONDecodeError as err:
         raise error(path, f"invalid JSON ({err.msg})", err.lineno) from None
+    except _RepeatedKey as err:
+        lines = [text.count("\n", 0, m.start()) + 1
+                 for m in re.finditer(re.escape(json.dumps(err.key)) + r"\s*:", text)][:2]
+        where = f" (lines {lines[0]} and {lines[1]})" if len(lines) == 2 and lines[0] != lines[1] else ""
+        raise error(path, f"the key {err.key!r} appears twice in one object{where}; merge its two blocks into one",
+                    lines[1] if len(lines) == 2 else None) from None
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _unique_object(pairs: list[tuple[str, object]]) -> dict:
+    """json's object_pairs_hook refusing a key repeated in one object."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _RepeatedKey(key)
+        obj[key] = value
+    return obj
 
 
 def json_lines(path: Path, text: str, error: type[ValueError]) -> list[tuple[int, object]]:
@@ -254,8 +346,10 @@ def read_labelled_texts(path: str | Path, text_column: str | None = None,
     a key repeated in one mapping is an error. JSON labels may be whole-number class ids ("0"), a
     record's list of texts gives a row each, a list of one label is that label (several: an error).
     UTF-8, UTF-16 with a BOM and Windows-1252 are read (`decode_text`). `warnings` also reports rows
-    repeated word for word and texts given different labels. Errors are LabelledTextError naming the
-    file and line."""
+    repeated word for word, texts given different labels, header rows repeated inside a table (left
+    out) and items of an `intents:` list repeating a name (their examples merged); a key repeated in
+    one JSON object is an error, as in YAML, and so is a quote left open that swallowed rows (a label
+    cell over several lines is one). Errors are LabelledTextError naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise LabelledTextError(path, "no such file")
@@ -283,7 +377,7 @@ def repeat_warnings(path: Path, texts: list[str], labels: list[str]) -> list[str
     if repeated := sum(n - 1 for n in rows.values()):
         example = next(row for row, n in rows.items() if n > 1)
         warnings.append(f"{path}: {repeated} row(s) repeat an earlier (text, label) row word for word, e.g. "
-                        f"{example[0]!r} as {example[1]!r}; each is counted once")
+                        f"{example[0]!r} as {example[1]!r}; training reads each once, an evaluation counts every copy")
     seen: dict[str, list[str]] = {}
     for text, label in rows:
         seen.setdefault(text, []).append(label)
@@ -307,8 +401,11 @@ def _labelled_table(path: Path, text: str, text_column: str | None, label_column
                  or keys[text_i] in TEXT_COLUMNS or keys[label_i] in LABEL_COLUMNS)
     names = ([first[text_i], first[label_i]] if header else
              [text_column or f"column {text_i + 1}", label_column or f"column {label_i + 1}"])
-    texts, labels = [], []
+    texts, labels, repeated_header = [], [], []
     for line, cells in rows[1:] if header else rows:
+        if header and cells == first:   # files pasted together (`cat a.csv b.csv`): the header again
+            repeated_header.append(line)
+            continue
         hint = " (a quoted field runs over several lines: an unclosed quote?)" if any(
             "\n" in cell for cell in cells) else ""
         if header and len(cells) != len(first):
@@ -317,11 +414,19 @@ def _labelled_table(path: Path, text: str, text_column: str | None, label_column
             raise LabelledTextError(path, f"{len(cells)} fields, expected at least {width}{hint}", line)
         if not cells[text_i] or not cells[label_i]:
             raise LabelledTextError(path, f"empty `{names[0]}` or `{names[1]}`", line)
+        if "\n" in cells[label_i]:   # a label never spans lines: a quote opened here swallowed what follows
+            opened = _opening_line(line, cells, label_i)
+            raise LabelledTextError(path, f"the `{names[1]}` cell runs over {cells[label_i].count(chr(10)) + 1} "
+                                          "lines (a quote left open?); a label is one line", opened)
         texts.append(cells[text_i])
         labels.append(cells[label_i])
     if not texts:
         raise LabelledTextError(path, "a header but no rows")
     warnings = []
+    if repeated_header:
+        warnings.append(f"{path}: the header row {first} appears again on line(s) "
+                        f"{', '.join(map(str, repeated_header[:5]))}{', ...' if len(repeated_header) > 5 else ''} "
+                        "(files pasted together?); those rows were left out")
     if not header and sum(label == labels[0] for label in labels) == 1:
         warnings.append(f"{path}: the first row {first} was read as an example of a class of its own; if "
                         "it is a header, pass --text-column and --label-column")
@@ -364,10 +469,13 @@ def _given_columns(path: Path, rows: list[tuple[int, list[str]]], text_column: s
 def _found_columns(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[bool, int, int]:
     """(has a header, text column, label column) of a table: by header names, else by values. A first
     row with a recognised name in any column is a header (unless that cell recurs in its column below:
-    then it is a value, e.g. a class named "topic"); the columns it leaves unnamed are found by value."""
+    then it is a value, e.g. a class named "topic"; the whole row recurring is the header repeated, e.g.
+    files pasted together); the columns it leaves unnamed are found by value."""
     first = rows[0][1]
     keys = [field_key(cell) for cell in first]
-    names = [i for i in range(len(first)) if not any(i < len(cells) and cells[i] == first[i] for _, cells in rows[1:])]
+    # a cell recurring below is a value (a class called "topic"), unless the whole row recurs: the header again
+    below = [cells for _, cells in rows[1:] if cells != first]
+    names = [i for i in range(len(first)) if not any(i < len(cells) and cells[i] == first[i] for cells in below)]
     text_i = named_column(keys, TEXT_COLUMNS, names)
     label_i = named_column(keys, LABEL_COLUMNS, [i for i in names if i != text_i])
     if text_i is not None and label_i is not None:
@@ -434,9 +542,11 @@ def _separators(cell: str) -> set[str]:
 def _looks_like_header(rows: list[tuple[int, list[str]]], text_i: int, label_i: int) -> bool:
     """Whether an unrecognised first row is a header. Only when its cells look like column names:
     each one to three words without punctuation, in any script; its label cell in no other row and
-    written unlike the body's labels (sharing no separator such as "_" with any); the body's texts
-    mostly longer (in words) than its text cell. Anything else is a first example (a label of its own
-    is a class, not a header)."""
+    written unlike the body's labels (sharing no separator such as "_" with any); and one more sign:
+    both cells name-short (a word or two; four CJK characters) with the body's texts mostly at least
+    twice as long (in words) as its text cell, or its label cell capitalised or spaced where every
+    body label is lower case without spaces ("Intent" over "card_lost", "refund"). Anything else is a
+    first example (a label of its own is a class, not a header): "Thanks a lot,thanks" is one."""
     first = rows[0][1]
     body = [cells for _, cells in rows[1:] if len(cells) > max(text_i, label_i)]
     if not body or not all(looks_like_name(first[i]) for i in (text_i, label_i)):
@@ -444,9 +554,20 @@ def _looks_like_header(rows: list[tuple[int, list[str]]], text_i: int, label_i: 
     if any(cells[label_i] == first[label_i] for cells in body):
         return False
     # "card_block" among "card_lost", "refund": a label; "absicht" or "Intent": a column name
-    like_labels = any(_separators(first[label_i]) & _separators(cells[label_i]) for cells in body)
+    if any(_separators(first[label_i]) & _separators(cells[label_i]) for cells in body):
+        return False
+    short = all(short_as_a_name(first[i]) for i in (text_i, label_i))
+    much_longer = sum(words(cells[text_i]) >= 2 * words(first[text_i]) for cells in body) * 2 > len(body)
+    label, body_labels = first[label_i], {cells[label_i] for cells in body}
+    written_unlike = ((label != label.lower() or " " in label)
+                      and all(y == y.lower() and " " not in y for y in body_labels))
     longer = sum(words(cells[text_i]) > words(first[text_i]) for cells in body) * 2 > len(body)
-    return longer and not like_labels
+    return short and much_longer or written_unlike and longer
+
+
+def short_as_a_name(cell: str) -> bool:
+    """A word or two (up to four CJK characters): as short as a column name."""
+    return words(cell) <= (4 if re.search(rf"[{CJK_CHARS}]", cell) else 2)
 
 
 def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
@@ -458,7 +579,7 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
     if suffix == ".jsonl":
         items = json_lines(path, text, LabelledTextError)
     else:
-        doc = json_document(path, text, LabelledTextError)
+        doc = json_document(path, text, LabelledTextError, unique_keys=True)
         if isinstance(doc, dict) and ("intents" in doc or "nlu" in doc):
             return _labelled_doc(path, doc)
         if isinstance(doc, dict):  # one list of records under some key, e.g. {"data": [...]}, or one per split
@@ -622,11 +743,15 @@ def _labelled_doc(path: Path, doc) -> LabelledTexts:
         return _rasa_nlu(path, doc["nlu"])
     if not isinstance(doc, dict) or "intents" not in doc:
         raise LabelledTextError(path, "expected a top-level `intents:` mapping or list (or Rasa's `nlu:` list)")
-    intents = doc["intents"]
+    intents, warnings = doc["intents"], []
     if isinstance(intents, list):
         if not all(isinstance(item, dict) and {"name", "examples"} <= item.keys() for item in intents):
             raise LabelledTextError(path, "every item of the `intents:` list needs `name` and `examples`")
-        intents = {item["name"]: item["examples"] for item in intents}
+        intents, items = _merged_items(path, intents)
+        if repeated := {name: n for name, n in items.items() if len(n) > 1}:
+            warnings.append(f"{path}: " + "; ".join(f"intent {name!r} is listed {len(n)} times (items "
+                                                   f"{', '.join(map(str, n))})" for name, n in repeated.items())
+                            + ": their examples were merged")
     if not isinstance(intents, dict) or not intents:
         raise LabelledTextError(path, "`intents:` is empty or neither a mapping nor a list")
     texts, labels = [], []
@@ -636,7 +761,25 @@ def _labelled_doc(path: Path, doc) -> LabelledTexts:
             raise LabelledTextError(path, f"intent {name!r} needs a non-empty list of non-empty example strings")
         texts += examples
         labels += [_json_scalar(name)] * len(examples)
-    return LabelledTexts(texts, labels, None, None, None, None, "")
+    return LabelledTexts(texts, labels, None, None, None, None, "", warnings)
+
+
+def _merged_items(path: Path, items: list[dict]) -> tuple[dict, dict]:
+    """({name: examples}, {name: [1-based item numbers]}) of an `intents:` list, the examples of items
+    that repeat a name joined in order (Rasa too appends them) instead of the last one winning."""
+    merged: dict[str, object] = {}
+    where: dict[str, list[int]] = {}
+    for n, item in enumerate(items, 1):
+        name, examples = _json_scalar(item["name"]), item["examples"]
+        if not name:
+            raise LabelledTextError(path, f"item {n} of the `intents:` list: the name {item['name']!r} is not text")
+        if name in merged:   # lists joined; anything else is refused below, naming the intent
+            both = isinstance(merged[name], list) and isinstance(examples, list)
+            merged[name] = merged[name] + examples if both else None
+        else:
+            merged[name] = examples
+        where.setdefault(name, []).append(n)
+    return merged, where
 
 
 _RASA_ENTITY = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\{[^}]*\})")   # "[five am](time)" -> "five am"

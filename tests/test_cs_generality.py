@@ -108,7 +108,7 @@ def test_intents_columns_named_on_the_command_line(tmp_path):
     ("junk.csv", bytes(range(256)), "junk.csv, line 2: not text"),
     ("one.csv", "text\nhi\nhello\n", "one.csv, line 1: 1 column"),
     ("unique.csv", "a,b\nx,1\ny,2\nz,3\n", "unique.csv, line 1: no recognised column names"),
-    ("ragged.csv", 'text,label\n"open quote,x\ny,z\n', "ragged.csv, line 2: 1 fields, the header has 2 (a quoted"),
+    ("ragged.csv", 'text,label\n"open quote,x\ny,z\n', "ragged.csv, line 2: malformed CSV: the quote opened on line 2 is never closed"),
     ("records.jsonl", '{"text": "hi", "label": "greet"}\n{"words": "x"}\n',
      "records.jsonl, line 2: no text and label"),
     ("records.json", '{"a": [1], "b": [2]}', "records.json: expected a list of {text, label}"),
@@ -482,9 +482,9 @@ def test_a_utf8_file_with_one_bad_byte_is_an_error_not_mojibake(tmp_path):
 
 def test_a_quote_left_open_in_a_long_file_names_the_line(tmp_path):
     content = 'text,label\nhi,greet\n"open,x\n' + "\n".join(f"row {i},y" for i in range(20000))
-    with pytest.raises(ValueError, match=r"open.csv, line 3: 1 fields, the header has 2 \(a quoted field runs"):
+    with pytest.raises(ValueError, match=r"open.csv, line 3: malformed CSV: the quote opened on line 3 is never closed"):
         read_intent_file(write(tmp_path / "open.csv", content))
-    with pytest.raises(KnowledgeFormatError, match=r"open.csv:3: 1 fields, the header has 2 \(a quoted field runs"):
+    with pytest.raises(KnowledgeFormatError, match=r"open.csv:3: malformed CSV: the quote opened on line 3 is never"):
         load_knowledge(tmp_path / "open.csv")
 
 
@@ -579,3 +579,20 @@ def test_oos_threshold_keeps_the_promised_in_scope_share_on_small_held_out_slice
     assert oos_threshold(torch.tensor([0.9, 0.5, 0.99]), keep=0.95) == 0.5  # too few rows: the lowest
     with pytest.raises(ValueError, match="keep must lie in"):
         oos_threshold(torch.tensor([0.5]), keep=1.5)
+
+
+def test_chat_index_reports_the_readers_warnings_and_refuses_an_out_holding_the_knowledge(tmp_path, monkeypatch,
+                                                                                          capsys, tiny_embedder):
+    from apps.customer_service import retrieval
+
+    monkeypatch.setattr(retrieval, "default_embedder", lambda: tiny_embedder)
+    write(tmp_path / "site" / "kb" / "faq.csv", "Frage;Antwort\nWie sperre ich meine Karte?;In der App unter Karten.\n"
+                                                "Was kostet eine Überweisung?;Nichts im Inland.\n")
+    assert main(["chat", "index", "--kb", str(tmp_path / "site" / "kb"), "--out", str(tmp_path / "site"), "--json"]) == 2
+    assert "holds the knowledge folder" in capsys.readouterr().err
+    assert not (tmp_path / "site" / "manifest.json").exists()
+    assert main(["chat", "index", "--kb", str(tmp_path / "site" / "kb"), "--out", str(tmp_path / "index"),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["documents"] == 2 and len(summary["warnings"]) == 1
+    assert "faq.csv" in summary["warnings"][0] and "read as a header" in summary["warnings"][0]

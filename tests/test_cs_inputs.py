@@ -206,7 +206,7 @@ def test_train_intents_refuses_an_output_folder_it_cannot_replace_before_trainin
     write(tmp_path / "notes" / "a.txt", "keep")
     data = write(tmp_path / "d.csv", "text,label\nhi,greet\nbye,bye\n")
     assert main(["chat", "train-intents", "--data", str(data), "--out", str(tmp_path / "notes"), "--json"]) == 2
-    assert "not a model folder" in capsys.readouterr().err and (tmp_path / "notes" / "a.txt").read_text() == "keep"
+    assert "not a checkpoint folder" in capsys.readouterr().err and (tmp_path / "notes" / "a.txt").read_text() == "keep"
 
 
 def test_the_retrain_page_shows_the_readers_warnings(tmp_path, monkeypatch):
@@ -225,3 +225,125 @@ def test_the_retrain_page_shows_the_readers_warnings(tmp_path, monkeypatch):
     statuses = list(page.retrain(str(path), None))
     assert "first row" in statuses[0] and "first row" in statuses[-1] and "**warning:**" in statuses[-1]
     assert str(tmp_path) not in statuses[-1] and switched["intent_model"] is not None
+
+
+# ---- a review of the fixes above: regressions and gaps ----
+
+def test_sniffing_and_reading_agree_on_big_cells_whatever_ran_before(tmp_path):
+    import csv
+
+    path = write(tmp_path / "big.csv", "question;answer\nbig?;" + "x" * 200_000 + "\nsmall?;tiny\n")
+    before = csv.field_size_limit(131072)   # as a fresh process starts: the sniffer ran at this limit
+    try:
+        assert [d.title for d in load_knowledge(path)] == ["big?", "small?"]
+    finally:
+        csv.field_size_limit(before)
+
+
+def test_a_quote_left_open_that_swallows_rows_is_an_error_naming_where_it_opened(tmp_path):
+    rows = "".join(f"Question {i}?,Answer number {i} is here.\n" for i in range(300))
+    kb = write(tmp_path / "kb.csv", 'question,answer\nHours?,9 to 5\nFees?,"None at all\n' + rows)
+    with pytest.raises(KnowledgeFormatError, match=r"kb.csv:3: malformed CSV: the quote opened on line 3 is never"):
+        load_knowledge(kb)
+    labels = "".join(f"text number {i},label{i % 5}\n" for i in range(300))
+    intents = write(tmp_path / "int.csv", 'text,label\nhi,greet\nbye,"bye\n' + labels)
+    with pytest.raises(LabelledTextError, match=r"int.csv, line 3: malformed CSV: the quote opened on line 3"):
+        read_intent_file(intents)
+    # closed by a later quote: the cell holds the rows between
+    later = write(tmp_path / "later.csv", 'question,answer\nFees?,"None at all\n' + rows + 'Last?,"Yes."\n')
+    with pytest.raises(KnowledgeFormatError, match=r"later.csv:2: .*opened on line 2 holds 301 lines that read as rows"):
+        load_knowledge(later)
+    label = write(tmp_path / "label.csv", 'text,label\nhi,"greet\nhello,greet"\nbye,bye\nciao,bye\n')
+    with pytest.raises(LabelledTextError, match=r"label.csv, line 2: the `label` cell runs over 2 lines"):
+        read_intent_file(label)
+    # quoted answers over several lines (commas and all) still read
+    steps = "".join(f"Step {i}, then wait.\n" for i in range(1, 6))
+    ok = write(tmp_path / "ok.csv", f'question,answer\nHow do I pay?,"{steps}"\nHours?,"9 to 5,\nweekdays"\n')
+    assert [(d.title, d.text) for d in load_knowledge(ok)] == [("How do I pay?", steps.strip()),
+                                                               ("Hours?", "9 to 5,\nweekdays")]
+
+
+def test_a_short_headerless_faq_first_row_is_a_passage_not_a_header(tmp_path, caplog):
+    en = write(tmp_path / "faq.csv", "Opening hours,Monday to Friday\nReset my password,Use the Forgot password link "
+                                     "on the sign-in page\nClose my account,Write to us from Settings in the app\n")
+    zh = write(tmp_path / "zh.csv", "营业时间,周一至周五\n如何重置密码,请在登录页点击忘记密码链接\n如何关闭账户,请在应用的设置中联系我们\n")
+    with caplog.at_level(logging.WARNING, "data_connectors.knowledge"):
+        assert [d.title for d in load_knowledge(en)] == ["Opening hours", "Reset my password", "Close my account"]
+        assert [d.title for d in load_knowledge(zh)][0] == "营业时间"
+    assert caplog.text.count("read as a passage, though it could be a header") == 2
+
+
+def test_a_knowledge_row_without_its_trailing_optional_columns_reads_with_a_multi_line_answer(tmp_path):
+    path = write(tmp_path / "faq.csv", 'question,answer,tags\nHow do I pay?,"Step 1: open the app.\nStep 2: tap Pay."\n'
+                                       "Hours?,9 to 5,info\n")
+    assert [(d.title, d.text) for d in load_knowledge(path)] == [
+        ("How do I pay?", "Step 1: open the app.\nStep 2: tap Pay."), ("Hours?", "9 to 5")]
+
+
+def test_the_export_picker_keeps_every_list_of_passages_and_drops_people(tmp_path, caplog):
+    two = {"faqs": [{"question": "How do I pay?", "answer": "Tap Pay."}],
+           "articles": [{"title": "Card fees", "body": "A new card costs 5 EUR."}]}
+    with caplog.at_level(logging.WARNING, "data_connectors.knowledge"):
+        assert [d.title for d in load_knowledge(write(tmp_path / "two.json", json.dumps(two)))] == [
+            "How do I pay?", "Card fees"]
+    assert "left out" not in caplog.text
+    authors = {"articles": [{"title": "Card fees", "content": "A new card costs 5 EUR."}],
+               "authors": [{"name": "Ann", "text": "Ann writes about cards."}]}
+    with caplog.at_level(logging.WARNING, "data_connectors.knowledge"):
+        assert [d.title for d in load_knowledge(write(tmp_path / "a.json", json.dumps(authors)))] == ["Card fees"]
+    assert "left out authors" in caplog.text
+    # records titled by a name, but with article-length bodies: passages
+    long = " ".join(["The Everyday account has no monthly fee and pays no interest."] * 4)
+    products = {"articles": [{"title": "Card fees", "body": "5 EUR."}], "products": [{"name": "Everyday", "text": long}]}
+    assert [d.title for d in load_knowledge(write(tmp_path / "p.json", json.dumps(products)))] == [
+        "Card fees", "Everyday"]
+
+
+def test_a_short_unique_first_intent_row_stays_an_example(tmp_path):
+    body = ("where is my new card,card_arrival\nmy card has not arrived yet,card_arrival\n"
+            "what is my current balance,balance\nhow much money is in my account,balance\n")
+    data = read_intent_file(write(tmp_path / "thanks.csv", "Thanks a lot,thanks\n" + body))
+    assert (data.header, data.texts[0], data.labels[0]) == (False, "Thanks a lot", "thanks")
+    assert "first row" in data.warnings[0]
+    named = read_intent_file(write(tmp_path / "named.csv", "Beispiel,Absicht\n" + body))   # column names: a header
+    assert (named.header, named.texts[0]) == (True, "where is my new card")
+
+
+def test_a_header_repeated_inside_a_pasted_together_file_is_left_out_with_a_warning(tmp_path, caplog):
+    data = read_intent_file(write(tmp_path / "cat.csv", "text,label\nI lost my card,card_lost\nmy card was stolen,"
+                                  "card_lost\nwhat is my balance,balance\ntext,label\nhow much money do I have,balance\n"
+                                  "card gone missing,card_lost\n"))
+    assert (data.header, len(data.texts), "text" in data.texts) == (True, 5, False)
+    assert "appears again on line(s) 5" in data.warnings[0]
+    with caplog.at_level(logging.WARNING, "data_connectors.knowledge"):
+        docs = load_knowledge(write(tmp_path / "kb.csv", "question,answer\nHours?,9 to 5\nquestion,answer\nFees?,None\n"))
+    assert [d.title for d in docs] == ["Hours?", "Fees?"] and "appears again on line(s) 3" in caplog.text
+
+
+def test_repeated_intent_names_outside_yaml_mappings_lose_nothing_silently(tmp_path):
+    listed = write(tmp_path / "list.yaml", "intents:\n  - name: card_lost\n    examples: [lost it]\n  - name: balance\n"
+                                           "    examples: [money]\n  - name: card_lost\n    examples: [stolen]\n")
+    data = read_intent_file(listed)
+    assert sorted(rows(data)) == [("lost it", "card_lost"), ("money", "balance"), ("stolen", "card_lost")]
+    assert "intent 'card_lost' is listed 2 times (items 1, 3)" in data.warnings[0]
+    obj = write(tmp_path / "dup.json", '{"intents": {\n"card_lost": ["lost it"],\n"balance": ["money"],\n'
+                                       '"card_lost": ["stolen"]}}')
+    with pytest.raises(LabelledTextError, match=r"dup.json, line 4: the key 'card_lost' appears twice .*lines 2 and 4"):
+        read_intent_file(obj)
+
+
+def test_the_repeated_row_warning_says_how_training_and_evaluation_count_them(tmp_path):
+    data = read_intent_file(write(tmp_path / "d.csv", "text,label\nhi,greet\nhi,greet\nbye,bye\n"))
+    assert "training reads each once, an evaluation counts every copy" in data.warnings[0]
+
+
+def test_a_long_well_quoted_article_with_commas_on_every_line_is_read(tmp_path):
+    body = "\n".join(f"Line {i}, with two commas, like a row" for i in range(40))
+    rows = "".join(f'{i},Title {i},"Short body {i}, fine, ok"\n' for i in range(40))
+    path = write(tmp_path / "articles.csv", f'id,title,body\n100,Guide,"{body}"\n' + rows)
+    docs = load_knowledge(path)
+    assert len(docs) == 41 and docs[0].text == body
+    sneaky = write(tmp_path / "stray.csv", 'id,title,body\n1,Fees,"None\n' + "".join(
+        f"{i},Title {i},Body {i} here\n" for i in range(2, 60)) + '60,TV,55"\n61,Last,End\n')
+    with pytest.raises(KnowledgeFormatError, match=r"stray.csv:2: .*opened on line 2 holds 59 lines"):
+        load_knowledge(sneaky)

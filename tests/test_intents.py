@@ -129,7 +129,7 @@ def test_csv_accepts_category_column_in_any_order(tmp_path):
     (b"text,label\nhi,greet\nhello,\n", "line 3: empty `text` or `label`"),
     (b"text,label\nhi,greet,extra\n", "line 2: 3 fields"),
     (b"text,label\nhi,greet\n\x00\x01\x02,x\n", "line 3: not text"),
-    (b'text,label\n"unclosed,greet\nbye,x\n', "line 2: 1 fields, the header has 2 (a quoted field runs"),
+    (b'text,label\n"unclosed,greet\nbye,x\n', "line 2: malformed CSV: the quote opened on line 2 is never closed"),
 ])
 def test_csv_errors_name_file_and_line(tmp_path, content, message):
     (tmp_path / "bad.csv").write_bytes(content)

@@ -35,11 +35,12 @@ def _stream_config(overrides: str | None):
 
 
 def train_intents(args: argparse.Namespace) -> None:
+    from core.checkpoint import check_replaceable
     from core.text.classifier import TrainConfig
 
     from .intents import IntentModel, IntentTrainConfig, file_sha256, read_intent_file
 
-    _check_model_out(Path(args.out))   # before minutes of training, not after
+    check_replaceable(args.out)   # before minutes of training, not after
     data = read_intent_file(args.data, args.text_column, args.label_column, args.split)
     texts, labels = data.texts, data.labels
     cfg = IntentTrainConfig(
@@ -64,16 +65,6 @@ def train_intents(args: argparse.Namespace) -> None:
         print(f"trained {summary['labels']} labels on {summary['rows']} rows: {result.steps} steps in "
               f"{summary['seconds']} s, validation accuracy {result.val_accuracy}, "
               f"oos threshold {model.oos_threshold}; saved to {args.out}")
-
-
-def _check_model_out(out: Path) -> None:
-    """Refuse an output path that saving a checkpoint would refuse (core.checkpoint replaces only a
-    checkpoint folder or an empty one)."""
-    from core.checkpoint import CONFIG
-
-    if out.exists() and not (out.is_dir() and ((out / CONFIG).is_file() or not any(out.iterdir()))):
-        raise ValueError(f"--out {out}: exists and is not a model folder (no {CONFIG}); not replacing it, "
-                         "choose another path")
 
 
 def eval_intents(args: argparse.Namespace) -> None:
@@ -133,16 +124,20 @@ def bench_chat(args: argparse.Namespace) -> None:
 
 
 def index(args: argparse.Namespace) -> None:
-    from data_connectors.knowledge import knowledge_files, load_knowledge
+    from data_connectors.knowledge import collected_warnings, knowledge_files, load_knowledge
 
     from .retrieval import IndexConfig, KnowledgeIndex, saved_indexes
 
     start = time.perf_counter()
+    kb, out = Path(args.kb).resolve(), Path(args.out).resolve()
+    if kb.is_relative_to(out):   # writing the index there would replace the knowledge with it
+        raise ValueError(f"--out {args.out} holds the knowledge folder {args.kb}; choose another path for the index")
     # an index inside the knowledge folder (this run's --out, or any other) is not knowledge
     files, skipped = knowledge_files(args.kb, exclude=[args.out, *saved_indexes(args.kb)])
     unreadable: list[tuple[Path, str]] = []
     # a bad file fails here, before the index folder is touched (unless --skip-unreadable lists it)
-    docs = load_knowledge(args.kb, files, unreadable if args.skip_unreadable else None)
+    with collected_warnings() as warnings:   # the readers' guesses (also logged to stderr)
+        docs = load_knowledge(args.kb, files, unreadable if args.skip_unreadable else None)
     for file, why in unreadable:
         print(f"warning: skipped {why}", file=sys.stderr)
     manifest = KnowledgeIndex.build(docs, args.out, IndexConfig(hybrid=args.hybrid),
@@ -152,7 +147,8 @@ def index(args: argparse.Namespace) -> None:
                "unreadable_files": [{"file": str(f), "why": why} for f, why in unreadable[:50]],
                "documents": manifest["documents"], "chunks": manifest["count"],
                "dims": manifest["dims"], "index": manifest["index"], "hybrid": args.hybrid,
-               "model": manifest["model"], "seconds": round(time.perf_counter() - start, 2)}
+               "model": manifest["model"], "warnings": warnings[:50],
+               "seconds": round(time.perf_counter() - start, 2)}
     if args.json:
         print(json.dumps(summary))
     else:

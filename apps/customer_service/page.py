@@ -5,12 +5,10 @@ The page and the JSON API share one assistant per process (`assistant.shared_ass
 """
 from __future__ import annotations
 
-import logging
 import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
@@ -90,7 +88,7 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
     if not intents_file and not knowledge_file:
         raise gr.Error("Upload an intents file, a knowledge file or both.")
     # Imported here: torch, faiss and the MiniLM weights are only needed for retraining.
-    from data_connectors.knowledge import load_knowledge
+    from data_connectors.knowledge import collected_warnings, load_knowledge
 
     from .intents import DEFAULT_TRAIN, IntentModel, read_intent_file
     from .retrieval import KnowledgeIndex, saved_indexes
@@ -112,7 +110,7 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
         if knowledge_file:
             yield f"Indexing the knowledge...{_notes(notes)}"
             unreadable: list = []
-            with tempfile.TemporaryDirectory() as tmp, _logged_warnings("data_connectors.knowledge") as logged:
+            with tempfile.TemporaryDirectory() as tmp, collected_warnings() as logged:
                 source = _knowledge_source(Path(knowledge_file), Path(tmp))
                 docs = load_knowledge(source, unreadable=unreadable, exclude=saved_indexes(source))
                 notes += [_without_folder(warning, source) for warning in logged]
@@ -136,27 +134,6 @@ def _without_folder(message: str, path: str | Path) -> str:
     """A reader's message with the server's upload folder left out of the file names it gives."""
     folder = str(Path(path).parent if Path(path).is_file() else Path(path))
     return message.replace(folder + "/", "")
-
-
-@contextmanager
-def _logged_warnings(logger: str) -> Iterator[list[str]]:
-    """The warnings `logger` logs inside the block, as text (the knowledge readers log their guesses)."""
-    handler = _ListHandler()
-    log = logging.getLogger(logger)
-    log.addHandler(handler)
-    try:
-        yield handler.messages
-    finally:
-        log.removeHandler(handler)
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
 
 
 def build() -> gr.Blocks:
