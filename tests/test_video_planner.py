@@ -1,5 +1,7 @@
 """The prompt planner: label alignment, timeline targets, a tiny training run that learns, and the
 shipped checkpoint on train phrasing, held-out phrasing and held-out combinations."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -52,6 +54,69 @@ def test_tiny_training_run_learns():
                             examples=examples)
     after = P.planner_loss(model, P.collate(examples))[0].item()
     assert after < 0.5 * before
+
+
+def _tiny_planner(seed: int, **overrides) -> P.PlannerModel:
+    torch.manual_seed(seed)
+    cfg = P.PlannerConfig(dim=16, expert_hidden=16, num_heads=2, num_experts=2, time_experts=2, time_slots=6,
+                          time_layers=1, exemplars=3, **overrides)
+    model = P.PlannerModel(cfg).eval()
+    model.reader.exemplar_XD.copy_(torch.arange(3 * cfg.text_dim).reshape(3, -1).float())
+    return model
+
+
+def test_an_ensemble_averages_its_readers_and_saves_the_exemplars_once(tmp_path):
+    from core.checkpoint import load_checkpoint
+
+    a, b = _tiny_planner(0), _tiny_planner(1)
+    model = P.ensemble_planner([a, b])
+    assert model.cfg.readers == 2 and model.extra_readers[0].exemplar_XD.shape[0] == 0
+    T, V, C = 7, P.N_VALUES, len(P.ATTRIBUTES["colour"])
+    inputs = (torch.randn(2, T, 384), torch.ones(2, T, dtype=torch.bool), 0, torch.rand(2, T, V), torch.rand(2, T, C))
+    with torch.no_grad():
+        x, starts, logits, _ = model.read(*inputs)
+        (xa, sa, la, _), (_, sb, lb, _) = a.reader(*inputs), b.reader(*inputs)
+    assert torch.equal(x, xa)                                   # the first reader's states feed the time axis
+    assert torch.allclose(starts, (sa + sb) / 2)
+    assert torch.allclose(logits["colour"], (la["colour"].log_softmax(-1) + lb["colour"].log_softmax(-1)) / 2)
+    loaded = load_checkpoint(P.save_planner(model, tmp_path / "ens"))[0].eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded.read(*inputs)[1], starts)
+    assert torch.equal(loaded.reader.exemplar_XD, a.reader.exemplar_XD)
+
+
+def test_ensemble_planner_command_joins_saved_planners(tmp_path, capsys):
+    import json
+
+    from apps import cli
+    from core.checkpoint import load_checkpoint
+
+    members = [str(P.save_planner(_tiny_planner(seed), tmp_path / f"m{seed}")) for seed in (0, 1)]
+    out = tmp_path / "ens"
+    assert cli.main(["video", "ensemble-planner", *members, "--out", str(out), "--float16", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["readers"] == 2
+    model = load_checkpoint(out)[0]
+    assert model.cfg.readers == 2 and model.extra_readers[0].proto_VD.dtype == torch.float32
+    assert cli.main(["video", "ensemble-planner", members[0], str(tmp_path / "none"), "--out", str(out),
+                     "--json"]) == 2                                   # a missing member: an error, no traceback
+    assert "no planner checkpoint" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+
+
+def test_an_ensemble_refuses_members_that_do_not_fit():
+    a = _tiny_planner(0)
+    with pytest.raises(ValueError, match="at least 2"):
+        P.ensemble_planner([a])
+    with pytest.raises(ValueError, match="config differs"):
+        P.ensemble_planner([a, _tiny_planner(1, dropout=0.2)])
+    other = _tiny_planner(1)
+    other.reader.exemplar_XD.add_(1.0)
+    with pytest.raises(ValueError, match="exemplar"):
+        P.ensemble_planner([a, other])
+    with pytest.raises(ValueError, match="ensemble already"):
+        P.ensemble_planner([a, P.ensemble_planner([a, _tiny_planner(2)])])
+    with pytest.raises(ValueError, match="trains one reader"):
+        P.train_planner(replace(a.cfg, readers=2), P.PlannerTrainConfig(steps=1), examples=[])
 
 
 @needs_shipped

@@ -27,8 +27,8 @@ def _train_captioner(args: argparse.Namespace) -> None:
 
 
 def register(cli: CommandTable) -> None:
-    """Add `video generate|train-captioner|train-planner|eval-planner|train-generator|eval-generator|caption|eval|stylize|
-    style-bench` and `bench video` (see apps.cli)."""
+    """Add `video generate|train-captioner|train-planner|ensemble-planner|eval-planner|train-generator|
+    eval-generator|caption|eval|stylize|style-bench` and `bench video` (see apps.cli)."""
     from . import cli as handlers
     from .style_cli import add_stylize_command
 
@@ -65,6 +65,14 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--eval-prompts", type=positive_int, default=200, help="prompts per evaluation set")
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = video.command("ensemble-planner", "join separately trained planners into one that averages their "
+                                          "readers (the first one's time axis and exemplars)",
+                      handlers.ensemble_planner)
+    p.add_argument("members", nargs="+", type=Path, help="planner checkpoint folders (at least 2)")
+    p.add_argument("--out", type=Path, default=ASSETS / "planner", help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--float16", action="store_true", help="store the weights in float16 (loaded as float32)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     p = video.command("eval-planner", "planner accuracy per attribute on train phrasing, held-out phrasing and "

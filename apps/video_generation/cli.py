@@ -59,6 +59,21 @@ def train_planner(args: argparse.Namespace) -> None:
     _print(args, summary, json.dumps(summary, indent=2))
 
 
+def ensemble_planner(args: argparse.Namespace) -> None:
+    import copy
+
+    from .planner import ensemble_planner, load_planner, save_planner
+
+    members = [load_planner(path).model for path in args.members]   # all read before --out may replace one
+    model = ensemble_planner(members)
+    stored = copy.deepcopy(model).half() if args.float16 else model
+    path = save_planner(stored, args.out, metadata={"members": [str(p) for p in args.members],
+                                                    "float16": args.float16})
+    summary = {"out": str(path), "readers": model.cfg.readers,
+               "parameters": sum(p.numel() for p in model.parameters())}
+    _print(args, summary, json.dumps(summary, indent=2))
+
+
 def eval_planner(args: argparse.Namespace) -> None:
     import torch
 

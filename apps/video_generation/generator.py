@@ -349,8 +349,11 @@ def _load(path: str) -> Generator:
 
 def load_generator(path: str | Path | None = None) -> Generator:
     """The generator checkpoint at `path` (default: the shipped one), cached per process."""
+    from core.checkpoint import MissingCheckpointError
+
     path = Path(path) if path is not None else DEFAULT_PATH
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no generator checkpoint at {path}; build it with `moe-suite video train-generator`")
+        raise MissingCheckpointError(f"no generator checkpoint at {path}; build it with "
+                                     f"`moe-suite video train-generator`")
     return _load(str(path.resolve()))
 

@@ -100,6 +100,8 @@ class PlannerConfig:
     window_words: int = 3        # word windows of 1..window_words words are embedded alone (value evidence)
     state_dropout: float = 0.3   # training: share of value-word tokens whose own state is hidden from the reader
     exemplars: int = 0           # exemplar phrases stored with the model (set by train_planner)
+    readers: int = 1             # ScriptReaders trained apart whose outputs are averaged (ensemble_planner); the
+                                 # first one's states feed the time axis
 
 
 def _moe(dim: int, hidden: int, experts: int, top_k: int, gate: str = "topk_softmax") -> MoELayer:
@@ -129,15 +131,17 @@ class ScriptReader(nn.Module):
     in training some value words' states are hidden (state_dropout) and the reader must read them from
     their evidence and their context."""
 
-    def __init__(self, cfg: PlannerConfig):
+    def __init__(self, cfg: PlannerConfig, exemplars: bool = True):
+        """exemplars=False: no exemplar buffers (an ensemble's other readers use the first one's)."""
         super().__init__()
         self.cfg = cfg
         n_values = N_VALUES
         n_colours = len(ATTRIBUTES["colour"])
         self.register_buffer("proto_VD", torch.zeros(n_values, cfg.text_dim))
         # the exemplar phrases' embeddings and values: the evidence a loaded model computes is its own
-        self.register_buffer("exemplar_XD", torch.zeros(cfg.exemplars, cfg.text_dim))
-        self.register_buffer("exemplar_value_X", torch.zeros(cfg.exemplars, dtype=torch.long))
+        n_exemplars = cfg.exemplars if exemplars else 0
+        self.register_buffer("exemplar_XD", torch.zeros(n_exemplars, cfg.text_dim))
+        self.register_buffer("exemplar_value_X", torch.zeros(n_exemplars, dtype=torch.long))
         self.evidence_proj = nn.Linear(n_values + n_colours, cfg.dim)
         self.proj = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.LayerNorm(cfg.dim))
         self.attn = nn.MultiheadAttention(cfg.dim, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
@@ -219,6 +223,22 @@ class PlannerModel(nn.Module):
         self.cfg = cfg
         self.reader = ScriptReader(cfg)
         self.time_axis = TimeAxis(cfg)
+        if cfg.readers < 1:
+            raise ValueError(f"readers must be >= 1, got {cfg.readers}")
+        self.extra_readers = nn.ModuleList(ScriptReader(cfg, exemplars=False) for _ in range(cfg.readers - 1))
+
+    def read(self, h_BTd: torch.Tensor, mask_BT: torch.Tensor, task: int, evidence_BTV: torch.Tensor,
+             lexicon_BTC: torch.Tensor, hide_BT: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], MoEStats]:
+        """The reader's output (ScriptReader.forward); with several readers, the first one's states and
+        MoE statistics, the mean of their start logits and the mean of their attribute log-probabilities."""
+        first = self.reader(h_BTd, mask_BT, task, evidence_BTV, lexicon_BTC, hide_BT)
+        if not len(self.extra_readers):
+            return first
+        outs = [first] + [r(h_BTd, mask_BT, task, evidence_BTV, lexicon_BTC, hide_BT) for r in self.extra_readers]
+        starts_BT2 = torch.stack([o[1] for o in outs]).mean(0)
+        logits = {a: torch.stack([o[2][a].log_softmax(-1) for o in outs]).mean(0) for a in first[2]}
+        return first[0], starts_BT2, logits, first[3]
 
     def scene_tokens(self, x_BTD: torch.Tensor, scene_id_BT: torch.Tensor, seconds_logits_BTC: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -571,6 +591,8 @@ def planner_loss(model: PlannerModel, batch: dict[str, torch.Tensor]) -> tuple[t
 def train_planner(cfg: PlannerConfig, tcfg: PlannerTrainConfig, log=print,
                   examples: list[Example] | None = None) -> PlannerModel:
     """Train reader and time axis on synthetic prompts (train scripts, train phrasing only)."""
+    if cfg.readers != 1:
+        raise ValueError("a planner trains one reader; train several and join them with ensemble_planner")
     torch.manual_seed(tcfg.seed)
     if examples is None:
         t0 = time.perf_counter()
@@ -670,7 +692,7 @@ class Planner:
         T = h_1Td.shape[1]
         mask_1T = torch.ones(1, T, dtype=torch.bool)
         task = task_id("text_to_video")
-        x_1TD, starts_1T2, logits, stats = reader(h_1Td, mask_1T, task, evidence_1TV, lexicon_1TC)
+        x_1TD, starts_1T2, logits, stats = self.model.read(h_1Td, mask_1T, task, evidence_1TV, lexicon_1TC)
         special_T = np.array([b <= a for a, b in offsets[0]])
         p_start_T2 = torch.sigmoid(starts_1T2[0]).numpy()
         probs = {a: logits[a][0].softmax(-1).numpy() for a in ATTRIBUTES}
@@ -679,7 +701,7 @@ class Planner:
             # A second pass with every word's own state hidden: words read from their evidence and context
             # alone (what state dropout trains for), which an unseen word's misleading own state cannot sway.
             hide_1T = torch.from_numpy(~special_T)[None]
-            _, starts_ev_1T2, logits_ev, _ = reader(h_1Td, mask_1T, task, evidence_1TV, lexicon_1TC, hide_1T)
+            _, starts_ev_1T2, logits_ev, _ = self.model.read(h_1Td, mask_1T, task, evidence_1TV, lexicon_1TC, hide_1T)
             p_start_T2 = (1 - w) * p_start_T2 + w * torch.sigmoid(starts_ev_1T2[0]).numpy()
             probs = {a: (1 - w) * probs[a] + w * logits_ev[a][0].softmax(-1).numpy() for a in ATTRIBUTES}
 
@@ -992,6 +1014,30 @@ def heldout_sets(n: int, seed: int) -> dict[str, tuple[list[Script], list[str]]]
     return sets
 
 
+def ensemble_planner(members: list[PlannerModel]) -> PlannerModel:
+    """One planner reading with the readers of several trained ones (PlannerModel.read averages them):
+    the first member's reader, time axis and exemplars, the others' readers. The members must share
+    their config (but for `readers`) and exemplar phrases."""
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least 2 planners, got {len(members)}")
+    base = replace(members[0].cfg, readers=1)
+    for i, m in enumerate(members[1:], 1):
+        if m.cfg.readers != 1:
+            raise ValueError(f"member {i} is an ensemble already ({m.cfg.readers} readers); give its members")
+        if replace(m.cfg, readers=1) != base:
+            raise ValueError(f"member {i}'s config differs from member 0's: {m.cfg} vs {base}")
+        a_XD, b_XD = m.reader.exemplar_XD, members[0].reader.exemplar_XD
+        if a_XD.shape != b_XD.shape or not torch.allclose(a_XD, b_XD, atol=2e-3):   # float16 storage rounds
+            raise ValueError(f"member {i} was trained with other exemplar phrases than member 0")
+    model = PlannerModel(replace(base, readers=len(members))).eval()
+    model.reader.load_state_dict(members[0].reader.state_dict())
+    model.time_axis.load_state_dict(members[0].time_axis.state_dict())
+    for extra, m in zip(model.extra_readers, members[1:]):
+        state = {k: v for k, v in m.reader.state_dict().items() if not k.startswith("exemplar_")}
+        extra.load_state_dict(state, strict=False)   # all but the (empty) exemplar buffers
+    return model
+
+
 def save_planner(model: PlannerModel, path: str | Path, metadata: dict | None = None) -> Path:
     from core.checkpoint import save_checkpoint
     return save_checkpoint(model, path, kind=KIND, config=model.cfg, metadata=metadata)
@@ -1006,8 +1052,11 @@ def _load(path: str) -> Planner:
 
 def load_planner(path: str | Path | None = None) -> Planner:
     """The planner checkpoint at `path` (default: the shipped one), cached per process."""
+    from core.checkpoint import MissingCheckpointError
+
     path = Path(path) if path is not None else DEFAULT_PATH
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no planner checkpoint at {path}; build it with `moe-suite video train-planner`")
+        raise MissingCheckpointError(f"no planner checkpoint at {path}; build it with "
+                                     f"`moe-suite video train-planner`")
     return _load(str(path.resolve()))
 
