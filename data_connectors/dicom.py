@@ -24,12 +24,14 @@ What the DICOM reader copes with, each noted in `CTVolume.warnings`:
   SCOUT_IMAGE_TYPES; screen saves and other secondary captures, colour images, SR/PR/KO... objects): dropped;
   a series of several images no two of which share size and orientation (an AP + lateral scout pair) is an
   error that says so, not "a single slice";
-- a slice without RescaleSlope/RescaleIntercept among slices that carry them: read with the others' rescale
-  when they all agree, else dropped (1024 HU too bright otherwise);
-- slice files lost to an interrupted copy (empty, cut inside the preamble, unreadable headers, files named like
-  the slices that are no DICOM): listed by lost_slice_files, a warning of load_volume;
+- a slice without RescaleSlope/RescaleIntercept (deleted, or present but empty) among slices that carry them:
+  read with the others' rescale when they all agree, else dropped (1024 HU too bright otherwise);
+- slice files lost to an interrupted copy (unreadable headers; empty, cut inside the preamble or no DICOM but
+  named like the slices: same suffix, or the same name but for its numbers): listed by lost_slice_files, a
+  warning of load_volume; an empty LOCKFILE or a note beside the slices is no lost slice;
 - Python warnings of pydicom while reading or decoding a file (an RLE segment with non-conformant padding, a
-  value of the wrong VR): a warning naming the file, instead of an anonymous line on stderr;
+  value of the wrong VR): a warning naming the file, instead of an anonymous line on stderr (routed per thread,
+  so parallel loads, e.g. the API's, neither mix them up nor disturb the process's warning filters);
 - slices without ImagePositionPatient among positioned ones: placed by SliceLocation when it lines up with
   the others' positions, else dropped; when no slice has one: placed by SliceLocation, else by InstanceNumber
   (origin unknown, head/feet a guess);
@@ -59,6 +61,8 @@ import functools
 import logging
 import math
 import os
+import re
+import threading
 import warnings as pywarnings
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -176,15 +180,32 @@ def _cut_short(path: Path) -> str | None:
     return None
 
 
+# Reasons scan_folder gives for files that hold no DICOM at all (no header read): whether such a file is a lost
+# slice or a stray one (a note, a lock file, a thumbnail) is told by its name only.
+NO_DICOM_REASONS = ("not DICOM", "empty file", "truncated file")
+
+
+def _name_shape(name: str) -> str:
+    """A file name with its runs of digits as '#': 'IM0012' -> 'IM#', '1.2.840.5.12' -> '#.#.#.#.#'."""
+    return re.sub(r"\d+", "#", name.lower())
+
+
 def lost_slice_files(scan: FolderScan, series: SeriesInfo) -> list[tuple[Path, str]]:
-    """The skipped files beside a series' slices (same folders) that look like slices it lost: empty or truncated
-    files, unreadable DICOM headers, and files named like its slices (same suffix, e.g. .dcm) that are no DICOM.
-    Stray notes, thumbnails and DICOMDIR indexes are not listed."""
+    """The skipped files beside a series' slices (same folders) that look like slices it lost: unreadable DICOM
+    headers, and files holding no DICOM (empty, truncated, other content) that are named like its slices: the
+    same suffix (e.g. .dcm) or the same name but for the numbers (IM0099 beside IM0001...). Stray notes, lock
+    files, thumbnails and DICOMDIR indexes are not listed."""
     folders = {f.parent for f in series.files}
     suffixes = {f.suffix.lower() for f in series.files} - {""}
+    suffixes = {x for x in suffixes if not x[1:].isdigit()}   # '.12' of a UID-named file is no suffix
+    shapes = {_name_shape(f.name) for f in series.files}
+
+    def like_a_slice(path: Path) -> bool:
+        return path.suffix.lower() in suffixes or _name_shape(path.name) in shapes
+
     return [(path, reason) for path, reason in scan.skipped
             if path.parent in folders and reason != "DICOMDIR index file"
-            and (not reason.startswith("not DICOM") or path.suffix.lower() in suffixes)]
+            and (not reason.startswith(NO_DICOM_REASONS) or like_a_slice(path))]
 
 
 def lost_slices_warning(lost: list[tuple[Path, str]]) -> str:
@@ -372,6 +393,24 @@ def _rescale(ds, item=None) -> tuple[float, float]:
     return float(slope if slope not in (None, "") else 1.0), float(inter if inter not in (None, "") else 0.0)
 
 
+def _rescale_given(ds) -> bool:
+    """Whether a classic file says how its stored values map to HU: RescaleSlope and RescaleIntercept both with
+    a value (an element present but empty is as good as deleted), or a Modality LUT."""
+    def has(keyword: str) -> bool:
+        try:
+            value = ds.get(keyword, None)
+        except _MALFORMED:
+            return False
+        if value is None or isinstance(value, str):
+            return bool(value and value.strip())
+        try:
+            return len(value) > 0   # a sequence or multi-value
+        except TypeError:
+            return True             # a number
+
+    return (has("RescaleSlope") and has("RescaleIntercept")) or has("ModalityLUTSequence")
+
+
 def _frame_geometry(ds, path: Path, shape: tuple[int, int], n_frames: int, instance: int,
                     acquisition: int | None) -> list[_Frame]:
     """The frames' geometry and rescale, for the three layouts: enhanced (functional groups), classic single
@@ -395,7 +434,7 @@ def _frame_geometry(ds, path: Path, shape: tuple[int, int], n_frames: int, insta
     iop = _floats(ds.get("ImageOrientationPatient"), 6, path, "ImageOrientationPatient")
     spacing = _floats(ds.get("PixelSpacing"), 2, path, "PixelSpacing")
     slope, inter = _rescale(ds)
-    given = any(t in ds for t in ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence"))
+    given = _rescale_given(ds)
     if n_frames == 1:   # no position: placed by load_series from SliceLocation / InstanceNumber, or dropped
         position = (_floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient")
                     if ds.get("ImagePositionPatient") else None)
@@ -773,13 +812,10 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     paths = list(series.files)
     notes: list[tuple[str, str]] = []   # (message, file) of the warnings pydicom raised while reading
     if threads > 1 and len(paths) > 8:
-        with ThreadPoolExecutor(threads) as pool, _noted(notes, "the series' files"):
-            datasets = list(pool.map(_read, paths))
+        with ThreadPoolExecutor(threads) as pool:
+            datasets = list(pool.map(lambda p: _noted(notes, p, _read, p), paths))
     else:
-        datasets = []
-        for p in paths:
-            with _noted(notes, p):
-                datasets.append(_read(p))
+        datasets = [_noted(notes, p, _read, p) for p in paths]
     paths, datasets = _drop_non_slices(paths, datasets, series.series_uid, warnings)
     frames: list[_Frame] = []
     by_path = {}
@@ -816,10 +852,7 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     by_value_only: dict[int, np.ndarray] = {}   # frame -> flat pixels matching it as stored values only
 
     def decode(path: Path) -> np.ndarray:
-        if threaded:   # warnings are caught around the pool: catch_warnings is not thread-safe
-            return _pixels(by_path[path], path)
-        with _noted(notes, path):
-            return _pixels(by_path[path], path)
+        return _noted(notes, path, _pixels, by_path[path], path)
 
     def fill(n: int) -> None:
         fr = frames[n]
@@ -852,7 +885,7 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     multi = any(fr.frame is not None for fr in frames)
     threaded = threads > 1 and len(frames) > 8 and not multi
     if threaded:
-        with ThreadPoolExecutor(threads) as pool, _noted(notes, "the series' files"):
+        with ThreadPoolExecutor(threads) as pool:
             list(pool.map(fill, range(len(frames))))
     else:
         for n in range(len(frames)):
@@ -896,22 +929,68 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
     return CTVolume(hu, _spacing(affine), affine, series.series_uid, series.study_uid, source, warnings)
 
 
-class _noted:
-    """Context: the Python warnings raised inside (pydicom's, e.g. an RLE segment with non-conformant padding, a
-    value of the wrong VR) recorded as (message, file) in `notes` instead of going to stderr unattributed."""
+# pydicom's warnings while a file is read or decoded are routed to that file's notes by a thread-local sink:
+# warnings.catch_warnings swaps module globals and is not thread-safe (parallel loads of the API left the
+# filters and showwarning broken), so nothing here enters it. pydicom sends each warning to its logger, then to
+# warnings.warn: a logging handler (thread-safe, no once-per-location registry) records it, and a showwarning
+# hook keeps the Python warning off stderr for the thread that recorded it (and records warnings of other
+# libraries); both are installed once, and pass everything else on.
+_sink = threading.local()        # .notes: list of (message, file) being filled by this thread; .where: the file
+_hook_lock = threading.Lock()
 
-    def __init__(self, notes: list[tuple[str, str]], where):
-        self.notes, self.where = notes, str(where)
-        self._catch = pywarnings.catch_warnings(record=True)
 
-    def __enter__(self):
-        self._caught = self._catch.__enter__()
-        pywarnings.simplefilter("always")
-        return self
+class _NoteHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        notes = getattr(_sink, "notes", None)
+        if notes is not None and record.levelno >= logging.WARNING:
+            notes.append((record.getMessage().strip(), _sink.where))
 
-    def __exit__(self, *exc) -> None:
-        self._catch.__exit__(*exc)
-        self.notes.extend((str(w.message).strip(), self.where) for w in self._caught)
+
+_NOTE_HANDLER = _NoteHandler()
+_shown_before = [pywarnings.showwarning]   # the showwarning the hook passes other threads' warnings to
+
+
+def _show_routed(message, category, filename, lineno, file=None, line=None) -> None:
+    notes = getattr(_sink, "notes", None)
+    if notes is not None:
+        notes.append((str(message).strip(), _sink.where))
+        return
+    previous = _shown_before[0]
+    # The standard one (honouring a catch_warnings(record=True)); also when a hook installed after this one calls
+    # back into it (it saved this one as its previous and this one saved it: no endless ping-pong).
+    if previous is getattr(pywarnings, "_showwarning_orig", None) or getattr(_sink, "passing", False):
+        pywarnings._showwarnmsg_impl(pywarnings.WarningMessage(message, category, filename, lineno, file, line))
+        return
+    _sink.passing = True
+    try:
+        previous(message, category, filename, lineno, file, line)
+    finally:
+        _sink.passing = False
+
+
+def _install_note_hooks() -> None:
+    """Once (and again after a catch_warnings elsewhere restored its own showwarning)."""
+    if pywarnings.showwarning is _show_routed and _NOTE_HANDLER in logging.getLogger("pydicom").handlers:
+        return
+    with _hook_lock:
+        if pywarnings.showwarning is not _show_routed:
+            _shown_before[0] = pywarnings.showwarning
+            pywarnings.showwarning = _show_routed
+        pydicom_log = logging.getLogger("pydicom")
+        if _NOTE_HANDLER not in pydicom_log.handlers:
+            pydicom_log.addHandler(_NOTE_HANDLER)
+
+
+def _noted(notes: list[tuple[str, str]], where, fn, *args):
+    """fn(*args) with the warnings it raises recorded as (message, where) in notes (pydicom's, e.g. an RLE
+    segment with non-conformant padding, a value of the wrong VR) instead of reaching stderr unattributed."""
+    _install_note_hooks()
+    saved = getattr(_sink, "notes", None), getattr(_sink, "where", None)
+    _sink.notes, _sink.where = notes, str(where)
+    try:
+        return fn(*args)
+    finally:
+        _sink.notes, _sink.where = saved
 
 
 def _summarise_notes(notes: list[tuple[str, str]], uid: str) -> list[str]:

@@ -1,9 +1,16 @@
 """Defects a black-box probe of the nodule app found, each on a tiny study the test builds: study keys that
 collide (volume files, sanitised folder names), --anonymize leaks, a slice without rescale, slice files lost to
-an interrupted copy, decoder warnings without a file name, a two-image scout read as 'a single slice'."""
+an interrupted copy, decoder warnings without a file name, a two-image scout read as 'a single slice'. Then
+what a review of those fixes found (R1-R6): a folder added beside a finished study took its key, volume files
+finished under the previous version's keys were recomputed, --anonymize masked substrings ('<input>terrupted')
+and missed lost files' names and patient words in another case, decoder warnings were caught in a way that is
+not thread-safe, an empty lock file counted as a lost slice and empty rescale values read 1024 HU bright."""
+import csv
 import json
 import shutil
+import threading
 import warnings
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,7 +21,7 @@ from pydicom.uid import RLELossless, generate_uid
 from test_dicom_reading import N, ct_slice, ramp_planes, write_series
 from test_medical_pipeline import dataset  # noqa: F401 - tiny synthetic studies and an untrained tiny detector
 
-from apps.medical_imaging.batch import BatchConfig, discover, run_batch
+from apps.medical_imaging.batch import DONE, BatchConfig, Scrub, StudyEntry, _hash, discover, run_batch
 from data_connectors.dicom import DicomReadError, is_volume_series, load_series, load_volume, scan_folder
 
 Z = np.arange(6) * 2.0
@@ -187,9 +194,10 @@ def test_empty_and_truncated_slice_files_are_reported(tmp_path):
 # ------------------------------------------------------------------------------------------ D5: decoder warnings
 
 
-def test_decoder_warnings_land_in_the_volume_warnings_with_the_file(tmp_path):
+def _rle_series_with_padding_warning(folder):
+    """3 RLE slices; the second one's pydicom decodes with a 'non-conformant padding' warning."""
     z = np.arange(3) * 2.0
-    paths = write_series(tmp_path / "r", ramp_planes(z), [(0, 0, v) for v in z])
+    paths = write_series(folder, ramp_planes(z), [(0, 0, v) for v in z])
     for n, p in enumerate(paths):
         ds = pydicom.dcmread(p)
         ds.compress(RLELossless)
@@ -197,10 +205,15 @@ def test_decoder_warnings_land_in_the_volume_warnings_with_the_file(tmp_path):
             frame = next(generate_frames(ds.PixelData, number_of_frames=1)) + b"\x01\x00\x00\x80"
             ds.PixelData = encapsulate([frame])
         ds.save_as(p)
+    return paths
+
+
+def test_decoder_warnings_land_in_the_volume_warnings_with_the_file(tmp_path):
+    paths = _rle_series_with_padding_warning(tmp_path / "r")
     with warnings.catch_warnings(record=True) as escaped:
         warnings.simplefilter("always")
         vol = load_volume(tmp_path / "r")
-    assert np.array_equal(vol.hu_ZYX, np.stack(ramp_planes(z)))
+    assert np.array_equal(vol.hu_ZYX, np.stack(ramp_planes(np.arange(3) * 2.0)))
     assert any(paths[1].name in w and "non-conformant padding" in w for w in vol.warnings), vol.warnings
     assert not [w for w in escaped if "padding" in str(w.message)]
 
@@ -232,3 +245,183 @@ def test_scout_pair_without_marker_says_two_orientations(tmp_path):
     assert not is_volume_series(series)
     with pytest.raises(DicomReadError, match="2 images in 2 orientations.*scout/localizer"):
         load_series(series)
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _origins(out):
+    return {p.parent.name: json.loads(p.read_text()).get("origin") for p in out.glob(f"studies/*/{DONE}")}
+
+
+# ------------------------------------------------------------------------------ R1: a folder added beside a done one
+
+
+def test_folder_added_beside_a_finished_one_does_not_take_its_key(dataset, tmp_path):  # noqa: F811
+    """'Study 1' finished at key Study_1; 'Study_1' added later gets a hashed key and 'Study 1' is not redone."""
+    first, second = _studies(dataset)[:2]
+    shutil.copytree(first, tmp_path / "in" / "Study 1")
+    out = tmp_path / "out"
+    _run(dataset, tmp_path / "in", out)
+    before = _origins(out)
+    assert list(before) == ["Study_1"]
+    shutil.copytree(second, tmp_path / "in" / "Study_1")
+    summary = _run(dataset, tmp_path / "in", out)
+    assert (summary["processed"], summary["skipped_done"], summary["studies_done"]) == (1, 1, 2), summary
+    after = _origins(out)
+    assert after["Study_1"] == before["Study_1"] and len(after) == 2
+    rows = _csv_rows(out / "findings.csv")
+    assert len({r["series_uid"] for r in rows}) == len({r["study"] for r in rows}) == 2   # no study twice
+
+
+# ------------------------------------------------------------------------------ R2: old-style volume keys
+
+
+def _as_previous_version(out, key, old_key, source):
+    """Move a finished study to the key and done.json layout of the version before origins (342f94a~1)."""
+    (out / "studies" / key).rename(out / "studies" / old_key)
+    done = json.loads((out / "studies" / old_key / DONE).read_text())
+    rows = [{**r, "study": old_key} for r in done["rows"]]
+    (out / "studies" / old_key / DONE).write_text(json.dumps({"study": old_key, "source": source, "rows": rows,
+                                                              "report": False, "seconds": 1.0}) + "\n")
+    return len(rows)
+
+
+LUNA_UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.105756658031515062000744821260"
+
+
+@pytest.mark.parametrize("anonymize", [False, True])
+def test_volume_file_done_under_its_old_key_is_not_recomputed(dataset, tmp_path, anonymize):  # noqa: F811
+    vol = tmp_path / "luna" / f"{LUNA_UID}.nii.gz"
+    _nifti(_studies(dataset)[0], vol)
+    out = tmp_path / "out"
+    _run(dataset, vol, out, anonymize=anonymize)
+    new_key = _hash(LUNA_UID) if anonymize else LUNA_UID
+    old_key = _hash("1") if anonymize else "1"
+    n = _as_previous_version(out, new_key, old_key, old_key if anonymize else vol.name)
+    assert n > 0
+    summary = _run(dataset, vol, out, anonymize=anonymize)
+    assert (summary["processed"], summary["skipped_done"], summary["studies_done"]) == (0, 1, 1), summary
+    assert len(_csv_rows(out / "findings.csv")) == n
+    if anonymize:   # another LUNA16 file (another scan: other slices) is no old result of this one
+        other = tmp_path / "luna" / "1.3.6.1.4.1.14519.5.2.1.6279.6001.999.nii.gz"
+        img = nib.load(vol)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, 2:], img.affine), other)
+        summary = _run(dataset, other, out, anonymize=True)
+        assert (summary["processed"], summary["skipped_done"]) == (1, 0), summary
+
+
+def test_volume_file_old_key_of_another_file_is_not_taken(dataset, tmp_path):  # noqa: F811
+    vol = tmp_path / f"{LUNA_UID}.nii.gz"
+    _nifti(_studies(dataset)[0], vol)
+    out = tmp_path / "out"
+    _run(dataset, vol, out)
+    _as_previous_version(out, LUNA_UID, "1", "1.3.6.1.4.1.14519.5.2.1.6279.6001.222.nii.gz")
+    summary = _run(dataset, vol, out)
+    assert (summary["processed"], summary["skipped_done"]) == (1, 0), summary
+
+
+# ------------------------------------------------------------------------------ R3: whole paths only
+
+
+def test_anonymize_masks_paths_only_as_whole_paths_and_keeps_numbers():
+    for root, study in (("in", "in/1"), ("1", "1"), ("data/in", "data/in/7")):
+        entry = StudyEntry("k" * 16, "k" * 16, Path(study), "", "", [Path(study) / "IM0001"], None)
+        scrub = Scrub(BatchConfig(input=Path(root), out=Path("out"), anonymize=True), entry)
+        for text in ("slices lost to an interrupted copy", "the detector was trained on 2.5 mm slices",
+                     "1 file beside the slices; 11 slices of 1.25 mm, 71 of 171 kept", "7 files in 17 s"):
+            assert scrub(text) == text, (root, scrub(text))
+        text = f"{study}/IM0002: truncated file; '{study}' has 1 series"
+        expected = text if root == "1" else text.replace(study, f"<{'k' * 16}>")   # a bare '1' names nobody
+        assert scrub(text) == expected, scrub(text)
+    scrub = Scrub(BatchConfig(input=Path("in"), out=Path("out"), anonymize=True), folders=[Path("Smith_J")])
+    said = scrub("in/Smith_J/IM0001 is missing; interrupted")   # 'in': too short to name anyone, kept
+    assert said == f"in/{scrub('Smith_J')}/IM0001 is missing; interrupted" and "Smith" not in said, said
+
+
+# ------------------------------------------------------------------------------ R4: lost files and patient case
+
+
+def test_anonymize_scrubs_lost_file_names_and_patient_words_in_any_case(dataset, tmp_path):  # noqa: F811
+    study = tmp_path / "in" / "case7"
+    study.mkdir(parents=True)
+    for n, p in enumerate(sorted(_studies(dataset)[0].glob("*.dcm"))):
+        ds = pydicom.dcmread(p)
+        ds.PatientName, ds.PatientID = "SMITH^JOHNATHAN", "AB-778899"
+        ds.save_as(study / f"Smith_John_{n:04d}.dcm")
+    (study / "Smith_John_0099.dcm").write_bytes(b"")   # a slice lost to an interrupted copy
+    out = tmp_path / "out"
+    summary = _run(dataset, tmp_path / "in", out, anonymize=True)
+    assert summary["processed"] == 1, summary
+    warned = json.loads(next(out.glob("studies/*/findings.json")).read_text())["warnings"]
+    assert any("missing from the volume" in w for w in warned), warned
+    for p in out.rglob("*"):
+        if p.is_file():
+            text = p.read_bytes().decode("latin-1").lower()
+            assert "smith" not in text and "0099" not in text and "johnathan" not in text, p
+    entry = StudyEntry("k", "k", study, "1.2.3", "", sorted(study.glob("*_0000.dcm")), None)
+    scrub = Scrub(BatchConfig(input=tmp_path / "in", out=out, anonymize=True), entry)
+    said = scrub("Johnathan Smith, ab-778899, smith")
+    assert "smith" not in said.lower() and "johnathan" not in said.lower() and "778899" not in said, said
+
+
+# ------------------------------------------------------------------------------ R5: decoder warnings, threads
+
+
+def test_loads_in_parallel_threads_keep_warnings_intact_and_attributed(tmp_path):
+    folders = [tmp_path / f"r{k}" for k in range(4)]
+    bad = [_rle_series_with_padding_warning(f)[1] for f in folders]
+    load_volume(folders[0])   # lazy imports done
+    filters, impl = list(warnings.filters), warnings._showwarnmsg_impl
+    results, failures = {}, []
+
+    def work(k):
+        try:
+            for n in range(5):
+                results[k, n] = load_volume(folders[k]).warnings
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not failures and len(results) == 20
+    for (k, _), warned in results.items():   # each load has its own file's warning, none of another's
+        assert any(bad[k].name in w and str(folders[k]) in w and "padding" in w for w in warned), warned
+        assert not any(str(folders[j]) in w for w in warned for j in range(4) if j != k), warned
+    assert warnings.filters == filters and warnings._showwarnmsg_impl is impl
+    with warnings.catch_warnings(record=True) as seen:   # warnings outside the loads still reach their sink
+        warnings.simplefilter("always")
+        warnings.warn("after the loads")
+    assert [str(w.message) for w in seen] == ["after the loads"]
+
+
+# ------------------------------------------------------------------------------ R6: stray empty file, empty rescale
+
+
+def test_empty_stray_file_beside_a_series_is_no_lost_slice(tmp_path):
+    paths = write_series(tmp_path / "s", ramp_planes(Z), [(0, 0, v) for v in Z])
+    (tmp_path / "s" / "LOCKFILE").write_bytes(b"")
+    (tmp_path / "s" / ".lock").write_bytes(b"\0" * 10)
+    vol = load_volume(tmp_path / "s")
+    assert not any("missing from the volume" in w for w in vol.warnings), vol.warnings
+    entries, errors = discover(BatchConfig(input=tmp_path, out=tmp_path / "out"))
+    assert not entries[0].notes and errors == []
+    (tmp_path / "s" / "IM0099").write_bytes(b"")   # named like the slices: lost
+    paths[3].write_bytes(paths[3].read_bytes()[:64])
+    entries, errors = discover(BatchConfig(input=tmp_path, out=tmp_path / "out"))
+    assert sorted(r["source"] for r in errors) == ["s/IM0003", "s/IM0099"]
+
+
+def test_slice_with_empty_rescale_values_uses_the_series_rescale(tmp_path):
+    planes = ramp_planes(Z)
+    paths = write_series(tmp_path / "s", planes, [(0, 0, v) for v in Z])
+    ds = pydicom.dcmread(paths[2])
+    ds.RescaleIntercept, ds.RescaleSlope = "", ""
+    ds.save_as(paths[2])
+    assert pydicom.dcmread(paths[2])["RescaleIntercept"].value in ("", None)
+    vol = load_volume(tmp_path / "s")
+    assert np.allclose(vol.hu_ZYX, np.stack(planes))
+    assert any("RescaleIntercept" in w and paths[2].name in w for w in vol.warnings), vol.warnings

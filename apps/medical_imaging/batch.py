@@ -11,12 +11,16 @@ Layout of `out`:
 Each DICOM series is one study; its key is its folder relative to the input (plus the series UID's tail
 when a folder holds several series), a NIfTI / MetaImage file's its name without the suffix (a LUNA16
 `<seriesuid>.mhd` is keyed by its seriesuid). Keys are unique: folders whose names only differ in characters
-a key cannot hold ("Study 1", "Study_1") get a short hash of their path appended, and so does a study whose
-key already holds another input's results in `out` (case1/ct.nii.gz, then case2/ct.nii.gz), recognised by
-the origin (a hash of the series UID, or of the file's absolute path) that done.json records.
+a key cannot hold ("Study 1", "Study_1") get a short hash of their path appended, except the one whose results
+`out` already holds at the key (so a folder added later never takes a finished study's key), and so does a study
+whose key already holds another input's results in `out` (case1/ct.nii.gz, then case2/ct.nii.gz), recognised by
+the origin (a hash of the series UID, or of the file's absolute path) that done.json records. A volume file
+finished by a version that keyed it by its name up to the first dot (LUNA16 '1.3.6....mhd' as '1') resumes
+under that key.
 --anonymize replaces keys and UIDs by salt-free SHA-256 prefixes, and every message written (findings.json
-warnings, errors.csv, the summary, log lines) has the input's paths, folder and file names, UIDs and the
-patient's name and IDs replaced by hashes; the SR gets new UIDs and no dates or IDs of the study.
+warnings, errors.csv, the summary, log lines) has the input's paths (as whole paths), folder and file names
+(lost slice files' too), UIDs and the patient's name and IDs (in any case) replaced by hashes; numbers and
+words that merely contain a short folder name are left alone. The SR gets new UIDs and no dates or IDs.
 A study's files are written into a temporary folder that is renamed into place with done.json inside, so a
 crash or kill never leaves a half-written study that counts as done: a rerun skips exactly the finished
 ones and findings.csv is rebuilt from them. Under torchrun (RANK / WORLD_SIZE set) rank r takes the
@@ -72,6 +76,7 @@ class StudyEntry:
     report: Path | None
     origin: str = ""                  # hash of what the study is (series UID, or a file's absolute path)
     notes: list[str] = field(default_factory=list)   # warnings found while scanning (slice files lost)
+    lost: list[Path] = field(default_factory=list)    # the slice files lost (empty, truncated...): names to scrub
 
 
 def _hash(text: str) -> str:
@@ -91,18 +96,34 @@ def _volume_stem(name: str) -> str:
     return name[:len(name) - len(suffix)] or name
 
 
-def _unique_keys(entries: list[StudyEntry]) -> None:
-    """Make keys injective: where several entries share a key, those whose key is not their name as given
-    (sanitised: 'Study 1' -> 'Study_1', 'a/b' -> 'a__b') get a hash of their name appended; the one keyed by
-    its own name keeps its key (unchanged keys keep resuming)."""
+def _owner(record: dict | None, group: list[StudyEntry]) -> StudyEntry | None:
+    """The one entry of a group whose results the record at their shared key holds: same origin, or for records
+    written before origins were kept, same source; None when no (or more than one) entry matches."""
+    if record is None:
+        return None
+    if record.get("origin"):
+        match = [e for e in group if e.origin == record["origin"]]
+    else:
+        match = [e for e in group if e.source == record.get("source")]
+    return match[0] if len(match) == 1 else None
+
+
+def _unique_keys(entries: list[StudyEntry], out: Path) -> None:
+    """Make keys injective. Where several entries share a key, the one whose results --out already holds at it
+    keeps it (a folder added beside a finished one must not take its key: the finished study would be recomputed
+    and its rows duplicated); with no such record, the one keyed by its own name as given (sanitised: 'Study 1'
+    -> 'Study_1', 'a/b' -> 'a__b') keeps it. The others get a hash of their name appended."""
     groups: dict[str, list[StudyEntry]] = {}
     for e in entries:
         groups.setdefault(e.key, []).append(e)
     for key, group in groups.items():
         if len(group) < 2:
             continue
+        owner = _owner(_record(out, key), group)
         for e in group:
-            if e.source != key or sum(g.source == key for g in group) > 1:
+            keeps = e is owner if owner is not None else \
+                e.source == key and sum(g.source == key for g in group) == 1
+            if not keeps:
                 e.key = f"{key}-{_hash(e.source)[:8]}"
 
 
@@ -114,6 +135,47 @@ def _record(out: Path, key: str) -> dict | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+def _resume_old_volume_key(entry: StudyEntry, cfg: BatchConfig) -> None:
+    """Versions before done.json kept origins keyed a volume file by its name up to the first dot (LUNA16's
+    '1.3.6....mhd' as '1'). When the new key holds nothing and the old key holds this file's finished results,
+    keep the old key, so that the rerun skips it rather than recomputing it and duplicating its rows. The old
+    record names the file (its source); anonymized it names only the key, so the volume's shape and spacing must
+    match those findings.json recorded."""
+    out, name = Path(cfg.out), entry.path.name
+    old_stem = name.split(".")[0]
+    old = _hash(old_stem) if cfg.anonymize else _safe(old_stem)
+    if old == entry.key or _record(out, entry.key) is not None:
+        return
+    try:
+        record = json.loads((out / "studies" / old / DONE).read_text())
+    except (OSError, ValueError):
+        return
+    if record.get("origin"):
+        mine = record["origin"] == entry.origin
+    elif not cfg.anonymize:
+        mine = record.get("source") == name
+    else:
+        mine = record.get("source") == old and _same_geometry(entry.path, out / "studies" / old / "findings.json")
+    if mine:
+        entry.key = old
+        if cfg.anonymize:   # an anonymized entry's source is its key
+            entry.source = old
+
+
+def _same_geometry(path: Path, findings: Path) -> bool:
+    """Whether the volume file reads with the shape and voxel spacing a findings.json recorded."""
+    from data_connectors.dicom import DicomReadError, load_volume
+
+    try:
+        doc = json.loads(findings.read_text())
+        vol = load_volume(path, allow_single_slice=True)
+    except (OSError, ValueError, DicomReadError):
+        return False
+    return (list(vol.hu_ZYX.shape) == list(doc.get("shape_zyx", []))
+            and len(doc.get("spacing_zyx", [])) == 3
+            and all(abs(float(a) - float(b)) < 1e-4 for a, b in zip(vol.spacing_zyx, doc["spacing_zyx"])))
 
 
 def _claim_keys(entries: list[StudyEntry], out: Path, anonymize: bool) -> None:
@@ -130,39 +192,58 @@ def _claim_keys(entries: list[StudyEntry], out: Path, anonymize: bool) -> None:
 _UID = re.compile(r"(?<![\w.])\d+(?:\.\d+){3,}(?!\w)")
 
 
+# Where a path may start and end in a message: at its start/end, whitespace, a path separator, a quote or
+# bracket (and punctuation after it; a '.' only when a sentence ends there), never inside a word or a number.
+_PATH_BEFORE = r"(?<![^\s/\\'\"`(\[<=])"
+_PATH_AFTER = r"(?=$|[\s/\\'\"`)\]>,;:]|\.(?:\s|$))"
+# A name (folder, file, patient word) as a whole word: not inside another word, nor inside a number (1.5, 2,0).
+_NAME_BEFORE = r"(?<![A-Za-z0-9])(?<!\d[.,])"
+_NAME_AFTER = r"(?![A-Za-z0-9])(?![.,]\d)"
+
+
+def _words(names: list[str], flags: int = 0) -> re.Pattern | None:
+    names = sorted(set(names), key=len, reverse=True)
+    return re.compile(_NAME_BEFORE + "(?:" + "|".join(map(re.escape, names)) + ")" + _NAME_AFTER, flags) \
+        if names else None
+
+
 class Scrub:
-    """Text made safe to write under --anonymize: the input's paths, the folder and file names under it, the
-    patient's name and IDs (from the series' first header) and every UID replaced by hashes. Identity
-    (returns the text) when not anonymizing."""
+    """Text made safe to write under --anonymize: the input's paths, the folder and file names under it (the
+    lost slice files' too), the patient's name and IDs (from the series' first header; any case) and every UID
+    replaced by hashes. Paths are masked only as whole paths (so input 'in' leaves 'interrupted' alone), a bare
+    folder or file name only where a name of the patient could be (4 characters or more, not a generic word like
+    'series'), and no digit inside a number changes. Identity (returns the text) when not anonymizing."""
 
     def __init__(self, cfg: BatchConfig, entry: StudyEntry | None = None, folders: list[Path] | None = None):
         self.on = cfg.anonymize
         if not self.on:
             return
         root = Path(cfg.input)
-        self.paths = []
+        masks = [(str(root), "<input>"), (str(root.resolve()), "<input>")]
         if entry is not None:
-            self.paths.append((str(entry.path), f"<{entry.key}>"))
-        self.paths += [(str(root), "<input>"), (str(root.resolve()), "<input>")]
+            masks.insert(0, (str(entry.path), f"<{entry.key}>"))
+        self.paths = [(re.compile(_PATH_BEFORE + re.escape(raw) + _PATH_AFTER), mask)
+                      for raw, mask in sorted(masks, key=lambda m: -len(m[0]))
+                      if len(Path(raw).parts) > 1]   # a bare name ('in', '1') is a name, guarded below
         folders = list(folders or [])
         if entry is not None and root in entry.path.parents:
             folders.append(entry.path.relative_to(root))
         names = {root.name, *(part for folder in folders for part in Path(folder).parts)}
-        names.update(f.name for f in (entry.files if entry else []))
-        if entry is not None and entry.series_uid:
-            names.update(_patient_words(entry.files[0]))
-        names = sorted((n for n in names if len(n) >= 4 and not _generic(n)), key=len, reverse=True)
-        self.names = (re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z0-9])")
-                      if names else None)
+        if entry is not None:
+            names.update(f.name for f in [*entry.files, *entry.lost])
+        self.names = _words([n for n in names if len(n) >= 4 and not _generic(n)])
+        patient = _patient_words(entry.files[0]) if entry is not None and entry.series_uid else set()
+        self.patient = _words([w for w in patient if len(w) >= (4 if w.isdigit() else 3)], re.IGNORECASE)
 
     def __call__(self, text: str) -> str:
         if not self.on:
             return text
-        for raw, mask in sorted(self.paths, key=lambda p: -len(p[0])):
-            text = text.replace(raw, mask) if raw not in ("", ".") else text
+        for pattern, mask in self.paths:
+            text = pattern.sub(mask, text)
         text = _UID.sub(lambda m: _hash(m.group()), text)   # before names: a UID-named folder hashes the same
-        if self.names is not None:
-            text = self.names.sub(lambda m: _hash(m.group())[:8], text)
+        for words in (self.names, self.patient):
+            if words is not None:
+                text = words.sub(lambda m: _hash(m.group())[:8], text)
         return text
 
 
@@ -235,8 +316,8 @@ def _find_report(reports: Path | None, names: list[str]) -> Path | None:
 def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
     """The studies under cfg.input and the errors found while looking (folders without DICOM, unreadable
     files); both sorted, so every rank of a sharded run sees the same list."""
-    from data_connectors.dicom import (VOLUME_SUFFIXES, ct_series, lost_slice_files, lost_slices_warning,
-                                       scan_folder, split_volume_series)
+    from data_connectors.dicom import (NO_DICOM_REASONS, VOLUME_SUFFIXES, ct_series, lost_slice_files,
+                                       lost_slices_warning, scan_folder, split_volume_series)
 
     root = Path(cfg.input)
     if cfg.reports is not None and not Path(cfg.reports).is_dir():
@@ -246,9 +327,11 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
             raise ValueError(f"{root}: give a folder of DICOM studies or a {'/'.join(VOLUME_SUFFIXES)} file")
         stem = _volume_stem(root.name)
         key = _hash(stem) if cfg.anonymize else _safe(stem)
-        return [StudyEntry(key, key if cfg.anonymize else root.name, root, "", "", [root],
+        entry = StudyEntry(key, key if cfg.anonymize else root.name, root, "", "", [root],
                            _find_report(cfg.reports, [stem, root.name.split(".")[0]]),
-                           origin=_hash(str(root.resolve())))], []
+                           origin=_hash(str(root.resolve())))
+        _resume_old_volume_key(entry, cfg)
+        return [entry], []
     if not root.is_dir():
         raise ValueError(f"{root}: no such folder")
     scan = scan_folder(root)
@@ -282,9 +365,10 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
             lost_by_folder.setdefault(folder, {}).update(lost)
             entries.append(StudyEntry(key, key if cfg.anonymize else name, folder, series.series_uid,
                                       series.study_uid, series.files, report, origin=_hash(series.series_uid),
-                                      notes=[lost_slices_warning(lost)] if lost else []))
+                                      notes=[lost_slices_warning(lost)] if lost else [],
+                                      lost=[path for path, _ in lost]))
     if not cfg.anonymize:
-        _unique_keys(entries)
+        _unique_keys(entries, Path(cfg.out))
     series_folders = set(by_folder)
     skipped_by_folder: dict[Path, list] = {}
     for path, reason in scan.skipped:
@@ -303,8 +387,8 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
         else:
             lost = lost_by_folder.get(folder, {})
             for path, reason in items:
-                if path not in lost and reason.startswith("not DICOM"):
-                    continue   # stray text or thumbnails beside the slices
+                if path not in lost and reason.startswith(NO_DICOM_REASONS):
+                    continue   # stray text, thumbnails or lock files beside the slices
                 errors.append({"study": label, "source": _hash(path.name) if cfg.anonymize else f"{rel}/{path.name}",
                                "stage": "scan", "message": scrub(f"file skipped: {reason}")})
     return sorted(entries, key=lambda e: e.key), errors
