@@ -25,9 +25,12 @@ over to a re-encoded video. Every problem raises VideoError naming the file (aud
 without cover art, truncated MP4s without their index, bytes that are no video at all get their own
 messages). A file's content, not its name, says whether it is a still image or a video (an MP4 saved as
 .jpg is a video). HDR clips (HLG / PQ transfer, as phones record) are read through ffmpeg's zscale, tone
-mapped to SDR BT.709 (`hdr_transfer`, `hdr_warning`); `sample_aspect` gives an anamorphic clip's pixel
-aspect, which `write_video(..., sar=)` stores; `decode_shortfall` words a file that decodes to clearly fewer
-frames than its header lists (truncated). Written files get the mode a plain write gives (0666 less the umask).
+mapped to SDR BT.709 (`hdr_transfer`, `hdr_warning`); missing matrix / primaries tags are taken as BT.2020,
+and a file zscale still cannot convert is read as it is, with a warning. `sample_aspect` gives an anamorphic
+clip's pixel aspect (MP4 or Matroska/WebM), which `write_video(..., sar=)` stores; `decode_shortfall` words a
+file whose decoding stops clearly short of the duration its container states (truncated), by timestamps, so
+that a complete variable-frame-rate Matroska file is not one. Written files get the mode a plain write gives
+(0666 less the umask).
 """
 from __future__ import annotations
 
@@ -225,31 +228,60 @@ def hdr_warning(path: str | Path) -> str | None:
     if kind is None:
         return None
     tag = next(k for k, v in HDR_TRANSFERS.items() if v == kind)
-    if ffmpeg_has_filter("zscale"):
-        return f"{path}: HDR video ({kind}, {tag}): read converted to SDR BT.709"
-    return (f"{path}: HDR video ({kind}, {tag}): this ffmpeg cannot convert it to SDR (no zscale filter); "
-            "colours are wrong")
+    if not ffmpeg_has_filter("zscale"):
+        return (f"{path}: HDR video ({kind}, {tag}): this ffmpeg cannot convert it to SDR (no zscale filter); "
+                "colours are wrong")
+    _, error = _hdr_conversion(Path(path), kind)
+    if error is not None:
+        return (f"{path}: HDR video ({kind}, {tag}): ffmpeg could not convert it to SDR ({error}); read as it "
+                "is, colours are wrong")
+    return f"{path}: HDR video ({kind}, {tag}): read converted to SDR BT.709"
 
 
 def sample_aspect(path: str | Path) -> tuple[int, int] | None:
     """The first video stream's sample (pixel) aspect ratio (num, den) when it is not square (anamorphic
     DV / DVD / HDV footage: 480x360 shown as 16:9 has SAR 4:3), else None."""
     video = _video_lines(_ffmpeg_header(Path(path))[1])
-    m = re.search(r"\[SAR (\d+):(\d+) DAR", video[0]) if video else None
+    # "[SAR 4:3 DAR 16:9]" for MP4/MOV; Matroska/WebM print it bare: "160x120, SAR 213:160 DAR 71:40"
+    m = re.search(r"\bSAR (\d+):(\d+) DAR\b", video[0]) if video else None
     if m is None:
         return None
     num, den = int(m.group(1)), int(m.group(2))
     return None if num < 1 or den < 1 or num == den else (num, den)
 
 
-def decode_shortfall(info: VideoInfo, decoded_frames: int) -> str | None:
-    """A warning when clearly fewer frames decoded than the container states (a truncated download, a copy
-    cut short: the index promises more than the bytes hold), else None."""
-    missing = info.frames - decoded_frames
-    if missing <= max(2, 0.05 * info.frames):
+def decode_shortfall(info: VideoInfo, decoded_frames: int, last_time: float | None = None) -> str | None:
+    """A warning when decoding stopped clearly short of the container's end (a truncated download, a copy cut
+    short: the index promises more than the bytes hold), else None. Fewer frames than the header's count is
+    not enough: in a Matroska/WebM file OpenCV's "frame count" is duration x nominal rate, which a
+    variable-frame-rate clip never reaches; the frames must also end clearly before the container's duration.
+    `last_time` is the last decoded frame's presentation time (s from the first); without it, the time of
+    packet number `decoded_frames` (demuxed, no decoding). Without a duration or packet times, the count decides."""
+    if info.frames - decoded_frames <= max(2, 0.05 * info.frames):
+        return None   # all frames there (a GIF's last frame may be held long past its own time: no shortfall)
+    duration = _container_seconds(info.path)   # the longest stream's: an audio track may outlast the video
+    duration = None if duration is None else min(duration, info.seconds)
+    if last_time is None and decoded_frames >= 1:
+        times = _packet_times(info.path)
+        if times is not None and len(times):
+            last_time = float(times[min(decoded_frames, len(times)) - 1])
+    if duration is None or last_time is None:
+        return (f"{info.path}: only {decoded_frames} of the {info.frames} frames its header lists could be decoded "
+                f"({decoded_frames / info.fps:.2f} of {info.seconds:.2f} s); the file looks truncated or damaged")
+    reached = last_time + 1.0 / info.fps   # the last frame lasts about one nominal frame interval
+    if duration - reached <= max(2.0 / info.fps, 0.05 * duration):
         return None
-    return (f"{info.path}: only {decoded_frames} of the {info.frames} frames its header lists could be decoded "
-            f"({decoded_frames / info.fps:.2f} of {info.seconds:.2f} s); the file looks truncated or damaged")
+    return (f"{info.path}: decoding stopped at {reached:.2f} of the {duration:.2f} s its header lists "
+            f"({decoded_frames} frames decoded); the file looks truncated or damaged")
+
+
+def _container_seconds(path: Path) -> float | None:
+    """The duration ffmpeg reads from the container header ("Duration: 00:01:02.50"), None when it has none."""
+    m = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", _ffmpeg_header(path)[1])
+    if m is None:
+        return None
+    seconds = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    return seconds if seconds > 0 else None
 
 
 def _probe_ffmpeg(path: Path) -> VideoInfo:
@@ -413,22 +445,76 @@ def _iter_ffmpeg(path: Path, max_frames: int | None, size: tuple[int, int] | Non
                 break
             t = float(times[n]) if times is not None and n < len(times) else n / fps
             yield t, np.frombuffer(buf, np.uint8).reshape(height, width, 3).copy()
+    except (OSError, RuntimeError, StopIteration) as e:  # imageio-ffmpeg's errors carry ffmpeg's whole log
+        lines = [re.sub(r"^\[[^\]]*\]\s*", "", ln.strip()) for ln in str(e).splitlines() if ln.strip()]
+        said = next((ln for ln in lines[1:] if "error" in ln.lower()), lines[0] if lines else type(e).__name__)
+        raise VideoError(path, f"ffmpeg could not decode it ({said})") from None
     finally:
         gen.close()
 
 
 def _tone_map(path: Path) -> list[str]:
     """ffmpeg filters bringing an HDR stream to SDR BT.709 (what OpenCV, which ignores the transfer tags,
-    gets wrong: washed-out, desaturated colours). HLG is made to be shown as SDR directly (zscale converts
-    transfer, matrix and primaries); PQ's absolute highlights are tone mapped (Hable) in linear light first.
-    Needs the zscale filter (libzimg), which the imageio-ffmpeg build has; without it, nothing is converted."""
+    gets wrong: washed-out, desaturated colours), or [] when there is nothing to convert or this ffmpeg cannot
+    convert this file (then it is read as it is; hdr_warning says so). HLG is made to be shown as SDR directly
+    (zscale converts transfer, matrix and primaries); PQ's absolute highlights are tone mapped (Hable) in
+    linear light first. Needs the zscale filter (libzimg), which the imageio-ffmpeg build has."""
     kind = hdr_transfer(path)
     if kind is None or not ffmpeg_has_filter("zscale"):
         return []
+    chain, error = _hdr_conversion(path, kind)
+    return chain if error is None else []
+
+
+def _hdr_conversion(path: Path, kind: str) -> tuple[list[str], str | None]:
+    """(the zscale chain for this HDR file, None if ffmpeg converts the file through it, else ffmpeg's error)."""
+    chain = _tone_map_chain(kind, _hdr_input_tags(_video_lines(_ffmpeg_header(path)[1])[0]))
+    return chain, _tone_map_error(path, tuple(chain))
+
+
+def _hdr_input_tags(video_line: str) -> str:
+    """zscale input options for the colour tags an HDR stream lacks: a clip tagged only by its transfer curve
+    (an HLG / PQ encode without matrix or primaries tags) leaves zscale with "no path between colorspaces";
+    HDR video is BT.2020 (non-constant luminance) in limited range unless it says otherwise."""
+    tags = re.search(r"([\w-]+)/([\w-]+)/(?:arib-std-b67|smpte2084)\b", video_line)
+    matrix, primaries = (tags.group(1), tags.group(2)) if tags else ("unknown", "unknown")
+    opts = []
+    if matrix in ("unknown", "reserved"):
+        opts.append("min=2020_ncl")
+    if primaries in ("unknown", "reserved"):
+        opts.append("pin=2020")
+    if not re.search(r"\((tv|pc)\b", video_line):
+        opts.append("rin=limited")
+    return ":".join(opts)
+
+
+def _tone_map_chain(kind: str, inputs: str) -> list[str]:
+    first = f":{inputs}" if inputs else ""
     if kind == "HLG":
-        return ["zscale=t=bt709:m=bt709:p=bt709:r=tv", "format=yuv420p"]
-    return ["zscale=t=linear:npl=100", "format=gbrpf32le", "zscale=p=bt709", "tonemap=tonemap=hable:desat=0",
-            "zscale=t=bt709:m=bt709:r=tv", "format=yuv420p"]
+        return [f"zscale=t=bt709:m=bt709:p=bt709:r=tv{first}", "format=yuv420p"]
+    # linear light keeps the input's primaries: named too when the source lacks the tag (else no path again)
+    keep = ":p=2020" if "pin=" in inputs else ""
+    return [f"zscale=t=linear:npl=100{first}{keep}", "format=gbrpf32le", "zscale=p=bt709",
+            "tonemap=tonemap=hable:desat=0", "zscale=t=bt709:m=bt709:r=tv", "format=yuv420p"]
+
+
+def _tone_map_error(path: Path, chain: tuple[str, ...]) -> str | None:
+    """None when ffmpeg converts the file's first frames through `chain`, else its last error line. Tried once
+    per file version (~0.1 s): zscale refuses some tag combinations, and the reader then falls back to the
+    plain read rather than failing."""
+    return _tone_map_error_cached(*_version(path), chain)
+
+
+@lru_cache(maxsize=64)
+def _tone_map_error_cached(path: str, size: int, mtime_ns: int, chain: tuple[str, ...]) -> str | None:
+    try:
+        run = subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", path, "-map", "0:v:0",
+                              "-frames:v", "2", "-vf", ",".join(chain), "-f", "null", "-"],
+                             capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    err = re.sub(r"^\[[^\]]*\]\s*", "", run.stderr.decode(errors="replace").strip())   # "[Parsed_zscale_0 @ ..]"
+    return None if run.returncode == 0 else (err.splitlines()[0] if err else f"ffmpeg exited with {run.returncode}")
 
 
 @lru_cache(maxsize=8)

@@ -44,3 +44,19 @@ def test_caption_handler_on_a_tiny_clip(tmp_path, monkeypatch):
 def test_experts_text_reads_the_forms_a_studio_may_report():
     assert page._experts_text({"time": {0: 0.7, 3: 0.3}}) == "time: #0 (0.70), #3 (0.30)"
     assert page._experts_text(["a", "b"]) == "a, b"
+
+
+def test_stylize_handler_goes_by_content_not_suffix(tmp_path, monkeypatch):
+    # an MP4 named .jpg is a video and gives a video out; a PNG named .mp4 is a picture and gives a picture
+    from data_connectors.video import probe_video, read_image, write_image, write_video
+
+    monkeypatch.setenv("MOE_SUITE_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    clip = write_video(rng.integers(0, 256, (4, 32, 48, 3), dtype=np.uint8), tmp_path / "c.mp4", 8.0)
+    clip = clip.rename(tmp_path / "clip.jpg")
+    image, video, _ = page.stylize(str(clip), "cartoon", "", None, progress=lambda *a, **k: None)
+    assert image is None and video.endswith(".mp4") and probe_video(video).frames == 4
+    pic = write_image(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8), tmp_path / "p.png")
+    pic = pic.rename(tmp_path / "pic.mp4")
+    image, video, _ = page.stylize(str(pic), "cartoon", "", None, progress=lambda *a, **k: None)
+    assert video is None and image.endswith(".png") and read_image(image).shape == (32, 48, 3)

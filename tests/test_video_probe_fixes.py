@@ -290,3 +290,103 @@ def test_dissolve_between_moving_shots_found_both_ways(speeds, n, reverse):
     t_F = np.clip((np.arange(len(a)) - 19) / (n + 1), 0, 1)[:, None, None, None]   # blend frames 20 .. 19 + n
     shots = detect_shots(((1 - t_F) * a + t_F * b).round().astype(np.uint8), 25.0)
     assert len(shots) == 2 and shots[1].transition == "gradual" and abs(shots[1].start_frame - (20 + n / 2)) <= 3
+
+
+# ---- a review of the fixes above: HDR tagged by its transfer alone, VFR Matroska, pans read as dissolves,
+# ---- a SAR in Matroska/WebM, content over suffix in one helper
+
+def _hdr_tagged_by_transfer_only(path: Path, trc: str) -> Path:
+    # no matrix / primaries tags, only the transfer curve: zscale finds "no path between colorspaces" unless
+    # it is given defaults for the missing tags
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48:r=12:d=0.5", "-vf", f"setparams=color_trc={trc}",
+            "-pix_fmt", "yuv420p10le", "-c:v", "libx264", str(path))
+    return path
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("trc, kind", [("arib-std-b67", "HLG"), ("smpte2084", "PQ")])
+def test_hdr_tagged_only_by_its_transfer_is_read_converted(tmp_path, trc, kind):
+    from data_connectors.video import hdr_warning
+    clip = _hdr_tagged_by_transfer_only(tmp_path / "hdr.mp4", trc)
+    frames, _ = read_video(clip)
+    assert frames.shape == (6, 48, 64, 3) and hdr_transfer(clip) == kind
+    assert "read converted to SDR" in hdr_warning(clip)
+
+
+@needs_ffmpeg
+def test_hdr_conversion_that_fails_falls_back_to_the_plain_read(tmp_path, monkeypatch):
+    import data_connectors.video as V
+    clip = _hdr_tagged_by_transfer_only(tmp_path / "hlg.mp4", "arib-std-b67")
+    monkeypatch.setattr(V, "_hdr_input_tags", lambda line: "")   # zscale as the reviewed code called it
+    frames, _ = read_video(clip)
+    assert len(frames) == 6
+    assert "could not convert it to SDR (code 3074: no path between colorspaces)" in V.hdr_warning(clip)
+
+
+@needs_ffmpeg
+def test_any_ffmpeg_reader_failure_is_a_video_error(tmp_path, monkeypatch):
+    import data_connectors.video as V
+    clip = _hdr_tagged_by_transfer_only(tmp_path / "hlg.mp4", "arib-std-b67")   # read through ffmpeg
+    monkeypatch.setattr(V, "_tone_map", lambda path: ["no_such_filter"])
+    with pytest.raises(VideoError, match=r"hlg\.mp4: ffmpeg could not decode it"):
+        read_video(clip)
+
+
+@needs_ffmpeg
+def test_complete_variable_rate_matroska_is_not_called_truncated(tmp_path):
+    from apps.video_generation.cli import media_warnings
+    # 50 frames at 25 fps, then 50 at 5 fps: 12 s, which OpenCV counts as 12 s x 25 fps = 300 "frames"
+    clip = tmp_path / "vfr.mkv"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=4", "-vf", "setpts='if(lt(N,50),N/25,2+(N-50)/5)/TB'",
+            "-fps_mode", "vfr", "-c:v", "libx264", str(clip))
+    info = probe_video(clip)
+    decoded = len(read_video(clip)[0])
+    assert decoded == 100 and info.frames > 200   # the premise: OpenCV's count is duration x nominal rate
+    assert decode_shortfall(info, decoded) is None and media_warnings(clip, decoded) == []
+    # cut short after 75 frames (the last at 2 + 24 / 5 = 6.8 s, shown till 6.84): the message gives real times
+    short = decode_shortfall(info, 75)
+    assert short is not None and "decoding stopped at 6.84 of the 11.84 s" in short
+    # every frame of a GIF whose last frame is held 3 s decodes, well before its duration: no shortfall either
+    from PIL import Image
+    pictures = [Image.fromarray(np.full((16, 16, 3), 20 * i, np.uint8)) for i in range(10)]
+    pictures[0].save(tmp_path / "hold.gif", save_all=True, append_images=pictures[1:], duration=[100] * 9 + [3000])
+    assert decode_shortfall(probe_video(tmp_path / "hold.gif"), len(read_video(tmp_path / "hold.gif")[0])) is None
+
+
+@needs_ffmpeg
+def test_sample_aspect_stored_in_webm_is_read(tmp_path):
+    frames = np.zeros((4, 120, 160, 3), np.uint8)
+    num, den = sample_aspect(write_video(frames, tmp_path / "a.webm", fps=8, sar=(4, 3)))
+    assert num / den == pytest.approx(4 / 3, rel=0.01)    # Matroska stores display size: 213:160
+    assert sample_aspect(write_video(frames, tmp_path / "b.webm", fps=8)) is None
+
+
+def _pink(h: int, w: int, seed: int) -> np.ndarray:
+    """A photo-like picture: coloured noise whose spectrum falls as 1 / frequency, as natural images' does."""
+    rng = np.random.default_rng(seed)
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None]
+    amp = 1.0 / np.maximum(np.hypot(fy, fx), 1.0 / max(h, w))
+    img = np.stack([np.fft.irfft2(amp * np.exp(2j * np.pi * rng.random(amp.shape)), s=(h, w)) for _ in range(3)], -1)
+    img = img @ (rng.normal(0, 1, (3, 3)) * 0.4 + np.eye(3))
+    return np.clip((img - img.mean((0, 1))) / img.std() * 45 + rng.integers(50, 206, 3), 0, 255).astype(np.uint8)
+
+
+def _to_and_fro(i: int, speed: int, span: int) -> int:
+    p = (i * speed) % (2 * span)
+    return p if p < span else 2 * span - p
+
+
+def test_pan_with_an_object_moving_across_it_is_no_dissolve():
+    from apps.video_generation.shots import detect_shots
+    # the camera pans 3 px a frame over three pictures side by side while a pasted patch sweeps to and fro
+    strip = np.concatenate([_pink(120, 120, 0), _pink(120, 180, 1), _pink(120, 180, 2)], axis=1)
+    patch = _pink(60, 60, 3)
+    frames = []
+    for i in range(40):
+        x0 = _to_and_fro(i, 3, strip.shape[1] - 160)
+        frame = strip[10:100, x0:x0 + 160].copy()
+        x = _to_and_fro(i, 20, 100)
+        frame[20:80, x:x + 60] = patch
+        frames.append(frame)
+    assert len(detect_shots(np.stack(frames), 25.0)) == 1   # the reviewed code: a "gradual" boundary at 20
+

@@ -159,7 +159,7 @@ def caption(video: str | None, progress=gr.Progress()) -> tuple[list[list], np.n
 def stylize(upload: str | None, style_name: str, description: str, reference: str | None,
             progress=gr.Progress()) -> tuple[str | None, str | None, str]:
     """Image or clip + a style (reference image > description > name) -> (image, video, details)."""
-    from .style import stylize_file
+    from .style import output_suffix_for, stylize_file
 
     if not upload:
         raise gr.Error("Upload an image or a clip to restyle.")
@@ -167,10 +167,11 @@ def stylize(upload: str | None, style_name: str, description: str, reference: st
     if not style:
         raise gr.Error("Pick a style name, describe a style or upload a reference picture.")
     src = Path(upload)
-    is_image = src.suffix.lower() in IMAGE_SUFFIXES
+    suffix = output_suffix_for(src)   # by content: an MP4 named .jpg is a video, and gives a video out
+    is_image = suffix == ".png"
     progress(0.1, desc="restyling")
     try:
-        result = stylize_file(src, style, _new_path(".png" if is_image else ".mp4"))
+        result = stylize_file(src, style, _new_path(suffix))
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
     path, info = result if isinstance(result, tuple) else (result, None)

@@ -12,9 +12,11 @@ bar), above an absolute floor; a gradual transition is a window whose two end fr
 a cut and whose inner frames are blends of its ends (which motion and camera moves are not), tested at the
 analysis size and, for ends far apart, on a coarse copy and up to a few pixels of motion (real footage keeps
 moving during a dissolve), and whose middle frame loses contrast as a blend of two different pictures does
-(a pan over a smooth backdrop also looks like a blend when coarse, but keeps its contrast). A fade in at the clip's very start or out at
-its end is no boundary; nor is a flash (two jumps a few frames apart after which the picture is the one
-before). Boundaries closer than a minimum shot length keep the stronger one. A cut between two shots of one set (the same backdrop, the
+(a pan over a smooth backdrop also looks like a blend when coarse, but keeps its contrast); the motion-tolerant
+test also needs the middle frame to be unlike either end moved as a whole (a pan with things moving in it).
+A fade in at the clip's very start or out at its end is no boundary; nor is a flash (two jumps a few frames
+apart after which the picture is the one before). Boundaries closer than a minimum shot length keep the
+stronger one. A cut between two shots of one set (the same backdrop, the
 camera where it was) changes only the objects, too little of the frame for that score: a second score, the
 motion-compensated difference (what no move of a few pixels explains; more pixels below 12 fps), finds it
 with the same peak test. A pair whose colours and compensated difference both change by a large share is a
@@ -62,6 +64,8 @@ class ShotConfig:
     flat_std: float = 0.02           # a frame whose grey levels vary less than this is flat (black, white)
     flash_return: float = 0.35       # two cuts close together whose outer frames differ less than this share
                                      # of the smaller cut's score are a flash (the shot resumes), not cuts
+    shift_margin: float = 1.5        # a moving dissolve's middle frame misfits either end moved as a whole this
+                                     # many times more than it misfits the blend of the ends (else: a pan)
     cut_in_gradual: float = 0.5      # a one-frame grey jump this share of a gradual span's whole change: a cut
     min_shot_s: float = 0.3          # shots shorter than this are merged into a neighbour
     still_backdrop: bool = True      # also look for cuts that change only the objects, not the backdrop
@@ -71,8 +75,9 @@ class ShotConfig:
     shift_fps: float = 12.0          # ... below this frame rate the radius grows as 1 / fps (more motion a frame)
     sure_hist: float = 0.5           # a pair whose histogram distance is at least this and whose
     sure_shift: float = 0.05         # compensated difference (at shift_radius) is at least this is a cut outright,
-                                     # when it is the largest score beside it: no baseline needed (slideshows and
-                                     # low frame rates, where cuts are too dense for the window's median)
+                                     # no baseline needed (slideshows and low frame rates, where cuts are too
+                                     # dense for the window's median); of two closer than a minimum shot, the
+                                     # minimum-length rule keeps the one with the larger score
 
 
 @dataclass
@@ -219,6 +224,24 @@ def _blend_misfit(grey_Fhw: np.ndarray, a: int, b: int, c: int, k: int, spread: 
     return worst
 
 
+def _shift_misfit(grey_Fhw: np.ndarray, lo_Fhw: np.ndarray, hi_Fhw: np.ndarray, src: int, m: int,
+                  spread: float) -> float:
+    """How far frame m lies from frame `src` moved as a whole (the translation phase correlation finds, rounded
+    to whole pixels), up to the few pixels of lo / hi, over the area the two share, relative to `spread`: near
+    zero when m is src panned (things moving in it aside), large when m is a blend with another picture."""
+    h, w = grey_Fhw.shape[1:]
+    (dx, dy), _ = cv2.phaseCorrelate(grey_Fhw[src].astype(np.float64), grey_Fhw[m].astype(np.float64))
+    best = math.inf
+    for sx, sy in ((round(dx), round(dy)), (-round(dx), -round(dy))):   # either sign convention: the better fit
+        if abs(sx) >= w // 2 or abs(sy) >= h // 2:
+            continue
+        in_m = (slice(max(sy, 0), h + min(sy, 0)), slice(max(sx, 0), w + min(sx, 0)))
+        in_src = (slice(max(-sy, 0), h + min(-sy, 0)), slice(max(-sx, 0), w + min(-sx, 0)))
+        g, lo, hi = grey_Fhw[m][in_m], lo_Fhw[src][in_src], hi_Fhw[src][in_src]
+        best = min(best, float((np.maximum(lo - g, 0.0) + np.maximum(g - hi, 0.0)).mean()) / spread)
+    return best
+
+
 def _contrast_dips(a_hw: np.ndarray, mid_hw: np.ndarray, b_hw: np.ndarray, share: float) -> bool:
     """Whether the middle frame loses contrast as the even blend of a and b would: var((a + b) / 2) falls
     short of the mean of var(a) and var(b) by var(a - b) / 4. A camera moving over smooth content (a pan
@@ -267,11 +290,16 @@ def _gradual(grey_Fhw: np.ndarray, hist_FB: np.ndarray, fps: float, cfg: ShotCon
                 # Both clips may keep moving through the dissolve (a cyclist crossing while the next shot fades
                 # in): inner frames then blend the ends only up to a few pixels of motion. Tested at the
                 # analysis size, ends far apart only, and the middle frame must lose contrast as a blend does.
+                # A camera move with things moving in the shot passes that range test too (the range is loose):
+                # the middle frame must also be unlike either end moved as a whole, by a margin over its misfit
+                # as a blend (a dissolve's middle frame is half of each picture, which no shift of one gives).
                 if ends >= cfg.coarse_end_dist:
                     worst = _blend_misfit(grey_Fhw, a, b, c, k, spread, lo_Fhw, hi_Fhw)
                     if worst < cfg.blend_tolerance and _contrast_dips(grey_Fhw[a], grey_Fhw[c], grey_Fhw[b],
                                                                       cfg.dip_share):
-                        found.append((c, ends * (1 - worst), k))
+                        moved = min(_shift_misfit(grey_Fhw, lo_Fhw, hi_Fhw, e, c, spread) for e in (a, b))
+                        if moved >= cfg.shift_margin * worst:
+                            found.append((c, ends * (1 - worst), k))
     kept: list[tuple[int, float, int]] = []
     for cand in sorted(found, key=lambda x: (-x[1], -x[2])):
         if all(abs(cand[0] - c) > max(cand[2], k) for c, _, k in kept):

@@ -625,6 +625,27 @@ def flicker(source_FHW3: np.ndarray, styled_FHW3: np.ndarray) -> float:
 # ---------------------------------------------------------------- files and benchmark
 
 
+def _readable(src: Path) -> bool:
+    return src.is_file() and src.stat().st_size > 0
+
+
+def is_still_image(src: str | Path, out: str | Path | None = None) -> bool:
+    """Whether stylize takes `src` as a still picture (else as a clip). Its content decides (an MP4 saved as
+    .jpg is a video, a PNG named .mp4 a picture); a file that cannot be read (missing, empty) goes by its
+    suffix, so that the reader's error names it. A GIF is a clip unless `out` is an image file (then its
+    first frame is restyled)."""
+    src = Path(src)
+    if out is not None and src.suffix.lower() == ".gif" and Path(out).suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    return still_image_kind(src) is not None if _readable(src) else src.suffix.lower() in IMAGE_SUFFIXES
+
+
+def output_suffix_for(src: str | Path) -> str:
+    """The output suffix a restyled `src` gets where the caller does not choose one: ".png" for a still
+    picture, ".mp4" for a clip (an image in gives an image out, a video in a video out)."""
+    return ".png" if is_still_image(src) else ".mp4"
+
+
 def stylize_file(src: str | Path, style: str | Path | np.ndarray, out: str | Path, *,
                  cfg: StyleConfig | None = None) -> Path:
     """Image in -> image out (.png/.jpg, full resolution), video in -> video out (.mp4/.webm, streamed frame by
@@ -640,16 +661,11 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
     if out.suffix.lower() not in IMAGE_SUFFIXES | set(WRITE_SUFFIXES):
         raise StyleError(f"{out}: unsupported output suffix {out.suffix!r} (use .png, .jpg, .mp4 or .webm)")
     route = default_router().route(style)  # before reading the source: a bad style fails fast
-    # The content, not the name, says whether the source is a picture (an MP4 saved as .jpg is a video); a GIF
-    # is a clip or a picture: the output's suffix says which it is taken as (its first frame for a picture).
-    readable = src.is_file() and src.stat().st_size > 0   # else the reader's error names the file
-    kind = still_image_kind(src) if readable else None
-    as_image = (kind is not None if readable else src.suffix.lower() in IMAGE_SUFFIXES) or (
-        src.suffix.lower() == ".gif" and out.suffix.lower() in IMAGE_SUFFIXES)
-    if as_image:
+    if is_still_image(src, out):
         image = read_image(src)
         if out.suffix.lower() not in IMAGE_SUFFIXES:
-            raise StyleError(f"{out}: {src} is a still image ({kind or src.suffix.lstrip('.').upper()}); an image in "
+            kind = _readable(src) and still_image_kind(src) or src.suffix.lstrip(".").upper()
+            raise StyleError(f"{out}: {src} is a still image ({kind}); an image in "
                              f"gives an image out (.png or .jpg), not {out.suffix}")
         if min(image.shape[:2]) < MIN_SIDE:
             raise StyleError(f"{src}: a {image.shape[1]}x{image.shape[0]} image is too small to restyle "
@@ -682,7 +698,8 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
         if i % step == 0:
             sample.append(f)
     stylizer = ClipStylizer(route, cfg).fit(_check_frames(np.stack(sample)))
-    if (short := decode_shortfall(info, len(times))) is not None:  # a truncated file: its header promises more
+    short = decode_shortfall(info, len(times), times[-1] if times else None)
+    if short is not None:  # a truncated file: its header promises more
         warnings.append(short)
     for w in warnings:
         log.warning("%s", w)

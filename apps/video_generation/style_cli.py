@@ -56,17 +56,14 @@ def _stylize(args: argparse.Namespace) -> None:
 
     import torch
 
-    from data_connectors.video import still_image_kind
-
-    from .style import IMAGE_SUFFIXES, StyleConfig, stylize_file_result
+    from .style import StyleConfig, is_still_image, stylize_file_result
 
     # the learned expert's small convolutions: 1 thread ran 13.8 fps, 2 threads 1.4 fps on the shared 2 cores
     torch.set_num_threads(1)
 
     cfg = None
     if args.work_side is not None or args.no_stabilise or args.flow:
-        is_image = (still_image_kind(args.file) is not None if args.file.is_file() and args.file.stat().st_size
-                    else args.file.suffix.lower() in IMAGE_SUFFIXES)   # content over name, as stylize_file
+        is_image = is_still_image(args.file, args.out)   # content over name, as stylize_file decides
         cfg = replace(StyleConfig(), work_side=args.work_side or (None if is_image else StyleConfig.work_side),
                       stabilise=not args.no_stabilise, flow=args.flow)
     out, result = stylize_file_result(args.file, args.style, args.out, cfg=cfg)
