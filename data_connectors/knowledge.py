@@ -40,7 +40,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from .text_files import (WORD, decoded_file, field_key, json_document, json_lines, looks_like_name, named_column,
-                         row_like_lines, short_as_a_name, table_rows, words)
+                         repeated_header, repeated_header_warning, short_as_a_name, table_rows, words)
 
 log = logging.getLogger(__name__)  # guesses worth a look (a header told by its shape, lists left out)
 
@@ -658,7 +658,10 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
     in its first row has no header: its columns are those roles, in order. Missing columns, empty
     required values and malformed rows are errors naming the line.
     """
-    delimiter, rows = table_rows(path, _read_text(path), KnowledgeFormatError)
+    found: list[str] = []
+    _, rows = table_rows(path, _read_text(path), KnowledgeFormatError, found)
+    for warning in found:   # a cell shaped like many rows
+        log.warning("%s", warning)
     header = rows[0][1]
     keys = [field_key(name) for name in header]
     columns = {role: named_column(keys, names) for role, names in fields.items()}
@@ -674,10 +677,8 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
             if verdict is None:
                 log.warning("%s: the first row %s was read as a passage, though it could be a header; if it is one, "
                             "name the columns question,answer", path, header)
-    elif any(i is not None for i in columns.values()) and (repeats := [line for line, cells in body
-                                                                       if cells == header]):
-        log.warning("%s: the header row appears again on line(s) %s (files pasted together?); those rows were "
-                    "left out", path, ", ".join(map(str, repeats[:5])))
+    elif any(i is not None for i in columns.values()) and (repeats := repeated_header(header, body)):
+        log.warning("%s", repeated_header_warning(path, header, repeats))
         body = [(line, cells) for line, cells in body if cells != header]
     missing = [role for role in required if columns[role] is None]
     if missing:
@@ -687,11 +688,6 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
     for line, cells in body:
         if len(cells) > len(header):
             raise KnowledgeFormatError(path, "more fields than the header", line)
-        if len(cells) < len(header) and any(row_like_lines(cell.split("\n")[1:], delimiter, len(header))
-                                            for cell in cells if "\n" in cell):
-            # a short row is fine (trailing optional columns left out), unless its cell holds rows of the table
-            raise KnowledgeFormatError(path, f"{len(cells)} fields, the header has {len(header)} (a quoted field "
-                                             "runs over several lines: an unclosed quote?)", line)
         values = {role: cells[i] if i is not None and i < len(cells) else "" for role, i in columns.items()}
         empty = [role for role in required if not values[role]]
         if empty:

@@ -13,6 +13,7 @@ import csv
 import functools
 import io
 import json
+import json.scanner
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -114,7 +115,8 @@ def _reads_as_prose(sample: str, delimiter: str) -> bool:
 
 
 MAX_CELL_CHARS = 16 * 1024 * 1024  # a table cell may hold this many characters (csv's default: 131072)
-ROWS_IN_A_CELL = 20  # a well-quoted cell holding this many lines shaped as rows (and most of the file): swallowed
+ROWS_IN_A_CELL = 20  # a well-quoted cell holding this many lines shaped as rows (and most of the file): a warning
+_NEWLINE = re.compile(r"\r\n?|\n")   # a line break as csv counts lines (io.StringIO with newline="")
 
 
 class OpenQuoteError(csv.Error):
@@ -133,11 +135,11 @@ def csv_reader(text: str, delimiter: str, strict: bool = False):
     return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=strict)
 
 
-def read_table(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+def read_table(text: str, delimiter: str, warnings: list[str] | None = None) -> list[tuple[int, list[str]]]:
     """(line number, stripped cells) of every non-blank row of delimited text; quoted cells may hold
     delimiters and newlines; a cell may hold up to MAX_CELL_CHARS characters. Malformed text (e.g. a
     cell over that limit) raises csv.Error with `line`, where the row that broke starts; a quote left
-    open that swallowed rows raises OpenQuoteError (`swallowed_rows`)."""
+    open that swallowed rows raises OpenQuoteError (`swallowed_rows`, which adds to `warnings`)."""
     reader = csv_reader(text, delimiter)
     rows, line = [], 1
     try:
@@ -149,47 +151,86 @@ def read_table(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
     except csv.Error as err:
         err.line = line
         raise
-    swallowed_rows(text, delimiter, rows)
+    found = swallowed_rows(text, delimiter, rows)
+    if warnings is not None:
+        warnings += found
     return rows
 
 
-def swallowed_rows(text: str, delimiter: str, rows: list[tuple[int, list[str]]]) -> None:
+def swallowed_rows(text: str, delimiter: str, rows: list[tuple[int, list[str]]]) -> list[str]:
     """Raise OpenQuoteError where a quoted cell holds rows of its table: its quote is never closed (the
-    rest of the file read as one cell), or it is closed by a quote of a later row (text follows that
-    quote, which strict CSV refuses) and most of its lines split like rows of the table (at least its
-    width of fields), or, its quotes well placed, it holds over half the file and ROWS_IN_A_CELL lines
-    or more (80 % of its lines) split into exactly that width. A quoted answer over several lines, with
-    commas and all, is no such cell."""
+    rest of the file read as one cell), or it is closed by the opening quote of a field on a later line
+    that reads as a row (`Last?,"Yes."`: text follows the quote) and most of its lines split like rows
+    (at least the table's width of fields). A space after a closing quote, a strict-CSV slip in
+    another cell and a quoted answer over several lines, with commas and all, are no such cell.
+    Returns warnings (no error: the file is well formed) for a cell that holds over half the file and
+    ROWS_IN_A_CELL lines or more (80 % of its lines) splitting into just that width (a stray quote at
+    a field's end may have closed a quote left open)."""
     widths = Counter(len(cells) for _, cells in rows)
     width = max(widths, key=lambda n: (widths[n], n)) if rows else 0
-    lines = None
+    lines, warnings = None, []
     for k, (line, cells) in enumerate(rows):
-        multi = [i for i, cell in enumerate(cells) if "\n" in cell]
-        if not multi:
+        if not any("\n" in cell for cell in cells):
             continue
         lines = lines or io.StringIO(text, newline="").readlines()
-        raw = lines[line - 1:rows[k + 1][0] - 1 if k + 1 < len(rows) else len(lines)]
-        try:
-            list(csv_reader("".join(raw), delimiter, strict=True))
-            broken = ""
-        except csv.Error as err:
-            broken = str(err)
-        if "unexpected end of data" in broken:
-            opened = _opening_line(line, cells, multi[0])
-            raise OpenQuoteError(f"the quote opened on line {opened} is never closed: the rest of the file "
-                                 f"({len(lines) - opened + 1} lines) would be one cell; close the quote", opened)
-        for i in multi:
+        raw = "".join(lines[line - 1:rows[k + 1][0] - 1 if k + 1 < len(rows) else len(lines)])
+        for i, opens, closes in _quoted_fields(raw, delimiter):
+            opened = line + len(_NEWLINE.findall(raw, 0, opens))
+            if closes is None:
+                raise OpenQuoteError(f"the quote opened on line {opened} is never closed: the rest of the file "
+                                     f"({len(lines) - opened + 1} lines) would be one cell; close the quote", opened)
+            if i >= len(cells) or not _NEWLINE.search(raw, opens, closes):
+                continue
             inner = cells[i].split("\n")[1:]
-            row_like = row_like_lines(inner, delimiter, width, exact=not broken)
-            if broken:   # closed by a later row's quote: text follows it
-                swallowed = row_like >= 2 and row_like * 2 > len(inner)
-            else:        # closed by a stray quote at a field's end: only a cell holding most of the file is caught
-                swallowed = (row_like >= ROWS_IN_A_CELL and row_like >= 0.8 * len(inner)
-                             and len(cells[i]) * 2 > len(text))
-            if width >= 2 and swallowed:
-                opened = _opening_line(line, cells, i)
-                raise OpenQuoteError(f"the quoted cell opened on line {opened} holds {row_like} lines that read as "
-                                     "rows of the table (a quote left open?); close the quote", opened)
+            if _closes_a_later_row(raw, closes, delimiter, width):
+                row_like = row_like_lines(inner, delimiter, width)
+                if width >= 2 and row_like >= 2 and row_like * 2 > len(inner):
+                    raise OpenQuoteError(f"the quoted cell opened on line {opened} holds {row_like} lines that read "
+                                         "as rows of the table (a quote left open?); close the quote", opened)
+            elif width >= 2 and len(cells[i]) * 2 > len(text):
+                row_like = row_like_lines(inner, delimiter, width, exact=True)
+                if row_like >= ROWS_IN_A_CELL and row_like >= 0.8 * len(inner):
+                    warnings.append(f"the quoted cell opened on line {opened} holds {row_like} lines shaped like "
+                                    "rows of the table; if a quote was left open there, close it")
+    return warnings
+
+
+def _quoted_fields(raw: str, delimiter: str) -> list[tuple[int, int, int | None]]:
+    """(field index, offset of the opening quote, offset of the closing quote or None: never closed)
+    of each quoted field of the row that `raw` starts with, read as csv reads (a quote opens a field
+    only at its start; "" inside is a quote; text after a closing quote joins the field)."""
+    found, field, i, n = [], 0, 0, len(raw)
+    field_end = re.compile(f"[{re.escape(delimiter)}\r\n]")
+    while i < n:
+        if raw[i] == '"':
+            opens, j = i, i + 1
+            while (closes := raw.find('"', j)) >= 0 and raw.startswith('""', closes):
+                j = closes + 2
+            found.append((field, opens, closes if closes >= 0 else None))
+            if closes < 0:
+                break
+            i = closes + 1
+        ends = field_end.search(raw, i)
+        if not ends or ends.group() != delimiter:
+            break   # the row ends
+        field, i = field + 1, ends.end()
+    return found
+
+
+def _closes_a_later_row(raw: str, closes: int, delimiter: str, width: int) -> bool:
+    """Whether the quote at `closes` (closing a field over several lines) is the opening quote of a field
+    of a later row: it stands at the start of a field on its line, text (not only spaces) follows it,
+    and its line splits into at least `width` fields, as a row would."""
+    start = max(raw.rfind("\n", 0, closes), raw.rfind("\r", 0, closes)) + 1
+    before = raw[start:closes]
+    if before and not before.endswith(delimiter):
+        return False
+    after = re.compile(f"[^{re.escape(delimiter)}\r\n]*").match(raw, closes + 1).group()
+    if not after.strip():
+        return False   # a clean close, or spaces after it: `..."Confirm, done." ,pay`
+    ends = _NEWLINE.search(raw, closes)
+    line = raw[start:ends.start() if ends else len(raw)]
+    return max((len(fields) for fields in csv_reader(line, delimiter)), default=0) >= max(width, 2)
 
 
 def row_like_lines(lines: list[str], delimiter: str, width: int, exact: bool = False) -> int:
@@ -220,15 +261,18 @@ def decoded_file(path: Path, error: type[ValueError]) -> tuple[str, str]:
     return text, encoding
 
 
-def table_rows(path: Path, text: str, error: type[ValueError]) -> tuple[str, list[tuple[int, list[str]]]]:
+def table_rows(path: Path, text: str, error: type[ValueError],
+               warnings: list[str] | None = None) -> tuple[str, list[tuple[int, list[str]]]]:
     """(delimiter, rows) of a delimited file's `text` (`sniff_delimiter`, `read_table`); an Excel
     `sep=X` first line sets the delimiter and is no row. Malformed and blank tables raise
-    `error(path, problem)`."""
+    `error(path, problem)`; guesses worth a look (a cell shaped like many rows) go to `warnings`,
+    each starting with the path."""
     delimiter = sniff_delimiter(text, path.suffix)
     if _declared_delimiter(text):
         text = "\n" + text.split("\n", 1)[1] if "\n" in text else ""   # line numbers stay the file's
     try:
-        rows = read_table(text, delimiter)
+        found: list[str] = []
+        rows = read_table(text, delimiter, found)
     except csv.Error as err:
         kind = "TSV" if delimiter == chr(9) else "CSV"
         problem = (f"malformed {kind}: {err}" if isinstance(err, OpenQuoteError) else
@@ -237,7 +281,21 @@ def table_rows(path: Path, text: str, error: type[ValueError]) -> tuple[str, lis
         raise error(path, problem, err.line) from None
     if not rows:
         raise error(path, "no rows with any text")
+    if warnings is not None:
+        warnings += [f"{path}: {warning}" for warning in found]
     return delimiter, rows
+
+
+def repeated_header(header: list[str], rows: list[tuple[int, list[str]]]) -> list[int]:
+    """The lines of `rows` that repeat `header` cell for cell (files pasted together: `cat a.csv b.csv`)."""
+    return [line for line, cells in rows if cells == header]
+
+
+def repeated_header_warning(path: Path, header: list[str], lines: list[int]) -> str:
+    """The warning for a header row repeated on `lines` (`repeated_header`), which readers leave out."""
+    shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
+    return (f"{path}: the header row {header} appears again on line(s) {shown} (files pasted together?); "
+            "those rows were left out")
 
 
 def json_document(path: Path, text: str, error: type[ValueError], unique_keys: bool = False) -> object:
@@ -249,16 +307,47 @@ def json_document(path: Path, text: str, error: type[ValueError], unique_keys: b
     except json.JSONDecodeError as err:
         raise error(path, f"invalid JSON ({err.msg})", err.lineno) from None
     except _RepeatedKey as err:
-        lines = [text.count("\n", 0, m.start()) + 1
-                 for m in re.finditer(re.escape(json.dumps(err.key)) + r"\s*:", text)][:2]
-        where = f" (lines {lines[0]} and {lines[1]})" if len(lines) == 2 and lines[0] != lines[1] else ""
+        lines = _repeated_key_lines(text)
+        where = f" (lines {lines[0]} and {lines[1]})" if lines and lines[0] != lines[1] else ""
         raise error(path, f"the key {err.key!r} appears twice in one object{where}; merge its two blocks into one",
-                    lines[1] if len(lines) == 2 else None) from None
+                    lines[1] if lines else None) from None
 
 
 class _RepeatedKey(Exception):
-    def __init__(self, key: str):
-        self.key = key
+    def __init__(self, key: str, at: tuple[int, int] | None = None):
+        self.key, self.at = key, at   # `at`: offsets of the two values, where known
+
+
+def _repeated_key_lines(text: str) -> tuple[int, int] | None:
+    """The lines of the first key repeated in one object of JSON `text`, or None if not found: the
+    document read again by json's pure-Python scanner, each object's value offsets recorded as read."""
+    def parse_object(s_and_end, strict, scan_once, *rest):
+        starts: list[int] = []
+
+        def recording_scan(string: str, idx: int):
+            starts.append(idx)
+            return scan_once(string, idx)
+
+        def pairs_hook(pairs):
+            seen = {}
+            for n, (key, _) in enumerate(pairs):
+                if key in seen:
+                    raise _RepeatedKey(key, (starts[seen[key]], starts[n]))
+                seen[key] = n
+            return dict(pairs)
+        return json.decoder.JSONObject(s_and_end, strict, recording_scan, None, pairs_hook, *rest[2:])
+
+    decoder = json.JSONDecoder()
+    decoder.parse_object = parse_object
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    try:
+        decoder.decode(text)
+    except _RepeatedKey as err:
+        if err.at:   # a key is written on its value's line, up to the colon before it
+            return tuple(text.count("\n", 0, text.rindex(":", 0, at)) + 1 for at in err.at)
+    except (ValueError, RecursionError):
+        pass
+    return None
 
 
 def _unique_object(pairs: list[tuple[str, object]]) -> dict:
@@ -347,7 +436,7 @@ def read_labelled_texts(path: str | Path, text_column: str | None = None,
     record's list of texts gives a row each, a list of one label is that label (several: an error).
     UTF-8, UTF-16 with a BOM and Windows-1252 are read (`decode_text`). `warnings` also reports rows
     repeated word for word, texts given different labels, header rows repeated inside a table (left
-    out) and items of an `intents:` list repeating a name (their examples merged); a key repeated in
+    out), a well-quoted cell shaped like many rows of its table (read as one cell) and items of an `intents:` list repeating a name (their examples merged); a key repeated in
     one JSON object is an error, as in YAML, and so is a quote left open that swallowed rows (a label
     cell over several lines is one). Errors are LabelledTextError naming the file and line."""
     path = Path(path)
@@ -389,7 +478,8 @@ def repeat_warnings(path: Path, texts: list[str], labels: list[str]) -> list[str
 
 
 def _labelled_table(path: Path, text: str, text_column: str | None, label_column: str | None) -> LabelledTexts:
-    delimiter, rows = table_rows(path, text, LabelledTextError)
+    warnings: list[str] = []
+    delimiter, rows = table_rows(path, text, LabelledTextError, warnings)
     first = rows[0][1]
     if text_column or label_column:
         header, text_i, label_i = _given_columns(path, rows, text_column, label_column)
@@ -401,10 +491,11 @@ def _labelled_table(path: Path, text: str, text_column: str | None, label_column
                  or keys[text_i] in TEXT_COLUMNS or keys[label_i] in LABEL_COLUMNS)
     names = ([first[text_i], first[label_i]] if header else
              [text_column or f"column {text_i + 1}", label_column or f"column {label_i + 1}"])
-    texts, labels, repeated_header = [], [], []
+    texts, labels = [], []
+    repeats = repeated_header(first, rows[1:]) if header else []
+    skip = set(repeats)
     for line, cells in rows[1:] if header else rows:
-        if header and cells == first:   # files pasted together (`cat a.csv b.csv`): the header again
-            repeated_header.append(line)
+        if line in skip:   # files pasted together (`cat a.csv b.csv`): the header again
             continue
         hint = " (a quoted field runs over several lines: an unclosed quote?)" if any(
             "\n" in cell for cell in cells) else ""
@@ -422,11 +513,8 @@ def _labelled_table(path: Path, text: str, text_column: str | None, label_column
         labels.append(cells[label_i])
     if not texts:
         raise LabelledTextError(path, "a header but no rows")
-    warnings = []
-    if repeated_header:
-        warnings.append(f"{path}: the header row {first} appears again on line(s) "
-                        f"{', '.join(map(str, repeated_header[:5]))}{', ...' if len(repeated_header) > 5 else ''} "
-                        "(files pasted together?); those rows were left out")
+    if repeats:
+        warnings.append(repeated_header_warning(path, first, repeats))
     if not header and sum(label == labels[0] for label in labels) == 1:
         warnings.append(f"{path}: the first row {first} was read as an example of a class of its own; if "
                         "it is a header, pass --text-column and --label-column")
@@ -544,8 +632,10 @@ def _looks_like_header(rows: list[tuple[int, list[str]]], text_i: int, label_i: 
     each one to three words without punctuation, in any script; its label cell in no other row and
     written unlike the body's labels (sharing no separator such as "_" with any); and one more sign:
     both cells name-short (a word or two; four CJK characters) with the body's texts mostly at least
-    twice as long (in words) as its text cell, or its label cell capitalised or spaced where every
-    body label is lower case without spaces ("Intent" over "card_lost", "refund"). Anything else is a
+    twice as long (in words) as its text cell; or the body's texts mostly longer with its label cell
+    capitalised or spaced where every body label is lower case without spaces ("Intent" over
+    "card_lost", "refund"), or not lower case, sharing no word with its text cell, over body labels
+    that mostly recur ("Texto del cliente,Categoría" over "Saludo", "Tarjeta"). Anything else is a
     first example (a label of its own is a class, not a header): "Thanks a lot,thanks" is one."""
     first = rows[0][1]
     body = [cells for _, cells in rows[1:] if len(cells) > max(text_i, label_i)]
@@ -562,7 +652,12 @@ def _looks_like_header(rows: list[tuple[int, list[str]]], text_i: int, label_i: 
     written_unlike = ((label != label.lower() or " " in label)
                       and all(y == y.lower() and " " not in y for y in body_labels))
     longer = sum(words(cells[text_i]) > words(first[text_i]) for cells in body) * 2 > len(body)
-    return short and much_longer or written_unlike and longer
+    # "Texto del cliente,Categoría" over "Saludo", "Tarjeta": not lower case, a class of one among classes of
+    # many, and no word of its text ("Thanks a lot,Thanks" names its class in its text: an example)
+    counts = Counter(cells[label_i] for cells in body)
+    named_apart = (not label[:1].islower() and sum(counts[cells[label_i]] > 1 for cells in body) * 2 > len(body)
+                   and not set(label.casefold().split()) & set(WORD.findall(first[text_i].casefold())))
+    return short and much_longer or (written_unlike or named_apart) and longer
 
 
 def short_as_a_name(cell: str) -> bool:

@@ -337,13 +337,88 @@ def test_the_repeated_row_warning_says_how_training_and_evaluation_count_them(tm
     assert "training reads each once, an evaluation counts every copy" in data.warnings[0]
 
 
-def test_a_long_well_quoted_article_with_commas_on_every_line_is_read(tmp_path):
+def test_a_long_well_quoted_article_with_commas_on_every_line_is_read(tmp_path, caplog):
     body = "\n".join(f"Line {i}, with two commas, like a row" for i in range(40))
     rows = "".join(f'{i},Title {i},"Short body {i}, fine, ok"\n' for i in range(40))
     path = write(tmp_path / "articles.csv", f'id,title,body\n100,Guide,"{body}"\n' + rows)
     docs = load_knowledge(path)
     assert len(docs) == 41 and docs[0].text == body
+    # well-formed CSV (a stray quote at a field's end closes the cell): read, with a warning, never refused
     sneaky = write(tmp_path / "stray.csv", 'id,title,body\n1,Fees,"None\n' + "".join(
         f"{i},Title {i},Body {i} here\n" for i in range(2, 60)) + '60,TV,55"\n61,Last,End\n')
-    with pytest.raises(KnowledgeFormatError, match=r"stray.csv:2: .*opened on line 2 holds 59 lines"):
-        load_knowledge(sneaky)
+    with caplog.at_level(logging.WARNING, "data_connectors.knowledge"):
+        assert [d.title for d in load_knowledge(sneaky)] == ["Fees", "Last"]
+    assert "stray.csv: the quoted cell opened on line 2 holds 59 lines shaped like rows" in caplog.text
+
+
+# ---- a second review: strictly well-formed files refused, wrong lines ----
+
+def test_well_quoted_lists_and_tables_in_one_cell_are_read_not_refused(tmp_path):
+    branches = "\n".join(f"Branch {i}, {i} High Street" for i in range(22))
+    prices = "\n".join(f"Product {i}\t{i} pounds" for i in range(22))
+    pipes = "\n".join(f"| plan {i} | {i} GBP |" for i in range(22))
+    sample = "\n".join(f"text,label\nhello {i},greet" for i in range(11))
+    cases = {"list.csv": f'question,answer\nWhich branches open on Saturday?,"These:\n{branches}"\nHours?,9 to 5\n',
+             "prices.tsv": f'question\tanswer\nWhat are the fees?\t"Our fees:\n{prices}"\nHours?\t9 to 5\n',
+             "pipes.csv": f'question|answer\nPlans?|"The plans:\n{pipes}"\nHours?|9 to 5\n',
+             "sample.csv": f'question,answer\nHow should my file look?,"Like this:\n{sample}"\nHours?,9 to 5\n'}
+    for name, content in cases.items():
+        docs = load_knowledge(write(tmp_path / name, content))
+        assert [d.title for d in docs][1] == "Hours?" and len(docs) == 2, name
+    listed = read_intent_file(write(tmp_path / "int.csv", f'text,label\n"Which branches:\n{branches}",branches\n'
+                                                          "hi,greet\n"))
+    assert len(listed.texts) == 2 and any("22 lines shaped like rows" in w for w in listed.warnings)
+
+
+def test_a_strict_csv_slip_beside_a_multi_line_cell_is_no_open_quote(tmp_path):
+    space = write(tmp_path / "space.csv", 'question,answer\nHow do I pay?,"Open the app, tap Pay.\nCheck the amount, '
+                                          'the payee.\nConfirm, done." \nHours?,9 to 5\n')
+    assert [d.text for d in load_knowledge(space)] == [
+        "Open the app, tap Pay.\nCheck the amount, the payee.\nConfirm, done.", "9 to 5"]
+    word = write(tmp_path / "word.csv", 'question,answer\n"Premium" account fees?,"It costs, per month:\n5 pounds, '
+                                        'in the UK\n7 pounds, abroad"\nHours?,9 to 5\n')
+    assert [d.title for d in load_knowledge(word)] == ["Premium account fees?", "Hours?"]
+    intents = write(tmp_path / "int.csv", 'text,label\n"Premium" fees?,fees\n"Open the app, tap Pay.\nCheck the '
+                                          'amount, the payee.\nConfirm, done." ,pay\nhello,greet\n')
+    assert read_intent_file(intents).labels == ["fees", "pay", "greet"]
+    # a quote closed by a later row's opening quote is still an open quote, named where it opened
+    rows = "".join(f"Question {i}?,Answer {i}.\n" for i in range(5))
+    later = write(tmp_path / "later.csv", f'question,answer\nHours?,9 to 5\nFees?,"None at all\n{rows}Last?,"Yes."\n')
+    with pytest.raises(KnowledgeFormatError, match=r"later.csv:3: .*opened on line 3 holds 6 lines that read as rows"):
+        load_knowledge(later)
+
+
+def test_a_short_row_beside_a_multi_line_cell_with_commas_is_read(tmp_path):
+    path = write(tmp_path / "faq.csv", 'question,answer,tags\nHow do I pay?,"Open the app, tap Cards, then Pay.\n'
+                                       'Check the amount, the payee, and confirm."\nHours?,9 to 5,info\n')
+    assert [d.title for d in load_knowledge(path)] == ["How do I pay?", "Hours?"]
+
+
+def test_a_repeated_json_key_is_reported_on_its_own_lines(tmp_path):
+    same = write(tmp_path / "same.json", '[\n{"text": "hi", "label": "greet"},\n{"text": "hello", "label": "greet"},\n'
+                                         '{"text": "my card is late", "label": "card", "label": "card_arrival"}\n]\n')
+    with pytest.raises(LabelledTextError, match=r"same.json, line 4: the key 'label' appears twice in one object;"):
+        read_intent_file(same)
+    apart = write(tmp_path / "apart.json", '{"intents": {\n"greet": ["hi"],\n"card": {"label": "x"},\n'
+                                           '"balance": ["money"],\n"card": ["late"]}}')
+    with pytest.raises(LabelledTextError, match=r"apart.json, line 5: the key 'card' .*\(lines 3 and 5\)"):
+        read_intent_file(apart)
+
+
+def test_a_three_word_header_over_capitalised_labels_is_a_header(tmp_path):
+    data = read_intent_file(write(tmp_path / "es.csv", "Texto del cliente,Categoría\nhola buenos días,Saludo\n"
+                                  "buenos días a todos,Saludo\ndónde está mi tarjeta,Tarjeta\nmi tarjeta no ha llegado,"
+                                  "Tarjeta\n"))
+    assert (data.header, data.texts[0], data.labels[0]) == (True, "hola buenos días", "Saludo")
+    assert "read as a header" in data.warnings[0]
+    body = "where is my new card,Card\nmy card has not arrived yet,Card\nhow much money is left,Balance\n" \
+           "what is my balance now,Balance\n"
+    thanks = read_intent_file(write(tmp_path / "thanks.csv", "Thanks a lot,Thanks\n" + body))   # names its class
+    assert (thanks.header, thanks.texts[0]) == (False, "Thanks a lot")
+
+
+def test_train_intents_says_to_choose_another_out(tmp_path, capsys):
+    write(tmp_path / "notes" / "a.txt", "keep")
+    data = write(tmp_path / "d.csv", "text,label\nhi,greet\nbye,bye\n")
+    assert main(["chat", "train-intents", "--data", str(data), "--out", str(tmp_path / "notes"), "--json"]) == 2
+    assert "choose another path" in capsys.readouterr().err

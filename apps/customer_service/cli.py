@@ -35,12 +35,15 @@ def _stream_config(overrides: str | None):
 
 
 def train_intents(args: argparse.Namespace) -> None:
-    from core.checkpoint import check_replaceable
+    from core.checkpoint import CheckpointError, check_replaceable
     from core.text.classifier import TrainConfig
 
     from .intents import IntentModel, IntentTrainConfig, file_sha256, read_intent_file
 
-    check_replaceable(args.out)   # before minutes of training, not after
+    try:
+        check_replaceable(args.out)   # before minutes of training, not after
+    except CheckpointError as err:
+        raise ValueError(f"--out {err}; choose another path (a new or empty folder, or a saved model)") from None
     data = read_intent_file(args.data, args.text_column, args.label_column, args.split)
     texts, labels = data.texts, data.labels
     cfg = IntentTrainConfig(
