@@ -23,8 +23,9 @@ binary files are errors.
 A file that cannot be read raises KnowledgeFormatError (a ValueError) naming it, and the line where
 there is one (a quote left open that swallowed rows names the line where it opened); guesses worth a
 look (a header told by its shape, lists of an export left out, a header row repeated inside) are
-logged as warnings on this module's logger (`collected_warnings` gathers them for a summary). `synthetic_passages` makes bank-like documents in bulk,
-for benchmarks.
+logged as warnings on this module's logger (`collected_warnings` gathers them for a summary); a key
+repeated in one JSON object is an error. `synthetic_passages` makes bank-like documents in bulk, for
+benchmarks.
 
 """
 from __future__ import annotations
@@ -39,8 +40,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from .text_files import (WORD, decoded_file, field_key, json_document, json_lines, looks_like_name, named_column,
-                         repeated_header, repeated_header_warning, short_as_a_name, table_rows, words)
+from .text_files import (decoded_file, field_key, json_document, json_lines, named_column, names_columns,
+                         repeated_header_warning, table_body, table_rows, words)
 
 log = logging.getLogger(__name__)  # guesses worth a look (a header told by its shape, lists left out)
 
@@ -224,8 +225,9 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
     """A JSON file: a list of records (as in .jsonl) or of passage strings, or an object holding one
     list of records beside other fields (e.g. {"faqs": [...], "version": 2}), or several (a help-centre
     export: {"articles": [...], "sections": [...], "count": 2}; every list of passages is read, lists of
-    people and sections are not, `_passage_lists`, and the keys left out logged), or an object of title -> text; any other
-    object gives one document per key with the strings under it, one a line."""
+    people and sections are not, `_passage_lists`, and the keys left out logged), or an object of title
+    -> text; any other object gives one document per key with the strings under it, one a line. A key
+    repeated in one object is an error naming it and its lines."""
     doc = json_document(path, _read_text(path), KnowledgeFormatError)
     if isinstance(doc, dict):
         lists = {key: value for key, value in doc.items() if isinstance(value, list) and value
@@ -562,15 +564,15 @@ def _paragraph_parts(text: str, max_words: int) -> list[str]:
     """`text` cut at blank lines into parts of at most about `max_words` words (`WORD`: a Chinese or
     Japanese character counts as one; a longer paragraph is a part of its own)."""
     parts: list[str] = []
-    current, words = [], 0
+    current, length = [], 0   # length: the words in `current`
     for paragraph in re.split(r"\n\s*\n", text):
-        n = sum(1 for _ in WORD.finditer(paragraph))
-        if current and words + n > max_words:
+        n = words(paragraph)
+        if current and length + n > max_words:
             parts.append("\n\n".join(current))
-            current, words = [], 0
+            current, length = [], 0
         if paragraph.strip():
             current.append(paragraph.strip())
-            words += n
+            length += n
     if current:
         parts.append("\n\n".join(current))
     return parts or [text]
@@ -651,12 +653,15 @@ def _read_text(path: Path) -> str:
 
 def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[str, ...],
               headerless: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line, {role: stripped value}) of each row of a CSV/TSV with a header (delimiter sniffed).
+    """(line, {role: stripped value}) of each row of a CSV/TSV (delimiter sniffed).
 
     A role's column is the first of its names in `fields` found in the header (case-insensitive, in
     any order); other columns are ignored. A table as wide as `headerless` with no recognised name
-    in its first row has no header: its columns are those roles, in order. Missing columns, empty
-    required values and malformed rows are errors naming the line.
+    in its first row takes those roles for its columns, in order, and its first row is a header or
+    data by its shape (`names_columns`; a header, or a row that could be one, is logged). The header
+    repeated inside the table (files pasted together) is left out and logged. A row may leave out
+    trailing columns (their values are ""). Missing columns, empty required values and malformed rows
+    are errors naming the line.
     """
     found: list[str] = []
     _, rows = table_rows(path, _read_text(path), KnowledgeFormatError, found)
@@ -665,26 +670,27 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
     header = rows[0][1]
     keys = [field_key(name) for name in header]
     columns = {role: named_column(keys, names) for role, names in fields.items()}
-    body = rows[1:]
+    body, repeats = table_body(header, rows[1:])
     if headerless and len(header) == len(headerless) and all(i is None for i in columns.values()):
         columns = {role: headerless.index(role) if role in headerless else None for role in fields}
-        verdict = _names_row(header, [cells for _, cells in body], headerless.index(required[0]))
+        text_i = columns[required[0]]
+        other_i = next(i for i in range(len(header)) if i != text_i)
+        verdict = names_columns(header, [cells for _, cells in body], text_i, other_i)
         if verdict:   # "Frage;Antwort": a header in another language
             log.warning("%s: the first row %s was read as a header (its cells look like column names), not as a "
                         "passage; name the columns question,answer to say so", path, header)
         else:
-            body = rows  # the first row is data too
+            body, repeats = rows, []  # the first row is data too, and so are its copies
             if verdict is None:
                 log.warning("%s: the first row %s was read as a passage, though it could be a header; if it is one, "
                             "name the columns question,answer", path, header)
-    elif any(i is not None for i in columns.values()) and (repeats := repeated_header(header, body)):
-        log.warning("%s", repeated_header_warning(path, header, repeats))
-        body = [(line, cells) for line, cells in body if cells != header]
     missing = [role for role in required if columns[role] is None]
     if missing:
         names = "; ".join(f"{role} (or {', '.join(fields[role][1:5])}, ...)" for role in missing)
         raise KnowledgeFormatError(path, f"missing column(s) {names}; header is {', '.join(header)}",
                                    line=rows[0][0])
+    if repeats:
+        log.warning("%s", repeated_header_warning(path, header, repeats))
     for line, cells in body:
         if len(cells) > len(header):
             raise KnowledgeFormatError(path, "more fields than the header", line)
@@ -693,27 +699,6 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
         if empty:
             raise KnowledgeFormatError(path, f"empty {', '.join(empty)}", line)
         yield line, values
-
-
-def _names_row(first: list[str], body: list[list[str]], text_i: int) -> bool | None:
-    """Whether a table's first row, with no recognised name, is a header all the same. True when each
-    cell looks like a column name (`looks_like_name`), recurs nowhere below it, and its text cell
-    (column `text_i`, the answers) is as short as a name (`short_as_a_name`) with most answers below
-    over twice as long in words ("Frage;Antwort" over questions and answers). None, unsure (read as
-    data, with a warning), when only the cells below are mostly longer ("Opening hours,Monday to
-    Friday": an answer as long as a short answer). False otherwise."""
-    columns = range(len(first))
-    if not body or not all(looks_like_name(first[i]) for i in columns):
-        return False
-    if any(i < len(cells) and cells[i] == first[i] for cells in body for i in columns):
-        return False
-    answer = words(first[text_i])
-    if short_as_a_name(first[text_i]) and sum(
-            text_i < len(cells) and words(cells[text_i]) > 2 * answer for cells in body) * 2 > len(body):
-        return True
-    longer = all(sum(i < len(cells) and words(cells[i]) > words(first[i]) for cells in body) * 2 > len(body)
-                 for i in columns)
-    return None if longer else False
 
 
 def _slug(text: str) -> str:
@@ -766,8 +751,8 @@ def synthetic_passages(n: int, seed: int = 0) -> list[KnowledgeDoc]:
         if len(docs) == n:
             break
         title, body = rng.choice(_TEMPLATES)
-        words = {slot: rng.choice(options) for slot, options in slots.items()}
-        title, text = title.format(**words), body.format(**words)
+        filled = {slot: rng.choice(options) for slot, options in slots.items()}
+        title, text = title.format(**filled), body.format(**filled)
         if text not in seen:
             seen.add(text)
             docs.append(KnowledgeDoc(f"synthetic-{len(docs):05d}", title[0].upper() + title[1:], text,

@@ -84,7 +84,7 @@ def sniff_delimiter(text: str, suffix: str = "") -> str:
     best, best_key = ",", (0.0, False)
     for delimiter in DELIMITERS:
         try:
-            counts = [len(row) for row in csv_reader(sample, delimiter)][:200]
+            counts = [len(row) for row in _csv_reader(sample, delimiter)][:200]
         except csv.Error:
             continue
         if not counts:
@@ -127,20 +127,20 @@ class OpenQuoteError(csv.Error):
         self.line = line
 
 
-def csv_reader(text: str, delimiter: str, strict: bool = False):
+def _csv_reader(text: str, delimiter: str):
     """csv.reader over `text` with cells of up to MAX_CELL_CHARS characters: the one way this module
     parses delimited text, so sniffing and reading agree whatever else ran before in the process."""
     if csv.field_size_limit() < MAX_CELL_CHARS:
         csv.field_size_limit(MAX_CELL_CHARS)
-    return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=strict)
+    return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
 
 
 def read_table(text: str, delimiter: str, warnings: list[str] | None = None) -> list[tuple[int, list[str]]]:
     """(line number, stripped cells) of every non-blank row of delimited text; quoted cells may hold
     delimiters and newlines; a cell may hold up to MAX_CELL_CHARS characters. Malformed text (e.g. a
     cell over that limit) raises csv.Error with `line`, where the row that broke starts; a quote left
-    open that swallowed rows raises OpenQuoteError (`swallowed_rows`, which adds to `warnings`)."""
-    reader = csv_reader(text, delimiter)
+    open that swallowed rows raises OpenQuoteError (`_check_quoted_cells`, which adds to `warnings`)."""
+    reader = _csv_reader(text, delimiter)
     rows, line = [], 1
     try:
         for row in reader:
@@ -151,18 +151,19 @@ def read_table(text: str, delimiter: str, warnings: list[str] | None = None) -> 
     except csv.Error as err:
         err.line = line
         raise
-    found = swallowed_rows(text, delimiter, rows)
+    found = _check_quoted_cells(text, delimiter, rows)
     if warnings is not None:
         warnings += found
     return rows
 
 
-def swallowed_rows(text: str, delimiter: str, rows: list[tuple[int, list[str]]]) -> list[str]:
+def _check_quoted_cells(text: str, delimiter: str, rows: list[tuple[int, list[str]]]) -> list[str]:
     """Raise OpenQuoteError where a quoted cell holds rows of its table: its quote is never closed (the
     rest of the file read as one cell), or it is closed by the opening quote of a field on a later line
     that reads as a row (`Last?,"Yes."`: text follows the quote) and most of its lines split like rows
-    (at least the table's width of fields). A space after a closing quote, a strict-CSV slip in
-    another cell and a quoted answer over several lines, with commas and all, are no such cell.
+    (at least the table's width of fields; the closing line counts as the row it is). A space after a
+    closing quote, a strict-CSV slip in another cell and a quoted answer over several lines, with commas
+    and all, are no such cell.
     Returns warnings (no error: the file is well formed) for a cell that holds over half the file and
     ROWS_IN_A_CELL lines or more (80 % of its lines) splitting into just that width (a stray quote at
     a field's end may have closed a quote left open)."""
@@ -183,12 +184,12 @@ def swallowed_rows(text: str, delimiter: str, rows: list[tuple[int, list[str]]])
                 continue
             inner = cells[i].split("\n")[1:]
             if _closes_a_later_row(raw, closes, delimiter, width):
-                row_like = row_like_lines(inner, delimiter, width)
+                row_like = _row_like_lines(inner[:-1], delimiter, width) + 1   # the closing line reads as a row
                 if width >= 2 and row_like >= 2 and row_like * 2 > len(inner):
                     raise OpenQuoteError(f"the quoted cell opened on line {opened} holds {row_like} lines that read "
                                          "as rows of the table (a quote left open?); close the quote", opened)
             elif width >= 2 and len(cells[i]) * 2 > len(text):
-                row_like = row_like_lines(inner, delimiter, width, exact=True)
+                row_like = _row_like_lines(inner, delimiter, width, exact=True)
                 if row_like >= ROWS_IN_A_CELL and row_like >= 0.8 * len(inner):
                     warnings.append(f"the quoted cell opened on line {opened} holds {row_like} lines shaped like "
                                     "rows of the table; if a quote was left open there, close it")
@@ -230,14 +231,14 @@ def _closes_a_later_row(raw: str, closes: int, delimiter: str, width: int) -> bo
         return False   # a clean close, or spaces after it: `..."Confirm, done." ,pay`
     ends = _NEWLINE.search(raw, closes)
     line = raw[start:ends.start() if ends else len(raw)]
-    return max((len(fields) for fields in csv_reader(line, delimiter)), default=0) >= max(width, 2)
+    return max((len(fields) for fields in _csv_reader(line, delimiter)), default=0) >= max(width, 2)
 
 
-def row_like_lines(lines: list[str], delimiter: str, width: int, exact: bool = False) -> int:
+def _row_like_lines(lines: list[str], delimiter: str, width: int, exact: bool = False) -> int:
     """How many of `lines` (of one cell) split on `delimiter` into `width` or more fields (`exact`: just
     `width`), the first one not empty: rows of a table that a quote left open swallowed."""
     return sum((len(fields) == width if exact else len(fields) >= width) and bool(fields[0].strip())
-               for fields in csv_reader("\n".join(lines), delimiter) if fields)
+               for fields in _csv_reader("\n".join(lines), delimiter) if fields)
 
 
 def _opening_line(line: int, cells: list[str], i: int) -> int:
@@ -265,7 +266,7 @@ def table_rows(path: Path, text: str, error: type[ValueError],
                warnings: list[str] | None = None) -> tuple[str, list[tuple[int, list[str]]]]:
     """(delimiter, rows) of a delimited file's `text` (`sniff_delimiter`, `read_table`); an Excel
     `sep=X` first line sets the delimiter and is no row. Malformed and blank tables raise
-    `error(path, problem)`; guesses worth a look (a cell shaped like many rows) go to `warnings`,
+    `error(path, problem, line)`; guesses worth a look (a cell shaped like many rows) go to `warnings`,
     each starting with the path."""
     delimiter = sniff_delimiter(text, path.suffix)
     if _declared_delimiter(text):
@@ -286,28 +287,30 @@ def table_rows(path: Path, text: str, error: type[ValueError],
     return delimiter, rows
 
 
-def repeated_header(header: list[str], rows: list[tuple[int, list[str]]]) -> list[int]:
-    """The lines of `rows` that repeat `header` cell for cell (files pasted together: `cat a.csv b.csv`)."""
-    return [line for line, cells in rows if cells == header]
+def table_body(header: list[str], rows: list[tuple[int, list[str]]]) -> tuple[list[tuple[int, list[str]]], list[int]]:
+    """(the rows of `rows` other than those repeating `header` cell for cell, the lines of those left out):
+    the body under a header (or a first row that may be one), less the header repeated inside (files
+    pasted together: `cat a.csv b.csv`). Every reader builds its body here."""
+    return [(line, cells) for line, cells in rows if cells != header], [line for line, cells in rows if cells == header]
 
 
 def repeated_header_warning(path: Path, header: list[str], lines: list[int]) -> str:
-    """The warning for a header row repeated on `lines` (`repeated_header`), which readers leave out."""
+    """The warning for a header row repeated on `lines` (`table_body`), which readers leave out."""
     shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
     return (f"{path}: the header row {header} appears again on line(s) {shown} (files pasted together?); "
             "those rows were left out")
 
 
-def json_document(path: Path, text: str, error: type[ValueError], unique_keys: bool = False) -> object:
-    """The value of a JSON document `text`; invalid JSON raises `error(path, problem, line)`, and so
-    does, with `unique_keys`, a key repeated in one object (json keeps the last silently, losing the
-    first block; as `yaml_document` refuses)."""
+def json_document(path: Path, text: str, error: type[ValueError], first_line: int = 1) -> object:
+    """The value of a JSON document `text` (starting on line `first_line` of its file); invalid JSON
+    raises `error(path, problem, line)`, and so does a key repeated in one object (json keeps the last
+    silently, losing the first block; as `yaml_document` refuses), naming the key and its lines."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_object if unique_keys else None)
+        return json.loads(text, object_pairs_hook=_unique_object)
     except json.JSONDecodeError as err:
-        raise error(path, f"invalid JSON ({err.msg})", err.lineno) from None
+        raise error(path, f"invalid JSON ({err.msg})", first_line - 1 + err.lineno) from None
     except _RepeatedKey as err:
-        lines = _repeated_key_lines(text)
+        lines = [first_line - 1 + n for n in _repeated_key_lines(text) or ()]
         where = f" (lines {lines[0]} and {lines[1]})" if lines and lines[0] != lines[1] else ""
         raise error(path, f"the key {err.key!r} appears twice in one object{where}; merge its two blocks into one",
                     lines[1] if lines else None) from None
@@ -361,15 +364,10 @@ def _unique_object(pairs: list[tuple[str, object]]) -> dict:
 
 
 def json_lines(path: Path, text: str, error: type[ValueError]) -> list[tuple[int, object]]:
-    """(line number, value) of each non-blank line of JSON-lines `text`."""
-    items = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                items.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise error(path, f"invalid JSON ({err.msg})", line_no) from None
-    return items
+    """(line number, value) of each non-blank line of JSON-lines `text`, each read as `json_document`
+    reads a file (a key repeated in one object is an error)."""
+    return [(line_no, json_document(path, line, error, line_no))
+            for line_no, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def field_key(name: str) -> str:
@@ -436,16 +434,17 @@ def read_labelled_texts(path: str | Path, text_column: str | None = None,
     record's list of texts gives a row each, a list of one label is that label (several: an error).
     UTF-8, UTF-16 with a BOM and Windows-1252 are read (`decode_text`). `warnings` also reports rows
     repeated word for word, texts given different labels, header rows repeated inside a table (left
-    out), a well-quoted cell shaped like many rows of its table (read as one cell) and items of an `intents:` list repeating a name (their examples merged); a key repeated in
-    one JSON object is an error, as in YAML, and so is a quote left open that swallowed rows (a label
-    cell over several lines is one). Errors are LabelledTextError naming the file and line."""
+    out), a well-quoted cell shaped like many rows of its table (read as one cell) and items of an
+    `intents:` list repeating a name (their examples merged); a key repeated in one JSON object (.json
+    or .jsonl) is an error, as in YAML, and so is a quote left open that swallowed rows (a label cell
+    over several lines is one). Errors are LabelledTextError naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise LabelledTextError(path, "no such file")
     suffix = path.suffix.lower()
     if suffix not in LABELLED_SUFFIXES:
-        raise LabelledTextError(path, f"expected a .csv or .yaml file (or {' '.join(LABELLED_SUFFIXES[1:])}), "
-                                      f"got {suffix or 'no suffix'}")
+        others = " ".join(s for s in LABELLED_SUFFIXES if s not in (".csv", ".yaml"))
+        raise LabelledTextError(path, f"expected a .csv or .yaml file (or {others}), got {suffix or 'no suffix'}")
     text, encoding = decoded_file(path, LabelledTextError)
     if suffix in (".yaml", ".yml"):
         data = _labelled_yaml(path, text)
@@ -454,11 +453,11 @@ def read_labelled_texts(path: str | Path, text_column: str | None = None,
     else:
         data = _labelled_table(path, text, text_column, label_column)
     data.encoding = encoding
-    data.warnings += repeat_warnings(path, data.texts, data.labels)
+    data.warnings += _repeat_warnings(path, data.texts, data.labels)
     return data
 
 
-def repeat_warnings(path: Path, texts: list[str], labels: list[str]) -> list[str]:
+def _repeat_warnings(path: Path, texts: list[str], labels: list[str]) -> list[str]:
     """Warnings about rows repeated word for word (a model counts them once) and about texts given
     different labels (no model can learn both), with examples."""
     rows = Counter(zip(texts, labels))
@@ -492,11 +491,8 @@ def _labelled_table(path: Path, text: str, text_column: str | None, label_column
     names = ([first[text_i], first[label_i]] if header else
              [text_column or f"column {text_i + 1}", label_column or f"column {label_i + 1}"])
     texts, labels = [], []
-    repeats = repeated_header(first, rows[1:]) if header else []
-    skip = set(repeats)
-    for line, cells in rows[1:] if header else rows:
-        if line in skip:   # files pasted together (`cat a.csv b.csv`): the header again
-            continue
+    body, repeats = table_body(first, rows[1:]) if header else (rows, [])
+    for line, cells in body:
         hint = " (a quoted field runs over several lines: an unclosed quote?)" if any(
             "\n" in cell for cell in cells) else ""
         if header and len(cells) != len(first):
@@ -562,7 +558,7 @@ def _found_columns(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[bool,
     first = rows[0][1]
     keys = [field_key(cell) for cell in first]
     # a cell recurring below is a value (a class called "topic"), unless the whole row recurs: the header again
-    below = [cells for _, cells in rows[1:] if cells != first]
+    below = [cells for _, cells in table_body(first, rows[1:])[0]]
     names = [i for i in range(len(first)) if not any(i < len(cells) and cells[i] == first[i] for cells in below)]
     text_i = named_column(keys, TEXT_COLUMNS, names)
     label_i = named_column(keys, LABEL_COLUMNS, [i for i in names if i != text_i])
@@ -580,7 +576,7 @@ def _inferred_columns(path: Path, rows: list[tuple[int, list[str]]], text_i: int
     source, a language, a split: it could be the labels as well)."""
     first = rows[0][1]
     named = text_i is not None or label_i is not None
-    body = [cells for _, cells in rows[1:] if len(cells) == len(first)]
+    body = [cells for _, cells in table_body(first, rows[1:])[0] if len(cells) == len(first)]
     problem = (f"no recognised column names in the first row {first}; name the columns `text` and "
                "`label` in a header, or pass --text-column and --label-column")
     if named:
@@ -627,37 +623,52 @@ def _separators(cell: str) -> set[str]:
     return set(re.findall(r"[_.\-]", cell))
 
 
+def names_columns(first: list[str], body: list[list[str]], text_i: int, other_i: int) -> bool | None:
+    """Whether a table's first row, with no recognised column name, is a header all the same, by its
+    shape (the one rule of the intent and knowledge readers). False (data) unless its cells in columns
+    `text_i` (texts, answers) and `other_i` (labels, questions) look like column names (a word to three,
+    no punctuation, any script: `looks_like_name`) and recur nowhere in their column of `body` (the rows
+    under it, the header repeated left out: `table_body`). Then True when its text cell is as short as a
+    name (`short_as_a_name`) and most texts below are at least twice as long in words ("Frage;Antwort"
+    over questions and answers); None, unsure (the caller looks for more signs, or reads it as data and
+    says so), when most are only longer ("Opening hours,Monday to Friday"); False otherwise."""
+    columns = (text_i, other_i)
+    if not body or not all(looks_like_name(first[i]) for i in columns):
+        return False
+    if any(i < len(cells) and cells[i] == first[i] for cells in body for i in columns):
+        return False
+    n = words(first[text_i])
+    lengths = [words(cells[text_i]) for cells in body if text_i < len(cells)]
+    if short_as_a_name(first[text_i]) and sum(w >= 2 * n for w in lengths) * 2 > len(body):
+        return True
+    return None if sum(w > n for w in lengths) * 2 > len(body) else False
+
+
 def _looks_like_header(rows: list[tuple[int, list[str]]], text_i: int, label_i: int) -> bool:
-    """Whether an unrecognised first row is a header. Only when its cells look like column names:
-    each one to three words without punctuation, in any script; its label cell in no other row and
-    written unlike the body's labels (sharing no separator such as "_" with any); and one more sign:
-    both cells name-short (a word or two; four CJK characters) with the body's texts mostly at least
-    twice as long (in words) as its text cell; or the body's texts mostly longer with its label cell
-    capitalised or spaced where every body label is lower case without spaces ("Intent" over
-    "card_lost", "refund"), or not lower case, sharing no word with its text cell, over body labels
-    that mostly recur ("Texto del cliente,Categoría" over "Saludo", "Tarjeta"). Anything else is a
-    first example (a label of its own is a class, not a header): "Thanks a lot,thanks" is one."""
+    """Whether an unrecognised first row of an intents table is a header: `names_columns` says so, or
+    is unsure (the texts below mostly longer) and its label cell is capitalised or spaced where every
+    body label is lower case without spaces ("Intent" over "card_lost", "refund"), or is not lower
+    case, shares no word with its text cell, over body labels that mostly recur ("Texto del
+    cliente,Categoría" over "Saludo", "Tarjeta"). Never when its label cell is written with a
+    separator such as "_" that a body label shares ("card_block" among "card_lost"). Anything else is
+    a first example (a label of its own is a class, not a header): "Thanks a lot,thanks" is one."""
     first = rows[0][1]
-    body = [cells for _, cells in rows[1:] if len(cells) > max(text_i, label_i)]
-    if not body or not all(looks_like_name(first[i]) for i in (text_i, label_i)):
-        return False
-    if any(cells[label_i] == first[label_i] for cells in body):
-        return False
+    body = [cells for _, cells in table_body(first, rows[1:])[0] if len(cells) > max(text_i, label_i)]
+    verdict = names_columns(first, body, text_i, label_i)
     # "card_block" among "card_lost", "refund": a label; "absicht" or "Intent": a column name
-    if any(_separators(first[label_i]) & _separators(cells[label_i]) for cells in body):
+    if verdict is False or any(_separators(first[label_i]) & _separators(cells[label_i]) for cells in body):
         return False
-    short = all(short_as_a_name(first[i]) for i in (text_i, label_i))
-    much_longer = sum(words(cells[text_i]) >= 2 * words(first[text_i]) for cells in body) * 2 > len(body)
+    if verdict:
+        return True
     label, body_labels = first[label_i], {cells[label_i] for cells in body}
     written_unlike = ((label != label.lower() or " " in label)
                       and all(y == y.lower() and " " not in y for y in body_labels))
-    longer = sum(words(cells[text_i]) > words(first[text_i]) for cells in body) * 2 > len(body)
     # "Texto del cliente,Categoría" over "Saludo", "Tarjeta": not lower case, a class of one among classes of
     # many, and no word of its text ("Thanks a lot,Thanks" names its class in its text: an example)
     counts = Counter(cells[label_i] for cells in body)
     named_apart = (not label[:1].islower() and sum(counts[cells[label_i]] > 1 for cells in body) * 2 > len(body)
                    and not set(label.casefold().split()) & set(WORD.findall(first[text_i].casefold())))
-    return short and much_longer or (written_unlike or named_apart) and longer
+    return written_unlike or named_apart
 
 
 def short_as_a_name(cell: str) -> bool:
@@ -674,7 +685,7 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
     if suffix == ".jsonl":
         items = json_lines(path, text, LabelledTextError)
     else:
-        doc = json_document(path, text, LabelledTextError, unique_keys=True)
+        doc = json_document(path, text, LabelledTextError)
         if isinstance(doc, dict) and ("intents" in doc or "nlu" in doc):
             return _labelled_doc(path, doc)
         if isinstance(doc, dict):  # one list of records under some key, e.g. {"data": [...]}, or one per split
@@ -714,7 +725,7 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
         raise LabelledTextError(path, "no records")
     data = LabelledTexts(texts, labels, *(fields or (None, None)), None, None, "")
     if splits_read is not None:
-        data.warnings.append(f"read the lists {', '.join(splits_read)} of this file (split {split!r})")
+        data.warnings.append(f"{path}: read the lists {', '.join(splits_read)} of this file (split {split!r})")
     return data
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from apps.cli import main
 from apps.customer_service.intents import read_intent_file
-from data_connectors.knowledge import KnowledgeFormatError, knowledge_files, load_knowledge
+from data_connectors.knowledge import KnowledgeFormatError, collected_warnings, knowledge_files, load_knowledge
 from data_connectors.text_files import MAX_CELL_CHARS, LabelledTextError, sniff_delimiter
 
 
@@ -422,3 +422,88 @@ def test_train_intents_says_to_choose_another_out(tmp_path, capsys):
     data = write(tmp_path / "d.csv", "text,label\nhi,greet\nbye,bye\n")
     assert main(["chat", "train-intents", "--data", str(data), "--out", str(tmp_path / "notes"), "--json"]) == 2
     assert "choose another path" in capsys.readouterr().err
+
+
+# ---- a final review: silent reads and warnings that went missing ----
+
+INTENTS_DE = ["Ich habe meine Karte verloren heute morgen,karte", "Wie hoch ist mein Kontostand bitte,konto",
+          "Ich möchte eine Überweisung machen jetzt,ueberweisung", "Meine Karte wurde gestohlen gestern,karte",
+          "Zeig mir meinen Kontostand bitte jetzt,konto", "Ich will Geld an meine Mutter senden,ueberweisung"]
+FAQ_DE = ["Wie sperre ich meine Karte?;Öffnen Sie die App und tippen Sie auf Karte sperren.",
+          "Wie ändere ich meine Adresse?;Gehen Sie in der App auf Profil und dann auf Adresse ändern.",
+          "Wann sind Sie erreichbar?;Unser Telefonservice ist montags bis freitags für Sie da.",
+          "Was kostet eine neue Karte?;Eine Ersatzkarte kostet fünf Euro und kommt per Post."]
+
+
+def test_a_quote_left_open_that_swallows_one_row_is_an_error(tmp_path):
+    path = write(tmp_path / "one.csv", 'text,label\nhello there,greet\ngood morning,greet\n"I lost my card,card\n'
+                                       'my card was stolen,card\n"what is my balance",balance\nhow much money,balance\n')
+    with pytest.raises(LabelledTextError, match=r"one.csv, line 4: malformed CSV: the quoted cell opened on line 4"):
+        read_intent_file(path)
+
+
+def test_a_header_told_by_its_shape_and_repeated_inside_is_left_out_with_a_warning(tmp_path):
+    data = read_intent_file(write(tmp_path / "two.csv", "Satz,Kategorie\n" + "\n".join(INTENTS_DE[:3])
+                                  + "\nSatz,Kategorie\n" + "\n".join(INTENTS_DE[3:]) + "\n"))
+    assert (data.header, len(data.texts), "Kategorie" in data.labels) == (True, 6, False)
+    assert any("appears again on line(s) 5" in w for w in data.warnings)
+    with collected_warnings() as logged:
+        docs = load_knowledge(write(tmp_path / "faq.csv", "Frage;Antwort\n" + "\n".join(FAQ_DE[:2])
+                                    + "\nFrage;Antwort\n" + "\n".join(FAQ_DE[2:]) + "\n"))
+    assert [d.title for d in docs] == [row.split(";")[0] for row in FAQ_DE]
+    assert any("appears again on line(s) 4" in w for w in logged)
+
+
+def test_a_key_repeated_in_one_json_object_is_an_error_in_every_json_reader(tmp_path):
+    lines = write(tmp_path / "r.jsonl", '{"text": "hi", "label": "greet"}\n'
+                                        '{"text": "lost my card", "label": "card", "label": "balance"}\n')
+    with pytest.raises(LabelledTextError, match=r"r.jsonl, line 2: the key 'label' appears twice in one object"):
+        read_intent_file(lines)
+    kb = write(tmp_path / "kb.json", '{"Opening hours": "Mon-Fri 8-18.",\n"Fees": "None.",\n"Opening hours": "Sat."}')
+    with pytest.raises(KnowledgeFormatError, match=r"kb.json:3: the key 'Opening hours' appears twice .*lines 1 and 3"):
+        load_knowledge(kb)
+    kb_lines = write(tmp_path / "kb.jsonl", '{"title": "Fees", "text": "None."}\n{"text": "a", "text": "b"}\n')
+    with pytest.raises(KnowledgeFormatError, match=r"kb.jsonl:2: the key 'text' appears twice"):
+        load_knowledge(kb_lines)
+
+
+def test_chat_index_prints_the_readers_warnings(tmp_path, monkeypatch, capsys):
+    from apps.customer_service import retrieval
+
+    built = {}
+
+    def build(docs, out, cfg, progress=None):   # the warnings come before the index; no model needed
+        built["docs"] = len(docs)
+        raise ValueError("stop before embedding")
+
+    monkeypatch.setattr(retrieval.KnowledgeIndex, "build", staticmethod(build))
+    faq = write(tmp_path / "faq.csv", "Frage;Antwort\n" + "\n".join(FAQ_DE) + "\n")
+    assert main(["chat", "index", "--kb", str(faq), "--out", str(tmp_path / "index")]) == 2
+    err = capsys.readouterr().err
+    assert built["docs"] == 4 and f"warning: {faq}: the first row ['Frage', 'Antwort'] was read as a header" in err
+
+
+def test_every_reader_warning_starts_with_the_file(tmp_path):
+    path = write(tmp_path / "clinc.json", json.dumps({"train": [["hi", "greet"], ["bye", "leave"]],
+                                                      "val": [["hello", "greet"]]}))
+    assert read_intent_file(path, split="train").warnings == [
+        f"{path}: read the lists train of this file (split 'train')"]
+
+
+def test_the_retrain_page_leaves_the_upload_folder_out_of_errors(tmp_path):
+    import gradio as gr
+
+    from apps.customer_service import page
+
+    bad = write(tmp_path / "uploads" / "bad.csv", "text,label\nhi,greet\nbye\n")
+    with pytest.raises(gr.Error) as err:
+        list(page.retrain(str(bad), None))
+    assert "bad.csv, line 3" in str(err.value) and str(tmp_path) not in str(err.value)
+
+
+def test_the_intent_and_knowledge_readers_tell_a_header_by_its_shape_alike(tmp_path):
+    rows = "Karte verloren?;App öffnen\nKarte gestohlen?;Hotline anrufen\nKontostand sehen?;App nutzen\n" \
+           "Saldo zeigen?;Online-Banking nutzen\n"
+    path = write(tmp_path / "faq.csv", "Frage;Antwort\n" + rows)
+    assert read_intent_file(path, text_column="2", label_column="1").header is True
+    assert [d.title for d in load_knowledge(path)][0] == "Karte verloren?"

@@ -139,8 +139,10 @@ def index(args: argparse.Namespace) -> None:
     files, skipped = knowledge_files(args.kb, exclude=[args.out, *saved_indexes(args.kb)])
     unreadable: list[tuple[Path, str]] = []
     # a bad file fails here, before the index folder is touched (unless --skip-unreadable lists it)
-    with collected_warnings() as warnings:   # the readers' guesses (also logged to stderr)
+    with collected_warnings() as warnings:   # the readers' guesses, for the summary and stderr
         docs = load_knowledge(args.kb, files, unreadable if args.skip_unreadable else None)
+    for warning in warnings:   # collected, they no longer reach stderr by themselves
+        print(f"warning: {warning}", file=sys.stderr)
     for file, why in unreadable:
         print(f"warning: skipped {why}", file=sys.stderr)
     manifest = KnowledgeIndex.build(docs, args.out, IndexConfig(hybrid=args.hybrid),

@@ -95,6 +95,7 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
 
     model = index = None
     done, notes = [], []   # notes: the readers' warnings (a guessed header, repeated rows), shown to the end
+    uploads = [intents_file] if intents_file else []   # the server's folders, left out of messages
     try:
         if intents_file:
             data = read_intent_file(intents_file)
@@ -111,6 +112,7 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
             yield f"Indexing the knowledge...{_notes(notes)}"
             unreadable: list = []
             with tempfile.TemporaryDirectory() as tmp, collected_warnings() as logged:
+                uploads += [knowledge_file, tmp]
                 source = _knowledge_source(Path(knowledge_file), Path(tmp))
                 docs = load_knowledge(source, unreadable=unreadable, exclude=saved_indexes(source))
                 notes += [_without_folder(warning, source) for warning in logged]
@@ -119,7 +121,10 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
                        f"{', '.join(Path(f).name for f, _ in unreadable[:5])}" if unreadable else "")
             done.append(f"knowledge index ({len(docs)} documents, {len(index)} chunks{skipped})")
     except (ValueError, zipfile.BadZipFile) as exc:
-        raise gr.Error(str(exc)) from None
+        message = str(exc)
+        for upload in uploads:
+            message = _without_folder(message, upload)
+        raise gr.Error(message) from None
     yield "Switching the assistant to the new " + " and ".join(done) + "..." + _notes(notes)
     shared_assistant().use(intent_model=model, index=index)
     yield "Now answering with the new " + " and ".join(done) + ", until the server restarts." + _notes(notes)
