@@ -166,23 +166,22 @@ _PREAMBLE_BYTES = 132   # 128-byte preamble + "DICM"
 
 
 def _cut_short(path: Path) -> str | None:
-    """Why a file that is no DICOM looks like a lost one (empty, or cut inside the preamble: an interrupted
-    copy), or None."""
+    """What a file's size alone says of it when it cannot hold a DICOM header (empty, or shorter than the
+    preamble), or None. Whether it is a lost slice or a stray file is lost_slice_files' to tell, by its name."""
     try:
         size = path.stat().st_size
-        head = b"" if size == 0 or size >= _PREAMBLE_BYTES else path.read_bytes()
     except OSError:
         return None
     if size == 0:
         return "empty file (0 bytes; an interrupted copy?)"
-    if size < _PREAMBLE_BYTES and (not head.strip(b"\x00") or path.suffix.lower() in (".dcm", ".dicom", ".ima")):
-        return f"truncated file ({size} bytes, shorter than a DICOM preamble; an interrupted copy?)"
+    if size < _PREAMBLE_BYTES:
+        return f"not DICOM ({size} bytes, shorter than a DICOM preamble; an interrupted copy?)"
     return None
 
 
 # Reasons scan_folder gives for files that hold no DICOM at all (no header read): whether such a file is a lost
 # slice or a stray one (a note, a lock file, a thumbnail) is told by its name only.
-NO_DICOM_REASONS = ("not DICOM", "empty file", "truncated file")
+NO_DICOM_REASONS = ("not DICOM", "empty file")
 
 
 def _name_shape(name: str) -> str:
@@ -932,22 +931,30 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
 # pydicom's warnings while a file is read or decoded are routed to that file's notes by a thread-local sink:
 # warnings.catch_warnings swaps module globals and is not thread-safe (parallel loads of the API left the
 # filters and showwarning broken), so nothing here enters it. pydicom sends each warning to its logger, then to
-# warnings.warn: a logging handler (thread-safe, no once-per-location registry) records it, and a showwarning
-# hook keeps the Python warning off stderr for the thread that recorded it (and records warnings of other
-# libraries); both are installed once, and pass everything else on.
+# warnings.warn: a logging filter on pydicom's loggers (thread-safe, no once-per-location registry) records it
+# and stops it there (no anonymous 'pydicom: ...' line through the root logger), and a showwarning hook keeps
+# the Python warning off stderr for the thread that recorded it (and records warnings of other libraries); both
+# are installed once, and pass everything else on.
 _sink = threading.local()        # .notes: list of (message, file) being filled by this thread; .where: the file
 _hook_lock = threading.Lock()
 
 
-class _NoteHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
+class _NoteFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
         notes = getattr(_sink, "notes", None)
-        if notes is not None and record.levelno >= logging.WARNING:
+        if notes is None:
+            return True
+        if record.levelno >= logging.WARNING:
             notes.append((record.getMessage().strip(), _sink.where))
+        return False
 
 
-_NOTE_HANDLER = _NoteHandler()
+_NOTE_FILTER = _NoteFilter()
 _shown_before = [pywarnings.showwarning]   # the showwarning the hook passes other threads' warnings to
+# The _showwarnmsg_impl current when the hook replaced warnings' stand-in (catch_warnings(record=True) sets
+# showwarning to _showwarning_orig): while that block lasts, warnings go to its recorder, and the hook saved
+# before (pytest's, logging.captureWarnings') is kept for after it.
+_standin_impl = [None]
 
 
 def _show_routed(message, category, filename, lineno, file=None, line=None) -> None:
@@ -958,7 +965,8 @@ def _show_routed(message, category, filename, lineno, file=None, line=None) -> N
     previous = _shown_before[0]
     # The standard one (honouring a catch_warnings(record=True)); also when a hook installed after this one calls
     # back into it (it saved this one as its previous and this one saved it: no endless ping-pong).
-    if previous is getattr(pywarnings, "_showwarning_orig", None) or getattr(_sink, "passing", False):
+    if (_standin_impl[0] is not None and _standin_impl[0] is pywarnings._showwarnmsg_impl) \
+            or previous is getattr(pywarnings, "_showwarning_orig", None) or getattr(_sink, "passing", False):
         pywarnings._showwarnmsg_impl(pywarnings.WarningMessage(message, category, filename, lineno, file, line))
         return
     _sink.passing = True
@@ -968,17 +976,28 @@ def _show_routed(message, category, filename, lineno, file=None, line=None) -> N
         _sink.passing = False
 
 
+def _pydicom_loggers() -> list[logging.Logger]:
+    """pydicom's logger and its children (pydicom.pixels.decoders.base...): a logger's filters see only its own
+    records, not those its children propagate."""
+    names = [n for n in list(logging.root.manager.loggerDict) if n.startswith("pydicom.")]
+    return [logging.getLogger("pydicom"), *(logging.getLogger(n) for n in names)]
+
+
 def _install_note_hooks() -> None:
     """Once (and again after a catch_warnings elsewhere restored its own showwarning)."""
-    if pywarnings.showwarning is _show_routed and _NOTE_HANDLER in logging.getLogger("pydicom").handlers:
+    if pywarnings.showwarning is _show_routed and _NOTE_FILTER in logging.getLogger("pydicom").filters:
         return
     with _hook_lock:
-        if pywarnings.showwarning is not _show_routed:
-            _shown_before[0] = pywarnings.showwarning
+        current = pywarnings.showwarning
+        if current is not _show_routed:
+            if current is getattr(pywarnings, "_showwarning_orig", None):
+                _standin_impl[0] = pywarnings._showwarnmsg_impl   # the stand-in: keep the hook saved before
+            else:
+                _shown_before[0], _standin_impl[0] = current, None
             pywarnings.showwarning = _show_routed
-        pydicom_log = logging.getLogger("pydicom")
-        if _NOTE_HANDLER not in pydicom_log.handlers:
-            pydicom_log.addHandler(_NOTE_HANDLER)
+        for logger in _pydicom_loggers():
+            if _NOTE_FILTER not in logger.filters:
+                logger.addFilter(_NOTE_FILTER)
 
 
 def _noted(notes: list[tuple[str, str]], where, fn, *args):

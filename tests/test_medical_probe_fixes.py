@@ -4,9 +4,13 @@ an interrupted copy, decoder warnings without a file name, a two-image scout rea
 what a review of those fixes found (R1-R6): a folder added beside a finished study took its key, volume files
 finished under the previous version's keys were recomputed, --anonymize masked substrings ('<input>terrupted')
 and missed lost files' names and patient words in another case, decoder warnings were caught in a way that is
-not thread-safe, an empty lock file counted as a lost slice and empty rescale values read 1024 HU bright."""
+not thread-safe, an empty lock file counted as a lost slice and empty rescale values read 1024 HU bright. Then
+what the final review found (F2-F12): lowercase folder names left unscrubbed, a showwarning hook lost after a
+catch_warnings(record=True), pydicom's log lines printed anonymously, a moved volume file recomputed, two
+collision suffixes, a file's name choosing its 'truncated' wording, SR UIDs unrelated to findings' hashes."""
 import csv
 import json
+import logging
 import shutil
 import threading
 import warnings
@@ -21,7 +25,9 @@ from pydicom.uid import RLELossless, generate_uid
 from test_dicom_reading import N, ct_slice, ramp_planes, write_series
 from test_medical_pipeline import dataset  # noqa: F401 - tiny synthetic studies and an untrained tiny detector
 
-from apps.medical_imaging.batch import DONE, BatchConfig, Scrub, StudyEntry, _hash, discover, run_batch
+from apps.medical_imaging.batch import (DONE, BatchConfig, Scrub, StudyEntry, _claim_keys, _generic, _hash, discover,
+                                        run_batch)
+from data_connectors import dicom
 from data_connectors.dicom import DicomReadError, is_volume_series, load_series, load_volume, scan_folder
 
 Z = np.arange(6) * 2.0
@@ -141,6 +147,10 @@ def test_anonymize_leaves_no_path_name_uid_or_date_in_any_output(dataset, tmp_pa
             assert secret not in text, (secret, where)
     sr = pydicom.dcmread(next(out.glob("studies/*/sr.dcm")))
     assert not sr.get("StudyDate") and not sr.get("StudyID") and sr.StudyInstanceUID not in originals
+    doc = json.loads(next(out.glob("studies/*/findings.json")).read_text())   # the SR matches its findings
+    referenced = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].SeriesInstanceUID
+    assert referenced == f"2.25.{int(doc['series_uid'], 16)}" and sr.PatientID == doc["study"]
+    assert sr.StudyInstanceUID == f"2.25.{int(doc['study_uid'], 16)}"
 
 
 # ------------------------------------------------------------------------------------------ D4: missing rescale
@@ -188,7 +198,8 @@ def test_empty_and_truncated_slice_files_are_reported(tmp_path):
     assert any("missing from the volume" in n for n in entries[0].notes)
     assert sorted(r["source"] for r in errors) == sorted(f"s/{p.name}" for p in (paths[0], paths[-1]))
     assert {r["message"].split(" (")[0] for r in errors} == {"file skipped: empty file",
-                                                             "file skipped: truncated file"}
+                                                             "file skipped: not DICOM"}
+    assert any("shorter than a DICOM preamble" in r["message"] for r in errors), errors
 
 
 # ------------------------------------------------------------------------------------------ D5: decoder warnings
@@ -425,3 +436,115 @@ def test_slice_with_empty_rescale_values_uses_the_series_rescale(tmp_path):
     vol = load_volume(tmp_path / "s")
     assert np.allclose(vol.hu_ZYX, np.stack(planes))
     assert any("RescaleIntercept" in w and paths[2].name in w for w in vol.warnings), vol.warnings
+
+
+# ------------------------------------------------------------------------------ F2: lowercase folder names
+
+
+def test_anonymize_scrubs_lowercase_folder_names_and_spares_only_generic_words():
+    cfg = BatchConfig(input=Path("/data/in"), out=Path("out"), anonymize=True)
+    scrub = Scrub(cfg, folders=[Path("smithjohn/series")])
+    said = scrub("file skipped: /data/in/smithjohn/series/IM0001 and smithjohn, series: unreadable header")
+    assert "smithjohn" not in said and "series" in said, said
+    assert not _generic("garcia") and _generic("DICOM") and _generic("series")
+
+
+# ------------------------------------------------------------------------------ F4a: the hook saved before
+
+
+def test_note_hook_keeps_the_previous_hook_after_a_record_block():
+    seen = []
+
+    def hook(message, category, filename, lineno, file=None, line=None):
+        seen.append(str(message))
+
+    state = [dicom._shown_before, getattr(dicom, "_standin_impl", [])]   # the hook's module state, put back
+    saved = [list(x) for x in state]
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = hook
+            warnings.simplefilter("always")
+            dicom._noted([], "f", lambda: None)
+            warnings.warn("one")
+            with warnings.catch_warnings(record=True) as recorded:   # as batch._scrubbed_logs wraps loads
+                dicom._noted([], "f", lambda: None)
+                warnings.warn("inside")
+            warnings.warn("two")
+    finally:
+        for x, values in zip(state, saved):
+            x[:] = values
+    assert seen == ["one", "two"] and [str(w.message) for w in recorded] == ["inside"], (seen, recorded)
+
+
+# ------------------------------------------------------------------------------ F4b: pydicom's log lines
+
+
+def test_pydicom_log_records_during_a_read_go_to_the_notes_only(tmp_path, caplog):
+    _rle_series_with_padding_warning(tmp_path / "r")
+    with caplog.at_level(logging.WARNING):
+        vol = load_volume(tmp_path / "r")
+        logging.getLogger("pydicom").warning("outside a read")
+    assert any("padding" in w for w in vol.warnings), vol.warnings
+    from_pydicom = [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")]
+    assert from_pydicom == ["outside a read"], from_pydicom
+
+
+# ------------------------------------------------------------------------------ F5: a moved volume file
+
+
+def test_moved_volume_file_keeps_its_key_and_old_records_still_match(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), tmp_path / "a" / "ct.nii.gz")
+    out = tmp_path / "out"
+
+    def key_of(path):
+        (entry,), _ = discover(BatchConfig(input=path, out=out))
+        _claim_keys([entry], out, False)
+        return entry
+
+    first = key_of(tmp_path / "a" / "ct.nii.gz")
+    (out / "studies" / first.key).mkdir(parents=True)
+    done = {"study": first.key, "source": first.source, "origin": first.origin, "rows": []}
+    (out / "studies" / first.key / DONE).write_text(json.dumps(done))
+    shutil.move(tmp_path / "a" / "ct.nii.gz", tmp_path / "b" / "ct.nii.gz")
+    assert key_of(tmp_path / "b" / "ct.nii.gz").key == first.key == "ct"
+    old = {**done, "origin": _hash(str((tmp_path / "b" / "ct.nii.gz").resolve()))}   # a path-hash record
+    (out / "studies" / first.key / DONE).write_text(json.dumps(old))
+    assert key_of(tmp_path / "b" / "ct.nii.gz").key == "ct"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.int16), np.eye(4)), tmp_path / "a" / "ct.nii.gz")
+    assert key_of(tmp_path / "a" / "ct.nii.gz").key != "ct"   # another scan of the same name
+
+
+# ------------------------------------------------------------------------------ F6: one collision suffix
+
+
+def test_colliding_folder_keys_get_the_origin_as_suffix(tmp_path):
+    uids = {}
+    for name in ("Study 1", "Study_1", "Study:1"):
+        uids[name] = generate_uid()
+        write_series(tmp_path / "in" / name, ramp_planes(Z[:2]), [(0, 0, v) for v in Z[:2]], series_uid=uids[name])
+    entries, _ = discover(BatchConfig(input=tmp_path / "in", out=tmp_path / "out"))
+    keys = {e.source: e.key for e in entries}
+    assert keys == {"Study_1": "Study_1", "Study 1": f"Study_1-{_hash(uids['Study 1'])[:8]}",
+                    "Study:1": f"Study_1-{_hash(uids['Study:1'])[:8]}"}, keys
+
+
+# ------------------------------------------------------------------------------ F7: a short file's wording
+
+
+def test_short_file_reason_does_not_depend_on_its_name(tmp_path):
+    for name in ("IM0099", "IM0099.dcm", "IM0099.img"):
+        (tmp_path / name).write_bytes(b"cut short by a copy...")
+    reasons = {dicom._cut_short(tmp_path / n) for n in ("IM0099", "IM0099.dcm", "IM0099.img")}
+    assert len(reasons) == 1 and "22 bytes" in reasons.pop()
+
+
+# ------------------------------------------------------------------------------ F12: SR UIDs and findings' hashes
+
+
+def test_anonymous_sr_uid_is_derived_from_the_findings_hash():
+    from apps.medical_imaging.structured_report import _anonymous_uid
+
+    uid = "1.2.840.113619.2.55.3.604688119.969.1268071029.320"
+    assert _anonymous_uid(uid) == f"2.25.{int(_hash(uid), 16)}" and _anonymous_uid(uid) != _anonymous_uid(uid + "1")

@@ -11,16 +11,19 @@ Layout of `out`:
 Each DICOM series is one study; its key is its folder relative to the input (plus the series UID's tail
 when a folder holds several series), a NIfTI / MetaImage file's its name without the suffix (a LUNA16
 `<seriesuid>.mhd` is keyed by its seriesuid). Keys are unique: folders whose names only differ in characters
-a key cannot hold ("Study 1", "Study_1") get a short hash of their path appended, except the one whose results
+a key cannot hold ("Study 1", "Study_1") get the start of their origin appended, except the one whose results
 `out` already holds at the key (so a folder added later never takes a finished study's key), and so does a study
 whose key already holds another input's results in `out` (case1/ct.nii.gz, then case2/ct.nii.gz), recognised by
-the origin (a hash of the series UID, or of the file's absolute path) that done.json records. A volume file
+the origin that done.json records: a hash of the series UID, or of a volume file's content (its size, first and
+last MiB: a moved file is still the same study). A volume file
 finished by a version that keyed it by its name up to the first dot (LUNA16 '1.3.6....mhd' as '1') resumes
 under that key.
 --anonymize replaces keys and UIDs by salt-free SHA-256 prefixes, and every message written (findings.json
 warnings, errors.csv, the summary, log lines) has the input's paths (as whole paths), folder and file names
 (lost slice files' too), UIDs and the patient's name and IDs (in any case) replaced by hashes; numbers and
-words that merely contain a short folder name are left alone. The SR gets new UIDs and no dates or IDs.
+words that merely contain a short folder name are left alone. The SR's UIDs are derived from the same hashes
+as findings.json's ('2.25.' + the hash read as a hexadecimal number), its patient name and ID are the study key,
+and it carries no dates and none of the original's IDs.
 A study's files are written into a temporary folder that is renamed into place with done.json inside, so a
 crash or kill never leaves a half-written study that counts as done: a rerun skips exactly the finished
 ones and findings.csv is rebuilt from them. Under torchrun (RANK / WORLD_SIZE set) rank r takes the
@@ -74,7 +77,7 @@ class StudyEntry:
     study_uid: str
     files: list[Path]
     report: Path | None
-    origin: str = ""                  # hash of what the study is (series UID, or a file's absolute path)
+    origin: str = ""                  # hash of what the study is (series UID, or a volume file's content)
     notes: list[str] = field(default_factory=list)   # warnings found while scanning (slice files lost)
     lost: list[Path] = field(default_factory=list)    # the slice files lost (empty, truncated...): names to scrub
 
@@ -85,6 +88,34 @@ def _hash(text: str) -> str:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "study"
+
+
+def _key(name: str, anonymize: bool) -> str:
+    """A study's output name from its name ('a/b' -> 'a__b', 'Study 1' -> 'Study_1'; a hash when anonymizing)."""
+    return _hash(name) if anonymize else _safe(name.replace("/", "__"))
+
+
+def _content_origin(path: Path) -> str:
+    """A volume file's origin from its content (size, first and last MiB), not its place: moved, it is the same.
+    An unreadable file (its load fails later, with the reason) gets its absolute path's hash."""
+    digest = hashlib.sha256()
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            digest.update(f"{size}:".encode() + f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(size - (1 << 20))
+            digest.update(f.read(1 << 20))
+    except OSError:
+        return _hash(str(path.resolve()))
+    return digest.hexdigest()[:16]
+
+
+def _is_mine(record: dict, entry: StudyEntry) -> bool:
+    """Whether a record with an origin holds this entry's results; a volume file's record from before origins
+    were content hashes has the hash of its absolute path."""
+    return record["origin"] == entry.origin or \
+        (not entry.series_uid and record["origin"] == _hash(str(entry.path.resolve())))
 
 
 def _volume_stem(name: str) -> str:
@@ -102,7 +133,7 @@ def _owner(record: dict | None, group: list[StudyEntry]) -> StudyEntry | None:
     if record is None:
         return None
     if record.get("origin"):
-        match = [e for e in group if e.origin == record["origin"]]
+        match = [e for e in group if _is_mine(record, e)]
     else:
         match = [e for e in group if e.source == record.get("source")]
     return match[0] if len(match) == 1 else None
@@ -112,7 +143,8 @@ def _unique_keys(entries: list[StudyEntry], out: Path) -> None:
     """Make keys injective. Where several entries share a key, the one whose results --out already holds at it
     keeps it (a folder added beside a finished one must not take its key: the finished study would be recomputed
     and its rows duplicated); with no such record, the one keyed by its own name as given (sanitised: 'Study 1'
-    -> 'Study_1', 'a/b' -> 'a__b') keeps it. The others get a hash of their name appended."""
+    -> 'Study_1', 'a/b' -> 'a__b') keeps it. The others get their origin's start appended (as _claim_keys does),
+    and a number after that in the rare case that two of them hold the same series (a copy in 'a b' and 'a:b')."""
     groups: dict[str, list[StudyEntry]] = {}
     for e in entries:
         groups.setdefault(e.key, []).append(e)
@@ -124,7 +156,14 @@ def _unique_keys(entries: list[StudyEntry], out: Path) -> None:
             keeps = e is owner if owner is not None else \
                 e.source == key and sum(g.source == key for g in group) == 1
             if not keeps:
-                e.key = f"{key}-{_hash(e.source)[:8]}"
+                e.key = f"{key}-{e.origin[:8]}"
+        taken: set[str] = set()
+        for e in group:
+            base, n = e.key, 1
+            while e.key in taken:
+                n += 1
+                e.key = f"{base}-{n}"
+            taken.add(e.key)
 
 
 def _record(out: Path, key: str) -> dict | None:
@@ -145,7 +184,7 @@ def _resume_old_volume_key(entry: StudyEntry, cfg: BatchConfig) -> None:
     match those findings.json recorded."""
     out, name = Path(cfg.out), entry.path.name
     old_stem = name.split(".")[0]
-    old = _hash(old_stem) if cfg.anonymize else _safe(old_stem)
+    old = _key(old_stem, cfg.anonymize)
     if old == entry.key or _record(out, entry.key) is not None:
         return
     try:
@@ -153,7 +192,7 @@ def _resume_old_volume_key(entry: StudyEntry, cfg: BatchConfig) -> None:
     except (OSError, ValueError):
         return
     if record.get("origin"):
-        mine = record["origin"] == entry.origin
+        mine = _is_mine(record, entry)
     elif not cfg.anonymize:
         mine = record.get("source") == name
     else:
@@ -183,7 +222,9 @@ def _claim_keys(entries: list[StudyEntry], out: Path, anonymize: bool) -> None:
     were kept: another source) gets its origin's hash appended, so it neither skips as done nor overwrites them."""
     for e in entries:
         rec = _record(out, e.key)
-        if rec is not None and (rec.get("origin", e.origin) != e.origin or rec.get("source", e.source) != e.source):
+        if rec is None:
+            continue
+        if not (_is_mine(rec, e) if rec.get("origin") else rec.get("source", e.source) == e.source):
             e.key = f"{e.key}-{e.origin[:8]}"
             e.source = e.key if anonymize else e.source
 
@@ -254,7 +295,7 @@ _GENERIC_WORDS = {"dicom", "data", "images", "image", "series", "study", "studie
 def _generic(name: str) -> bool:
     """A folder name that says nothing about the patient ('series', 'DICOM', 'images'): not scrubbed, so that
     messages keep their words."""
-    return name.isalpha() and (name.islower() or name.lower() in _GENERIC_WORDS)
+    return name.lower() in _GENERIC_WORDS
 
 
 def _patient_words(path: Path) -> set[str]:
@@ -326,10 +367,10 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
         if not root.name.lower().endswith(VOLUME_SUFFIXES):
             raise ValueError(f"{root}: give a folder of DICOM studies or a {'/'.join(VOLUME_SUFFIXES)} file")
         stem = _volume_stem(root.name)
-        key = _hash(stem) if cfg.anonymize else _safe(stem)
+        key = _key(stem, cfg.anonymize)
         entry = StudyEntry(key, key if cfg.anonymize else root.name, root, "", "", [root],
                            _find_report(cfg.reports, [stem, root.name.split(".")[0]]),
-                           origin=_hash(str(root.resolve())))
+                           origin=_content_origin(root))
         _resume_old_volume_key(entry, cfg)
         return [entry], []
     if not root.is_dir():
@@ -358,7 +399,7 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
                            "stage": "skipped", "message": message})
         for series in group:
             name = rel if len(group) == 1 else f"{rel}#{series.series_uid[-12:]}"
-            key = _hash(name) if cfg.anonymize else _safe(name.replace("/", "__"))
+            key = _key(name, cfg.anonymize)
             report = _find_report(cfg.reports, [folder.name, rel.replace("/", "__"), series.study_uid,
                                                 series.series_uid])
             lost = lost_slice_files(scan, series)

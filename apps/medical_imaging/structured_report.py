@@ -4,11 +4,13 @@ One planar ROI per nodule: an axial ellipse (circle of the nodule's diameter) in
 with its diameter, P(nodule) and P(malignant) as measurements, and the research-use disclaimer as the
 algorithm's name. Needs the study's DICOM slices as evidence (NIfTI / MetaImage input has none).
 Anonymized (anonymized_id given): the SR refers to stand-ins of the slices that carry only their SOP class
-and UIDs replaced by UIDs derived from hashes (deterministic, so reruns agree), the patient's name and ID
-replaced by the id, and no dates, times, study ID, accession number or physician of the original study.
+and UIDs replaced by '2.25.' + the hash findings.json gives the UID, as a number (deterministic, so reruns agree,
+and the SR's series and study match findings.json's series_uid and study_uid), the patient's name and ID replaced
+by the id (the study key), and no dates, times, study ID, accession number or physician of the original study.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +35,10 @@ def _evidence(volume) -> list:
     return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
 
 
-def anonymous_uid(uid: str) -> str:
-    """A UID derived from a hash of uid (2.25 form): the same for the same uid, telling nothing about it."""
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid(prefix=None, entropy_srcs=["moe-suite anonymized", uid]))
+def _anonymous_uid(uid: str) -> str:
+    """A UID derived from the hash findings.json and findings.csv give uid under --anonymize (the first 16 hex
+    digits of its SHA-256, batch._hash): '2.25.' + that hash as a number, so the SR's series matches its rows."""
+    return f"2.25.{int(hashlib.sha256(uid.encode()).hexdigest()[:16], 16)}"
 
 
 def _anonymous_evidence(evidence: list, anonymized_id: str) -> list:
@@ -52,7 +53,7 @@ def _anonymous_evidence(evidence: list, anonymized_id: str) -> list:
         for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"):
             uid = str(ds.get(keyword, "") or "")
             if uid:
-                setattr(stand_in, keyword, anonymous_uid(uid))
+                setattr(stand_in, keyword, _anonymous_uid(uid))
         stand_in.Modality = ds.get("Modality", "CT")
         stand_in.PatientName, stand_in.PatientID = f"Anonymized^{anonymized_id}", anonymized_id
         for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
