@@ -237,11 +237,12 @@ def _add_to_base(base: dict[str, torch.Tensor], stored: dict[str, torch.Tensor],
 
 
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
-    """config.json of the checkpoint at `path`, checked and decoded (the weights are not read)."""
+    """config.json of the checkpoint at `path`, checked and decoded (the weights are not read).
+    MissingCheckpointError when there is no config.json (nothing saved there)."""
     path = Path(path)
     file = path / CONFIG
     if not file.is_file():
-        raise CheckpointError(f"{path}: no {CONFIG}; not a moe-suite checkpoint folder")
+        raise MissingCheckpointError(f"{path}: no {CONFIG}; not a moe-suite checkpoint folder")
     try:
         header = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -228,12 +228,9 @@ def hdr_warning(path: str | Path) -> str | None:
     if kind is None:
         return None
     tag = next(k for k, v in HDR_TRANSFERS.items() if v == kind)
-    if not ffmpeg_has_filter("zscale"):
-        return (f"{path}: HDR video ({kind}, {tag}): this ffmpeg cannot convert it to SDR (no zscale filter); "
-                "colours are wrong")
-    _, error = _hdr_conversion(Path(path), kind)
-    if error is not None:
-        return (f"{path}: HDR video ({kind}, {tag}): ffmpeg could not convert it to SDR ({error}); read as it "
+    _, problem = _hdr_conversion(Path(path))
+    if problem is not None:
+        return (f"{path}: HDR video ({kind}, {tag}): ffmpeg could not convert it to SDR ({problem}); read as it "
                 "is, colours are wrong")
     return f"{path}: HDR video ({kind}, {tag}): read converted to SDR BT.709"
 
@@ -288,9 +285,7 @@ def _probe_ffmpeg(path: Path) -> VideoInfo:
     exe = ffmpeg_exe()
     if exe is None:
         raise VideoError(path, "OpenCV cannot decode this file and no ffmpeg binary is available")
-    streams, report = _ffmpeg_header(path)
-    if streams and "Video" not in streams:
-        _no_video(path, streams, report)
+    report = _ffmpeg_header(path)[1]   # callers have run _check_file: the file has a video stream
     if "moov atom not found" in report:
         with open(path, "rb") as f:
             box = f.read(12)[4:8]
@@ -459,17 +454,21 @@ def _tone_map(path: Path) -> list[str]:
     convert this file (then it is read as it is; hdr_warning says so). HLG is made to be shown as SDR directly
     (zscale converts transfer, matrix and primaries); PQ's absolute highlights are tone mapped (Hable) in
     linear light first. Needs the zscale filter (libzimg), which the imageio-ffmpeg build has."""
+    return _hdr_conversion(path)[0]
+
+
+def _hdr_conversion(path: Path) -> tuple[list[str], str | None]:
+    """(chain, problem): the zscale chain bringing this file's HDR video to SDR and None when ffmpeg converts
+    the file through it; ([], None) for SDR video (nothing to convert); ([], what stops it) when this ffmpeg
+    cannot convert the file (no zscale filter, or ffmpeg's error on this file's tags)."""
     kind = hdr_transfer(path)
-    if kind is None or not ffmpeg_has_filter("zscale"):
-        return []
-    chain, error = _hdr_conversion(path, kind)
-    return chain if error is None else []
-
-
-def _hdr_conversion(path: Path, kind: str) -> tuple[list[str], str | None]:
-    """(the zscale chain for this HDR file, None if ffmpeg converts the file through it, else ffmpeg's error)."""
+    if kind is None:
+        return [], None
+    if not _ffmpeg_has_filter("zscale"):
+        return [], "this ffmpeg has no zscale filter"
     chain = _tone_map_chain(kind, _hdr_input_tags(_video_lines(_ffmpeg_header(path)[1])[0]))
-    return chain, _tone_map_error(path, tuple(chain))
+    error = _tone_map_error(path, tuple(chain))
+    return (chain, None) if error is None else ([], error)
 
 
 def _hdr_input_tags(video_line: str) -> str:
@@ -518,7 +517,7 @@ def _tone_map_error_cached(path: str, size: int, mtime_ns: int, chain: tuple[str
 
 
 @lru_cache(maxsize=8)
-def ffmpeg_has_filter(name: str) -> bool:
+def _ffmpeg_has_filter(name: str) -> bool:
     exe = ffmpeg_exe()
     if exe is None:
         return False

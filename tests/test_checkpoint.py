@@ -131,6 +131,14 @@ def test_bad_checkpoints_give_a_clear_error_naming_the_path(tmp_path, damage, me
     assert str(ckpt) in str(error.value)
 
 
+def test_a_missing_checkpoint_is_a_missing_checkpoint_error(tmp_path):
+    from core.checkpoint import MissingCheckpointError, read_checkpoint_info
+    for path in (tmp_path / "none", tmp_path):                       # no folder; a folder without config.json
+        with pytest.raises(MissingCheckpointError, match="no config.json") as error:
+            read_checkpoint_info(path)
+        assert isinstance(error.value, FileNotFoundError) and str(path) in str(error.value)
+
+
 def test_config_must_be_the_kinds_dataclass(tmp_path):
     layer, _ = _layer()
     with pytest.raises(ValueError, match="takes a MoEConfig"):

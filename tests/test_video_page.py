@@ -60,3 +60,18 @@ def test_stylize_handler_goes_by_content_not_suffix(tmp_path, monkeypatch):
     pic = pic.rename(tmp_path / "pic.mp4")
     image, video, _ = page.stylize(str(pic), "cartoon", "", None, progress=lambda *a, **k: None)
     assert video is None and image.endswith(".png") and read_image(image).shape == (32, 48, 3)
+
+
+def test_stylize_handler_shows_the_source_warnings(tmp_path, monkeypatch):
+    from data_connectors.video import ffmpeg_exe, write_video
+
+    if ffmpeg_exe() is None:
+        pytest.skip("needs the imageio-ffmpeg binary")
+    monkeypatch.setenv("MOE_SUITE_CACHE", str(tmp_path / "cache"))
+    noise = np.random.default_rng(0).integers(0, 256, (48, 48, 64, 3), dtype=np.uint8)   # incompressible
+    whole = write_video(noise, tmp_path / "whole.mp4", fps=24)       # faststart: the index comes first
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    image, video, details = page.stylize(str(cut), "smooth", "", None, progress=lambda *a, **k: None)
+    assert image is None and video.endswith(".mp4")
+    assert "routed by **name**" in details and "warning:" in details and "truncated" in details

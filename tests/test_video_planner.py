@@ -100,7 +100,8 @@ def test_ensemble_planner_command_joins_saved_planners(tmp_path, capsys):
     assert model.cfg.readers == 2 and model.extra_readers[0].proto_VD.dtype == torch.float32
     assert cli.main(["video", "ensemble-planner", members[0], str(tmp_path / "none"), "--out", str(out),
                      "--json"]) == 2                                   # a missing member: an error, no traceback
-    assert "no planner checkpoint" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert "no planner checkpoint" in error and "no config.json" in error and "train-planner" in error
 
 
 def test_an_ensemble_refuses_members_that_do_not_fit():
@@ -115,6 +116,8 @@ def test_an_ensemble_refuses_members_that_do_not_fit():
         P.ensemble_planner([a, other])
     with pytest.raises(ValueError, match="ensemble already"):
         P.ensemble_planner([a, P.ensemble_planner([a, _tiny_planner(2)])])
+    with pytest.raises(ValueError, match="member 0 is an ensemble already"):   # first member too
+        P.ensemble_planner([P.ensemble_planner([a, _tiny_planner(2)]), a])
     with pytest.raises(ValueError, match="trains one reader"):
         P.train_planner(replace(a.cfg, readers=2), P.PlannerTrainConfig(steps=1), examples=[])
 

@@ -83,6 +83,14 @@ def test_identical_frames_are_still():
     assert describe_shot(frames, 24.0).motion_word == "still"
 
 
+def test_motion_that_ends_before_a_hold_in_a_short_shot_is_seen():
+    from apps.video_generation.shots import flow_summary
+    # 9 frames at 30 fps: the box moves over frames 0-2 and then holds, so no two run starts are `step` apart
+    moved = np.concatenate([_box_clip(3, 8, [1]), np.repeat(_box_clip(3, 8, [1])[-1:], 6, axis=0)])
+    assert flow_summary(moved, 30.0).motion > 0.005
+    assert flow_summary(np.repeat(moved[:1], 9, axis=0), 30.0).motion == 0.0
+
+
 # ---- D11: a camera pan over a still picture is no object motion ----
 
 def _backdrop(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -352,8 +352,9 @@ def load_generator(path: str | Path | None = None) -> Generator:
     from core.checkpoint import MissingCheckpointError
 
     path = Path(path) if path is not None else DEFAULT_PATH
-    if not (path / "config.json").is_file():
-        raise MissingCheckpointError(f"no generator checkpoint at {path}; build it with "
-                                     f"`moe-suite video train-generator`")
-    return _load(str(path.resolve()))
+    try:
+        return _load(str(path.resolve()))
+    except MissingCheckpointError as exc:
+        raise MissingCheckpointError(f"no generator checkpoint: {exc}; build it with "
+                                     f"`moe-suite video train-generator`") from None
 

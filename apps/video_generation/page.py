@@ -159,7 +159,7 @@ def caption(video: str | None, progress=gr.Progress()) -> tuple[list[list], np.n
 def stylize(upload: str | None, style_name: str, description: str, reference: str | None,
             progress=gr.Progress()) -> tuple[str | None, str | None, str]:
     """Image or clip + a style (reference image > description > name) -> (image, video, details)."""
-    from .style import output_suffix_for, stylize_file
+    from .style import is_still_image, stylize_file_result
 
     if not upload:
         raise gr.Error("Upload an image or a clip to restyle.")
@@ -167,18 +167,16 @@ def stylize(upload: str | None, style_name: str, description: str, reference: st
     if not style:
         raise gr.Error("Pick a style name, describe a style or upload a reference picture.")
     src = Path(upload)
-    suffix = output_suffix_for(src)   # by content: an MP4 named .jpg is a video, and gives a video out
-    is_image = suffix == ".png"
+    is_image = is_still_image(src)   # by content: an MP4 named .jpg is a video, and gives a video out
     progress(0.1, desc="restyling")
     try:
-        result = stylize_file(src, style, _new_path(suffix))
+        path, info = stylize_file_result(src, style, _new_path(".png" if is_image else ".mp4"))
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
-    path, info = result if isinstance(result, tuple) else (result, None)
-    details = ""
-    if info is not None:
-        weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(info.weights.items(), key=lambda kv: -kv[1]))
-        details = f"routed by **{info.source}** to: {weights}"
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(info.weights.items(), key=lambda kv: -kv[1]))
+    details = f"routed by **{info.source}** to: {weights}"
+    if info.warnings:   # an HDR source written as SDR, a truncated file
+        details += "\n\n" + "\n".join(f"- **warning:** {w}" for w in info.warnings)
     return (str(path), None, details) if is_image else (None, str(path), details)
 
 

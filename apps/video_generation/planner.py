@@ -1020,10 +1020,11 @@ def ensemble_planner(members: list[PlannerModel]) -> PlannerModel:
     their config (but for `readers`) and exemplar phrases."""
     if len(members) < 2:
         raise ValueError(f"an ensemble needs at least 2 planners, got {len(members)}")
-    base = replace(members[0].cfg, readers=1)
-    for i, m in enumerate(members[1:], 1):
+    for i, m in enumerate(members):
         if m.cfg.readers != 1:
             raise ValueError(f"member {i} is an ensemble already ({m.cfg.readers} readers); give its members")
+    base = replace(members[0].cfg, readers=1)
+    for i, m in enumerate(members[1:], 1):
         if replace(m.cfg, readers=1) != base:
             raise ValueError(f"member {i}'s config differs from member 0's: {m.cfg} vs {base}")
         a_XD, b_XD = m.reader.exemplar_XD, members[0].reader.exemplar_XD
@@ -1055,8 +1056,9 @@ def load_planner(path: str | Path | None = None) -> Planner:
     from core.checkpoint import MissingCheckpointError
 
     path = Path(path) if path is not None else DEFAULT_PATH
-    if not (path / "config.json").is_file():
-        raise MissingCheckpointError(f"no planner checkpoint at {path}; build it with "
-                                     f"`moe-suite video train-planner`")
-    return _load(str(path.resolve()))
+    try:
+        return _load(str(path.resolve()))
+    except MissingCheckpointError as exc:
+        raise MissingCheckpointError(f"no planner checkpoint: {exc}; build it with "
+                                     f"`moe-suite video train-planner`") from None
 

@@ -129,15 +129,28 @@ def boundary_scores(frames_FHW3: np.ndarray, cfg: ShotConfig | None = None) -> n
     cfg = cfg or ShotConfig()
     _check_frames(frames_FHW3)
     hist_FB, grey_Fhw = frame_signatures(frames_FHW3, cfg)
-    return _scores(hist_FB, grey_Fhw, cfg)
+    return _scores(_hist_steps(hist_FB), grey_Fhw, cfg)
 
 
-def _scores(hist_FB: np.ndarray, grey_Fhw: np.ndarray, cfg: ShotConfig) -> np.ndarray:
-    scores_F = np.zeros(len(hist_FB), dtype=np.float64)
+def _hist_steps(hist_FB: np.ndarray) -> np.ndarray:
+    """steps[i] for i >= 1: the histogram distance (half the L1, in [0, 1]) from frame i - 1 to frame i."""
+    hist_F = np.zeros(len(hist_FB), dtype=hist_FB.dtype)
     if len(hist_FB) > 1:
-        scores_F[1:] = (0.5 * np.abs(np.diff(hist_FB, axis=0)).sum(axis=1)
-                        + cfg.pixel_weight * np.abs(np.diff(grey_Fhw, axis=0)).mean(axis=(1, 2)))
+        hist_F[1:] = 0.5 * np.abs(np.diff(hist_FB, axis=0)).sum(axis=1)
+    return hist_F
+
+
+def _scores(hist_F: np.ndarray, grey_Fhw: np.ndarray, cfg: ShotConfig) -> np.ndarray:
+    scores_F = np.zeros(len(hist_F), dtype=np.float64)
+    if len(hist_F) > 1:
+        scores_F[1:] = hist_F[1:] + cfg.pixel_weight * np.abs(np.diff(grey_Fhw, axis=0)).mean(axis=(1, 2))
     return scores_F
+
+
+def _grey_ranges(grey_Fhw: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's least and greatest grey level within `radius` pixels: (lo_Fhw, hi_Fhw)."""
+    k = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    return np.stack([cv2.erode(g, k) for g in grey_Fhw]), np.stack([cv2.dilate(g, k) for g in grey_Fhw])
 
 
 def compensated_scores(grey_Fhw: np.ndarray, radius: int) -> np.ndarray:
@@ -146,9 +159,11 @@ def compensated_scores(grey_Fhw: np.ndarray, radius: int) -> np.ndarray:
     lies outside the range its neighbourhood held in the other frame, averaged. Objects that move
     and a camera that pans or zooms score near zero; an object that vanishes while another appears
     elsewhere over the same backdrop (a cut between two shots of one set) does not."""
-    k = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
-    lo_Fhw = np.stack([cv2.erode(g, k) for g in grey_Fhw])
-    hi_Fhw = np.stack([cv2.dilate(g, k) for g in grey_Fhw])
+    return _compensated(grey_Fhw, *_grey_ranges(grey_Fhw, radius))
+
+
+def _compensated(grey_Fhw: np.ndarray, lo_Fhw: np.ndarray, hi_Fhw: np.ndarray) -> np.ndarray:
+    """compensated_scores from the frames' grey ranges (_grey_ranges)."""
     outside = lambda g, lo, hi: (np.maximum(lo - g, 0.0) + np.maximum(g - hi, 0.0)).mean(axis=(1, 2))  # noqa: E731
     scores_F = np.zeros(len(grey_Fhw), dtype=np.float64)
     if len(grey_Fhw) > 1:
@@ -194,13 +209,11 @@ def _hard_cuts(scores_F: np.ndarray, min_len: int, cfg: ShotConfig, floor: float
     return cuts
 
 
-def _sure_cuts(hist_FB: np.ndarray, shift_F: np.ndarray, cfg: ShotConfig) -> list[int]:
+def _sure_cuts(hist_F: np.ndarray, shift_F: np.ndarray, cfg: ShotConfig) -> list[int]:
     """Pairs whose colours change by at least `sure_hist` of the histogram while at least `sure_shift` of the
     grey levels is out of reach of small motion: cuts without a baseline (a slideshow of different pictures, a
     1-2 fps clip whose every few frames are a new shot). Of two such pairs closer than a minimum shot, the
-    minimum-length rule keeps the stronger."""
-    hist_F = np.zeros(len(hist_FB))
-    hist_F[1:] = 0.5 * np.abs(np.diff(hist_FB, axis=0)).sum(axis=1)
+    minimum-length rule keeps the stronger. hist_F: _hist_steps; shift_F: compensated_scores."""
     return [int(i) for i in np.flatnonzero((hist_F >= cfg.sure_hist) & (shift_F >= cfg.sure_shift)) if i >= 1]
 
 
@@ -251,14 +264,13 @@ def _contrast_dips(a_hw: np.ndarray, mid_hw: np.ndarray, b_hw: np.ndarray, share
     return observed >= share * expected
 
 
-def _gradual(grey_Fhw: np.ndarray, hist_FB: np.ndarray, fps: float, cfg: ShotConfig) -> list[tuple[int, float, int]]:
+def _gradual(grey_Fhw: np.ndarray, hist_FB: np.ndarray, lo_Fhw: np.ndarray, hi_Fhw: np.ndarray, fps: float,
+             cfg: ShotConfig) -> list[tuple[int, float, int]]:
     """Gradual transitions as (centre frame, strength, half-width): windows [c - k, c + k] whose two
     end frames differ like a cut while the frames between are blends of the ends (a dissolve or
-    fade is linear in the pixels; motion and camera moves are not). Non-maximum suppressed."""
+    fade is linear in the pixels; motion and camera moves are not). Non-maximum suppressed. lo / hi:
+    each frame's grey range within shift_radius pixels (_grey_ranges)."""
     F = len(grey_Fhw)
-    kernel = np.ones((2 * cfg.shift_radius + 1,) * 2, np.uint8)
-    lo_Fhw = np.stack([cv2.erode(g, kernel) for g in grey_Fhw])    # each frame's range within shift_radius px
-    hi_Fhw = np.stack([cv2.dilate(g, kernel) for g in grey_Fhw])
     coarse_Fhw = grey_Fhw if grey_Fhw.shape[2] <= cfg.coarse_width else \
         np.stack([_small(g, cfg.coarse_width) for g in grey_Fhw])
     max_k = max(2, int(round(cfg.gradual_max_s * fps / 2)))
@@ -315,11 +327,13 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
     if not fps or fps <= 0 or not math.isfinite(fps):
         raise ValueError(f"fps must be a positive number, got {fps}")
     hist_FB, grey_Fhw = frame_signatures(frames_FHW3, cfg)
-    scores_F = _scores(hist_FB, grey_Fhw, cfg)
+    hist_F = _hist_steps(hist_FB)
+    scores_F = _scores(hist_F, grey_Fhw, cfg)
     min_len = max(1, int(round(cfg.min_shot_s * fps)))
     cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, min_len, cfg)]
-    shift_F = compensated_scores(grey_Fhw, cfg.shift_radius)
-    cuts += [(i, float(scores_F[i]), "cut") for i in _sure_cuts(hist_FB, shift_F, cfg)
+    lo_Fhw, hi_Fhw = _grey_ranges(grey_Fhw, cfg.shift_radius)     # also the dissolves' motion range
+    shift_F = _compensated(grey_Fhw, lo_Fhw, hi_Fhw)
+    cuts += [(i, float(scores_F[i]), "cut") for i in _sure_cuts(hist_F, shift_F, cfg)
              if all(i != c[0] for c in cuts)]
     if cfg.still_backdrop:
         # Ranked by their plain score, so where both find a cut the first one's frame is kept, and of two
@@ -331,7 +345,8 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
             min_len, cfg, cfg.shift_floor, flashes=False)]
     if cfg.gradual:
         flat_F = grey_Fhw.std(axis=(1, 2)) < cfg.flat_std   # flat frames (black, white): where fades meet
-        spans = _merge_fades(_gradual(grey_Fhw, hist_FB, fps, cfg), flat_F, int(round(cfg.gradual_max_s * fps)))
+        spans = _merge_fades(_gradual(grey_Fhw, hist_FB, lo_Fhw, hi_Fhw, fps, cfg), flat_F,
+                             int(round(cfg.gradual_max_s * fps)))
         # A dissolve or fade changes the pixels a step at a time: a "span" holding one jump about as large as the
         # whole change from its first to its last frame is a hard cut beside a smooth camera move.
         def one_jump(a: int, b: int) -> bool:
@@ -436,7 +451,7 @@ _OKLAB_M2 = np.array([[0.2104542553, 0.7936177850, -0.0040720468],
                       [0.0259040371, 0.7827717662, -0.8086757660]])
 
 
-def oklab_hue(rgb01: np.ndarray) -> float:
+def _oklab_hue(rgb01: np.ndarray) -> float:
     """Hue angle in degrees (0..360) of an sRGB colour with channels in [0, 1], in OKLab."""
     c = np.clip(np.asarray(rgb01, dtype=np.float64).reshape(3), 0.0, 1.0)
     linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
@@ -458,7 +473,7 @@ def _lab_name(L: float, a: float, b: float) -> str:
     if chroma < 12 or (L < 22 and chroma < 20):
         return "black" if L < 22 else "white" if L > 85 else "grey"
     rgb01 = cv2.cvtColor(np.array([[[L, a, b]]], dtype=np.float32), cv2.COLOR_Lab2RGB).reshape(3)
-    hue = oklab_hue(rgb01)
+    hue = _oklab_hue(rgb01)
     name = next(n for bound, n in _HUE_NAMES if hue < bound)
     if name in ("orange", "red", "yellow") and L < 45 and chroma < 50:
         return "brown"
@@ -516,7 +531,7 @@ class FlowSummary:
     coherence: float                 # |mean motion vector| / mean |motion|, 0..1 (1 = all one way)
 
 
-def run_starts(grey_F: list[np.ndarray], tol: int = 8, share: float = 0.001) -> np.ndarray:
+def _run_starts(grey_F: list[np.ndarray], tol: int = 8, share: float = 0.001) -> np.ndarray:
     """For each frame, the index of the first frame of the run of repeats it belongs to: a frame repeats the
     run's first frame when fewer than `share` of its pixels differ from it by more than `tol` grey levels.
     Animation held on twos or threes, and variable-rate footage re-timed to a constant rate, repeat frames;
@@ -544,12 +559,17 @@ def flow_summary(frames_FHW3: np.ndarray, fps: float, cfg: DescribeConfig | None
     # threes, a re-timed variable-rate clip) would read as no motion, and a pair from the middle of a run to
     # the next would get the wrong time.
     step = min(F - 1, max(1, round(fps / cfg.flow_pairs_per_s)))
-    new_N = np.flatnonzero(run_starts(grey_F) == np.arange(F))      # first frames of runs, ascending
+    new_N = np.flatnonzero(_run_starts(grey_F) == np.arange(F))      # first frames of runs, ascending
     later_N = np.searchsorted(new_N, new_N + step)                  # index into new_N of each one's partner
     ok_N = later_N < len(new_N)
-    if not ok_N.any():
-        return none  # one picture throughout
-    firsts_P, seconds_P = new_N[ok_N], new_N[later_N[ok_N]]
+    if ok_N.any():
+        firsts_P, seconds_P = new_N[ok_N], new_N[later_N[ok_N]]
+    elif len(new_N) > 1:
+        # No two run starts `step` apart (a short shot whose move ends before it holds): the first and the last
+        # run start, timed by their gap.
+        firsts_P, seconds_P = new_N[:1], new_N[-1:]
+    else:
+        return none  # a single run: one picture throughout
     pick = np.unique(np.linspace(0, len(firsts_P) - 1, min(cfg.max_frames, len(firsts_P))).round().astype(int))
     rows = []
     for s, e in zip(firsts_P[pick], seconds_P[pick]):

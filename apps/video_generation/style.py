@@ -49,7 +49,9 @@ from data_connectors.video import (WRITE_SUFFIXES, VideoError, constant_rate, co
 
 from .studio import RESOLUTIONS
 
-IMAGE_SUFFIXES = READ_IMAGE_SUFFIXES - {".ppm", ".pgm"}   # still images stylize reads and writes (colour)
+# Picture suffixes stylize accepts as an output and the Stylize page as an upload (netpbm left out: .pgm is
+# grey). Whether a source is a picture is is_still_image's call, by content, else by the reader's suffixes.
+IMAGE_SUFFIXES = READ_IMAGE_SUFFIXES - {".ppm", ".pgm"}
 MIN_SIDE = 8                       # the shorter side of a picture or clip to restyle, at least (px)
 REFERENCE_SIDE = 1024              # a reference image is scaled down to this longer side first: its colour
                                    # statistics do not need more, the learned experts see 256-512 px, and an
@@ -480,7 +482,7 @@ class StyleRouter:
 
 
 def _looks_like_path(text: str) -> bool:
-    if Path(text).suffix.lower() in IMAGE_SUFFIXES:
+    if Path(text).suffix.lower() in READ_IMAGE_SUFFIXES:
         return True
     try:
         return Path(text).is_file()
@@ -637,13 +639,7 @@ def is_still_image(src: str | Path, out: str | Path | None = None) -> bool:
     src = Path(src)
     if out is not None and src.suffix.lower() == ".gif" and Path(out).suffix.lower() in IMAGE_SUFFIXES:
         return True
-    return still_image_kind(src) is not None if _readable(src) else src.suffix.lower() in IMAGE_SUFFIXES
-
-
-def output_suffix_for(src: str | Path) -> str:
-    """The output suffix a restyled `src` gets where the caller does not choose one: ".png" for a still
-    picture, ".mp4" for a clip (an image in gives an image out, a video in a video out)."""
-    return ".png" if is_still_image(src) else ".mp4"
+    return still_image_kind(src) is not None if _readable(src) else src.suffix.lower() in READ_IMAGE_SUFFIXES
 
 
 def stylize_file(src: str | Path, style: str | Path | np.ndarray, out: str | Path, *,
