@@ -55,6 +55,7 @@ _SUFFIX_CODECS = {".mp4": ("h264",), ".webm": ("vp9", "vp8")}
 WRITE_SUFFIXES = tuple(_SUFFIX_CODECS)   # video containers write_video writes
 _IMAGE_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}   # still images read
+WRITE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")   # still images written
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v", ".gif", ".mpg", ".mpeg", ".wmv", ".ts"}  # read
 
 
@@ -887,11 +888,11 @@ def _atomic_save(path: Path, save) -> Path:
 
 
 def write_image(rgb_HW3: np.ndarray, path: str | Path) -> Path:
-    """Save one uint8 RGB frame as .png / .jpg / .jpeg / .webp / .bmp (atomic)."""
+    """Save one uint8 RGB frame in a WRITE_IMAGE_SUFFIXES format (atomic)."""
     path = Path(path)
     _check_frame(path, rgb_HW3, 0, None)
-    if path.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp", ".bmp"}:
-        raise VideoError(path, f"unsupported image suffix {path.suffix!r} (use .png, .jpg, .webp or .bmp)")
+    if path.suffix.lower() not in WRITE_IMAGE_SUFFIXES:
+        raise VideoError(path, f"unsupported image suffix {path.suffix!r} (use {', '.join(WRITE_IMAGE_SUFFIXES)})")
     if not path.parent.is_dir():
         raise VideoError(path, f"folder {path.parent} does not exist")
 

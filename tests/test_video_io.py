@@ -134,6 +134,18 @@ def test_read_image_and_preview(tmp_path):
         write_preview(clip, tmp_path / "p.bmp")
 
 
+def test_every_picture_format_stylize_offers_is_written_and_read_back(tmp_path):
+    from apps.video_generation.page import STYLIZE_SUFFIXES
+    from apps.video_generation.style import IMAGE_SUFFIXES as STYLIZE_OUTPUTS
+    from data_connectors.video import IMAGE_SUFFIXES
+
+    frame = moving_clip(1, h=24, w=32)[0]
+    for suffix in sorted(STYLIZE_OUTPUTS):            # .tif was offered as an output and refused by write_image
+        back = read_image(write_image(frame, tmp_path / f"out{suffix}"))
+        assert back.shape == frame.shape and np.abs(back.astype(int) - frame).mean() < 8, suffix
+    assert IMAGE_SUFFIXES <= STYLIZE_SUFFIXES          # the page takes every picture the reader reads (.pgm too)
+
+
 def test_read_image_decodes_opaque_files_once_and_still_sees_transparency(tmp_path, monkeypatch):
     from PIL import Image
 

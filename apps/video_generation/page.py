@@ -14,11 +14,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from apps.settings import cache_dir
-from data_connectors.video import VIDEO_SUFFIXES
+from data_connectors.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 from . import world
 from .studio import RESOLUTIONS
-from .style import IMAGE_SUFFIXES
 
 INTRO = """\
 # Video studio
@@ -26,7 +25,7 @@ Type a short script and get a playable clip (the suite's own planner and generat
 synthetic world of shapes and digits); upload a clip and get a caption per shot with time stamps;
 restyle an image or a clip by a style name, a description or a reference picture.
 """
-STYLIZE_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES   # what the Stylize tab takes
+STYLIZE_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES   # what the Stylize tab takes: every format the readers read
 CAPTION_COLUMNS = ["shot", "start (s)", "end (s)", "caption", "from", "confidence"]
 EXPERT_COLUMNS = ["scene", "start (s)", "end (s)", "what the planner put there", "experts"]
 

@@ -43,15 +43,16 @@ import numpy as np
 
 from data_connectors.video import IMAGE_SUFFIXES as READ_IMAGE_SUFFIXES
 from data_connectors.video import MAX_SIDE as VIDEO_MAX_SIDE
-from data_connectors.video import (WRITE_SUFFIXES, VideoError, constant_rate, copy_audio, decode_shortfall,
+from data_connectors.video import (WRITE_IMAGE_SUFFIXES, WRITE_SUFFIXES, VideoError, constant_rate, copy_audio,
+                                   decode_shortfall,
                                    hdr_warning, iter_video_timed, probe_video, read_image, sample_aspect,
                                    steady_rate, still_image_kind, write_image, write_video)
 
 from .studio import RESOLUTIONS
 
-# Picture suffixes stylize accepts as an output and the Stylize page as an upload (netpbm left out: .pgm is
-# grey). Whether a source is a picture is is_still_image's call, by content, else by the reader's suffixes.
-IMAGE_SUFFIXES = READ_IMAGE_SUFFIXES - {".ppm", ".pgm"}
+# Picture suffixes stylize accepts as an output (what write_image writes). Whether a source is a picture is
+# is_still_image's call, by content, else by the reader's suffixes (netpbm too).
+IMAGE_SUFFIXES = set(WRITE_IMAGE_SUFFIXES)
 MIN_SIDE = 8                       # the shorter side of a picture or clip to restyle, at least (px)
 REFERENCE_SIDE = 1024              # a reference image is scaled down to this longer side first: its colour
                                    # statistics do not need more, the learned experts see 256-512 px, and an
