@@ -480,10 +480,11 @@ def _labelled_table(path: Path, text: str, text_column: str | None, label_column
     warnings: list[str] = []
     delimiter, rows = table_rows(path, text, LabelledTextError, warnings)
     first = rows[0][1]
+    below, repeats = table_body(first, rows[1:])   # the rows under the first, less its copies: read once
     if text_column or label_column:
-        header, text_i, label_i = _given_columns(path, rows, text_column, label_column)
+        header, text_i, label_i = _given_columns(path, rows, below, text_column, label_column)
     else:
-        header, text_i, label_i = _found_columns(path, rows)
+        header, text_i, label_i = _found_columns(path, rows, below)
     width = len(first) if header else max(text_i, label_i) + 1
     keys = [field_key(cell) for cell in first]  # a header found by its names needs no warning
     named = bool(text_column and not text_column.isdigit() or label_column and not label_column.isdigit()
@@ -491,7 +492,7 @@ def _labelled_table(path: Path, text: str, text_column: str | None, label_column
     names = ([first[text_i], first[label_i]] if header else
              [text_column or f"column {text_i + 1}", label_column or f"column {label_i + 1}"])
     texts, labels = [], []
-    body, repeats = table_body(first, rows[1:]) if header else (rows, [])
+    body, repeats = (below, repeats) if header else (rows, [])
     for line, cells in body:
         hint = " (a quoted field runs over several lines: an unclosed quote?)" if any(
             "\n" in cell for cell in cells) else ""
@@ -520,8 +521,8 @@ def _labelled_table(path: Path, text: str, text_column: str | None, label_column
     return LabelledTexts(texts, labels, names[0], names[1], header, delimiter, "", warnings)
 
 
-def _given_columns(path: Path, rows: list[tuple[int, list[str]]], text_column: str | None,
-                   label_column: str | None) -> tuple[bool, int, int]:
+def _given_columns(path: Path, rows: list[tuple[int, list[str]]], below: list[tuple[int, list[str]]],
+                   text_column: str | None, label_column: str | None) -> tuple[bool, int, int]:
     """(has a header, text column, label column) of a table from the columns the caller named: header
     names (one may be left out when the other column is the only other one or has a recognised name),
     or both as 1-based numbers."""
@@ -534,7 +535,7 @@ def _given_columns(path: Path, rows: list[tuple[int, list[str]]], text_column: s
             raise LabelledTextError(path, f"column numbers need both columns, each 1 to {len(first)}")
         text_i, label_i = indices
         named = keys[text_i] in TEXT_COLUMNS or keys[label_i] in LABEL_COLUMNS
-        return named or _looks_like_header(rows, text_i, label_i), text_i, label_i
+        return named or _looks_like_header(rows, below, text_i, label_i), text_i, label_i
     missing = [c for c in given if field_key(c) not in keys]
     if missing:
         raise LabelledTextError(path, f"no column {', '.join(map(repr, missing))} in the header {first}",
@@ -550,33 +551,34 @@ def _given_columns(path: Path, rows: list[tuple[int, list[str]]], text_column: s
     return True, text_i, label_i
 
 
-def _found_columns(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[bool, int, int]:
-    """(has a header, text column, label column) of a table: by header names, else by values. A first
+def _found_columns(path: Path, rows: list[tuple[int, list[str]]],
+                   below: list[tuple[int, list[str]]]) -> tuple[bool, int, int]:
+    """(has a header, text column, label column) of a table (`below`: the rows under its first row, its
+    copies left out, `table_body`): by header names, else by values. A first
     row with a recognised name in any column is a header (unless that cell recurs in its column below:
     then it is a value, e.g. a class named "topic"; the whole row recurring is the header repeated, e.g.
     files pasted together); the columns it leaves unnamed are found by value."""
     first = rows[0][1]
     keys = [field_key(cell) for cell in first]
     # a cell recurring below is a value (a class called "topic"), unless the whole row recurs: the header again
-    below = [cells for _, cells in table_body(first, rows[1:])[0]]
-    names = [i for i in range(len(first)) if not any(i < len(cells) and cells[i] == first[i] for cells in below)]
+    names = [i for i in range(len(first)) if not any(i < len(cells) and cells[i] == first[i] for _, cells in below)]
     text_i = named_column(keys, TEXT_COLUMNS, names)
     label_i = named_column(keys, LABEL_COLUMNS, [i for i in names if i != text_i])
     if text_i is not None and label_i is not None:
         return True, text_i, label_i
     if len(first) == 2 and (text_i, label_i) != (None, None):  # one recognised name: the other column
         return True, (1 - label_i if text_i is None else text_i), (1 - text_i if label_i is None else label_i)
-    return _inferred_columns(path, rows, text_i, label_i)
+    return _inferred_columns(path, rows, below, text_i, label_i)
 
 
-def _inferred_columns(path: Path, rows: list[tuple[int, list[str]]], text_i: int | None = None,
-                      label_i: int | None = None) -> tuple[bool, int, int]:
+def _inferred_columns(path: Path, rows: list[tuple[int, list[str]]], below: list[tuple[int, list[str]]],
+                      text_i: int | None = None, label_i: int | None = None) -> tuple[bool, int, int]:
     """Columns told apart by their values: labels repeat, texts are long (`text_i` / `label_i`: a column
     the header names; then the first row is a header). Refused when another column repeats too (a
     source, a language, a split: it could be the labels as well)."""
     first = rows[0][1]
     named = text_i is not None or label_i is not None
-    body = [cells for _, cells in table_body(first, rows[1:])[0] if len(cells) == len(first)]
+    body = [cells for _, cells in below if len(cells) == len(first)]
     problem = (f"no recognised column names in the first row {first}; name the columns `text` and "
                "`label` in a header, or pass --text-column and --label-column")
     if named:
@@ -600,7 +602,7 @@ def _inferred_columns(path: Path, rows: list[tuple[int, list[str]]], text_i: int
     if not given_label and (ambiguous := [i + 1 for i in repeating if i not in (label_i, text_i)]):
         raise LabelledTextError(path, f"{problem} (columns {label_i + 1} and {ambiguous[0]} could both be "
                                       "the labels)", rows[0][0])
-    return named or _looks_like_header(rows, text_i, label_i), text_i, label_i
+    return named or _looks_like_header(rows, below, text_i, label_i), text_i, label_i
 
 
 # a column name: a word, or up to three ("Sample utterance"), in any script ("intención", "标签"), no punctuation
@@ -644,7 +646,8 @@ def names_columns(first: list[str], body: list[list[str]], text_i: int, other_i:
     return None if sum(w > n for w in lengths) * 2 > len(body) else False
 
 
-def _looks_like_header(rows: list[tuple[int, list[str]]], text_i: int, label_i: int) -> bool:
+def _looks_like_header(rows: list[tuple[int, list[str]]], below: list[tuple[int, list[str]]], text_i: int,
+                       label_i: int) -> bool:
     """Whether an unrecognised first row of an intents table is a header: `names_columns` says so, or
     is unsure (the texts below mostly longer) and its label cell is capitalised or spaced where every
     body label is lower case without spaces ("Intent" over "card_lost", "refund"), or is not lower
@@ -653,7 +656,7 @@ def _looks_like_header(rows: list[tuple[int, list[str]]], text_i: int, label_i: 
     separator such as "_" that a body label shares ("card_block" among "card_lost"). Anything else is
     a first example (a label of its own is a class, not a header): "Thanks a lot,thanks" is one."""
     first = rows[0][1]
-    body = [cells for _, cells in table_body(first, rows[1:])[0] if len(cells) > max(text_i, label_i)]
+    body = [cells for _, cells in below if len(cells) > max(text_i, label_i)]
     verdict = names_columns(first, body, text_i, label_i)
     # "card_block" among "card_lost", "refund": a label; "absicht" or "Intent": a column name
     if verdict is False or any(_separators(first[label_i]) & _separators(cells[label_i]) for cells in body):
@@ -788,10 +791,9 @@ def _split_lists(path: Path, lists: dict[str, list], split: str | None) -> list[
     if split is None:
         raise LabelledTextError(path, f"the file holds several lists ({', '.join(lists)}); say which split to read "
                                       f"(--split)")
-    keys = [key for key in (split, f"oos_{split}") if key in lists]
     if split not in lists:
         raise LabelledTextError(path, f"no list {split!r}; the file holds {', '.join(lists)}")
-    return keys
+    return [key for key in (split, f"oos_{split}") if key in lists]
 
 
 def _labelled_yaml(path: Path, text: str) -> LabelledTexts:
@@ -862,11 +864,12 @@ def _labelled_doc(path: Path, doc) -> LabelledTexts:
         raise LabelledTextError(path, "`intents:` is empty or neither a mapping nor a list")
     texts, labels = [], []
     for name, examples in intents.items():
+        label = _json_scalar(name)   # a JSON number is its text too
         examples = [_json_scalar(e) for e in examples] if isinstance(examples, list) else None
-        if not examples or not all(examples) or not _json_scalar(name):   # a JSON number is its text too
+        if not examples or not all(examples) or not label:
             raise LabelledTextError(path, f"intent {name!r} needs a non-empty list of non-empty example strings")
         texts += examples
-        labels += [_json_scalar(name)] * len(examples)
+        labels += [label] * len(examples)
     return LabelledTexts(texts, labels, None, None, None, None, "", warnings)
 
 

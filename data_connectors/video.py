@@ -53,6 +53,7 @@ MAX_READ_BYTES = 4 << 30   # read_video refuses to build an array larger than th
 CODECS = ("auto", "h264", "vp9", "vp8")
 _SUFFIX_CODECS = {".mp4": ("h264",), ".webm": ("vp9", "vp8")}
 WRITE_SUFFIXES = tuple(_SUFFIX_CODECS)   # video containers write_video writes
+_ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")   # an MP4/MOV's first box types (bytes 4-8)
 _IMAGE_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}   # still images read
 WRITE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")   # still images written
@@ -93,7 +94,7 @@ def ffmpeg_exe() -> str | None:
 def _looks_like_video(head: bytes) -> bool:
     """Whether a file's first bytes are those of a video container: ISO BMFF (MP4/MOV/M4V/3GP: a box type at
     bytes 4-8), Matroska/WebM, AVI, MPEG program stream / video elementary stream, ASF (WMV), FLV."""
-    return (head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot")
+    return (head[4:8] in (*_ISO_BOXES, b"pnot")
             or head.startswith((b"\x1a\x45\xdf\xa3", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3", b"FLV\x01",
                                 b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"))
             or (head[:4] == b"RIFF" and head[8:12] == b"AVI "))
@@ -290,7 +291,7 @@ def _probe_ffmpeg(path: Path) -> VideoInfo:
     if "moov atom not found" in report:
         with open(path, "rb") as f:
             box = f.read(12)[4:8]
-        if box in (b"ftyp", b"mdat", b"moov", b"free", b"wide", b"skip"):  # it does start as an MP4/MOV
+        if box in _ISO_BOXES:  # it does start as an MP4/MOV
             raise VideoError(path, "unreadable MP4/MOV: its index (moov atom) is missing; the file is truncated "
                                    "or was not finished being written")
         raise VideoError(path, "unreadable: not a video (the content is not MP4/MOV, nor anything else ffmpeg "

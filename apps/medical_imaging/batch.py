@@ -226,7 +226,8 @@ def _claim_keys(entries: list[StudyEntry], out: Path, anonymize: bool) -> None:
             continue
         if not (_is_mine(rec, e) if rec.get("origin") else rec.get("source", e.source) == e.source):
             e.key = f"{e.key}-{e.origin[:8]}"
-            e.source = e.key if anonymize else e.source
+            if anonymize:   # an anonymized entry's source is its key
+                e.source = e.key
 
 
 # A DICOM UID in a message: 4 or more dot-separated numbers (the suite's own hashed keys are hex, no dots).

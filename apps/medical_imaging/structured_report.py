@@ -10,7 +10,6 @@ by the id (the study key), and no dates, times, study ID, accession number or ph
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,9 @@ def _evidence(volume) -> list:
 def _anonymous_uid(uid: str) -> str:
     """A UID derived from the hash findings.json and findings.csv give uid under --anonymize (the first 16 hex
     digits of its SHA-256, batch._hash): '2.25.' + that hash as a number, so the SR's series matches its rows."""
-    return f"2.25.{int(hashlib.sha256(uid.encode()).hexdigest()[:16], 16)}"
+    from .batch import _hash
+
+    return f"2.25.{int(_hash(uid), 16)}"
 
 
 def _anonymous_evidence(evidence: list, anonymized_id: str) -> list:

@@ -162,13 +162,17 @@ def compensated_scores(grey_Fhw: np.ndarray, radius: int) -> np.ndarray:
     return _compensated(grey_Fhw, *_grey_ranges(grey_Fhw, radius))
 
 
+def _outside(g: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """How far each grey level of g lies outside the range [lo, hi] (0 inside it), elementwise."""
+    return np.maximum(lo - g, 0.0) + np.maximum(g - hi, 0.0)
+
+
 def _compensated(grey_Fhw: np.ndarray, lo_Fhw: np.ndarray, hi_Fhw: np.ndarray) -> np.ndarray:
     """compensated_scores from the frames' grey ranges (_grey_ranges)."""
-    outside = lambda g, lo, hi: (np.maximum(lo - g, 0.0) + np.maximum(g - hi, 0.0)).mean(axis=(1, 2))  # noqa: E731
     scores_F = np.zeros(len(grey_Fhw), dtype=np.float64)
     if len(grey_Fhw) > 1:
-        scores_F[1:] = 0.5 * (outside(grey_Fhw[1:], lo_Fhw[:-1], hi_Fhw[:-1]) +
-                              outside(grey_Fhw[:-1], lo_Fhw[1:], hi_Fhw[1:]))
+        scores_F[1:] = 0.5 * (_outside(grey_Fhw[1:], lo_Fhw[:-1], hi_Fhw[:-1]).mean(axis=(1, 2)) +
+                              _outside(grey_Fhw[:-1], lo_Fhw[1:], hi_Fhw[1:]).mean(axis=(1, 2)))
     return scores_F
 
 
@@ -232,7 +236,7 @@ def _blend_misfit(grey_Fhw: np.ndarray, a: int, b: int, c: int, k: int, spread: 
             dev = np.abs(grey_Fhw[m] - ((1 - t) * grey_Fhw[a] + t * grey_Fhw[b]))
         else:
             lo, hi = (1 - t) * lo_Fhw[a] + t * lo_Fhw[b], (1 - t) * hi_Fhw[a] + t * hi_Fhw[b]
-            dev = np.maximum(lo - grey_Fhw[m], 0.0) + np.maximum(grey_Fhw[m] - hi, 0.0)
+            dev = _outside(grey_Fhw[m], lo, hi)
         worst = max(worst, float(dev.mean()) / spread)
     return worst
 
@@ -251,7 +255,7 @@ def _shift_misfit(grey_Fhw: np.ndarray, lo_Fhw: np.ndarray, hi_Fhw: np.ndarray, 
         in_m = (slice(max(sy, 0), h + min(sy, 0)), slice(max(sx, 0), w + min(sx, 0)))
         in_src = (slice(max(-sy, 0), h + min(-sy, 0)), slice(max(-sx, 0), w + min(-sx, 0)))
         g, lo, hi = grey_Fhw[m][in_m], lo_Fhw[src][in_src], hi_Fhw[src][in_src]
-        best = min(best, float((np.maximum(lo - g, 0.0) + np.maximum(g - hi, 0.0)).mean()) / spread)
+        best = min(best, float(_outside(g, lo, hi).mean()) / spread)
     return best
 
 

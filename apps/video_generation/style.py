@@ -44,9 +44,8 @@ import numpy as np
 from data_connectors.video import IMAGE_SUFFIXES as READ_IMAGE_SUFFIXES
 from data_connectors.video import MAX_SIDE as VIDEO_MAX_SIDE
 from data_connectors.video import (WRITE_IMAGE_SUFFIXES, WRITE_SUFFIXES, VideoError, constant_rate, copy_audio,
-                                   decode_shortfall,
-                                   hdr_warning, iter_video_timed, probe_video, read_image, sample_aspect,
-                                   steady_rate, still_image_kind, write_image, write_video)
+                                   decode_shortfall, hdr_warning, iter_video_timed, probe_video, read_image,
+                                   sample_aspect, steady_rate, still_image_kind, write_image, write_video)
 
 from .studio import RESOLUTIONS
 
@@ -661,7 +660,7 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
     if is_still_image(src, out):
         image = read_image(src)
         if out.suffix.lower() not in IMAGE_SUFFIXES:
-            kind = _readable(src) and still_image_kind(src) or src.suffix.lstrip(".").upper()
+            kind = still_image_kind(src) or src.suffix.lstrip(".").upper()   # read_image found it readable
             raise StyleError(f"{out}: {src} is a still image ({kind}); an image in "
                              f"gives an image out (.png or .jpg), not {out.suffix}")
         if min(image.shape[:2]) < MIN_SIDE:
