@@ -2,8 +2,8 @@
 the middleware of apps.web (request ids, JSON access logs, rate and body limits, API token).
 
 An app joins the server with one `App(...)` line in `APPS`; its page is mounted at /{name}, its
-API router at /api/v1/{name}, and its `load` function (if any) is what /readyz reports on and
-what `preload` runs at start. Modules are imported only when the server is built.
+API router at /api/v1/{name}, its `load` function (if any) is what /readyz reports on and
+what `preload` runs at start, and its `configure` function (if any) gets the server's Settings first. Modules are imported only when the server is built.
 
     serve()                                   # Settings.load(): $MOE_SUITE_CONFIG, MOE_SUITE_* variables
     serve(config="suite.toml", port=8000)     # a settings file, one override
@@ -46,6 +46,7 @@ class App:
     page: str | None = None   # "module:function", a function returning a gradio.Blocks
     api: str | None = None    # "module:attribute", a fastapi.APIRouter
     load: str | None = None   # "module:function" that builds the app's shared models (idempotent)
+    configure: str | None = None  # "module:function" given the server's Settings before anything loads
 
 
 APPS: list[App] = [
@@ -54,7 +55,8 @@ APPS: list[App] = [
     App("chat", "Customer-service assistant", "A bank's support chat: MoE intent recognition, slot filling "
         "with confirmation, knowledge answers with sources, hand-off to a human.",
         page="apps.customer_service.page:build", api="apps.customer_service.api:router",
-        load="apps.customer_service.assistant:shared_assistant"),
+        load="apps.customer_service.assistant:shared_assistant",
+        configure="apps.customer_service.assistant:configure"),
     App("medical", "CT nodule diagnosis", "DICOM studies (and radiology reports) in, lung nodules found, "
         "located and rated for malignancy out; research software, not a medical device.",
         page="apps.medical_imaging.page:build", api="apps.medical_imaging.api:router",
@@ -165,6 +167,9 @@ def create_app(apps: list[App] | None = None, settings: Settings | None = None) 
     settings = settings or Settings.load()
     models = Models(apps, settings.preload)
     uploads = UploadArea(settings.upload_dir)
+    for a in apps:
+        if a.configure:
+            _resolve(a.configure)(settings)
 
     @asynccontextmanager
     async def lifespan(_: fastapi.FastAPI) -> AsyncIterator[None]:

@@ -22,6 +22,7 @@ authenticating proxy) protects the suite, in which case the server logs a warnin
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tempfile
 import tomllib
@@ -87,6 +88,39 @@ class Settings(BaseModel):
     # ---- models ----
     preload: tuple[str, ...] = ()           # app names whose models load at start ("all" = every app);
                                             # the others load on first use
+    # ---- customer-service chat (read once at start: restart the server after changing them) ----
+    chat_intent_model: Path | None = None   # a `moe-suite chat train-intents` folder (default: the bank's)
+    chat_index: Path | None = None          # index folder from `moe-suite chat index` (default: the bank's KB)
+    chat_dialogue: Path | None = None       # dialogue YAML (default: the bank's with the bank's model,
+                                            # otherwise one built from the intent model's labels)
+    chat_session_idle_hours: float = Field(24.0, gt=0, le=24 * 365)  # idle chat sessions are deleted after this
+
+    @field_validator("chat_intent_model", "chat_index", "chat_dialogue", mode="after")
+    @classmethod
+    def _chat_path(cls, value: Path | None, info: Any) -> Path | None:
+        """A light check that the path holds what the field needs (the models load on first use)."""
+        if value is None:
+            return None
+        value = value.expanduser().resolve()
+        need = {"chat_intent_model": "config.json", "chat_index": "manifest.json"}.get(info.field_name)
+        if need is None:  # the dialogue: parse and check it now (YAML only, fast)
+            if not value.is_file():
+                raise ValueError(f"{value}: no such dialogue file")
+            from apps.customer_service.dialogue import DialogueConfig
+
+            DialogueConfig.load(value)  # ValueError naming what is wrong
+        else:
+            what = "an intent model (train-intents)" if need == "config.json" else "a knowledge index (chat index)"
+            if not (value / need).is_file():
+                raise ValueError(f"{value}: not {what}: no {need} in it")
+            try:
+                doc = json.loads((value / need).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{value / need}: unreadable ({exc})") from None
+            key, expected = ("kind", "text_classifier") if need == "config.json" else ("task", "retrieval")
+            if not isinstance(doc, dict) or doc.get(key) != expected:
+                raise ValueError(f"{value}: not {what}: {need} has no {key} = {expected!r}")
+        return value
 
     @field_validator("preload", mode="before")
     @classmethod

@@ -3,10 +3,15 @@ dialogue tests know exactly what each message is understood as."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import httpx
+import pytest
 
 from apps.customer_service.actions import default_actions
 from apps.customer_service.assistant import Assistant
+from apps.customer_service.bench import serve_in_thread
 from apps.customer_service.dialogue import DialogueConfig
 from apps.customer_service.store import SessionStore, StoreLimits
 
@@ -73,3 +78,17 @@ class OverlapIndex:
 def make_assistant(path, index=None, actions=None, limits=StoreLimits(), chat_model=None) -> Assistant:
     return Assistant(KeywordIntents(), index or OverlapIndex(), SessionStore(path, limits),
                      actions or default_actions(), DialogueConfig.load(), chat_model)
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory) -> Iterator[str]:
+    """The fake assistant served over HTTP on a free loopback port, for one test module."""
+    url, stop = serve_in_thread(make_assistant(tmp_path_factory.mktemp("chat") / "chat.sqlite3"))
+    yield url
+    stop()
+
+
+@pytest.fixture
+def http(base_url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        yield client

@@ -42,7 +42,7 @@ def test_chat_answers_and_shows_the_intent(page, suite_url):
 
 def test_video_generates_a_clip_that_plays(page, suite_url):
     page.goto(suite_url + "/video/")
-    page.get_by_label("script").fill("a red ball rolls left on a beach, then cut to a blue square rising at night")
+    page.get_by_label("script", exact=True).fill("a red ball rolls left on a beach, then cut to a blue square rising at night")
     seconds = page.get_by_label("number input for seconds")
     seconds.fill("2")
     seconds.press("Enter")
@@ -72,7 +72,7 @@ def test_medical_diagnoses_a_synthetic_study_and_marks_the_nodule(page, suite_ur
             z.write(f, f"study/{f.name}")
     page.goto(suite_url + "/medical/")
     page.locator("input[type=file]").first.set_input_files(str(archive))
-    page.get_by_label("report (optional)").fill(study.report or "")
+    page.get_by_label(re.compile(r"report \(optional")).fill(study.report or "")
     page.get_by_role("button", name="Find nodules", exact=True).click()
     status = page.get_by_text(re.compile(r"\d+ findings from \d+ candidates"))
     status.wait_for(timeout=120_000)

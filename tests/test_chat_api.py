@@ -5,27 +5,12 @@ import json
 import zipfile
 
 import gradio as gr
-import httpx
 import pytest
-from chat_fakes import EXPERTS, make_assistant
+from chat_fakes import EXPERTS, base_url, http, make_assistant  # noqa: F401  (fixtures)
 
 from apps import cli
 from apps.customer_service import api, page
 from apps.customer_service.assistant import Assistant, shared_assistant
-from apps.customer_service.bench import serve_in_thread
-
-
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory) -> str:
-    url, stop = serve_in_thread(make_assistant(tmp_path_factory.mktemp("chat") / "chat.sqlite3"))
-    yield url
-    stop()
-
-
-@pytest.fixture
-def http(base_url):
-    with httpx.Client(base_url=base_url, timeout=10) as client:
-        yield client
 
 
 def test_conversation_and_history(http):
@@ -94,7 +79,7 @@ def test_cli_ask_prints_one_json_object(tmp_path, monkeypatch, capsys):
     given = {}
     monkeypatch.setattr(Assistant, "default", classmethod(lambda cls, **paths: given.update(paths) or assistant))
     assert cli.main(["chat", "ask", "block my card", "--session", "me", "--json"]) == 0
-    assert given == {"intent_model": None, "index": None}  # the bank's
+    assert given == {"intent_model": None, "index": None, "dialogue": None}  # the bank's
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["intent"] == "block_card"
     assert cli.main(["chat", "ask", "debit", "--session", "me"]) == 0
     assert "Shall I block your debit card now?" in capsys.readouterr().out

@@ -42,15 +42,18 @@ def _write_csv(path, texts: list[str], labels: list[str], header: str = "text,la
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _config(**train) -> IntentTrainConfig:
+def _config(oos: dict | None = None, **train) -> IntentTrainConfig:
     return IntentTrainConfig(train=TrainConfig(**{**TRAIN.__dict__, **train}),
-                             stream=TextStreamConfig(**TINY), upcycle=False)
+                             stream=TextStreamConfig(**TINY), upcycle=False, **(oos or {}))
+
+
+CALIBRATED = dict(val_fraction=0.25, in_scope_recall=0.9)  # 24 held-out rows; the bound needs 22
 
 
 @pytest.fixture(scope="module")
 def thresholded() -> IntentModel:
     """Trained without oos rows: out of scope comes from the calibrated threshold."""
-    return IntentModel.train(*_rows(TRAIN_TEMPLATES), _config())[0]
+    return IntentModel.train(*_rows(TRAIN_TEMPLATES), _config(CALIBRATED))[0]
 
 
 def test_learns_templated_intents(thresholded):
@@ -62,6 +65,7 @@ def test_learns_templated_intents(thresholded):
 
 def test_threshold_flags_nonsense_more_than_in_scope(thresholded):
     assert thresholded.oos_threshold is not None
+    assert thresholded.oos_calibration == {"calibrated": True, "held_out_rows": 24, "rows_needed": 22}
     in_scope = [p.is_oos for p in thresholded.predict(_rows(HELD_OUT_TEMPLATES)[0])]
     nonsense = [p.is_oos for p in thresholded.predict(NONSENSE)]
     assert sum(nonsense) / len(nonsense) > sum(in_scope) / len(in_scope)
@@ -102,9 +106,9 @@ def test_cli_train_eval_round_trip(tmp_path, capsys):
     stream = json.dumps({**TINY, "moe_layers": list(TINY["moe_layers"])})
     assert main(["chat", "train-intents", "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"),
                  "--from-scratch", "--stream", stream, "--epochs", "20", "--batch-size", "16",
-                 "--lr", "3e-3", "--json"]) == 0
+                 "--lr", "3e-3", "--val-fraction", "0.25", "--in-scope-recall", "0.9", "--json"]) == 0
     trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert trained["labels"] == 4 and trained["oos_threshold"] is not None
+    assert trained["labels"] == 4 and trained["oos_threshold"] is not None and trained["warnings"] == []
     assert main(["chat", "eval-intents", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "test.csv"),
                  "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -3,12 +3,14 @@ sharding, the SR and the CLI. The detector here is an untrained tiny one (mechan
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from apps.medical_imaging.batch import DONE, FINDINGS_COLUMNS, BatchConfig, run_batch
+from apps.medical_imaging.batch import DONE, FINDINGS_COLUMNS, BatchConfig, _host, run_batch
 from apps.medical_imaging.pipeline import DISCLAIMER
 from test_dicom_variants import _screen_save
 
@@ -60,10 +62,13 @@ def test_batch_outputs_and_resume(dataset, tmp_path):
     # an interrupted run: one study lost its done marker, a half-written temp folder lies around
     before = {k: (out / "studies" / k / "findings.json").stat().st_mtime_ns for k in ("synth-0000", "synth-0002")}
     (out / "studies" / "synth-0001" / DONE).unlink()
-    (out / "studies" / ".synth-0001.tmp-dead").mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])   # a killed run's pid: gone now
+    dead.wait()
+    stale = out / "studies" / f".synth-0001.tmp-{_host()}-{dead.pid}-0a1b2c3d"
+    stale.mkdir()
     again = run_batch(_config(root, out))
     assert (again["processed"], again["skipped_done"]) == (1, 2)
-    assert not (out / "studies" / ".synth-0001.tmp-dead").exists()
+    assert not stale.exists()
     assert {k: (out / "studies" / k / "findings.json").stat().st_mtime_ns for k in before} == before
     assert len(_rows(out / "findings.csv")) == len(rows)
 
@@ -107,7 +112,7 @@ def test_anonymize_sr_shard_and_cli(dataset, tmp_path, monkeypatch, capsys):
     out = tmp_path / "anon"
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr("apps.medical_imaging.batch._barrier", lambda world: None)
+    monkeypatch.setattr("apps.medical_imaging.batch._barrier", lambda world, local=None: None)
     summary = run_batch(_config(root, out, anonymize=True, sr=True))
     assert summary["this_rank"] == 1 and summary["processed"] == 1   # rank 1 of 2 takes every second study
     monkeypatch.setenv("RANK", "0")

@@ -251,6 +251,17 @@ def test_preload_readiness(monkeypatch, tmp_path):
         server.create_app(apps, Settings(upload_dir=tmp_path, preload=("nope",)))
 
 
+def test_configure_hooks_get_the_servers_settings_before_models_load(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setitem(sys.modules, "configured_app", types.SimpleNamespace(
+        configure=lambda settings: seen.append(("configure", settings.port)),
+        load=lambda: seen.append(("load", None))))
+    apps = [server.App("a", "A", "a", load="configured_app:load", configure="configured_app:configure")]
+    with TestClient(server.create_app(apps, Settings(upload_dir=tmp_path, port=8123, preload=("a",)))) as c:
+        c.app.state.models.thread.join(10)
+    assert seen == [("configure", 8123), ("load", None)]
+
+
 def test_serve_binds_loopback_by_default(monkeypatch):
     calls = []
     monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: calls.append(kwargs))

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def register(cli: CommandTable) -> None:
-    """Add the `chat` commands (train-intents, eval-intents, index, eval-retrieval, ask) and
+    """Add the `chat` commands (train-intents, eval-intents, index, eval-retrieval, ask, prune-sessions) and
     `bench upcycle`, `bench chat` (see apps.cli)."""
     from . import cli as handlers
 
@@ -87,6 +87,17 @@ def register(cli: CommandTable) -> None:
                    help="intent checkpoint folder from train-intents (default: the bank's)")
     p.add_argument("--index", type=Path, default=None,
                    help="knowledge index folder from `chat index` (default: the bank's)")
+    p.add_argument("--dialogue", type=Path, default=None,
+                   help="dialogue YAML (default: the bank's with the bank's model; with --intent-model, a "
+                        "generic dialogue built from the model's intents)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = chat.command("prune-sessions", "delete chat sessions idle longer than --idle-hours, with their turns "
+                                       "(open hand-offs are kept)", handlers.prune_sessions)
+    p.add_argument("--idle-hours", type=float, default=None,
+                   help="idle time before a session is deleted (default: the chat_session_idle_hours setting, 24)")
+    p.add_argument("--store", type=Path, default=None,
+                   help="session store file (default: <cache>/chat/sessions.sqlite3, the server's)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     bench = cli.group("bench", "benchmarks")

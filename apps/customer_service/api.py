@@ -1,12 +1,17 @@
 """The assistant's JSON API, mounted by the server at /api/v1/chat.
 
-    POST /api/v1/chat                          {"session_id": "web-42", "message": "block my card"} -> Reply
-    GET  /api/v1/chat/sessions/{id}            the session's turns (404 if unknown)
-    POST /api/v1/chat/sessions/{id}/handoff    {"reason": "..."} -> the hand-off with its transcript
-    GET  /api/v1/chat/handoffs                 every handed-off session with its transcript
+    POST   /api/v1/chat                        {"session_id": "web-42", "message": "block my card"} -> Reply
+    GET    /api/v1/chat/sessions/{id}          the session's turns (404 if unknown)
+    DELETE /api/v1/chat/sessions/{id}          delete the session and its turns (204)
+    POST   /api/v1/chat/sessions/{id}/handoff  {"reason": "..."} -> the hand-off with its transcript
+    POST   /api/v1/chat/sessions/{id}/release  an agent hands the session back to the assistant
+    GET    /api/v1/chat/handoffs               open hand-offs with transcripts (?include_released=true: all)
 
-Errors: a body over `MAX_BODY_BYTES` or a message over the assistant's limit -> 413; an empty
-message, a malformed session id or body -> 422; an unknown session -> 404; a full store -> 429.
+Errors: 404 (unknown session), 409 (release without an open hand-off), 413 (a body over
+`MAX_BODY_BYTES` or a message over the assistant's limit) and 429 (store full, with Retry-After
+when an idle session will expire) have the body {"detail": "message"} (`ErrorMessage`); every 422
+(a malformed body, an empty message, a malformed session id) has FastAPI's validation shape
+{"detail": [{"loc": [...], "msg": "...", "type": "..."}]} (`HTTPValidationError` in OpenAPI).
 Handlers are plain functions: FastAPI runs them in its thread pool, as the model blocks.
 """
 from __future__ import annotations
@@ -16,13 +21,16 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from .assistant import Assistant, MessageTooLong, Reply, shared_assistant
-from .store import SESSION_ID, HandoffTicket, SessionLimitError, Turn, UnknownSession
+from .store import (
+    SESSION_ID, HandoffTicket, InvalidSessionId, NotHandedOff, SessionLimitError, Turn, UnknownSession,
+)
 
 MAX_BODY_BYTES = 64 * 1024  # request bodies over this are refused with 413 before being parsed
 
@@ -48,20 +56,36 @@ class _BodyLimitRoute(APIRoute):
         return limited
 
 
+class ErrorMessage(BaseModel):
+    """The body of the chat API's 404, 409, 413 and 429 answers."""
+    detail: str = Field(description="what went wrong, in words", examples=["unknown session 'web-42'"])
+
+
 # Domain errors -> HTTP status; checked in order, so subclasses of ValueError come first.
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
-    (MessageTooLong, 413), (UnknownSession, 404), (SessionLimitError, 429), (ValueError, 422))
+    (MessageTooLong, 413), (UnknownSession, 404), (SessionLimitError, 429), (NotHandedOff, 409))
+_ERRORS = {404: "unknown session", 409: "the session has no open hand-off", 413: "body or message too long",
+           429: "the session store is full (Retry-After: seconds until an idle session expires, when known)"}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorMessage, "description": _ERRORS[code]} for code in codes}
 
 
 @contextmanager
-def _http_errors() -> Iterator[None]:
-    """Re-raise the assistant's domain errors as HTTPExceptions with their message."""
+def _http_errors(location: tuple[str, str] = ("body", "message")) -> Iterator[None]:
+    """Re-raise the assistant's domain errors as HTTPExceptions with their message; an invalid session
+    id or an empty message as a validation error at `location` (or at the path's session_id)."""
     try:
         yield
     except tuple(kind for kind, _ in _STATUS) as exc:
         status = next(code for kind, code in _STATUS if isinstance(exc, kind))
         detail = f"unknown session {exc.args[0]!r}" if isinstance(exc, UnknownSession) else str(exc)
-        raise HTTPException(status, detail) from None
+        retry = getattr(exc, "retry_after_s", None)
+        raise HTTPException(status, detail, headers={"Retry-After": str(int(retry))} if retry else None) from None
+    except ValueError as exc:  # an empty message, an invalid session id: FastAPI's validation shape
+        where = ("path", "session_id") if isinstance(exc, InvalidSessionId) else location
+        raise RequestValidationError([{"loc": where, "msg": str(exc), "type": "value_error"}]) from None
 
 
 class ChatRequest(BaseModel):
@@ -80,27 +104,44 @@ AssistantDep = Depends(shared_assistant)
 
 
 @router.post("", response_model=Reply, summary="Send a message, get the assistant's reply",
-             responses={413: {"description": "body or message too long"}, 429: {"description": "store full"}})
+             responses=_responses(413, 429))
 def chat(request: ChatRequest, assistant: Assistant = AssistantDep) -> Reply:
     with _http_errors():
         return assistant.reply(request.session_id, request.message)
 
 
 @router.get("/sessions/{session_id}", response_model=list[Turn], summary="A session's turns, oldest first",
-            responses={404: {"description": "unknown session"}})
+            responses=_responses(404))
 def history(session_id: str, assistant: Assistant = AssistantDep) -> list[Turn]:
     with _http_errors():
         return assistant.history(session_id)
 
 
+@router.delete("/sessions/{session_id}", status_code=204, response_class=Response,
+               summary="Delete a session and its turns", responses=_responses(404))
+def delete_session(session_id: str, assistant: Assistant = AssistantDep) -> Response:
+    with _http_errors():
+        assistant.delete(session_id)
+    return Response(status_code=204)
+
+
 @router.post("/sessions/{session_id}/handoff", response_model=HandoffTicket,
-             summary="Hand a session to a human agent", responses={404: {"description": "unknown session"}})
+             summary="Hand a session to a human agent", responses=_responses(404, 413))
 def handoff(session_id: str, request: HandoffRequest, assistant: Assistant = AssistantDep) -> HandoffTicket:
     with _http_errors():
         return assistant.handoff(session_id, request.reason)
 
 
+@router.post("/sessions/{session_id}/release", response_model=HandoffTicket,
+             summary="Hand a session back from the human agent to the assistant",
+             responses=_responses(404, 409, 413))
+def release(session_id: str, assistant: Assistant = AssistantDep) -> HandoffTicket:
+    with _http_errors():
+        return assistant.release(session_id)
+
+
 @router.get("/handoffs", response_model=list[HandoffTicket],
-            summary="Sessions handed to a human agent, with their transcripts")
-def handoffs(assistant: Assistant = AssistantDep) -> list[HandoffTicket]:
-    return assistant.handoffs()
+            summary="Sessions handed to a human agent and not yet released, with their transcripts")
+def handoffs(include_released: bool = Query(False, description="also list hand-offs already released"),
+             assistant: Assistant = AssistantDep) -> list[HandoffTicket]:
+    return assistant.handoffs(include_released)

@@ -5,6 +5,8 @@ lock and stores the state and both turns.
     reply = assistant.reply("web-42", "block my card")
     reply.text, reply.intent, reply.confidence, reply.sources, reply.experts, reply.handoff
     assistant.history("web-42"); assistant.handoff("web-42", "customer is upset"); assistant.handoffs()
+    assistant.release("web-42"); assistant.delete("web-42"); assistant.prune()   # the agent's side, expiry
+    Assistant.default(intent_model="models/intents", index="models/kb")  # yours, with a generic dialogue
 
 Bad input: an empty or whitespace-only message raises EmptyMessage and one over `max_message_chars`
 raises MessageTooLong (both ValueErrors: the API answers 422 and 413); control, format (zero-width,
@@ -19,13 +21,21 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from apps.settings import cache_dir
+from pydantic import Field
+
+import logging
+
+from apps.settings import Settings
 
 from .actions import ActionRegistry, default_actions
-from .dialogue import DialogueConfig, DialogueManager, IntentClassifier, Searcher, Source
-from .store import HandoffTicket, SessionStore, Turn, check_session_id
+from .dialogue import (
+    DialogueConfig, DialogueManager, IntentClassifier, Searcher, Source, dialogue_mismatch, generic_dialogue,
+)
+from .store import HandoffTicket, PruneResult, SessionStore, StoreLimits, Turn, check_session_id, default_store_path
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -56,14 +66,18 @@ def clean_message(text: str, max_chars: int = MAX_MESSAGE_CHARS) -> str:
 
 @dataclass(frozen=True)
 class Reply:
-    text: str
-    session_id: str
-    intent: str | None                    # the intent the reply acted on; None when nothing was understood
-    confidence: float                     # the intent model's confidence in its best label for the message
-    sources: tuple[Source, ...]           # knowledge passages quoted (id, title, score)
-    experts: dict[int, dict[int, float]]  # MoE layer -> {expert that fired: mean gate weight}
-    handoff: bool                         # the session is with a human agent
-    latency_ms: float                     # wall time of the whole turn
+    text: Annotated[str, Field(description="the assistant's answer")]
+    session_id: Annotated[str, Field(description="the conversation (the one sent, or the new random id)")]
+    intent: Annotated[str | None, Field(
+        description="the intent the reply acted on; null when nothing was understood")]
+    confidence: Annotated[float, Field(
+        description="the intent model's probability (0-1) for its best label for the message")]
+    sources: Annotated[tuple[Source, ...], Field(description="knowledge passages the text quotes, best first")]
+    experts: Annotated[dict[int, dict[int, float]], Field(
+        description="MoE layer -> {expert that fired: its mean gate weight}; in JSON both keys are strings "
+                    "of integers, e.g. {\"4\": {\"0\": 0.61}}")]
+    handoff: Annotated[bool, Field(description="the session is with a human agent")]
+    latency_ms: Annotated[float, Field(description="wall time of the whole turn, in milliseconds")]
 
 
 def _share_text_trunk(intent_model: IntentClassifier, index: Searcher) -> int:
@@ -86,38 +100,66 @@ class Assistant:
 
     def __init__(self, intent_model: IntentClassifier, index: Searcher, store: SessionStore,
                  actions: ActionRegistry, dialogue_config: DialogueConfig,
-                 chat_model: BaseChatModel | None = None, max_message_chars: int = MAX_MESSAGE_CHARS):
+                 chat_model: BaseChatModel | None = None, max_message_chars: int = MAX_MESSAGE_CHARS,
+                 warnings: list[str] | None = None):
         self.store = store
         _share_text_trunk(intent_model, index)
         self.dialogue = DialogueManager(intent_model, index, actions, dialogue_config, chat_model)
         self.max_message_chars = max_message_chars
+        self.warnings = list(warnings or [])  # how the parts fit badly (a dialogue for other intents, ...)
         # Turn locks striped by session id: bounded memory however many session ids arrive (a dict
         # of one lock per id grew by one entry per distinct id, refused ones included).
         self._locks = [threading.Lock() for _ in range(SESSION_LOCK_STRIPES)]
 
     @classmethod
     def default(cls, chat_model: BaseChatModel | None = None, intent_model: str | Path | None = None,
-                index: str | Path | None = None) -> Assistant:
+                index: str | Path | None = None, dialogue: str | Path | None = None,
+                store: str | Path | None = None, limits: StoreLimits = StoreLimits()) -> Assistant:
         """The default bank: its intent model and knowledge index (built into the cache on first
         use), mock actions, assets/customer_service/dialogue.yaml, sessions in the cache folder.
         `intent_model` (a train-intents checkpoint folder) and `index` (a `chat index` folder)
-        replace the bank's."""
+        replace the bank's. The bank's dialogue goes with the bank's intent model; a custom model
+        without a `dialogue` file gets `generic_dialogue` over its own labels. A dialogue that does
+        not fit the model's intents is used, with `warnings` (also logged)."""
         # Imported here: they bring torch and faiss, and train or index on first use.
         from .intents import IntentModel, load_default_intent_model
         from .retrieval import KnowledgeIndex, load_default_index
 
-        return cls(IntentModel.load(intent_model) if intent_model else load_default_intent_model(),
-                   KnowledgeIndex.load(index) if index else load_default_index(),
-                   SessionStore(cache_dir() / "chat" / "sessions.sqlite3"), default_actions(),
-                   DialogueConfig.load(), chat_model)
+        model = IntentModel.load(intent_model) if intent_model else load_default_intent_model()
+        warnings = []
+        if dialogue is not None:
+            config = DialogueConfig.load(dialogue)
+            # (the bank's dialogue leaves the bank model's knowledge intents out on purpose)
+            mismatch = dialogue_mismatch(config, model.labels, unconfigured=intent_model is not None)
+            warnings = [f"dialogue {dialogue}: {w}" for w in mismatch]
+        elif intent_model:
+            config = generic_dialogue(model.labels)
+        else:
+            config = DialogueConfig.load()
+        if warning := model.calibration_warning:
+            warnings.append(f"intent model {intent_model}: {warning}")
+        for warning in warnings:
+            log.warning(warning, extra={"event": "chat_config"})
+        return cls(model, KnowledgeIndex.load(index) if index else load_default_index(),
+                   SessionStore(store or default_store_path(), limits), default_actions(), config, chat_model,
+                   warnings=warnings)
 
-    def use(self, intent_model: IntentClassifier | None = None, index: Searcher | None = None) -> None:
-        """Swap in a new intent model and/or knowledge index (e.g. retrained on uploads); turns
-        already running finish with the old ones."""
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Assistant:
+        """`default` with the settings' chat_intent_model, chat_index, chat_dialogue and
+        chat_session_idle_hours."""
+        return cls.default(intent_model=settings.chat_intent_model, index=settings.chat_index,
+                           dialogue=settings.chat_dialogue,
+                           limits=StoreLimits(idle_hours=settings.chat_session_idle_hours))
+
+    def use(self, intent_model: IntentClassifier | None = None, index: Searcher | None = None,
+            dialogue_config: DialogueConfig | None = None) -> None:
+        """Swap in a new intent model, knowledge index and/or dialogue (e.g. retrained on uploads);
+        turns already running finish with the old ones."""
         d = self.dialogue
         _share_text_trunk(intent_model or d.intent_model, index or d.index)
-        self.dialogue = DialogueManager(intent_model or d.intent_model, index or d.index, d.actions, d.config,
-                                        d.chat_model)
+        self.dialogue = DialogueManager(intent_model or d.intent_model, index or d.index, d.actions,
+                                        dialogue_config or d.config, d.chat_model)
 
     def _session_lock(self, session_id: str) -> threading.Lock:
         return self._locks[hash(session_id) % len(self._locks)]
@@ -148,20 +190,43 @@ class Assistant:
             self.store.save(state)
         return HandoffTicket(session_id, state.handoff.reason, state.handoff.at, transcript)
 
-    def handoffs(self) -> list[HandoffTicket]:
-        """Every session handed to a human agent, with its transcript."""
-        return self.store.handoffs()
+    def handoffs(self, include_released: bool = False) -> list[HandoffTicket]:
+        """Sessions with an open hand-off (and released ones with `include_released`), with transcripts."""
+        return self.store.handoffs(include_released)
+
+    def release(self, session_id: str) -> HandoffTicket:
+        """An agent hands the session back: the assistant answers its next message again."""
+        with self._session_lock(check_session_id(session_id)):
+            return self.store.release(session_id)
+
+    def delete(self, session_id: str) -> None:
+        """Delete the session and its turns (UnknownSession if there is none)."""
+        with self._session_lock(check_session_id(session_id)):
+            self.store.delete(session_id)
+
+    def prune(self, idle_hours: float | None = None) -> PruneResult:
+        """Delete sessions idle longer than `idle_hours` (default: the store's limit); see SessionStore.prune."""
+        return self.store.prune(idle_hours)
 
 
 _shared: Assistant | None = None
+_shared_settings: Settings | None = None
 _shared_guard = threading.Lock()
 
 
+def configure(settings: Settings) -> None:
+    """The settings `shared_assistant` builds from (the server calls this with its own settings;
+    without it, `Settings.load()`: $MOE_SUITE_CONFIG and MOE_SUITE_* variables)."""
+    global _shared_settings
+    _shared_settings = settings
+
+
 def shared_assistant() -> Assistant:
-    """The process's assistant, `Assistant.default()` built on first use; the API and the page share it."""
+    """The process's assistant, `Assistant.from_settings` built on first use (the bank's models unless
+    the settings name chat_intent_model / chat_index / chat_dialogue); the API and the page share it.
+    Settings are read once: restart the server after changing them."""
     global _shared
     with _shared_guard:
         if _shared is None:
-            _shared = Assistant.default()
+            _shared = Assistant.from_settings(_shared_settings or Settings.load())
         return _shared
-

@@ -61,7 +61,10 @@ def train_intents(args: argparse.Namespace) -> None:
                "steps": result.steps,
                "seconds": round(result.seconds, 1), "train_loss": round(result.train_loss, 4),
                "val_accuracy": result.val_accuracy, "oos_threshold": model.oos_threshold,
-               "history": result.history}
+               "oos_calibration": model.oos_calibration, "history": result.history}
+    if warning := model.calibration_warning:
+        print(f"warning: {warning}", file=sys.stderr)
+        summary["warnings"].append(warning)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -77,8 +80,15 @@ def eval_intents(args: argparse.Namespace) -> None:
     model = IntentModel.load(args.model)
     metrics = model.evaluate(data.texts, data.labels)
     unknown = set(data.labels) - set(model.labels) - {OOS}
-    metrics.update(_columns(data), unknown_labels=sorted(unknown)[:20], unknown_label_rows=sum(
-        label in unknown for label in data.labels))
+    unknown_rows = sum(label in unknown for label in data.labels)
+    metrics.update(_columns(data), unknown_labels=sorted(unknown)[:20], unknown_label_rows=unknown_rows,
+                   unknown_labels_scored_as="errors in accuracy, in_scope_accuracy and closed_set_accuracy "
+                                            "(the model cannot predict a label it never saw)")
+    if unknown:
+        warning = (f"{len(unknown)} label(s) in {args.data} the model was never trained on ({unknown_rows} rows, "
+                   f"all counted as errors): {', '.join(sorted(unknown)[:20])}; is this the right model or file?")
+        print(f"warning: {warning}", file=sys.stderr)
+        metrics["warnings"].append(warning)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -189,13 +199,40 @@ def eval_retrieval(args: argparse.Namespace) -> None:
 def ask(args: argparse.Namespace) -> None:
     from .assistant import Assistant
 
-    assistant = Assistant.default(intent_model=args.intent_model, index=args.index)  # None: the bank's
+    assistant = Assistant.default(intent_model=args.intent_model, index=args.index,  # None: the bank's
+                                  dialogue=args.dialogue)
+    for warning in assistant.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     reply = assistant.reply(args.session, args.message)
     if args.json:
-        print(json.dumps(dataclasses.asdict(reply), ensure_ascii=False))
+        print(json.dumps({**dataclasses.asdict(reply), "warnings": assistant.warnings}, ensure_ascii=False))
         return
     print(reply.text)
     sources = ", ".join(f"{s.title} [{s.id}]" for s in reply.sources)
     print(f"\n[intent {reply.intent or 'not understood'}, confidence {reply.confidence:.2f}"
           f"{', sources: ' + sources if sources else ''}{', handed to a human agent' if reply.handoff else ''}"
           f", {reply.latency_ms:.0f} ms]")
+
+
+def prune_sessions(args: argparse.Namespace) -> None:
+    from apps.settings import Settings
+
+    from .store import SessionStore, StoreLimits, default_store_path
+
+    idle_hours = args.idle_hours if args.idle_hours is not None else Settings.load().chat_session_idle_hours
+    if not idle_hours > 0:
+        raise ValueError(f"--idle-hours must be positive, got {idle_hours}")
+    path = args.store or default_store_path()
+    if args.store is not None and not path.is_file():
+        raise ValueError(f"--store {path}: no such session store")
+    store = SessionStore(path, StoreLimits(idle_hours=idle_hours))
+    try:
+        result = store.prune()
+    finally:
+        store.close()
+    summary = {"store": str(path), "idle_hours": idle_hours, **dataclasses.asdict(result)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"removed {result.sessions_removed} session(s) idle over {idle_hours} h; "
+              f"{result.sessions_left} left in {path}")

@@ -11,11 +11,13 @@ question, or nothing: the intent is then answered from the knowledge base. One t
 3. an answer to the last question (a slot, a yes/no confirmation, "A or B?") is resolved;
 4. a short or "and ..."/"what about ..." follow-up, when the intent model is unsure, refines the
    active knowledge topic: the new entity replaces the old one in the topic's query;
-5. top two intents within `clarify_margin`: "Did you mean A or B?";
-6. low confidence (under `low_confidence`, or the intent model's own calibrated oos threshold when
+5. a message that does not look English (`language.looks_english`), unless the intent model is
+   confident about an intent: "I only understand English" (a low-confidence turn, see 7);
+6. top two intents within `clarify_margin`: "Did you mean A or B?";
+7. low confidence (under `low_confidence`, or the intent model's own calibrated oos threshold when
    that is lower): "please rephrase" (or the out-of-scope fallback); `handoff_after` such turns in
-   a row hand off;
-7. otherwise the predicted intent starts: response, slot filling, or a knowledge answer.
+   a row hand off (an unusable answer to a slot or yes/no question counts too);
+8. otherwise the predicted intent starts: response, slot filling, or a knowledge answer.
 """
 from __future__ import annotations
 
@@ -23,13 +25,15 @@ import re
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import yaml
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
+from pydantic import Field
 
 from .actions import ActionRegistry
+from .language import looks_english
 from .store import Handoff, SessionState
 
 DEFAULT_DIALOGUE = Path(__file__).resolve().parents[2] / "assets" / "customer_service" / "dialogue.yaml"
@@ -37,6 +41,8 @@ OOS = "oos"  # the intent model's out-of-scope label
 RESPONSES = ("out_of_scope", "not_understood", "clarify", "retry_slot", "retry_confirm", "cancelled",
              "knowledge", "no_knowledge", "handoff", "handoff_waiting", "llm_instructions")
 WORD_LISTS = ("affirm", "deny", "handoff", "follow_up")
+# responses a dialogue file may leave out (older files), with their defaults
+OPTIONAL_RESPONSES = {"not_english": "Sorry, I only understand English. Could you write your message in English?"}
 _ORDINALS = {"first": 0, "1": 0, "former": 0, "second": 1, "2": 1, "latter": 1}
 
 
@@ -141,7 +147,10 @@ class DialogueConfig:
             doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as err:
             raise ValueError(f"{path}: cannot read the dialogue file ({err})") from None
-        return cls.from_dict(doc)
+        try:
+            return cls.from_dict(doc)
+        except (ValueError, TypeError) as err:  # TypeError: an unknown key in an intent or slot
+            raise ValueError(f"{path}: {err}") from None
 
     @classmethod
     def from_dict(cls, doc: Any) -> DialogueConfig:
@@ -164,7 +173,8 @@ class DialogueConfig:
                 raise ValueError(f"intent {name!r} uses undefined slots: {', '.join(sorted(unknown))}")
             if spec.action and not spec.confirm:
                 raise ValueError(f"intent {name!r} runs an action, so it needs a `confirm` question")
-        return cls(DialogueSettings(**(doc.get("settings") or {})), slots, intents, dict(doc["responses"]),
+        return cls(DialogueSettings(**(doc.get("settings") or {})), slots, intents,
+                   {**OPTIONAL_RESPONSES, **doc["responses"]},
                    {name: tuple(doc["words"][name]) for name in WORD_LISTS})
 
     def spec(self, intent: str) -> IntentSpec:
@@ -172,13 +182,82 @@ class DialogueConfig:
         return self.intents.get(intent) or IntentSpec(title=intent.replace("_", " "))
 
 
+_GENERIC_RESPONSES = {  # no domain wording: the out-of-scope reply names the model's own topics
+    "out_of_scope": "Sorry, that's outside what I can help with here. I can help with {topics}, or put you "
+                    "through to a colleague.",
+    "not_understood": "Sorry, I'm not sure I understood. Could you rephrase that?",
+    "clarify": "Did you mean {first} or {second}?",
+    "retry_slot": "Sorry, I didn't catch that. {prompt}",
+    "retry_confirm": "Please answer yes or no. {question}",
+    "cancelled": "OK, I've cancelled that. Anything else?",
+    "knowledge": "Here is what I found:",
+    "no_knowledge": "Sorry, I couldn't find that in the help articles. A colleague can help if you ask for one.",
+    "handoff": "I'm passing you to a colleague, who will see our conversation so far. Please stay on this chat.",
+    "handoff_waiting": "A colleague has been asked to take over and will reply here shortly.",
+    **OPTIONAL_RESPONSES,
+    "llm_instructions": "You are a customer-service assistant. Answer the customer's question in two or three "
+                        "sentences using only the passages given. If they do not contain the answer, say so.",
+}
+_GENERIC_SMALL_TALK = {  # label (any case, - or _) -> fixed answer, when a model has such an intent
+    ("goodbye", "bye", "farewell"): "Goodbye, and thanks for getting in touch.",
+    ("greeting", "greetings", "hello", "hi"): "Hello! How can I help you today?",
+    ("thanks", "thank_you", "thankyou"): "You're welcome. Is there anything else?",
+}
+MAX_TOPICS_NAMED = 12  # the generic out-of-scope reply names at most this many intents
+
+
+def humanise(label: str) -> str:
+    """ "roaming_activate" -> "roaming activate": an intent label as words."""
+    return " ".join(label.replace("_", " ").replace("-", " ").split())
+
+
+def generic_dialogue(labels: list[str] | tuple[str, ...], words_from: str | Path = DEFAULT_DIALOGUE) -> DialogueConfig:
+    """A dialogue for an intent model that comes without one: every intent is answered from the
+    knowledge base, greetings/thanks/goodbyes (when the model has them) get a plain answer, and
+    the out-of-scope reply lists the model's topics. No actions, slots or domain wording; the
+    yes/no/hand-off/follow-up word lists (plain English) come from `words_from`."""
+    words = DialogueConfig.load(words_from).words
+    intents, topics = {}, []
+    for label in labels:
+        if label == OOS:
+            continue
+        key = humanise(label).lower().replace(" ", "_")
+        response = next((text for names, text in _GENERIC_SMALL_TALK.items() if key in names), None)
+        intents[label] = IntentSpec(title=humanise(label), response=response)
+        if response is None:
+            topics.append(humanise(label))
+    named = topics[:MAX_TOPICS_NAMED]
+    listed = (", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else "".join(named)) or "a few topics"
+    if len(topics) > len(named):
+        listed = ", ".join(named) + f" and {len(topics) - len(named)} more topics"
+    responses = {**_GENERIC_RESPONSES, "out_of_scope": _GENERIC_RESPONSES["out_of_scope"].format(topics=listed)}
+    return DialogueConfig(DialogueSettings(), {}, intents, responses, words)
+
+
+def dialogue_mismatch(config: DialogueConfig, labels: list[str] | tuple[str, ...],
+                      unconfigured: bool = True) -> list[str]:
+    """Warnings when a dialogue and an intent model do not fit: intents the dialogue configures that
+    the model never predicts, and (with `unconfigured`) model intents the dialogue does not configure
+    (answered from the knowledge base under their label's name)."""
+    model, configured = set(labels) - {OOS}, set(config.intents)
+    out = []
+    if missing := sorted(configured - model):
+        out.append(f"the dialogue configures {len(missing)} intent(s) the intent model does not have "
+                   f"(never used): {', '.join(missing[:20])}")
+    if unconfigured and (extra := sorted(model - configured)):
+        out.append(f"the intent model has {len(extra)} intent(s) the dialogue does not configure (answered "
+                   f"from the knowledge base): {', '.join(extra[:20])}")
+    return out
+
+
 # ---- one turn ----
 
 @dataclass(frozen=True)
 class Source:
-    id: str       # passage (document) id in the knowledge base
-    title: str
-    score: float  # retrieval score
+    id: Annotated[str, Field(description="the quoted document's id in the knowledge base")]
+    title: Annotated[str, Field(description="the document's title")]
+    score: Annotated[float, Field(description="retrieval score of its best passage (higher is better; "
+                                              "comparable only within one reply)")]
 
 
 @dataclass(frozen=True)
@@ -240,9 +319,21 @@ class DialogueManager:
         if state.pending:
             pending, state.pending = state.pending, None
             if answer := self._resolve(state, pending, message, p):
+                if state.pending is pending:
+                    # the same question asked again: a turn not understood, towards a hand-off
+                    state.low_turns = low_turns + 1
+                    if state.low_turns >= s.handoff_after:
+                        return self.hand_off(state, f"no usable answer to the question for {state.low_turns} "
+                                                    "turns in a row")
                 return answer
         if self._is_follow_up(state, message, p):
             return self._knowledge(state.intent, self._refine(state.query, message))
+        if (p.is_oos or p.confidence < s.follow_up_confidence) and not looks_english(message):
+            # not understood and not English: say so, rather than guess an intent (counts as not understood)
+            state.low_turns = low_turns + 1
+            if state.low_turns >= s.handoff_after:
+                return self.hand_off(state, f"message not in English for {state.low_turns} turns in a row")
+            return Answer(self.config.responses["not_english"], None)
         if options := self._close_call(p):
             state.pending = {"kind": "clarify", "options": options, "message": message}
             first, second = (self.config.spec(o).title for o in options)

@@ -20,12 +20,15 @@ Out of scope: rows labelled `oos` (or `OOS`, `out_of_scope`, ...) train an extra
 a threshold on the max softmax probability is calibrated on a held-out stratified slice of the
 training rows, per dataset: the highest value that keeps `in_scope_recall` (default 95%) of in-scope
 queries with probability `recall_confidence` (default 90%; `oos_threshold`); queries scoring below
-it are `oos`.
+it are `oos`. That bound needs `rows_needed` held-out in-scope rows (45 at the defaults); with fewer,
+the model gets no threshold (`oos_calibration["calibrated"]` is False, and train-intents warns): the
+dialogue's own `low_confidence` cut-off then decides what counts as not understood.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,9 +93,13 @@ class IntentPrediction:
 class IntentModel:
     """A SentenceClassifier over intents plus the out-of-scope rule (an oos class or a threshold)."""
 
-    def __init__(self, classifier: SentenceClassifier, oos_threshold: float | None):
+    def __init__(self, classifier: SentenceClassifier, oos_threshold: float | None,
+                 oos_calibration: dict | None = None):
         self.classifier = classifier
-        self.oos_threshold = oos_threshold  # confidences below it are oos; None when oos is a trained class
+        # confidences below it are oos; None when oos is a trained class or too few rows calibrated it
+        self.oos_threshold = oos_threshold
+        # without oos rows: {"calibrated": bool, "held_out_rows": n, "rows_needed": m}; None with an oos class
+        self.oos_calibration = oos_calibration
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -111,22 +118,36 @@ class IntentModel:
         classifier = new_classifier(ClassifierConfig(labels=tuple(sorted(set(labels))), stream=cfg.stream),
                                     upcycle=cfg.upcycle, seed=cfg.train.seed)
         result = train_classifier(classifier, train_x, train_y, cfg.train, val=(val_x, val_y) if val_x else None)
-        threshold = None
+        threshold, calibration = None, None
         if OOS not in labels:
-            in_scope_val = val_x or train_x  # a file too small to hold rows out calibrates on its training rows
-            confidence_N = predict(classifier, in_scope_val).probs.max(-1).values
-            threshold = oos_threshold(confidence_N, cfg.in_scope_recall, cfg.recall_confidence)
-        return cls(classifier, threshold), result
+            needed = rows_needed(cfg.in_scope_recall, cfg.recall_confidence)
+            calibration = {"calibrated": len(val_x) >= needed, "held_out_rows": len(val_x), "rows_needed": needed}
+            if calibration["calibrated"]:
+                confidence_N = predict(classifier, val_x).probs.max(-1).values
+                threshold = oos_threshold(confidence_N, cfg.in_scope_recall, cfg.recall_confidence)
+            # else no threshold: the lowest of a few held-out confidences (or of the training rows'
+            # own, overconfident ones) would accept nearly anything as in scope
+        return cls(classifier, threshold, calibration), result
 
     def save(self, path: str | Path, metadata: dict | None = None, delta: bool = False) -> Path:
         """A checkpoint folder; `delta` stores only the changes from upcycled MiniLM (see core.checkpoint)."""
-        return save_classifier(self.classifier, path, {**(metadata or {}), "oos_threshold": self.oos_threshold},
-                               delta=delta)
+        return save_classifier(self.classifier, path, {**(metadata or {}), "oos_threshold": self.oos_threshold,
+                                                       "oos_calibration": self.oos_calibration}, delta=delta)
 
     @classmethod
     def load(cls, path: str | Path) -> IntentModel:
         classifier, metadata = load_classifier(path)
-        return cls(classifier, metadata.get("oos_threshold"))
+        return cls(classifier, metadata.get("oos_threshold"), metadata.get("oos_calibration"))
+
+    @property
+    def calibration_warning(self) -> str | None:
+        """Why the model has no oos threshold although it has no oos class, or None."""
+        c = self.oos_calibration
+        if not c or c["calibrated"]:
+            return None
+        return (f"out-of-scope threshold not calibrated: {c['held_out_rows']} held-out in-scope rows, the bound "
+                f"needs {c['rows_needed']} (add rows, raise --val-fraction, or add rows labelled oos); "
+                "the dialogue's low_confidence cut-off decides what is not understood")
 
     def predict(self, texts: list[str], top: int = 3) -> list[IntentPrediction]:
         out = predict(self.classifier, texts)
@@ -188,6 +209,14 @@ def oos_threshold(confidence_N: torch.Tensor, keep: float, confidence: float = 0
     at_least_K = log_pmf.exp().flip(0).cumsum(0).flip(0)  # [n + 1]: P(X >= k)
     k = int((at_least_K[1:] >= confidence).sum())  # P(X >= k) falls with k: the largest k that holds
     return float(sorted_N[max(k, 1) - 1])
+
+
+def rows_needed(keep: float, confidence: float = 0.9) -> int:
+    """Held-out in-scope rows `oos_threshold`'s bound needs: the least n with 1 - keep**n >= confidence
+    (45 for keep 0.95, confidence 0.9); 1 when keep is 1."""
+    if not 0 < keep <= 1 or not 0 < confidence < 1:
+        raise ValueError(f"keep must lie in (0, 1] and confidence in (0, 1), got {keep}, {confidence}")
+    return 1 if keep == 1 else math.ceil(math.log(1 - confidence) / math.log(keep) - 1e-9)
 
 
 def macro_f1(gold: list[str], pred: list[str]) -> float:

@@ -19,6 +19,7 @@ from data_connectors.archive import safe_extract_zip
 from data_connectors.text_files import LABELLED_SUFFIXES
 
 from .assistant import Reply, shared_assistant
+from .dialogue import generic_dialogue
 
 MAX_UNZIPPED_BYTES = 50 * 1024 * 1024  # a knowledge zip may expand to at most this much
 
@@ -105,6 +106,8 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
                        if data.text_column else "")
             yield f"Training the intent model on {len(texts)} examples{columns}...{_notes(notes)}"
             model, result = IntentModel.train(texts, labels, DEFAULT_TRAIN)
+            if warning := getattr(model, "calibration_warning", None):
+                notes.append(warning)
             accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.1%}"
             done.append(f"intent model ({len(set(labels))} intents, {len(texts)} examples{columns}, held-out "
                         f"accuracy {accuracy})")
@@ -126,7 +129,9 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
             message = _without_folder(message, upload)
         raise gr.Error(message) from None
     yield "Switching the assistant to the new " + " and ".join(done) + "..." + _notes(notes)
-    shared_assistant().use(intent_model=model, index=index)
+    # uploaded intents are not the bank's: a dialogue built from their labels, no bank actions or wording
+    dialogue = generic_dialogue(model.labels) if model is not None else None
+    shared_assistant().use(intent_model=model, index=index, dialogue_config=dialogue)
     yield "Now answering with the new " + " and ".join(done) + ", until the server restarts." + _notes(notes)
 
 

@@ -250,20 +250,32 @@ class KnowledgeIndex:
         """The `k` best documents for `query`, each with its best chunk, best first."""
         if not query.strip():
             raise ValueError("empty query")
-        n = min(max(self.config.candidates, 10 * k), len(self.chunks))
         query_1D = self.embedder.encode([query])
+        lexical = None if self.bm25 is None else self.bm25.scores(query)
+        n = min(max(self.config.candidates, 10 * k), len(self.chunks))
+        while True:  # widen the candidates until they hold k documents (one long document's chunks can fill them)
+            best = self._best_per_document(query_1D, lexical, n, k)
+            if len(best) == k or n == len(self.chunks):
+                break
+            n = min(4 * n, len(self.chunks))
+        hits = [(self.chunks[row], score) for row, score in best.values()]
+        return [Passage(c.doc_id, c.title, c.text, score, c.source) for c, score in hits]
+
+    def _best_per_document(self, query_1D: np.ndarray, lexical: np.ndarray | None, n: int,
+                           k: int) -> dict[str, tuple[int, float]]:
+        """Doc id -> (chunk row, score) of its best chunk among the `n` best candidates, at most `k`
+        documents, best first."""
         if isinstance(self.vectors, faiss.IndexHNSW):
             self.vectors.hnsw.efSearch = max(n, 64)
         sims, rows = self.vectors.search(query_1D, n)
         dense = {int(r): float(s) for r, s in zip(rows[0], sims[0]) if r >= 0}
-        scores = dense if self.bm25 is None else self._fuse(query_1D[0], dense, self.bm25.scores(query), n)
-        best: dict[str, tuple[int, float]] = {}  # doc id -> (chunk row, score) of its best chunk
+        scores = dense if lexical is None else self._fuse(query_1D[0], dense, lexical, n)
+        best: dict[str, tuple[int, float]] = {}
         for row, score in sorted(scores.items(), key=lambda item: item[1], reverse=True):
             best.setdefault(self.chunks[row].doc_id, (row, score))
             if len(best) == k:
                 break
-        hits = [(self.chunks[row], score) for row, score in best.values()]
-        return [Passage(c.doc_id, c.title, c.text, score, c.source) for c, score in hits]
+        return best
 
     def _fuse(self, query_D: np.ndarray, dense: dict[int, float], lexical: np.ndarray,
               n: int) -> dict[int, float]:

@@ -10,6 +10,11 @@ One connection, shared by all threads behind a lock; every save is one transacti
 turns together). WAL mode lets other processes read while a turn is written. Bounded: ids are
 checked, turn texts are capped, each session keeps its last `max_history` turns and the store
 refuses new sessions beyond `max_sessions`.
+
+Sessions idle longer than `idle_hours` are deleted with their turns (`prune`): lazily when a new
+session arrives (always when the store is nearly full, otherwise at most every `prune_every_s`),
+or by `moe-suite chat prune-sessions`. A session with an open hand-off is kept until an agent
+releases it (`release`); `delete` removes a session at once.
 """
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")  # e.g. a UUID, "web-42", "cli:alice"
 
@@ -35,6 +43,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     low_turns INTEGER NOT NULL,  -- consecutive low-confidence turns
     handoff_reason TEXT,         -- set once the session is handed to a human agent
     handoff_at REAL,
+    released_at REAL,            -- set when an agent hands the session back to the assistant
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -48,7 +57,16 @@ CREATE TABLE IF NOT EXISTS turns (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS turns_by_session ON turns(session_id, id);
+CREATE INDEX IF NOT EXISTS sessions_by_update ON sessions(updated_at);
 """
+_OPEN_HANDOFF = "handoff_reason IS NOT NULL AND released_at IS NULL"
+
+
+def default_store_path() -> Path:
+    """The assistant's session store: <cache_dir()>/chat/sessions.sqlite3."""
+    from apps.settings import cache_dir
+
+    return cache_dir() / "chat" / "sessions.sqlite3"
 
 
 class InvalidSessionId(ValueError):
@@ -59,8 +77,16 @@ class UnknownSession(KeyError):
     """No session with this id has been stored."""
 
 
+class NotHandedOff(ValueError):
+    """A release of a session that has no open hand-off."""
+
+
 class SessionLimitError(RuntimeError):
-    """The store already holds its maximum number of sessions."""
+    """The store already holds its maximum number of sessions, even after pruning idle ones."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # when the next idle session expires; None: only a release frees one
 
 
 def check_session_id(session_id: str) -> str:
@@ -76,15 +102,25 @@ class StoreLimits:
     max_sessions: int = 10_000    # new sessions beyond this are refused with SessionLimitError
     max_history: int = 200        # turns kept per session; older ones are dropped
     max_text_chars: int = 8_000   # longer turn texts are cut to this length
+    idle_hours: float = 24.0      # sessions idle longer are deleted (open hand-offs excepted)
+    prune_every_s: float = 300.0  # lazy pruning runs at most this often, unless the store is nearly full
+    prune_when_full: float = 0.9  # ...a new session finding the store this full prunes at once
+
+    def __post_init__(self):
+        if not self.idle_hours > 0:
+            raise ValueError(f"idle_hours must be positive, got {self.idle_hours}")
 
 
 @dataclass(frozen=True)
 class Turn:
-    role: str                        # "user" or "assistant"
-    text: str
-    intent: str | None = None        # the intent the turn was understood as / answered for
-    confidence: float | None = None  # the intent model's confidence for a user turn
-    at: float = field(default_factory=time.time)  # Unix time
+    role: Annotated[str, Field(description='"user" (the customer) or "assistant"')]
+    text: Annotated[str, Field(description="what was said (cut to the store's max_text_chars)")]
+    intent: Annotated[str | None, Field(
+        description="the intent a user turn was understood as / an assistant turn answered for; "
+                    "null when none")] = None
+    confidence: Annotated[float | None, Field(
+        description="the intent model's confidence (0-1) for a user turn; null for assistant turns")] = None
+    at: Annotated[float, Field(description="when, in Unix seconds (UTC)")] = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
@@ -107,10 +143,18 @@ class SessionState:
 @dataclass(frozen=True)
 class HandoffTicket:
     """A session handed to a human agent, with its transcript."""
-    session_id: str
-    reason: str
-    at: float
-    transcript: list[Turn]
+    session_id: Annotated[str, Field(description="the conversation handed off")]
+    reason: Annotated[str, Field(description="why a human agent was asked to take over")]
+    at: Annotated[float, Field(description="when it was handed off, in Unix seconds (UTC)")]
+    transcript: Annotated[list[Turn], Field(description="the session's turns, oldest first")]
+    released_at: Annotated[float | None, Field(
+        description="when an agent handed it back to the assistant, in Unix seconds; null while open")] = None
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    sessions_removed: int
+    sessions_left: int
 
 
 class SessionStore:
@@ -125,7 +169,11 @@ class SessionStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.execute("PRAGMA busy_timeout=5000")
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sessions'").fetchone() and not any(
+                col[1] == "released_at" for col in self._conn.execute("PRAGMA table_info(sessions)")):
+            self._conn.execute("ALTER TABLE sessions ADD COLUMN released_at REAL")  # a store from before
         self._conn.executescript(_SCHEMA)
+        self._last_prune = 0.0  # time.time() of the last lazy prune
 
     def close(self) -> None:
         with self._lock:
@@ -148,33 +196,34 @@ class SessionStore:
         check_session_id(session_id)
         with self._lock:
             row = self._conn.execute(
-                "SELECT intent, slots, pending, query, low_turns, handoff_reason, handoff_at "
+                "SELECT intent, slots, pending, query, low_turns, handoff_reason, handoff_at, released_at "
                 "FROM sessions WHERE id = ?", (session_id,)).fetchone()
         if row is None:
             return SessionState(session_id)
-        intent, slots, pending, query, low_turns, reason, at = row
+        intent, slots, pending, query, low_turns, reason, at, released = row
+        handoff = Handoff(reason, at) if reason is not None and released is None else None
         return SessionState(session_id, intent, json.loads(slots), json.loads(pending) if pending else None,
-                            query, low_turns, Handoff(reason, at) if reason is not None else None)
+                            query, low_turns, handoff)
 
     def save(self, state: SessionState, *turns: Turn) -> None:
         """Store `state` and append `turns` in one transaction; the history is then trimmed to
-        `max_history`. Raises SessionLimitError for a new session when the store is full."""
+        `max_history`. A new session may first prune idle ones; raises SessionLimitError for a new
+        session when the store is still full. A released hand-off stays on record (until the next one)."""
         check_session_id(state.session_id)
         now = time.time()
-        reason, at = (state.handoff.reason, state.handoff.at) if state.handoff else (None, None)
         values = (state.intent, json.dumps(state.slots), json.dumps(state.pending) if state.pending else None,
-                  state.query, state.low_turns, reason, at, now, state.session_id)
+                  state.query, state.low_turns, now)
+        handoff = (state.handoff.reason, state.handoff.at) if state.handoff else None
         with self._transaction() as db:
-            updated = db.execute(
-                "UPDATE sessions SET intent=?, slots=?, pending=?, query=?, low_turns=?, handoff_reason=?, "
-                "handoff_at=?, updated_at=? WHERE id=?", values).rowcount
+            updated = db.execute("UPDATE sessions SET intent=?, slots=?, pending=?, query=?, low_turns=?, "
+                                 "updated_at=? WHERE id=?", (*values, state.session_id)).rowcount
             if not updated:
-                (count,) = db.execute("SELECT COUNT(*) FROM sessions").fetchone()
-                if count >= self.limits.max_sessions:
-                    raise SessionLimitError(f"the chat store is full ({count} sessions); "
-                                            "try again later or ask the operator to prune it")
-                db.execute("INSERT INTO sessions (intent, slots, pending, query, low_turns, handoff_reason, "
-                           "handoff_at, updated_at, id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)", (*values, now))
+                self._make_room(db, now)
+                db.execute("INSERT INTO sessions (intent, slots, pending, query, low_turns, updated_at, id, "
+                           "created_at) VALUES (?,?,?,?,?,?,?,?)", (*values, state.session_id, now))
+            if handoff:
+                db.execute("UPDATE sessions SET handoff_reason=?, handoff_at=?, released_at=NULL WHERE id=?",
+                           (*handoff, state.session_id))
             db.executemany(
                 "INSERT INTO turns (session_id, role, text, intent, confidence, at) VALUES (?,?,?,?,?,?)",
                 [(state.session_id, t.role, t.text[: self.limits.max_text_chars], t.intent, t.confidence, t.at)
@@ -182,6 +231,66 @@ class SessionStore:
             db.execute("DELETE FROM turns WHERE session_id = ? AND id NOT IN "
                        "(SELECT id FROM turns WHERE session_id = ? ORDER BY id DESC LIMIT ?)",
                        (state.session_id, state.session_id, self.limits.max_history))
+
+    def _make_room(self, db: sqlite3.Connection, now: float) -> None:
+        """Before a new session: prune idle sessions when due; SessionLimitError if still full."""
+        (count,) = db.execute("SELECT COUNT(*) FROM sessions").fetchone()
+        lim = self.limits
+        if count >= lim.prune_when_full * lim.max_sessions or now - self._last_prune >= lim.prune_every_s:
+            count -= self._prune(db, now, lim.idle_hours)
+        if count < lim.max_sessions:
+            return
+        (oldest,) = db.execute(f"SELECT MIN(updated_at) FROM sessions WHERE NOT ({_OPEN_HANDOFF})").fetchone()
+        if oldest is None:
+            raise SessionLimitError(f"the chat store is full ({count} sessions, all with an agent); a place "
+                                    "frees up when an agent releases or deletes one")
+        wait_s = max(oldest + lim.idle_hours * 3600 - now, 1.0)
+        raise SessionLimitError(f"the chat store is full ({count} sessions); the next idle session expires in "
+                                f"about {_duration(wait_s)}: try again then", retry_after_s=wait_s)
+
+    def _prune(self, db: sqlite3.Connection, now: float, idle_hours: float) -> int:
+        self._last_prune = now
+        cutoff = now - idle_hours * 3600
+        return db.execute(f"DELETE FROM sessions WHERE updated_at < ? AND NOT ({_OPEN_HANDOFF})",
+                          (cutoff,)).rowcount  # their turns go with them (ON DELETE CASCADE)
+
+    def prune(self, idle_hours: float | None = None, now: float | None = None) -> PruneResult:
+        """Delete the sessions idle longer than `idle_hours` (default: the limits'), with their turns;
+        sessions with an open hand-off stay."""
+        idle_hours = self.limits.idle_hours if idle_hours is None else idle_hours
+        if not idle_hours > 0:
+            raise ValueError(f"idle hours must be positive, got {idle_hours}")
+        with self._transaction() as db:
+            removed = self._prune(db, time.time() if now is None else now, idle_hours)
+            (left,) = db.execute("SELECT COUNT(*) FROM sessions").fetchone()
+        return PruneResult(removed, left)
+
+    def release(self, session_id: str) -> HandoffTicket:
+        """Hand a session with an open hand-off back to the assistant (its low-confidence count and
+        pending question cleared); UnknownSession if it was never saved, ValueError if not handed off."""
+        check_session_id(session_id)
+        with self._transaction() as db:
+            row = db.execute("SELECT handoff_reason, handoff_at, released_at FROM sessions WHERE id = ?",
+                             (session_id,)).fetchone()
+            if row is None:
+                raise UnknownSession(session_id)
+            if row[0] is None or row[2] is not None:
+                raise NotHandedOff(f"session {session_id!r} has no open hand-off to release")
+            now = time.time()
+            db.execute("UPDATE sessions SET released_at=?, low_turns=0, pending=NULL, updated_at=? WHERE id=?",
+                       (now, now, session_id))
+            return HandoffTicket(session_id, row[0], row[1], self._turns(session_id), now)
+
+    def delete(self, session_id: str) -> None:
+        """Delete a session and its turns; UnknownSession if there is none."""
+        check_session_id(session_id)
+        with self._transaction() as db:
+            if not db.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount:
+                raise UnknownSession(session_id)
+
+    def count(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
 
     def history(self, session_id: str) -> list[Turn]:
         """The stored turns of `session_id`, oldest first; raises UnknownSession if it was never saved."""
@@ -196,9 +305,16 @@ class SessionStore:
                                   "WHERE session_id = ? ORDER BY id", (session_id,))
         return [Turn(*row) for row in rows]
 
-    def handoffs(self) -> list[HandoffTicket]:
-        """Every session handed to a human agent, oldest hand-off first, with its transcript."""
+    def handoffs(self, include_released: bool = False) -> list[HandoffTicket]:
+        """Sessions with an open hand-off (also released ones with `include_released`), oldest
+        hand-off first, with their transcripts."""
+        where = "handoff_reason IS NOT NULL" if include_released else _OPEN_HANDOFF
         with self._lock:
-            rows = self._conn.execute("SELECT id, handoff_reason, handoff_at FROM sessions "
-                                      "WHERE handoff_reason IS NOT NULL ORDER BY handoff_at").fetchall()
-            return [HandoffTicket(sid, reason, at, self._turns(sid)) for sid, reason, at in rows]
+            rows = self._conn.execute("SELECT id, handoff_reason, handoff_at, released_at FROM sessions "
+                                      f"WHERE {where} ORDER BY handoff_at").fetchall()
+            return [HandoffTicket(sid, reason, at, self._turns(sid), released) for sid, reason, at, released in rows]
+
+
+def _duration(seconds: float) -> str:
+    """"12 minutes", "3.5 hours": a wait in words."""
+    return f"{seconds / 3600:.1f} hours" if seconds >= 5400 else f"{max(round(seconds / 60), 1)} minutes"

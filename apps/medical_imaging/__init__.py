@@ -41,8 +41,8 @@ def register(cli: CommandTable) -> None:
                                             "NIfTI/MetaImage file")
     p.add_argument("--out", required=True, type=Path, help="output folder (findings.csv, errors.csv, studies/)")
     p.add_argument("--reports", type=Path, default=None,
-                   help="folder of free-text reports named <study folder>.txt, <StudyInstanceUID>.txt or "
-                        "<SeriesInstanceUID>.txt (default: image only)")
+                   help="folder of reports (.txt/.md/.pdf/.docx) named <folder key a__b>, <StudyInstanceUID>, "
+                        "<SeriesInstanceUID> or <AccessionNumber>, or a folder name / PatientID of one study only")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes (default: 1)")
     p.add_argument("--detector", type=Path, default=None,
                    help="detector checkpoint folder (default: the shipped assets/medical_imaging/detector/model)")
@@ -57,8 +57,11 @@ def register(cli: CommandTable) -> None:
 
     p = med.command("eval-detection", "FROC sensitivities and CPM (LUNA16 rules) of findings against a truth CSV",
                     handlers.eval_detection)
-    p.add_argument("--pred", required=True, type=Path, help="findings.csv (study,x_mm,y_mm,z_mm,probability)")
-    p.add_argument("--truth", required=True, type=Path, help="truth.csv (study,x_mm,y_mm,z_mm,diameter_mm)")
+    p.add_argument("--pred", required=True, type=Path,
+                   help="findings.csv (study,x_mm,y_mm,z_mm,probability; LUNA16's seriesuid,coordX,... too)")
+    p.add_argument("--truth", required=True, type=Path,
+                   help="truth.csv (study,x_mm,y_mm,z_mm,diameter_mm, or LUNA16's seriesuid,coordX,coordY,coordZ,"
+                        "diameter_mm; blank coordinates: a scan without nodules)")
     p.add_argument("--baseline", type=Path, default=None,
                    help="a second findings.csv on the same studies (e.g. image only) to compare against")
     p.add_argument("--scans", type=positive_int, default=None,

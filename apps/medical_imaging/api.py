@@ -1,6 +1,7 @@
 """The nodule-diagnosis JSON API, mounted by the server at /api/v1/medical.
 
-    POST /api/v1/medical/diagnose   multipart: file=<zip of one study's DICOM files>, report=<optional text>
+    POST /api/v1/medical/diagnose   multipart: file=<zip of one study's DICOM files (and its report file), or one
+                                    NIfTI / NRRD / .mha file>, report=<optional text; else the zip's report>
                                     -> findings JSON (pipeline.findings_json, with the disclaimer)
 
 Errors: an upload over the server's upload limit (settings `max_upload_bytes`) -> 413; an unsafe zip
@@ -31,27 +32,34 @@ async def diagnose_upload(file: UploadFile = File(..., description="zip of one s
     if report is not None and len(report) > MAX_REPORT_CHARS:
         raise HTTPException(422, f"report longer than {MAX_REPORT_CHARS} characters")
     [path] = await uploads.save_all([file])   # 413 past the limit, nothing kept
-    study = (file.filename or "upload").rsplit(".", 1)[0]
-    return await run_in_threadpool(_diagnose_zip, path, report, study)
+    return await run_in_threadpool(_diagnose_zip, path, report, file.filename or "upload.zip")
 
 
-def _diagnose_zip(path: Path, report: str | None, study: str) -> dict:
+def _diagnose_zip(path: Path, report: str | None, filename: str) -> dict:
+    """Diagnose a stored upload (a zip, or one NIfTI / NRRD / MetaImage file) sent as `filename`."""
     from data_connectors.archive import UnsafeArchiveError
 
-    from .pipeline import diagnose, findings_json, load_upload, shared_models
+    from .pipeline import diagnose, findings_json, load_upload_file, shared_models, upload_name, upload_report
 
+    if "." not in Path(filename).name:   # a name without suffix: a zip
+        filename += ".zip"
     try:
-        volume = load_upload(path)
+        study = load_upload_file(path, filename)
     except UnsafeArchiveError as exc:
-        raise HTTPException(400, _as_uploaded(exc, path, study)) from None
+        raise HTTPException(400, _as_uploaded(exc, path, filename)) from None
     except ValueError as exc:   # DicomReadError, a zip that is not one
-        raise HTTPException(422, _as_uploaded(exc, path, study)) from None
-    result = diagnose(volume, report, shared_models())
-    return findings_json(result, study=study, series_uid=volume.series_uid, study_uid=volume.study_uid,
-                         shape=volume.hu_ZYX.shape, spacing_zyx=volume.spacing_zyx)
+        raise HTTPException(422, _as_uploaded(exc, path, filename)) from None
+    text, report_file = upload_report(study, report)
+    volume = study.volume
+    result = diagnose(volume, text, shared_models())
+    return findings_json(result, study=upload_name(filename), series_uid=volume.series_uid,
+                         study_uid=volume.study_uid, shape=volume.hu_ZYX.shape, spacing_zyx=volume.spacing_zyx,
+                         report_file=report_file)
 
 
-def _as_uploaded(exc: Exception, path: Path, study: str) -> str:
+def _as_uploaded(exc: Exception, path: Path, filename: str) -> str:
     """The error's message with the stored upload's path replaced by the name the client sent (load_upload
     already names files inside the zip by the zip's name): a client learns nothing of the server's folders."""
-    return str(exc).replace(str(path), f"{study}.zip").replace(path.name, f"{study}.zip")
+    name = Path(filename).name
+    name = name if "." in name else f"{name}.zip"   # a bare study name: its zip
+    return str(exc).replace(str(path), name).replace(path.name, name)

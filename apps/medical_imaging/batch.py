@@ -28,6 +28,10 @@ A study's files are written into a temporary folder that is renamed into place w
 crash or kill never leaves a half-written study that counts as done: a rerun skips exactly the finished
 ones and findings.csv is rebuilt from them. Under torchrun (RANK / WORLD_SIZE set) rank r takes the
 studies i % WORLD_SIZE == r and rank 0 merges once every rank is done; `diagnose --merge` does it by hand.
+Reports (--reports) match by folder key, StudyInstanceUID, SeriesInstanceUID or AccessionNumber, else by a
+folder name or PatientID that belongs to one study only (_match_reports); unmatched ones are listed. Several
+batches may share `out`: a study is claimed (studies/.<key>.claim, O_EXCL, host and pid) while computed, and
+only dead processes' temp folders and claims are removed. A dead --workers process fails only its study.
 Logs never name patients: only keys, counts and error reasons.
 """
 from __future__ import annotations
@@ -40,6 +44,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import uuid
@@ -58,7 +63,7 @@ DONE = "done.json"
 class BatchConfig:
     input: Path                       # folder tree of DICOM studies (or one NIfTI / MetaImage file)
     out: Path
-    reports: Path | None = None       # folder of <study folder | StudyInstanceUID | SeriesInstanceUID>.txt
+    reports: Path | None = None       # folder of <folder key | StudyInstanceUID | SeriesInstanceUID | ...>.txt
     workers: int = 1                  # processes; 1 = in this process
     detector: Path | None = None      # detector checkpoint (None: the shipped one)
     threshold: float | None = None    # findings kept at P(nodule) >= this (None: the detector's default)
@@ -80,6 +85,7 @@ class StudyEntry:
     origin: str = ""                  # hash of what the study is (series UID, or a volume file's content)
     notes: list[str] = field(default_factory=list)   # warnings found while scanning (slice files lost)
     lost: list[Path] = field(default_factory=list)    # the slice files lost (empty, truncated...): names to scrub
+    report_names: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))   # (specific, shared)
 
 
 def _hash(text: str) -> str:
@@ -344,15 +350,80 @@ def _scrubbed_logs(scrub: Scrub):
         print(line, file=sys.stderr)
 
 
-def _find_report(reports: Path | None, names: list[str]) -> Path | None:
+def _report_index(reports: Path | None) -> dict[str, Path]:
+    """The report files in the reports folder by name without suffix (suffixes in any case: CT.TXT, a.md);
+    one name in several formats keeps the first of REPORT_SUFFIXES' order."""
+    from .report import REPORT_SUFFIXES, is_report_file
+
     if reports is None:
-        return None
-    for name in names:
-        if name:
-            path = reports / f"{name}.txt"
-            if path.is_file():
-                return path
-    return None
+        return {}
+    files = sorted((p for p in Path(reports).iterdir() if p.is_file() and is_report_file(p)),
+                   key=lambda p: (p.stem, REPORT_SUFFIXES.index(p.suffix.lower()), p.name))
+    index: dict[str, Path] = {}
+    for path in files:
+        index.setdefault(path.stem, path)
+    return index
+
+
+def _header_names(path: Path) -> tuple[str, str]:
+    """(AccessionNumber, PatientID) of a series' first file, '' where absent."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                             specific_tags=["AccessionNumber", "PatientID"])
+    except Exception:  # noqa: BLE001 - unreadable here: its load says why
+        return "", ""
+    return str(ds.get("AccessionNumber", "") or "").strip(), str(ds.get("PatientID", "") or "").strip()
+
+
+def _report_label(path: Path, cfg: BatchConfig) -> str:
+    """A report file as outputs name it: its name in the reports folder, a hash under --anonymize."""
+    return _hash(path.name) if cfg.anonymize else path.name
+
+
+def _match_reports(entries: list[StudyEntry], cfg: BatchConfig) -> list[dict]:
+    """Give each entry its report file. Specific names first (folder key, StudyInstanceUID, SeriesInstanceUID,
+    AccessionNumber: the first that names a file wins, a warning when several files name the study); then
+    shared names (leaf folder, the folders above it, PatientID), each only when it belongs to exactly one
+    study of the batch: 'CT.txt' beside two patients' CT/ folders is nobody's report. Returns errors.csv rows
+    (stage 'report') for files that name several studies or none; those carry 'unmatched_report'."""
+    index = _report_index(cfg.reports)
+    if not index:
+        return []
+    owners: dict[str, list[StudyEntry]] = {}   # a name's studies: 'CT' is also the key of a top-level CT/
+    for e in entries:
+        for name in {*e.report_names[0], *e.report_names[1]}:
+            owners.setdefault(name, []).append(e)
+    used: set[Path] = set()
+    for e in entries:
+        specific, shared = e.report_names
+        found = list(dict.fromkeys([*(index[n] for n in specific if n in index),
+                                    *(index[n] for n in shared if n in index and len(owners[n]) == 1)]))
+        if not found:
+            continue
+        e.report = found[0]
+        used.update(found)   # the others name this study too: not unmatched, its warning names them
+        if len(found) > 1:
+            others = ", ".join(_report_label(p, cfg) for p in found[1:])
+            e.notes.append(f"several report files name this study: used {_report_label(found[0], cfg)} "
+                           f"(the more specific name), not {others}")
+    rows = []
+    for name, path in sorted(index.items()):
+        if path in used:
+            continue
+        label = _report_label(path, cfg)
+        studies = owners.get(name, [])
+        if len(studies) > 1:
+            listed = ", ".join(e.key for e in studies[:10]) + (" ..." if len(studies) > 10 else "")
+            message = (f"report {label} names {len(studies)} studies ({listed}): used for none of them; name it "
+                       "by a study's folder key (a__b), StudyInstanceUID, SeriesInstanceUID or AccessionNumber")
+        else:
+            message = (f"report {label} matches no study (by folder key, StudyInstanceUID, SeriesInstanceUID, "
+                       "AccessionNumber, a folder name or PatientID of exactly one study): not used")
+        rows.append({"study": "", "source": label, "stage": "report", "message": message,
+                     "unmatched_report": label})
+    return rows
 
 
 def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
@@ -369,11 +440,10 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
             raise ValueError(f"{root}: give a folder of DICOM studies or a {'/'.join(VOLUME_SUFFIXES)} file")
         stem = _volume_stem(root.name)
         key = _key(stem, cfg.anonymize)
-        entry = StudyEntry(key, key if cfg.anonymize else root.name, root, "", "", [root],
-                           _find_report(cfg.reports, [stem, root.name.split(".")[0]]),
-                           origin=_content_origin(root))
+        entry = StudyEntry(key, key if cfg.anonymize else root.name, root, "", "", [root], None,
+                           origin=_content_origin(root), report_names=([stem, root.name.split(".")[0]], []))
         _resume_old_volume_key(entry, cfg)
-        return [entry], []
+        return [entry], _match_reports([entry], cfg)
     if not root.is_dir():
         raise ValueError(f"{root}: no such folder")
     scan = scan_folder(root)
@@ -401,12 +471,16 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
         for series in group:
             name = rel if len(group) == 1 else f"{rel}#{series.series_uid[-12:]}"
             key = _key(name, cfg.anonymize)
-            report = _find_report(cfg.reports, [folder.name, rel.replace("/", "__"), series.study_uid,
-                                                series.series_uid])
+            accession, patient_id = _header_names(series.files[0]) if cfg.reports is not None else ("", "")
+            parts = list(Path(rel).parts)
+            specific = [_safe(name.replace("/", "__")), rel.replace("/", "__"), series.study_uid, series.series_uid,
+                        accession]
+            shared = [*reversed(parts), patient_id]   # leaf folder first, then the folders above it
             lost = lost_slice_files(scan, series)
             lost_by_folder.setdefault(folder, {}).update(lost)
             entries.append(StudyEntry(key, key if cfg.anonymize else name, folder, series.series_uid,
-                                      series.study_uid, series.files, report, origin=_hash(series.series_uid),
+                                      series.study_uid, series.files, None, origin=_hash(series.series_uid),
+                                      report_names=([n for n in specific if n], [n for n in shared if n]),
                                       notes=[lost_slices_warning(lost)] if lost else [],
                                       lost=[path for path, _ in lost]))
     if not cfg.anonymize:
@@ -433,7 +507,105 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
                     continue   # stray text, thumbnails or lock files beside the slices
                 errors.append({"study": label, "source": _hash(path.name) if cfg.anonymize else f"{rel}/{path.name}",
                                "stage": "scan", "message": scrub(f"file skipped: {reason}")})
+    errors += _match_reports(entries, cfg)
     return sorted(entries, key=lambda e: e.key), errors
+
+
+# ---------------------------------------------------------------------------------------------- claims
+
+CLAIM_STALE_S = 3600.0   # a claim or temp folder of another host older than this is a dead process's
+
+
+def _host() -> str:
+    return _safe(socket.gethostname())[:40] or "host"
+
+
+def _alive(host: str, pid: int, age_s: float) -> bool:
+    """Whether the process that wrote a claim or temp folder may still run: on this host, whether the pid
+    lives; on another, whether it is younger than CLAIM_STALE_S (a study takes minutes)."""
+    if host != _host():
+        return age_s < CLAIM_STALE_S
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim_path(out: Path, key: str) -> Path:
+    return out / "studies" / f".{key}.claim"
+
+
+def _claim_holder(out: Path, key: str) -> dict | None:
+    """The claim on a study ({host, pid, time}), None when there is none (or it cannot be read)."""
+    try:
+        return json.loads(_claim_path(out, key).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _claim(out: Path, key: str) -> dict | None:
+    """Claim a study for this process (O_EXCL claim file); a dead process's claim is taken over. Returns None
+    when claimed, else the live holder's claim."""
+    path = _claim_path(out, key)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _claim_holder(out, key)
+            if holder is None:   # being written this instant, or garbage: judge by its age
+                try:
+                    age = time.time() - path.stat().st_mtime
+                except OSError:
+                    continue
+                holder = {"host": "?", "pid": -1, "time": time.time() - age}
+            if _alive(str(holder.get("host")), int(holder.get("pid", -1)), time.time() - float(holder["time"])):
+                return holder
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"host": _host(), "pid": os.getpid(), "time": time.time()}))
+        return None
+    return _claim_holder(out, key) or {"host": "?", "pid": -1, "time": time.time()}
+
+
+def _release(out: Path, key: str) -> None:
+    holder = _claim_holder(out, key)
+    if holder is not None and holder.get("host") == _host() and holder.get("pid") == os.getpid():
+        _claim_path(out, key).unlink(missing_ok=True)
+
+
+def _remove_stale_tmp(out: Path) -> None:
+    """Remove the temp folders of dead processes (a killed run's half-written studies); a live process's
+    (another batch writing into the same --out, a torchrun rank) are left alone."""
+    for tmp in (out / "studies").glob(".*.tmp-*"):
+        parts = tmp.name.rsplit(".tmp-", 1)[1].split("-")
+        try:
+            age = time.time() - tmp.stat().st_mtime
+        except OSError:
+            continue
+        if len(parts) >= 3 and parts[-2].isdigit():
+            alive = _alive("-".join(parts[:-2]), int(parts[-2]), age)
+        else:   # an older version's name: judged by its age
+            alive = age < CLAIM_STALE_S
+        if not alive:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _needs_run(entry: StudyEntry, cfg: BatchConfig) -> str | None:
+    """Why a study must be (re)computed: 'new' (no finished results), 'report' (finished without a report
+    that --reports now gives it: its probabilities would change; not when that same file was tried and could
+    not be read), or None."""
+    try:
+        record = json.loads((Path(cfg.out) / "studies" / entry.key / DONE).read_text())
+    except (OSError, ValueError):
+        return "new"
+    if entry.report is not None and not record.get("report") and \
+            record.get("report_tried") != _report_label(entry.report, cfg):
+        return "report"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- one study
@@ -455,6 +627,21 @@ def process_study(entry: StudyEntry, cfg: BatchConfig) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    out = Path(cfg.out)
+    holder = _claim(out, entry.key)
+    if holder is not None:
+        return {"study": entry.key, "status": "claimed",
+                "message": f"being diagnosed by process {holder.get('pid')} on {holder.get('host')}"}
+    try:
+        if _needs_run(entry, cfg) is None:   # another batch on this --out finished it meanwhile
+            return {"study": entry.key, "status": "skipped"}
+        return _process_claimed(entry, cfg)
+    finally:
+        _release(out, entry.key)
+
+
+def _process_claimed(entry: StudyEntry, cfg: BatchConfig) -> dict:
+    """process_study's work, once the study is claimed."""
     from data_connectors.dicom import SeriesInfo, load_series, load_volume
 
     from .pipeline import diagnose, write_study
@@ -473,25 +660,27 @@ def process_study(entry: StudyEntry, cfg: BatchConfig) -> dict:
                 volume = load_volume(entry.path)
         volume.warnings += entry.notes
         stage = "report"
-        report = entry.report.read_text(encoding="utf-8", errors="replace") if entry.report else None
+        report, report_file, report_warning = _read_entry_report(entry, cfg)
         stage = "diagnose"
         result = diagnose(volume, report, _models(cfg), cfg.threshold)
+        result.warnings += [report_warning] if report_warning else []
         result.warnings = [scrub(w) for w in result.warnings]
         stage = "write"
         series_uid = _hash(volume.series_uid) if cfg.anonymize else volume.series_uid
         study_uid = _hash(volume.study_uid) if cfg.anonymize else volume.study_uid
-        tmp = out / "studies" / f".{entry.key}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = out / "studies" / f".{entry.key}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
             write_study(result, volume, tmp, entry.key, series_uid, study_uid, overlays=cfg.overlays, sr=cfg.sr,
-                        anonymize=cfg.anonymize)
+                        anonymize=cfg.anonymize, report_file=report_file)
             rows = [{"study": entry.key, "series_uid": series_uid, "nodule_id": f.nodule_id,
                      "x_mm": f.x_mm, "y_mm": f.y_mm, "z_mm": f.z_mm, "i": f.i, "j": f.j, "k": f.k,
                      "diameter_mm": f.diameter_mm, "probability": f.probability,
                      "malignancy": "" if f.malignancy is None else f.malignancy} for f in result.findings]
             (tmp / DONE).write_text(json.dumps({"study": entry.key, "source": entry.source, "origin": entry.origin,
                                                 "rows": rows,
-                                                "report": entry.report is not None,
+                                                "report": report_file is not None, "report_file": report_file,
+                                                "report_tried": entry.report and _report_label(entry.report, cfg),
                                                 "seconds": round(time.perf_counter() - start, 3)}) + "\n")
             if final.exists():
                 shutil.rmtree(final)      # an unfinished or stale folder (no done.json)
@@ -504,6 +693,21 @@ def process_study(entry: StudyEntry, cfg: BatchConfig) -> dict:
                 "seconds": round(time.perf_counter() - start, 3)}
     except (ValueError, OSError, RuntimeError, MemoryError, IndexError, KeyError, TypeError) as exc:
         return _record_failure(entry, cfg, stage, scrub(f"{type(exc).__name__}: {exc}"))
+
+
+def _read_entry_report(entry: StudyEntry, cfg: BatchConfig) -> tuple[str | None, str | None, str | None]:
+    """(text, label, warning) of a study's report file: a file that cannot be read as text (binary, blank)
+    leaves the study image-only with a warning naming it, rather than failing it."""
+    from .report import ReportFileError, read_report_file
+
+    if entry.report is None:
+        return None, None, None
+    label = _report_label(entry.report, cfg)
+    try:
+        return read_report_file(entry.report), label, None
+    except ReportFileError as exc:
+        problem = str(exc).replace(str(entry.report), label)
+        return None, None, f"report not used: {problem}; diagnosed from the image only"
 
 
 def _record_failure(entry: StudyEntry, cfg: BatchConfig, stage: str, message: str) -> dict:
@@ -548,8 +752,12 @@ def merge(out: str | Path, scan_errors: list[dict] | None = None) -> dict:
     for marker in sorted((out / "studies").glob(f"*/{DONE}")):
         rows += json.loads(marker.read_text())["rows"]
         done += 1
-    errors = [json.loads(p.read_text()) for p in sorted((out / "failed").glob("*.json"))] \
-        if (out / "failed").is_dir() else []
+    errors = []
+    for path in sorted((out / "failed").glob("*.json")) if (out / "failed").is_dir() else []:
+        if (out / "studies" / path.stem / DONE).is_file():   # failed once, finished since (another run)
+            path.unlink(missing_ok=True)
+            continue
+        errors.append(json.loads(path.read_text()))
     scan_file = out / "scan_errors.json"
     if scan_errors is not None:
         scan_file.write_text(json.dumps(scan_errors) + "\n")
@@ -572,15 +780,94 @@ def _shard() -> tuple[int, int]:
     return rank, world
 
 
-def _barrier(world: int) -> None:
-    """Wait for every rank (torch.distributed over gloo, as torchrun sets it up)."""
+BARRIER_TIMEOUT_S = float(os.environ.get("MOE_MEDICAL_BARRIER_TIMEOUT_S", 6 * 3600))   # the slowest shard's lead
+
+
+def _watch_agent() -> None:
+    """Under torchrun: end this rank when its agent (the parent) dies, rather than wait on its peers forever
+    (a SIGKILLed agent leaves its ranks behind)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            if os.getppid() != parent:
+                print("torchrun agent gone: this rank stops (rerun to resume)", file=sys.stderr, flush=True)
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="medical-agent-watch").start()
+
+
+def _barrier(world: int, local: dict | None = None) -> list[dict] | None:
+    """Wait for every rank (torch.distributed over gloo, as torchrun sets it up, with a timeout) and gather
+    their counts; None when alone."""
     if world <= 1:
-        return
+        return None
+    from datetime import timedelta
+
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    dist.barrier()
+        dist.init_process_group("gloo", timeout=timedelta(seconds=BARRIER_TIMEOUT_S))
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, local or {})
+    return gathered
+
+
+_SUMMED = ("processed", "failed", "claimed_by_another_process", "skipped_done")
+
+
+def _run_pool(entries: list[StudyEntry], cfg: BatchConfig, workers: int, bar) -> tuple[list[dict], list[StudyEntry]]:
+    """Diagnose entries in a pool of worker processes: (status rows, entries lost to a dead worker)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    rows, broken = [], []
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(cfg,)) as pool:
+        futures = {pool.submit(_process_in_worker, e, cfg): e for e in entries}
+        for future in as_completed(futures):
+            try:
+                rows.append(future.result())
+                bar.update()
+            except BrokenProcessPool:
+                broken.append(futures[future])
+    return rows, broken
+
+
+def _run_workers(todo: list[StudyEntry], cfg: BatchConfig, bar) -> list[dict]:
+    """Diagnose in cfg.workers processes. A worker that dies (killed, out of memory) fails only the study it
+    ran: the pool restarts, the studies that were waiting run again, and those that were running (their claim
+    left by the dead worker) run again one at a time; a study that kills a worker twice is failed."""
+    out = Path(cfg.out)
+    results: list[dict] = []
+    deaths: dict[str, int] = {}
+    pending = list(todo)
+    while pending:
+        group = [e for e in pending if not deaths.get(e.key)]
+        chunks = ([group] if group else []) + [[e] for e in pending if deaths.get(e.key)]
+        pending = []
+        for chunk in chunks:
+            rows, broken = _run_pool(chunk, cfg, min(cfg.workers, len(chunk)), bar)
+            results += rows
+            holders = {e.key: _claim_holder(out, e.key) for e in broken}
+            running = [e for e in broken if holders[e.key] is not None and not _alive(
+                str(holders[e.key].get("host")), int(holders[e.key].get("pid", -1)), 0.0)]
+            for e in broken:
+                if e in running or len(chunk) == 1 or not running:
+                    deaths[e.key] = deaths.get(e.key, 0) + 1
+                if e in running:
+                    _claim_path(out, e.key).unlink(missing_ok=True)   # the dead worker's
+                if deaths.get(e.key, 0) >= 2:
+                    results.append(_record_failure(e, cfg, "worker", "worker process died while reading/"
+                                                   "diagnosing it (twice: out of memory or killed?)"))
+                    bar.update()
+                else:
+                    pending.append(e)
+    return results
 
 
 def run_batch(cfg: BatchConfig) -> dict:
@@ -594,10 +881,20 @@ def run_batch(cfg: BatchConfig) -> dict:
         entries, scan_errors = discover(cfg)
     _claim_keys(entries, out, cfg.anonymize)
     rank, world = _shard()
+    if world > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
+        _watch_agent()
     mine = [e for n, e in enumerate(entries) if n % world == rank]
-    todo = [e for e in mine if not (out / "studies" / e.key / DONE).is_file()]
-    for stale in (out / "studies").glob(".*.tmp-*"):   # a killed run's half-written study
-        shutil.rmtree(stale, ignore_errors=True)
+    why = {e.key: _needs_run(e, cfg) for e in mine}
+    todo = [e for e in mine if why[e.key]]
+    with_report = [e.key for e in todo if why[e.key] == "report"]
+    for key in with_report:
+        print(f"study {key}: finished without a report, which --reports now gives: recomputed", file=sys.stderr)
+    unmatched = [r["unmatched_report"] for r in scan_errors if r.get("unmatched_report")]
+    if rank == 0:
+        for r in scan_errors:
+            if r.get("unmatched_report"):
+                print(r["message"], file=sys.stderr)
+    _remove_stale_tmp(out)
     if todo:
         _models(cfg)  # here first: a detector that cannot load is one clear error, not N dead workers
     results = []
@@ -608,31 +905,30 @@ def run_batch(cfg: BatchConfig) -> dict:
             results.append(process_study(entry, cfg))
             bar.update()
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from concurrent.futures.process import BrokenProcessPool
-
-        with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(cfg,)) as pool:
-            futures = {pool.submit(_process_in_worker, e, cfg): e for e in todo}
-            for future in as_completed(futures):
-                try:
-                    results.append(future.result())
-                except BrokenProcessPool as exc:   # a worker died (killed, out of memory): rerun resumes
-                    entry = futures[future]
-                    results.append(_record_failure(entry, cfg, "worker", f"worker process died ({exc}); "
-                                                                         "rerun to retry"))
-                bar.update()
+        results = _run_workers(todo, cfg, bar)
     bar.close()
     for r in results:
         if r["status"] == "failed":
             print(f"study {r['study']}: failed at {r['stage']}: {r['message']}", file=sys.stderr)
-    _barrier(world)
-    summary = {"studies": len(entries), "this_rank": len(mine), "skipped_done": len(mine) - len(todo),
+        elif r["status"] == "claimed":
+            print(f"study {r['study']}: skipped, {r['message']} (another batch on this --out)", file=sys.stderr)
+    summary = {"studies": len(entries), "this_rank": len(mine),
+               "skipped_done": len(mine) - len(todo) + sum(r["status"] == "skipped" for r in results),
                "processed": sum(r["status"] == "done" for r in results),
-               "failed": sum(r["status"] == "failed" for r in results), "rank": rank, "world_size": world,
+               "failed": sum(r["status"] == "failed" for r in results),
+               "claimed_by_another_process": sum(r["status"] == "claimed" for r in results),
+               "recomputed_with_report": with_report,
+               "studies_with_report": sum(e.report is not None for e in entries),
+               "unmatched_reports": unmatched, "unmatched_report_count": len(unmatched),
+               "rank": rank, "world_size": world,
                "failures": [{k: r[k] for k in ("study", "stage", "message")}
                             for r in results if r["status"] == "failed"][:MAX_LISTED_FAILURES]}
+    ranks = _barrier(world, {k: summary[k] for k in (*_SUMMED, "failures", "recomputed_with_report")})
+    if ranks and rank == 0:   # rank 0 speaks for the run: totals over every rank
+        for k in _SUMMED:
+            summary[k] = sum(r[k] for r in ranks)
+        summary["failures"] = [f for r in ranks for f in r["failures"]][:MAX_LISTED_FAILURES]
+        summary["recomputed_with_report"] = [k for r in ranks for k in r["recomputed_with_report"]]
     if rank == 0:
         summary.update(merge(out, scan_errors))
     seconds = time.perf_counter() - start

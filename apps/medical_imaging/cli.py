@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 
 
 def _emit(args: argparse.Namespace, summary: dict, lines: list[str]) -> None:
@@ -12,20 +11,32 @@ def _emit(args: argparse.Namespace, summary: dict, lines: list[str]) -> None:
 
 
 def eval_detection(args: argparse.Namespace) -> None:
-    from .evaluation import compare, froc, read_predictions, read_truth
+    import sys
 
-    truth = read_truth(args.truth)
-    result = froc(read_predictions(args.pred), truth, n_scans=args.scans)
+    from .evaluation import align_keys, compare, froc, read_prediction_table, read_truth_table
+
+    truth = read_truth_table(args.truth)
+    preds, warnings = read_prediction_table(args.pred)
+    preds, key_warnings = align_keys(preds, truth)
+    warnings = truth.warnings + warnings + key_warnings
+    n_scans = args.scans or len(truth.scans | {p.study for p in preds})
+    result = froc(preds, truth.nodules, n_scans=n_scans)
     summary = result.to_dict()
     lines = [f"CPM {result.cpm:.4f} over {result.n_scans} scans, {result.n_nodules} nodules, "
              f"{result.n_predictions} predictions"]
     lines += [f"  sensitivity at {r:>5} FP/scan: {s:.4f}" for r, s in result.sensitivity_at.items()]
     if args.baseline is not None:
-        base = froc(read_predictions(args.baseline), truth, n_scans=args.scans or result.n_scans)
+        base_preds, base_warnings = read_prediction_table(args.baseline)
+        base_preds, base_key_warnings = align_keys(base_preds, truth)
+        warnings += base_warnings + [f"baseline: {w}" for w in base_key_warnings]
+        base = froc(base_preds, truth.nodules, n_scans=n_scans)
         both = compare(result, base)
         summary.update(baseline=both["image_only"], cpm_gain=both["cpm_gain"],
                        sensitivity_at_1fp_gain=both["sensitivity_at_1fp_gain"])
         lines.append(f"baseline CPM {base.cpm:.4f}; gain {both['cpm_gain']:+.4f}")
+    summary["warnings"] = warnings
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     _emit(args, summary, lines)
 
 
@@ -43,12 +54,9 @@ def lidc_truth(args: argparse.Namespace) -> None:
 
 
 def read_report(args: argparse.Namespace) -> None:
-    from .report import read_report as read
+    from .report import read_report as read, read_report_file
 
-    try:
-        text = Path(args.report).read_text(encoding="utf-8", errors="replace")
-    except OSError as err:
-        raise ValueError(f"{args.report}: cannot read ({err.strerror})") from None
+    text = read_report_file(args.report)   # ReportFileError (a ValueError) names the file
     reading = read(text, embed=False)
     summary = {"mentions": [m.to_dict() for m in reading.mentions], "sentences": len(reading.sentences)}
     lines = [f"{len(reading.sentences)} sentences, {len(reading.mentions)} nodule mentions"]
@@ -118,9 +126,16 @@ def diagnose(args: argparse.Namespace) -> int:
                           detector=args.detector, threshold=args.threshold, anonymize=args.anonymize,
                           sr=args.sr, overlays=not args.no_overlays)
         summary = run_batch(cfg)
-    _emit(args, summary, [f"{k:<16}{v}" for k, v in summary.items()])
     # exit 1 when nothing could be diagnosed (a single bad file, a folder of bad studies); partial success is 0
-    return 1 if summary.get("failed") and not summary.get("processed") and not summary.get("skipped_done") else 0
+    code = 1 if summary.get("failed") and not summary.get("processed") and not summary.get("skipped_done") else 0
+    if summary.get("rank", 0) != 0:   # under torchrun rank 0 prints the run's summary, totals of every rank
+        import sys
+
+        print(f"rank {summary['rank']}: processed {summary['processed']}, failed {summary['failed']}",
+              file=sys.stderr)
+        return code
+    _emit(args, summary, [f"{k:<16}{v}" for k, v in summary.items()])
+    return code
 
 
 def bench_medical(args: argparse.Namespace) -> None:

@@ -13,28 +13,32 @@ exceeding that rate (a step reading, a little stricter than interpolating the cu
 """
 from __future__ import annotations
 
-import csv
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from data_connectors.text_files import (decoded_file, field_key, named_column, repeated_header_warning, table_body,
+                                        table_rows)
+
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # LUNA16's operating points, FPs per scan
 
 
-@dataclass
+@dataclass(frozen=True)
 class Nodule:
     study: str
     xyz_mm: tuple[float, float, float]
     diameter_mm: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prediction:
     study: str
     xyz_mm: tuple[float, float, float]
     probability: float
+    series_uid: str = ""                    # findings.csv's, to match a truth keyed by series UID
 
 
 @dataclass
@@ -57,17 +61,48 @@ class EvaluationInputError(ValueError):
     """A truth or prediction file that cannot be read; the message names the file, line and column."""
 
 
-def _read_rows(path: str | Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+# Accepted column names (matched without case, spaces, hyphens and underscores), by preference: the suite's own
+# (truth.csv, findings.csv, lidc-truth) and LUNA16's annotations.csv / candidates.csv.
+COLUMN_ALIASES = {"study": ("study", "study_id", "scan", "case"),
+                  "series_uid": ("series_uid", "seriesuid", "series_instance_uid"),
+                  "x_mm": ("x_mm", "coordx", "x"), "y_mm": ("y_mm", "coordy", "y"), "z_mm": ("z_mm", "coordz", "z"),
+                  "diameter_mm": ("diameter_mm", "diameter", "diametermm"),
+                  "probability": ("probability", "prob", "score", "p")}
+_UID_KEY = re.compile(r"^\d+(?:\.\d+)+$")
+
+
+def _input_error(path: Path, problem: str, line: int | None = None) -> EvaluationInputError:
+    return EvaluationInputError(f"{path}{'' if line is None else f', line {line}'}: {problem}")
+
+
+def _norm(name: str) -> str:
+    return field_key(name).replace("_", "")
+
+
+def _read_rows(path: str | Path, required: tuple[str, ...]) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
+    """([(line, {canonical column: stripped cell})], warnings) of a CSV/TSV read as the suite reads tables
+    (data_connectors.text_files: UTF-8 / UTF-16 / Windows-1252, delimiter sniffed, header cells stripped).
+    `required` names canonical columns; 'study' is satisfied by a series UID column (LUNA16's seriesuid)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise EvaluationInputError(f"{path}: cannot read ({err})") from None
-    reader = csv.DictReader(text.splitlines())
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    text, _ = decoded_file(path, _input_error)
+    warnings: list[str] = []
+    _, rows = table_rows(path, text, _input_error, warnings)
+    header = [c.strip() for c in rows[0][1]]
+    body, repeated = table_body(rows[0][1], rows[1:])
+    if repeated:
+        warnings.append(repeated_header_warning(path, header, repeated))
+    keys = [_norm(h) for h in header]
+    columns = {name: i for name, aliases in COLUMN_ALIASES.items()
+               if (i := named_column(keys, tuple(_norm(a) for a in aliases))) is not None}
+    if "study" not in columns and "series_uid" in columns:
+        columns["study"] = columns["series_uid"]
+    missing = [c for c in required if c not in columns]
     if missing:
-        raise EvaluationInputError(f"{path}: missing columns {missing}; found {reader.fieldnames}")
-    return [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
+        raise EvaluationInputError(f"{path}: missing columns {missing}; found {header} (LUNA16's seriesuid, "
+                                   "coordX, coordY, coordZ, diameter_mm are accepted too)")
+    out = [(line, {name: (cells[i].strip() if i < len(cells) else "") for name, i in columns.items()})
+           for line, cells in body if any(c.strip() for c in cells)]
+    return out, warnings
 
 
 def _number(path, line: int, row: dict, column: str) -> float:
@@ -80,18 +115,80 @@ def _number(path, line: int, row: dict, column: str) -> float:
     return value
 
 
+def _drop_duplicates(path, items: list, what: str, warnings: list[str]) -> list:
+    kept = list(dict.fromkeys(items))
+    if len(kept) < len(items):
+        warnings.append(f"{path}: {len(items) - len(kept)} duplicate {what} row(s) dropped (each counts once)")
+    return kept
+
+
+@dataclass
+class TruthTable:
+    nodules: list[Nodule]
+    scans: set[str]               # every scan the truth names, those without nodules (blank coordinates) too
+    warnings: list[str]
+
+
+def read_truth_table(path: str | Path) -> TruthTable:
+    """True nodules from a CSV with study,x_mm,y_mm,z_mm,diameter_mm (the synth truth.csv, lidc-truth) or
+    LUNA16's seriesuid,coordX,coordY,coordZ,diameter_mm. A row with blank coordinates and diameter declares a
+    scan without nodules; duplicate rows count once (with a warning)."""
+    rows, warnings = _read_rows(path, ("study", "x_mm", "y_mm", "z_mm", "diameter_mm"))
+    nodules, scans = [], set()
+    for n, row in rows:
+        scans.add(row["study"])
+        if not any(row[c] for c in ("x_mm", "y_mm", "z_mm", "diameter_mm")):
+            continue
+        nodules.append(Nodule(row["study"], tuple(_number(path, n, row, c) for c in ("x_mm", "y_mm", "z_mm")),
+                              _number(path, n, row, "diameter_mm")))
+    return TruthTable(_drop_duplicates(path, nodules, "truth", warnings), scans, warnings)
+
+
 def read_truth(path: str | Path) -> list[Nodule]:
-    """True nodules from a CSV with study,x_mm,y_mm,z_mm,diameter_mm (e.g. the synth truth.csv)."""
-    rows = _read_rows(path, ("study", "x_mm", "y_mm", "z_mm", "diameter_mm"))
-    return [Nodule(row["study"], tuple(_number(path, n, row, c) for c in ("x_mm", "y_mm", "z_mm")),
-                   _number(path, n, row, "diameter_mm")) for n, row in rows]
+    """The true nodules of read_truth_table."""
+    return read_truth_table(path).nodules
+
+
+def read_prediction_table(path: str | Path) -> tuple[list[Prediction], list[str]]:
+    """(predictions, warnings) from a CSV with study,x_mm,y_mm,z_mm,probability (the batch findings.csv; its
+    series_uid column is kept) or LUNA16's seriesuid,coordX,coordY,coordZ,probability. Duplicate rows count
+    once (with a warning): a copy would otherwise be a false positive."""
+    rows, warnings = _read_rows(path, ("study", "x_mm", "y_mm", "z_mm", "probability"))
+    preds = [Prediction(row["study"], tuple(_number(path, n, row, c) for c in ("x_mm", "y_mm", "z_mm")),
+                        _number(path, n, row, "probability"), row.get("series_uid", "")) for n, row in rows]
+    return _drop_duplicates(path, preds, "prediction", warnings), warnings
 
 
 def read_predictions(path: str | Path) -> list[Prediction]:
-    """Predictions from a CSV with study,x_mm,y_mm,z_mm,probability (e.g. the batch findings.csv)."""
-    rows = _read_rows(path, ("study", "x_mm", "y_mm", "z_mm", "probability"))
-    return [Prediction(row["study"], tuple(_number(path, n, row, c) for c in ("x_mm", "y_mm", "z_mm")),
-                       _number(path, n, row, "probability")) for n, row in rows]
+    """The predictions of read_prediction_table."""
+    return read_prediction_table(path)[0]
+
+
+def align_keys(preds: list[Prediction], truth: TruthTable) -> tuple[list[Prediction], list[str]]:
+    """Predictions keyed as the truth is: by series UID when the truth's keys are series UIDs (LUNA16) and
+    the predictions carry one (findings.csv). Warnings when prediction and truth scans overlap partly or not
+    at all (a key mismatch scores every nodule missed)."""
+    warnings = []
+    if truth.scans and all(_UID_KEY.match(k) for k in truth.scans) and preds and all(p.series_uid for p in preds) \
+            and not {p.study for p in preds} & truth.scans:
+        preds = [replace(p, study=p.series_uid) for p in preds]
+        warnings.append("predictions matched to the truth by their series_uid (the truth is keyed by series UID)")
+    pred_scans = {p.study for p in preds}
+
+    def listed(keys: set[str]) -> str:
+        return ", ".join(sorted(keys)[:5]) + (" ..." if len(keys) > 5 else "")
+
+    if preds and not pred_scans & truth.scans:
+        warnings.append(f"no prediction's study is in the truth ({listed(pred_scans)} vs {listed(truth.scans)}): "
+                        "different keys (folder names, UIDs, --anonymize hashes)? every nodule counts as missed")
+    elif preds:
+        if pred_scans - truth.scans:
+            warnings.append(f"{len(pred_scans - truth.scans)} predicted studies are not in the truth (read as scans "
+                            f"without nodules): {listed(pred_scans - truth.scans)}")
+        if truth.scans - pred_scans:
+            warnings.append(f"{len(truth.scans - pred_scans)} truth studies have no prediction: "
+                            f"{listed(truth.scans - pred_scans)}")
+    return preds, warnings
 
 
 def match(preds: list[Prediction], truth: list[Nodule]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -208,6 +208,7 @@ class CropSet:
     names: list[str]                 # image file names
     diameters_mm: np.ndarray         # [N] the diameter the box used (csv, else estimated)
     label_rule: str = ""             # which nodules.csv column(s) gave the labels, and how
+    warnings: list[str] = field(default_factory=list)   # what reading nodules.csv left out (duplicate rows)
 
 
 # nodules.csv headers, compared lower-case with spaces, '_' and '-' removed: canonical name -> accepted spellings.
@@ -247,6 +248,7 @@ class CropTable:
     label_rule: str                  # which column(s) and rule gave the labels
     images: list[Path]
     masks: list[Path | None]
+    warnings: list[str] = field(default_factory=list)   # duplicate rows left out
 
 
 def _table_error(path: Path, problem: str, line: int | None = None) -> CropFolderError:
@@ -340,6 +342,20 @@ def read_crop_table(folder: str | Path) -> CropTable:
                               f"label, malignant, or a 1-5 Malignancy_value rating; found: {', '.join(header)})")
     if not lines:
         raise CropFolderError(f"{table}: no rows (only a header)")
+    seen: dict[tuple[str, ...], int] = {}
+    duplicates = []
+    for line, cells in lines:   # a row pasted twice would count its nodule twice
+        key = tuple(c.strip() for c in cells)
+        if key in seen:
+            duplicates.append((line, seen[key]))
+        else:
+            seen[key] = line
+    table_warnings = []
+    if duplicates:
+        shown = ", ".join(f"line {a} (= line {b})" for a, b in duplicates[:5]) + (" ..." if len(duplicates) > 5 else "")
+        table_warnings.append(f"{table}: {len(duplicates)} duplicate row(s) left out: {shown}")
+        dropped = {a for a, _ in duplicates}
+        lines = [(line, cells) for line, cells in lines if line not in dropped]
     kinds = {k: _label_kind(k, [c[i].strip() for _, c in lines if i < len(c) and c[i].strip()])
              for k, i in label_cols}
     rows, labels, used, images, masks = [], [], Counter(), [], []
@@ -385,7 +401,7 @@ def read_crop_table(folder: str | Path) -> CropTable:
     ambiguous = "; only 1s, which could be 0/1 labels too: read as ratings, 1 = highly unlikely"
     rule = "; ".join(f"{col} ({how[kind]}{ambiguous if col in ones else ''}): {n} rows"
                      for (col, kind), n in used.items())
-    return CropTable(table, rows, labels, rule, images, masks)
+    return CropTable(table, rows, labels, rule, images, masks, table_warnings)
 
 
 def _number(row: dict, key: str) -> float | None:
@@ -454,7 +470,7 @@ def load_crops(folder: str | Path, cfg: MalignancyConfig | None = None, use_cach
         with np.load(cache) as saved:
             if list(saved["names"]) == names:
                 return CropSet(saved["cubes"].astype(np.float32), labels, patients, names, saved["diameters_mm"],
-                               crops.label_rule)
+                               crops.label_rule, crops.warnings)
     cubes, diameters = [], []
     for n, (row, image, mask) in enumerate(zip(crops.rows, crops.images, crops.masks)):
         vol = load_crop_volume(image)
@@ -464,7 +480,8 @@ def load_crops(folder: str | Path, cfg: MalignancyConfig | None = None, use_cach
         diameters.append(d)
         if progress:
             progress(n + 1, len(crops.rows))
-    out = CropSet(np.stack(cubes), labels, patients, names, np.array(diameters, dtype=np.float32), crops.label_rule)
+    out = CropSet(np.stack(cubes), labels, patients, names, np.array(diameters, dtype=np.float32), crops.label_rule,
+                  crops.warnings)
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.stem + ".tmp.npz")
@@ -708,7 +725,7 @@ def evaluate(model: MalignancyModel, folder: str | Path, limit: int | None = Non
     probs = model.predict_cubes(crops.cubes[:limit], crops.diameters_mm[:limit])
     metrics = binary_metrics(probs, crops.labels[:limit], float(model.threshold))
     metrics["label_rule"] = crops.label_rule
-    metrics["warnings"] = _class_warnings(crops.labels[:limit], folder)
+    metrics["warnings"] = crops.warnings + _class_warnings(crops.labels[:limit], folder)
     return metrics
 
 
@@ -753,7 +770,7 @@ def cross_validate(folder: str | Path, folds: int = 5, cfg: MalignancyConfig | N
     fold_N = patient_folds(crops.patient_ids, crops.labels, folds, cfg.seed)
     probs = np.zeros(len(crops.labels))
     per_fold: list[float | None] = []
-    warnings = []
+    warnings = list(crops.warnings)
     for k in range(folds):
         test = fold_N == k
         shared = ({p for p, t in zip(crops.patient_ids, test) if t}

@@ -55,17 +55,19 @@ def analyse(upload: str | None, report: str, threshold: float, progress=gr.Progr
     """Run the pipeline on an upload: (state, slider, image, table, explanation, download)."""
     if not upload:
         raise gr.Error("Upload a zip of the study's DICOM files first.")
-    from .pipeline import diagnose, findings_json, load_upload, shared_models
+    from .pipeline import diagnose, findings_json, load_upload_file, shared_models, upload_name, upload_report
 
     try:
         progress(0.1, desc="reading the study")
-        volume = load_upload(upload)
+        study = load_upload_file(upload)
+        text, report_file = upload_report(study, report)
+        volume = study.volume
         progress(0.4, desc="finding and rating nodules")
-        result = diagnose(volume, report, shared_models(), threshold)
+        result = diagnose(volume, text, shared_models(), threshold)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
-    doc = findings_json(result, Path(upload).stem, volume.series_uid, volume.study_uid, volume.hu_ZYX.shape,
-                        volume.spacing_zyx)
+    doc = findings_json(result, upload_name(Path(upload).name), volume.series_uid, volume.study_uid,
+                        volume.hu_ZYX.shape, volume.spacing_zyx, report_file)
     folder = Path(tempfile.mkdtemp(prefix="medical-page-"))
     download = _results_zip(doc, volume, result.findings, folder)
     k = result.findings[0].key_slices[0] if result.findings else volume.hu_ZYX.shape[0] // 2
@@ -88,15 +90,20 @@ def show_slice(state: dict | None, k: float):
 
 def build() -> gr.Blocks:
     """The page as a Gradio Blocks app (the server mounts it at /medical)."""
+    from .pipeline import operating_point
+
     with gr.Blocks(title="CT lung-nodule diagnosis") as page:
         gr.Markdown(INTRO)
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=2):
-                upload = gr.File(label="study (.zip of DICOM files)", file_types=[".zip"], type="filepath")
-                report = gr.Textbox(label="report (optional)", lines=6,
+                upload = gr.File(label="study (.zip of DICOM files and its report, or one NIfTI / NRRD / .mha)",
+                                 file_types=[".zip", ".nii", ".gz", ".nrrd", ".mha"], type="filepath")
+                report = gr.Textbox(label="report (optional; else the report file in the zip)", lines=6,
                                     placeholder="e.g. There is a 7 mm nodule in the right upper lobe.")
-                threshold = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="operating point: P(nodule) at least")
+                # the detector's own operating point (what the batch and the API use), read on each page load
+                threshold = gr.Slider(0.0, 1.0, value=operating_point, step=0.0001,
+                                      label="operating point: P(nodule) at least (default: the detector's)")
                 with gr.Row():
                     run = gr.Button("Find nodules", variant="primary")
                     stop = gr.Button("Cancel")

@@ -137,19 +137,23 @@ def diagnose(volume, report_text: str | None, models: Models, threshold: float |
                                             "total": round(t4 - t0, 3)}, warnings)
 
 
-def findings_json(result: StudyResult, study: str, series_uid: str, study_uid: str, shape, spacing_zyx) -> dict:
+def findings_json(result: StudyResult, study: str, series_uid: str, study_uid: str, shape, spacing_zyx,
+                  report_file: str | None = None) -> dict:
+    """The findings document; report_file names the report file read (None: none, or typed text)."""
     return {"disclaimer": DISCLAIMER, "study": study, "series_uid": series_uid, "study_uid": study_uid,
             "shape_zyx": list(shape), "spacing_zyx": [float(s) for s in spacing_zyx],
-            "report_given": result.report_given, "report_mentions": result.mentions,
+            "report_given": result.report_given, "report_file": report_file, "report_mentions": result.mentions,
             "candidates": result.candidates, "findings": [asdict(f) for f in result.findings],
             "warnings": result.warnings, "seconds": result.seconds}
 
 
 def write_study(result: StudyResult, volume, folder: Path, study: str, series_uid: str, study_uid: str,
-                overlays: bool = True, sr: bool = False, anonymize: bool = False) -> list[Path]:
+                overlays: bool = True, sr: bool = False, anonymize: bool = False,
+                report_file: str | None = None) -> list[Path]:
     """findings.json, key-slice PNGs (overlays/) and optionally sr.dcm into `folder` (which must exist)."""
     written = []
-    doc = findings_json(result, study, series_uid, study_uid, volume.hu_ZYX.shape, volume.spacing_zyx)
+    doc = findings_json(result, study, series_uid, study_uid, volume.hu_ZYX.shape, volume.spacing_zyx,
+                        report_file)
     if overlays:
         from .overlays import write_overlays
         doc["overlays"] = [p.name for p in write_overlays(volume.hu_ZYX, volume.spacing_zyx, result.findings,
@@ -174,14 +178,93 @@ def shared_models() -> Models:
     return _SHARED
 
 
+def operating_point() -> float:
+    """The shared detector's threshold: the page's default, as it is the batch's and the API's. Read from the
+    checkpoint's config (no weights) while the models are not loaded yet, so that building the page stays fast."""
+    if _SHARED is not None:
+        return float(_SHARED.detector.cfg.threshold)
+    from core.checkpoint import read_checkpoint_info
+
+    from .detection import DEFAULT_DIR
+
+    return float(read_checkpoint_info(DEFAULT_DIR).config.threshold)
+
+
 MAX_UNZIPPED_BYTES = 2 * 1024 ** 3   # an uploaded zip may expand to at most this much
 
 
+@dataclass
+class UploadedStudy:
+    volume: object                    # data_connectors.dicom.CTVolume
+    report_text: str | None = None    # a report file found inside the zip
+    report_name: str | None = None    # its name inside the zip
+
+
 def load_upload(zip_path: str | Path):
-    """The CT volume in an uploaded zip of DICOM files (or of one NIfTI / MetaImage file), extracted safely
-    (data_connectors.archive) into a temporary folder that is removed afterwards. Several series: the
-    CT series with the most slices is taken (and a warning says so). Errors and warnings name files inside
-    the zip as "<zip name>/<member>", never the temporary folder."""
+    """The CT volume in an uploaded zip (load_upload_study's, without the report)."""
+    return load_upload_study(zip_path).volume
+
+
+def upload_name(filename: str | None) -> str:
+    """The study name of an uploaded file's name: 'ct.nii.gz' -> 'ct', 'study.zip' -> 'study'."""
+    from data_connectors.dicom import VOLUME_SUFFIXES
+
+    name = Path(filename or "upload").name
+    low = name.lower()
+    suffix = max((x for x in (*VOLUME_SUFFIXES, ".zip") if low.endswith(x)), key=len, default="")
+    return name[:len(name) - len(suffix)] or "upload"
+
+
+def load_upload_file(path: str | Path, filename: str | None = None) -> UploadedStudy:
+    """An upload as sent: a zip (load_upload_study), or one NIfTI / NRRD / MetaImage (.mha) file, named by the
+    client's `filename` (the stored copy may have another name). A bare .mhd is refused: its voxels lie in a
+    second file, so zip the two."""
+    import zipfile
+
+    from data_connectors.dicom import DicomReadError, load_volume
+
+    path, name = Path(path), Path(filename or Path(path).name).name
+    low = name.lower()
+    if low.endswith(".zip") or zipfile.is_zipfile(path):
+        return load_upload_study(path)
+    if low.endswith(".mhd"):
+        raise DicomReadError(f"{name}: a MetaImage header keeps its voxels in a second file: upload a zip of the "
+                             ".mhd and its .raw")
+    if low.endswith((".nii", ".nii.gz", ".mha", ".nrrd")):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="medical-upload-") as tmp:
+            local = Path(tmp) / name
+            local.symlink_to(path.resolve())
+            try:
+                volume = load_volume(local)
+            except DicomReadError as exc:
+                raise DicomReadError(str(exc).replace(tmp, "").replace(str(path), name)) from None
+        return UploadedStudy(volume)
+    raise DicomReadError(f"{name}: not a zip; upload a zip of one study's DICOM files (or one NIfTI / NRRD / "
+                         "MetaImage file)")
+
+
+def upload_report(study: UploadedStudy, typed: str | None) -> tuple[str | None, str | None]:
+    """(report text, report file) to diagnose an upload with: the report typed or sent with it, else the one
+    in the zip (a warning says which was used)."""
+    warnings = study.volume.warnings
+    if typed and typed.strip():
+        if study.report_name:
+            warnings.append(f"the zip's report {study.report_name} not used: the report sent with it is")
+        return typed, None
+    if study.report_name:
+        warnings.append(f"used the report {study.report_name} found in the zip")
+        return study.report_text, study.report_name
+    return None, None
+
+
+def load_upload_study(zip_path: str | Path) -> UploadedStudy:
+    """The CT volume in an uploaded zip of DICOM files (or of one NIfTI / MetaImage file) and the report file
+    beside it, if any (.txt/.md/.pdf/.docx), extracted safely (data_connectors.archive) into a temporary folder
+    that is removed afterwards. Several series of one study: the CT series with the most slices is taken (a
+    warning names it); series of different patients or studies are refused. Errors and warnings name files
+    inside the zip as "<zip name>/<member>", never the temporary folder."""
     import tempfile
 
     from data_connectors.dicom import DicomReadError
@@ -189,23 +272,77 @@ def load_upload(zip_path: str | Path):
     zip_path = Path(zip_path)
     with tempfile.TemporaryDirectory(prefix="medical-upload-") as tmp:
         try:
-            volume = _load_unpacked(zip_path, tmp)
+            study = _load_unpacked(zip_path, tmp)
         except DicomReadError as exc:
             raise DicomReadError(str(exc).replace(tmp, zip_path.name)) from None
-    volume.warnings = [w.replace(tmp, zip_path.name) for w in volume.warnings]
-    return volume
+    study.volume.warnings = [w.replace(tmp, zip_path.name) for w in study.volume.warnings]
+    return study
 
 
-def _load_unpacked(zip_path: Path, tmp: str):
-    """load_upload's work, in the temporary folder tmp."""
+def _zip_report(files: list[Path], tmp: str, warnings: list[str]) -> tuple[str | None, str | None]:
+    """(text, name in the zip) of the one report file in an unpacked upload; with several, the one whose name
+    says 'report' (else none, with a warning)."""
+    from .report import ReportFileError, is_report_file, read_report_file
+
+    found = [f for f in files if is_report_file(f)]
+    if len(found) > 1:
+        found = [f for f in found if "report" in f.name.lower()] or found
+    if not found:
+        return None, None
+    if len(found) > 1:
+        names = ", ".join(f.relative_to(tmp).as_posix() for f in found[:5])
+        warnings.append(f"the zip holds {len(found)} text files ({names}) and none is named as the report: none "
+                        "used")
+        return None, None
+    name = found[0].relative_to(tmp).as_posix()
+    try:
+        return read_report_file(found[0]), name
+    except ReportFileError as exc:
+        warnings.append(f"report {name} in the zip not used: {exc}")
+        return None, None
+
+
+def _series_label(series) -> str:
+    """'series 3 "CHEST 1.0" (120 slices)': how a message names a series, never by patient."""
+    import pydicom
+
+    try:
+        number = pydicom.dcmread(series.files[0], stop_before_pixels=True, specific_tags=["SeriesNumber"]) \
+            .get("SeriesNumber", "?")
+    except Exception:  # noqa: BLE001 - unreadable header: no number
+        number = "?"
+    description = f' "{series.description}"' if series.description else ""
+    return f"series {number}{description} ({len(series.files)} slices)"
+
+
+def _patients_and_studies(series_list) -> tuple[int, int]:
+    """(distinct PatientIDs, distinct StudyInstanceUIDs) over some series."""
+    import pydicom
+
+    patients = set()
+    for series in series_list:
+        try:
+            patients.add(str(pydicom.dcmread(series.files[0], stop_before_pixels=True,
+                                             specific_tags=["PatientID"]).get("PatientID", "")))
+        except Exception:  # noqa: BLE001
+            patients.add("")
+    return len(patients), len({s.study_uid for s in series_list})
+
+
+def _load_unpacked(zip_path: Path, tmp: str) -> UploadedStudy:
+    """load_upload_study's work, in the temporary folder tmp."""
     from data_connectors.archive import safe_extract_zip
     from data_connectors.dicom import (VOLUME_SUFFIXES, DicomReadError, ct_series, load_series, load_volume,
                                        scan_folder)
 
     files = safe_extract_zip(zip_path, tmp, max_total_bytes=MAX_UNZIPPED_BYTES)
+    notes: list[str] = []
+    report, report_name = _zip_report(files, tmp, notes)
     images = [f for f in files if f.name.lower().endswith(VOLUME_SUFFIXES)]
     if len(images) == 1:
-        return load_volume(images[0])
+        volume = load_volume(images[0])
+        volume.warnings += notes
+        return UploadedStudy(volume, report, report_name)
     scan = scan_folder(tmp)
     ct, other = ct_series(scan.series)
     if not ct and other:
@@ -219,11 +356,19 @@ def _load_unpacked(zip_path: Path, tmp: str):
     if not ct:
         raise DicomReadError(f"the zip holds no DICOM series nor a {'/'.join(VOLUME_SUFFIXES)} image "
                              f"({len(scan.skipped)} files skipped)")
+    if len(ct) > 1:
+        patients, studies = _patients_and_studies(ct)
+        if patients > 1 or studies > 1:
+            what = f"{patients} patients" if patients > 1 else f"{studies} studies"
+            raise DicomReadError(f"the zip holds CT series of {what} ({', '.join(map(_series_label, ct[:6]))}): "
+                                 "upload one study per zip")
     series = max(ct, key=lambda s: len(s.files))
     volume = load_series(series)
     if len(ct) > 1:
-        volume.warnings.append(f"the zip holds {len(ct)} series; diagnosed the largest ({len(series.files)} slices)")
+        volume.warnings.append(f"the zip holds {len(ct)} CT series of one study; diagnosed the largest, "
+                               f"{_series_label(series)}")
     if other:
         kinds = ", ".join(sorted({s.modality or "no Modality" for s in other}))
         volume.warnings.append(f"{len(other)} series that are not CT ignored ({kinds})")
-    return volume
+    volume.warnings += notes
+    return UploadedStudy(volume, report, report_name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -211,3 +212,38 @@ def read_report(text: str | None, embed: bool = True) -> ReportReading:
     if embed and mentions:
         reading.embeddings_MD = embed_sentences([m.sentence for m in mentions])
     return reading
+
+
+# ---------------------------------------------------------------------------------------------- report files
+
+REPORT_SUFFIXES = (".txt", ".md", ".pdf", ".docx")   # any case: CT.TXT is a report too
+
+
+class ReportFileError(ValueError):
+    """A report file that cannot be read as text; the message names the file."""
+
+    def __init__(self, path: Path, problem: str, line: int | None = None):
+        super().__init__(f"{path}{'' if line is None else f':{line}'}: {problem}")
+
+
+def is_report_file(path: Path) -> bool:
+    return path.suffix.lower() in REPORT_SUFFIXES
+
+
+def read_report_file(path: str | Path) -> str:
+    """A report file's text: .txt / .md in UTF-8 (BOM or not), UTF-16 with a BOM or Windows-1252
+    (data_connectors.text_files.decoded_file); .pdf's text layer and .docx's paragraphs through the knowledge
+    readers. Unreadable, binary or blank files raise ReportFileError naming the file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".pdf", ".docx"):
+        from data_connectors.knowledge import read_docx, read_pdf
+
+        text = "\n".join(d.text for d in (read_pdf if suffix == ".pdf" else read_docx)(path))
+        if not text.strip():
+            raise ReportFileError(path, "no text in it")
+        return text
+    from data_connectors.text_files import decoded_file
+
+    text, _ = decoded_file(path, ReportFileError)
+    return text

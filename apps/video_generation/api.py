@@ -1,11 +1,17 @@
 """HTTP API of the video studio (mounted by apps/server.py at /api/v1/video).
 
     POST /generate  {"prompt": "...", "seconds": 3, "resolution": "360p", "fps": 24, "style": null}
+        "style" is a style name or a description; a value that looks like a file path -> 422 (the API
+        reads no files of the server's; reference pictures go through the page or the CLI).
         -> {"id", "video_url", "preview_url" (absolute URLs), "script", "cut_frames", "experts", "timings",
             "understanding" (which words carried each planned value, guesses, unknown words), "warnings", ...}
+        "experts" per scene: "text_experts" {id: mean gate weight over the scene's tokens} (top-2 gates,
+        renormalised: they add up to 1); "time_experts" {block * 4 + expert: mean gate weight over the
+        scene's time slots} (two blocks; top-1 gates, not renormalised: each block's weights add up to the
+        mean probability of its chosen expert, under 1).
         A prompt naming no shape or colour the studio understands -> 422 with detail {"error",
         "understanding"}, unless "allow_guesses": true.
-    GET  /files/{name}  -> the video (video/mp4) or preview (image/gif)
+    GET  /files/{name}  -> the video (video/mp4) or preview (image/gif); HEAD too, Range requests give 206
 
 Limits are the studio's (studio.py); a request outside them gets 422 with the message. Generation
 runs in a worker thread, one at a time (the machine has few cores), and files live in the cache
@@ -20,12 +26,12 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from .studio import MAX_FPS, MAX_PROMPT_CHARS, MAX_SECONDS, MIN_FPS, MIN_SECONDS
+from .studio import MAX_FILES, MAX_FPS, MAX_PROMPT_CHARS, MAX_SECONDS, MIN_FPS, MIN_SECONDS, keep_newest
+from .style import path_like
 
-MAX_FILES = 200
-_NAME = re.compile(r"^[0-9a-f]{32}(\.preview\.gif|\.mp4|\.webm)$")
+_NAME = re.compile(r"^[0-9a-f]{32}\.(mp4|webm)(\.preview\.gif)?$")   # a clip, or its preview_path_for
 _lock = asyncio.Lock()
 
 router = APIRouter(tags=["video"])
@@ -36,9 +42,19 @@ class GenerateRequest(BaseModel):
     seconds: float = Field(3.0, description=f"{MIN_SECONDS}..{MAX_SECONDS}")
     resolution: str = Field("360p", description="360p, 720p or 1080p")
     fps: int = Field(24, description=f"{MIN_FPS}..{MAX_FPS}")
-    style: str | None = Field(None, description="style name or description")
+    style: str | None = Field(None, description="style name or description (a server file path is refused: "
+                                                "the API takes no reference images)")
     format: str = Field("mp4", description="mp4 (H.264) or webm (VP9)")
     allow_guesses: bool = Field(False, description="render even when no shape or colour word was understood")
+
+    @field_validator("style")
+    @classmethod
+    def _style_is_text(cls, style: str | None) -> str | None:
+        if style is not None and path_like(style):
+            raise ValueError("style: the API takes style names and descriptions only (e.g. 'pencil', 'like a "
+                             "charcoal drawing'), not file paths; a reference image cannot be named by a path "
+                             "here (the page's Stylize tab and the CLI take reference pictures)")
+        return style
 
 
 def files_dir() -> Path:
@@ -49,9 +65,7 @@ def files_dir() -> Path:
 
 
 def _prune(folder: Path) -> None:
-    files = sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: p.stat().st_mtime)
-    for old in files[:-MAX_FILES]:
-        old.unlink(missing_ok=True)
+    keep_newest(folder, MAX_FILES, _NAME)
 
 
 @router.post("/generate")
@@ -67,7 +81,7 @@ async def generate(req: GenerateRequest, request: Request) -> dict:
         try:
             result = await asyncio.to_thread(generate_video, req.prompt, seconds=req.seconds,
                                              resolution=req.resolution, fps=req.fps, style=req.style, out=out,
-                                             allow_guesses=req.allow_guesses)
+                                             allow_guesses=req.allow_guesses, style_files=False)
         except NothingUnderstoodError as exc:
             raise HTTPException(422, {"error": str(exc), "understanding": exc.understanding.to_dict()}) from None
         except ValueError as exc:
@@ -79,12 +93,12 @@ async def generate(req: GenerateRequest, request: Request) -> dict:
             "preview_url": str(request.url_for("files", name=result.preview_path.name)), **body}
 
 
-@router.get("/files/{name}")
+@router.api_route("/files/{name}", methods=["GET", "HEAD"])
 async def files(name: str) -> FileResponse:
     if not _NAME.match(name):
         raise HTTPException(404, "no such file")
     path = files_dir() / name
     if not path.is_file():
         raise HTTPException(404, "no such file")
-    media = {".mp4": "video/mp4", ".webm": "video/webm", ".gif": "image/gif"}[path.suffix]
+    media = {".mp4": "video/mp4", ".webm": "video/webm", ".gif": "image/gif"}[path.suffix]   # HEAD: headers only
     return FileResponse(path, media_type=media)

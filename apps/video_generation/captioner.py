@@ -19,6 +19,7 @@ so caption and attributes never disagree; the decoder's own greedy caption is ke
 against 65 % for the heads' scene, on the same held-out clips).
 
     shots = caption_video("clip.mp4")         # [ShotCaption(start_s, end_s, caption, attributes, ...)]
+    result = caption_file("clip.mp4")         # .shots, .warnings (e.g. the captioned span of a long clip)
 
 The model is trained on the synthetic world (world.render_scene clips, world.caption_scene
 captions, train split). On footage that does not look like that world (low confidence, or frame
@@ -947,32 +948,83 @@ MAX_CAPTION_FRAMES = 4500            # frames read from a file (3 min at 25 fps)
 ANALYSIS_SIDE = 160                  # frames are read with their longer side at most this
 
 
-def caption_video(path_or_frames, fps: float | None = None, *, captioner: Captioner | None = None,
-                  max_frames: int = MAX_CAPTION_FRAMES, use_model: bool = True) -> list[ShotCaption]:
-    """Shots of a clip (a video file, or frames [F, H, W, 3] uint8 RGB with their fps), each with
-    its time stamps and caption. Files are read downscaled (longer side ANALYSIS_SIDE) and at most
-    `max_frames` frames, which bounds memory; a longer clip's tail is left out, with a warning."""
-    times_F = None                   # each frame's time in a file (variable frame rate), else frame / fps
-    if isinstance(path_or_frames, np.ndarray):
-        frames_FHW3 = path_or_frames
-        if fps is None:
-            raise ValueError("fps is required when frames are given instead of a file")
-        if frames_FHW3.ndim != 4 or frames_FHW3.shape[-1] != 3 or frames_FHW3.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 [frames, height, width, 3], got {frames_FHW3.dtype} "
-                             f"{frames_FHW3.shape}")
-        if len(frames_FHW3) > max_frames:
-            raise ValueError(f"{len(frames_FHW3)} frames exceed max_frames={max_frames}")
-    else:
-        from data_connectors.video import probe_video, read_video_timed
+@dataclass
+class FileCaptions:
+    """A file's captions and what its reader should know (`video caption` and the page's Caption tab)."""
+    path: Path
+    shots: list[ShotCaption]
+    frames_FHW3: np.ndarray          # the frames analysed (longer side ANALYSIS_SIDE), e.g. for thumbnails
+    fps: float
+    frames_read: int                 # frames captioned
+    frames_total: int                # frames the file's header lists
+    seconds_read: float              # where the captioned span ends
+    seconds_total: float             # the clip's length by its header
+    warnings: list[str] = field(default_factory=list)   # cut short at the frame cap, truncated file, HDR
 
-        info = probe_video(path_or_frames)
-        frames_FHW3, file_fps, times_F = read_video_timed(path_or_frames, max_frames=max_frames,
-                                                          max_side=ANALYSIS_SIDE)
-        if fps:
-            times_F = None  # the caller's frame rate overrides the file's clock
-        fps = fps or file_fps
-        if info.frames > max_frames:
-            log.warning("%s: captioning the first %d of %d frames", path_or_frames, max_frames, info.frames)
+    def to_dict(self) -> dict:
+        return {"file": str(self.path), "shots": [s.to_dict() for s in self.shots], "warnings": self.warnings,
+                "frames_captioned": self.frames_read, "frames_total": self.frames_total,
+                "seconds_captioned": round(self.seconds_read, 3), "seconds_total": round(self.seconds_total, 3)}
+
+
+def span_warning(seconds_read: float, seconds_total: float, frames_read: int, frames_total: int) -> str:
+    return (f"captioned the first {seconds_read:.1f} s of {seconds_total:.1f} s "
+            f"({frames_read} of {frames_total} frames)")
+
+
+def caption_file(path: str | Path, *, captioner: Captioner | None = None, max_frames: int | None = None,
+                 use_model: bool = True, fps: float | None = None) -> FileCaptions:
+    """Caption a video file shot by shot on the file's own clock (each frame's presentation time, so a
+    variable-frame-rate clip keeps its cut times), read downscaled (longer side ANALYSIS_SIDE) and at most
+    `max_frames` frames (default MAX_CAPTION_FRAMES), which bounds memory. A longer clip is captioned over
+    its first part only, and the warnings name that span against the clip's length; a truncated file and
+    HDR colours converted to SDR are warned about too. `fps` overrides the file's clock."""
+    from data_connectors.video import decode_shortfall, hdr_warning, probe_video, read_video_timed
+
+    path = Path(path)
+    max_frames = MAX_CAPTION_FRAMES if max_frames is None else max_frames
+    info = probe_video(path)
+    frames_FHW3, file_fps, times_F = read_video_timed(path, max_frames=max_frames, max_side=ANALYSIS_SIDE)
+    shots = _caption_frames(frames_FHW3, fps or file_fps, None if fps else times_F, captioner, use_model)
+    n = len(frames_FHW3)
+    seconds_read = shots[-1].end_s if shots else 0.0
+    seconds_total = max(info.seconds, seconds_read)
+    warnings = []
+    if n >= max_frames and info.frames > max_frames:   # cut short on purpose, not a damaged file
+        warnings.append(span_warning(seconds_read, seconds_total, n, info.frames))
+    elif short := decode_shortfall(info, n, float(times_F[-1])):
+        warnings.append(short)
+    if hdr := hdr_warning(path):
+        warnings.append(hdr)
+    for w in warnings:
+        log.warning("%s: %s", path, w)
+    return FileCaptions(path, shots, frames_FHW3, fps or file_fps, n, info.frames, seconds_read, seconds_total,
+                        warnings)
+
+
+def caption_video(path_or_frames, fps: float | None = None, *, captioner: Captioner | None = None,
+                  max_frames: int | None = None, use_model: bool = True) -> list[ShotCaption]:
+    """Shots of a clip (a video file, or frames [F, H, W, 3] uint8 RGB with their fps), each with
+    its time stamps and caption. A file is read as caption_file reads it (which also returns the
+    warnings: a clip longer than `max_frames` is captioned over its first part only)."""
+    max_frames = MAX_CAPTION_FRAMES if max_frames is None else max_frames
+    if not isinstance(path_or_frames, np.ndarray):
+        return caption_file(path_or_frames, captioner=captioner, max_frames=max_frames, use_model=use_model,
+                            fps=fps).shots
+    frames_FHW3 = path_or_frames
+    if fps is None:
+        raise ValueError("fps is required when frames are given instead of a file")
+    if frames_FHW3.ndim != 4 or frames_FHW3.shape[-1] != 3 or frames_FHW3.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [frames, height, width, 3], got {frames_FHW3.dtype} "
+                         f"{frames_FHW3.shape}")
+    if len(frames_FHW3) > max_frames:
+        raise ValueError(f"{len(frames_FHW3)} frames exceed max_frames={max_frames}")
+    return _caption_frames(frames_FHW3, fps, None, captioner, use_model)
+
+
+def _caption_frames(frames_FHW3: np.ndarray, fps: float, times_F: np.ndarray | None,
+                    captioner: Captioner | None, use_model: bool) -> list[ShotCaption]:
+    """Shots of frames [F, H, W, 3], timed by times_F (a file's clock) or frame / fps."""
     if not fps or fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     shots = detect_shots(frames_FHW3, fps, ShotConfig())

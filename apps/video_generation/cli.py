@@ -111,22 +111,20 @@ def eval_generator(args: argparse.Namespace) -> None:
 
 
 def caption(args: argparse.Namespace) -> None:
-    from .captioner import caption_video
+    from .captioner import caption_file
 
     if not Path(args.file).is_file():
         raise ValueError(f"{args.file}: " + ("not a regular file" if Path(args.file).exists() else "no such file"))
-    shots = caption_video(args.file)
-    rows = [s.to_dict() for s in shots]
-    warnings = media_warnings(Path(args.file), shots[-1].end_frame if shots else 0)
-    text = "\n".join([f"{s.start_s:7.2f}-{s.end_s:7.2f} s  {s.caption}  ({s.source})" for s in shots]
-                     + [f"  warning: {w}" for w in warnings])
-    _print(args, {"file": str(args.file), "shots": rows, "warnings": warnings}, text)
+    result = caption_file(args.file)   # the page's Caption tab reads files the same way
+    text = "\n".join([f"{s.start_s:7.2f}-{s.end_s:7.2f} s  {s.caption}  ({s.source})" for s in result.shots]
+                     + [f"  warning: {w}" for w in result.warnings])
+    _print(args, result.to_dict(), text)
 
 
 def media_warnings(path: Path, decoded_frames: int) -> list[str]:
     """What a reader of a file's captions should know about the file itself: fewer frames decoded than its
     header lists (truncated), HDR colours converted to SDR. A clip cut short on purpose (MAX_CAPTION_FRAMES)
-    is no shortfall."""
+    is no shortfall (caption_file names the captioned span instead)."""
     from data_connectors.video import decode_shortfall, hdr_warning, probe_video
 
     from .captioner import MAX_CAPTION_FRAMES

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,14 +264,15 @@ class Generator:
         return SceneDraft(layouts, list(np.ascontiguousarray(sprites)))
 
     def scene_frames(self, scene: Scene, frames: int, size_hw: tuple[int, int], seed: int = 0,
-                     draft: SceneDraft | None = None) -> Iterator[np.ndarray]:
-        """Frames [H, W, 3] uint8 of one scene, one at a time (for streaming into an encoder)."""
+                     draft: SceneDraft | None = None, only: Iterable[int] | None = None) -> Iterator[np.ndarray]:
+        """Frames [H, W, 3] uint8 of one scene, one at a time (for streaming into an encoder); `only`: just
+        those frame indices, in order (each frame is drawn on its own, so the others cost nothing)."""
         h, w = size_hw
         draft = draft or self.draft(scene, frames, seed)
         plate = world.background_plate(scene.background, size_hw, seed)
         scale_F, shift_F = world.camera_transform(scene.camera, frames)
         P = self.cfg.sprite_px
-        for f in range(frames):
+        for f in (range(frames) if only is None else sorted(only)):
             if scale_F[f] == 1.0:  # pans and static shots: a crop of the plate
                 x0 = int(round((plate.shape[1] - w) / 2 + shift_F[f] * w))
                 frame = plate[:, x0:x0 + w].copy()
@@ -301,6 +302,28 @@ class Generator:
             for i, (scene, n) in enumerate(zip(script.scenes, counts)):
                 yield from self.scene_frames(scene, n, size_hw, seed=i)
         return frames(), cuts
+
+    def script_frames_at(self, script: Script, fps: float, size_hw: tuple[int, int],
+                         indices: Iterable[int], max_side: int | None = None) -> np.ndarray:
+        """Frames [N, H, W, 3] at the given indices of script_frames' stream (sorted, the same pixels), drawn
+        without the frames in between: a style is fitted on a few frames before the clip streams.
+        max_side: each frame shrunk (INTER_AREA) to this longer side as it is drawn."""
+        counts = world.scene_frame_counts(script, fps)
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+        wanted = sorted(set(int(i) for i in indices))
+        if wanted and not 0 <= wanted[0] <= wanted[-1] < starts[-1]:
+            raise ValueError(f"frame indices must be in 0..{starts[-1] - 1}, got {wanted[0]}..{wanted[-1]}")
+        out = []
+        for i, (scene, n) in enumerate(zip(script.scenes, counts)):
+            local = [f - starts[i] for f in wanted if starts[i] <= f < starts[i + 1]]
+            for frame in self.scene_frames(scene, n, size_hw, seed=i, only=local) if local else ():
+                h, w = frame.shape[:2]
+                if max_side is not None and max(h, w) > max_side:
+                    s = max_side / max(h, w)
+                    frame = cv2.resize(frame, (max(1, round(w * s)), max(1, round(h * s))),
+                                       interpolation=cv2.INTER_AREA)
+                out.append(frame)
+        return np.stack(out) if out else np.zeros((0, *size_hw, 3), np.uint8)
 
 
 # ---------------------------------------------------------------- evaluation, save, load

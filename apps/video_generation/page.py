@@ -5,6 +5,7 @@ Heavy imports (torch, the models) happen inside the handlers, on first use.
 """
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from apps.settings import cache_dir
 from data_connectors.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 from . import world
-from .studio import RESOLUTIONS
+from .studio import MAX_FILES, MAX_FPS, MAX_SECONDS, MIN_FPS, MIN_SECONDS, RESOLUTIONS, keep_newest
 
 INTRO = """\
 # Video studio
@@ -28,6 +29,8 @@ restyle an image or a clip by a style name, a description or a reference picture
 STYLIZE_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES   # what the Stylize tab takes: every format the readers read
 CAPTION_COLUMNS = ["shot", "start (s)", "end (s)", "caption", "from", "confidence"]
 EXPERT_COLUMNS = ["scene", "start (s)", "end (s)", "what the planner put there", "experts"]
+_RESULT_NAME = re.compile(r"^[0-9a-f]{12}(\.[a-z0-9]+)+$")   # what _new_path names, and previews beside them
+GRADIO_CACHE = (1800, 3600)   # Blocks(delete_cache=): every 30 min, delete Gradio's copies older than 1 h
 
 
 def _out_dir() -> Path:
@@ -38,6 +41,11 @@ def _out_dir() -> Path:
 
 def _new_path(suffix: str) -> Path:
     return _out_dir() / f"{uuid.uuid4().hex[:12]}{suffix}"
+
+
+def _prune() -> None:
+    """Keep the newest MAX_FILES results, as the API does (Gradio's own copies go by delete_cache)."""
+    keep_newest(_out_dir(), MAX_FILES, _RESULT_NAME)
 
 
 def timeline_figure(scenes: list[world.Scene], cut_frames: list[int], fps: float, total_frames: int) -> Figure:
@@ -92,12 +100,15 @@ def generate(prompt: str, seconds: float, resolution: str, fps: float, style: st
         raise gr.Error("Type a script, e.g. 'a red ball rolls left on a beach, then a blue square rises at night'.")
     progress(0.1, desc="planning and rendering")
     try:
+        # style_files=False: a typed style is a name or a description, never a path on the server
         result = generate_video(prompt, seconds=float(seconds), resolution=resolution, fps=int(fps),
-                                style=style or None, out=_new_path(".mp4"), allow_guesses=bool(allow_guesses))
+                                style=(style or "").strip() or None, out=_new_path(".mp4"),
+                                allow_guesses=bool(allow_guesses), style_files=False)
     except NothingUnderstoodError as exc:
         raise gr.Error(f"{exc} Tick 'render a guess anyway' to see the planner's guess.") from None
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
+    _prune()
     progress(0.9, desc="drawing the timeline")
     scenes = list(result.script.scenes)
     cuts = [int(c) for c in getattr(result, "cut_frames", [])]
@@ -133,26 +144,23 @@ def thumbnail_strip(frames_FHW3: np.ndarray, shots, height: int = 90) -> np.ndar
 
 
 def caption(video: str | None, progress=gr.Progress()) -> tuple[list[list], np.ndarray, str]:
-    """Uploaded clip -> (per-shot caption rows, thumbnail strip, summary)."""
-    from data_connectors.video import probe_video, read_video
-
-    from .captioner import ANALYSIS_SIDE, MAX_CAPTION_FRAMES, caption_video
+    """Uploaded clip -> (per-shot caption rows, thumbnail strip, summary with the file's warnings), read
+    as `moe-suite video caption` reads it (captioner.caption_file: the file's clock, the same warnings)."""
+    from .captioner import caption_file
 
     if not video:
         raise gr.Error("Upload a clip first.")
-    progress(0.05, desc="reading the clip")
+    progress(0.05, desc="reading the clip, finding shots and captioning them")
     try:
-        info = probe_video(video)
-        frames, fps = read_video(video, max_frames=MAX_CAPTION_FRAMES, max_side=ANALYSIS_SIDE)
-        progress(0.3, desc="finding shots and captioning them")
-        shots = caption_video(frames, fps)
+        result = caption_file(video)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
+    shots = result.shots
     rows = [[s.index + 1, s.start_s, s.end_s, s.caption, s.source, round(s.confidence, 2)] for s in shots]
-    summary = f"**{len(shots)} shot(s)** in {len(frames) / fps:.1f} s"
-    if info.frames > len(frames):
-        summary += f" (the first {len(frames)} of {info.frames} frames)"
-    return rows, thumbnail_strip(frames, shots), summary
+    summary = f"**{len(shots)} shot(s)** in {result.seconds_read:.1f} s"
+    if result.warnings:
+        summary += "\n\n" + "\n".join(f"- **warning:** {w}" for w in result.warnings)
+    return rows, thumbnail_strip(result.frames_FHW3, shots), summary
 
 
 def stylize(upload: str | None, style_name: str, description: str, reference: str | None,
@@ -162,16 +170,19 @@ def stylize(upload: str | None, style_name: str, description: str, reference: st
 
     if not upload:
         raise gr.Error("Upload an image or a clip to restyle.")
-    style = reference or (description.strip() if description and description.strip() else None) or style_name
+    # an uploaded reference is a Path (read); typed text is a name or description only, never a server path
+    style = Path(reference) if reference else \
+        (description.strip() if description and description.strip() else None) or style_name
     if not style:
         raise gr.Error("Pick a style name, describe a style or upload a reference picture.")
     src = Path(upload)
     is_image = is_still_image(src)   # by content: an MP4 named .jpg is a video, and gives a video out
     progress(0.1, desc="restyling")
     try:
-        path, info = stylize_file_result(src, style, _new_path(".png" if is_image else ".mp4"))
+        path, info = stylize_file_result(src, style, _new_path(".png" if is_image else ".mp4"), style_files=False)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
+    _prune()
     weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(info.weights.items(), key=lambda kv: -kv[1]))
     details = f"routed by **{info.source}** to: {weights}"
     if info.warnings:   # an HDR source written as SDR, a truncated file
@@ -189,7 +200,7 @@ def _style_names() -> list[str]:
 
 def build() -> gr.Blocks:
     """The video studio as a Gradio Blocks app (the server mounts it at /video)."""
-    with gr.Blocks(title="Video studio") as page:
+    with gr.Blocks(title="Video studio", delete_cache=GRADIO_CACHE) as page:
         gr.Markdown(INTRO)
         with gr.Tab("Generate"):
             with gr.Row():
@@ -198,11 +209,13 @@ def build() -> gr.Blocks:
                                         placeholder="a red ball rolls left on a beach, then cut to a blue "
                                                     "square rising at night, in watercolor style")
                     with gr.Row():
-                        seconds = gr.Slider(1, 16, value=4, step=0.5, label="seconds")
-                        fps = gr.Slider(8, 30, value=24, step=1, label="fps")
+                        seconds = gr.Slider(MIN_SECONDS, MAX_SECONDS, value=4, step=0.5, label="seconds")
+                        fps = gr.Slider(MIN_FPS, MAX_FPS, value=24, step=1, label="fps")
                     with gr.Row():
                         resolution = gr.Dropdown(list(RESOLUTIONS), value="360p", label="resolution")
-                        style = gr.Dropdown([""] + _style_names(), value="", label="style (optional)")
+                        style = gr.Dropdown([""] + _style_names(), value="", allow_custom_value=True,
+                                            label="style (optional): a name or a description",
+                                            info="e.g. pencil, or 'like a charcoal drawing'")
                     allow_guesses = gr.Checkbox(False, label="render a guess anyway",
                                                 info="when no shape or colour word of the script is understood")
                     with gr.Row():

@@ -8,11 +8,13 @@
 
 Limits (ValueError naming the field when broken): prompt 1..2000 characters, seconds 0.5..20,
 fps 8..30, resolution one of RESOLUTIONS, output .mp4 (H.264) or .webm (VP9).
-Without a style, frames stream straight into the encoder (ffmpeg runs alongside generation);
-a style needs the whole clip first (stylize_frames keeps the look steady across frames).
+Frames stream straight into the encoder (ffmpeg runs alongside generation), styled or not: a style is
+fitted once on frames drawn at evenly spread indices (the look stays steady across the clip), then applied
+frame by frame, so memory does not grow with the clip's length.
 """
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ import numpy as np
 
 from data_connectors.video import WRITE_SUFFIXES
 
+from .prompt_lists import plan_listed, restructure
 from .understanding import NothingUnderstoodError, Understanding, check_understood, understand
 from .world import Script
 
@@ -32,6 +35,7 @@ MIN_SECONDS, MAX_SECONDS = 0.5, 20.0
 MIN_FPS, MAX_FPS = 8, 30
 SUFFIXES = WRITE_SUFFIXES
 PREVIEW_SIDE = 320
+MAX_FILES = 200   # results kept in each results folder (the API's, the page's): the newest, see keep_newest
 
 
 class GenerationError(ValueError):
@@ -83,19 +87,35 @@ def check_request(prompt: str, seconds: float, resolution: str, fps: int, out: P
         raise GenerationError(f"out {out} must end in {' or '.join(SUFFIXES)}")
     if not out.parent.is_dir():
         raise GenerationError(f"out folder {out.parent} does not exist")
+    if out.is_dir():
+        raise GenerationError(f"out {out} is a folder: name the video file to write, e.g. {out / 'clip.mp4'}")
+    if out.exists() and not out.is_file():
+        raise GenerationError(f"out {out} exists and is not a regular file")
     return out
 
 
+def keep_newest(folder: Path, keep: int, name: re.Pattern) -> list[Path]:
+    """Delete all but the `keep` newest files in `folder` whose names match `name` (the API's and the
+    page's result folders); returns the files deleted."""
+    files = sorted((p for p in folder.iterdir() if name.match(p.name) and p.is_file()),
+                   key=lambda p: (p.stat().st_mtime_ns, p.name))
+    old = files[:-keep] if keep > 0 else files
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
 def preview_path_for(out: Path) -> Path:
-    return out.with_name(out.stem + ".preview.gif")
+    """The GIF preview beside a video: "clip.mp4" -> "clip.mp4.preview.gif" (clip.webm has its own)."""
+    return out.with_name(out.name + ".preview.gif")
 
 
 class _Tap:
     """Passes frames through, timing the producer and keeping small copies for the preview."""
 
     def __init__(self, frames: Iterator[np.ndarray], total: int, keep: int = 48):
-        self.frames, self.seconds, self.small = frames, 0.0, []
-        self.every = max(1, total // keep)
+        self.frames, self.seconds, self.small = iter(frames), 0.0, []
+        self.every = max(1, total // keep) if keep else 0   # keep=0: timing only
         self.count = 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -106,7 +126,7 @@ class _Tap:
             except StopIteration:
                 self.seconds += time.perf_counter() - t0
                 return
-            if self.count % self.every == 0:
+            if self.every and self.count % self.every == 0:
                 h, w = frame.shape[:2]
                 s = PREVIEW_SIDE / max(h, w)
                 self.small.append(cv2.resize(frame, (max(2, round(w * s)), max(2, round(h * s))),
@@ -133,7 +153,7 @@ def load_models() -> None:
 
 def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p", fps: int = 24,
                    style: str | None = None, out: Path | str, apply_style: bool = True, planner=None,
-                   generator=None, allow_guesses: bool = False) -> GenerationResult:
+                   generator=None, allow_guesses: bool = False, style_files: bool = True) -> GenerationResult:
     """Prompt -> a playable video at `out` (.mp4 or .webm) and a GIF preview beside it.
 
     The result says what was understood (understanding.py: the words behind each planned value, guesses,
@@ -143,6 +163,8 @@ def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p
 
     style: a style name or description (VID-STYLE's stylize_frames); None uses the style the prompt
     names, if any. apply_style=False plans the style but renders without it (for pixel checks).
+    style_files=False: `style` is a name or description only, never read as a reference image's path (the
+    HTTP API: no look-ups on the server's disk); the CLI keeps reference image paths.
     planner / generator: loaded models (default: the shipped checkpoints)."""
     from data_connectors.video import write_preview, write_video
 
@@ -160,9 +182,11 @@ def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p
     generator = generator or load_generator()
     text_stream()  # MiniLM, loaded once per process: counted as loading, not planning
     t_load = time.perf_counter()
-    plan = planner.plan(prompt, float(seconds), style=style)
+    listed = restructure(prompt)   # "1. ... 2. ...", "Scene 1: ...", one scene a line -> joined prose
+    plan = plan_listed(planner, listed, float(seconds), style=style)
     t_plan = time.perf_counter()
-    understanding = understand(prompt, plan, style=style)
+    understanding = understand(listed.text, plan, style=style)
+    understanding.warnings[:0] = listed.warnings()
     if not allow_guesses:
         check_understood(prompt, understanding)
     t_understood = time.perf_counter()
@@ -171,29 +195,33 @@ def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p
     total = sum(scene_frame_counts(plan.script, fps))
     timings = {"load_s": t_load - t0, "planning_s": t_plan - t_load, "understanding_s": t_understood - t_plan}
     style_weights: dict[str, float] = {}
-    if plan.script.style is None or not apply_style:
-        tap = _Tap(iter(frames_it), total)
-        t1 = time.perf_counter()
-        write_video(tap, out, fps)
-        timings["generation_s"] = tap.seconds
-        timings["encoding_s"] = time.perf_counter() - t1 - tap.seconds
-        small = tap.small
+    frames_it = iter(frames_it)
+    if plan.script.style is not None and apply_style:
+        # fitted on frames drawn at evenly spread indices, then styled frame by frame on the way to the
+        # encoder: memory does not grow with the clip's length (style.clip_stylizer, as stylize_file)
+        from .style import StyleConfig, clip_stylizer, default_router, fit_indices
+        t_style = time.perf_counter()
+        cfg = StyleConfig()
+        # a bad style fails before anything is encoded
+        route = default_router().route(plan.script.style, files=style_files)
+        sample_NHW3 = generator.script_frames_at(plan.script, fps, size_hw, fit_indices(total, cfg.fit_frames),
+                                                 max_side=cfg.work_side)
+        stylizer = clip_stylizer(route, sample_NHW3, cfg=cfg)
+        style_weights = {n: round(route.weights[n], 4) for n in sorted(route.weights, key=route.weights.get,
+                                                                       reverse=True)}
+        fit_s = time.perf_counter() - t_style
+        raw = _Tap(frames_it, total, keep=0)
+        tap = _Tap(stylizer.stream(raw), total)
     else:
-        from .style import stylize_frames
-        t1 = time.perf_counter()
-        frames_FHW3 = np.stack(list(frames_it))
-        timings["generation_s"] = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        styled = stylize_frames(frames_FHW3, plan.script.style)
-        style_weights = dict(styled.weights)
-        timings["style_s"] = time.perf_counter() - t2
-        t3 = time.perf_counter()
-        write_video(styled.frames, out, fps)
-        timings["encoding_s"] = time.perf_counter() - t3
-        tap = _Tap(iter(styled.frames), len(styled.frames))
-        for _ in tap:
-            pass
-        small = tap.small
+        raw = tap = _Tap(frames_it, total)
+        fit_s = 0.0
+    t1 = time.perf_counter()
+    write_video(tap, out, fps)
+    timings["generation_s"] = raw.seconds
+    if raw is not tap:
+        timings["style_s"] = fit_s + tap.seconds - raw.seconds
+    timings["encoding_s"] = time.perf_counter() - t1 - tap.seconds
+    small = tap.small
     t4 = time.perf_counter()
     preview = write_preview(np.stack(small), preview_path_for(out), fps=min(fps, 12))
     timings["preview_s"] = time.perf_counter() - t4

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -423,10 +423,15 @@ class StyleRouter:
         return (f"styles: {', '.join(STYLE_NAMES)}; or a reference image (file path) for "
                 f"{' + '.join(REFERENCE_EXPERTS)}; or a description such as 'like a charcoal drawing'")
 
-    def route(self, style: str | Path | np.ndarray) -> Route:
+    def route(self, style: str | Path | np.ndarray, *, files: bool = True) -> Route:
+        """files=False: a text is a name or a description only, never looked up as a file (the HTTP API, the
+        page: a Path, e.g. an uploaded picture, is still read)."""
         if isinstance(style, np.ndarray):
             return self._reference(style)
-        if isinstance(style, Path) or _looks_like_path(str(style)):
+        if not files and path_like(str(style)) and not isinstance(style, Path):
+            raise StyleError(f"style {str(style)[:80]!r}: takes style names and descriptions only, not file paths "
+                             "(upload a reference picture instead)")
+        if isinstance(style, Path) or (files and _looks_like_path(str(style))):
             return self._reference(read_image(style))  # VideoError names the file if it is missing/corrupt
         text = " ".join(str(style).strip().lower().split())
         if not text:
@@ -479,6 +484,14 @@ class StyleRouter:
         # patterns) also texture: the learned network. Weight within [0.2, 0.8] so both always contribute.
         w = float(np.clip(texture_score(reference_HW3), 0.2, 0.8))
         return Route({"reinhard": 1 - w, learned: w}, "reference", reference_HW3, {"texture": round(w, 4)})
+
+
+def path_like(text: str) -> bool:
+    """Whether a style text names a file (a folder separator, a home folder, a URL, an image file name),
+    judged from the text alone: the API and the page never look such a name up on the server's disk."""
+    text = text.strip()
+    return ("/" in text or "\\" in text or text.startswith("~") or "://" in text
+            or Path(text).suffix.lower() in READ_IMAGE_SUFFIXES)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -545,6 +558,11 @@ class ClipStylizer:
             acc += w * self.experts[name].apply(small_HW3, params[name]).astype(np.float32)
         return np.clip(acc + 0.5, 0, 255).astype(np.uint8)
 
+    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Style a clip frame by frame as the frames arrive: memory does not grow with the clip's length."""
+        for frame_HW3 in frames:
+            yield self(frame_HW3)
+
     def __call__(self, frame_HW3: np.ndarray) -> np.ndarray:
         h, w = frame_HW3.shape[:2]
         src = _resize_to(frame_HW3, self.cfg.work_side)
@@ -579,9 +597,22 @@ def _warp_previous(prev_src: np.ndarray, src: np.ndarray, prev_out: np.ndarray) 
     return warp(prev_src), warp(prev_out)
 
 
+def fit_indices(total: int, n: int) -> np.ndarray:
+    """Indices of at most n frames spread evenly over a clip of `total` frames (first and last included)."""
+    return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))
+
+
 def _sample(frames_FHW3: np.ndarray, n: int) -> np.ndarray:
-    idx = np.unique(np.linspace(0, len(frames_FHW3) - 1, min(n, len(frames_FHW3))).round().astype(int))
-    return frames_FHW3[idx]
+    return frames_FHW3[fit_indices(len(frames_FHW3), n)]
+
+
+def clip_stylizer(style: str | Path | np.ndarray | Route, sample_NHW3: np.ndarray, *,
+                  cfg: StyleConfig = StyleConfig(), router: StyleRouter | None = None) -> ClipStylizer:
+    """A ClipStylizer for `style` (name, description, reference image or a Route already chosen), fitted on
+    frames sampled over the clip; then `.stream(frames)` styles the clip one frame at a time. Every clip
+    path (stylize_frames, stylize_file, styled generation) goes through here."""
+    route = style if isinstance(style, Route) else (router or default_router()).route(style)
+    return ClipStylizer(route, cfg).fit(_check_frames(sample_NHW3))
 
 
 def _check_frames(frames_FHW3: np.ndarray) -> np.ndarray:
@@ -604,10 +635,9 @@ def stylize_frames(frames_FHW3: np.ndarray, style: str | Path | np.ndarray, *,
     t0 = time.perf_counter()
     single = np.asarray(frames_FHW3).ndim == 3
     frames_FHW3 = _check_frames(frames_FHW3)
-    route = (router or default_router()).route(style)
-    stylizer = ClipStylizer(route, cfg).fit(_sample(frames_FHW3, cfg.fit_frames))
-    out = np.stack([stylizer(f) for f in frames_FHW3])
-    return _result(out[0] if single else out, route, time.perf_counter() - t0)
+    stylizer = clip_stylizer(style, _sample(frames_FHW3, cfg.fit_frames), cfg=cfg, router=router)
+    out = np.stack(list(stylizer.stream(frames_FHW3)))
+    return _result(out[0] if single else out, stylizer.route, time.perf_counter() - t0)
 
 
 def _result(frames, route: Route, seconds: float) -> StyleResult:
@@ -650,13 +680,14 @@ def stylize_file(src: str | Path, style: str | Path | np.ndarray, out: str | Pat
 
 
 def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: str | Path, *,
-                        cfg: StyleConfig | None = None) -> tuple[Path, StyleResult]:
-    """stylize_file, returning (out path, StyleResult without frames: experts, weights, route, seconds)."""
+                        cfg: StyleConfig | None = None, style_files: bool = True) -> tuple[Path, StyleResult]:
+    """stylize_file, returning (out path, StyleResult without frames: experts, weights, route, seconds).
+    style_files=False: a text style is a name or description only (a Path is still a reference image)."""
     src, out = Path(src), Path(out)
     t0 = time.perf_counter()
     if out.suffix.lower() not in IMAGE_SUFFIXES | set(WRITE_SUFFIXES):
         raise StyleError(f"{out}: unsupported output suffix {out.suffix!r} (use .png, .jpg, .mp4 or .webm)")
-    route = default_router().route(style)  # before reading the source: a bad style fails fast
+    route = default_router().route(style, files=style_files)  # before reading the source: fails fast
     if is_still_image(src, out):
         image = read_image(src)
         if out.suffix.lower() not in IMAGE_SUFFIXES:
@@ -667,7 +698,7 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
             raise StyleError(f"{src}: a {image.shape[1]}x{image.shape[0]} image is too small to restyle "
                              f"({MIN_SIDE} px minimum)")
         cfg = cfg or replace(StyleConfig(), work_side=None)
-        styled = ClipStylizer(route, cfg).fit(_check_frames(image))(image)
+        styled = clip_stylizer(route, image, cfg=cfg)(image)
         write_image(styled, out)
         return out, _result(np.empty(0), route, time.perf_counter() - t0)
     if out.suffix.lower() not in WRITE_SUFFIXES:
@@ -693,7 +724,7 @@ def stylize_file_result(src: str | Path, style: str | Path | np.ndarray, out: st
         times.append(t)
         if i % step == 0:
             sample.append(f)
-    stylizer = ClipStylizer(route, cfg).fit(_check_frames(np.stack(sample)))
+    stylizer = clip_stylizer(route, np.stack(sample), cfg=cfg)
     short = decode_shortfall(info, len(times), times[-1] if times else None)
     if short is not None:  # a truncated file: its header promises more
         warnings.append(short)
@@ -778,4 +809,4 @@ def flicker_report(experts: Iterable[str] | None = None, frames: int = 24, size_
 
 __all__ = ["STYLE_NAMES", "REFERENCE_EXPERTS", "EXPERTS", "StyleConfig", "StyleError", "StyleResult", "Route",
            "StyleRouter", "ClipStylizer", "stylize_frames", "stylize_file", "stylize_file_result", "bench_stylize_fps", "flicker",
-           "flicker_report", "synthetic_clip", "lab_stats", "VideoError"]
+           "flicker_report", "synthetic_clip", "lab_stats", "VideoError", "clip_stylizer", "fit_indices", "path_like"]

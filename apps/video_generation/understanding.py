@@ -36,6 +36,8 @@ SCENE_ATTRS = ("background", "camera")
 NEGATIONS = frozenset({"no", "not", "without", "never", "nor", "none", "don't", "doesn't", "isn't", "aren't",
                        "won't", "shouldn't", "mustn't", "can't", "cannot", "neither"})
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")
+QUANTITIES = frozenset({"many", "several", "some", "few", "multiple", "numerous", "lots", "couple", "dozen",
+                        "dozens", "pair", "hundreds", "thousands", "countless", "various", "both"})
 
 
 _IRREGULAR_PLURALS = {"mice": "mouse", "geese": "goose", "feet": "foot", "teeth": "tooth", "dice": "die",
@@ -55,8 +57,10 @@ def singulars(word: str) -> set[str]:
 
 def in_vocabulary(word: str, vocabulary) -> bool:
     """`word` (lower case) or its singular ("stars" -> "star", "boxes" -> "box", "rhombi" -> "rhombus") is
-    in `vocabulary`: the world's phrasings are singular, prompts often are not."""
-    return any(w in vocabulary for w in singulars(word))
+    in `vocabulary`: the world's phrasings are singular, prompts often are not. A verb's plural form
+    ("roll" of "two balls roll") is known when its singular ("rolls") is."""
+    return any(w in vocabulary for w in singulars(word)) or \
+        (len(word) >= 3 and (word + "s" in vocabulary or word + "es" in vocabulary))
 
 
 class NothingUnderstoodError(ValueError):
@@ -294,6 +298,10 @@ def understand(prompt: str, plan, style: str | None = None) -> Understanding:
     elif plan.script.style is not None:
         style_reading = reading_of("style", plan.script.style, np.array(sorted(word_of)))
 
+    if plan.script.style is not None:   # "painting" of "in the style of an oil painting" names the style too
+        described = style_words(plan.script.style)
+        used.update(w.start for w in words if w.text.lower() in described)
+
     # words: read confidently somewhere but unused; content words read nowhere
     unrecognised, ignored = [], []
     for w in words:
@@ -311,6 +319,30 @@ def understand(prompt: str, plan, style: str | None = None) -> Understanding:
     understood = any(o[a].status == "read" for s in scenes for o in s["objects"] for a in ("shape", "colour"))
     warnings = _warnings(prompt, words, offsets, probs, function, unrecognised, ignored, used, understood, scenes)
     return Understanding(scenes, style_reading, unrecognised, ignored, guessed, warnings, understood)
+
+
+@functools.lru_cache(maxsize=1)
+def shape_words() -> frozenset[str]:
+    """Words of the world's shape phrasings that tell shapes apart ("ball", "square", "heart"), singular."""
+    from .planner import ATTRIBUTES
+
+    value_words = world_vocabulary()[1]
+    return frozenset(w for v in ATTRIBUTES["shape"] for w in value_words.get(("shape", v), ()) if not w.isdigit())
+
+
+@functools.lru_cache(maxsize=64)
+def style_words(style: str) -> frozenset[str]:
+    """Content words that describe the style expert `style` names (its name, aliases and descriptions:
+    "painting" for oil); empty when `style` is a description rather than a name."""
+    from .style import EXPERTS, default_router
+
+    name = default_router().names.get("_".join(style.strip().lower().replace("-", " ").split()))
+    if name is None:
+        return frozenset()
+    expert = EXPERTS[name]
+    text = " ".join([name, *expert.aliases, *expert.descriptions]).replace("_", " ").lower()
+    function = world_vocabulary()[0]
+    return frozenset(w for w in _WORD.findall(text) if w not in function)
 
 
 def _guess(k: int, i: int | None, attr: str, r: Reading, rows: np.ndarray, probs: dict) -> dict:
@@ -337,12 +369,23 @@ def _warnings(prompt: str, words: list[_Word], offsets, probs, function: frozens
                    "the studio reads English only")
     if not understood:
         out.append("no shape or colour word was understood: every object in the video is a guess")
+    # an object whose shape and colour were both guessed: no word named it, the planner made it up
+    invented = [f"scene {k + 1} object {i + 1} ({o['colour'].value} {world.shape_noun(o['shape'].value)})"
+                for k, sc in enumerate(scenes) for i, o in enumerate(sc["objects"])
+                if o["shape"].status != "read" and o["colour"].status != "read"]
+    if invented and understood:   # (nothing understood at all has its own warning)
+        out.append(f"made up by the planner, no word of the prompt names them: {', '.join(invented)}")
     if unrecognised:
         out.append(f"{len(unrecognised)} word(s) not understood (nothing in the video comes from them but "
                    f"guesses): {', '.join(unrecognised)}")
     if ignored:
-        out.append(f"read but not used (a scene holds at most {world.MAX_OBJECTS} objects, a video at most "
-                   f"{world.MAX_SCENES} scenes): {', '.join(ignored)}")
+        full = len(scenes) >= world.MAX_SCENES or any(len(s["objects"]) >= world.MAX_OBJECTS for s in scenes)
+        if full:   # a limit was reached: it is the likely reason
+            out.append(f"read but not used (a scene holds at most {world.MAX_OBJECTS} objects, a video at most "
+                       f"{world.MAX_SCENES} scenes): {', '.join(ignored)}")
+        else:
+            out.append(f"read but not used: {', '.join(ignored)} (the plan has no place for them; check the "
+                       "result)")
     # negations: the planner has no notion of "not"; flag a negation right before words it read as a value
     # (unless the negation is itself part of a value phrase: "does not move" is the world's "still")
     def names_value(v: _Word) -> bool:
@@ -354,13 +397,26 @@ def _warnings(prompt: str, words: list[_Word], offsets, probs, function: frozens
         if after:
             out.append(f"negation {w.text!r} is not understood: {' '.join(v.text for v in after)!r} after it was "
                        "read as asked for; check the result")
-    # counts: a number word right before a shape word makes one object (maybe the digit), never several
-    numbers = set(world.DIGIT_WORDS) | set(world.DIGITS)
+    # counts: a number or quantity word before a shape word ("three red balls", "2 stars", "many balls") still
+    # draws one object (or the digit itself): the studio draws one object per mention
+    numbers = (set(world.DIGIT_WORDS) | set(world.DIGITS)) - {"one", "1", "zero", "0"}
     shape_tagged = {w.start for w in words if any(probs["shape"][t, 0] < TAGGED for t in w.tokens)}
-    for a, b in zip(words, words[1:]):
-        if (a.text.lower() in numbers or a.text.isdigit()) and b.start in shape_tagged and a.start != b.start:
-            out.append(f"counts are not understood: '{a.text} {b.text}' draws one object (each object is drawn "
-                       f"once; {a.text!r} may be read as the digit itself)")
+    shape_nouns = shape_words()
+    for j, a in enumerate(words):
+        low = a.text.lower()
+        number = low in numbers or (a.text.isdigit() and int(a.text) > 1)
+        if not number and low not in QUANTITIES:
+            continue
+        for b in words[j + 1:j + 4]:   # "three red balls": a colour word may stand between
+            plural = b.text.lower() not in shape_nouns and in_vocabulary(b.text.lower(), shape_nouns)
+            if b.start == a.start or b.text.lower() in function or (b.start not in shape_tagged and not plural):
+                continue
+            if plural or (number and b is words[j + 1]):
+                phrase = prompt[a.start:b.end]
+                out.append(f"counts are not understood: {phrase!r} draws one object (the studio draws one object "
+                           f"per mention; name each one, e.g. 'a red ball and a blue ball'"
+                           + (f"; {a.text!r} may be read as the digit itself)" if number else ")"))
+                break
     last = max((b for a, b in offsets if b > a), default=0)
     cut = [w.text for w in words if w.start >= last]
     if cut:
