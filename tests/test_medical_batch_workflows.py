@@ -277,6 +277,7 @@ def test_eval_detection_reads_luna16_truth_and_matches_series_uids(tmp_path, cap
     assert got["sensitivity_at_fp_per_scan"]["1.0"] == 1.0
     text = " ".join(got["warnings"])
     assert "duplicate truth" in text and "duplicate prediction" in text and "series_uid" in text
+    assert "line 3 (= line 2)" in text   # the dropped rows are named, as eval-malignancy's are
     semi = _eval(tmp_path, capsys, truth.replace(", ", ";").replace(",", ";"), header + "\n".join(rows) + "\n")
     assert semi["cpm"] == got["cpm"]
 
@@ -383,3 +384,205 @@ def test_under_torchrun_rank0_prints_totals_and_other_ranks_no_json(dataset, tmp
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["processed"] == gathered[-1]["processed"] + 1 == 3 and last["failed"] == 1
     assert last["failures"] == [{"study": "x", "stage": "load", "message": "m"}]
+
+
+# ------------------------------------------------------------------------------------------ review of the fixes
+
+
+def _copy_series(src, dst, prefix="", **tags):
+    """src's slices into dst (beside what is there), as a new series when tags say so (SOPInstanceUIDs kept
+    unique per copy)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        for k, v in tags.items():
+            setattr(ds, k, v)
+        if prefix:
+            ds.SOPInstanceUID = f"1.2.826.0.1.3680043.99.{ord(prefix[0])}.{ds.InstanceNumber}"
+        ds.save_as(dst / f"{prefix}{f.name}")
+
+
+def test_a_specific_name_of_two_studies_is_nobodys_report(dataset, tmp_path):  # noqa: F811
+    root, _ = dataset
+    first, second = sorted((root / "data" / "studies").iterdir())[:2]
+    flat = tmp_path / "flat"   # flat export/: two patients' series, both with the folder key 'export'
+    _copy_series(first, flat / "export", "a_")
+    _copy_series(second, flat / "export", "b_")
+    reports = _reports(tmp_path / "rep", {"export.txt": REPORT, "1.txt": REPORT})
+    entries, errors = discover(BatchConfig(input=flat, out=tmp_path / "out", reports=reports))
+    assert len(entries) == 2 and all(e.report is None for e in entries)
+    unmatched = {r["source"]: r["message"] for r in errors if r.get("unmatched_report")}
+    assert "names 2 studies" in unmatched["export.txt"]
+    acc = tmp_path / "acc"   # AccessionNumber '1' in both (constant after anonymising)
+    _copy(first, acc / "P0" / "CT", AccessionNumber="1")
+    _copy(second, acc / "P1" / "CT", AccessionNumber="1")
+    entries, errors = discover(BatchConfig(input=acc, out=tmp_path / "out", reports=reports))
+    assert _by_key(entries) == {"P0__CT": None, "P1__CT": None}
+    assert "names 2 studies" in {r["source"]: r["message"] for r in errors if r.get("unmatched_report")}["1.txt"]
+    one = tmp_path / "one"   # two series of ONE study (same StudyInstanceUID and PatientID) share export.txt
+    _copy_series(first, one / "export", "a_")
+    _copy_series(first, one / "export", "b_", SeriesInstanceUID="1.2.826.0.1.99.7")
+    entries, errors = discover(BatchConfig(input=one, out=tmp_path / "out", reports=reports))
+    assert len(entries) == 2 and all(e.report and e.report.name == "export.txt" for e in entries)
+
+
+def test_a_claim_or_temp_folder_of_our_own_or_a_reused_pid_is_stale(tmp_path):
+    import time
+
+    out = tmp_path / "out"
+    (out / "studies").mkdir(parents=True)
+    claim = batch._claim_path(out, "s")
+    # a day-old claim with our pid: a container restart gave us the pid of the process that left it
+    claim.write_text(json.dumps({"host": _host(), "pid": os.getpid(), "time": time.time() - 86400}))
+    assert batch._claim(out, "s") is None
+    assert batch._claim_holder(out, "s")["start"] == batch._start_time(os.getpid())
+    batch._release(out, "s")
+    assert not claim.exists()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = {"host": _host(), "pid": sleeper.pid, "start": batch._start_time(sleeper.pid),
+                "boot": batch._boot_id(), "time": time.time()}
+        claim.write_text(json.dumps(live))
+        assert batch._claim(out, "s")["pid"] == sleeper.pid   # alive: respected
+        claim.write_text(json.dumps({**live, "start": "1"}))   # the pid now names a later process
+        assert batch._claim(out, "s") is None
+        studies = out / "studies"
+        tag = f"w2-{sleeper.pid}-{live['start']}-{live['boot']}-0a1b2c3d-{_host()}"
+        later = f"w2-{sleeper.pid}-1-{live['boot']}-0a1b2c3d-{_host()}"
+        kept, reused = studies / f".a.tmp-{tag}", studies / f".b.tmp-{later}"
+        mine = studies / f".c.tmp-{batch._writer_tag()}"
+        for folder in (kept, reused, mine):
+            folder.mkdir()
+        assert batch._parse_writer_tag(tag)["pid"] == sleeper.pid
+        batch._remove_stale_tmp(out)
+        assert kept.is_dir() and not reused.exists() and not mine.exists()
+    finally:
+        os.kill(sleeper.pid, signal.SIGKILL)
+        sleeper.wait()
+
+
+def test_a_claim_is_never_left_empty_and_a_takeover_race_has_one_winner(tmp_path, monkeypatch):
+    import time
+
+    out = tmp_path / "out"
+    (out / "studies").mkdir(parents=True)
+    claim = batch._claim_path(out, "s")
+
+    def crash(*a, **k):
+        raise RuntimeError("killed while writing the claim")
+
+    monkeypatch.setattr(batch.json, "dumps", crash)
+    with pytest.raises(RuntimeError):
+        batch._claim(out, "s")
+    monkeypatch.undo()
+    assert not claim.exists()   # no empty claim blocking the study
+    assert batch._claim(out, "s") is None
+    batch._release(out, "s")
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claim.write_text(json.dumps({"host": _host(), "pid": dead.pid, "time": time.time()}))
+        fresh = {"host": _host(), "pid": sleeper.pid, "start": batch._start_time(sleeper.pid), "time": time.time()}
+        real_alive = batch._alive
+
+        def judged_dead_then_taken(holder, age):   # another process takes the dead claim over meanwhile
+            monkeypatch.setattr(batch, "_alive", real_alive)
+            (out / "studies" / "fresh").write_text(json.dumps(fresh))
+            os.replace(out / "studies" / "fresh", claim)
+            return False
+
+        monkeypatch.setattr(batch, "_alive", judged_dead_then_taken)
+        assert batch._claim(out, "s")["pid"] == sleeper.pid   # the winner's fresh claim is not removed
+        assert batch._claim_holder(out, "s")["pid"] == sleeper.pid
+    finally:
+        os.kill(sleeper.pid, signal.SIGKILL)
+        sleeper.wait()
+    assert not [p for p in (out / "studies").iterdir() if p != claim]   # no temp files left
+    claim.unlink()
+
+    def no_links(*a):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(batch.os, "link", no_links)   # a network share: exclusive create instead
+    assert batch._claim(out, "s") is None and batch._claim_holder(out, "s")["pid"] == os.getpid()
+
+
+def test_a_damaged_pdf_report_leaves_the_study_image_only_in_batch_and_upload(dataset, tmp_path):  # noqa: F811
+    from apps.medical_imaging import pipeline
+
+    root, _ = dataset
+    study = root / "data" / "studies" / "synth-0001"
+    reports = _reports(tmp_path / "private_reports", {"synth-0001.pdf": b"%PDF-1.4 garbage"})
+    out = tmp_path / "out"
+    summary = _run(dataset, study, out, reports=reports, anonymize=True)
+    assert summary["processed"] == 1 and summary["failed"] == 0
+    [doc] = [json.loads(p.read_text()) for p in out.rglob("findings.json")]
+    assert not doc["report_given"] and any("report not used" in w for w in doc["warnings"])
+    written = "".join(p.read_text() for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".csv"))
+    assert "private_reports" not in written and "synth-0001.pdf" not in written
+    assert _run(dataset, study, out, reports=reports, anonymize=True)["processed"] == 0   # not retried
+
+    upload = _zip_folder(study, tmp_path / "up.zip", ("report.pdf", b"%PDF-1.4 garbage"))
+    got = pipeline.load_upload_file(upload, "up.zip")
+    assert got.report_name is None
+    assert any("up.zip/report.pdf" in w and "not used" in w for w in got.volume.warnings)
+    assert not any("medical-upload-" in w for w in got.volume.warnings)
+
+
+def test_rerun_recomputes_when_the_matched_report_changes_or_goes(dataset, tmp_path):  # noqa: F811
+    root, _ = dataset
+    study = root / "data" / "studies" / "synth-0000"
+    out = tmp_path / "out"
+    reports = _reports(tmp_path / "rep", {"SYN0000.txt": REPORT})   # by PatientID
+    assert _run(dataset, study, out, reports=reports)["processed"] == 1
+    (reports / "synth-0000.txt").write_text(REPORT)   # a more specific report appears
+    again = _run(dataset, study, out, reports=reports)
+    assert again["recomputed_with_report"] == ["synth-0000"]
+    done = out / "studies" / "synth-0000" / DONE
+    assert json.loads(done.read_text())["report_file"] == "synth-0000.txt"
+    record = json.loads(done.read_text())   # a done.json from before report_file was recorded
+    done.write_text(json.dumps({k: v for k, v in record.items() if k not in ("report_file", "report_tried")}))
+    assert _run(dataset, study, out, reports=reports)["processed"] == 1   # recomputed once
+    assert _run(dataset, study, out, reports=reports)["processed"] == 0
+    for f in reports.iterdir():   # the report withdrawn
+        f.unlink()
+    assert _run(dataset, study, out, reports=reports)["processed"] == 1
+    assert not json.loads((out / "studies" / "synth-0000" / "findings.json").read_text())["report_given"]
+
+
+def test_an_upload_zip_uses_only_a_file_named_as_the_report(dataset, tmp_path):  # noqa: F811
+    from apps.medical_imaging import pipeline
+
+    root, _ = dataset
+    study = root / "data" / "studies" / "synth-0000"
+    licensed = pipeline.load_upload_file(
+        _zip_folder(study, tmp_path / "a.zip", ("LICENSE.txt", "Creative Commons Attribution 3.0")), "a.zip")
+    assert licensed.report_name is None
+    assert any("LICENSE.txt" in w and "not used as its report" in w for w in licensed.volume.warnings)
+    named = pipeline.load_upload_file(_zip_folder(study, tmp_path / "stored", ("case7.md", REPORT)), "case7.zip")
+    assert named.report_name == "case7.md" and named.report_text == REPORT
+    import zipfile
+
+    two = _zip_folder(study, tmp_path / "b.zip", ("report.txt", REPORT))
+    with zipfile.ZipFile(two, "a") as z:
+        z.writestr("Scan_Report.md", REPORT)
+    both = pipeline.load_upload_file(two, "b.zip")
+    assert both.report_name is None
+    assert any("2 report files" in w and "none used" in w for w in both.volume.warnings)
+    assert not any("none is named as the report" in w for w in both.volume.warnings)
+
+
+def test_a_bad_barrier_timeout_is_named_before_the_work_and_a_bare_upload_name_is_a_zip(tmp_path, monkeypatch):
+    from apps.medical_imaging import api
+
+    monkeypatch.setenv("MOE_MEDICAL_BARRIER_TIMEOUT_S", "6h")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    (tmp_path / "in").mkdir()
+    with pytest.raises(ValueError, match="MOE_MEDICAL_BARRIER_TIMEOUT_S='6h'.*positive number of seconds"):
+        run_batch(BatchConfig(input=tmp_path / "in", out=tmp_path / "out", progress=False))
+    monkeypatch.setenv("MOE_MEDICAL_BARRIER_TIMEOUT_S", "90")
+    assert batch._barrier_timeout_s() == 90.0
+    assert api._sent_name("dir/study") == "study.zip" and api._sent_name("ct.nii.gz") == "ct.nii.gz"

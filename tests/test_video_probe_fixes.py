@@ -179,7 +179,7 @@ def test_audio_with_cover_art_has_no_video_stream(tmp_path, suffix):
 
 @needs_ffmpeg
 def test_truncated_file_is_reported(tmp_path):
-    from apps.video_generation.cli import media_warnings
+    from apps.video_generation.captioner import caption_file
     from apps.video_generation.style import stylize_file_result
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (48, 48, 64, 3), dtype=np.uint8)   # incompressible: bytes spread evenly
@@ -190,7 +190,8 @@ def test_truncated_file_is_reported(tmp_path):
     decoded = len(read_video(cut)[0])
     assert info.frames == 48 and decoded < 36
     assert decode_shortfall(info, decoded) is not None and decode_shortfall(probe_video(whole), 48) is None
-    assert any("truncated" in w for w in media_warnings(cut, decoded)) and media_warnings(whole, 48) == []
+    assert any("truncated" in w for w in caption_file(cut, use_model=False).warnings)
+    assert caption_file(whole, use_model=False).warnings == []
     _, result = stylize_file_result(cut, "smooth", tmp_path / "out.mp4")
     assert any("truncated" in w for w in result.warnings)
 
@@ -342,7 +343,7 @@ def test_any_ffmpeg_reader_failure_is_a_video_error(tmp_path, monkeypatch):
 
 @needs_ffmpeg
 def test_complete_variable_rate_matroska_is_not_called_truncated(tmp_path):
-    from apps.video_generation.cli import media_warnings
+    from apps.video_generation.captioner import caption_file
     # 50 frames at 25 fps, then 50 at 5 fps: 12 s, which OpenCV counts as 12 s x 25 fps = 300 "frames"
     clip = tmp_path / "vfr.mkv"
     _ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=4", "-vf", "setpts='if(lt(N,50),N/25,2+(N-50)/5)/TB'",
@@ -350,7 +351,7 @@ def test_complete_variable_rate_matroska_is_not_called_truncated(tmp_path):
     info = probe_video(clip)
     decoded = len(read_video(clip)[0])
     assert decoded == 100 and info.frames > 200   # the premise: OpenCV's count is duration x nominal rate
-    assert decode_shortfall(info, decoded) is None and media_warnings(clip, decoded) == []
+    assert decode_shortfall(info, decoded) is None and caption_file(clip, use_model=False).warnings == []
     # cut short after 75 frames (the last at 2 + 24 / 5 = 6.8 s, shown till 6.84): the message gives real times
     short = decode_shortfall(info, 75)
     assert short is not None and "decoding stopped at 6.84 of the 11.84 s" in short

@@ -161,6 +161,37 @@ def test_warnings_for_symbols_foreign_words_negations_counts_and_unused_words():
     assert u.ignored_words == ["blue", "box"] and any("not used" in w for w in u.warnings)
 
 
+def test_a_number_before_a_word_that_is_no_shape_noun_is_no_count():
+    # "p" of "3 p.m." leans to a shape, but names none: no count warning
+    prompt = "a red ball rolls left at 3 p.m."
+    tags = {"red": {"colour": ("red", 0.99)}, "ball": {"shape": ("circle", 0.99)}, "left": {"motion": ("left", 0.95)},
+            "3": {"shape": ("3", 0.9)}, "p.m.": {"shape": ("2", 0.6)}}
+    u = U.understand(prompt, fake_plan(prompt, tags, one(motion="left")))
+    assert not any("count" in w for w in u.warnings), u.warnings
+    prompt = "twenty red balls"   # number words past the digits count too
+    u = U.understand(prompt, fake_plan(prompt, {"red": {"colour": ("red", 0.99)},
+                                                "balls": {"shape": ("circle", 0.9)}}, one()))
+    assert any("'twenty red balls' draws one object" in w for w in u.warnings)
+
+
+def test_style_words_count_only_inside_the_style_phrase_read_from_the_prompt():
+    # "white" describes pencil drawings, but here it is a colour the plan dropped: it stays "read but not used"
+    prompt = "a red ball and a white star in pencil style"
+    tags = {"red": {"colour": ("red", 0.99)}, "ball": {"shape": ("circle", 0.99)},
+            "white": {"colour": ("white", 0.95)}, "pencil": {"style": ("pencil", 0.95)}}
+    script = Script(one().scenes, "pencil")
+    assert "white" in U.style_words("pencil")
+    for style in (None, "pencil"):
+        u = U.understand(prompt, fake_plan(prompt, tags, script), style=style)
+        assert "white" in u.ignored_words, (style, u.ignored_words)
+    # a style word inside the phrase the planner read as the style is understood; asked for by name, not
+    prompt = "a red ball, pencil sketch"
+    tags = {"red": {"colour": ("red", 0.99)}, "ball": {"shape": ("circle", 0.99)},
+            "pencil": {"style": ("pencil", 0.95)}, "sketch": {"style": ("pencil", 0.95)}}
+    u = U.understand(prompt, fake_plan(prompt, tags, script))
+    assert "sketch" not in u.unrecognised_words + u.ignored_words
+
+
 def test_a_plan_without_its_reading_is_refused():
     with pytest.raises(ValueError, match="reading"):
         U.understand("a red ball", P.Plan(one(), [], [], []))

@@ -5,7 +5,8 @@
                                     -> findings JSON (pipeline.findings_json, with the disclaimer)
 
 Errors: an upload over the server's upload limit (settings `max_upload_bytes`) -> 413; an unsafe zip
-(escaping paths, bomb) -> 400; no readable CT series in it, or a bad report -> 422. The upload is stored in
+(escaping paths, bomb) -> 400; no readable CT series in it, or a sent report too long -> 422 (a report file
+in the zip that cannot be read is a warning, the study diagnosed from the image). The upload is stored in
 the server's upload area (apps.web.uploads) and removed after the request; the diagnosis runs in FastAPI's
 thread pool.
 """
@@ -41,8 +42,7 @@ def _diagnose_zip(path: Path, report: str | None, filename: str) -> dict:
 
     from .pipeline import diagnose, findings_json, load_upload_file, shared_models, upload_name, upload_report
 
-    if "." not in Path(filename).name:   # a name without suffix: a zip
-        filename += ".zip"
+    filename = _sent_name(filename)
     try:
         study = load_upload_file(path, filename)
     except UnsafeArchiveError as exc:
@@ -60,6 +60,11 @@ def _diagnose_zip(path: Path, report: str | None, filename: str) -> dict:
 def _as_uploaded(exc: Exception, path: Path, filename: str) -> str:
     """The error's message with the stored upload's path replaced by the name the client sent (load_upload
     already names files inside the zip by the zip's name): a client learns nothing of the server's folders."""
-    name = Path(filename).name
-    name = name if "." in name else f"{name}.zip"   # a bare study name: its zip
+    name = _sent_name(filename)
     return str(exc).replace(str(path), name).replace(path.name, name)
+
+
+def _sent_name(filename: str) -> str:
+    """The upload's file name as the client sent it; a bare name without a suffix ('study') is a zip."""
+    name = Path(filename).name
+    return name if "." in name else f"{name}.zip"

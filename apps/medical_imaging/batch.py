@@ -29,9 +29,13 @@ crash or kill never leaves a half-written study that counts as done: a rerun ski
 ones and findings.csv is rebuilt from them. Under torchrun (RANK / WORLD_SIZE set) rank r takes the
 studies i % WORLD_SIZE == r and rank 0 merges once every rank is done; `diagnose --merge` does it by hand.
 Reports (--reports) match by folder key, StudyInstanceUID, SeriesInstanceUID or AccessionNumber, else by a
-folder name or PatientID that belongs to one study only (_match_reports); unmatched ones are listed. Several
-batches may share `out`: a study is claimed (studies/.<key>.claim, O_EXCL, host and pid) while computed, and
-only dead processes' temp folders and claims are removed. A dead --workers process fails only its study.
+folder name or PatientID, each name only when every series it names is of one study (StudyInstanceUID and
+PatientID: _match_reports); unmatched ones are listed, and a rerun recomputes a study whose matched report
+changed. Several batches may share `out`: a study is claimed while computed (studies/.<key>.claim, written whole
+and hard-linked into place, naming host, pid, the process's start time and the boot), a dead process's claim is
+taken over by renaming it aside (one process wins), and only dead processes' temp folders are removed (a pid
+reused after a restart, this process's own included, is another process). A dead --workers process fails only
+its study.
 Logs never name patients: only keys, counts and error reasons.
 """
 from __future__ import annotations
@@ -86,6 +90,7 @@ class StudyEntry:
     notes: list[str] = field(default_factory=list)   # warnings found while scanning (slice files lost)
     lost: list[Path] = field(default_factory=list)    # the slice files lost (empty, truncated...): names to scrub
     report_names: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))   # (specific, shared)
+    patient_id: str = ""              # the series' PatientID (read when matching reports): who a report is of
 
 
 def _hash(text: str) -> str:
@@ -382,24 +387,44 @@ def _report_label(path: Path, cfg: BatchConfig) -> str:
     return _hash(path.name) if cfg.anonymize else path.name
 
 
+def _study_of(entry: StudyEntry) -> tuple[str, ...]:
+    """Which study an entry belongs to, for report matching: (StudyInstanceUID, PatientID); a volume file (no
+    UIDs) is a study of its own."""
+    return (entry.study_uid, entry.patient_id) if entry.study_uid else ("origin", entry.origin)
+
+
 def _match_reports(entries: list[StudyEntry], cfg: BatchConfig) -> list[dict]:
-    """Give each entry its report file. Specific names first (folder key, StudyInstanceUID, SeriesInstanceUID,
-    AccessionNumber: the first that names a file wins, a warning when several files name the study); then
-    shared names (leaf folder, the folders above it, PatientID), each only when it belongs to exactly one
-    study of the batch: 'CT.txt' beside two patients' CT/ folders is nobody's report. Returns errors.csv rows
-    (stage 'report') for files that name several studies or none; those carry 'unmatched_report'."""
+    """Give each entry its report file. A name is used only when every entry it names belongs to one study
+    (same StudyInstanceUID and PatientID: two series of one exam may share a report, two patients never do).
+    Specific names (folder key, StudyInstanceUID, SeriesInstanceUID, AccessionNumber) are judged among the
+    entries they name specifically, so a flat export/ folder holding two patients' series, or an AccessionNumber
+    that anonymising made constant, is nobody's report; shared names (leaf folder, the folders above it,
+    PatientID) only when no entry has the name as a specific one: 'CT.txt' beside two patients' CT/ folders is
+    nobody's, beside a top-level CT/ it is that study's. The first usable name wins (a warning when several
+    files name the study). Returns errors.csv rows (stage 'report') for files that name several studies or
+    none; those carry 'unmatched_report'."""
     index = _report_index(cfg.reports)
     if not index:
         return []
-    owners: dict[str, list[StudyEntry]] = {}   # a name's studies: 'CT' is also the key of a top-level CT/
+    specific_owners: dict[str, list[StudyEntry]] = {}
+    shared_owners: dict[str, list[StudyEntry]] = {}
     for e in entries:
-        for name in {*e.report_names[0], *e.report_names[1]}:
-            owners.setdefault(name, []).append(e)
+        for name in dict.fromkeys(e.report_names[0]):
+            specific_owners.setdefault(name, []).append(e)
+        for name in dict.fromkeys(e.report_names[1]):
+            shared_owners.setdefault(name, []).append(e)
+
+    def owners(name: str) -> list[StudyEntry]:
+        return specific_owners.get(name) or shared_owners.get(name, [])
+
+    def usable(name: str) -> bool:
+        return name in index and len({_study_of(o) for o in owners(name)}) == 1
+
     used: set[Path] = set()
     for e in entries:
         specific, shared = e.report_names
-        found = list(dict.fromkeys([*(index[n] for n in specific if n in index),
-                                    *(index[n] for n in shared if n in index and len(owners[n]) == 1)]))
+        found = list(dict.fromkeys([*(index[n] for n in specific if usable(n)),
+                                    *(index[n] for n in shared if n not in specific_owners and usable(n))]))
         if not found:
             continue
         e.report = found[0]
@@ -413,11 +438,13 @@ def _match_reports(entries: list[StudyEntry], cfg: BatchConfig) -> list[dict]:
         if path in used:
             continue
         label = _report_label(path, cfg)
-        studies = owners.get(name, [])
-        if len(studies) > 1:
-            listed = ", ".join(e.key for e in studies[:10]) + (" ..." if len(studies) > 10 else "")
-            message = (f"report {label} names {len(studies)} studies ({listed}): used for none of them; name it "
-                       "by a study's folder key (a__b), StudyInstanceUID, SeriesInstanceUID or AccessionNumber")
+        named = owners(name)
+        if named:
+            n = len({_study_of(o) for o in named})
+            listed = ", ".join(e.key for e in named[:10]) + (" ..." if len(named) > 10 else "")
+            message = (f"report {label} names {n} studies ({listed}): used for none of them; name it "
+                       "by a study's folder key (a__b), StudyInstanceUID, SeriesInstanceUID or AccessionNumber "
+                       "that is its alone")
         else:
             message = (f"report {label} matches no study (by folder key, StudyInstanceUID, SeriesInstanceUID, "
                        "AccessionNumber, a folder name or PatientID of exactly one study): not used")
@@ -481,6 +508,7 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
             entries.append(StudyEntry(key, key if cfg.anonymize else name, folder, series.series_uid,
                                       series.study_uid, series.files, None, origin=_hash(series.series_uid),
                                       report_names=([n for n in specific if n], [n for n in shared if n]),
+                                      patient_id=patient_id,
                                       notes=[lost_slices_warning(lost)] if lost else [],
                                       lost=[path for path, _ in lost]))
     if not cfg.anonymize:
@@ -520,55 +548,149 @@ def _host() -> str:
     return _safe(socket.gethostname())[:40] or "host"
 
 
-def _alive(host: str, pid: int, age_s: float) -> bool:
-    """Whether the process that wrote a claim or temp folder may still run: on this host, whether the pid
-    lives; on another, whether it is younger than CLAIM_STALE_S (a study takes minutes)."""
+def _start_time(pid: int) -> str:
+    """A process's start time (clock ticks after boot: field 22 of /proc/<pid>/stat), '' where unreadable. With
+    the pid it names one process: a pid reused (after a container restart, or wrapped around) starts later."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rfind(")") + 2:].split()   # after 'pid (comm)': fields 3, 4, ...
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _boot_id() -> str:
+    """This boot of the machine ('' where unreadable): a pid and start time from another boot name nothing."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12]
+    except OSError:
+        return ""
+
+
+def _me() -> dict:
+    """This process as claims and temp folder names record it: host, pid, start time, boot."""
+    return {"host": _host(), "pid": os.getpid(), "start": _start_time(os.getpid()), "boot": _boot_id()}
+
+
+# A temp name's writer: 'w2-<pid>-<start>-<boot>-<nonce>-<host>' (host last: it may hold '-'); older versions
+# wrote '<host>-<pid>-<nonce>'.
+_TAG = re.compile(r"w2-(?P<pid>\d+)-(?P<start>\d*)-(?P<boot>[0-9a-f]*)-[0-9a-f]{8}-(?P<host>.+)")
+_OLD_TAG = re.compile(r"(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}")
+
+
+def _writer_tag() -> str:
+    """The part of a temp file or folder name (after '.tmp-') that says which process writes it, unique per call."""
+    me = _me()
+    return f"w2-{me['pid']}-{me['start']}-{me['boot']}-{uuid.uuid4().hex[:8]}-{me['host']}"
+
+
+def _parse_writer_tag(tag: str) -> dict | None:
+    """_writer_tag's fields ({host, pid, start, boot}; an older name's host and pid), None when not a tag."""
+    m = _TAG.fullmatch(tag) or _OLD_TAG.fullmatch(tag)
+    if m is None:
+        return None
+    fields = m.groupdict()
+    return {"host": fields["host"], "pid": int(fields["pid"]), "start": fields.get("start") or "",
+            "boot": fields.get("boot") or ""}
+
+
+def _alive(holder: dict, age_s: float) -> bool:
+    """Whether the process that wrote a claim or temp folder ({host, pid[, start, boot]}) may still run. On
+    another host: whether it is younger than CLAIM_STALE_S (a study takes minutes). On this host: not this
+    process (it holds no claim and no temp folder when this is asked: one it left is from before a restart
+    that gave it the same pid), and a live pid that started when the writer did in this boot (where recorded
+    and readable: a reused pid is another process)."""
+    host, pid = str(holder.get("host")), int(holder.get("pid", -1))
     if host != _host():
         return age_s < CLAIM_STALE_S
+    if pid <= 0 or pid == os.getpid():
+        return False
+    boot, start = str(holder.get("boot") or ""), str(holder.get("start") or "")
+    if boot and _boot_id() and boot != _boot_id():
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    now = _start_time(pid)
+    return not (start and now and start != now)
 
 
 def _claim_path(out: Path, key: str) -> Path:
     return out / "studies" / f".{key}.claim"
 
 
-def _claim_holder(out: Path, key: str) -> dict | None:
-    """The claim on a study ({host, pid, time}), None when there is none (or it cannot be read)."""
+def _read_claim(path: Path) -> tuple[dict | None, os.stat_result | None]:
+    """(the claim, the stat of the file read) at path; (None, stat) for garbage, (None, None) when none."""
     try:
-        return json.loads(_claim_path(out, key).read_text())
-    except (OSError, ValueError):
-        return None
+        with open(path) as f:
+            stat, text = os.fstat(f.fileno()), f.read()
+    except OSError:
+        return None, None
+    try:
+        claim = json.loads(text)
+    except ValueError:
+        return None, stat
+    return (claim, stat) if isinstance(claim, dict) else (None, stat)
+
+
+def _claim_holder(out: Path, key: str) -> dict | None:
+    """The claim on a study ({host, pid, start, boot, time}), None when there is none (or it cannot be read)."""
+    return _read_claim(_claim_path(out, key))[0]
+
+
+def _place_claim(tmp: Path, path: Path) -> bool:
+    """Put the claim written whole in tmp at path unless a claim is there: a hard link (atomic); where the file
+    system has none (some network shares), an exclusive create written in one call."""
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        pass
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(tmp.read_bytes())
+    return True
 
 
 def _claim(out: Path, key: str) -> dict | None:
-    """Claim a study for this process (O_EXCL claim file); a dead process's claim is taken over. Returns None
-    when claimed, else the live holder's claim."""
+    """Claim a study for this process. The claim is written whole into a temp file and hard-linked into place
+    (atomic: fails when a claim exists, and a crash never leaves an empty one). A dead process's claim is taken
+    over by renaming it aside (one process wins the rename; one that renamed a fresh claim instead, written
+    after it judged, puts it back) and creating ours. Returns None when claimed, else the live holder's claim."""
     path = _claim_path(out, key)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _claim_holder(out, key)
-            if holder is None:   # being written this instant, or garbage: judge by its age
-                try:
-                    age = time.time() - path.stat().st_mtime
-                except OSError:
-                    continue
-                holder = {"host": "?", "pid": -1, "time": time.time() - age}
-            if _alive(str(holder.get("host")), int(holder.get("pid", -1)), time.time() - float(holder["time"])):
+    tmp = path.with_name(f"{path.name}.tmp-{_writer_tag()}")
+    tmp.write_text(json.dumps({**_me(), "time": time.time()}))
+    try:
+        for _ in range(4):
+            if _place_claim(tmp, path):
+                return None
+            holder, stat = _read_claim(path)
+            if stat is None:
+                continue   # released or taken over this instant: try again
+            if holder is None:   # garbage (never a half-written claim): judged by its age
+                holder = {"host": "?", "pid": -1, "time": stat.st_mtime}
+            if _alive(holder, time.time() - float(holder.get("time", stat.st_mtime))):
                 return holder
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"host": _host(), "pid": os.getpid(), "time": time.time()}))
-        return None
-    return _claim_holder(out, key) or {"host": "?", "pid": -1, "time": time.time()}
+            aside = path.with_name(f"{path.name}.tmp-{_writer_tag()}")
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                continue   # another process took it over first
+            if (os.stat(aside).st_ino, os.stat(aside).st_dev) != (stat.st_ino, stat.st_dev):
+                with contextlib.suppress(FileExistsError):   # a fresh claim, not the dead one: give it back
+                    os.link(aside, path)
+            aside.unlink(missing_ok=True)
+        return _claim_holder(out, key) or {"host": "?", "pid": -1, "time": time.time()}
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _release(out: Path, key: str) -> None:
@@ -578,34 +700,44 @@ def _release(out: Path, key: str) -> None:
 
 
 def _remove_stale_tmp(out: Path) -> None:
-    """Remove the temp folders of dead processes (a killed run's half-written studies); a live process's
-    (another batch writing into the same --out, a torchrun rank) are left alone."""
+    """Remove the temp folders and files of dead processes (a killed run's half-written studies, a claim being
+    written); a live process's (another batch writing into the same --out, a torchrun rank) are left alone."""
     for tmp in (out / "studies").glob(".*.tmp-*"):
-        parts = tmp.name.rsplit(".tmp-", 1)[1].split("-")
         try:
             age = time.time() - tmp.stat().st_mtime
         except OSError:
             continue
-        if len(parts) >= 3 and parts[-2].isdigit():
-            alive = _alive("-".join(parts[:-2]), int(parts[-2]), age)
-        else:   # an older version's name: judged by its age
-            alive = age < CLAIM_STALE_S
-        if not alive:
+        writer = _parse_writer_tag(tmp.name.rsplit(".tmp-", 1)[1])
+        # an unrecognised name (an older version's, say): judged by its age
+        alive = _alive(writer, age) if writer is not None else age < CLAIM_STALE_S
+        if alive:
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+_UNKNOWN = object()   # a legacy done.json's report file: it had one, not recorded which
 
 
 def _needs_run(entry: StudyEntry, cfg: BatchConfig) -> str | None:
-    """Why a study must be (re)computed: 'new' (no finished results), 'report' (finished without a report
-    that --reports now gives it: its probabilities would change; not when that same file was tried and could
-    not be read), or None."""
+    """Why a study must be (re)computed: 'new' (no finished results), 'report' (--reports now gives it another
+    report than the one it finished with, or none: its probabilities would change; not when the file now matched
+    was tried and could not be read), or None. Without --reports finished studies are kept as they are (a
+    resumed run need not repeat the flag); a done.json from before report_file was recorded that used a report
+    recomputes once."""
     try:
         record = json.loads((Path(cfg.out) / "studies" / entry.key / DONE).read_text())
     except (OSError, ValueError):
         return "new"
-    if entry.report is not None and not record.get("report") and \
-            record.get("report_tried") != _report_label(entry.report, cfg):
-        return "report"
-    return None
+    if cfg.reports is None:
+        return None
+    now = _report_label(entry.report, cfg) if entry.report is not None else None
+    used = record["report_file"] if "report_file" in record else (_UNKNOWN if record.get("report") else None)
+    if used == now or (used is None and now is not None and record.get("report_tried") == now):
+        return None
+    return "report"
 
 
 # ---------------------------------------------------------------------------------------------- one study
@@ -668,7 +800,7 @@ def _process_claimed(entry: StudyEntry, cfg: BatchConfig) -> dict:
         stage = "write"
         series_uid = _hash(volume.series_uid) if cfg.anonymize else volume.series_uid
         study_uid = _hash(volume.study_uid) if cfg.anonymize else volume.study_uid
-        tmp = out / "studies" / f".{entry.key}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = out / "studies" / f".{entry.key}.tmp-{_writer_tag()}"
         tmp.mkdir(parents=True)
         try:
             write_study(result, volume, tmp, entry.key, series_uid, study_uid, overlays=cfg.overlays, sr=cfg.sr,
@@ -706,7 +838,7 @@ def _read_entry_report(entry: StudyEntry, cfg: BatchConfig) -> tuple[str | None,
     try:
         return read_report_file(entry.report), label, None
     except ReportFileError as exc:
-        problem = str(exc).replace(str(entry.report), label)
+        problem = str(exc).replace(str(entry.report), label).replace(entry.report.name, label)
         return None, None, f"report not used: {problem}; diagnosed from the image only"
 
 
@@ -780,7 +912,23 @@ def _shard() -> tuple[int, int]:
     return rank, world
 
 
-BARRIER_TIMEOUT_S = float(os.environ.get("MOE_MEDICAL_BARRIER_TIMEOUT_S", 6 * 3600))   # the slowest shard's lead
+BARRIER_TIMEOUT_ENV = "MOE_MEDICAL_BARRIER_TIMEOUT_S"
+DEFAULT_BARRIER_TIMEOUT_S = 6 * 3600.0   # the slowest shard's lead over the fastest
+
+
+def _barrier_timeout_s() -> float:
+    """The final gather's timeout from MOE_MEDICAL_BARRIER_TIMEOUT_S (default 6 h): a positive number of seconds."""
+    raw = os.environ.get(BARRIER_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_BARRIER_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise ValueError(f"{BARRIER_TIMEOUT_ENV}={raw!r}: give the ranks' final gather timeout as a positive "
+                         "number of seconds (default 21600, 6 h)")
+    return value
 
 
 def _watch_agent() -> None:
@@ -810,7 +958,7 @@ def _barrier(world: int, local: dict | None = None) -> list[dict] | None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=timedelta(seconds=BARRIER_TIMEOUT_S))
+        dist.init_process_group("gloo", timeout=timedelta(seconds=_barrier_timeout_s()))
     gathered: list = [None] * world
     dist.all_gather_object(gathered, local or {})
     return gathered
@@ -854,8 +1002,7 @@ def _run_workers(todo: list[StudyEntry], cfg: BatchConfig, bar) -> list[dict]:
             rows, broken = _run_pool(chunk, cfg, min(cfg.workers, len(chunk)), bar)
             results += rows
             holders = {e.key: _claim_holder(out, e.key) for e in broken}
-            running = [e for e in broken if holders[e.key] is not None and not _alive(
-                str(holders[e.key].get("host")), int(holders[e.key].get("pid", -1)), 0.0)]
+            running = [e for e in broken if holders[e.key] is not None and not _alive(holders[e.key], 0.0)]
             for e in broken:
                 if e in running or len(chunk) == 1 or not running:
                     deaths[e.key] = deaths.get(e.key, 0) + 1
@@ -881,6 +1028,8 @@ def run_batch(cfg: BatchConfig) -> dict:
         entries, scan_errors = discover(cfg)
     _claim_keys(entries, out, cfg.anonymize)
     rank, world = _shard()
+    if world > 1:
+        _barrier_timeout_s()   # a bad value is said now, not after this rank's share is done
     if world > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
         _watch_agent()
     mine = [e for n, e in enumerate(entries) if n % world == rank]
@@ -888,7 +1037,8 @@ def run_batch(cfg: BatchConfig) -> dict:
     todo = [e for e in mine if why[e.key]]
     with_report = [e.key for e in todo if why[e.key] == "report"]
     for key in with_report:
-        print(f"study {key}: finished without a report, which --reports now gives: recomputed", file=sys.stderr)
+        print(f"study {key}: finished with another report than --reports now gives (or none): recomputed",
+              file=sys.stderr)
     unmatched = [r["unmatched_report"] for r in scan_errors if r.get("unmatched_report")]
     if rank == 0:
         for r in scan_errors:

@@ -8,8 +8,12 @@ curve (sensitivity against false positives per scan); the CPM is the mean sensit
 1/2, 1, 2, 4 and 8 false positives per scan, each read as the best sensitivity reached without
 exceeding that rate (a step reading, a little stricter than interpolating the curve).
 
-    truth = read_truth("truth.csv"); preds = read_predictions("findings.csv")
-    result = froc(preds, truth)              # FrocResult: .cpm, .sensitivity_at, .curve
+    truth = read_truth_table("truth.csv")    # .nodules, .scans (those without nodules too), .warnings
+    preds, warnings = read_prediction_table("findings.csv")
+    preds, key_warnings = align_keys(preds, truth)   # LUNA16 series UIDs; keys that do not overlap
+    result = froc(preds, truth.nodules, n_scans=len(truth.scans | {p.study for p in preds}))
+    # result: FrocResult (.cpm, .sensitivity_at, .curve); show truth.warnings + warnings + key_warnings
+    # (duplicate rows dropped, keys that do not overlap). read_truth / read_predictions drop the warnings.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ import numpy as np
 
 from data_connectors.text_files import (decoded_file, field_key, named_column, repeated_header_warning, table_body,
                                         table_rows)
+
+from .tables import drop_duplicate_rows
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # LUNA16's operating points, FPs per scan
 
@@ -115,13 +121,6 @@ def _number(path, line: int, row: dict, column: str) -> float:
     return value
 
 
-def _drop_duplicates(path, items: list, what: str, warnings: list[str]) -> list:
-    kept = list(dict.fromkeys(items))
-    if len(kept) < len(items):
-        warnings.append(f"{path}: {len(items) - len(kept)} duplicate {what} row(s) dropped (each counts once)")
-    return kept
-
-
 @dataclass
 class TruthTable:
     nodules: list[Nodule]
@@ -139,9 +138,10 @@ def read_truth_table(path: str | Path) -> TruthTable:
         scans.add(row["study"])
         if not any(row[c] for c in ("x_mm", "y_mm", "z_mm", "diameter_mm")):
             continue
-        nodules.append(Nodule(row["study"], tuple(_number(path, n, row, c) for c in ("x_mm", "y_mm", "z_mm")),
-                              _number(path, n, row, "diameter_mm")))
-    return TruthTable(_drop_duplicates(path, nodules, "truth", warnings), scans, warnings)
+        nodules.append((n, Nodule(row["study"], tuple(_number(path, n, row, c) for c in ("x_mm", "y_mm", "z_mm")),
+                                  _number(path, n, row, "diameter_mm"))))
+    nodules, dropped = drop_duplicate_rows(path, nodules, what="truth ")
+    return TruthTable([nodule for _, nodule in nodules], scans, warnings + dropped)
 
 
 def read_truth(path: str | Path) -> list[Nodule]:
@@ -154,9 +154,10 @@ def read_prediction_table(path: str | Path) -> tuple[list[Prediction], list[str]
     series_uid column is kept) or LUNA16's seriesuid,coordX,coordY,coordZ,probability. Duplicate rows count
     once (with a warning): a copy would otherwise be a false positive."""
     rows, warnings = _read_rows(path, ("study", "x_mm", "y_mm", "z_mm", "probability"))
-    preds = [Prediction(row["study"], tuple(_number(path, n, row, c) for c in ("x_mm", "y_mm", "z_mm")),
-                        _number(path, n, row, "probability"), row.get("series_uid", "")) for n, row in rows]
-    return _drop_duplicates(path, preds, "prediction", warnings), warnings
+    preds = [(n, Prediction(row["study"], tuple(_number(path, n, row, c) for c in ("x_mm", "y_mm", "z_mm")),
+                            _number(path, n, row, "probability"), row.get("series_uid", ""))) for n, row in rows]
+    preds, dropped = drop_duplicate_rows(path, preds, what="prediction ")
+    return [p for _, p in preds], warnings + dropped
 
 
 def read_predictions(path: str | Path) -> list[Prediction]:

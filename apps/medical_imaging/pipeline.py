@@ -226,7 +226,7 @@ def load_upload_file(path: str | Path, filename: str | None = None) -> UploadedS
     path, name = Path(path), Path(filename or Path(path).name).name
     low = name.lower()
     if low.endswith(".zip") or zipfile.is_zipfile(path):
-        return load_upload_study(path)
+        return load_upload_study(path, name)
     if low.endswith(".mhd"):
         raise DicomReadError(f"{name}: a MetaImage header keeps its voxels in a second file: upload a zip of the "
                              ".mhd and its .raw")
@@ -259,12 +259,13 @@ def upload_report(study: UploadedStudy, typed: str | None) -> tuple[str | None, 
     return None, None
 
 
-def load_upload_study(zip_path: str | Path) -> UploadedStudy:
+def load_upload_study(zip_path: str | Path, filename: str | None = None) -> UploadedStudy:
     """The CT volume in an uploaded zip of DICOM files (or of one NIfTI / MetaImage file) and the report file
-    beside it, if any (.txt/.md/.pdf/.docx), extracted safely (data_connectors.archive) into a temporary folder
+    beside it, if any (a .txt/.md/.pdf/.docx named 'report' or after the study: _zip_report), extracted safely (data_connectors.archive) into a temporary folder
     that is removed afterwards. Several series of one study: the CT series with the most slices is taken (a
     warning names it); series of different patients or studies are refused. Errors and warnings name files
-    inside the zip as "<zip name>/<member>", never the temporary folder."""
+    inside the zip as "<zip name>/<member>", never the temporary folder. `filename`: the name the zip was sent
+    as (its stem names the study: a report may be named after it), else the file's own."""
     import tempfile
 
     from data_connectors.dicom import DicomReadError
@@ -272,27 +273,32 @@ def load_upload_study(zip_path: str | Path) -> UploadedStudy:
     zip_path = Path(zip_path)
     with tempfile.TemporaryDirectory(prefix="medical-upload-") as tmp:
         try:
-            study = _load_unpacked(zip_path, tmp)
+            study = _load_unpacked(zip_path, tmp, upload_name(filename or zip_path.name))
         except DicomReadError as exc:
             raise DicomReadError(str(exc).replace(tmp, zip_path.name)) from None
     study.volume.warnings = [w.replace(tmp, zip_path.name) for w in study.volume.warnings]
     return study
 
 
-def _zip_report(files: list[Path], tmp: str, warnings: list[str]) -> tuple[str | None, str | None]:
-    """(text, name in the zip) of the one report file in an unpacked upload; with several, the one whose name
-    says 'report' (else none, with a warning)."""
+def _zip_report(files: list[Path], tmp: str, study: str, warnings: list[str]) -> tuple[str | None, str | None]:
+    """(text, name in the zip) of the report in an unpacked upload: the one report-type file (.txt/.md/.pdf/
+    .docx) whose name says 'report' (any case) or whose stem is the study's name (the zip's, without .zip). Other
+    text files (a LICENSE.txt, a README.md) are no report: ignored with a warning; several reports: none used."""
     from .report import ReportFileError, is_report_file, read_report_file
 
-    found = [f for f in files if is_report_file(f)]
-    if len(found) > 1:
-        found = [f for f in found if "report" in f.name.lower()] or found
+    texts = [f for f in files if is_report_file(f)]
+    found = [f for f in texts if "report" in f.name.lower() or f.stem.lower() == study.lower()]
+    ignored = [f.relative_to(tmp).as_posix() for f in texts if f not in found]
+    if ignored:
+        warnings.append(f"{len(ignored)} text file(s) in the zip not used as its report ({', '.join(ignored[:5])}"
+                        f"{' ...' if len(ignored) > 5 else ''}): a report is named 'report' or after the study "
+                        f"({study}.txt)")
     if not found:
         return None, None
     if len(found) > 1:
         names = ", ".join(f.relative_to(tmp).as_posix() for f in found[:5])
-        warnings.append(f"the zip holds {len(found)} text files ({names}) and none is named as the report: none "
-                        "used")
+        warnings.append(f"the zip holds {len(found)} report files ({names}): none used, as it is not clear which "
+                        "is this study's; keep one")
         return None, None
     name = found[0].relative_to(tmp).as_posix()
     try:
@@ -329,7 +335,7 @@ def _patients_and_studies(series_list) -> tuple[int, int]:
     return len(patients), len({s.study_uid for s in series_list})
 
 
-def _load_unpacked(zip_path: Path, tmp: str) -> UploadedStudy:
+def _load_unpacked(zip_path: Path, tmp: str, study: str) -> UploadedStudy:
     """load_upload_study's work, in the temporary folder tmp."""
     from data_connectors.archive import safe_extract_zip
     from data_connectors.dicom import (VOLUME_SUFFIXES, DicomReadError, ct_series, load_series, load_volume,
@@ -337,7 +343,7 @@ def _load_unpacked(zip_path: Path, tmp: str) -> UploadedStudy:
 
     files = safe_extract_zip(zip_path, tmp, max_total_bytes=MAX_UNZIPPED_BYTES)
     notes: list[str] = []
-    report, report_name = _zip_report(files, tmp, notes)
+    report, report_name = _zip_report(files, tmp, study, notes)
     images = [f for f in files if f.name.lower().endswith(VOLUME_SUFFIXES)]
     if len(images) == 1:
         volume = load_volume(images[0])

@@ -233,13 +233,19 @@ def is_report_file(path: Path) -> bool:
 def read_report_file(path: str | Path) -> str:
     """A report file's text: .txt / .md in UTF-8 (BOM or not), UTF-16 with a BOM or Windows-1252
     (data_connectors.text_files.decoded_file); .pdf's text layer and .docx's paragraphs through the knowledge
-    readers. Unreadable, binary or blank files raise ReportFileError naming the file."""
+    readers. Unreadable, damaged (a .pdf or .docx the readers refuse), binary or blank files raise
+    ReportFileError naming the file, so that callers treat them alike (the batch: image-only with a warning)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".pdf", ".docx"):
-        from data_connectors.knowledge import read_docx, read_pdf
+        from data_connectors.knowledge import KnowledgeFormatError, read_docx, read_pdf
 
-        text = "\n".join(d.text for d in (read_pdf if suffix == ".pdf" else read_docx)(path))
+        try:
+            docs = (read_pdf if suffix == ".pdf" else read_docx)(path)
+        except KnowledgeFormatError as exc:
+            problem = str(exc).removeprefix(f"{exc.path}: ")
+            raise ReportFileError(path, problem) from None
+        text = "\n".join(d.text for d in docs)
         if not text.strip():
             raise ReportFileError(path, "no text in it")
         return text

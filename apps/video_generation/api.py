@@ -1,8 +1,10 @@
 """HTTP API of the video studio (mounted by apps/server.py at /api/v1/video).
 
     POST /generate  {"prompt": "...", "seconds": 3, "resolution": "360p", "fps": 24, "style": null}
-        "style" is a style name or a description; a value that looks like a file path -> 422 (the API
-        reads no files of the server's; reference pictures go through the page or the CLI).
+        "style" is a style name or a description; a value that names a file (style.path_like: starts
+        with "/", "./", "../", "~/", "C:\\" or "C:/", holds "://", or ends in an image suffix) -> 422 (the
+        API reads no files of the server's; reference pictures go through the page or the CLI). Other text
+        ("sci-fi/neon", "n/a") is a description: one that matches no style -> 422 saying so.
         -> {"id", "video_url", "preview_url" (absolute URLs), "script", "cut_frames", "experts", "timings",
             "understanding" (which words carried each planned value, guesses, unknown words), "warnings", ...}
         "experts" per scene: "text_experts" {id: mean gate weight over the scene's tokens} (top-2 gates,
@@ -31,7 +33,8 @@ from pydantic import BaseModel, Field, field_validator
 from .studio import MAX_FILES, MAX_FPS, MAX_PROMPT_CHARS, MAX_SECONDS, MIN_FPS, MIN_SECONDS, keep_newest
 from .style import path_like
 
-_NAME = re.compile(r"^[0-9a-f]{32}\.(mp4|webm)(\.preview\.gif)?$")   # a clip, or its preview_path_for
+# a clip, its preview_path_for, or a preview named the older way ("<id>.preview.gif"): pruned and served alike
+_NAME = re.compile(r"^[0-9a-f]{32}(?:\.(?:mp4|webm)(?:\.preview\.gif)?|\.preview\.gif)$")
 _lock = asyncio.Lock()
 
 router = APIRouter(tags=["video"])

@@ -121,19 +121,6 @@ def caption(args: argparse.Namespace) -> None:
     _print(args, result.to_dict(), text)
 
 
-def media_warnings(path: Path, decoded_frames: int) -> list[str]:
-    """What a reader of a file's captions should know about the file itself: fewer frames decoded than its
-    header lists (truncated), HDR colours converted to SDR. A clip cut short on purpose (MAX_CAPTION_FRAMES)
-    is no shortfall (caption_file names the captioned span instead)."""
-    from data_connectors.video import decode_shortfall, hdr_warning, probe_video
-
-    from .captioner import MAX_CAPTION_FRAMES
-
-    info = probe_video(path)
-    short = decode_shortfall(info, decoded_frames) if decoded_frames < MAX_CAPTION_FRAMES else None
-    return [w for w in (short, hdr_warning(path)) if w]
-
-
 def evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate as run
 

@@ -97,8 +97,14 @@ def check_request(prompt: str, seconds: float, resolution: str, fps: int, out: P
 def keep_newest(folder: Path, keep: int, name: re.Pattern) -> list[Path]:
     """Delete all but the `keep` newest files in `folder` whose names match `name` (the API's and the
     page's result folders); returns the files deleted."""
-    files = sorted((p for p in folder.iterdir() if name.match(p.name) and p.is_file()),
-                   key=lambda p: (p.stat().st_mtime_ns, p.name))
+    dated = []
+    for p in folder.iterdir():
+        if name.match(p.name):
+            try:   # another request's prune may delete it between the listing and here
+                dated.append((p.stat().st_mtime_ns, p.name, p))
+            except FileNotFoundError:
+                continue
+    files = [p for _, _, p in sorted(dated) if p.is_file()]
     old = files[:-keep] if keep > 0 else files
     for path in old:
         path.unlink(missing_ok=True)
@@ -161,8 +167,8 @@ def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p
     NothingUnderstoodError (a ValueError) before anything is rendered, since its video would be a random
     one; allow_guesses=True renders the planner's guess anyway (still reported as guessed).
 
-    style: a style name or description (VID-STYLE's stylize_frames); None uses the style the prompt
-    names, if any. apply_style=False plans the style but renders without it (for pixel checks).
+    style: a style name, a description or (style_files=True) a reference image's path, routed by
+    style.StyleRouter and applied by style.clip_stylizer; None uses the style the prompt names, if any. apply_style=False plans the style but renders without it (for pixel checks).
     style_files=False: `style` is a name or description only, never read as a reference image's path (the
     HTTP API: no look-ups on the server's disk); the CLI keeps reference image paths.
     planner / generator: loaded models (default: the shipped checkpoints)."""

@@ -486,12 +486,16 @@ class StyleRouter:
         return Route({"reinhard": 1 - w, learned: w}, "reference", reference_HW3, {"texture": round(w, 4)})
 
 
+_PATH_START = re.compile(r"^(?:/|\\\\|\.{1,2}[/\\]|~[/\\]|[a-z]:[/\\])", re.IGNORECASE)
+
+
 def path_like(text: str) -> bool:
-    """Whether a style text names a file (a folder separator, a home folder, a URL, an image file name),
-    judged from the text alone: the API and the page never look such a name up on the server's disk."""
+    """Whether a style text names a file, on strong signals only: it starts like a path ("/", "./", "../",
+    "~/", "C:\\", "C:/", a UNC "\\\\"), holds a URL ("://") or ends in an image file suffix ("ref.png").
+    "sci-fi/neon", "n/a" or "~ dreamy" are descriptions. One rule for the API's validator and
+    StyleRouter.route(files=False); with files=False nothing is ever read from disk either way."""
     text = text.strip()
-    return ("/" in text or "\\" in text or text.startswith("~") or "://" in text
-            or Path(text).suffix.lower() in READ_IMAGE_SUFFIXES)
+    return bool(_PATH_START.match(text)) or "://" in text or Path(text).suffix.lower() in READ_IMAGE_SUFFIXES
 
 
 def _looks_like_path(text: str) -> bool:
@@ -610,7 +614,7 @@ def clip_stylizer(style: str | Path | np.ndarray | Route, sample_NHW3: np.ndarra
                   cfg: StyleConfig = StyleConfig(), router: StyleRouter | None = None) -> ClipStylizer:
     """A ClipStylizer for `style` (name, description, reference image or a Route already chosen), fitted on
     frames sampled over the clip; then `.stream(frames)` styles the clip one frame at a time. Every clip
-    path (stylize_frames, stylize_file, styled generation) goes through here."""
+    path (stylize_frames, stylize_file, styled generation, the benchmarks) goes through here."""
     route = style if isinstance(style, Route) else (router or default_router()).route(style)
     return ClipStylizer(route, cfg).fit(_check_frames(sample_NHW3))
 
@@ -777,7 +781,7 @@ def bench_stylize_fps(resolution: str = "720p", frames: int = 48, experts: Itera
     for name in names:
         route = Route({name: 1.0}, "name", reference if EXPERTS[name].needs_reference else None)
         t0 = time.perf_counter()
-        stylizer = ClipStylizer(route, cfg).fit(_sample(clip, cfg.fit_frames))
+        stylizer = clip_stylizer(route, _sample(clip, cfg.fit_frames), cfg=cfg)
         for f in clip:
             stylizer(f)
         out[f"fps_{name}"] = round(frames / (time.perf_counter() - t0), 2)
@@ -802,7 +806,7 @@ def flicker_report(experts: Iterable[str] | None = None, frames: int = 24, size_
     for name in experts if experts is not None else list(EXPERTS):
         route = Route({name: 1.0}, "name", reference if EXPERTS[name].needs_reference else None)
         for variant, cfg in variants.items():
-            stylizer = ClipStylizer(route, cfg).fit(_sample(clip, cfg.fit_frames))
+            stylizer = clip_stylizer(route, _sample(clip, cfg.fit_frames), cfg=cfg)
             out[f"flicker_{name}_{variant}"] = round(flicker(clip, np.stack([stylizer(f) for f in clip])), 3)
     return out
 

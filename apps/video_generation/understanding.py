@@ -36,6 +36,8 @@ SCENE_ATTRS = ("background", "camera")
 NEGATIONS = frozenset({"no", "not", "without", "never", "nor", "none", "don't", "doesn't", "isn't", "aren't",
                        "won't", "shouldn't", "mustn't", "can't", "cannot", "neither"})
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")
+NUMBER_WORDS = ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+                "nineteen", "twenty")   # counts past the digits ("twenty red balls")
 QUANTITIES = frozenset({"many", "several", "some", "few", "multiple", "numerous", "lots", "couple", "dozen",
                         "dozens", "pair", "hundreds", "thousands", "countless", "various", "both"})
 
@@ -298,9 +300,17 @@ def understand(prompt: str, plan, style: str | None = None) -> Understanding:
     elif plan.script.style is not None:
         style_reading = reading_of("style", plan.script.style, np.array(sorted(word_of)))
 
-    if plan.script.style is not None:   # "painting" of "in the style of an oil painting" names the style too
+    if style is None and plan.script.style is not None:
+        # "painting" of "in the style of an oil painting" names the style too: only words of the phrase the
+        # planner read as the style (from its first to its last style-tagged word), never the world's colour,
+        # shape or motion words ("black", "heart" of a style's description)
         described = style_words(plan.script.style)
-        used.update(w.start for w in words if w.text.lower() in described)
+        tagged_at = [j for j, w in enumerate(words) if any(probs["style"][t, 0] < TAGGED for t in w.tokens)]
+        scene_words = frozenset(w for (a, _), ws in value_words.items() if a in ("colour", "shape", "motion")
+                                for w in ws)
+        if tagged_at:
+            used.update(w.start for w in words[tagged_at[0]:tagged_at[-1] + 1] if w.text.lower() in described
+                        and not in_vocabulary(w.text.lower(), scene_words))
 
     # words: read confidently somewhere but unused; content words read nowhere
     unrecognised, ignored = [], []
@@ -328,6 +338,16 @@ def shape_words() -> frozenset[str]:
 
     value_words = world_vocabulary()[1]
     return frozenset(w for v in ATTRIBUTES["shape"] for w in value_words.get(("shape", v), ()) if not w.isdigit())
+
+
+@functools.lru_cache(maxsize=1)
+def shape_nouns() -> frozenset[str]:
+    """The shape_words that are a whole shape phrasing on their own ("ball", "star", "cube"), singular: the
+    nouns that name a shape by themselves (not "big" of "big ball", "outline" of "heart outline", no digit
+    or number word)."""
+    single = {p.lower() for sp in world.SPLITS for v in world.SHAPES for p in world.phrase_words("shape", v, sp)
+              if " " not in p.strip()}
+    return frozenset(w for w in single & shape_words() if not w.isdigit() and w not in world.DIGIT_WORDS)
 
 
 @functools.lru_cache(maxsize=64)
@@ -399,17 +419,17 @@ def _warnings(prompt: str, words: list[_Word], offsets, probs, function: frozens
                        "read as asked for; check the result")
     # counts: a number or quantity word before a shape word ("three red balls", "2 stars", "many balls") still
     # draws one object (or the digit itself): the studio draws one object per mention
-    numbers = (set(world.DIGIT_WORDS) | set(world.DIGITS)) - {"one", "1", "zero", "0"}
-    shape_tagged = {w.start for w in words if any(probs["shape"][t, 0] < TAGGED for t in w.tokens)}
-    shape_nouns = shape_words()
+    numbers = (set(world.DIGIT_WORDS) | set(NUMBER_WORDS)) - {"one", "zero"}
+    nouns = shape_nouns()
     for j, a in enumerate(words):
         low = a.text.lower()
         number = low in numbers or (a.text.isdigit() and int(a.text) > 1)
         if not number and low not in QUANTITIES:
             continue
         for b in words[j + 1:j + 4]:   # "three red balls": a colour word may stand between
-            plural = b.text.lower() not in shape_nouns and in_vocabulary(b.text.lower(), shape_nouns)
-            if b.start == a.start or b.text.lower() in function or (b.start not in shape_tagged and not plural):
+            noun = b.text.lower()   # a shape word of the world or its plural ("p" of "3 p.m." is none)
+            plural = noun not in nouns and in_vocabulary(noun, nouns)
+            if noun in function or not (plural or noun in nouns):
                 continue
             if plural or (number and b is words[j + 1]):
                 phrase = prompt[a.start:b.end]
