@@ -216,7 +216,8 @@ def test_the_retrain_page_shows_the_readers_warnings(tmp_path, monkeypatch):
 
     switched = {}
     monkeypatch.setattr(intents.IntentModel, "train",
-                        classmethod(lambda cls, texts, labels, cfg: (SimpleNamespace(labels=labels),
+                        classmethod(lambda cls, texts, labels, cfg: (
+                            SimpleNamespace(labels=labels, calibration_warning=None),
                                                                      SimpleNamespace(val_accuracy=None))))
     monkeypatch.setattr(page, "shared_assistant", lambda: SimpleNamespace(use=lambda **kw: switched.update(kw)))
     path = write(tmp_path / "first.csv", "block card,card_block\n" + "".join(

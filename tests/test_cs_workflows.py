@@ -101,6 +101,48 @@ def test_prune_sessions_command(tmp_path, clock, capsys):
     assert "no such session store" in capsys.readouterr().err
 
 
+def test_prune_sessions_without_a_store_creates_none_and_names_bad_settings(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MOE_SUITE_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["chat", "prune-sessions", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (out["sessions_removed"], out["sessions_left"]) == (0, 0) and not (tmp_path / "cache").exists()
+    monkeypatch.setenv("MOE_SUITE_CHAT_INDEX", str(tmp_path))  # not an index: unrelated to pruning
+    assert cli.main(["chat", "prune-sessions"]) == 2
+    assert "chat_index" in (err := capsys.readouterr().err) and "--idle-hours" in err
+    assert cli.main(["chat", "prune-sessions", "--idle-hours", "5"]) == 0
+
+
+def test_an_expired_session_loads_fresh_and_its_pending_action_never_runs(tmp_path, clock):
+    bot = make_assistant(tmp_path / "s.sqlite3", limits=StoreLimits(idle_hours=1))
+    assert bot.reply("s", "block my card").text.startswith("Which card")
+    assert "block your debit card" in bot.reply("s", "debit").text
+    clock[0] += 2 * HOUR  # the customer comes back after the session expired
+    assert bot.store.load("s") == SessionState("s")  # expired on load: deleted with its turns
+    with pytest.raises(UnknownSession):
+        bot.store.history("s")
+    _new(bot.store, "waiting", handoff=True)
+    clock[0] += 2 * HOUR
+    assert bot.store.load("waiting").handoff is not None  # an open hand-off never expires
+    reply = bot.reply("s", "yes")
+    assert reply.intent != "block_card" and "blocked" not in reply.text.lower()
+
+
+def test_pruning_deletes_in_batches_outside_the_new_sessions_transaction(tmp_path, clock, monkeypatch):
+    monkeypatch.setattr(store_module, "PRUNE_BATCH", 2)
+    store = SessionStore(tmp_path / "s.sqlite3", StoreLimits(idle_hours=1))
+    for i in range(5):
+        _new(store, f"old{i}")
+    clock[0] += 2 * HOUR
+    statements = []
+    store._conn.set_trace_callback(statements.append)
+    _new(store, "new")
+    assert store.count() == 1
+    transactions = " ".join(statements).split("BEGIN IMMEDIATE")[1:]
+    pruning = [t for t in transactions if "DELETE FROM sessions" in t]
+    assert len(pruning) == 3  # 2 + 2 + 1 sessions, each batch its own short transaction
+    assert not any("INSERT INTO sessions" in t for t in pruning)
+
+
 def test_a_store_written_before_hand_off_release_still_opens(tmp_path):
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path)
@@ -132,9 +174,16 @@ def test_chat_settings_name_the_field_of_a_bad_path(tmp_path):
 
     assert Settings.load(environ={"MOE_SUITE_CHAT_INTENT_MODEL": str(DEFAULT_MODEL),
                                   "MOE_SUITE_CHAT_INDEX": str(tmp_path)}).chat_index == tmp_path
+    with pytest.raises(SettingsError, match="chat_dialogue: .*no such dialogue file"):
+        Settings.load(environ={"MOE_SUITE_CHAT_DIALOGUE": str(tmp_path / "missing.yaml")})
     (tmp_path / "bad.yaml").write_text("settings: {nonsense: 1}\n")
+    bad = Settings.load(environ={"MOE_SUITE_CHAT_DIALOGUE": str(tmp_path / "bad.yaml")})  # read by the chat app
     with pytest.raises(SettingsError, match="chat_dialogue: .*bad.yaml: unknown dialogue settings"):
-        Settings.load(environ={"MOE_SUITE_CHAT_DIALOGUE": str(tmp_path / "bad.yaml")})
+        assistant_module.configure(bad)
+    unknown_action = DEFAULT_DIALOGUE.read_text().replace("action: block_card", "action: launch_rocket")
+    (tmp_path / "rocket.yaml").write_text(unknown_action)
+    with pytest.raises(SettingsError, match="chat_dialogue: .*actions not registered: launch_rocket"):
+        assistant_module.configure(Settings.load(environ={"MOE_SUITE_CHAT_DIALOGUE": str(tmp_path / "rocket.yaml")}))
     with pytest.raises(SettingsError, match="chat_session_idle_hours"):
         Settings.load(environ={"MOE_SUITE_CHAT_SESSION_IDLE_HOURS": "0"})
 
@@ -210,6 +259,28 @@ def test_generic_dialogue_names_many_topics_briefly():
     config = generic_dialogue([f"topic_{i}" for i in range(30)] + ["oos"])
     assert "topic 0" in config.responses["out_of_scope"] and "18 more topics" in config.responses["out_of_scope"]
     assert "oos" not in config.intents
+
+
+def test_generic_dialogue_hands_off_on_a_custom_label_and_splits_camel_case():
+    config = generic_dialogue(["BillDispute", "roaming_activate", "talk_to_agent", "greeting", "oos"])
+    out_of_scope = config.responses["out_of_scope"]
+    assert config.settings.handoff_intent == "talk_to_agent" and "agent" not in out_of_scope
+    assert "bill dispute and roaming activate, or put you through" in out_of_scope
+    assert "speak to human" not in generic_dialogue(["speak_to_human", "bill"]).responses["out_of_scope"]
+    assert generic_dialogue(["LiveAgent", "hello"]).responses["out_of_scope"] == (
+        "Sorry, that's outside what I can help with here. I can put you through to a colleague.")
+    manager = DialogueManager(TelecomIntents(), OverlapIndex(), default_actions(), config)
+    assert manager._start(SessionState("s"), "talk_to_agent", "agent please").handoff
+
+
+def test_a_retrained_bank_model_keeps_the_banks_dialogue(tmp_path, monkeypatch):
+    bank = DialogueConfig.load()
+    retrained = types.SimpleNamespace(labels=(*bank.intents, "fees_charges", "oos"), oos_threshold=None,
+                                      calibration_warning=None, predict=TelecomIntents().predict)
+    monkeypatch.setattr(IntentModel, "load", classmethod(lambda cls, path: retrained))
+    monkeypatch.setattr(KnowledgeIndex, "load", classmethod(lambda cls, path: OverlapIndex()))
+    bot = Assistant.default(intent_model=tmp_path / "m", index=tmp_path / "i", store=tmp_path / "s.sqlite3")
+    assert bot.dialogue.config == bank and bot.warnings == []
 
 
 # ---- 4. out of scope on a small file ----
@@ -307,19 +378,25 @@ def test_a_good_answer_after_a_retry_resets_the_count(tmp_path):
 def test_error_bodies_match_the_openapi_schema(http):
     spec = http.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
+    error, invalid, session = "ErrorMessage", "HTTPValidationError", "/api/v1/chat/sessions/{session_id}"
+    expected = {  # (path, method) -> error status -> the schema its body is declared with
+        ("/api/v1/chat", "post"): {"413": error, "422": invalid, "429": error},
+        (session, "get"): {"404": error, "422": invalid},
+        (session, "delete"): {"404": error, "422": invalid},
+        (session + "/handoff", "post"): {"404": error, "413": error, "422": invalid, "429": error},
+        (session + "/release", "post"): {"404": error, "409": error, "413": error, "422": invalid},
+        ("/api/v1/chat/handoffs", "get"): {"422": invalid},
+    }
+    declared = {}
     for path, methods in spec["paths"].items():
-        if not path.startswith("/api/v1/chat"):
-            continue
         for method, op in methods.items():
-            for code, response in op["responses"].items():
-                ref = response.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
-                if code in ("404", "409", "413", "429"):
-                    assert ref.endswith("/ErrorMessage"), (path, method, code)
-                if code == "422":
-                    assert ref.endswith("/HTTPValidationError"), (path, method, code)
-    validation = {"type": "object", "properties": {"detail": {"type": "array"}}}
-    assert schemas["HTTPValidationError"]["properties"]["detail"]["type"] == validation["properties"]["detail"][
-        "type"]
+            if path.startswith("/api/v1/chat"):
+                declared[path, method] = {code: r["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+                                          for code, r in op["responses"].items() if int(code) >= 400}
+    assert declared == expected
+    assert schemas[error]["properties"]["detail"]["type"] == "string"
+    assert schemas[invalid]["properties"]["detail"]["type"] == "array"
+    assert schemas[invalid]["properties"]["detail"]["items"]["$ref"].endswith("/ValidationError")
     listed = TypeAdapter(dict[str, list[dict]])
     message = TypeAdapter(dict[str, str])
     for r in (http.post("/api/v1/chat", json={"session_id": "e", "message": "  "}),
@@ -341,9 +418,24 @@ def test_a_full_store_answers_429_with_when_to_retry(tmp_path, clock):
     url, stop = serve_in_thread(make_assistant(tmp_path / "f.sqlite3", limits=StoreLimits(max_sessions=1)))
     try:
         assert httpx.post(url + "/api/v1/chat", json={"session_id": "a", "message": "hello"}).status_code == 200
+        clock[0] += 0.5
         r = httpx.post(url + "/api/v1/chat", json={"session_id": "b", "message": "hello"})
         assert r.status_code == 429 and "expires in about" in r.json()["detail"]
-        assert int(r.headers["retry-after"]) == 24 * 3600
+        assert r.headers["retry-after"] == str(24 * 3600)  # 86399.5 s rounded up: never too early
+    finally:
+        stop()
+
+
+class BrokenIndex(OverlapIndex):
+    def search(self, query, k=5):
+        raise ValueError("a bug deep in retrieval")
+
+
+def test_a_value_error_inside_the_assistant_is_a_500_not_a_422(tmp_path):
+    url, stop = serve_in_thread(make_assistant(tmp_path / "s.sqlite3", index=BrokenIndex()))
+    try:
+        r = httpx.post(url + "/api/v1/chat", json={"session_id": "a", "message": "what are the fees"})
+        assert r.status_code == 500
     finally:
         stop()
 
@@ -364,7 +456,11 @@ def test_search_returns_k_documents_beside_a_very_long_one(tmp_path):
     found = index.search("how do I reset my password?", k=4)
     assert sorted(p.id for p in found) == ["manual", "porting", "roaming", "signal"]
     assert found[0].id == "manual"
-    assert len(index.search("how do I reset my password?", k=9)) == 4  # the index has only 4
+    scanned = []
+    search = index._best_per_document
+    index._best_per_document = lambda q, lex, n, k: scanned.append(n) or search(q, lex, n, k)
+    assert len(index.search("how do I reset my password?", k=9)) == 4  # the index has only 4...
+    assert max(scanned) < len(index)  # ...and asking for 9 does not scan every chunk to look for more
 
 
 # ---- 9. eval-intents on labels the model never saw ----
@@ -420,6 +516,40 @@ def test_looks_english_reads_scripts_function_words_and_names():
                                    "I lost my card in Las Vegas", "um card lost", "is there a fee in Spain"]))
     assert not any(map(looks_english, ["Je voudrais bloquer ma carte", "Wo ist meine Karte?", "Ho perso la mia carta",
                                        "Perdi o meu cartão", "我的卡丢了", "بطاقتي ضاعت"]))
+
+
+ENGLISH_WITH_NAMES = ["send money to mi mama", "transfer to van der berg", "bill due on Mon", "payment failed Mon",
+                      "top up for Tu", "call me after 5pm ET", "charge from Al", "send 50 to Su",
+                      "transfer money to Les", "un-block my card", "my ES card", "Bill for DAS subscription",
+                      "pay Ben et al"]
+
+
+@pytest.mark.parametrize("message", ENGLISH_WITH_NAMES)
+def test_english_with_names_and_abbreviations_looks_english(message):
+    from apps.customer_service.language import looks_english
+
+    assert looks_english(message)
+
+
+@pytest.mark.parametrize("message", ["Je voudrais bloquer ma carte", "Ich habe meine Karte verloren",
+                                     "Mi tarjeta esta bloqueada", "Vorrei bloccare la carta", "Qué pasa con mi cuenta",
+                                     "Mon compte est bloqué", "Es ist ein Fehler", "我的卡丢了"])
+def test_real_foreign_messages_still_look_foreign(message):
+    from apps.customer_service.language import looks_english
+
+    assert not looks_english(message)
+
+
+@pytest.mark.parametrize("message, intent, confidence", [("transfer to Jose Garcia Para", "transfer_money", 0.53),
+                                                         ("Pay Дмитрий Иванович Смирнов", "transfer_money", 0.68),
+                                                         ("call me after 5pm ET", "speak_to_human", 0.51)])
+def test_a_message_the_model_understood_is_acted_on_whatever_its_names(tmp_path, monkeypatch, message, intent,
+                                                                       confidence):
+    import chat_fakes
+
+    monkeypatch.setattr(chat_fakes, "RULES", [("", [(intent, confidence), ("greeting", 0.01)])])
+    reply = make_assistant(tmp_path / "s.sqlite3").reply("s", message)
+    assert reply.intent == intent and reply.text != DialogueConfig.load().responses["not_english"]
 
 
 def test_a_dialogue_naming_intents_the_bank_model_lacks_warns(tmp_path, monkeypatch):

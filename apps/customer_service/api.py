@@ -16,6 +16,7 @@ Handlers are plain functions: FastAPI runs them in its thread pool, as the model
 """
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from .assistant import Assistant, MessageTooLong, Reply, shared_assistant
+from .assistant import Assistant, EmptyMessage, MessageTooLong, Reply, shared_assistant
 from .store import (
     SESSION_ID, HandoffTicket, InvalidSessionId, NotHandedOff, SessionLimitError, Turn, UnknownSession,
 )
@@ -82,8 +83,9 @@ def _http_errors(location: tuple[str, str] = ("body", "message")) -> Iterator[No
         status = next(code for kind, code in _STATUS if isinstance(exc, kind))
         detail = f"unknown session {exc.args[0]!r}" if isinstance(exc, UnknownSession) else str(exc)
         retry = getattr(exc, "retry_after_s", None)
-        raise HTTPException(status, detail, headers={"Retry-After": str(int(retry))} if retry else None) from None
-    except ValueError as exc:  # an empty message, an invalid session id: FastAPI's validation shape
+        headers = {"Retry-After": str(math.ceil(retry))} if retry else None
+        raise HTTPException(status, detail, headers=headers) from None
+    except (EmptyMessage, InvalidSessionId) as exc:  # FastAPI's validation shape (any other error: a 500)
         where = ("path", "session_id") if isinstance(exc, InvalidSessionId) else location
         raise RequestValidationError([{"loc": where, "msg": str(exc), "type": "value_error"}]) from None
 
@@ -126,7 +128,7 @@ def delete_session(session_id: str, assistant: Assistant = AssistantDep) -> Resp
 
 
 @router.post("/sessions/{session_id}/handoff", response_model=HandoffTicket,
-             summary="Hand a session to a human agent", responses=_responses(404, 413))
+             summary="Hand a session to a human agent", responses=_responses(404, 413, 429))
 def handoff(session_id: str, request: HandoffRequest, assistant: Assistant = AssistantDep) -> HandoffTicket:
     with _http_errors():
         return assistant.handoff(session_id, request.reason)

@@ -5,7 +5,7 @@ lock and stores the state and both turns.
     reply = assistant.reply("web-42", "block my card")
     reply.text, reply.intent, reply.confidence, reply.sources, reply.experts, reply.handoff
     assistant.history("web-42"); assistant.handoff("web-42", "customer is upset"); assistant.handoffs()
-    assistant.release("web-42"); assistant.delete("web-42"); assistant.prune()   # the agent's side, expiry
+    assistant.release("web-42"); assistant.delete("web-42")   # the agent's side
     Assistant.default(intent_model="models/intents", index="models/kb")  # yours, with a generic dialogue
 
 Bad input: an empty or whitespace-only message raises EmptyMessage and one over `max_message_chars`
@@ -16,6 +16,7 @@ Turns of one session are serialised by a per-session lock, so concurrent message
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import unicodedata
@@ -25,15 +26,13 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 
-import logging
-
-from apps.settings import Settings
+from apps.settings import Settings, SettingsError
 
 from .actions import ActionRegistry, default_actions
 from .dialogue import (
-    DialogueConfig, DialogueManager, IntentClassifier, Searcher, Source, dialogue_mismatch, generic_dialogue,
+    DialogueConfig, DialogueManager, IntentClassifier, Searcher, Source, dialogue_for, dialogue_mismatch,
 )
-from .store import HandoffTicket, PruneResult, SessionStore, StoreLimits, Turn, check_session_id, default_store_path
+from .store import HandoffTicket, SessionStore, StoreLimits, Turn, check_session_id, default_store_path
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +117,9 @@ class Assistant:
         """The default bank: its intent model and knowledge index (built into the cache on first
         use), mock actions, assets/customer_service/dialogue.yaml, sessions in the cache folder.
         `intent_model` (a train-intents checkpoint folder) and `index` (a `chat index` folder)
-        replace the bank's. The bank's dialogue goes with the bank's intent model; a custom model
-        without a `dialogue` file gets `generic_dialogue` over its own labels. A dialogue that does
+        replace the bank's. The bank's dialogue goes with the bank's intent model and any model that
+        has all the intents it configures (the bank's retrained); another model without a `dialogue`
+        file gets `generic_dialogue` over its own labels (logged, with why). A dialogue that does
         not fit the model's intents is used, with `warnings` (also logged)."""
         # Imported here: they bring torch and faiss, and train or index on first use.
         from .intents import IntentModel, load_default_intent_model
@@ -133,7 +133,9 @@ class Assistant:
             mismatch = dialogue_mismatch(config, model.labels, unconfigured=intent_model is not None)
             warnings = [f"dialogue {dialogue}: {w}" for w in mismatch]
         elif intent_model:
-            config = generic_dialogue(model.labels)
+            config, why = dialogue_for(model.labels)
+            if why:
+                log.info(f"intent model {intent_model}: {why}", extra={"event": "chat_config"})
         else:
             config = DialogueConfig.load()
         if warning := model.calibration_warning:
@@ -184,8 +186,8 @@ class Assistant:
     def handoff(self, session_id: str, reason: str) -> HandoffTicket:
         """Hand an existing session to a human agent (a session already handed off keeps its reason)."""
         with self._session_lock(check_session_id(session_id)):
-            transcript = self.store.history(session_id)  # UnknownSession for a session never seen
-            state = self.store.load(session_id)
+            state = self.store.load(session_id)  # first: an expired session is gone after this
+            transcript = self.store.history(session_id)  # UnknownSession for a session never seen (or expired)
             self.dialogue.hand_off(state, reason)
             self.store.save(state)
         return HandoffTicket(session_id, state.handoff.reason, state.handoff.at, transcript)
@@ -204,10 +206,6 @@ class Assistant:
         with self._session_lock(check_session_id(session_id)):
             self.store.delete(session_id)
 
-    def prune(self, idle_hours: float | None = None) -> PruneResult:
-        """Delete sessions idle longer than `idle_hours` (default: the store's limit); see SessionStore.prune."""
-        return self.store.prune(idle_hours)
-
 
 _shared: Assistant | None = None
 _shared_settings: Settings | None = None
@@ -215,10 +213,26 @@ _shared_guard = threading.Lock()
 
 
 def configure(settings: Settings) -> None:
-    """The settings `shared_assistant` builds from (the server calls this with its own settings;
-    without it, `Settings.load()`: $MOE_SUITE_CONFIG and MOE_SUITE_* variables)."""
+    """The settings `shared_assistant` builds from (the server calls this with its own settings, at
+    start; without it, `Settings.load()`: $MOE_SUITE_CONFIG and MOE_SUITE_* variables). A chat_dialogue
+    file is read and checked here (its format, and that its actions exist): SettingsError if unusable."""
     global _shared_settings
+    if settings.chat_dialogue is not None:
+        check_dialogue(settings.chat_dialogue)
     _shared_settings = settings
+
+
+def check_dialogue(path: str | Path) -> DialogueConfig:
+    """The dialogue file `path`, read; SettingsError naming chat_dialogue and the problem if it is
+    malformed or runs actions the assistant does not have."""
+    try:
+        config = DialogueConfig.load(path)
+    except ValueError as exc:
+        raise SettingsError(f"chat_dialogue: {exc}") from None
+    if missing := {s.action for s in config.intents.values() if s.action} - set(default_actions().names()):
+        raise SettingsError(f"chat_dialogue: {path}: actions not registered: {', '.join(sorted(missing))} "
+                            f"(known: {', '.join(default_actions().names())})")
+    return config
 
 
 def shared_assistant() -> Assistant:

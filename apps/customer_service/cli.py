@@ -215,24 +215,36 @@ def ask(args: argparse.Namespace) -> None:
 
 
 def prune_sessions(args: argparse.Namespace) -> None:
-    from apps.settings import Settings
+    from .store import PruneResult, SessionStore, StoreLimits, default_store_path
 
-    from .store import SessionStore, StoreLimits, default_store_path
-
-    idle_hours = args.idle_hours if args.idle_hours is not None else Settings.load().chat_session_idle_hours
+    idle_hours = args.idle_hours if args.idle_hours is not None else _settings_idle_hours()
     if not idle_hours > 0:
         raise ValueError(f"--idle-hours must be positive, got {idle_hours}")
     path = args.store or default_store_path()
     if args.store is not None and not path.is_file():
         raise ValueError(f"--store {path}: no such session store")
-    store = SessionStore(path, StoreLimits(idle_hours=idle_hours))
-    try:
-        result = store.prune()
-    finally:
-        store.close()
+    if not path.is_file():  # no chat session was ever stored here: nothing to prune (and nothing created)
+        result = PruneResult(0, 0)
+    else:
+        store = SessionStore(path, StoreLimits(idle_hours=idle_hours))
+        try:
+            result = store.prune()
+        finally:
+            store.close()
     summary = {"store": str(path), "idle_hours": idle_hours, **dataclasses.asdict(result)}
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"removed {result.sessions_removed} session(s) idle over {idle_hours} h; "
               f"{result.sessions_left} left in {path}")
+
+
+def _settings_idle_hours() -> float:
+    """chat_session_idle_hours of the server's settings ($MOE_SUITE_CONFIG, MOE_SUITE_* variables)."""
+    from apps.settings import Settings, SettingsError
+
+    try:
+        return Settings.load().chat_session_idle_hours
+    except SettingsError as exc:  # e.g. a chat_index that is not an index: unrelated, but it stops the load
+        raise ValueError(f"cannot read chat_session_idle_hours from the server's settings ({exc}); "
+                         "fix them or pass --idle-hours") from None

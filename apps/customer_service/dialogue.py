@@ -11,8 +11,9 @@ question, or nothing: the intent is then answered from the knowledge base. One t
 3. an answer to the last question (a slot, a yes/no confirmation, "A or B?") is resolved;
 4. a short or "and ..."/"what about ..." follow-up, when the intent model is unsure, refines the
    active knowledge topic: the new entity replaces the old one in the topic's query;
-5. a message that does not look English (`language.looks_english`), unless the intent model is
-   confident about an intent: "I only understand English" (a low-confidence turn, see 7);
+5. a message that would be "not understood" (out of scope, or under the low-confidence threshold
+   of 7) and does not look English (`language.looks_english`): "I only understand English" (a
+   low-confidence turn, see 7);
 6. top two intents within `clarify_margin`: "Did you mean A or B?";
 7. low confidence (under `low_confidence`, or the intent model's own calibrated oos threshold when
    that is lower): "please rephrase" (or the out-of-scope fallback); `handoff_after` such turns in
@@ -183,8 +184,7 @@ class DialogueConfig:
 
 
 _GENERIC_RESPONSES = {  # no domain wording: the out-of-scope reply names the model's own topics
-    "out_of_scope": "Sorry, that's outside what I can help with here. I can help with {topics}, or put you "
-                    "through to a colleague.",
+    "out_of_scope": "Sorry, that's outside what I can help with here. {offer}",
     "not_understood": "Sorry, I'm not sure I understood. Could you rephrase that?",
     "clarify": "Did you mean {first} or {second}?",
     "retry_slot": "Sorry, I didn't catch that. {prompt}",
@@ -203,35 +203,62 @@ _GENERIC_SMALL_TALK = {  # label (any case, - or _) -> fixed answer, when a mode
     ("greeting", "greetings", "hello", "hi"): "Hello! How can I help you today?",
     ("thanks", "thank_you", "thankyou"): "You're welcome. Is there anything else?",
 }
+# a label asking for a person: a word of these alone or joined by _ ("talk_to_agent", "live_agent", "human")
+_HANDOFF_LABEL = re.compile(r"(?:^|_)(?:human|agent|person|operator|representative|staff|escalate|escalation)"
+                            r"(?:_|$)")
 MAX_TOPICS_NAMED = 12  # the generic out-of-scope reply names at most this many intents
 
 
 def humanise(label: str) -> str:
-    """ "roaming_activate" -> "roaming activate": an intent label as words."""
-    return " ".join(label.replace("_", " ").replace("-", " ").split())
+    """ "roaming_activate" -> "roaming activate", "BillDispute" -> "bill dispute": an intent label as
+    words (a CamelCase label split and lower-cased, acronyms such as "SIM" kept)."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ",
+                   label.replace("_", " ").replace("-", " ")).split()
+    if any(w[0].isupper() for w in words[1:]) or re.search(r"[a-z][A-Z]", label):  # CamelCase or Title_Case
+        words = [w if w.isupper() and len(w) > 1 else w.lower() for w in words]
+    return " ".join(words)
 
 
 def generic_dialogue(labels: list[str] | tuple[str, ...], words_from: str | Path = DEFAULT_DIALOGUE) -> DialogueConfig:
     """A dialogue for an intent model that comes without one: every intent is answered from the
-    knowledge base, greetings/thanks/goodbyes (when the model has them) get a plain answer, and
-    the out-of-scope reply lists the model's topics. No actions, slots or domain wording; the
+    knowledge base, greetings/thanks/goodbyes (when the model has them) get a plain answer, a label
+    asking for a person ("speak_to_human", "talk_to_agent", "live_agent", ...) hands off, and the
+    out-of-scope reply lists the other topics. No actions, slots or domain wording; the
     yes/no/hand-off/follow-up word lists (plain English) come from `words_from`."""
     words = DialogueConfig.load(words_from).words
-    intents, topics = {}, []
+    intents, topics, handoff = {}, [], None
     for label in labels:
         if label == OOS:
             continue
         key = humanise(label).lower().replace(" ", "_")
+        if handoff is None and _HANDOFF_LABEL.search(key):
+            handoff = label
+            intents[label] = IntentSpec(title=humanise(label))
+            continue
         response = next((text for names, text in _GENERIC_SMALL_TALK.items() if key in names), None)
         intents[label] = IntentSpec(title=humanise(label), response=response)
         if response is None:
             topics.append(humanise(label))
     named = topics[:MAX_TOPICS_NAMED]
-    listed = (", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else "".join(named)) or "a few topics"
+    listed = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else "".join(named)
     if len(topics) > len(named):
         listed = ", ".join(named) + f" and {len(topics) - len(named)} more topics"
-    responses = {**_GENERIC_RESPONSES, "out_of_scope": _GENERIC_RESPONSES["out_of_scope"].format(topics=listed)}
-    return DialogueConfig(DialogueSettings(), {}, intents, responses, words)
+    offer = f"I can help with {listed}, or put you through to a colleague." if listed else \
+        "I can put you through to a colleague."
+    responses = {**_GENERIC_RESPONSES, "out_of_scope": _GENERIC_RESPONSES["out_of_scope"].format(offer=offer)}
+    settings = DialogueSettings(handoff_intent=handoff) if handoff else DialogueSettings()
+    return DialogueConfig(settings, {}, intents, responses, words)
+
+
+def dialogue_for(labels: list[str] | tuple[str, ...]) -> tuple[DialogueConfig, str | None]:
+    """The dialogue for an intent model that comes without one: the bank's (assets/customer_service/
+    dialogue.yaml) when every intent it configures is one of `labels` (e.g. the bank's model
+    retrained), else `generic_dialogue(labels)` with the reason why the bank's does not fit."""
+    bank = DialogueConfig.load()
+    if not (mismatch := dialogue_mismatch(bank, labels, unconfigured=False)):
+        return bank, None
+    return generic_dialogue(labels), (f"the bank's dialogue does not fit the intent model ({mismatch[0]}): "
+                                      "using a generic dialogue over the model's labels")
 
 
 def dialogue_mismatch(config: DialogueConfig, labels: list[str] | tuple[str, ...],
@@ -328,8 +355,9 @@ class DialogueManager:
                 return answer
         if self._is_follow_up(state, message, p):
             return self._knowledge(state.intent, self._refine(state.query, message))
-        if (p.is_oos or p.confidence < s.follow_up_confidence) and not looks_english(message):
-            # not understood and not English: say so, rather than guess an intent (counts as not understood)
+        if (p.is_oos or p.confidence < self.low_confidence) and not looks_english(message):
+            # a reply that would be "not understood" anyway: say we only understand English (a prediction
+            # the model is sure enough of is acted on, whatever names or foreign words the message holds)
             state.low_turns = low_turns + 1
             if state.low_turns >= s.handoff_after:
                 return self.hand_off(state, f"message not in English for {state.low_turns} turns in a row")

@@ -197,8 +197,7 @@ def oos_threshold(confidence_N: torch.Tensor, keep: float, confidence: float = 0
     (1 - keep) quantile holds only about half the time and, on a small held-out slice (say 40 rows),
     was measured rejecting 17% of held-out Banking77 queries instead of 5%. With too few rows for
     the bound (n < log(1 - confidence) / log(keep)), the lowest confidence."""
-    if not 0 < keep <= 1 or not 0 < confidence < 1:
-        raise ValueError(f"keep must lie in (0, 1] and confidence in (0, 1), got {keep}, {confidence}")
+    rows_needed(keep, confidence)  # checks keep and confidence
     sorted_N = confidence_N.float().sort().values
     n, p = len(sorted_N), 1 - keep
     if p == 0:

@@ -5,11 +5,12 @@
     looks_english("Je voudrais bloquer ma carte")   # False: French function words, no English ones
     looks_english("我的卡丢了")                       # False: mostly letters outside the Latin script
 
-Two signals, no model: the share of letters outside the Latin script, and common function words of
-other European languages outweighing English ones. The word lists hold only words that are not also
-common English words ("he", "a", "in", "die", "no" are left out), and a capitalised word before
-another ("El Paso") is taken for a name. Names can still trip it, so the dialogue asks only when the
-intent model did not confidently understand the message.
+Two signals, no model: the share of letters outside the Latin script, and common words of other
+European languages outnumbering English function words. The word lists hold only words that are not
+also common English words ("he", "a", "in", "die", "no" are left out); a tie counts as English, and a
+message without English words needs two foreign ones. Capitalised words inside a sentence ("Le Mans",
+"Les") and all-caps tokens ("ES", "DAS") are taken for names. Names can still trip it, so the
+dialogue uses it only to word a reply that would be "not understood" anyway.
 """
 from __future__ import annotations
 
@@ -35,24 +36,39 @@ puedo está estoy son muy yo también
 il lo gli della dello degli che non sono ho hai ha vorrei perché dove come questo questa per
 o os as um uma meu minha não com você estou tenho quero obrigado
 het een ik jij wij zij niet mijn met voor van ook
+tarjeta cuenta karte konto carta cartão conta kaart rekening perdido perdi perso verloren bloquer bloccare
+mia mio esta
 """.split()) - ENGLISH_WORDS - frozenset(  # also English words, abbreviations or fillers
     "son come per con com os ai ta ton er den im yo ha pour comment dove met van del non um y o".split())
 
-_WORD = re.compile(r"[^\W\d_]+")
+_WORD = re.compile(r"[^\W\d_]+(?:['\u2019-][^\W\d_]+)*")  # "un-block" and "can't" stay one word
+_ENGLISH_PHRASES = re.compile(r"\bet al\b", re.IGNORECASE)   # Latin inside English, not French/Spanish
 
 
 def looks_english(text: str) -> bool:
     """False when most letters of `text` are outside the Latin script, or when function words of
-    other languages (French, German, Spanish, Italian, Portuguese, Dutch) are at least as many as
-    English ones; True otherwise (including text without letters)."""
+    other languages (French, German, Spanish, Italian, Portuguese, Dutch) outnumber English ones
+    (and are at least two when there are no English ones); True otherwise (including text without
+    letters). All-caps tokens ("ES", "DAS") and capitalised words inside a sentence ("Les", "Mon")
+    are taken for names or abbreviations and not counted as foreign."""
     letters = [c for c in text if c.isalpha()]
     if not letters:
         return True
     if sum(ord(c) > LATIN_END for c in letters) > MAX_OTHER_SCRIPT * len(letters):
         return False
-    words = _WORD.findall(text)
-    # "El Paso", "Los Angeles", "Le Mans": a capitalised word before another starts a name, not a phrase
-    names = {i for i in range(len(words) - 1) if words[i][0].isupper() and words[i + 1][0].isupper()}
-    lower = [w.lower() for w in words]
-    other = sum(w in OTHER_WORDS for i, w in enumerate(lower) if i not in names)
-    return other == 0 or sum(w in ENGLISH_WORDS for w in lower) > other
+    text = _ENGLISH_PHRASES.sub(" ", text)
+    english = other = 0
+    for match in _WORD.finditer(text):
+        word, lower = match.group(), match.group().lower()
+        if lower in ENGLISH_WORDS:
+            english += 1
+        elif lower in OTHER_WORDS and not (len(word) > 1 and word.isupper()) and not (
+                word[0].isupper() and not _sentence_start(text, match.start())):
+            other += 1
+    return other <= english or (english == 0 and other < 2)
+
+
+def _sentence_start(text: str, at: int) -> bool:
+    """True when the word at `at` begins `text` or follows ".", "!", "?" or a line break."""
+    before = text[:at].rstrip(" \t\"'(¡¿")
+    return not before or before[-1] in ".!?:;\n"

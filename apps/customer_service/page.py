@@ -5,6 +5,7 @@ The page and the JSON API share one assistant per process (`assistant.shared_ass
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import uuid
 import zipfile
@@ -19,7 +20,9 @@ from data_connectors.archive import safe_extract_zip
 from data_connectors.text_files import LABELLED_SUFFIXES
 
 from .assistant import Reply, shared_assistant
-from .dialogue import generic_dialogue
+from .dialogue import dialogue_for
+
+log = logging.getLogger(__name__)
 
 MAX_UNZIPPED_BYTES = 50 * 1024 * 1024  # a knowledge zip may expand to at most this much
 
@@ -106,7 +109,7 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
                        if data.text_column else "")
             yield f"Training the intent model on {len(texts)} examples{columns}...{_notes(notes)}"
             model, result = IntentModel.train(texts, labels, DEFAULT_TRAIN)
-            if warning := getattr(model, "calibration_warning", None):
+            if warning := model.calibration_warning:
                 notes.append(warning)
             accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.1%}"
             done.append(f"intent model ({len(set(labels))} intents, {len(texts)} examples{columns}, held-out "
@@ -128,9 +131,13 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
         for upload in uploads:
             message = _without_folder(message, upload)
         raise gr.Error(message) from None
+    # the bank's dialogue when the uploaded intents include all it configures, else one built from their labels
+    dialogue = None
+    if model is not None:
+        dialogue, why = dialogue_for(model.labels)
+        if why:
+            log.info(why, extra={"event": "chat_config"})
     yield "Switching the assistant to the new " + " and ".join(done) + "..." + _notes(notes)
-    # uploaded intents are not the bank's: a dialogue built from their labels, no bank actions or wording
-    dialogue = generic_dialogue(model.labels) if model is not None else None
     shared_assistant().use(intent_model=model, index=index, dialogue_config=dialogue)
     yield "Now answering with the new " + " and ".join(done) + ", until the server restarts." + _notes(notes)
 

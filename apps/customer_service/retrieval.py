@@ -198,6 +198,7 @@ class KnowledgeIndex:
     def __init__(self, vectors: faiss.Index, chunks: list[Chunk], manifest: dict, embedder: Embedder):
         self.vectors, self.chunks, self.manifest, self.embedder = vectors, chunks, manifest, embedder
         self.config = IndexConfig(**manifest["config"])
+        self.documents = len({c.doc_id for c in chunks})  # a search returns at most this many
         self.bm25 = BM25([_chunk_text(c) for c in chunks]) if self.config.hybrid else None
 
     @classmethod
@@ -247,9 +248,13 @@ class KnowledgeIndex:
         return len(self.chunks)
 
     def search(self, query: str, k: int = 5) -> list[Passage]:
-        """The `k` best documents for `query`, each with its best chunk, best first."""
+        """The `k` best documents for `query` (all of them when there are fewer), each with its best
+        chunk, best first."""
         if not query.strip():
             raise ValueError("empty query")
+        k = min(k, self.documents)  # asking for more than there are must not scan every chunk
+        if k <= 0:
+            return []
         query_1D = self.embedder.encode([query])
         lexical = None if self.bm25 is None else self.bm25.scores(query)
         n = min(max(self.config.candidates, 10 * k), len(self.chunks))

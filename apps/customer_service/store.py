@@ -11,7 +11,8 @@ turns together). WAL mode lets other processes read while a turn is written. Bou
 checked, turn texts are capped, each session keeps its last `max_history` turns and the store
 refuses new sessions beyond `max_sessions`.
 
-Sessions idle longer than `idle_hours` are deleted with their turns (`prune`): lazily when a new
+Sessions idle longer than `idle_hours` have expired: `load` hands back a fresh state for one (and
+deletes it). They are also deleted with their turns (`prune`, in short batches): lazily when a new
 session arrives (always when the store is nearly full, otherwise at most every `prune_every_s`),
 or by `moe-suite chat prune-sessions`. A session with an open hand-off is kept until an agent
 releases it (`release`); `delete` removes a session at once.
@@ -60,6 +61,7 @@ CREATE INDEX IF NOT EXISTS turns_by_session ON turns(session_id, id);
 CREATE INDEX IF NOT EXISTS sessions_by_update ON sessions(updated_at);
 """
 _OPEN_HANDOFF = "handoff_reason IS NOT NULL AND released_at IS NULL"
+PRUNE_BATCH = 100  # idle sessions deleted per transaction: a short write lock even at 200 turns each
 
 
 def default_store_path() -> Path:
@@ -192,16 +194,24 @@ class SessionStore:
             self._conn.execute("COMMIT")
 
     def load(self, session_id: str) -> SessionState:
-        """The stored state of `session_id`, or a fresh one (not stored until `save`)."""
+        """The stored state of `session_id`, or a fresh one (not stored until `save`). A session idle
+        longer than `idle_hours` without an open hand-off has expired: it is deleted with its turns
+        here, so that a stale pending question ("block your debit card?") is never acted on."""
         check_session_id(session_id)
         with self._lock:
             row = self._conn.execute(
-                "SELECT intent, slots, pending, query, low_turns, handoff_reason, handoff_at, released_at "
-                "FROM sessions WHERE id = ?", (session_id,)).fetchone()
+                "SELECT intent, slots, pending, query, low_turns, handoff_reason, handoff_at, released_at, "
+                "updated_at FROM sessions WHERE id = ?", (session_id,)).fetchone()
         if row is None:
             return SessionState(session_id)
-        intent, slots, pending, query, low_turns, reason, at, released = row
+        intent, slots, pending, query, low_turns, reason, at, released, updated_at = row
         handoff = Handoff(reason, at) if reason is not None and released is None else None
+        cutoff = time.time() - self.limits.idle_hours * 3600
+        if handoff is None and updated_at < cutoff:
+            with self._transaction() as db:  # re-checked: another turn may have just saved it
+                db.execute(f"DELETE FROM sessions WHERE id = ? AND updated_at < ? AND NOT ({_OPEN_HANDOFF})",
+                           (session_id, cutoff))
+            return SessionState(session_id)
         return SessionState(session_id, intent, json.loads(slots), json.loads(pending) if pending else None,
                             query, low_turns, handoff)
 
@@ -214,11 +224,15 @@ class SessionStore:
         values = (state.intent, json.dumps(state.slots), json.dumps(state.pending) if state.pending else None,
                   state.query, state.low_turns, now)
         handoff = (state.handoff.reason, state.handoff.at) if state.handoff else None
+        with self._lock:
+            exists = self._conn.execute("SELECT 1 FROM sessions WHERE id = ?", (state.session_id,)).fetchone()
+        if not exists and self._prune_due(now):
+            self.prune()  # in short batches of its own, not inside this session's transaction
         with self._transaction() as db:
             updated = db.execute("UPDATE sessions SET intent=?, slots=?, pending=?, query=?, low_turns=?, "
                                  "updated_at=? WHERE id=?", (*values, state.session_id)).rowcount
             if not updated:
-                self._make_room(db, now)
+                self._check_room(db, now)
                 db.execute("INSERT INTO sessions (intent, slots, pending, query, low_turns, updated_at, id, "
                            "created_at) VALUES (?,?,?,?,?,?,?,?)", (*values, state.session_id, now))
             if handoff:
@@ -232,12 +246,15 @@ class SessionStore:
                        "(SELECT id FROM turns WHERE session_id = ? ORDER BY id DESC LIMIT ?)",
                        (state.session_id, state.session_id, self.limits.max_history))
 
-    def _make_room(self, db: sqlite3.Connection, now: float) -> None:
-        """Before a new session: prune idle sessions when due; SessionLimitError if still full."""
+    def _prune_due(self, now: float) -> bool:
+        """Lazy pruning before a new session: when the store is nearly full, else every `prune_every_s`."""
+        lim = self.limits
+        return now - self._last_prune >= lim.prune_every_s or self.count() >= lim.prune_when_full * lim.max_sessions
+
+    def _check_room(self, db: sqlite3.Connection, now: float) -> None:
+        """Before inserting a new session: SessionLimitError if the store is full."""
         (count,) = db.execute("SELECT COUNT(*) FROM sessions").fetchone()
         lim = self.limits
-        if count >= lim.prune_when_full * lim.max_sessions or now - self._last_prune >= lim.prune_every_s:
-            count -= self._prune(db, now, lim.idle_hours)
         if count < lim.max_sessions:
             return
         (oldest,) = db.execute(f"SELECT MIN(updated_at) FROM sessions WHERE NOT ({_OPEN_HANDOFF})").fetchone()
@@ -248,22 +265,23 @@ class SessionStore:
         raise SessionLimitError(f"the chat store is full ({count} sessions); the next idle session expires in "
                                 f"about {_duration(wait_s)}: try again then", retry_after_s=wait_s)
 
-    def _prune(self, db: sqlite3.Connection, now: float, idle_hours: float) -> int:
-        self._last_prune = now
-        cutoff = now - idle_hours * 3600
-        return db.execute(f"DELETE FROM sessions WHERE updated_at < ? AND NOT ({_OPEN_HANDOFF})",
-                          (cutoff,)).rowcount  # their turns go with them (ON DELETE CASCADE)
-
-    def prune(self, idle_hours: float | None = None, now: float | None = None) -> PruneResult:
+    def prune(self, idle_hours: float | None = None) -> PruneResult:
         """Delete the sessions idle longer than `idle_hours` (default: the limits'), with their turns;
-        sessions with an open hand-off stay."""
+        sessions with an open hand-off stay. Deletes `PRUNE_BATCH` sessions per transaction, so that
+        turns of other sessions (and other processes' writes) wait at most one short batch."""
         idle_hours = self.limits.idle_hours if idle_hours is None else idle_hours
         if not idle_hours > 0:
             raise ValueError(f"idle hours must be positive, got {idle_hours}")
-        with self._transaction() as db:
-            removed = self._prune(db, time.time() if now is None else now, idle_hours)
-            (left,) = db.execute("SELECT COUNT(*) FROM sessions").fetchone()
-        return PruneResult(removed, left)
+        now = time.time()
+        self._last_prune = now
+        cutoff, removed = now - idle_hours * 3600, 0
+        while True:
+            with self._transaction() as db:  # their turns go with them (ON DELETE CASCADE)
+                batch = db.execute(f"DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE updated_at < ? "
+                                   f"AND NOT ({_OPEN_HANDOFF}) LIMIT ?)", (cutoff, PRUNE_BATCH)).rowcount
+            removed += batch
+            if batch < PRUNE_BATCH:
+                return PruneResult(removed, self.count())
 
     def release(self, session_id: str) -> HandoffTicket:
         """Hand a session with an open hand-off back to the assistant (its low-confidence count and
