@@ -510,7 +510,7 @@ def test_english_without_function_words_is_still_answered(tmp_path):
 
 
 def test_looks_english_reads_scripts_function_words_and_names():
-    from apps.customer_service.language import looks_english
+    from core.text.language import looks_english
 
     assert all(map(looks_english, ["I lost my card", "block card", "asdf", "1234 5678", "El Paso branch hours",
                                    "I lost my card in Las Vegas", "um card lost", "is there a fee in Spain"]))
@@ -526,7 +526,7 @@ ENGLISH_WITH_NAMES = ["send money to mi mama", "transfer to van der berg", "bill
 
 @pytest.mark.parametrize("message", ENGLISH_WITH_NAMES)
 def test_english_with_names_and_abbreviations_looks_english(message):
-    from apps.customer_service.language import looks_english
+    from core.text.language import looks_english
 
     assert looks_english(message)
 
@@ -535,7 +535,7 @@ def test_english_with_names_and_abbreviations_looks_english(message):
                                      "Mi tarjeta esta bloqueada", "Vorrei bloccare la carta", "Qué pasa con mi cuenta",
                                      "Mon compte est bloqué", "Es ist ein Fehler", "我的卡丢了"])
 def test_real_foreign_messages_still_look_foreign(message):
-    from apps.customer_service.language import looks_english
+    from core.text.language import looks_english
 
     assert not looks_english(message)
 

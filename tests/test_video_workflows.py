@@ -575,3 +575,18 @@ def test_styled_generation_equals_styling_the_whole_clip_when_resized(tmp_path, 
     whole = S.stylize_frames(np.stack(list(frames)), "pencil", cfg=small())
     assert len(taken) == 8 and taken[0].shape == (360, 640, 3)
     assert np.array_equal(np.stack(taken), whole.frames) and whole.weights == r.style_experts
+
+
+@needs_shipped
+def test_a_prompt_in_german_is_flagged_as_not_english():
+    """German prose with a known word ("Ball") and an English-looking "am" passed as English; the studio now
+    shares the chat's check (core.text.language)."""
+    from apps.video_generation.planner import load_planner
+    from apps.video_generation.understanding import understand
+
+    flagged = "does not look like English"
+    for prompt in ("ein roter Ball rollt nach links am Strand", "eine blaue Kugel fällt in der Nacht"):
+        u = understand(prompt, load_planner().plan(prompt, 1.0))
+        assert any(flagged in w or "non-English letters" in w for w in u.warnings), (prompt, u.warnings)
+    english = "a red ball rolls left on the beach, then cut to a blue square rising at night"
+    assert not any(flagged in w for w in understand(english, load_planner().plan(english, 2.0)).warnings)

@@ -12,7 +12,7 @@ question, or nothing: the intent is then answered from the knowledge base. One t
 4. a short or "and ..."/"what about ..." follow-up, when the intent model is unsure, refines the
    active knowledge topic: the new entity replaces the old one in the topic's query;
 5. a message that would be "not understood" (out of scope, or under the low-confidence threshold
-   of 7) and does not look English (`language.looks_english`): "I only understand English" (a
+   of 7) and does not look English (`core.text.language.looks_english`): "I only understand English" (a
    low-confidence turn, see 7);
 6. top two intents within `clarify_margin`: "Did you mean A or B?";
 7. low confidence (under `low_confidence`, or the intent model's own calibrated oos threshold when
@@ -34,7 +34,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import Field
 
 from .actions import ActionRegistry
-from .language import looks_english
+from core.text.language import looks_english
 from .store import Handoff, SessionState
 
 DEFAULT_DIALOGUE = Path(__file__).resolve().parents[2] / "assets" / "customer_service" / "dialogue.yaml"

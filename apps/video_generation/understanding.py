@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from core.text.language import looks_english
+
 from . import world
 
 # A value is "read" when a content word backs it with at least READ_MIN, or with at least TAGGED when the
@@ -383,10 +385,10 @@ def _warnings(prompt: str, words: list[_Word], offsets, probs, function: frozens
     if foreign:
         out.append(f"words with non-English letters are not read: {', '.join(dict.fromkeys(foreign))}; "
                    "the studio reads English only")
-    elif len(words) >= 3 and not any(w.text.lower() in function for w in words) and \
-            len(unrecognised) >= 2 * len(words) / 3:
-        out.append("the prompt does not look like English (no English function word, most words unknown); "
-                   "the studio reads English only")
+    elif not looks_english(prompt) or (len(words) >= 3 and not any(w.text.lower() in function for w in words)
+                                       and len(unrecognised) >= 2 * len(words) / 3):
+        out.append("the prompt does not look like English (function words of another language, or none of "
+                   "English and most words unknown); the studio reads English only")
     if not understood:
         out.append("no shape or colour word was understood: every object in the video is a guess")
     # an object whose shape and colour were both guessed: no word named it, the planner made it up

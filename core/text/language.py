@@ -1,5 +1,6 @@
-"""Is a message English? A cheap check for the dialogue, so that a message in another language gets
-"I only understand English" instead of a random intent.
+"""Is a text English? A cheap check shared by the apps: the chat answers a message in another language
+with "I only understand English" instead of a random intent, and the video studio warns that it reads
+English only.
 
     looks_english("I lost my card")                 # True
     looks_english("Je voudrais bloquer ma carte")   # False: French function words, no English ones
@@ -10,7 +11,7 @@ European languages outnumbering English function words. The word lists hold only
 also common English words ("he", "a", "in", "die", "no" are left out); a tie counts as English, and a
 message without English words needs two foreign ones. Capitalised words inside a sentence ("Le Mans",
 "Les") and all-caps tokens ("ES", "DAS") are taken for names. Names can still trip it, so the
-dialogue uses it only to word a reply that would be "not understood" anyway.
+chat uses it only to word a reply that would be "not understood" anyway, and the studio only to warn.
 """
 from __future__ import annotations
 
