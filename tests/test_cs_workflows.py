@@ -19,7 +19,8 @@ from apps.customer_service import store as store_module
 from apps.customer_service.actions import default_actions
 from apps.customer_service.assistant import Assistant
 from apps.customer_service.bench import serve_in_thread
-from apps.customer_service.dialogue import DEFAULT_DIALOGUE, DialogueConfig, DialogueManager, generic_dialogue
+from apps.customer_service.dialogue import (DEFAULT_DIALOGUE, DialogueConfig, DialogueManager, generic_dialogue,
+                                             humanise)
 from apps.customer_service.intents import IntentModel
 from apps.customer_service.retrieval import Embedder, IndexConfig, KnowledgeIndex
 from apps.customer_service.store import (
@@ -125,6 +126,37 @@ def test_an_expired_session_loads_fresh_and_its_pending_action_never_runs(tmp_pa
     assert bot.store.load("waiting").handoff is not None  # an open hand-off never expires
     reply = bot.reply("s", "yes")
     assert reply.intent != "block_card" and "blocked" not in reply.text.lower()
+
+
+def test_a_session_loaded_close_to_expiring_survives_a_prune_during_its_turn(tmp_path, clock):
+    store = SessionStore(tmp_path / "s.sqlite3", StoreLimits(idle_hours=1))
+    _new(store, "s")
+    clock[0] += HOUR - 5  # five seconds left when its customer writes again
+    state = store.load("s")
+    clock[0] += 10  # the turn takes ten seconds; another session's prune runs meanwhile
+    store.prune()
+    store.save(state, Turn("user", "still there?"))
+    assert [t.text for t in store.history("s")] == ["hello", "Hi", "still there?"]  # nothing lost
+
+
+def test_history_of_an_expired_session_is_gone_as_for_load(tmp_path, clock):
+    store = SessionStore(tmp_path / "s.sqlite3", StoreLimits(idle_hours=1))
+    _new(store, "s")
+    _new(store, "waiting", handoff=True)
+    clock[0] += 2 * HOUR
+    with pytest.raises(UnknownSession):
+        store.history("s")  # not yet pruned, but expired
+    assert store.history("waiting")  # an open hand-off never expires
+
+
+def test_a_cli_assistant_expires_sessions_on_the_servers_clock(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOE_SUITE_CHAT_SESSION_IDLE_HOURS", "48")
+    from apps.customer_service import intents as intents_module
+    from apps.customer_service import retrieval as retrieval_module
+    monkeypatch.setattr(intents_module, "load_default_intent_model", lambda: TelecomIntents())
+    monkeypatch.setattr(retrieval_module, "load_default_index", lambda: OverlapIndex())
+    bot = Assistant.default(store=tmp_path / "s.sqlite3")
+    assert bot.store.limits.idle_hours == 48
 
 
 def test_pruning_deletes_in_batches_outside_the_new_sessions_transaction(tmp_path, clock, monkeypatch):
@@ -271,6 +303,16 @@ def test_generic_dialogue_hands_off_on_a_custom_label_and_splits_camel_case():
         "Sorry, that's outside what I can help with here. I can put you through to a colleague.")
     manager = DialogueManager(TelecomIntents(), OverlapIndex(), default_actions(), config)
     assert manager._start(SessionState("s"), "talk_to_agent", "agent please").handoff
+
+
+def test_labels_that_merely_hold_a_person_word_are_topics_not_hand_offs():
+    for label in ("human_resources", "agent_fees", "operator_error", "staff_discount", "HumanResources",
+                  "travel_agent_booking", "find_an_agent"):
+        config = generic_dialogue([label, "bill", "oos"])
+        assert config.settings.handoff_intent != label, label
+        assert humanise(label).lower() in config.responses["out_of_scope"].lower(), label
+    for label in ("speak_to_a_human", "request_human_agent", "contact_agent", "escalate", "real_person", "agent"):
+        assert generic_dialogue(["agent_fees", label, "oos"]).settings.handoff_intent == label, label
 
 
 def test_a_retrained_bank_model_keeps_the_banks_dialogue(tmp_path, monkeypatch):

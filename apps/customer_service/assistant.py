@@ -113,14 +113,16 @@ class Assistant:
     @classmethod
     def default(cls, chat_model: BaseChatModel | None = None, intent_model: str | Path | None = None,
                 index: str | Path | None = None, dialogue: str | Path | None = None,
-                store: str | Path | None = None, limits: StoreLimits = StoreLimits()) -> Assistant:
+                store: str | Path | None = None, limits: StoreLimits | None = None) -> Assistant:
         """The default bank: its intent model and knowledge index (built into the cache on first
         use), mock actions, assets/customer_service/dialogue.yaml, sessions in the cache folder.
         `intent_model` (a train-intents checkpoint folder) and `index` (a `chat index` folder)
         replace the bank's. The bank's dialogue goes with the bank's intent model and any model that
         has all the intents it configures (the bank's retrained); another model without a `dialogue`
         file gets `generic_dialogue` over its own labels (logged, with why). A dialogue that does
-        not fit the model's intents is used, with `warnings` (also logged)."""
+        not fit the model's intents is used, with `warnings` (also logged). `limits` default: the
+        store's, with the server's chat_session_idle_hours (`configured_idle_hours`), so that a CLI or
+        LangChain assistant on the server's store never expires sessions the server keeps."""
         # Imported here: they bring torch and faiss, and train or index on first use.
         from .intents import IntentModel, load_default_intent_model
         from .retrieval import KnowledgeIndex, load_default_index
@@ -143,7 +145,8 @@ class Assistant:
         for warning in warnings:
             log.warning(warning, extra={"event": "chat_config"})
         return cls(model, KnowledgeIndex.load(index) if index else load_default_index(),
-                   SessionStore(store or default_store_path(), limits), default_actions(), config, chat_model,
+                   SessionStore(store or default_store_path(), limits or StoreLimits(idle_hours=configured_idle_hours())),
+                   default_actions(), config, chat_model,
                    warnings=warnings)
 
     @classmethod
@@ -208,6 +211,19 @@ class Assistant:
 
 
 _shared: Assistant | None = None
+def configured_idle_hours(strict: bool = False) -> float:
+    """chat_session_idle_hours of the server's settings ($MOE_SUITE_CONFIG, MOE_SUITE_* variables); when
+    they cannot be read (e.g. a chat_index that is not an index), the default, or with `strict` a
+    ValueError saying so."""
+    try:
+        return Settings.load().chat_session_idle_hours
+    except SettingsError as exc:
+        if strict:
+            raise ValueError(f"cannot read chat_session_idle_hours from the server's settings ({exc}); "
+                             "fix them or pass --idle-hours") from None
+        return StoreLimits.idle_hours
+
+
 _shared_settings: Settings | None = None
 _shared_guard = threading.Lock()
 

@@ -215,9 +215,10 @@ def ask(args: argparse.Namespace) -> None:
 
 
 def prune_sessions(args: argparse.Namespace) -> None:
+    from .assistant import configured_idle_hours
     from .store import PruneResult, SessionStore, StoreLimits, default_store_path
 
-    idle_hours = args.idle_hours if args.idle_hours is not None else _settings_idle_hours()
+    idle_hours = args.idle_hours if args.idle_hours is not None else configured_idle_hours(strict=True)
     if not idle_hours > 0:
         raise ValueError(f"--idle-hours must be positive, got {idle_hours}")
     path = args.store or default_store_path()
@@ -237,14 +238,3 @@ def prune_sessions(args: argparse.Namespace) -> None:
     else:
         print(f"removed {result.sessions_removed} session(s) idle over {idle_hours} h; "
               f"{result.sessions_left} left in {path}")
-
-
-def _settings_idle_hours() -> float:
-    """chat_session_idle_hours of the server's settings ($MOE_SUITE_CONFIG, MOE_SUITE_* variables)."""
-    from apps.settings import Settings, SettingsError
-
-    try:
-        return Settings.load().chat_session_idle_hours
-    except SettingsError as exc:  # e.g. a chat_index that is not an index: unrelated, but it stops the load
-        raise ValueError(f"cannot read chat_session_idle_hours from the server's settings ({exc}); "
-                         "fix them or pass --idle-hours") from None

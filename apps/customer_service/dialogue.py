@@ -203,9 +203,12 @@ _GENERIC_SMALL_TALK = {  # label (any case, - or _) -> fixed answer, when a mode
     ("greeting", "greetings", "hello", "hi"): "Hello! How can I help you today?",
     ("thanks", "thank_you", "thankyou"): "You're welcome. Is there anything else?",
 }
-# a label asking for a person: a word of these alone or joined by _ ("talk_to_agent", "live_agent", "human")
-_HANDOFF_LABEL = re.compile(r"(?:^|_)(?:human|agent|person|operator|representative|staff|escalate|escalation)"
-                            r"(?:_|$)")
+# a label that, as a whole, asks for a person ("talk_to_agent", "speak_to_a_human", "live_agent", "human",
+# "escalate"); labels that merely hold such a word ("human_resources", "agent_fees") are topics
+_HANDOFF_LABEL = re.compile(
+    r"^(?:(?:speak|talk|chat|connect|transfer|contact|ask|request|want|need|get|reach|call)(?:_(?:to|with|for))?"
+    r"(?:_(?:a|an|the))?_)?(?:(?:live|real|human)_)?(?:human|agent|person|operator|representative|someone)"
+    r"(?:_agent)?$|^escalat(?:e|ion)$")
 MAX_TOPICS_NAMED = 12  # the generic out-of-scope reply names at most this many intents
 
 
@@ -231,7 +234,7 @@ def generic_dialogue(labels: list[str] | tuple[str, ...], words_from: str | Path
         if label == OOS:
             continue
         key = humanise(label).lower().replace(" ", "_")
-        if handoff is None and _HANDOFF_LABEL.search(key):
+        if handoff is None and _HANDOFF_LABEL.match(key):
             handoff = label
             intents[label] = IntentSpec(title=humanise(label))
             continue

@@ -62,6 +62,7 @@ CREATE INDEX IF NOT EXISTS sessions_by_update ON sessions(updated_at);
 """
 _OPEN_HANDOFF = "handoff_reason IS NOT NULL AND released_at IS NULL"
 PRUNE_BATCH = 100  # idle sessions deleted per transaction: a short write lock even at 200 turns each
+TOUCH_MARGIN_S = 600.0  # a session loaded this close to expiring is touched, so no prune takes it mid-turn
 
 
 def default_store_path() -> Path:
@@ -212,6 +213,9 @@ class SessionStore:
                 db.execute(f"DELETE FROM sessions WHERE id = ? AND updated_at < ? AND NOT ({_OPEN_HANDOFF})",
                            (session_id, cutoff))
             return SessionState(session_id)
+        if updated_at < cutoff + TOUCH_MARGIN_S:  # close to expiring: a prune during this turn must not take it
+            with self._transaction() as db:
+                db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (time.time(), session_id))
         return SessionState(session_id, intent, json.loads(slots), json.loads(pending) if pending else None,
                             query, low_turns, handoff)
 
@@ -311,10 +315,13 @@ class SessionStore:
             return self._conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
 
     def history(self, session_id: str) -> list[Turn]:
-        """The stored turns of `session_id`, oldest first; raises UnknownSession if it was never saved."""
+        """The stored turns of `session_id`, oldest first; raises UnknownSession if it was never saved
+        or has expired (idle longer than `idle_hours` without an open hand-off, as `load` sees it)."""
         check_session_id(session_id)
         with self._lock:
-            if not self._conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
+            row = self._conn.execute(f"SELECT updated_at, {_OPEN_HANDOFF} FROM sessions WHERE id = ?",
+                                     (session_id,)).fetchone()
+            if row is None or (not row[1] and row[0] < time.time() - self.limits.idle_hours * 3600):
                 raise UnknownSession(session_id)
             return self._turns(session_id)
 
