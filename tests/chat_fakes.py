@@ -75,6 +75,13 @@ class OverlapIndex:
         return sorted((p for p in scored if p.score), key=lambda p: -p.score)[:k]
 
 
+def write(path, content: str | bytes, encoding="utf-8"):
+    """Write a test input file (text in `encoding`, or bytes as given), making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode(encoding))
+    return path
+
+
 def make_assistant(path, index=None, actions=None, limits=StoreLimits(), chat_model=None) -> Assistant:
     return Assistant(KeywordIntents(), index or OverlapIndex(), SessionStore(path, limits),
                      actions or default_actions(), DialogueConfig.load(), chat_model)

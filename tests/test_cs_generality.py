@@ -16,7 +16,7 @@ from apps.customer_service.store import SessionState
 from data_connectors.knowledge import KnowledgeFormatError, load_knowledge
 from data_connectors.text_files import decode_text, sniff_delimiter
 
-from chat_fakes import EXPERTS, OverlapIndex, Prediction
+from chat_fakes import EXPERTS, OverlapIndex, Prediction, write
 
 ROWS = [("I lost my card, what now?", "lost_card"), ("where is my money", "balance"),
         ("how much do I have", "balance"), ("card stolen yesterday", "lost_card"),
@@ -30,12 +30,6 @@ def table(rows, header=None, delimiter=",", quote_all=False) -> str:
                         quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL)
     writer.writerows(([header] if header else []) + [list(r) for r in rows])
     return out.getvalue()
-
-
-def write(path, content: str | bytes, encoding="utf-8"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content if isinstance(content, bytes) else content.encode(encoding))
-    return path
 
 
 @pytest.fixture(scope="module")

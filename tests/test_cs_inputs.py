@@ -5,17 +5,12 @@ import json
 import logging
 
 import pytest
+from chat_fakes import write
 
 from apps.cli import main
 from apps.customer_service.intents import read_intent_file
 from data_connectors.knowledge import KnowledgeFormatError, collected_warnings, knowledge_files, load_knowledge
 from data_connectors.text_files import MAX_CELL_CHARS, LabelledTextError, sniff_delimiter
-
-
-def write(path, content: str | bytes, encoding="utf-8"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content if isinstance(content, bytes) else content.encode(encoding))
-    return path
 
 
 def rows(data) -> list[tuple[str, str]]:

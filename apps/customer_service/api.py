@@ -62,7 +62,7 @@ class ErrorMessage(BaseModel):
     detail: str = Field(description="what went wrong, in words", examples=["unknown session 'web-42'"])
 
 
-# Domain errors -> HTTP status; checked in order, so subclasses of ValueError come first.
+# Domain errors -> HTTP status.
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (MessageTooLong, 413), (UnknownSession, 404), (SessionLimitError, 429), (NotHandedOff, 409))
 _ERRORS = {404: "unknown session", 409: "the session has no open hand-off", 413: "body or message too long",
@@ -74,9 +74,9 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 @contextmanager
-def _http_errors(location: tuple[str, str] = ("body", "message")) -> Iterator[None]:
-    """Re-raise the assistant's domain errors as HTTPExceptions with their message; an invalid session
-    id or an empty message as a validation error at `location` (or at the path's session_id)."""
+def _http_errors() -> Iterator[None]:
+    """Re-raise the assistant's domain errors as HTTPExceptions with their message; an empty message or
+    an invalid session id as a validation error at the body's message or the path's session_id."""
     try:
         yield
     except tuple(kind for kind, _ in _STATUS) as exc:
@@ -86,7 +86,7 @@ def _http_errors(location: tuple[str, str] = ("body", "message")) -> Iterator[No
         headers = {"Retry-After": str(math.ceil(retry))} if retry else None
         raise HTTPException(status, detail, headers=headers) from None
     except (EmptyMessage, InvalidSessionId) as exc:  # FastAPI's validation shape (any other error: a 500)
-        where = ("path", "session_id") if isinstance(exc, InvalidSessionId) else location
+        where = ("path", "session_id") if isinstance(exc, InvalidSessionId) else ("body", "message")
         raise RequestValidationError([{"loc": where, "msg": str(exc), "type": "value_error"}]) from None
 
 

@@ -31,6 +31,7 @@ from apps.settings import Settings, SettingsError
 from .actions import ActionRegistry, default_actions
 from .dialogue import (
     DialogueConfig, DialogueManager, IntentClassifier, Searcher, Source, dialogue_for, dialogue_mismatch,
+    missing_actions,
 )
 from .store import HandoffTicket, SessionStore, StoreLimits, Turn, check_session_id, default_store_path
 
@@ -245,9 +246,10 @@ def check_dialogue(path: str | Path) -> DialogueConfig:
         config = DialogueConfig.load(path)
     except ValueError as exc:
         raise SettingsError(f"chat_dialogue: {exc}") from None
-    if missing := {s.action for s in config.intents.values() if s.action} - set(default_actions().names()):
+    actions = default_actions()
+    if missing := missing_actions(config, actions):
         raise SettingsError(f"chat_dialogue: {path}: actions not registered: {', '.join(sorted(missing))} "
-                            f"(known: {', '.join(default_actions().names())})")
+                            f"(known: {', '.join(actions.names())})")
     return config
 
 

@@ -311,13 +311,18 @@ def _clip(text: str, chars: int) -> str:
     return text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0] + " …"
 
 
+def missing_actions(config: DialogueConfig, actions: ActionRegistry) -> set[str]:
+    """The actions `config`'s intents run that `actions` does not have."""
+    return {s.action for s in config.intents.values() if s.action} - set(actions.names())
+
+
 class DialogueManager:
     """Decides each turn's answer and updates the session state; stateless itself, so one manager
     serves every session (the caller serialises turns of the same session)."""
 
     def __init__(self, intent_model: IntentClassifier, index: Searcher, actions: ActionRegistry,
                  config: DialogueConfig, chat_model: BaseChatModel | None = None):
-        if missing := {s.action for s in config.intents.values() if s.action} - set(actions.names()):
+        if missing := missing_actions(config, actions):
             raise ValueError(f"dialogue actions not registered: {', '.join(sorted(missing))}")
         self.intent_model, self.index, self.actions, self.config = intent_model, index, actions, config
         self.chat_model = chat_model  # when given, phrases knowledge answers from the passages

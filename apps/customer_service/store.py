@@ -269,16 +269,13 @@ class SessionStore:
         raise SessionLimitError(f"the chat store is full ({count} sessions); the next idle session expires in "
                                 f"about {_duration(wait_s)}: try again then", retry_after_s=wait_s)
 
-    def prune(self, idle_hours: float | None = None) -> PruneResult:
-        """Delete the sessions idle longer than `idle_hours` (default: the limits'), with their turns;
-        sessions with an open hand-off stay. Deletes `PRUNE_BATCH` sessions per transaction, so that
-        turns of other sessions (and other processes' writes) wait at most one short batch."""
-        idle_hours = self.limits.idle_hours if idle_hours is None else idle_hours
-        if not idle_hours > 0:
-            raise ValueError(f"idle hours must be positive, got {idle_hours}")
+    def prune(self) -> PruneResult:
+        """Delete the sessions idle longer than the limits' `idle_hours`, with their turns; sessions with
+        an open hand-off stay. Deletes `PRUNE_BATCH` sessions per transaction, so that turns of other
+        sessions (and other processes' writes) wait at most one short batch."""
         now = time.time()
         self._last_prune = now
-        cutoff, removed = now - idle_hours * 3600, 0
+        cutoff, removed = now - self.limits.idle_hours * 3600, 0
         while True:
             with self._transaction() as db:  # their turns go with them (ON DELETE CASCADE)
                 batch = db.execute(f"DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE updated_at < ? "

@@ -133,9 +133,9 @@ def _volume_stem(name: str) -> str:
     """A volume file's name without its suffix: 'ct.nii.gz' -> 'ct', '1.3.6.1.4.1.14519.mhd' -> '1.3.6.1.4.1.14519'."""
     from data_connectors.dicom import VOLUME_SUFFIXES
 
-    low = name.lower()
-    suffix = max((x for x in VOLUME_SUFFIXES if low.endswith(x)), key=len, default="")
-    return name[:len(name) - len(suffix)] or name
+    from .pipeline import strip_suffix
+
+    return strip_suffix(name, VOLUME_SUFFIXES) or name
 
 
 def _owner(record: dict | None, group: list[StudyEntry]) -> StudyEntry | None:
@@ -1039,11 +1039,11 @@ def run_batch(cfg: BatchConfig) -> dict:
     for key in with_report:
         print(f"study {key}: finished with another report than --reports now gives (or none): recomputed",
               file=sys.stderr)
-    unmatched = [r["unmatched_report"] for r in scan_errors if r.get("unmatched_report")]
+    unmatched_rows = [r for r in scan_errors if r.get("unmatched_report")]
+    unmatched = [r["unmatched_report"] for r in unmatched_rows]
     if rank == 0:
-        for r in scan_errors:
-            if r.get("unmatched_report"):
-                print(r["message"], file=sys.stderr)
+        for r in unmatched_rows:
+            print(r["message"], file=sys.stderr)
     _remove_stale_tmp(out)
     if todo:
         _models(cfg)  # here first: a detector that cannot load is one clear error, not N dead workers

@@ -27,7 +27,7 @@ import numpy as np
 from data_connectors.text_files import (decoded_file, field_key, named_column, repeated_header_warning, table_body,
                                         table_rows)
 
-from .tables import drop_duplicate_rows
+from .tables import compact_key, drop_duplicate_rows
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # LUNA16's operating points, FPs per scan
 
@@ -81,10 +81,6 @@ def _input_error(path: Path, problem: str, line: int | None = None) -> Evaluatio
     return EvaluationInputError(f"{path}{'' if line is None else f', line {line}'}: {problem}")
 
 
-def _norm(name: str) -> str:
-    return field_key(name).replace("_", "")
-
-
 def _read_rows(path: str | Path, required: tuple[str, ...]) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
     """([(line, {canonical column: stripped cell})], warnings) of a CSV/TSV read as the suite reads tables
     (data_connectors.text_files: UTF-8 / UTF-16 / Windows-1252, delimiter sniffed, header cells stripped).
@@ -97,9 +93,9 @@ def _read_rows(path: str | Path, required: tuple[str, ...]) -> tuple[list[tuple[
     body, repeated = table_body(rows[0][1], rows[1:])
     if repeated:
         warnings.append(repeated_header_warning(path, header, repeated))
-    keys = [_norm(h) for h in header]
+    keys = [compact_key(h) for h in header]
     columns = {name: i for name, aliases in COLUMN_ALIASES.items()
-               if (i := named_column(keys, tuple(_norm(a) for a in aliases))) is not None}
+               if (i := named_column(keys, tuple(compact_key(a) for a in aliases))) is not None}
     if "study" not in columns and "series_uid" in columns:
         columns["study"] = columns["series_uid"]
     missing = [c for c in required if c not in columns]

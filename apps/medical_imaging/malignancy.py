@@ -49,9 +49,9 @@ from core import registry
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.tasks import task_id
 from core.vision.swin import VisionStream, VisionStreamConfig
-from data_connectors.text_files import decoded_file, field_key, table_rows
+from data_connectors.text_files import decoded_file, table_rows
 
-from .tables import drop_duplicate_rows
+from .tables import compact_key, drop_duplicate_rows
 
 if TYPE_CHECKING:
     from data_connectors.dicom import CTVolume
@@ -236,11 +236,6 @@ IMAGE_DIRS = ("image", "images", ".")     # where <patient_id>_R_<nodule_id>.<su
 MASK_DIRS = ("nodule_mask", "mask", "masks")
 
 
-def _key(header: str) -> str:
-    """A column name or label word as matched: field_key's normal form without its underscores."""
-    return field_key(header).replace("_", "")
-
-
 @dataclass
 class CropTable:
     """nodules.csv read and resolved: one entry per row, labels decided, files found."""
@@ -272,14 +267,14 @@ def _label_kind(key: str, cells: list[str]) -> str:
     could be either, and is read as ratings (1 = highly unlikely)."""
     if key not in RATING_COLUMNS:
         return "binary"
-    words = [_key(c) for c in cells]
+    words = [compact_key(c) for c in cells]
     if key != "malignancyvalue" and all(w in LABEL_WORDS for w in words) and any(w != "1" for w in words):
         return "binary"
     return "rating"
 
 
 def _parse_label(cell: str, kind: str) -> int | None:
-    word = _key(cell)
+    word = compact_key(cell)
     try:
         number = float(cell)
     except ValueError:
@@ -332,8 +327,8 @@ def read_crop_table(folder: str | Path) -> CropTable:
     header, lines = _sniff_rows(table)
     index: dict[str, int] = {}
     for n, h in enumerate(header):
-        index.setdefault(_key(h), n)
-    where = {name: next((index[a] for a in (_key(name), *aliases) if a in index), None)
+        index.setdefault(compact_key(h), n)
+    where = {name: next((index[a] for a in (compact_key(name), *aliases) if a in index), None)
              for name, aliases in COLUMN_ALIASES.items()}
     if where["patient_id"] is None or (where["nodule_id"] is None and where["image"] is None):
         missing = [n for n in ("patient_id", "nodule_id") if where[n] is None]
@@ -386,7 +381,7 @@ def read_crop_table(folder: str | Path) -> CropTable:
         images.append(image)
         masks.append(_find_file(folder, MASK_DIRS, image.name[:len(image.name) - len(suffix)]))
     ones = {header[i] for k, i in label_cols
-            if kinds[k] == "rating" and {_key(c[i]) for _, c in lines if i < len(c) and c[i]} == {"1"}}
+            if kinds[k] == "rating" and {compact_key(c[i]) for _, c in lines if i < len(c) and c[i]} == {"1"}}
     how = {"rating": "1-5 rating, malignant above 3", "binary": "0/1"}
     ambiguous = "; only 1s, which could be 0/1 labels too: read as ratings, 1 = highly unlikely"
     rule = "; ".join(f"{col} ({how[kind]}{ambiguous if col in ones else ''}): {n} rows"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -205,14 +206,18 @@ def load_upload(zip_path: str | Path):
     return load_upload_study(zip_path).volume
 
 
+def strip_suffix(name: str, suffixes: Iterable[str]) -> str:
+    """`name` without the longest of `suffixes` it ends with (any case): 'CT.NII.GZ' -> 'CT'."""
+    low = name.lower()
+    suffix = max((x for x in suffixes if low.endswith(x)), key=len, default="")
+    return name[:len(name) - len(suffix)]
+
+
 def upload_name(filename: str | None) -> str:
     """The study name of an uploaded file's name: 'ct.nii.gz' -> 'ct', 'study.zip' -> 'study'."""
     from data_connectors.dicom import VOLUME_SUFFIXES
 
-    name = Path(filename or "upload").name
-    low = name.lower()
-    suffix = max((x for x in (*VOLUME_SUFFIXES, ".zip") if low.endswith(x)), key=len, default="")
-    return name[:len(name) - len(suffix)] or "upload"
+    return strip_suffix(Path(filename or "upload").name, (*VOLUME_SUFFIXES, ".zip")) or "upload"
 
 
 def load_upload_file(path: str | Path, filename: str | None = None) -> UploadedStudy:

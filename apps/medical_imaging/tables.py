@@ -1,12 +1,19 @@
-"""What the medical tables' readers share: rows pasted twice (a copy of truth.csv, nodules.csv or findings.csv
-merged into itself) count once, with a warning naming them."""
+"""What the medical tables' readers share: column names matched in one normal form, and rows pasted twice (a
+copy of truth.csv, nodules.csv or findings.csv merged into itself) counted once, with a warning naming them."""
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TypeVar
 
+from data_connectors.text_files import field_key
+
 T = TypeVar("T")
+
+
+def compact_key(name: str) -> str:
+    """A column name or label word as matched: field_key's normal form without its underscores."""
+    return field_key(name).replace("_", "")
 
 
 def drop_duplicate_rows(path: str | Path, rows: list[tuple[int, T]], key: Callable[[T], Hashable] = lambda r: r,

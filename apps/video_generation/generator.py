@@ -308,6 +308,8 @@ class Generator:
         """Frames [N, H, W, 3] at the given indices of script_frames' stream (sorted, the same pixels), drawn
         without the frames in between: a style is fitted on a few frames before the clip streams.
         max_side: each frame shrunk (INTER_AREA) to this longer side as it is drawn."""
+        from .style import _resize_to   # (style imports the studio, which imports this module)
+
         counts = world.scene_frame_counts(script, fps)
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
         wanted = sorted(set(int(i) for i in indices))
@@ -317,12 +319,7 @@ class Generator:
         for i, (scene, n) in enumerate(zip(script.scenes, counts)):
             local = [f - starts[i] for f in wanted if starts[i] <= f < starts[i + 1]]
             for frame in self.scene_frames(scene, n, size_hw, seed=i, only=local) if local else ():
-                h, w = frame.shape[:2]
-                if max_side is not None and max(h, w) > max_side:
-                    s = max_side / max(h, w)
-                    frame = cv2.resize(frame, (max(1, round(w * s)), max(1, round(h * s))),
-                                       interpolation=cv2.INTER_AREA)
-                out.append(frame)
+                out.append(_resize_to(frame, max_side))
         return np.stack(out) if out else np.zeros((0, *size_hw, 3), np.uint8)
 
 

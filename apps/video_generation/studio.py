@@ -201,7 +201,6 @@ def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p
     total = sum(scene_frame_counts(plan.script, fps))
     timings = {"load_s": t_load - t0, "planning_s": t_plan - t_load, "understanding_s": t_understood - t_plan}
     style_weights: dict[str, float] = {}
-    frames_it = iter(frames_it)
     if plan.script.style is not None and apply_style:
         # fitted on frames drawn at evenly spread indices, then styled frame by frame on the way to the
         # encoder: memory does not grow with the clip's length (style.clip_stylizer, as stylize_file)
