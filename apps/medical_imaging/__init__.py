@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apps.cli import positive_int
+from core.cli_commands import fraction
 
 if TYPE_CHECKING:
     from apps.cli import CommandTable
@@ -27,6 +28,17 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated U-Net widths, at least two, each positive."""
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 8,16,32,64, got {text!r}")
+    if len(widths) < 2 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected at least two positive widths, got {text!r}")
+    return widths
 
 
 def register(cli: CommandTable) -> None:
@@ -101,6 +113,33 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--folds", type=_non_negative_int, default=4, help="out-of-fold networks (by study)")
     p.add_argument("--epochs", type=positive_int, default=16)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (hours on two CPU cores, minutes on a GPU)")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes making the studies' candidates")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = med.command("train-nodule-map", "train the dense nodule map (a 3D U-Net's nodule-centre heatmap over the "
+                    "detector's 2 mm grid) on synthetic studies of its own seed", handlers.train_nodule_map)
+    p.add_argument("--out", required=True, type=Path, help="folder to write (nodule_map.safetensors, config.json)")
+    p.add_argument("--studies", type=positive_int, default=150, help="synthetic training studies (seed --seed)")
+    p.add_argument("--seed", type=int, default=5, help="never the detector's training (0) or validation (1) seed")
+    p.add_argument("--steps", type=positive_int, default=4000)
+    p.add_argument("--channels", type=_channels, default=(8, 16, 32, 64), metavar="C1,C2,...",
+                   help="U-Net widths per level (default 8,16,32,64: 0.15 M parameters)")
+    p.add_argument("--device", default="cpu", help="torch device of the training steps, e.g. cuda")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes making the studies' grids")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = med.command("attach-nodule-map", "give a detector a trained nodule map: its peaks join the candidates and "
+                    "a map stage after the image trees reads it (fitted on studies of another seed)",
+                    handlers.attach_nodule_map)
+    p.add_argument("--map", required=True, type=Path, help="a train-nodule-map folder")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
+    p.add_argument("--detector", type=Path, default=None, help="the detector to extend (default: the shipped one)")
+    p.add_argument("--studies", type=positive_int, default=120, help="studies the map stage is fitted on (seed --seed)")
+    p.add_argument("--seed", type=int, default=3, help="a seed none of the parts was trained or chosen on")
+    p.add_argument("--val-studies", type=positive_int, default=60,
+                   help="studies of seed 1 that set the operating point (1 FP per scan)")
+    p.add_argument("--map-candidates", type=_non_negative_int, default=20, help="map peaks per scan that may join")
+    p.add_argument("--map-min-p", type=fraction, default=0.3, help="the map probability such a peak needs")
     p.add_argument("--workers", type=positive_int, default=1, help="processes making the studies' candidates")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 

@@ -108,6 +108,27 @@ def train_patch_network(args: argparse.Namespace) -> None:
     _emit(args, summary, [f"{k:<28}{v}" for k, v in summary.items()])
 
 
+def train_nodule_map(args: argparse.Namespace) -> None:
+    from .nodule_map import NoduleMapConfig, NoduleMapTrainConfig, train_nodule_map as train
+
+    network = NoduleMapConfig(channels=args.channels, strides=(2,) * (len(args.channels) - 1))
+    summary = train(NoduleMapTrainConfig(studies=args.studies, seed=args.seed, steps=args.steps,
+                                         workers=args.workers, device=args.device, network=network), args.out)
+    summary.pop("history")
+    _emit(args, summary, [f"{k:<28}{v}" for k, v in summary.items()])
+
+
+def attach_nodule_map(args: argparse.Namespace) -> None:
+    from .nodule_map import MapStageConfig, attach_nodule_map as attach
+
+    summary = attach(MapStageConfig(nodule_map=str(args.map), detector=None if args.detector is None else str(args.detector),
+                                    studies=args.studies, seed=args.seed, val_studies=args.val_studies,
+                                    map_candidates=args.map_candidates, map_min_p=args.map_min_p,
+                                    workers=args.workers), args.out)
+    summary.pop("map")
+    _emit(args, summary, [f"{k:<28}{v}" for k, v in summary.items()])
+
+
 def eval_detector(args: argparse.Namespace) -> None:
     from .detection import evaluate_on_synth, load_detector
 

@@ -29,6 +29,9 @@
    Without a report the same network runs on the image tokens alone (trained with the report dropped at
    random, so both paths are learned). The epoch kept is the best on held-out studies (ties: the later),
    epoch 0 (the prior alone) included.
+5. Optional dense nodule map (`nodule_map`, nodule_map.py; not in the shipped checkpoint): a 3D U-Net's
+   nodule-centre heatmap over the grid proposes candidates at its peaks and a logistic map stage after the
+   image trees reads it.
 
 Shape legend: B candidates, M report mentions, P patch side, F feature width, D fusion width.
 """
@@ -53,6 +56,7 @@ from core.tasks import task_id
 from core.vision.swin import VisionStream, VisionStreamConfig
 from data_connectors.dicom import to_lps
 
+from .nodule_map import NoduleMapConfig, build_network, predict_map
 from .report import EMBED_DIM, LOBES, Mention, ReportReading
 
 KIND = "nodule_detector"
@@ -65,6 +69,7 @@ QUAD_FEATURES = 6             # products of the blob measurements (see quad_feat
 SHAPE_FEATURES = 5            # inside vs shell of the candidate's ball in its patch (see shape_features)
 REPORT_FEATURES = 9           # a candidate's best fit to the report's mentions (see report_features)
 RANK_FEATURES = 4             # where a candidate ranks among those a mention could mean (see mention_rank_features)
+MAP_FEATURES = 4              # what the nodule map says of a candidate (see map_features)
 # A candidate's smoothed centre HU that fits a mention's stated density: ground-glass nodules centre at
 # -740..-510 HU on the 2 mm grid, solid ones (small ones lose density to partial volume) at -610 and above
 # (candidates of 40 synthetic training studies, 1st-99th percentiles); vessel junctions mostly above -400.
@@ -112,6 +117,11 @@ class DetectorConfig:
                                       # (by the image rating; 0: keep all): a structure answers at several scales
     network_feature: bool = False     # the Swin rates each candidate's patch alone (patch_network.py: trained first,
                                       # then frozen) and its logit is one more input of the image trees
+    nodule_map: NoduleMapConfig | None = None   # a dense nodule map (nodule_map.py, trained first, then frozen):
+                                      # its peaks join the candidates and a logistic map stage after the image trees
+                                      # reads its values at each candidate (None: older checkpoints)
+    map_candidates: int = 20          # with nodule_map: at most this many map peaks per scan become candidates
+    map_min_p: float = 0.3            # the map probability such a peak needs
 
     @property
     def cand_features(self) -> int:
@@ -123,6 +133,8 @@ class DetectorConfig:
             raise ValueError(f"patch {self.patch} must be a multiple of the vision stride {self.vision.stride}")
         if self.vision.out_dim != self.dim:
             raise ValueError(f"vision.out_dim ({self.vision.out_dim}) must equal dim ({self.dim})")
+        if self.nodule_map is not None and (self.network or not self.per_scale_peaks):
+            raise ValueError("a nodule map works with per_scale_peaks and the image trees (network off)")
 
 
 # ---------------------------------------------------------------------------------------------- grid + lungs
@@ -230,6 +242,7 @@ class Candidate:
     kji_f: np.ndarray | None = None   # sub-voxel centre (grid k, j, i), float; None: kji
     scales_S: np.ndarray | None = None   # blob measure at each scale, at the centre
     tubes_S: np.ndarray | None = None    # tube measure (sigma^2 * -middle eigenvalue) at each scale, at the centre
+    from_map: bool = False            # proposed by the nodule map's peak, not by the blob measure
 
     @property
     def center(self) -> np.ndarray:
@@ -289,11 +302,14 @@ def blob_image(grid: Grid, cfg: DetectorConfig) -> np.ndarray:
     return np.where(grid.lung_ZYX, np.clip(grid.hu_ZYX, HU_RANGE[0], cfg.blob_hu_max), -850.0).astype(np.float32)
 
 
-def find_candidates(grid: Grid, cfg: DetectorConfig) -> list[Candidate]:
+def find_candidates(grid: Grid, cfg: DetectorConfig, map_ZYX: np.ndarray | None = None) -> list[Candidate]:
+    """The scan's candidates; with a nodule map (per_scale_peaks only), its peaks too (see map_candidates)."""
     from scipy import ndimage as ndi
 
     if cfg.per_scale_peaks:
-        return find_candidates_per_scale(grid, cfg)
+        return find_candidates_per_scale(grid, cfg, map_ZYX)
+    if map_ZYX is not None:
+        raise ValueError("a nodule map needs per_scale_peaks (the measures at every scale of its peaks)")
 
     hu = blob_image(grid, cfg)
     best = np.zeros(hu.shape, dtype=np.float32)
@@ -335,7 +351,7 @@ def _parabola_offset(r_ZYX: np.ndarray, kji: np.ndarray) -> np.ndarray:
     return off
 
 
-def find_candidates_per_scale(grid: Grid, cfg: DetectorConfig) -> list[Candidate]:
+def find_candidates_per_scale(grid: Grid, cfg: DetectorConfig, map_ZYX: np.ndarray | None = None) -> list[Candidate]:
     """Maxima of each scale's blob measure (not of their maximum: there a vessel's larger-scale answer
     swallows a small nodule beside it), strongest first; one suppresses another within max(1.5 voxels,
     0.8 x the smaller of the two radii), so a blob's answers at neighbouring scales merge but a small
@@ -372,7 +388,40 @@ def find_candidates_per_scale(grid: Grid, cfg: DetectorConfig) -> list[Candidate
         kept_kji[n], kept_r[n] = kji, radius_S[s]
         if len(kept) == cfg.max_candidates:
             break
+    if map_ZYX is not None:
+        kept += map_candidates(map_ZYX, grid, cfg, blob_SZYX, tube_SZYX, smooth, kept)
     return kept
+
+
+def map_candidates(map_ZYX: np.ndarray, grid: Grid, cfg: DetectorConfig, blob_SZYX: np.ndarray,
+                   tube_SZYX: np.ndarray, smooth_ZYX: np.ndarray, kept: list[Candidate]) -> list[Candidate]:
+    """Candidates at the nodule map's peaks inside the search region (most probable first, at least
+    cfg.map_min_p, at most cfg.map_candidates) that no kept candidate covers (within 0.8 x the smaller radius,
+    as the blob candidates suppress each other, but at least one voxel, not their 1.5): a small ground-glass
+    nodule the blob measure never ranks, or ranks a voxel or two off its centre, outside the nodule (rating
+    and non-maximum suppression then choose between the two). Each takes the scale whose blob measure is
+    largest at its voxel and the map's sub-voxel peak as its centre."""
+    from .nodule_map import map_peaks
+
+    kji_N3, _ = map_peaks(np.where(grid.search_ZYX, map_ZYX, 0.0), cfg.map_min_p, 25 * cfg.map_candidates)
+    taken_kji = [c.center for c in kept]
+    taken_r = [c.diameter_mm / 2 / cfg.grid_mm for c in kept]                 # blob radius, voxels
+    out: list[Candidate] = []
+    for kji in kji_N3:
+        if len(out) == cfg.map_candidates:
+            break
+        k = tuple(kji)
+        s = int(np.argmax(blob_SZYX[(slice(None),) + k]))
+        diameter_mm = 2 * math.sqrt(3) * cfg.sigmas_mm[s]
+        if taken_kji and np.any(np.linalg.norm(np.asarray(taken_kji) - kji, axis=1)
+                                < np.maximum(1.0, 0.8 * np.minimum(taken_r, diameter_mm / 2 / cfg.grid_mm))):
+            continue
+        out.append(Candidate(kji, float(blob_SZYX[(s,) + k]), diameter_mm, float(smooth_ZYX[k]),
+                             kji + _parabola_offset(map_ZYX, kji), blob_SZYX[(slice(None),) + k].copy(),
+                             tube_SZYX[(slice(None),) + k].copy(), True))
+        taken_kji.append(out[-1].center)
+        taken_r.append(diameter_mm / 2 / cfg.grid_mm)
+    return out
 
 
 def crop_patch(hu_ZYX: np.ndarray, kji: np.ndarray, P: int) -> np.ndarray:
@@ -509,6 +558,19 @@ def image_features(cands: list[Candidate], cand_BF: np.ndarray, patches_BP3: np.
              (np.arange(len(cands), dtype=np.float32) / 100.0)[:, None], (resp_B / resp_B.max())[:, None],
              radial_profile(patches_BP3)]
     return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+MAP_STAGE_INPUTS = 8
+
+
+def map_stage_inputs(image_logit_B: torch.Tensor, map_BF: torch.Tensor) -> torch.Tensor:
+    """[B, MAP_STAGE_INPUTS] what the map stage reads: the trees' image logit, the map features (see
+    map_features), the logit again for map-proposed candidates (the trees never saw such candidates in
+    training, so their logit is trusted apart), and the map's centre and ball maximum on a log scale."""
+    logit = image_logit_B.float()[:, None]
+    from_map, centre, ball_max = map_BF[:, :1], map_BF[:, 1:2], map_BF[:, 2:3]
+    return torch.cat([logit, map_BF.float(), from_map * logit, torch.log(centre + 1e-3), torch.log(ball_max + 1e-3)],
+                     dim=1)
 
 
 def report_features(pair_BMP: torch.Tensor, mask_BM: torch.Tensor | None = None) -> torch.Tensor:
@@ -658,6 +720,10 @@ class NoduleRater(nn.Module):
         nn.init.zeros_(self.head[-1].bias)
         # network_feature: the vision stream rates a patch alone through this head (see patch_logit)
         self.patch_head = nn.Linear(cfg.dim, 1) if cfg.network_feature else None
+        # nodule_map: the dense map network (trained first, frozen) and the logistic map stage after the
+        # image trees (fitted on studies neither the trees nor the map were trained on: see nodule_map.py)
+        self.nodule_map = build_network(cfg.nodule_map) if cfg.nodule_map is not None else None
+        self.map_linear = nn.Linear(MAP_STAGE_INPUTS, 1) if cfg.nodule_map is not None else None
 
     def encode(self, patches: torch.Tensor, cand_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image tokens [B, T + 1, D]: Swin tokens + a candidate-feature token, the blob prior logit [B],
@@ -704,6 +770,10 @@ class NoduleRater(nn.Module):
             extra_BF = torch.cat([quad_features(cand_BF), shape_features(patches, cand_BF)], dim=1)
             logit = logit + self.prior_quad(extra_BF).squeeze(-1)
         return logit
+
+    def map_stage(self, image_logit_B: torch.Tensor, map_BF: torch.Tensor) -> torch.Tensor:
+        """[B] the image logit after the map stage (see map_stage_inputs)."""
+        return self.map_linear(map_stage_inputs(image_logit_B, map_BF)).squeeze(-1)
 
     def fuse(self, vision_BTD: torch.Tensor, prior_B: torch.Tensor, text_BMF: torch.Tensor | None = None,
              text_mask_BM: torch.Tensor | None = None) -> torch.Tensor:
@@ -768,11 +838,37 @@ class CandidateSet:
     positions: list[tuple[float, float, float]]
     patches_BP3: np.ndarray           # [B, P, P, P] float16
     cand_BF: np.ndarray               # [B, cfg.cand_features]: the 8 classic measurements first
+    map_BF: np.ndarray | None = None  # [B, MAP_FEATURES] with a nodule map (see map_features)
 
 
-def candidate_set(hu_ZYX: np.ndarray, affine: np.ndarray, cfg: DetectorConfig) -> CandidateSet:
+def map_features(cands: list[Candidate], map_ZYX: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
+    """[B, MAP_FEATURES] per candidate: whether the map proposed it, the map at its centre voxel, and the
+    map's maximum and mean over the candidate's ball (its blob radius, at least one voxel)."""
+    out = np.zeros((len(cands), MAP_FEATURES), np.float32)
+    shape = np.array(map_ZYX.shape)
+    for n, c in enumerate(cands):
+        centre = np.asarray(c.center, np.float64)
+        r = max(1.0, c.diameter_mm / 2 / cfg.grid_mm)
+        lo = np.clip(np.floor(centre - r).astype(int), 0, shape - 1)
+        hi = np.clip(np.ceil(centre + r).astype(int) + 1, 1, shape)
+        kk, jj, ii = np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi)), indexing="ij")
+        ball = (kk - centre[0]) ** 2 + (jj - centre[1]) ** 2 + (ii - centre[2]) ** 2 <= r * r
+        values = map_ZYX[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]][ball]
+        at_centre = map_ZYX[tuple(np.clip(np.round(centre).astype(int), 0, shape - 1))]
+        out[n] = (float(c.from_map), at_centre, values.max(initial=at_centre), values.mean() if values.size else at_centre)
+    return out
+
+
+def candidate_set(hu_ZYX: np.ndarray, affine: np.ndarray, cfg: DetectorConfig,
+                  nodule_map: nn.Module | None = None) -> CandidateSet:
+    """The scan's grid, candidates, their positions, patches and measurements; `nodule_map` (the
+    detector's map network) is needed exactly when cfg.nodule_map is set."""
+    if (cfg.nodule_map is not None) != (nodule_map is not None):
+        raise ValueError("a detector with a nodule map needs its map network (NoduleDetector.candidates), "
+                         "and only such a detector takes one")
     grid = prepare_grid(hu_ZYX, affine, cfg)
-    cands = find_candidates(grid, cfg)
+    map_ZYX = predict_map(nodule_map, grid.hu_ZYX, grid.lung_ZYX) if nodule_map is not None else None
+    cands = find_candidates(grid, cfg, map_ZYX)
     positions = [position(grid, c.kji) for c in cands]
     patches = np.stack([crop_patch(grid.hu_ZYX, c.kji, cfg.patch) for c in cands]).astype(np.float16) \
         if cands else np.zeros((0, cfg.patch, cfg.patch, cfg.patch), np.float16)
@@ -783,7 +879,8 @@ def candidate_set(hu_ZYX: np.ndarray, affine: np.ndarray, cfg: DetectorConfig) -
             raise ValueError("rich_features needs per_scale_peaks (the per-scale measures of each candidate)")
         extra = image_features(cands, feats, patches) if cands else np.zeros((0, cfg.cand_features - CAND_FEATURES))
         feats = np.concatenate([feats, extra], axis=1).astype(np.float32)
-    return CandidateSet(grid, cands, positions, patches, feats)
+    return CandidateSet(grid, cands, positions, patches, feats,
+                        None if map_ZYX is None else map_features(cands, map_ZYX, cfg))
 
 
 def text_inputs(cs: CandidateSet, reading: ReportReading | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -808,6 +905,12 @@ class NoduleDetector:
         self.metadata = metadata or {}
 
     @torch.no_grad()
+    def tree_logits(self, cs: CandidateSet, batch: int = 64) -> torch.Tensor:
+        """[B] the image trees' logit of each candidate (with network_feature, after the Swin's patch pass)."""
+        network_B = self.model.patch_logits(cs.patches_BP3, batch) if self.cfg.network_feature else None
+        return self.model.image_trees(self.model.tree_inputs(torch.from_numpy(cs.cand_BF), network_B))
+
+    @torch.no_grad()
     def rate(self, cs: CandidateSet, text_BMF: np.ndarray | None,
              batch: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(P(nodule) with the report, P(nodule) from the image alone, kept by non-maximum suppression on the
@@ -818,8 +921,9 @@ class NoduleDetector:
             return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, bool)
         trees = self.model.report_linear is not None
         if not self.cfg.network and self.model.image_trees is not None:   # the trees (and the patch logit)
-            network_B = self.model.patch_logits(cs.patches_BP3, batch) if self.cfg.network_feature else None
-            image_B = self.model.image_trees(self.model.tree_inputs(torch.from_numpy(cs.cand_BF), network_B))
+            image_B = self.tree_logits(cs, batch)
+            if self.model.map_linear is not None:
+                image_B = self.model.map_stage(image_B, torch.from_numpy(cs.map_BF))
             fused_B = image_B
         else:
             fused, image = [], []
@@ -837,11 +941,15 @@ class NoduleDetector:
         keep_B = np.ones(len(cs.candidates), bool) if keep_B is None else keep_B
         return torch.sigmoid(fused_B).numpy(), torch.sigmoid(image_B).numpy(), keep_B
 
+    def candidates(self, hu_ZYX: np.ndarray, affine: np.ndarray) -> CandidateSet:
+        """The scan's candidate set as this detector makes it (with its nodule map, when it has one)."""
+        return candidate_set(hu_ZYX, affine, self.cfg, self.model.nodule_map)
+
     def detect(self, hu_ZYX: np.ndarray, affine: np.ndarray, reading: ReportReading | None = None,
                threshold: float | None = 0.0) -> list[Detection]:
         """All candidates rated (threshold 0.0), or those at or above `threshold` (None: the model's
         operating point), most probable first."""
-        cs = candidate_set(hu_ZYX, affine, self.cfg)
+        cs = self.candidates(hu_ZYX, affine)
         return self.detect_candidates(cs, reading, self.cfg.threshold if threshold is None else threshold)
 
     def detect_candidates(self, cs: CandidateSet, reading: ReportReading | None,
@@ -964,7 +1072,17 @@ def labels_for(cs: CandidateSet, nodules, cfg: DetectorConfig) -> np.ndarray:
     return labels
 
 
-def _cache_file(index: int, seed: int, cfg: DetectorConfig, synth_cfg) -> Path:
+def _weights_digest(module: nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def _cache_file(index: int, seed: int, cfg: DetectorConfig, synth_cfg, nodule_map: nn.Module | None = None) -> Path:
     """Where a synthetic study's candidates are kept: keyed by everything that shapes them."""
     import hashlib
 
@@ -972,7 +1090,9 @@ def _cache_file(index: int, seed: int, cfg: DetectorConfig, synth_cfg) -> Path:
 
     key = json.dumps([index, seed, cfg.grid_mm, cfg.patch, cfg.lung_hu, cfg.lung_closing_mm, list(cfg.sigmas_mm),
                       cfg.blob_hu_max, cfg.min_response, cfg.max_candidates, cfg.per_scale_peaks, cfg.subvoxel,
-                      cfg.rich_features, cfg.network, repr(synth_cfg), CACHE_VERSION] + (["network_feature"] if cfg.network_feature else []))
+                      cfg.rich_features, cfg.network, repr(synth_cfg), CACHE_VERSION]
+                     + (["network_feature"] if cfg.network_feature else [])
+                     + ([_weights_digest(nodule_map), cfg.map_candidates, cfg.map_min_p] if nodule_map is not None else []))
     return cache_dir() / "medical" / "candidates" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
 
 
@@ -998,7 +1118,10 @@ def save_scan(scan: ScanCache, path: Path) -> None:
                              ).reshape(len(cands), S),
         "positions_B3": np.array(cs.positions, np.float64).reshape(-1, 3),
         "patches_BP3": cs.patches_BP3, "cand_BF": cs.cand_BF,
+        "from_map_B": np.array([c.from_map for c in cands], bool),
     }
+    if cs.map_BF is not None:
+        arrays["map_BF"] = cs.map_BF
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
     np.savez(tmp, **arrays)
@@ -1017,19 +1140,23 @@ def load_scan(path: Path) -> ScanCache:
     def optional(row: np.ndarray) -> np.ndarray | None:
         return None if row.size == 0 or np.isnan(row).all() else row
 
-    cands = [Candidate(kji, float(r), float(d), float(h), optional(f), optional(sc), optional(tu))
-             for kji, r, d, h, f, sc, tu in zip(a["kji_B3"], a["response_B"], a["diameter_B"], a["center_hu_B"],
-                                               a["kji_f_B3"], a["scales_BS"], a["tubes_BS"])]
+    from_map_B = a.get("from_map_B", np.zeros(len(a["kji_B3"]), bool))   # absent: cached before nodule maps
+    cands = [Candidate(kji, float(r), float(d), float(h), optional(f), optional(sc), optional(tu), bool(m))
+             for kji, r, d, h, f, sc, tu, m in zip(a["kji_B3"], a["response_B"], a["diameter_B"], a["center_hu_B"],
+                                                  a["kji_f_B3"], a["scales_BS"], a["tubes_BS"], from_map_B)]
     grid = Grid(a["grid_hu_ZYX"], a["grid_affine"], a["grid_lung_ZYX"], a["grid_search_ZYX"],
                 (a["grid_lung_box"][0], a["grid_lung_box"][1]), float(a["grid_midline_i"]))
-    cs = CandidateSet(grid, cands, [tuple(p) for p in a["positions_B3"].tolist()], a["patches_BP3"], a["cand_BF"])
+    cs = CandidateSet(grid, cands, [tuple(p) for p in a["positions_B3"].tolist()], a["patches_BP3"], a["cand_BF"],
+                      a.get("map_BF"))
     truth = [Nodule(study_id, tuple(xyz), float(d)) for xyz, d in zip(a["truth_xyz_N3"].tolist(), a["truth_diameter_N"])]
     return ScanCache(study_id, cs, a["labels_B"], read_report(report_text), truth, report_text)
 
 
-def synth_scan(index: int, seed: int, cfg: DetectorConfig, synth_cfg=None, cache: bool = True) -> ScanCache:
-    """One synthetic study's candidate set, labelled, with its report reading; computed in memory and
-    kept in the cache folder (apps.settings.cache_dir, as .npz: see save_scan) for the next training run."""
+def synth_scan(index: int, seed: int, cfg: DetectorConfig, synth_cfg=None, cache: bool = True,
+               nodule_map: nn.Module | None = None) -> ScanCache:
+    """One synthetic study's candidate set (with `nodule_map`: the map network of a detector that has one),
+    labelled, with its report reading; computed in memory and kept in the cache folder
+    (apps.settings.cache_dir, as .npz: see save_scan) for the next training run."""
     import zipfile
 
     from .evaluation import Nodule
@@ -1037,14 +1164,14 @@ def synth_scan(index: int, seed: int, cfg: DetectorConfig, synth_cfg=None, cache
     from .synth import make_study
 
     torch.set_num_threads(1)
-    path = _cache_file(index, seed, cfg, synth_cfg)
+    path = _cache_file(index, seed, cfg, synth_cfg, nodule_map)
     if cache and path.is_file():
         try:
             return load_scan(path)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass   # unreadable: recompute
     study = make_study(index, seed, synth_cfg)
-    cs = candidate_set(study.hu_ZYX, study.affine, cfg)
+    cs = candidate_set(study.hu_ZYX, study.affine, cfg, nodule_map)
     cs.grid.hu_ZYX = cs.grid.hu_ZYX.astype(np.float16)        # kept for nothing but geometry: halve it
     if cfg.rich_features and not (cfg.network or cfg.network_feature):  # the trees read cand_BF only: 10 MB less
         cs.patches_BP3 = cs.patches_BP3[:, :0, :0, :0]
@@ -1067,9 +1194,11 @@ def map_studies(fn, args: list[tuple], workers: int = 1) -> list:
         return list(pool.map(fn, *zip(*args)))
 
 
-def synth_scans(first: int, n: int, seed: int, cfg: DetectorConfig, synth_cfg=None, workers: int = 1) -> list[ScanCache]:
+def synth_scans(first: int, n: int, seed: int, cfg: DetectorConfig, synth_cfg=None, workers: int = 1,
+                nodule_map: nn.Module | None = None) -> list[ScanCache]:
     """synth_scan for studies first .. first + n - 1, in `workers` processes."""
-    return map_studies(synth_scan, [(i, seed, cfg, synth_cfg) for i in range(first, first + n)], workers)
+    return map_studies(synth_scan, [(i, seed, cfg, synth_cfg, True, nodule_map) for i in range(first, first + n)],
+                       workers)
 
 
 def _epoch_rows(scans: list[ScanCache], rng: np.random.Generator, negatives: int,
@@ -1244,13 +1373,18 @@ def fit_trees(model_cfg: DetectorConfig, tcfg: DetectorTrainConfig, scans: list[
     model = NoduleRater(model_cfg)
     model.image_trees.load_sklearn(image)
     if rows:
-        R = torch.from_numpy(np.concatenate([r for r, _ in rows])).float()
-        w, b = _logistic(R, torch.from_numpy(np.concatenate([l for _, l in rows])).float(), torch.zeros(len(R)),
-                         pos_weight=1.0, l2=tcfg.report_l2)
-        with torch.no_grad():
-            model.report_linear.weight.copy_(w[None])
-            model.report_linear.bias.copy_(b)
+        fit_linear(model.report_linear, np.concatenate([r for r, _ in rows]), np.concatenate([l for _, l in rows]),
+                   tcfg.report_l2)
     return model
+
+
+def fit_linear(layer: nn.Linear, X_NF: np.ndarray, y_N: np.ndarray, l2: float) -> None:
+    """Set a one-output linear layer to the L2-regularised logistic regression of y on X (a frozen stage)."""
+    w, b = _logistic(torch.from_numpy(X_NF).float(), torch.from_numpy(y_N).float(), torch.zeros(len(y_N)),
+                     pos_weight=1.0, l2=l2)
+    with torch.no_grad():
+        layer.weight.copy_(w[None])
+        layer.bias.copy_(b)
 
 
 def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log=print) -> dict:
@@ -1359,4 +1493,5 @@ def train_detector(tcfg: DetectorTrainConfig, out: str | Path | None = None, log
 def evaluate_on_synth(detector: NoduleDetector, first: int = 0, n: int = 12, seed: int = 1000,
                       workers: int = 2) -> dict:
     """FROC, fused vs image only, on synthetic studies never trained on (another seed)."""
-    return {"seed": seed, **evaluate_scans(detector, synth_scans(first, n, seed, detector.cfg, workers=workers))}
+    scans = synth_scans(first, n, seed, detector.cfg, workers=workers, nodule_map=detector.model.nodule_map)
+    return {"seed": seed, **evaluate_scans(detector, scans)}

@@ -102,8 +102,7 @@ def diagnose(volume, report_text: str | None, models: Models, threshold: float |
     reading: ReportReading = read_report(report_text)
     t1 = time.perf_counter()
     detector = models.detector
-    from .detection import candidate_set
-    cs = candidate_set(volume.hu_ZYX, volume.affine, detector.cfg)
+    cs = detector.candidates(volume.hu_ZYX, volume.affine)
     t2 = time.perf_counter()
     threshold = detector.cfg.threshold if threshold is None else threshold
     detections = detector.detect_candidates(cs, reading, threshold)
