@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from apps.medical_imaging.detection import (KIND, DetectorConfig, DetectorTrainConfig, candidate_set,
-                                            find_candidates, fit_trees, load_detector, map_features,
-                                            prepare_grid)
-from apps.medical_imaging.nodule_map import (NoduleMapConfig, build_network, centre_heatmap, focal_heatmap_loss,
-                                             load_nodule_map, map_peaks, predict_map)
+from apps.medical_imaging.detection import (KIND, DetectorConfig, DetectorTrainConfig, ScanCache, candidate_set,
+                                            find_candidates, fit_trees, load_detector, load_scan, map_features,
+                                            prepare_grid, save_scan)
+from apps.medical_imaging.nodule_map import (MapStageConfig, NoduleMapConfig, attach_nodule_map, build_network,
+                                             centre_heatmap, focal_heatmap_loss, load_nodule_map, map_peaks,
+                                             predict_map)
+from apps.medical_imaging.report import read_report
 from tests.test_medical_detection import _phantom
 
 TINY_MAP = NoduleMapConfig(channels=(4, 8), strides=(2,), res_units=0)
@@ -84,10 +86,15 @@ def test_map_features_read_the_centre_and_the_ball():
     m[5, 5, 5], m[5, 5, 6] = 0.2, 0.8
     near = Candidate(np.array([5, 5, 5]), 10.0, 4.0, -700.0, from_map=True)       # radius 1 voxel at 2 mm
     away = Candidate(np.array([1, 1, 1]), 10.0, 4.0, -700.0)
-    f = map_features([near, away], m, DetectorConfig())
+    # at the grid's edge, off the voxel grid: the ball of radius 1 around (0.4, 0.2, 9.3) holds (0, 0, 9),
+    # (1, 0, 9) and (0, 1, 9) only; (0, 0, 8) lies 1.32 voxels away
+    m[0, 0, 9], m[1, 0, 9], m[0, 0, 8] = 0.6, 0.3, 0.9
+    edge = Candidate(np.array([0, 0, 9]), 10.0, 4.0, -700.0, kji_f=np.array([0.4, 0.2, 9.3]))
+    f = map_features([near, away, edge], m, DetectorConfig())
     assert f[0, :3].tolist() == pytest.approx([1.0, 0.2, 0.8])
     assert f[0, 3] == pytest.approx(1.0 / 7)                      # the ball of radius 1: 7 voxels, 0.2 + 0.8
     assert f[1].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert f[2].tolist() == pytest.approx([0.0, 0.6, 0.6, 0.3])
 
 
 def test_predict_map_covers_any_grid_size_and_stays_in_the_lungs():
@@ -96,7 +103,8 @@ def test_predict_map_covers_any_grid_size_and_stays_in_the_lungs():
     lung = np.zeros(hu.shape, bool)
     lung[2:7, 3:10, 3:12] = True
     m = predict_map(network, hu, lung)
-    assert m.shape == hu.shape and (m[~lung] == 0).all() and (m[lung] > 0).all() and (m <= 1).all()
+    assert m.shape == hu.shape and (m[~lung] == 0).all() and (m >= 0).all() and (m <= 1).all()
+    assert m[lung].std() > 0                                       # the network's answer, not a constant
 
 
 def test_detector_with_a_nodule_map_round_trips_and_its_map_stage_rates(tmp_path):
@@ -113,7 +121,7 @@ def test_detector_with_a_nodule_map_round_trips_and_its_map_stage_rates(tmp_path
     labels[0] = 1.0
     trees = fit_trees(cfg, DetectorTrainConfig(tree_iters=5, tree_min_leaf=1, folds=2),
                       [SimpleNamespace(cs=cs, labels_B=labels) for _ in range(4)], [None] * 4)
-    map_cfg = dataclasses.replace(cfg, nodule_map=TINY_MAP, map_min_p=0.0, map_candidates=3)
+    map_cfg = dataclasses.replace(cfg, nodule_map=TINY_MAP, map_min_p=0.001, map_candidates=3)
     model = NoduleRater(map_cfg)
     assert set(model.load_state_dict(trees.state_dict(), strict=False).missing_keys) == \
         {k for k in model.state_dict() if k.startswith(("nodule_map.", "map_linear."))}
@@ -134,19 +142,30 @@ def test_detector_with_a_nodule_map_round_trips_and_its_map_stage_rates(tmp_path
     with torch.no_grad():
         model.map_linear.weight[0, 1] = 8.0                       # ... and now the map's own candidates rise
     assert (detector.rate(with_map, None)[1][n_blob:] > p_map[n_blob:]).all()
+    with pytest.raises(ValueError, match="NoduleDetector.candidates"):
+        detector.rate(cs, None)                                    # a candidate set made without the map
     save_checkpoint(model, tmp_path / "det", kind=KIND, config=map_cfg)
     back = load_detector(tmp_path / "det")
     again = back.candidates(hu, affine)
     assert np.array_equal(again.map_BF, with_map.map_BF)
     assert np.array_equal(back.rate(again, None)[1], detector.rate(with_map, None)[1])
+    # the training cache keeps what the map said and which candidates it proposed
+    scan = ScanCache("synth-0001", with_map, np.zeros(len(with_map.candidates), np.float32), read_report(""), [])
+    save_scan(scan, tmp_path / "scan.npz")
+    cached = load_scan(tmp_path / "scan.npz").cs
+    assert np.array_equal(cached.map_BF, with_map.map_BF)
+    assert [c.from_map for c in cached.candidates] == [c.from_map for c in with_map.candidates]
+    with pytest.raises(ValueError, match="no map yet"):             # a detector that has a map takes no second
+        attach_nodule_map(MapStageConfig(nodule_map=str(tmp_path / "none"), detector=str(tmp_path / "det")))
+    with pytest.raises(ValueError, match="map_min_p"):
+        dataclasses.replace(map_cfg, map_min_p=0.0)
 
 
 def test_train_a_map_and_attach_it_to_the_shipped_detector_end_to_end(tmp_path, monkeypatch):
     """The two documented commands' functions at toy size: a map trained for a few steps on small synthetic
     studies, then joined to the shipped detector; the result loads, carries the map and runs on a study."""
     pytest.importorskip("sklearn")
-    from apps.medical_imaging.nodule_map import (MapStageConfig, NoduleMapTrainConfig, attach_nodule_map,
-                                                 train_nodule_map)
+    from apps.medical_imaging.nodule_map import NoduleMapTrainConfig, train_nodule_map
     from apps.medical_imaging.synth import SynthConfig, make_study
 
     monkeypatch.setenv("MOE_SUITE_CACHE", str(tmp_path / "cache"))
@@ -187,3 +206,8 @@ def test_train_nodule_map_command_prints_its_summary_as_json(tmp_path, capsys):
         parser.parse_args(["medical", "train-nodule-map", "--out", "x", "--channels", "8"])
     with pytest.raises(ValueError, match="not a train-nodule-map folder"):
         load_nodule_map(tmp_path)
+    from apps.cli import main
+
+    assert main(["medical", "attach-nodule-map", "--map", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "file").write_text("x")
+    assert main(["medical", "train-nodule-map", "--out", str(tmp_path / "file"), "--studies", "1"]) == 2

@@ -70,6 +70,7 @@ SHAPE_FEATURES = 5            # inside vs shell of the candidate's ball in its p
 REPORT_FEATURES = 9           # a candidate's best fit to the report's mentions (see report_features)
 RANK_FEATURES = 4             # where a candidate ranks among those a mention could mean (see mention_rank_features)
 MAP_FEATURES = 4              # what the nodule map says of a candidate (see map_features)
+MAP_STAGE_INPUTS = 8          # what the map stage reads (see map_stage_inputs)
 # A candidate's smoothed centre HU that fits a mention's stated density: ground-glass nodules centre at
 # -740..-510 HU on the 2 mm grid, solid ones (small ones lose density to partial volume) at -610 and above
 # (candidates of 40 synthetic training studies, 1st-99th percentiles); vessel junctions mostly above -400.
@@ -135,6 +136,8 @@ class DetectorConfig:
             raise ValueError(f"vision.out_dim ({self.vision.out_dim}) must equal dim ({self.dim})")
         if self.nodule_map is not None and (self.network or not self.per_scale_peaks):
             raise ValueError("a nodule map works with per_scale_peaks and the image trees (network off)")
+        if not 0 < self.map_min_p <= 1:
+            raise ValueError(f"map_min_p must lie in (0, 1], got {self.map_min_p}")
 
 
 # ---------------------------------------------------------------------------------------------- grid + lungs
@@ -400,7 +403,7 @@ def map_candidates(map_ZYX: np.ndarray, grid: Grid, cfg: DetectorConfig, blob_SZ
     as the blob candidates suppress each other, but at least one voxel, not their 1.5): a small ground-glass
     nodule the blob measure never ranks, or ranks a voxel or two off its centre, outside the nodule (rating
     and non-maximum suppression then choose between the two). Each takes the scale whose blob measure is
-    largest at its voxel and the map's sub-voxel peak as its centre."""
+    largest at its voxel and (subvoxel) the map's sub-voxel peak as its centre."""
     from .nodule_map import map_peaks
 
     kji_N3, _ = map_peaks(np.where(grid.search_ZYX, map_ZYX, 0.0), cfg.map_min_p, 25 * cfg.map_candidates)
@@ -417,8 +420,8 @@ def map_candidates(map_ZYX: np.ndarray, grid: Grid, cfg: DetectorConfig, blob_SZ
                                 < np.maximum(1.0, 0.8 * np.minimum(taken_r, diameter_mm / 2 / cfg.grid_mm))):
             continue
         out.append(Candidate(kji, float(blob_SZYX[(s,) + k]), diameter_mm, float(smooth_ZYX[k]),
-                             kji + _parabola_offset(map_ZYX, kji), blob_SZYX[(slice(None),) + k].copy(),
-                             tube_SZYX[(slice(None),) + k].copy(), True))
+                             kji + _parabola_offset(map_ZYX, kji) if cfg.subvoxel else None,
+                             blob_SZYX[(slice(None),) + k].copy(), tube_SZYX[(slice(None),) + k].copy(), True))
         taken_kji.append(out[-1].center)
         taken_r.append(diameter_mm / 2 / cfg.grid_mm)
     return out
@@ -558,9 +561,6 @@ def image_features(cands: list[Candidate], cand_BF: np.ndarray, patches_BP3: np.
              (np.arange(len(cands), dtype=np.float32) / 100.0)[:, None], (resp_B / resp_B.max())[:, None],
              radial_profile(patches_BP3)]
     return np.concatenate(parts, axis=1).astype(np.float32)
-
-
-MAP_STAGE_INPUTS = 8
 
 
 def map_stage_inputs(image_logit_B: torch.Tensor, map_BF: torch.Tensor) -> torch.Tensor:
@@ -923,6 +923,9 @@ class NoduleDetector:
         if not self.cfg.network and self.model.image_trees is not None:   # the trees (and the patch logit)
             image_B = self.tree_logits(cs, batch)
             if self.model.map_linear is not None:
+                if cs.map_BF is None:
+                    raise ValueError("this detector rates with its nodule map: make the candidate set with "
+                                     "NoduleDetector.candidates")
                 image_B = self.model.map_stage(image_B, torch.from_numpy(cs.map_BF))
             fused_B = image_B
         else:

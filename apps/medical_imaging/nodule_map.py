@@ -83,10 +83,10 @@ def predict_map(network: nn.Module, hu_ZYX: np.ndarray, lung_ZYX: np.ndarray) ->
 
 def map_peaks(map_ZYX: np.ndarray, min_p: float, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """([N, 3] grid voxels (k, j, i), [N] scores) of the map's local maxima (3x3x3) at or above
-    min_p, most probable first, at most `limit`."""
+    min_p and above zero (the zeroed outside of the lungs is no peak), most probable first, at most `limit`."""
     from scipy import ndimage as ndi
 
-    peaks = (map_ZYX == ndi.maximum_filter(map_ZYX, size=3)) & (map_ZYX >= min_p)
+    peaks = (map_ZYX == ndi.maximum_filter(map_ZYX, size=3)) & (map_ZYX >= min_p) & (map_ZYX > 0)
     kji_N3 = np.argwhere(peaks)
     p_N = map_ZYX[tuple(kji_N3.T)]
     order = np.argsort(-p_N, kind="stable")[:limit]
@@ -96,16 +96,20 @@ def map_peaks(map_ZYX: np.ndarray, min_p: float, limit: int) -> tuple[np.ndarray
 # ---------------------------------------------------------------------------------------------- training
 
 
+def grid_kji(grid_affine: np.ndarray, xyz_mm) -> np.ndarray:
+    """The grid position (k, j, i), float, of a patient point (x, y, z) mm."""
+    return (np.linalg.inv(grid_affine) @ np.array([*xyz_mm, 1.0]))[2::-1]
+
+
 def centre_heatmap(shape_ZYX: tuple[int, int, int], grid_affine: np.ndarray, nodules) -> np.ndarray:
     """[Z, Y, X] float32 target: a Gaussian around each nodule's centre (sigma a third of its radius, at least
     one voxel; the larger where two meet), exactly 1 at the voxel nearest the centre. One peak per nodule
     whatever its size, so a 4 mm nodule weighs as much as a 30 mm one and its peak says where its centre is
     (nodules: center_xyz mm and diameter_mm, as synth.SynthNodule)."""
     out = np.zeros(shape_ZYX, np.float32)
-    inv = np.linalg.inv(grid_affine)
     voxel_mm = float(np.linalg.norm(grid_affine[:3, 0]))
     for n in nodules:
-        centre = (inv @ np.array([*n.center_xyz, 1.0]))[2::-1]                  # grid (k, j, i), float
+        centre = grid_kji(grid_affine, n.center_xyz)
         sigma = max(1.0, n.diameter_mm / 2 / voxel_mm / 3)
         R = int(np.ceil(3 * sigma))
         lo = np.clip(np.round(centre).astype(int) - R, 0, shape_ZYX)
@@ -149,9 +153,7 @@ def map_study(index: int, seed: int, detector_cfg=None, synth_cfg=None) -> MapSt
     study = make_study(index, seed, synth_cfg)
     grid = prepare_grid(study.hu_ZYX, study.affine, detector_cfg or DetectorConfig())
     target = centre_heatmap(grid.hu_ZYX.shape, grid.affine, study.nodules)
-    inv = np.linalg.inv(grid.affine)
-    kji = np.array([np.round((inv @ np.array([*n.center_xyz, 1.0]))[2::-1]) for n in study.nodules],
-                   int).reshape(-1, 3)
+    kji = np.array([np.round(grid_kji(grid.affine, n.center_xyz)) for n in study.nodules], int).reshape(-1, 3)
     return MapStudy(network_inputs(grid.hu_ZYX, grid.lung_ZYX).astype(np.float16), target.astype(np.float16),
                     grid.lung_box, kji)
 
@@ -194,8 +196,12 @@ def _batch(studies: list[MapStudy], rng: np.random.Generator, tcfg: NoduleMapTra
 def train_nodule_map(tcfg: NoduleMapTrainConfig, out: str | Path | None = None, log=print, synth_cfg=None) -> dict:
     """Train the map on synthetic studies (synth.SynthConfig `synth_cfg`, default the standard one); save it
     to `out` (safetensors + config.json)."""
-    from .detection import map_studies
+    from .detection import DetectorConfig, map_studies
 
+    _check_out(out)
+    device = torch.device(tcfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {tcfg.device!r}: no CUDA device here")
     start = time.perf_counter()
     torch.manual_seed(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)
@@ -222,7 +228,7 @@ def train_nodule_map(tcfg: NoduleMapTrainConfig, out: str | Path | None = None, 
             history.append({"step": step + 1, "loss": round(float(np.mean(losses[-250:])), 4),
                             "seconds": round(time.perf_counter() - start, 1)})
             log(str(history[-1]))
-    summary = {"studies": tcfg.studies, "seed": tcfg.seed, "steps": tcfg.steps,
+    summary = {"studies": tcfg.studies, "seed": tcfg.seed, "steps": tcfg.steps, "grid": grid_settings(DetectorConfig()),
                "seconds": round(time.perf_counter() - start, 1),
                "parameters": sum(p.numel() for p in network.parameters()), "history": history}
     if out is not None:
@@ -282,10 +288,17 @@ def attach_nodule_map(mcfg: MapStageConfig, out: str | Path | None = None, log=p
                             map_stage_inputs, report_stage_inputs, synth_scans, text_inputs)
 
     start = time.perf_counter()
+    _check_out(out)
     base = load_detector(mcfg.detector)
-    if not base.cfg.per_scale_peaks or base.cfg.network or base.model.image_trees is None:
-        raise ValueError("a nodule map joins a detector with per-scale candidates and image trees (network off)")
+    if not base.cfg.per_scale_peaks or base.cfg.network or base.model.image_trees is None \
+            or base.model.report_linear is None or base.cfg.nodule_map is not None:
+        raise ValueError("a nodule map joins a detector with per-scale candidates, image trees (network off), a "
+                         "report stage and no map yet")
     network, info = load_nodule_map(mcfg.nodule_map)
+    if info["summary"].get("grid") != grid_settings(base.cfg):
+        raise ValueError(f"{mcfg.nodule_map}: trained on the grid {info['summary'].get('grid')}, the detector "
+                         f"uses {grid_settings(base.cfg)}")
+    threads = torch.get_num_threads()   # synth_scan keeps a worker process to one thread; not this one
     cfg = dataclasses.replace(base.cfg, nodule_map=NoduleMapConfig(**_tuples(info["train"]["network"])),
                               map_candidates=mcfg.map_candidates, map_min_p=mcfg.map_min_p)
     model = NoduleRater(cfg)
@@ -297,6 +310,7 @@ def attach_nodule_map(mcfg: MapStageConfig, out: str | Path | None = None, log=p
     detector = NoduleDetector(model, base.metadata)
 
     scans = synth_scans(0, mcfg.studies, mcfg.seed, cfg, synth_cfg, mcfg.workers, model.nodule_map)
+    torch.set_num_threads(threads)
     log(f"{len(scans)} studies' candidates in {time.perf_counter() - start:.0f} s: "
         f"{sum(int(c.from_map) for s in scans for c in s.cs.candidates)} from the map")
     X = [map_stage_inputs(detector.tree_logits(s.cs), torch.from_numpy(s.cs.map_BF)).numpy() for s in scans]
@@ -312,6 +326,9 @@ def attach_nodule_map(mcfg: MapStageConfig, out: str | Path | None = None, log=p
                 oof[n] = probe(torch.from_numpy(X[n])).squeeze(-1).numpy()
     rows = [(report_stage_inputs(oof[n], t, s.cs.candidates, cfg), s.labels_B)
             for n, s in enumerate(scans) if (t := text_inputs(s.cs, s.reading)) is not None and len(s.labels_B)]
+    if not rows:
+        raise ValueError(f"none of the {len(scans)} studies of seed {mcfg.seed} has a report naming a nodule: "
+                         f"the report stage cannot be refitted (use more studies)")
     fit_linear(model.report_linear, np.concatenate([r for r, _ in rows]), np.concatenate([l for _, l in rows]),
                mcfg.l2)
     val = synth_scans(0, mcfg.val_studies, mcfg.val_seed, cfg, synth_cfg, mcfg.workers, model.nodule_map)
@@ -324,6 +341,17 @@ def attach_nodule_map(mcfg: MapStageConfig, out: str | Path | None = None, log=p
                         metadata={**base.metadata, "map_stage": summary, "validation": metrics})
         summary["out"] = str(out)
     return summary
+
+
+def grid_settings(cfg) -> list:
+    """What shapes the grid and lung mask a map reads (DetectorConfig fields): a map joins only a detector
+    whose grid it was trained on."""
+    return [cfg.grid_mm, cfg.lung_hu, cfg.lung_closing_mm]
+
+
+def _check_out(out: str | Path | None) -> None:
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"{out}: a file is in the way of the output folder")
 
 
 def _tuples(d: dict) -> dict:
