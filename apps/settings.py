@@ -63,6 +63,12 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+# what a chat folder setting must hold: (file, key, value it names, what the folder is); light checks only
+# (the app modules that own these formats import torch)
+_CHAT_FOLDERS = {"chat_intent_model": ("config.json", "kind", "text_classifier", "an intent model (train-intents)"),
+                 "chat_index": ("manifest.json", "task", "retrieval", "a knowledge index (chat index)")}
+
+
 class Settings(BaseModel):
     """The server's settings; see the module docstring for where they come from."""
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -102,21 +108,19 @@ class Settings(BaseModel):
         if value is None:
             return None
         value = value.expanduser().resolve()
-        need = {"chat_intent_model": "config.json", "chat_index": "manifest.json"}.get(info.field_name)
-        if need is None:  # the dialogue: its content is checked by the chat app when the server configures it
+        if info.field_name == "chat_dialogue":  # its content is checked by the chat app when the server configures it
             if not value.is_file():
                 raise ValueError(f"{value}: no such dialogue file")
-        else:
-            what = "an intent model (train-intents)" if need == "config.json" else "a knowledge index (chat index)"
-            if not (value / need).is_file():
-                raise ValueError(f"{value}: not {what}: no {need} in it")
-            try:
-                doc = json.loads((value / need).read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"{value / need}: unreadable ({exc})") from None
-            key, expected = ("kind", "text_classifier") if need == "config.json" else ("task", "retrieval")
-            if not isinstance(doc, dict) or doc.get(key) != expected:
-                raise ValueError(f"{value}: not {what}: {need} has no {key} = {expected!r}")
+            return value
+        need, key, expected, what = _CHAT_FOLDERS[info.field_name]
+        if not (value / need).is_file():
+            raise ValueError(f"{value}: not {what}: no {need} in it")
+        try:
+            doc = json.loads((value / need).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{value / need}: unreadable ({exc})") from None
+        if not isinstance(doc, dict) or doc.get(key) != expected:
+            raise ValueError(f"{value}: not {what}: {need} has no {key} = {expected!r}")
         return value
 
     @field_validator("preload", mode="before")

@@ -258,7 +258,7 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     try:
         config_class = registry.spec(header["kind"]).config_class
         return CheckpointInfo(
-            path=path, kind=header["kind"], config=_config_from_dict(config_class, header["config"]),
+            path=path, kind=header["kind"], config=config_from_dict(config_class, header["config"]),
             structure=header["structure"], delta=bool(header.get("delta", False)),
             metadata=header["metadata"], created=header["created"],
             torch_version=header["torch"])
@@ -307,7 +307,7 @@ def _match_dtypes(expected: dict[str, torch.Tensor], state: dict[str, torch.Tens
                                   f"the model holds {t.dtype}")
 
 
-def _config_from_dict(cls: type, data: dict) -> Any:
+def config_from_dict(cls: type, data: dict) -> Any:
     """The config dataclass `cls` from its asdict() form: nested dataclasses and tuples restored.
 
     Fields missing from `data` keep their defaults (checkpoints older than the field); unknown ones
@@ -326,7 +326,7 @@ def _decode(hint: Any, value: Any) -> Any:
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     for option in options:
         if dataclasses.is_dataclass(option) and isinstance(value, dict):
-            return _config_from_dict(option, value)
+            return config_from_dict(option, value)
         if (option is tuple or typing.get_origin(option) is tuple) and isinstance(value, list):
             return tuple(value)
     return value

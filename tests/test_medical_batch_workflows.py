@@ -22,15 +22,6 @@ from apps.medical_imaging.batch import DONE, BatchConfig, _host, discover, merge
 REPORT = "There is a 7 mm solid nodule in the right upper lobe."
 
 
-def _copy(src, dst, **tags):
-    dst.mkdir(parents=True)
-    for f in sorted(src.glob("*.dcm")):
-        ds = pydicom.dcmread(f)
-        for k, v in tags.items():
-            setattr(ds, k, v)
-        ds.save_as(dst / f.name)
-
-
 @pytest.fixture(scope="module")
 def tree(dataset, tmp_path_factory):  # noqa: F811
     """Three studies in a PACS-like tree: tree/PAT_A/CT, tree/PAT_B/CT (same leaf name), tree/PAT_C/20200101/s3."""
@@ -38,7 +29,7 @@ def tree(dataset, tmp_path_factory):  # noqa: F811
     base = tmp_path_factory.mktemp("tree")
     studies = sorted((root / "data" / "studies").iterdir())
     for study, rel, acc in zip(studies, ("PAT_A/CT", "PAT_B/CT", "PAT_C/20200101/s3"), ("ACC100", "ACC101", "ACC102")):
-        _copy(study, base / "tree" / rel, AccessionNumber=acc)
+        _copy_series(study, base / "tree" / rel, AccessionNumber=acc)
     return base / "tree"
 
 
@@ -80,8 +71,8 @@ def test_shared_leaf_name_matches_no_one_and_specific_names_win(tree, tmp_path):
     assert "PAT_A__CT" in unmatched["CT.txt"] and "PAT_B__CT" in unmatched["CT.txt"]   # names the studies
     assert "matches no study" in unmatched["NOSUCH_STUDY.txt"]
     top = tmp_path / "top"   # a top-level CT/ (folder key 'CT') beside PAT_B/CT: CT.txt is the former's alone
-    _copy(tree / "PAT_A" / "CT", top / "CT", SeriesInstanceUID="1.2.3.4.5.1")
-    _copy(tree / "PAT_B" / "CT", top / "PAT_B" / "CT")
+    _copy_series(tree / "PAT_A" / "CT", top / "CT", SeriesInstanceUID="1.2.3.4.5.1")
+    _copy_series(tree / "PAT_B" / "CT", top / "PAT_B" / "CT")
     only_ct = _reports(tmp_path / "rep2", {"CT.txt": REPORT})
     entries, _ = discover(BatchConfig(input=top, out=tmp_path / "out", reports=only_ct))
     assert _by_key(entries) == {"CT": "CT.txt", "PAT_B__CT": None}
@@ -414,8 +405,8 @@ def test_a_specific_name_of_two_studies_is_nobodys_report(dataset, tmp_path):  #
     unmatched = {r["source"]: r["message"] for r in errors if r.get("unmatched_report")}
     assert "names 2 studies" in unmatched["export.txt"]
     acc = tmp_path / "acc"   # AccessionNumber '1' in both (constant after anonymising)
-    _copy(first, acc / "P0" / "CT", AccessionNumber="1")
-    _copy(second, acc / "P1" / "CT", AccessionNumber="1")
+    _copy_series(first, acc / "P0" / "CT", AccessionNumber="1")
+    _copy_series(second, acc / "P1" / "CT", AccessionNumber="1")
     entries, errors = discover(BatchConfig(input=acc, out=tmp_path / "out", reports=reports))
     assert _by_key(entries) == {"P0__CT": None, "P1__CT": None}
     assert "names 2 studies" in {r["source"]: r["message"] for r in errors if r.get("unmatched_report")}["1.txt"]

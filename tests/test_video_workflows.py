@@ -3,7 +3,6 @@ clip in memory, long clips were captioned short without a word in the JSON, the 
 clock than the CLI, the API read server paths as styles, page outputs piled up, list-shaped prompts."""
 import argparse
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -11,17 +10,12 @@ import pytest
 from apps.video_generation import generator as G
 from apps.video_generation import planner as P
 from data_connectors import video
-from data_connectors.video import ffmpeg_exe, write_video
+from data_connectors.video import write_video
+from test_video_probe_fixes import _ffmpeg, needs_ffmpeg  # the same ffmpeg helpers
 
 SHIPPED = (G.DEFAULT_PATH / "config.json").is_file() and (P.DEFAULT_PATH / "config.json").is_file()
 needs_shipped = pytest.mark.skipif(not SHIPPED, reason="no shipped planner/generator checkpoints")
-FF = ffmpeg_exe()
-needs_ffmpeg = pytest.mark.skipif(FF is None, reason="needs the imageio-ffmpeg binary")
 NO_PROGRESS = lambda *a, **k: None  # noqa: E731
-
-
-def _ffmpeg(*args) -> None:
-    subprocess.run([FF, "-y", "-hide_banner", "-loglevel", "error", *map(str, args)], check=True, timeout=60)
 
 
 def _two_colour_clip(n: int = 12, hw=(48, 64)) -> np.ndarray:

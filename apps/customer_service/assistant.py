@@ -33,7 +33,8 @@ from .dialogue import (
     DialogueConfig, DialogueManager, IntentClassifier, Searcher, Source, dialogue_for, dialogue_mismatch,
     missing_actions,
 )
-from .store import HandoffTicket, SessionStore, StoreLimits, Turn, check_session_id, default_store_path
+from .store import (HandoffTicket, SessionStore, StoreLimits, Turn, check_session_id, configured_idle_hours,
+                    default_store_path)
 
 log = logging.getLogger(__name__)
 
@@ -212,19 +213,6 @@ class Assistant:
 
 
 _shared: Assistant | None = None
-def configured_idle_hours(strict: bool = False) -> float:
-    """chat_session_idle_hours of the server's settings ($MOE_SUITE_CONFIG, MOE_SUITE_* variables); when
-    they cannot be read (e.g. a chat_index that is not an index), the default, or with `strict` a
-    ValueError saying so."""
-    try:
-        return Settings.load().chat_session_idle_hours
-    except SettingsError as exc:
-        if strict:
-            raise ValueError(f"cannot read chat_session_idle_hours from the server's settings ({exc}); "
-                             "fix them or pass --idle-hours") from None
-        return StoreLimits.idle_hours
-
-
 _shared_settings: Settings | None = None
 _shared_guard = threading.Lock()
 

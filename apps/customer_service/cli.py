@@ -215,7 +215,7 @@ def ask(args: argparse.Namespace) -> None:
 
 
 def prune_sessions(args: argparse.Namespace) -> None:
-    from .assistant import configured_idle_hours
+    from .store import configured_idle_hours
     from .store import PruneResult, SessionStore, StoreLimits, default_store_path
 
     idle_hours = args.idle_hours if args.idle_hours is not None else configured_idle_hours(strict=True)

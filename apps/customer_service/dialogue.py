@@ -233,15 +233,15 @@ def generic_dialogue(labels: list[str] | tuple[str, ...], words_from: str | Path
     for label in labels:
         if label == OOS:
             continue
-        key = humanise(label).lower().replace(" ", "_")
+        title = humanise(label)
+        key = title.lower().replace(" ", "_")
         if handoff is None and _HANDOFF_LABEL.match(key):
-            handoff = label
-            intents[label] = IntentSpec(title=humanise(label))
-            continue
-        response = next((text for names, text in _GENERIC_SMALL_TALK.items() if key in names), None)
-        intents[label] = IntentSpec(title=humanise(label), response=response)
-        if response is None:
-            topics.append(humanise(label))
+            handoff, response = label, None
+        else:
+            response = next((text for names, text in _GENERIC_SMALL_TALK.items() if key in names), None)
+            if response is None:
+                topics.append(title)
+        intents[label] = IntentSpec(title=title, response=response)
     named = topics[:MAX_TOPICS_NAMED]
     listed = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else "".join(named)
     if len(topics) > len(named):
@@ -344,8 +344,14 @@ class DialogueManager:
         state.pending = None
         return Answer(self.config.responses["handoff"], self.config.settings.handoff_intent, handoff=True)
 
+    def _not_understood(self, state: SessionState, low_turns: int, why: str, answer: Answer) -> Answer:
+        """One more turn in a row not understood: `answer`, or a hand-off once there are handoff_after."""
+        state.low_turns = low_turns + 1
+        if state.low_turns >= self.config.settings.handoff_after:
+            return self.hand_off(state, f"{why} for {state.low_turns} turns in a row")
+        return answer
+
     def _answer(self, state: SessionState, message: str, p: Prediction) -> Answer:
-        s = self.config.settings
         if state.handoff:
             return Answer(self.config.responses["handoff_waiting"], None, handoff=True)
         if self._words["handoff"].search(message):
@@ -356,29 +362,23 @@ class DialogueManager:
             if answer := self._resolve(state, pending, message, p):
                 if state.pending is pending:
                     # the same question asked again: a turn not understood, towards a hand-off
-                    state.low_turns = low_turns + 1
-                    if state.low_turns >= s.handoff_after:
-                        return self.hand_off(state, f"no usable answer to the question for {state.low_turns} "
-                                                    "turns in a row")
+                    return self._not_understood(state, low_turns, "no usable answer to the question", answer)
                 return answer
         if self._is_follow_up(state, message, p):
             return self._knowledge(state.intent, self._refine(state.query, message))
         if (p.is_oos or p.confidence < self.low_confidence) and not looks_english(message):
             # a reply that would be "not understood" anyway: say we only understand English (a prediction
             # the model is sure enough of is acted on, whatever names or foreign words the message holds)
-            state.low_turns = low_turns + 1
-            if state.low_turns >= s.handoff_after:
-                return self.hand_off(state, f"message not in English for {state.low_turns} turns in a row")
-            return Answer(self.config.responses["not_english"], None)
+            return self._not_understood(state, low_turns, "message not in English",
+                                        Answer(self.config.responses["not_english"], None))
         if options := self._close_call(p):
             state.pending = {"kind": "clarify", "options": options, "message": message}
             first, second = (self.config.spec(o).title for o in options)
             return Answer(self.config.responses["clarify"].format(first=first, second=second), None)
         if p.confidence < self.low_confidence:
-            state.low_turns = low_turns + 1
-            if state.low_turns >= s.handoff_after:
-                return self.hand_off(state, f"low confidence for {state.low_turns} turns in a row")
-            return Answer(self.config.responses["out_of_scope" if p.is_oos else "not_understood"], None)
+            return self._not_understood(state, low_turns, "low confidence",
+                                        Answer(self.config.responses["out_of_scope" if p.is_oos else "not_understood"],
+                                               None))
         if p.is_oos:
             return Answer(self.config.responses["out_of_scope"], OOS)
         return self._start(state, p.label, message)

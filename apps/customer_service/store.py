@@ -61,6 +61,7 @@ CREATE INDEX IF NOT EXISTS turns_by_session ON turns(session_id, id);
 CREATE INDEX IF NOT EXISTS sessions_by_update ON sessions(updated_at);
 """
 _OPEN_HANDOFF = "handoff_reason IS NOT NULL AND released_at IS NULL"
+_EXPIRED = f"updated_at < ? AND NOT ({_OPEN_HANDOFF})"  # idle past the cut-off, no open hand-off
 PRUNE_BATCH = 100  # idle sessions deleted per transaction: a short write lock even at 200 turns each
 TOUCH_MARGIN_S = 600.0  # a session loaded this close to expiring is touched, so no prune takes it mid-turn
 
@@ -70,6 +71,21 @@ def default_store_path() -> Path:
     from apps.settings import cache_dir
 
     return cache_dir() / "chat" / "sessions.sqlite3"
+
+
+def configured_idle_hours(strict: bool = False) -> float:
+    """chat_session_idle_hours of the server's settings ($MOE_SUITE_CONFIG, MOE_SUITE_* variables); when
+    they cannot be read (e.g. a chat_index that is not an index), the default, or with `strict` a
+    ValueError saying so."""
+    from apps.settings import Settings, SettingsError
+
+    try:
+        return Settings.load().chat_session_idle_hours
+    except SettingsError as exc:
+        if strict:
+            raise ValueError(f"cannot read chat_session_idle_hours from the server's settings ({exc}); "
+                             "fix them or pass --idle-hours") from None
+        return StoreLimits.idle_hours
 
 
 class InvalidSessionId(ValueError):
@@ -207,11 +223,10 @@ class SessionStore:
             return SessionState(session_id)
         intent, slots, pending, query, low_turns, reason, at, released, updated_at = row
         handoff = Handoff(reason, at) if reason is not None and released is None else None
-        cutoff = time.time() - self.limits.idle_hours * 3600
+        cutoff = self._idle_cutoff(time.time())
         if handoff is None and updated_at < cutoff:
             with self._transaction() as db:  # re-checked: another turn may have just saved it
-                db.execute(f"DELETE FROM sessions WHERE id = ? AND updated_at < ? AND NOT ({_OPEN_HANDOFF})",
-                           (session_id, cutoff))
+                db.execute(f"DELETE FROM sessions WHERE id = ? AND {_EXPIRED}", (session_id, cutoff))
             return SessionState(session_id)
         if updated_at < cutoff + TOUCH_MARGIN_S:  # close to expiring: a prune during this turn must not take it
             with self._transaction() as db:
@@ -269,17 +284,21 @@ class SessionStore:
         raise SessionLimitError(f"the chat store is full ({count} sessions); the next idle session expires in "
                                 f"about {_duration(wait_s)}: try again then", retry_after_s=wait_s)
 
+    def _idle_cutoff(self, now: float) -> float:
+        """The update time before which a session (without an open hand-off) has expired."""
+        return now - self.limits.idle_hours * 3600
+
     def prune(self) -> PruneResult:
         """Delete the sessions idle longer than the limits' `idle_hours`, with their turns; sessions with
         an open hand-off stay. Deletes `PRUNE_BATCH` sessions per transaction, so that turns of other
         sessions (and other processes' writes) wait at most one short batch."""
         now = time.time()
         self._last_prune = now
-        cutoff, removed = now - self.limits.idle_hours * 3600, 0
+        cutoff, removed = self._idle_cutoff(now), 0
         while True:
             with self._transaction() as db:  # their turns go with them (ON DELETE CASCADE)
-                batch = db.execute(f"DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE updated_at < ? "
-                                   f"AND NOT ({_OPEN_HANDOFF}) LIMIT ?)", (cutoff, PRUNE_BATCH)).rowcount
+                batch = db.execute(f"DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE {_EXPIRED} "
+                                   f"LIMIT ?)", (cutoff, PRUNE_BATCH)).rowcount
             removed += batch
             if batch < PRUNE_BATCH:
                 return PruneResult(removed, self.count())
@@ -318,7 +337,7 @@ class SessionStore:
         with self._lock:
             row = self._conn.execute(f"SELECT updated_at, {_OPEN_HANDOFF} FROM sessions WHERE id = ?",
                                      (session_id,)).fetchone()
-            if row is None or (not row[1] and row[0] < time.time() - self.limits.idle_hours * 3600):
+            if row is None or (not row[1] and row[0] < self._idle_cutoff(time.time())):
                 raise UnknownSession(session_id)
             return self._turns(session_id)
 

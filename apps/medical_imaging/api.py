@@ -40,7 +40,7 @@ def _diagnose_zip(path: Path, report: str | None, filename: str) -> dict:
     """Diagnose a stored upload (a zip, or one NIfTI / NRRD / MetaImage file) sent as `filename`."""
     from data_connectors.archive import UnsafeArchiveError
 
-    from .pipeline import diagnose, findings_json, load_upload_file, shared_models, upload_name, upload_report
+    from .pipeline import diagnose_upload, load_upload_file, shared_models
 
     filename = _sent_name(filename)
     try:
@@ -49,12 +49,7 @@ def _diagnose_zip(path: Path, report: str | None, filename: str) -> dict:
         raise HTTPException(400, _as_uploaded(exc, path, filename)) from None
     except ValueError as exc:   # DicomReadError, a zip that is not one
         raise HTTPException(422, _as_uploaded(exc, path, filename)) from None
-    text, report_file = upload_report(study, report)
-    volume = study.volume
-    result = diagnose(volume, text, shared_models())
-    return findings_json(result, study=upload_name(filename), series_uid=volume.series_uid,
-                         study_uid=volume.study_uid, shape=volume.hu_ZYX.shape, spacing_zyx=volume.spacing_zyx,
-                         report_file=report_file)
+    return diagnose_upload(study, report, filename, shared_models())[1]
 
 
 def _as_uploaded(exc: Exception, path: Path, filename: str) -> str:

@@ -500,7 +500,7 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
             key = _key(name, cfg.anonymize)
             accession, patient_id = _header_names(series.files[0]) if cfg.reports is not None else ("", "")
             parts = list(Path(rel).parts)
-            specific = [_safe(name.replace("/", "__")), rel.replace("/", "__"), series.study_uid, series.series_uid,
+            specific = [_key(name, False), rel.replace("/", "__"), series.study_uid, series.series_uid,
                         accession]
             shared = [*reversed(parts), patient_id]   # leaf folder first, then the folders above it
             lost = lost_slice_files(scan, series)
@@ -606,7 +606,7 @@ def _alive(holder: dict, age_s: float) -> bool:
     if pid <= 0 or pid == os.getpid():
         return False
     boot, start = str(holder.get("boot") or ""), str(holder.get("start") or "")
-    if boot and _boot_id() and boot != _boot_id():
+    if boot and (this_boot := _boot_id()) and boot != this_boot:
         return False
     try:
         os.kill(pid, 0)

@@ -56,7 +56,7 @@ from core.tasks import task_id
 from core.vision.swin import VisionStream, VisionStreamConfig
 from data_connectors.dicom import to_lps
 
-from .nodule_map import NoduleMapConfig, build_network, predict_map
+from .nodule_map import NoduleMapConfig, build_network, map_peaks, predict_map
 from .report import EMBED_DIM, LOBES, Mention, ReportReading
 
 KIND = "nodule_detector"
@@ -404,8 +404,6 @@ def map_candidates(map_ZYX: np.ndarray, grid: Grid, cfg: DetectorConfig, blob_SZ
     nodule the blob measure never ranks, or ranks a voxel or two off its centre, outside the nodule (rating
     and non-maximum suppression then choose between the two). Each takes the scale whose blob measure is
     largest at its voxel and (subvoxel) the map's sub-voxel peak as its centre."""
-    from .nodule_map import map_peaks
-
     kji_N3, _ = map_peaks(np.where(grid.search_ZYX, map_ZYX, 0.0), cfg.map_min_p, 25 * cfg.map_candidates)
     taken_kji = [c.center for c in kept]
     taken_r = [c.diameter_mm / 2 / cfg.grid_mm for c in kept]                 # blob radius, voxels

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_connectors.text_files import (decoded_file, field_key, named_column, repeated_header_warning, table_body,
+from data_connectors.text_files import (decoded_file, named_column, repeated_header_warning, table_body,
                                         table_rows)
 
 from .tables import compact_key, drop_duplicate_rows

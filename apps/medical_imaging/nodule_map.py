@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from core.checkpoint import config_from_dict
+
 WINDOWS_HU = ((-1000.0, 400.0), (-900.0, -300.0))   # input channels: the whole range, and a ground-glass window
 NETWORK_FILE = "nodule_map.safetensors"
 CONFIG_FILE = "config.json"
@@ -253,7 +255,7 @@ def load_nodule_map(folder: str | Path) -> tuple[nn.Module, dict]:
     if not (folder / CONFIG_FILE).is_file() or not (folder / NETWORK_FILE).is_file():
         raise ValueError(f"{folder}: not a train-nodule-map folder (it needs {CONFIG_FILE} and {NETWORK_FILE})")
     info = json.loads((folder / CONFIG_FILE).read_text())
-    network = build_network(NoduleMapConfig(**_tuples(info["train"]["network"])))
+    network = build_network(config_from_dict(NoduleMapConfig, info["train"]["network"]))
     network.load_state_dict(load_file(str(folder / NETWORK_FILE)))
     return network.eval(), info
 
@@ -299,7 +301,7 @@ def attach_nodule_map(mcfg: MapStageConfig, out: str | Path | None = None, log=p
         raise ValueError(f"{mcfg.nodule_map}: trained on the grid {info['summary'].get('grid')}, the detector "
                          f"uses {grid_settings(base.cfg)}")
     threads = torch.get_num_threads()   # synth_scan keeps a worker process to one thread; not this one
-    cfg = dataclasses.replace(base.cfg, nodule_map=NoduleMapConfig(**_tuples(info["train"]["network"])),
+    cfg = dataclasses.replace(base.cfg, nodule_map=config_from_dict(NoduleMapConfig, info["train"]["network"]),
                               map_candidates=mcfg.map_candidates, map_min_p=mcfg.map_min_p)
     model = NoduleRater(cfg)
     missing = model.load_state_dict(base.model.state_dict(), strict=False).missing_keys
@@ -352,7 +354,3 @@ def grid_settings(cfg) -> list:
 def _check_out(out: str | Path | None) -> None:
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"{out}: a file is in the way of the output folder")
-
-
-def _tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}

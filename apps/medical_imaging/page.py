@@ -55,19 +55,16 @@ def analyse(upload: str | None, report: str, threshold: float, progress=gr.Progr
     """Run the pipeline on an upload: (state, slider, image, table, explanation, download)."""
     if not upload:
         raise gr.Error("Upload a zip of the study's DICOM files first.")
-    from .pipeline import diagnose, findings_json, load_upload_file, shared_models, upload_name, upload_report
+    from .pipeline import diagnose_upload, load_upload_file, shared_models
 
     try:
         progress(0.1, desc="reading the study")
         study = load_upload_file(upload)
-        text, report_file = upload_report(study, report)
-        volume = study.volume
         progress(0.4, desc="finding and rating nodules")
-        result = diagnose(volume, text, shared_models(), threshold)
+        result, doc = diagnose_upload(study, report, Path(upload).name, shared_models(), threshold)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
-    doc = findings_json(result, upload_name(Path(upload).name), volume.series_uid, volume.study_uid,
-                        volume.hu_ZYX.shape, volume.spacing_zyx, report_file)
+    volume = study.volume
     folder = Path(tempfile.mkdtemp(prefix="medical-page-"))
     download = _results_zip(doc, volume, result.findings, folder)
     k = result.findings[0].key_slices[0] if result.findings else volume.hu_ZYX.shape[0] // 2

@@ -263,6 +263,17 @@ def upload_report(study: UploadedStudy, typed: str | None) -> tuple[str | None, 
     return None, None
 
 
+def diagnose_upload(study: UploadedStudy, typed_report: str | None, filename: str, models: Models,
+                    threshold: float | None = None) -> tuple[StudyResult, dict]:
+    """(result, findings document) of an uploaded study sent as `filename`, with the report typed or sent
+    with it, else the one in the zip (upload_report): what the page and the HTTP API both return."""
+    text, report_file = upload_report(study, typed_report)
+    volume = study.volume
+    result = diagnose(volume, text, models, threshold)
+    return result, findings_json(result, upload_name(filename), volume.series_uid, volume.study_uid,
+                                 volume.hu_ZYX.shape, volume.spacing_zyx, report_file)
+
+
 def load_upload_study(zip_path: str | Path, filename: str | None = None) -> UploadedStudy:
     """The CT volume in an uploaded zip of DICOM files (or of one NIfTI / MetaImage file) and the report file
     beside it, if any (a .txt/.md/.pdf/.docx named 'report' or after the study: _zip_report), extracted safely (data_connectors.archive) into a temporary folder

@@ -212,8 +212,7 @@ def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p
         sample_NHW3 = generator.script_frames_at(plan.script, fps, size_hw, fit_indices(total, cfg.fit_frames),
                                                  max_side=cfg.work_side)
         stylizer = clip_stylizer(route, sample_NHW3, cfg=cfg)
-        style_weights = {n: round(route.weights[n], 4) for n in sorted(route.weights, key=route.weights.get,
-                                                                       reverse=True)}
+        style_weights = route.ranked_weights()
         fit_s = time.perf_counter() - t_style
         raw = _Tap(frames_it, total, keep=0)
         tap = _Tap(stylizer.stream(raw), total)

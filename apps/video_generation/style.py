@@ -369,6 +369,10 @@ class Route:
     reference: np.ndarray | None = None
     scores: dict[str, float] = field(default_factory=dict)  # raw similarities (description routing)
 
+    def ranked_weights(self) -> dict[str, float]:
+        """The experts' weights, heaviest first, rounded to 4 decimals (as results report them)."""
+        return {n: round(self.weights[n], 4) for n in sorted(self.weights, key=self.weights.get, reverse=True)}
+
 
 @lru_cache(maxsize=1)
 def _text_stream():
@@ -645,9 +649,8 @@ def stylize_frames(frames_FHW3: np.ndarray, style: str | Path | np.ndarray, *,
 
 
 def _result(frames, route: Route, seconds: float) -> StyleResult:
-    names = sorted(route.weights, key=route.weights.get, reverse=True)
-    return StyleResult(frames, names, {n: round(route.weights[n], 4) for n in names}, route.source,
-                       round(seconds, 3), route.scores)
+    weights = route.ranked_weights()
+    return StyleResult(frames, list(weights), weights, route.source, round(seconds, 3), route.scores)
 
 
 def flicker(source_FHW3: np.ndarray, styled_FHW3: np.ndarray) -> float:
