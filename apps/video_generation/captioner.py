@@ -108,6 +108,12 @@ class CaptionerConfig:
     crop_changes: bool = True        # per colour and frame pair: how its crop changed (silhouette IoU,
                                      # log size ratio), which the crop encoder's mean over frames loses
                                      # (rotation keeps a region's place and area)
+    motion_frames: int = 0           # the motion stage (0: none): per object, an MLP over the heads' motion and
+                                     # camera probabilities and its colour's region measured at this many frames
+                                     # of the whole shot, moved back through the predicted camera (at 4 frames a
+                                     # still object under a zoom drifts like a moving one, and a triangle's
+                                     # 120-degree turns look like standing still)
+    motion_hidden: int = 64          # hidden width of the motion stage's MLP
     vocab: tuple[str, ...] = ()      # caption words; () = caption_vocab()
     shapes: tuple[str, ...] = ()     # class lists of the heads; () = the world's
     colours: tuple[str, ...] = ()
@@ -126,6 +132,8 @@ class CaptionerConfig:
             raise ValueError(f"height and width must be multiples of {self.stride}, got {self.height}x{self.width}")
         if self.frames < 2:
             raise ValueError(f"frames must be >= 2 (motion needs time), got {self.frames}")
+        if self.motion_frames and (self.motion_frames < 2 or not self.crop):
+            raise ValueError(f"motion_frames must be 0 or >= 2 and needs crops, got {self.motion_frames}")
 
     @property
     def stride(self) -> int:
@@ -227,6 +235,29 @@ class CropEncoder(nn.Module):
         return (frame_BOTD * seen_BOT1).sum(2) / seen_BOT1.sum(2).clamp_min(1.0)
 
 
+class MotionStage(nn.Module):
+    """Per object slot: (the heads' motion log-probabilities [N, M], the camera probabilities [N, C],
+    the colour's motion_evidence [N, E]) -> motion logits [N, M]: the heads' log-probabilities plus
+    an MLP's correction, which starts at zero (an unfitted stage keeps the heads' choice). Inputs are
+    standardised by the fitting data's mean and spread (buffers, set by fit_motion_stage)."""
+
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__()
+        n_in = len(cfg.motions) + len(cfg.cameras) + MOTION_EVIDENCE
+        self.register_buffer("mean_I", torch.zeros(n_in))
+        self.register_buffer("std_I", torch.ones(n_in))
+        h = cfg.motion_hidden
+        self.mlp = nn.Sequential(nn.Linear(n_in, h), nn.GELU(), nn.Linear(h, h), nn.GELU(),
+                                 nn.Linear(h, len(cfg.motions)))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, motion_logp_NM: torch.Tensor, camera_p_NC: torch.Tensor,
+                evidence_NE: torch.Tensor) -> torch.Tensor:
+        x_NI = torch.cat([motion_logp_NM, camera_p_NC, evidence_NE], -1)
+        return motion_logp_NM + self.mlp((x_NI - self.mean_I) / self.std_I)
+
+
 @dataclass
 class CaptionerOutput:
     logits: dict[str, torch.Tensor]  # head name -> [B, classes] or [B, O, classes]
@@ -274,6 +305,7 @@ class CaptionModel(nn.Module):
         self.word_pos_LD = nn.Parameter(torch.randn(cfg.max_len, d) * 0.02)
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
         self.out_norm = nn.LayerNorm(d)
+        self.motion_stage = MotionStage(cfg) if cfg.motion_frames else None
 
     @property
     def task(self) -> int:
@@ -531,6 +563,57 @@ def measured_features(rgb_THW3: np.ndarray, cfg: CaptionerConfig) -> tuple[np.nd
     return np.concatenate(parts), crops.reshape(len(palette), -1, *crops.shape[3:])
 
 
+MOTION_EVIDENCE = 16                 # per colour: motion_evidence's summary of its region over the shot
+
+
+def motion_evidence(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str) -> np.ndarray:
+    """[colours, MOTION_EVIDENCE] float32: per palette colour, its region at cfg.motion_frames frames
+    sampled evenly from the whole shot (at the model's input size), summarised: the change of its
+    centre x, y and log area from the first to the last frame that holds it, on screen and moved back
+    through `camera` (world.camera_transform: a zoom moves a still off-centre object outwards and
+    grows it, a pan slides it); in the world, the largest departure of y from the straight path
+    (bounces) and the mean step of x and y; the smallest and mean silhouette IoU of its crops between
+    consecutive frames (turns) and their mean absolute log size ratio; the share of frames holding it;
+    and the change of the largest region's centre and log size in the world (all the colour's pixels
+    also count specks of the backdrop: the sun, clouds, grass). Zeros for a colour seen in fewer than
+    two frames."""
+    F = len(frames_FHW3)
+    idx = sample_indices(F, cfg.motion_frames)
+    rgb_THW3 = np.stack([cv2.resize(frames_FHW3[i], (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
+                         for i in idx])
+    palette = [world.COLOURS[c] for c in cfg.colours]
+    masks_CTHW = colour_masks(rgb_THW3, palette)
+    track_CTF = colour_tracks(rgb_THW3, palette, masks_CTHW).reshape(len(palette), len(idx), COLOUR_FEATURES)
+    crops, sizes_CTK, centres_CTK2 = object_crops(rgb_THW3, masks_CTHW, cfg.crop, 1)
+    changes_CT2 = crop_changes(crops, sizes_CTK).reshape(len(palette), len(idx) - 1, CHANGE_FEATURES)
+    scale_F, shift_F = world.camera_transform(camera, F)
+    scale_T, shift_T = scale_F[idx], shift_F[idx]
+    log_area_CT = np.log(np.maximum(track_CTF[..., 0], 1e-4))
+    screen_CT3 = np.stack([track_CTF[..., 1], track_CTF[..., 2], log_area_CT], -1)
+    # Screen (x - 0.5) = (world x - 0.5 - shift) * scale; y likewise without shift; area with scale squared.
+    world_CT3 = np.stack([track_CTF[..., 1] / scale_T + shift_T, track_CTF[..., 2] / scale_T,
+                          log_area_CT - 2 * np.log(scale_T)], -1)
+    H, W = rgb_THW3.shape[1:3]
+    region_CT3 = np.stack([(centres_CTK2[:, :, 0, 0] / W - 0.5) / scale_T + shift_T,
+                           (centres_CTK2[:, :, 0, 1] / H - 0.5) / scale_T,
+                           np.log(np.maximum(sizes_CTK[:, :, 0], 1.0) / min(H, W)) - np.log(scale_T)], -1)
+    out = np.zeros((len(palette), MOTION_EVIDENCE), np.float32)
+    for c in range(len(palette)):
+        seen_T = track_CTF[c, :, 0] > 0
+        t = np.flatnonzero(seen_T)
+        if len(t) < 2:
+            continue
+        w_N3, s_N3 = world_CT3[c, t], screen_CT3[c, t]
+        line_N = w_N3[0, 1] + (w_N3[-1, 1] - w_N3[0, 1]) * (t - t[0]) / (t[-1] - t[0])
+        pairs = seen_T[:-1] & seen_T[1:]
+        iou = changes_CT2[c, pairs, 0] if pairs.any() else np.ones(1)
+        ratio = changes_CT2[c, pairs, 1] if pairs.any() else np.zeros(1)
+        out[c] = np.concatenate([s_N3[-1] - s_N3[0], w_N3[-1] - w_N3[0], [
+            np.abs(w_N3[:, 1] - line_N).max(), np.abs(np.diff(w_N3[:, 0])).mean(), np.abs(np.diff(w_N3[:, 1])).mean(),
+            iou.min(), iou.mean(), np.abs(ratio).mean(), seen_T.mean()], region_CT3[c, t[-1]] - region_CT3[c, t[0]]])
+    return out
+
+
 def crops_tensor(crops_BOTCSS: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(crops_BOTCSS).float().div_(255.0)
 
@@ -579,10 +662,12 @@ def targets(scene: world.Scene, cfg: CaptionerConfig) -> dict[str, np.ndarray]:
             "tokens": np.array(encode_caption(world.caption_scene(scene), cfg))}
 
 
-def render_clip(scene: world.Scene, rng: np.random.Generator, cfg: CaptionerConfig) -> np.ndarray:
+def render_clip(scene: world.Scene, rng: np.random.Generator, cfg: CaptionerConfig, short_share: float = 0.6,
+                max_frames: int = 24) -> np.ndarray:
     """A rendered shot of `scene` at a random length and a 16:9 size somewhat above the model's
-    input, as the captioner meets them (often exactly the frames the model samples: cheap to render)."""
-    frames = cfg.frames if rng.random() < 0.6 else int(rng.integers(cfg.frames + 1, 25))
+    input, as the captioner meets them: `short_share` of them exactly the frames the model samples
+    (cheap to render), the others up to `max_frames`."""
+    frames = cfg.frames if rng.random() < short_share else int(rng.integers(cfg.frames + 1, max_frames + 1))
     height = int(round(cfg.height * float(rng.choice([1.125, 1.5, 1.875]))))
     return world.render_scene(scene, frames, (height, int(round(height * 16 / 9))), seed=int(rng.integers(1 << 30)))
 
@@ -766,7 +851,8 @@ class Captioner:
         if info.kind != KIND:
             raise ValueError(f"{path}: a {info.kind} checkpoint, not a {KIND}")
         md = info.metadata
-        return cls(model, np.array(md["ood_mean"]), np.array(md["ood_std"]), metadata=md)
+        ood = [np.array(md[k]) if k in md else None for k in ("ood_mean", "ood_std")]
+        return cls(model, *ood, metadata=md)
 
     @torch.no_grad()
     def predict(self, clips: list[np.ndarray]) -> list[Prediction]:
@@ -774,11 +860,10 @@ class Captioner:
         if not clips:
             return []
         cfg = self.cfg
-        rgb = [sample_frames(c, cfg) for c in clips]
-        x = frames_tensor(np.stack(rgb))
-        feats, crops = zip(*(measured_features(r, cfg) for r in rgb))
-        enc = self.model.encode(x, torch.from_numpy(np.stack(feats)), crops_tensor(np.stack(crops)))
+        rgb, x, enc = self._encode(clips)
         probs = {k: v.softmax(-1) for k, v in enc.logits.items()}
+        if self.model.motion_stage is not None:
+            probs["motion"] = self.motion_stage_logits(clips, probs).softmax(-1)
         tokens_BL, dec_stats = self._greedy(enc.memory_BMD)
         ood = self._ood_flags(x)
         names = [f"vision.{i}" for i in range(len(enc.vision_stats))]
@@ -798,6 +883,28 @@ class Captioner:
                 experts=_expert_shares(list(enc.vision_stats) + dec_stats, names),
                 decoder_caption=detokenize([w for w in words if w != PAD])))
         return preds
+
+    def _encode(self, clips: list[np.ndarray]) -> tuple[list[np.ndarray], torch.Tensor, CaptionerOutput]:
+        """(sampled frames per clip, the model's frame tensor, its encoding) of clips [F, H, W, 3]."""
+        rgb = [sample_frames(c, self.cfg) for c in clips]
+        x = frames_tensor(np.stack(rgb))
+        feats, crops = zip(*(measured_features(r, self.cfg) for r in rgb))
+        return rgb, x, self.model.encode(x, torch.from_numpy(np.stack(feats)), crops_tensor(np.stack(crops)))
+
+    def motion_stage_inputs(self, clips: list[np.ndarray], probs: dict[str, torch.Tensor],
+                            cfg: CaptionerConfig | None = None) -> tuple[torch.Tensor, ...]:
+        """The motion stage's inputs for every (clip, colour) slot: the heads' motion log-probabilities
+        [B, O, M], the camera probabilities [B, O, C] and the motion evidence [B, O, E] measured under
+        the most likely camera. cfg: the stage's config (default: this captioner's)."""
+        cfg = cfg or self.cfg
+        B, O = probs["motion"].shape[:2]
+        cameras = [cfg.cameras[int(i)] for i in probs["camera"].argmax(-1)]
+        evidence_BOE = torch.from_numpy(np.stack([motion_evidence(c, cfg, cam) for c, cam in zip(clips, cameras)]))
+        return (probs["motion"].clamp_min(1e-6).log(), probs["camera"][:, None].expand(B, O, -1), evidence_BOE)
+
+    def motion_stage_logits(self, clips: list[np.ndarray], probs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, O, M] motion logits of the motion stage (the heads' probabilities in `probs`)."""
+        return self.model.motion_stage(*self.motion_stage_inputs(clips, probs))
 
     def _scene(self, probs: dict[str, torch.Tensor], b: int) -> tuple[world.Scene, float]:
         """The heads' decisions for clip b as a world Scene (objects in colour order) and its
@@ -922,6 +1029,113 @@ def evaluate_captioner(captioner: Captioner, clips: int = 200, seed: int = 1, ba
     return {"caption_attribute_accuracy": round(correct / max(total, 1), 4),
             "caption_exact_match": round(exact / max(clips, 1), 4),
             "bleu4": round(corpus_bleu(hyps, refs), 4), "eval_clips": clips}
+
+
+# ---- the motion stage (fitted on a trained captioner) ----
+
+@dataclass
+class MotionStageConfig:
+    frames: int = 7                  # frames of the whole shot the evidence is measured at (the config's
+                                     # motion_frames); 7 puts a full turn's samples 60 degrees apart
+    hidden: int = 64                 # MLP width (motion_hidden)
+    clips: int = 4000                # rendered train-split clips fitted on (their true objects are the rows)
+    val_clips: int = 1500            # more train-split clips (another stream) the epoch is chosen on
+    short_share: float = 0.3         # clips of exactly the heads' frame count (the rest 5-48 frames, as the
+                                     # studio's shots are; render_clip draws 0.6 of them short)
+    head_dropout: float = 0.3        # share of fitting rows whose heads' answer is replaced by a uniform one, so
+                                     # the stage also learns to read the evidence alone (the heads are right on
+                                     # ~95% of rows, and the stage would otherwise mostly learn to copy them)
+    epochs: int = 150
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    seed: int = 0
+
+
+def motion_stage_rows(captioner: Captioner, rng: np.random.Generator, clips: int, cfg: CaptionerConfig,
+                      short_share: float = MotionStageConfig.short_share, batch: int = 25) -> tuple[torch.Tensor, ...]:
+    """The motion stage's inputs (Captioner.motion_stage_inputs) and target motion [N] for the true
+    objects of `clips` rendered train-split clips, one row per object (at its colour's slot)."""
+    rows: list[tuple] = []
+    for start in range(0, clips, batch):
+        scenes = [world.sample_scene(rng, "train") for _ in range(min(batch, clips - start))]
+        rendered = [render_clip(s, rng, cfg, short_share, max_frames=48) for s in scenes]
+        with torch.no_grad():
+            probs = {k: v.softmax(-1) for k, v in captioner._encode(rendered)[2].logits.items()}
+        motion_BOM, camera_BOC, evidence_BOE = captioner.motion_stage_inputs(rendered, probs, cfg)
+        for b, scene in enumerate(scenes):
+            for o in scene.objects:
+                k = cfg.colours.index(o.colour)
+                rows.append((motion_BOM[b, k], camera_BOC[b, k], evidence_BOE[b, k], cfg.motions.index(o.motion)))
+    motion, camera, evidence, target = zip(*rows)
+    return torch.stack(motion), torch.stack(camera), torch.stack(evidence), torch.tensor(target)
+
+
+def fit_motion_stage(captioner: Captioner, mc: MotionStageConfig | None = None, log=None) -> tuple[Captioner, dict]:
+    """A copy of `captioner` with a motion stage fitted on its heads' answers for rendered train-split
+    clips (the captioner itself unchanged), the epoch chosen by the log-loss on other train-split clips.
+    Returns (the new captioner, metrics: motion accuracy of the heads alone and with the stage on
+    those validation objects, rows, seconds)."""
+    import copy
+
+    mc = mc or MotionStageConfig()
+    log = log or (lambda msg: None)
+    start = time.time()
+    cfg = replace(captioner.cfg, motion_frames=mc.frames, motion_hidden=mc.hidden)
+    torch.manual_seed(mc.seed)
+    fit = motion_stage_rows(captioner, np.random.default_rng([mc.seed, 1]), mc.clips, cfg, mc.short_share)
+    val = motion_stage_rows(captioner, np.random.default_rng([mc.seed, 2]), mc.val_clips, cfg, mc.short_share)
+    log(f"motion stage: {len(fit[3])} objects to fit, {len(val[3])} to choose on ({time.time() - start:.0f} s)")
+    stage = MotionStage(cfg)
+    x_NI = torch.cat(fit[:3], -1)
+    stage.mean_I.copy_(x_NI.mean(0))
+    stage.std_I.copy_(x_NI.std(0).clamp_min(1e-3))
+    opt = torch.optim.AdamW(stage.parameters(), lr=mc.lr, weight_decay=mc.weight_decay)
+
+    def val_loss() -> float:
+        with torch.no_grad():
+            return F.cross_entropy(stage(*val[:3]), val[3]).item()
+
+    heads_loss = F.nll_loss(val[0], val[3]).item()
+    best_loss, best_epoch, best_state = val_loss(), 0, copy.deepcopy(stage.state_dict())
+    for epoch in range(1, mc.epochs + 1):
+        stage.train()
+        for idx in torch.randperm(len(fit[3])).split(mc.batch_size):
+            motion_NM = fit[0][idx]
+            hidden_N1 = torch.rand(len(idx), 1) < mc.head_dropout
+            motion_NM = torch.where(hidden_N1, torch.full_like(motion_NM, -math.log(motion_NM.shape[1])), motion_NM)
+            loss = F.cross_entropy(stage(motion_NM, fit[1][idx], fit[2][idx]), fit[3][idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        stage.eval()
+        current = val_loss()
+        if current < best_loss:
+            best_loss, best_epoch, best_state = current, epoch, copy.deepcopy(stage.state_dict())
+    stage.load_state_dict(best_state)
+    with torch.no_grad():
+        stage_acc = (stage(*val[:3]).argmax(-1) == val[3]).float().mean().item()
+    model = copy.deepcopy(captioner.model)
+    model.cfg, model.motion_stage = cfg, stage
+    metrics = {"motion_accuracy_heads": round((val[0].argmax(-1) == val[3]).float().mean().item(), 4),
+               "motion_accuracy_stage": round(stage_acc, 4), "val_log_loss_heads": round(heads_loss, 4),
+               "val_log_loss": round(best_loss, 4),
+               "best_epoch": best_epoch, "fit_objects": len(fit[3]), "val_objects": len(val[3]),
+               "seconds": round(time.time() - start, 1), "config": asdict(mc)}
+    log(f"motion stage: {metrics}")
+    return Captioner(model, captioner.ood_mean, captioner.ood_std,
+                     metadata={**captioner.metadata, "motion_stage": metrics}), metrics
+
+
+def save_captioner(captioner: Captioner, out: str | Path) -> Path:
+    """Write `captioner` as a checkpoint (weights in float16, loaded as float32; int8 modules stay int8)."""
+    import copy
+
+    from core.checkpoint import save_checkpoint
+
+    md = {**captioner.metadata, **{k: v.tolist() for k, v in (("ood_mean", captioner.ood_mean),
+                                                              ("ood_std", captioner.ood_std)) if v is not None}}
+    return save_checkpoint(copy.deepcopy(captioner.model).half(), out, kind=KIND, config=captioner.cfg, metadata=md)
 
 
 # ---- captioning footage ----
