@@ -27,7 +27,7 @@ def _train_captioner(args: argparse.Namespace) -> None:
 
 
 def register(cli: CommandTable) -> None:
-    """Add `video generate|train-captioner|fit-motion-stage|train-planner|ensemble-planner|eval-planner|train-generator|
+    """Add `video generate|train-captioner|fit-stages|train-planner|ensemble-planner|eval-planner|train-generator|
     eval-generator|caption|eval|stylize|style-bench` and `bench video` (see apps.cli)."""
     from . import cli as handlers
     from .style_cli import add_stylize_command
@@ -51,17 +51,20 @@ def register(cli: CommandTable) -> None:
                       _train_captioner)
     p.add_argument("options", nargs=argparse.REMAINDER, help="passed to the captioner's trainer (see above)")
 
-    p = video.command("fit-motion-stage", "fit the captioner's motion stage (an MLP over the heads' answers and "
-                                          "each object's track at more frames, moved back through the camera) on "
-                                          "rendered clips, and save the captioner with it", handlers.fit_motion_stage)
+    p = video.command("fit-stages", "fit the captioner's motion stage (each object's region at more frames, moved "
+                                    "back through the camera) and shape stage (its crops at the shot's own "
+                                    "resolution) on rendered clips, and save the captioner with them",
+                      handlers.fit_stages)
     p.add_argument("--captioner", type=Path, default=ASSETS / "captioner",
-                   help="captioner checkpoint to start from (default: the shipped one; a stage it has is refitted)")
+                   help="captioner checkpoint to start from (default: the shipped one; stages it has are refitted)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write (may be --captioner's)")
-    p.add_argument("--frames", type=positive_int, default=7, help="frames of each shot the evidence is measured at")
+    p.add_argument("--motion-frames", type=int, default=7,
+                   help="frames of each shot the motion evidence is measured at (0: no motion stage)")
+    p.add_argument("--shape-crop", type=int, default=32, help="shape crops' side in pixels (0: no shape stage)")
     p.add_argument("--clips", type=positive_int, default=4000, help="train-split clips fitted on")
-    p.add_argument("--val-clips", type=positive_int, default=1500, help="train-split clips the epoch is chosen on")
-    p.add_argument("--epochs", type=positive_int, default=150)
-    p.add_argument("--eval-clips", type=int, default=200, help="held-out clips scored with the heads alone and with the stage (0: none)")
+    p.add_argument("--val-clips", type=positive_int, default=1500, help="train-split clips the epochs are chosen on")
+    p.add_argument("--eval-clips", type=int, default=200,
+                   help="held-out clips scored with the heads alone and with the stages (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")

@@ -108,12 +108,17 @@ class CaptionerConfig:
     crop_changes: bool = True        # per colour and frame pair: how its crop changed (silhouette IoU,
                                      # log size ratio), which the crop encoder's mean over frames loses
                                      # (rotation keeps a region's place and area)
-    motion_frames: int = 0           # the motion stage (0: none): per object, an MLP over the heads' motion and
+    motion_frames: int = 0           # the motion stage (0: none; fit_stages): per object, an MLP over the heads' motion and
                                      # camera probabilities and its colour's region measured at this many frames
                                      # of the whole shot, moved back through the predicted camera (at 4 frames a
                                      # still object under a zoom drifts like a moving one, and a triangle's
                                      # 120-degree turns look like standing still)
     motion_hidden: int = 64          # hidden width of the motion stage's MLP
+    shape_crop: int = 0              # the shape stage (0: none): each colour's largest region cut out at this side
+                                     # from shape_frames frames of the shot at its own resolution (height capped at
+                                     # twice the model's input) and read by a second crop encoder: at 96x160 a digit
+                                     # is about 10 pixels tall
+    shape_frames: int = 7
     vocab: tuple[str, ...] = ()      # caption words; () = caption_vocab()
     shapes: tuple[str, ...] = ()     # class lists of the heads; () = the world's
     colours: tuple[str, ...] = ()
@@ -134,6 +139,9 @@ class CaptionerConfig:
             raise ValueError(f"frames must be >= 2 (motion needs time), got {self.frames}")
         if self.motion_frames and (self.motion_frames < 2 or not self.crop):
             raise ValueError(f"motion_frames must be 0 or >= 2 and needs crops, got {self.motion_frames}")
+        if self.shape_crop and (self.shape_crop % 2 ** (len(self.crop_widths) - 1) or self.shape_frames < 1):
+            raise ValueError(f"shape_crop must be 0 or a multiple of {2 ** (len(self.crop_widths) - 1)}, and "
+                             f"shape_frames >= 1; got {self.shape_crop}, {self.shape_frames}")
 
     @property
     def stride(self) -> int:
@@ -239,7 +247,7 @@ class MotionStage(nn.Module):
     """Per object slot: (the heads' motion log-probabilities [N, M], the camera probabilities [N, C],
     the colour's motion_evidence [N, E]) -> motion logits [N, M]: the heads' log-probabilities plus
     an MLP's correction, which starts at zero (an unfitted stage keeps the heads' choice). Inputs are
-    standardised by the fitting data's mean and spread (buffers, set by fit_motion_stage)."""
+    standardised by the fitting data's mean and spread (buffers, set by fit_stages)."""
 
     def __init__(self, cfg: CaptionerConfig):
         super().__init__()
@@ -256,6 +264,25 @@ class MotionStage(nn.Module):
                 evidence_NE: torch.Tensor) -> torch.Tensor:
         x_NI = torch.cat([motion_logp_NM, camera_p_NC, evidence_NE], -1)
         return motion_logp_NM + self.mlp((x_NI - self.mean_I) / self.std_I)
+
+
+class ShapeStage(nn.Module):
+    """Per object slot: (the heads' log-probabilities over the object shapes, "none" left out [N, S], the
+    colour's shape crops [N, T, CROP_CHANNELS, P, P] uint8 (shape_crops)) -> shape logits [N, S]: the heads'
+    log-probabilities plus a correction from a crop encoder (CropEncoder with one candidate: a conv net per
+    crop, the mean over the frames that hold the colour) and the heads' answer; zero at the start."""
+
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__()
+        self.encoder = CropEncoder(replace(cfg, crop=cfg.shape_crop, crop_candidates=1))
+        n = len(cfg.shapes) - 1
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim + n, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, n))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, shape_logp_NS: torch.Tensor, crops_NTCPP: torch.Tensor) -> torch.Tensor:
+        tok_ND = self.encoder(crops_tensor(crops_NTCPP)[:, None])[:, 0]
+        return shape_logp_NS + self.mlp(torch.cat([tok_ND, shape_logp_NS], -1))
 
 
 @dataclass
@@ -306,6 +333,7 @@ class CaptionModel(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
         self.out_norm = nn.LayerNorm(d)
         self.motion_stage = MotionStage(cfg) if cfg.motion_frames else None
+        self.shape_stage = ShapeStage(cfg) if cfg.shape_crop else None
 
     @property
     def task(self) -> int:
@@ -614,8 +642,24 @@ def motion_evidence(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str) 
     return out
 
 
-def crops_tensor(crops_BOTCSS: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(crops_BOTCSS).float().div_(255.0)
+def shape_crops(frames_FHW3: np.ndarray, cfg: CaptionerConfig) -> np.ndarray:
+    """[colours, cfg.shape_frames, CROP_CHANNELS, P, P] uint8 (P = cfg.shape_crop): per palette colour,
+    its largest region cut out of cfg.shape_frames frames sampled evenly from the shot, at the shot's own
+    resolution (scaled down to at most twice the model's input height); zeros where it is absent."""
+    idx = sample_indices(len(frames_FHW3), cfg.shape_frames)
+    H, W = frames_FHW3.shape[1:3]
+    scale = min(1.0, 2 * cfg.height / H)
+    rgb_THW3 = frames_FHW3[idx] if scale == 1.0 else np.stack([
+        cv2.resize(frames_FHW3[i], (max(8, round(W * scale)), max(8, round(H * scale))),
+                   interpolation=cv2.INTER_AREA) for i in idx])
+    masks_CTHW = colour_masks(rgb_THW3, [world.COLOURS[c] for c in cfg.colours])
+    return object_crops(rgb_THW3, masks_CTHW, cfg.shape_crop, 1)[0][:, :, 0]
+
+
+def crops_tensor(crops_BOTCSS: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(crops_BOTCSS, np.ndarray):
+        crops_BOTCSS = torch.from_numpy(crops_BOTCSS)
+    return crops_BOTCSS.to(torch.float32) / 255.0
 
 
 def frames_tensor(rgb_BTHW3: np.ndarray) -> torch.Tensor:
@@ -830,6 +874,17 @@ def _expert_shares(stats_list, names: list[str]) -> dict[str, dict[int, float]]:
     return out
 
 
+def _object_shapes(shape_BOS: torch.Tensor, cfg: CaptionerConfig) -> torch.Tensor:
+    """[..., S - 1]: a shape head's values over the object shapes ("none" left out)."""
+    none = cfg.shapes.index(NONE_SHAPE)
+    return torch.cat([shape_BOS[..., :none], shape_BOS[..., none + 1:]], -1)
+
+
+def _with_none(objects_BOS: torch.Tensor, none_BO1: torch.Tensor, none: int) -> torch.Tensor:
+    """_object_shapes undone: "none" put back at its index."""
+    return torch.cat([objects_BOS[..., :none], none_BO1, objects_BOS[..., none:]], -1)
+
+
 class Captioner:
     """A trained CaptionModel with what inference needs: out-of-distribution statistics."""
 
@@ -862,8 +917,7 @@ class Captioner:
         cfg = self.cfg
         rgb, x, enc = self._encode(clips)
         probs = {k: v.softmax(-1) for k, v in enc.logits.items()}
-        if self.model.motion_stage is not None:
-            probs["motion"] = self.motion_stage_logits(clips, probs).softmax(-1)
+        probs.update(self.stage_probs(clips, probs))
         tokens_BL, dec_stats = self._greedy(enc.memory_BMD)
         ood = self._ood_flags(x)
         names = [f"vision.{i}" for i in range(len(enc.vision_stats))]
@@ -884,6 +938,16 @@ class Captioner:
                 decoder_caption=detokenize([w for w in words if w != PAD])))
         return preds
 
+    def without_stages(self) -> Captioner:
+        """A copy that answers with the heads alone (the weights shared, no motion or shape stage)."""
+        import copy
+
+        model = copy.copy(self.model)   # a shallow module copy: its submodules are this model's own
+        model._modules = dict(self.model._modules, motion_stage=None, shape_stage=None)
+        model.cfg = replace(self.cfg, motion_frames=0, shape_crop=0)
+        return Captioner(model, self.ood_mean, self.ood_std, self.ood_z, self.min_confidence,
+                         self.max_background_error, self.metadata)
+
     def _encode(self, clips: list[np.ndarray]) -> tuple[list[np.ndarray], torch.Tensor, CaptionerOutput]:
         """(sampled frames per clip, the model's frame tensor, its encoding) of clips [F, H, W, 3]."""
         rgb = [sample_frames(c, self.cfg) for c in clips]
@@ -891,20 +955,44 @@ class Captioner:
         feats, crops = zip(*(measured_features(r, self.cfg) for r in rgb))
         return rgb, x, self.model.encode(x, torch.from_numpy(np.stack(feats)), crops_tensor(np.stack(crops)))
 
-    def motion_stage_inputs(self, clips: list[np.ndarray], probs: dict[str, torch.Tensor],
-                            cfg: CaptionerConfig | None = None) -> tuple[torch.Tensor, ...]:
-        """The motion stage's inputs for every (clip, colour) slot: the heads' motion log-probabilities
-        [B, O, M], the camera probabilities [B, O, C] and the motion evidence [B, O, E] measured under
-        the most likely camera. cfg: the stage's config (default: this captioner's)."""
+    def stage_inputs(self, clips: list[np.ndarray], probs: dict[str, torch.Tensor],
+                     cfg: CaptionerConfig | None = None) -> dict[str, tuple[torch.Tensor, ...]]:
+        """The inputs of each stage `cfg` (default: this captioner's config) has, for every (clip, colour)
+        slot, the heads' log-probabilities first: "motion": the heads' motion log-probabilities [B, O, M],
+        the camera probabilities [B, O, C] and the motion evidence [B, O, E] measured under the most
+        likely camera; "shape": the heads' log-probabilities over the object shapes [B, O, S] ("none"
+        left out, the rest renormalised) and the shape crops [B, O, T, CROP_CHANNELS, P, P] uint8."""
         cfg = cfg or self.cfg
         B, O = probs["motion"].shape[:2]
-        cameras = [cfg.cameras[int(i)] for i in probs["camera"].argmax(-1)]
-        evidence_BOE = torch.from_numpy(np.stack([motion_evidence(c, cfg, cam) for c, cam in zip(clips, cameras)]))
-        return (probs["motion"].clamp_min(1e-6).log(), probs["camera"][:, None].expand(B, O, -1), evidence_BOE)
+        out = {}
+        if cfg.motion_frames:
+            cameras = [cfg.cameras[int(i)] for i in probs["camera"].argmax(-1)]
+            evidence_BOE = torch.from_numpy(np.stack([motion_evidence(c, cfg, cam) for c, cam in zip(clips, cameras)]))
+            out["motion"] = (probs["motion"].clamp_min(1e-6).log(), probs["camera"][:, None].expand(B, O, -1),
+                             evidence_BOE)
+        if cfg.shape_crop:
+            objects_BOS = _object_shapes(probs["shape"], cfg)
+            objects_BOS = objects_BOS / objects_BOS.sum(-1, keepdim=True).clamp_min(1e-9)
+            out["shape"] = (objects_BOS.clamp_min(1e-6).log(),
+                            torch.from_numpy(np.stack([shape_crops(c, cfg) for c in clips])))
+        return out
 
-    def motion_stage_logits(self, clips: list[np.ndarray], probs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[B, O, M] motion logits of the motion stage (the heads' probabilities in `probs`)."""
-        return self.model.motion_stage(*self.motion_stage_inputs(clips, probs))
+    def stage_probs(self, clips: list[np.ndarray], probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The heads' "motion" and "shape" probabilities [B, O, classes] as this captioner's stages
+        correct them (only those it has). The shape stage chooses among the object shapes; how likely
+        a colour holds an object at all stays the heads' call."""
+        out = {}
+        for name, inputs in self.stage_inputs(clips, probs).items():
+            stage = self.model.motion_stage if name == "motion" else self.model.shape_stage
+            B, O = inputs[0].shape[:2]
+            logits = stage(*(x.flatten(0, 1) for x in inputs)).view(B, O, -1)
+            if name == "shape":
+                none = self.cfg.shapes.index(NONE_SHAPE)
+                p_none_BO1 = probs["shape"][..., none:none + 1]
+                out[name] = _with_none((1.0 - p_none_BO1) * logits.softmax(-1), p_none_BO1, none)
+            else:
+                out[name] = logits.softmax(-1)
+        return out
 
     def _scene(self, probs: dict[str, torch.Tensor], b: int) -> tuple[world.Scene, float]:
         """The heads' decisions for clip b as a world Scene (objects in colour order) and its
@@ -1031,100 +1119,124 @@ def evaluate_captioner(captioner: Captioner, clips: int = 200, seed: int = 1, ba
             "bleu4": round(corpus_bleu(hyps, refs), 4), "eval_clips": clips}
 
 
-# ---- the motion stage (fitted on a trained captioner) ----
+# ---- the stages (fitted on a trained captioner) ----
 
 @dataclass
-class MotionStageConfig:
-    frames: int = 7                  # frames of the whole shot the evidence is measured at (the config's
-                                     # motion_frames); 7 puts a full turn's samples 60 degrees apart
-    hidden: int = 64                 # MLP width (motion_hidden)
+class StageConfig:
+    motion_frames: int = 7           # the motion stage's frames per shot (config motion_frames; 0: no motion stage);
+                                     # 7 puts a full turn's samples 60 degrees apart
+    motion_hidden: int = 64          # its MLP width
+    shape_crop: int = 32             # the shape stage's crop side (config shape_crop; 0: no shape stage)
+    shape_frames: int = 7
     clips: int = 4000                # rendered train-split clips fitted on (their true objects are the rows)
-    val_clips: int = 1500            # more train-split clips (another stream) the epoch is chosen on
+    val_clips: int = 1500            # more train-split clips (another stream) each stage's epoch is chosen on
     short_share: float = 0.3         # clips of exactly the heads' frame count (the rest 5-48 frames, as the
                                      # studio's shots are; render_clip draws 0.6 of them short)
     head_dropout: float = 0.3        # share of fitting rows whose heads' answer is replaced by a uniform one, so
-                                     # the stage also learns to read the evidence alone (the heads are right on
-                                     # ~95% of rows, and the stage would otherwise mostly learn to copy them)
-    epochs: int = 150
-    batch_size: int = 256
-    lr: float = 3e-3
+                                     # a stage also learns to read its evidence alone (the heads are right on
+                                     # ~95% of rows, and a stage would otherwise mostly learn to copy them)
+    motion_epochs: int = 150
+    shape_epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3
     weight_decay: float = 1e-3
     seed: int = 0
 
 
-def motion_stage_rows(captioner: Captioner, rng: np.random.Generator, clips: int, cfg: CaptionerConfig,
-                      short_share: float = MotionStageConfig.short_share, batch: int = 25) -> tuple[torch.Tensor, ...]:
-    """The motion stage's inputs (Captioner.motion_stage_inputs) and target motion [N] for the true
+def stage_rows(captioner: Captioner, rng: np.random.Generator, clips: int, cfg: CaptionerConfig,
+               short_share: float = StageConfig.short_share, batch: int = 25) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per stage of `cfg` (Captioner.stage_inputs): its inputs and the target class [N] for the true
     objects of `clips` rendered train-split clips, one row per object (at its colour's slot)."""
-    rows: list[tuple] = []
+    rows: dict[str, list[tuple]] = {}
+    object_shapes = [x for x in cfg.shapes if x != NONE_SHAPE]
     for start in range(0, clips, batch):
         scenes = [world.sample_scene(rng, "train") for _ in range(min(batch, clips - start))]
         rendered = [render_clip(s, rng, cfg, short_share, max_frames=48) for s in scenes]
         with torch.no_grad():
             probs = {k: v.softmax(-1) for k, v in captioner._encode(rendered)[2].logits.items()}
-        motion_BOM, camera_BOC, evidence_BOE = captioner.motion_stage_inputs(rendered, probs, cfg)
-        for b, scene in enumerate(scenes):
-            for o in scene.objects:
-                k = cfg.colours.index(o.colour)
-                rows.append((motion_BOM[b, k], camera_BOC[b, k], evidence_BOE[b, k], cfg.motions.index(o.motion)))
-    motion, camera, evidence, target = zip(*rows)
-    return torch.stack(motion), torch.stack(camera), torch.stack(evidence), torch.tensor(target)
+        for name, inputs in captioner.stage_inputs(rendered, probs, cfg).items():
+            for b, scene in enumerate(scenes):
+                for o in scene.objects:
+                    k = cfg.colours.index(o.colour)
+                    target = cfg.motions.index(o.motion) if name == "motion" else object_shapes.index(o.shape)
+                    rows.setdefault(name, []).append(tuple(x[b, k] for x in inputs) + (target,))
+    out = {}
+    for name, rs in rows.items():
+        *inputs, target = zip(*rs)
+        out[name] = tuple(torch.stack(x) for x in inputs) + (torch.tensor(target),)
+    return out
 
 
-def fit_motion_stage(captioner: Captioner, mc: MotionStageConfig | None = None, log=None) -> tuple[Captioner, dict]:
-    """A copy of `captioner` with a motion stage fitted on its heads' answers for rendered train-split
-    clips (the captioner itself unchanged), the epoch chosen by the log-loss on other train-split clips.
-    Returns (the new captioner, metrics: motion accuracy of the heads alone and with the stage on
-    those validation objects, rows, seconds)."""
+def _fit_stage(stage: nn.Module, fit: tuple[torch.Tensor, ...], val: tuple[torch.Tensor, ...], epochs: int,
+               sc: StageConfig) -> dict:
+    """Fit `stage` (heads' log-probabilities first among its inputs, the target last) with AdamW, the heads'
+    answer hidden on sc.head_dropout of the rows; keep the epoch of the lowest validation log-loss."""
     import copy
 
-    mc = mc or MotionStageConfig()
-    log = log or (lambda msg: None)
-    start = time.time()
-    cfg = replace(captioner.cfg, motion_frames=mc.frames, motion_hidden=mc.hidden)
-    torch.manual_seed(mc.seed)
-    fit = motion_stage_rows(captioner, np.random.default_rng([mc.seed, 1]), mc.clips, cfg, mc.short_share)
-    val = motion_stage_rows(captioner, np.random.default_rng([mc.seed, 2]), mc.val_clips, cfg, mc.short_share)
-    log(f"motion stage: {len(fit[3])} objects to fit, {len(val[3])} to choose on ({time.time() - start:.0f} s)")
-    stage = MotionStage(cfg)
-    x_NI = torch.cat(fit[:3], -1)
-    stage.mean_I.copy_(x_NI.mean(0))
-    stage.std_I.copy_(x_NI.std(0).clamp_min(1e-3))
-    opt = torch.optim.AdamW(stage.parameters(), lr=mc.lr, weight_decay=mc.weight_decay)
+    opt = torch.optim.AdamW(stage.parameters(), lr=sc.lr, weight_decay=sc.weight_decay)
 
     def val_loss() -> float:
+        stage.eval()
         with torch.no_grad():
-            return F.cross_entropy(stage(*val[:3]), val[3]).item()
+            return F.cross_entropy(stage(*val[:-1]), val[-1]).item()
 
-    heads_loss = F.nll_loss(val[0], val[3]).item()
     best_loss, best_epoch, best_state = val_loss(), 0, copy.deepcopy(stage.state_dict())
-    for epoch in range(1, mc.epochs + 1):
+    for epoch in range(1, epochs + 1):
         stage.train()
-        for idx in torch.randperm(len(fit[3])).split(mc.batch_size):
-            motion_NM = fit[0][idx]
-            hidden_N1 = torch.rand(len(idx), 1) < mc.head_dropout
-            motion_NM = torch.where(hidden_N1, torch.full_like(motion_NM, -math.log(motion_NM.shape[1])), motion_NM)
-            loss = F.cross_entropy(stage(motion_NM, fit[1][idx], fit[2][idx]), fit[3][idx])
+        for idx in torch.randperm(len(fit[-1])).split(sc.batch_size):
+            heads_NK = fit[0][idx]
+            hidden_N1 = torch.rand(len(idx), 1) < sc.head_dropout
+            heads_NK = torch.where(hidden_N1, torch.full_like(heads_NK, -math.log(heads_NK.shape[1])), heads_NK)
+            loss = F.cross_entropy(stage(heads_NK, *(x[idx] for x in fit[1:-1])), fit[-1][idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        stage.eval()
         current = val_loss()
         if current < best_loss:
             best_loss, best_epoch, best_state = current, epoch, copy.deepcopy(stage.state_dict())
     stage.load_state_dict(best_state)
+    stage.eval()
     with torch.no_grad():
-        stage_acc = (stage(*val[:3]).argmax(-1) == val[3]).float().mean().item()
+        accuracy = (stage(*val[:-1]).argmax(-1) == val[-1]).float().mean().item()
+    return {"accuracy_heads": round((val[0].argmax(-1) == val[-1]).float().mean().item(), 4),
+            "accuracy_stage": round(accuracy, 4), "val_log_loss_heads": round(F.nll_loss(val[0], val[-1]).item(), 4),
+            "val_log_loss": round(best_loss, 4), "best_epoch": best_epoch, "fit_objects": len(fit[-1]),
+            "val_objects": len(val[-1])}
+
+
+def fit_stages(captioner: Captioner, sc: StageConfig | None = None, log=None) -> tuple[Captioner, dict]:
+    """A copy of `captioner` with its motion and shape stages (those sc asks for) fitted on its heads'
+    answers for rendered train-split clips (the captioner itself unchanged), each stage's epoch chosen by
+    the log-loss on other train-split clips. Returns (the new captioner, metrics per stage: accuracy of the
+    heads alone and with the stage on those validation objects, best epoch, rows; seconds)."""
+    import copy
+
+    sc = sc or StageConfig()
+    log = log or (lambda msg: None)
+    start = time.time()
+    cfg = replace(captioner.cfg, motion_frames=sc.motion_frames, motion_hidden=sc.motion_hidden,
+                  shape_crop=sc.shape_crop, shape_frames=sc.shape_frames)
+    torch.manual_seed(sc.seed)
+    fit = stage_rows(captioner, np.random.default_rng([sc.seed, 1]), sc.clips, cfg, sc.short_share)
+    val = stage_rows(captioner, np.random.default_rng([sc.seed, 2]), sc.val_clips, cfg, sc.short_share)
+    log(f"stages: rows of {sc.clips} + {sc.val_clips} clips in {time.time() - start:.0f} s")
     model = copy.deepcopy(captioner.model)
-    model.cfg, model.motion_stage = cfg, stage
-    metrics = {"motion_accuracy_heads": round((val[0].argmax(-1) == val[3]).float().mean().item(), 4),
-               "motion_accuracy_stage": round(stage_acc, 4), "val_log_loss_heads": round(heads_loss, 4),
-               "val_log_loss": round(best_loss, 4),
-               "best_epoch": best_epoch, "fit_objects": len(fit[3]), "val_objects": len(val[3]),
-               "seconds": round(time.time() - start, 1), "config": asdict(mc)}
-    log(f"motion stage: {metrics}")
+    model.cfg = cfg
+    model.motion_stage = MotionStage(cfg) if cfg.motion_frames else None
+    model.shape_stage = ShapeStage(cfg) if cfg.shape_crop else None
+    metrics: dict = {}
+    if model.motion_stage is not None:
+        x_NI = torch.cat(fit["motion"][:3], -1)
+        model.motion_stage.mean_I.copy_(x_NI.mean(0))
+        model.motion_stage.std_I.copy_(x_NI.std(0).clamp_min(1e-3))
+        metrics["motion"] = _fit_stage(model.motion_stage, fit["motion"], val["motion"], sc.motion_epochs, sc)
+        log(f"motion stage: {metrics['motion']}")
+    if model.shape_stage is not None:
+        metrics["shape"] = _fit_stage(model.shape_stage, fit["shape"], val["shape"], sc.shape_epochs, sc)
+        log(f"shape stage: {metrics['shape']}")
+    metrics.update(seconds=round(time.time() - start, 1), config=asdict(sc))
     return Captioner(model, captioner.ood_mean, captioner.ood_std,
-                     metadata={**captioner.metadata, "motion_stage": metrics}), metrics
+                     metadata={**captioner.metadata, "stages": metrics}), metrics
 
 
 def save_captioner(captioner: Captioner, out: str | Path) -> Path:

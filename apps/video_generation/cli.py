@@ -39,20 +39,19 @@ def generate(args: argparse.Namespace) -> None:
     _print(args, result.to_dict(), "\n".join(lines))
 
 
-def fit_motion_stage(args: argparse.Namespace) -> None:
+def fit_stages(args: argparse.Namespace) -> None:
     import torch
 
-    from .captioner import Captioner, MotionStageConfig, evaluate_captioner, fit_motion_stage, save_captioner
+    from .captioner import Captioner, StageConfig, evaluate_captioner, fit_stages, save_captioner
 
     torch.set_num_threads(args.threads)
-    start = Captioner.load(args.captioner)
-    start.model.motion_stage = None   # the heads alone (rows read the heads only; held_out_heads_only scores them)
-    mc = MotionStageConfig(frames=args.frames, clips=args.clips, val_clips=args.val_clips, epochs=args.epochs,
-                           seed=args.seed)
-    fitted, metrics = fit_motion_stage(start, mc, log=(lambda s: None) if args.json else print)
+    start = Captioner.load(args.captioner).without_stages()   # stages it has are refitted from the heads alone
+    sc = StageConfig(motion_frames=args.motion_frames, shape_crop=args.shape_crop, clips=args.clips,
+                     val_clips=args.val_clips, seed=args.seed)
+    fitted, metrics = fit_stages(start, sc, log=(lambda s: None) if args.json else print)
     if args.eval_clips:
         metrics["held_out_heads_only"] = evaluate_captioner(start, args.eval_clips, seed=args.seed + 1)
-        metrics["held_out_with_stage"] = evaluate_captioner(fitted, args.eval_clips, seed=args.seed + 1)
+        metrics["held_out_with_stages"] = evaluate_captioner(fitted, args.eval_clips, seed=args.seed + 1)
     card = args.out / "MODEL_CARD.md"
     kept = card.read_text() if card.is_file() else None   # a checkpoint folder is replaced whole
     metrics["out"] = str(save_captioner(fitted, args.out))

@@ -1,0 +1,149 @@
+"""The captioner's stages: motion evidence measured through the camera, shape crops at the shot's own
+resolution, the stages' known answers, a tiny fit and its checkpoint round trip, the CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from apps.video_generation import captioner as cap
+from apps.video_generation import world
+
+TINY = dict(frames=4, height=32, width=48, dim=32, patch=4, stem_widths=(8, 16), vision_layers=1, vision_experts=2,
+            heads=2, decoder_layers=1, num_experts=2, top_k=1, expert_hidden=32, crop=16, crop_widths=(8, 16))
+
+
+# motion_evidence's columns
+SCREEN_DX, SCREEN_DY, SCREEN_DAREA, WORLD_DX, WORLD_DY, WORLD_DAREA, BOUNCE, STEP_X, STEP_Y, IOU_MIN, IOU_MEAN, \
+    SIZE_CHANGE, SEEN, REGION_DX, REGION_DY, REGION_DSIZE = range(cap.MOTION_EVIDENCE)
+
+
+def _evidence(shape: str, motion: str, camera: str, frames: int = 7, colour: str = "red") -> np.ndarray:
+    cfg = cap.CaptionerConfig(motion_frames=frames)
+    scene = world.Scene([world.SceneObject(shape, "red", motion)], "studio", camera, 1.0)
+    clip = world.render_scene(scene, 25, (144, 256), seed=3)
+    return cap.motion_evidence(clip, cfg, camera)[cfg.colours.index(colour)]
+
+
+def test_motion_evidence_undoes_the_camera():
+    still_pan = _evidence("square", "still", "pan_left")
+    assert still_pan.shape == (cap.MOTION_EVIDENCE,) and still_pan[SEEN] == 1.0
+    assert still_pan[SCREEN_DX] > 0.15 and abs(still_pan[WORLD_DX]) < 0.03      # slides on screen, stands in the world
+    assert abs(still_pan[REGION_DX]) < 0.03
+    right = _evidence("square", "right", "pan_left")
+    assert right[WORLD_DX] > 0.2 and right[REGION_DX] > 0.2                    # a real move survives the inverse
+    still_zoom = _evidence("square", "still", "zoom_in")
+    assert still_zoom[SCREEN_DAREA] > 0.5 and abs(still_zoom[WORLD_DAREA]) < 0.2   # grows on screen only
+    assert abs(still_zoom[REGION_DSIZE]) < 0.1
+    grow = _evidence("square", "grow", "zoom_in")
+    assert grow[WORLD_DAREA] > 0.5 and grow[REGION_DSIZE] > 0.25
+    bounce, up = _evidence("square", "bounce", "static"), _evidence("square", "up", "static")
+    assert bounce[BOUNCE] > 2 * up[BOUNCE] and up[WORLD_DY] < -0.1
+    assert not _evidence("square", "still", "static", colour="blue").any()     # an absent colour: zeros
+
+
+def test_motion_evidence_tells_a_turning_triangle_from_a_still_one():
+    # At 4 frames a full turn is sampled every 120 degrees, where a triangle looks unmoved; at 7 it is not.
+    still, turning = _evidence("triangle", "still", "static"), _evidence("triangle", "rotate", "static")
+    assert still[IOU_MIN] > 0.9 and turning[IOU_MEAN] < 0.8, (still, turning)
+    assert _evidence("triangle", "rotate", "static", frames=4)[IOU_MIN] > 0.9
+
+
+def test_shape_crops_are_cut_at_the_shots_own_resolution():
+    cfg = cap.CaptionerConfig(shape_crop=32, shape_frames=3)
+    scene = world.Scene([world.SceneObject("7", "red", "still")], "studio", "static", 1.0)
+    clip = world.render_scene(scene, 9, (180, 320), seed=1)
+    crops = cap.shape_crops(clip, cfg)
+    assert crops.shape == (len(cfg.colours), 3, cap.CROP_CHANNELS, 32, 32) and crops.dtype == np.uint8
+    red, blue = cfg.colours.index("red"), cfg.colours.index("blue")
+    assert crops[red, :, 0].max() == 255 and not crops[blue].any()
+    # The same 7 cut from the model's 96x160 input: a blurrier silhouette (more grey edge pixels in the mask).
+    small = cap.object_crops(cap.sample_frames(clip, cfg)[:1], cap.colour_masks(
+        cap.sample_frames(clip, cfg)[:1], [world.COLOURS[c] for c in cfg.colours]), 32, 1)[0][red, 0, 0, 0]
+    edge = lambda m: ((m > 0) & (m < 255)).mean()
+    assert edge(crops[red, 0, 0]) < edge(small)
+    # A 1080p shot is scaled down to twice the model's input height before cutting.
+    big = cap.shape_crops(world.render_scene(scene, 3, (1080, 1920), seed=1), cfg)
+    assert big[red, :, 0].max() == 255
+
+
+def _tiny_clips(n: int, seed: int, frames: int = 6) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [world.render_scene(world.sample_scene(rng), frames, (36, 64), seed=i) for i in range(n)]
+
+
+def test_unfitted_stages_keep_the_heads_answer_and_fitted_ones_decide():
+    torch.manual_seed(0)
+    cfg = cap.CaptionerConfig(**TINY, motion_frames=3, shape_crop=16, shape_frames=2)
+    n = 5
+    logp = torch.randn(n, len(cfg.motions)).log_softmax(-1)
+    assert torch.equal(cap.MotionStage(cfg)(logp, torch.rand(n, len(cfg.cameras)), torch.randn(n, cap.MOTION_EVIDENCE)),
+                       logp)
+    shape_logp = torch.randn(n, len(cfg.shapes) - 1).log_softmax(-1)
+    crops = torch.randint(0, 256, (n, 2, cap.CROP_CHANNELS, 16, 16), dtype=torch.uint8)
+    assert torch.equal(cap.ShapeStage(cfg)(shape_logp, crops), shape_logp)
+    model = cap.CaptionModel(cfg)
+    clips = _tiny_clips(3, 1)
+    heads = cap.Captioner(model).predict(clips)
+    # Stages whose last layers say "left" and "star" make every predicted object a star moving left, and
+    # leave which colours hold an object (the heads' "none") as it was.
+    star = [s for s in cfg.shapes if s != cap.NONE_SHAPE].index("star")
+    with torch.no_grad():
+        model.motion_stage.mlp[-1].bias[cfg.motions.index("left")] = 100.0
+        model.shape_stage.mlp[-1].bias[star] = 100.0
+    staged = cap.Captioner(model).predict(clips)
+    for h, p in zip(heads, staged):
+        assert [o["colour"] for o in p.attributes["objects"]] == [o["colour"] for o in h.attributes["objects"]]
+        assert all(o["motion"] == "left" and o["shape"] == "star" for o in p.attributes["objects"])
+    assert any(o["motion"] != "left" or o["shape"] != "star" for h in heads for o in h.attributes["objects"])
+    alone = cap.Captioner(model).without_stages()
+    assert [p.attributes for p in alone.predict(clips)] == [h.attributes for h in heads]
+    assert model.motion_stage is not None and model.cfg.motion_frames == 3        # the original keeps its stages
+
+
+def test_tiny_fit_round_trips_through_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    start = cap.Captioner(cap.CaptionModel(cap.CaptionerConfig(**TINY)), np.zeros(5), np.ones(5))
+    sc = cap.StageConfig(motion_frames=3, motion_hidden=8, shape_crop=16, shape_frames=2, clips=24, val_clips=8,
+                         motion_epochs=3, shape_epochs=1)
+    fitted, metrics = cap.fit_stages(start, sc)
+    assert start.model.motion_stage is None and start.cfg.motion_frames == 0     # the start is left alone
+    assert fitted.cfg.motion_frames == 3 and fitted.cfg.shape_crop == 16
+    for name in ("motion", "shape"):
+        m = metrics[name]
+        assert m["fit_objects"] >= 24 and 0.0 <= m["accuracy_stage"] <= 1.0 and 0 <= m["best_epoch"] <= 3
+    assert fitted.metadata["stages"] == metrics
+    with torch.no_grad():   # stages that answer (a few epochs on noise may keep the zero start)
+        fitted.model.motion_stage.mlp[-1].weight.normal_()
+        fitted.model.shape_stage.mlp[-1].weight.normal_()
+    cap.save_captioner(fitted, tmp_path / "c")
+    loaded = cap.Captioner.load(tmp_path / "c")
+    clips = _tiny_clips(3, 5)
+    with torch.no_grad():
+        probs = {k: v.softmax(-1) for k, v in fitted._encode(clips)[2].logits.items()}
+        want, got = fitted.stage_probs(clips, probs), loaded.stage_probs(clips, probs)
+    assert set(want) == {"motion", "shape"} and not torch.allclose(want["motion"], probs["motion"])
+    for name in want:   # stored in float16
+        assert torch.allclose(got[name], want[name], atol=0.02) and torch.allclose(want[name].sum(-1), torch.ones(1))
+    assert len(loaded.predict(clips)) == 3
+
+
+def test_fit_stages_command(tmp_path, capsys):
+    from apps.cli import main
+
+    torch.manual_seed(0)
+    start = cap.Captioner(cap.CaptionModel(cap.CaptionerConfig(**TINY)))   # no frame statistics: saved without
+    cap.save_captioner(start, tmp_path / "c")
+    (tmp_path / "c" / "MODEL_CARD.md").write_text("card")
+    main(["video", "fit-stages", "--captioner", str(tmp_path / "c"), "--out", str(tmp_path / "c"),
+          "--motion-frames", "3", "--shape-crop", "0", "--clips", "16", "--val-clips", "8", "--eval-clips", "4",
+          "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"motion", "held_out_heads_only", "held_out_with_stages"} <= set(out) and "shape" not in out
+    assert (tmp_path / "c" / "MODEL_CARD.md").read_text() == "card"              # the card survives the rewrite
+    loaded = cap.Captioner.load(tmp_path / "c")
+    assert loaded.cfg.motion_frames == 3 and loaded.model.shape_stage is None
+    with pytest.raises(SystemExit):
+        main(["video", "fit-stages", "--out", str(tmp_path / "d"), "--clips", "0"])
+    with pytest.raises(ValueError, match="shape_crop"):
+        cap.CaptionerConfig(shape_crop=30)
