@@ -96,9 +96,30 @@ def test_unfitted_stages_keep_the_heads_answer_and_fitted_ones_decide():
         assert [o["colour"] for o in p.attributes["objects"]] == [o["colour"] for o in h.attributes["objects"]]
         assert all(o["motion"] == "left" and o["shape"] == "star" for o in p.attributes["objects"])
     assert any(o["motion"] != "left" or o["shape"] != "star" for h in heads for o in h.attributes["objects"])
+    # A slot the heads call empty stays empty, however sure the shape stage is of a shape.
+    B, O, S = len(clips), len(cfg.colours), len(cfg.shapes)
+    shape = torch.zeros(B, O, S)
+    none = cfg.shapes.index(cap.NONE_SHAPE)
+    shape[..., none], shape[..., 0], shape[..., 1] = 0.4, 0.3, 0.3
+    probs = {"shape": shape, "motion": torch.full((B, O, len(cfg.motions)), 1 / len(cfg.motions)),
+             "camera": torch.full((B, len(cfg.cameras)), 1 / len(cfg.cameras))}
+    assert torch.equal(cap.Captioner(model).stage_probs(clips, probs)["shape"], shape)
+    shape[..., none] = 0.2
+    staged = cap.Captioner(model).stage_probs(clips, probs)["shape"]
+    assert (staged.argmax(-1) == cfg.shapes.index("star")).all() and torch.allclose(staged[..., none], shape[..., none])
     alone = cap.Captioner(model).without_stages()
     assert [p.attributes for p in alone.predict(clips)] == [h.attributes for h in heads]
     assert model.motion_stage is not None and model.cfg.motion_frames == 3        # the original keeps its stages
+    alone.model.register_buffer("extra_E", torch.zeros(1))                       # ... and its own registries
+    assert "extra_E" not in dict(model.named_buffers()) and "stages" not in alone.metadata
+
+
+def test_none_is_taken_out_and_put_back_at_its_place():
+    cfg = cap.CaptionerConfig(shapes=("circle", cap.NONE_SHAPE, "square", "star"))
+    x = torch.rand(2, 3, 4)
+    objects = cap._object_shapes(x, cfg)
+    assert torch.equal(objects, x[..., [0, 2, 3]])
+    assert torch.equal(cap._with_none(objects, x[..., 1:2], 1), x)
 
 
 def test_tiny_fit_round_trips_through_a_checkpoint(tmp_path):
@@ -112,12 +133,12 @@ def test_tiny_fit_round_trips_through_a_checkpoint(tmp_path):
     for name in ("motion", "shape"):
         m = metrics[name]
         assert m["fit_objects"] >= 24 and 0.0 <= m["accuracy_stage"] <= 1.0 and 0 <= m["best_epoch"] <= 3
-    assert fitted.metadata["stages"] == metrics
     with torch.no_grad():   # stages that answer (a few epochs on noise may keep the zero start)
         fitted.model.motion_stage.mlp[-1].weight.normal_()
         fitted.model.shape_stage.mlp[-1].weight.normal_()
     cap.save_captioner(fitted, tmp_path / "c")
     loaded = cap.Captioner.load(tmp_path / "c")
+    assert loaded.metadata["stages"] == metrics and loaded.metadata["stages"] is not metrics
     clips = _tiny_clips(3, 5)
     with torch.no_grad():
         probs = {k: v.softmax(-1) for k, v in fitted._encode(clips)[2].logits.items()}
@@ -145,5 +166,8 @@ def test_fit_stages_command(tmp_path, capsys):
     assert loaded.cfg.motion_frames == 3 and loaded.model.shape_stage is None
     with pytest.raises(SystemExit):
         main(["video", "fit-stages", "--out", str(tmp_path / "d"), "--clips", "0"])
-    with pytest.raises(ValueError, match="shape_crop"):
-        cap.CaptionerConfig(shape_crop=30)
+    for bad in (30, -8):
+        with pytest.raises(ValueError, match="shape_crop"):
+            cap.CaptionerConfig(shape_crop=bad)
+    with pytest.raises(ValueError, match="motion_hidden"):
+        cap.CaptionerConfig(motion_frames=3, motion_hidden=0)

@@ -139,8 +139,10 @@ class CaptionerConfig:
             raise ValueError(f"frames must be >= 2 (motion needs time), got {self.frames}")
         if self.motion_frames and (self.motion_frames < 2 or not self.crop):
             raise ValueError(f"motion_frames must be 0 or >= 2 and needs crops, got {self.motion_frames}")
-        if self.shape_crop and (self.shape_crop % 2 ** (len(self.crop_widths) - 1) or self.shape_frames < 1):
-            raise ValueError(f"shape_crop must be 0 or a multiple of {2 ** (len(self.crop_widths) - 1)}, and "
+        if self.motion_frames and self.motion_hidden < 1:
+            raise ValueError(f"motion_hidden must be >= 1, got {self.motion_hidden}")
+        if self.shape_crop < 0 or self.shape_crop % 2 ** (len(self.crop_widths) - 1) or self.shape_frames < 1:
+            raise ValueError(f"shape_crop must be 0 or a positive multiple of {2 ** (len(self.crop_widths) - 1)}, and "
                              f"shape_frames >= 1; got {self.shape_crop}, {self.shape_frames}")
 
     @property
@@ -243,6 +245,13 @@ class CropEncoder(nn.Module):
         return (frame_BOTD * seen_BOT1).sum(2) / seen_BOT1.sum(2).clamp_min(1.0)
 
 
+def _zero_start(mlp: nn.Sequential) -> nn.Sequential:
+    """The MLP with its last layer zeroed: a stage's correction starts at nothing."""
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
+
+
 class MotionStage(nn.Module):
     """Per object slot: (the heads' motion log-probabilities [N, M], the camera probabilities [N, C],
     the colour's motion_evidence [N, E]) -> motion logits [N, M]: the heads' log-probabilities plus
@@ -255,10 +264,8 @@ class MotionStage(nn.Module):
         self.register_buffer("mean_I", torch.zeros(n_in))
         self.register_buffer("std_I", torch.ones(n_in))
         h = cfg.motion_hidden
-        self.mlp = nn.Sequential(nn.Linear(n_in, h), nn.GELU(), nn.Linear(h, h), nn.GELU(),
-                                 nn.Linear(h, len(cfg.motions)))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        self.mlp = _zero_start(nn.Sequential(nn.Linear(n_in, h), nn.GELU(), nn.Linear(h, h), nn.GELU(),
+                                             nn.Linear(h, len(cfg.motions))))
 
     def forward(self, motion_logp_NM: torch.Tensor, camera_p_NC: torch.Tensor,
                 evidence_NE: torch.Tensor) -> torch.Tensor:
@@ -276,9 +283,7 @@ class ShapeStage(nn.Module):
         super().__init__()
         self.encoder = CropEncoder(replace(cfg, crop=cfg.shape_crop, crop_candidates=1))
         n = len(cfg.shapes) - 1
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim + n, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, n))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        self.mlp = _zero_start(nn.Sequential(nn.Linear(cfg.dim + n, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, n)))
 
     def forward(self, shape_logp_NS: torch.Tensor, crops_NTCPP: torch.Tensor) -> torch.Tensor:
         tok_ND = self.encoder(crops_tensor(crops_NTCPP)[:, None])[:, 0]
@@ -332,6 +337,11 @@ class CaptionModel(nn.Module):
         self.word_pos_LD = nn.Parameter(torch.randn(cfg.max_len, d) * 0.02)
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
         self.out_norm = nn.LayerNorm(d)
+        self.set_stages(cfg)
+
+    def set_stages(self, cfg: CaptionerConfig) -> None:
+        """Take `cfg` as the config, with fresh (zero-start) motion and shape stages where it asks for them."""
+        self.cfg = cfg
         self.motion_stage = MotionStage(cfg) if cfg.motion_frames else None
         self.shape_stage = ShapeStage(cfg) if cfg.shape_crop else None
 
@@ -874,6 +884,10 @@ def _expert_shares(stats_list, names: list[str]) -> dict[str, dict[int, float]]:
     return out
 
 
+def _head_probs(enc: CaptionerOutput) -> dict[str, torch.Tensor]:
+    return {k: v.softmax(-1) for k, v in enc.logits.items()}
+
+
 def _object_shapes(shape_BOS: torch.Tensor, cfg: CaptionerConfig) -> torch.Tensor:
     """[..., S - 1]: a shape head's values over the object shapes ("none" left out)."""
     none = cfg.shapes.index(NONE_SHAPE)
@@ -916,7 +930,7 @@ class Captioner:
             return []
         cfg = self.cfg
         rgb, x, enc = self._encode(clips)
-        probs = {k: v.softmax(-1) for k, v in enc.logits.items()}
+        probs = _head_probs(enc)
         probs.update(self.stage_probs(clips, probs))
         tokens_BL, dec_stats = self._greedy(enc.memory_BMD)
         ood = self._ood_flags(x)
@@ -938,15 +952,22 @@ class Captioner:
                 decoder_caption=detokenize([w for w in words if w != PAD])))
         return preds
 
+    def with_model(self, model: CaptionModel, metadata: dict | None = None) -> Captioner:
+        """This captioner's inference settings around another model (and metadata)."""
+        return Captioner(model, self.ood_mean, self.ood_std, self.ood_z, self.min_confidence,
+                         self.max_background_error, self.metadata if metadata is None else metadata)
+
     def without_stages(self) -> Captioner:
-        """A copy that answers with the heads alone (the weights shared, no motion or shape stage)."""
+        """A view that answers with the heads alone: no motion or shape stage, the heads' modules and
+        weights shared with this captioner (converting it, .half() or .to(), converts them here too)."""
         import copy
 
-        model = copy.copy(self.model)   # a shallow module copy: its submodules are this model's own
-        model._modules = dict(self.model._modules, motion_stage=None, shape_stage=None)
+        model = copy.copy(self.model)   # a shallow module copy: its submodules and tensors are this model's own,
+        for name in ("_modules", "_parameters", "_buffers"):   # ... its registries its own
+            setattr(model, name, dict(getattr(self.model, name)))
+        model._modules.update(motion_stage=None, shape_stage=None)
         model.cfg = replace(self.cfg, motion_frames=0, shape_crop=0)
-        return Captioner(model, self.ood_mean, self.ood_std, self.ood_z, self.min_confidence,
-                         self.max_background_error, self.metadata)
+        return self.with_model(model, {k: v for k, v in self.metadata.items() if k != "stages"})
 
     def _encode(self, clips: list[np.ndarray]) -> tuple[list[np.ndarray], torch.Tensor, CaptionerOutput]:
         """(sampled frames per clip, the model's frame tensor, its encoding) of clips [F, H, W, 3]."""
@@ -979,17 +1000,22 @@ class Captioner:
 
     def stage_probs(self, clips: list[np.ndarray], probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The heads' "motion" and "shape" probabilities [B, O, classes] as this captioner's stages
-        correct them (only those it has). The shape stage chooses among the object shapes; how likely
-        a colour holds an object at all stays the heads' call."""
+        correct them (only those it has). The shape stage chooses the shape of the objects the heads
+        see; whether a colour holds an object at all stays the heads' call."""
         out = {}
         for name, inputs in self.stage_inputs(clips, probs).items():
             stage = self.model.motion_stage if name == "motion" else self.model.shape_stage
             B, O = inputs[0].shape[:2]
             logits = stage(*(x.flatten(0, 1) for x in inputs)).view(B, O, -1)
             if name == "shape":
+                # Only slots the heads give an object get the stage's shape, and with the heads' share of
+                # "none": concentrating the object mass on one shape must not outvote "none" in _scene.
                 none = self.cfg.shapes.index(NONE_SHAPE)
-                p_none_BO1 = probs["shape"][..., none:none + 1]
-                out[name] = _with_none((1.0 - p_none_BO1) * logits.softmax(-1), p_none_BO1, none)
+                heads_BOS = probs["shape"]
+                p_none_BO1 = heads_BOS[..., none:none + 1]
+                staged_BOS = _with_none((1.0 - p_none_BO1) * logits.softmax(-1), p_none_BO1, none)
+                is_object_BO1 = (heads_BOS.argmax(-1) != none)[..., None]
+                out[name] = torch.where(is_object_BO1, staged_BOS, heads_BOS)
             else:
                 out[name] = logits.softmax(-1)
         return out
@@ -1153,7 +1179,7 @@ def stage_rows(captioner: Captioner, rng: np.random.Generator, clips: int, cfg: 
         scenes = [world.sample_scene(rng, "train") for _ in range(min(batch, clips - start))]
         rendered = [render_clip(s, rng, cfg, short_share, max_frames=48) for s in scenes]
         with torch.no_grad():
-            probs = {k: v.softmax(-1) for k, v in captioner._encode(rendered)[2].logits.items()}
+            probs = _head_probs(captioner._encode(rendered)[2])
         for name, inputs in captioner.stage_inputs(rendered, probs, cfg).items():
             for b, scene in enumerate(scenes):
                 for o in scene.objects:
@@ -1175,10 +1201,13 @@ def _fit_stage(stage: nn.Module, fit: tuple[torch.Tensor, ...], val: tuple[torch
 
     opt = torch.optim.AdamW(stage.parameters(), lr=sc.lr, weight_decay=sc.weight_decay)
 
-    def val_loss() -> float:
+    def val_logits() -> torch.Tensor:   # in batches: the shape stage's crops of every object at once are GBs
         stage.eval()
         with torch.no_grad():
-            return F.cross_entropy(stage(*val[:-1]), val[-1]).item()
+            return torch.cat([stage(*(x[i:i + 1024] for x in val[:-1])) for i in range(0, len(val[-1]), 1024)])
+
+    def val_loss() -> float:
+        return F.cross_entropy(val_logits(), val[-1]).item()
 
     best_loss, best_epoch, best_state = val_loss(), 0, copy.deepcopy(stage.state_dict())
     for epoch in range(1, epochs + 1):
@@ -1195,9 +1224,7 @@ def _fit_stage(stage: nn.Module, fit: tuple[torch.Tensor, ...], val: tuple[torch
         if current < best_loss:
             best_loss, best_epoch, best_state = current, epoch, copy.deepcopy(stage.state_dict())
     stage.load_state_dict(best_state)
-    stage.eval()
-    with torch.no_grad():
-        accuracy = (stage(*val[:-1]).argmax(-1) == val[-1]).float().mean().item()
+    accuracy = (val_logits().argmax(-1) == val[-1]).float().mean().item()
     return {"accuracy_heads": round((val[0].argmax(-1) == val[-1]).float().mean().item(), 4),
             "accuracy_stage": round(accuracy, 4), "val_log_loss_heads": round(F.nll_loss(val[0], val[-1]).item(), 4),
             "val_log_loss": round(best_loss, 4), "best_epoch": best_epoch, "fit_objects": len(fit[-1]),
@@ -1208,7 +1235,8 @@ def fit_stages(captioner: Captioner, sc: StageConfig | None = None, log=None) ->
     """A copy of `captioner` with its motion and shape stages (those sc asks for) fitted on its heads'
     answers for rendered train-split clips (the captioner itself unchanged), each stage's epoch chosen by
     the log-loss on other train-split clips. Returns (the new captioner, metrics per stage: accuracy of the
-    heads alone and with the stage on those validation objects, best epoch, rows; seconds)."""
+    heads alone and with the stage on those validation objects, best epoch, rows; seconds). Seeds torch's
+    global generator with sc.seed (the stages' initial weights and batches)."""
     import copy
 
     sc = sc or StageConfig()
@@ -1221,9 +1249,7 @@ def fit_stages(captioner: Captioner, sc: StageConfig | None = None, log=None) ->
     val = stage_rows(captioner, np.random.default_rng([sc.seed, 2]), sc.val_clips, cfg, sc.short_share)
     log(f"stages: rows of {sc.clips} + {sc.val_clips} clips in {time.time() - start:.0f} s")
     model = copy.deepcopy(captioner.model)
-    model.cfg = cfg
-    model.motion_stage = MotionStage(cfg) if cfg.motion_frames else None
-    model.shape_stage = ShapeStage(cfg) if cfg.shape_crop else None
+    model.set_stages(cfg)
     metrics: dict = {}
     if model.motion_stage is not None:
         x_NI = torch.cat(fit["motion"][:3], -1)
@@ -1235,12 +1261,12 @@ def fit_stages(captioner: Captioner, sc: StageConfig | None = None, log=None) ->
         metrics["shape"] = _fit_stage(model.shape_stage, fit["shape"], val["shape"], sc.shape_epochs, sc)
         log(f"shape stage: {metrics['shape']}")
     metrics.update(seconds=round(time.time() - start, 1), config=asdict(sc))
-    return Captioner(model, captioner.ood_mean, captioner.ood_std,
-                     metadata={**captioner.metadata, "stages": metrics}), metrics
+    return captioner.with_model(model, {**captioner.metadata, "stages": copy.deepcopy(metrics)}), metrics
 
 
 def save_captioner(captioner: Captioner, out: str | Path) -> Path:
-    """Write `captioner` as a checkpoint (weights in float16, loaded as float32; int8 modules stay int8)."""
+    """Write `captioner` as a checkpoint: weights in float16 (loaded as float32, so a float32 captioner's
+    weights are rounded), int8 modules stay int8."""
     import copy
 
     from core.checkpoint import save_checkpoint
