@@ -56,6 +56,7 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         qweight_OI, scale_O = quantize_int8(linear.weight, dim=1)
+        self.in_features, self.out_features = linear.in_features, linear.out_features   # as nn.Linear has them
         self.register_buffer("qweight_OI", qweight_OI)
         self.register_buffer("scale_O", scale_O)
         self.bias = _copy_parameter(linear.bias)

@@ -101,6 +101,7 @@ def test_int8_linear_matches_float():
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32)
     int8 = Int8Linear(linear)
+    assert (int8.in_features, int8.out_features) == (64, 32)   # read like nn.Linear's (CropEncoder does)
     x = torch.randn(10, 64)
     assert ((int8(x) - linear(x)).norm() / linear(x).norm()).item() < 0.01
     step = linear.weight.abs().max().item() / 127
