@@ -146,6 +146,11 @@ class CaptionerConfig:
                              f"shape_frames >= 1; got {self.shape_crop}, {self.shape_frames}")
 
     @property
+    def none_index(self) -> int:
+        """Where the shape head's "none" (no object of this colour) sits among cfg.shapes."""
+        return self.shapes.index(NONE_SHAPE)
+
+    @property
     def stride(self) -> int:
         return self.patch * 2 ** len(self.stem_widths)
 
@@ -706,7 +711,7 @@ def encode_caption(caption: str, cfg: CaptionerConfig) -> list[int]:
 
 def targets(scene: world.Scene, cfg: CaptionerConfig) -> dict[str, np.ndarray]:
     scene = canonical(scene)
-    shape = np.full(len(cfg.colours), cfg.shapes.index(NONE_SHAPE))   # per colour: its object's shape
+    shape = np.full(len(cfg.colours), cfg.none_index)   # per colour: its object's shape
     motion = np.full(len(cfg.colours), -100)                         # ... and motion (ignored if none)
     for o in scene.objects:
         shape[cfg.colours.index(o.colour)] = cfg.shapes.index(o.shape)
@@ -884,13 +889,18 @@ def _expert_shares(stats_list, names: list[str]) -> dict[str, dict[int, float]]:
     return out
 
 
+def _log(p: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities floored at log(1e-6): a stage's inputs stay finite where a head is sure."""
+    return p.clamp_min(1e-6).log()
+
+
 def _head_probs(enc: CaptionerOutput) -> dict[str, torch.Tensor]:
     return {k: v.softmax(-1) for k, v in enc.logits.items()}
 
 
 def _object_shapes(shape_BOS: torch.Tensor, cfg: CaptionerConfig) -> torch.Tensor:
     """[..., S - 1]: a shape head's values over the object shapes ("none" left out)."""
-    none = cfg.shapes.index(NONE_SHAPE)
+    none = cfg.none_index
     return torch.cat([shape_BOS[..., :none], shape_BOS[..., none + 1:]], -1)
 
 
@@ -989,12 +999,12 @@ class Captioner:
         if cfg.motion_frames:
             cameras = [cfg.cameras[int(i)] for i in probs["camera"].argmax(-1)]
             evidence_BOE = torch.from_numpy(np.stack([motion_evidence(c, cfg, cam) for c, cam in zip(clips, cameras)]))
-            out["motion"] = (probs["motion"].clamp_min(1e-6).log(), probs["camera"][:, None].expand(B, O, -1),
+            out["motion"] = (_log(probs["motion"]), probs["camera"][:, None].expand(B, O, -1),
                              evidence_BOE)
         if cfg.shape_crop:
             objects_BOS = _object_shapes(probs["shape"], cfg)
             objects_BOS = objects_BOS / objects_BOS.sum(-1, keepdim=True).clamp_min(1e-9)
-            out["shape"] = (objects_BOS.clamp_min(1e-6).log(),
+            out["shape"] = (_log(objects_BOS),
                             torch.from_numpy(np.stack([shape_crops(c, cfg) for c in clips])))
         return out
 
@@ -1010,7 +1020,7 @@ class Captioner:
             if name == "shape":
                 # Only slots the heads give an object get the stage's shape, and with the heads' share of
                 # "none": concentrating the object mass on one shape must not outvote "none" in _scene.
-                none = self.cfg.shapes.index(NONE_SHAPE)
+                none = self.cfg.none_index
                 heads_BOS = probs["shape"]
                 p_none_BO1 = heads_BOS[..., none:none + 1]
                 staged_BOS = _with_none((1.0 - p_none_BO1) * logits.softmax(-1), p_none_BO1, none)
@@ -1026,7 +1036,7 @@ class Captioner:
         1 to max_objects objects: the colours most likely to hold one fill it when the heads'
         own count falls outside."""
         cfg = self.cfg
-        none = cfg.shapes.index(NONE_SHAPE)
+        none = cfg.none_index
         shape_OS, motion_OM = probs["shape"][b], probs["motion"][b]
         p_object_O = 1.0 - shape_OS[:, none]
         # Each colour's best shape other than "none", and whether the head's top class is an object.
@@ -1174,7 +1184,7 @@ def stage_rows(captioner: Captioner, rng: np.random.Generator, clips: int, cfg: 
     """Per stage of `cfg` (Captioner.stage_inputs): its inputs and the target class [N] for the true
     objects of `clips` rendered train-split clips, one row per object (at its colour's slot)."""
     rows: dict[str, list[tuple]] = {}
-    object_shapes = [x for x in cfg.shapes if x != NONE_SHAPE]
+    object_shapes = [x for i, x in enumerate(cfg.shapes) if i != cfg.none_index]   # _object_shapes' order
     for start in range(0, clips, batch):
         scenes = [world.sample_scene(rng, "train") for _ in range(min(batch, clips - start))]
         rendered = [render_clip(s, rng, cfg, short_share, max_frames=48) for s in scenes]
