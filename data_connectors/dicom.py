@@ -74,7 +74,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
-_SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription"]
+_SCAN_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription", "SeriesNumber",
+              "PatientID", "AccessionNumber"]
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])   # DICOM LPS <-> NIfTI/MONAI RAS (its own inverse)
 AIR_HU = -1024.0         # floor: padding outside the reconstruction circle (often -2048 or -3024 HU) becomes air
@@ -95,6 +96,10 @@ class SeriesInfo:
     files: list[Path]
     modality: str
     description: str
+    number: str = ""                                  # SeriesNumber, "" when absent
+    # Identifiers for matching reports to studies; never printed (kept out of repr, so out of logs).
+    patient_id: str = field(default="", repr=False)
+    accession: str = field(default="", repr=False)    # AccessionNumber
 
     def __post_init__(self) -> None:
         self.modality = self.modality.strip().upper()   # sloppy writers: " pt", "ct"
@@ -215,6 +220,16 @@ def lost_slices_warning(lost: list[tuple[Path, str]]) -> str:
     return f"{files} missing from the volume (e.g. {path}: {reason})"
 
 
+def _series_header(ds) -> dict[str, str]:
+    """SeriesInfo's fields (but for series_uid and files) from one file's header, "" where absent."""
+    def text(tag: str) -> str:
+        return str(ds.get(tag, "") or "").strip()
+
+    return {"study_uid": text("StudyInstanceUID"), "modality": text("Modality"),
+            "description": text("SeriesDescription"), "number": text("SeriesNumber"),
+            "patient_id": text("PatientID"), "accession": text("AccessionNumber")}
+
+
 def scan_folder(root: str | Path) -> FolderScan:
     """Every DICOM series under root (recursive), grouped by SeriesInstanceUID, and the files skipped with why.
 
@@ -227,7 +242,7 @@ def scan_folder(root: str | Path) -> FolderScan:
     if not root.is_dir():
         raise DicomReadError(f"{root}: not a folder")
     groups: dict[str, list[Path]] = defaultdict(list)
-    meta: dict[str, tuple[str, str, str]] = {}
+    meta: dict[str, dict[str, str]] = {}
     skipped: list[tuple[Path, str]] = []
     def unreadable(err: OSError) -> None:
         skipped.append((Path(err.filename or root), f"unreadable folder: {err.strerror}"))
@@ -245,9 +260,7 @@ def scan_folder(root: str | Path) -> FolderScan:
                 sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
                 is_index = sop == _DICOMDIR_CLASS or str(ds.get("SOPClassUID", "")) == _DICOMDIR_CLASS
                 uid = str(ds.get("SeriesInstanceUID", "") or "")
-                study_modality_description = (str(ds.get("StudyInstanceUID", "") or ""),
-                                              str(ds.get("Modality", "") or ""),
-                                              str(ds.get("SeriesDescription", "") or ""))
+                header = _series_header(ds)
             except Exception as exc:  # noqa: BLE001 - whatever the parser trips on, the file is skipped, not the scan
                 skipped.append((path, f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
                 continue
@@ -259,9 +272,8 @@ def scan_folder(root: str | Path) -> FolderScan:
                                 if preamble else "not DICOM (no DICM preamble, no DICOM header)"))
                 continue
             groups[uid].append(path)
-            meta.setdefault(uid, study_modality_description)
-    series = [SeriesInfo(uid, meta[uid][0], sorted(files), meta[uid][1], meta[uid][2])
-              for uid, files in sorted(groups.items())]
+            meta.setdefault(uid, header)
+    series = [SeriesInfo(uid, files=sorted(files), **meta[uid]) for uid, files in sorted(groups.items())]
     return FolderScan(series, skipped)
 
 
@@ -1248,6 +1260,4 @@ def load_volume(path: str | Path, *, allow_single_slice: bool = False) -> CTVolu
     uid = str(ds.get("SeriesInstanceUID", "") or "")
     if int(ds.get("NumberOfFrames", 1) or 1) < 2 and not allow_single_slice:
         raise DicomReadError(f"{path}: a single-frame DICOM file; give the folder holding its series")
-    return load_series(SeriesInfo(uid, str(ds.get("StudyInstanceUID", "") or ""), [path],
-                                  str(ds.get("Modality", "") or ""), str(ds.get("SeriesDescription", "") or "")),
-                       allow_single_slice=allow_single_slice)
+    return load_series(SeriesInfo(uid, files=[path], **_series_header(ds)), allow_single_slice=allow_single_slice)

@@ -195,6 +195,20 @@ def test_two_series_in_one_folder(tmp_path):
     assert load_series(scan.series[1]).series_uid == "1.2.3.200"
 
 
+def test_scan_keeps_series_header_fields_and_never_prints_the_patient(tmp_path):
+    z = np.arange(3) * 2.0
+    paths = write_series(tmp_path / "s", ramp_planes(z), [(0, 0, v) for v in z], series_uid="1.2.3.300")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SeriesNumber, ds.AccessionNumber = 7, "ACC-SECRET-9"
+        ds.save_as(path, enforce_file_format=True)
+    (series,) = scan_folder(tmp_path / "s").series
+    assert (series.number, series.patient_id, series.accession) == ("7", "PID-SECRET-42", "ACC-SECRET-9")
+    assert (series.study_uid, series.modality, series.description) == ("1.2.3.4", "CT", "test series")
+    assert "SECRET" not in repr(series)
+    assert load_series(series).series_uid == "1.2.3.300"
+
+
 def test_one_slice_series(tmp_path):
     write_series(tmp_path / "one", ramp_planes([4.0]), [(0, 0, 4.0)])
     with pytest.raises(DicomReadError, match="single slice"):

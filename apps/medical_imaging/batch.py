@@ -90,7 +90,7 @@ class StudyEntry:
     notes: list[str] = field(default_factory=list)   # warnings found while scanning (slice files lost)
     lost: list[Path] = field(default_factory=list)    # the slice files lost (empty, truncated...): names to scrub
     report_names: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))   # (specific, shared)
-    patient_id: str = ""              # the series' PatientID (read when matching reports): who a report is of
+    patient_id: str = field(default="", repr=False)   # the series' PatientID: who a report is of (never printed)
 
 
 def _hash(text: str) -> str:
@@ -370,18 +370,6 @@ def _report_index(reports: Path | None) -> dict[str, Path]:
     return index
 
 
-def _header_names(path: Path) -> tuple[str, str]:
-    """(AccessionNumber, PatientID) of a series' first file, '' where absent."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
-                             specific_tags=["AccessionNumber", "PatientID"])
-    except Exception:  # noqa: BLE001 - unreadable here: its load says why
-        return "", ""
-    return str(ds.get("AccessionNumber", "") or "").strip(), str(ds.get("PatientID", "") or "").strip()
-
-
 def _report_label(path: Path, cfg: BatchConfig) -> str:
     """A report file as outputs name it: its name in the reports folder, a hash under --anonymize."""
     return _hash(path.name) if cfg.anonymize else path.name
@@ -498,17 +486,16 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
         for series in group:
             name = rel if len(group) == 1 else f"{rel}#{series.series_uid[-12:]}"
             key = _key(name, cfg.anonymize)
-            accession, patient_id = _header_names(series.files[0]) if cfg.reports is not None else ("", "")
             parts = list(Path(rel).parts)
             specific = [_key(name, False), rel.replace("/", "__"), series.study_uid, series.series_uid,
-                        accession]
-            shared = [*reversed(parts), patient_id]   # leaf folder first, then the folders above it
+                        series.accession]
+            shared = [*reversed(parts), series.patient_id]   # leaf folder first, then the folders above it
             lost = lost_slice_files(scan, series)
             lost_by_folder.setdefault(folder, {}).update(lost)
             entries.append(StudyEntry(key, key if cfg.anonymize else name, folder, series.series_uid,
                                       series.study_uid, series.files, None, origin=_hash(series.series_uid),
                                       report_names=([n for n in specific if n], [n for n in shared if n]),
-                                      patient_id=patient_id,
+                                      patient_id=series.patient_id,
                                       notes=[lost_slices_warning(lost)] if lost else [],
                                       lost=[path for path, _ in lost]))
     if not cfg.anonymize:

@@ -325,29 +325,14 @@ def _zip_report(files: list[Path], tmp: str, study: str, warnings: list[str]) ->
 
 def _series_label(series) -> str:
     """'series 3 "CHEST 1.0" (120 slices)': how a message names a series, never by patient."""
-    import pydicom
-
-    try:
-        number = pydicom.dcmread(series.files[0], stop_before_pixels=True, specific_tags=["SeriesNumber"]) \
-            .get("SeriesNumber", "?")
-    except Exception:  # noqa: BLE001 - unreadable header: no number
-        number = "?"
+    number = series.number or "?"
     description = f' "{series.description}"' if series.description else ""
     return f"series {number}{description} ({len(series.files)} slices)"
 
 
 def _patients_and_studies(series_list) -> tuple[int, int]:
     """(distinct PatientIDs, distinct StudyInstanceUIDs) over some series."""
-    import pydicom
-
-    patients = set()
-    for series in series_list:
-        try:
-            patients.add(str(pydicom.dcmread(series.files[0], stop_before_pixels=True,
-                                             specific_tags=["PatientID"]).get("PatientID", "")))
-        except Exception:  # noqa: BLE001
-            patients.add("")
-    return len(patients), len({s.study_uid for s in series_list})
+    return len({s.patient_id for s in series_list}), len({s.study_uid for s in series_list})
 
 
 def _load_unpacked(zip_path: Path, tmp: str, study: str) -> UploadedStudy:
