@@ -76,6 +76,25 @@ def test_load_crops_centres_the_nodule(tmp_path):
     np.testing.assert_allclose(cached.cubes, crops.cubes, atol=1e-3)
 
 
+def test_load_crops_writers_of_one_cache_do_not_collide(tmp_path, monkeypatch):
+    """Two processes preparing the same folder at once: a second writer finishing while the first is still
+    writing its cache file must not take the first one's file away (it crashed a CV run)."""
+    write_crops(tmp_path / "crops", 4)
+    monkeypatch.setenv("MOE_SUITE_CACHE", str(tmp_path / "cache"))
+    savez, inner = np.savez, []
+
+    def savez_with_a_second_writer(path, **arrays):
+        savez(path, **arrays)
+        if not inner:   # the other process writes and publishes its copy in the meantime
+            inner.append(None)
+            inner[0] = load_crops(tmp_path / "crops")
+
+    monkeypatch.setattr(mal.np, "savez", savez_with_a_second_writer)
+    crops = load_crops(tmp_path / "crops")
+    np.testing.assert_allclose(inner[0].cubes, crops.cubes, atol=1e-3)
+    assert [p.name for p in (tmp_path / "cache").rglob("*.npz") if ".tmp" in p.name] == []
+
+
 def test_load_crops_errors_name_the_problem(tmp_path):
     with pytest.raises(CropFolderError, match="nodules.csv"):
         load_crops(tmp_path)

@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -469,7 +470,9 @@ def load_crops(folder: str | Path, cfg: MalignancyConfig | None = None, use_cach
                   crops.warnings)
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.stem + ".tmp.npz")
+        # a name of its own per writer: processes preparing the same folder at once (CV runs side by side,
+        # torchrun shards) must not replace each other's half-written file
+        tmp = cache.with_name(f"{cache.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
         np.savez(tmp, cubes=out.cubes.astype(np.float16), names=np.array(names), diameters_mm=out.diameters_mm)
         tmp.replace(cache)
     return out
