@@ -96,8 +96,9 @@ class SeriesInfo:
     files: list[Path]
     modality: str
     description: str
-    number: str = ""                                  # SeriesNumber, "" when absent
-    # Identifiers for matching reports to studies; never printed (kept out of repr, so out of logs).
+    # Series-level tags, from the first of its files that scan_folder reads ("" when absent):
+    number: str = ""                                  # SeriesNumber
+    # identifiers for matching reports to studies; never printed (kept out of repr, so out of logs)
     patient_id: str = field(default="", repr=False)
     accession: str = field(default="", repr=False)    # AccessionNumber
 
@@ -260,7 +261,7 @@ def scan_folder(root: str | Path) -> FolderScan:
                 sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
                 is_index = sop == _DICOMDIR_CLASS or str(ds.get("SOPClassUID", "")) == _DICOMDIR_CLASS
                 uid = str(ds.get("SeriesInstanceUID", "") or "")
-                header = _series_header(ds)
+                header = None if uid in meta else _series_header(ds)   # the series' first file read gives it
             except Exception as exc:  # noqa: BLE001 - whatever the parser trips on, the file is skipped, not the scan
                 skipped.append((path, f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
                 continue
@@ -272,7 +273,8 @@ def scan_folder(root: str | Path) -> FolderScan:
                                 if preamble else "not DICOM (no DICM preamble, no DICOM header)"))
                 continue
             groups[uid].append(path)
-            meta.setdefault(uid, header)
+            if header is not None:
+                meta[uid] = header
     series = [SeriesInfo(uid, files=sorted(files), **meta[uid]) for uid, files in sorted(groups.items())]
     return FolderScan(series, skipped)
 

@@ -95,6 +95,21 @@ def test_load_crops_writers_of_one_cache_do_not_collide(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "cache").rglob("*.npz") if ".tmp" in p.name] == []
 
 
+def test_load_crops_failed_cache_write_leaves_no_stray_file(tmp_path, monkeypatch):
+    write_crops(tmp_path / "crops", 4)
+    monkeypatch.setenv("MOE_SUITE_CACHE", str(tmp_path / "cache"))
+    savez = np.savez
+
+    def savez_then_disk_full(path, **arrays):
+        savez(path, **arrays)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mal.np, "savez", savez_then_disk_full)
+    with pytest.raises(OSError, match="No space"):
+        load_crops(tmp_path / "crops")
+    assert list((tmp_path / "cache").rglob("*.npz")) == []
+
+
 def test_load_crops_errors_name_the_problem(tmp_path):
     with pytest.raises(CropFolderError, match="nodules.csv"):
         load_crops(tmp_path)

@@ -473,8 +473,12 @@ def load_crops(folder: str | Path, cfg: MalignancyConfig | None = None, use_cach
         # a name of its own per writer: processes preparing the same folder at once (CV runs side by side,
         # torchrun shards) must not replace each other's half-written file
         tmp = cache.with_name(f"{cache.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
-        np.savez(tmp, cubes=out.cubes.astype(np.float16), names=np.array(names), diameters_mm=out.diameters_mm)
-        tmp.replace(cache)
+        try:
+            np.savez(tmp, cubes=out.cubes.astype(np.float16), names=np.array(names), diameters_mm=out.diameters_mm)
+            tmp.replace(cache)
+        except BaseException:   # a full disk or Ctrl-C mid-write leaves no stray file behind
+            tmp.unlink(missing_ok=True)
+            raise
     return out
 
 
