@@ -650,6 +650,31 @@ class Plan:
     reading: PlanReading | None = None          # the per-token probabilities the plan was decoded from
 
 
+def join_plans(parts: list[Plan], texts: list[str], joiner: str, style: str | None = None) -> Plan:
+    """One Plan from the plans of texts[i] laid end to end: scenes, cuts, experts and confidences in order, the
+    reading on joiner.join(texts) (token spans shifted, scene ids counted on); the style given, else the first
+    part's that names one."""
+    offsets, probs, p_obj, scene_id, scenes, experts, confidence = [], {}, [], [], [], [], []
+    start = 0
+    for part, text in zip(parts, texts):
+        r = part.reading
+        offsets += [(a + start, b + start) if b > a else (a, b) for a, b in r.offsets]
+        for attr, p in r.probs.items():
+            probs.setdefault(attr, []).append(p)
+        p_obj.append(r.p_object_start_T)
+        scene_id.append(np.where(r.scene_id_T >= 0, r.scene_id_T + len(scenes), r.scene_id_T))
+        scenes += part.script.scenes
+        experts += part.experts
+        confidence += part.confidence
+        start += len(text) + len(joiner)
+    named = style if style is not None else next((p.script.style for p in parts if p.script.style), None)
+    cuts = [float(c) for c in np.cumsum([s.seconds for s in scenes])[:-1]]
+    timings = {k: sum(p.timings_ms.get(k, 0.0) for p in parts) for k in parts[0].timings_ms}
+    reading = PlanReading(offsets, {a: np.concatenate(ps) for a, ps in probs.items()}, np.concatenate(p_obj),
+                          np.concatenate(scene_id))
+    return Plan(Script(scenes, named), cuts, experts, confidence, timings, reading)
+
+
 def _expert_share(stats: MoEStats, rows: torch.Tensor, E: int) -> dict[int, float]:
     """Mean gate weight each expert got over the token rows `rows` (indices into stats.expert_idx)."""
     if rows.numel() == 0:

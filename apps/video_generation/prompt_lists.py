@@ -155,31 +155,6 @@ def plan_listed(planner, listed: StructuredPrompt, seconds: float, style: str | 
     parts = [planner.plan(item, seconds / len(kept), style=style) for item in kept]
     if sum(len(p.script.scenes) for p in parts) > world.MAX_SCENES:
         return plan
-    return _joined(parts, kept, style)
+    from .planner import join_plans
 
-
-def _joined(parts: list, items: list[str], style: str | None):
-    """One Plan from plans of items[i] laid end to end, its reading on JOINER.join(items)."""
-    import numpy as np
-
-    from .planner import Plan, PlanReading
-
-    offsets, probs, p_obj, scene_id, scenes, experts, confidence = [], {}, [], [], [], [], []
-    start = 0
-    for part, item in zip(parts, items):
-        r = part.reading
-        offsets += [(a + start, b + start) if b > a else (a, b) for a, b in r.offsets]
-        for attr, p in r.probs.items():
-            probs.setdefault(attr, []).append(p)
-        p_obj.append(r.p_object_start_T)
-        scene_id.append(np.where(r.scene_id_T >= 0, r.scene_id_T + len(scenes), r.scene_id_T))
-        scenes += part.script.scenes
-        experts += part.experts
-        confidence += part.confidence
-        start += len(item) + len(JOINER)
-    named = style if style is not None else next((p.script.style for p in parts if p.script.style), None)
-    cuts = [float(c) for c in np.cumsum([s.seconds for s in scenes])[:-1]]
-    timings = {k: sum(p.timings_ms.get(k, 0.0) for p in parts) for k in parts[0].timings_ms}
-    reading = PlanReading(offsets, {a: np.concatenate(ps) for a, ps in probs.items()}, np.concatenate(p_obj),
-                          np.concatenate(scene_id))
-    return Plan(world.Script(scenes, named), cuts, experts, confidence, timings, reading)
+    return join_plans(parts, kept, JOINER, style)
