@@ -167,6 +167,30 @@ def test_merge_drops_failures_of_finished_studies(dataset, tmp_path):  # noqa: F
     assert [r for r in _rows(out / "errors.csv")] == []
 
 
+def test_a_failed_recompute_is_reported_beside_the_earlier_findings(dataset, tmp_path, monkeypatch):  # noqa: F811
+    root, _ = dataset
+    study = root / "data" / "studies" / "synth-0000"
+    out = tmp_path / "out"
+    assert _run(dataset, study, out)["processed"] == 1
+    before = _rows(out / "findings.csv")
+    reports = _reports(tmp_path / "rep", {"synth-0000.txt": REPORT})   # a report appears: the study is recomputed
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr("apps.medical_imaging.pipeline.diagnose", broken)
+    again = _run(dataset, study, out, reports=reports)
+    assert again["recomputed_with_report"] == ["synth-0000"] and again["failed"] == 1
+    assert _rows(out / "findings.csv") == before   # the earlier findings stay ...
+    (error,) = _rows(out / "errors.csv")           # ... and the failed recompute is said beside them
+    assert error["study"] == "synth-0000" and "out of memory" in error["message"]
+    assert "earlier run" in error["message"]
+    assert merge(out)["errors"] == 1               # a later merge keeps saying it
+    monkeypatch.undo()
+    assert _run(dataset, study, out, reports=reports)["processed"] == 1   # the next rerun succeeds: the error goes
+    assert _rows(out / "errors.csv") == []
+
+
 # ------------------------------------------------------------------------------------------ 3: page == API
 
 

@@ -61,6 +61,7 @@ FINDINGS_COLUMNS = ("study", "series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", 
 ERRORS_COLUMNS = ("study", "source", "stage", "message")
 MAX_LISTED_FAILURES = 20   # failed studies named in the summary (all of them are in errors.csv)
 DONE = "done.json"
+EARLIER_KEPT = "the recompute failed: findings.csv keeps this study's findings from its earlier run"
 
 
 @dataclass
@@ -830,12 +831,16 @@ def _read_entry_report(entry: StudyEntry, cfg: BatchConfig) -> tuple[str | None,
 
 
 def _record_failure(entry: StudyEntry, cfg: BatchConfig, stage: str, message: str) -> dict:
-    """Write out/failed/<key>.json (atomically; errors.csv is built from these) and return the status row."""
+    """Write out/failed/<key>.json (atomically; errors.csv is built from these) and return the status row. A study
+    finished before (a recompute failed) keeps its earlier findings, and the record says so (merge keeps it)."""
     failed = Path(cfg.out) / "failed" / f"{entry.key}.json"
     failed.parent.mkdir(parents=True, exist_ok=True)
+    earlier = (Path(cfg.out) / "studies" / entry.key / DONE).is_file()
+    if earlier:
+        message += f"; {EARLIER_KEPT}"
     tmp_failed = failed.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
     tmp_failed.write_text(json.dumps({"study": entry.key, "source": entry.source, "origin": entry.origin,
-                                      "stage": stage, "message": message}) + "\n")
+                                      "stage": stage, "message": message, "earlier_result_kept": earlier}) + "\n")
     tmp_failed.replace(failed)
     return {"study": entry.key, "status": "failed", "stage": stage, "message": message}
 
@@ -873,10 +878,11 @@ def merge(out: str | Path, scan_errors: list[dict] | None = None) -> dict:
         done += 1
     errors = []
     for path in sorted((out / "failed").glob("*.json")) if (out / "failed").is_dir() else []:
-        if (out / "studies" / path.stem / DONE).is_file():   # failed once, finished since (another run)
-            path.unlink(missing_ok=True)
+        record = json.loads(path.read_text())
+        if (out / "studies" / path.stem / DONE).is_file() and not record.get("earlier_result_kept"):
+            path.unlink(missing_ok=True)   # failed once, finished since (another run)
             continue
-        errors.append(json.loads(path.read_text()))
+        errors.append(record)
     scan_file = out / "scan_errors.json"
     if scan_errors is not None:
         scan_file.write_text(json.dumps(scan_errors) + "\n")
