@@ -33,6 +33,7 @@ block), L caption tokens, D model width, O object slots (one per palette colour)
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
@@ -970,8 +971,6 @@ class Captioner:
     def without_stages(self) -> Captioner:
         """A view that answers with the heads alone: no motion or shape stage, the heads' modules and
         weights shared with this captioner (converting it, .half() or .to(), converts them here too)."""
-        import copy
-
         model = copy.copy(self.model)   # a shallow module copy: its submodules and tensors are this model's own,
         for name in ("_modules", "_parameters", "_buffers"):   # ... its registries its own
             setattr(model, name, dict(getattr(self.model, name)))
@@ -1207,8 +1206,6 @@ def _fit_stage(stage: nn.Module, fit: tuple[torch.Tensor, ...], val: tuple[torch
                sc: StageConfig) -> dict:
     """Fit `stage` (heads' log-probabilities first among its inputs, the target last) with AdamW, the heads'
     answer hidden on sc.head_dropout of the rows; keep the epoch of the lowest validation log-loss."""
-    import copy
-
     opt = torch.optim.AdamW(stage.parameters(), lr=sc.lr, weight_decay=sc.weight_decay)
 
     def val_logits() -> torch.Tensor:   # in batches: the shape stage's crops of every object at once are GBs
@@ -1247,8 +1244,6 @@ def fit_stages(captioner: Captioner, sc: StageConfig | None = None, log=None) ->
     the log-loss on other train-split clips. Returns (the new captioner, metrics per stage: accuracy of the
     heads alone and with the stage on those validation objects, best epoch, rows; seconds). Seeds torch's
     global generator with sc.seed (the stages' initial weights and batches)."""
-    import copy
-
     sc = sc or StageConfig()
     log = log or (lambda msg: None)
     start = time.time()
@@ -1277,8 +1272,6 @@ def fit_stages(captioner: Captioner, sc: StageConfig | None = None, log=None) ->
 def save_captioner(captioner: Captioner, out: str | Path) -> Path:
     """Write `captioner` as a checkpoint: weights in float16 (loaded as float32, so a float32 captioner's
     weights are rounded), int8 modules stay int8."""
-    import copy
-
     from core.checkpoint import save_checkpoint
 
     md = {**captioner.metadata, **{k: v.tolist() for k, v in (("ood_mean", captioner.ood_mean),
