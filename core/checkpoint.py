@@ -19,7 +19,8 @@ Loading rebuilds the model from the registry (core/registry.py) by kind and conf
 recorded structure (so pruned and quantised models come back as they were saved), and loads the
 weights strictly. Saving is atomic: the folder is written under a temporary name beside its
 destination and renamed into place, so a crash never leaves a half-written checkpoint (between the
-two renames that replace an old checkpoint, the old one waits under a hidden name).
+two renames that replace an old checkpoint, the old one waits under a hidden name). What else the
+old folder held (a model card beside the weights) is carried into the new one.
 """
 from __future__ import annotations
 
@@ -161,13 +162,15 @@ def check_replaceable(path: str | Path) -> None:
 @contextmanager
 def _atomic_folder(path: Path) -> Iterator[Path]:
     """A fresh folder beside `path` to write into; renamed to `path` (replacing the old checkpoint)
-    when the block succeeds, removed when it raises."""
+    when the block succeeds, removed when it raises. The old folder's own files (a model card, notes:
+    anything but the checkpoint's files) are carried into the new one unless the block wrote them."""
     check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         yield tmp
+        _carry_over(path, tmp)
         for file in tmp.iterdir():  # on disk before the rename publishes them (power loss)
             _fsync(file)
     except BaseException:
@@ -181,6 +184,21 @@ def _atomic_folder(path: Path) -> Iterator[Path]:
     else:
         tmp.rename(path)
     _fsync(path.parent)
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Copy into `new` what the folder `old` holds beside a checkpoint (model card, notes, subfolders),
+    leaving out the checkpoint's own files: a train_state.pt of the old weights would resume the wrong
+    run, and hidden names are other writers' temporaries."""
+    if not old.is_dir():
+        return
+    for item in old.iterdir():
+        if item.name in (WEIGHTS, CONFIG, TRAIN_STATE) or item.name.startswith(".") or (new / item.name).exists():
+            continue
+        if item.is_dir():
+            shutil.copytree(item, new / item.name, symlinks=True)
+        else:
+            shutil.copy2(item, new / item.name, follow_symlinks=False)
 
 
 def _fsync(path: Path) -> None:

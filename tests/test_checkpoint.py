@@ -184,6 +184,21 @@ def test_save_replaces_a_checkpoint_but_no_other_folder(tmp_path):
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
 
 
+def test_save_keeps_the_folders_model_card_but_not_a_stale_train_state(tmp_path):
+    layer, cfg = _layer()
+    ckpt = save_checkpoint(MoELayer(cfg), tmp_path / "ckpt", kind="moe_layer", config=cfg)
+    save_train_state(ckpt, torch.optim.SGD(layer.parameters(), lr=0.1), step=7)
+    (ckpt / "MODEL_CARD.md").write_text("# card")
+    (ckpt / "eval").mkdir()
+    (ckpt / "eval" / "figures.json").write_text("{}")
+    save_checkpoint(layer, ckpt, kind="moe_layer", config=cfg)
+    assert (ckpt / "MODEL_CARD.md").read_text() == "# card"
+    assert (ckpt / "eval" / "figures.json").read_text() == "{}"
+    assert not (ckpt / checkpoint.TRAIN_STATE).exists()          # it belonged to the old weights
+    assert torch.equal(load_checkpoint(ckpt)[0].experts.w_in_EFD, layer.experts.w_in_EFD)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
 def _rng_draws() -> tuple:
     return torch.rand(3), random.random(), np.random.rand()
 

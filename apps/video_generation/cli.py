@@ -49,11 +49,7 @@ def fit_stages(args: argparse.Namespace) -> None:
     sc = StageConfig(motion_frames=args.motion_frames, shape_crop=args.shape_crop, clips=args.clips,
                      val_clips=args.val_clips, seed=args.seed)
     fitted, metrics = fit_stages(start, sc, log=(lambda s: None) if args.json else print)
-    card = args.out / "MODEL_CARD.md"
-    kept = card.read_text() if card.is_file() else None   # a checkpoint folder is replaced whole
-    metrics["out"] = str(save_captioner(fitted, args.out))
-    if kept is not None:
-        card.write_text(kept)
+    metrics["out"] = str(save_captioner(fitted, args.out))   # keeps the folder's model card
     if args.eval_clips:   # the checkpoint as saved (float16), against the heads it started from
         metrics["held_out_heads_only"] = evaluate_captioner(start, args.eval_clips, seed=args.seed + 1)
         metrics["held_out_with_stages"] = evaluate_captioner(Captioner.load(args.out), args.eval_clips,
