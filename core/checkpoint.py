@@ -25,6 +25,7 @@ old folder held (a model card beside the weights) is carried into the new one.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import pickle
@@ -171,8 +172,9 @@ def _atomic_folder(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         _carry_over(path, tmp)
-        for file in tmp.iterdir():  # on disk before the rename publishes them (power loss)
-            _fsync(file)
+        for file in [tmp, *tmp.rglob("*")]:  # on disk before the rename publishes them (power loss)
+            if not file.is_symlink():
+                _fsync(file)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -187,18 +189,30 @@ def _atomic_folder(path: Path) -> Iterator[Path]:
 
 
 def _carry_over(old: Path, new: Path) -> None:
-    """Copy into `new` what the folder `old` holds beside a checkpoint (model card, notes, subfolders),
-    leaving out the checkpoint's own files: a train_state.pt of the old weights would resume the wrong
-    run, and hidden names are other writers' temporaries."""
+    """Hard-link (or copy) into `new` what the folder `old` holds beside a checkpoint (model card, notes,
+    subfolders; links as links), leaving out the checkpoint's own files (a train_state.pt of the old
+    weights would resume the wrong run), this module's temporaries, and what the block wrote itself."""
     if not old.is_dir():
         return
     for item in old.iterdir():
-        if item.name in (WEIGHTS, CONFIG, TRAIN_STATE) or item.name.startswith(".") or (new / item.name).exists():
+        if item.name in (WEIGHTS, CONFIG, TRAIN_STATE) or fnmatch.fnmatch(item.name, ".*.tmp-*") \
+                or fnmatch.fnmatch(item.name, ".*.old-*") or os.path.lexists(new / item.name):
             continue
-        if item.is_dir():
-            shutil.copytree(item, new / item.name, symlinks=True)
-        else:
-            shutil.copy2(item, new / item.name, follow_symlinks=False)
+        if item.is_symlink() or item.is_file():
+            _link_or_copy(item, new / item.name)
+        elif item.is_dir():
+            shutil.copytree(item, new / item.name, symlinks=True, copy_function=_link_or_copy)
+        # sockets, pipes and devices are left behind
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    if not os.path.islink(src):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def _fsync(path: Path) -> None:

@@ -189,14 +189,22 @@ def test_save_keeps_the_folders_model_card_but_not_a_stale_train_state(tmp_path)
     ckpt = save_checkpoint(MoELayer(cfg), tmp_path / "ckpt", kind="moe_layer", config=cfg)
     save_train_state(ckpt, torch.optim.SGD(layer.parameters(), lr=0.1), step=7)
     (ckpt / "MODEL_CARD.md").write_text("# card")
+    (ckpt / ".gitattributes").write_text("* -diff")
     (ckpt / "eval").mkdir()
     (ckpt / "eval" / "figures.json").write_text("{}")
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "big.bin").write_bytes(b"0" * 64)
+    (ckpt / "data").symlink_to(tmp_path / "dataset")
+    (ckpt / ".config.json.tmp-1234abcd").write_text("a writer's temporary")
     save_checkpoint(layer, ckpt, kind="moe_layer", config=cfg)
     assert (ckpt / "MODEL_CARD.md").read_text() == "# card"
+    assert (ckpt / ".gitattributes").read_text() == "* -diff"
     assert (ckpt / "eval" / "figures.json").read_text() == "{}"
+    assert (ckpt / "data").is_symlink() and (ckpt / "data").resolve() == (tmp_path / "dataset").resolve()
     assert not (ckpt / checkpoint.TRAIN_STATE).exists()          # it belonged to the old weights
+    assert not (ckpt / ".config.json.tmp-1234abcd").exists()
     assert torch.equal(load_checkpoint(ckpt)[0].experts.w_in_EFD, layer.experts.w_in_EFD)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "dataset"]
 
 
 def _rng_draws() -> tuple:
