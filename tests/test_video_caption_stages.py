@@ -49,6 +49,71 @@ def test_motion_evidence_tells_a_turning_triangle_from_a_still_one():
     assert _evidence("triangle", "rotate", "static", frames=4)[IOU_MIN] > 0.9
 
 
+def test_backdrop_pixels_are_the_shared_backdrop_and_never_the_object():
+    scene = world.Scene([world.SceneObject("square", "white", "left")], "sky", "zoom_in", 1.0)
+    clip = world.render_scene(scene, 20, (96, 160), seed=3)
+    idx = cap.sample_indices(20, 5)
+    known = cap.backdrop_pixels(clip[idx], "sky", "zoom_in", idx, 20, 12.0)
+    scale, shift = world.camera_transform("zoom_in", 20)
+    plate = world.background_plate("sky", (96, 160), 3)   # with this seed's clouds
+    views = np.stack([world.camera_view(plate, (96, 160), scale[i], shift[i]) for i in idx]).astype(int)
+    drawn = np.abs(clip[idx].astype(int) - views).max(-1) > 40
+    clouds = np.abs(views - np.stack([world.camera_view(world.background_plate("sky", (96, 160), details=False),
+                                                         (96, 160), scale[i], shift[i]) for i in idx])).max(-1) > 40
+    assert drawn.any() and clouds.any()
+    assert not known[drawn].any() and not known[clouds & ~drawn].any()   # the object and the seed's clouds stay
+    assert known[~drawn & ~clouds].mean() > 0.97
+
+
+def test_stage_masks_without_the_backdrop_see_the_sunset_star_as_the_studio_one():
+    # A yellow star at sunset: the sun is yellow too, and larger, so the stages' largest yellow region is the
+    # sun; with the backdrop left out, the masks and shape crops are those of the same star in the studio.
+    idx = cap.sample_indices(9, 3)
+    with_sun, without_sun = (cap.CaptionerConfig(shape_crop=32, shape_frames=3, stage_backdrop_de=de) for de in (0, 12))
+    yellow = with_sun.colours.index("yellow")
+    clips = {bg: world.render_scene(world.Scene([world.SceneObject("star", "yellow", "left")], bg, "pan_right", 1.0),
+                                    9, (180, 320), seed=1) for bg in ("sunset", "studio")}
+    masks = {(bg, c.stage_backdrop_de): cap._stage_masks(clip[idx], idx, 9, c, "pan_right", bg)[yellow]
+             for bg, clip in clips.items() for c in (with_sun, without_sun)}
+    assert masks["sunset", 0].sum() > 2 * masks["studio", 0].sum()
+    assert np.array_equal(masks["sunset", 12], masks["studio", 0])
+    assert np.array_equal(masks["studio", 12], masks["studio", 0])
+
+    def silhouettes(bg, c):   # the yellow crops' mask channel (the grey channel shows the backdrop)
+        return cap.shape_crops(clips[bg], c, "pan_right", bg)[yellow, :, 0]
+
+    assert np.array_equal(silhouettes("sunset", without_sun), silhouettes("studio", with_sun))
+    assert not np.array_equal(silhouettes("sunset", with_sun), silhouettes("studio", with_sun))
+    with pytest.raises(ValueError, match="stage_backdrop_de"):
+        cap.CaptionerConfig(stage_backdrop_de=-1)
+
+
+def test_stages_measure_without_the_heads_background_at_the_models_input_size():
+    # motion_evidence resizes the shot to the model's input: the sunset star still reads as the studio one.
+    plain, without = cap.CaptionerConfig(motion_frames=7), cap.CaptionerConfig(motion_frames=7, stage_backdrop_de=12)
+    yellow = plain.colours.index("yellow")
+    clips = {bg: world.render_scene(world.Scene([world.SceneObject("star", "yellow", "left")], bg, "zoom_in", 1.0),
+                                    25, (180, 320), seed=1) for bg in ("sunset", "studio")}
+    studio = cap.motion_evidence(clips["studio"], plain, "zoom_in")[yellow]
+    np.testing.assert_allclose(cap.motion_evidence(clips["sunset"], without, "zoom_in", "sunset")[yellow], studio,
+                               atol=1e-6)
+    assert np.abs(cap.motion_evidence(clips["sunset"], plain, "zoom_in", "sunset")[yellow] - studio).max() > 0.3
+    # stage_inputs measures under the heads' most likely background and camera.
+    cfg = cap.CaptionerConfig(**TINY, motion_frames=7, stage_backdrop_de=12)
+    captioner = cap.Captioner(cap.CaptionModel(cfg))
+    O = len(cfg.colours)
+    for background in ("sunset", "studio"):
+        probs = {"motion": torch.full((1, O, len(cfg.motions)), 1 / len(cfg.motions)),
+                 "camera": torch.nn.functional.one_hot(torch.tensor([cfg.cameras.index("zoom_in")]),
+                                                      len(cfg.cameras)).float(),
+                 "background": torch.nn.functional.one_hot(torch.tensor([cfg.backgrounds.index(background)]),
+                                                          len(cfg.backgrounds)).float()}
+        evidence = captioner.stage_inputs([clips["sunset"]], probs)["motion"][2][0].numpy()
+        np.testing.assert_array_equal(evidence, cap.motion_evidence(clips["sunset"], cfg, "zoom_in", background))
+    assert not np.array_equal(cap.motion_evidence(clips["sunset"], cfg, "zoom_in", "sunset"),
+                              cap.motion_evidence(clips["sunset"], cfg, "zoom_in", "studio"))
+
+
 def test_shape_crops_are_cut_at_the_shots_own_resolution():
     cfg = cap.CaptionerConfig(shape_crop=32, shape_frames=3)
     scene = world.Scene([world.SceneObject("7", "red", "still")], "studio", "static", 1.0)

@@ -52,6 +52,7 @@ from core.moe import MoEConfig, MoELayer
 from core.tasks import NUM_TASKS, task_id
 
 from . import world
+from .evaluation import corpus_bleu, foreground, to_lab
 from .shots import Shot, ShotConfig, ShotDescriptors, describe_shot, detect_shots
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,9 @@ class CaptionerConfig:
                                      # twice the model's input) and read by a second crop encoder: at 96x160 a digit
                                      # is about 10 pixels tall
     shape_frames: int = 7
+    stage_backdrop_de: float = 0.0   # the stages' colour masks leave out pixels within this Lab distance of the heads'
+                                     # background as the heads' camera shows it (what every seed of it shares: the
+                                     # sun, the moon, the lawn, the sea and sand; no clouds or stars); 0: kept
     vocab: tuple[str, ...] = ()      # caption words; () = caption_vocab()
     shapes: tuple[str, ...] = ()     # class lists of the heads; () = the world's
     colours: tuple[str, ...] = ()
@@ -142,6 +146,8 @@ class CaptionerConfig:
             raise ValueError(f"motion_frames must be 0 or >= 2 and needs crops, got {self.motion_frames}")
         if self.motion_frames and self.motion_hidden < 1:
             raise ValueError(f"motion_hidden must be >= 1, got {self.motion_hidden}")
+        if not self.stage_backdrop_de >= 0:
+            raise ValueError(f"stage_backdrop_de must be >= 0, got {self.stage_backdrop_de}")
         if self.shape_crop < 0 or self.shape_crop % 2 ** (len(self.crop_widths) - 1) or self.shape_frames < 1:
             raise ValueError(f"shape_crop must be 0 or a positive multiple of {2 ** (len(self.crop_widths) - 1)}, and "
                              f"shape_frames >= 1; got {self.shape_crop}, {self.shape_frames}")
@@ -446,11 +452,13 @@ CROP_CHANNELS = 2                    # per object crop: the colour's mask, grey 
 CROP_MARGIN = 1.3                    # crop side / the region's longer bounding-box side
 
 
-def colour_masks(rgb_THW3: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:
+def colour_masks(rgb_THW3: np.ndarray, palette: list[tuple[int, int, int]],
+                 backdrop_THW: np.ndarray | None = None) -> np.ndarray:
     """[colours, T, H, W] bool: foreground pixels (unlike the median of their neighbourhood and
     of their row, so small regions rather than backdrops) whose nearest palette colour (Lab) is
     within COLOUR_DE, so a pixel belongs to one colour at most (a blue object is not also
-    purple), less the line-like regions (line_like: horizons, shorelines, foam) no object forms."""
+    purple), less the line-like regions (line_like: horizons, shorelines, foam) no object forms
+    and less `backdrop_THW` (known backdrop pixels, backdrop_pixels) where given."""
     T, H, W = rgb_THW3.shape[:3]
     lab_THW3 = np.stack([cv2.cvtColor(f.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab) for f in rgb_THW3])
     k = 2 * (min(H, W) // 4) + 1
@@ -460,6 +468,8 @@ def colour_masks(rgb_THW3: np.ndarray, palette: list[tuple[int, int, int]]) -> n
     # differs from its row's median, which an object narrower than half the frame leaves unchanged.
     row_THW13 = np.median(rgb_THW3, axis=2, keepdims=True)
     fg_THW &= np.abs(rgb_THW3.astype(np.float32) - row_THW13).max(axis=-1) > FG_CONTRAST
+    if backdrop_THW is not None:
+        fg_THW &= ~backdrop_THW
     target_C3 = cv2.cvtColor(np.array(palette, np.float32).reshape(1, -1, 3) / 255.0, cv2.COLOR_RGB2Lab)[0]
     dist_CTHW = np.linalg.norm(lab_THW3[None] - target_C3[:, None, None, None], axis=-1)
     nearest_THW = dist_CTHW.argmin(0)
@@ -489,6 +499,27 @@ def line_like(mask_HW: np.ndarray) -> np.ndarray:
         (area / np.maximum(long, 1) < LINE_THICKNESS) & (long >= LINE_ELONGATION * short) & (long > LINE_MIN_LENGTH))
     drop[0] = False
     return drop[labels]
+
+
+def backdrop_pixels(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: np.ndarray, frames: int,
+                    tolerance: float) -> np.ndarray:
+    """[T, H, W] bool: the pixels of frames `idx_T` of a shot of `frames` frames that are the world's
+    `background` as `camera` shows it, without the stars and clouds a seed places: within `tolerance`
+    Lab units of the rendering's range over their 3x3 neighbourhood (evaluation.foreground's test, a
+    pixel of slack for resampling and compression)."""
+    views = world.background_views(background, camera, frames, idx_T, rgb_THW3.shape[1:3], details=False)
+    return np.stack([~foreground(to_lab(f), to_lab(v), radius=1, de=tolerance) for f, v in zip(rgb_THW3, views)])
+
+
+def _stage_masks(rgb_THW3: np.ndarray, idx_T: np.ndarray, frames: int, cfg: CaptionerConfig,
+                 camera: str, background: str | None) -> np.ndarray:
+    """colour_masks of a stage's frames `idx_T`, less the backdrop when cfg.stage_backdrop_de and the
+    heads' `background` are given."""
+    palette = [world.COLOURS[c] for c in cfg.colours]
+    if not cfg.stage_backdrop_de or background is None:
+        return colour_masks(rgb_THW3, palette)
+    known = backdrop_pixels(rgb_THW3, background, camera, idx_T, frames, cfg.stage_backdrop_de)
+    return colour_masks(rgb_THW3, palette, known)
 
 
 def object_crops(rgb_THW3: np.ndarray, masks_CTHW: np.ndarray, side: int,
@@ -610,7 +641,8 @@ def measured_features(rgb_THW3: np.ndarray, cfg: CaptionerConfig) -> tuple[np.nd
 MOTION_EVIDENCE = 16                 # per colour: motion_evidence's summary of its region over the shot
 
 
-def motion_evidence(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str) -> np.ndarray:
+def motion_evidence(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str,
+                    background: str | None = None) -> np.ndarray:
     """[colours, MOTION_EVIDENCE] float32: per palette colour, its region at cfg.motion_frames frames
     sampled evenly from the whole shot (at the model's input size), summarised: the change of its
     centre x, y and log area from the first to the last frame that holds it, on screen and moved back
@@ -619,14 +651,14 @@ def motion_evidence(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str) 
     (bounces) and the mean step of x and y; the smallest and mean silhouette IoU of its crops between
     consecutive frames (turns) and their mean absolute log size ratio; the share of frames holding it;
     and the change of the largest region's centre and log size in the world (all the colour's pixels
-    also count specks of the backdrop: the sun, clouds, grass). Zeros for a colour seen in fewer than
-    two frames."""
+    also count specks of the backdrop: the sun, clouds, grass, unless cfg.stage_backdrop_de leaves out
+    `background`). Zeros for a colour seen in fewer than two frames."""
     F = len(frames_FHW3)
     idx = sample_indices(F, cfg.motion_frames)
     rgb_THW3 = np.stack([cv2.resize(frames_FHW3[i], (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
                          for i in idx])
     palette = [world.COLOURS[c] for c in cfg.colours]
-    masks_CTHW = colour_masks(rgb_THW3, palette)
+    masks_CTHW = _stage_masks(rgb_THW3, idx, F, cfg, camera, background)
     track_CTF = colour_tracks(rgb_THW3, palette, masks_CTHW).reshape(len(palette), len(idx), COLOUR_FEATURES)
     crops, sizes_CTK, centres_CTK2 = object_crops(rgb_THW3, masks_CTHW, cfg.crop, 1)
     changes_CT2 = crop_changes(crops, sizes_CTK).reshape(len(palette), len(idx) - 1, CHANGE_FEATURES)
@@ -658,17 +690,19 @@ def motion_evidence(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str) 
     return out
 
 
-def shape_crops(frames_FHW3: np.ndarray, cfg: CaptionerConfig) -> np.ndarray:
+def shape_crops(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str = "static",
+                background: str | None = None) -> np.ndarray:
     """[colours, cfg.shape_frames, CROP_CHANNELS, P, P] uint8 (P = cfg.shape_crop): per palette colour,
     its largest region cut out of cfg.shape_frames frames sampled evenly from the shot, at the shot's own
-    resolution (scaled down to at most twice the model's input height); zeros where it is absent."""
+    resolution (scaled down to at most twice the model's input height); zeros where it is absent. The
+    backdrop is left out as in motion_evidence."""
     idx = sample_indices(len(frames_FHW3), cfg.shape_frames)
     H, W = frames_FHW3.shape[1:3]
     scale = min(1.0, 2 * cfg.height / H)
     rgb_THW3 = frames_FHW3[idx] if scale == 1.0 else np.stack([
         cv2.resize(frames_FHW3[i], (max(8, round(W * scale)), max(8, round(H * scale))),
                    interpolation=cv2.INTER_AREA) for i in idx])
-    masks_CTHW = colour_masks(rgb_THW3, [world.COLOURS[c] for c in cfg.colours])
+    masks_CTHW = _stage_masks(rgb_THW3, idx, len(frames_FHW3), cfg, camera, background)
     return object_crops(rgb_THW3, masks_CTHW, cfg.shape_crop, 1)[0][:, :, 0]
 
 
@@ -991,20 +1025,25 @@ class Captioner:
         slot, the heads' log-probabilities first: "motion": the heads' motion log-probabilities [B, O, M],
         the camera probabilities [B, O, C] and the motion evidence [B, O, E] measured under the most
         likely camera; "shape": the heads' log-probabilities over the object shapes [B, O, S] ("none"
-        left out, the rest renormalised) and the shape crops [B, O, T, CROP_CHANNELS, P, P] uint8."""
+        left out, the rest renormalised) and the shape crops [B, O, T, CROP_CHANNELS, P, P] uint8. Both
+        measured without the most likely background where cfg.stage_backdrop_de says so."""
         cfg = cfg or self.cfg
         B, O = probs["motion"].shape[:2]
+        cameras = [cfg.cameras[int(i)] for i in probs["camera"].argmax(-1)]
+        backgrounds = ([cfg.backgrounds[int(i)] for i in probs["background"].argmax(-1)] if cfg.stage_backdrop_de
+                       else [None] * B)
         out = {}
         if cfg.motion_frames:
-            cameras = [cfg.cameras[int(i)] for i in probs["camera"].argmax(-1)]
-            evidence_BOE = torch.from_numpy(np.stack([motion_evidence(c, cfg, cam) for c, cam in zip(clips, cameras)]))
+            evidence_BOE = torch.from_numpy(np.stack([motion_evidence(c, cfg, cam, bg)
+                                                      for c, cam, bg in zip(clips, cameras, backgrounds)]))
             out["motion"] = (_log(probs["motion"]), probs["camera"][:, None].expand(B, O, -1),
                              evidence_BOE)
         if cfg.shape_crop:
             objects_BOS = _object_shapes(probs["shape"], cfg)
             objects_BOS = objects_BOS / objects_BOS.sum(-1, keepdim=True).clamp_min(1e-9)
             out["shape"] = (_log(objects_BOS),
-                            torch.from_numpy(np.stack([shape_crops(c, cfg) for c in clips])))
+                            torch.from_numpy(np.stack([shape_crops(c, cfg, cam, bg)
+                                                       for c, cam, bg in zip(clips, cameras, backgrounds)])))
         return out
 
     def stage_probs(self, clips: list[np.ndarray], probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -1084,12 +1123,9 @@ def background_error(rgb_THW3: np.ndarray, background: str, camera: str) -> floa
     """Median absolute difference (grey levels) between sampled frames and the world's rendering of
     `background` under `camera`: small for the rendered world (its objects are small), large for
     footage from anywhere else, whatever the model's confidence."""
-    T, H, W = rgb_THW3.shape[:3]
-    plate = world.background_plate(background, (H, W), 0)
-    scale_T, shift_T = world.camera_transform(camera, T)
-    errs = [np.median(np.abs(f.astype(np.int16) - world.camera_view(plate, (H, W), sc, sh).astype(np.int16)))
-            for f, sc, sh in zip(rgb_THW3, scale_T, shift_T)]
-    return float(np.median(errs))
+    T = len(rgb_THW3)
+    views = world.background_views(background, camera, T, range(T), rgb_THW3.shape[1:3])
+    return float(np.median([np.median(np.abs(f.astype(np.int16) - v.astype(np.int16))) for f, v in zip(rgb_THW3, views)]))
 
 
 def load_default_captioner() -> Captioner | None:
@@ -1134,8 +1170,6 @@ def reference_captions(scene: world.Scene) -> list[str]:
 
 def evaluate_captioner(captioner: Captioner, clips: int = 200, seed: int = 1, batch: int = 25) -> dict:
     """Attribute accuracy, exact-caption rate and BLEU-4 on held-out clips (test split)."""
-    from .evaluation import corpus_bleu
-
     rng = np.random.default_rng(seed)
     correct = total = exact = 0
     hyps, refs = [], []
@@ -1163,6 +1197,7 @@ class StageConfig:
     motion_hidden: int = 64          # its MLP width
     shape_crop: int = 32             # the shape stage's crop side (config shape_crop; 0: no shape stage)
     shape_frames: int = 7
+    backdrop_de: float = 0.0         # config stage_backdrop_de: the stages' masks without the known backdrop (0: off)
     clips: int = 4000                # rendered train-split clips fitted on (their true objects are the rows)
     val_clips: int = 1500            # more train-split clips (another stream) each stage's epoch is chosen on
     short_share: float = 0.3         # clips of exactly the heads' frame count (the rest 5-48 frames, as the
@@ -1248,7 +1283,7 @@ def fit_stages(captioner: Captioner, sc: StageConfig | None = None, log=None) ->
     log = log or (lambda msg: None)
     start = time.time()
     cfg = replace(captioner.cfg, motion_frames=sc.motion_frames, motion_hidden=sc.motion_hidden,
-                  shape_crop=sc.shape_crop, shape_frames=sc.shape_frames)
+                  shape_crop=sc.shape_crop, shape_frames=sc.shape_frames, stage_backdrop_de=sc.backdrop_de)
     torch.manual_seed(sc.seed)
     fit = stage_rows(captioner, np.random.default_rng([sc.seed, 1]), sc.clips, cfg, sc.short_share)
     val = stage_rows(captioner, np.random.default_rng([sc.seed, 2]), sc.val_clips, cfg, sc.short_share)

@@ -46,8 +46,8 @@ def fit_stages(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     start = Captioner.load(args.captioner).without_stages()   # stages it has are refitted from the heads alone
-    sc = StageConfig(motion_frames=args.motion_frames, shape_crop=args.shape_crop, clips=args.clips,
-                     val_clips=args.val_clips, seed=args.seed)
+    sc = StageConfig(motion_frames=args.motion_frames, shape_crop=args.shape_crop, backdrop_de=args.backdrop_de,
+                     clips=args.clips, val_clips=args.val_clips, seed=args.seed)
     fitted, metrics = fit_stages(start, sc, log=(lambda s: None) if args.json else print)
     metrics["out"] = str(save_captioner(fitted, args.out))   # keeps the folder's model card
     if args.eval_clips:   # the checkpoint as saved (float16), against the heads it started from

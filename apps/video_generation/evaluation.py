@@ -68,17 +68,9 @@ MIN_REGION = 0.0001                  # ... nor those under this share of the fra
 BG_RADIUS = 1                        # pixels: within the rendered background's colours this close by is background
 
 
-def _lab(rgb_HW3: np.ndarray) -> np.ndarray:
+def to_lab(rgb_HW3: np.ndarray) -> np.ndarray:
+    """[H, W, 3] float32 CIE Lab of uint8 RGB."""
     return cv2.cvtColor(rgb_HW3.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-
-
-def _background_frames(scene, idx: np.ndarray, frames: int, size_hw: tuple[int, int],
-                       seed: int = 0) -> list[np.ndarray]:
-    """The scene's background (its stars and clouds placed by `seed`) as the camera sees it at the
-    sampled frames."""
-    plate = world.background_plate(scene.background, size_hw, seed)
-    scale_F, shift_F = world.camera_transform(scene.camera, frames)
-    return [world.camera_view(plate, size_hw, scale_F[f], shift_F[f]) for f in idx]
 
 
 def backdrop_seed(frames_FHW3: np.ndarray, scene, idx: np.ndarray) -> int:
@@ -91,14 +83,15 @@ def backdrop_seed(frames_FHW3: np.ndarray, scene, idx: np.ndarray) -> int:
     best, best_err = 0, np.inf
     for seed in range(world.MAX_SCENES):
         err = float(np.median([np.abs(frames_FHW3[f].astype(np.int16) - bg.astype(np.int16)).mean()
-                               for f, bg in zip(idx, _background_frames(scene, idx, F, (H, W), seed))]))
+                               for f, bg in zip(idx, world.background_views(scene.background, scene.camera, F,
+                                                                            idx, (H, W), seed))]))
         if err < best_err:
             best, best_err = seed, err
     return best
 
 
-def foreground(lab_HW3: np.ndarray, bg_lab_HW3: np.ndarray, radius: int = BG_RADIUS) -> np.ndarray:
-    """[H, W] bool: pixels farther than FG_DE (Lab) from every colour between the lowest and the
+def foreground(lab_HW3: np.ndarray, bg_lab_HW3: np.ndarray, radius: int = BG_RADIUS, de: float = FG_DE) -> np.ndarray:
+    """[H, W] bool: pixels farther than `de` (Lab) from every colour between the lowest and the
     highest value, per channel, that the rendered background takes within `radius` pixels. A clip
     rendered at another resolution, resized and encoded puts thin backdrop lines (the beach's foam
     and horizon, the sun's rim) a pixel or two off the checker's own rendering and blends them with
@@ -108,7 +101,7 @@ def foreground(lab_HW3: np.ndarray, bg_lab_HW3: np.ndarray, radius: int = BG_RAD
     k = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
     lo_HW3, hi_HW3 = cv2.erode(bg_lab_HW3, k), cv2.dilate(bg_lab_HW3, k)
     outside_HW3 = np.maximum(lo_HW3 - lab_HW3, 0.0) + np.maximum(lab_HW3 - hi_HW3, 0.0)
-    return np.linalg.norm(outside_HW3, axis=2) > FG_DE
+    return np.linalg.norm(outside_HW3, axis=2) > de
 
 
 def _object_regions(mask_HW: np.ndarray) -> np.ndarray:
@@ -128,8 +121,9 @@ def _check_frames(frames_FHW3: np.ndarray, scene) -> tuple[np.ndarray, list[tupl
     object of a scene is tracked against, computed once per scene."""
     F, H, W = frames_FHW3.shape[:3]
     idx = np.linspace(0, F - 1, min(CHECK_FRAMES, F)).round().astype(int)
-    backdrops = _background_frames(scene, idx, F, (H, W), backdrop_seed(frames_FHW3, scene, idx))
-    return idx, [(_lab(frames_FHW3[f]), _lab(bg)) for f, bg in zip(idx, backdrops)]
+    backdrops = world.background_views(scene.background, scene.camera, F, idx, (H, W),
+                                       backdrop_seed(frames_FHW3, scene, idx))
+    return idx, [(to_lab(frames_FHW3[f]), to_lab(bg)) for f, bg in zip(idx, backdrops)]
 
 
 def object_track(frames_FHW3: np.ndarray, scene, colour: str,
@@ -139,7 +133,7 @@ def object_track(frames_FHW3: np.ndarray, scene, colour: str,
     checked: _check_frames(frames_FHW3, scene), when the caller has it already."""
     H, W = frames_FHW3.shape[1:3]
     idx, labs = checked or _check_frames(frames_FHW3, scene)
-    target = _lab(np.array(world.COLOURS[colour], np.uint8).reshape(1, 1, 3))[0, 0]
+    target = to_lab(np.array(world.COLOURS[colour], np.uint8).reshape(1, 1, 3))[0, 0]
     rows, missing = [], 0
     for lab, bg_lab in labs:
         fg = foreground(lab, bg_lab)
@@ -184,9 +178,8 @@ def background_of(frames_FHW3: np.ndarray, camera: str) -> str:
     small = [cv2.resize(frames_FHW3[f], size[::-1], interpolation=cv2.INTER_AREA).astype(np.int16) for f in idx]
     best, best_err = None, np.inf
     for name in world.BACKGROUNDS:
-        scene = world.Scene([world.SceneObject("circle", "red", "still")], name, camera, 1.0)
         err = float(np.median([np.abs(a - b.astype(np.int16)).mean(axis=2)
-                               for a, b in zip(small, _background_frames(scene, idx, F, size))]))
+                               for a, b in zip(small, world.background_views(name, camera, F, idx, size))]))
         if err < best_err:
             best, best_err = name, err
     return best

@@ -15,6 +15,7 @@ camera but predicts layout and sprites itself.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -589,9 +590,10 @@ NIGHT_STARS = 25
 SKY_CLOUDS = 3
 
 
-def render_background(name: str, size_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
+def render_background(name: str, size_hw: tuple[int, int], seed: int = 0, details: bool = True) -> np.ndarray:
     """A background canvas [H, W, 3] with a distinct look, the same at any resolution (up to resampling);
-    callers render it wider for pans."""
+    callers render it wider for pans. details: the night's stars and the sky's clouds, which the seed
+    places; without them, what every seed of the background shares."""
     _check("background", name, BACKGROUNDS)
     h, w = size_hw
     rng = np.random.default_rng(seed)
@@ -607,7 +609,8 @@ def render_background(name: str, size_hw: tuple[int, int], seed: int = 0) -> np.
     elif name == "night":
         img = _gradient(h, w, (5, 10, 40), (20, 30, 80))
         dot = max(1, round(h / 360))   # one pixel at 360p, grown with the frame
-        for x, y in zip(rng.random(NIGHT_STARS) * w, rng.random(NIGHT_STARS) * 0.8 * h):
+        stars = NIGHT_STARS if details else 0
+        for x, y in zip(rng.random(stars) * w, rng.random(stars) * 0.8 * h):
             img[int(y):int(y) + dot, int(x):int(x) + dot] = (255, 255, 230)
         cv2.circle(img, (int(0.85 * w), int(0.15 * h)), max(2, h // 14), (240, 240, 210), -1, cv2.LINE_AA)
     elif name == "grass":
@@ -618,7 +621,7 @@ def render_background(name: str, size_hw: tuple[int, int], seed: int = 0) -> np.
         img = np.clip(img.astype(np.float32) + stripes[..., None], 0, 255).astype(np.uint8)
     elif name == "sky":
         img = _gradient(h, w, (70, 140, 230), (170, 210, 250))
-        for _ in range(SKY_CLOUDS):
+        for _ in range(SKY_CLOUDS if details else 0):
             cx, cy = int(rng.random() * w), int(rng.random() * 0.7 * h)
             r = max(3, int(h * rng.uniform(0.05, 0.1)))
             for dx in (-r, 0, r):
@@ -711,10 +714,10 @@ def render_sprite(shape: str, colour: str, size: int = 48, angle: float = 0.0) -
     return rgba
 
 
-def background_plate(name: str, size_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
+def background_plate(name: str, size_hw: tuple[int, int], seed: int = 0, details: bool = True) -> np.ndarray:
     """The background rendered with a margin wide enough for any camera move: [H, W*1.5, 3]."""
     h, w = size_hw
-    return render_background(name, (h, int(round(w * 1.5))), seed)
+    return render_background(name, (h, int(round(w * 1.5))), seed, details)
 
 
 def camera_view(plate: np.ndarray, size_hw: tuple[int, int], scale: float, shift: float) -> np.ndarray:
@@ -728,6 +731,15 @@ def camera_view(plate: np.ndarray, size_hw: tuple[int, int], scale: float, shift
     ty = h / 2 - scale * h / 2
     m = np.array([[a, 0, tx], [0, a, ty]], np.float32)
     return cv2.warpAffine(plate, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def background_views(background: str, camera: str, frames: int, idx: Sequence[int], size_hw: tuple[int, int],
+                     seed: int = 0, details: bool = True) -> list[np.ndarray]:
+    """The background (render_background's seed and details) as `camera` shows it at frames `idx` of a
+    shot of `frames` frames: [H, W, 3] uint8 each."""
+    plate = background_plate(background, size_hw, seed, details)
+    scale_F, shift_F = camera_transform(camera, frames)
+    return [camera_view(plate, size_hw, scale_F[f], shift_F[f]) for f in idx]
 
 
 def to_screen(x: float, y: float, half: float, size_hw: tuple[int, int], scale: float,
