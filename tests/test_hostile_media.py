@@ -90,6 +90,22 @@ def test_error_messages_name_the_clients_zip_not_the_servers_folders(tmp_path):
     assert "my study.zip/ct/1.dcm" in message, message
     assert str(tmp_path) not in message and "medical-upload" not in message, message
     assert _as_uploaded(ValueError(f"{stored}: not a readable zip file"), stored, "s") == "s.zip: not a readable zip file"
+def test_a_corrupt_volume_upload_is_named_as_the_client_sent_it(tmp_path):
+    """A NIfTI upload that is no NIfTI: the message names the client's file, not the server's stored upload
+    or the folder it is read through."""
+    from apps.medical_imaging.pipeline import load_upload_file
+    from data_connectors.dicom import DicomReadError
+
+    stored = tmp_path / "req dir" / "abc.upload"
+    stored.parent.mkdir()
+    stored.write_bytes(b"not a nifti")
+    with pytest.raises(DicomReadError) as caught:
+        load_upload_file(stored, "ct.nii.gz")
+    message = str(caught.value)
+    assert message.startswith("ct.nii.gz: cannot read image") and "/ct.nii.gz" not in message, message
+    assert str(tmp_path) not in message and "abc.upload" not in message and "medical-upload" not in message
+
+
 def test_oversized_upload_is_413_before_its_body_is_read(http):
     """A 5 MiB upload (limit 4 MiB) is refused on its Content-Length: the answer comes before any of
     the body is sent (a raw socket, since an HTTP client would still be writing when it arrives)."""

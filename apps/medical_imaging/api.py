@@ -55,8 +55,9 @@ def _diagnose_zip(path: Path, report: str | None, filename: str) -> dict:
 def _as_uploaded(exc: Exception, path: Path, filename: str) -> str:
     """The error's message with the stored upload's path replaced by the name the client sent (load_upload
     already names files inside the zip by the zip's name): a client learns nothing of the server's folders."""
-    name = _sent_name(filename)
-    return str(exc).replace(str(path), name).replace(path.name, name)
+    from .pipeline import named_as
+
+    return named_as(str(exc), path, _sent_name(filename))
 
 
 def _sent_name(filename: str) -> str:

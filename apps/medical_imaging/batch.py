@@ -818,6 +818,7 @@ def _process_claimed(entry: StudyEntry, cfg: BatchConfig) -> dict:
 def _read_entry_report(entry: StudyEntry, cfg: BatchConfig) -> tuple[str | None, str | None, str | None]:
     """(text, label, warning) of a study's report file: a file that cannot be read as text (binary, blank)
     leaves the study image-only with a warning naming it, rather than failing it."""
+    from .pipeline import named_as
     from .report import ReportFileError, read_report_file
 
     if entry.report is None:
@@ -826,7 +827,7 @@ def _read_entry_report(entry: StudyEntry, cfg: BatchConfig) -> tuple[str | None,
     try:
         return read_report_file(entry.report), label, None
     except ReportFileError as exc:
-        problem = str(exc).replace(str(entry.report), label).replace(entry.report.name, label)
+        problem = named_as(str(exc), entry.report, label)
         return None, None, f"report not used: {problem}; diagnosed from the image only"
 
 

@@ -9,6 +9,7 @@ Research software, not a medical device: every output says so (DISCLAIMER).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -212,6 +213,12 @@ def strip_suffix(name: str, suffixes: Iterable[str]) -> str:
     return name[:len(name) - len(suffix)]
 
 
+def named_as(message: str, path: Path, name: str) -> str:
+    """`message` with the file `path` (its full path, then its bare file name) called `name`: an error about
+    a stored upload or a report tells its reader nothing of the server's folders."""
+    return message.replace(str(path), name).replace(path.name, name)
+
+
 def upload_name(filename: str | None) -> str:
     """The study name of an uploaded file's name: 'ct.nii.gz' -> 'ct', 'study.zip' -> 'study'."""
     from data_connectors.dicom import VOLUME_SUFFIXES
@@ -243,7 +250,7 @@ def load_upload_file(path: str | Path, filename: str | None = None) -> UploadedS
             try:
                 volume = load_volume(local)
             except DicomReadError as exc:
-                raise DicomReadError(str(exc).replace(tmp, "").replace(str(path), name)) from None
+                raise DicomReadError(named_as(str(exc).replace(tmp + os.sep, ""), path, name)) from None
         return UploadedStudy(volume)
     raise DicomReadError(f"{name}: not a zip; upload a zip of one study's DICOM files (or one NIfTI / NRRD / "
                          "MetaImage file)")
