@@ -90,6 +90,8 @@ def test_error_messages_name_the_clients_zip_not_the_servers_folders(tmp_path):
     assert "my study.zip/ct/1.dcm" in message, message
     assert str(tmp_path) not in message and "medical-upload" not in message, message
     assert _as_uploaded(ValueError(f"{stored}: not a readable zip file"), stored, "s") == "s.zip: not a readable zip file"
+
+
 def test_a_corrupt_volume_upload_is_named_as_the_client_sent_it(tmp_path):
     """A NIfTI upload that is no NIfTI: the message names the client's file, not the server's stored upload
     or the folder it is read through."""

@@ -61,9 +61,9 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--motion-frames", type=int, default=7,
                    help="frames of each shot the motion evidence is measured at (0: no motion stage)")
     p.add_argument("--shape-crop", type=int, default=32, help="shape crops' side in pixels (0: no shape stage)")
-    p.add_argument("--backdrop-de", type=float, default=0.0,
+    p.add_argument("--backdrop-de", type=float, default=8.0,
                    help="the stages' colour masks leave out pixels within this Lab distance of the predicted "
-                        "background under the predicted camera (0: kept)")
+                        "background under the predicted camera (0: kept; default: the shipped stages')")
     p.add_argument("--clips", type=positive_int, default=4000, help="train-split clips fitted on")
     p.add_argument("--val-clips", type=positive_int, default=1500, help="train-split clips the epochs are chosen on")
     p.add_argument("--eval-clips", type=int, default=200,

@@ -651,8 +651,9 @@ def motion_evidence(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str,
     (bounces) and the mean step of x and y; the smallest and mean silhouette IoU of its crops between
     consecutive frames (turns) and their mean absolute log size ratio; the share of frames holding it;
     and the change of the largest region's centre and log size in the world (all the colour's pixels
-    also count specks of the backdrop: the sun, clouds, grass, unless cfg.stage_backdrop_de leaves out
-    `background`). Zeros for a colour seen in fewer than two frames."""
+    also count specks of the backdrop: the sun, grass, clouds; cfg.stage_backdrop_de leaves out what every
+    seed of `background` shares, so the clouds and stars stay). Zeros for a colour seen in fewer than two
+    frames."""
     F = len(frames_FHW3)
     idx = sample_indices(F, cfg.motion_frames)
     rgb_THW3 = np.stack([cv2.resize(frames_FHW3[i], (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
@@ -1197,7 +1198,7 @@ class StageConfig:
     motion_hidden: int = 64          # its MLP width
     shape_crop: int = 32             # the shape stage's crop side (config shape_crop; 0: no shape stage)
     shape_frames: int = 7
-    backdrop_de: float = 0.0         # config stage_backdrop_de: the stages' masks without the known backdrop (0: off)
+    backdrop_de: float = 8.0         # config stage_backdrop_de: the stages' masks without the known backdrop (0: off)
     clips: int = 4000                # rendered train-split clips fitted on (their true objects are the rows)
     val_clips: int = 1500            # more train-split clips (another stream) each stage's epoch is chosen on
     short_share: float = 0.3         # clips of exactly the heads' frame count (the rest 5-48 frames, as the
