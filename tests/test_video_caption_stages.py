@@ -65,6 +65,29 @@ def test_backdrop_pixels_are_the_shared_backdrop_and_never_the_object():
     assert known[~drawn & ~clouds].mean() > 0.97
 
 
+def test_the_clouds_of_a_studio_seed_are_backdrop_and_no_other_seeds():
+    idx = cap.sample_indices(20, 5)
+
+    def sky(seed, background="sky"):
+        scene = world.Scene([world.SceneObject("square", "white", "left")], background, "pan_left", 1.0)
+        return world.render_scene(scene, 20, (96, 160), seed=seed)[idx]
+
+    assert cap.details_seed(sky(2), "sky", "pan_left", idx, 20, seeds=4) == 2
+    assert cap.details_seed(sky(2), "sky", "pan_left", idx, 20, seeds=2) is None      # not among those searched
+    assert cap.details_seed(sky(1234), "sky", "pan_left", idx, 20, seeds=4) is None   # another seed's clouds
+    assert cap.details_seed(sky(2, "studio"), "studio", "pan_left", idx, 20, seeds=4) is None
+    clip = sky(2)
+    plain, seeded = (cap.backdrop_pixels(clip, "sky", "pan_left", idx, 20, 12.0, seeds=n) for n in (0, 4))
+    views = np.stack(world.background_views("sky", "pan_left", 20, idx, (96, 160), seed=2)).astype(int)
+    clouds = np.abs(views - np.stack(world.background_views("sky", "pan_left", 20, idx, (96, 160),
+                                                             details=False))).max(-1) > 40
+    drawn = np.abs(clip.astype(int) - views).max(-1) > 40
+    assert clouds.any() and not plain[clouds & ~drawn].any() and seeded[clouds & ~drawn].mean() > 0.95
+    assert not seeded[drawn].any()                                                     # the object stays
+    with pytest.raises(ValueError, match="stage_backdrop_seeds"):
+        cap.CaptionerConfig(stage_backdrop_seeds=-1)
+
+
 def test_stage_masks_without_the_backdrop_see_the_sunset_star_as_the_studio_one():
     # A yellow star at sunset: the sun is yellow too, and larger, so the stages' largest yellow region is the
     # sun; with the backdrop left out, the masks and shape crops are those of the same star in the studio.

@@ -123,7 +123,9 @@ class CaptionerConfig:
     shape_frames: int = 7
     stage_backdrop_de: float = 0.0   # the stages' colour masks leave out pixels within this Lab distance of the heads'
                                      # background as the heads' camera shows it (what every seed of it shares: the
-                                     # sun, the moon, the lawn, the sea and sand; no clouds or stars); 0: kept
+                                     # sun, the moon, the lawn, the sea and sand); 0: kept
+    stage_backdrop_seeds: int = 0    # ... and the stars or clouds of the first this many backdrop seeds when the
+                                     # frames show one's (a script's scene i has seed i, as the studio renders it)
     vocab: tuple[str, ...] = ()      # caption words; () = caption_vocab()
     shapes: tuple[str, ...] = ()     # class lists of the heads; () = the world's
     colours: tuple[str, ...] = ()
@@ -146,8 +148,9 @@ class CaptionerConfig:
             raise ValueError(f"motion_frames must be 0 or >= 2 and needs crops, got {self.motion_frames}")
         if self.motion_frames and self.motion_hidden < 1:
             raise ValueError(f"motion_hidden must be >= 1, got {self.motion_hidden}")
-        if not self.stage_backdrop_de >= 0:
-            raise ValueError(f"stage_backdrop_de must be >= 0, got {self.stage_backdrop_de}")
+        if not self.stage_backdrop_de >= 0 or self.stage_backdrop_seeds < 0:
+            raise ValueError(f"stage_backdrop_de and stage_backdrop_seeds must be >= 0, got {self.stage_backdrop_de} "
+                             f"and {self.stage_backdrop_seeds}")
         if self.shape_crop < 0 or self.shape_crop % 2 ** (len(self.crop_widths) - 1) or self.shape_frames < 1:
             raise ValueError(f"shape_crop must be 0 or a positive multiple of {2 ** (len(self.crop_widths) - 1)}, and "
                              f"shape_frames >= 1; got {self.shape_crop}, {self.shape_frames}")
@@ -501,13 +504,42 @@ def line_like(mask_HW: np.ndarray) -> np.ndarray:
     return drop[labels]
 
 
+DETAIL_MATCH = 0.7                   # share of a seed's star and cloud pixels the frames must show for them to count
+DETAIL_GREY = 40                     # ... each within this many grey levels (any channel) of the seed's rendering
+
+
+def details_seed(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: np.ndarray, frames: int,
+                 seeds: int) -> int | None:
+    """Of backdrop seeds 0..seeds-1, the one whose stars or clouds frames `idx_T` of a shot of `frames` frames
+    show best, if it shows at least DETAIL_MATCH of them; None for another seed, or a background without
+    seeded details. (A wrong seed's clouds, taken for backdrop, would erase a white object where they lie.)"""
+    if background not in world.SEEDED_DETAILS:
+        return None
+    size_hw = rgb_THW3.shape[1:3]
+    plain_THW3 = np.stack(world.background_views(background, camera, frames, idx_T, size_hw, details=False)).astype(int)
+    best, best_share = None, DETAIL_MATCH
+    for seed in range(seeds):
+        views_THW3 = np.stack(world.background_views(background, camera, frames, idx_T, size_hw, seed)).astype(int)
+        detail_THW = np.abs(views_THW3 - plain_THW3).max(-1) > DETAIL_GREY
+        if detail_THW.sum() < 4:     # details all out of view: nothing to match
+            continue
+        shown_THW = np.abs(rgb_THW3.astype(int) - views_THW3).max(-1) < DETAIL_GREY
+        share = shown_THW[detail_THW].mean()
+        if share > best_share:
+            best, best_share = seed, share
+    return best
+
+
 def backdrop_pixels(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: np.ndarray, frames: int,
-                    tolerance: float) -> np.ndarray:
+                    tolerance: float, seeds: int = 0) -> np.ndarray:
     """[T, H, W] bool: the pixels of frames `idx_T` of a shot of `frames` frames that are the world's
-    `background` as `camera` shows it, without the stars and clouds a seed places: within `tolerance`
-    Lab units of the rendering's range over their 3x3 neighbourhood (evaluation.foreground's test, a
-    pixel of slack for resampling and compression)."""
-    views = world.background_views(background, camera, frames, idx_T, rgb_THW3.shape[1:3], details=False)
+    `background` as `camera` shows it: within `tolerance` Lab units of the rendering's range over their 3x3
+    neighbourhood (evaluation.foreground's test, a pixel of slack for resampling and compression). The
+    rendering holds no stars or clouds, unless one of the first `seeds` seeds' are in the frames
+    (details_seed)."""
+    seed = details_seed(rgb_THW3, background, camera, idx_T, frames, seeds) if seeds else None
+    views = world.background_views(background, camera, frames, idx_T, rgb_THW3.shape[1:3], seed or 0,
+                                   details=seed is not None)
     return np.stack([~foreground(to_lab(f), to_lab(v), radius=1, de=tolerance) for f, v in zip(rgb_THW3, views)])
 
 
@@ -518,7 +550,8 @@ def _stage_masks(rgb_THW3: np.ndarray, idx_T: np.ndarray, frames: int, cfg: Capt
     palette = [world.COLOURS[c] for c in cfg.colours]
     if not cfg.stage_backdrop_de or background is None:
         return colour_masks(rgb_THW3, palette)
-    known = backdrop_pixels(rgb_THW3, background, camera, idx_T, frames, cfg.stage_backdrop_de)
+    known = backdrop_pixels(rgb_THW3, background, camera, idx_T, frames, cfg.stage_backdrop_de,
+                            cfg.stage_backdrop_seeds)
     return colour_masks(rgb_THW3, palette, known)
 
 

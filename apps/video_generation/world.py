@@ -588,6 +588,7 @@ def _gradient(h: int, w: int, top: tuple, bottom: tuple) -> np.ndarray:
 # high) had when they grew with the canvas; a 360p plate then had 6 clouds and 115 stars, 1080p 18 and 1036.
 NIGHT_STARS = 25
 SKY_CLOUDS = 3
+SEEDED_DETAILS = ("night", "sky")   # the backgrounds whose details (stars, clouds) their seed places
 
 
 def render_background(name: str, size_hw: tuple[int, int], seed: int = 0, details: bool = True) -> np.ndarray:
