@@ -14,6 +14,7 @@ Outermost first, as `install` stacks them:
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -46,13 +47,15 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def send_json(send: Send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-    """A complete JSON response."""
+async def send_json(send: Send, status: int, body: dict, headers: dict[str, str] | None = None,
+                    hold_open: bool = False) -> None:
+    """A JSON response; with `hold_open`, all of it but the end of the message (an empty last body part
+    the caller sends), so the answer is out while the request is still read."""
     data = json.dumps(body).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": data})
+    await send({"type": "http.response.body", "body": data, "more_body": hold_open})
 
 
 def route_template(scope: Scope, root_path: str) -> str:
@@ -202,8 +205,22 @@ class BodyTooLarge(Exception):
     """Raised from `receive` once a body passes its limit; BodyLimit turns it into 413."""
 
 
+DRAIN_BYTES = 64 << 20   # a declared over-limit body up to this size is read and dropped after its 413 is sent ...
+DRAIN_SECONDS = 5.0      # ... for at most this long: closing with the body unread resets the connection, and a
+                         # client still sending (a browser upload) would lose the 413 to the reset
+
+
+async def _drain(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+
+
 class BodyLimit:
-    """413 for request bodies over `max_body` bytes (`max_upload` for multipart/form-data)."""
+    """413 for request bodies over `max_body` bytes (`max_upload` for multipart/form-data); a declared
+    length over the limit is answered from the header, then the body (up to DRAIN_BYTES) is read and
+    dropped before the connection closes."""
 
     def __init__(self, app: ASGIApp, max_body: int, max_upload: int):
         self.app, self.max_body, self.max_upload = app, max_body, max_upload
@@ -218,10 +235,10 @@ class BodyLimit:
         limit = self.limit(scope)
         detail = {"detail": f"request body over {limit} bytes"}
         length = _header(scope, b"content-length")
-        if length is not None and (not length.strip().isdigit() or int(length) > limit):
-            return await send_json(send, 413 if length.strip().isdigit() else 400,
-                                   detail if length.strip().isdigit() else {"detail": "bad Content-Length"},
-                                   {"Connection": "close"})
+        if length is not None and not length.strip().isdigit():
+            return await send_json(send, 400, {"detail": "bad Content-Length"}, {"Connection": "close"})
+        if length is not None and int(length) > limit:
+            return await self._refuse(receive, send, detail, int(length), _header(scope, b"expect") is not None)
         received, tripped, started, replaced = 0, False, False, False
 
         async def limited_receive() -> Message:
@@ -254,6 +271,21 @@ class BodyLimit:
             # Our BodyTooLarge, or what the app made of it: the client gets (or already got) the 413.
             if not started:
                 await send_json(send, 413, detail, {"Connection": "close"})
+
+    @staticmethod
+    async def _refuse(receive: Receive, send: Send, detail: dict, declared: int, expects_continue: bool) -> None:
+        """413 before the body; then, unless the client waits for "100 Continue" (it sends no body) or declared
+        more than DRAIN_BYTES, the answer is held open while the body is read and dropped (DRAIN_SECONDS at
+        most), so that the connection closes cleanly after it."""
+        drain = not expects_continue and declared <= DRAIN_BYTES
+        await send_json(send, 413, detail, {"Connection": "close"}, hold_open=drain)
+        if not drain:
+            return
+        try:
+            await asyncio.wait_for(_drain(receive), DRAIN_SECONDS)
+        except asyncio.TimeoutError:
+            pass
+        await send({"type": "http.response.body", "body": b""})
 
 
 def install(app: Any, settings: Settings) -> None:
