@@ -109,6 +109,25 @@ def test_oversized_body_fixed_length_is_refused_on_its_header(suite, path, http)
         assert r.status_code == 413 and r.json() == answer
 
 
+def test_oversized_body_awaiting_100_continue_gets_the_413_and_a_close(suite):
+    """A client that waits for "100 Continue" before sending gets the 413 and the connection closed at once
+    (no 100, and no wait for a body it will not send)."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    address = urlsplit(suite[0])
+    began = time.monotonic()
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall((f"POST /api/v1/chat HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {3 << 20}\r\nExpect: 100-continue\r\n\r\n").encode())
+        answer = b""
+        while chunk := sock.recv(65536):   # until the server closes
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413") and b"request body over 1048576 bytes" in answer, answer
+    assert time.monotonic() - began < 4.0       # closed at once, not after the 5 s a drain may take
+
+
 @pytest.mark.parametrize("path", ["/api/v1/chat", "/api/v1/chat/sessions/x/handoff"])
 def test_oversized_body_chunked(http, path):
     r = http.post(path, content=_chunks(3 << 20), headers=JSON)  # no Content-Length
