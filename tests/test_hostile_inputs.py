@@ -77,23 +77,21 @@ def test_oversized_body_under_the_servers_limit_meets_the_chat_apis(http):
 def _declared_only(url: str, path: str, content_type: str, length: int) -> tuple[int, bytes, dict]:
     """POST headers declaring a `length`-byte body and none of it; (status, the head, the JSON answer): the
     answer comes from the header alone, before any of the body."""
-    import socket
+    import http.client
     from urllib.parse import urlsplit
 
     address = urlsplit(url)
-    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
-        sock.sendall((f"POST {path} HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: {content_type}\r\n"
-                      f"Content-Length: {length}\r\n\r\n").encode())
-        answer = b""
-        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _content_length(answer):
-            answer += sock.recv(65536)
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split()[1]), head, json.loads(body)
-
-
-def _content_length(answer: bytes) -> int:
-    head = answer.partition(b"\r\n\r\n")[0].lower()
-    return int(head.split(b"content-length:")[1].split(b"\r\n")[0]) if b"content-length:" in head else 1 << 30
+    conn = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", content_type)
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders()
+        r = conn.getresponse()
+        head = "".join(f"{k}: {v}\r\n" for k, v in r.getheaders()).encode()
+        return r.status, head, json.loads(r.read())
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("path", ["/api/v1/chat", "/api/v1/chat/sessions/x/handoff"])

@@ -513,11 +513,17 @@ def details_seed(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: np.n
     """Of backdrop seeds 0..seeds-1, the one whose stars or clouds frames `idx_T` of a shot of `frames` frames
     show best, if it shows at least DETAIL_MATCH of them; None for another seed, or a background without
     seeded details. (A wrong seed's clouds, taken for backdrop, would erase a white object where they lie.)"""
+    return _seeded_views(rgb_THW3, background, camera, idx_T, frames, seeds)[0]
+
+
+def _seeded_views(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: np.ndarray, frames: int,
+                  seeds: int) -> tuple[int | None, np.ndarray | None]:
+    """(details_seed, that seed's rendering at the frames [T, H, W, 3] int, or None)."""
     if background not in world.SEEDED_DETAILS:
-        return None
+        return None, None
     size_hw = rgb_THW3.shape[1:3]
     plain_THW3 = np.stack(world.background_views(background, camera, frames, idx_T, size_hw, details=False)).astype(int)
-    best, best_share = None, DETAIL_MATCH
+    best, best_views, best_share = None, None, DETAIL_MATCH
     for seed in range(seeds):
         views_THW3 = np.stack(world.background_views(background, camera, frames, idx_T, size_hw, seed)).astype(int)
         detail_THW = np.abs(views_THW3 - plain_THW3).max(-1) > DETAIL_GREY
@@ -526,8 +532,8 @@ def details_seed(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: np.n
         shown_THW = np.abs(rgb_THW3.astype(int) - views_THW3).max(-1) < DETAIL_GREY
         share = shown_THW[detail_THW].mean()
         if share > best_share:
-            best, best_share = seed, share
-    return best
+            best, best_views, best_share = seed, views_THW3, share
+    return best, best_views
 
 
 def backdrop_pixels(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: np.ndarray, frames: int,
@@ -537,10 +543,11 @@ def backdrop_pixels(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: n
     neighbourhood (evaluation.foreground's test, a pixel of slack for resampling and compression). The
     rendering holds no stars or clouds, unless one of the first `seeds` seeds' are in the frames
     (details_seed)."""
-    seed = details_seed(rgb_THW3, background, camera, idx_T, frames, seeds) if seeds else None
-    views = world.background_views(background, camera, frames, idx_T, rgb_THW3.shape[1:3], seed or 0,
-                                   details=seed is not None)
-    return np.stack([~foreground(to_lab(f), to_lab(v), radius=1, de=tolerance) for f, v in zip(rgb_THW3, views)])
+    views = _seeded_views(rgb_THW3, background, camera, idx_T, frames, seeds)[1] if seeds else None
+    if views is None:
+        views = world.background_views(background, camera, frames, idx_T, rgb_THW3.shape[1:3], details=False)
+    return np.stack([~foreground(to_lab(f), to_lab(v.astype(np.uint8)), radius=1, de=tolerance)
+                     for f, v in zip(rgb_THW3, views)])
 
 
 def _stage_masks(rgb_THW3: np.ndarray, idx_T: np.ndarray, frames: int, cfg: CaptionerConfig,
