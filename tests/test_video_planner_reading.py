@@ -103,6 +103,20 @@ def test_objectless_scenes_merge_but_coloured_ones_stay():
     assert P._merge_objectless_scenes([1], 8, conf_T) == [1]
 
 
+def test_the_first_word_always_opens_a_scene():
+    """An unknown opening gets no start of its own: a start found only at the second scene must still make
+    two scenes (before, the words up to it joined that start's scene: one scene)."""
+    special_T = np.array([True, False, False, False, False, False, False, True])
+    p_T = np.array([0.0, 0.1, 0.2, 0.1, 0.9, 0.3, 0.6, 0.0])
+    assert P._scene_starts(p_T, special_T, 0.5, 4) == [1, 4, 6]
+    assert P._scene_starts(p_T, special_T, 0.5, 2) == [1, 4]               # the most confident others
+    p_T[1] = 0.95
+    assert P._scene_starts(p_T, special_T, 0.5, 4) == [1, 4, 6]            # a found first start is not doubled
+    assert P._scene_starts(p_T, np.ones(8, bool), 0.5, 4) == []
+    ids = P.scene_ids_from_starts(np.isin(np.arange(8), [1, 4]).astype(int), special_T)
+    assert ids.tolist() == [-1, 0, 0, 0, 1, 1, 1, -1]
+
+
 def test_evidence_pass_hides_every_word_state():
     cfg = P.PlannerConfig(dim=32, expert_hidden=32, num_heads=2, num_experts=2, time_experts=2, time_slots=8,
                           time_layers=1, metric_dim=16)

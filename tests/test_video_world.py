@@ -117,21 +117,34 @@ def _phrase_words(split: str) -> set[str]:
 
 
 # Words both the held-out and the training phrasings use: function words, the values' own names and digits.
-_SHARED_WORDS = {"a", "the", "to", "in", "on", "at", "and", "is", "with", "by", "as", "after", "there", "goes", "see",
+_SHARED_WORDS = {"a", "an", "the", "to", "in", "on", "at", "and", "is", "with", "by", "as", "after", "there", "goes", "see",
                  "shot", "panning", "moving", "dark", "camera", "shape", "up", "down", "left", "right",
                  *world.COLOURS, *world.SHAPES, *world.DIGIT_WORDS, *world.BACKGROUNDS, *world.STYLES_IN_PROMPTS}
 
 
 def test_held_out_and_validation_words_are_never_training_words():
     train, val, test = _phrase_words("train"), _phrase_words("val"), _phrase_words("test")
+    novel = _phrase_words("novel")
     assert test & (train | val) <= _SHARED_WORDS, sorted(test & (train | val) - _SHARED_WORDS)
+    # the novel wording is unseen too, and spends none of the test wording
+    assert novel & (train | val | test) <= _SHARED_WORDS, sorted(novel & (train | val | test) - _SHARED_WORDS)
     for attr, values in world._WORDS.items():
         for value in values:
             fit, held = world.phrase_words(attr, value, "train"), world.phrase_words(attr, value, "val")
             assert fit and held and not set(fit) & set(held) or len(values[value][0]) < 4, (attr, value)
             assert not set(world.phrase_words(attr, value, "test")) & set(fit + held) - {""}
+            assert world.phrase_words(attr, value, "novel"), (attr, value)
     with pytest.raises(ValueError, match="split"):
         world.phrase_words("colour", "red", "dev")
+
+
+def test_novel_prompts_use_their_own_frames_and_joiners():
+    rng = np.random.default_rng(3)
+    novel = [world.script_to_prompt(world.sample_script(rng), rng, "novel") for _ in range(100)]
+    text = " ".join(novel)
+    assert "the footage depicts" in text or " appears " in text
+    assert any(j in text for j in world.phrase_options(world._JOINERS, "novel"))
+    assert not any(w in text for w in ("slowly", "quickly", "followed by", "we see"))   # no manner words, no test
 
 
 def test_prompt_spans_label_what_they_cover():

@@ -730,16 +730,11 @@ class Planner:
             p_start_T2 = (1 - w) * p_start_T2 + w * torch.sigmoid(starts_ev_1T2[0]).numpy()
             probs = {a: (1 - w) * probs[a] + w * logits_ev[a][0].softmax(-1).numpy() for a in ATTRIBUTES}
 
-        scene_start_T = (p_start_T2[:, 0] > self.scene_threshold) & ~special_T
-        # at most max_scenes: keep the most confident starts
-        if scene_start_T.sum() > self.cfg.max_scenes:
-            keep = np.argsort(-np.where(scene_start_T, p_start_T2[:, 0], -1))[:self.cfg.max_scenes]
-            scene_start_T = np.zeros(T, bool)
-            scene_start_T[keep] = True
+        starts = _scene_starts(p_start_T2[:, 0], special_T, self.scene_threshold, self.cfg.max_scenes)
         # a "scene" naming no object (no shape word, nor a colour word: an unseen shape word still comes with
         # its colour) is a stray start (e.g. "on a lawn, | the red box ..."): merge it
         object_conf_T = np.maximum(1 - probs["shape"][:, 0], 1 - probs["colour"][:, 0])
-        starts = _merge_objectless_scenes(list(np.flatnonzero(scene_start_T)), T, object_conf_T)
+        starts = _merge_objectless_scenes(starts, T, object_conf_T)
         starts = self._split_double_backgrounds(starts, T, p_start_T2[:, 0], object_conf_T,
                                                 1 - probs["background"][:, 0])
         scene_start_T = np.zeros(T, bool)
@@ -943,6 +938,19 @@ class Planner:
         return scene, conf
 
 
+def _scene_starts(p_start_T: np.ndarray, special_T: np.ndarray, threshold: float, max_scenes: int) -> list[int]:
+    """Scene-start tokens: the first word always opens a scene (an unknown opening, "the footage shows ...",
+    often gets no start of its own, and a first start found only at the second scene would otherwise make
+    both one scene), then every token over `threshold`, at most max_scenes in all (the most confident)."""
+    words = np.flatnonzero(~special_T)
+    if words.size == 0:
+        return []
+    first = int(words[0])
+    others = [int(t) for t in words[1:] if p_start_T[t] > threshold]
+    others = sorted(sorted(others, key=lambda t: -p_start_T[t])[:max_scenes - 1])
+    return [first] + others
+
+
 def _merge_objectless_scenes(starts: list[int], T: int, object_conf_T: np.ndarray) -> list[int]:
     """Scene starts without those whose scene names no object (object_conf_T: per token, how sure it names
     a shape or a colour; a scene needs one token over 0.5): such a scene is merged into the next one (the
@@ -1026,11 +1034,13 @@ def evaluate_planner(planner: Planner, scripts: list[Script], prompts: list[str]
 
 def heldout_sets(n: int, seed: int) -> dict[str, tuple[list[Script], list[str]]]:
     """Evaluation sets: train phrasing (new prompts), validation phrasing (train words held out of
-    fitting: for choosing models), held-out phrasing, and held-out phrasing of held-out (shape, colour,
-    motion) combinations."""
+    fitting: for choosing models), novel phrasing (a second unseen wording, neither train nor test: for
+    choosing how unseen words are read), held-out phrasing, and held-out phrasing of held-out (shape,
+    colour, motion) combinations."""
     sets = {}
     for name, script_split, phrase_split, s in (("train_phrasing", "train", "train", 1),
                                                  ("val_phrasing", "train", "val", 4),
+                                                 ("novel_phrasing", "train", "novel", 5),
                                                  ("heldout_phrasing", "train", "test", 2),
                                                  ("heldout_combos", "test", "test", 3)):
         rng = np.random.default_rng(seed * 1000 + s)

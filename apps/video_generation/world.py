@@ -179,11 +179,12 @@ def caption_scene(scene: Scene) -> str:
     return f"{objs} {BACKGROUND_PHRASES[scene.background]}; {CAMERA_PHRASES[scene.camera]}."
 
 
-# Phrasings. Each attribute value has train words and test words (never in training prompts); the train
-# words are split again into fit and validation words (phrase_options), so that a planner can be chosen on
-# words it was not fitted on without ever looking at the test words.
+# Phrasings. Each attribute value has train words and test words (never in training prompts), and novel words
+# (_NOVEL_WORDS, below: a second unseen wording); the train words are split again into fit and validation words
+# (phrase_options), so that a planner can be chosen on words it was not fitted on without ever looking at the
+# test words.
 # The label vocabulary of a span is "<attribute>:<value>" (see script_to_prompt_spans).
-_WORDS: dict[str, dict[str, tuple[list[str], list[str]]]] = {
+_WORDS: dict[str, dict[str, tuple[list[str], ...]]] = {
     "shape": {
         "circle": (["circle", "ball", "round dot", "orb", "dot", "bubble", "globe", "round blob", "marble",
                     "spot", "coin", "pearl"], ["disc", "sphere"]),
@@ -373,6 +374,40 @@ for _attr, _values in _MORE_TRAIN_WORDS.items():
         _WORDS[_attr][_value][0].extend(_words)
 del _attr, _values, _value, _words
 PHRASED_ATTRIBUTES: tuple[str, ...] = tuple(_WORDS)   # attributes phrase_words knows
+# A second unseen wording ("novel" split): words, joiners, articles and frames that neither the training nor
+# the held-out ("test") wording uses, written like the test lists (2026-12-01). The "val" phrasings share the
+# training's kinds of joiners and frames, so they do not show how a planner treats wording it never saw; the
+# novel wording does, without spending the test wording on choices. tests/test_video_world.py checks that it
+# shares no word with either beyond function words and the values' own names.
+_NOVEL_WORDS: dict[str, dict[str, list[str]]] = {
+    "shape": {"circle": ["roundel", "circlet"], "square": ["square plate", "checkbox"],
+              "triangle": ["trigon", "three-cornered form"], "star": ["pentagram", "star emblem"],
+              "diamond": ["rhomb", "facet"], "heart": ["heart emblem", "romantic heart"],
+              **{d: [f"glyph {d}", f"the integer {w}"] for d, w in zip(DIGITS, DIGIT_WORDS)}},
+    "colour": {"red": ["carmine", "poppy red"], "orange": ["persimmon", "clementine"],
+               "yellow": ["dandelion", "maize yellow"], "green": ["shamrock green", "pine green"],
+               "cyan": ["glacier cyan", "blue-green"], "blue": ["cerulean", "steel blue"],
+               "purple": ["aubergine", "wisteria"], "pink": ["carnation pink", "candy pink"],
+               "white": ["snowflake white", "porcelain"]},
+    "motion": {"left": ["edging left", "creeping to the left"], "right": ["edging right", "creeping to the right"],
+               "up": ["levitating", "rocketing up"], "down": ["plummeting", "settling downward"],
+               "still": ["inert", "immobile"], "grow": ["increasing in scale", "puffing up"],
+               "shrink": ["decreasing in scale", "collapsing inward"], "rotate": ["gyrating", "corkscrewing"],
+               "bounce": ["bounding about", "ricocheting up and down"]},
+    "background": {"beach": ["on the coastline", "at a bay"], "night": ["at nightfall", "in the nocturnal gloom"],
+                   "grass": ["on a prairie", "on the steppe"], "sky": ["aloft in the blue", "in the atmosphere"],
+                   "studio": ["before a bare wall", "in a photography studio"],
+                   "sunset": ["as daylight fades", "at eventide"]},
+    "camera": {"static": ["", "the camera is immobile"], "pan_left": ["panned to the left", "the camera traverses left"],
+               "pan_right": ["panned to the right", "the camera traverses right"],
+               "zoom_in": ["the camera closes in", "the framing closes up"],
+               "zoom_out": ["the camera recedes", "a retreating framing"]},
+    "style": {s: [f"done as a {s}", f"with a {s} look"] for s in STYLES_IN_PROMPTS},
+}
+for _attr, _values in _WORDS.items():
+    for _value, (_train, _test) in _values.items():
+        _values[_value] = (_train, _test, _NOVEL_WORDS[_attr][_value])
+del _attr, _values, _value, _train, _test
 _SECONDS_WORDS = {1.0: "one", 2.0: "two", 3.0: "three", 4.0: "four"}
 _JOINERS = (["then", "after that", "next,", "cut to", "and then", "subsequently", "new scene:", "in the next shot",
              "switch to", "and next", "the scene changes:", "then the film cuts to", "after this,", "next up,",
@@ -380,12 +415,15 @@ _JOINERS = (["then", "after that", "next,", "cut to", "and then", "subsequently"
              "and finally", "then it cuts to", "the next scene shows", "second scene:", "next shot:",
              "the video then shows", "after that comes", "cut:", "now", "and after that", "then switch to",
              "the shot changes to"],
-            ["later on,", "followed by", "and afterwards"])
+            ["later on,", "followed by", "and afterwards"],
+            ["after an edit,", "thereafter", "onward,"])
 _OBJECT_JOINERS = (["and", "while", "and also", "plus", "as well as", "next to", "beside", "and another",
                     "near", "with", "accompanied by", "in addition to", "coupled with", "joined by",
-                    "side by side with", "besides", "and a second"], ["together with", "alongside"])
+                    "side by side with", "besides", "and a second"], ["together with", "alongside"],
+                   ["along with", "accompanying"])
 _ARTICLES = (["a", "the", "a small", "a big", "a little", "a bright", "a shiny", "an", "a large", "a huge", "a cute",
-              "a glowing", "a lone", "a solitary", "a pretty", "a sparkling"], ["a single", "some"])
+              "a glowing", "a lone", "a solitary", "a pretty", "a sparkling"], ["a single", "some"],
+             ["a tiny", "a certain"])
 _STATES = {  # scene-level sentence frames: {objects} {background} {camera}
     "train": ["{objects} {background}{camera}", "{background}, {objects}{camera}",
               "there is {objects} {background}{camera}", "{background} you can see {objects}{camera}",
@@ -401,19 +439,21 @@ _STATES = {  # scene-level sentence frames: {objects} {background} {camera}
               "watch {objects} {background}{camera}", "a scene with {objects} {background}{camera}",
               "an animation of {objects} {background}{camera}", "render {objects} {background}{camera}"],
     "test": ["we see {objects} {background}{camera}", "{background} there is {objects}{camera}"],
+    "novel": ["the footage depicts {objects} {background}{camera}", "{background} appears {objects}{camera}"],
 }
 _MANNER = ["slowly", "quickly", "gently", "steadily", "smoothly"]   # optional words after a motion (train only)
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "novel")
 
 
-def phrase_options(options: tuple[list[str], list[str]], split: str) -> list[str]:
-    """The phrasings of one kind a split may use. "test": the held-out list. The train list is split again:
-    every fourth entry (from the fourth on) is a "val" phrasing, the rest are "train" phrasings; a list too
-    short to spare one gives "val" all of it."""
+def phrase_options(options: tuple[list[str], list[str], list[str]], split: str) -> list[str]:
+    """The phrasings of one kind a split may use: options = (train list, test list, novel list). "test":
+    the held-out list; "novel": a second list of unseen wording (see _NOVEL_WORDS). The train list is split
+    again: every fourth entry (from the fourth on) is a "val" phrasing, the rest are "train" phrasings; a
+    list too short to spare one gives "val" all of it."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if split == "test":
-        return options[1]
+    if split in ("test", "novel"):
+        return options[1 if split == "test" else 2]
     val = [w for i, w in enumerate(options[0]) if i % 4 == 3]
     if split == "val":
         return val or options[0]
@@ -452,11 +492,12 @@ def script_to_prompt_spans(script: Script, rng: np.random.Generator,
     """A prompt for `script` and its labelled character spans, (start, end, label) with labels
     "<attribute>:<value>", "scene" (a whole scene's text, in order), "object" (one object's mention,
     in order) and "seconds:<n>" (a stated scene length). The planner trains on these. `split` picks the
-    phrasings (phrase_options): "train" and "val" share sentence frames but not words; "test" uses words,
-    frames and joiners that neither ever uses. Train and val prompts also get optional manner words."""
+    phrasings (phrase_options): "train" and "val" share sentence frames but not words; "test" and "novel"
+    use words, frames and joiners that no other split uses. Train and val prompts also get optional manner
+    words."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    frames = _STATES["test" if split == "test" else "train"]
+    frames = _STATES[split if split in _STATES else "train"]
     b = _Builder()
     for si, scene in enumerate(script.scenes):
         if si:
@@ -474,7 +515,7 @@ def script_to_prompt_spans(script: Script, rng: np.random.Generator,
                     b.add(_pick(rng, phrase_words("colour", obj.colour, split)), f"colour:{obj.colour}")
                     b.add(_pick(rng, phrase_words("shape", obj.shape, split)), f"shape:{obj.shape}")
                     b.add(_pick(rng, phrase_words("motion", obj.motion, split)), f"motion:{obj.motion}")
-                    if split != "test" and rng.random() < 0.15:
+                    if split in ("train", "val") and rng.random() < 0.15:
                         b.add(_pick(rng, _MANNER))
                     b.spans.append((obj_start, len(b.text), "object"))
             elif part == "{background}":
@@ -504,8 +545,8 @@ def script_to_prompt_spans(script: Script, rng: np.random.Generator,
 
 
 def script_to_prompt(script: Script, rng: np.random.Generator, split: str = "train") -> str:
-    """A natural-language prompt for `script`; "test" uses words and sentence frames never used in training
-    (nor in "val"), "val" words never used in "train"."""
+    """A natural-language prompt for `script`; "test" and "novel" use words and sentence frames never used
+    in training (nor in "val"), "val" words never used in "train"."""
     return script_to_prompt_spans(script, rng, split)[0]
 
 
