@@ -1,6 +1,7 @@
 """The captioner's stages: motion evidence measured through the camera, shape crops at the shot's own
 resolution, the stages' known answers, a tiny fit and its checkpoint round trip, the CLI."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_the_clouds_of_a_studio_seed_are_backdrop_and_no_other_seeds():
     assert cap.details_seed(sky(1234), "sky", "pan_left", idx, 20, seeds=4) is None   # another seed's clouds
     assert cap.details_seed(sky(2, "studio"), "studio", "pan_left", idx, 20, seeds=4) is None
     clip = sky(2)
-    plain, seeded = (cap.backdrop_pixels(clip, "sky", "pan_left", idx, 20, 12.0, seeds=n) for n in (0, 4))
+    plain, seeded = (cap.backdrop_pixels(clip, "sky", "pan_left", idx, 20, 12.0, seed) for seed in (None, 2))
     views = np.stack(world.background_views("sky", "pan_left", 20, idx, (96, 160), seed=2)).astype(int)
     clouds = np.abs(views - np.stack(world.background_views("sky", "pan_left", 20, idx, (96, 160),
                                                              details=False))).max(-1) > 40
@@ -86,6 +87,22 @@ def test_the_clouds_of_a_studio_seed_are_backdrop_and_no_other_seeds():
     assert not seeded[drawn].any()                                                     # the object stays
     with pytest.raises(ValueError, match="stage_backdrop_seeds"):
         cap.CaptionerConfig(stage_backdrop_seeds=-1)
+
+
+def test_the_backdrop_seed_is_searched_once_per_shot():
+    scene = world.Scene([world.SceneObject("square", "white", "left")], "sky", "pan_left", 1.0)
+    shot = world.render_scene(scene, 20, (180, 320), seed=2)
+    cfg = cap.CaptionerConfig(motion_frames=7, stage_backdrop_de=8, stage_backdrop_seeds=4)
+    assert cap.shot_details_seed(shot, cfg, "pan_left", "sky") == 2
+    assert cap.shot_details_seed(shot, replace(cfg, stage_backdrop_seeds=0), "pan_left", "sky") is None
+    assert cap.shot_details_seed(shot, replace(cfg, stage_backdrop_de=0), "pan_left", "sky") is None
+    assert cap.shot_details_seed(shot, cfg, "pan_left", "beach") is None       # no seeded details
+    assert cap.shot_details_seed(shot, cfg, "pan_left", None) is None
+    # the stages measure with that seed's clouds left out: the same as given the seed by hand
+    white = cfg.colours.index("white")
+    found = cap.motion_evidence(shot, cfg, "pan_left", "sky", cap.shot_details_seed(shot, cfg, "pan_left", "sky"))
+    np.testing.assert_array_equal(found, cap.motion_evidence(shot, cfg, "pan_left", "sky", 2))
+    assert not np.array_equal(found[white], cap.motion_evidence(shot, cfg, "pan_left", "sky", None)[white])
 
 
 def test_stage_masks_without_the_backdrop_see_the_sunset_star_as_the_studio_one():

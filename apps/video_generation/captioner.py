@@ -513,17 +513,11 @@ def details_seed(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: np.n
     """Of backdrop seeds 0..seeds-1, the one whose stars or clouds frames `idx_T` of a shot of `frames` frames
     show best, if it shows at least DETAIL_MATCH of them; None for another seed, or a background without
     seeded details. (A wrong seed's clouds, taken for backdrop, would erase a white object where they lie.)"""
-    return _seeded_views(rgb_THW3, background, camera, idx_T, frames, seeds)[0]
-
-
-def _seeded_views(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: np.ndarray, frames: int,
-                  seeds: int) -> tuple[int | None, np.ndarray | None]:
-    """(details_seed, that seed's rendering at the frames [T, H, W, 3] int, or None)."""
     if background not in world.SEEDED_DETAILS:
-        return None, None
+        return None
     size_hw = rgb_THW3.shape[1:3]
     plain_THW3 = np.stack(world.background_views(background, camera, frames, idx_T, size_hw, details=False)).astype(int)
-    best, best_views, best_share = None, None, DETAIL_MATCH
+    best, best_share = None, DETAIL_MATCH
     for seed in range(seeds):
         views_THW3 = np.stack(world.background_views(background, camera, frames, idx_T, size_hw, seed)).astype(int)
         detail_THW = np.abs(views_THW3 - plain_THW3).max(-1) > DETAIL_GREY
@@ -532,33 +526,45 @@ def _seeded_views(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: np.
         shown_THW = np.abs(rgb_THW3.astype(int) - views_THW3).max(-1) < DETAIL_GREY
         share = shown_THW[detail_THW].mean()
         if share > best_share:
-            best, best_views, best_share = seed, views_THW3, share
-    return best, best_views
+            best, best_share = seed, share
+    return best
 
 
 def backdrop_pixels(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: np.ndarray, frames: int,
-                    tolerance: float, seeds: int = 0) -> np.ndarray:
+                    tolerance: float, details_seed: int | None = None) -> np.ndarray:
     """[T, H, W] bool: the pixels of frames `idx_T` of a shot of `frames` frames that are the world's
     `background` as `camera` shows it: within `tolerance` Lab units of the rendering's range over their 3x3
     neighbourhood (evaluation.foreground's test, a pixel of slack for resampling and compression). The
-    rendering holds no stars or clouds, unless one of the first `seeds` seeds' are in the frames
-    (details_seed)."""
-    views = _seeded_views(rgb_THW3, background, camera, idx_T, frames, seeds)[1] if seeds else None
-    if views is None:
-        views = world.background_views(background, camera, frames, idx_T, rgb_THW3.shape[1:3], details=False)
-    return np.stack([~foreground(to_lab(f), to_lab(v.astype(np.uint8)), radius=1, de=tolerance)
+    rendering holds no stars or clouds, unless `details_seed` names the seed whose they are (details_seed)."""
+    size_hw = rgb_THW3.shape[1:3]
+    views = (world.background_views(background, camera, frames, idx_T, size_hw, details=False)
+             if details_seed is None else world.background_views(background, camera, frames, idx_T, size_hw,
+                                                                  details_seed))
+    return np.stack([~foreground(to_lab(f), to_lab(np.asarray(v, np.uint8)), radius=1, de=tolerance)
                      for f, v in zip(rgb_THW3, views)])
 
 
+def shot_details_seed(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str, background: str | None
+                      ) -> int | None:
+    """The backdrop seed whose stars or clouds a shot shows (details_seed over cfg.stage_backdrop_seeds seeds),
+    searched once per shot on the motion stage's frames at the model's input size; both stages then leave out
+    that seed's details. None when the stages keep the backdrop or search no seed."""
+    if not cfg.stage_backdrop_de or not cfg.stage_backdrop_seeds or background not in world.SEEDED_DETAILS:
+        return None
+    idx = sample_indices(len(frames_FHW3), cfg.motion_frames or cfg.shape_frames)
+    rgb_THW3 = np.stack([cv2.resize(frames_FHW3[i], (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
+                         for i in idx])
+    return details_seed(rgb_THW3, background, camera, idx, len(frames_FHW3), cfg.stage_backdrop_seeds)
+
+
 def _stage_masks(rgb_THW3: np.ndarray, idx_T: np.ndarray, frames: int, cfg: CaptionerConfig,
-                 camera: str, background: str | None) -> np.ndarray:
-    """colour_masks of a stage's frames `idx_T`, less the backdrop when cfg.stage_backdrop_de and the
-    heads' `background` are given."""
+                 camera: str, background: str | None, details_seed: int | None = None) -> np.ndarray:
+    """colour_masks of a stage's frames `idx_T`, less the backdrop (with `details_seed`'s stars or clouds)
+    when cfg.stage_backdrop_de and the heads' `background` are given."""
     palette = [world.COLOURS[c] for c in cfg.colours]
     if not cfg.stage_backdrop_de or background is None:
         return colour_masks(rgb_THW3, palette)
-    known = backdrop_pixels(rgb_THW3, background, camera, idx_T, frames, cfg.stage_backdrop_de,
-                            cfg.stage_backdrop_seeds)
+    known = backdrop_pixels(rgb_THW3, background, camera, idx_T, frames, cfg.stage_backdrop_de, details_seed)
     return colour_masks(rgb_THW3, palette, known)
 
 
@@ -682,7 +688,7 @@ MOTION_EVIDENCE = 16                 # per colour: motion_evidence's summary of 
 
 
 def motion_evidence(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str,
-                    background: str | None = None) -> np.ndarray:
+                    background: str | None = None, details_seed: int | None = None) -> np.ndarray:
     """[colours, MOTION_EVIDENCE] float32: per palette colour, its region at cfg.motion_frames frames
     sampled evenly from the whole shot (at the model's input size), summarised: the change of its
     centre x, y and log area from the first to the last frame that holds it, on screen and moved back
@@ -692,14 +698,14 @@ def motion_evidence(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str,
     consecutive frames (turns) and their mean absolute log size ratio; the share of frames holding it;
     and the change of the largest region's centre and log size in the world (all the colour's pixels
     also count specks of the backdrop: the sun, grass, clouds; cfg.stage_backdrop_de leaves out what every
-    seed of `background` shares, so the clouds and stars stay). Zeros for a colour seen in fewer than two
-    frames."""
+    seed of `background` shares, and the stars or clouds of `details_seed`, shot_details_seed's answer).
+    Zeros for a colour seen in fewer than two frames."""
     F = len(frames_FHW3)
     idx = sample_indices(F, cfg.motion_frames)
     rgb_THW3 = np.stack([cv2.resize(frames_FHW3[i], (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
                          for i in idx])
     palette = [world.COLOURS[c] for c in cfg.colours]
-    masks_CTHW = _stage_masks(rgb_THW3, idx, F, cfg, camera, background)
+    masks_CTHW = _stage_masks(rgb_THW3, idx, F, cfg, camera, background, details_seed)
     track_CTF = colour_tracks(rgb_THW3, palette, masks_CTHW).reshape(len(palette), len(idx), COLOUR_FEATURES)
     crops, sizes_CTK, centres_CTK2 = object_crops(rgb_THW3, masks_CTHW, cfg.crop, 1)
     changes_CT2 = crop_changes(crops, sizes_CTK).reshape(len(palette), len(idx) - 1, CHANGE_FEATURES)
@@ -732,7 +738,7 @@ def motion_evidence(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str,
 
 
 def shape_crops(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str = "static",
-                background: str | None = None) -> np.ndarray:
+                background: str | None = None, details_seed: int | None = None) -> np.ndarray:
     """[colours, cfg.shape_frames, CROP_CHANNELS, P, P] uint8 (P = cfg.shape_crop): per palette colour,
     its largest region cut out of cfg.shape_frames frames sampled evenly from the shot, at the shot's own
     resolution (scaled down to at most twice the model's input height); zeros where it is absent. The
@@ -743,7 +749,7 @@ def shape_crops(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str = "st
     rgb_THW3 = frames_FHW3[idx] if scale == 1.0 else np.stack([
         cv2.resize(frames_FHW3[i], (max(8, round(W * scale)), max(8, round(H * scale))),
                    interpolation=cv2.INTER_AREA) for i in idx])
-    masks_CTHW = _stage_masks(rgb_THW3, idx, len(frames_FHW3), cfg, camera, background)
+    masks_CTHW = _stage_masks(rgb_THW3, idx, len(frames_FHW3), cfg, camera, background, details_seed)
     return object_crops(rgb_THW3, masks_CTHW, cfg.shape_crop, 1)[0][:, :, 0]
 
 
@@ -1067,24 +1073,26 @@ class Captioner:
         the camera probabilities [B, O, C] and the motion evidence [B, O, E] measured under the most
         likely camera; "shape": the heads' log-probabilities over the object shapes [B, O, S] ("none"
         left out, the rest renormalised) and the shape crops [B, O, T, CROP_CHANNELS, P, P] uint8. Both
-        measured without the most likely background where cfg.stage_backdrop_de says so."""
+        measured without the most likely background where cfg.stage_backdrop_de says so, and without the stars
+        or clouds of the backdrop seed the shot shows (shot_details_seed, searched once per shot)."""
         cfg = cfg or self.cfg
         B, O = probs["motion"].shape[:2]
         cameras = [cfg.cameras[int(i)] for i in probs["camera"].argmax(-1)]
         backgrounds = ([cfg.backgrounds[int(i)] for i in probs["background"].argmax(-1)] if cfg.stage_backdrop_de
                        else [None] * B)
+        seeds = [shot_details_seed(c, cfg, cam, bg) for c, cam, bg in zip(clips, cameras, backgrounds)]
         out = {}
         if cfg.motion_frames:
-            evidence_BOE = torch.from_numpy(np.stack([motion_evidence(c, cfg, cam, bg)
-                                                      for c, cam, bg in zip(clips, cameras, backgrounds)]))
+            evidence_BOE = torch.from_numpy(np.stack([motion_evidence(c, cfg, cam, bg, seed) for c, cam, bg, seed
+                                                      in zip(clips, cameras, backgrounds, seeds)]))
             out["motion"] = (_log(probs["motion"]), probs["camera"][:, None].expand(B, O, -1),
                              evidence_BOE)
         if cfg.shape_crop:
             objects_BOS = _object_shapes(probs["shape"], cfg)
             objects_BOS = objects_BOS / objects_BOS.sum(-1, keepdim=True).clamp_min(1e-9)
             out["shape"] = (_log(objects_BOS),
-                            torch.from_numpy(np.stack([shape_crops(c, cfg, cam, bg)
-                                                       for c, cam, bg in zip(clips, cameras, backgrounds)])))
+                            torch.from_numpy(np.stack([shape_crops(c, cfg, cam, bg, seed) for c, cam, bg, seed
+                                                       in zip(clips, cameras, backgrounds, seeds)])))
         return out
 
     def stage_probs(self, clips: list[np.ndarray], probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
