@@ -139,3 +139,19 @@ def test_evidence_pass_hides_every_word_state():
     assert hides[0] is None and hides[1].shape == (1, T)
     assert hides[1][0, 1:-1].all() and not hides[1][0, 0] and not hides[1][0, -1]   # words hidden, [CLS]/[SEP] not
     assert sum(s.seconds for s in plan.script.scenes) == pytest.approx(2.0)
+
+
+def test_a_scene_naming_two_backgrounds_or_two_cameras_is_split():
+    T = 12
+    p_start_T = np.full(T, 0.1)
+    p_start_T[5] = 0.4                                   # the most confident start between the two phrases
+    object_T = np.zeros(T)
+    object_T[[2, 7]] = 0.9                               # an object on each side
+    two_T, none_T = np.zeros(T), np.zeros(T)
+    two_T[[3, 8, 9]] = 0.9                               # two runs: token 3, tokens 8-9
+    assert P._split_double_settings([1], T, p_start_T, object_T, [two_T, none_T], 4) == [1, 5]
+    assert P._split_double_settings([1], T, p_start_T, object_T, [none_T, two_T], 4) == [1, 5]   # cameras too
+    assert P._split_double_settings([1], T, p_start_T, object_T, [none_T, none_T], 4) == [1]
+    assert P._split_double_settings([1], T, p_start_T, object_T, [two_T], 1) == [1]              # max scenes
+    object_T[7] = 0.0                                    # nothing named after the cut: one scene
+    assert P._split_double_settings([1], T, p_start_T, object_T, [two_T], 4) == [1]

@@ -735,8 +735,12 @@ class Planner:
         # its colour) is a stray start (e.g. "on a lawn, | the red box ..."): merge it
         object_conf_T = np.maximum(1 - probs["shape"][:, 0], 1 - probs["colour"][:, 0])
         starts = _merge_objectless_scenes(starts, T, object_conf_T)
-        starts = self._split_double_backgrounds(starts, T, p_start_T2[:, 0], object_conf_T,
-                                                1 - probs["background"][:, 0])
+        # one background and one camera phrase per scene (the camera's from the words that may vote for one)
+        camera_conf_T = np.zeros(T)
+        rows = self.camera_rows(np.arange(T), probs)
+        camera_conf_T[rows] = 1 - probs["camera"][rows, 0]
+        starts = _split_double_settings(starts, T, p_start_T2[:, 0], object_conf_T,
+                                        [1 - probs["background"][:, 0], camera_conf_T], self.cfg.max_scenes)
         scene_start_T = np.zeros(T, bool)
         scene_start_T[starts] = True
         scene_id_T = scene_ids_from_starts(scene_start_T.astype(int), special_T)
@@ -785,28 +789,6 @@ class Planner:
         return Plan(Script(scenes, style_name), cut_seconds, experts, confidence,
                     {"text_stream_ms": 1e3 * (t1 - t0), "experts_ms": 1e3 * (t2 - t1)},
                     PlanReading(offsets[0], probs, p_start_T2[:, 1], scene_id_T))
-
-    def _split_double_backgrounds(self, starts: list[int], T: int, p_start_T: np.ndarray, object_conf_T: np.ndarray,
-                                  bg_conf_T: np.ndarray) -> list[int]:
-        """One background per scene: a scene naming two backgrounds (with objects on both sides) is split
-        where the scene-start head is most confident between the two background phrases."""
-        starts = sorted(starts)
-        changed = True
-        while changed and len(starts) < self.cfg.max_scenes:
-            changed = False
-            for a, b in zip(starts, starts[1:] + [T]):
-                runs = _runs(np.flatnonzero(bg_conf_T[a:b] > 0.5) + a)
-                if len(runs) < 2:
-                    continue
-                lo, hi = runs[0][1] + 1, runs[1][0]
-                if hi <= lo:
-                    continue
-                cut = lo + int(np.argmax(p_start_T[lo:hi + 1]))
-                if object_conf_T[a:cut].max(initial=0) > 0.5 and object_conf_T[cut:b].max(initial=0) > 0.5:
-                    starts = sorted(starts + [cut])
-                    changed = True
-                    break
-        return starts
 
     @staticmethod
     def _object_spans(toks: np.ndarray, p_obj_T: np.ndarray, probs: dict[str, np.ndarray]
@@ -949,6 +931,31 @@ def _scene_starts(p_start_T: np.ndarray, special_T: np.ndarray, threshold: float
     others = [int(t) for t in words[1:] if p_start_T[t] > threshold]
     others = sorted(sorted(others, key=lambda t: -p_start_T[t])[:max_scenes - 1])
     return [first] + others
+
+
+def _split_double_settings(starts: list[int], T: int, p_start_T: np.ndarray, object_conf_T: np.ndarray,
+                           setting_conf_Ts: list[np.ndarray], max_scenes: int) -> list[int]:
+    """One background and one camera phrase per scene: a scene naming two of one kind (runs of tokens over 0.5 in
+    one of `setting_conf_Ts`), with objects on both sides, is split where the scene-start head is most confident
+    between the two phrases; at most max_scenes scenes."""
+    starts = sorted(starts)
+    for conf_T in setting_conf_Ts:
+        changed = True
+        while changed and len(starts) < max_scenes:
+            changed = False
+            for a, b in zip(starts, starts[1:] + [T]):
+                runs = _runs(np.flatnonzero(conf_T[a:b] > 0.5) + a)
+                if len(runs) < 2:
+                    continue
+                lo, hi = runs[0][1] + 1, runs[1][0]
+                if hi <= lo:
+                    continue
+                cut = lo + int(np.argmax(p_start_T[lo:hi + 1]))
+                if object_conf_T[a:cut].max(initial=0) > 0.5 and object_conf_T[cut:b].max(initial=0) > 0.5:
+                    starts = sorted(starts + [cut])
+                    changed = True
+                    break
+    return starts
 
 
 def _merge_objectless_scenes(starts: list[int], T: int, object_conf_T: np.ndarray) -> list[int]:
