@@ -108,37 +108,29 @@ def test_the_first_word_always_opens_a_scene():
     two scenes (before, the words up to it joined that start's scene: one scene)."""
     special_T = np.array([True, False, False, False, False, False, False, True])
     p_T = np.array([0.0, 0.1, 0.2, 0.1, 0.9, 0.3, 0.6, 0.0])
-    assert P._scene_starts(p_T, special_T, 0.5, 4) == [1, 4, 6]
-    assert P._scene_starts(p_T, special_T, 0.5, 2) == [1, 4]               # the most confident others
+    named_T = np.ones(8)                                                 # every token names an object
+    assert P._scene_starts(p_T, special_T, 0.5, 4, named_T) == [1, 4, 6]
+    assert P._scene_starts(p_T, special_T, 0.5, 2, named_T) == [1, 4]    # the most confident others
     p_T[1] = 0.95
-    assert P._scene_starts(p_T, special_T, 0.5, 4) == [1, 4, 6]            # a found first start is not doubled
-    assert P._scene_starts(p_T, np.ones(8, bool), 0.5, 4) == []
+    assert P._scene_starts(p_T, special_T, 0.5, 4, named_T) == [1, 4, 6]  # a found first start is not doubled
+    assert P._scene_starts(p_T, np.ones(8, bool), 0.5, 4, named_T) == []
     ids = P.scene_ids_from_starts(np.isin(np.arange(8), [1, 4]).astype(int), special_T)
     assert ids.tolist() == [-1, 0, 0, 0, 1, 1, 1, -1]
 
 
-def test_evidence_pass_hides_every_word_state():
-    cfg = P.PlannerConfig(dim=32, expert_hidden=32, num_heads=2, num_experts=2, time_experts=2, time_slots=8,
-                          time_layers=1, metric_dim=16)
-    torch.manual_seed(0)
-    model = P.PlannerModel(cfg)
-    hides = []
-    forward = model.reader.forward
-
-    def spy(*args, **kwargs):
-        hides.append(args[5] if len(args) > 5 else kwargs.get("hide_BT"))
-        return forward(*args, **kwargs)
-
-    model.reader.forward = spy
-    prompt = "a red ball moves left"
-    T = len(P.encode_prompts([prompt])[1][0])
-    P.Planner(model, decode=P.DecodeConfig(evidence_pass_weight=0.0)).plan(prompt, 2.0)
-    assert hides == [None]
-    hides.clear()
-    plan = P.Planner(model, decode=P.DecodeConfig(evidence_pass_weight=0.25)).plan(prompt, 2.0)
-    assert hides[0] is None and hides[1].shape == (1, T)
-    assert hides[1][0, 1:-1].all() and not hides[1][0, 0] and not hides[1][0, -1]   # words hidden, [CLS]/[SEP] not
-    assert sum(s.seconds for s in plan.script.scenes) == pytest.approx(2.0)
+def test_an_opening_that_names_nothing_costs_no_scene():
+    """Four scenes after an opening that names nothing ("the footage depicts"): the opening joins the first
+    scene and all four stay (the scene cap counts after the merge)."""
+    T = 12
+    special_T = np.zeros(T, bool)
+    p_T = np.zeros(T)
+    p_T[[3, 5, 7, 9]] = 0.9
+    named_T = np.zeros(T)
+    named_T[[4, 6, 8, 10]] = 0.9                                         # the opening, tokens 0-2, names nothing
+    assert P._scene_starts(p_T, special_T, 0.5, 4, named_T) == [0, 5, 7, 9]
+    p_T[11] = 0.6                                                        # a fifth start: the least sure goes
+    named_T[11] = 0.9
+    assert P._scene_starts(p_T, special_T, 0.5, 4, named_T) == [0, 5, 7, 9]
 
 
 def test_a_scene_naming_two_backgrounds_or_two_cameras_is_split():

@@ -87,6 +87,14 @@ def test_a_function_word_alone_never_carries_a_value():
     assert U.understand("a thing", plan).scenes[0]["objects"][0]["shape"].status == "guessed"
 
 
+def test_direction_words_tell_their_motions_apart():
+    # a word counts for a value when at most two values of its attribute use it, over every wording split:
+    # "up" names the upward motion and the bounce ("bobs up and down") and must stay a word of both
+    value_words = U.world_vocabulary()[1]
+    assert "up" in value_words[("motion", "up")] and "up" in value_words[("motion", "bounce")]
+    assert "left" in value_words[("motion", "left")] and "the" not in value_words[("motion", "left")]
+
+
 def test_plurals_of_known_phrasings_are_read():
     # p 0.77 is under READ_MIN: the word is read because "stars" is the plural of the world's "star"
     for prompt, word, shape in [("stars at night", "stars", "star"), ("hearts", "hearts", "heart"),

@@ -113,6 +113,7 @@ def test_test_phrasing_uses_words_training_never_sees():
 def _phrase_words(split: str) -> set[str]:
     lists = [world.phrase_words(a, v, split) for a in world._WORDS for v in world._WORDS[a]]
     lists += [world.phrase_options(o, split) for o in (world._JOINERS, world._OBJECT_JOINERS, world._ARTICLES)]
+    lists.append([re.sub(r"\{\w+\}", " ", f) for f in world._STATES.get(split, world._STATES["train"])])   # frames
     return {w for phrases in lists for p in phrases for w in re.findall(r"[a-z0-9'-]+", p.lower())}
 
 

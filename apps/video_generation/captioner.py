@@ -549,7 +549,8 @@ def shot_details_seed(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str
     """The backdrop seed whose stars or clouds a shot shows (details_seed over cfg.stage_backdrop_seeds seeds),
     searched once per shot on the motion stage's frames at the model's input size; both stages then leave out
     that seed's details. None when the stages keep the backdrop or search no seed."""
-    if not cfg.stage_backdrop_de or not cfg.stage_backdrop_seeds or background not in world.SEEDED_DETAILS:
+    if not (cfg.motion_frames or cfg.shape_crop) or not cfg.stage_backdrop_de or not cfg.stage_backdrop_seeds \
+            or background not in world.SEEDED_DETAILS:
         return None
     idx = sample_indices(len(frames_FHW3), cfg.motion_frames or cfg.shape_frames)
     rgb_THW3 = np.stack([cv2.resize(frames_FHW3[i], (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)

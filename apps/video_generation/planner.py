@@ -71,7 +71,8 @@ SCENE_THRESHOLD = 0.5
 @dataclass
 class DecodeConfig:
     """How per-token probabilities become a Script (code, not learned). Thresholds chosen on the
-    validation wording (world's "val" phrasings), never on the held-out ("test") wording."""
+    validation wording (world's "val" phrasings) and, since 2026-12-01, the novel wording ("novel"), never
+    on the held-out ("test") wording."""
     scene_threshold: float = SCENE_THRESHOLD  # scene-start probability that opens a scene
     camera_min: float = 0.3       # a camera move needs this probability on some token of its scene ...
     camera_margin: float = 0.0    # ... and to beat the scene's best "static" probability by this much
@@ -730,11 +731,10 @@ class Planner:
             p_start_T2 = (1 - w) * p_start_T2 + w * torch.sigmoid(starts_ev_1T2[0]).numpy()
             probs = {a: (1 - w) * probs[a] + w * logits_ev[a][0].softmax(-1).numpy() for a in ATTRIBUTES}
 
-        starts = _scene_starts(p_start_T2[:, 0], special_T, self.scene_threshold, self.cfg.max_scenes)
         # a "scene" naming no object (no shape word, nor a colour word: an unseen shape word still comes with
-        # its colour) is a stray start (e.g. "on a lawn, | the red box ..."): merge it
+        # its colour) is a stray start (e.g. "on a lawn, | the red box ..."): _scene_starts merges it
         object_conf_T = np.maximum(1 - probs["shape"][:, 0], 1 - probs["colour"][:, 0])
-        starts = _merge_objectless_scenes(starts, T, object_conf_T)
+        starts = _scene_starts(p_start_T2[:, 0], special_T, self.scene_threshold, self.cfg.max_scenes, object_conf_T)
         # one background and one camera phrase per scene (the camera's from the words that may vote for one)
         camera_conf_T = np.zeros(T)
         rows = self.camera_rows(np.arange(T), probs)
@@ -920,17 +920,21 @@ class Planner:
         return scene, conf
 
 
-def _scene_starts(p_start_T: np.ndarray, special_T: np.ndarray, threshold: float, max_scenes: int) -> list[int]:
-    """Scene-start tokens: the first word always opens a scene (an unknown opening, "the footage shows ...",
+def _scene_starts(p_start_T: np.ndarray, special_T: np.ndarray, threshold: float, max_scenes: int,
+                  object_conf_T: np.ndarray) -> list[int]:
+    """Scene-start tokens: the first word always opens a scene (an unknown opening, "the footage depicts ...",
     often gets no start of its own, and a first start found only at the second scene would otherwise make
-    both one scene), then every token over `threshold`, at most max_scenes in all (the most confident)."""
+    both one scene), then every token over `threshold`; scenes naming no object are merged
+    (_merge_objectless_scenes), then at most max_scenes are kept: the first and the most confident others."""
     words = np.flatnonzero(~special_T)
     if words.size == 0:
         return []
     first = int(words[0])
-    others = [int(t) for t in words[1:] if p_start_T[t] > threshold]
-    others = sorted(sorted(others, key=lambda t: -p_start_T[t])[:max_scenes - 1])
-    return [first] + others
+    starts = [first] + [int(t) for t in words[1:] if p_start_T[t] > threshold]
+    starts = _merge_objectless_scenes(starts, len(p_start_T), object_conf_T)
+    if len(starts) > max_scenes:
+        starts = [starts[0]] + sorted(sorted(starts[1:], key=lambda t: -p_start_T[t])[:max_scenes - 1])
+    return starts
 
 
 def _split_double_settings(starts: list[int], T: int, p_start_T: np.ndarray, object_conf_T: np.ndarray,
@@ -948,8 +952,6 @@ def _split_double_settings(starts: list[int], T: int, p_start_T: np.ndarray, obj
                 if len(runs) < 2:
                     continue
                 lo, hi = runs[0][1] + 1, runs[1][0]
-                if hi <= lo:
-                    continue
                 cut = lo + int(np.argmax(p_start_T[lo:hi + 1]))
                 if object_conf_T[a:cut].max(initial=0) > 0.5 and object_conf_T[cut:b].max(initial=0) > 0.5:
                     starts = sorted(starts + [cut])

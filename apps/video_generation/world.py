@@ -386,14 +386,14 @@ _NOVEL_WORDS: dict[str, dict[str, list[str]]] = {
               **{d: [f"glyph {d}", f"the integer {w}"] for d, w in zip(DIGITS, DIGIT_WORDS)}},
     "colour": {"red": ["carmine", "poppy red"], "orange": ["persimmon", "clementine"],
                "yellow": ["dandelion", "maize yellow"], "green": ["shamrock green", "pine green"],
-               "cyan": ["glacier cyan", "blue-green"], "blue": ["cerulean", "steel blue"],
+               "cyan": ["glacier cyan", "verdigris"], "blue": ["cerulean", "steel blue"],
                "purple": ["aubergine", "wisteria"], "pink": ["carnation pink", "candy pink"],
                "white": ["snowflake white", "porcelain"]},
     "motion": {"left": ["edging left", "creeping to the left"], "right": ["edging right", "creeping to the right"],
                "up": ["levitating", "rocketing up"], "down": ["plummeting", "settling downward"],
-               "still": ["inert", "immobile"], "grow": ["increasing in scale", "puffing up"],
+               "still": ["inert", "immobile"], "grow": ["increasing in scale", "puffing outward"],
                "shrink": ["decreasing in scale", "collapsing inward"], "rotate": ["gyrating", "corkscrewing"],
-               "bounce": ["bounding about", "ricocheting up and down"]},
+               "bounce": ["bounding about", "ricocheting"]},
     "background": {"beach": ["on the coastline", "at a bay"], "night": ["at nightfall", "in the nocturnal gloom"],
                    "grass": ["on a prairie", "on the steppe"], "sky": ["aloft in the blue", "in the atmosphere"],
                    "studio": ["before a bare wall", "in a photography studio"],
@@ -402,7 +402,7 @@ _NOVEL_WORDS: dict[str, dict[str, list[str]]] = {
                "pan_right": ["panned to the right", "the camera traverses right"],
                "zoom_in": ["the camera closes in", "the framing closes up"],
                "zoom_out": ["the camera recedes", "a retreating framing"]},
-    "style": {s: [f"done as a {s}", f"with a {s} look"] for s in STYLES_IN_PROMPTS},
+    "style": {s: [f"done as a {s}", f"with a {s} feel"] for s in STYLES_IN_PROMPTS},
 }
 for _attr, _values in _WORDS.items():
     for _value, (_train, _test) in _values.items():
