@@ -535,13 +535,10 @@ def backdrop_pixels(rgb_THW3: np.ndarray, background: str, camera: str, idx_T: n
     """[T, H, W] bool: the pixels of frames `idx_T` of a shot of `frames` frames that are the world's
     `background` as `camera` shows it: within `tolerance` Lab units of the rendering's range over their 3x3
     neighbourhood (evaluation.foreground's test, a pixel of slack for resampling and compression). The
-    rendering holds no stars or clouds, unless `details_seed` names the seed whose they are (details_seed)."""
-    size_hw = rgb_THW3.shape[1:3]
-    views = (world.background_views(background, camera, frames, idx_T, size_hw, details=False)
-             if details_seed is None else world.background_views(background, camera, frames, idx_T, size_hw,
-                                                                  details_seed))
-    return np.stack([~foreground(to_lab(f), to_lab(np.asarray(v, np.uint8)), radius=1, de=tolerance)
-                     for f, v in zip(rgb_THW3, views)])
+    rendering holds no stars or clouds, unless `details_seed` is given: then that seed's (see details_seed)."""
+    views = world.background_views(background, camera, frames, idx_T, rgb_THW3.shape[1:3],
+                                   details_seed or 0, details=details_seed is not None)
+    return np.stack([~foreground(to_lab(f), to_lab(v), radius=1, de=tolerance) for f, v in zip(rgb_THW3, views)])
 
 
 def shot_details_seed(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str, background: str | None

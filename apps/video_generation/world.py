@@ -441,7 +441,7 @@ _STATES = {  # scene-level sentence frames: {objects} {background} {camera}
     "test": ["we see {objects} {background}{camera}", "{background} there is {objects}{camera}"],
     "novel": ["the footage depicts {objects} {background}{camera}", "{background} appears {objects}{camera}"],
 }
-_MANNER = ["slowly", "quickly", "gently", "steadily", "smoothly"]   # optional words after a motion (train only)
+_MANNER = ["slowly", "quickly", "gently", "steadily", "smoothly"]   # optional words after a motion (train, val)
 SPLITS = ("train", "val", "test", "novel")
 
 
