@@ -14,6 +14,7 @@ import httpx
 import pytest
 from chat_fakes import make_assistant
 from fastapi import Depends, File, UploadFile
+from http_probes import declared_only
 
 from apps import server
 from apps.customer_service import page as chat_page
@@ -74,32 +75,12 @@ def test_oversized_body_under_the_servers_limit_meets_the_chat_apis(http):
     assert r.status_code == 413 and r.json()["detail"] == "request body over 65536 bytes"
 
 
-def _declared_only(url: str, path: str, content_type: str, length: int) -> tuple[int, bytes, dict]:
-    """POST headers declaring a `length`-byte body and none of it; (status, the head, the JSON answer): the
-    answer comes from the header alone, before any of the body."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    address = urlsplit(url)
-    conn = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
-    try:
-        conn.putrequest("POST", path)
-        conn.putheader("Content-Type", content_type)
-        conn.putheader("Content-Length", str(length))
-        conn.endheaders()
-        r = conn.getresponse()
-        head = "".join(f"{k}: {v}\r\n" for k, v in r.getheaders()).encode()
-        return r.status, head, json.loads(r.read())
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("path", ["/api/v1/chat", "/api/v1/chat/sessions/x/handoff"])
 def test_oversized_body_fixed_length_is_refused_on_its_header(suite, path, http):
     """A declared 3 MiB body (server limit 1 MiB): 413 from the header alone. A client that sends the body
     anyway still reads the 413: the server reads and drops the body before it closes the connection
     (closing with it unread would reset the connection under the client, losing the answer)."""
-    status, head, answer = _declared_only(suite[0], path, "application/json", 3 << 20)
+    status, head, answer = declared_only(suite[0], path, "application/json", 3 << 20)
     assert status == 413 and b"connection: close" in head.lower(), head
     assert answer == {"detail": "request body over 1048576 bytes"}
     for _ in range(5):
@@ -235,7 +216,7 @@ def test_upload_names_cannot_escape_the_api_helper(http, name):
 def test_oversized_upload(suite, path):
     """A 5 MiB upload (limit 4 MiB) to Gradio's and to the suite's upload routes: 413 on the header, and to a
     client that sends the file too."""
-    status, _, answer = _declared_only(suite[0], path, "multipart/form-data; boundary=b", 5 << 20)
+    status, _, answer = declared_only(suite[0], path, "multipart/form-data; boundary=b", 5 << 20)
     assert status == 413 and answer == {"detail": "request body over 4194304 bytes"}
     with httpx.Client(base_url=suite[0], timeout=30) as http:
         r = http.post(path, files={"files": ("big.bin", b"x" * (5 << 20))})

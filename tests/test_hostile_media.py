@@ -7,6 +7,7 @@ import zipfile
 
 import httpx
 import pytest
+from http_probes import declared_only
 
 from apps import server
 from apps.settings import Settings
@@ -110,17 +111,10 @@ def test_a_corrupt_volume_upload_is_named_as_the_client_sent_it(tmp_path):
 
 def test_oversized_upload_is_413_before_its_body_is_read(http):
     """A 5 MiB upload (limit 4 MiB) is refused on its Content-Length: the answer comes before any of
-    the body is sent (a raw socket, since an HTTP client would still be writing when it arrives)."""
-    import socket
-    from urllib.parse import urlsplit
-
-    address = urlsplit(str(http.base_url))
-    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
-        sock.sendall((f"POST /api/v1/medical/diagnose HTTP/1.1\r\nHost: {address.netloc}\r\n"
-                      "Content-Type: multipart/form-data; boundary=b\r\n"
-                      f"Content-Length: {5 << 20}\r\n\r\n").encode())
-        status_line = sock.makefile("rb").readline().decode()
-    assert status_line.split()[1] == "413", status_line
+    the body is sent (declared only, since an HTTP client would still be writing when it arrives)."""
+    status, _, _ = declared_only(str(http.base_url), "/api/v1/medical/diagnose", "multipart/form-data; boundary=b",
+                                 5 << 20)
+    assert status == 413, status
 
 
 def test_oversized_report_is_422(http):

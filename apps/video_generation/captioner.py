@@ -549,9 +549,7 @@ def shot_details_seed(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str
     if not (cfg.motion_frames or cfg.shape_crop) or not cfg.stage_backdrop_de or not cfg.stage_backdrop_seeds \
             or background not in world.SEEDED_DETAILS:
         return None
-    idx = sample_indices(len(frames_FHW3), cfg.motion_frames or cfg.shape_frames)
-    rgb_THW3 = np.stack([cv2.resize(frames_FHW3[i], (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
-                         for i in idx])
+    idx, rgb_THW3 = input_frames(frames_FHW3, cfg, cfg.motion_frames or cfg.shape_frames)
     return details_seed(rgb_THW3, background, camera, idx, len(frames_FHW3), cfg.stage_backdrop_seeds)
 
 
@@ -658,10 +656,17 @@ def global_motion(grey_THW: np.ndarray) -> np.ndarray:
     return np.array(out, np.float32)
 
 
+def input_frames(frames_FHW3: np.ndarray, cfg: CaptionerConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices [n], frames [n, H, W, 3] uint8): n frames sampled evenly from a shot, resized to the model's
+    input size."""
+    idx = sample_indices(len(frames_FHW3), n)
+    return idx, np.stack([cv2.resize(frames_FHW3[i], (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
+                          for i in idx])
+
+
 def sample_frames(frames_FHW3: np.ndarray, cfg: CaptionerConfig) -> np.ndarray:
     """[T, H, W, 3] uint8: the frames the model looks at, resized to its input size."""
-    picked = frames_FHW3[sample_indices(len(frames_FHW3), cfg.frames)]
-    return np.stack([cv2.resize(f, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA) for f in picked])
+    return input_frames(frames_FHW3, cfg, cfg.frames)[1]
 
 
 def measured_features(rgb_THW3: np.ndarray, cfg: CaptionerConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -699,9 +704,7 @@ def motion_evidence(frames_FHW3: np.ndarray, cfg: CaptionerConfig, camera: str,
     seed of `background` shares, and the stars or clouds of `details_seed`, shot_details_seed's answer).
     Zeros for a colour seen in fewer than two frames."""
     F = len(frames_FHW3)
-    idx = sample_indices(F, cfg.motion_frames)
-    rgb_THW3 = np.stack([cv2.resize(frames_FHW3[i], (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
-                         for i in idx])
+    idx, rgb_THW3 = input_frames(frames_FHW3, cfg, cfg.motion_frames)
     palette = [world.COLOURS[c] for c in cfg.colours]
     masks_CTHW = _stage_masks(rgb_THW3, idx, F, cfg, camera, background, details_seed)
     track_CTF = colour_tracks(rgb_THW3, palette, masks_CTHW).reshape(len(palette), len(idx), COLOUR_FEATURES)
