@@ -149,6 +149,19 @@ def test_shipped_planner_reads_a_two_scene_prompt():
 
 
 @needs_shipped
+def test_shipped_planner_reads_short_prompts_and_a_shared_verb():
+    planner = P.load_planner()
+
+    def objects(prompt):
+        return [[(o.shape, o.colour, o.motion) for o in sc.objects] for sc in planner.plan(prompt, 4.0).script.scenes]
+
+    assert [[o[:2] for o in sc] for sc in objects("a red ball")] == [[("circle", "red")]]   # one object, not two
+    assert [[o[::2] for o in sc] for sc in objects("a ball moves left")] == [[("circle", "left")]]
+    assert objects("an orange triangle and a blue circle move up on the beach") == [
+        [("triangle", "orange", "up"), ("circle", "blue", "up")]]
+
+
+@needs_shipped
 def test_shipped_planner_on_held_out_phrasing_and_combos():
     """Train phrasing is nearly exact; held-out words and combinations are far above chance (1/16 shapes,
     1/9 motions) though not solved (see the model card for the measured figures)."""
@@ -165,6 +178,8 @@ def test_colour_names_are_grounded_in_rgb():
     names = list(world.COLOURS)
     assert names[int(cn.colour_affinity("navy").argmax())] == "blue"          # dark, but blue by hue
     assert names[int(cn.colour_affinity("Forest-Green").argmax())] == "green"
+    cerulean_C = cn.colour_affinity("cerulean")                              # between cyan and blue, far from both
+    assert names[int(cerulean_C.argmax())] == "blue" and cerulean_C.max() == 1.0
     assert names[int(cn.colour_affinity("snow").argmax())] == "white"
     assert cn.colour_affinity("charcoal") is None                           # grey: no world colour
     assert cn.colour_affinity("ballpoint") is None                          # not a colour name

@@ -27,11 +27,11 @@ def tokens(*words: tuple[str, dict[str, str]]) -> tuple[np.ndarray, dict[str, np
     return np.arange(T), probs, p_obj
 
 
-def read(words, decode=None):
+def read(words, decode=None, link_T=None):
     toks, probs, p_obj = tokens(*words)
     planner = P.Planner.__new__(P.Planner)   # decoding only: no model needed
     planner.decode = decode or P.DecodeConfig()
-    scene, _ = planner._read_scene(toks, p_obj, probs)
+    scene, _ = planner._read_scene(toks, p_obj, probs, link_T)
     return scene
 
 
@@ -44,6 +44,35 @@ def test_an_article_read_as_a_digit_does_not_make_an_object():
     scene = read([("a", {"start": "object"}), ("single", {"shape": "1"}), ("blue", {"colour": "blue"}),
                   ("box", {"shape": "square"}), ("moves", {"motion": "left"}), ("left", {"motion": "left"})])
     assert triples(scene) == [("square", "blue", "left")]
+
+
+def test_a_word_names_only_the_attribute_it_names_most_surely():
+    # "a ball moves left", a short prompt: "moves" also read as a shape (0.7) and a colour (0.6), but surely a
+    # motion, "ball" also as a motion (0.9) but surely a shape: one mention, not a second object opened by
+    # the colour reading of "moves"
+    words = [("a", {"start": "object"}), ("ball", {"shape": "circle", "motion": "left"}),
+             ("moves", {"shape": "circle", "colour": "purple", "motion": "left"}), ("left", {"motion": "left"})]
+    toks, probs, p_obj = tokens(*words)
+    probs["motion"][1, 0] = 0.1
+    probs["shape"][2, 0], probs["colour"][2, 0], probs["motion"][2, 0] = 0.3, 0.4, 0.0
+    planner = P.Planner.__new__(P.Planner)
+    planner.decode = P.DecodeConfig()
+    scene, _ = planner._read_scene(toks, p_obj, probs)
+    assert [(o.shape, o.motion) for o in scene.objects] == [("circle", "left")]
+
+
+def test_mentions_joined_before_one_verb_share_it():
+    # "an orange triangle and a blue circle move up": the verb after the second mention is the first one's too
+    words = [("an", {"start": "object"}), ("orange", {"colour": "orange"}), ("triangle", {"shape": "triangle"}),
+             ("and", {}), ("a", {"start": "object"}), ("blue", {"colour": "blue"}), ("circle", {"shape": "circle"}),
+             ("move", {"motion": "up"}), ("up", {"motion": "up"})]
+    link_T = np.array([w in P.LINK_WORDS for w, _ in words])
+    assert triples(read(words, link_T=link_T)) == [("triangle", "orange", "up"), ("circle", "blue", "up")]
+    # a word between the shape and the joiner that nothing read ("inert"): an unread motion, not a shared verb
+    words.insert(3, ("inert", {}))
+    link_T = np.array([w in P.LINK_WORDS for w, _ in words])
+    assert read(words, link_T=link_T).objects[0].motion != "up"
+    assert P._word_at("Two  RED-balls", 7) == "red" and P._word_at("a ball", 0) == "a"
 
 
 def test_two_coloured_objects_without_a_predicted_start_are_two_mentions():

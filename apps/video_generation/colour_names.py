@@ -6,7 +6,9 @@
 
 Names and values: the XKCD colour survey's 949 names and the 148 CSS4 names, as matplotlib ships them
 (no download). A name is matched to the world's palette by hue in CIE Lab (lightness says little: "navy"
-and "sky blue" are both blue), or to white when it has little chroma and is light.
+and "sky blue" are both blue), or to white when it has little chroma and is light. A colour name names some
+colour, so its nearest palette hue gets affinity 1 however far it lies ("cerulean" sits between the world's
+cyan and blue, 44 degrees from blue, and is still blue).
 
 Shape legend: C world colours.
 """
@@ -51,7 +53,8 @@ def _palette() -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def affinity_from_rgb(rgb01: np.ndarray) -> np.ndarray | None:
-    """[C] in [0, 1]: how well an RGB colour (0..1) fits each world colour; None when it fits none (grey, black)."""
+    """[C] in [0, 1]: how well an RGB colour (0..1) fits each world colour, the nearest hue 1; None when it
+    fits none (grey, black)."""
     names, chroma_C, hue_C = _palette()
     L, chroma, hue = _lch(rgb01)
     out_C = np.zeros(len(names), np.float32)
@@ -63,7 +66,7 @@ def affinity_from_rgb(rgb01: np.ndarray) -> np.ndarray | None:
     d_C = np.abs((hue_C - hue + 180.0) % 360.0 - 180.0)
     out_C = np.exp(-0.5 * (d_C / HUE_SIGMA_DEG) ** 2).astype(np.float32)
     out_C[chroma_C < MIN_CHROMA] = 0.0   # white is not a hue
-    return out_C
+    return out_C / out_C.max()
 
 
 def colour_affinity(phrase: str) -> np.ndarray | None:

@@ -58,6 +58,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "background": world.BACKGROUNDS, "camera": world.CAMERAS, "style": world.STYLES_IN_PROMPTS,
     "seconds": tuple(f"{s:g}" for s in world.SCENE_SECONDS),
 }
+ATTRIBUTE_INDEX = {a: i for i, a in enumerate(ATTRIBUTES)}
 N_VALUES = sum(len(v) for v in ATTRIBUTES.values())
 OBJECT_ATTRS = ("shape", "colour", "motion")
 MAX_TOKENS = 256
@@ -745,10 +746,11 @@ class Planner:
         scene_start_T[starts] = True
         scene_id_T = scene_ids_from_starts(scene_start_T.astype(int), special_T)
         n_scenes = int(scene_id_T.max()) + 1 if (scene_id_T >= 0).any() else 1
+        link_T = np.array([_word_at(prompt, a) in LINK_WORDS if b > a else False for a, b in offsets[0]])
         scenes, confidence = [], []
         for k in range(n_scenes):
             toks = np.flatnonzero(scene_id_T == k)
-            scene, conf = self._read_scene(toks, p_start_T2[:, 1], probs)
+            scene, conf = self._read_scene(toks, p_start_T2[:, 1], probs, link_T)
             scenes.append(scene)
             confidence.append(conf)
         style_name = style
@@ -794,7 +796,8 @@ class Planner:
     def _object_spans(toks: np.ndarray, p_obj_T: np.ndarray, probs: dict[str, np.ndarray]
                       ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Split a scene's tokens into object mentions: [(rows, shape_rows)], shape_rows being the rows the
-        mention's shape is read from. Mentions are cut at predicted object starts and, between two runs of
+        mention's shape is read from. A word counts as a shape, colour or motion word only when that is the
+        attribute it names most surely. Mentions are cut at predicted object starts and, between two runs of
         shape words with colour words but no predicted start between them, before those colour words
         ("a red ball a blue box"). Then pieces are merged: a piece naming neither a shape nor a colour
         (a stray start: "dolly | out") joins the previous mention; a colour-only piece joins a shape-only
@@ -808,6 +811,12 @@ class Planner:
         shape_on = probs["shape"][toks, 0] < 0.5
         colour_on = probs["colour"][toks, 0] < 0.5
         motion_on = probs["motion"][toks, 0] < 0.5
+        # a word names one thing: the attribute it most surely names ("moves" read as shape 0.7 and motion 1.0
+        # is a motion word; an unsure article cannot open a mention of its own)
+        owner_T = np.stack([probs[a][toks, 0] for a in ATTRIBUTES]).argmin(0)
+        shape_on &= owner_T == ATTRIBUTE_INDEX["shape"]
+        colour_on &= owner_T == ATTRIBUTE_INDEX["colour"]
+        motion_on &= owner_T == ATTRIBUTE_INDEX["motion"]
         obj_on = p_obj_T[toks] > 0.5
         runs: list[list[int]] = []
         for j in np.flatnonzero(shape_on):
@@ -883,8 +892,8 @@ class Planner:
             return ATTRIBUTES["camera"][c], float(best_C[c])
         return "static", float(best_C[static])
 
-    def _read_scene(self, toks: np.ndarray, p_obj_T: np.ndarray, probs: dict[str, np.ndarray]
-                    ) -> tuple[Scene, dict[str, float]]:
+    def _read_scene(self, toks: np.ndarray, p_obj_T: np.ndarray, probs: dict[str, np.ndarray],
+                    link_T: np.ndarray | None = None) -> tuple[Scene, dict[str, float]]:
         def best(attr: str, rows: np.ndarray) -> tuple[str | None, float]:
             if rows.size == 0:
                 return None, 0.0
@@ -903,6 +912,10 @@ class Planner:
                     free &= probs[attr][shape_rows, 0] >= 0.5
                 shape_rows = shape_rows[free] if free.any() else shape_rows
             values = {"shape": best("shape", shape_rows), "motion": best("motion", rows)}
+            if link_T is not None and _shares_next_verb(rows, probs, link_T):
+                named = [r for r, _ in spans[i + 1:] if (probs["motion"][r, 0] < 0.5).any()]
+                if named:   # "a red ball and a blue box | bounce": the next motion named is this one's too
+                    values["motion"] = best("motion", named[0])
             values["colour"] = colours[i]
             shape = values["shape"][0] or "circle"
             motion = values["motion"][0] or "still"
@@ -988,6 +1001,32 @@ def _distinct_colours(p_OC: list[np.ndarray | None]) -> list[tuple[str | None, f
                 out[i] = (ATTRIBUTES["colour"][int(c)], float(p_OC[i][c]))
                 break
     return out
+
+
+# Words that join two object mentions sharing one verb ("a red ball and a blue box | bounce"): the training's
+# object joiners' words and a few quantifiers.
+LINK_WORDS = frozenset(w for j in world._OBJECT_JOINERS[0] for w in j.split()) | {"both", "each", "all", "together"}
+
+
+def _shares_next_verb(rows: np.ndarray, probs: dict[str, np.ndarray], link_T: np.ndarray) -> bool:
+    """Whether an object mention shares the next one's verb: it names no motion, and every word after its
+    last shape or colour word is a joining word ("a red ball and | a blue box bounce"). A mention whose
+    motion words went unread ("a red ball inert and ...") keeps its own best guess."""
+    if (probs["motion"][rows, 0] < 0.5).any():
+        return False
+    named_R = (probs["shape"][rows, 0] < 0.5) | (probs["colour"][rows, 0] < 0.5)
+    tail = rows[np.flatnonzero(named_R)[-1] + 1:] if named_R.any() else rows
+    return bool(link_T[tail].all())
+
+
+def _word_at(text: str, i: int) -> str:
+    """The lower-cased word of `text` holding character i."""
+    a, b = i, i
+    while a > 0 and text[a - 1].isalnum():
+        a -= 1
+    while b < len(text) and text[b].isalnum():
+        b += 1
+    return text[a:b].lower()
 
 
 def _runs(idx: np.ndarray) -> list[list[int]]:
