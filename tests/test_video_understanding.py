@@ -64,6 +64,21 @@ def test_named_values_are_read_with_their_words_and_unknown_words_listed():
         <= next(g for g in d["guessed"] if g["attribute"] == "camera").items()
 
 
+def test_a_verb_shared_by_joined_mentions_is_read_from_its_words():
+    prompt = "a red ball and a blue box bounce"
+    tags = {"red": {"colour": ("red", 0.99)}, "ball": {"shape": ("circle", 0.98)},
+            "blue": {"colour": ("blue", 0.99)}, "box": {"shape": ("square", 0.97)},
+            "bounce": {"motion": ("bounce", 0.95)}}
+    script = Script([Scene([SceneObject("circle", "red", "bounce"), SceneObject("square", "blue", "bounce")],
+                           "studio", "static")])
+    plan = fake_plan(prompt, tags, script)
+    plan.reading.link_T = np.array([b > a and prompt[a:b] in P.LINK_WORDS for a, b in plan.reading.offsets])
+    first = U.understand(prompt, plan).scenes[0]["objects"][0]["motion"]
+    assert (first.status, first.words) == ("read", ["bounce"])
+    plan.reading.link_T = None                                   # without the joining words: a guess
+    assert U.understand(prompt, plan).scenes[0]["objects"][0]["motion"].status == "guessed"
+
+
 def test_a_weak_reading_of_an_unknown_word_is_a_guess_and_nothing_known_is_an_error():
     prompt = "a purple car"
     plan = fake_plan(prompt, {"purple": {"colour": ("purple", 0.99)}, "car": {"shape": ("2", 0.46)}},

@@ -640,6 +640,7 @@ class PlanReading:
     probs: dict[str, np.ndarray]                # attribute -> [T, 1 + values]: column 0 is "names none"
     p_object_start_T: np.ndarray                # [T] object-start probability
     scene_id_T: np.ndarray                      # [T] scene of each token, -1 for special tokens
+    link_T: np.ndarray | None = None            # [T] token of a joining word (LINK_WORDS; see motion_rows)
 
 
 @dataclass
@@ -656,7 +657,7 @@ def join_plans(parts: list[Plan], texts: list[str], joiner: str, style: str | No
     """One Plan from the plans of texts[i] laid end to end: scenes, cuts, experts and confidences in order, the
     reading on joiner.join(texts) (token spans shifted, scene ids counted on); the style given, else the first
     part's that names one."""
-    offsets, probs, p_obj, scene_id, scenes, experts, confidence = [], {}, [], [], [], [], []
+    offsets, probs, p_obj, scene_id, links, scenes, experts, confidence = [], {}, [], [], [], [], [], []
     start = 0
     for part, text in zip(parts, texts):
         r = part.reading
@@ -664,6 +665,7 @@ def join_plans(parts: list[Plan], texts: list[str], joiner: str, style: str | No
         for attr, p in r.probs.items():
             probs.setdefault(attr, []).append(p)
         p_obj.append(r.p_object_start_T)
+        links.append(r.link_T)
         scene_id.append(np.where(r.scene_id_T >= 0, r.scene_id_T + len(scenes), r.scene_id_T))
         scenes += part.script.scenes
         experts += part.experts
@@ -673,7 +675,7 @@ def join_plans(parts: list[Plan], texts: list[str], joiner: str, style: str | No
     cuts = [float(c) for c in np.cumsum([s.seconds for s in scenes])[:-1]]
     timings = {k: sum(p.timings_ms.get(k, 0.0) for p in parts) for k in parts[0].timings_ms}
     reading = PlanReading(offsets, {a: np.concatenate(ps) for a, ps in probs.items()}, np.concatenate(p_obj),
-                          np.concatenate(scene_id))
+                          np.concatenate(scene_id), None if any(x is None for x in links) else np.concatenate(links))
     return Plan(Script(scenes, named), cuts, experts, confidence, timings, reading)
 
 
@@ -790,7 +792,7 @@ class Planner:
         t2 = time.perf_counter()
         return Plan(Script(scenes, style_name), cut_seconds, experts, confidence,
                     {"text_stream_ms": 1e3 * (t1 - t0), "experts_ms": 1e3 * (t2 - t1)},
-                    PlanReading(offsets[0], probs, p_start_T2[:, 1], scene_id_T))
+                    PlanReading(offsets[0], probs, p_start_T2[:, 1], scene_id_T, link_T))
 
     @staticmethod
     def _object_spans(toks: np.ndarray, p_obj_T: np.ndarray, probs: dict[str, np.ndarray]
@@ -873,6 +875,19 @@ class Planner:
         return [(toks[a:b], toks[c:b]) for a, b, c in pieces]
 
     @staticmethod
+    def motion_rows(spans: list[tuple[np.ndarray, np.ndarray]], probs: dict[str, np.ndarray],
+                    link_T: np.ndarray | None) -> list[np.ndarray]:
+        """The rows each object mention's motion is read from: its own, or, when it shares the next
+        mention's verb ("a red ball and a blue box | bounce", _shares_next_verb), those of the next mention
+        that names a motion."""
+        out = []
+        for i, (rows, _) in enumerate(spans):
+            if link_T is not None and _shares_next_verb(rows, probs, link_T):
+                rows = next((r for r, _ in spans[i + 1:] if (probs["motion"][r, 0] < 0.5).any()), rows)
+            out.append(rows)
+        return out
+
+    @staticmethod
     def camera_rows(toks: np.ndarray, probs: dict[str, np.ndarray]) -> np.ndarray:
         """The scene's tokens that may vote for its camera: those that read more as a camera move than as
         an object's motion ("sliding to the left" is no pan)."""
@@ -903,6 +918,7 @@ class Planner:
 
         objects, conf = [], {}
         spans = self._object_spans(toks, p_obj_T, probs)
+        motion_rows = self.motion_rows(spans, probs, link_T)
         colours = _distinct_colours([probs["colour"][rows, 1:].max(0) if rows.size else None for rows, _ in spans])
         for i, (rows, shape_rows) in enumerate(spans):
             if not (probs["shape"][shape_rows, 0] < 0.5).any():
@@ -911,11 +927,7 @@ class Planner:
                 for attr in ("colour", "motion", "background", "camera", "seconds", "style"):
                     free &= probs[attr][shape_rows, 0] >= 0.5
                 shape_rows = shape_rows[free] if free.any() else shape_rows
-            values = {"shape": best("shape", shape_rows), "motion": best("motion", rows)}
-            if link_T is not None and _shares_next_verb(rows, probs, link_T):
-                named = [r for r, _ in spans[i + 1:] if (probs["motion"][r, 0] < 0.5).any()]
-                if named:   # "a red ball and a blue box | bounce": the next motion named is this one's too
-                    values["motion"] = best("motion", named[0])
+            values = {"shape": best("shape", shape_rows), "motion": best("motion", motion_rows[i])}
             values["colour"] = colours[i]
             shape = values["shape"][0] or "circle"
             motion = values["motion"][0] or "still"

@@ -274,11 +274,12 @@ def understand(prompt: str, plan, style: str | None = None) -> Understanding:
             spans = [(toks, toks)] * len(scene.objects)
         background, scenery_words = read_words("background", scene.background, toks, frozenset())
         scenery = frozenset(w.start for w in scenery_words)   # words read as the background name no colour
+        motion_rows = Planner.motion_rows(spans, probs, reading.link_T)   # a shared verb: the next mention's
         objects = []
         for i, (obj, (rows, shape_rows)) in enumerate(zip(scene.objects, spans)):
             o = {"shape": reading_of("shape", obj.shape, shape_rows),
                  "colour": reading_of("colour", obj.colour, rows, scenery),
-                 "motion": reading_of("motion", obj.motion, rows)}
+                 "motion": reading_of("motion", obj.motion, motion_rows[i])}
             objects.append(o)
             for attr, r in o.items():
                 if r.status in ("guessed", "default"):
