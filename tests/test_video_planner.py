@@ -149,7 +149,7 @@ def test_shipped_planner_reads_a_two_scene_prompt():
 
 
 @needs_shipped
-def test_shipped_planner_reads_short_prompts_and_a_shared_verb():
+def test_shipped_planner_reads_prompts_as_people_write_them():
     planner = P.load_planner()
 
     def objects(prompt):
@@ -159,6 +159,9 @@ def test_shipped_planner_reads_short_prompts_and_a_shared_verb():
     assert [[o[::2] for o in sc] for sc in objects("a ball moves left")] == [[("circle", "left")]]
     assert objects("an orange triangle and a blue circle move up on the beach") == [
         [("triangle", "orange", "up"), ("circle", "blue", "up")]]
+    assert objects("a cerulean square falls at night") == [[("square", "blue", "down")]]   # between cyan and blue
+    assert objects("a red ball rolls left, then a blue square rises") == [      # no place named: still two scenes
+        [("circle", "red", "left")], [("square", "blue", "up")]]
 
 
 @needs_shipped

@@ -61,18 +61,28 @@ def test_a_word_names_only_the_attribute_it_names_most_surely():
     assert [(o.shape, o.motion) for o in scene.objects] == [("circle", "left")]
 
 
+def links(words) -> np.ndarray:
+    """link_words_T of the words joined by spaces, one token per word."""
+    prompt, offsets = "", []
+    for w, _ in words:
+        offsets.append((len(prompt), len(prompt) + len(w)))
+        prompt += w + " "
+    return P.link_words_T(prompt, offsets)
+
+
 def test_mentions_joined_before_one_verb_share_it():
     # "an orange triangle and a blue circle move up": the verb after the second mention is the first one's too
     words = [("an", {"start": "object"}), ("orange", {"colour": "orange"}), ("triangle", {"shape": "triangle"}),
              ("and", {}), ("a", {"start": "object"}), ("blue", {"colour": "blue"}), ("circle", {"shape": "circle"}),
              ("move", {"motion": "up"}), ("up", {"motion": "up"})]
-    link_T = np.array([w in P.LINK_WORDS for w, _ in words])
-    assert triples(read(words, link_T=link_T)) == [("triangle", "orange", "up"), ("circle", "blue", "up")]
+    assert triples(read(words, link_T=links(words))) == [("triangle", "orange", "up"), ("circle", "blue", "up")]
+    comma = words[:3] + [(",", {})] + words[3:]                  # "an orange triangle, and a blue circle move up"
+    assert triples(read(comma, link_T=links(comma)))[0] == ("triangle", "orange", "up")
     # a word between the shape and the joiner that nothing read ("inert"): an unread motion, not a shared verb
     words.insert(3, ("inert", {}))
-    link_T = np.array([w in P.LINK_WORDS for w, _ in words])
-    assert read(words, link_T=link_T).objects[0].motion != "up"
+    assert read(words, link_T=links(words)).objects[0].motion != "up"
     assert P._word_at("Two  RED-balls", 7) == "red" and P._word_at("a ball", 0) == "a"
+    assert P.link_words_T("a ball, and", [(0, 0), (2, 6), (6, 7), (8, 11)]).tolist() == [False, False, True, True]
 
 
 def test_two_coloured_objects_without_a_predicted_start_are_two_mentions():
@@ -122,6 +132,23 @@ def test_camera_move_needs_its_minimum_and_to_beat_static():
     planner.decode = P.DecodeConfig(camera_min=0.5)
     assert cam(0.0, 0.3) == "static"           # the old fixed threshold
     assert planner._camera(np.zeros((0, len(cams))))[0] == "static"
+
+
+def test_a_scene_joiner_between_objects_opens_a_scene():
+    prompt = "a red ball rolls left, then a blue box rises. Next to it, NOW a pink star"
+    offsets = [(0, 0)] + [(m.start(), m.end()) for m in __import__("re").finditer(r"\w+|[^\w\s]", prompt)]
+    words = [prompt[a:b] for a, b in offsets]
+    cuts = P.scene_joiner_cuts(prompt, offsets)
+    assert [(words[a], words[b]) for a, b in cuts] == [("then", "a")]   # not "next" of "next to", not "now"
+    cut = cuts[0][1]
+    object_T = np.array([1.0 if w in ("ball", "box", "star") else 0.0 for w in words])
+    assert P._split_at_joiners([1], cuts, object_T, 4) == [1, cut]
+    assert P._split_at_joiners([1], cuts, object_T, 1) == [1]                       # the scene cap
+    no_object_after = object_T.copy()
+    no_object_after[cut:] = 0.0                                                   # "... rolls left, then slowly."
+    assert P._split_at_joiners([1], cuts, no_object_after, 4) == [1]
+    assert P._split_at_joiners([1, cut], cuts, object_T, 4) == [1, cut]            # already a start: no double
+    assert P._split_at_joiners([1, cut + 1], cuts, object_T, 4) == [1, cut + 1]    # nor one a word off
 
 
 def test_objectless_scenes_merge_but_coloured_ones_stay():

@@ -72,7 +72,7 @@ def test_a_verb_shared_by_joined_mentions_is_read_from_its_words():
     script = Script([Scene([SceneObject("circle", "red", "bounce"), SceneObject("square", "blue", "bounce")],
                            "studio", "static")])
     plan = fake_plan(prompt, tags, script)
-    plan.reading.link_T = np.array([b > a and prompt[a:b] in P.LINK_WORDS for a, b in plan.reading.offsets])
+    plan.reading.link_T = P.link_words_T(prompt, plan.reading.offsets)
     first = U.understand(prompt, plan).scenes[0]["objects"][0]["motion"]
     assert (first.status, first.words) == ("read", ["bounce"])
     plan.reading.link_T = None                                   # without the joining words: a guess

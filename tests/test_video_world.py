@@ -112,7 +112,7 @@ def test_test_phrasing_uses_words_training_never_sees():
 
 def _phrase_words(split: str) -> set[str]:
     lists = [world.phrase_words(a, v, split) for a in world._WORDS for v in world._WORDS[a]]
-    lists += [world.phrase_options(o, split) for o in (world._JOINERS, world._OBJECT_JOINERS, world._ARTICLES)]
+    lists += [world.phrase_options(o, split) for o in (world.SCENE_JOINERS, world.OBJECT_JOINERS, world._ARTICLES)]
     lists.append([re.sub(r"\{\w+\}", " ", f) for f in world._STATES.get(split, world._STATES["train"])])   # frames
     return {w for phrases in lists for p in phrases for w in re.findall(r"[a-z0-9'-]+", p.lower())}
 
@@ -144,7 +144,7 @@ def test_novel_prompts_use_their_own_frames_and_joiners():
     novel = [world.script_to_prompt(world.sample_script(rng), rng, "novel") for _ in range(100)]
     text = " ".join(novel)
     assert "the footage depicts" in text or " appears " in text
-    assert any(j in text for j in world.phrase_options(world._JOINERS, "novel"))
+    assert any(j in text for j in world.phrase_options(world.SCENE_JOINERS, "novel"))
     assert not any(w in text for w in ("slowly", "quickly", "followed by", "we see"))   # no manner words, no test
 
 

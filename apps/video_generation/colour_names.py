@@ -7,8 +7,8 @@
 Names and values: the XKCD colour survey's 949 names and the 148 CSS4 names, as matplotlib ships them
 (no download). A name is matched to the world's palette by hue in CIE Lab (lightness says little: "navy"
 and "sky blue" are both blue), or to white when it has little chroma and is light. A colour name names some
-colour, so its nearest palette hue gets affinity 1 however far it lies ("cerulean" sits between the world's
-cyan and blue, 44 degrees from blue, and is still blue).
+colour, so its nearest palette hue gets affinity 1 however far it lies ("cerulean" lies 32 degrees from the
+world's blue and 64 from its cyan: 0.28 and 0.01 before this scaling, 1 and 0.02 after).
 
 Shape legend: C world colours.
 """

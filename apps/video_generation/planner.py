@@ -640,7 +640,7 @@ class PlanReading:
     probs: dict[str, np.ndarray]                # attribute -> [T, 1 + values]: column 0 is "names none"
     p_object_start_T: np.ndarray                # [T] object-start probability
     scene_id_T: np.ndarray                      # [T] scene of each token, -1 for special tokens
-    link_T: np.ndarray | None = None            # [T] token of a joining word (LINK_WORDS; see motion_rows)
+    link_T: np.ndarray | None = None            # [T] bool: token of a joining word (link_words_T, motion_rows)
 
 
 @dataclass
@@ -665,7 +665,7 @@ def join_plans(parts: list[Plan], texts: list[str], joiner: str, style: str | No
         for attr, p in r.probs.items():
             probs.setdefault(attr, []).append(p)
         p_obj.append(r.p_object_start_T)
-        links.append(r.link_T)
+        links.append(r.link_T if r.link_T is not None else np.zeros(len(r.offsets), bool))
         scene_id.append(np.where(r.scene_id_T >= 0, r.scene_id_T + len(scenes), r.scene_id_T))
         scenes += part.script.scenes
         experts += part.experts
@@ -675,7 +675,7 @@ def join_plans(parts: list[Plan], texts: list[str], joiner: str, style: str | No
     cuts = [float(c) for c in np.cumsum([s.seconds for s in scenes])[:-1]]
     timings = {k: sum(p.timings_ms.get(k, 0.0) for p in parts) for k in parts[0].timings_ms}
     reading = PlanReading(offsets, {a: np.concatenate(ps) for a, ps in probs.items()}, np.concatenate(p_obj),
-                          np.concatenate(scene_id), None if any(x is None for x in links) else np.concatenate(links))
+                          np.concatenate(scene_id), np.concatenate(links))
     return Plan(Script(scenes, named), cuts, experts, confidence, timings, reading)
 
 
@@ -738,17 +738,23 @@ class Planner:
         # its colour) is a stray start (e.g. "on a lawn, | the red box ..."): _scene_starts merges it
         object_conf_T = np.maximum(1 - probs["shape"][:, 0], 1 - probs["colour"][:, 0])
         starts = _scene_starts(p_start_T2[:, 0], special_T, self.scene_threshold, self.cfg.max_scenes, object_conf_T)
-        # one background and one camera phrase per scene (the camera's from the words that may vote for one)
+        # one background and one camera phrase per scene: from the words that name a background most surely
+        # ("lean" of "cerulean" read as a beach at 0.75 but as blue at 0.79 is no place) and those that may vote
+        # for a camera
+        background_conf_T = (1 - probs["background"][:, 0]) * names_attribute(probs, np.arange(T), "background")
         camera_conf_T = np.zeros(T)
         rows = self.camera_rows(np.arange(T), probs)
         camera_conf_T[rows] = 1 - probs["camera"][rows, 0]
         starts = _split_double_settings(starts, T, p_start_T2[:, 0], object_conf_T,
-                                        [1 - probs["background"][:, 0], camera_conf_T], self.cfg.max_scenes)
+                                        [background_conf_T, camera_conf_T], self.cfg.max_scenes)
+        # a scene joiner with objects named on both sides opens a scene (where no place or camera is named)
+        starts = _split_at_joiners(starts, scene_joiner_cuts(prompt, offsets[0]), object_conf_T,
+                                   self.cfg.max_scenes)
         scene_start_T = np.zeros(T, bool)
         scene_start_T[starts] = True
         scene_id_T = scene_ids_from_starts(scene_start_T.astype(int), special_T)
         n_scenes = int(scene_id_T.max()) + 1 if (scene_id_T >= 0).any() else 1
-        link_T = np.array([_word_at(prompt, a) in LINK_WORDS if b > a else False for a, b in offsets[0]])
+        link_T = link_words_T(prompt, offsets[0])
         scenes, confidence = [], []
         for k in range(n_scenes):
             toks = np.flatnonzero(scene_id_T == k)
@@ -810,15 +816,7 @@ class Planner:
         if toks.size == 0:
             return [(toks, toks)]
         n = len(toks)
-        shape_on = probs["shape"][toks, 0] < 0.5
-        colour_on = probs["colour"][toks, 0] < 0.5
-        motion_on = probs["motion"][toks, 0] < 0.5
-        # a word names one thing: the attribute it most surely names ("moves" read as shape 0.7 and motion 1.0
-        # is a motion word; an unsure article cannot open a mention of its own)
-        owner_T = np.stack([probs[a][toks, 0] for a in ATTRIBUTES]).argmin(0)
-        shape_on &= owner_T == ATTRIBUTE_INDEX["shape"]
-        colour_on &= owner_T == ATTRIBUTE_INDEX["colour"]
-        motion_on &= owner_T == ATTRIBUTE_INDEX["motion"]
+        shape_on, colour_on, motion_on = (names_attribute(probs, toks, a) for a in ("shape", "colour", "motion"))
         obj_on = p_obj_T[toks] > 0.5
         runs: list[list[int]] = []
         for j in np.flatnonzero(shape_on):
@@ -883,7 +881,7 @@ class Planner:
         out = []
         for i, (rows, _) in enumerate(spans):
             if link_T is not None and _shares_next_verb(rows, probs, link_T):
-                rows = next((r for r, _ in spans[i + 1:] if (probs["motion"][r, 0] < 0.5).any()), rows)
+                rows = next((r for r, _ in spans[i + 1:] if names_attribute(probs, r, "motion").any()), rows)
             out.append(rows)
         return out
 
@@ -985,6 +983,50 @@ def _split_double_settings(starts: list[int], T: int, p_start_T: np.ndarray, obj
     return starts
 
 
+# Scene joiners of the training wording (fit and validation phrasings) that a decoding rule may cut at; "now"
+# is left out, being as often an adverb inside a scene ("a ball now moves left").
+CUT_JOINERS = tuple(j for split in ("train", "val") for j in world.phrase_options(world.SCENE_JOINERS, split)
+                    if j != "now")
+
+
+def scene_joiner_cuts(prompt: str, offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(first token of the joiner, first token after it) for each scene joiner of CUT_JOINERS in `prompt`
+    ("..., | then | a blue box"), matched whole-word and case-blind."""
+    text = prompt.lower()
+    cuts = set()
+    for j in CUT_JOINERS:
+        for m in re.finditer(r"(?<![\w-])" + re.escape(j) + (r"(?![\w-])" if j[-1].isalnum() else ""), text):
+            first = [t for t, (a, b) in enumerate(offsets) if b > a and b > m.start()]
+            after = [t for t, (a, b) in enumerate(offsets) if b > a and a >= m.end()]
+            if first and after:
+                cuts.add((first[0], after[0]))
+    return sorted(cuts)
+
+
+def _split_at_joiners(starts: list[int], cuts: list[tuple[int, int]], object_conf_T: np.ndarray,
+                      max_scenes: int) -> list[int]:
+    """A scene that holds a scene joiner with objects named on both sides ("a red ball rolls left, then a blue
+    box rises" with no place or camera named, which the scene-start head, trained on scenes that always end
+    with their place, misses) is cut after the joiner, unless a scene already starts between the joiner and
+    the next object word (the head placed the start a word or two off); at most max_scenes scenes."""
+    starts = sorted(starts)
+    T = len(object_conf_T)
+    for first, cut in cuts:
+        if len(starts) >= max_scenes:
+            break
+        named_after = np.flatnonzero(object_conf_T[cut:] > 0.5)
+        if named_after.size == 0:
+            continue
+        next_object = cut + int(named_after[0])
+        if any(first <= s <= next_object for s in starts):
+            continue
+        a = max([s for s in starts if s < cut], default=0)
+        b = min([s for s in starts if s > cut], default=T)
+        if object_conf_T[a:first].max(initial=0) > 0.5 and next_object < b:
+            starts = sorted(starts + [cut])
+    return starts
+
+
 def _merge_objectless_scenes(starts: list[int], T: int, object_conf_T: np.ndarray) -> list[int]:
     """Scene starts without those whose scene names no object (object_conf_T: per token, how sure it names
     a shape or a colour; a scene needs one token over 0.5): such a scene is merged into the next one (the
@@ -1015,18 +1057,35 @@ def _distinct_colours(p_OC: list[np.ndarray | None]) -> list[tuple[str | None, f
     return out
 
 
-# Words that join two object mentions sharing one verb ("a red ball and a blue box | bounce"): the training's
-# object joiners' words and a few quantifiers.
-LINK_WORDS = frozenset(w for j in world._OBJECT_JOINERS[0] for w in j.split()) | {"both", "each", "all", "together"}
+# Words that join two object mentions sharing one verb ("a red ball and a blue box | bounce"): the words of the
+# object joiners of the training wording (its fit and validation phrasings) and a few quantifiers.
+LINK_WORDS = frozenset(w for split in ("train", "val") for j in world.phrase_options(world.OBJECT_JOINERS, split)
+                       for w in j.split()) | {"both", "each", "all"}
+
+
+def names_attribute(probs: dict[str, np.ndarray], rows: np.ndarray, attr: str) -> np.ndarray:
+    """[R] bool: the word of each row names `attr`: the reader tags it so (p(none) < 0.5) and that is the
+    attribute it names most surely ("moves" read as a shape at 0.7 and a motion at 1.0 is a motion word; an
+    unsure article opens no mention of its own). Exact ties go to the attribute listed first in ATTRIBUTES."""
+    owner_R = np.stack([probs[a][rows, 0] for a in ATTRIBUTES]).argmin(0)
+    return (probs[attr][rows, 0] < 0.5) & (owner_R == ATTRIBUTE_INDEX[attr])
+
+
+def link_words_T(prompt: str, offsets: list[tuple[int, int]]) -> np.ndarray:
+    """[T] bool: the token is part of a joining word (LINK_WORDS) or is punctuation ("a red ball, and ...",
+    "a red ball & ..."); special tokens (empty spans) are not."""
+    return np.array([b > a and (not any(c.isalnum() for c in prompt[a:b]) or _word_at(prompt, a) in LINK_WORDS)
+                     for a, b in offsets])
 
 
 def _shares_next_verb(rows: np.ndarray, probs: dict[str, np.ndarray], link_T: np.ndarray) -> bool:
     """Whether an object mention shares the next one's verb: it names no motion, and every word after its
-    last shape or colour word is a joining word ("a red ball and | a blue box bounce"). A mention whose
-    motion words went unread ("a red ball inert and ...") keeps its own best guess."""
-    if (probs["motion"][rows, 0] < 0.5).any():
+    last shape or colour word (none: "a red ball | a blue box bounce") is a joining word or punctuation ("a
+    red ball and | a blue box bounce"). A mention whose motion words went unread ("a red ball inert and ...")
+    keeps its own best guess."""
+    if names_attribute(probs, rows, "motion").any():
         return False
-    named_R = (probs["shape"][rows, 0] < 0.5) | (probs["colour"][rows, 0] < 0.5)
+    named_R = names_attribute(probs, rows, "shape") | names_attribute(probs, rows, "colour")
     tail = rows[np.flatnonzero(named_R)[-1] + 1:] if named_R.any() else rows
     return bool(link_T[tail].all())
 

@@ -274,7 +274,7 @@ def understand(prompt: str, plan, style: str | None = None) -> Understanding:
             spans = [(toks, toks)] * len(scene.objects)
         background, scenery_words = read_words("background", scene.background, toks, frozenset())
         scenery = frozenset(w.start for w in scenery_words)   # words read as the background name no colour
-        motion_rows = Planner.motion_rows(spans, probs, reading.link_T)   # a shared verb: the next mention's
+        motion_rows = Planner.motion_rows(spans, probs, reading.link_T)   # a shared verb is read where it stands
         objects = []
         for i, (obj, (rows, shape_rows)) in enumerate(zip(scene.objects, spans)):
             o = {"shape": reading_of("shape", obj.shape, shape_rows),

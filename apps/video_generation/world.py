@@ -409,17 +409,17 @@ for _attr, _values in _WORDS.items():
         _values[_value] = (_train, _test, _NOVEL_WORDS[_attr][_value])
 del _attr, _values, _value, _train, _test
 _SECONDS_WORDS = {1.0: "one", 2.0: "two", 3.0: "three", 4.0: "four"}
-_JOINERS = (["then", "after that", "next,", "cut to", "and then", "subsequently", "new scene:", "in the next shot",
-             "switch to", "and next", "the scene changes:", "then the film cuts to", "after this,", "next up,",
-             "once that ends,", "and now", "in another shot", "change to", "then comes", "after which",
-             "and finally", "then it cuts to", "the next scene shows", "second scene:", "next shot:",
-             "the video then shows", "after that comes", "cut:", "now", "and after that", "then switch to",
-             "the shot changes to"],
-            ["later on,", "followed by", "and afterwards"],
-            ["after an edit,", "thereafter", "onward,"])
-_OBJECT_JOINERS = (["and", "while", "and also", "plus", "as well as", "next to", "beside", "and another",
-                    "near", "with", "accompanied by", "in addition to", "coupled with", "joined by",
-                    "side by side with", "besides", "and a second"], ["together with", "alongside"],
+SCENE_JOINERS = (["then", "after that", "next,", "cut to", "and then", "subsequently", "new scene:",
+                  "in the next shot", "switch to", "and next", "the scene changes:", "then the film cuts to",
+                  "after this,", "next up,", "once that ends,", "and now", "in another shot", "change to",
+                  "then comes", "after which", "and finally", "then it cuts to", "the next scene shows",
+                  "second scene:", "next shot:", "the video then shows", "after that comes", "cut:", "now",
+                  "and after that", "then switch to", "the shot changes to"],
+                 ["later on,", "followed by", "and afterwards"],
+                 ["after an edit,", "thereafter", "onward,"])
+OBJECT_JOINERS = (["and", "while", "and also", "plus", "as well as", "next to", "beside", "and another",
+                   "near", "with", "accompanied by", "in addition to", "coupled with", "joined by",
+                   "side by side with", "besides", "and a second"], ["together with", "alongside"],
                    ["along with", "accompanying"])
 _ARTICLES = (["a", "the", "a small", "a big", "a little", "a bright", "a shiny", "an", "a large", "a huge", "a cute",
               "a glowing", "a lone", "a solitary", "a pretty", "a sparkling"], ["a single", "some"],
@@ -501,7 +501,7 @@ def script_to_prompt_spans(script: Script, rng: np.random.Generator,
     b = _Builder()
     for si, scene in enumerate(script.scenes):
         if si:
-            b.add(_pick(rng, phrase_options(_JOINERS, split)))
+            b.add(_pick(rng, phrase_options(SCENE_JOINERS, split)))
         scene_start = len(b.text) + (1 if b.text else 0)
         frame = _pick(rng, frames)
         # Fill the frame in order of its placeholders.
@@ -509,7 +509,7 @@ def script_to_prompt_spans(script: Script, rng: np.random.Generator,
             if part == "{objects}":
                 for oi, obj in enumerate(scene.objects):
                     if oi:
-                        b.add(_pick(rng, phrase_options(_OBJECT_JOINERS, split)))
+                        b.add(_pick(rng, phrase_options(OBJECT_JOINERS, split)))
                     obj_start = len(b.text) + (1 if b.text else 0)
                     b.add(_pick(rng, phrase_options(_ARTICLES, split)))
                     b.add(_pick(rng, phrase_words("colour", obj.colour, split)), f"colour:{obj.colour}")
