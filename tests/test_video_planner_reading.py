@@ -135,20 +135,28 @@ def test_camera_move_needs_its_minimum_and_to_beat_static():
 
 
 def test_a_scene_joiner_between_objects_opens_a_scene():
-    prompt = "a red ball rolls left, then a blue box rises. Next to it, NOW a pink star"
+    prompt = "a red ball rolls left, THEN a blue box rises. Next to it, NOW a pink star"
     offsets = [(0, 0)] + [(m.start(), m.end()) for m in __import__("re").finditer(r"\w+|[^\w\s]", prompt)]
     words = [prompt[a:b] for a, b in offsets]
     cuts = P.scene_joiner_cuts(prompt, offsets)
-    assert [(words[a], words[b]) for a, b in cuts] == [("then", "a")]   # not "next" of "next to", not "now"
+    assert [(words[a], words[b]) for a, b in cuts] == [("THEN", "a")]   # not "next" of "next to", not "now"
     cut = cuts[0][1]
     object_T = np.array([1.0 if w in ("ball", "box", "star") else 0.0 for w in words])
-    assert P._split_at_joiners([1], cuts, object_T, 4) == [1, cut]
-    assert P._split_at_joiners([1], cuts, object_T, 1) == [1]                       # the scene cap
+    no_motion_T = np.zeros(len(words), bool)
+    assert P._split_at_joiners([1], cuts, object_T, no_motion_T, 4) == [1, cut]
+    assert P._split_at_joiners([1], cuts, object_T, no_motion_T, 1) == [1]                 # the scene cap
     no_object_after = object_T.copy()
-    no_object_after[cut:] = 0.0                                                   # "... rolls left, then slowly."
-    assert P._split_at_joiners([1], cuts, no_object_after, 4) == [1]
-    assert P._split_at_joiners([1, cut], cuts, object_T, 4) == [1, cut]            # already a start: no double
-    assert P._split_at_joiners([1, cut + 1], cuts, object_T, 4) == [1, cut + 1]    # nor one a word off
+    no_object_after[cut:] = 0.0                                                          # "..., then slowly."
+    assert P._split_at_joiners([1], cuts, no_object_after, no_motion_T, 4) == [1]
+    assert P._split_at_joiners([1, cut], cuts, object_T, no_motion_T, 4) == [1, cut]      # already a start
+    assert P._split_at_joiners([1, cut + 1], cuts, object_T, no_motion_T, 4) == [1, cut + 1]   # a word off
+    adverb_T = no_motion_T.copy()
+    adverb_T[cut] = True                                               # "... falls and then | bounces, a blue box"
+    assert P._split_at_joiners([1], cuts, object_T, adverb_T, 4) == [1]
+    text = "a ball, then it cuts to a box"                              # overlapping joiners: the longest one
+    offs = [(m.start(), m.end()) for m in __import__("re").finditer(r"\w+|[^\w\s]", text)]
+    assert [text[offs[b][0]:offs[b][1]] for _, b in P.scene_joiner_cuts(text, offs)] == ["a"]
+    assert [b for _, b in P.scene_joiner_cuts(text, offs)] == [7]
 
 
 def test_objectless_scenes_merge_but_coloured_ones_stay():

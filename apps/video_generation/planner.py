@@ -749,7 +749,7 @@ class Planner:
                                         [background_conf_T, camera_conf_T], self.cfg.max_scenes)
         # a scene joiner with objects named on both sides opens a scene (where no place or camera is named)
         starts = _split_at_joiners(starts, scene_joiner_cuts(prompt, offsets[0]), object_conf_T,
-                                   self.cfg.max_scenes)
+                                   names_attribute(probs, np.arange(T), "motion"), self.cfg.max_scenes)
         scene_start_T = np.zeros(T, bool)
         scene_start_T[starts] = True
         scene_id_T = scene_ids_from_starts(scene_start_T.astype(int), special_T)
@@ -991,24 +991,28 @@ CUT_JOINERS = tuple(j for split in ("train", "val") for j in world.phrase_option
 
 def scene_joiner_cuts(prompt: str, offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """(first token of the joiner, first token after it) for each scene joiner of CUT_JOINERS in `prompt`
-    ("..., | then | a blue box"), matched whole-word and case-blind."""
-    text = prompt.lower()
+    ("..., | then | a blue box"), matched whole-word and case-blind; of overlapping joiners the longest ("then
+    it cuts to" over its "then")."""
+    found = [(m.start(), m.end()) for j in CUT_JOINERS for m in re.finditer(
+        r"(?<![\w-])" + re.escape(j) + (r"(?![\w-])" if j[-1].isalnum() else ""), prompt, re.IGNORECASE)]
+    longest = [(a, b) for a, b in found if not any(c <= a and b <= d and (c, d) != (a, b) for c, d in found)]
     cuts = set()
-    for j in CUT_JOINERS:
-        for m in re.finditer(r"(?<![\w-])" + re.escape(j) + (r"(?![\w-])" if j[-1].isalnum() else ""), text):
-            first = [t for t, (a, b) in enumerate(offsets) if b > a and b > m.start()]
-            after = [t for t, (a, b) in enumerate(offsets) if b > a and a >= m.end()]
-            if first and after:
-                cuts.add((first[0], after[0]))
+    for start, end in longest:
+        first = next((t for t, (a, b) in enumerate(offsets) if b > a and b > start), None)
+        after = next((t for t, (a, b) in enumerate(offsets) if b > a and a >= end), None)
+        if first is not None and after is not None:
+            cuts.add((first, after))
     return sorted(cuts)
 
 
 def _split_at_joiners(starts: list[int], cuts: list[tuple[int, int]], object_conf_T: np.ndarray,
-                      max_scenes: int) -> list[int]:
+                      motion_T: np.ndarray, max_scenes: int) -> list[int]:
     """A scene that holds a scene joiner with objects named on both sides ("a red ball rolls left, then a blue
     box rises" with no place or camera named, which the scene-start head, trained on scenes that always end
     with their place, misses) is cut after the joiner, unless a scene already starts between the joiner and
-    the next object word (the head placed the start a word or two off); at most max_scenes scenes."""
+    the next object word (the head placed the start a word or two off) or a motion is named before that
+    object word (an adverb: "a red ball falls and then bounces, ..."); at most max_scenes scenes.
+    motion_T: [T] bool, the token names a motion."""
     starts = sorted(starts)
     T = len(object_conf_T)
     for first, cut in cuts:
@@ -1018,7 +1022,7 @@ def _split_at_joiners(starts: list[int], cuts: list[tuple[int, int]], object_con
         if named_after.size == 0:
             continue
         next_object = cut + int(named_after[0])
-        if any(first <= s <= next_object for s in starts):
+        if any(first <= s <= next_object for s in starts) or motion_T[cut:next_object].any():
             continue
         a = max([s for s in starts if s < cut], default=0)
         b = min([s for s in starts if s > cut], default=T)
