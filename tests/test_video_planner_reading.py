@@ -1,5 +1,7 @@
 """The planner's decoding (per-token probabilities -> objects, scenes, camera): synthetic probabilities, no
 model, so each rule is checked on its own; plus the evidence-only reader pass on a tiny untrained model."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -136,7 +138,7 @@ def test_camera_move_needs_its_minimum_and_to_beat_static():
 
 def test_a_scene_joiner_between_objects_opens_a_scene():
     prompt = "a red ball rolls left, THEN a blue box rises. Next to it, NOW a pink star"
-    offsets = [(0, 0)] + [(m.start(), m.end()) for m in __import__("re").finditer(r"\w+|[^\w\s]", prompt)]
+    offsets = [(0, 0)] + [(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", prompt)]
     words = [prompt[a:b] for a, b in offsets]
     cuts = P.scene_joiner_cuts(prompt, offsets)
     assert [(words[a], words[b]) for a, b in cuts] == [("THEN", "a")]   # not "next" of "next to", not "now"
@@ -154,7 +156,7 @@ def test_a_scene_joiner_between_objects_opens_a_scene():
     adverb_T[cut] = True                                               # "... falls and then | bounces, a blue box"
     assert P._split_at_joiners([1], cuts, object_T, adverb_T, 4) == [1]
     text = "a ball, then it cuts to a box"                              # overlapping joiners: the longest one
-    offs = [(m.start(), m.end()) for m in __import__("re").finditer(r"\w+|[^\w\s]", text)]
+    offs = [(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", text)]
     assert [text[offs[b][0]:offs[b][1]] for _, b in P.scene_joiner_cuts(text, offs)] == ["a"]
     assert [b for _, b in P.scene_joiner_cuts(text, offs)] == [7]
 

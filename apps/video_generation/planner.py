@@ -737,19 +737,20 @@ class Planner:
         # a "scene" naming no object (no shape word, nor a colour word: an unseen shape word still comes with
         # its colour) is a stray start (e.g. "on a lawn, | the red box ..."): _scene_starts merges it
         object_conf_T = np.maximum(1 - probs["shape"][:, 0], 1 - probs["colour"][:, 0])
+        all_T = np.arange(T)
         starts = _scene_starts(p_start_T2[:, 0], special_T, self.scene_threshold, self.cfg.max_scenes, object_conf_T)
         # one background and one camera phrase per scene: from the words that name a background most surely
         # ("lean" of "cerulean" read as a beach at 0.75 but as blue at 0.79 is no place) and those that may vote
         # for a camera
-        background_conf_T = (1 - probs["background"][:, 0]) * names_attribute(probs, np.arange(T), "background")
+        background_conf_T = (1 - probs["background"][:, 0]) * names_attribute(probs, all_T, "background")
         camera_conf_T = np.zeros(T)
-        rows = self.camera_rows(np.arange(T), probs)
+        rows = self.camera_rows(all_T, probs)
         camera_conf_T[rows] = 1 - probs["camera"][rows, 0]
         starts = _split_double_settings(starts, T, p_start_T2[:, 0], object_conf_T,
                                         [background_conf_T, camera_conf_T], self.cfg.max_scenes)
         # a scene joiner with objects named on both sides opens a scene (where no place or camera is named)
         starts = _split_at_joiners(starts, scene_joiner_cuts(prompt, offsets[0]), object_conf_T,
-                                   names_attribute(probs, np.arange(T), "motion"), self.cfg.max_scenes)
+                                   names_attribute(probs, all_T, "motion"), self.cfg.max_scenes)
         scene_start_T = np.zeros(T, bool)
         scene_start_T[starts] = True
         scene_id_T = scene_ids_from_starts(scene_start_T.astype(int), special_T)
@@ -983,10 +984,9 @@ def _split_double_settings(starts: list[int], T: int, p_start_T: np.ndarray, obj
     return starts
 
 
-# Scene joiners of the training wording (fit and validation phrasings) that a decoding rule may cut at; "now"
-# is left out, being as often an adverb inside a scene ("a ball now moves left").
-CUT_JOINERS = tuple(j for split in ("train", "val") for j in world.phrase_options(world.SCENE_JOINERS, split)
-                    if j != "now")
+# Scene joiners of the training wording (the first list: fit and validation phrasings) that a decoding rule may
+# cut at; "now" is left out, being as often an adverb inside a scene ("a ball now moves left").
+CUT_JOINERS = tuple(j for j in world.SCENE_JOINERS[0] if j != "now")
 
 
 def scene_joiner_cuts(prompt: str, offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -1062,9 +1062,8 @@ def _distinct_colours(p_OC: list[np.ndarray | None]) -> list[tuple[str | None, f
 
 
 # Words that join two object mentions sharing one verb ("a red ball and a blue box | bounce"): the words of the
-# object joiners of the training wording (its fit and validation phrasings) and a few quantifiers.
-LINK_WORDS = frozenset(w for split in ("train", "val") for j in world.phrase_options(world.OBJECT_JOINERS, split)
-                       for w in j.split()) | {"both", "each", "all"}
+# object joiners of the training wording (the first list: fit and validation phrasings) and a few quantifiers.
+LINK_WORDS = frozenset(w for j in world.OBJECT_JOINERS[0] for w in j.split()) | {"both", "each", "all"}
 
 
 def names_attribute(probs: dict[str, np.ndarray], rows: np.ndarray, attr: str) -> np.ndarray:
