@@ -157,9 +157,10 @@ def test_prepare_is_the_training_input():
     hu[5:9, 20:28, 20:28] = 40.0
     cube_hu = crop_around(hu, (2.5, 0.7, 0.7), (24, 24, 7), cfg.crop_mm)
     model = MalignancyModel(cfg)
-    prepared, d = model.prepare(cube_hu, (1.0, 1.0, 1.0), 6.0)
+    prepared, d, measures = model.prepare(cube_hu, (1.0, 1.0, 1.0), 6.0)
     assert d == 6.0
     np.testing.assert_allclose(prepared, finish_cube(cube_hu, 6.0, cfg), atol=1e-4)
+    np.testing.assert_array_equal(measures, mal.nodule_measures(mal.box_cube(cube_hu, 6.0, cfg), 6.0))
     assert 4.0 < estimate_diameter_mm(cube_hu) < 12.0
     assert model.prepare(cube_hu, (1.0, 1.0, 1.0))[1] == estimate_diameter_mm(cube_hu)  # no diameter: estimated
 
@@ -185,9 +186,13 @@ def test_patient_folds_keep_patients_together():
     assert sorted(set(folds)) == [0, 1, 2, 3, 4]
 
 
+def _measures(B: int) -> torch.Tensor:
+    return torch.randn(B, len(mal.MEASURE_NAMES))
+
+
 def test_forward_backward_reaches_the_task_gates():
     model = MalignancyModel(MalignancyConfig(**TINY))
-    logits, aux = model(torch.rand(2, 1, 32, 32, 32), torch.tensor([5.0, 15.0]))
+    logits, aux = model(torch.rand(2, 1, 32, 32, 32), torch.tensor([5.0, 15.0]), _measures(2))
     assert logits.shape == (2,) and torch.isfinite(aux)
     (logits.sum() + aux).backward()
     moe = model.stream.moe_mlps()
@@ -195,30 +200,74 @@ def test_forward_backward_reaches_the_task_gates():
     assert model.task == mal.task_id("malignancy")
 
 
-def test_diameter_input_changes_the_logit():
+def test_diameter_and_measures_inputs_change_the_logit():
     model = MalignancyModel(MalignancyConfig(**TINY)).eval()
-    cubes = torch.rand(2, 1, 32, 32, 32)
+    cubes, measures = torch.rand(2, 1, 32, 32, 32), _measures(2)
     with pytest.raises(ValueError, match="diameter"):
-        model(cubes)
+        model(cubes, measures_BM=measures)
+    with pytest.raises(ValueError, match="measures"):
+        model(cubes, torch.tensor([4.0, 4.0]))
     with torch.no_grad():
-        small, _ = model(cubes, torch.tensor([4.0, 4.0]))
-        big, _ = model(cubes, torch.tensor([20.0, 20.0]))
-    assert not torch.allclose(small, big)
-    (model(cubes, torch.tensor([4.0, 20.0]))[0].sum()).backward()
-    assert model.size_term.weight.grad is not None
+        small, _ = model(cubes, torch.tensor([4.0, 4.0]), measures)
+        big, _ = model(cubes, torch.tensor([20.0, 20.0]), measures)
+        other, _ = model(cubes, torch.tensor([4.0, 4.0]), measures + 1.0)
+    assert not torch.allclose(small, big) and not torch.allclose(small, other)
+    (model(cubes, torch.tensor([4.0, 20.0]), measures)[0].sum()).backward()
+    assert model.size_term.weight.grad is not None and model.measures_term.weight.grad is not None
+    plain = MalignancyModel(MalignancyConfig(**TINY, diameter_input=False, measures_input=False))
+    assert plain(cubes)[0].shape == (2,)
+
+
+def _sphere_cube(radius_mm: float, hu: float, side: int = 32) -> np.ndarray:
+    offsets = np.arange(side) - side // 2
+    dist = np.sqrt(offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2)
+    return np.where(dist <= radius_mm, hu, -850.0).astype(np.float32)
+
+
+def test_nodule_measures_known_shapes():
+    named = lambda cube, d: dict(zip(mal.MEASURE_NAMES, mal.nodule_measures(cube, d)))
+    solid = named(_sphere_cube(5.0, 40.0), 10.0)
+    assert abs(solid["segment_diameter_ratio"]) < 0.05          # the region is the 10 mm ball itself
+    assert solid["segment_mean_hu"] == pytest.approx(0.040) and solid["segment_sd_hu"] == pytest.approx(0.0)
+    assert solid["segment_calcified_share"] == 0.0 and solid["ball_solid_share"] == 1.0
+    assert solid["elongation_minor"] > 0.95 and solid["segment_reach"] == 0.0
+    assert solid["near_shell_dense_share"] == 0.0 and solid["near_shell_mean_hu"] == pytest.approx(-0.850)
+    calcified = named(_sphere_cube(5.0, 600.0), 10.0)
+    assert calcified["segment_calcified_share"] == 1.0 and calcified["ball_max_hu"] == pytest.approx(0.6)
+    # a ground-glass nodule (-600 HU) has no > -500 HU region: the measures fall back to the centre voxels
+    glass = named(_sphere_cube(5.0, -600.0), 10.0)
+    assert glass["ball_ground_glass_share"] == 1.0 and glass["ball_solid_share"] == 0.0
+    # a rod through the nodule (a vessel, a spicule) reaches the limit shell and stretches the region
+    rod = _sphere_cube(5.0, 40.0)
+    rod[16, 15:18, :] = 40.0
+    stretched = named(rod, 10.0)
+    assert stretched["segment_reach"] > 0 and stretched["elongation_minor"] < solid["elongation_minor"]
+    assert stretched["sphericity"] < solid["sphericity"]
+    # a sub-mm diameter whose dense voxel lies off the centre, NaN voxels, a nodule filling the cube: finite
+    off_centre = np.full((32, 32, 32), -850.0, np.float32)
+    off_centre[18, 18, 18] = 40.0
+    with_nan = _sphere_cube(5.0, 40.0)
+    with_nan[16, 16, 20] = np.nan
+    filled = named(np.full((32, 32, 32), 40.0, np.float32), 60.0)
+    for m in (mal.nodule_measures(off_centre, 0.5), mal.nodule_measures(with_nan, 10.0), list(filled.values())):
+        assert np.all(np.isfinite(m))
+    assert filled["sphericity"] < 1.0                   # the cube's border faces count
 
 
 def test_training_learns_synthetic_blobs_and_round_trips(tmp_path):
     write_crops(tmp_path / "crops", 24, seed=3)
     cfg = MalignancyConfig(**TINY, epochs=4, batch_size=8, lr=3e-3, augment=True)
     crops = load_crops(tmp_path / "crops", cfg)
-    model, result = mal.train(crops.cubes[:16], crops.labels[:16], cfg, crops.diameters_mm[:16])
+    assert crops.measures.shape == (24, len(mal.MEASURE_NAMES))
+    model, result = mal.train(crops.cubes[:16], crops.labels[:16], cfg, crops.diameters_mm[:16], crops.measures[:16])
     assert result.steps == 4 * 2
-    held_out = model.predict_cubes(crops.cubes[16:], crops.diameters_mm[16:])
+    np.testing.assert_allclose(model.measures_mean.numpy(), crops.measures[:16].mean(axis=0), rtol=1e-5, atol=1e-6)
+    held_out = model.predict_cubes(crops.cubes[16:], crops.diameters_mm[16:], crops.measures[16:])
     assert auc(held_out, crops.labels[16:]) >= 0.85
     model.save(tmp_path / "model")
     loaded = mal.load_model(tmp_path / "model")
-    np.testing.assert_allclose(loaded.predict_cubes(crops.cubes[16:], crops.diameters_mm[16:]), held_out, atol=1e-5)
+    np.testing.assert_allclose(loaded.predict_cubes(crops.cubes[16:], crops.diameters_mm[16:], crops.measures[16:]),
+                               held_out, atol=1e-5)
 
     # The CLI on the same folder: one JSON object as the last stdout line.
     from apps.cli import CommandTable
@@ -399,10 +448,18 @@ def test_one_class_folders_give_valid_json_not_nan(tmp_path):
     for r, y in zip(rows, [1, 1, 0, 0, 1, 0, 0, 0]):
         r["Diagnosis_value"], r["Diagnosis"] = str(y), "Malign" if y else "Benign"
     _write_table(tmp_path / "c", list(rows[0]), [list(r.values()) for r in rows])
-    result = mal.cross_validate(tmp_path / "c", 4, cfg)
+    result = mal.cross_validate(tmp_path / "c", 4, cfg, predictions=tmp_path / "oof.csv")
     json.dumps(result, allow_nan=False)
     assert result["auc_per_fold"].count(None) == 3 and len(result["warnings"]) == 3
     assert result["auc_mean"] == [a for a in result["auc_per_fold"] if a is not None][0]
+    # the out-of-fold predictions: one row per crop, whole patients per fold, the pooled AUC recomputable
+    with open(tmp_path / "oof.csv", newline="") as f:
+        oof = list(csv.DictReader(f))
+    assert [r["label"] for r in oof] == ["1", "1", "0", "0", "1", "0", "0", "0"]
+    assert all(len({r["fold"] for r in oof if r["patient_id"] == p}) == 1 for p in {r["patient_id"] for r in oof})
+    pooled = auc([float(r["probability"]) for r in oof], [int(r["label"]) for r in oof])
+    assert result["auc_pooled"] == pytest.approx(pooled, abs=1e-4)
+    assert result["diameter_only_auc_mean"] is not None
 
 
 def test_a_rating_column_of_only_1s_is_read_as_ratings_not_as_all_malignant(tmp_path):
@@ -429,3 +486,66 @@ def test_nodules_csv_in_utf16_with_quoted_newlines_reads_like_utf8(tmp_path):
     table = mal.read_crop_table(tmp_path / "c")
     assert table.labels == [int(r["Diagnosis_value"]) for r in rows] == [0, 1, 0, 1]
     assert [r["line"] for r in table.rows] == [2, 4, 6, 8]   # a quoted newline spans two lines
+
+
+# ---- the measures term: bounds, explanations, old checkpoints ----
+
+def test_load_crops_and_prepare_give_the_same_inputs(tmp_path):
+    """A crop prepared for training (load_crops) and the same crop prepared at inference (prepare) agree."""
+    write_crops(tmp_path / "crops", 2, seed=4)
+    cfg = MalignancyConfig(**TINY)
+    crops = load_crops(tmp_path / "crops", cfg, use_cache=False)
+    row = _table(tmp_path / "crops")[0]
+    vol = mal.load_crop_volume(tmp_path / "crops" / "image" / f"{row['patient_id']}_R_{row['nodule_id']}.nii.gz")
+    centre = vol.to_voxel(np.array([float(row[k]) for k in ("coordX", "coordY", "coordZ")]))[0]
+    cube_hu = crop_around(vol.hu_ZYX, vol.spacing_zyx, centre, cfg.crop_mm)
+    cube, d, measures = MalignancyModel(cfg).prepare(cube_hu, (1.0, 1.0, 1.0), float(row["diameter_mm"]))
+    np.testing.assert_allclose(cube, crops.cubes[0], atol=1e-4)
+    assert d == pytest.approx(crops.diameters_mm[0])
+    np.testing.assert_allclose(measures, crops.measures[0], atol=1e-4)
+    empty = MalignancyModel(cfg).prepare_many([])
+    assert [a.shape for a in empty] == [(0, 32, 32, 32), (0,), (0, len(mal.MEASURE_NAMES))]
+
+
+def test_a_measure_constant_in_training_moves_the_logit_a_bounded_amount():
+    cfg = MalignancyConfig(**TINY, epochs=1, batch_size=4, augment=False)
+    rng = np.random.default_rng(0)
+    cubes = rng.random((8, 32, 32, 32), dtype=np.float32)
+    measures = rng.normal(size=(8, len(mal.MEASURE_NAMES))).astype(np.float32)
+    measures[:, 3] = 0.0                               # e.g. no training crop is calcified
+    model, _ = mal.train(cubes, np.arange(8) % 2, cfg, np.full(8, 8.0), measures)
+    assert model.measures_scale[3] == mal.MEASURE_SCALE_FLOOR
+    outlier = measures[:1].copy()
+    outlier[0, 3] = 1000.0                             # far outside anything seen
+    terms = model.measure_terms(outlier)
+    assert abs(terms[0, 3]) <= mal.MEASURE_CLIP * abs(float(model.measures_term.weight.detach()[0, 3])) + 1e-6
+    assert np.all(np.isfinite(model.predict_cubes(cubes[:1], np.full(1, 8.0), outlier)))
+    assert MalignancyModel(MalignancyConfig(**TINY, measures_input=False)).measure_terms(measures) is None
+
+
+def test_findings_name_the_measures_that_move_their_estimate():
+    from apps.medical_imaging.pipeline import Finding, Models, _malignancy
+
+    model = MalignancyModel(MalignancyConfig(**TINY)).eval()
+    hu = np.full((40, 64, 64), -850.0, np.float32)
+    hu[17:23, 28:36, 28:36] = 40.0
+    finding = Finding(1, 0.0, 0.0, 0.0, 32.0, 32.0, 20.0, 8.0, 0.9, 0.9, None, "", "right upper lobe", "solid",
+                      [20], None)
+    _malignancy(Models(None, model), hu, (1.0, 1.0, 1.0), [finding])
+    assert 0.0 <= finding.malignancy <= 1.0
+    named = finding.malignancy_note.split("measures that move it most (logit terms): ")[1].split(", ")
+    assert len(named) == 2
+    assert all(n.rsplit(" ", 1)[0].replace(" ", "_") in mal.MEASURE_NAMES for n in named)
+
+
+def test_a_checkpoint_from_before_the_measures_says_how_to_load_it(tmp_path):
+    old = MalignancyModel(MalignancyConfig(**TINY, measures_input=False))
+    old.save(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["config"]["measures_input"]               # as written before the field existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(mal.CheckpointError, match="measures_input"):
+        mal.load_model(tmp_path / "old")
+    config["config"]["measures_input"] = False
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    assert mal.load_model(tmp_path / "old").measures_term is None

@@ -41,7 +41,6 @@ Logs never name patients: only keys, counts and error reasons.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
@@ -55,6 +54,8 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .tables import write_csv_atomic
 
 FINDINGS_COLUMNS = ("study", "series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "i", "j", "k", "diameter_mm",
                     "probability", "malignancy")
@@ -859,15 +860,6 @@ def _process_in_worker(entry: StudyEntry, cfg: BatchConfig) -> dict:
 # ---------------------------------------------------------------------------------------------- merge
 
 
-def _write_csv_atomic(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
 def merge(out: str | Path, scan_errors: list[dict] | None = None) -> dict:
     """Rebuild findings.csv and errors.csv from the finished studies and failure records under `out`."""
     out = Path(out)
@@ -890,8 +882,8 @@ def merge(out: str | Path, scan_errors: list[dict] | None = None) -> dict:
     elif scan_file.is_file():
         scan_errors = json.loads(scan_file.read_text())
     errors += scan_errors or []
-    _write_csv_atomic(out / "findings.csv", FINDINGS_COLUMNS, rows)
-    _write_csv_atomic(out / "errors.csv", ERRORS_COLUMNS, errors)
+    write_csv_atomic(out / "findings.csv", FINDINGS_COLUMNS, rows)
+    write_csv_atomic(out / "errors.csv", ERRORS_COLUMNS, errors)
     return {"out": str(out), "studies_done": done, "findings": len(rows), "errors": len(errors),
             "findings_csv": str(out / "findings.csv"), "errors_csv": str(out / "errors.csv")}
 

@@ -132,9 +132,9 @@ def lidc_truth(root: Path, min_readers: int = 1, anonymize: bool = False) -> tup
 
 def write_truth(nodules: list[TruthNodule], path: Path) -> Path:
     """The truth CSV (TRUTH_COLUMNS), written atomically."""
-    from .batch import _write_csv_atomic
+    from .tables import write_csv_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_csv_atomic(path, TRUTH_COLUMNS, [n.row() for n in nodules])
+    write_csv_atomic(path, TRUTH_COLUMNS, [n.row() for n in nodules])
     return path

@@ -14,7 +14,8 @@ Input definition (train and inference run the same code, `MalignancyModel.prepar
      field of view, so a crop from a whole scan looks like a training crop;
   3. HU window [hu_min, hu_max] scaled to [0, 1] (MONAI `ScaleIntensityRange`, clipped).
 No mask channel, no radiologist rating. Size is visible to the network (isotropic voxels) and through the box;
-with `diameter_input` the head also gets log(d) (the diameter the box used).
+with `diameter_input` the head also gets log(d) (the diameter the box used), and with `measures_input` the
+nodule's shape and density measures (`nodule_measures`, taken on the boxed HU cube of step 2).
 
 Training folders are laid out like LIDC `lidc-nodule-crops`: `nodules.csv` (patient_id, nodule_id and a label;
 optional coordX/Y/Z world centre in LPS mm and diameter_mm; columns in any order and case, common other names
@@ -85,12 +86,13 @@ class MalignancyConfig:
     drop_path: float = 0.1
     dropout: float = 0.3             # before the linear head
     diameter_input: bool = True      # also feed log(diameter) to the head (a learned size term added to the logit)
+    measures_input: bool = True      # also feed nodule_measures (shape, density) to the head: a learned linear term
     # training
     epochs: int = 36                 # chosen by patient-level CV among 12, 24, 36 (model card); ~7 min on 1 CPU thread
     batch_size: int = 32
     lr: float = 1e-3                 # AdamW peak, cosine decay after a 1-epoch warm-up
     weight_decay: float = 0.05
-    size_lr_mult: float = 30.0       # lr multiplier of the diameter term (diameter_input)
+    size_lr_mult: float = 30.0       # lr multiplier of the diameter and measures terms
     aux_coef: float = 1.0            # weight of the MoE balance loss (already scaled by the stream's balance_coef)
     augment: bool = True             # flips, axial rot90, small affine, intensity jitter (MONAI)
     seed: int = 0
@@ -110,7 +112,7 @@ class MalignancyConfig:
 
     def input_key(self) -> str:
         """The preprocessing fields, as text: part of the cache key of prepared cubes."""
-        return json.dumps([self.crop_mm, self.hu_min, self.hu_max, self.slab_margin_mm, self.context_mm, 2])
+        return json.dumps([self.crop_mm, self.hu_min, self.hu_max, self.slab_margin_mm, self.context_mm, 5])
 
 
 # ---- crops ----
@@ -175,6 +177,79 @@ def estimate_diameter_mm(cube_hu: np.ndarray, threshold_hu: float = -500.0, reac
     return float(np.clip((6.0 * region / math.pi) ** (1 / 3), 3.0, side))
 
 
+# What the shape and density of the nodule say beyond its size: calcification (benign), a ground-glass or
+# part-solid texture, irregular or spiculated margins and strands into the lung (suspicious). Measured on the
+# boxed 1 mm HU cube (`box_cube`: the field of view a training crop and a whole CT share; before the window,
+# which clips HU at hu_max). The box is air beyond d/2 + 2 mm along z, so the shells mostly see the nodule's
+# in-plane surroundings. Any change here changes the cached inputs: bump MalignancyConfig.input_key's version.
+MEASURE_NAMES = (
+    "segment_diameter_ratio",   # log(equivalent-sphere diameter of the > -500 HU region at the centre / d)
+    "segment_mean_hu", "segment_sd_hu",          # / 1000
+    "segment_calcified_share",  # share of the region above 150 HU
+    "ball_max_hu",              # / 1000, within d/2 of the centre
+    "ball_ground_glass_share",  # -800..-300 HU within d/2
+    "ball_solid_share",         # > -300 HU within d/2
+    "sphericity",               # (36 pi V^2)^(1/3) / surface, the surface counted in voxel faces
+    "elongation_minor", "elongation_middle",     # sqrt of the region's 3rd and 2nd / 1st principal variances
+    "margin_gradient",          # mean HU gradient / 1000 on the region's boundary
+    "segment_reach",            # share of the shell at 1.5 d/2 + 2..3 mm the region reaches (attached, strands)
+    "near_shell_dense_share",   # > -500 HU within d/2 + 1..5 mm
+    "far_shell_dense_share",    # > -500 HU within d/2 + 5..10 mm
+    "near_shell_mean_hu",       # / 1000
+    "ball_mean_hu",             # / 1000
+)
+
+
+MEASURE_CLIP = 5.0            # standardised measures are clipped to +-this (MalignancyModel._standard)
+MEASURE_SCALE_FLOOR = 0.05    # least scale a measure is standardised by (its training spread, at least this)
+
+
+def nodule_measures(cube_hu: np.ndarray, diameter_mm: float) -> np.ndarray:
+    """MEASURE_NAMES [M] of the nodule at the centre of a 1 mm HU cube [S, S, S] of diameter `diameter_mm`.
+
+    The region is the > -500 HU component touching the centre (within 2 mm), limited to 1.5 radii + 3 mm so a
+    vessel or the pleura it touches does not count as nodule."""
+    from scipy import ndimage
+
+    side = cube_hu.shape[0]
+    c = side // 2
+    r = diameter_mm / 2
+    offsets = np.arange(side) - c
+    dist_SSS = np.sqrt(offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2)
+    labels, _ = ndimage.label(cube_hu > -500)
+    near = labels[c - 2:c + 3, c - 2:c + 3, c - 2:c + 3]
+    ids = near[near > 0]
+    region = (labels == np.bincount(ids).argmax()) if ids.size else (dist_SSS <= 1)
+    region &= dist_SSS <= 1.5 * r + 3
+    if not region.any():       # the dense voxel near the centre lies beyond the limit of a sub-mm diameter
+        region = dist_SSS <= 1
+    volume = int(region.sum())
+    padded = np.pad(region, 1).astype(np.int8)      # faces on the cube's border count too
+    faces = sum(np.count_nonzero(np.diff(padded, axis=a)) for a in range(3))
+    points = np.argwhere(region).astype(np.float64)
+    variances = (np.sort(np.linalg.eigvalsh(np.cov(points.T)))[::-1] + 1e-6 if len(points) > 3
+                 else np.ones(3))
+    gradient = np.sqrt(sum(g ** 2 for g in np.gradient(cube_hu)))
+    boundary = region & ~ndimage.binary_erosion(region)
+    hu = cube_hu[region]
+    ball = cube_hu[dist_SSS <= max(r, 1.5)]
+    near_shell = cube_hu[(dist_SSS > r + 1) & (dist_SSS <= r + 5)]
+    far_shell = cube_hu[(dist_SSS > r + 5) & (dist_SSS <= r + 10)]
+    limit = (dist_SSS > 1.5 * r + 2) & (dist_SSS <= 1.5 * r + 3)
+    share = lambda mask: float(mask.mean()) if mask.size else 0.0
+    measures = np.array([
+        math.log((6 * volume / math.pi) ** (1 / 3) / diameter_mm), hu.mean() / 1000, hu.std() / 1000,
+        share(hu > 150), ball.max() / 1000, share((ball > -800) & (ball < -300)), share(ball > -300),
+        (36 * math.pi * volume ** 2) ** (1 / 3) / max(faces, 1),
+        math.sqrt(variances[2] / variances[0]), math.sqrt(variances[1] / variances[0]),
+        gradient[boundary].mean() / 1000 if boundary.any() else 0.0,
+        float((region & limit).sum()) / max(int(limit.sum()), 1),
+        share(near_shell > -500), share(far_shell > -500),
+        near_shell.mean() / 1000 if near_shell.size else AIR_HU / 1000, ball.mean() / 1000,
+    ], dtype=np.float32)
+    return np.nan_to_num(measures, nan=0.0, posinf=0.0, neginf=0.0)   # NaN voxels must not poison the logit
+
+
 def resolve_diameter(cube_hu: np.ndarray, diameter_mm: float | None) -> float:
     """`diameter_mm` when it is a positive number, else the estimate from the 1 mm HU cube."""
     if diameter_mm is None or not np.isfinite(diameter_mm) or diameter_mm <= 0:
@@ -182,20 +257,32 @@ def resolve_diameter(cube_hu: np.ndarray, diameter_mm: float | None) -> float:
     return float(diameter_mm)
 
 
+def box_cube(cube_hu: np.ndarray, diameter_mm: float, cfg: MalignancyConfig) -> np.ndarray:
+    """Step 2 of the input definition: the nodule box of a 1 mm HU cube kept, the rest air (HU)."""
+    side = cube_hu.shape[0]
+    if cube_hu.shape != (side, side, side) or side != cfg.crop_mm:
+        raise ValueError(f"expected a {cfg.crop_mm}^3 cube, got {cube_hu.shape}")
+    half_z = min(max(diameter_mm / 2 + cfg.slab_margin_mm, 2.0), side / 2)
+    half_yx = min(max(cfg.context_mm, diameter_mm / 2 + 4.0), side / 2)
+    offset = np.abs(np.arange(side) - side // 2)
+    keep = ((offset <= half_z)[:, None, None] & (offset <= half_yx)[None, :, None]
+            & (offset <= half_yx)[None, None, :])
+    return np.where(keep, cube_hu, AIR_HU).astype(np.float32)
+
+
+def model_inputs(cube_hu: np.ndarray, diameter_mm: float | None, cfg: MalignancyConfig
+                 ) -> tuple[np.ndarray, float, np.ndarray]:
+    """The model's inputs from a 1 mm HU cube centred on a nodule: the finished cube [S, S, S], the diameter
+    (`diameter_mm`, else estimated) and the measures [M]. Training crops and inference share this."""
+    d = resolve_diameter(cube_hu, diameter_mm)
+    return finish_cube(cube_hu, d, cfg), d, nodule_measures(box_cube(cube_hu, d, cfg), d)
+
+
 def finish_cube(cube_hu: np.ndarray, diameter_mm: float | None, cfg: MalignancyConfig) -> np.ndarray:
     """Step 2 and 3 of the input definition: the nodule box kept (rest air), HU window to [0, 1]."""
     from monai.transforms import ScaleIntensityRange
 
-    side = cube_hu.shape[0]
-    if cube_hu.shape != (side, side, side) or side != cfg.crop_mm:
-        raise ValueError(f"expected a {cfg.crop_mm}^3 cube, got {cube_hu.shape}")
-    d = resolve_diameter(cube_hu, diameter_mm)
-    half_z = min(max(d / 2 + cfg.slab_margin_mm, 2.0), side / 2)
-    half_yx = min(max(cfg.context_mm, d / 2 + 4.0), side / 2)
-    offset = np.abs(np.arange(side) - side // 2)
-    keep = ((offset <= half_z)[:, None, None] & (offset <= half_yx)[None, :, None]
-            & (offset <= half_yx)[None, None, :])
-    boxed = np.where(keep, cube_hu, AIR_HU).astype(np.float32)
+    boxed = box_cube(cube_hu, resolve_diameter(cube_hu, diameter_mm), cfg)
     window = ScaleIntensityRange(a_min=cfg.hu_min, a_max=cfg.hu_max, b_min=0.0, b_max=1.0, clip=True)
     return np.asarray(window(boxed), dtype=np.float32)
 
@@ -210,6 +297,7 @@ class CropSet:
     patient_ids: list[str]
     names: list[str]                 # image file names
     diameters_mm: np.ndarray         # [N] the diameter the box used (csv, else estimated)
+    measures: np.ndarray             # [N, M] nodule_measures of each crop (MEASURE_NAMES)
     label_rule: str = ""             # which nodules.csv column(s) gave the labels, and how
     warnings: list[str] = field(default_factory=list)   # what reading nodules.csv left out (duplicate rows)
 
@@ -456,25 +544,27 @@ def load_crops(folder: str | Path, cfg: MalignancyConfig | None = None, use_cach
         with np.load(cache) as saved:
             if list(saved["names"]) == names:
                 return CropSet(saved["cubes"].astype(np.float32), labels, patients, names, saved["diameters_mm"],
-                               crops.label_rule, crops.warnings)
-    cubes, diameters = [], []
+                               saved["measures"], crops.label_rule, crops.warnings)
+    cubes, diameters, measures = [], [], []
     for n, (row, image, mask) in enumerate(zip(crops.rows, crops.images, crops.masks)):
         vol = load_crop_volume(image)
         cube_hu = crop_around(vol.hu_ZYX, vol.spacing_zyx, _centre_ijk(row, vol, mask), cfg.crop_mm)
-        d = resolve_diameter(cube_hu, _number(row, "diameter_mm"))
-        cubes.append(finish_cube(cube_hu, d, cfg))
+        cube, d, measured = model_inputs(cube_hu, _number(row, "diameter_mm"), cfg)
+        cubes.append(cube)
         diameters.append(d)
+        measures.append(measured)
         if progress:
             progress(n + 1, len(crops.rows))
-    out = CropSet(np.stack(cubes), labels, patients, names, np.array(diameters, dtype=np.float32), crops.label_rule,
-                  crops.warnings)
+    out = CropSet(np.stack(cubes), labels, patients, names, np.array(diameters, dtype=np.float32),
+                  np.stack(measures), crops.label_rule, crops.warnings)
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         # a name of its own per writer: processes preparing the same folder at once (CV runs side by side,
         # torchrun shards) must not replace each other's half-written file
         tmp = cache.with_name(f"{cache.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
         try:
-            np.savez(tmp, cubes=out.cubes.astype(np.float16), names=np.array(names), diameters_mm=out.diameters_mm)
+            np.savez(tmp, cubes=out.cubes.astype(np.float16), names=np.array(names), diameters_mm=out.diameters_mm,
+                     measures=out.measures)
             tmp.replace(cache)
         except BaseException:   # a full disk or Ctrl-C mid-write leaves no stray file behind
             tmp.unlink(missing_ok=True)
@@ -495,58 +585,90 @@ class MalignancyModel(nn.Module):
         # The operating point: P(malignant) >= threshold is called malignant (saved with the weights).
         # log(d / 8 mm) -> a logit term, when the config feeds the diameter to the head
         self.size_term = nn.Linear(1, 1) if cfg.diameter_input else None
+        # standardised nodule_measures -> a logit term; the centre and scale are the training crops' (train sets
+        # them), saved with the weights
+        self.measures_term = None
+        if cfg.measures_input:
+            M = len(MEASURE_NAMES)
+            self.measures_term = nn.Linear(M, 1)
+            self.register_buffer("measures_mean", torch.zeros(M))
+            self.register_buffer("measures_scale", torch.ones(M))
         self.register_buffer("threshold", torch.tensor(0.5))
         self.task = task_id(TASK)
 
-    def forward(self, cubes_B1SSS: torch.Tensor, diameters_B: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, cubes_B1SSS: torch.Tensor, diameters_B: torch.Tensor | None = None,
+                measures_BM: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.stream(cubes_B1SSS, self.task)
         logits_B = self.head(out.pooled).squeeze(-1)
         if self.size_term is not None:
             if diameters_B is None:
                 raise ValueError("this malignancy model takes the nodule diameters (diameter_input=True)")
             logits_B = logits_B + self.size_term(torch.log(diameters_B.clamp(min=1.0) / 8.0)[:, None]).squeeze(-1)
+        if self.measures_term is not None:
+            if measures_BM is None:
+                raise ValueError("this malignancy model takes the nodule measures (measures_input=True)")
+            logits_B = logits_B + self.measures_term(self._standard(measures_BM)).squeeze(-1)
         return logits_B, out.aux_loss
 
+    def _standard(self, measures_BM: torch.Tensor) -> torch.Tensor:
+        """Standardised by the training crops; clipped, so that a measure far outside what training saw (a
+        shape no LIDC crop had) moves the logit by a bounded amount."""
+        return ((measures_BM - self.measures_mean) / self.measures_scale).clamp(-MEASURE_CLIP, MEASURE_CLIP)
+
     def prepare(self, hu_ZYX: np.ndarray, spacing_zyx: Sequence[float], diameter_mm: float | None = None
-                ) -> tuple[np.ndarray, float]:
-        """The model's input [S, S, S] from a HU crop centred on a nodule (any spacing and size), and the
-        diameter it used (`diameter_mm`, else estimated from the crop)."""
+                ) -> tuple[np.ndarray, float, np.ndarray]:
+        """The model's input [S, S, S] from a HU crop centred on a nodule (any spacing and size), the diameter
+        it used (`diameter_mm`, else estimated from the crop) and the nodule's measures [M]."""
         hu = np.asarray(hu_ZYX, dtype=np.float32)
         if hu.ndim != 3:
             raise ValueError(f"expected a 3D HU crop (z, y, x), got shape {hu.shape}")
         cube_hu = crop_around(hu, spacing_zyx, [s // 2 for s in hu.shape[::-1]], self.cfg.crop_mm)
-        d = resolve_diameter(cube_hu, diameter_mm)
-        return finish_cube(cube_hu, d, self.cfg), d
+        return model_inputs(cube_hu, diameter_mm, self.cfg)
 
     @torch.no_grad()
     def predict_cubes(self, cubes_NSSS: np.ndarray, diameters_N: np.ndarray | None = None,
-                      batch_size: int = 64) -> np.ndarray:
-        """P(malignant) [N] of prepared cubes (and their diameters, for a model with diameter_input)."""
+                      measures_NM: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
+        """P(malignant) [N] of prepared cubes (and their diameters and measures, for a model that takes them)."""
         was_training = self.training
         self.eval()
         try:
             probs = []
             for i in range(0, len(cubes_NSSS), batch_size):
                 batch = torch.as_tensor(np.asarray(cubes_NSSS[i:i + batch_size], dtype=np.float32))[:, None]
-                d = None if diameters_N is None else torch.as_tensor(
-                    np.asarray(diameters_N[i:i + batch_size], dtype=np.float32))
-                probs.append(torch.sigmoid(self(batch, d)[0]).numpy())
+                d, m = (None if a is None else torch.as_tensor(np.asarray(a[i:i + batch_size], dtype=np.float32))
+                        for a in (diameters_N, measures_NM))
+                probs.append(torch.sigmoid(self(batch, d, m)[0]).numpy())
             return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
         finally:
             self.train(was_training)
 
-    def predict_hu(self, crops: list[tuple[np.ndarray, tuple[float, float, float]]],
-                   diameters_mm: Sequence[float | None] | None = None) -> np.ndarray:
-        """P(malignant) per (hu_ZYX crop centred on a nodule, its spacing_zyx). `diameters_mm`: the nodules'
-        diameters if known (e.g. from the detector); unknown ones are estimated from the image."""
+    def prepare_many(self, crops: list[tuple[np.ndarray, tuple[float, float, float]]],
+                     diameters_mm: Sequence[float | None] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`prepare` over (hu_ZYX crop centred on a nodule, its spacing_zyx) pairs: cubes [N, S, S, S], the
+        diameters [N] and measures [N, M]. `diameters_mm`: the nodules' diameters if known (e.g. from the
+        detector); unknown ones are estimated from the image."""
         if diameters_mm is not None and len(diameters_mm) != len(crops):
             raise ValueError(f"got {len(diameters_mm)} diameters for {len(crops)} crops")
         diameters = list(diameters_mm) if diameters_mm is not None else [None] * len(crops)
-        prepared = [self.prepare(hu, spacing, d) for (hu, spacing), d in zip(crops, diameters)]
-        if not prepared:
-            return np.zeros(0, dtype=np.float32)
-        return self.predict_cubes(np.stack([c for c, _ in prepared]), np.array([d for _, d in prepared]))
+        S, M = self.cfg.crop_mm, len(MEASURE_NAMES)
+        if not crops:
+            return np.zeros((0, S, S, S), np.float32), np.zeros(0, np.float32), np.zeros((0, M), np.float32)
+        cubes, used, measures = zip(*(self.prepare(hu, spacing, d) for (hu, spacing), d in zip(crops, diameters)))
+        return np.stack(cubes), np.array(used, dtype=np.float32), np.stack(measures)
+
+    def predict_hu(self, crops: list[tuple[np.ndarray, tuple[float, float, float]]],
+                   diameters_mm: Sequence[float | None] | None = None) -> np.ndarray:
+        """P(malignant) per (hu_ZYX crop centred on a nodule, its spacing_zyx); see `prepare_many`."""
+        return self.predict_cubes(*self.prepare_many(crops, diameters_mm))
+
+    def measure_terms(self, measures_NM: np.ndarray) -> np.ndarray | None:
+        """What each measure adds to the logit [N, M] (weight x standardised value; MEASURE_NAMES order), or
+        None for a model without measures_input."""
+        if self.measures_term is None:
+            return None
+        standard_NM = self._standard(torch.as_tensor(np.asarray(measures_NM, dtype=np.float32)))
+        return (standard_NM * self.measures_term.weight.detach()[0]).numpy()
 
     def save(self, path: str | Path, metadata: dict | None = None) -> Path:
         return save_checkpoint(self, path, kind=KIND, config=self.cfg, metadata=metadata)
@@ -554,7 +676,7 @@ class MalignancyModel(nn.Module):
 
 def _synthetic_inputs(cfg: MalignancyConfig, B: int, g: torch.Generator) -> tuple:
     return (torch.rand(B, 1, cfg.crop_mm, cfg.crop_mm, cfg.crop_mm, generator=g),
-            3.0 + 20.0 * torch.rand(B, generator=g))
+            3.0 + 20.0 * torch.rand(B, generator=g), torch.randn(B, len(MEASURE_NAMES), generator=g))
 
 
 def _register() -> None:
@@ -566,7 +688,13 @@ _register()
 
 
 def load_model(path: str | Path) -> MalignancyModel:
-    model, info = load_checkpoint(path)
+    try:
+        model, info = load_checkpoint(path)
+    except CheckpointError as exc:
+        if "missing: measures_" in str(exc):
+            raise CheckpointError(f"{path}: saved before the nodule measures (2026-12-02): set \"measures_input\": "
+                                  f"false in its config.json to load it as it was trained, or retrain it") from None
+        raise
     if info.kind != KIND:
         raise CheckpointError(f"{path}: a {info.kind!r} checkpoint, not a malignancy model ({KIND!r})")
     return model.eval()
@@ -606,10 +734,12 @@ class TrainResult:
 
 
 def train(cubes_NSSS: np.ndarray, labels_N: np.ndarray, cfg: MalignancyConfig,
-          diameters_N: np.ndarray | None = None, val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-          log: Callable[[str], None] | None = None) -> tuple[MalignancyModel, TrainResult]:
-    """A MalignancyModel trained on prepared cubes (and their diameters, needed with cfg.diameter_input);
-    class-balanced BCE (+ MoE balance loss), AdamW, cosine. val: (cubes, labels, diameters) scored per epoch."""
+          diameters_N: np.ndarray | None = None, measures_NM: np.ndarray | None = None,
+          val: CropSet | None = None, log: Callable[[str], None] | None = None
+          ) -> tuple[MalignancyModel, TrainResult]:
+    """A MalignancyModel trained on prepared cubes (and their diameters and measures, needed with
+    cfg.diameter_input and cfg.measures_input); class-balanced BCE (+ MoE balance loss), AdamW, cosine.
+    val: crops scored per epoch."""
     labels_N = np.asarray(labels_N, dtype=np.int64)
     if len(cubes_NSSS) != len(labels_N) or len(labels_N) == 0:
         raise ValueError(f"need as many labels as cubes (> 0), got {len(cubes_NSSS)} cubes, {len(labels_N)} labels")
@@ -619,13 +749,21 @@ def train(cubes_NSSS: np.ndarray, labels_N: np.ndarray, cfg: MalignancyConfig,
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = MalignancyModel(cfg)
+    if model.measures_term is not None:
+        if measures_NM is None or len(measures_NM) != len(labels_N):
+            raise ValueError("this config takes the nodule measures (measures_input): pass one row per cube")
+        measures_NM = np.asarray(measures_NM, dtype=np.float32)
+        model.measures_mean.copy_(torch.as_tensor(measures_NM.mean(axis=0)))
+        # a floor: a measure constant over the training crops keeps its initial weight (no gradient), and
+        # must not turn a small difference at inference into a large term
+        model.measures_scale.copy_(torch.as_tensor(measures_NM.std(axis=0)).clamp(min=MEASURE_SCALE_FLOOR))
     aug = _augmenter(cfg.seed) if cfg.augment else None
-    # The size term is one weight and a bias: at the network's lr, Adam would move it by < 0.3 in a whole run,
-    # too little for a logit term; it gets its own, larger lr and no weight decay.
-    size = list(model.size_term.parameters()) if model.size_term is not None else []
-    rest = [p for p in model.parameters() if all(p is not q for q in size)]
-    groups = [{"params": rest}] + ([{"params": size, "lr": cfg.lr * cfg.size_lr_mult, "weight_decay": 0.0}]
-                                   if size else [])
+    # The size and measures terms are a few weights and a bias: at the network's lr, Adam would move each by
+    # < 0.3 in a whole run, too little for a logit term; they get their own, larger lr and no weight decay.
+    terms = [p for t in (model.size_term, model.measures_term) if t is not None for p in t.parameters()]
+    rest = [p for p in model.parameters() if all(p is not q for q in terms)]
+    groups = [{"params": rest}] + ([{"params": terms, "lr": cfg.lr * cfg.size_lr_mult, "weight_decay": 0.0}]
+                                   if terms else [])
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(labels_N) / cfg.batch_size)
     total = max(1, cfg.epochs * steps_per_epoch)
@@ -648,8 +786,9 @@ def train(cubes_NSSS: np.ndarray, labels_N: np.ndarray, cfg: MalignancyConfig,
             if aug is not None:
                 batch = torch.stack([torch.as_tensor(aug(x)) for x in batch])
             target = torch.as_tensor(labels_N[idx], dtype=torch.float32)
-            d = None if diameters_N is None else torch.as_tensor(np.asarray(diameters_N[idx], dtype=np.float32))
-            logits, aux = model(batch, d)
+            d, m = (None if a is None else torch.as_tensor(np.asarray(a[idx], dtype=np.float32))
+                    for a in (diameters_N, measures_NM))
+            logits, aux = model(batch, d, m)
             loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight) + cfg.aux_coef * aux
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -660,7 +799,7 @@ def train(cubes_NSSS: np.ndarray, labels_N: np.ndarray, cfg: MalignancyConfig,
             losses.append(loss.item())
         entry = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4)}
         if val is not None:
-            entry["val_auc"] = round(auc(model.predict_cubes(val[0], val[2]), val[1]), 4)
+            entry["val_auc"] = round(auc(model.predict_cubes(val.cubes, val.diameters_mm, val.measures), val.labels), 4)
         result.history.append(entry)
         if log:
             log(json.dumps(entry))
@@ -714,7 +853,7 @@ def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> d
 def evaluate(model: MalignancyModel, folder: str | Path, limit: int | None = None) -> dict:
     """Metrics of `model` on a crops folder (at the model's saved threshold); `limit` takes the first N crops."""
     crops = load_crops(folder, model.cfg)
-    probs = model.predict_cubes(crops.cubes[:limit], crops.diameters_mm[:limit])
+    probs = model.predict_cubes(crops.cubes[:limit], crops.diameters_mm[:limit], crops.measures[:limit])
     metrics = binary_metrics(probs, crops.labels[:limit], float(model.threshold))
     metrics["label_rule"] = crops.label_rule
     metrics["warnings"] = crops.warnings + _class_warnings(crops.labels[:limit], folder)
@@ -750,10 +889,14 @@ def patient_folds(patient_ids: Sequence[str], labels: Sequence[int], folds: int,
     return np.array([fold_of[p] for p in patient_ids])
 
 
+PREDICTION_COLUMNS = ("image", "patient_id", "fold", "label", "diameter_mm", "probability")
+
+
 def cross_validate(folder: str | Path, folds: int = 5, cfg: MalignancyConfig | None = None,
-                   log: Callable[[str], None] | None = None) -> dict:
+                   log: Callable[[str], None] | None = None, predictions: str | Path | None = None) -> dict:
     """Patient-level k-fold CV: per-fold AUC, pooled out-of-fold metrics (threshold 0.5), and the AUC of the
-    diameter alone as a reference."""
+    diameter alone as a reference (pooled, and per fold like auc_mean). `predictions`: a CSV to write with
+    each crop's out-of-fold P(malignant) (PREDICTION_COLUMNS)."""
     cfg = cfg or MalignancyConfig()
     start = time.perf_counter()
     crops = load_crops(folder, cfg)
@@ -762,6 +905,7 @@ def cross_validate(folder: str | Path, folds: int = 5, cfg: MalignancyConfig | N
     fold_N = patient_folds(crops.patient_ids, crops.labels, folds, cfg.seed)
     probs = np.zeros(len(crops.labels))
     per_fold: list[float | None] = []
+    diameter_per_fold: list[float] = []
     warnings = list(crops.warnings)
     for k in range(folds):
         test = fold_N == k
@@ -773,10 +917,13 @@ def cross_validate(folder: str | Path, folds: int = 5, cfg: MalignancyConfig | N
             raise CropFolderError(f"{folder}: fold {k}'s training set holds only one class; {folds}-fold "
                                   f"cross-validation needs at least 2 patients with a malignant nodule and 2 "
                                   f"with a benign one (use fewer folds or more patients)")
-        model, result = train(crops.cubes[~test], crops.labels[~test], cfg, crops.diameters_mm[~test])
-        probs[test] = model.predict_cubes(crops.cubes[test], crops.diameters_mm[test])
+        model, result = train(crops.cubes[~test], crops.labels[~test], cfg, crops.diameters_mm[~test],
+                              crops.measures[~test])
+        probs[test] = model.predict_cubes(crops.cubes[test], crops.diameters_mm[test], crops.measures[test])
         n_pos = int(crops.labels[test].sum())
         fold_auc = round(auc(probs[test], crops.labels[test]), 4) if 0 < n_pos < int(test.sum()) else None
+        if fold_auc is not None:
+            diameter_per_fold.append(auc(crops.diameters_mm[test], crops.labels[test]))
         if fold_auc is None:
             warnings.append(f"fold {k}: its {int(test.sum())} test crops are all "
                             f"{'malignant' if n_pos else 'benign'}: no AUC (left out of auc_mean)")
@@ -786,6 +933,13 @@ def cross_validate(folder: str | Path, folds: int = 5, cfg: MalignancyConfig | N
                             "train_seconds": round(result.seconds, 1)}))
     pooled = binary_metrics(probs, crops.labels, 0.5)
     defined = [a for a in per_fold if a is not None]
+    if predictions is not None:
+        from .tables import write_csv_atomic
+
+        write_csv_atomic(predictions, PREDICTION_COLUMNS, [
+            dict(zip(PREDICTION_COLUMNS, (name, patient, int(k), int(y), round(float(d), 3), round(float(p), 6))))
+            for name, patient, k, y, d, p in zip(crops.names, crops.patient_ids, fold_N, crops.labels,
+                                                  crops.diameters_mm, probs)])
     return {
         "auc_mean": round(float(np.mean(defined)), 4) if defined else None,
         "auc_std": round(float(np.std(defined)), 4) if defined else None,
@@ -793,6 +947,7 @@ def cross_validate(folder: str | Path, folds: int = 5, cfg: MalignancyConfig | N
         "sensitivity": pooled["sensitivity"], "specificity": pooled["specificity"], "threshold": 0.5,
         "n": pooled["n"], "n_malignant": pooled["n_malignant"], "n_patients": len(set(crops.patient_ids)),
         "folds": folds, "epochs": cfg.epochs, "diameter_only_auc": round(auc(crops.diameters_mm, crops.labels), 4),
+        "diameter_only_auc_mean": round(float(np.mean(diameter_per_fold)), 4) if diameter_per_fold else None,
         "seconds": round(time.perf_counter() - start, 1), "label_rule": crops.label_rule, "warnings": warnings,
         "config": dataclasses.asdict(cfg),
     }

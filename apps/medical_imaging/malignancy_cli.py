@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from apps.cli import CommandTable
 
 # MalignancyConfig fields settable from the command line (absent flags keep the config's defaults).
-CONFIG_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "embed_dim", "crop_mm", "seed", "diameter_input")
+CONFIG_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "embed_dim", "crop_mm", "seed", "diameter_input",
+                "measures_input")
 
 
 def _config(args: argparse.Namespace):
@@ -48,8 +49,8 @@ def train_malignancy(args: argparse.Namespace) -> None:
     _setup(args)
     cfg = _config(args)
     crops = load_crops(args.crops, cfg)
-    model, result = train(crops.cubes, crops.labels, cfg, crops.diameters_mm, log=_log(args))
-    probs = model.predict_cubes(crops.cubes, crops.diameters_mm)
+    model, result = train(crops.cubes, crops.labels, cfg, crops.diameters_mm, crops.measures, log=_log(args))
+    probs = model.predict_cubes(crops.cubes, crops.diameters_mm, crops.measures)
     on_training = binary_metrics(probs, crops.labels, float(model.threshold))
     summary = {
         "out": str(args.out), "n": int(len(crops.labels)), "n_malignant": int(crops.labels.sum()),
@@ -86,7 +87,7 @@ def cv_malignancy(args: argparse.Namespace) -> None:
     from .malignancy import cross_validate
 
     _setup(args)
-    result = cross_validate(args.crops, args.folds, _config(args), log=_log(args))
+    result = cross_validate(args.crops, args.folds, _config(args), log=_log(args), predictions=args.predictions)
     result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result["machine"] = _machine()
     if args.json:
@@ -95,7 +96,8 @@ def cv_malignancy(args: argparse.Namespace) -> None:
         print(f"{result['folds']}-fold patient-level CV on {result['n']} crops, {result['n_patients']} patients: "
               f"AUC {result['auc_mean']} +- {result['auc_std']} (per fold {result['auc_per_fold']}), pooled "
               f"accuracy {result['accuracy']}, sensitivity {result['sensitivity']}, specificity "
-              f"{result['specificity']}; diameter alone AUC {result['diameter_only_auc']}; {result['seconds']} s")
+              f"{result['specificity']}; diameter alone AUC {result['diameter_only_auc_mean']} per fold, "
+              f"{result['diameter_only_auc']} pooled; {result['seconds']} s")
         for warning in result["warnings"]:
             print(f"warning: {warning}")
 
@@ -111,6 +113,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=s)
     p.add_argument("--diameter-input", action=argparse.BooleanOptionalAction, default=s,
                    help="feed the nodule diameter (nodules.csv's, else estimated) to the head (default: on)")
+    p.add_argument("--measures-input", action=argparse.BooleanOptionalAction, default=s,
+                   help="feed the nodule's shape and density measures to the head (default: on)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -134,4 +138,6 @@ def register(cli: CommandTable) -> None:
     p = g.command("cv-malignancy", "patient-level cross-validation of the malignancy classifier", cv_malignancy)
     _add_common(p)
     p.add_argument("--folds", type=positive_int, default=5)
+    p.add_argument("--predictions", metavar="CSV", help="also write each crop's out-of-fold P(malignant) "
+                   "(image, patient_id, fold, label, diameter_mm, probability) to this file")
     _add_config_flags(p)

@@ -87,14 +87,26 @@ def _malignancy(models: Models, hu_ZYX: np.ndarray, spacing_zyx, findings: list[
 
     size = models.malignancy.cfg.crop_mm + 8
     crops = [(crop_around(hu_ZYX, spacing_zyx, (f.i, f.j, f.k), size), (1.0, 1.0, 1.0)) for f in findings]
-    probs = models.malignancy.predict_hu(crops, [f.diameter_mm for f in findings])
+    cubes, diameters, measures = models.malignancy.prepare_many(crops, [f.diameter_mm for f in findings])
+    probs = models.malignancy.predict_cubes(cubes, diameters, measures)
+    terms = models.malignancy.measure_terms(measures)
     threshold = float(models.malignancy.threshold)
-    for f, p in zip(findings, probs):
+    for n, (f, p) in enumerate(zip(findings, probs)):
         f.malignancy = round(float(p), 4)
         call = "suspicious" if p >= threshold else "likely benign"
         f.malignancy_note = (f"{call}: P(malignant) {p:.2f} (operating point {threshold:.2f}) from the 3D "
                              f"malignancy model on a {models.malignancy.cfg.crop_mm} mm crop; "
                              f"{f.kind.replace('_', '-')} nodule, {f.diameter_mm:.0f} mm, {f.lobe}")
+        if terms is not None:
+            f.malignancy_note += "; measures that move it most (logit terms): " + _strongest_terms(terms[n])
+
+
+def _strongest_terms(terms_M: np.ndarray, count: int = 2) -> str:
+    """'segment sd hu +0.9, ball max hu -0.6': the measures with the largest logit terms, signed."""
+    from .malignancy import MEASURE_NAMES
+
+    order = np.argsort(-np.abs(terms_M))[:count]
+    return ", ".join(f"{MEASURE_NAMES[i].replace('_', ' ')} {terms_M[i]:+.1f}" for i in order)
 
 
 def diagnose(volume, report_text: str | None, models: Models, threshold: float | None = None) -> StudyResult:

@@ -1,14 +1,29 @@
-"""What the medical tables' readers share: column names matched in one normal form, and rows pasted twice (a
-copy of truth.csv, nodules.csv or findings.csv merged into itself) counted once, with a warning naming them."""
+"""What the medical tables' readers and writers share: column names matched in one normal form, rows pasted
+twice (a copy of truth.csv, nodules.csv or findings.csv merged into itself) counted once, with a warning naming
+them, and CSV files written whole or not at all."""
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+import csv
+import uuid
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from data_connectors.text_files import field_key
 
 T = TypeVar("T")
+
+
+def write_csv_atomic(path: str | Path, columns: Sequence[str], rows: list[dict]) -> None:
+    """`rows` under a `columns` header at `path`, through a temporary file renamed into place: a reader (or a
+    killed writer) never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
 
 
 def compact_key(name: str) -> str:
