@@ -275,16 +275,21 @@ def model_inputs(cube_hu: np.ndarray, diameter_mm: float | None, cfg: Malignancy
     """The model's inputs from a 1 mm HU cube centred on a nodule: the finished cube [S, S, S], the diameter
     (`diameter_mm`, else estimated) and the measures [M]. Training crops and inference share this."""
     d = resolve_diameter(cube_hu, diameter_mm)
-    return finish_cube(cube_hu, d, cfg), d, nodule_measures(box_cube(cube_hu, d, cfg), d)
+    boxed = box_cube(cube_hu, d, cfg)
+    return _window(boxed, cfg), d, nodule_measures(boxed, d)
 
 
 def finish_cube(cube_hu: np.ndarray, diameter_mm: float | None, cfg: MalignancyConfig) -> np.ndarray:
     """Step 2 and 3 of the input definition: the nodule box kept (rest air), HU window to [0, 1]."""
+    return _window(box_cube(cube_hu, resolve_diameter(cube_hu, diameter_mm), cfg), cfg)
+
+
+def _window(boxed_hu: np.ndarray, cfg: MalignancyConfig) -> np.ndarray:
+    """Step 3: the HU window [hu_min, hu_max] scaled to [0, 1], clipped."""
     from monai.transforms import ScaleIntensityRange
 
-    boxed = box_cube(cube_hu, resolve_diameter(cube_hu, diameter_mm), cfg)
     window = ScaleIntensityRange(a_min=cfg.hu_min, a_max=cfg.hu_max, b_min=0.0, b_max=1.0, clip=True)
-    return np.asarray(window(boxed), dtype=np.float32)
+    return np.asarray(window(boxed_hu), dtype=np.float32)
 
 
 # ---- crops folders ----
