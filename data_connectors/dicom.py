@@ -248,7 +248,16 @@ def scan_folder(root: str | Path) -> FolderScan:
     def unreadable(err: OSError) -> None:
         skipped.append((Path(err.filename or root), f"unreadable folder: {err.strerror}"))
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+    # Linked folders are followed (exports and study archives are often assembled from links); a folder reached
+    # a second time (a link back up the tree, or two links to one folder) is skipped with a reason.
+    seen = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
+        for name in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if real in seen:
+                skipped.append((Path(dirpath) / name, f"linked folder already read (it leads to {real})"))
+                dirnames.remove(name)
+            seen.add(real)
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
@@ -396,6 +405,30 @@ def _read_frames(ds, path: Path) -> list[_Frame]:
     for fr in frames:
         fr.bits_stored, fr.padding = bits_stored, padding
     return frames
+
+
+# A chest CT in HU always holds air (lungs, outside the body) far below this; a volume without it is no HU CT.
+_NO_AIR_HU = -500.0
+_USUAL_INTERCEPT = -1024.0   # what CT scanners store unsigned values with (air, -1000 HU, stored near 24)
+
+
+def _assume_usual_intercept(stack: np.ndarray, uid: str, warnings: list[str]) -> None:
+    """For a series none of whose images carries RescaleSlope / RescaleIntercept (an anonymiser or converter
+    stripped them), read as stored values: when nothing is negative (unsigned storage, not HU already) and the
+    usual intercept would put air below _NO_AIR_HU, apply that intercept in place (read as they are, the HU would
+    be 1024 too bright and no lung would be found). Always with a warning."""
+    body = stack > AIR_HU                                   # voxels not set to air as padding
+    sample = stack[::2, ::4, ::4][body[::2, ::4, ::4]]
+    if sample.size == 0:
+        return
+    if float(sample.min()) >= 0 and float(np.percentile(sample, 1)) + _USUAL_INTERCEPT <= _NO_AIR_HU:
+        stack[body] += np.float32(_USUAL_INTERCEPT)
+        np.maximum(stack, AIR_HU, out=stack)
+        warnings.append(f"no image carries RescaleSlope/RescaleIntercept and no stored value is negative: read "
+                        f"with the usual CT intercept {_USUAL_INTERCEPT:g} and slope 1 (air then lies near -1000 "
+                        f"HU); check the export (series {uid})")
+    else:
+        warnings.append(f"no image carries RescaleSlope/RescaleIntercept: stored values read as HU (series {uid})")
 
 
 def _rescale(ds, item=None) -> tuple[float, float]:
@@ -904,6 +937,8 @@ def _load_series(series: SeriesInfo, *, allow_single_slice: bool = False, thread
         for n in range(len(frames)):
             fill(n)
     warnings.extend(_summarise_notes(notes, series.series_uid))
+    if not any(fr.rescale_given for fr in frames):
+        _assume_usual_intercept(stack, series.series_uid, warnings)
     if not word_marked:   # no slice carries the whole word: the stored value is all there is to compare
         for n, flat in by_value_only.items():
             if flat.size:
@@ -1130,10 +1165,6 @@ def _image_loader():
     """One MONAI LoadImage per process (NIfTI through nibabel, MetaImage/NRRD through ITK)."""
     from monai.transforms import LoadImage
     return LoadImage(image_only=True, ensure_channel_first=False)
-
-
-# A chest CT in HU always holds air (lungs, outside the body) far below this; a volume without it is no HU CT.
-_NO_AIR_HU = -500.0
 
 
 def _load_image_file(path: Path, allow_single_slice: bool = False) -> CTVolume:
