@@ -130,6 +130,34 @@ def test_a_flash_is_not_a_cut_but_an_insert_still_is():
     assert [s.start_frame for s in detect_shots(cut, 24.0)] == [0, 20]
 
 
+def test_a_flash_that_fades_over_its_frames_is_not_a_cut():
+    clip = panning(40, seed=2)
+    flash = clip.astype(int)
+    flash[20] += 170
+    flash[21] += 150          # a small step inside the flash: a third "cut" between its two jumps
+    assert [(s.start_frame, s.end_frame) for s in detect_shots(np.clip(flash, 0, 255).astype(np.uint8), 24.0)] \
+        == [(0, 40)]
+
+
+def _relit(clip: np.ndarray, gain: float, start: int, frames: int) -> np.ndarray:
+    """The clip with its brightness scaled to `gain` from frame `start`, over `frames` frames (1: a step)."""
+    ramp = 1 + (gain - 1) * np.clip((np.arange(len(clip)) - start + 1) / frames, 0, 1)
+    return np.clip(clip * ramp[:, None, None, None], 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("speed", [0, 2])
+@pytest.mark.parametrize("gain,frames", [(0.5, 1), (0.7, 1), (1.4, 1), (0.5, 6), (1.4, 6)])
+def test_light_change_within_one_shot_is_not_a_boundary(speed, gain, frames):
+    # auto-exposure, a lamp switched on: the same picture, brighter or darker, with the camera still or panning
+    clip = panning(48, seed=7, speed=speed) if speed else np.repeat(panning(1, seed=7), 48, axis=0)
+    assert len(detect_shots(_relit(clip.astype(np.float32), gain, 24, frames), 24.0)) == 1
+
+
+def test_a_cut_to_other_footage_at_other_brightness_is_still_found():
+    clip = np.concatenate([panning(24, seed=7), _relit(panning(24, seed=8).astype(np.float32), 0.5, 0, 1)])
+    assert [s.start_frame for s in detect_shots(clip, 24.0)] == [0, 24]
+
+
 def test_fading_in_and_out_of_one_shot_is_not_a_boundary():
     clip = panning(48, seed=4).astype(np.float32)
     ramp = np.ones(48, np.float32)
@@ -181,6 +209,12 @@ def test_large_object_moving_over_a_still_scene_is_motion_not_a_still_shot():
     d = describe_shot(np.stack(frames), 24.0)
     assert d.camera == "static" and d.motion_word in ("moderate", "strong") and d.motion_direction == "down"
 
+
+
+@pytest.mark.parametrize("speed", [2, 8, 16])   # 0.4 to 3.1 frame widths a second at 25 fps: 16 is a whip pan
+def test_pans_are_read_at_every_speed(speed):
+    d = describe_shot(panning(40, seed=9, speed=speed), 25.0)   # the content moves left: the camera pans right
+    assert d.camera == "pan_right" and d.flow.pan_x == pytest.approx(-speed * 25 / 128, rel=0.05)
 
 # ---------------------------------------------------------------- images and stylize
 

@@ -73,6 +73,10 @@ class ShotConfig:
                                      # thing may move between frames and still count as the same thing
     shift_floor: float = 0.0005      # ... a cut's compensated difference (grey levels in [0, 1]) is above this
     shift_fps: float = 12.0          # ... below this frame rate the radius grows as 1 / fps (more motion a frame)
+    exposure_floor: float = 0.01     # a boundary whose two sides, grey levels matched by rank, differ by less
+    exposure_share: float = 0.3      # than this compensated difference, and by less than this share of
+                                     # their difference unmatched, is a light change within one shot ...
+    exposure_balance: float = 0.03   # ... when their colour balances (channel shares, L1) differ less than this
     sure_hist: float = 0.5           # a pair whose histogram distance is at least this and whose
     sure_shift: float = 0.05         # compensated difference (at shift_radius) is at least this is a cut outright,
                                      # no baseline needed (slideshows and low frame rates, where cuts are too
@@ -357,11 +361,13 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
             whole = float(np.abs(grey_Fhw[min(b + 1, len(grey_Fhw) - 1)] - grey_Fhw[max(a - 1, 0)]).mean())
             return any(a <= i <= b + 1 and float(np.abs(grey_Fhw[i] - grey_Fhw[i - 1]).mean()) >= cfg.cut_in_gradual
                        * whole for i, _, _ in cuts)
-        spans = [(a, b, st) for a, b, st in spans if not one_jump(a, b) and not _edge_fade(flat_F, a, b)]
+        spans = [(a, b, st) for a, b, st in spans if not one_jump(a, b) and not _edge_fade(flat_F, a, b)
+                 and not _light_change(frames_FHW3, grey_Fhw, max(a - 1, 0), min(b + 1, len(grey_Fhw) - 1), cfg)]
         # A "cut" inside (or at the edge of) a gradual transition is one of its steps.
         cuts = [c for c in cuts if not any(a <= c[0] <= b + 1 for a, b, _ in spans)]
         cuts += [((a + b) // 2, s + 1.0, "gradual") for a, b, s in spans]  # transitions outrank cuts nearby
     cuts = _drop_flashes(cuts, hist_FB, grey_Fhw, min_len, cfg)
+    cuts = [c for c in cuts if c[2] != "cut" or not _light_change(frames_FHW3, grey_Fhw, c[0] - 1, c[0], cfg)]
     bounds = _enforce_min_length(sorted(cuts), len(frames_FHW3), min_len)
     starts = [(0, "start")] + [(i, kind) for i, _, kind in bounds]
     ends = [i for i, _ in starts[1:]] + [len(frames_FHW3)]
@@ -394,6 +400,33 @@ def _edge_fade(flat_F: np.ndarray, a: int, b: int) -> bool:
     return bool(flat_F[:a + 1].all() or flat_F[b:].all())
 
 
+def _matched_levels(b_hw: np.ndarray, a_hw: np.ndarray) -> np.ndarray:
+    """b's grey levels mapped onto a's by rank (histogram matching): each level of b takes the mean of the levels
+    of a at the same ranks. Any monotone change of light (gain, offset, gamma, highlights clipping) is undone."""
+    levels, inverse, counts = np.unique(b_hw, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    sums = np.concatenate([[0.0], np.cumsum(np.sort(a_hw, axis=None), dtype=np.float64)])
+    return ((sums[ends] - sums[ends - counts]) / counts)[inverse].reshape(b_hw.shape).astype(np.float32)
+
+
+def _light_change(frames_FHW3: np.ndarray, grey_Fhw: np.ndarray, p: int, q: int, cfg: ShotConfig) -> bool:
+    """Whether frame q is frame p under other light (auto-exposure, a lamp switched on, a cloud): the colour
+    balance (each channel's share of the mean colour) stays within exposure_balance, and once q's grey levels
+    are matched to p's (_matched_levels), what no move of shift_radius pixels explains stays under
+    exposure_floor and under exposure_share of what it was unmatched (a cut that keeps the backdrop differs
+    little either way: matching must be what makes the two alike). A flat frame (a fade's black) is no picture
+    to match."""
+    a, b = grey_Fhw[p], grey_Fhw[q]
+    if min(float(a.std()), float(b.std())) < cfg.flat_std:
+        return False
+    mean_a, mean_b = (frames_FHW3[i].reshape(-1, 3).mean(axis=0) + 1.0 for i in (p, q))
+    if float(np.abs(mean_a / mean_a.sum() - mean_b / mean_b.sum()).sum()) > cfg.exposure_balance:
+        return False   # other colours, not other light (a night sky and a day sky are both gradients)
+    after = float(compensated_scores(np.stack([a, _matched_levels(b, a)]), cfg.shift_radius)[1])
+    before = float(compensated_scores(np.stack([a, b]), cfg.shift_radius)[1])
+    return after < cfg.exposure_floor and after < cfg.exposure_share * before
+
+
 def _drop_flashes(cuts: list[tuple[int, float, str]], hist_FB: np.ndarray, grey_Fhw: np.ndarray, min_len: int,
                   cfg: ShotConfig) -> list[tuple[int, float, str]]:
     """Leave out the two "cuts" of a flash (a camera flash, a lightning strike, a few white frames): two
@@ -402,12 +435,15 @@ def _drop_flashes(cuts: list[tuple[int, float, str]], hist_FB: np.ndarray, grey_
     last frame does not match the frame before it, stays."""
     hard = sorted(c for c in cuts if c[2] == "cut")
     flash: set[int] = set()
-    for (i, si, _), (j, sj, _) in zip(hard, hard[1:]):
-        if j - i >= min_len:
-            continue
-        back = _pair_score(hist_FB[i - 1], hist_FB[j], grey_Fhw[i - 1], grey_Fhw[j], cfg)
-        if back < cfg.flash_return * min(si, sj):
-            flash |= {i, j}
+    # every two cuts closer than a minimum shot, not only neighbours: a flash that fades over its frames adds a
+    # small step between its two jumps ("cuts" at the flash, inside it and after it)
+    for n, (i, si, _) in enumerate(hard):
+        for j, sj, _ in hard[n + 1:]:
+            if j - i >= min_len:
+                break
+            back = _pair_score(hist_FB[i - 1], hist_FB[j], grey_Fhw[i - 1], grey_Fhw[j], cfg)
+            if back < cfg.flash_return * min(si, sj):
+                flash |= {c[0] for c in hard if i <= c[0] <= j}
     return [c for c in cuts if c[0] not in flash]
 
 
@@ -429,7 +465,8 @@ def _enforce_min_length(bounds: list[tuple[int, float, str]], F: int, min_len: i
 class DescribeConfig:
     max_frames: int = 16             # frames sampled evenly from the shot for colours and flow
     flow_width: int = 160            # frames are downscaled to this width for optical flow
-    flow_pairs_per_s: float = 10.0   # flow is measured between frames 1/this seconds apart
+    flow_pairs_per_s: float = 10.0   # flow is measured between frames 1/this seconds apart, or closer where the
+    flow_reach: float = 0.08         # picture moves further than this share of its width between them
     kmeans_k: int = 5                # colour clusters in Lab
     colour_pixels: int = 6000        # pixels sampled for k-means
     min_colour_share: float = 0.12   # colours covering less of the frame are not named
@@ -564,6 +601,7 @@ def flow_summary(frames_FHW3: np.ndarray, fps: float, cfg: DescribeConfig | None
     # the next would get the wrong time.
     step = min(F - 1, max(1, round(fps / cfg.flow_pairs_per_s)))
     new_N = np.flatnonzero(_run_starts(grey_F) == np.arange(F))      # first frames of runs, ascending
+    step = _within_reach(grey_F, new_N, step, cfg.flow_reach * grey_F[0].shape[1])
     later_N = np.searchsorted(new_N, new_N + step)                  # index into new_N of each one's partner
     ok_N = later_N < len(new_N)
     if ok_N.any():
@@ -588,6 +626,24 @@ def flow_summary(frames_FHW3: np.ndarray, fps: float, cfg: DescribeConfig | None
     h, w = grey_F[0].shape
     return FlowSummary(pan_x=float(tx / w), pan_y=float(ty / h), zoom=float(zoom), motion=float(resid / w),
                        motion_x=float(rx / w), motion_y=float(ry / w), coherence=float(coh))
+
+
+def _within_reach(grey_F: list[np.ndarray], new_N: np.ndarray, step: int, reach_px: float, probes: int = 5) -> int:
+    """The flow pairs' step, shortened so that the picture moves at most `reach_px` between a pair's frames:
+    a fast pan (a whip pan moves a frame width in half a second) goes past the trackers' pyramid reach over a
+    tenth of a second and would read as a still camera. The move per frame is the median whole-frame shift
+    (phase correlation) between neighbouring run starts at a few places in the shot, of the pairs whose
+    correlation peak is clear (a flash or a fade's black frame has none)."""
+    if step <= 1 or len(new_N) < 2:
+        return step
+    moves = []
+    for n in np.unique(np.linspace(0, len(new_N) - 2, probes).round().astype(int)):
+        a, b = new_N[n], new_N[n + 1]
+        (dx, dy), peak = cv2.phaseCorrelate(grey_F[a].astype(np.float64), grey_F[b].astype(np.float64))
+        if peak >= 0.2:
+            moves.append(math.hypot(dx, dy) / (b - a))
+    per_frame = float(np.median(moves)) if moves else 0.0
+    return step if per_frame * step <= reach_px else max(1, int(reach_px // per_frame))
 
 
 def camera_model(a_hw: np.ndarray, b_hw: np.ndarray) -> tuple[float, float, float]:
