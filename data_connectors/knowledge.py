@@ -249,11 +249,14 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
                 for n, item in enumerate(doc, 1)]
     if not isinstance(doc, dict):
         raise KnowledgeFormatError(path, "expected a JSON list of records or an object")
-    docs = []
+    docs, ids = [], Counter()
     for key, value in doc.items():
         text = "\n".join(_strings(value)).strip()
         if text:
-            docs.append(KnowledgeDoc(f"{path.stem}#{_slug(str(key))}", str(key), text, str(path)))
+            slug = _slug(str(key))
+            ids[slug] += 1   # keys alike but for punctuation ("Fees?", "Fees!"): -2, -3 as for headings
+            docs.append(KnowledgeDoc(f"{path.stem}#{slug}" + (f"-{ids[slug]}" if ids[slug] > 1 else ""), str(key),
+                                     text, str(path)))
     return docs
 
 
@@ -402,9 +405,12 @@ TEXT_PART_WORDS = 400  # a .txt file longer than this becomes several documents
 # Field names (case-insensitive; spaces and hyphens read as "_") of records and CSV headers, by role.
 _DOC_FIELDS = {
     "id": ("id", "doc_id", "docid", "_id", "document_id", "article_id", "faq_id", "uuid", "key", "slug"),
-    "title": ("title", "question", "q", "heading", "subject", "name", "topic", "query", "header"),
+    "title": ("title", "question", "q", "heading", "subject", "name", "topic", "query", "header", "utterance",
+              "prompt", "customer_question", "user_question", "question_text", "faq_question", "user_query",
+              "customer_query", "questions", "instruction", "input", "request"),
     "answer": ("answer", "a", "text", "body", "content", "response", "passage", "description",
-               "article", "snippet", "summary", "page_content", "document"),
+               "article", "snippet", "summary", "page_content", "document", "reply", "answer_text",
+               "faq_answer", "agent_response", "solution", "resolution", "output", "completion"),
 }
 _QUERY_FIELDS = {"query": ("query", "question", "text", "q"),
                  "id": ("id", "doc_id", "expected_id", "expected", "gold_id", "answer_id", "document_id")}

@@ -389,8 +389,11 @@ TEXT_COLUMNS = ("text", "utterance", "sentence", "query", "question", "message",
                 "phrase", "prompt", "request", "content", "body", "texts", "utterances", "sentences",
                 "queries", "questions", "messages", "examples", "user_message", "customer_message",
                 "user_utterance", "user_query", "customer_query", "transcript", "instruction")
-LABEL_COLUMNS = ("label", "intent", "category", "class", "intent_name", "intent_label", "label_name",
-                 "class_name", "target", "tag", "topic", "labels", "intents", "categories", "classes", "y")
+# Names of a label's name come first: a table with a numeric "label" and its "label_text" (the Hugging Face
+# layout) is read by the names.
+LABEL_COLUMNS = ("label_text", "label_name", "intent_name", "class_name", "category_name", "label", "intent",
+                 "category", "class", "intent_label", "target", "tag", "topic", "labels", "intents", "categories",
+                 "classes", "y")
 LABELLED_SUFFIXES = (".csv", ".tsv", ".txt", ".yaml", ".yml", ".json", ".jsonl")
 
 

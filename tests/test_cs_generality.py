@@ -322,6 +322,28 @@ def test_knowledge_csv_and_jsonl_with_other_field_names(tmp_path):
                     ("semi#q1", "Return, please?", "Bring it back, with the receipt."), ("tb#q1", "Hours", "9 to 5.")]
 
 
+def test_knowledge_question_columns_named_as_in_intent_and_instruction_data(tmp_path):
+    write(tmp_path / "utt.csv", "utterance,response\nHow do I pay?,Use the app.\n")
+    write(tmp_path / "pr.csv", "prompt,response,category\nReset my PIN?,Open settings.,card\n")
+    write(tmp_path / "cq.json", json.dumps([{"intent": "fees", "customer_question": "Any fees?", "reply": "None."}]))
+    docs = [(d.id, d.title, d.text) for d in load_knowledge(tmp_path)]
+    assert docs == [("cq#q1", "Any fees?", "None."), ("pr#q1", "Reset my PIN?", "Open settings."),
+                    ("utt#q1", "How do I pay?", "Use the app.")]
+
+
+def test_knowledge_mapping_keys_alike_but_for_punctuation_stay_apart(tmp_path):
+    write(tmp_path / "m.json", json.dumps({"Fees?": "None for cards.", "Fees!": "Wires cost 5 EUR."}))
+    docs = {d.id: (d.title, d.text) for d in load_knowledge(tmp_path)}
+    assert docs == {"m#fees": ("Fees?", "None for cards."), "m#fees-2": ("Fees!", "Wires cost 5 EUR.")}
+
+
+def test_intents_read_by_label_names_where_ids_stand_beside_them(tmp_path):
+    ids = {y: str(i) for i, y in enumerate(sorted(set(LABELS)))}
+    data = read_intent_file(write(tmp_path / "hf.csv", table([(t, ids[y], y) for t, y in ROWS],
+                                                             ["text", "label", "label_text"])))
+    assert (data.label_column, data.labels) == ("label_text", LABELS)
+
+
 def test_help_centre_exports_with_html_bodies_and_q_a_text_files(tmp_path):
     write(tmp_path / "zendesk.csv", 'id,title,body\n17,Reset <b>password</b>,"<p>Use the <a href=\'/r\'>reset</a> '
                                     'link.</p><ul><li>Check spam &amp; junk</li></ul>"\n')

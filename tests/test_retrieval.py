@@ -94,7 +94,7 @@ def test_text_csv_jsonl_and_a_folder_of_them(tmp_path):
     ("bad.md", b"# Title\nok\n\x81\x00 broken", "bad.md:3: not text"),
     ("bad.md", b"# Title\nok\n\x00\x01\x02 binary", "bad.md:3: not text: control character"),
     ("empty.txt", b" \n\n", "empty.txt: empty file"),
-    ("qa.csv", b"question,reply\nq,a\n", "qa.csv:1: missing column(s) answer"),
+    ("qa.csv", b"question,remark\nq,a\n", "qa.csv:1: missing column(s) answer"),
     ("qa.csv", b"question,answer\nq1,a1\nq2,\n", "qa.csv:3: empty answer"),
     ("qa.csv", b"question,answer\n", "qa.csv: holds no documents"),
     ("kb.jsonl", b'{"id": "a", "text": "x"}\n{oops\n', "kb.jsonl:2: invalid JSON"),
