@@ -239,6 +239,12 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
             log.warning("%s: read the records of %s%s", path, ", ".join(map(str, chosen)),
                         f"; left out {', '.join(left_out)}" if left_out else "")
             doc = [item for key in chosen for item in lists[key]]
+    nested = _nested_records(doc)
+    if nested:   # Q/A records under groupings: {"categories": [{"name": "Cards", "faqs": [{q, a}, ...]}, ...]}
+        log.warning("%s: read %d question/answer records found under %s", path, len(nested),
+                    ", ".join(sorted({where for where, _ in nested})))
+        return [_record_doc(path, _pick_fields(path, record, None, f"record {n} (under {where})"), n)
+                for n, (where, record) in enumerate(nested, 1)]
     if isinstance(doc, list) and doc and all(isinstance(item, str) for item in doc):  # a list of passages
         return [KnowledgeDoc(f"{path.stem}#q{n}", f"{_humanize(path.stem)} {n}", text.strip(), str(path))
                 for n, text in enumerate(doc, 1) if text.strip()]
@@ -258,6 +264,35 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
             docs.append(KnowledgeDoc(f"{path.stem}#{slug}" + (f"-{ids[slug]}" if ids[slug] > 1 else ""), str(key),
                                      text, str(path)))
     return docs
+
+
+def _nested_records(doc, depth: int = 4) -> list[tuple[str, dict]]:
+    """(where, record) of the question/answer records (a title and a text, `_record_roles`) that lie below the
+    document's own records or lists: inside groupings that are no passages themselves ({"faq": {"cards":
+    [...]}}, a list of categories each holding its "faqs"), at most `depth` levels down; [] when the document's
+    top level already holds its records (or a list of passage strings, or a title -> text object)."""
+    def top_records(value) -> bool:
+        return isinstance(value, list) and any(isinstance(item, dict) and _record_roles(item) for item in value)
+
+    if top_records(doc) or (isinstance(doc, dict) and any(top_records(v) for v in doc.values())):
+        return []
+    found: list[tuple[str, dict]] = []
+
+    def walk(value, where: str, left: int) -> None:
+        if left < 0:
+            return
+        if isinstance(value, dict):
+            if _record_roles(value) and where:
+                found.append((where, value))
+                return
+            for key, item in value.items():
+                walk(item, f"{where}.{key}" if where else str(key), left - 1)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, where or "[]", left - 1)
+
+    walk(doc, "", depth)
+    return found
 
 
 def _passage_lists(lists: dict[str, list[dict]]) -> list[str]:

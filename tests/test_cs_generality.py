@@ -331,6 +331,16 @@ def test_knowledge_question_columns_named_as_in_intent_and_instruction_data(tmp_
                     ("utt#q1", "How do I pay?", "Use the app.")]
 
 
+def test_knowledge_json_records_nested_under_groupings(tmp_path):
+    write(tmp_path / "cats.json", json.dumps({"categories": [
+        {"name": "Cards", "faqs": [{"question": "Lost card?", "answer": "Freeze it in the app."}]},
+        {"name": "Fees", "faqs": [{"question": "Any fees?", "answer": "None."}]}]}))
+    write(tmp_path / "deep.json", json.dumps({"faq": {"cards": [{"q": "PIN?", "a": "In settings."}]}, "v": 3}))
+    docs = [(d.id, d.title, d.text) for d in load_knowledge(tmp_path)]
+    assert docs == [("cats#q1", "Lost card?", "Freeze it in the app."), ("cats#q2", "Any fees?", "None."),
+                    ("deep#q1", "PIN?", "In settings.")]
+
+
 def test_knowledge_mapping_keys_alike_but_for_punctuation_stay_apart(tmp_path):
     write(tmp_path / "m.json", json.dumps({"Fees?": "None for cards.", "Fees!": "Wires cost 5 EUR."}))
     docs = {d.id: (d.title, d.text) for d in load_knowledge(tmp_path)}
