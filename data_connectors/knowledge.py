@@ -698,7 +698,8 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
 
     A role's column is the first of its names in `fields` found in the header (case-insensitive, in
     any order); other columns are ignored. A table as wide as `headerless` with no recognised name
-    in its first row takes those roles for its columns, in order, and its first row is a header or
+    in its first row takes those roles for its columns, in order (a wider one: the last role, the passage,
+    the column of the longest cells, the role before it the next longest), and its first row is a header or
     data by its shape (`names_columns`; a header, or a row that could be one, is logged). The header
     repeated inside the table (files pasted together) is left out and logged. A row may leave out
     trailing columns (their values are ""). Missing columns, empty required values and malformed rows
@@ -712,10 +713,18 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
     keys = [field_key(name) for name in header]
     columns = {role: named_column(keys, names) for role, names in fields.items()}
     body, repeats = table_body(header, rows[1:])
-    if headerless and len(header) == len(headerless) and all(i is None for i in columns.values()):
-        columns = {role: headerless.index(role) if role in headerless else None for role in fields}
+    if headerless and len(header) >= len(headerless) and all(i is None for i in columns.values()):
+        order = list(range(len(headerless)))
+        if len(header) > len(headerless):
+            # a wider table with no known column name ("Nr,Frage,Antwort,Kategorie", or no header): the last
+            # role (the passage) takes the column of the longest cells, the one before it the next longest
+            lengths = [sum(len(cells[i]) for _, cells in body if i < len(cells)) for i in range(len(header))]
+            order = sorted(range(len(header)), key=lambda i: -lengths[i])[:len(headerless)][::-1]
+            log.warning("%s: no known column names; read %s (by the length of their cells)", path,
+                        ", ".join(f"column {i + 1} as the {role}" for role, i in zip(headerless, order)))
+        columns = {role: order[headerless.index(role)] if role in headerless else None for role in fields}
         text_i = columns[required[0]]
-        other_i = next(i for i in range(len(header)) if i != text_i)
+        other_i = next(i for i in order if i != text_i)
         verdict = names_columns(header, [cells for _, cells in body], text_i, other_i)
         if verdict:   # "Frage;Antwort": a header in another language
             log.warning("%s: the first row %s was read as a header (its cells look like column names), not as a "

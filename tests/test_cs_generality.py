@@ -331,6 +331,18 @@ def test_knowledge_question_columns_named_as_in_intent_and_instruction_data(tmp_
                     ("utt#q1", "How do I pay?", "Use the app.")]
 
 
+def test_knowledge_csv_wider_than_two_columns_with_no_known_names(tmp_path):
+    rows = ["Wie zahle ich?,Mit der App oder per Karte am Schalter.,Zahlung",
+            "Gebuehren?,Keine fuer Karten im Inland.,Gebuehren"]
+    write(tmp_path / "de.csv", "Frage,Antwort,Kategorie\n" + "\n".join(rows) + "\n")
+    write(tmp_path / "raw.csv", "\n".join(f"{n},{row}" for n, row in enumerate(rows, 1)) + "\n")   # no header
+    docs = [(d.id, d.title, d.text) for d in load_knowledge(tmp_path)]
+    assert docs == [("de#q1", "Wie zahle ich?", "Mit der App oder per Karte am Schalter."),
+                    ("de#q2", "Gebuehren?", "Keine fuer Karten im Inland."),
+                    ("raw#q1", "Wie zahle ich?", "Mit der App oder per Karte am Schalter."),
+                    ("raw#q2", "Gebuehren?", "Keine fuer Karten im Inland.")]
+
+
 def test_knowledge_json_records_nested_under_groupings(tmp_path):
     write(tmp_path / "cats.json", json.dumps({"categories": [
         {"name": "Cards", "faqs": [{"question": "Lost card?", "answer": "Freeze it in the app."}]},
