@@ -687,7 +687,7 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
     """A list of {text, label} records (any of the recognised names) or [text, label] pairs; a .json
     file may also hold the YAML structures (`intents:` mapping or list, Rasa's `nlu:` list), or one list
     per split (`split` picks one, with its "oos_" list)."""
-    splits_read = None
+    splits_read, label_names = None, None
     if suffix == ".jsonl":
         items = json_lines(path, text, LabelledTextError)
     else:
@@ -696,11 +696,17 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
             return _labelled_doc(path, doc)
         if isinstance(doc, dict):  # one list of records under some key, e.g. {"data": [...]}, or one per split
             lists = {key: value for key, value in doc.items() if isinstance(value, list)}
+            records = [key for key, value in lists.items() if value and all(isinstance(v, (dict, list)) for v in value)]
             if set(lists) & SPLIT_NAMES:   # one list per split (or one split alone: read only when asked for)
                 splits_read = _split_lists(path, lists, split)
                 doc = [item for key in splits_read for item in lists[key]]
             elif len(lists) == 1:
                 doc = next(iter(lists.values()))
+            elif len(records) == 1:
+                # {"data": [records], "labels": [names]}: the one list of records, and the label names its class
+                # ids may stand for
+                names = [v for k, v in lists.items() if k != records[0] and v and all(isinstance(i, str) for i in v)]
+                doc, label_names = lists[records[0]], (names[0] if len(names) == 1 else None)
         if not isinstance(doc, list):
             raise LabelledTextError(path, "expected a list of {text, label} records, or an `intents:` object")
         items = [(None, item) for item in doc]
@@ -729,7 +735,12 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
             labels.append(label)
     if not texts:
         raise LabelledTextError(path, "no records")
+    named = label_names is not None and all(y.isdigit() and int(y) < len(label_names) for y in labels)
+    if named:
+        labels = [label_names[int(y)].strip() for y in labels]
     data = LabelledTexts(texts, labels, *(fields or (None, None)), None, None, "")
+    if named:
+        data.warnings.append(f"{path}: class ids read as the names of the file's list of {len(label_names)} labels")
     if splits_read is not None:
         data.warnings.append(f"{path}: read the lists {', '.join(splits_read)} of this file (split {split!r})")
     return data

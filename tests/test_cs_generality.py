@@ -343,6 +343,15 @@ def test_knowledge_csv_wider_than_two_columns_with_no_known_names(tmp_path):
                     ("raw#q2", "Gebuehren?", "Keine fuer Karten im Inland.")]
 
 
+def test_intents_json_records_beside_their_label_names(tmp_path):
+    names = sorted(set(LABELS))
+    by_name = read_intent_file(write(tmp_path / "n.json", json.dumps(
+        {"data": [{"text": t, "label": y} for t, y in ROWS], "labels": names})))
+    by_id = read_intent_file(write(tmp_path / "i.json", json.dumps(
+        {"data": [{"text": t, "label": names.index(y)} for t, y in ROWS], "labels": names})))
+    assert by_name.texts == by_id.texts == TEXTS and by_name.labels == by_id.labels == LABELS
+
+
 def test_knowledge_json_records_nested_under_groupings(tmp_path):
     write(tmp_path / "cats.json", json.dumps({"categories": [
         {"name": "Cards", "faqs": [{"question": "Lost card?", "answer": "Freeze it in the app."}]},
