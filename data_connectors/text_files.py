@@ -476,6 +476,13 @@ def _repeat_warnings(path: Path, texts: list[str], labels: list[str]) -> list[st
         shown = "; ".join(f"{text!r} as {', '.join(map(repr, found))}" for text, found in conflicts[:3])
         warnings.append(f"{path}: {len(conflicts)} text(s) carry different labels ({shown}"
                         f"{'; ...' if len(conflicts) > 3 else ''}): no model can learn both; keep one label each")
+    spellings: dict[str, set[str]] = {}
+    for label in set(labels):
+        spellings.setdefault(" ".join(label.replace("_", " ").replace("-", " ").lower().split()), set()).add(label)
+    if alike := [sorted(found) for found in spellings.values() if len(found) > 1]:
+        shown = "; ".join(" / ".join(map(repr, found)) for found in sorted(alike)[:3])
+        warnings.append(f"{path}: {len(alike)} label(s) spelled in several ways ({shown}"
+                        f"{'; ...' if len(alike) > 3 else ''}) are different intents to a model; spell each one way")
     return warnings
 
 

@@ -352,6 +352,15 @@ def test_intents_json_records_beside_their_label_names(tmp_path):
     assert by_name.texts == by_id.texts == TEXTS and by_name.labels == by_id.labels == LABELS
 
 
+def test_labels_spelled_in_several_ways_are_named_in_a_warning(tmp_path):
+    rows = ROWS + [("my card is gone", "Lost Card"), ("card went missing", "lost-card")]
+    data = read_intent_file(write(tmp_path / "t.csv", table(rows, ["text", "label"])))
+    assert any("spelled in several ways" in w and "'Lost Card' / 'lost-card' / 'lost_card'" in w
+               for w in data.warnings), data.warnings
+    clean = read_intent_file(write(tmp_path / "c.csv", table(ROWS, ["text", "label"])))
+    assert not any("spelled" in w for w in clean.warnings)
+
+
 def test_knowledge_json_records_nested_under_groupings(tmp_path):
     write(tmp_path / "cats.json", json.dumps({"categories": [
         {"name": "Cards", "faqs": [{"question": "Lost card?", "answer": "Freeze it in the app."}]},
