@@ -266,12 +266,14 @@ def decode_shortfall(info: VideoInfo, decoded_frames: int, last_time: float | No
             last_time = float(times[min(decoded_frames, len(times)) - 1])
     if duration is None or last_time is None:
         return (f"{info.path}: only {decoded_frames} of the {info.frames} frames its header lists could be decoded "
-                f"({decoded_frames / info.fps:.2f} of {info.seconds:.2f} s); the file looks truncated or damaged")
+                f"({decoded_frames / info.fps:.2f} of {info.seconds:.2f} s); the file looks truncated or damaged, or "
+                f"its header overstates its length")
     reached = last_time + 1.0 / info.fps   # the last frame lasts about one nominal frame interval
     if duration - reached <= max(2.0 / info.fps, 0.05 * duration):
         return None
     return (f"{info.path}: decoding stopped at {reached:.2f} of the {duration:.2f} s its header lists "
-            f"({decoded_frames} frames decoded); the file looks truncated or damaged")
+            f"({decoded_frames} frames decoded); the file looks truncated or damaged, or its header overstates "
+            f"its length")
 
 
 def _container_seconds(path: Path) -> float | None:

@@ -502,6 +502,15 @@ def discover(cfg: BatchConfig) -> tuple[list[StudyEntry], list[dict]]:
                                       lost=[path for path, _ in lost]))
     if not cfg.anonymize:
         _unique_keys(entries, Path(cfg.out))
+    key_of = {e.series_uid: e.key for e in entries}
+    for series in scan.series:   # a series whose files lie in several folders (split, or copied twice) is one study
+        for folder in sorted({f.parent for f in series.files} - set(by_folder)):
+            if series.series_uid in key_of:
+                rel = folder.relative_to(root).as_posix()
+                errors.append({"study": _hash(rel) if cfg.anonymize else rel,
+                               "source": _hash(series.series_uid) if cfg.anonymize else series.series_uid,
+                               "stage": "skipped", "message": f"no study of its own: its images belong to the "
+                                                              f"series read as study {key_of[series.series_uid]}"})
     series_folders = set(by_folder)
     skipped_by_folder: dict[Path, list] = {}
     for path, reason in scan.skipped:
