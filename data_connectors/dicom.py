@@ -248,16 +248,20 @@ def scan_folder(root: str | Path) -> FolderScan:
     def unreadable(err: OSError) -> None:
         skipped.append((Path(err.filename or root), f"unreadable folder: {err.strerror}"))
 
-    # Linked folders are followed (exports and study archives are often assembled from links); a folder reached
-    # a second time (a link back up the tree, or two links to one folder) is skipped with a reason.
-    seen = {os.path.realpath(root)}
+    # Linked folders are followed (exports and study archives are often assembled from links), but not a link
+    # to a folder read anyway (one of the tree's own, under its own name; one read through another link) nor one
+    # to a folder above the input (a loop, or the whole disk).
+    real_root = os.path.realpath(root)
+    seen = {os.path.realpath(d) for d, _, _ in os.walk(root)}
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
-        for name in sorted(dirnames):
+        seen.add(os.path.realpath(dirpath))
+        for name in [n for n in dirnames if os.path.islink(os.path.join(dirpath, n))]:
             real = os.path.realpath(os.path.join(dirpath, name))
-            if real in seen:
-                skipped.append((Path(dirpath) / name, f"linked folder already read (it leads to {real})"))
+            if real in seen or real_root.startswith(real.rstrip(os.sep) + os.sep):
                 dirnames.remove(name)
-            seen.add(real)
+                log.info("%s: linked folder %s not followed (read anyway, or above the input)", root, name)
+            else:
+                seen.add(real)
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
@@ -416,7 +420,8 @@ def _assume_usual_intercept(stack: np.ndarray, uid: str, warnings: list[str]) ->
     """For a series none of whose images carries RescaleSlope / RescaleIntercept (an anonymiser or converter
     stripped them), read as stored values: when nothing is negative (unsigned storage, not HU already) and the
     usual intercept would put air below _NO_AIR_HU, apply that intercept in place (read as they are, the HU would
-    be 1024 too bright and no lung would be found). Always with a warning."""
+    be 1024 too bright and no lung would be found). Either way with a warning (none for a series of padding
+    only)."""
     body = stack > AIR_HU                                   # voxels not set to air as padding
     sample = stack[::2, ::4, ::4][body[::2, ::4, ::4]]
     if sample.size == 0:

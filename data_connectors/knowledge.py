@@ -267,14 +267,22 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
 
 
 def _nested_records(doc, depth: int = 4) -> list[tuple[str, dict]]:
-    """(where, record) of the question/answer records (a title and a text, `_record_roles`) that lie below the
-    document's own records or lists: inside groupings that are no passages themselves ({"faq": {"cards":
-    [...]}}, a list of categories each holding its "faqs"), at most `depth` levels down; [] when the document's
-    top level already holds its records (or a list of passage strings, or a title -> text object)."""
-    def top_records(value) -> bool:
-        return isinstance(value, list) and any(isinstance(item, dict) and _record_roles(item) for item in value)
+    """(where, record) of the question/answer records (a title and a text, `_record_roles`) that lie below
+    groupings holding no text of their own ({"faq": {"cards": [...]}}, a list of categories each with its
+    "faqs"), at most `depth` levels down; [] when the document's top level holds texts itself (records, a
+    title -> record or title -> text object, LangChain's page_content with its metadata), which read_json
+    reads as before."""
+    def has_text(value) -> bool:   # a record with a text of its own: a passage, whatever lies under it
+        return isinstance(value, dict) and any(field_key(k) in _DOC_FIELDS["answer"]
+                                               and value[k] not in (None, "", [], {}) for k in value)
 
-    if top_records(doc) or (isinstance(doc, dict) and any(top_records(v) for v in doc.values())):
+    def holds_texts(value) -> bool:
+        items = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else []
+        return has_text(value) or any(has_text(item) or isinstance(item, str) and len(item.split()) >= 3
+                                      for item in items)   # a passage; not a "version": "2.1"
+
+    if holds_texts(doc) or (isinstance(doc, dict) and any(isinstance(v, list) and holds_texts(v)
+                                                          for v in doc.values())):
         return []
     found: list[tuple[str, dict]] = []
 
@@ -282,8 +290,9 @@ def _nested_records(doc, depth: int = 4) -> list[tuple[str, dict]]:
         if left < 0:
             return
         if isinstance(value, dict):
-            if _record_roles(value) and where:
-                found.append((where, value))
+            if has_text(value):
+                if where and _record_roles(value):
+                    found.append((where, value))
                 return
             for key, item in value.items():
                 walk(item, f"{where}.{key}" if where else str(key), left - 1)
@@ -699,7 +708,7 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
     A role's column is the first of its names in `fields` found in the header (case-insensitive, in
     any order); other columns are ignored. A table as wide as `headerless` with no recognised name
     in its first row takes those roles for its columns, in order (a wider one: the last role, the passage,
-    the column of the longest cells, the role before it the next longest), and its first row is a header or
+    the column of the most words, the role before it the next most), and its first row is a header or
     data by its shape (`names_columns`; a header, or a row that could be one, is logged). The header
     repeated inside the table (files pasted together) is left out and logged. A row may leave out
     trailing columns (their values are ""). Missing columns, empty required values and malformed rows
@@ -717,10 +726,12 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
         order = list(range(len(headerless)))
         if len(header) > len(headerless):
             # a wider table with no known column name ("Nr,Frage,Antwort,Kategorie", or no header): the last
-            # role (the passage) takes the column of the longest cells, the one before it the next longest
-            lengths = [sum(len(cells[i]) for _, cells in body if i < len(cells)) for i in range(len(header))]
-            order = sorted(range(len(header)), key=lambda i: -lengths[i])[:len(headerless)][::-1]
-            log.warning("%s: no known column names; read %s (by the length of their cells)", path,
+            # role (the passage) takes the column of the most words, the one before it the next most (in words:
+            # a column of links or codes is long in characters only)
+            lengths = [(sum(len(cells[i].split()) for _, cells in body if i < len(cells)),   # ties: characters
+                        sum(len(cells[i]) for _, cells in body if i < len(cells))) for i in range(len(header))]
+            order = sorted(range(len(header)), key=lambda i: lengths[i], reverse=True)[:len(headerless)][::-1]
+            log.warning("%s: no known column names; read %s (by the words in their cells)", path,
                         ", ".join(f"column {i + 1} as the {role}" for role, i in zip(headerless, order)))
         columns = {role: order[headerless.index(role)] if role in headerless else None for role in fields}
         text_i = columns[required[0]]

@@ -389,11 +389,21 @@ TEXT_COLUMNS = ("text", "utterance", "sentence", "query", "question", "message",
                 "phrase", "prompt", "request", "content", "body", "texts", "utterances", "sentences",
                 "queries", "questions", "messages", "examples", "user_message", "customer_message",
                 "user_utterance", "user_query", "customer_query", "transcript", "instruction")
-# Names of a label's name come first: a table with a numeric "label" and its "label_text" (the Hugging Face
-# layout) is read by the names.
-LABEL_COLUMNS = ("label_text", "label_name", "intent_name", "class_name", "category_name", "label", "intent",
-                 "category", "class", "intent_label", "target", "tag", "topic", "labels", "intents", "categories",
-                 "classes", "y")
+LABEL_COLUMNS = ("label", "intent", "category", "class", "intent_name", "intent_label", "label_name",
+                 "class_name", "target", "tag", "topic", "labels", "intents", "categories", "classes", "y",
+                 "label_text")
+# A label column of class ids beside its names ("label" and "label_text": the Hugging Face layout) is read by the
+# names: the columns that may hold the names of a column of ids, in order.
+LABEL_NAME_COLUMNS = ("label_text", "label_name", "intent_name", "class_name", "category_name", "text_label")
+
+
+def names_for_ids(keys: list[str], label_i: int, values: list[str]) -> int:
+    """The column to read labels from: `label_i`, or a label-name column (LABEL_NAME_COLUMNS) beside it when
+    every value of `label_i` is a class id (digits)."""
+    if not values or not all(v.strip().isdigit() for v in values):
+        return label_i
+    named = named_column(keys, LABEL_NAME_COLUMNS, [i for i in range(len(keys)) if i != label_i])
+    return label_i if named is None else named
 LABELLED_SUFFIXES = (".csv", ".tsv", ".txt", ".yaml", ".yml", ".json", ".jsonl")
 
 
@@ -575,7 +585,8 @@ def _found_columns(path: Path, rows: list[tuple[int, list[str]]],
     text_i = named_column(keys, TEXT_COLUMNS, names)
     label_i = named_column(keys, LABEL_COLUMNS, [i for i in names if i != text_i])
     if text_i is not None and label_i is not None:
-        return True, text_i, label_i
+        return True, text_i, names_for_ids(keys, label_i, [cells[label_i] for _, cells in below
+                                                            if label_i < len(cells)])
     if len(first) == 2 and (text_i, label_i) != (None, None):  # one recognised name: the other column
         return True, (1 - label_i if text_i is None else text_i), (1 - text_i if label_i is None else label_i)
     return _inferred_columns(path, rows, below, text_i, label_i)
@@ -728,6 +739,10 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
                 (keys[k] for k in TEXT_COLUMNS if k in keys), None)
             label_key = keys.get(field_key(label_column)) if label_column else next(
                 (keys[k] for k in LABEL_COLUMNS if k in keys), None)
+            if label_key is not None and not label_column:   # class ids beside their names: the names
+                names = list(keys)
+                label_key = keys[names[names_for_ids(names, names.index(field_key(label_key)),
+                                                     [str(item[label_key])])]]
             if text_key is None or label_key is None:
                 raise LabelledTextError(path, f"{where}no text and label fields among {sorted(map(str, item))}",
                                         line)

@@ -365,10 +365,15 @@ def test_knowledge_json_records_nested_under_groupings(tmp_path):
     write(tmp_path / "cats.json", json.dumps({"categories": [
         {"name": "Cards", "faqs": [{"question": "Lost card?", "answer": "Freeze it in the app."}]},
         {"name": "Fees", "faqs": [{"question": "Any fees?", "answer": "None."}]}]}))
-    write(tmp_path / "deep.json", json.dumps({"faq": {"cards": [{"q": "PIN?", "a": "In settings."}]}, "v": 3}))
+    write(tmp_path / "deep.json", json.dumps({"faq": {"cards": [{"q": "PIN?", "a": "In settings."}]}, "v": "2.1"}))
+    # texts at the top level are read as before: LangChain's page_content beside its metadata, title -> record
+    write(tmp_path / "lc.json", json.dumps([{"page_content": "We open at 9.", "metadata": {"title": "Hours",
+                                                                                          "description": "Page"}}]))
+    write(tmp_path / "map.json", json.dumps({"Fees": {"question": "Any fees?", "answer": "None."}}))
     docs = [(d.id, d.title, d.text) for d in load_knowledge(tmp_path)]
     assert docs == [("cats#q1", "Lost card?", "Freeze it in the app."), ("cats#q2", "Any fees?", "None."),
-                    ("deep#q1", "PIN?", "In settings.")]
+                    ("deep#q1", "PIN?", "In settings."), ("lc#q1", "lc#q1", "We open at 9."),
+                    ("map#fees", "Fees", "Any fees?\nNone.")]
 
 
 def test_knowledge_mapping_keys_alike_but_for_punctuation_stay_apart(tmp_path):
@@ -382,6 +387,12 @@ def test_intents_read_by_label_names_where_ids_stand_beside_them(tmp_path):
     data = read_intent_file(write(tmp_path / "hf.csv", table([(t, ids[y], y) for t, y in ROWS],
                                                              ["text", "label", "label_text"])))
     assert (data.label_column, data.labels) == ("label_text", LABELS)
+    records = [{"text": t, "label": int(ids[y]), "label_text": y} for t, y in ROWS]
+    assert read_intent_file(write(tmp_path / "hf.jsonl", "\n".join(map(json.dumps, records)))).labels == LABELS
+    # a name column beside labels that are names already is another labelling, not their names
+    other = read_intent_file(write(tmp_path / "two.csv", table([(t, y, "bank") for t, y in ROWS],
+                                                               ["text", "intent", "category_name"])))
+    assert (other.label_column, other.labels) == ("intent", LABELS)
 
 
 def test_help_centre_exports_with_html_bodies_and_q_a_text_files(tmp_path):

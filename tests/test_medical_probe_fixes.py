@@ -201,7 +201,7 @@ def test_series_without_any_rescale_stored_unsigned_gets_the_usual_intercept(tmp
     planes = chest_planes(len(Z))
     strip_rescale(write_series(tmp_path / "s", planes, [(0, 0, v) for v in Z]))   # stored = HU + 1024
     vol = load_volume(tmp_path / "s")
-    assert np.allclose(vol.hu_ZYX, np.stack(planes))        # read as stored values: 1024 HU too bright
+    assert np.allclose(vol.hu_ZYX, np.stack(planes))        # not 1024 HU too bright, as stored values read
     assert any("usual CT intercept -1024" in w for w in vol.warnings), vol.warnings
 
 
@@ -580,17 +580,20 @@ def test_anonymous_sr_uid_is_derived_from_the_findings_hash():
     assert _anonymous_uid(uid) == f"2.25.{int(_hash(uid), 16)}" and _anonymous_uid(uid) != _anonymous_uid(uid + "1")
 
 
-def test_linked_series_folder_is_read_and_a_link_loop_is_not_followed(tmp_path):
+def test_linked_series_folder_is_read_and_links_back_up_or_to_a_read_folder_are_not(tmp_path):
     write_series(tmp_path / "data" / "s1", ramp_planes(Z), [(0, 0, v) for v in Z])
     root = tmp_path / "exports"
-    root.mkdir()
+    write_series(root / "zeta", ramp_planes(Z), [(0, 0, v) for v in Z])
     (root / "study1").symlink_to(tmp_path / "data" / "s1", target_is_directory=True)
-    (root / "back").symlink_to(root, target_is_directory=True)          # a link up the tree: no endless walk
+    (root / "alias").symlink_to(root / "zeta", target_is_directory=True)   # read under its own name, once
+    (root / "back").symlink_to(root, target_is_directory=True)             # a loop
+    (root / "up").symlink_to(tmp_path, target_is_directory=True)           # above the input: not read
+    (tmp_path / "data" / "s1" / "self").symlink_to(tmp_path / "data" / "s1", target_is_directory=True)
     scan = scan_folder(root)
-    assert len(scan.series) == 1 and len(scan.series[0].files) == len(Z)
-    assert [p.name for p, reason in scan.skipped if "already read" in reason] == ["back"]
+    assert sorted(s.files[0].parent.name for s in scan.series) == ["study1", "zeta"]
+    assert all(len(s.files) == len(Z) for s in scan.series) and scan.skipped == []
     entries, errors = discover(BatchConfig(input=root, out=tmp_path / "out"))
-    assert [e.source for e in entries] == ["study1"] and errors == []
+    assert sorted(e.source for e in entries) == ["study1", "zeta"] and errors == []
 
 
 def test_a_series_copied_into_two_folders_is_one_study_and_the_copy_is_listed(tmp_path):

@@ -73,10 +73,12 @@ class ShotConfig:
                                      # thing may move between frames and still count as the same thing
     shift_floor: float = 0.0005      # ... a cut's compensated difference (grey levels in [0, 1]) is above this
     shift_fps: float = 12.0          # ... below this frame rate the radius grows as 1 / fps (more motion a frame)
-    exposure_floor: float = 0.01     # a boundary whose two sides, grey levels matched by rank, differ by less
-    exposure_share: float = 0.3      # than this compensated difference, and by less than this share of
-                                     # their difference unmatched, is a light change within one shot ...
-    exposure_balance: float = 0.03   # ... when their colour balances (channel shares, L1) differ less than this
+    # A boundary is a light change within one shot (auto-exposure, a lamp) when its two sides, grey levels
+    # matched by rank, differ by less than exposure_floor (compensated difference) and less than exposure_share
+    # of their difference unmatched, and their colour balances (channel shares, L1) by less than exposure_balance.
+    exposure_floor: float = 0.01
+    exposure_share: float = 0.3
+    exposure_balance: float = 0.03
     sure_hist: float = 0.5           # a pair whose histogram distance is at least this and whose
     sure_shift: float = 0.05         # compensated difference (at shift_radius) is at least this is a cut outright,
                                      # no baseline needed (slideshows and low frame rates, where cuts are too
