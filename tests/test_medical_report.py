@@ -24,6 +24,18 @@ def _one(text):
     ("Stable 7 mm nodule in the RLL without interval change.", 7.0, "right lower lobe", False),
     ("No change in the 9 mm right upper lobe nodule.", 9.0, "right upper lobe", False),
     ("There is a nodule at the left lung base.", None, "left lower lobe", False),
+    # as radiologists write them (a read-only probe of 190 sentences, 2026-12-02)
+    ("No suspicious pulmonary nodules.", None, None, True),
+    ("There are no suspicious pulmonary nodules or masses.", None, None, True),
+    ("No new or enlarging nodules.", None, None, True),
+    ("Pulmonary nodules: none.", None, None, True),
+    ("6 mm RUL nodule, not present on the prior study.", 6.0, "right upper lobe", False),
+    ("RUL nodule, previously 5 mm, now 7 mm.", 7.0, "right upper lobe", False),
+    ("LLL nodule measuring 7 mm (previously 5 mm).", 7.0, "left lower lobe", False),
+    ("Nodule 6 mm x 4 mm in the RLL.", 5.0, "right lower lobe", False),
+    ("Part-solid 12 mm nodule in the LUL with a 4 mm solid component.", 12.0, "left upper lobe", False),
+    ("Nodule in the RUL, not well characterized on 5 mm slices.", None, "right upper lobe", False),
+    ("A 6 mm nodule in the RUL abutting the mediastinum.", 6.0, "right upper lobe", False),
 ])
 def test_mentions(text, size, lobe, negated):
     m = _one(text)
@@ -79,3 +91,24 @@ def test_stated_density(text, density):
 def test_each_size_takes_its_own_density():
     _, mentions = find_mentions("A 6 mm ground-glass nodule in the RUL and a 9 mm solid nodule in the LLL.")
     assert [(m.size_mm, m.density) for m in mentions] == [(6.0, "subsolid"), (9.0, "solid")]
+
+
+@pytest.mark.parametrize("text", ["1 cm hypodense lesion in the liver.", "Right adrenal nodule measuring 12 mm.",
+                                  "6 mm nodule in the right lobe of the thyroid.", "Bone density is normal."])
+def test_findings_outside_the_lungs_are_no_mentions(text):
+    assert find_mentions(text)[1] == []
+
+
+def test_a_mention_naming_no_place_is_cited_only_for_a_finding_of_its_size():
+    from apps.medical_imaging.detection import Candidate, _best_mention
+    from apps.medical_imaging.report import ReportReading
+
+    def cited(text: str, diameter_mm: float) -> int | None:
+        sentences, mentions = find_mentions(text)
+        nodule = Candidate(np.array([10, 10, 10]), 30.0, diameter_mm, 20.0)
+        return _best_mention(nodule, (-1.0, 0.8, 0.0), ReportReading(sentences, mentions))
+
+    assert cited("A 6 mm nodule is seen.", 6.5) == 0
+    assert cited("A 20 mm mass is seen.", 6.5) is None
+    assert cited("Scattered opacities.", 6.5) is None
+    assert cited("A nodule in the right upper lobe.", 6.5) == 0   # a place: cited without a size

@@ -992,7 +992,8 @@ def suppress(cands: list[Candidate], score_B: np.ndarray, factor: float) -> np.n
 
 
 def _best_mention(c: Candidate, pos, reading: ReportReading | None) -> int | None:
-    """The positive mention that fits the candidate: same side, then same lobe, then closest size."""
+    """The positive mention that fits the candidate: same side, then same lobe, then closest size. A mention
+    naming no place fits only a candidate of its size (within a factor 1.5): else it would fit every finding."""
     if reading is None:
         return None
     best, best_score = None, 0.0
@@ -1002,6 +1003,8 @@ def _best_mention(c: Candidate, pos, reading: ReportReading | None) -> int | Non
         f = pair_features(c, pos, m)
         side_match, lobe_match = f[14], f[15]
         if (m.side or m.lobe) and not side_match:
+            continue
+        if not (m.side or m.lobe) and not (f[17] and f[19] <= math.log(1.5)):
             continue
         score = 1.0 + 2.0 * lobe_match + (1.0 - min(abs(f[19]), 1.0) if f[17] else 0.0)
         if score > best_score:

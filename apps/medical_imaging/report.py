@@ -47,7 +47,23 @@ _NEG_BEFORE = re.compile(r"\b(no|not|without|negative\s+for|free\s+of|absence\s+
                          r"resolution\s+of|resolved|ruled?\s+out|neither|nor|clear\s+of)\b", re.I)
 # ... or after it ("the nodule has resolved", "is no longer seen", "is not identified").
 _NEG_AFTER = re.compile(r"\b(resolved|no\s+longer|not\s+(?:seen|identified|visuali[sz]ed|present|appreciated|"
-                        r"demonstrated|evident|detected)|(?:is|are|was|were)\s+absent|disappeared|gone)\b", re.I)
+                        r"demonstrated|evident|detected)(?!\s+(?:on\s+(?:the\s+)?prior|previously|before|on\s+the\s+"
+                        r"previous))|(?:is|are|was|were)\s+absent|disappeared|gone)\b|^\s*:\s*(?:none|absent|negative|nil)\b",
+                        re.I)
+# "No suspicious pulmonary nodules", "no new or enlarging nodules": words that would read as a pseudo-negation
+# ("no suspicious features", "no enlargement") deny the finding itself when they qualify it directly.
+_DENIAL = re.compile(r"\b(?:no|without|negative\s+for)\s+(?:(?:new|suspicious|enlarging|growing|concerning|"
+                     r"worrisome|discrete|definite|significant|additional|other|pulmonary|lung|solid|measurable|"
+                     r"focal|dominant)(?:\s*,|\s+or|\s+and)?\s+)+$", re.I)
+# Organs outside the lungs that a chest CT also shows: a lesion, mass or nodule there is no lung nodule.
+_ELSEWHERE = re.compile(r"\b(liver|hepatic|kidneys?|renal|adrenals?|thyroid|breasts?|spleen|splenic|pancrea\w*|"
+                        r"bones?|osseous|vertebra\w*|lymph|nodes?|abdom\w*|skin|subcutaneous)\b", re.I)
+_IN_LUNG = re.compile(r"\b(lungs?|pulmonary|lingul\w*|pleura\w*|subpleural|fissur\w*|perifissural)\b", re.I)
+# A size that is no nodule's size now: an earlier one ("previously 5 mm", "from 5 mm"), ...
+_EARLIER = re.compile(r"\b(?:previously|prior|from|compared\s+(?:to|with))\s*(?:\w+\s+){0,2}\(?\s*$", re.I)
+# ... a solid component's or a scan's ("with a 4 mm solid component", "on 5 mm slices")
+_NOT_A_NODULE_SIZE = re.compile(r"^\s*(?:\w+\s+)?(?:solid\s+)?(?:component|slices?|sections?|images?|collimation|"
+                                r"thickness|reconstructions?|intervals?|increments?)\b", re.I)
 # "no change", "not changed", "no significant growth": about the finding's course, not its existence.
 _PSEUDO_NEG = re.compile(r"\b(?:no|not|without)\s+(?:\w+\s+){0,2}?(?:change\w*|growth|increase\w*|enlarg\w*|"
                          r"interval|significant\s+change|concerning\s+features?|calcification|spiculation|"
@@ -135,6 +151,8 @@ def parse_lobe(clause: str) -> tuple[str | None, str | None]:
 def is_negated(clause: str, finding_start: int, finding_end: int) -> bool:
     """Whether the finding at clause[finding_start:finding_end] is negated by a cue in its scope: one
     before it within the clause (pseudo-negations like "no change" excluded), or one after it."""
+    if _DENIAL.search(clause[:finding_start]):
+        return True
     before = _PSEUDO_NEG.sub(" ", clause[:finding_start])
     if any(len(before[m.end():].split()) <= 6 for m in _NEG_BEFORE.finditer(before)):
         return True
@@ -157,23 +175,40 @@ def find_mentions(text: str) -> tuple[list[str], list[Mention]]:
                 if lobe is not None and _CLEAR.search(clause):
                     mentions.append(Mention(clause, s_i, None, lobe, side, True))
                 continue
+            if _ELSEWHERE.search(clause) and not _IN_LUNG.search(clause) and parse_lobe(clause)[0] is None:
+                continue   # "a 1 cm hypodense lesion in the liver", "right adrenal nodule"
             negated = is_negated(clause, finding.start(), finding.end())
-            sizes = list(_SIZE.finditer(clause))
+            sizes = _nodule_sizes(clause)
             if len(sizes) <= 1:
                 lobe, side = parse_lobe(clause)
-                size = parse_size_mm(sizes[0]) if sizes else None
+                size = sizes[0][2] if sizes else None
                 mentions.append(Mention(clause, s_i, size, lobe, side, negated, parse_density(clause)))
                 continue
             # Several sizes in one clause ("6 mm in the RUL and 4 mm in the LLL"): each size takes the
             # text up to the next size, falling back to the whole clause for its lobe.
-            for n, m in enumerate(sizes):
-                end = sizes[n + 1].start() if n + 1 < len(sizes) else len(clause)
-                lobe, side = parse_lobe(clause[m.start():end])
+            for n, (start, _, size) in enumerate(sizes):
+                end = sizes[n + 1][0] if n + 1 < len(sizes) else len(clause)
+                lobe, side = parse_lobe(clause[start:end])
                 if lobe is None and side is None:
                     lobe, side = parse_lobe(clause)
-                mentions.append(Mention(clause, s_i, parse_size_mm(m), lobe, side, negated,
-                                        parse_density(clause[m.start():end]) or parse_density(clause)))
+                mentions.append(Mention(clause, s_i, size, lobe, side, negated,
+                                        parse_density(clause[start:end]) or parse_density(clause)))
     return sentences, mentions
+
+
+def _nodule_sizes(clause: str) -> list[tuple[int, int, float]]:
+    """(start, end, mm) of the sizes of nodules a clause gives: not an earlier size ("previously 5 mm"), a solid
+    component's or a slice thickness; "6 mm x 4 mm" is one size (their mean)."""
+    sizes: list[tuple[int, int, float]] = []
+    for m in _SIZE.finditer(clause):
+        if _EARLIER.search(clause[:m.start()]) or _NOT_A_NODULE_SIZE.search(clause[m.end():]):
+            continue
+        if sizes and re.fullmatch(r"\s*(?:x|×|by|\*)\s*", clause[sizes[-1][1]:m.start()], re.I):
+            start, _, mm = sizes.pop()
+            sizes.append((start, m.end(), (mm + parse_size_mm(m)) / 2))
+            continue
+        sizes.append((m.start(), m.end(), parse_size_mm(m)))
+    return sizes
 
 
 @functools.cache

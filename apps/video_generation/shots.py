@@ -473,6 +473,7 @@ class DescribeConfig:
     colour_pixels: int = 6000        # pixels sampled for k-means
     min_colour_share: float = 0.12   # colours covering less of the frame are not named
     pan_thresh: float = 0.05         # camera translation (frame widths per second) that counts as a pan
+    pan_against: float = 0.25        # ... when at most this share of the flow pairs moves the other way
     zoom_thresh: float = 0.05        # radial scale change per second that counts as a zoom
     still_thresh: float = 0.005      # object motion (frame widths per second) below this is "still"
 
@@ -621,8 +622,12 @@ def flow_summary(frames_FHW3: np.ndarray, fps: float, cfg: DescribeConfig | None
         flow_hw2 = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
         rows.append(np.array(_pair_motion(a, b, flow_hw2)) * fps / (e - s))   # per second
     rows_P7 = np.array(rows)
-    # Camera: the median pair (robust to a few bad pairs); object motion: the mean over pairs.
+    # Camera: the median pair (robust to a few bad pairs), a translation only where few pairs move the other way
+    # (a shaking hand-held camera goes back and forth: no pan; a pair the trackers lost reads 0, no vote against);
+    # object motion: the mean over pairs.
     tx, ty, zoom = np.median(rows_P7[:, :3], axis=0)
+    tx, ty = (m if np.mean(np.sign(rows_P7[:, a]) == -np.sign(m)) <= cfg.pan_against else 0.0
+              for a, m in ((0, tx), (1, ty)))
     resid, rx, ry = rows_P7[:, 3:6].mean(axis=0)
     coh = float(np.hypot(rx, ry) / max(float(rows_P7[:, 6].mean()), 1e-6))
     h, w = grey_F[0].shape
