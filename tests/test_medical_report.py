@@ -32,6 +32,7 @@ def _one(text):
     ("6 mm RUL nodule, not present on the prior study.", 6.0, "right upper lobe", False),
     ("RUL nodule, previously 5 mm, now 7 mm.", 7.0, "right upper lobe", False),
     ("LLL nodule measuring 7 mm (previously 5 mm).", 7.0, "left lower lobe", False),
+    ("The previously seen 5 mm nodule in the RUL is stable.", 5.0, "right upper lobe", False),
     ("Nodule 6 mm x 4 mm in the RLL.", 5.0, "right lower lobe", False),
     ("Part-solid 12 mm nodule in the LUL with a 4 mm solid component.", 12.0, "left upper lobe", False),
     ("Nodule in the RUL, not well characterized on 5 mm slices.", None, "right upper lobe", False),

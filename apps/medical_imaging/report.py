@@ -46,10 +46,11 @@ _SIDE = re.compile(r"\b(right|left)\b(?!\s+(?:ventricle|atri\w+|kidney|adrenal|b
 _NEG_BEFORE = re.compile(r"\b(no|not|without|negative\s+for|free\s+of|absence\s+of|absent|rather\s+than|"
                          r"resolution\s+of|resolved|ruled?\s+out|neither|nor|clear\s+of)\b", re.I)
 # ... or after it ("the nodule has resolved", "is no longer seen", "is not identified").
+# ("not present on the prior" says the finding is new; "Nodules: none" is a template's denial)
 _NEG_AFTER = re.compile(r"\b(resolved|no\s+longer|not\s+(?:seen|identified|visuali[sz]ed|present|appreciated|"
                         r"demonstrated|evident|detected)(?!\s+(?:on\s+(?:the\s+)?prior|previously|before|on\s+the\s+"
-                        r"previous))|(?:is|are|was|were)\s+absent|disappeared|gone)\b|^\s*:\s*(?:none|absent|negative|nil)\b",
-                        re.I)
+                        r"previous))|(?:is|are|was|were)\s+absent|disappeared|gone)\b"
+                        r"|^\s*:\s*(?:none|absent|negative|nil)\b", re.I)
 # "No suspicious pulmonary nodules", "no new or enlarging nodules": words that would read as a pseudo-negation
 # ("no suspicious features", "no enlargement") deny the finding itself when they qualify it directly.
 _DENIAL = re.compile(r"\b(?:no|without|negative\s+for)\s+(?:(?:new|suspicious|enlarging|growing|concerning|"
@@ -60,7 +61,8 @@ _ELSEWHERE = re.compile(r"\b(liver|hepatic|kidneys?|renal|adrenals?|thyroid|brea
                         r"bones?|osseous|vertebra\w*|lymph|nodes?|abdom\w*|skin|subcutaneous)\b", re.I)
 _IN_LUNG = re.compile(r"\b(lungs?|pulmonary|lingul\w*|pleura\w*|subpleural|fissur\w*|perifissural)\b", re.I)
 # A size that is no nodule's size now: an earlier one ("previously 5 mm", "from 5 mm"), ...
-_EARLIER = re.compile(r"\b(?:previously|prior|from|compared\s+(?:to|with))\s*(?:\w+\s+){0,2}\(?\s*$", re.I)
+# (right after the cue: "the previously seen 5 mm nodule" is 5 mm now)
+_EARLIER = re.compile(r"\b(?:previously|prior|from|compared\s+(?:to|with))\s*(?:measur\w*\s+|at\s+)?\(?\s*$", re.I)
 # ... a solid component's or a scan's ("with a 4 mm solid component", "on 5 mm slices")
 _NOT_A_NODULE_SIZE = re.compile(r"^\s*(?:\w+\s+)?(?:solid\s+)?(?:component|slices?|sections?|images?|collimation|"
                                 r"thickness|reconstructions?|intervals?|increments?)\b", re.I)
