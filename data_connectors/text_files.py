@@ -705,7 +705,7 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
     """A list of {text, label} records (any of the recognised names) or [text, label] pairs; a .json
     file may also hold the YAML structures (`intents:` mapping or list, Rasa's `nlu:` list), or one list
     per split (`split` picks one, with its "oos_" list)."""
-    splits_read, label_names = None, None
+    splits_read, label_names, other_lists = None, None, []
     if suffix == ".jsonl":
         items = json_lines(path, text, LabelledTextError)
     else:
@@ -723,8 +723,12 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
             elif len(records) == 1:
                 # {"data": [records], "labels": [names]}: the one list of records, and the label names its class
                 # ids may stand for
-                names = [v for k, v in lists.items() if k != records[0] and v and all(isinstance(i, str) for i in v)]
-                doc, label_names = lists[records[0]], (names[0] if len(names) == 1 else None)
+                names = {k: v for k, v in lists.items() if k != records[0] and v and all(isinstance(i, str) for i in v)}
+                named_as = [k for k in names if field_key(k) in (*LABEL_COLUMNS, *LABEL_NAME_COLUMNS, "names")]
+                doc = lists[records[0]]
+                label_names = (names[named_as[0]] if len(named_as) == 1 else
+                               next(iter(names.values())) if len(names) == 1 else None)
+                other_lists = [] if label_names is not None else list(names)
         if not isinstance(doc, list):
             raise LabelledTextError(path, "expected a list of {text, label} records, or an `intents:` object")
         items = [(None, item) for item in doc]
@@ -763,6 +767,9 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
     data = LabelledTexts(texts, labels, *(fields or (None, None)), None, None, "")
     if named:
         data.warnings.append(f"{path}: class ids read as the names of the file's list of {len(label_names)} labels")
+    elif len(other_lists) > 1 and all(y.isdigit() for y in labels):
+        data.warnings.append(f"{path}: class ids kept as they are: which of the lists "
+                             f"{', '.join(map(str, other_lists))} names the labels is not said (call it `labels`)")
     if splits_read is not None:
         data.warnings.append(f"{path}: read the lists {', '.join(splits_read)} of this file (split {split!r})")
     return data

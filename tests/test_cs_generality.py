@@ -350,6 +350,12 @@ def test_intents_json_records_beside_their_label_names(tmp_path):
     by_id = read_intent_file(write(tmp_path / "i.json", json.dumps(
         {"data": [{"text": t, "label": names.index(y)} for t, y in ROWS], "labels": names})))
     assert by_name.texts == by_id.texts == TEXTS and by_name.labels == by_id.labels == LABELS
+    splits = {"data": [{"text": t, "label": names.index(y)} for t, y in ROWS], "labels": names, "splits": ["a", "b"]}
+    assert read_intent_file(write(tmp_path / "s.json", json.dumps(splits))).labels == LABELS   # `labels` named
+    unsaid = read_intent_file(write(tmp_path / "u.json", json.dumps(
+        {"data": splits["data"], "intent_list": names, "splits": ["a", "b"]})))
+    assert unsaid.labels == [str(names.index(y)) for y in LABELS]
+    assert any("class ids kept as they are" in w for w in unsaid.warnings), unsaid.warnings
 
 
 def test_labels_spelled_in_several_ways_are_named_in_a_warning(tmp_path):

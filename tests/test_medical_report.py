@@ -113,3 +113,10 @@ def test_a_mention_naming_no_place_is_cited_only_for_a_finding_of_its_size():
     assert cited("A 20 mm mass is seen.", 6.5) is None
     assert cited("Scattered opacities.", 6.5) is None
     assert cited("A nodule in the right upper lobe.", 6.5) == 0   # a place: cited without a size
+
+
+def test_a_clause_naming_several_lobes_without_sizes_gives_each_lobe():
+    _, mentions = find_mentions("No nodule in the RUL or LLL.")
+    assert [(m.lobe, m.negated) for m in mentions] == [("right upper lobe", True), ("left lower lobe", True)]
+    _, mentions = find_mentions("Small nodules in the RUL and RML.")
+    assert [(m.lobe, m.negated) for m in mentions] == [("right upper lobe", False), ("right middle lobe", False)]

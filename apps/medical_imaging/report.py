@@ -134,8 +134,8 @@ def parse_size_mm(match: re.Match) -> float:
     return float(np.mean(dims)) * scale
 
 
-def parse_lobe(clause: str) -> tuple[str | None, str | None]:
-    """(lobe, side) named in a clause; the first lobe named wins."""
+def parse_lobes(clause: str) -> list[tuple[str, str]]:
+    """The (lobe, side) pairs a clause names, in order of first appearance, each once."""
     found = []
     for pattern, to_parts in _LOBE_PATTERNS:
         for m in pattern.finditer(clause):
@@ -143,9 +143,14 @@ def parse_lobe(clause: str) -> tuple[str | None, str | None]:
             if side == "left" and part == "middle":
                 part = "upper"  # the left lung has no middle lobe; the lingula belongs to the upper
             found.append((m.start(), f"{side} {part} lobe", side))
-    if found:
-        _, lobe, side = min(found)
-        return lobe, side
+    return list(dict.fromkeys((lobe, side) for _, lobe, side in sorted(found)))
+
+
+def parse_lobe(clause: str) -> tuple[str | None, str | None]:
+    """(lobe, side) named in a clause; the first lobe named wins; else the side alone."""
+    lobes = parse_lobes(clause)
+    if lobes:
+        return lobes[0]
     m = _SIDE.search(clause)
     return None, (m[1].lower() if m else None)
 
@@ -181,6 +186,10 @@ def find_mentions(text: str) -> tuple[list[str], list[Mention]]:
                 continue   # "a 1 cm hypodense lesion in the liver", "right adrenal nodule"
             negated = is_negated(clause, finding.start(), finding.end())
             sizes = _nodule_sizes(clause)
+            if not sizes and len(lobes := parse_lobes(clause)) > 1:   # "no nodule in the RUL or LLL": each lobe
+                mentions += [Mention(clause, s_i, None, lobe, side, negated, parse_density(clause))
+                             for lobe, side in lobes]
+                continue
             if len(sizes) <= 1:
                 lobe, side = parse_lobe(clause)
                 size = sizes[0][2] if sizes else None
