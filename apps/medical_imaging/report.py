@@ -58,14 +58,15 @@ _DENIAL = re.compile(r"\b(?:no|without|negative\s+for)\s+(?:(?:new|suspicious|en
                      r"focal|dominant)(?:\s*,|\s+or|\s+and)?\s+)+$", re.I)
 # Organs outside the lungs that a chest CT also shows: a lesion, mass or nodule there is no lung nodule.
 _ELSEWHERE = re.compile(r"\b(liver|hepatic|kidneys?|renal|adrenals?|thyroid|breasts?|spleen|splenic|pancrea\w*|"
-                        r"bones?|osseous|vertebra\w*|lymph|nodes?|abdom\w*|skin|subcutaneous)\b", re.I)
-_IN_LUNG = re.compile(r"\b(lungs?|pulmonary|lingul\w*|pleura\w*|subpleural|fissur\w*|perifissural)\b", re.I)
+                        r"bones?|osseous|vertebra\w*|abdom\w*|skin|subcutaneous)\b", re.I)
+_IN_LUNG = re.compile(r"\b(lungs?|\w*pulmonary|lingul\w*|pleura\w*|subpleural|fissur\w*|perifissural)\b", re.I)
 # A size that is no nodule's size now: an earlier one ("previously 5 mm", "from 5 mm"), ...
 # (right after the cue: "the previously seen 5 mm nodule" is 5 mm now)
-_EARLIER = re.compile(r"\b(?:previously|prior|from|compared\s+(?:to|with))\s*(?:measur\w*\s+|at\s+)?\(?\s*$", re.I)
+_EARLIER = re.compile(r"\b(?:previously|(?<!ranging\s)(?<!range\s)from|compared\s+(?:to|with))\s*"
+                      r"(?:measur\w*\s+|at\s+)?\(?\s*$", re.I)
 # ... a solid component's or a scan's ("with a 4 mm solid component", "on 5 mm slices")
-_NOT_A_NODULE_SIZE = re.compile(r"^\s*(?:\w+\s+)?(?:solid\s+)?(?:component|slices?|sections?|images?|collimation|"
-                                r"thickness|reconstructions?|intervals?|increments?)\b", re.I)
+_NOT_A_NODULE_SIZE = re.compile(r"^\s*-?\s*(?:(?:thin|thick|axial|contiguous|slice|section)\s+)?(?:solid\s+component|"
+                                r"slices?|sections?|collimation|thickness|reconstructions?|increments?)\b", re.I)
 # "no change", "not changed", "no significant growth": about the finding's course, not its existence.
 _PSEUDO_NEG = re.compile(r"\b(?:no|not|without)\s+(?:\w+\s+){0,2}?(?:change\w*|growth|increase\w*|enlarg\w*|"
                          r"interval|significant\s+change|concerning\s+features?|calcification|spiculation|"
@@ -134,8 +135,8 @@ def parse_size_mm(match: re.Match) -> float:
     return float(np.mean(dims)) * scale
 
 
-def parse_lobes(clause: str) -> list[tuple[str, str]]:
-    """The (lobe, side) pairs a clause names, in order of first appearance, each once."""
+def parse_lobe(clause: str) -> tuple[str | None, str | None]:
+    """(lobe, side) named in a clause; the first lobe named wins."""
     found = []
     for pattern, to_parts in _LOBE_PATTERNS:
         for m in pattern.finditer(clause):
@@ -143,14 +144,9 @@ def parse_lobes(clause: str) -> list[tuple[str, str]]:
             if side == "left" and part == "middle":
                 part = "upper"  # the left lung has no middle lobe; the lingula belongs to the upper
             found.append((m.start(), f"{side} {part} lobe", side))
-    return list(dict.fromkeys((lobe, side) for _, lobe, side in sorted(found)))
-
-
-def parse_lobe(clause: str) -> tuple[str | None, str | None]:
-    """(lobe, side) named in a clause; the first lobe named wins; else the side alone."""
-    lobes = parse_lobes(clause)
-    if lobes:
-        return lobes[0]
+    if found:
+        _, lobe, side = min(found)
+        return lobe, side
     m = _SIDE.search(clause)
     return None, (m[1].lower() if m else None)
 
@@ -186,10 +182,6 @@ def find_mentions(text: str) -> tuple[list[str], list[Mention]]:
                 continue   # "a 1 cm hypodense lesion in the liver", "right adrenal nodule"
             negated = is_negated(clause, finding.start(), finding.end())
             sizes = _nodule_sizes(clause)
-            if not sizes and len(lobes := parse_lobes(clause)) > 1:   # "no nodule in the RUL or LLL": each lobe
-                mentions += [Mention(clause, s_i, None, lobe, side, negated, parse_density(clause))
-                             for lobe, side in lobes]
-                continue
             if len(sizes) <= 1:
                 lobe, side = parse_lobe(clause)
                 size = sizes[0][2] if sizes else None
@@ -210,16 +202,16 @@ def find_mentions(text: str) -> tuple[list[str], list[Mention]]:
 def _nodule_sizes(clause: str) -> list[tuple[int, int, float]]:
     """(start, end, mm) of the sizes of nodules a clause gives: not an earlier size ("previously 5 mm"), a solid
     component's or a slice thickness; "6 mm x 4 mm" is one size (their mean)."""
-    sizes: list[tuple[int, int, float]] = []
+    sizes: list[tuple[int, int, list[float]]] = []   # (start, end, dimensions in mm)
     for m in _SIZE.finditer(clause):
         if _EARLIER.search(clause[:m.start()]) or _NOT_A_NODULE_SIZE.search(clause[m.end():]):
             continue
         if sizes and re.fullmatch(r"\s*(?:x|×|by|\*)\s*", clause[sizes[-1][1]:m.start()], re.I):
-            start, _, mm = sizes.pop()
-            sizes.append((start, m.end(), (mm + parse_size_mm(m)) / 2))
+            start, _, dims = sizes.pop()
+            sizes.append((start, m.end(), [*dims, parse_size_mm(m)]))
             continue
-        sizes.append((m.start(), m.end(), parse_size_mm(m)))
-    return sizes
+        sizes.append((m.start(), m.end(), [parse_size_mm(m)]))
+    return [(start, end, float(np.mean(dims))) for start, end, dims in sizes]
 
 
 @functools.cache
