@@ -211,6 +211,19 @@ def test_large_object_moving_over_a_still_scene_is_motion_not_a_still_shot():
 
 
 
+def test_a_shaking_hand_held_camera_is_mostly_no_pan():
+    # 12 shakes of up to 15 px a frame with no net move: the median of a few flow pairs made 7 of them pans or
+    # tilts; pairs moving both ways now veto a move (4 still read as one: the rule is partial)
+    still = 0
+    for cell in (8, 16):
+        wide = texture(130, 200, seed=11, cell=cell)
+        for seed in range(6):
+            steps = np.random.default_rng(seed).integers(-15, 16, (100, 2))
+            shake = np.stack([wide[20 + dy:110 + dy, 20 + dx:180 + dx] for dy, dx in steps])
+            still += describe_shot(shake, 25.0).camera == "static"
+    assert still >= 7
+
+
 @pytest.mark.parametrize("speed", [2, 8, 16])   # 0.4 to 3.1 frame widths a second at 25 fps: 16 is a whip pan
 def test_pans_are_read_at_every_speed(speed):
     d = describe_shot(panning(40, seed=9, speed=speed), 25.0)   # the content moves left: the camera pans right
