@@ -255,14 +255,11 @@ def read_json(path: Path) -> list[KnowledgeDoc]:
                 for n, item in enumerate(doc, 1)]
     if not isinstance(doc, dict):
         raise KnowledgeFormatError(path, "expected a JSON list of records or an object")
-    docs, ids = [], Counter()
+    docs, used = [], set()
     for key, value in doc.items():
         text = "\n".join(_strings(value)).strip()
-        if text:
-            slug = _slug(str(key))
-            ids[slug] += 1   # keys alike but for punctuation ("Fees?", "Fees!"): -2, -3 as for headings
-            docs.append(KnowledgeDoc(f"{path.stem}#{slug}" + (f"-{ids[slug]}" if ids[slug] > 1 else ""), str(key),
-                                     text, str(path)))
+        if text:   # keys alike but for punctuation ("Fees?", "Fees!"): -2, -3 as for headings
+            docs.append(KnowledgeDoc(_unique_id(f"{path.stem}#{_slug(str(key))}", used), str(key), text, str(path)))
     return docs
 
 
@@ -273,8 +270,7 @@ def _nested_records(doc, depth: int = 4) -> list[tuple[str, dict]]:
     title -> record or title -> text object, LangChain's page_content with its metadata), which read_json
     reads as before."""
     def has_text(value) -> bool:   # a record with a text of its own: a passage, whatever lies under it
-        return isinstance(value, dict) and any(field_key(k) in _DOC_FIELDS["answer"]
-                                               and value[k] not in (None, "", [], {}) for k in value)
+        return isinstance(value, dict) and _role_field(value, "answer") is not None
 
     def holds_texts(value) -> bool:
         items = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else []
@@ -316,12 +312,27 @@ def _passage_lists(lists: dict[str, list[dict]]) -> list[str]:
     return kept or passages
 
 
+def _role_field(record: dict, role: str) -> str | None:
+    """The first of a role's names in `_DOC_FIELDS` that the record holds a value under, or None."""
+    keys = {field_key(k): k for k in record}
+    return next((name for name in _DOC_FIELDS[role] if name in keys and record[keys[name]] not in (None, "", [], {})),
+                None)
+
+
 def _record_roles(record: dict) -> tuple[str, str] | None:
     """(title field, text field) of a record, as matched in `_DOC_FIELDS`, or None without both."""
-    keys = {field_key(k): k for k in record}
-    found = [next((name for name in _DOC_FIELDS[role] if name in keys
-                   and record[keys[name]] not in (None, "", [], {})), None) for role in ("title", "answer")]
-    return None if None in found else (found[0], found[1])
+    title, text = _role_field(record, "title"), _role_field(record, "answer")
+    return None if title is None or text is None else (title, text)
+
+
+def _unique_id(base: str, used: set[str]) -> str:
+    """`base`, or base-2, base-3, ... where that is taken (a repeated heading or key); recorded in `used`."""
+    doc_id, n = base, 1
+    while doc_id in used:
+        n += 1
+        doc_id = f"{base}-{n}"
+    used.add(doc_id)
+    return doc_id
 
 
 # what a help-centre export's lists of people and groupings are called: not passages (unless article-like)
@@ -488,12 +499,7 @@ class _Outline:
             text = "\n".join(body).strip()
             if not text:
                 continue
-            base = f"{path.stem}#{_slug(headings[-1])}" if headings else path.stem
-            doc_id, n = base, 1
-            while doc_id in used:
-                n += 1
-                doc_id = f"{base}-{n}"
-            used.add(doc_id)
+            doc_id = _unique_id(f"{path.stem}#{_slug(headings[-1])}" if headings else path.stem, used)
             docs.append(KnowledgeDoc(doc_id, " / ".join(headings) or _humanize(path.stem), text, str(path)))
         return docs
 

@@ -396,6 +396,8 @@ LABEL_COLUMNS = ("label", "intent", "category", "class", "intent_name", "intent_
 # names: the columns that may hold the names of a column of ids, in order.
 LABEL_NAME_COLUMNS = ("label_text", "label_name", "intent_name", "class_name", "category_name", "text_label")
 
+LABELLED_SUFFIXES = (".csv", ".tsv", ".txt", ".yaml", ".yml", ".json", ".jsonl")
+
 
 def names_for_ids(keys: list[str], label_i: int, values: list[str]) -> int:
     """The column to read labels from: `label_i`, or a label-name column (LABEL_NAME_COLUMNS) beside it when
@@ -404,7 +406,6 @@ def names_for_ids(keys: list[str], label_i: int, values: list[str]) -> int:
         return label_i
     named = named_column(keys, LABEL_NAME_COLUMNS, [i for i in range(len(keys)) if i != label_i])
     return label_i if named is None else named
-LABELLED_SUFFIXES = (".csv", ".tsv", ".txt", ".yaml", ".yml", ".json", ".jsonl")
 
 
 class LabelledTextError(ValueError):
@@ -744,9 +745,9 @@ def _labelled_json(path: Path, text: str, suffix: str, text_column: str | None,
             label_key = keys.get(field_key(label_column)) if label_column else next(
                 (keys[k] for k in LABEL_COLUMNS if k in keys), None)
             if label_key is not None and not label_column:   # class ids beside their names: the names
-                names = list(keys)
-                label_key = keys[names[names_for_ids(names, names.index(field_key(label_key)),
-                                                     [str(item[label_key])])]]
+                field_keys = list(keys)
+                label_key = keys[field_keys[names_for_ids(field_keys, field_keys.index(field_key(label_key)),
+                                                          [str(item[label_key])])]]
             if text_key is None or label_key is None:
                 raise LabelledTextError(path, f"{where}no text and label fields among {sorted(map(str, item))}",
                                         line)

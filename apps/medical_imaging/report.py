@@ -29,6 +29,13 @@ _NUM = r"(?:\d+(?:[.,]\d+)?|" + "|".join(_NUMBER_WORDS) + r")"
 _UNIT = r"(mm|cm|millimet(?:er|re)s?|centimet(?:er|re)s?)\b"
 # "8 mm", "8mm", "1.2 cm", "8 x 6 mm", "8 x 6 x 5 mm", "8 by 6 mm", "eight millimeter"
 _SIZE = re.compile(rf"\b({_NUM}(?:\s*(?:x|×|by|\*)\s*{_NUM}){{0,2}})\s*-?\s*{_UNIT}", re.I)
+# A size that is no nodule's size now: an earlier one ("previously 5 mm", "from 5 mm"), ...
+# (right after the cue: "the previously seen 5 mm nodule" is 5 mm now)
+_EARLIER = re.compile(r"\b(?:previously|(?<!ranging\s)(?<!range\s)from|compared\s+(?:to|with))\s*"
+                      r"(?:measur\w*\s+|at\s+)?\(?\s*$", re.I)
+# ... a solid component's or a scan's ("with a 4 mm solid component", "on 5 mm slices")
+_NOT_A_NODULE_SIZE = re.compile(r"^\s*-?\s*(?:(?:thin|thick|axial|contiguous|slice|section)\s+)?(?:solid\s+component|"
+                                r"slices?|sections?|collimation|thickness|reconstructions?|increments?)\b", re.I)
 _FINDING = re.compile(r"\b(nodul\w*|micronodul\w*|opacit\w*|lesion\w*|mass(?:es)?|ground[- ]glass|ggos?|"
                       r"part[- ]solid|granulom\w*|densit(?:y|ies)|spot\w*)\b", re.I)
 _ABBREV = {"rul": "right upper lobe", "rml": "right middle lobe", "rll": "right lower lobe",
@@ -51,6 +58,10 @@ _NEG_AFTER = re.compile(r"\b(resolved|no\s+longer|not\s+(?:seen|identified|visua
                         r"demonstrated|evident|detected)(?!\s+(?:on\s+(?:the\s+)?prior|previously|before|on\s+the\s+"
                         r"previous))|(?:is|are|was|were)\s+absent|disappeared|gone)\b"
                         r"|^\s*:\s*(?:none|absent|negative|nil)\b", re.I)
+# "no change", "not changed", "no significant growth": about the finding's course, not its existence.
+_PSEUDO_NEG = re.compile(r"\b(?:no|not|without)\s+(?:\w+\s+){0,2}?(?:change\w*|growth|increase\w*|enlarg\w*|"
+                         r"interval|significant\s+change|concerning\s+features?|calcification|spiculation|"
+                         r"cavitation|suspicious)\b", re.I)
 # "No suspicious pulmonary nodules", "no new or enlarging nodules": words that would read as a pseudo-negation
 # ("no suspicious features", "no enlargement") deny the finding itself when they qualify it directly.
 _DENIAL = re.compile(r"\b(?:no|without|negative\s+for)\s+(?:(?:new|suspicious|enlarging|growing|concerning|"
@@ -60,17 +71,6 @@ _DENIAL = re.compile(r"\b(?:no|without|negative\s+for)\s+(?:(?:new|suspicious|en
 _ELSEWHERE = re.compile(r"\b(liver|hepatic|kidneys?|renal|adrenals?|thyroid|breasts?|spleen|splenic|pancrea\w*|"
                         r"bones?|osseous|vertebra\w*|abdom\w*|skin|subcutaneous)\b", re.I)
 _IN_LUNG = re.compile(r"\b(lungs?|\w*pulmonary|lingul\w*|pleura\w*|subpleural|fissur\w*|perifissural)\b", re.I)
-# A size that is no nodule's size now: an earlier one ("previously 5 mm", "from 5 mm"), ...
-# (right after the cue: "the previously seen 5 mm nodule" is 5 mm now)
-_EARLIER = re.compile(r"\b(?:previously|(?<!ranging\s)(?<!range\s)from|compared\s+(?:to|with))\s*"
-                      r"(?:measur\w*\s+|at\s+)?\(?\s*$", re.I)
-# ... a solid component's or a scan's ("with a 4 mm solid component", "on 5 mm slices")
-_NOT_A_NODULE_SIZE = re.compile(r"^\s*-?\s*(?:(?:thin|thick|axial|contiguous|slice|section)\s+)?(?:solid\s+component|"
-                                r"slices?|sections?|collimation|thickness|reconstructions?|increments?)\b", re.I)
-# "no change", "not changed", "no significant growth": about the finding's course, not its existence.
-_PSEUDO_NEG = re.compile(r"\b(?:no|not|without)\s+(?:\w+\s+){0,2}?(?:change\w*|growth|increase\w*|enlarg\w*|"
-                         r"interval|significant\s+change|concerning\s+features?|calcification|spiculation|"
-                         r"cavitation|suspicious)\b", re.I)
 _CLAUSE_SPLIT = re.compile(r";|\s+(?:but|however|whereas|while)\s+|,\s+(?:and\s+)?(?=(?:an?|the|another|"
                            r"a\s+second|a\s+third|no|one|two)\b)|\s+and\s+(?=(?:an?|another|no)\s)", re.I)
 # "The right middle lobe is clear": a lobe reported free of findings, though no finding is named.
