@@ -1396,7 +1396,7 @@ class FileCaptions:
     frames_FHW3: np.ndarray          # the frames analysed (longer side ANALYSIS_SIDE), e.g. for thumbnails
     fps: float
     frames_read: int                 # frames captioned
-    frames_total: int                # frames the file's header lists
+    frames_total: int                # frames the file holds (the header's count when not read to the end)
     seconds_read: float              # where the captioned span ends
     seconds_total: float             # the clip's length by its header
     warnings: list[str] = field(default_factory=list)   # cut short at the frame cap, truncated file, HDR
@@ -1430,15 +1430,21 @@ def caption_file(path: str | Path, *, captioner: Captioner | None = None, max_fr
     seconds_read = shots[-1].end_s if shots else 0.0
     seconds_total = max(info.seconds, seconds_read)
     warnings = []
-    if n >= max_frames and info.frames > max_frames:   # cut short on purpose, not a damaged file
-        warnings.append(span_warning(seconds_read, seconds_total, n, info.frames))
+    # The header's frame count is an estimate for some containers (WebM: duration x nominal rate), which a
+    # variable-frame-rate clip can miss either way; a clip read to its end holds the frames decoded.
+    frames_total = n
+    cut_short = n >= max_frames and (info.frames > max_frames or seconds_read < info.seconds - 1.0 / info.fps)
+    if cut_short:   # on purpose, not a damaged file
+        frames_total = max(info.frames, n)
+        warnings.append(span_warning(seconds_read, seconds_total, n, frames_total))
     elif short := decode_shortfall(info, n, float(times_F[-1])):
+        frames_total = max(info.frames, n)
         warnings.append(short)
     if hdr := hdr_warning(path):
         warnings.append(hdr)
     for w in warnings:
         log.warning("%s: %s", path, w)
-    return FileCaptions(path, shots, frames_FHW3, fps or file_fps, n, info.frames, seconds_read, seconds_total,
+    return FileCaptions(path, shots, frames_FHW3, fps or file_fps, n, frames_total, seconds_read, seconds_total,
                         warnings)
 
 
