@@ -146,10 +146,15 @@ def test_non_finite_numbers(http, number):
 
 
 def test_non_utf8_bytes(http):
+    """The README's 422 validation shape, naming where the bytes go wrong (FastAPI alone answers a bare 400)."""
     r = http.post("/api/v1/chat", content=b'{"session_id": "u1", "message": "\xff\xfe caf\xe9"}', headers=JSON)
-    assert r.status_code in (400, 422)
+    assert r.status_code == 422
+    assert r.json()["detail"] == [{"loc": ["body"], "type": "value_error",
+                                   "msg": "the body is not UTF-8 (invalid byte at offset 33)"}]
     r = http.post("/api/v1/chat", content=b"\xff\xfe\x00\x01", headers={"content-type": "text/plain"})
-    assert r.status_code in (400, 422)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
+    r = http.post("/api/v1/chat/sessions/u1/handoff", content=b'{"reason": "\xe9"}', headers=JSON)
+    assert r.status_code == 422
 
 
 def test_control_characters_and_nul_are_cleaned(http):

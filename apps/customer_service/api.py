@@ -37,7 +37,8 @@ MAX_BODY_BYTES = 64 * 1024  # request bodies over this are refused with 413 befo
 
 
 class _BodyLimitRoute(APIRoute):
-    """Reads at most `MAX_BODY_BYTES` of a request body (413 past that), then hands it on."""
+    """Reads at most `MAX_BODY_BYTES` of a request body (413 past that; 422 when it is not UTF-8), then hands
+    it on."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -48,6 +49,12 @@ class _BodyLimitRoute(APIRoute):
                 body += chunk
                 if len(body) > MAX_BODY_BYTES:
                     return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, 413)
+            try:   # JSON is UTF-8 (RFC 8259); FastAPI would answer other bytes with a bare 400
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return JSONResponse({"detail": [{"loc": ["body"], "type": "value_error",
+                                                 "msg": f"the body is not UTF-8 (invalid byte at offset {exc.start})"}]},
+                                    422)
 
             async def replay() -> dict:
                 return {"type": "http.request", "body": body, "more_body": False}
