@@ -123,3 +123,81 @@ def test_a_mention_naming_no_place_is_cited_only_for_a_finding_of_its_size():
     assert cited("A 20 mm mass is seen.", 6.5) is None
     assert cited("Scattered opacities.", 6.5) is None
     assert cited("A nodule in the right upper lobe.", 6.5) == 0   # a place: cited without a size
+
+
+def _read(text: str) -> list[tuple]:
+    """(size, lobe or side, negated, density) of each mention, in order."""
+    return [(m.size_mm, m.lobe or m.side, m.negated, m.density) for m in find_mentions(text)[1]]
+
+
+RUL, LLL = "right upper lobe", "left lower lobe"
+
+
+@pytest.mark.parametrize("text", ["RUL 6 mm, LLL 4 mm nodules.",
+                                  "Right upper lobe 6 mm nodule and left lower lobe 4 mm nodule.",
+                                  "Nodules in the RUL (6 mm) and LLL (4 mm).",
+                                  "6 mm nodule in the RUL and 4 mm nodule in the LLL."])
+def test_each_size_takes_the_lobe_named_with_it_before_or_after(text):
+    assert [(size, lobe) for size, lobe, _, _ in _read(text)] == [(6.0, RUL), (4.0, LLL)]
+
+
+@pytest.mark.parametrize("text", ["RUL | 6 mm | solid\nLLL | 4 mm | ground glass\n",
+                                  "Location\tSize\tType\nRUL\t6 mm\tsolid\nLLL\t4 mm\tground glass\n",
+                                  "| Nodule | Lobe | Size | Type |\n|---|---|---|---|\n| 1 | RUL | 6 mm | solid |\n"
+                                  "| 2 | LLL | 4 mm | ground glass |\n"])
+def test_a_nodule_table_gives_one_mention_per_row(text):
+    assert _read(text) == [(6.0, RUL, False, "solid"), (4.0, LLL, False, "subsolid")]
+
+
+@pytest.mark.parametrize("text", ["PULMONARY NODULES:\nNone.", "NODULES:\n- None", "Nodule 1: none",
+                                  "Number of nodules: 0", "Nodules present: No", "Nodules: N/A"])
+def test_a_templates_denial(text):
+    assert _read(text) == [(None, None, True, None)]
+
+
+def test_a_heading_names_what_follows_and_reports_nothing_itself():
+    assert _read("Lung nodules:\n1. 6 mm RUL nodule.\n2. 4 mm LLL nodule.") == [(6.0, RUL, False, None),
+                                                                                 (4.0, LLL, False, None)]
+    assert _read("RIGHT UPPER LOBE:\n6 mm nodule.\n\nLEFT LUNG:\nClear.") == [(6.0, RUL, False, None)]
+    assert _read("CLINICAL HISTORY: evaluate lung nodule.\n\nFINDINGS:\nThe lungs are clear.") == []
+    assert _read("INDICATION:\nPulmonary nodule follow-up.\n\nFINDINGS:\n5 mm nodule in the LLL.") == [
+        (5.0, LLL, False, None)]
+
+
+@pytest.mark.parametrize("text", ["No pleural effusion or pneumothorax, 4 mm nodule in the RUL.",
+                                  "Heart size normal, no pericardial effusion, 4 mm nodule in the RUL.",
+                                  "Lungs: no consolidation, small 4 mm nodule in the RUL.",
+                                  "No nodules except for a 4 mm nodule in the RUL."])
+def test_a_negation_does_not_reach_a_sized_finding_of_its_own(text):
+    assert _read(text) == [(4.0, RUL, False, None)]
+
+
+def test_a_denial_of_a_list_and_a_resolved_nodule_beside_a_new_one():
+    assert _read("No effusion, consolidation, or nodule.") == [(None, None, True, None)]
+    assert _read("The RUL nodule has resolved and there is a new 6 mm LLL nodule.") == [(None, RUL, True, None),
+                                                                                       (6.0, LLL, False, None)]
+    assert _read("No nodules > 4 mm.") == [(None, None, True, None)]   # larger ones denied, not 4 mm ones
+
+
+@pytest.mark.parametrize("text", ["Nodule in the RUL measuring approx. 6 mm.", "RUL nodule (Se. 3, Im. 45) measuring 6 mm.",
+                                  "6 MM NODULE RT. UPPER LOBE.", "6 mm solid nod-\nule in the right up-\nper lobe.",
+                                  "6 mm nodule located 2 cm from the pleura in the RUL.", "6 mm RUL nodule (prior 4 mm).",
+                                  "6 mm RUL nodule, 4 mm on 2023-01-05.", "6–mm nodule in the R upper lobe.",
+                                  "RUL nodule measuring 7 mm in long axis and 5 mm in short axis.",
+                                  "A nodule is seen in the right upper lobe. It measures 6 mm."])
+def test_one_nodule_of_6_mm_in_the_rul(text):
+    assert [(size, lobe) for size, lobe, _, _ in _read(text)] == [(6.0, RUL)]
+
+
+def test_a_parts_size_and_a_word_broken_at_a_line_end():
+    assert _read("12 mm part-solid nodule in the RUL with a 3 mm cavity.") == [(12.0, RUL, False, "subsolid")]
+    assert _read("12 mm part-solid nodule in the RUL (solid portion 4 mm).") == [(12.0, RUL, False, "subsolid")]
+    assert _read("5 mm ground-\nglass nodule in the LLL.") == [(5.0, LLL, False, "subsolid")]
+    assert _read("6 mm nodule in the middle lobe.") == [(6.0, "right middle lobe", False, None)]
+
+
+@pytest.mark.parametrize("text", ["Anterior mediastinal mass, 5 cm.", "Lytic lesion in the right 5th rib, 1.5 cm.",
+                                  "Tree-in-bud opacities in the RLL.", "Nodular scarring in the RUL.",
+                                  "Increased density in the RLL consistent with consolidation."])
+def test_findings_that_are_no_lung_nodule(text):
+    assert _read(text) == []

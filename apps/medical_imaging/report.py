@@ -28,26 +28,48 @@ _NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
 _NUM = r"(?:\d+(?:[.,]\d+)?|" + "|".join(_NUMBER_WORDS) + r")"
 _UNIT = r"(mm|cm|millimet(?:er|re)s?|centimet(?:er|re)s?)\b"
 # "8 mm", "8mm", "1.2 cm", "8 x 6 mm", "8 x 6 x 5 mm", "8 by 6 mm", "eight millimeter"
-_SIZE = re.compile(rf"\b({_NUM}(?:\s*(?:x|×|by|\*)\s*{_NUM}){{0,2}})\s*-?\s*{_UNIT}", re.I)
+_SIZE = re.compile(rf"\b({_NUM}(?:\s*(?:x|×|by|\*)\s*{_NUM}){{0,2}})\s*[-–]?\s*{_UNIT}", re.I)
 # A size that is no nodule's size now: an earlier one ("previously 5 mm", "from 5 mm"), ...
 # (right after the cue: "the previously seen 5 mm nodule" is 5 mm now)
-_EARLIER = re.compile(r"\b(?:previously|(?<!ranging\s)(?<!range\s)from|compared\s+(?:to|with))\s*"
-                      r"(?:measur\w*\s+|at\s+)?\(?\s*$", re.I)
+_EARLIER = re.compile(r"(?:\b(?:previously|(?<!ranging\s)(?<!range\s)from|compared\s+(?:to|with))\s*"
+                      r"(?:measur\w*\s+|at\s+)?\(?|\(\s*prior:?)\s*$", re.I)
+# ... or one dated after it ("4 mm on the prior exam", "(4 mm on 2023-01-05)", "4 mm in 2021")
+_EARLIER_AFTER = re.compile(r"^\s*\)?\s*(?:on|in|at)\s+(?:the\s+)?(?:prior|previous|earlier|last|comparison|"
+                            r"baseline|\d{4}\b|\d{1,2}[/.-]\d)", re.I)
 # ... a solid component's or a scan's ("with a 4 mm solid component", "on 5 mm slices")
-_NOT_A_NODULE_SIZE = re.compile(r"^\s*-?\s*(?:(?:thin|thick|axial|contiguous|slice|section)\s+)?(?:solid\s+component|"
-                                r"slices?|sections?|collimation|thickness|reconstructions?|increments?)\b", re.I)
+_NOT_A_NODULE_SIZE = re.compile(r"^\s*-?\s*(?:(?:thin|thick|axial|contiguous|slice|section)\s+)?(?:solid\s+"
+                                r"(?:component|portion|part)|slices?|sections?|collimation|thickness|reconstructions?|"
+                                r"increments?|cavit\w*|from|away|below|above|beneath|(?:inferior|superior|lateral|"
+                                r"medial|deep)\s+to)\b", re.I)
+# ... or a part's or a margin's named before it ("solid component of 4 mm", "± 1 mm") ...
+_PART_BEFORE = re.compile(r"(?:\bsolid\s+(?:component|portion|part)s?\s*(?:of|measuring|:)?|±|\+/-)\s*$", re.I)
+# ... or, in a denial, a threshold ("no nodules > 4 mm" denies larger ones, not those of 4 mm)
+_THRESHOLD_BEFORE = re.compile(r"(?:[>≥]|\b(?:larger|greater|bigger|more)\s+than|\bover|\bexceeding|\babove)\s*$",
+                               re.I)
+# "6 mm in long axis and 4 mm in short axis": one nodule's two axes
+_AXIS = re.compile(r"^\s*(?:in\s+(?:the\s+)?)?(?:long|short|longest|shortest|maximal|minimal)\s+(?:axis|"
+                   r"diameter|dimension)\b", re.I)
 _FINDING = re.compile(r"\b(nodul\w*|micronodul\w*|opacit\w*|lesion\w*|mass(?:es)?|ground[- ]glass|ggos?|"
                       r"part[- ]solid|granulom\w*|densit(?:y|ies)|spot\w*)\b", re.I)
+# A generic finding word (opacity, density, spot) naming something else: consolidation, scarring...
+_GENERIC_FINDING = re.compile(r"^(?:opacit|densit|spot)", re.I)
+_NOT_NODULAR = re.compile(r"\b(consolidat\w*|atelecta\w*|tree[- ]in[- ]bud|scar\w*|infect\w*|inflammat\w*|"
+                          r"pneumoni\w*|fibro\w*|emphysem\w*|bronchiectas\w*|edema|oedema|effusion)\b", re.I)
+_NODULAR_NOT_NODULE = re.compile(r"\bnodular\s+(?:scar\w*|thicken\w*|pleural|septal|interstitial|contour|margin\w*)",
+                                 re.I)
 _ABBREV = {"rul": "right upper lobe", "rml": "right middle lobe", "rll": "right lower lobe",
            "lul": "left upper lobe", "lll": "left lower lobe"}
 _LOBE_PATTERNS = (
-    (re.compile(r"\b(right|left)\s+(upper|middle|lower)\s+lobes?\b", re.I), lambda m: (m[1], m[2])),
+    (re.compile(r"\b(right|left|rt|lt|r|l)\.?[\s-]+(upper|middle|lower)\s+lobes?\b", re.I),
+     lambda m: (_SIDE_WORDS[m[1].lower()], m[2])),
+    (re.compile(r"\b(middle)\s+lobes?\b", re.I), lambda m: ("right", m[1])),   # only the right lung has one
     (re.compile(r"\b(upper|middle|lower)\s+lobes?\s+of\s+the\s+(right|left)\b", re.I), lambda m: (m[2], m[1])),
     (re.compile(r"\b(right|left)\s+(?:lung\s+)?(apex|apical|base|basal|basilar)\b", re.I),
      lambda m: (m[1], "upper" if m[2].lower().startswith("ap") else "lower")),
     (re.compile(r"\b(RUL|RML|RLL|LUL|LLL)\b", re.I), lambda m: tuple(_ABBREV[m[1].lower()].split()[:2])),
     (re.compile(r"\blingul\w*\b", re.I), lambda m: ("left", "upper")),
 )
+_SIDE_WORDS = {"right": "right", "rt": "right", "r": "right", "left": "left", "lt": "left", "l": "left"}
 _SIDE = re.compile(r"\b(right|left)\b(?!\s+(?:ventricle|atri\w+|kidney|adrenal|breast|hilum|hilar))", re.I)
 # Cues that negate a finding named after them in the same clause ...
 _NEG_BEFORE = re.compile(r"\b(no|not|without|negative\s+for|free\s+of|absence\s+of|absent|rather\s+than|"
@@ -57,7 +79,8 @@ _NEG_BEFORE = re.compile(r"\b(no|not|without|negative\s+for|free\s+of|absence\s+
 _NEG_AFTER = re.compile(r"\b(resolved|no\s+longer|not\s+(?:seen|identified|visuali[sz]ed|present|appreciated|"
                         r"demonstrated|evident|detected)(?!\s+(?:on\s+(?:the\s+)?prior|previously|before|on\s+the\s+"
                         r"previous))|(?:is|are|was|were)\s+absent|disappeared|gone)\b"
-                        r"|^\s*:\s*(?:none|absent|negative|nil)\b", re.I)
+                        r"|^\s*:\s*(?:none|absent|negative|nil)\b"
+                        r"|^[^:.]{0,30}:\s*(?:none|no|nil|absent|negative|n/?a|0)\s*\.?\s*$", re.I)
 # "no change", "not changed", "no significant growth": about the finding's course, not its existence.
 _PSEUDO_NEG = re.compile(r"\b(?:no|not|without)\s+(?:\w+\s+){0,2}?(?:change\w*|growth|increase\w*|enlarg\w*|"
                          r"interval|significant\s+change|concerning\s+features?|calcification|spiculation|"
@@ -69,13 +92,32 @@ _DENIAL = re.compile(r"\b(?:no|without|negative\s+for)\s+(?:(?:new|suspicious|en
                      r"focal|dominant)(?:\s*,|\s+or|\s+and)?\s+)+$", re.I)
 # Organs outside the lungs that a chest CT also shows: a lesion, mass or nodule there is no lung nodule.
 _ELSEWHERE = re.compile(r"\b(liver|hepatic|kidneys?|renal|adrenals?|thyroid|breasts?|spleen|splenic|pancrea\w*|"
-                        r"bones?|osseous|vertebra\w*|abdom\w*|skin|subcutaneous)\b", re.I)
+                        r"bones?|osseous|vertebra\w*|abdom\w*|skin|subcutaneous|mediastin\w*|o?esophag\w*|ribs?|"
+                        r"axill\w*|stern\w*|chest\s+wall|pericardi\w*|cardiac|heart|thym\w*)\b", re.I)
 _IN_LUNG = re.compile(r"\b(lungs?|\w*pulmonary|lingul\w*|pleura\w*|subpleural|fissur\w*|perifissural)\b", re.I)
 _CLAUSE_SPLIT = re.compile(r";|\s+(?:but|however|whereas|while)\s+|,\s+(?:and\s+)?(?=(?:an?|the|another|"
-                           r"a\s+second|a\s+third|no|one|two)\b)|\s+and\s+(?=(?:an?|another|no)\s)", re.I)
+                           r"a\s+second|a\s+third|no|one|two)\b)|\s+and\s+(?=(?:an?|another|no)\s|there\s+"
+                           r"(?:is|are|was|were)\b)", re.I)
+# "No nodules except for a 5 mm nodule in the RUL": what the exception names is the finding
+_EXCEPT = re.compile(r"\b(?:no|without)\b[^,;]*?\b(?:except(?:\s+for)?|apart\s+from|other\s+than|aside\s+from|"
+                     r"besides)\s+", re.I)
+# "No effusion or pneumothorax, 4 mm nodule in the RUL": a size after a comma starts a finding of its own
+_SIZED_AFTER_COMMA = re.compile(rf",\s+(?=(?:(?:small|tiny|new|stable|solid|additional|another|an?)\s+){{0,2}}"
+                                rf"{_NUM}\s*[-–]?\s*{_UNIT})", re.I)
 # "The right middle lobe is clear": a lobe reported free of findings, though no finding is named.
 _CLEAR = re.compile(r"\b(?:is|are|remains?|appears?)\s+(?:otherwise\s+)?clear\b", re.I)
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])|\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)])\s)")
+# A period that ends an abbreviation, not a sentence ("approx. 6 mm", "Se. 3, Im. 45", "Rt. lower lobe")
+_ABBREVIATION_END = re.compile(r"\b(?:approx|appr|ca|se|ser|im|img|no|nos|vs|fig|rt|lt|dr|cf|max|diam|meas|"
+                               r"e\.g|i\.e)\.$", re.I)
+# Sections that name findings without reporting them ("INDICATION: follow-up of a lung nodule")
+_ASIDE_SECTION = re.compile(r"^(?:clinical\s+)?(?:indications?|history|reason(?:\s+for\s+(?:the\s+)?(?:exam\w*|"
+                            r"study|scan|referral))?|clinical\s+(?:information|data|details|question)|technique|"
+                            r"protocol)\s*:", re.I)
+_HEADER_ONLY = re.compile(r"^[^.]{1,40}:$")
+_BARE_DENIAL = re.compile(r"^(?:none|no|nil|absent|negative|n/?a|0|not\s+(?:seen|present|identified))\.?$", re.I)
+# "It measures 6 mm": a size for the finding of the sentence before
+_IT_MEASURES = re.compile(r"^(?:it|this|which)\s+(?:now\s+|currently\s+)?(?:measures?|is)\b", re.I)
 
 
 # Density a clause gives its finding (Fleischner / Lung-RADS terms); subsolid is tried first ("part-solid").
@@ -116,11 +158,22 @@ class ReportReading:
 
 
 def split_sentences(text: str) -> list[str]:
-    text = re.sub(r"[ \t\r\f\v]+", " ", text or "").strip()
+    text = re.sub(r"(?<=[a-z])-[ \t]*\r?\n[ \t]*(?=[a-z])", "", text or "")   # "nod-\nule": a word broken at a line end
+    text = re.sub(r"^([^\n]*[|\t][^\n]*)\r?\n", r"\1\n\n", text, flags=re.M)   # a table's row: a sentence ...
+    text = re.sub(r"[ ]*\t[ \t]*", " | ", text)                                  # ... its cells split by "|"
+    text = re.sub(r"[ \t\r\f\v]+", " ", text).strip()
     # A line ending in a colon is a section header ("FINDINGS:"): its own sentence.
     text = re.sub(r"^([^\n.]{1,40}:)[ ]*\n", r"\1\n\n", text, flags=re.M)
-    parts = _SENTENCE_SPLIT.split(text)
-    return [p.strip(" \n-*•") for p in parts if p and p.strip(" \n-*•")]
+    sentences: list[str] = []
+    for part in _SENTENCE_SPLIT.split(text):
+        part = part.strip(" \n-*•") if part else ""
+        if not part:
+            continue
+        if sentences and _ABBREVIATION_END.search(sentences[-1]):
+            sentences[-1] += " " + part
+        else:
+            sentences.append(part)
+    return sentences
 
 
 def _number(token: str) -> float:
@@ -135,8 +188,8 @@ def parse_size_mm(match: re.Match) -> float:
     return float(np.mean(dims)) * scale
 
 
-def parse_lobe(clause: str) -> tuple[str | None, str | None]:
-    """(lobe, side) named in a clause; the first lobe named wins."""
+def _lobes_named(clause: str) -> list[tuple[int, str, str]]:
+    """(start, lobe, side) of each lobe named in a clause, in order."""
     found = []
     for pattern, to_parts in _LOBE_PATTERNS:
         for m in pattern.finditer(clause):
@@ -144,8 +197,13 @@ def parse_lobe(clause: str) -> tuple[str | None, str | None]:
             if side == "left" and part == "middle":
                 part = "upper"  # the left lung has no middle lobe; the lingula belongs to the upper
             found.append((m.start(), f"{side} {part} lobe", side))
-    if found:
-        _, lobe, side = min(found)
+    return sorted(found)
+
+
+def parse_lobe(clause: str) -> tuple[str | None, str | None]:
+    """(lobe, side) named in a clause; the first lobe named wins."""
+    if found := _lobes_named(clause):
+        _, lobe, side = found[0]
         return lobe, side
     m = _SIDE.search(clause)
     return None, (m[1].lower() if m else None)
@@ -163,54 +221,105 @@ def is_negated(clause: str, finding_start: int, finding_end: int) -> bool:
 
 
 def _clauses(sentence: str) -> list[str]:
-    return [c.strip(" ,") for c in _CLAUSE_SPLIT.split(sentence) if c and c.strip(" ,")]
+    clauses = []
+    for clause in _CLAUSE_SPLIT.split(_EXCEPT.sub("", sentence)):
+        # a negation's scope ends where a sized finding of its own follows a comma
+        parts = _SIZED_AFTER_COMMA.split(clause) if clause and _NEG_BEFORE.search(clause) else [clause]
+        clauses += [c.strip(" ,") for c in parts if c and c.strip(" ,")]
+    return clauses
 
 
 def find_mentions(text: str) -> tuple[list[str], list[Mention]]:
     """(sentences, mentions) of a report; one mention per size in a finding clause (or one, unsized)."""
     sentences = split_sentences(text)
     mentions: list[Mention] = []
+    aside = False                                  # inside an indication / history / technique section
+    section_lobe: tuple[str, str] | None = None    # "RIGHT UPPER LOBE:" heads the sentences after it
     for s_i, sentence in enumerate(sentences):
-        for clause in _clauses(sentence):
-            finding = _FINDING.search(clause)
-            if finding is None:
-                lobe, side = parse_lobe(clause)
-                if lobe is not None and _CLEAR.search(clause):
-                    mentions.append(Mention(clause, s_i, None, lobe, side, True))
-                continue
-            if _ELSEWHERE.search(clause) and not _IN_LUNG.search(clause) and parse_lobe(clause)[0] is None:
-                continue   # "a 1 cm hypodense lesion in the liver", "right adrenal nodule"
-            negated = is_negated(clause, finding.start(), finding.end())
-            sizes = _nodule_sizes(clause)
-            if len(sizes) <= 1:
-                lobe, side = parse_lobe(clause)
-                size = sizes[0][2] if sizes else None
-                mentions.append(Mention(clause, s_i, size, lobe, side, negated, parse_density(clause)))
-                continue
-            # Several sizes in one clause ("6 mm in the RUL and 4 mm in the LLL"): each size takes the
-            # text up to the next size, falling back to the whole clause for its lobe.
-            for n, (start, _, size) in enumerate(sizes):
-                end = sizes[n + 1][0] if n + 1 < len(sizes) else len(clause)
-                lobe, side = parse_lobe(clause[start:end])
-                if lobe is None and side is None:
-                    lobe, side = parse_lobe(clause)
-                mentions.append(Mention(clause, s_i, size, lobe, side, negated,
-                                        parse_density(clause[start:end]) or parse_density(clause)))
+        if _HEADER_ONLY.match(sentence):
+            aside, section_lobe = bool(_ASIDE_SECTION.match(sentence)), None
+            lobe, side = parse_lobe(sentence)
+            finding = _FINDING.search(sentence)
+            if lobe is not None and finding is None:
+                section_lobe = (lobe, side)
+            elif finding and not aside and s_i + 1 < len(sentences) and _BARE_DENIAL.match(sentences[s_i + 1]):
+                mentions.append(Mention(sentence, s_i, None, lobe, side, True))   # "NODULES:" / "None."
+            continue   # a heading names what follows; it reports nothing itself
+        if _ASIDE_SECTION.match(sentence):
+            continue
+        if aside:
+            continue
+        clauses = _clauses(sentence)
+        if (mentions and mentions[-1].sentence_index == s_i - 1 and not mentions[-1].negated
+                and _IT_MEASURES.match(sentence) and not _FINDING.search(sentence)
+                and (sizes := _nodule_sizes(sentence))):
+            mentions[-1].size_mm = sizes[-1][2]   # "A nodule is seen in the RUL. It measures 6 mm."
+            continue
+        for clause in clauses:
+            mentions += _clause_mentions(clause, s_i, section_lobe)
     return sentences, mentions
 
 
-def _nodule_sizes(clause: str) -> list[tuple[int, int, float]]:
+def _clause_mentions(clause: str, s_i: int, section_lobe: tuple[str, str] | None) -> list[Mention]:
+    """The mentions of one clause: one per nodule size it gives (or one, unsized); a lobe reported clear."""
+    finding = _FINDING.search(clause)
+    if finding is None:
+        lobe, side = parse_lobe(clause)
+        if lobe is not None and _CLEAR.search(clause):
+            return [Mention(clause, s_i, None, lobe, side, True)]
+        if lobe is not None and "|" in clause and (sizes := _nodule_sizes(clause)):   # a nodule table's row
+            return [Mention(clause, s_i, sizes[0][2], lobe, side, False, parse_density(clause))]
+        return []
+    if _ELSEWHERE.search(clause) and not _IN_LUNG.search(clause) and parse_lobe(clause)[0] is None:
+        return []   # "a 1 cm hypodense lesion in the liver", "right adrenal nodule", "anterior mediastinal mass"
+    if (_GENERIC_FINDING.match(finding[1]) and _NOT_NODULAR.search(clause)) or _NODULAR_NOT_NODULE.search(clause):
+        return []   # "tree-in-bud opacities", "density ... consistent with consolidation", "nodular scarring"
+    negated = is_negated(clause, finding.start(), finding.end())
+    sizes = _nodule_sizes(clause, negated)
+    if "|" in clause and not sizes and parse_lobe(clause) == (None, None):
+        return []   # a table's column headings ("| Nodule | Lobe | Size |")
+
+    def mention(size: float | None, piece: str) -> Mention:
+        lobe, side = parse_lobe(piece)
+        if lobe is None and side is None:
+            lobe, side = parse_lobe(clause)
+        if lobe is None and side is None and section_lobe:
+            lobe, side = section_lobe
+        return Mention(clause, s_i, size, lobe, side, negated, parse_density(piece) or parse_density(clause))
+
+    if len(sizes) <= 1:
+        return [mention(sizes[0][2] if sizes else None, clause)]
+    # Several sizes in one clause: "6 mm in the RUL and 4 mm in the LLL" gives each size the text from it to
+    # the next size; "RUL 6 mm, LLL 4 mm" (a lobe before the first size) the text from the lobe named
+    # after the size before it.
+    lobes = _lobes_named(clause)
+    if not lobes or lobes[0][0] > sizes[0][0]:
+        bounds = [start for start, _, _ in sizes]
+    else:
+        bounds = [0] + [next((at for at, _, _ in lobes if sizes[n - 1][1] <= at < sizes[n][0]), sizes[n - 1][1])
+                        for n in range(1, len(sizes))]
+    return [mention(size, clause[bounds[n]:(bounds[n + 1] if n + 1 < len(sizes) else len(clause))])
+            for n, (_, _, size) in enumerate(sizes)]
+
+
+def _nodule_sizes(clause: str, negated: bool = False) -> list[tuple[int, int, float]]:
     """(start, end, mm) of the sizes of nodules a clause gives: not an earlier size ("previously 5 mm"), a solid
     component's or a slice thickness; "6 mm x 4 mm" is one size (their mean)."""
     sizes: list[tuple[int, int, list[float]]] = []   # (start, end, dimensions in mm)
+    last_axis = False
     for m in _SIZE.finditer(clause):
-        if _EARLIER.search(clause[:m.start()]) or _NOT_A_NODULE_SIZE.search(clause[m.end():]):
+        before, after = clause[:m.start()], clause[m.end():]
+        if (_EARLIER.search(before) or _EARLIER_AFTER.search(after) or _PART_BEFORE.search(before)
+                or _NOT_A_NODULE_SIZE.search(after) or (negated and _THRESHOLD_BEFORE.search(before))):
             continue
-        if sizes and re.fullmatch(r"\s*(?:x|×|by|\*)\s*", clause[sizes[-1][1]:m.start()], re.I):
+        axis = bool(_AXIS.search(after))
+        if sizes and (re.fullmatch(r"\s*(?:x|×|by|\*)\s*", clause[sizes[-1][1]:m.start()], re.I)
+                      or (axis and last_axis)):
             start, _, dims = sizes.pop()
             sizes.append((start, m.end(), [*dims, parse_size_mm(m)]))
             continue
         sizes.append((m.start(), m.end(), [parse_size_mm(m)]))
+        last_axis = axis
     return [(start, end, float(np.mean(dims))) for start, end, dims in sizes]
 
 
