@@ -593,6 +593,20 @@ def test_a_folder_of_mixed_files_with_repeated_names(tmp_path, monkeypatch, caps
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["queries"] == 1
 
 
+def test_index_of_chinese_knowledge_warns_that_the_text_model_reads_little(tmp_path, monkeypatch, capsys,
+                                                                         tiny_embedder):
+    from apps.customer_service import retrieval
+
+    monkeypatch.setattr(retrieval, "default_embedder", lambda: tiny_embedder)
+    write(tmp_path / "faq.csv", "问题,答案\n银行卡丢了怎么办？,请立即打电话挂失。\n营业时间？,周一至周五九点到五点。\n")
+    assert main(["chat", "index", "--kb", str(tmp_path / "faq.csv"), "--out", str(tmp_path / "index"), "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["documents"] == 2
+    assert any("unknown to the text model's vocabulary" in w for w in summary["warnings"])
+    assert "unknown to the text model's vocabulary" in captured.err
+
+
 def test_index_written_into_its_own_knowledge_folder_twice_reads_only_the_knowledge(tmp_path, monkeypatch, capsys,
                                                                                     tiny_embedder):
     from apps.customer_service import retrieval

@@ -341,21 +341,38 @@ def test_too_few_held_out_rows_leave_oos_uncalibrated(small_model):
     assert model.oos_threshold is None
     assert model.oos_calibration == {"calibrated": False, "held_out_rows": 8, "rows_needed": 45}
     assert IntentModel.load(path).oos_calibration == model.oos_calibration
+    assert model.english and IntentModel.load(path).english   # English rows: "English only" stays on
     manager = DialogueManager(model, OverlapIndex(), default_actions(), generic_dialogue(model.labels))
     assert manager.low_confidence == 0.5  # the dialogue's cut-off, not lowered
 
 
-def test_train_intents_warns_when_oos_is_not_calibrated(tmp_path, capsys):
-    _write_csv(tmp_path / "train.csv", *_rows(TRAIN_TEMPLATES))
+def _train_tiny_intents(data, out, capsys) -> tuple[dict, str]:
+    """`chat train-intents` on a tiny stream from scratch, 2 steps: (its JSON summary, its stderr)."""
     stream = json.dumps({"dim": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "max_positions": 64,
                          "moe_layers": [0], "num_experts": 2, "top_k": 1})
-    assert cli.main(["chat", "train-intents", "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"),
+    assert cli.main(["chat", "train-intents", "--data", str(data), "--out", str(out),
                      "--from-scratch", "--stream", stream, "--max-steps", "2", "--json"]) == 0
     captured = capsys.readouterr()
-    out = json.loads(captured.out.splitlines()[-1])
+    return json.loads(captured.out.splitlines()[-1]), captured.err
+
+
+def test_train_intents_warns_when_oos_is_not_calibrated(tmp_path, capsys):
+    _write_csv(tmp_path / "train.csv", *_rows(TRAIN_TEMPLATES))
+    out, err = _train_tiny_intents(tmp_path / "train.csv", tmp_path / "m", capsys)
     assert out["oos_threshold"] is None and out["oos_calibration"]["calibrated"] is False
     assert any("8 held-out" in w and "needs 45" in w for w in out["warnings"])
-    assert "warning: out-of-scope threshold not calibrated" in captured.err
+    assert "warning: out-of-scope threshold not calibrated" in err
+
+
+def test_train_intents_on_chinese_warns_that_the_text_model_reads_little_and_drops_english_only(tmp_path, capsys):
+    rows = {"挂失": ["我的银行卡丢了", "卡被偷了怎么办", "怎么办理挂失"], "密码": ["取款密码修改", "忘记密码了", "重置密码"],
+            "营业时间": ["周六营业吗", "几点开门", "营业时间是什么"]}
+    _write_csv(tmp_path / "zh.csv", [t for ts in rows.values() for t in ts * 2],
+               [label for label, ts in rows.items() for _ in ts * 2])
+    out, err = _train_tiny_intents(tmp_path / "zh.csv", tmp_path / "m", capsys)
+    assert any("unknown to the text model's vocabulary" in w for w in out["warnings"])
+    assert "unknown to the text model's vocabulary" in err
+    assert IntentModel.load(tmp_path / "m").english is False
 
 
 # ---- 5. the agent's side of a hand-off ----
@@ -500,7 +517,7 @@ def test_search_returns_k_documents_beside_a_very_long_one(tmp_path):
     assert found[0].id == "manual"
     scanned = []
     search = index._best_per_document
-    index._best_per_document = lambda q, lex, n, k: scanned.append(n) or search(q, lex, n, k)
+    index._best_per_document = lambda q, lex, n, k, *weight: scanned.append(n) or search(q, lex, n, k, *weight)
     assert len(index.search("how do I reset my password?", k=9)) == 4  # the index has only 4...
     assert max(scanned) < len(index)  # ...and asking for 9 does not scan every chunk to look for more
 

@@ -229,3 +229,22 @@ def test_tiny_real_models_plug_in(tmp_path):
     fees = bot.reply("fees", "what are the fees")
     assert fees.intent == "fees_charges" and fees.sources
     assert {s.id for s in fees.sources} <= {c.doc_id for c in index.chunks}
+
+
+def test_a_chinese_question_is_not_taken_for_a_short_follow_up(bot, index):
+    from apps.customer_service.dialogue import word_count
+
+    assert [word_count(m) for m in ("企业账户呢", "银行星期六几点开门？", "and for business accounts?")] == [3, 6, 4]
+    bot.reply("z", "what are the fees for a current account?")
+    bot.reply("z", "银行星期六几点开门？")   # "when does the bank open on Saturday?": a new question, not the fees topic
+    assert index.queries == ["what are the fees for a current account?"]
+
+
+def test_a_model_trained_on_another_language_never_answers_english_only(tmp_path):
+    class GermanIntents(KeywordIntents):
+        english = False
+
+    bot = Assistant(GermanIntents(), OverlapIndex(), SessionStore(tmp_path / "s.sqlite3"), default_actions(),
+                    DialogueConfig.load())
+    reply = bot.reply("g", "Ich habe eine Frage zu meinem Konto")
+    assert reply.text.startswith("Sorry, I'm not sure I understood")   # not understood, never "English only"

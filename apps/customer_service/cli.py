@@ -37,6 +37,7 @@ def _stream_config(overrides: str | None):
 def train_intents(args: argparse.Namespace) -> None:
     from core.checkpoint import CheckpointError, check_replaceable
     from core.text.classifier import TrainConfig
+    from core.text.tokenizer import vocabulary_warning
 
     from .intents import IntentModel, IntentTrainConfig, file_sha256, read_intent_file
 
@@ -46,6 +47,8 @@ def train_intents(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {err}; choose another path (a new or empty folder, or a saved model)") from None
     data = read_intent_file(args.data, args.text_column, args.label_column, args.split)
     texts, labels = data.texts, data.labels
+    if unknown := vocabulary_warning(texts):   # said before minutes of training
+        print(f"warning: {unknown}", file=sys.stderr)
     cfg = IntentTrainConfig(
         train=TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                           lr=args.lr, train_top_layers=args.train_top_layers, bf16=args.bf16, seed=args.seed),
@@ -62,6 +65,7 @@ def train_intents(args: argparse.Namespace) -> None:
                "seconds": round(result.seconds, 1), "train_loss": round(result.train_loss, 4),
                "val_accuracy": result.val_accuracy, "oos_threshold": model.oos_threshold,
                "oos_calibration": model.oos_calibration, "history": result.history}
+    summary["warnings"] += [unknown] if unknown else []
     if warning := model.calibration_warning:
         print(f"warning: {warning}", file=sys.stderr)
         summary["warnings"].append(warning)
@@ -137,6 +141,7 @@ def bench_chat(args: argparse.Namespace) -> None:
 
 
 def index(args: argparse.Namespace) -> None:
+    from core.text.tokenizer import vocabulary_warning
     from data_connectors.knowledge import collected_warnings, knowledge_files, load_knowledge
 
     from .retrieval import IndexConfig, KnowledgeIndex, saved_indexes
@@ -151,6 +156,8 @@ def index(args: argparse.Namespace) -> None:
     # a bad file fails here, before the index folder is touched (unless --skip-unreadable lists it)
     with collected_warnings() as warnings:   # the readers' guesses, for the summary and stderr
         docs = load_knowledge(args.kb, files, unreadable if args.skip_unreadable else None)
+    if unknown := vocabulary_warning([f"{d.title}\n{d.text}" for d in docs]):
+        warnings.append(unknown)
     for warning in warnings:   # collected, they no longer reach stderr by themselves
         print(f"warning: {warning}", file=sys.stderr)
     for file, why in unreadable:

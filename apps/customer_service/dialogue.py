@@ -12,8 +12,8 @@ question, or nothing: the intent is then answered from the knowledge base. One t
 4. a short or "and ..."/"what about ..." follow-up, when the intent model is unsure, refines the
    active knowledge topic: the new entity replaces the old one in the topic's query;
 5. a message that would be "not understood" (out of scope, or under the low-confidence threshold
-   of 7) and does not look English (`core.text.language.looks_english`): "I only understand English" (a
-   low-confidence turn, see 7);
+   of 7) and does not look English (`core.text.language.looks_english`), with an intent model trained on
+   English: "I only understand English" (a low-confidence turn, see 7);
 6. top two intents within `clarify_margin`: "Did you mean A or B?";
 7. low confidence (under `low_confidence`, or the intent model's own calibrated oos threshold when
    that is lower): "please rephrase" (or the out-of-scope fallback); `handoff_after` such turns in
@@ -22,6 +22,7 @@ question, or nothing: the intent is then answered from the knowledge base. One t
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from functools import cached_property
@@ -35,6 +36,7 @@ from pydantic import Field
 
 from .actions import ActionRegistry
 from core.text.language import looks_english
+from data_connectors.text_files import CJK_CHARS, WORD
 from .store import Handoff, SessionState
 
 DEFAULT_DIALOGUE = Path(__file__).resolve().parents[2] / "assets" / "customer_service" / "dialogue.yaml"
@@ -44,8 +46,16 @@ RESPONSES = ("out_of_scope", "not_understood", "clarify", "retry_slot", "retry_c
 WORD_LISTS = ("affirm", "deny", "handoff", "follow_up")
 # responses a dialogue file may leave out (older files), with their defaults
 OPTIONAL_RESPONSES = {"not_english": "Sorry, I only understand English. Could you write your message in English?"}
+_CJK_CHAR = re.compile(f"[{CJK_CHARS}]")
 _ORDINALS = {"first": 0, "1": 0, "former": 0, "second": 1, "2": 1, "latter": 1}
 
+
+
+def word_count(message: str) -> int:
+    """Words of a message; text written without spaces (Chinese, Japanese) counts two characters a word."""
+    units = WORD.findall(message)
+    cjk = sum(bool(_CJK_CHAR.fullmatch(u)) for u in units)
+    return len(units) - cjk + math.ceil(cjk / 2)
 
 # ---- what the dialogue needs from the other parts (intents.IntentModel, retrieval.KnowledgeIndex) ----
 
@@ -326,6 +336,8 @@ class DialogueManager:
             raise ValueError(f"dialogue actions not registered: {', '.join(sorted(missing))}")
         self.intent_model, self.index, self.actions, self.config = intent_model, index, actions, config
         self.chat_model = chat_model  # when given, phrases knowledge answers from the passages
+        # "I only understand English" only from a model trained on English (not a German or Chinese one)
+        self.english = getattr(intent_model, "english", True)
         self._words = {name: _phrases(words) for name, words in config.words.items()}
         # A model with an oos threshold calibrated on its own data (e.g. one trained on uploaded
         # intents, where confidences over many intents run lower) is trusted down to that threshold.
@@ -366,7 +378,7 @@ class DialogueManager:
                 return answer
         if self._is_follow_up(state, message, p):
             return self._knowledge(state.intent, self._refine(state.query, message))
-        if (p.is_oos or p.confidence < self.low_confidence) and not looks_english(message):
+        if (p.is_oos or p.confidence < self.low_confidence) and self.english and not looks_english(message):
             # a reply that would be "not understood" anyway: say we only understand English (a prediction
             # the model is sure enough of is acted on, whatever names or foreign words the message holds)
             return self._not_understood(state, low_turns, "message not in English",
@@ -473,7 +485,7 @@ class DialogueManager:
         s = self.config.settings
         if state.query is None or (p.confidence >= s.follow_up_confidence and p.label != state.intent):
             return False
-        return bool(self._words["follow_up"].match(message)) or len(message.split()) <= s.follow_up_max_words
+        return bool(self._words["follow_up"].match(message)) or word_count(message) <= s.follow_up_max_words
 
     def _refine(self, query: str, follow_up: str) -> str:
         """The topic's `query` with the follow-up's entity in place of the old one ("current

@@ -39,6 +39,7 @@ from core.text.classifier import (
     load_classifier, new_classifier, predict, save_classifier, split_holdout, train_classifier,
 )
 from core.text.config import TextStreamConfig
+from core.text.language import looks_english
 from data_connectors.text_files import LabelledTexts, read_labelled_texts
 from apps.settings import cache_dir
 
@@ -94,8 +95,10 @@ class IntentModel:
     """A SentenceClassifier over intents plus the out-of-scope rule (an oos class or a threshold)."""
 
     def __init__(self, classifier: SentenceClassifier, oos_threshold: float | None,
-                 oos_calibration: dict | None = None):
+                 oos_calibration: dict | None = None, english: bool = True):
         self.classifier = classifier
+        # trained mostly on English texts: the dialogue may then answer foreign messages "English only"
+        self.english = english
         # confidences below it are oos; None when oos is a trained class or too few rows calibrated it
         self.oos_threshold = oos_threshold
         # without oos rows: {"calibrated": bool, "held_out_rows": n, "rows_needed": m}; None with an oos class
@@ -127,17 +130,20 @@ class IntentModel:
                 threshold = oos_threshold(confidence_N, cfg.in_scope_recall, cfg.recall_confidence)
             # else no threshold: the lowest of a few held-out confidences (or of the training rows'
             # own, overconfident ones) would accept nearly anything as in scope
-        return cls(classifier, threshold, calibration), result
+        english = sum(map(looks_english, texts)) >= 0.5 * len(texts)
+        return cls(classifier, threshold, calibration, english), result
 
     def save(self, path: str | Path, metadata: dict | None = None, delta: bool = False) -> Path:
         """A checkpoint folder; `delta` stores only the changes from upcycled MiniLM (see core.checkpoint)."""
         return save_classifier(self.classifier, path, {**(metadata or {}), "oos_threshold": self.oos_threshold,
-                                                       "oos_calibration": self.oos_calibration}, delta=delta)
+                                                       "oos_calibration": self.oos_calibration,
+                                                       "english": self.english}, delta=delta)
 
     @classmethod
     def load(cls, path: str | Path) -> IntentModel:
         classifier, metadata = load_classifier(path)
-        return cls(classifier, metadata.get("oos_threshold"), metadata.get("oos_calibration"))
+        return cls(classifier, metadata.get("oos_threshold"), metadata.get("oos_calibration"),
+                   metadata.get("english", True))   # saved before the flag: the default bank's, English
 
     @property
     def calibration_warning(self) -> str | None:

@@ -92,6 +92,7 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
     if not intents_file and not knowledge_file:
         raise gr.Error("Upload an intents file, a knowledge file or both.")
     # Imported here: torch, faiss and the MiniLM weights are only needed for retraining.
+    from core.text.tokenizer import vocabulary_warning
     from data_connectors.knowledge import collected_warnings, load_knowledge
 
     from .intents import DEFAULT_TRAIN, IntentModel, read_intent_file
@@ -105,6 +106,7 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
             data = read_intent_file(intents_file)
             texts, labels = data.texts, data.labels
             notes += [_without_folder(warning, intents_file) for warning in data.warnings]
+            notes += [unknown] if (unknown := vocabulary_warning(texts)) else []
             columns = (f" (text from column `{data.text_column}`, intents from `{data.label_column}`)"
                        if data.text_column else "")
             yield f"Training the intent model on {len(texts)} examples{columns}...{_notes(notes)}"
@@ -122,6 +124,7 @@ def retrain(intents_file: str | None, knowledge_file: str | None,
                 source = _knowledge_source(Path(knowledge_file), Path(tmp))
                 docs = load_knowledge(source, unreadable=unreadable, exclude=saved_indexes(source))
                 notes += [_without_folder(warning, source) for warning in logged]
+                notes += [unknown] if (unknown := vocabulary_warning([f"{d.title}\n{d.text}" for d in docs])) else []
                 index = KnowledgeIndex.build(docs, cache_dir() / "chat" / "uploaded-index")
             skipped = (f"; {len(unreadable)} unreadable file(s) skipped: "
                        f"{', '.join(Path(f).name for f, _ in unreadable[:5])}" if unreadable else "")

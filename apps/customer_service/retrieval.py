@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from core.tasks import task_id
 from core.text import TextStream, TextStreamConfig, tokenize, upcycle_minilm
+from core.text.tokenizer import unknown_share
 from data_connectors.knowledge import KnowledgeDoc, load_knowledge
 from data_connectors.text_files import CJK_CHARS, WORD
 from apps.settings import cache_dir
@@ -257,24 +258,26 @@ class KnowledgeIndex:
             return []
         query_1D = self.embedder.encode([query])
         lexical = None if self.bm25 is None else self.bm25.scores(query)
+        # the more of the query the text model cannot read (Chinese, Thai...), the more its words decide
+        weight = None if lexical is None else max(self.config.lexical_weight, unknown_share([query]))
         n = min(max(self.config.candidates, 10 * k), len(self.chunks))
         while True:  # widen the candidates until they hold k documents (one long document's chunks can fill them)
-            best = self._best_per_document(query_1D, lexical, n, k)
+            best = self._best_per_document(query_1D, lexical, n, k, weight)
             if len(best) == k or n == len(self.chunks):
                 break
             n = min(4 * n, len(self.chunks))
         hits = [(self.chunks[row], score) for row, score in best.values()]
         return [Passage(c.doc_id, c.title, c.text, score, c.source) for c, score in hits]
 
-    def _best_per_document(self, query_1D: np.ndarray, lexical: np.ndarray | None, n: int,
-                           k: int) -> dict[str, tuple[int, float]]:
+    def _best_per_document(self, query_1D: np.ndarray, lexical: np.ndarray | None, n: int, k: int,
+                           lexical_weight: float | None = None) -> dict[str, tuple[int, float]]:
         """Doc id -> (chunk row, score) of its best chunk among the `n` best candidates, at most `k`
         documents, best first."""
         if isinstance(self.vectors, faiss.IndexHNSW):
             self.vectors.hnsw.efSearch = max(n, 64)
         sims, rows = self.vectors.search(query_1D, n)
         dense = {int(r): float(s) for r, s in zip(rows[0], sims[0]) if r >= 0}
-        scores = dense if lexical is None else self._fuse(query_1D[0], dense, lexical, n)
+        scores = dense if lexical is None else self._fuse(query_1D[0], dense, lexical, n, lexical_weight)
         best: dict[str, tuple[int, float]] = {}
         for row, score in sorted(scores.items(), key=lambda item: item[1], reverse=True):
             best.setdefault(self.chunks[row].doc_id, (row, score))
@@ -282,9 +285,10 @@ class KnowledgeIndex:
                 break
         return best
 
-    def _fuse(self, query_D: np.ndarray, dense: dict[int, float], lexical: np.ndarray,
-              n: int) -> dict[int, float]:
-        """Chunk row -> fused score over the dense candidates and the `n` best BM25 matches."""
+    def _fuse(self, query_D: np.ndarray, dense: dict[int, float], lexical: np.ndarray, n: int,
+              lexical_weight: float | None = None) -> dict[int, float]:
+        """Chunk row -> fused score over the dense candidates and the `n` best BM25 matches ("weighted": BM25
+        weighs `lexical_weight`, by default the config's)."""
         top = np.argsort(-lexical)[:n]
         lexical_rows = [int(r) for r in top if lexical[r] > 0]
         if self.config.fusion == "rrf":
@@ -295,7 +299,8 @@ class KnowledgeIndex:
             return fused
         rows = sorted(set(dense) | set(lexical_rows))
         cosines = self.vectors.reconstruct_batch(np.array(rows)) @ query_D
-        w, best_lexical = self.config.lexical_weight, float(lexical.max()) or 1.0
+        w = self.config.lexical_weight if lexical_weight is None else lexical_weight
+        best_lexical = float(lexical.max()) or 1.0
         return {row: (1 - w) * float(c) + w * float(lexical[row]) / best_lexical
                 for row, c in zip(rows, cosines)}
 

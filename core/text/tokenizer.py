@@ -61,3 +61,29 @@ def tokenize(texts: str | Sequence[str], max_length: int = MAX_LENGTH) -> TokenB
     enc = load_tokenizer()(texts, padding=True, truncation=True, max_length=max_length,
                            return_tensors="pt")
     return TokenBatch(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+
+
+def unknown_share(texts: Sequence[str], max_length: int = MAX_LENGTH) -> float:
+    """The share of the texts' word pieces that MiniLM's vocabulary does not hold ([UNK]): high for scripts
+    it barely covers (Chinese: a few hundred characters; Thai, Hindi...), where the text stream reads little."""
+    tokenizer = load_tokenizer()
+    unknown = total = 0
+    for start in range(0, len(texts), 256):
+        for ids in tokenizer(list(texts[start:start + 256]), truncation=True, max_length=max_length,
+                             add_special_tokens=False)["input_ids"]:
+            total += len(ids)
+            unknown += sum(i == tokenizer.unk_token_id for i in ids)
+    return unknown / total if total else 0.0
+
+
+UNKNOWN_WARN_SHARE = 0.2   # above this share of unknown word pieces, texts get vocabulary_warning
+
+
+def vocabulary_warning(texts: Sequence[str]) -> str | None:
+    """A warning when the text stream's vocabulary holds too little of `texts` to read them, else None."""
+    share = unknown_share(texts[:2000])
+    if share <= UNKNOWN_WARN_SHARE:
+        return None
+    return (f"{share:.0%} of the word pieces of these texts are unknown to the text model's vocabulary "
+            "(MiniLM's: Latin script and a few hundred Chinese characters), so it reads little of them: expect "
+            "low accuracy from it (keyword search still matches their words)")
