@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from .text_files import (decoded_file, field_key, json_document, json_lines, named_column, names_columns,
-                         repeated_header_warning, table_body, table_rows, words)
+from .text_files import (ANSWER_NAMES, QUESTION_NAMES, decoded_file, field_key, json_document, json_lines,
+                         named_column, names_columns, repeated_header_warning, table_body, table_rows, words)
 
 log = logging.getLogger(__name__)  # guesses worth a look (a header told by its shape, lists left out)
 
@@ -462,10 +462,10 @@ _DOC_FIELDS = {
     "id": ("id", "doc_id", "docid", "_id", "document_id", "article_id", "faq_id", "uuid", "key", "slug"),
     "title": ("title", "question", "q", "heading", "subject", "name", "topic", "query", "header", "utterance",
               "prompt", "customer_question", "user_question", "question_text", "faq_question", "user_query",
-              "customer_query", "questions", "instruction", "input", "request"),
+              "customer_query", "questions", "instruction", "input", "request", *QUESTION_NAMES),
     "answer": ("answer", "a", "text", "body", "content", "response", "passage", "description",
                "article", "snippet", "summary", "page_content", "document", "reply", "answer_text",
-               "faq_answer", "agent_response", "solution", "resolution", "output", "completion"),
+               "faq_answer", "agent_response", "solution", "resolution", "output", "completion", *ANSWER_NAMES),
 }
 _QUERY_FIELDS = {"query": ("query", "question", "text", "q"),
                  "id": ("id", "doc_id", "expected_id", "expected", "gold_id", "answer_id", "document_id")}
@@ -587,7 +587,14 @@ class _HTMLText(HTMLParser):
         return self._outline
 
 
-_QA_LINE = re.compile(r"^\s*(q|question|a|answer)\s*:\s*(.*)$", re.IGNORECASE)
+# "Q: ..." / "A: ..." lines, in English and as other languages mark them ("Frage:", "问：", full-width colons)
+_QA_MARKERS = {"q": ("q", "question", "frage", "pregunta", "domanda", "pergunta", "vraag", "вопрос", "问", "問", "质问",
+                     "質問"),
+               "a": ("a", "answer", "antwort", "respuesta", "réponse", "reponse", "risposta", "resposta", "antwoord",
+                     "ответ", "答", "回答")}
+_QA_LINE = re.compile(r"^\s*(" + "|".join(re.escape(m) for ms in _QA_MARKERS.values() for m in ms) + r")\s*[:：]\s*(.*)$",
+                      re.IGNORECASE)
+_QA_ROLE = {m: role for role, ms in _QA_MARKERS.items() for m in ms}
 
 
 def _qa_pairs(text: str) -> list[tuple[str, str]]:
@@ -598,7 +605,7 @@ def _qa_pairs(text: str) -> list[tuple[str, str]]:
     role = None
     for line in text.splitlines():
         m = _QA_LINE.match(line)
-        new_role = m.group(1)[0].lower() if m else None
+        new_role = _QA_ROLE[m.group(1).lower()] if m else None
         if new_role is not None and new_role != role:
             if new_role == "a" and role is None:
                 return []
@@ -728,18 +735,20 @@ def _csv_rows(path: Path, fields: dict[str, tuple[str, ...]], required: tuple[st
     keys = [field_key(name) for name in header]
     columns = {role: named_column(keys, names) for role, names in fields.items()}
     body, repeats = table_body(header, rows[1:])
-    if headerless and len(header) >= len(headerless) and all(i is None for i in columns.values()):
-        order = list(range(len(headerless)))
-        if len(header) > len(headerless):
+    known = {i for role, i in columns.items() if i is not None and role not in headerless}   # "ID;Frage;Antwort"
+    free = [i for i in range(len(header)) if i not in known]
+    if headerless and len(free) >= len(headerless) and all(columns[role] is None for role in headerless):
+        order = free[:len(headerless)]
+        if len(free) > len(headerless):
             # a wider table with no known column name ("Nr,Frage,Antwort,Kategorie", or no header): the last
             # role (the passage) takes the column of the most words, the one before it the next most (in words:
             # a column of links or codes is long in characters only)
-            lengths = [(sum(len(cells[i].split()) for _, cells in body if i < len(cells)),   # ties: characters
-                        sum(len(cells[i]) for _, cells in body if i < len(cells))) for i in range(len(header))]
-            order = sorted(range(len(header)), key=lambda i: lengths[i], reverse=True)[:len(headerless)][::-1]
+            lengths = {i: (sum(len(cells[i].split()) for _, cells in body if i < len(cells)),   # ties: characters
+                           sum(len(cells[i]) for _, cells in body if i < len(cells))) for i in free}
+            order = sorted(free, key=lambda i: lengths[i], reverse=True)[:len(headerless)][::-1]
             log.warning("%s: no known column names; read %s (by the words in their cells)", path,
                         ", ".join(f"column {i + 1} as the {role}" for role, i in zip(headerless, order)))
-        columns = {role: order[headerless.index(role)] if role in headerless else None for role in fields}
+        columns = {role: order[headerless.index(role)] if role in headerless else columns[role] for role in fields}
         text_i = columns[required[0]]
         other_i = next(i for i in order if i != text_i)
         verdict = names_columns(header, [cells for _, cells in body], text_i, other_i)

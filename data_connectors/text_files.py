@@ -15,6 +15,7 @@ import io
 import json
 import json.scanner
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,17 @@ CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 WORD = re.compile(rf"[{CJK_CHARS}]|[^\s{CJK_CHARS}]+")  # a unit of text: one CJK character or one word
 
 
+# Legacy encodings of Chinese and Japanese, tried (strictly) on bytes that are not UTF-8; one that alone decodes
+# the file to text whose non-ASCII characters are nearly all CJK is taken.
+LEGACY_CJK = ("gb18030", "big5", "cp932", "euc_jp")
+_CJK_TEXT = re.compile(f"[{CJK_CHARS}\u3000-\u303f\uff01-\uff60]")   # with CJK punctuation, full-width forms
+_WESTERN_MARKS = set("‘’‚“”„–—…•€£°«»·¿¡§©®™\u00a0")   # non-letters Western text holds
+_NON_ASCII_WORD = re.compile(r"[^\x00-\x7f]*[^\W\d_][^\x00-\x7f]*")
+
+
 class TextDecodeError(ValueError):
-    """Bytes that are not text in UTF-8 (with or without BOM), UTF-16 with a BOM, or Windows-1252."""
+    """Bytes that are not text in UTF-8 (with or without BOM), UTF-16 with a BOM, a legacy Chinese or
+    Japanese encoding (LEGACY_CJK), or Windows-1252."""
 
     def __init__(self, problem: str, line: int | None = None):
         super().__init__(problem)
@@ -41,10 +51,13 @@ class TextDecodeError(ValueError):
 
 
 def decode_text(data: bytes) -> tuple[str, str]:
-    """(text, encoding) of a text file's bytes: UTF-8 (a BOM is dropped), UTF-16 with a BOM, else
-    Windows-1252 (spreadsheet exports; a superset of Latin-1's printable characters). A file that is
-    UTF-8 but for some bytes (damaged, or pasted together) and bytes that decode to control
-    characters (binary files) raise TextDecodeError."""
+    """(text, encoding) of a text file's bytes, in Unicode's composed form (NFC: "ü" one character, as typed):
+    UTF-8 (a BOM is dropped), UTF-16 with a BOM, a legacy Chinese or Japanese encoding that alone reads it as
+    such text (GB18030/GBK, Big5, Shift-JIS, EUC-JP), else Windows-1252 (spreadsheet exports; a superset of
+    Latin-1's printable characters). A file that is UTF-8 but for some bytes (damaged, or pasted together),
+    one that several CJK encodings read, one whose Windows-1252 reading is no Western text (Cyrillic or
+    Arabic code pages: "Êàê çàáëîêèðîâàòü") and bytes that decode to control characters (binary files)
+    raise TextDecodeError."""
     if data.startswith(_UTF16_BOMS):
         try:
             text, encoding = data.decode("utf-16"), "utf-16"
@@ -56,19 +69,73 @@ def decode_text(data: bytes) -> tuple[str, str]:
         try:
             text, encoding = data.decode("utf-8-sig"), "utf-8"
         except UnicodeDecodeError as err:
-            line = data[:err.start].count(b"\n") + 1
-            if re.search(r"[^\x00-\x7f\ufffd]", data.decode("utf-8", "replace")):
-                raise TextDecodeError(f"byte {err.start} is not UTF-8, though other non-ASCII text in the file "
-                                      "is: a damaged or mixed-encoding file; save it as UTF-8", line) from None
-            try:
-                text, encoding = data.decode("cp1252"), "cp1252"
-            except UnicodeDecodeError:
-                raise TextDecodeError(f"not text: byte {err.start} is neither UTF-8 nor Windows-1252 "
-                                      "(a binary file?); save it as UTF-8", line) from None
+            text, encoding = _legacy_text(data, err)
     if bad := _BINARY.search(text):
         line = text.count("\n", 0, bad.start()) + 1
         raise TextDecodeError(f"not text: control character {bad.group()!r} (a binary file?)", line)
-    return text, encoding
+    return unicodedata.normalize("NFC", text), encoding
+
+
+def _legacy_text(data: bytes, err: UnicodeDecodeError) -> tuple[str, str]:
+    """(text, encoding) of bytes that are not UTF-8 (err: where UTF-8 failed): Windows-1252 when it reads as
+    Western text, else the one legacy Chinese or Japanese encoding that reads them as such; TextDecodeError
+    for a damaged UTF-8 file (most of its non-ASCII bytes are UTF-8) and for everything else."""
+    line = data[:err.start].count(b"\n") + 1
+    as_utf8 = data.decode("utf-8", "replace")
+    utf8_bytes = sum(len(c.encode()) for c in as_utf8 if ord(c) > 0x7f and c != "\ufffd")
+    if utf8_bytes > as_utf8.count("\ufffd"):
+        raise TextDecodeError(f"byte {err.start} is not UTF-8, though other non-ASCII text in the file "
+                              "is: a damaged or mixed-encoding file; save it as UTF-8", line)
+    try:
+        western = data.decode("cp1252")
+    except UnicodeDecodeError:
+        western = None
+    if western is not None and _western(western):
+        return western, "cp1252"
+    cjk = _legacy_cjk(data)
+    if len(cjk) == 1:
+        return data.decode(cjk[0]), cjk[0]
+    if cjk:
+        raise TextDecodeError(f"not UTF-8 (byte {err.start}): Chinese or Japanese text in a legacy encoding that "
+                              f"several read ({', '.join(cjk)}); save it as UTF-8", line)
+    if western is None:
+        raise TextDecodeError(f"not text: byte {err.start} is neither UTF-8 nor Windows-1252 (a binary file?); "
+                              "save it as UTF-8", line)
+    raise TextDecodeError("not UTF-8, and as Windows-1252 its non-ASCII words are no Western language (a "
+                          "Cyrillic, Greek, Arabic or other legacy code page?); save it as UTF-8", line)
+
+
+def _legacy_cjk(data: bytes) -> list[str]:
+    """The LEGACY_CJK encodings that decode `data` strictly to text whose non-ASCII characters are at least
+    90% Chinese or Japanese; of several, the one reading kana, when only one does (Japanese text has kana:
+    Shift-JIS read as GB18030 gives none)."""
+    found, kana = [], []
+    for encoding in LEGACY_CJK:
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        non_ascii = [c for c in text if ord(c) > 0x7f]
+        if non_ascii and sum(bool(_CJK_TEXT.match(c)) for c in non_ascii) >= 0.9 * len(non_ascii):
+            found.append(encoding)
+            if sum("\u3040" <= c <= "\u30ff" for c in non_ascii) >= 0.1 * len(non_ascii):
+                kana.append(encoding)
+    return kana if len(found) > 1 and len(kana) == 1 else found
+
+
+def _western(text: str) -> bool:
+    """Whether the non-ASCII text of a Windows-1252 reading looks Western: accented letters inside words of
+    plain ones ("café", "Überweisung") and typographic punctuation (“”–€). A Cyrillic or Arabic code page read
+    as Windows-1252 gives words of 3 or more letters with no ASCII letter at all ("Êàê", "çàáëîêèðîâàòü"),
+    Big5 or GBK symbols among the letters ("¦p¦ó±¾¥¢"): not Western when half such words, or a tenth
+    such symbols."""
+    non_ascii = [c for c in text if ord(c) > 0x7f]
+    symbols = [c for c in non_ascii if not c.isalpha() and c not in _WESTERN_MARKS]
+    if len(symbols) > 0.1 * len(non_ascii):
+        return False
+    words = [w for w in _NON_ASCII_WORD.findall(text) if re.search(r"[^\x00-\x7f]", w)]
+    foreign = [w for w in words if len(w) >= 3 and not re.search(r"[A-Za-z]", w)]
+    return not words or len(foreign) < 0.5 * len(words)
 
 
 def sniff_delimiter(text: str, suffix: str = "") -> str:
@@ -384,14 +451,23 @@ def named_column(keys: list[str], names: tuple[str, ...], among=None) -> int | N
 
 # ---- labelled texts: intent tables and other text-classification data ----
 
+# A question's and an answer's field names in other languages (knowledge files and intent tables read them).
+QUESTION_NAMES = ("frage", "pregunta", "domanda", "pergunta", "vraag", "fråga", "spørsmål", "pytanie",
+                  "вопрос", "سؤال", "问题", "問題", "质问", "質問", "问", "問")
+ANSWER_NAMES = ("antwort", "respuesta", "réponse", "reponse", "risposta", "resposta", "antwoord", "svar", "odpowiedź",
+                "ответ", "جواب", "إجابة", "答案", "回答", "答复", "答覆", "答")
+
 # Header and field names of the two columns (case-insensitive; spaces and hyphens read as "_"), by preference.
 TEXT_COLUMNS = ("text", "utterance", "sentence", "query", "question", "message", "example", "input",
                 "phrase", "prompt", "request", "content", "body", "texts", "utterances", "sentences",
                 "queries", "questions", "messages", "examples", "user_message", "customer_message",
-                "user_utterance", "user_query", "customer_query", "transcript", "instruction")
+                "user_utterance", "user_query", "customer_query", "transcript", "instruction", "texto", "texte",
+                "testo", "satz", "äußerung", "frase", "текст", "文本", "句子", "テキスト", "発話", *QUESTION_NAMES)
 LABEL_COLUMNS = ("label", "intent", "category", "class", "intent_name", "intent_label", "label_name",
                  "class_name", "target", "tag", "topic", "labels", "intents", "categories", "classes", "y",
-                 "label_text")
+                 "label_text", "absicht", "kategorie", "etikett", "intención", "intencion", "etiqueta", "categoría",
+                 "intention", "étiquette", "catégorie", "intenzione", "categoria", "intenção", "намерение", "метка",
+                 "категория", "意图", "意圖", "标签", "標籤", "类别", "類別", "意図", "ラベル", "カテゴリ")
 # A label column of class ids beside its names ("label" and "label_text": the Hugging Face layout) is read by the
 # names: the columns that may hold the names of a column of ids, in order.
 LABEL_NAME_COLUMNS = ("label_text", "label_name", "intent_name", "class_name", "category_name", "text_label")

@@ -122,7 +122,7 @@ def test_a_headerless_tables_short_first_example_with_a_label_of_its_own_is_not_
     assert "card_block" in data.labels and "first row" in data.warnings[0]
     data = read_intent_file(write(tmp_path / "hello.csv", table([("hello", "say_hello")] + ROWS)))
     assert (data.header, data.texts[0]) == (False, "hello")   # one word, but a label written like "lost_card"
-    data = read_intent_file(write(tmp_path / "names.csv", table(ROWS, ["frage", "absicht"])))
+    data = read_intent_file(write(tmp_path / "names.csv", table(ROWS, ["kysymys", "aikomus"])))   # Finnish
     assert (data.header, data.texts) == (True, TEXTS)
     assert "read as a header" in data.warnings[0] and "names.csv" in data.warnings[0]
     data = read_intent_file(write(tmp_path / "named.csv", table(ROWS, ["text", "label"])))
@@ -141,8 +141,8 @@ def test_intents_table_with_two_repeating_unnamed_columns_is_refused_not_guessed
     # a channel column repeats with fewer values than the labels: the fewest-distinct rule would take it
     rows = [(t, y, "app" if i % 2 else "web") for i, (t, y) in enumerate(ROWS)]
     with pytest.raises(ValueError, match=r"three.csv, line 1: no recognised column names.*could both be"):
-        read_intent_file(write(tmp_path / "three.csv", table(rows, ["frage", "absicht", "kanal"])))
-    data = read_intent_file(tmp_path / "three.csv", text_column="frage", label_column="absicht")
+        read_intent_file(write(tmp_path / "three.csv", table(rows, ["kysymys", "aikomus", "kanava"])))
+    data = read_intent_file(tmp_path / "three.csv", text_column="kysymys", label_column="aikomus")
     assert (data.texts, data.labels) == (TEXTS, LABELS)
 
 
@@ -673,7 +673,7 @@ def test_chat_index_reports_the_readers_warnings_and_refuses_an_out_holding_the_
     from apps.customer_service import retrieval
 
     monkeypatch.setattr(retrieval, "default_embedder", lambda: tiny_embedder)
-    write(tmp_path / "site" / "kb" / "faq.csv", "Frage;Antwort\nWie sperre ich meine Karte?;In der App unter Karten.\n"
+    write(tmp_path / "site" / "kb" / "faq.csv", "Kysymys;Vastaus\nWie sperre ich meine Karte?;In der App unter Karten.\n"
                                                 "Was kostet eine Überweisung?;Nichts im Inland.\n")
     assert main(["chat", "index", "--kb", str(tmp_path / "site" / "kb"), "--out", str(tmp_path / "site"), "--json"]) == 2
     assert "holds the knowledge folder" in capsys.readouterr().err
@@ -683,3 +683,63 @@ def test_chat_index_reports_the_readers_warnings_and_refuses_an_out_holding_the_
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["documents"] == 2 and len(summary["warnings"]) == 1
     assert "faq.csv" in summary["warnings"][0] and "read as a header" in summary["warnings"][0]
+
+
+# ---- knowledge and intents in other languages and legacy encodings ----
+
+FAQ_ZH = "question,answer\n如何挂失银行卡？,请立即拨打客服热线。\n怎么修改密码？,登录网上银行修改。\n"
+FAQ_JA = "question,answer\nカードを紛失しました,すぐにアプリでカードを停止してください。\n"
+
+
+FAQ_ZH_TRADITIONAL = "question,answer\n如何掛失銀行卡？,請立即撥打客服熱線。\n"
+
+
+@pytest.mark.parametrize("text,encoding", [(FAQ_ZH, "gb18030"), (FAQ_ZH_TRADITIONAL, "big5"), (FAQ_JA, "cp932")])
+def test_legacy_chinese_and_japanese_encodings_are_read(text, encoding):
+    data = text.encode("gbk" if encoding == "gb18030" else encoding)
+    assert decode_text(data) == (text, encoding)
+
+
+@pytest.mark.parametrize("text,encoding", [("question,answer\nКак заблокировать карту?,Позвоните нам.\n", "cp1251"),
+                                           ("question,answer\nКак заблокировать карту?,Позвоните нам.\n", "koi8_r"),
+                                           ("question,answer\nكيف أوقف بطاقتي؟,اتصل بخدمة العملاء.\n", "cp1256")])
+def test_other_legacy_code_pages_are_refused_not_read_as_mojibake(text, encoding):
+    with pytest.raises(ValueError, match="no Western language .*save it as UTF-8"):
+        decode_text(text.encode(encoding))
+
+
+@pytest.mark.parametrize("text", ["Größe und Gewicht", "He said “don’t” – it costs €5 … £3 • 20°C",
+                                  "¿Cómo bloqueo mi tarjeta? ¡Ahora!", "Ça coûte 5 € à l’année, naïve Zoë"])
+def test_western_windows_1252_is_still_read(text):
+    assert decode_text(text.encode("cp1252")) == (text, "cp1252")
+
+
+def test_text_is_read_in_composed_form_so_labels_match_as_typed():
+    import unicodedata
+    decomposed = unicodedata.normalize("NFD", "text,label\nÜberweisung,gebühren\n")
+    assert decode_text(decomposed.encode())[0] == "text,label\nÜberweisung,gebühren\n"
+
+
+@pytest.mark.parametrize("name,content", [
+    ("ids.csv", "ID;Frage;Antwort\nk1;Wie ändere ich meine PIN?;In der App unter Karten.\n"),
+    ("keys.json", '[{"frage": "Wie ändere ich meine PIN?", "antwort": "In der App unter Karten."}]'),
+    ("faq.txt", "Frage: Wie ändere ich meine PIN?\nAntwort: In der App unter Karten.\n"
+                "Frage: Was kostet eine Überweisung?\nAntwort: Nichts.\n"),
+    ("faq_zh.txt", "问：如何修改密码？\n答：在手机银行修改。\n问：营业时间？\n答：周一至周五。\n")])
+def test_knowledge_named_in_other_languages(tmp_path, name, content):
+    docs = load_knowledge(write(tmp_path / name, content))
+    assert docs[0].title in ("Wie ändere ich meine PIN?", "如何修改密码？")
+    assert docs[0].text in ("In der App unter Karten.", "在手机银行修改。")
+    assert len(docs) == (2 if name.endswith(".txt") else 1)
+
+
+def test_intent_columns_named_in_other_languages(tmp_path):
+    data = read_intent_file(write(tmp_path / "zh.csv", "文本,意图\n我的卡丢了,挂失\n忘记密码了,密码\n"))
+    assert (data.text_column, data.label_column, data.texts, data.labels) == (
+        "文本", "意图", ["我的卡丢了", "忘记密码了"], ["挂失", "密码"])
+
+
+def test_keyword_search_folds_width_and_keeps_vowel_signs():
+    from apps.customer_service.retrieval import lexical_terms
+    assert lexical_terms("ＡＴＭ Gebühren") == ["atm", "gebühren"]
+    assert lexical_terms("मेरा कार्ड खो गया") == ["मेरा", "कार्ड", "खो", "गया"]

@@ -100,7 +100,7 @@ def test_json_lists_of_texts_give_a_row_each_and_several_labels_are_refused(tmp_
 # ---- headers ----
 
 def test_headers_in_other_scripts_or_naming_only_the_labels_are_headers(tmp_path):
-    es = ("texto;intención\n¿Dónde está mi tarjeta?;tarjeta\nPerdí mi tarjeta;tarjeta\nQuiero un préstamo;préstamo\n"
+    es = ("metin;niyet\n¿Dónde está mi tarjeta?;tarjeta\nPerdí mi tarjeta;tarjeta\nQuiero un préstamo;préstamo\n"
           "Necesito dinero ahora;préstamo\n")
     data = read_intent_file(write(tmp_path / "es.csv", es, "cp1252"))
     assert (data.header, data.texts[0], data.labels[-1]) == (True, "¿Dónde está mi tarjeta?", "préstamo")
@@ -122,7 +122,7 @@ def test_headers_in_other_scripts_or_naming_only_the_labels_are_headers(tmp_path
 
 
 def test_a_faq_table_with_a_header_in_another_language_is_not_a_passage(tmp_path, caplog):
-    path = write(tmp_path / "frage.csv", "Frage;Antwort\nWie sperre ich meine Karte?;In der App unter Karten.\n"
+    path = write(tmp_path / "frage.csv", "Kysymys;Vastaus\nWie sperre ich meine Karte?;In der App unter Karten.\n"
                                          "Was kostet eine Überweisung?;Nichts im Inland.\n")
     with caplog.at_level(logging.WARNING, "data_connectors.knowledge"):
         docs = load_knowledge(path)
@@ -402,7 +402,7 @@ def test_a_repeated_json_key_is_reported_on_its_own_lines(tmp_path):
 
 
 def test_a_three_word_header_over_capitalised_labels_is_a_header(tmp_path):
-    data = read_intent_file(write(tmp_path / "es.csv", "Texto del cliente,Categoría\nhola buenos días,Saludo\n"
+    data = read_intent_file(write(tmp_path / "es.csv", "Müşteri metni,Sınıf\nhola buenos días,Saludo\n"
                                   "buenos días a todos,Saludo\ndónde está mi tarjeta,Tarjeta\nmi tarjeta no ha llegado,"
                                   "Tarjeta\n"))
     assert (data.header, data.texts[0], data.labels[0]) == (True, "hola buenos días", "Saludo")
@@ -473,10 +473,10 @@ def test_chat_index_prints_the_readers_warnings(tmp_path, monkeypatch, capsys):
         raise ValueError("stop before embedding")
 
     monkeypatch.setattr(retrieval.KnowledgeIndex, "build", staticmethod(build))
-    faq = write(tmp_path / "faq.csv", "Frage;Antwort\n" + "\n".join(FAQ_DE) + "\n")
+    faq = write(tmp_path / "faq.csv", "Kysymys;Vastaus\n" + "\n".join(FAQ_DE) + "\n")
     assert main(["chat", "index", "--kb", str(faq), "--out", str(tmp_path / "index")]) == 2
     err = capsys.readouterr().err
-    assert built["docs"] == 4 and f"warning: {faq}: the first row ['Frage', 'Antwort'] was read as a header" in err
+    assert built["docs"] == 4 and f"warning: {faq}: the first row ['Kysymys', 'Vastaus'] was read as a header" in err
 
 
 def test_every_reader_warning_starts_with_the_file(tmp_path):

@@ -248,3 +248,12 @@ def test_a_model_trained_on_another_language_never_answers_english_only(tmp_path
                     DialogueConfig.load())
     reply = bot.reply("g", "Ich habe eine Frage zu meinem Konto")
     assert reply.text.startswith("Sorry, I'm not sure I understood")   # not understood, never "English only"
+
+
+def test_chinese_phrases_match_inside_a_message_and_long_chinese_quotes_are_cut_at_their_length():
+    from apps.customer_service.dialogue import _clip, _phrases
+
+    handoff = _phrases(["转人工", "human agent"])
+    assert handoff.search("我要转人工") and handoff.search("a human agent please") and not handoff.search("humane")
+    assert _clip("注意 " + "请" * 300, 100) == "注意 " + "请" * 97 + " …"
+    assert _clip("one two three four", 12) == "one two …"

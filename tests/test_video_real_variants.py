@@ -130,6 +130,15 @@ def test_a_flash_is_not_a_cut_but_an_insert_still_is():
     assert [s.start_frame for s in detect_shots(cut, 24.0)] == [0, 20]
 
 
+@pytest.mark.parametrize("hold", [1, 2, 3, 4])
+def test_held_frames_are_no_cuts(hold):
+    """Footage of 10 fps in a 30 fps file, animation on threes, slow motion by repeats: every frame held
+    `hold` times. Only the real cut is one (bikes.mp4 at 10 fps in 30: 23 shots before, its 6 now)."""
+    fast = np.concatenate([panning(16, seed=2, speed=3), panning(16, seed=5, speed=3)])
+    held = np.repeat(fast, hold, axis=0)
+    assert [s.start_frame for s in detect_shots(held, 10.0 * hold)] == [0, 16 * hold]
+
+
 def test_a_flash_that_fades_over_its_frames_is_not_a_cut():
     clip = panning(40, seed=2)
     flash = clip.astype(int)

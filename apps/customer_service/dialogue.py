@@ -310,15 +310,23 @@ class Answer:
 
 
 def _phrases(words: tuple[str, ...] | list[str]) -> re.Pattern:
-    """A case-insensitive pattern matching any of `words` as whole words (longest first)."""
-    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    return re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE)
+    """A case-insensitive pattern matching any of `words` as whole words (longest first); a phrase's end in
+    Chinese or Japanese needs no word boundary ("转人工" inside "我要转人工")."""
+    def bounded(w: str) -> str:
+        return "".join(("" if _CJK_CHAR.match(w[:1]) else r"\b", re.escape(w),
+                        "" if _CJK_CHAR.match(w[-1:]) else r"\b"))
+    return re.compile("(?:" + "|".join(bounded(w) for w in sorted(words, key=len, reverse=True)) + ")", re.IGNORECASE)
 
 
 def _clip(text: str, chars: int) -> str:
-    """`text` cut at a word boundary to about `chars` characters, with an ellipsis if cut."""
+    """`text` cut at a word boundary to about `chars` characters, with an ellipsis if cut (at `chars` itself
+    when the last space lies in its first half: text written without spaces)."""
     text = " ".join(text.split())
-    return text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0] + " …"
+    if len(text) <= chars:
+        return text
+    head = text[:chars]
+    cut = head.rsplit(" ", 1)[0]
+    return (cut if len(cut) >= chars // 2 else head) + " …"
 
 
 def missing_actions(config: DialogueConfig, actions: ActionRegistry) -> set[str]:

@@ -20,6 +20,7 @@ import math
 import re
 import shutil
 import time
+import unicodedata
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ VECTORS, CHUNKS, MANIFEST = "index.faiss", "chunks.json", "manifest.json"
 # Chinese and Japanese text is chunked by character (text_files.WORD) and BM25 indexes the characters
 # and their bigrams.
 _WORD = WORD
+_LEXICAL_WORD = re.compile(r"(?:\w|[\u0300-\u036f\u0900-\u0dff\u0e00-\u0eff\u1000-\u109f])+")   # marks too
 _CJK_RUNS = re.compile(rf"([{CJK_CHARS}]+)|[^{CJK_CHARS}]+")  # group 1 set for a run of CJK characters
 
 
@@ -154,10 +156,11 @@ def default_embedder() -> Embedder:
 
 
 def lexical_terms(text: str) -> list[str]:
-    """Lower-cased word tokens, as BM25 sees them; text in scripts written without spaces (Chinese,
-    Japanese) gives its characters and their bigrams."""
+    """Case-folded word tokens in compatibility form (NFKC: "ＡＴＭ" is "atm"), as BM25 sees them, vowel signs
+    kept inside their words (Hindi, Thai); text in scripts written without spaces (Chinese, Japanese) gives
+    its characters and their bigrams."""
     terms = []
-    for word in re.findall(r"\w+", text.lower()):
+    for word in _LEXICAL_WORD.findall(unicodedata.normalize("NFKC", text).casefold()):
         for run in _CJK_RUNS.finditer(word):
             cjk = run.group(1)
             terms += [run.group()] if cjk is None else list(cjk) + [cjk[i:i + 2] for i in range(len(cjk) - 1)]

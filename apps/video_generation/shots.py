@@ -182,10 +182,25 @@ def _compensated(grey_Fhw: np.ndarray, lo_Fhw: np.ndarray, hi_Fhw: np.ndarray) -
     return scores_F
 
 
-def _local_baseline(scores_F: np.ndarray, i: int, cfg: ShotConfig) -> tuple[float, float]:
-    """Median and MAD of the pair scores around pair i (pair i itself and its neighbours excluded)."""
+def held_pairs(grey_Fhw: np.ndarray, tol: float = 8 / 255, share: float = 0.001) -> np.ndarray:
+    """held[i] for i >= 1: frame i repeats frame i - 1 (fewer than `share` of its pixels differ by more than
+    `tol`): footage of 10 fps in a 30 fps file, animation on threes, slow motion by repeated frames."""
+    held_F = np.zeros(len(grey_Fhw), dtype=bool)
+    if len(grey_Fhw) > 1:
+        held_F[1:] = (np.abs(np.diff(grey_Fhw, axis=0)) > tol).mean(axis=(1, 2)) < share
+    return held_F
+
+
+def _local_baseline(scores_F: np.ndarray, i: int, cfg: ShotConfig,
+                    held_F: np.ndarray | None = None) -> tuple[float, float]:
+    """Median and MAD of the pair scores around pair i (pair i itself and its neighbours excluded). Held pairs
+    (held_F: a frame repeated) are left out when at least 3 others remain: between repeats the footage's real
+    changes come all at once, and a baseline of the repeats' zeros would make each of them a cut."""
     lo, hi = max(1, i - cfg.window), min(len(scores_F), i + cfg.window + 1)
     around = np.concatenate([scores_F[lo:max(lo, i - 1)], scores_F[min(hi, i + 2):hi]])
+    if held_F is not None:
+        moving = around[~np.concatenate([held_F[lo:max(lo, i - 1)], held_F[min(hi, i + 2):hi]])]
+        around = moving if moving.size >= 3 else around
     if around.size == 0:
         return 0.0, 0.0
     med = float(np.median(around))
@@ -193,18 +208,18 @@ def _local_baseline(scores_F: np.ndarray, i: int, cfg: ShotConfig) -> tuple[floa
 
 
 def _hard_cuts(scores_F: np.ndarray, min_len: int, cfg: ShotConfig, floor: float | None = None,
-               flashes: bool = True) -> list[tuple[int, float]]:
-    """Pairs whose score stands out of its window, and out-scores by `peak_ratio` every other pair
-    closer than a shot's minimum length (renderer jitter and flicker make lone bumps, not peaks);
-    `floor` (default cfg.cut_floor) is the least score of a cut. With `flashes`, two such pairs
-    close together are both kept (the two cuts of a short flash)."""
+               flashes: bool = True, held_F: np.ndarray | None = None) -> list[tuple[int, float]]:
+    """Pairs whose score stands out of its window (held pairs, held_F, left out of it: _local_baseline), and
+    out-scores by `peak_ratio` every other pair closer than a shot's minimum length (renderer jitter and
+    flicker make lone bumps, not peaks); `floor` (default cfg.cut_floor) is the least score of a cut. With
+    `flashes`, two such pairs close together are both kept (the two cuts of a short flash)."""
     floor = cfg.cut_floor if floor is None else floor
     candidates = []
     for i in range(1, len(scores_F)):
         s = scores_F[i]
         if s < floor:
             continue
-        med, mad = _local_baseline(scores_F, i, cfg)
+        med, mad = _local_baseline(scores_F, i, cfg, held_F)
         if s > med + cfg.mad_k * mad and s > cfg.ratio * med:
             candidates.append(i)
     others_F = scores_F.copy()
@@ -340,7 +355,8 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
     hist_F = _hist_steps(hist_FB)
     scores_F = _scores(hist_F, grey_Fhw, cfg)
     min_len = max(1, int(round(cfg.min_shot_s * fps)))
-    cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, min_len, cfg)]
+    held_F = held_pairs(grey_Fhw)
+    cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, min_len, cfg, held_F=held_F)]
     lo_Fhw, hi_Fhw = _grey_ranges(grey_Fhw, cfg.shift_radius)     # also the dissolves' motion range
     shift_F = _compensated(grey_Fhw, lo_Fhw, hi_Fhw)
     cuts += [(i, float(scores_F[i]), "cut") for i in _sure_cuts(hist_F, shift_F, cfg)
@@ -352,7 +368,7 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
         radius = max(cfg.shift_radius, round(cfg.shift_radius * cfg.shift_fps / fps))
         cuts += [(i, float(scores_F[i]), "cut") for i, _ in _hard_cuts(
             shift_F if radius == cfg.shift_radius else compensated_scores(grey_Fhw, radius),
-            min_len, cfg, cfg.shift_floor, flashes=False)]
+            min_len, cfg, cfg.shift_floor, flashes=False, held_F=held_F)]
     if cfg.gradual:
         flat_F = grey_Fhw.std(axis=(1, 2)) < cfg.flat_std   # flat frames (black, white): where fades meet
         spans = _merge_fades(_gradual(grey_Fhw, hist_FB, lo_Fhw, hi_Fhw, fps, cfg), flat_F,
