@@ -113,6 +113,21 @@ def test_object_motion_direction():
     assert d.camera == "static" and d.motion_direction == "right" and d.motion_word in ("moderate", "strong")
 
 
+@pytest.mark.parametrize("fps", [24, 30])
+@pytest.mark.parametrize("px_per_frame", [8, 12, 16])   # at 320 wide: 0.6 to 1.5 frame widths a second
+def test_a_fast_object_over_a_still_backdrop_keeps_its_direction(px_per_frame, fps):
+    """Further than the trackers reach over the flow pairs' tenth of a second, an object read slow and the wrong
+    way (12 px at 24 fps and 16 at 30 fps: "to the left"); a pair one frame apart reads it."""
+    frames = np.full((30, 180, 320, 3), 40, np.uint8)
+    patch = _texture(48, 48, seed=1)
+    for f in range(30):
+        x = 10 + px_per_frame * f * 24 // fps
+        if x + 48 <= 320:
+            frames[f, 66:114, x:x + 48] = patch
+    d = describe_shot(frames, float(fps))
+    assert d.camera == "static" and d.motion_direction == "right" and d.motion_word in ("moderate", "strong")
+
+
 @pytest.mark.parametrize("move", ["pan_left", "pan_right", "zoom_in", "zoom_out"])
 def test_camera_movement_from_global_flow(move):
     scene = _texture(240, 400, seed=2)

@@ -485,6 +485,7 @@ class DescribeConfig:
     flow_width: int = 160            # frames are downscaled to this width for optical flow
     flow_pairs_per_s: float = 10.0   # flow is measured between frames 1/this seconds apart, or closer where the
     flow_reach: float = 0.08         # picture moves further than this share of its width between them
+    short_pair_gain: float = 2.0     # ... and a pair one new frame apart replaces one that reads this many times slower
     kmeans_k: int = 5                # colour clusters in Lab
     colour_pixels: int = 6000        # pixels sampled for k-means
     min_colour_share: float = 0.12   # colours covering less of the frame are not named
@@ -635,8 +636,18 @@ def flow_summary(frames_FHW3: np.ndarray, fps: float, cfg: DescribeConfig | None
     rows = []
     for s, e in zip(firsts_P[pick], seconds_P[pick]):
         a, b = grey_F[s], grey_F[e]
-        flow_hw2 = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-        rows.append(np.array(_pair_motion(a, b, flow_hw2)) * fps / (e - s))   # per second
+        flow_hw2 = cv2.calcOpticalFlowFarneback(a, b, None, *FARNEBACK)
+        row = np.array(_pair_motion(a, b, flow_hw2)) * fps / (e - s)   # per second
+        n = int(np.searchsorted(new_N, s + 1))
+        if n < len(new_N) and new_N[n] < e:
+            # An object moving further than the trackers reach between the pair's frames reads slow and without
+            # direction (whole-frame moves are kept in reach by _within_reach, objects are not): the pair from
+            # its first frame to the next new one is taken instead when it reads `short_pair_gain` times faster.
+            c = grey_F[new_N[n]]
+            short = np.array(_pair_motion(a, c, cv2.calcOpticalFlowFarneback(a, c, None, *FARNEBACK)))
+            if short[3] * fps / (new_N[n] - s) > cfg.short_pair_gain * row[3]:
+                row = short * fps / (new_N[n] - s)
+        rows.append(row)
     rows_P7 = np.array(rows)
     # Camera: the median pair (robust to a few bad pairs), a translation only where few pairs move the other way
     # (a shaking hand-held camera goes back and forth: no pan; a pair the trackers lost reads 0, no vote against);
@@ -711,6 +722,8 @@ def camera_model(a_hw: np.ndarray, b_hw: np.ndarray) -> tuple[float, float, floa
 # The residual flow's noise level is read at this percentile (not the median: an object covering over half
 # the frame while the camera stands still would raise the bar above its own speed and count as no motion).
 MOTION_NOISE_PERCENTILE = 20
+# Farneback's pyramid scale, levels, window, iterations, polynomial size and sigma, flags
+FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)
 
 
 def _pair_motion(a_hw: np.ndarray, b_hw: np.ndarray, flow_hw2: np.ndarray) -> tuple[float, ...]:
