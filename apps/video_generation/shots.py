@@ -487,6 +487,7 @@ class DescribeConfig:
     flow_reach: float = 0.08         # picture moves further than this share of its width between them
     short_pair_gain: float = 2.0     # ... and a pair one new frame apart replaces one that reads this many times slower
     kmeans_k: int = 5                # colour clusters in Lab
+    kmeans_runs: int = 3             # ... in this many k-means runs, their shares averaged
     colour_pixels: int = 6000        # pixels sampled for k-means
     min_colour_share: float = 0.12   # colours covering less of the frame are not named
     pan_thresh: float = 0.05         # camera translation (frame widths per second) that counts as a pan
@@ -551,7 +552,10 @@ def brightness_word(level: float) -> str:
 def dominant_colours(frames_FHW3: np.ndarray, cfg: DescribeConfig | None = None,
                      seed: int = 0) -> list[tuple[str, float]]:
     """[(colour name, share of pixels)], largest first: k-means in Lab over sampled pixels, clusters
-    named and merged by name; names under `min_colour_share` are left out."""
+    named and merged by name, the shares averaged over `kmeans_runs` runs (a cluster whose centre sits near
+    the border of two names, dark green and black, takes one name in one run and the other in the next: a
+    3% logo or a 2-pixel crop flipped a colour in or out of the caption); names under `min_colour_share` are
+    left out."""
     cfg = cfg or DescribeConfig()
     rng = np.random.default_rng(seed)
     sample_F = _sample(frames_FHW3, cfg.max_frames)
@@ -560,17 +564,20 @@ def dominant_colours(frames_FHW3: np.ndarray, cfg: DescribeConfig | None = None,
     lab_N3 = np.concatenate(lab)
     lab_N3 = lab_N3[rng.choice(len(lab_N3), size=min(cfg.colour_pixels, len(lab_N3)), replace=False)]
     k = min(cfg.kmeans_k, len(np.unique(lab_N3.round(1), axis=0)))
+    runs = []
     if k <= 1:
-        centres, labels = lab_N3.mean(axis=0, keepdims=True), np.zeros(len(lab_N3), dtype=np.int32)
+        runs.append((lab_N3.mean(axis=0, keepdims=True), np.zeros(len(lab_N3), dtype=np.int32)))
     else:
-        cv2.setRNGSeed(seed)
         criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
-        _, labels, centres = cv2.kmeans(lab_N3.astype(np.float32), k, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
-        labels = labels.ravel()
+        for run in range(cfg.kmeans_runs):
+            cv2.setRNGSeed(seed + run)
+            _, labels, centres = cv2.kmeans(lab_N3.astype(np.float32), k, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+            runs.append((centres, labels.ravel()))
     shares: dict[str, float] = {}
-    for c, centre in enumerate(centres):
-        name = _lab_name(*map(float, centre))
-        shares[name] = shares.get(name, 0.0) + float((labels == c).mean())
+    for centres, labels in runs:
+        for c, centre in enumerate(centres):
+            name = _lab_name(*map(float, centre))
+            shares[name] = shares.get(name, 0.0) + float((labels == c).mean()) / len(runs)
     ranked = sorted(shares.items(), key=lambda kv: -kv[1])
     named = [(n, round(s, 3)) for n, s in ranked if s >= cfg.min_colour_share]
     return named or [(ranked[0][0], round(ranked[0][1], 3))]
@@ -823,26 +830,41 @@ def camera_movement(flow: FlowSummary, cfg: DescribeConfig | None = None) -> str
     return "static"
 
 
-def content_box(frames_FHW3: np.ndarray, dark: int = 32, min_bar: float = 0.02,
-                min_keep: float = 0.5) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) rows/columns of the picture inside letterbox or pillarbox bars: edge
-    rows/columns dark (grey < `dark`) in at least 98 % of their pixels in every sampled frame. Bars thinner
-    than `min_bar` of a side are kept, and when cropping would leave less than `min_keep` of a side (a
-    night scene, a black clip) nothing is cropped."""
+def content_box(frames_FHW3: np.ndarray, dark: int = 64, uniform: float = 0.8, spread: int = 12,
+                min_bar: float = 0.02, min_keep: float = 0.5) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) rows/columns of the picture inside letterbox or pillarbox bars: edge rows /
+    columns of one dark level (grey median under `dark`, at least `uniform` of their pixels within `spread`
+    of it: black or dark grey bars, subtitles burned into them allowed) in every sampled frame, that level
+    the same in all of them. Bars thinner than `min_bar` of a side are kept, and when cropping would leave
+    less than `min_keep` of a side (a night scene, a black clip) nothing is cropped."""
     sample_NHW = np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in _sample(frames_FHW3, 8)])
-    dark_N_HW = sample_NHW < dark
-    rows_H = (dark_N_HW.mean(axis=2) >= 0.98).all(axis=0)
-    cols_W = (dark_N_HW.mean(axis=1) >= 0.98).all(axis=0)
+
+    def bar_lines(lines_NLP: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[N frames, L lines, P pixels of a line] -> (bar lines [L], dark lines [L]: median under `dark`)."""
+        level_NL = np.median(lines_NLP, axis=2)
+        near_NL = (np.abs(lines_NLP.astype(np.int16) - level_NL[..., None]) <= spread).mean(axis=2)
+        steady_L = np.ptp(level_NL, axis=0) <= spread / 2
+        dark_L = (level_NL < dark).all(axis=0)
+        return dark_L & (near_NL >= uniform).all(axis=0) & steady_L, dark_L
+
+    rows_H, dark_rows_H = bar_lines(sample_NHW)
+    cols_W, dark_cols_W = bar_lines(sample_NHW.transpose(0, 2, 1))
     H, W = rows_H.size, cols_W.size
 
-    def edges(line: np.ndarray, n: int) -> tuple[int, int]:
+    def edges(line: np.ndarray, dark_line: np.ndarray, n: int) -> tuple[int, int]:
         lo = int(np.argmin(line)) if not line.all() else n
         hi = n - int(np.argmin(line[::-1])) if not line.all() else 0
+        # bars come in pairs of one width: the narrower one found reaches as far as the other where its lines
+        # are dark throughout (subtitles burned into a bar make its lines no longer of one level)
+        if hi > n - lo and dark_line[n - lo:hi].all():
+            hi = n - lo
+        elif lo < n - hi and dark_line[lo:n - hi].all():
+            lo = n - hi
         lo = lo if lo >= min_bar * n else 0
         hi = hi if n - hi >= min_bar * n else n
         return (lo, hi) if hi - lo >= min_keep * n else (0, n)
-    top, bottom = edges(rows_H, H)
-    left, right = edges(cols_W, W)
+    top, bottom = edges(rows_H, dark_rows_H, H)
+    left, right = edges(cols_W, dark_cols_W, W)
     return top, bottom, left, right
 
 
