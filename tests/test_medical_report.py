@@ -201,3 +201,14 @@ def test_a_parts_size_and_a_word_broken_at_a_line_end():
                                   "Increased density in the RLL consistent with consolidation."])
 def test_findings_that_are_no_lung_nodule(text):
     assert _read(text) == []
+
+
+@pytest.mark.parametrize("text,lobes", [("No nodule in the RUL or LLL.", [RUL, LLL]),
+                                        ("No nodules in the right upper and left lower lobes.", [RUL, LLL]),
+                                        ("No nodules in the left upper and lower lobes.", ["left upper lobe", LLL])])
+def test_a_denial_of_several_lobes_denies_each(text, lobes):
+    assert _read(text) == [(None, lobe, True, None) for lobe in lobes]
+
+
+def test_a_finding_in_two_lobes_named_together_is_placed_in_the_first():
+    assert _read("Nodules in the right upper and middle lobes.") == [(None, RUL, False, None)]

@@ -59,10 +59,15 @@ _NODULAR_NOT_NODULE = re.compile(r"\bnodular\s+(?:scar\w*|thicken\w*|pleural|sep
                                  re.I)
 _ABBREV = {"rul": "right upper lobe", "rml": "right middle lobe", "rll": "right lower lobe",
            "lul": "left upper lobe", "lll": "left lower lobe"}
+_AND_LOBES = r"(?=(?:\s*,\s*|\s+(?:and|or)\s+)(?:(?:right|left)\s+)?(?:upper|middle|lower)\s+lobes\b)"
 _LOBE_PATTERNS = (
     (re.compile(r"\b(right|left|rt|lt|r|l)\.?[\s-]+(upper|middle|lower)\s+lobes?\b", re.I),
      lambda m: (_SIDE_WORDS[m[1].lower()], m[2])),
     (re.compile(r"\b(middle)\s+lobes?\b", re.I), lambda m: ("right", m[1])),   # only the right lung has one
+    # "right upper and left lower lobes", "left upper and lower lobes": the first lobe, and the second's side
+    (re.compile(rf"\b(right|left)\s+(upper|middle|lower){_AND_LOBES}", re.I), lambda m: (m[1], m[2])),
+    (re.compile(r"\b(right|left)\s+(?:upper|middle|lower)(?:\s*,\s*|\s+(?:and|or)\s+)(?P<at>upper|middle|lower)\s+"
+                r"lobes\b", re.I), lambda m: (m[1], m[2])),
     (re.compile(r"\b(upper|middle|lower)\s+lobes?\s+of\s+the\s+(right|left)\b", re.I), lambda m: (m[2], m[1])),
     (re.compile(r"\b(right|left)\s+(?:lung\s+)?(apex|apical|base|basal|basilar)\b", re.I),
      lambda m: (m[1], "upper" if m[2].lower().startswith("ap") else "lower")),
@@ -196,7 +201,7 @@ def _lobes_named(clause: str) -> list[tuple[int, str, str]]:
             side, part = (s.lower() for s in to_parts(m))
             if side == "left" and part == "middle":
                 part = "upper"  # the left lung has no middle lobe; the lingula belongs to the upper
-            found.append((m.start(), f"{side} {part} lobe", side))
+            found.append((m.start("at" if "at" in pattern.groupindex else 0), f"{side} {part} lobe", side))
     return sorted(found)
 
 
@@ -288,6 +293,10 @@ def _clause_mentions(clause: str, s_i: int, section_lobe: tuple[str, str] | None
         return Mention(clause, s_i, size, lobe, side, negated, parse_density(piece) or parse_density(clause))
 
     if len(sizes) <= 1:
+        lobes = list(dict.fromkeys(lobe for _, lobe, _ in _lobes_named(clause)))
+        if negated and len(lobes) > 1:   # "no nodule in the RUL or LLL" denies both
+            return [Mention(clause, s_i, sizes[0][2] if sizes else None, lobe, lobe.split()[0], True,
+                            parse_density(clause)) for lobe in lobes]
         return [mention(sizes[0][2] if sizes else None, clause)]
     # Several sizes in one clause: "6 mm in the RUL and 4 mm in the LLL" gives each size the text from it to
     # the next size; "RUL 6 mm, LLL 4 mm" (a lobe before the first size) the text from the lobe named
