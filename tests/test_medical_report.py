@@ -212,3 +212,25 @@ def test_a_denial_of_several_lobes_denies_each(text, lobes):
 
 def test_a_finding_in_two_lobes_named_together_is_placed_in_the_first():
     assert _read("Nodules in the right upper and middle lobes.") == [(None, RUL, False, None)]
+
+
+@pytest.mark.parametrize("text", [
+    "TECHNIQUE:\nCT of the chest without contrast.\n\nCOMPARISON: None.\n\nFINDINGS: There is a 6 mm nodule in the RUL.",
+    "INDICATION:\nFollow-up.\n\nThere is a 6 mm nodule in the RUL.",
+    "FINDINGS:\n\tThere is a 6 mm nodule in the right upper\n\tlobe.",          # indented, not a table
+    "A 6 mm opacity in the right upper lobe, suspicious for infection or malignancy.",   # sized: a nodule
+    "A 6 mm nodule in the right upper lobe with lobulated nodular margins.",
+    "The RUL nodule measures 6 mm on 4/112.",                                  # series / image, not a date
+    "A 6 mm nodule in the right upper lobe. It is 3 cm anterior to the fissure.",
+    "Pneumothorax: No. 6 mm nodule in the right upper lobe.",
+    "6 mm superior segment RUL nodule."])
+def test_a_section_ends_and_nodule_words_in_other_roles_keep_the_nodule(text):
+    """Review of the layouts change: each of these lost its nodule, its size or its lobe, or was negated."""
+    assert _read(text)[-1][:3] == (6.0, RUL, False)
+
+
+def test_an_indented_denial_and_a_nodule_by_the_heart_are_read():
+    assert _read("IMPRESSION:\n\tNo pulmonary nodules.") == [(None, None, True, None)]
+    assert _read("A 4 mm nodule near the left heart border.") == [(4.0, "left", False, None)]
+    assert [m.lobe for m in find_mentions("Nodule in the RUL, 6 mm max. Another nodule in the LLL.")[1]] == [RUL, LLL]
+

@@ -35,12 +35,12 @@ _EARLIER = re.compile(r"(?:\b(?:previously|(?<!ranging\s)(?<!range\s)from|compar
                       r"(?:measur\w*\s+|at\s+)?\(?|\(\s*prior:?)\s*$", re.I)
 # ... or one dated after it ("4 mm on the prior exam", "(4 mm on 2023-01-05)", "4 mm in 2021")
 _EARLIER_AFTER = re.compile(r"^\s*\)?\s*(?:on|in|at)\s+(?:the\s+)?(?:prior|previous|earlier|last|comparison|"
-                            r"baseline|\d{4}\b|\d{1,2}[/.-]\d)", re.I)
+                            r"baseline|\d{4}\b|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b)", re.I)
 # ... a solid component's or a scan's ("with a 4 mm solid component", "on 5 mm slices")
 _NOT_A_NODULE_SIZE = re.compile(r"^\s*-?\s*(?:(?:thin|thick|axial|contiguous|slice|section)\s+)?(?:solid\s+"
                                 r"(?:component|portion|part)|slices?|sections?|collimation|thickness|reconstructions?|"
-                                r"increments?|cavit\w*|from|away|below|above|beneath|(?:inferior|superior|lateral|"
-                                r"medial|deep)\s+to)\b", re.I)
+                                r"increments?|cavit\w*|from|away|below|above|beneath|(?:anterior|posterior|superior|inferior|"
+                                r"lateral|medial|cephalad|caudal|deep)\s+(?:to|of|from))\b", re.I)
 # ... or a part's or a margin's named before it ("solid component of 4 mm", "± 1 mm") ...
 _PART_BEFORE = re.compile(r"(?:\bsolid\s+(?:component|portion|part)s?\s*(?:of|measuring|:)?|±|\+/-)\s*$", re.I)
 # ... or, in a denial, a threshold ("no nodules > 4 mm" denies larger ones, not those of 4 mm)
@@ -98,13 +98,13 @@ _DENIAL = re.compile(r"\b(?:no|without|negative\s+for)\s+(?:(?:new|suspicious|en
 # Organs outside the lungs that a chest CT also shows: a lesion, mass or nodule there is no lung nodule.
 _ELSEWHERE = re.compile(r"\b(liver|hepatic|kidneys?|renal|adrenals?|thyroid|breasts?|spleen|splenic|pancrea\w*|"
                         r"bones?|osseous|vertebra\w*|abdom\w*|skin|subcutaneous|mediastin\w*|o?esophag\w*|ribs?|"
-                        r"axill\w*|stern\w*|chest\s+wall|pericardi\w*|cardiac|heart|thym\w*)\b", re.I)
+                        r"axill\w*|stern\w*|chest\s+wall|pericardi\w*|thym\w*)\b", re.I)
 _IN_LUNG = re.compile(r"\b(lungs?|\w*pulmonary|lingul\w*|pleura\w*|subpleural|fissur\w*|perifissural)\b", re.I)
 _CLAUSE_SPLIT = re.compile(r";|\s+(?:but|however|whereas|while)\s+|,\s+(?:and\s+)?(?=(?:an?|the|another|"
                            r"a\s+second|a\s+third|no|one|two)\b)|\s+and\s+(?=(?:an?|another|no)\s|there\s+"
                            r"(?:is|are|was|were)\b)", re.I)
 # "No nodules except for a 5 mm nodule in the RUL": what the exception names is the finding
-_EXCEPT = re.compile(r"\b(?:no|without)\b[^,;]*?\b(?:except(?:\s+for)?|apart\s+from|other\s+than|aside\s+from|"
+_EXCEPT = re.compile(r"\b(?:no|without)\b[^,;.]{0,120}?\b(?:except(?:\s+for)?|apart\s+from|other\s+than|aside\s+from|"
                      r"besides)\s+", re.I)
 # "No effusion or pneumothorax, 4 mm nodule in the RUL": a size after a comma starts a finding of its own
 _SIZED_AFTER_COMMA = re.compile(rf",\s+(?=(?:(?:small|tiny|new|stable|solid|additional|another|an?)\s+){{0,2}}"
@@ -113,13 +113,14 @@ _SIZED_AFTER_COMMA = re.compile(rf",\s+(?=(?:(?:small|tiny|new|stable|solid|addi
 _CLEAR = re.compile(r"\b(?:is|are|remains?|appears?)\s+(?:otherwise\s+)?clear\b", re.I)
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])|\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)])\s)")
 # A period that ends an abbreviation, not a sentence ("approx. 6 mm", "Se. 3, Im. 45", "Rt. lower lobe")
-_ABBREVIATION_END = re.compile(r"\b(?:approx|appr|ca|se|ser|im|img|no|nos|vs|fig|rt|lt|dr|cf|max|diam|meas|"
-                               r"e\.g|i\.e)\.$", re.I)
+_ABBREVIATION_END = re.compile(r"\b(?:approx|appr|ca|se|ser|im|img|vs|fig|rt|lt|dr|cf|diam|meas|e\.g|i\.e)\.$", re.I)
+_NUMBER_ABBREVIATION = re.compile(r"\b(?:image|series|slice|nodule|lesion|img|im|se)\s+no\.$", re.I)   # "image no. 45"
 # Sections that name findings without reporting them ("INDICATION: follow-up of a lung nodule")
 _ASIDE_SECTION = re.compile(r"^(?:clinical\s+)?(?:indications?|history|reason(?:\s+for\s+(?:the\s+)?(?:exam\w*|"
                             r"study|scan|referral))?|clinical\s+(?:information|data|details|question)|technique|"
                             r"protocol)\s*:", re.I)
 _HEADER_ONLY = re.compile(r"^[^.]{1,40}:$")
+_LABELLED = re.compile(r"^[A-Za-z][\w /&-]{0,40}:")   # a sentence opening with a section's label
 _BARE_DENIAL = re.compile(r"^(?:none|no|nil|absent|negative|n/?a|0|not\s+(?:seen|present|identified))\.?$", re.I)
 # "It measures 6 mm": a size for the finding of the sentence before
 _IT_MEASURES = re.compile(r"^(?:it|this|which)\s+(?:now\s+|currently\s+)?(?:measures?|is)\b", re.I)
@@ -163,22 +164,33 @@ class ReportReading:
 
 
 def split_sentences(text: str) -> list[str]:
+    return [sentence for _, sentence in _paragraph_sentences(text)]
+
+
+def _paragraph_sentences(text: str) -> list[tuple[int, str]]:
+    """(paragraph index, sentence) of a report's sentences; a heading on a line of its own ("FINDINGS:") is a
+    paragraph of its own, and so is each row of a table."""
     text = re.sub(r"(?<=[a-z])-[ \t]*\r?\n[ \t]*(?=[a-z])", "", text or "")   # "nod-\nule": a word broken at a line end
-    text = re.sub(r"^([^\n]*[|\t][^\n]*)\r?\n", r"\1\n\n", text, flags=re.M)   # a table's row: a sentence ...
-    text = re.sub(r"[ ]*\t[ \t]*", " | ", text)                                  # ... its cells split by "|"
+    # a table's row (cells split by "|" or tabs inside the line, not an indent) is a paragraph, cells split by "|"
+    text = re.sub(r"^([^\n]*\S[ ]*[|\t][ \t]*\S[^\n]*)\r?\n", r"\1\n\n", text, flags=re.M)
+    text = re.sub(r"(?<=\S)[ ]*\t[ \t]*(?=\S)", " | ", text)
     text = re.sub(r"[ \t\r\f\v]+", " ", text).strip()
-    # A line ending in a colon is a section header ("FINDINGS:"): its own sentence.
     text = re.sub(r"^([^\n.]{1,40}:)[ ]*\n", r"\1\n\n", text, flags=re.M)
-    sentences: list[str] = []
-    for part in _SENTENCE_SPLIT.split(text):
-        part = part.strip(" \n-*•") if part else ""
-        if not part:
-            continue
-        if sentences and _ABBREVIATION_END.search(sentences[-1]):
-            sentences[-1] += " " + part
-        else:
-            sentences.append(part)
-    return sentences
+    out: list[tuple[int, str]] = []
+    for p_i, paragraph in enumerate(re.split(r"\n\s*\n", text)):
+        joined: list[str] = []
+        for part in _SENTENCE_SPLIT.split(paragraph):
+            part = part.strip(" \n-*•") if part else ""
+            if not part:
+                continue
+            # an abbreviation's period ends no sentence (the end of the text so far is enough to look at)
+            if joined and (_ABBREVIATION_END.search(joined[-1][-16:])
+                           or (_NUMBER_ABBREVIATION.search(joined[-1][-24:]) and part[:1].isdigit())):
+                joined[-1] += " " + part
+            else:
+                joined.append(part)
+        out += [(p_i, sentence) for sentence in joined]
+    return out
 
 
 def _number(token: str) -> float:
@@ -236,32 +248,36 @@ def _clauses(sentence: str) -> list[str]:
 
 def find_mentions(text: str) -> tuple[list[str], list[Mention]]:
     """(sentences, mentions) of a report; one mention per size in a finding clause (or one, unsized)."""
-    sentences = split_sentences(text)
+    numbered = _paragraph_sentences(text)
+    sentences = [sentence for _, sentence in numbered]
     mentions: list[Mention] = []
-    aside = False                                  # inside an indication / history / technique section
-    section_lobe: tuple[str, str] | None = None    # "RIGHT UPPER LOBE:" heads the sentences after it
-    for s_i, sentence in enumerate(sentences):
-        if _HEADER_ONLY.match(sentence):
-            aside, section_lobe = bool(_ASIDE_SECTION.match(sentence)), None
+    # A heading on its own line scopes the paragraph after it; one inline ("INDICATION: follow-up of a nodule")
+    # its own paragraph. Indication / history / technique sections name nodules without reporting them.
+    aside_to = -1                                  # the last paragraph of an aside section
+    section_lobe: tuple[str, str, int] | None = None   # "RIGHT UPPER LOBE:" places its paragraph: (lobe, side, p)
+    for s_i, (p_i, sentence) in enumerate(numbered):
+        heading = _HEADER_ONLY.match(sentence)
+        if heading or _LABELLED.match(sentence):
+            aside_to = (p_i + bool(heading)) if _ASIDE_SECTION.match(sentence) else -1
+        if heading:
             lobe, side = parse_lobe(sentence)
             finding = _FINDING.search(sentence)
-            if lobe is not None and finding is None:
-                section_lobe = (lobe, side)
-            elif finding and not aside and s_i + 1 < len(sentences) and _BARE_DENIAL.match(sentences[s_i + 1]):
+            section_lobe = (lobe, side, p_i + 1) if lobe is not None and finding is None else None
+            if finding and aside_to < 0 and s_i + 1 < len(sentences) and _BARE_DENIAL.match(sentences[s_i + 1]):
                 mentions.append(Mention(sentence, s_i, None, lobe, side, True))   # "NODULES:" / "None."
             continue   # a heading names what follows; it reports nothing itself
-        if _ASIDE_SECTION.match(sentence):
+        if p_i <= aside_to:
             continue
-        if aside:
-            continue
-        clauses = _clauses(sentence)
+        placed = section_lobe[:2] if section_lobe and section_lobe[2] == p_i else None
         if (mentions and mentions[-1].sentence_index == s_i - 1 and not mentions[-1].negated
                 and _IT_MEASURES.match(sentence) and not _FINDING.search(sentence)
                 and (sizes := _nodule_sizes(sentence))):
-            mentions[-1].size_mm = sizes[-1][2]   # "A nodule is seen in the RUL. It measures 6 mm."
+            # "A nodule is seen in the RUL. It measures 6 mm." (a size already given only by "now measures")
+            if mentions[-1].size_mm is None or re.match(r"\S+\s+(?:now|currently)\b", sentence, re.I):
+                mentions[-1].size_mm = sizes[-1][2]
             continue
-        for clause in clauses:
-            mentions += _clause_mentions(clause, s_i, section_lobe)
+        for clause in _clauses(sentence):
+            mentions += _clause_mentions(clause, s_i, placed)
     return sentences, mentions
 
 
@@ -277,7 +293,8 @@ def _clause_mentions(clause: str, s_i: int, section_lobe: tuple[str, str] | None
         return []
     if _ELSEWHERE.search(clause) and not _IN_LUNG.search(clause) and parse_lobe(clause)[0] is None:
         return []   # "a 1 cm hypodense lesion in the liver", "right adrenal nodule", "anterior mediastinal mass"
-    if (_GENERIC_FINDING.match(finding[1]) and _NOT_NODULAR.search(clause)) or _NODULAR_NOT_NODULE.search(clause):
+    if ((_GENERIC_FINDING.match(finding[1]) and _NOT_NODULAR.search(clause) and not _SIZE.search(clause))
+            or (finding[1].lower().startswith("nodular") and _NODULAR_NOT_NODULE.search(clause))):
         return []   # "tree-in-bud opacities", "density ... consistent with consolidation", "nodular scarring"
     negated = is_negated(clause, finding.start(), finding.end())
     sizes = _nodule_sizes(clause, negated)
