@@ -37,7 +37,6 @@ WORD = re.compile(rf"[{CJK_CHARS}]|[^\s{CJK_CHARS}]+")  # a unit of text: one CJ
 # the file to text whose non-ASCII characters are nearly all CJK is taken.
 LEGACY_CJK = ("gb18030", "big5", "cp932", "euc_jp")
 _CJK_TEXT = re.compile(f"[{CJK_CHARS}\u3000-\u303f\uff01-\uff60]")   # with CJK punctuation, full-width forms
-_WESTERN_MARKS = set("‘’‚“”„–—…•€£°«»·¿¡§©®™\u00a0")   # non-letters Western text holds
 _NON_ASCII_WORD = re.compile(r"[^\x00-\x7f]*[^\W\d_][^\x00-\x7f]*")
 
 
@@ -77,24 +76,31 @@ def decode_text(data: bytes) -> tuple[str, str]:
 
 
 def _legacy_text(data: bytes, err: UnicodeDecodeError) -> tuple[str, str]:
-    """(text, encoding) of bytes that are not UTF-8 (err: where UTF-8 failed): Windows-1252 when it reads as
-    Western text, else the one legacy Chinese or Japanese encoding that reads them as such; TextDecodeError
-    for a damaged UTF-8 file (most of its non-ASCII bytes are UTF-8) and for everything else."""
+    """(text, encoding) of bytes that are not UTF-8 (err: where UTF-8 failed): Windows-1252 for Western text,
+    in which non-ASCII characters are a few among many ASCII ones ("10×20 cm", "don´t", "Größe"); text dense
+    in non-ASCII bytes is read by the one legacy Chinese or Japanese encoding that reads it as such, else by
+    Windows-1252 when its words still look Western, else refused (a Cyrillic, Greek or Arabic code page). A damaged or mixed UTF-8 file is an error too: one with
+    valid UTF-8 letters, or, in text mostly of non-ASCII bytes, half of them valid UTF-8 (GBK and Shift-JIS
+    text forms UTF-8 pairs by chance: about a third of their bytes)."""
     line = data[:err.start].count(b"\n") + 1
-    as_utf8 = data.decode("utf-8", "replace")
-    utf8_bytes = sum(len(c.encode()) for c in as_utf8 if ord(c) > 0x7f and c != "\ufffd")
-    if utf8_bytes > as_utf8.count("\ufffd"):
-        raise TextDecodeError(f"byte {err.start} is not UTF-8, though other non-ASCII text in the file "
-                              "is: a damaged or mixed-encoding file; save it as UTF-8", line)
+    non_ascii = sum(b > 0x7f for b in data)
+    as_utf8 = [c for c in data.decode("utf-8", "replace") if ord(c) > 0x7f and c != "\ufffd"]
     try:
         western = data.decode("cp1252")
     except UnicodeDecodeError:
         western = None
-    if western is not None and _western(western):
-        return western, "cp1252"
-    cjk = _legacy_cjk(data)
+    # dense: the lines holding non-ASCII bytes are a quarter or more of them (Chinese, Cyrillic; not "Größe")
+    lines = [ln for ln in data.split(b"\n") if any(b > 0x7f for b in ln)]
+    dense = non_ascii >= 0.25 * sum(len(ln.strip()) for ln in lines)
+    if (sum(len(c.encode()) for c in as_utf8) >= 0.5 * non_ascii
+            or (not dense and any(c.isalpha() and ord(c) < 0x250 for c in as_utf8))):
+        raise TextDecodeError(f"byte {err.start} is not UTF-8, though other non-ASCII text in the file "
+                              "is: a damaged or mixed-encoding file; save it as UTF-8", line)
+    cjk = _legacy_cjk(data) if dense else []
     if len(cjk) == 1:
         return data.decode(cjk[0]), cjk[0]
+    if western is not None and not cjk and (not dense or _western(western)):
+        return western, "cp1252"
     if cjk:
         raise TextDecodeError(f"not UTF-8 (byte {err.start}): Chinese or Japanese text in a legacy encoding that "
                               f"several read ({', '.join(cjk)}); save it as UTF-8", line)
@@ -124,15 +130,10 @@ def _legacy_cjk(data: bytes) -> list[str]:
 
 
 def _western(text: str) -> bool:
-    """Whether the non-ASCII text of a Windows-1252 reading looks Western: accented letters inside words of
-    plain ones ("café", "Überweisung") and typographic punctuation (“”–€). A Cyrillic or Arabic code page read
-    as Windows-1252 gives words of 3 or more letters with no ASCII letter at all ("Êàê", "çàáëîêèðîâàòü"),
-    Big5 or GBK symbols among the letters ("¦p¦ó±¾¥¢"): not Western when half such words, or a tenth
-    such symbols."""
-    non_ascii = [c for c in text if ord(c) > 0x7f]
-    symbols = [c for c in non_ascii if not c.isalpha() and c not in _WESTERN_MARKS]
-    if len(symbols) > 0.1 * len(non_ascii):
-        return False
+    """Whether a Windows-1252 reading dense in non-ASCII characters is still Western: accented letters inside
+    words of plain ones ("Übergrößenträger"). A Cyrillic or Arabic code page read as Windows-1252 gives words
+    of 3 or more letters with no ASCII letter at all ("Êàê", "çàáëîêèðîâàòü"): not Western when half of
+    its non-ASCII words are such."""
     words = [w for w in _NON_ASCII_WORD.findall(text) if re.search(r"[^\x00-\x7f]", w)]
     foreign = [w for w in words if len(w) >= 3 and not re.search(r"[A-Za-z]", w)]
     return not words or len(foreign) < 0.5 * len(words)

@@ -709,9 +709,16 @@ def test_other_legacy_code_pages_are_refused_not_read_as_mojibake(text, encoding
 
 
 @pytest.mark.parametrize("text", ["Größe und Gewicht", "He said “don’t” – it costs €5 … £3 • 20°C",
-                                  "¿Cómo bloqueo mi tarjeta? ¡Ahora!", "Ça coûte 5 € à l’année, naïve Zoë"])
+                                  "¿Cómo bloqueo mi tarjeta? ¡Ahora!", "Ça coûte 5 € à l’année, naïve Zoë",
+                                  "Box size?,It is 10×20 cm", "±2 mm, ½ price, 80 m², 500 ¥", "don´t and über apply",
+                                  "can´t"])
 def test_western_windows_1252_is_still_read(text):
     assert decode_text(text.encode("cp1252")) == (text, "cp1252")
+
+
+def test_utf8_and_windows_1252_mixed_in_one_file_is_an_error():
+    with pytest.raises(ValueError, match="damaged or mixed-encoding"):
+        decode_text("Café résumé ".encode() + "naïve déjà vu à côté".encode("cp1252"))
 
 
 def test_text_is_read_in_composed_form_so_labels_match_as_typed():

@@ -155,6 +155,9 @@ def test_non_utf8_bytes(http):
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
     r = http.post("/api/v1/chat/sessions/u1/handoff", content=b'{"reason": "\xe9"}', headers=JSON)
     assert r.status_code == 422
+    r = http.post("/api/v1/chat", content=json.dumps({"session_id": "u16", "message": "hello"}).encode("utf-16"),
+                  headers=JSON)   # UTF-16 JSON, which Python's json reads: answered
+    assert r.status_code == 200
 
 
 def test_control_characters_and_nul_are_cleaned(http):

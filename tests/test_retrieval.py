@@ -278,4 +278,4 @@ def test_words_weigh_more_in_a_query_the_text_model_cannot_read(tiny_embedder, t
     index.search("银行卡丢了怎么挂失", k=1)
     index.search("what does CHAPS cost", k=1)
     assert weights == [pytest.approx(unknown_share(["银行卡丢了怎么挂失"])), 0.1] and weights[0] > 0.8
-    assert unknown_share(["I lost my card", "Überweisung Gebühren"]) == 0.0
+    assert unknown_share(["I lost my card", "Überweisung Gebühren", "my 📦 never came 😡😡"]) == 0.0   # emoji: no letters

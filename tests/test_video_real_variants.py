@@ -215,6 +215,19 @@ def test_dark_grey_bars_and_subtitles_burned_into_a_bar_are_cropped(bar_level, s
     assert content_box(boxed) == (20, 92, 0, 128)
 
 
+@pytest.mark.parametrize("where", ["top", "left"])
+def test_dark_scenery_on_one_side_is_no_bar(where):
+    """A night sky over the top third, a dark wall on the left: dark grey, of one level, but with no bar of one
+    width on the other side (only black bars stand alone)."""
+    from apps.video_generation.shots import content_box
+    clip = panning(16, seed=7, h=96, w=128)
+    if where == "top":
+        clip[:, :32] = 45
+    else:
+        clip[:, :, :40] = 45
+    assert content_box(clip) == (0, 96, 0, 128)
+
+
 @pytest.mark.parametrize("seed,div,offset", [(0, 4, 60), (4, 3, 40), (7, 2, 20)])
 def test_colour_names_hold_when_two_pixels_are_cropped_from_the_border(seed, div, offset):
     """One k-means run names a cluster near the border of two names one way, the next run the other way: the

@@ -16,6 +16,7 @@ Handlers are plain functions: FastAPI runs them in its thread pool, as the model
 """
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
@@ -49,8 +50,8 @@ class _BodyLimitRoute(APIRoute):
                 body += chunk
                 if len(body) > MAX_BODY_BYTES:
                     return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, 413)
-            try:   # JSON is UTF-8 (RFC 8259); FastAPI would answer other bytes with a bare 400
-                body.decode("utf-8")
+            try:   # JSON in UTF-8 (or UTF-16/32, which Python's json detects); FastAPI answers other bytes with a 400
+                body.decode(json.detect_encoding(body))
             except UnicodeDecodeError as exc:
                 return JSONResponse({"detail": [{"loc": ["body"], "type": "value_error",
                                                  "msg": f"the body is not UTF-8 (invalid byte at offset {exc.start})"}]},

@@ -182,13 +182,11 @@ def _compensated(grey_Fhw: np.ndarray, lo_Fhw: np.ndarray, hi_Fhw: np.ndarray) -
     return scores_F
 
 
-def held_pairs(grey_Fhw: np.ndarray, tol: float = 8 / 255, share: float = 0.001) -> np.ndarray:
-    """held[i] for i >= 1: frame i repeats frame i - 1 (fewer than `share` of its pixels differ by more than
-    `tol`): footage of 10 fps in a 30 fps file, animation on threes, slow motion by repeated frames."""
-    held_F = np.zeros(len(grey_Fhw), dtype=bool)
-    if len(grey_Fhw) > 1:
-        held_F[1:] = (np.abs(np.diff(grey_Fhw, axis=0)) > tol).mean(axis=(1, 2)) < share
-    return held_F
+def held_pairs(grey_Fhw: np.ndarray) -> np.ndarray:
+    """held[i]: frame i repeats the first frame of its run (_run_starts; grey levels in [0, 1]): footage of
+    10 fps in a 30 fps file, animation on threes, slow motion by repeated frames. Slow motion by new frames
+    starts new runs."""
+    return _run_starts(list(grey_Fhw), tol=8 / 255) != np.arange(len(grey_Fhw))
 
 
 def _local_baseline(scores_F: np.ndarray, i: int, cfg: ShotConfig,
@@ -599,9 +597,10 @@ class FlowSummary:
     coherence: float                 # |mean motion vector| / mean |motion|, 0..1 (1 = all one way)
 
 
-def _run_starts(grey_F: list[np.ndarray], tol: int = 8, share: float = 0.001) -> np.ndarray:
+def _run_starts(grey_F: list[np.ndarray], tol: float = 8, share: float = 0.001) -> np.ndarray:
     """For each frame, the index of the first frame of the run of repeats it belongs to: a frame repeats the
-    run's first frame when fewer than `share` of its pixels differ from it by more than `tol` grey levels.
+    run's first frame when fewer than `share` of its pixels differ from it by more than `tol` grey levels (of
+    the frames' scale: 8 of 255, or 8 / 255 of 1).
     Animation held on twos or threes, and variable-rate footage re-timed to a constant rate, repeat frames;
     compared with the run's first frame (not the previous one), slow motion still starts new runs."""
     first_F = np.zeros(len(grey_F), dtype=np.int64)
@@ -830,28 +829,29 @@ def camera_movement(flow: FlowSummary, cfg: DescribeConfig | None = None) -> str
     return "static"
 
 
-def content_box(frames_FHW3: np.ndarray, dark: int = 64, uniform: float = 0.8, spread: int = 12,
+def content_box(frames_FHW3: np.ndarray, dark: int = 64, black: int = 32, uniform: float = 0.8, spread: int = 12,
                 min_bar: float = 0.02, min_keep: float = 0.5) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) rows/columns of the picture inside letterbox or pillarbox bars: edge rows /
     columns of one dark level (grey median under `dark`, at least `uniform` of their pixels within `spread`
     of it: black or dark grey bars, subtitles burned into them allowed) in every sampled frame, that level
-    the same in all of them. Bars thinner than `min_bar` of a side are kept, and when cropping would leave
+    the same in all of them; a bar not under `black` only as one of a pair of one width. Bars thinner than `min_bar` of a side are kept, and when cropping would leave
     less than `min_keep` of a side (a night scene, a black clip) nothing is cropped."""
     sample_NHW = np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in _sample(frames_FHW3, 8)])
 
-    def bar_lines(lines_NLP: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[N frames, L lines, P pixels of a line] -> (bar lines [L], dark lines [L]: median under `dark`)."""
+    def bar_lines(lines_NLP: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """[N frames, L lines, P pixels of a line] -> [L] each: bar lines, dark lines (median under `dark`),
+        black lines (median under `black`)."""
         level_NL = np.median(lines_NLP, axis=2)
         near_NL = (np.abs(lines_NLP.astype(np.int16) - level_NL[..., None]) <= spread).mean(axis=2)
         steady_L = np.ptp(level_NL, axis=0) <= spread / 2
         dark_L = (level_NL < dark).all(axis=0)
-        return dark_L & (near_NL >= uniform).all(axis=0) & steady_L, dark_L
+        return dark_L & (near_NL >= uniform).all(axis=0) & steady_L, dark_L, (level_NL < black).all(axis=0)
 
-    rows_H, dark_rows_H = bar_lines(sample_NHW)
-    cols_W, dark_cols_W = bar_lines(sample_NHW.transpose(0, 2, 1))
+    rows_H, dark_rows_H, black_rows_H = bar_lines(sample_NHW)
+    cols_W, dark_cols_W, black_cols_W = bar_lines(sample_NHW.transpose(0, 2, 1))
     H, W = rows_H.size, cols_W.size
 
-    def edges(line: np.ndarray, dark_line: np.ndarray, n: int) -> tuple[int, int]:
+    def edges(line: np.ndarray, dark_line: np.ndarray, black_line: np.ndarray, n: int) -> tuple[int, int]:
         lo = int(np.argmin(line)) if not line.all() else n
         hi = n - int(np.argmin(line[::-1])) if not line.all() else 0
         # bars come in pairs of one width: the narrower one found reaches as far as the other where its lines
@@ -860,11 +860,15 @@ def content_box(frames_FHW3: np.ndarray, dark: int = 64, uniform: float = 0.8, s
             hi = n - lo
         elif lo < n - hi and dark_line[lo:n - hi].all():
             lo = n - hi
+        # a grey bar without its pair of one width is dark scenery (a night sky, a wall): only black ones stand alone
+        if abs(lo - (n - hi)) > max(2, 0.1 * max(lo, n - hi)):
+            lo = lo if black_line[:lo].all() else 0
+            hi = hi if black_line[hi:].all() else n
         lo = lo if lo >= min_bar * n else 0
         hi = hi if n - hi >= min_bar * n else n
         return (lo, hi) if hi - lo >= min_keep * n else (0, n)
-    top, bottom = edges(rows_H, dark_rows_H, H)
-    left, right = edges(cols_W, dark_cols_W, W)
+    top, bottom = edges(rows_H, dark_rows_H, black_rows_H, H)
+    left, right = edges(cols_W, dark_cols_W, black_cols_W, W)
     return top, bottom, left, right
 
 

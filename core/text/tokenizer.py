@@ -64,15 +64,20 @@ def tokenize(texts: str | Sequence[str], max_length: int = MAX_LENGTH) -> TokenB
 
 
 def unknown_share(texts: Sequence[str], max_length: int = MAX_LENGTH) -> float:
-    """The share of the texts' word pieces that MiniLM's vocabulary does not hold ([UNK]): high for scripts
-    it barely covers (Chinese: a few hundred characters; Thai, Hindi...), where the text stream reads little."""
+    """The share of the texts' word pieces made of letters that MiniLM's vocabulary does not hold ([UNK]): high
+    for scripts it barely covers (Chinese: a few hundred characters; Thai), where the text stream reads little.
+    Emoji and other symbols it lacks are not counted: an English message with emoji is read."""
     tokenizer = load_tokenizer()
     unknown = total = 0
     for start in range(0, len(texts), 256):
-        for ids in tokenizer(list(texts[start:start + 256]), truncation=True, max_length=max_length,
-                             add_special_tokens=False)["input_ids"]:
-            total += len(ids)
-            unknown += sum(i == tokenizer.unk_token_id for i in ids)
+        batch = list(texts[start:start + 256])
+        encoded = tokenizer(batch, truncation=True, max_length=max_length, add_special_tokens=False,
+                            return_offsets_mapping=True)
+        for text, ids, offsets in zip(batch, encoded["input_ids"], encoded["offset_mapping"]):
+            for i, (a, b) in zip(ids, offsets):
+                if any(c.isalpha() for c in text[a:b]):
+                    total += 1
+                    unknown += i == tokenizer.unk_token_id
     return unknown / total if total else 0.0
 
 
