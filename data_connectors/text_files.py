@@ -51,12 +51,12 @@ class TextDecodeError(ValueError):
 
 def decode_text(data: bytes) -> tuple[str, str]:
     """(text, encoding) of a text file's bytes, in Unicode's composed form (NFC: "ü" one character, as typed):
-    UTF-8 (a BOM is dropped), UTF-16 with a BOM, a legacy Chinese or Japanese encoding that alone reads it as
-    such text (GB18030/GBK, Big5, Shift-JIS, EUC-JP), else Windows-1252 (spreadsheet exports; a superset of
-    Latin-1's printable characters). A file that is UTF-8 but for some bytes (damaged, or pasted together),
-    one that several CJK encodings read, one whose Windows-1252 reading is no Western text (Cyrillic or
-    Arabic code pages: "Êàê çàáëîêèðîâàòü") and bytes that decode to control characters (binary files)
-    raise TextDecodeError."""
+    UTF-8 (a BOM is dropped), UTF-16 with a BOM, else Windows-1252 for Western text (spreadsheet exports; a
+    superset of Latin-1's printable characters) or a legacy Chinese or Japanese encoding that alone reads text
+    dense in non-ASCII bytes as such (GB18030/GBK, Big5, Shift-JIS, EUC-JP): `_legacy_text`. A file that is
+    UTF-8 but for some bytes (damaged, or pasted together), one that several CJK encodings read, one whose
+    Windows-1252 reading is no Western text (Cyrillic or Arabic code pages: "Êàê çàáëîêèðîâàòü") and bytes that
+    decode to control characters (binary files) raise TextDecodeError."""
     if data.startswith(_UTF16_BOMS):
         try:
             text, encoding = data.decode("utf-16"), "utf-16"
@@ -79,9 +79,10 @@ def _legacy_text(data: bytes, err: UnicodeDecodeError) -> tuple[str, str]:
     """(text, encoding) of bytes that are not UTF-8 (err: where UTF-8 failed): Windows-1252 for Western text,
     in which non-ASCII characters are a few among many ASCII ones ("10×20 cm", "don´t", "Größe"); text dense
     in non-ASCII bytes is read by the one legacy Chinese or Japanese encoding that reads it as such, else by
-    Windows-1252 when its words still look Western, else refused (a Cyrillic, Greek or Arabic code page). A damaged or mixed UTF-8 file is an error too: one with
-    valid UTF-8 letters, or, in text mostly of non-ASCII bytes, half of them valid UTF-8 (GBK and Shift-JIS
-    text forms UTF-8 pairs by chance: about a third of their bytes)."""
+    Windows-1252 when its words still look Western, else refused (a Cyrillic, Greek or Arabic code page). A
+    damaged or mixed UTF-8 file is an error too: Western text holding valid UTF-8 letters, or dense text half of
+    whose non-ASCII bytes are valid UTF-8 (GBK and Shift-JIS text forms UTF-8 pairs by chance: about a third
+    of its bytes)."""
     line = data[:err.start].count(b"\n") + 1
     non_ascii = sum(b > 0x7f for b in data)
     as_utf8 = [c for c in data.decode("utf-8", "replace") if ord(c) > 0x7f and c != "\ufffd"]
@@ -89,7 +90,7 @@ def _legacy_text(data: bytes, err: UnicodeDecodeError) -> tuple[str, str]:
         western = data.decode("cp1252")
     except UnicodeDecodeError:
         western = None
-    # dense: the lines holding non-ASCII bytes are a quarter or more of them (Chinese, Cyrillic; not "Größe")
+    # dense: non-ASCII bytes are a quarter or more of the lines that hold any (Chinese, Cyrillic; not "Größe")
     lines = [ln for ln in data.split(b"\n") if any(b > 0x7f for b in ln)]
     dense = non_ascii >= 0.25 * sum(len(ln.strip()) for ln in lines)
     if (sum(len(c.encode()) for c in as_utf8) >= 0.5 * non_ascii

@@ -53,9 +53,8 @@ class _BodyLimitRoute(APIRoute):
             try:   # JSON in UTF-8 (or UTF-16/32, which Python's json detects); FastAPI answers other bytes with a 400
                 body.decode(json.detect_encoding(body))
             except UnicodeDecodeError as exc:
-                return JSONResponse({"detail": [{"loc": ["body"], "type": "value_error",
-                                                 "msg": f"the body is not UTF-8 (invalid byte at offset {exc.start})"}]},
-                                    422)
+                problem = f"the body is not UTF-8 (invalid byte at offset {exc.start})"
+                return JSONResponse({"detail": [{"loc": ["body"], "type": "value_error", "msg": problem}]}, 422)
 
             async def replay() -> dict:
                 return {"type": "http.request", "body": body, "more_body": False}

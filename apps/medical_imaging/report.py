@@ -39,8 +39,8 @@ _EARLIER_AFTER = re.compile(r"^\s*\)?\s*(?:on|in|at)\s+(?:the\s+)?(?:prior|previ
 # ... a solid component's or a scan's ("with a 4 mm solid component", "on 5 mm slices")
 _NOT_A_NODULE_SIZE = re.compile(r"^\s*-?\s*(?:(?:thin|thick|axial|contiguous|slice|section)\s+)?(?:solid\s+"
                                 r"(?:component|portion|part)|slices?|sections?|collimation|thickness|reconstructions?|"
-                                r"increments?|cavit\w*|from|away|below|above|beneath|(?:anterior|posterior|superior|inferior|"
-                                r"lateral|medial|cephalad|caudal|deep)\s+(?:to|of|from))\b", re.I)
+                                r"increments?|cavit\w*|from|away|below|above|beneath|(?:anterior|posterior|superior|"
+                                r"inferior|lateral|medial|cephalad|caudal|deep)\s+(?:to|of|from))\b", re.I)
 # ... or a part's or a margin's named before it ("solid component of 4 mm", "± 1 mm") ...
 _PART_BEFORE = re.compile(r"(?:\bsolid\s+(?:component|portion|part)s?\s*(?:of|measuring|:)?|±|\+/-)\s*$", re.I)
 # ... or, in a denial, a threshold ("no nodules > 4 mm" denies larger ones, not those of 4 mm)
@@ -59,6 +59,7 @@ _NODULAR_NOT_NODULE = re.compile(r"\bnodular\s+(?:scar\w*|thicken\w*|pleural|sep
                                  re.I)
 _ABBREV = {"rul": "right upper lobe", "rml": "right middle lobe", "rll": "right lower lobe",
            "lul": "left upper lobe", "lll": "left lower lobe"}
+_SIDE_WORDS = {"right": "right", "rt": "right", "r": "right", "left": "left", "lt": "left", "l": "left"}
 _AND_LOBES = r"(?=(?:\s*,\s*|\s+(?:and|or)\s+)(?:(?:right|left)\s+)?(?:upper|middle|lower)\s+lobes\b)"
 _LOBE_PATTERNS = (
     (re.compile(r"\b(right|left|rt|lt|r|l)\.?[\s-]+(upper|middle|lower)\s+lobes?\b", re.I),
@@ -74,7 +75,6 @@ _LOBE_PATTERNS = (
     (re.compile(r"\b(RUL|RML|RLL|LUL|LLL)\b", re.I), lambda m: tuple(_ABBREV[m[1].lower()].split()[:2])),
     (re.compile(r"\blingul\w*\b", re.I), lambda m: ("left", "upper")),
 )
-_SIDE_WORDS = {"right": "right", "rt": "right", "r": "right", "left": "left", "lt": "left", "l": "left"}
 _SIDE = re.compile(r"\b(right|left)\b(?!\s+(?:ventricle|atri\w+|kidney|adrenal|breast|hilum|hilar))", re.I)
 # Cues that negate a finding named after them in the same clause ...
 _NEG_BEFORE = re.compile(r"\b(no|not|without|negative\s+for|free\s+of|absence\s+of|absent|rather\s+than|"

@@ -829,13 +829,14 @@ def camera_movement(flow: FlowSummary, cfg: DescribeConfig | None = None) -> str
     return "static"
 
 
-def content_box(frames_FHW3: np.ndarray, dark: int = 64, black: int = 32, uniform: float = 0.8, spread: int = 12,
-                min_bar: float = 0.02, min_keep: float = 0.5) -> tuple[int, int, int, int]:
+def content_box(frames_FHW3: np.ndarray, dark: int = 64, black: int = 32, uniform: float = 0.8,
+                spread: int = 12, min_bar: float = 0.02, min_keep: float = 0.5) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) rows/columns of the picture inside letterbox or pillarbox bars: edge rows /
     columns of one dark level (grey median under `dark`, at least `uniform` of their pixels within `spread`
     of it: black or dark grey bars, subtitles burned into them allowed) in every sampled frame, that level
-    the same in all of them; a bar not under `black` only as one of a pair of one width. Bars thinner than `min_bar` of a side are kept, and when cropping would leave
-    less than `min_keep` of a side (a night scene, a black clip) nothing is cropped."""
+    the same in all of them; a bar not under `black` only as one of a pair of one width. Bars thinner than
+    `min_bar` of a side are kept, and when cropping would leave less than `min_keep` of a side (a night scene,
+    a black clip) nothing is cropped."""
     sample_NHW = np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in _sample(frames_FHW3, 8)])
 
     def bar_lines(lines_NLP: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
