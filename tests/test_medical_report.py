@@ -234,3 +234,20 @@ def test_an_indented_denial_and_a_nodule_by_the_heart_are_read():
     assert _read("A 4 mm nodule near the left heart border.") == [(4.0, "left", False, None)]
     assert [m.lobe for m in find_mentions("Nodule in the RUL, 6 mm max. Another nodule in the LLL.")[1]] == [RUL, LLL]
 
+
+
+def test_hl7_segments_and_old_mac_line_ends_are_lines():
+    """HL7 ends its segments with a carriage return alone: they ran together, and the patient's name (PID)
+    stood in the sentence a finding quotes."""
+    hl7 = ("MSH|^~\\&|RIS|HOSP|||202401011200||ORU^R01|1|P|2.3\rPID|1||12345||DOE^JOHN||19500101|M\r"
+           "OBX|1|TX|||FINDINGS: There is a 6 mm nodule in the right upper lobe.\r")
+    mentions = find_mentions(hl7)[1]
+    assert [(m.size_mm, m.lobe) for m in mentions] == [(6.0, RUL)] and "DOE" not in mentions[0].sentence
+    assert _read("FINDINGS:\rThere is a 6 mm nodule in the RUL.\r\rIMPRESSION:\rNodule as above.")[0][:2] == (6.0, RUL)
+
+
+def test_an_hl7_message_file_is_a_report(tmp_path):
+    from apps.medical_imaging.report import is_report_file, read_report_file
+    path = tmp_path / "A123.HL7"
+    path.write_bytes(b"MSH|^~\\&|RIS\rOBX|1|TX|||There is a 6 mm nodule in the RUL.\r")
+    assert is_report_file(path) and _read(read_report_file(path)) == [(6.0, RUL, False, None)]

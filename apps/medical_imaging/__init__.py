@@ -53,7 +53,7 @@ def register(cli: CommandTable) -> None:
                                             "NIfTI/MetaImage file")
     p.add_argument("--out", required=True, type=Path, help="output folder (findings.csv, errors.csv, studies/)")
     p.add_argument("--reports", type=Path, default=None,
-                   help="folder of reports (.txt/.md/.pdf/.docx) named <folder key a__b>, <StudyInstanceUID>, "
+                   help="folder of reports (.txt/.md/.pdf/.docx/.hl7) named <folder key a__b>, <StudyInstanceUID>, "
                         "<SeriesInstanceUID> or <AccessionNumber>, or a folder name / PatientID of one study only")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes (default: 1)")
     p.add_argument("--detector", type=Path, default=None,

@@ -295,7 +295,7 @@ def diagnose_upload(study: UploadedStudy, typed_report: str | None, filename: st
 
 def load_upload_study(zip_path: str | Path, filename: str | None = None) -> UploadedStudy:
     """The CT volume in an uploaded zip of DICOM files (or of one NIfTI / MetaImage file) and the report file
-    beside it, if any (a .txt/.md/.pdf/.docx named 'report' or after the study: _zip_report), extracted safely (data_connectors.archive) into a temporary folder
+    beside it, if any (a .txt/.md/.pdf/.docx/.hl7 named 'report' or after the study: _zip_report), extracted safely (data_connectors.archive) into a temporary folder
     that is removed afterwards. Several series of one study: the CT series with the most slices is taken (a
     warning names it); series of different patients or studies are refused. Errors and warnings name files
     inside the zip as "<zip name>/<member>", never the temporary folder. `filename`: the name the zip was sent
@@ -315,9 +315,10 @@ def load_upload_study(zip_path: str | Path, filename: str | None = None) -> Uplo
 
 
 def _zip_report(files: list[Path], tmp: str, study: str, warnings: list[str]) -> tuple[str | None, str | None]:
-    """(text, name in the zip) of the report in an unpacked upload: the one report-type file (.txt/.md/.pdf/
-    .docx) whose name says 'report' (any case) or whose stem is the study's name (the zip's, without .zip). Other
-    text files (a LICENSE.txt, a README.md) are no report: ignored with a warning; several reports: none used."""
+    """(text, name in the zip) of the report in an unpacked upload: the one report-type file (REPORT_SUFFIXES:
+    .txt, .md, .pdf, .docx, .hl7) whose name says 'report' (any case) or whose stem is the study's name (the
+    zip's, without .zip). Other text files (a LICENSE.txt, a README.md) are no report: ignored with a warning;
+    several reports: none used."""
     from .report import ReportFileError, is_report_file, read_report_file
 
     texts = [f for f in files if is_report_file(f)]

@@ -170,7 +170,8 @@ def split_sentences(text: str) -> list[str]:
 def _paragraph_sentences(text: str) -> list[tuple[int, str]]:
     """(paragraph index, sentence) of a report's sentences; a heading on a line of its own ("FINDINGS:") is a
     paragraph of its own, and so is each row of a table."""
-    text = re.sub(r"(?<=[a-z])-[ \t]*\r?\n[ \t]*(?=[a-z])", "", text or "")   # "nod-\nule": a word broken at a line end
+    text = re.sub(r"\r\n?", "\n", text or "")   # Windows and old Mac line ends; HL7 segments end with "\r"
+    text = re.sub(r"(?<=[a-z])-[ \t]*\n[ \t]*(?=[a-z])", "", text)   # "nod-\nule": a word broken at a line end
     # a table's row (cells split by "|" or tabs inside the line, not an indent) is a paragraph, cells split by "|"
     text = re.sub(r"^([^\n]*\S[ ]*[|\t][ \t]*\S[^\n]*)\r?\n", r"\1\n\n", text, flags=re.M)
     text = re.sub(r"(?<=\S)[ ]*\t[ \t]*(?=\S)", " | ", text)
@@ -389,7 +390,7 @@ def read_report(text: str | None, embed: bool = True) -> ReportReading:
 
 # ---------------------------------------------------------------------------------------------- report files
 
-REPORT_SUFFIXES = (".txt", ".md", ".pdf", ".docx")   # any case: CT.TXT is a report too
+REPORT_SUFFIXES = (".txt", ".md", ".pdf", ".docx", ".hl7")   # any case: CT.TXT is a report too; .hl7: an ORU message
 
 
 class ReportFileError(ValueError):
@@ -404,7 +405,7 @@ def is_report_file(path: Path) -> bool:
 
 
 def read_report_file(path: str | Path) -> str:
-    """A report file's text: .txt / .md in UTF-8 (BOM or not), UTF-16 with a BOM or Windows-1252
+    """A report file's text: .txt / .md / .hl7 in UTF-8 (BOM or not), UTF-16 with a BOM or Windows-1252
     (data_connectors.text_files.decoded_file); .pdf's text layer and .docx's paragraphs through the knowledge
     readers. Unreadable, damaged (a .pdf or .docx the readers refuse), binary or blank files raise
     ReportFileError naming the file, so that callers treat them alike (the batch: image-only with a warning)."""
