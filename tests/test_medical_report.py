@@ -251,3 +251,12 @@ def test_an_hl7_message_file_is_a_report(tmp_path):
     path = tmp_path / "A123.HL7"
     path.write_bytes(b"MSH|^~\\&|RIS\rOBX|1|TX|||There is a 6 mm nodule in the RUL.\r")
     assert is_report_file(path) and _read(read_report_file(path)) == [(6.0, RUL, False, None)]
+
+
+def test_a_report_in_another_language_is_said_to_be_unread():
+    from apps.medical_imaging.report import language_warning, read_report
+    german = ("Befund: Im rechten Oberlappen findet sich ein 6 mm großer Rundherd. Kein Nachweis weiterer Herde. "
+              "Die Lunge ist sonst unauffällig.")
+    assert "reads English only" in language_warning(german, read_report(german, embed=False))
+    for text in ("There is a 6 mm nodule in the RUL.", "The lungs are clear.", "", None):
+        assert language_warning(text, read_report(text, embed=False)) is None

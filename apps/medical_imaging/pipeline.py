@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .detection import NoduleDetector, load_detector
-from .report import ReportReading, read_report
+from .report import ReportReading, language_warning, read_report
 
 DISCLAIMER = ("Research software, not a medical device: not for diagnosis or treatment decisions. "
               "Findings must be reviewed by a qualified radiologist.")
@@ -138,6 +138,8 @@ def diagnose(volume, report_text: str | None, models: Models, threshold: float |
     _malignancy(models, volume.hu_ZYX, volume.spacing_zyx, findings)
     t4 = time.perf_counter()
     warnings = list(getattr(volume, "warnings", []))
+    if language := language_warning(report_text, reading):
+        warnings.append(language)
     if not cs.grid.lung_ZYX.any():
         warnings.append("no lungs found (no large air-filled region inside the body): no candidates")
     if max(volume.spacing_zyx) > THICK_SLICE_MM:

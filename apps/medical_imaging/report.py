@@ -379,6 +379,17 @@ def embed_sentences(texts: list[str]) -> np.ndarray:
     return torch.nn.functional.normalize(out.pooled, dim=-1).numpy().astype(np.float32)
 
 
+def language_warning(text: str | None, reading: ReportReading) -> str | None:
+    """A warning for a report that gave no mention and does not read as English (the reader's rules are
+    English: a German or French report would pass as one naming no nodule), else None."""
+    from core.text.language import looks_english
+
+    if reading.mentions or not (text or "").strip() or looks_english(text):
+        return None
+    return ("the report does not read as English, and the report reader reads English only: no nodule mention "
+            "was read from it, so the image alone decided")
+
+
 def read_report(text: str | None, embed: bool = True) -> ReportReading:
     """Mentions of a report (None or blank: no mentions), with the sentence vectors when `embed`."""
     sentences, mentions = find_mentions(text or "")
