@@ -32,6 +32,8 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     p.add_argument("--epochs", type=positive_int, default=3)
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many steps")
+    p.add_argument("--min-steps", type=int, default=150,
+                   help="train at least this many steps, adding epochs on a small set (0: epochs decide)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the stream")
     p.add_argument("--train-top-layers", type=int, default=None,

@@ -50,7 +50,8 @@ def train_intents(args: argparse.Namespace) -> None:
     if unknown := vocabulary_warning(texts):   # said before minutes of training
         print(f"warning: {unknown}", file=sys.stderr)
     cfg = IntentTrainConfig(
-        train=TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+        train=TrainConfig(epochs=args.epochs, max_steps=args.max_steps, min_steps=args.min_steps,
+                          batch_size=args.batch_size,
                           lr=args.lr, train_top_layers=args.train_top_layers, bf16=args.bf16, seed=args.seed),
         stream=_stream_config(args.stream), upcycle=not args.from_scratch,
         val_fraction=args.val_fraction, in_scope_recall=args.in_scope_recall,

@@ -118,6 +118,7 @@ def split_holdout(texts: list[str], labels: list[str], fraction: float, seed: in
 class TrainConfig:
     epochs: int = 3                  # passes over the training rows
     max_steps: int | None = None     # optimizer steps at most (None = epochs decide)
+    min_steps: int = 0               # optimizer steps at least: more epochs on a small set (max_steps still caps)
     batch_size: int = 32
     lr: float = 1e-4                 # AdamW peak lr of the stream: linear warmup, then linear decay to 0
     head_lr: float = 3e-3            # AdamW peak lr of the cosine head (unit-norm directions move slowly)
@@ -130,6 +131,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or (self.max_steps is not None and self.max_steps < 1):
             raise ValueError("epochs, batch_size and max_steps must be >= 1")
+        if self.min_steps < 0:
+            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
 
 
 @dataclass
@@ -153,11 +156,12 @@ def _freeze_below(model: SentenceClassifier, top_layers: int | None) -> list[nn.
 def train_classifier(model: SentenceClassifier, texts: list[str], labels: list[str], cfg: TrainConfig,
                      val: tuple[list[str], list[str]] | None = None) -> TrainResult:
     """AdamW on cross-entropy + the MoE auxiliary loss. With `val`, the model is scored after each
-    epoch and the best epoch's weights are kept (early stopping by model selection)."""
+    epoch and the best epoch's weights are kept, the later of two that tie (early stopping by model selection:
+    on a small held-out slice most epochs tie)."""
     label_ids = _label_ids(model, labels)
     batch = tokenize(texts, model.cfg.max_length)
     steps_per_epoch = math.ceil(len(texts) / cfg.batch_size)
-    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
+    total_steps = min(max(cfg.epochs * steps_per_epoch, cfg.min_steps), cfg.max_steps or math.inf)
     warmup = max(1, round(cfg.warmup_fraction * total_steps))
     optimizer = torch.optim.AdamW(
         [{"params": _freeze_below(model, cfg.train_top_layers), "lr": cfg.lr},
@@ -184,7 +188,7 @@ def train_classifier(model: SentenceClassifier, texts: list[str], labels: list[s
         record = {"step": step, "train_loss": sum(losses) / len(losses), "val_accuracy": None}
         if val is not None:
             record["val_accuracy"] = accuracy(model, *val)
-            if record["val_accuracy"] > best_acc:
+            if record["val_accuracy"] >= best_acc:   # a tie keeps the later, longer-trained epoch
                 best_acc = record["val_accuracy"]
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
         history.append(record)
