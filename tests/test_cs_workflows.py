@@ -364,6 +364,16 @@ def test_train_intents_warns_when_oos_is_not_calibrated(tmp_path, capsys):
     assert "warning: out-of-scope threshold not calibrated" in err
 
 
+def test_eval_intents_says_when_a_model_without_an_oos_rule_meets_oos_rows(tmp_path, capsys):
+    _write_csv(tmp_path / "train.csv", *_rows(TRAIN_TEMPLATES))   # 8 held-out rows: no threshold calibrated
+    _train_tiny_intents(tmp_path / "train.csv", tmp_path / "m", capsys)
+    _write_csv(tmp_path / "test.csv", ["my balance please", "what is the weather"], ["balance", "oos"])
+    assert cli.main(["chat", "eval-intents", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "test.csv"),
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["oos_recall"] == 0.0 and any("no out-of-scope rule" in w for w in out["warnings"])
+
+
 def test_train_intents_on_chinese_warns_that_the_text_model_reads_little_and_drops_english_only(tmp_path, capsys):
     rows = {"挂失": ["我的银行卡丢了", "卡被偷了怎么办", "怎么办理挂失"], "密码": ["取款密码修改", "忘记密码了", "重置密码"],
             "营业时间": ["周六营业吗", "几点开门", "营业时间是什么"]}

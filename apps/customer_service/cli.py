@@ -94,6 +94,12 @@ def eval_intents(args: argparse.Namespace) -> None:
                    f"all counted as errors): {', '.join(sorted(unknown)[:20])}; is this the right model or file?")
         print(f"warning: {warning}", file=sys.stderr)
         metrics["warnings"].append(warning)
+    if OOS in data.labels and model.oos_threshold is None and OOS not in model.labels:
+        warning = ("the model has no out-of-scope rule (no oos class, no calibrated threshold), so oos_recall is 0 "
+                   "by construction; in the assistant the dialogue's low_confidence cut-off (0.5) decides what is "
+                   "not understood")
+        print(f"warning: {warning}", file=sys.stderr)
+        metrics["warnings"].append(warning)
     if args.json:
         print(json.dumps(metrics))
     else:
