@@ -262,7 +262,7 @@ class KnowledgeIndex:
         query_1D = self.embedder.encode([query])
         lexical = None if self.bm25 is None else self.bm25.scores(query)
         # the more of the query the text model cannot read (Chinese, Thai...), the more its words decide
-        weight = None if lexical is None else max(self.config.lexical_weight, unknown_share([query]))
+        weight = 0.0 if lexical is None else max(self.config.lexical_weight, unknown_share([query]))
         n = min(max(self.config.candidates, 10 * k), len(self.chunks))
         while True:  # widen the candidates until they hold k documents (one long document's chunks can fill them)
             best = self._best_per_document(query_1D, lexical, n, k, weight)
@@ -273,7 +273,7 @@ class KnowledgeIndex:
         return [Passage(c.doc_id, c.title, c.text, score, c.source) for c, score in hits]
 
     def _best_per_document(self, query_1D: np.ndarray, lexical: np.ndarray | None, n: int, k: int,
-                           lexical_weight: float | None = None) -> dict[str, tuple[int, float]]:
+                           lexical_weight: float) -> dict[str, tuple[int, float]]:
         """Doc id -> (chunk row, score) of its best chunk among the `n` best candidates, at most `k`
         documents, best first."""
         if isinstance(self.vectors, faiss.IndexHNSW):
@@ -289,9 +289,9 @@ class KnowledgeIndex:
         return best
 
     def _fuse(self, query_D: np.ndarray, dense: dict[int, float], lexical: np.ndarray, n: int,
-              lexical_weight: float | None = None) -> dict[int, float]:
+              lexical_weight: float) -> dict[int, float]:
         """Chunk row -> fused score over the dense candidates and the `n` best BM25 matches ("weighted": BM25
-        weighs `lexical_weight`, by default the config's)."""
+        weighs `lexical_weight`)."""
         top = np.argsort(-lexical)[:n]
         lexical_rows = [int(r) for r in top if lexical[r] > 0]
         if self.config.fusion == "rrf":
@@ -302,8 +302,7 @@ class KnowledgeIndex:
             return fused
         rows = sorted(set(dense) | set(lexical_rows))
         cosines = self.vectors.reconstruct_batch(np.array(rows)) @ query_D
-        w = self.config.lexical_weight if lexical_weight is None else lexical_weight
-        best_lexical = float(lexical.max()) or 1.0
+        w, best_lexical = lexical_weight, float(lexical.max()) or 1.0
         return {row: (1 - w) * float(c) + w * float(lexical[row]) / best_lexical
                 for row, c in zip(rows, cosines)}
 

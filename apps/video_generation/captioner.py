@@ -1429,17 +1429,12 @@ def caption_file(path: str | Path, *, captioner: Captioner | None = None, max_fr
     n = len(frames_FHW3)
     seconds_read = shots[-1].end_s if shots else 0.0
     seconds_total = max(info.seconds, seconds_read)
-    warnings = []
+    cut_short = n >= max_frames and (info.frames > max_frames or seconds_read < info.seconds - 1.0 / info.fps)
+    short = None if cut_short else decode_shortfall(info, n, float(times_F[-1]))   # cut short on purpose: no damage
     # The header's frame count is an estimate for some containers (WebM: duration x nominal rate), which a
     # variable-frame-rate clip can miss either way; a clip read to its end holds the frames decoded.
-    frames_total = n
-    cut_short = n >= max_frames and (info.frames > max_frames or seconds_read < info.seconds - 1.0 / info.fps)
-    if cut_short:   # on purpose, not a damaged file
-        frames_total = max(info.frames, n)
-        warnings.append(span_warning(seconds_read, seconds_total, n, frames_total))
-    elif short := decode_shortfall(info, n, float(times_F[-1])):
-        frames_total = max(info.frames, n)
-        warnings.append(short)
+    frames_total = max(info.frames, n) if cut_short or short else n
+    warnings = [span_warning(seconds_read, seconds_total, n, frames_total)] if cut_short else [short] if short else []
     if hdr := hdr_warning(path):
         warnings.append(hdr)
     for w in warnings:
