@@ -7,9 +7,11 @@ Pruning runs calibration batches through the model, sums every MoE layer's exper
 each layer's most-loaded experts: router rows, task offsets, aux-free biases and expert weights are
 sliced, so a token whose chosen experts were all kept is routed and combined as before (exactly for
 "topk_softmax", "sigmoid" and renormalised "softmax_topk" gates; an unrenormalised "softmax_topk"
-weight is a share of all experts and changes).
+weight is a share of all experts and changes). Group-limited routing scores a group by its best two
+experts, so pruning a group's expert can send a token to other groups: pruned_config notes it.
 
-Quantisation is weight-only int8, symmetric, one fp32 scale per output channel, for every nn.Linear
+Quantisation is weight-only int8, symmetric, one scale per output channel (in the weight's float
+dtype), for every nn.Linear
 and the stacked routed experts (torch.ao's quantize_dynamic is deprecated in torch 2.13 and never
 touched stacked expert weights). Weights rest in int8, 4x smaller; forward dequantises them and
 computes in float. Routers, norms, embeddings and convolutions stay float.
@@ -37,11 +39,11 @@ Evaluate = Callable[[nn.Module], dict[str, float]]
 # ---- int8 modules ----
 
 def quantize_int8(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8, w ~= q * scale.unsqueeze(dim): one fp32 scale per output channel, from the
-    largest |w| along the input axis `dim`."""
-    w = w.detach().float()
-    scale = w.abs().amax(dim=dim).clamp_min(1e-12) / 127
-    q = torch.round(w / scale.unsqueeze(dim)).clamp(-127, 127).to(torch.int8)
+    """Symmetric int8, w ~= q * scale.unsqueeze(dim): one scale per output channel, from the largest
+    |w| along the input axis `dim`, held in w's dtype (a bfloat16 layer dequantises to bfloat16)."""
+    w32 = w.detach().float()
+    scale = (w32.abs().amax(dim=dim).clamp_min(1e-12) / 127).to(w.dtype)
+    q = torch.round(w32 / scale.float().unsqueeze(dim)).clamp(-127, 127).to(torch.int8)
     return q, scale
 
 
@@ -192,6 +194,9 @@ def pruned_config(cfg: MoEConfig, keep_K: torch.Tensor) -> tuple[MoEConfig, list
             notes.append(f"kept experts per group {kept_G.tolist()} are uneven: "
                          f"group-limited routing ({groups} groups) turned off")
             groups = top_groups = 1
+        elif K < cfg.num_experts:
+            notes.append(f"group-limited routing ({groups} groups) kept, but a group's score (its best two "
+                         "experts) changes with its pruned experts: tokens may reach other groups than before")
     top_k = min(cfg.top_k, top_groups * (K // groups))
     if top_k < cfg.top_k:
         notes.append(f"top_k clipped from {cfg.top_k} to {top_k}")
@@ -218,10 +223,10 @@ def prune_layer(layer: MoELayer, keep_K: torch.Tensor) -> tuple[MoELayer, list[s
                          " (prune before quantising; gather expert-parallel weights first)")
     cfg, notes = pruned_config(layer.cfg, keep_K)
     keep_K = keep_K.to(layer.router.weight_ED.device)
-    state = {key: t.index_select(_EXPERT_AXIS[key], keep_K) if key in _EXPERT_AXIS else t
+    state = {key: t.index_select(_EXPERT_AXIS[key], keep_K) if key in _EXPERT_AXIS else t.clone()
              for key, t in layer.state_dict().items()}
-    pruned = MoELayer(cfg).to(layer.router.weight_ED.device)
-    pruned.load_state_dict(state)
+    pruned = MoELayer(cfg)
+    pruned.load_state_dict(state, assign=True)   # each tensor keeps its dtype and device (a bf16 layer stays bf16)
     return pruned, notes
 
 

@@ -20,9 +20,9 @@ PAIRS = [(1, 4), (1, 4), (4, 6), (1, 6), (6, 7), (7, 1)]
 KEPT = [1, 4, 6]
 
 
-def steered_layer(**overrides) -> MoELayer:
+def steered_layer(top_k: int = 2, **overrides) -> MoELayer:
     """Dropless layer whose router sends a token with x[a] = 2, x[b] = 1 to experts a and b."""
-    cfg = MoEConfig(dim=D, hidden_dim=24, num_experts=E, top_k=2, capacity_factor=0, num_tasks=2,
+    cfg = MoEConfig(dim=D, hidden_dim=24, num_experts=E, top_k=top_k, capacity_factor=0, num_tasks=2,
                     **overrides)
     torch.manual_seed(0)
     layer = MoELayer(cfg).eval()
@@ -68,7 +68,7 @@ def test_pruning_keeps_the_most_loaded_experts_and_their_outputs():
 
 
 @pytest.mark.parametrize("keep, groups, top_k, note", [
-    ([0, 1, 4, 5], 2, 2, None),            # two per group: groups stay
+    ([0, 1, 4, 5], 2, 2, "other groups"),  # two per group: groups stay (their scores change: noted)
     ([0, 1, 2, 4], 1, 2, "uneven"),        # three and one: one group
     ([2, 6], 2, 1, "top_k clipped"),       # one per group, top_groups 1: one reachable expert
 ])
@@ -78,6 +78,34 @@ def test_pruning_with_group_limited_routing(keep, groups, top_k, note):
     assert (pruned.cfg.num_groups, pruned.cfg.top_k) == (groups, top_k)
     assert (note is None and notes == []) or any(note in n for n in notes)
     pruned(torch.randn(2, 3, D))  # still routes
+
+
+def test_pruning_a_group_can_move_a_token_to_another_group():
+    """The note is true: a group's score is its best two experts, so a token whose chosen expert is kept
+    can still be routed elsewhere once its group lost an expert."""
+    layer = steered_layer(gate="sigmoid", num_groups=2, top_groups=1, top_k=1)
+    with torch.no_grad():
+        layer.router.expert_bias_E.zero_(), layer.router.task_offset_TE.zero_()
+    x = torch.zeros(1, 1, D)
+    x[0, 0, [0, 2, 4, 5]] = torch.tensor([0.2, 0.18, 0.19, 0.185])   # group 0: experts 0 + 2 beat 4 + 5
+    assert layer.router(x[0], torch.tensor([0])).expert_idx_NK.tolist() == [[0]]
+    pruned, notes = prune_layer(layer, torch.tensor([0, 1, 4, 5]))   # expert 0 kept, its partner 2 not
+    assert pruned.router(x[0], torch.tensor([0])).expert_idx_NK.tolist() == [[2]]   # original expert 4
+    assert any("other groups" in n for n in notes)
+
+
+def test_bfloat16_layers_prune_and_quantize_in_bfloat16():
+    torch.manual_seed(0)
+    layer = MoELayer(MoEConfig(dim=D, hidden_dim=32, num_experts=4, top_k=2, num_shared_experts=1)).bfloat16()
+    x = torch.randn(2, 3, D, dtype=torch.bfloat16)
+    pruned, _ = prune_layer(layer, torch.tensor([0, 2]))
+    assert pruned.experts.w_in_EFD.dtype == pruned.shared.w_in.weight.dtype == torch.bfloat16
+    assert pruned.router.expert_bias_E.dtype == layer.router.expert_bias_E.dtype
+    assert pruned(x)[0].dtype == torch.bfloat16
+    y = layer(x)[0]
+    y_int8 = compress_model(layer, [(x,)], keep_experts=1.0, quantize=True)[0](x)[0]
+    assert y_int8.dtype == torch.bfloat16
+    assert ((y_int8 - y).float().norm() / y.float().norm()).item() < 0.05
 
 
 @pytest.mark.parametrize("activation, bias", [("swiglu", False), ("gelu", True)])

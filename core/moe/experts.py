@@ -17,10 +17,14 @@ import torch.nn.functional as F
 from .config import ACTIVATIONS
 
 
-def _kernel_takes(*operands: torch.Tensor) -> bool:
+def _kernel_takes(x_AK: torch.Tensor, w_EKN: torch.Tensor) -> bool:
     """Whether F.grouped_mm's kernels take these operands: fp32 or bf16 on CPU, bf16 on CUDA,
-    16-byte-aligned data and strides."""
-    for t in operands:
+    16-byte-aligned data and strides; when autograd records, output rows (N wide) 16-byte aligned too
+    (the backward reads the output's gradient: an N of 6 in fp32 passes forward, then fails)."""
+    records = torch.is_grad_enabled() and (x_AK.requires_grad or w_EKN.requires_grad)
+    if records and w_EKN.shape[-1] * x_AK.element_size() % 16:
+        return False
+    for t in (x_AK, w_EKN):
         ok_dtypes = (torch.bfloat16,) if t.is_cuda else (torch.float32, torch.bfloat16)
         if t.dtype not in ok_dtypes or t.data_ptr() % 16:
             return False

@@ -108,7 +108,7 @@ class DynamicRouter(nn.Module):
         group_score_NG = select_NGe.topk(best, dim=-1).values.sum(dim=-1)
         group_idx_NG = group_score_NG.topk(cfg.top_groups, dim=-1).indices
         keep_NG = torch.zeros_like(group_score_NG, dtype=torch.bool).scatter_(1, group_idx_NG, True)
-        return select_NGe.masked_fill(~keep_NG.unsqueeze(-1), float("-inf")).view(N, -1)
+        return select_NGe.masked_fill(~keep_NG.unsqueeze(-1), float("-inf")).view(N, cfg.num_experts)
 
     @torch.no_grad()
     def update_bias(self) -> None:
