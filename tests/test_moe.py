@@ -196,7 +196,7 @@ def test_router_stays_fp32_under_bf16_autocast():
     assert layer.experts.w_in_EFD.grad.dtype == torch.float32
 
 
-@pytest.mark.parametrize("balance_loss", ["kl", "switch"])
+@pytest.mark.parametrize("balance_loss", ["kl", "switch", "sequence"])
 def test_balance_loss_keeps_training_balanced(balance_loss):
     without, with_loss = train_skewed_stream("none"), train_skewed_stream(balance_loss)
     assert with_loss >= 0.92

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from core.moe import MoEConfig, MoELayer, update_expert_biases
+from core.moe import MoEConfig, MoELayer, ffn_on_real_tokens, update_expert_biases
 from core.moe import losses
 
 
@@ -144,6 +144,37 @@ def test_balance_and_z_losses_by_hand():
     torch.testing.assert_close(stats.aux_loss, want)
 
 
+def test_sequence_balance_loss_by_hand():
+    """Two sequences that each keep to one expert: balanced over the batch (Switch 1.0), not per sequence."""
+    probs_NE = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    idx_NK = torch.tensor([[0], [0], [1], [1]])
+    assert float(losses.switch_balance_loss(probs_NE, idx_NK)) == pytest.approx(1.0)
+    # per sequence f = E / (K T) * chosen = [2, 0] and P = [1, 0]: 2.0 each
+    assert float(losses.sequence_balance_loss(probs_NE, idx_NK, torch.tensor([0, 0, 1, 1]))) == pytest.approx(2.0)
+    # interleaved, each sequence uses both experts: f = [1, 1], P = [0.5, 0.5]
+    assert float(losses.sequence_balance_loss(probs_NE, idx_NK, torch.tensor([0, 1, 0, 1]))) == pytest.approx(1.0)
+    # top-2 of 4 with uniform probabilities: 1.0 whatever the loads (sum_i f_i = E)
+    idx_NK = torch.tensor([[0, 1], [0, 2], [0, 1], [2, 3]])
+    assert float(losses.sequence_balance_loss(torch.full((4, 4), 0.25), idx_NK, torch.tensor([7, 7, 3, 3]))
+                 ) == pytest.approx(1.0)
+
+
+def test_sequence_balance_loss_follows_the_padded_batchs_rows():
+    """ffn_on_real_tokens runs the real tokens as rows of one token: it still hands the layer their
+    sequences, so the loss equals that of the unpadded batch."""
+    torch.manual_seed(0)
+    layer = MoELayer(MoEConfig(dim=8, hidden_dim=8, num_experts=4, top_k=2, capacity_factor=0,
+                               balance_loss="sequence", balance_coef=1.0))
+    x_BTD = torch.randn(2, 3, 8)
+    padded_BTD = torch.cat([x_BTD, torch.randn(2, 2, 8)], dim=1)   # two padding tokens a row
+    real_N = torch.tensor([0, 1, 2, 5, 6, 7])
+    _, stats = ffn_on_real_tokens(layer, padded_BTD, real_N)
+    _, want = layer(x_BTD)
+    torch.testing.assert_close(stats.aux_loss, want.aux_loss)
+    _, per_token = layer(x_BTD.reshape(6, 1, 8))   # every token its own sequence: another value
+    assert not torch.allclose(per_token.aux_loss, want.aux_loss)
+
+
 def test_aux_loss_reaches_only_the_router():
     torch.manual_seed(0)
     layer = MoELayer(MoEConfig(dim=8, hidden_dim=8, num_experts=4, top_k=2, num_tasks=2, num_shared_experts=1,
@@ -161,7 +192,7 @@ def test_aux_loss_reaches_only_the_router():
 
 
 @pytest.mark.parametrize("capacity_factor", [0, 1.25])
-@pytest.mark.parametrize("balance_loss", ["kl", "switch"])
+@pytest.mark.parametrize("balance_loss", ["kl", "switch", "sequence"])
 def test_no_tokens_gives_zeros_not_nan(capacity_factor, balance_loss):
     layer = MoELayer(MoEConfig(dim=8, hidden_dim=8, num_experts=4, top_k=2, num_shared_experts=1,
                                capacity_factor=capacity_factor, balance_loss=balance_loss, z_loss_coef=1e-3))

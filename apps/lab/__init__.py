@@ -25,7 +25,7 @@ _TRAIN_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("num_groups", int, "expert groups"),
     ("top_groups", int, "groups per token"),
     ("num_tasks", int, "tasks for task-aware gating, 0 = off"),
-    ("balance_loss", str, "kl | switch | none"),
+    ("balance_loss", str, "kl | switch | sequence | none"),
     ("balance_coef", float, "balance loss coefficient"),
     ("z_loss_coef", float, "router z-loss coefficient"),
     ("bias_update_rate", float, "aux-free bias update rate, 0 = off"),

@@ -112,6 +112,7 @@ def balance_comparison(steps: int = 150) -> dict[str, float]:
         "none": train_skewed_stream("none", steps=steps),
         "kl": train_skewed_stream("kl", steps=steps),
         "switch": train_skewed_stream("switch", steps=steps),
+        "sequence": train_skewed_stream("sequence", steps=steps),
         "aux_free_bias": train_skewed_stream("none", bias_update_rate=0.01, steps=steps),
     }
 

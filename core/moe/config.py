@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 
 GATES = ("topk_softmax", "softmax_topk", "sigmoid")
 ACTIVATIONS = ("swiglu", "gelu")
-BALANCE_LOSSES = ("kl", "switch", "none")
+BALANCE_LOSSES = ("kl", "switch", "sequence", "none")
 
 
 @dataclass
@@ -27,7 +27,7 @@ class MoEConfig:
     num_groups: int = 1              # expert groups for group-limited routing (1 = off)
     top_groups: int = 1              # groups a token may use; experts are chosen inside them
     num_tasks: int = 0               # task-aware gating: learned per-task gate conditioning (0 = off)
-    balance_loss: str = "kl"         # "kl" | "switch" | "none"
+    balance_loss: str = "kl"         # "kl" | "switch" | "sequence" (DeepSeek-V3's, per sequence) | "none"
     balance_coef: float = 0.01       # weight of the balance loss in aux_loss
     z_loss_coef: float = 0.0         # weight of the router z-loss in aux_loss
     bias_update_rate: float = 0.0    # auxiliary-loss-free balancing step (0 = off)

@@ -53,7 +53,7 @@ def _task_per_token(task_id, B: int, T: int, device, num_tasks: int) -> torch.Te
 class MoELayer(nn.Module):
     """Routed experts (plus optional shared experts) replacing a transformer's feed-forward block.
 
-    forward(x [B, T, D], task_id=None) -> (y [B, T, D], MoEStats).
+    forward(x [B, T, D], task_id=None, sequence_N=None) -> (y [B, T, D], MoEStats).
 
     `experts` replaces the routed experts (expert parallelism passes its sharded ones): any module
     called as experts(x_AD, counts_E) on assignment rows sorted by expert, with counts_E rows for
@@ -87,7 +87,10 @@ class MoELayer(nn.Module):
         cf = Fraction(str(float(cfg.capacity_factor)))  # str: the shortest decimal, i.e. 1.1
         return math.ceil(cf * num_tokens * cfg.top_k / cfg.num_experts)
 
-    def forward(self, x: torch.Tensor, task_id=None) -> tuple[torch.Tensor, MoEStats]:
+    def forward(self, x: torch.Tensor, task_id=None, sequence_N: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, MoEStats]:
+        """sequence_N: the sequence of each of the B*T tokens, for the "sequence" balance loss (default:
+        its row b; ffn_on_real_tokens passes the padded batch's rows)."""
         cfg = self.cfg
         B, T, D = x.shape
         N, E, K = B * T, cfg.num_experts, cfg.top_k
@@ -120,15 +123,21 @@ class MoELayer(nn.Module):
 
         if self.shared is not None:
             y_ND = y_ND + self.shared(x_ND)
-        return y_ND.view(B, T, D), self._stats(route, load_E, N * K - order_A.numel(), N * K)
+        if sequence_N is None and cfg.balance_loss == "sequence":
+            sequence_N = torch.arange(B, device=x.device).repeat_interleave(T)
+        return y_ND.view(B, T, D), self._stats(route, load_E, N * K - order_A.numel(), N * K, sequence_N)
 
-    def _stats(self, route, load_E: torch.Tensor, dropped: int, assigned: int) -> MoEStats:
+    def _stats(self, route, load_E: torch.Tensor, dropped: int, assigned: int,
+               sequence_N: torch.Tensor | None) -> MoEStats:
         cfg = self.cfg
         aux = route.logits_NE.new_zeros(())
         if cfg.balance_loss == "kl":
             aux = aux + cfg.balance_coef * losses.kl_balance_loss(route.probs_NE)
         elif cfg.balance_loss == "switch":
             aux = aux + cfg.balance_coef * losses.switch_balance_loss(route.probs_NE, route.expert_idx_NK)
+        elif cfg.balance_loss == "sequence":
+            aux = aux + cfg.balance_coef * losses.sequence_balance_loss(route.probs_NE, route.expert_idx_NK,
+                                                                        sequence_N)
         if cfg.z_loss_coef > 0:
             aux = aux + cfg.z_loss_coef * losses.z_loss(route.logits_NE)
         with torch.no_grad():
@@ -164,7 +173,7 @@ def ffn_on_real_tokens(ffn: nn.Module, x_BTD: torch.Tensor, real_N: torch.Tensor
     x_ND = x_BTD.reshape(B * T, D)[real_N]
     stats = None
     if isinstance(ffn, MoELayer):
-        y_N1D, stats = ffn(x_ND.unsqueeze(1), task_N)
+        y_N1D, stats = ffn(x_ND.unsqueeze(1), task_N, sequence_N=real_N // T)
         y_ND = y_N1D.squeeze(1)
     else:
         y_ND = ffn(x_ND)

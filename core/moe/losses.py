@@ -33,6 +33,26 @@ def switch_balance_loss(probs_NE: torch.Tensor, expert_idx_NK: torch.Tensor) -> 
     return E * (f_E * probs_NE.mean(dim=0)).sum()
 
 
+def sequence_balance_loss(probs_NE: torch.Tensor, expert_idx_NK: torch.Tensor,
+                          sequence_N: torch.Tensor) -> torch.Tensor:
+    """DeepSeek-V3's complementary sequence-wise balance loss, averaged over the sequences present:
+    per sequence of T tokens, sum_i f_i * P_i with f_i = E / (K T) * (its tokens that chose expert i)
+    (not differentiable) and P_i its tokens' mean routing probability of expert i (probs_NE: affinities
+    normalised per token). 1.0 when every sequence spreads its tokens evenly; the batch-wide Switch loss
+    can be 1.0 while each sequence sticks to a few experts of its own."""
+    if probs_NE.shape[0] == 0:
+        return _no_tokens(probs_NE)
+    (N, E), K = probs_NE.shape, expert_idx_NK.shape[1]
+    _, seq_N = torch.unique(sequence_N, return_inverse=True)
+    S = int(seq_N.max()) + 1
+    tokens_S = torch.bincount(seq_N, minlength=S).to(probs_NE.dtype)
+    chosen_SE = probs_NE.new_zeros(S, E).index_put_(
+        (seq_N.repeat_interleave(K), expert_idx_NK.flatten()), probs_NE.new_ones(N * K), accumulate=True)
+    f_SE = E * chosen_SE / (K * tokens_S.unsqueeze(1))
+    P_SE = probs_NE.new_zeros(S, E).index_add(0, seq_N, probs_NE) / tokens_S.unsqueeze(1)
+    return (f_SE * P_SE).sum(dim=1).mean()
+
+
 def z_loss(logits_NE: torch.Tensor) -> torch.Tensor:
     """ST-MoE router z-loss, mean(logsumexp(logits)^2): keeps logits small."""
     if logits_NE.shape[0] == 0:

@@ -35,7 +35,7 @@ class TextStreamConfig:
     num_shared_experts: int = 0      # always-on experts ("fine_grained" only: each takes one FFN slice)
     capacity_factor: float = 0.0     # 0 = dropless; dropping tokens would break the upcycled init
     gate: str = "softmax_topk"       # core.moe gate; chosen weights are always renormalised to sum to 1
-    balance_loss: str = "kl"         # "kl" | "switch" | "none"
+    balance_loss: str = "kl"         # "kl" | "switch" | "sequence" | "none" (core.moe.MoEConfig)
     balance_coef: float = 0.01
     num_tasks: int = NUM_TASKS       # task-aware gating over core.tasks.TASKS (0 = off)
     init_std: float = 0.02           # from-scratch weights ~ N(0, std) (BERT's initializer_range)
