@@ -130,6 +130,21 @@ def test_a_flash_is_not_a_cut_but_an_insert_still_is():
     assert [s.start_frame for s in detect_shots(cut, 24.0)] == [0, 20]
 
 
+def test_a_key_frame_coding_a_still_shot_anew_is_no_cut():
+    """A still, greyish picture whose noise a key frame codes afresh halfway: greyish pixels' hues jump (the
+    colour histogram moves like a cut's) while the picture stays (a still shot encoded with mp4v got a cut at
+    its 12th frame); the same jump with a new picture is still a cut."""
+    rng = np.random.default_rng(0)
+    grey = texture(seed=4)[..., :1].repeat(3, axis=2).astype(np.int16) // 2 + 64
+    before = np.clip(grey + rng.integers(-3, 4, grey.shape), 0, 255)
+    after = np.clip(before + rng.integers(-2, 3, grey.shape), 0, 255)
+    still = np.stack([before] * 24 + [after] * 24).astype(np.uint8)
+    assert [s.start_frame for s in detect_shots(still, 24.0)] == [0]
+    other = np.clip(texture(seed=5)[..., :1].repeat(3, axis=2).astype(np.int16) // 2 + 64, 0, 255)
+    cut = np.stack([before] * 24 + [other] * 24).astype(np.uint8)
+    assert [s.start_frame for s in detect_shots(cut, 24.0)] == [0, 24]
+
+
 @pytest.mark.parametrize("hold", [1, 2, 3, 4])
 def test_held_frames_are_no_cuts(hold):
     """Footage of 10 fps in a 30 fps file, animation on threes, slow motion by repeats: every frame held

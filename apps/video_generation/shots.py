@@ -354,9 +354,12 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
     scores_F = _scores(hist_F, grey_Fhw, cfg)
     min_len = max(1, int(round(cfg.min_shot_s * fps)))
     held_F = held_pairs(grey_Fhw)
-    cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, min_len, cfg, held_F=held_F)]
     lo_Fhw, hi_Fhw = _grey_ranges(grey_Fhw, cfg.shift_radius)     # also the dissolves' motion range
     shift_F = _compensated(grey_Fhw, lo_Fhw, hi_Fhw)
+    # A jump that small motion explains away entirely is the same picture coded anew (a key frame of a still
+    # shot codes its noise afresh: the colours of greyish pixels jump, the picture does not), not a cut.
+    cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, min_len, cfg, held_F=held_F)
+            if shift_F[i] >= cfg.shift_floor]
     cuts += [(i, float(scores_F[i]), "cut") for i in _sure_cuts(hist_F, shift_F, cfg)
              if all(i != c[0] for c in cuts)]
     if cfg.still_backdrop:
