@@ -48,6 +48,15 @@ def test_generate_json(tmp_path, capsys):
     assert {"planning_s", "generation_s", "encoding_s", "total_s"} <= set(result["timings"])
 
 
+def test_generate_no_lexicon_leaves_the_prompt_to_the_planner(tmp_path, capsys):
+    prompt = "a maroon ball plummets on the seashore"
+    for flag, read_as in (([], {"maroon", "plummets", "on the seashore"}), (["--no-lexicon"], set())):
+        assert main(["video", "generate", prompt, "--seconds", "1", "--fps", "8", "--out",
+                     str(tmp_path / "clip.mp4"), "--allow-guesses", "--json", *flag]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert {r["original"] for r in result["understanding"]["read_as"]} == read_as
+
+
 def test_api_rejects_bad_requests():
     from fastapi import FastAPI
     from fastapi.testclient import TestClient

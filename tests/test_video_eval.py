@@ -123,7 +123,10 @@ def test_train_wording_diagnostic_separates_wording_from_the_chain(monkeypatch):
         written[prompt] = (script, split)
         return prompt
 
-    def fake_generate(prompt, seconds, resolution, fps, out, apply_style, allow_guesses):
+    lexicon_passed = set()
+
+    def fake_generate(prompt, seconds, resolution, fps, out, apply_style, allow_guesses, lexicon):
+        lexicon_passed.add(lexicon)
         script, split = written[prompt]
         if split != "train":   # misread: every object takes another colour
             names = list(world.COLOURS)
@@ -143,3 +146,6 @@ def test_train_wording_diagnostic_separates_wording_from_the_chain(monkeypatch):
     assert out["consistency_checker_train_wording"] > out["consistency_checker"] == 0.0
     # no captioner here: the joint figure (captioner and checker) is 0 for both wordings, yet reported
     assert out["text_video_consistency_train_wording"] == out["text_video_consistency"] == 0.0
+    assert lexicon_passed == {True} and out["lexicon"] is True   # the studio as users get it, by default
+    assert evaluate(n_prompts=1, n_clips=0, seed=0, fps=8, lexicon=False)["lexicon"] is False
+    assert lexicon_passed == {True, False}

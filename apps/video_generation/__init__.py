@@ -26,6 +26,12 @@ def _train_captioner(args: argparse.Namespace) -> None:
     main(args.options)
 
 
+def _lexicon_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lexicon", action=argparse.BooleanOptionalAction, default=True,
+                   help="rewrite words the planner never saw into its training words first (prompt_lexicon; "
+                        "--no-lexicon: the planner alone)")
+
+
 def register(cli: CommandTable) -> None:
     """Add `video generate|train-captioner|fit-stages|train-planner|ensemble-planner|eval-planner|train-generator|
     eval-generator|caption|eval|stylize|style-bench` and `bench video` (see apps.cli)."""
@@ -44,6 +50,7 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--allow-guesses", action="store_true",
                    help="render a guess even when no shape or colour word of the prompt was understood")
+    _lexicon_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     p = video.command("train-captioner", "train the shot captioner on rendered world clips and save it; options: "
@@ -102,6 +109,7 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--prompts", type=positive_int, default=200, help="prompts per set")
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=1)
+    _lexicon_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     p = video.command("train-generator", "train the layout network and sprite decoder on the rendered world, "
@@ -134,6 +142,7 @@ def register(cli: CommandTable) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", default="360p")
     p.add_argument("--fps", type=int, default=12)
+    _lexicon_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     add_stylize_command(video)

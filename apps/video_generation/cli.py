@@ -20,7 +20,7 @@ def generate(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads) if args.threads else None
     # --allow-guesses: render even when no shape or colour word was understood (reported as guessed)
     result = generate_video(args.prompt, seconds=args.seconds, resolution=args.resolution, fps=args.fps,
-                            style=args.style, out=args.out, allow_guesses=args.allow_guesses)
+                            style=args.style, out=args.out, allow_guesses=args.allow_guesses, lexicon=args.lexicon)
     from .world import caption_scene
     lines = [f"{result.path} ({result.frames} frames, {result.size_hw[1]}x{result.size_hw[0]} at {result.fps} fps), "
              f"preview {result.preview_path}"]
@@ -100,7 +100,9 @@ def eval_planner(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     planner = load_planner(args.model)
     t0 = time.perf_counter()
-    metrics = {name: evaluate_planner(planner, *data) for name, data in heldout_sets(args.prompts, args.seed).items()}
+    metrics = {name: evaluate_planner(planner, *data, lexicon=args.lexicon)
+               for name, data in heldout_sets(args.prompts, args.seed).items()}
+    metrics["lexicon"] = args.lexicon
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     _print(args, metrics, json.dumps(metrics, indent=2))
 
@@ -143,7 +145,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate as run
 
     result = run(args.prompts, args.clips, args.seed, resolution=args.resolution, fps=args.fps,
-                 log=(lambda s: None) if args.json else print)
+                 lexicon=args.lexicon, log=(lambda s: None) if args.json else print)
     _print(args, result, json.dumps(result, indent=2))
 
 

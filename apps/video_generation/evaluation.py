@@ -300,7 +300,8 @@ def _plan_matches(got, want) -> bool:
     return len(got.scenes) == len(want.scenes) and all(_same_content(g, w) for g, w in zip(got.scenes, want.scenes))
 
 
-def _judge(generate_video, script, prompt: str, out, captioner, resolution: str, fps: int) -> dict | None:
+def _judge(generate_video, script, prompt: str, out, captioner, resolution: str, fps: int,
+           lexicon: bool = True) -> dict | None:
     """Generate a video from `prompt` and check it against `script` (the script the prompt was written
     from); None when the studio refuses the prompt. FileNotFoundError (no checkpoint) is passed on."""
     import time
@@ -315,7 +316,8 @@ def _judge(generate_video, script, prompt: str, out, captioner, resolution: str,
     try:
         # Unstyled: the style is planned but not painted, so pixels can be checked.
         result = generate_video(prompt, seconds=total, resolution=resolution, fps=fps, out=out, apply_style=False,
-                                allow_guesses=True)   # the planner's guess is judged, not the refusal policy
+                                allow_guesses=True, lexicon=lexicon)   # the planner's guess is judged, not the
+                                                                       # refusal policy
     except ValueError:
         return None
     seconds = time.perf_counter() - t
@@ -347,7 +349,7 @@ def _judge(generate_video, script, prompt: str, out, captioner, resolution: str,
 
 
 def _generated(n_prompts: int, rng: np.random.Generator, captioner, resolution: str, fps: int, log,
-               seed: int = 0) -> dict:
+               seed: int = 0, lexicon: bool = True) -> dict:
     """Generate videos from held-out prompts and check each against the script it was written from.
     Each held-out script is generated twice: phrased with the held-out wording (the headline figures)
     and with the training wording (keys ending in _train_wording), so that a wording failure of the
@@ -369,7 +371,7 @@ def _generated(n_prompts: int, rng: np.random.Generator, captioner, resolution: 
             for wording, prompt in prompts.items():
                 try:
                     r = _judge(generate_video, script, prompt, Path(tmp) / f"clip{i}_{wording}.mp4", captioner,
-                               resolution, fps)
+                               resolution, fps, lexicon)
                 except FileNotFoundError as exc:  # no planner / generator checkpoint here
                     return {"generation": f"skipped: {exc}"}
                 runs[wording].append(r)
@@ -398,11 +400,11 @@ def _generated(n_prompts: int, rng: np.random.Generator, captioner, resolution: 
             "planner_exact_train_wording": share("train", "planner_exact"),
             "scene_count_accuracy_train_wording": share("train", "same_count"),
             "generate_seconds_mean": round(float(np.mean(seconds)), 3) if seconds else None,
-            "resolution": resolution, "fps": fps}
+            "resolution": resolution, "fps": fps, "lexicon": lexicon}
 
 
 def evaluate(n_prompts: int = 20, n_clips: int = 200, seed: int = 0, *, resolution: str = "360p", fps: int = 12,
-             log=None) -> dict:
+             lexicon: bool = True, log=None) -> dict:
     """The video studio on held-out synthetic data (test splits: object combinations and phrasings
     never seen in training). Keys: text_video_consistency (generated videos whose scene count, and
     every scene's objects, colours, motion, background and camera, both the captioner and the
@@ -418,7 +420,8 @@ def evaluate(n_prompts: int = 20, n_clips: int = 200, seed: int = 0, *, resoluti
     and scene_count_accuracy_train_wording. The gap between text_video_consistency and
     text_video_consistency_train_wording is what unseen wording costs; what the train-wording figure
     misses is lost in the rest of the chain (generator, shot detection, captioner, checker). Each of the
-    n_prompts scripts is generated once per wording (2 * n_prompts videos)."""
+    n_prompts scripts is generated once per wording (2 * n_prompts videos). lexicon: the studio rewrites
+    words its planner never saw first (prompt_lexicon; False: the planner alone reads them)."""
     import time
 
     from .captioner import evaluate_captioner, shared_captioner
@@ -439,6 +442,6 @@ def evaluate(n_prompts: int = 20, n_clips: int = 200, seed: int = 0, *, resoluti
     out.update(_rendered_cuts(n_cut, rng, 24.0, (180, 320)))
     out["checker_pass_rate_on_ground_truth"] = _checker_reliability(max(1, n_clips // 10), rng, 12.0, (180, 320))
     if n_prompts:
-        out.update(_generated(n_prompts, rng, captioner, resolution, fps, log, seed))
+        out.update(_generated(n_prompts, rng, captioner, resolution, fps, log, seed, lexicon))
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out

@@ -1116,17 +1116,21 @@ def _runs(idx: np.ndarray) -> list[list[int]]:
 
 # ---------------------------------------------------------------- evaluation, save, load
 
-def evaluate_planner(planner: Planner, scripts: list[Script], prompts: list[str]) -> dict[str, float]:
+def evaluate_planner(planner: Planner, scripts: list[Script], prompts: list[str], lexicon: bool = True
+                     ) -> dict[str, float]:
     """Accuracy per attribute of planned scripts against the true ones (scenes and objects matched
     by order; a missing scene or object counts as wrong), scene-count accuracy, exact-script rate and
-    the mean absolute error of the cut times (seconds, when the scene count is right)."""
+    the mean absolute error of the cut times (seconds, when the scene count is right). lexicon: each
+    prompt rewritten by prompt_lexicon first, as the studio does."""
+    from .prompt_lexicon import rewrite_prompt
+
     hits: dict[str, list[float]] = {k: [] for k in
                                     ("scene_count", "object_count", "shape", "colour", "motion", "background",
                                      "camera", "style", "script_exact")}
     cut_err = []
     for script, prompt in zip(scripts, prompts):
         total = sum(s.seconds for s in script.scenes)
-        plan = planner.plan(prompt, total)
+        plan = planner.plan(rewrite_prompt(prompt).text if lexicon else prompt, total)
         got = plan.script
         hits["scene_count"].append(len(got.scenes) == len(script.scenes))
         hits["style"].append(got.style == script.style)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -25,6 +25,7 @@ import numpy as np
 
 from data_connectors.video import WRITE_SUFFIXES
 
+from .prompt_lexicon import RewrittenPrompt, rewrite_prompt
 from .prompt_lists import plan_listed, restructure
 from .understanding import NothingUnderstoodError, Understanding, check_understood, understand
 from .world import Script
@@ -159,7 +160,8 @@ def load_models() -> None:
 
 def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p", fps: int = 24,
                    style: str | None = None, out: Path | str, apply_style: bool = True, planner=None,
-                   generator=None, allow_guesses: bool = False, style_files: bool = True) -> GenerationResult:
+                   generator=None, allow_guesses: bool = False, style_files: bool = True,
+                   lexicon: bool = True) -> GenerationResult:
     """Prompt -> a playable video at `out` (.mp4 or .webm) and a GIF preview beside it.
 
     The result says what was understood (understanding.py: the words behind each planned value, guesses,
@@ -171,7 +173,9 @@ def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p
     style.StyleRouter and applied by style.clip_stylizer; None uses the style the prompt names, if any. apply_style=False plans the style but renders without it (for pixel checks).
     style_files=False: `style` is a name or description only, never read as a reference image's path (the
     HTTP API: no look-ups on the server's disk); the CLI keeps reference image paths.
-    planner / generator: loaded models (default: the shipped checkpoints)."""
+    planner / generator: loaded models (default: the shipped checkpoints).
+    lexicon: rewrite words the planner never saw into its training words first (prompt_lexicon; the
+    understanding's read_as lists them); False: the planner reads the prompt as written."""
     from data_connectors.video import write_preview, write_video
 
     from .generator import load_generator
@@ -188,11 +192,13 @@ def generate_video(prompt: str, *, seconds: float = 3.0, resolution: str = "360p
     generator = generator or load_generator()
     text_stream()  # MiniLM, loaded once per process: counted as loading, not planning
     t_load = time.perf_counter()
-    listed = restructure(prompt)   # "1. ... 2. ...", "Scene 1: ...", one scene a line -> joined prose
+    rewritten = rewrite_prompt(prompt) if lexicon else RewrittenPrompt(prompt)   # "crimson" -> "red", ...
+    listed = restructure(rewritten.text)   # "1. ... 2. ...", "Scene 1: ...", one scene a line -> joined prose
     plan = plan_listed(planner, listed, float(seconds), style=style)
     t_plan = time.perf_counter()
     understanding = understand(listed.text, plan, style=style)
     understanding.warnings[:0] = listed.warnings()
+    understanding.read_as = [asdict(r) for r in rewritten.replaced]
     if not allow_guesses:
         check_understood(prompt, understanding)
     t_understood = time.perf_counter()

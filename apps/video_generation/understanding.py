@@ -94,6 +94,7 @@ class Understanding:
     guessed: list[dict]                      # {"scene", "object", "attribute", "value", "status", ...}, 1-based
     warnings: list[str]
     understood_objects: bool                 # some object's shape or colour was read from the prompt
+    read_as: list[dict] = field(default_factory=list)   # prompt_lexicon's rewrites: {original, replacement, attribute}
 
     def to_dict(self) -> dict:
         return {"understood_objects": self.understood_objects, "summary": self.summary(),
@@ -101,7 +102,7 @@ class Understanding:
                             for k, v in s.items()} for s in self.scenes],
                 "style": asdict(self.style) if self.style else None,
                 "unrecognised_words": self.unrecognised_words, "ignored_words": self.ignored_words,
-                "guessed": self.guessed, "warnings": self.warnings}
+                "guessed": self.guessed, "warnings": self.warnings, "read_as": self.read_as}
 
     def summary(self) -> str:
         """One line: each scene as understood, guessed values marked '?', defaults '*'."""
@@ -130,6 +131,9 @@ class Understanding:
             read += [f"{'/'.join(s[a].words)!r} → {a} {s[a].value} ({s[a].confidence:.0%})" for a in SCENE_ATTRS
                      if s[a].status == "read"]
         lines = [f"**Understood as:** {self.summary()}"]
+        if self.read_as:
+            lines.append("**Read through the lexicon:** " + "; ".join(
+                f"{r['original']!r} as {r['replacement'].strip(' ,')!r}" for r in self.read_as))
         if read:
             lines.append("**Read from your words:** " + "; ".join(dict.fromkeys(read)))
         if guesses := self.guesses_text():
