@@ -225,7 +225,7 @@ def prune_layer(layer: MoELayer, keep_K: torch.Tensor) -> tuple[MoELayer, list[s
     keep_K = keep_K.to(layer.router.weight_ED.device)
     state = {key: t.index_select(_EXPERT_AXIS[key], keep_K) if key in _EXPERT_AXIS else t.clone()
              for key, t in layer.state_dict().items()}
-    pruned = MoELayer(cfg)
+    pruned = MoELayer(cfg).to(layer.router.weight_ED.device)   # buffers outside the state dict follow too
     pruned.load_state_dict(state, assign=True)   # each tensor keeps its dtype and device (a bf16 layer stays bf16)
     return pruned, notes
 

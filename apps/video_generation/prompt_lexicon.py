@@ -1,7 +1,7 @@
 """Words the planner never saw, rewritten into words it was trained on before it reads a prompt.
 
     rewritten = rewrite_prompt("a crimson sphere plummeting at the seashore")
-    rewritten.text      # "a red circle falling on the beach" (with the shipped lexicon)
+    rewritten.text      # "a red circle moving down on the beach" (with the shipped lexicon)
     rewritten.replaced  # [Replacement("crimson", "red", "colour"), ...]
 
 The planner's reader carries unseen words through their MiniLM embeddings, which place rare synonyms
@@ -201,6 +201,10 @@ def rewrite_prompt(prompt: str, lexicon: dict[tuple[str, ...], tuple[str, str]] 
             start = _joiner_start(tokens, prompt, i)
             while end < len(prompt) and prompt[end] in _JOINER_EDGES:
                 end += 1
+        if attribute == "joiner" and (not prompt[start:tokens[i][0]].lstrip(" \t").startswith((",", ";")) or
+                                      not prompt[end:].strip(_JOINER_EDGES + ".")):
+            i += 1   # a scene joiner only between clauses with a scene after it ("rises and later falls" stays)
+            continue
         if start is None or not prompt[:start].strip(_JOINER_EDGES) and attribute == "joiner" or \
                 _same(prompt[start:end], replacement) or edits and start < edits[-1][1]:
             i += 1   # no place, nothing before a scene joiner, a rewrite into itself, or over the one before

@@ -359,7 +359,7 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
     # A jump that small motion explains away entirely is the same picture coded anew (a key frame of a still
     # shot codes its noise afresh: the colours of greyish pixels jump, the picture does not), not a cut.
     cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, min_len, cfg, held_F=held_F)
-            if shift_F[i] >= cfg.shift_floor]
+            if shift_F[i] >= cfg.shift_floor or hist_F[i] >= 0.25]   # a cut between colours of one grey stays
     cuts += [(i, float(scores_F[i]), "cut") for i in _sure_cuts(hist_F, shift_F, cfg)
              if all(i != c[0] for c in cuts)]
     if cfg.still_backdrop:
