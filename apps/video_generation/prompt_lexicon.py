@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import world
+from .prompt_lists import JOINER
 
 LEXICON_PATH = Path(__file__).resolve().parents[2] / "assets" / "video_generation" / "prompt_lexicon.tsv"
-SCENE_JOINER = ", then cut to "   # prompt_lists.JOINER: the scene joiner the planner splits on most surely
 # Each motion as a phrase the planner was fitted on, in the third person and in the -ing form ("a ball plunging").
 MOTION_FORMS: dict[str, tuple[str, str]] = {
     "left": ("moves left", "heading left"), "right": ("moves right", "heading right"), "up": ("rises", "moving up"),
@@ -72,7 +72,7 @@ def canonical(attribute: str, value: str, phrase: str) -> str:
     if attribute == "camera":
         return world.CAMERA_PHRASES[value]
     if attribute == "joiner":
-        return SCENE_JOINER if value == "scene" else "and"
+        return JOINER   # object joiners are never rewritten (load_lexicon)
     raise ValueError(f"no canonical phrase for attribute {attribute!r}")
 
 
@@ -184,7 +184,8 @@ def rewrite_prompt(prompt: str, lexicon: dict[tuple[str, ...], tuple[str, str]] 
         n = len(words)
         start, end = tokens[i][0], tokens[i + n - 1][1]
         replacement = canonical(attribute, value, " ".join(words))
-        subject = _CAMERA_SUBJECT.search(prompt[:start])
+        near = max(0, start - 64)   # a camera subject is a few words long: no search over the whole prefix
+        subject = _CAMERA_SUBJECT.search(prompt, near, start)
         if attribute == "motion" and subject:
             if value not in _CAMERA_OF_MOTION:
                 i += 1
@@ -197,17 +198,16 @@ def rewrite_prompt(prompt: str, lexicon: dict[tuple[str, ...], tuple[str, str]] 
             start = subject.start()
         elif attribute == "colour" and i + n < len(tokens) and tokens[i + n][2] == value:
             replacement, end = "", tokens[i + n][0]   # "maize yellow": the hue is named already
-        elif attribute == "joiner" and value == "scene":
+        elif attribute == "joiner":
             start = _joiner_start(tokens, prompt, i)
             while end < len(prompt) and prompt[end] in _JOINER_EDGES:
                 end += 1
-        if attribute == "joiner" and (not prompt[start:tokens[i][0]].lstrip(" \t").startswith((",", ";")) or
-                                      not prompt[end:].strip(_JOINER_EDGES + ".")):
-            i += 1   # a scene joiner only between clauses with a scene after it ("rises and later falls" stays)
-            continue
-        if start is None or not prompt[:start].strip(_JOINER_EDGES) and attribute == "joiner" or \
-                _same(prompt[start:end], replacement) or edits and start < edits[-1][1]:
-            i += 1   # no place, nothing before a scene joiner, a rewrite into itself, or over the one before
+            # only between clauses, with a scene before and after it ("rises and later falls" stays)
+            between = prompt[start:tokens[i][0]].lstrip(" \t").startswith((",", ";"))
+            if not (between and tokens[0][0] < start and prompt[end:].strip(_JOINER_EDGES + ".")):
+                start = None
+        if start is None or _same(prompt[start:end], replacement) or edits and start < edits[-1][1]:
+            i += 1   # no place or no clauses to join, a rewrite into itself, or over the rewrite before
             continue
         edits.append((start, end, replacement, attribute))
         i += n

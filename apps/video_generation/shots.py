@@ -79,6 +79,8 @@ class ShotConfig:
     exposure_floor: float = 0.01
     exposure_share: float = 0.3
     exposure_balance: float = 0.03
+    recoded_hist: float = 0.25       # a jump no motion explains is a still picture coded anew (a key frame)
+                                     # unless its colours change by at least this (a cut between colours of one grey)
     sure_hist: float = 0.5           # a pair whose histogram distance is at least this and whose
     sure_shift: float = 0.05         # compensated difference (at shift_radius) is at least this is a cut outright,
                                      # no baseline needed (slideshows and low frame rates, where cuts are too
@@ -359,7 +361,7 @@ def detect_shots(frames_FHW3: np.ndarray, fps: float, cfg: ShotConfig | None = N
     # A jump that small motion explains away entirely is the same picture coded anew (a key frame of a still
     # shot codes its noise afresh: the colours of greyish pixels jump, the picture does not), not a cut.
     cuts = [(i, s, "cut") for i, s in _hard_cuts(scores_F, min_len, cfg, held_F=held_F)
-            if shift_F[i] >= cfg.shift_floor or hist_F[i] >= 0.25]   # a cut between colours of one grey stays
+            if shift_F[i] >= cfg.shift_floor or hist_F[i] >= cfg.recoded_hist]
     cuts += [(i, float(scores_F[i]), "cut") for i in _sure_cuts(hist_F, shift_F, cfg)
              if all(i != c[0] for c in cuts)]
     if cfg.still_backdrop:
