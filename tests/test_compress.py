@@ -94,6 +94,14 @@ def test_pruning_a_group_can_move_a_token_to_another_group():
     assert any("other groups" in n for n in notes)
 
 
+def test_a_pruned_layer_lives_where_its_weights_live():
+    """Buffers outside the state dict (the pending load of aux-free balancing) follow the weights too."""
+    with torch.device("meta"):
+        layer = MoELayer(MoEConfig(dim=D, hidden_dim=32, num_experts=4, top_k=2, bias_update_rate=0.01))
+    pruned, _ = prune_layer(layer, torch.tensor([0, 2]))
+    assert {t.device.type for t in [*pruned.parameters(), *pruned.buffers()]} == {"meta"}
+
+
 def test_bfloat16_layers_prune_and_quantize_in_bfloat16():
     torch.manual_seed(0)
     layer = MoELayer(MoEConfig(dim=D, hidden_dim=32, num_experts=4, top_k=2, num_shared_experts=1)).bfloat16()

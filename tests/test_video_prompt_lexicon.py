@@ -71,6 +71,14 @@ def test_joiners_cameras_and_repeated_hues(lexicon):
     assert rewrite("a maize yellow ball", lexicon) == "a yellow ball"
 
 
+def test_a_scene_joiner_needs_clauses_on_both_sides(lexicon):
+    """Only ", later on, ..." between two clauses is a scene joiner: a list's "2. later on ..." (restructure's
+    marker, which a rewrite would hide), "rises and later on falls" and a trailing "later on" stay as written."""
+    for text in ("1. a red ball falls\n2. later on a blue square rises", "a red ball rises and later on falls",
+                 "a red ball falls, later on"):
+        assert rewrite(text, lexicon) == text
+
+
 def test_canonical_phrases_are_what_the_planner_was_trained_on():
     exemplars = set(zip(*P.exemplar_phrases()))
     index = {(a, v): i for i, (a, v) in enumerate((a, v) for a, vs in P.ATTRIBUTES.items() for v in vs)}

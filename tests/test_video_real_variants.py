@@ -145,6 +145,13 @@ def test_a_key_frame_coding_a_still_shot_anew_is_no_cut():
     assert [s.start_frame for s in detect_shots(cut, 24.0)] == [0, 24]
 
 
+def test_a_cut_between_colours_of_one_grey_level_is_found():
+    """Red to green of the same grey level: no grey step for motion to explain, but every colour changes."""
+    red, green = np.zeros((24, 48, 64, 3), np.uint8), np.zeros((24, 48, 64, 3), np.uint8)
+    red[..., 0], green[..., 1] = 200, 102
+    assert [s.start_frame for s in detect_shots(np.concatenate([red, green]), 24.0)] == [0, 24]
+
+
 @pytest.mark.parametrize("hold", [1, 2, 3, 4])
 def test_held_frames_are_no_cuts(hold):
     """Footage of 10 fps in a 30 fps file, animation on threes, slow motion by repeats: every frame held
